@@ -1,0 +1,118 @@
+"""L-infinity attacks shared by pretraining, finetuning and evaluation.
+
+Every attack here is a pure function of its inputs: it never changes the model's
+train/eval mode (the caller decides, because the papers differ: AdvCL attacks in train
+mode, ACL and RoCL in eval mode, evaluation always in eval mode).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+LossOfInputs = Callable[[torch.Tensor], torch.Tensor]
+
+
+def check_epsilon(epsilon: float, step_size: float, steps: int) -> None:
+    """Reject impossible attack settings with one clear line."""
+    if epsilon < 0:
+        raise ValueError(f"epsilon={epsilon} is invalid: allowed values are >= 0")
+    if step_size < 0:
+        raise ValueError(f"step_size={step_size} is invalid: allowed values are >= 0")
+    if steps < 0:
+        raise ValueError(f"steps={steps} is invalid: allowed values are integers >= 0")
+
+
+def random_start(x: torch.Tensor, epsilon: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform noise in the epsilon ball, clamped to the image range [0, 1]."""
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (x + (2 * noise - 1) * epsilon).clamp(0.0, 1.0)
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Project onto the L-inf ball around x intersected with [0, 1]."""
+    return torch.min(torch.max(x_adv, x - epsilon), x + epsilon).clamp(0.0, 1.0)
+
+
+def pgd(
+    loss_fn: LossOfInputs,
+    x: torch.Tensor,
+    *,
+    epsilon: float,
+    step_size: float,
+    steps: int,
+    random_init: bool = True,
+    generator: torch.Generator | None = None,
+    start: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Projected gradient *ascent* on ``loss_fn`` (Madry et al. 2018), L-inf, sign steps.
+
+    ``loss_fn`` maps a batch of inputs to a scalar to maximise; any differentiable
+    objective works (cross-entropy, NT-Xent, KL). ``start`` overrides the initial point
+    (TRADES starts at x + 0.001·N(0, 1)). Returns a detached tensor within ``epsilon`` of
+    ``x`` and inside [0, 1].
+    """
+    check_epsilon(epsilon, step_size, steps)
+    x = x.detach()
+    if start is not None:
+        x_adv = project(start.detach(), x, epsilon)
+    elif random_init and epsilon > 0:
+        x_adv = random_start(x, epsilon, generator)
+    else:
+        x_adv = x.clone()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = loss_fn(x_adv)
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = project(x_adv.detach() + step_size * grad.sign(), x, epsilon)
+    return x_adv.detach()
+
+
+def pgd_cross_entropy(
+    classifier: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epsilon: float,
+    step_size: float,
+    steps: int,
+    random_init: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """PGD maximising summed cross-entropy of a classifier (the evaluation/ALF attack)."""
+    return pgd(
+        lambda inputs: F.cross_entropy(classifier(inputs), y, reduction="sum"),
+        x,
+        epsilon=epsilon,
+        step_size=step_size,
+        steps=steps,
+        random_init=random_init,
+        generator=generator,
+    )
+
+
+def trades_kl_attack(
+    classifier: torch.nn.Module,
+    x: torch.Tensor,
+    *,
+    epsilon: float,
+    step_size: float,
+    steps: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """TRADES inner maximisation (Zhang et al. 2019): maximise KL(p(x') || p(x)).
+
+    Starts at x + 0.001·N(0, 1) as the released TRADES code does.
+    """
+    with torch.no_grad():
+        clean_probs = F.softmax(classifier(x), dim=1)
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return pgd(
+        lambda inputs: F.kl_div(F.log_softmax(classifier(inputs), dim=1), clean_probs, reduction="sum"),
+        x,
+        epsilon=epsilon,
+        step_size=step_size,
+        steps=steps,
+        start=x + 0.001 * noise,
+    )

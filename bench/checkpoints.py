@@ -1,0 +1,667 @@
+"""Checkpoints in and out: our encoder format, the released repos' formats, exports.
+
+Why this module is strict: the released loaders all use ``load_state_dict(strict=False)``
+and only log what they skipped. With a ``module.`` prefix left on (AdvCL's SLF script on
+one GPU, RobustSSL's AdvCL loader) every key is skipped and a *random* encoder gets
+evaluated. Here every key of a checkpoint is either loaded, dropped on purpose (the
+other BN branches, and the prefixes listed per format below) or an error.
+
+``load_encoder(path_or_state_dict, format, *, branch=None, arch=None) -> (model, info)``
+--------------------------------------------------------------------------------------
+Returns a ``bench.models.ContrastiveModel`` (inputs in [0, 1], normalisation inside) and a
+dict ``info`` describing what was loaded. ``branch`` picks the BatchNorm statistics:
+
+- ``None``: the format's default, the adversarial branch where there is one ('pgd' for
+  ACL and AdvCL, ``finetune_bn`` for our own checkpoints);
+- a branch name, e.g. ``'normal'``: that branch;
+- ``'all'``: every branch, each under its own name.
+
+With one branch selected, the returned model has a single branch named ``'normal'`` (so
+every default call such as ``model.features(x)`` uses the chosen statistics);
+``info['branch']`` is always the name to route with in the returned model and
+``info['source_branch']`` the checkpoint's name for it.
+
+``info`` keys: format, family, source, arch, branch, source_branch, branches (of the
+returned model), available_branches (in the checkpoint), normalization ('none',
+'imagenet' or 'custom'), projector (kind loaded, or None), ignored_keys (dropped on
+purpose), dropped_branch_keys (count of the other branches' keys), stripped_prefix,
+encoder_prefix, plus epoch / method / run_id when the checkpoint records them.
+
+Our own format, ``bench`` (written by the trainer through ``save_checkpoint_atomic``)
+-------------------------------------------------------------------------------------
+A dict with
+    model          ContrastiveModel.state_dict(): encoder.*, projector.*, normalize.*, heads.*
+    arch           'resnet18' | 'small_cnn'
+    bn_branches    the BN branch names the model was built with, e.g. ['normal', 'pgd']
+    projector      a key of bench.models.PROJECTORS ('simclr', 'acl', 'rocl', 'advcl')
+    normalization  'none' | 'imagenet'
+and optionally
+    finetune_bn    the branch finetuning uses (default: bn_branches[0])
+    in_channels    input channels (default 3)
+    format         'acl-bench' (a marker; anything else is rejected)
+    method, run_id provenance, copied into info.
+The projector is loaded too; extra heads (AdvCL's pseudo-label heads) are rebuilt as
+``nn.Linear`` from their weight shapes.
+
+Released formats (key maps; verified against the repositories' code)
+-------------------------------------------------------------------
+Our encoder keys are ``encoder.<path>`` with BN tensors at ``<bn>.branches.<name>.<t>``
+(t = weight, bias, running_mean, running_var, num_batches_tracked).
+
+acl (VITA-Group/Adversarial-Contrastive-Learning, models/resnet_multi_bn.py; train_simCLR.py
+saves ``{'epoch', 'state_dict', 'optim'}`` without DataParallel; DynACL saves the same names
+under ``encoder_q.`` / ``encoder_k.``)
+    <bn>.bn_list.<i>.<t>               -> <bn>.branches.<name_i>.<t>, i: 0 = normal, 1 = pgd
+    layerN.0.downsample.conv.weight    -> layerN.0.shortcut.0.weight
+    layerN.0.downsample.bn.bn_list.<i> -> layerN.0.shortcut.1.branches.<name_i>
+    normalize.mean / normalize.std     -> normalize.mean / std (shape [3] -> [1, 3, 1, 1];
+                                          ImageNet statistics in the released code)
+    ignored: ``fc.*`` (proj_head fc.fc1-3 / fc.bn1-3, or a linear head) and, for DynACL,
+    ``encoder_q.*`` (the momentum key encoder ``encoder_k.*`` is the one DynACL evaluates;
+    ``encoder_q.`` is used only when there is no ``encoder_k.``).
+advcl (LijieFan/AdvCL and yqy2001/A-InfoNCE Asym-AdvCL, models/resnet_cifar_multibn_ensembleFC.py;
+pretraining_advCL.py saves ``{'model', 'epoch', 'rng_state'}`` of an nn.DataParallel, so every
+key starts with ``module.``, stripped here)
+    the same names as acl, i: 0 = normal, 1 = pgd, 2 = pgd_ce; no normalisation layer.
+    ignored: ``head_proj.*``, ``head_pred.*``, ``head_ce.*``, ``fc_002.*``, ``fc_010.*``,
+    ``fc_050.*``, ``fc_100.*``, ``fc_500.*`` (projector, predictor and pseudo-label heads).
+rocl (Kim-Minseon/RoCL src/models/resnet.py, kuangliu-style; rocl_train.py saves
+``{'epoch', 'acc', 'model', 'optimizer_state', 'rng_state'}`` of a DDP model: ``module.``;
+the projector goes to a separate ``*_projector`` file)
+    <bn>.<t> -> <bn>.branches.normal.<t> (bn1, bn2, shortcut.1); every other name is ours;
+    one BN set, no normalisation layer. ``avg_pool2d(4)`` = our global pool at 32×32.
+    ignored: ``linear.*`` (the classifier of contrastive_learning=False), ``linear_1.*``,
+    ``linear_2.*`` (the Projector, should it be merged in).
+robustssl (GodXuxilie/RobustSSL_Benchmark, Vanilla_Finetuning/utils.py ``get_model``: the state
+dict is under ``state_dict_dual``, ``state_dict`` or ``model``, else the file itself; the
+encoders it releases keep their authors' names). The family is detected from the keys:
+``bn_list.2`` or AdvCL heads -> advcl; ``encoder_k.``/``bn_list``/``normalize.`` -> acl;
+kuangliu ``shortcut.`` -> rocl. DeACL (``backbone.`` keys) is refused: it was trained with a
+padding-2 stem that a state dict cannot reveal and our ResNet-18 does not have (RobustSSL
+loads it into a padding-1 stem silently).
+
+Every format: nn.DataParallel / DDP's ``module.`` prefix is stripped (wrapping is not part
+of a format); every error is a ``CheckpointError`` (a ValueError) whose first line
+summarises and whose next lines list the offending keys as the file spells them.
+
+Architecture checks: every tensor's shape must equal ours (a 5×5 or 7×7 stem, other widths,
+another depth are errors naming the tensors). Padding and stride leave no trace in a state
+dict, so formats known to differ there are refused by name instead. A missing
+``num_batches_tracked`` is accepted (torch itself fills it in for metadata-less dicts).
+
+Writing: ``save_checkpoint_atomic`` (temp file in the same directory, then ``os.replace``:
+a crash never leaves a truncated checkpoint), ``export_classifier`` (a TorchScript trace,
+loadable with ``torch.jit.load`` and nothing else) and ``load_robustbench_model``.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.atomic import atomic_write
+from bench.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PROJECTORS,
+    ContrastiveModel,
+    Normalize,
+    build_contrastive_model,
+    build_encoder,
+)
+
+FORMATS = ("bench", "robustssl", "advcl", "rocl", "acl")
+ALL_BRANCHES = "all"
+BENCH_MARKER = "acl-bench"
+BENCH_REQUIRED = ("model", "arch", "bn_branches", "projector", "normalization")
+DATA_PARALLEL_PREFIX = "module."
+_BRANCH_KEY = re.compile(r"\.branches\.([^.]+)\.")
+_BN_LIST_INDEX = re.compile(r"\.bn_list\.(\d+)\.")
+_HEAD_WEIGHT = re.compile(r"^heads\.([^.]+)\.weight$")
+_LIST_LIMIT = 40
+RESNET18_NOTE = "our CIFAR ResNet-18 (3×3 stride-1 padding-1 stem, no max-pool, widths 64-512)"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not hold what its format promises (keys, shapes, fields)."""
+
+
+@dataclass(frozen=True)
+class ExternalFormat:
+    """How one released code base names a CIFAR ResNet-18 encoder (see the module docstring)."""
+
+    name: str
+    containers: tuple[str, ...]  # dict keys that may hold the state dict, tried in order
+    bn_names: tuple[str, ...]  # bn_list index -> our branch name
+    default_branch: str
+    layout: str  # 'multi_bn' (torchvision + bn_list) | 'kuangliu' (one plain BN)
+    normalized: bool  # the checkpoint carries normalize.mean / normalize.std buffers
+    ignored: tuple[str, ...]  # key prefixes dropped on purpose
+    encoder_prefixes: tuple[str, ...] = ()  # alternative sub-model prefixes, preferred first
+
+
+ACL = ExternalFormat(
+    name="acl", containers=("state_dict", "P_state"), bn_names=("normal", "pgd"), default_branch="pgd",
+    layout="multi_bn", normalized=True, ignored=("fc.",), encoder_prefixes=("encoder_k.", "encoder_q."),
+)
+ADVCL = ExternalFormat(
+    name="advcl", containers=("model", "state_dict"), bn_names=("normal", "pgd", "pgd_ce"), default_branch="pgd",
+    layout="multi_bn", normalized=False,
+    ignored=("head_proj.", "head_pred.", "head_ce.", "fc_002.", "fc_010.", "fc_050.", "fc_100.", "fc_500."),
+)
+ROCL = ExternalFormat(
+    name="rocl", containers=("model",), bn_names=("normal",), default_branch="normal", layout="kuangliu",
+    normalized=False, ignored=("linear.", "linear_1.", "linear_2."),
+)
+EXTERNAL = {spec.name: spec for spec in (ACL, ADVCL, ROCL)}
+ROBUSTSSL_CONTAINERS = ("state_dict_dual", "state_dict", "model")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read(path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+    """The checkpoint object and a label for messages; files load with the weights-only unpickler.
+
+    Released checkpoints come from the internet: a full unpickler would run arbitrary code.
+    Every format here is tensors, numbers and strings, which the safe unpickler reads.
+    """
+    if isinstance(path_or_state_dict, Mapping):
+        return path_or_state_dict, "<state dict>"
+    path = Path(path_or_state_dict)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # the unpickler raises several types; all mean the same here
+        raise CheckpointError(
+            f"checkpoint {path} could not be read with torch.load(weights_only=True): {_first_line(error)}. "
+            "If you trust the file, load it yourself with weights_only=False and pass the dict to load_encoder."
+        ) from error
+    if not isinstance(loaded, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(loaded).__name__}, not a dict or state dict")
+    return loaded, str(path)
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _unwrap(checkpoint: Mapping[str, Any], containers: Sequence[str], label: str) -> tuple[dict, dict]:
+    """(state dict, scalar metadata): the first container key present, else a flat tensor dict."""
+    for key in containers:
+        if isinstance(checkpoint.get(key), Mapping):
+            meta = {name: value for name, value in checkpoint.items() if isinstance(value, (int, float, str))}
+            return dict(checkpoint[key]), meta
+    if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+        return dict(checkpoint), {}
+    raise CheckpointError(
+        f"{label}: no state dict found: expected one of the keys {list(containers)} or a flat dict of tensors; "
+        f"found keys {sorted(map(str, checkpoint))[:_LIST_LIMIT]}"
+    )
+
+
+def _renamed(pairs: Iterable[tuple[str, torch.Tensor]], label: str) -> dict[str, torch.Tensor]:
+    """A dict from renamed pairs; two tensors landing on one name would silently drop one."""
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in pairs:
+        if key in renamed:
+            raise CheckpointError(f"{label}: two tensors map to {key!r} once prefixes are removed")
+        renamed[key] = value
+    return renamed
+
+
+def _strip_data_parallel(state: dict[str, torch.Tensor], label: str) -> tuple[dict[str, torch.Tensor], str]:
+    """Drop nn.DataParallel / DDP's ``module.`` prefix: wrapping is never part of a format."""
+    if not any(key.startswith(DATA_PARALLEL_PREFIX) for key in state):
+        return state, ""
+    pairs = ((key.removeprefix(DATA_PARALLEL_PREFIX), value) for key, value in state.items())
+    return _renamed(pairs, label), DATA_PARALLEL_PREFIX
+
+
+def _select_submodel(state: dict, prefixes: Sequence[str], label: str) -> tuple[dict, str, list[str]]:
+    """Keep the preferred sub-model (DynACL's ``encoder_k.``); the other prefixes' keys are ignored."""
+    present = [prefix for prefix in prefixes if any(key.startswith(prefix) for key in state)]
+    if not present:
+        return state, "", []
+    chosen, others = present[0], tuple(prefix for prefix in prefixes if prefix != present[0])
+    ignored = [key for key in state if key.startswith(others)]
+    kept = ((key.removeprefix(chosen), value) for key, value in state.items() if not key.startswith(others))
+    return _renamed(kept, label), chosen, ignored
+
+
+# --------------------------------------------------------------------------- key naming
+
+
+def _multi_bn_name(placeholder_key: str, branch_index: int | None) -> str:
+    """Ours -> ACL/AdvCL names (Downsample_multiple.conv/.bn, batch_norm_multiple.bn_list).
+
+    'encoder.layer2.0.shortcut.1.branches.@.weight', 1 -> 'layer2.0.downsample.bn.bn_list.1.weight'.
+    """
+    name = placeholder_key.removeprefix("encoder.")
+    name = name.replace(".shortcut.0.", ".downsample.conv.").replace(".shortcut.1.", ".downsample.bn.")
+    return name.replace(".branches.@.", f".bn_list.{branch_index}.")
+
+
+def _kuangliu_name(placeholder_key: str, branch_index: int | None) -> str:
+    """Ours -> RoCL (kuangliu) names: 'encoder.layer1.0.bn1.branches.@.weight' -> 'layer1.0.bn1.weight'."""
+    return placeholder_key.removeprefix("encoder.").replace(".branches.@.", ".")
+
+
+LAYOUTS: dict[str, Callable[[str, int | None], str]] = {"multi_bn": _multi_bn_name, "kuangliu": _kuangliu_name}
+
+
+def _placeholder(key: str) -> tuple[str, str | None]:
+    """('encoder.bn1.branches.@.weight', 'normal') for a BN tensor; (key, None) otherwise."""
+    match = _BRANCH_KEY.search(key)
+    if match is None:
+        return key, None
+    return f"{key[: match.start()]}.branches.@.{key[match.end():]}", match.group(1)
+
+
+def _expected_keys(
+    target_keys: Sequence[str],
+    branch_map: Mapping[str, str],
+    other_branches: Sequence[str],
+    source_name: Callable[[str, str], str],
+) -> tuple[dict[str, str], set[str]]:
+    """{source key: target key} for everything the model needs, and the other branches' source keys.
+
+    ``branch_map`` maps each branch of the returned model to the checkpoint branch it is read
+    from; ``source_name(placeholder_key, checkpoint_branch)`` spells a key the format's way.
+    """
+    expected: dict[str, str] = {}
+    dropped: set[str] = set()
+    for key in target_keys:
+        placeholder, branch = _placeholder(key)
+        if branch is None:
+            expected[source_name(key, "")] = key
+            continue
+        expected[source_name(placeholder, branch_map[branch])] = key
+        dropped.update(source_name(placeholder, other) for other in other_branches)
+    return expected, dropped - set(expected)
+
+
+# --------------------------------------------------------------------------- strict matching
+
+
+def _key_list(kind: str, keys: Sequence[str]) -> list[str]:
+    shown = [f"  {kind}: {key}" for key in sorted(keys)[:_LIST_LIMIT]]
+    if len(keys) > _LIST_LIMIT:
+        shown.append(f"  {kind}: ... and {len(keys) - _LIST_LIMIT} more")
+    return shown
+
+
+def _check_keys(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, str],
+    dropped: set[str],
+    ignored_prefixes: Sequence[str],
+    label: str,
+    shown_prefix: str,
+) -> list[str]:
+    """Raise on any unmatched or missing key (listing them); return the keys ignored on purpose."""
+    ignored = [key for key in state if key not in expected and key.startswith(tuple(ignored_prefixes))]
+    unexpected = [key for key in state if key not in expected and key not in dropped and key not in ignored]
+    missing = [key for key in expected if key not in state and not key.endswith("num_batches_tracked")]
+    if unexpected or missing:
+        summary = f"{label} does not match the model: {len(unexpected)} unexpected and {len(missing)} missing keys"
+        if ignored_prefixes:
+            summary += f" (ignored on purpose: {', '.join(p + '*' for p in ignored_prefixes)})"
+        lines = _key_list("unexpected", [shown_prefix + key for key in unexpected])
+        lines += _key_list("missing", [shown_prefix + key for key in missing])
+        raise CheckpointError("\n".join([summary, *lines]))
+    return sorted(shown_prefix + key for key in ignored)
+
+
+def _check_shapes(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, str],
+    target: Mapping[str, torch.Tensor],
+    label: str,
+    architecture: str,
+    shown_prefix: str,
+) -> None:
+    """Same key, other shape = other architecture (a 5×5 stem, other widths): say so, by tensor."""
+    not_tensors = [shown_prefix + key for key, value in state.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError("\n".join([f"{label}: the state dict holds non-tensor values",
+                                          *_key_list("not a tensor", not_tensors)]))
+    wrong = []
+    for source, key in expected.items():
+        if source not in state:
+            continue
+        have, want = tuple(state[source].shape), tuple(target[key].shape)
+        reshapeable = key.startswith("normalize.") and state[source].numel() == target[key].numel()
+        if have != want and not reshapeable:
+            wrong.append(f"  {shown_prefix}{source}: checkpoint {list(have)}, expected {list(want)}")
+    if wrong:
+        summary = f"{label} is a different architecture than {architecture}: {len(wrong)} tensors differ in shape"
+        raise CheckpointError("\n".join([summary, *wrong]))
+
+
+def _load_strict(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, str],
+    dropped: set[str],
+    ignored_prefixes: Sequence[str],
+    label: str,
+    architecture: str,
+    shown_prefix: str = "",
+) -> list[str]:
+    """Check keys and shapes, copy every expected tensor into ``model``; return the ignored keys."""
+    ignored = _check_keys(state, expected, dropped, ignored_prefixes, label, shown_prefix)
+    target = model.state_dict()
+    _check_shapes(state, expected, target, label, architecture, shown_prefix)
+    mapped = {
+        key: state[source].reshape(target[key].shape) if source in state else torch.zeros_like(target[key])
+        for source, key in expected.items()
+    }
+    model.load_state_dict(mapped, strict=True)
+    return ignored
+
+
+# --------------------------------------------------------------------------- branches
+
+
+def _resolve_branches(requested: str | None, available: Sequence[str], default: str, label: str) -> list[str]:
+    """The checkpoint branches to load: the requested one, the default, or all of them."""
+    if requested == ALL_BRANCHES:
+        return list(available)
+    if requested is None:
+        if default in available:
+            return [default]
+        if len(available) == 1:
+            return list(available)
+        raise CheckpointError(f"{label}: default branch {default!r} is absent: pass branch= one of {list(available)}")
+    if requested not in available:
+        raise CheckpointError(
+            f"{label}: branch={requested!r} is not in this checkpoint: allowed {[*available, ALL_BRANCHES]}"
+        )
+    return [requested]
+
+
+def _branch_map(selected: Sequence[str], keep_names: bool) -> dict[str, str]:
+    """Returned-model branch -> checkpoint branch: one branch becomes 'normal', 'all' keeps names."""
+    return {name: name for name in selected} if keep_names else {"normal": selected[0]}
+
+
+def _routing(selected: Sequence[str], default: str, keep_names: bool) -> tuple[str, str]:
+    """(branch to route with in the returned model, the checkpoint's name for it)."""
+    if not keep_names:
+        return "normal", selected[0]
+    chosen = default if default in selected else selected[0]
+    return chosen, chosen
+
+
+def _normalization_label(mean: torch.Tensor, std: torch.Tensor) -> str:
+    imagenet = torch.allclose(mean.flatten(), torch.tensor(IMAGENET_MEAN), atol=1e-4) and torch.allclose(
+        std.flatten(), torch.tensor(IMAGENET_STD), atol=1e-4
+    )
+    return "imagenet" if imagenet else "custom"
+
+
+# --------------------------------------------------------------------------- external formats
+
+
+def _detect_robustssl_family(state: Mapping[str, torch.Tensor], label: str) -> ExternalFormat:
+    """Which code base wrote a RobustSSL model-zoo file (they keep their authors' key names)."""
+    keys = list(state)
+    if any(key.startswith(("backbone.", "momentum_backbone.")) for key in keys):
+        raise CheckpointError(
+            f"{label} looks like a DeACL checkpoint (solo-learn 'backbone.' keys): DeACL was trained with a "
+            "padding-2 stem that our CIFAR ResNet-18 (padding 1) does not have, and the weights would load into a "
+            "different function without any shape error; it is not supported"
+        )
+    if any(".bn_list.2." in key for key in keys) or any(key.startswith(ADVCL.ignored) for key in keys):
+        return ADVCL
+    if any(key.startswith(("encoder_k.", "encoder_q.", "normalize.")) or ".bn_list." in key for key in keys):
+        return ACL
+    if any(".shortcut." in key for key in keys):
+        return ROCL
+    raise CheckpointError(f"{label}: cannot tell which code base wrote it (keys start {sorted(keys)[:8]})")
+
+
+def _available_external_branches(spec: ExternalFormat, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The BN branches the checkpoint holds: its bn_list indices (all of the format's if none)."""
+    if spec.layout != "multi_bn":
+        return list(spec.bn_names)
+    found = sorted({int(match.group(1)) for key in state for match in [_BN_LIST_INDEX.search(key)] if match})
+    names = [spec.bn_names[index] for index in found if index < len(spec.bn_names)]
+    return names or list(spec.bn_names)
+
+
+def _build_external_model(spec: ExternalFormat, branches: Sequence[str], state: Mapping[str, torch.Tensor]):
+    """Our ResNet-18 with the given branches, Normalize when the format has one, no projector.
+
+    The released projector is not imported (finetuning uses the encoder only); an Identity
+    stands in so nobody mistakes freshly initialised weights for the released head.
+    """
+    normalize = None
+    if spec.normalized:
+        mean, std = state.get("normalize.mean"), state.get("normalize.std")
+        if mean is not None and std is not None and mean.numel() == std.numel() == 3:
+            normalize = Normalize(mean.flatten().tolist(), std.flatten().tolist())
+        else:
+            normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)  # the strict check reports the missing buffers
+    with torch.random.fork_rng(devices=[]):
+        encoder = build_encoder("resnet18", tuple(branches))
+    return ContrastiveModel(encoder, nn.Identity(), normalize)
+
+
+def _load_external(
+    spec: ExternalFormat, state: dict, meta: dict, label: str, branch: str | None, fmt: str, prefix: str
+) -> tuple[ContrastiveModel, dict[str, Any]]:
+    where = f"{fmt} checkpoint {label}"
+    state, encoder_prefix, prefix_ignored = _select_submodel(state, spec.encoder_prefixes, where)
+    available = _available_external_branches(spec, state)
+    selected = _resolve_branches(branch, available, spec.default_branch, where)
+    branch_map = _branch_map(selected, keep_names=branch == ALL_BRANCHES)
+    model = _build_external_model(spec, list(branch_map), state)
+    naming = LAYOUTS[spec.layout]
+    indices = {name: index for index, name in enumerate(spec.bn_names)}
+    expected, dropped = _expected_keys(
+        list(model.state_dict()), branch_map, [name for name in available if name not in selected],
+        lambda key, source_branch: naming(key, indices.get(source_branch)),
+    )
+    ignored = _load_strict(model, state, expected, dropped, spec.ignored, where, RESNET18_NOTE, prefix + encoder_prefix)
+    normalization = "none"
+    if spec.normalized:
+        normalization = _normalization_label(model.normalize.mean, model.normalize.std)
+    routed, source_branch = _routing(selected, spec.default_branch, keep_names=branch == ALL_BRANCHES)
+    info = {
+        "format": fmt, "family": spec.name, "source": label, "arch": "resnet18", "branch": routed,
+        "source_branch": source_branch, "branches": list(branch_map), "available_branches": available,
+        "normalization": normalization, "projector": None,
+        "ignored_keys": sorted([prefix + key for key in prefix_ignored] + ignored),
+        "dropped_branch_keys": len(dropped), "stripped_prefix": prefix, "encoder_prefix": encoder_prefix,
+    }
+    if isinstance(meta.get("epoch"), int):
+        info["epoch"] = meta["epoch"]
+    return model, info
+
+
+# --------------------------------------------------------------------------- our format
+
+
+def _bench_fields(checkpoint: Mapping[str, Any], label: str) -> None:
+    """Reject anything that is not our format before touching tensors, naming what is off."""
+    missing = [name for name in BENCH_REQUIRED if name not in checkpoint]
+    if missing:
+        raise CheckpointError(
+            f"bench checkpoint {label} lacks the fields {missing} "
+            f"(found {sorted(map(str, checkpoint))[:_LIST_LIMIT]}); "
+            f"a released checkpoint needs its own format: {[name for name in FORMATS if name != 'bench']}"
+        )
+    if checkpoint.get("format", BENCH_MARKER) != BENCH_MARKER:
+        raise CheckpointError(f"bench checkpoint {label} has format={checkpoint['format']!r}, not {BENCH_MARKER!r}")
+    branches = checkpoint["bn_branches"]
+    if not branches or not all(isinstance(name, str) for name in branches):
+        raise CheckpointError(f"bench checkpoint {label}: bn_branches={branches!r} is not a list of names")
+    if checkpoint["projector"] not in PROJECTORS:
+        raise CheckpointError(
+            f"bench checkpoint {label}: projector={checkpoint['projector']!r} is unknown: allowed {sorted(PROJECTORS)}"
+        )
+
+
+def _bench_heads(state: Mapping[str, torch.Tensor]) -> nn.ModuleDict:
+    """AdvCL's pseudo-label heads, rebuilt as nn.Linear from their saved weight shapes."""
+    heads = nn.ModuleDict()
+    for key, value in state.items():
+        match = _HEAD_WEIGHT.match(key)
+        if match and isinstance(value, torch.Tensor) and value.dim() == 2:
+            has_bias = f"heads.{match.group(1)}.bias" in state
+            heads[match.group(1)] = nn.Linear(value.shape[1], value.shape[0], bias=has_bias)
+    return heads
+
+
+def _load_bench(
+    checkpoint: Mapping[str, Any], label: str, branch: str | None, arch: str | None
+) -> tuple[ContrastiveModel, dict[str, Any]]:
+    _bench_fields(checkpoint, label)
+    if arch is not None and arch != checkpoint["arch"]:
+        raise CheckpointError(f"bench checkpoint {label} is a {checkpoint['arch']!r} encoder, not arch={arch!r}")
+    if not isinstance(checkpoint["model"], Mapping):
+        raise CheckpointError(f"bench checkpoint {label}: 'model' is not a state dict")
+    state, prefix = _strip_data_parallel(dict(checkpoint["model"]), label)
+    available = list(checkpoint["bn_branches"])
+    default = checkpoint.get("finetune_bn") or available[0]
+    selected = _resolve_branches(branch, available, default, f"bench checkpoint {label}")
+    branch_map = _branch_map(selected, keep_names=branch == ALL_BRANCHES)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            model = build_contrastive_model(
+                checkpoint["arch"], tuple(branch_map), checkpoint["projector"],
+                in_channels=int(checkpoint.get("in_channels", 3)), normalization=checkpoint["normalization"],
+            )
+            model.heads = _bench_heads(state)
+    except ValueError as error:
+        raise CheckpointError(f"bench checkpoint {label}: {error}") from error
+    expected, dropped = _expected_keys(
+        list(model.state_dict()), branch_map, [name for name in available if name not in selected],
+        lambda key, source_branch: key.replace(".branches.@.", f".branches.{source_branch}."),
+    )
+    _load_strict(model, state, expected, dropped, (), f"bench checkpoint {label}",
+                 f"the {checkpoint['arch']!r} model its fields describe", prefix)
+    routed, source_branch = _routing(selected, default, keep_names=branch == ALL_BRANCHES)
+    info = {
+        "format": "bench", "family": "bench", "source": label, "arch": checkpoint["arch"],
+        "branch": routed, "source_branch": source_branch,
+        "branches": list(branch_map), "available_branches": available,
+        "normalization": checkpoint["normalization"], "projector": checkpoint["projector"], "ignored_keys": [],
+        "dropped_branch_keys": len(dropped), "stripped_prefix": prefix, "encoder_prefix": "",
+    }
+    info.update({name: checkpoint[name] for name in ("method", "run_id", "finetune_bn") if name in checkpoint})
+    return model, info
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load_encoder(
+    path_or_state_dict: str | os.PathLike | Mapping[str, Any],
+    format: str,
+    *,
+    branch: str | None = None,
+    arch: str | None = None,
+) -> tuple[ContrastiveModel, dict[str, Any]]:
+    """Load an encoder checkpoint strictly into our model; see the module docstring.
+
+    ``arch`` is the architecture the caller expects (``None``: the checkpoint's own; the
+    released formats are all CIFAR ResNet-18). Raises ``CheckpointError`` (a ValueError)
+    for an unknown format, any unmatched or missing key, a shape mismatch or a wrong branch.
+    """
+    if format not in FORMATS:
+        raise CheckpointError(f"checkpoint format {format!r} is unknown: allowed {list(FORMATS)}")
+    checkpoint, label = _read(path_or_state_dict)
+    if format == "bench":
+        return _load_bench(checkpoint, label, branch, arch)
+    if arch not in (None, "resnet18"):
+        raise CheckpointError(f"{format} checkpoints are CIFAR ResNet-18 encoders: arch={arch!r} is not supported")
+    containers = ROBUSTSSL_CONTAINERS if format == "robustssl" else EXTERNAL[format].containers
+    state, meta = _unwrap(checkpoint, containers, f"{format} checkpoint {label}")
+    state, prefix = _strip_data_parallel(state, f"{format} checkpoint {label}")
+    spec = _detect_robustssl_family(state, label) if format == "robustssl" else EXTERNAL[format]
+    return _load_external(spec, state, meta, label, branch, format, prefix)
+
+
+def save_checkpoint_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj, path)`` that never leaves a truncated file (see ``bench.atomic``)."""
+    return atomic_write(path, lambda stream: torch.save(obj, stream))
+
+
+def _quiet_jit(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """TorchScript calls warn that TorchScript is deprecated; the export is still the portable choice."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*")
+        return function(*args, **kwargs)
+
+
+def _example_shape(classifier: nn.Module) -> tuple[int, int, int]:
+    """[C, 32, 32] with C from the first convolution: our encoders pool adaptively, so the
+    trace generalises over image sizes, but not over channel counts."""
+    first_conv = next((module for module in classifier.modules() if isinstance(module, nn.Conv2d)), None)
+    return (first_conv.in_channels if first_conv is not None else 3, 32, 32)
+
+
+def export_classifier(
+    classifier: nn.Module, path: str | os.PathLike, *, input_shape: Sequence[int] | None = None
+) -> Path:
+    """Write a finetuned classifier as one self-contained TorchScript file, atomically.
+
+    The file is a ``torch.jit.trace`` of the classifier in eval mode on CPU. It maps images in
+    [0, 1] to logits, normalisation and BN branch baked in, for any batch size (and, since our
+    encoders pool adaptively, any image size), and needs only torch to load::
+
+        model = torch.jit.load(path, map_location="cpu")   # an nn.Module, in eval mode
+        robustbench.eval.benchmark(model, dataset="cifar10", threat_model="Linf", eps=8/255)
+
+    ``input_shape`` = [C, H, W] of the trace input (default: the first convolution's channels,
+    32, 32). BN always uses its running statistics in the trace (training-mode BN is not
+    recorded), which is what evaluation needs. The pickled module (needs acl-bench importable)
+    is the run directory's ``classifier_<scheme>.pt``. Why not ``torch.export``: its modules
+    raise on ``.eval()``, which RobustBench users call. The reloaded trace must reproduce the
+    classifier's logits before the file is moved into place.
+    """
+    model = copy.deepcopy(classifier).cpu().eval()
+    shape = tuple(input_shape) if input_shape is not None else _example_shape(model)
+    example = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(example)
+        traced = _quiet_jit(torch.jit.trace, model, example)
+
+    def verify(temp: Path) -> None:
+        reloaded = _quiet_jit(torch.jit.load, str(temp), map_location="cpu")
+        with torch.no_grad():
+            logits = reloaded(example)
+        if not torch.allclose(logits, reference, rtol=1e-4, atol=1e-5):
+            raise RuntimeError(f"export of {type(classifier).__name__} does not reproduce its logits; not written")
+
+    return atomic_write(path, lambda stream: _quiet_jit(torch.jit.save, traced, stream), verify)
+
+
+def load_robustbench_model(
+    name: str, dataset: str = "cifar10", threat_model: str = "Linf", model_dir: str | os.PathLike | None = None
+) -> nn.Module:
+    """A RobustBench model-zoo classifier (inputs in [0, 1]), in eval mode; downloads on first use.
+
+    ``model_dir`` defaults to ``$ACL_BENCH_CACHE/robustbench`` (``~/.cache/acl-bench``) rather
+    than RobustBench's ``./models``, so runs from different directories share downloads.
+    """
+    try:
+        from robustbench.utils import load_model
+    except ImportError:
+        raise ImportError("robustbench is not installed: pip install 'acl-bench[robustbench]'") from None
+    if model_dir is None:
+        model_dir = Path(os.environ.get("ACL_BENCH_CACHE", "~/.cache/acl-bench")).expanduser() / "robustbench"
+    model = load_model(model_name=name, dataset=dataset, threat_model=threat_model, model_dir=str(model_dir))
+    return model.eval()

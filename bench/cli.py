@@ -1,0 +1,231 @@
+"""The ``bench`` command: run, list, pretrain, finetune, evaluate, report, export.
+
+Every configuration field can be overridden (``--set pretrain.lr=0.5``); the common ones
+have short flags. All checking happens before any work: a bad value exits with status 2
+and one line naming the value and the allowed ones, and nothing is written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench import progress, registry
+from bench.config import ATTACKS, DEVICES, PRESETS, SCHEMES, ConfigError
+from bench.checkpoints import CheckpointError
+from bench.data import DATASETS, DatasetMissingError
+
+SHORT_FLAGS = {  # flag dest → dotted config field
+    "dataset": "data.name", "eval_dataset": "data.eval_name", "data_dir": "data.data_dir", "image_size": "data.image_size",
+    "arch": "model.arch", "seed": "seed", "device": "device", "epochs": "pretrain.epochs",
+    "batch_size": "pretrain.batch_size", "lr": "pretrain.lr", "optimizer": "pretrain.optimizer",
+    "finetune_epochs": "finetune.epochs", "schemes": "finetune.schemes", "epsilon": "evaluate.epsilon",
+    "step_size": "evaluate.step_size", "train_epsilon": "attack.epsilon", "train_steps": "attack.steps",
+    "attacks": "evaluate.attacks", "n_eval": "evaluate.n_eval", "results_dir": "results_dir", "reports_dir": "reports_dir",
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("configuration (each overrides one field of the preset)")
+    group.add_argument("--preset", default="smoke", help=f"settings bundle: {', '.join(PRESETS)} (default smoke)")
+    group.add_argument("--dataset", help=f"pretraining dataset: {', '.join(DATASETS)}")
+    group.add_argument("--eval-dataset", help="finetune/evaluate on another dataset (transfer), e.g. stl10")
+    group.add_argument("--data-dir", help="where datasets live (default ~/data)")
+    group.add_argument("--download", action="store_true", help="download torchvision datasets if missing")
+    group.add_argument("--image-size", help="resolution images are resized to")
+    group.add_argument("--arch", help="encoder: small_cnn | resnet18")
+    group.add_argument("--seed", help="random seed (integer >= 0)")
+    group.add_argument("--device", help=f"{' | '.join(DEVICES)} (auto: CUDA when available)")
+    group.add_argument("--epochs", help="pretraining epochs")
+    group.add_argument("--batch-size", help="pretraining batch size")
+    group.add_argument("--lr", help="pretraining peak learning rate")
+    group.add_argument("--optimizer", help="pretraining optimiser: sgd | lars")
+    group.add_argument("--train-epsilon", help="ε of the attack inside pretraining (e.g. 8/255)")
+    group.add_argument("--train-steps", help="PGD steps inside pretraining")
+    group.add_argument("--finetune-epochs", help="finetuning epochs")
+    group.add_argument("--schemes", help=f"comma-separated subset of {','.join(SCHEMES)}")
+    group.add_argument("--epsilon", help="evaluation ε (e.g. 8/255)")
+    group.add_argument("--step-size", help="evaluation PGD step size")
+    group.add_argument("--attacks", help=f"comma-separated subset of {','.join(ATTACKS)}")
+    group.add_argument("--n-eval", help="evaluate a fixed seeded subset of N test images (0 = all)")
+    group.add_argument("--results-dir", help="results store (default results/)")
+    group.add_argument("--reports-dir", help="report output (default reports/)")
+    group.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="override any config field by dotted name, e.g. pretrain.warmup_epochs=2")
+    group.add_argument("--param", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
+                       help="method hyperparameter, e.g. alpha=0.3 or advcl-ip:adaptive_epochs=5")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+
+
+def _split_assignment(text: str, flag: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"{flag} {text!r} is invalid: allowed form KEY=VALUE")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _request(args: argparse.Namespace, methods: tuple[str, ...]):
+    from bench.pipeline import RunRequest
+
+    overrides: dict[str, str] = {}
+    for dest, dotted in SHORT_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            overrides[dotted] = value
+    if getattr(args, "download", False):
+        overrides["data.download"] = "true"
+    for item in args.set:
+        key, value = _split_assignment(item, "--set")
+        overrides[key] = value
+    method_params: dict[str, dict[str, str]] = {}
+    for item in args.param:
+        key, value = _split_assignment(item, "--param")
+        scope, _, name = key.rpartition(":")
+        method_params.setdefault(scope or "*", {})[name] = value
+    return RunRequest(preset=args.preset, overrides=overrides, method_params=method_params, methods=methods,
+                      force=getattr(args, "force", False), resume=getattr(args, "resume", False))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    methods = registry.available()
+    width = max(len(name) for name in methods)
+    for name, cls in methods.items():
+        print(f"{name:<{width}}  {cls.description}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.pipeline import run_benchmark
+
+    request = _request(args, tuple(m for m in ",".join(args.methods).split(",") if m))
+    run_ids = run_benchmark(request)
+    if not args.no_report:
+        return _report(request_dirs(request), paper=False, quiet=args.quiet) or 0
+    progress.log(f"done: {len(run_ids)} run(s)")
+    return 0
+
+
+def request_dirs(request) -> tuple[Path, Path]:
+    from bench.pipeline import build_config
+
+    config = build_config(request)
+    return Path(config.results_dir), Path(config.reports_dir)
+
+
+def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool) -> int:
+    from bench.report import write_reports
+
+    results_dir, reports_dir = dirs
+    written = write_reports(results_dir / "results.csv", reports_dir, results_dir / "runs",
+                            results_dir / "reference", paper=paper)
+    index = next((path for path in written if Path(path).name == "index.md"), reports_dir / "index.md")
+    if not quiet:
+        table = reports_dir / "results.md"
+        if table.exists():
+            print(table.read_text())
+    progress.log(f"report: {index}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    return _report((Path(args.results_dir), Path(args.reports_dir)), paper=args.paper, quiet=args.quiet)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    args.schemes = args.schemes or ""
+    args.set.append("finetune.schemes=")
+    return cmd_run(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from bench.external import evaluate_external
+
+    request = _request(args, ("all",))
+    run_id = evaluate_external(request, checkpoint=args.checkpoint, checkpoint_format=args.format, branch=args.branch,
+                               name=args.name, robustbench_model=args.robustbench_model, force=args.force)
+    if not args.no_report:
+        return _report(request_dirs(request), paper=False, quiet=args.quiet)
+    progress.log(f"done: {run_id}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bench.external import export_run
+
+    path = export_run(Path(args.results_dir), args.run_id, args.scheme, Path(args.out))
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench",
+        description="acl-bench: pretrain, finetune (SLF/ALF/AFF), attack (PGD-20, AutoAttack) and report "
+        "adversarial contrastive learning methods in one harness.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="pretrain, finetune and evaluate methods, then write the report")
+    run.add_argument("--methods", nargs="+", default=["all"], help="method names or 'all' (see `bench list`)")
+    run.add_argument("--force", action="store_true", help="rerun runs that are already complete")
+    run.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
+    run.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
+    _add_config_flags(run)
+    run.set_defaults(handler=cmd_run)
+
+    pre = sub.add_parser("pretrain", help="pretrain methods and store their encoders (no finetuning)")
+    pre.add_argument("--methods", nargs="+", default=["all"], help="method names or 'all'")
+    pre.add_argument("--force", action="store_true", help="rerun runs that are already complete")
+    pre.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
+    pre.add_argument("--no-report", action="store_true", default=True, help=argparse.SUPPRESS)
+    _add_config_flags(pre)
+    pre.set_defaults(handler=cmd_pretrain)
+
+    for command, text in (("finetune", "finetune a stored or released encoder with SLF/ALF/AFF and evaluate it"),
+                          ("evaluate", "evaluate an encoder checkpoint or a RobustBench model under our protocol")):
+        ev = sub.add_parser(command, help=text)
+        source = ev.add_mutually_exclusive_group(required=True)
+        source.add_argument("--checkpoint", help="encoder checkpoint file")
+        source.add_argument("--robustbench-model", help="RobustBench model name (needs acl-bench[robustbench])")
+        ev.add_argument("--format", default="bench", help="checkpoint format: bench, robustssl, advcl, rocl, acl")
+        ev.add_argument("--branch", help="BN branch to load from a multi-BN checkpoint (default: the format's adversarial one)")
+        ev.add_argument("--name", help="method name to store the results under (default: from the checkpoint)")
+        ev.add_argument("--force", action="store_true", help="re-evaluate even if stored")
+        ev.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
+        _add_config_flags(ev)
+        ev.set_defaults(handler=cmd_evaluate)
+
+    rep = sub.add_parser("report", help="write tables and plots from results/results.csv (never trains)")
+    rep.add_argument("--paper", action="store_true", help="also lay out the A-InfoNCE paper's Table 1 with references")
+    rep.add_argument("--results-dir", default="results", help="results store (default results/)")
+    rep.add_argument("--reports-dir", default="reports", help="output directory (default reports/)")
+    rep.add_argument("--quiet", action="store_true", help="do not print the table")
+    rep.set_defaults(handler=cmd_report)
+
+    lst = sub.add_parser("list", help="list the registered methods with a one-line description")
+    lst.set_defaults(handler=cmd_list)
+
+    exp = sub.add_parser("export", help="write a finetuned classifier as a plain nn.Module file (RobustBench-ready)")
+    exp.add_argument("run_id", help="a run id from results/results.csv")
+    exp.add_argument("--scheme", default="AFF", help="which finetuned classifier: SLF, ALF or AFF")
+    exp.add_argument("--out", required=True, help="output file (.pt)")
+    exp.add_argument("--results-dir", default="results", help="results store (default results/)")
+    exp.set_defaults(handler=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    progress.set_quiet(getattr(args, "quiet", False))
+    try:
+        return args.handler(args)
+    except (ConfigError, DatasetMissingError, CheckpointError, FileNotFoundError, ImportError) as error:
+        print(f"bench: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted (completed runs and checkpoints are kept; rerun with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

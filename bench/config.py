@@ -1,0 +1,251 @@
+"""Dataclass configs, the ``smoke`` and ``paper`` presets, and validation.
+
+One config tree describes a whole benchmark run. Presets fill it; every CLI flag overrides
+one field (``--pretrain.lr 0.5`` style dotted names, plus short aliases); ``validate`` runs
+before any work and fails with one line naming the field, the value and the allowed values.
+Methods add their own hyperparameters (``bench.registry``) and, in the paper preset, their
+published optimiser settings (``Method.paper_pretrain``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+PRESETS = ("smoke", "paper")
+SCHEMES = ("SLF", "ALF", "AFF")
+ATTACKS = ("clean", "pgd20", "autoattack", "apgd-ce")
+DEVICES = ("auto", "cpu", "cuda")
+OPTIMIZERS = ("sgd", "lars")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message is one line naming field and allowed values."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    data_dir: str = "~/data"
+    download: bool = False
+    image_size: int = 16
+    eval_name: str = ""  # transfer: finetune/evaluate on another dataset ('' = same)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "small_cnn"
+
+
+@dataclass
+class AttackConfig:
+    """The attack used *inside pretraining* (methods may scale step or steps, e.g. RoCL)."""
+
+    epsilon: float = 0.1
+    step_size: float = 0.025
+    steps: int = 3
+
+
+@dataclass
+class PretrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    warmup_start_lr: float = 0.0  # fraction of lr at step 0 of the warm-up
+    min_lr_fraction: float = 1e-3  # cosine floor, as a fraction of lr
+    lars_trust: float = 1e-3
+    amp: bool = False
+    checkpoint_every: int = 50  # steps; the last step is always checkpointed
+
+
+@dataclass
+class FinetuneConfig:
+    schemes: tuple[str, ...] = SCHEMES
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1.0  # SLF/ALF (linear head)
+    full_lr: float = 0.1  # AFF (whole network)
+    milestones: tuple[int, ...] = (3, 4)
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    augment: bool = False  # random crop + flip (off for digits: a flipped digit is another digit)
+    alf_steps: int = 5  # paper preset: PGD-20, as the released scripts
+    trades_beta: float = 6.0
+    trades_steps: int = 5  # paper preset: 10
+
+
+@dataclass
+class EvalConfig:
+    epsilon: float = 0.1
+    step_size: float = 0.025
+    pgd_steps: int = 20
+    attacks: tuple[str, ...] = ("clean", "pgd20", "autoattack")
+    n_eval: int = 64  # 0 = the whole test set
+    batch_size: int = 256
+    sanity: bool = True
+
+
+@dataclass
+class RunConfig:
+    preset: str = "smoke"
+    methods: tuple[str, ...] = ("all",)
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    results_dir: str = "results"
+    reports_dir: str = "reports"
+
+
+def smoke_preset() -> RunConfig:
+    """Small CNN on the embedded digits: every code path, minutes on a laptop CPU.
+
+    Digits are easy, so ε = 0.1 (not 8/255) makes PGD visibly lower accuracy. A smoke
+    table is a working demonstration, never a result to compare with papers.
+    """
+    return RunConfig()
+
+
+EPS_8 = 8 / 255
+STEP_2 = 2 / 255
+
+
+def paper_preset() -> RunConfig:
+    """The published settings: ResNet-18, CIFAR-10, ε 8/255 (DESIGN §4-5).
+
+    Per-method optimiser settings (LARS for ACL/RoCL, lr, epochs) come from the method's
+    ``paper_pretrain`` on top of these shared defaults.
+    """
+    return RunConfig(
+        preset="paper",
+        data=DataConfig(name="cifar10", image_size=32),
+        model=ModelConfig(arch="resnet18"),
+        attack=AttackConfig(epsilon=EPS_8, step_size=STEP_2, steps=5),
+        pretrain=PretrainConfig(
+            epochs=400, batch_size=512, optimizer="sgd", lr=0.5, weight_decay=1e-4, warmup_epochs=10,
+            warmup_start_lr=0.02, checkpoint_every=500,
+        ),
+        finetune=FinetuneConfig(epochs=25, batch_size=512, lr=0.1, full_lr=0.1, milestones=(15, 20), augment=True,
+                                alf_steps=20, trades_steps=10),
+        evaluate=EvalConfig(epsilon=EPS_8, step_size=STEP_2, n_eval=0, attacks=("clean", "pgd20", "autoattack")),
+    )
+
+
+def preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"preset={name!r} is invalid: allowed {list(PRESETS)}")
+    return smoke_preset() if name == "smoke" else paper_preset()
+
+
+def _fail(name: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{name}={value!r} is invalid: allowed {allowed}")
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """Check every field with a finite set or a range; raise ConfigError on the first bad one."""
+    from bench.data import DATASETS
+    from bench.models import ENCODERS
+
+    checks: list[tuple[str, Any, bool, str]] = [
+        ("preset", config.preset, config.preset in PRESETS, str(list(PRESETS))),
+        ("device", config.device, config.device in DEVICES, str(list(DEVICES))),
+        ("seed", config.seed, isinstance(config.seed, int) and config.seed >= 0, "integers >= 0"),
+        ("data.name", config.data.name, config.data.name in DATASETS, str(sorted(DATASETS))),
+        ("data.eval_name", config.data.eval_name, config.data.eval_name in ("", *DATASETS), str(["", *sorted(DATASETS)])),
+        ("data.image_size", config.data.image_size, config.data.image_size >= 8, "integers >= 8"),
+        ("model.arch", config.model.arch, config.model.arch in ENCODERS, str(sorted(ENCODERS))),
+        ("pretrain.optimizer", config.pretrain.optimizer, config.pretrain.optimizer in OPTIMIZERS, str(list(OPTIMIZERS))),
+        ("pretrain.epochs", config.pretrain.epochs, config.pretrain.epochs >= 0, "integers >= 0"),
+        ("pretrain.batch_size", config.pretrain.batch_size, config.pretrain.batch_size >= 2, "integers >= 2"),
+        ("pretrain.lr", config.pretrain.lr, config.pretrain.lr > 0, "numbers > 0"),
+        ("pretrain.checkpoint_every", config.pretrain.checkpoint_every, config.pretrain.checkpoint_every >= 1, "integers >= 1"),
+        ("finetune.epochs", config.finetune.epochs, config.finetune.epochs >= 1, "integers >= 1"),
+        ("finetune.batch_size", config.finetune.batch_size, config.finetune.batch_size >= 2, "integers >= 2"),
+        ("evaluate.n_eval", config.evaluate.n_eval, config.evaluate.n_eval >= 0, "integers >= 0 (0 = all)"),
+        ("evaluate.pgd_steps", config.evaluate.pgd_steps, config.evaluate.pgd_steps >= 1, "integers >= 1"),
+    ]
+    for name, value, ok, allowed in checks:
+        if not ok:
+            _fail(name, value, allowed)
+    for name in ("attack.epsilon", "attack.step_size", "evaluate.epsilon", "evaluate.step_size"):
+        section, key = name.split(".")
+        value = getattr(getattr(config, section), key)
+        if not isinstance(value, (int, float)) or value < 0 or value > 1:
+            _fail(name, value, "numbers in [0, 1] (pixel scale)")
+    if config.attack.steps < 0:
+        _fail("attack.steps", config.attack.steps, "integers >= 0")
+    for scheme in config.finetune.schemes:
+        if scheme not in SCHEMES:
+            _fail("finetune.schemes", scheme, str(list(SCHEMES)))
+    for attack in config.evaluate.attacks:
+        if attack not in ATTACKS:
+            _fail("evaluate.attacks", attack, str(list(ATTACKS)))
+    return config
+
+
+# ------------------------------------------------------------------ overrides and hashing
+
+
+def _coerce(current: Any, raw: Any, name: str) -> Any:
+    """Turn a CLI string into the type of the field it overrides."""
+    if not isinstance(raw, str):
+        return raw
+    if isinstance(current, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        _fail(name, raw, "true/false")
+    if isinstance(current, tuple):
+        items = [item for item in raw.split(",") if item]
+        sample = current[0] if current else ""
+        return tuple(_coerce(sample, item, name) for item in items)
+    for kind in (int, float):
+        if isinstance(current, kind):
+            try:
+                return kind(eval_fraction(raw) if kind is float else raw)
+            except ValueError:
+                _fail(name, raw, f"{kind.__name__} values")
+    return raw
+
+
+def eval_fraction(text: str) -> float:
+    """Accept '8/255' as well as '0.0313' for pixel-scale numbers."""
+    if "/" in text:
+        numerator, denominator = text.split("/", 1)
+        return float(numerator) / float(denominator)
+    return float(text)
+
+
+def set_field(config: RunConfig, dotted: str, raw: Any) -> None:
+    """Override one field by dotted name (``pretrain.lr``), coercing to the field's type."""
+    parts = dotted.split(".")
+    target: Any = config
+    for part in parts[:-1]:
+        if not dataclasses.is_dataclass(target) or not hasattr(target, part):
+            _fail("field", dotted, "dotted names of RunConfig fields (see `bench run --help`)")
+        target = getattr(target, part)
+    if not dataclasses.is_dataclass(target) or not hasattr(target, parts[-1]):
+        _fail("field", dotted, "dotted names of RunConfig fields (see `bench run --help`)")
+    setattr(target, parts[-1], _coerce(getattr(target, parts[-1]), raw, dotted))
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(config), default=list))
+
+
+def config_hash(payload: dict[str, Any]) -> str:
+    """A short, stable hash of a JSON-serialisable config (key order does not matter)."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -1,0 +1,205 @@
+"""Evaluation of a classifier: clean accuracy, PGD-20, AutoAttack, and sanity checks.
+
+Every function takes any ``nn.Module`` mapping images in [0, 1] to logits, puts it in eval
+mode for the whole evaluation (attacks included) and restores its mode afterwards, so BN
+running statistics never move during evaluation. AutoAttack is the official code
+(fra31/auto-attack, packaged on PyPI as ``pyautoattack``); it is never reimplemented here.
+
+Sanity checks (baselines-notes §6-7) flag a row ``suspect`` instead of hiding it:
+- ``order``: AA ≤ PGD-20 ≤ clean (AA may exceed PGD-20 by one sample's worth, rounding);
+- ``stronger-pgd``: PGD with 2× steps and one more restart is not above PGD-20 by more than
+  noise (one sample or 0.5 %, whichever is larger): a higher number means PGD-20 stalled;
+- ``eps0``: PGD at ε = 0 equals clean accuracy (the attack path changes nothing by itself);
+- ``eval-mode``: every forward during the attacks ran in eval mode;
+- ``aa-reeval``: AA's returned examples, re-evaluated here, give AA's own accuracy, and lie
+  within ε of the inputs and in [0, 1];
+- ``gradient-masking``: PGD-20 leaves accuracy near clean (drop < 5 points) while AA, whose
+  Square attack needs no gradients, is more than 10 points lower.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from bench.attacks import pgd_cross_entropy
+
+ProgressFn = Callable[[str], None]
+
+
+@dataclass
+class EvalSettings:
+    epsilon: float
+    step_size: float
+    pgd_steps: int = 20
+    attacks: tuple[str, ...] = ("clean", "pgd20", "autoattack")
+    n_eval: int = 0
+    seed: int = 0
+    batch_size: int = 256
+    sanity: bool = True
+
+
+@dataclass
+class EvalReport:
+    accuracy: dict[str, float]  # attack name → accuracy in %
+    n_eval: int
+    wall_s: float
+    sanity: dict[str, tuple[bool, str]] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+
+
+def seeded_subset(n_total: int, n_eval: int | None, seed: int) -> torch.Tensor:
+    """A fixed, sorted subset of test indices (all of them when n_eval is 0/None/≥ n_total)."""
+    if not n_eval or n_eval >= n_total:
+        return torch.arange(n_total)
+    order = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))
+    return order[:n_eval].sort().values
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode inside, the previous mode of every submodule restored afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int):
+    for start in range(0, x.shape[0], batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]
+
+
+def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    with eval_mode(model), torch.no_grad():
+        correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in _batches(x, y, batch_size))
+    return 100.0 * correct / x.shape[0]
+
+
+def pgd_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, step_size: float, steps: int,
+    restarts: int = 1, batch_size: int = 256, seed: int = 0,
+) -> float:
+    """PGD (random start, summed CE); with restarts a sample is robust only if it survives all."""
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    robust = 0
+    with eval_mode(model):
+        for xb, yb in _batches(x, y, batch_size):
+            survived = torch.ones_like(yb, dtype=torch.bool)
+            for _ in range(restarts):
+                x_adv = pgd_cross_entropy(model, xb, yb, epsilon=epsilon, step_size=step_size, steps=steps,
+                                          generator=generator)
+                with torch.no_grad():
+                    survived &= model(x_adv).argmax(1) == yb
+            robust += int(survived.sum())
+    return 100.0 * robust / x.shape[0]
+
+
+def autoattack_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, version: str = "standard",
+    batch_size: int = 256, seed: int = 0, device: torch.device | str = "cpu",
+) -> tuple[float, dict]:
+    """AutoAttack (Croce & Hein 2020), L∞: 'standard' (APGD-CE, APGD-T, FAB-T, Square) or 'apgd-ce'.
+
+    Returns the accuracy re-evaluated on AA's adversarial examples and an info dict with the
+    checks of the returned examples (RobustBench#7: re-evaluation must match AA's count).
+    """
+    from pyautoattack import AutoAttack
+
+    if version not in ("standard", "apgd-ce"):
+        raise ValueError(f"version={version!r} is invalid: allowed ['apgd-ce', 'standard']")
+    options = {"version": "standard"} if version == "standard" else {"version": "custom", "attacks": ["apgd-ce"]}
+    with eval_mode(model):
+        attack = AutoAttack(model, eps=epsilon, norm="Linf", device=str(device), seed=seed, **options)
+        x_adv, y_adv = attack.run_standard_evaluation(x, y, batch_size=batch_size)
+        with torch.no_grad():
+            predictions = torch.cat([model(xb).argmax(1) for xb, _ in _batches(x_adv, y, batch_size)])
+    accuracy = 100.0 * float((predictions == y).float().mean())
+    reported = 100.0 * float((y_adv.to(y.device) == y).float().mean())
+    distance = float((x_adv - x).abs().amax()) if x.numel() else 0.0
+    info = {
+        "reported_accuracy": reported,
+        "reevaluated_equal": abs(reported - accuracy) < 1e-9,
+        "max_perturbation": distance,
+        "within_epsilon": distance <= epsilon + 1e-6,
+        "in_range": bool(x_adv.min() >= 0 and x_adv.max() <= 1),
+    }
+    return accuracy, info
+
+
+def _record_modes(model: nn.Module, log: list[bool]):
+    return model.register_forward_pre_hook(lambda module, inputs: log.append(module.training))
+
+
+def evaluate_classifier(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalSettings, device: torch.device | str,
+    progress: ProgressFn | None = None,
+) -> EvalReport:
+    """Run the configured attacks on (a seeded subset of) x, y, then the sanity checks."""
+    began = time.perf_counter()
+    subset = seeded_subset(x.shape[0], settings.n_eval, settings.seed).to(x.device)
+    x, y = x[subset].to(device), y[subset].to(device)
+    model = model.to(device)
+    say = progress or (lambda stage: None)
+    accuracy: dict[str, float] = {}
+    sanity: dict[str, tuple[bool, str]] = {}
+    modes: list[bool] = []
+    hook = _record_modes(model, modes)
+    pgd_name = f"pgd{settings.pgd_steps}"
+    try:
+        for attack in settings.attacks:
+            say(attack)
+            if attack == "clean":
+                accuracy["clean"] = clean_accuracy(model, x, y, settings.batch_size)
+            elif attack.startswith("pgd"):
+                accuracy[pgd_name] = pgd_accuracy(model, x, y, settings.epsilon, settings.step_size,
+                                                  settings.pgd_steps, batch_size=settings.batch_size, seed=settings.seed)
+            else:
+                version = "standard" if attack == "autoattack" else attack
+                accuracy[attack], info = autoattack_accuracy(model, x, y, settings.epsilon, version,
+                                                             settings.batch_size, settings.seed, device)
+                sanity[f"aa-reeval:{attack}"] = (
+                    info["reevaluated_equal"] and info["within_epsilon"] and info["in_range"],
+                    f"reported {info['reported_accuracy']:.2f} %, re-evaluated {accuracy[attack]:.2f} %, "
+                    f"max |δ| {info['max_perturbation']:.4g}",
+                )
+        if settings.sanity and pgd_name in accuracy:
+            say("sanity")
+            accuracy.setdefault("clean", clean_accuracy(model, x, y, settings.batch_size))
+            sanity.update(_sanity_checks(model, x, y, settings, accuracy, pgd_name))
+    finally:
+        hook.remove()
+    sanity["eval-mode"] = (not any(modes), f"{sum(modes)} of {len(modes)} forwards in train mode")
+    report = EvalReport(accuracy, int(x.shape[0]), time.perf_counter() - began, sanity)
+    report.flags = [f"suspect:{name.split(':')[0]}" for name, (passed, _) in sanity.items() if not passed]
+    report.flags = sorted(set(report.flags))
+    return report
+
+
+def _sanity_checks(model, x, y, settings: EvalSettings, accuracy: dict[str, float], pgd_name: str) -> dict:
+    one_sample = 100.0 / max(1, x.shape[0])
+    clean, robust = accuracy["clean"], accuracy[pgd_name]
+    stronger = pgd_accuracy(model, x, y, settings.epsilon, settings.step_size, 2 * settings.pgd_steps, restarts=2,
+                            batch_size=settings.batch_size, seed=settings.seed + 1)
+    accuracy["pgd40-restart"] = stronger
+    at_zero = pgd_accuracy(model, x, y, 0.0, settings.step_size, 1, batch_size=settings.batch_size, seed=settings.seed)
+    checks = {
+        "order": (robust <= clean + 1e-9, f"clean {clean:.2f} %, {pgd_name} {robust:.2f} %"),
+        "stronger-pgd": (stronger <= robust + max(one_sample, 0.5) + 1e-9,
+                         f"{pgd_name} {robust:.2f} %, 2×steps + restart {stronger:.2f} %"),
+        "eps0": (abs(at_zero - clean) < 1e-9, f"ε=0 {at_zero:.2f} %, clean {clean:.2f} %"),
+    }
+    aa = accuracy.get("autoattack")
+    if aa is not None:
+        checks["order"] = (checks["order"][0] and aa <= robust + one_sample + 1e-9,
+                           checks["order"][1] + f", AA {aa:.2f} %")
+        checks["gradient-masking"] = (not (clean - robust < 5.0 and robust - aa > 10.0),
+                                      f"PGD drop {clean - robust:.2f}, AA below PGD by {robust - aa:.2f} points")
+    return checks

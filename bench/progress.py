@@ -1,0 +1,48 @@
+"""The one progress-bar helper: rich bars with ETA, silent when quiet or not a TTY."""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+_quiet = False
+console = Console(stderr=True)
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+def enabled() -> bool:
+    return not _quiet and sys.stderr.isatty()
+
+
+class _Task:
+    def __init__(self, progress: Progress | None, task_id):
+        self._progress, self._task_id = progress, task_id
+
+    def advance(self, amount: int = 1, **fields) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task_id, advance=amount, **fields)
+
+
+@contextmanager
+def task(description: str, total: int) -> Iterator[_Task]:
+    """A progress bar for ``total`` units; a no-op object when progress is disabled."""
+    if not enabled():
+        yield _Task(None, None)
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        yield _Task(progress, progress.add_task(description, total=total, info=""))
+
+
+def log(message: str) -> None:
+    """A status line (stderr), suppressed by --quiet."""
+    if not _quiet:
+        console.print(message, highlight=False)

@@ -1,0 +1,87 @@
+"""Method registry: ``@register(name)``, discovery of ``methods/*`` and of plugins.
+
+Plugins register through the entry-point group ``acl_bench.methods``: each entry point
+names a module (or object) whose import runs its ``@register`` decorators. After discovery,
+every registered method that has adversarial views gets its A-InfoNCE variants
+(``-ip``, ``-hn``, ``-iphn``) from ``bench.variants`` unless it registered them itself.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from importlib.metadata import entry_points
+from typing import Callable
+
+from bench.config import ConfigError
+from bench.method import Method
+
+ENTRY_POINT_GROUP = "acl_bench.methods"
+
+_REGISTRY: dict[str, type[Method]] = {}
+_discovered = False
+
+
+def register(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: make a Method available as ``name`` (unique)."""
+
+    def decorate(cls: type[Method]) -> type[Method]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"method name {name!r} is already registered by {_REGISTRY[name].__module__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def unregister(name: str) -> None:
+    """Remove a method (tests register throw-away methods)."""
+    _REGISTRY.pop(name, None)
+
+
+def discover() -> None:
+    """Import the built-in methods and the plugins, then derive the A-InfoNCE variants."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    import methods
+
+    for module in pkgutil.iter_modules(methods.__path__):
+        importlib.import_module(f"methods.{module.name}")
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        entry.load()
+    derive_variants()
+
+
+def derive_variants() -> None:
+    from bench.variants import register_variants
+
+    for cls in list(_REGISTRY.values()):
+        if cls.has_adversarial_views and not cls.base_name:
+            register_variants(cls)
+
+
+def available() -> dict[str, type[Method]]:
+    """All registered methods, discovered on first use, in registration order."""
+    discover()
+    return dict(_REGISTRY)
+
+
+def get(name: str) -> type[Method]:
+    methods_by_name = available()
+    if name not in methods_by_name:
+        raise ConfigError(f"method {name!r} is not registered: allowed {sorted(methods_by_name)}")
+    return methods_by_name[name]
+
+
+def resolve(names: tuple[str, ...] | list[str]) -> list[str]:
+    """Expand 'all' and check every name, before any work starts."""
+    registered = available()
+    selected: list[str] = []
+    for name in names:
+        chosen = list(registered) if name == "all" else [get(name).name]
+        selected.extend(n for n in chosen if n not in selected)
+    if not selected:
+        raise ConfigError(f"methods={list(names)!r} selects nothing: allowed 'all' or {sorted(registered)}")
+    return selected

@@ -1,0 +1,78 @@
+"""ACL, dual-stream "DS" form (Jiang et al., NeurIPS 2020) and its A-InfoNCE variants.
+
+Loss = ½[NT-Xent(x1, x2; BN normal) + NT-Xent(a1, a2; BN pgd)], where (a1, a2) is PGD on
+both views jointly maximising the adversarial pair's NT-Xent, with the model in eval mode
+and the 'pgd' BN branch (released ``PGD_contrastive``). Every BN is dual, projector
+included; ImageNet normalisation lives inside the model.
+
+The released ACL loss has no clean<->adversarial positive pair, so its ``-ip``/``-hn``
+variants are this suite's extension: they contrast [x1, x2, a1, a2] jointly with the
+adversarial views tagged, so inferior positives and hard negatives have something to act on.
+"""
+from __future__ import annotations
+
+import torch
+
+from bench.attacks import pgd
+from bench.losses import nt_xent
+from bench.method import Method, StepContext
+from bench.models import ContrastiveModel
+from bench.registry import register
+from bench.views import StrongAugment
+
+
+def joint_nt_xent(model: ContrastiveModel, pair: torch.Tensor, bn: str, temperature: float) -> torch.Tensor:
+    """NT-Xent of a stacked pair [x1; x2] forwarded together through one BN branch."""
+    z1, z2 = model(pair, bn).chunk(2)
+    return nt_xent(z1, z2, temperature)
+
+
+@register("acl")
+class ACL(Method):
+    description = "ACL-DS (Jiang et al. 2020): NT-Xent on the clean pair (BN normal) + the PGD pair (BN pgd)"
+    bn_branches = ("normal", "pgd")
+    projector = "acl"
+    normalization = "imagenet"
+    finetune_bn = "pgd"
+    has_adversarial_views = True
+    variant_note = "suite extension: [x1, x2, a1, a2] contrasted jointly"
+    augment = StrongAugment(crop_scale=(0.1, 1.0))
+
+    @classmethod
+    def preset_pretrain(cls, preset: str, dataset: str) -> dict:
+        if preset != "paper":
+            return {}
+        return {"optimizer": "lars", "lr": 5.0, "weight_decay": 1e-6, "warmup_epochs": 10, "warmup_start_lr": 0.0,
+                "min_lr_fraction": 1e-6 / 5.0, "epochs": 1000, "batch_size": 512}
+
+    def adversarial_pair(self, model: ContrastiveModel, pair: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """PGD on both views jointly, model in eval mode (mode restored afterwards)."""
+        was_training = model.training
+        model.eval()
+        try:
+            return pgd(
+                lambda inputs: joint_nt_xent(model, inputs, "pgd", self.temperature),
+                pair,
+                epsilon=ctx.attack.epsilon,
+                step_size=ctx.attack.step_size,
+                steps=ctx.attack.steps,
+                generator=ctx.generator,
+            )
+        finally:
+            model.train(was_training)
+
+    def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
+        clean = torch.cat([self.augment(images, ctx.generator), self.augment(images, ctx.generator)])
+        adversarial = self.adversarial_pair(model, clean, ctx)
+        alpha = self.update_alpha(model, clean, adversarial, ctx)
+        if not (self.inferior_positives or self.hard_negatives):
+            loss_clean = joint_nt_xent(model, clean, "normal", self.temperature)
+            loss_adv = joint_nt_xent(model, adversarial, "pgd", self.temperature)
+            return 0.5 * (loss_clean + loss_adv), {"loss_clean": loss_clean.detach(), "loss_adv": loss_adv.detach()}
+        z_clean = model(clean, "normal").chunk(2)
+        z_adv = model(adversarial, "pgd").chunk(2)
+        features = torch.stack([*z_clean, *z_adv], dim=1)  # [B, 4, D]: x1, x2, a1, a2
+        loss = self.contrastive_loss(features, (False, False, True, True))
+        return loss, {"alpha": alpha}
+
+

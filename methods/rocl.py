@@ -1,0 +1,180 @@
+"""RoCL (Kim et al., NeurIPS 2020) and its A-InfoNCE variants (Yu et al., ECCV 2022).
+
+One step, as in the released ``rocl_train.py`` (A-InfoNCE ``Asym-RoCL``, parent Kim-Minseon/RoCL):
+1. two strong views x1, x2 (crop scale (0.08, 1));
+2. a = instance-wise PGD on x1 towards x2: maximise the 2-view NT-Xent(a, x2), random start,
+   model in eval mode (mode restored afterwards); paper: PGD-7, ε 0.0314, step 0.007;
+3. ONE forward of [x1; x2; a] (a single BN for all views), NT-Xent over the 3 views with every
+   column detached (each term ℓ(u→p) moves only its anchor u; the released similarity is
+   ``z @ z.T.detach()``), summed over each anchor's two positives and averaged over anchors;
+4. plus the regulariser (1/λ)·NT-Xent(a, x2), λ = 256, on a second forward of [a; x2] in
+   train mode, also column-detached (the released ``pairwise_similarity`` detaches too).
+
+The variants only change step 3 (``contrastive_loss``): -ip weighs the clean→adversarial
+terms by α and the adversarial→clean ones by 1−α (α = 0.2 fixed), -hn re-weights negatives
+(HCL); the attack and the regulariser stay symmetric, as released.
+
+Deviations from the released code (all small, documented in the report):
+- the paper ran 2 GPUs × 256 with the attack and the regulariser on each GPU's 256 images
+  and the contrastive matrix gathered over 512; here all three use the whole batch;
+- views are augmented crop → flip → jitter → grayscale (RoCL: jitter → grayscale → flip → crop);
+- ε is the harness's (8/255 = 0.03137 in the paper preset, RoCL: 0.0314).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bench.attacks import pgd
+from bench.config import ConfigError, eval_fraction
+from bench.losses import a_infonce
+from bench.method import Method, MethodParams, StepContext
+from bench.models import ContrastiveModel
+from bench.registry import register
+from bench.views import StrongAugment
+
+# Views of the contrastive matrix, in order: x1, x2, a (the adversarial one).
+ADVERSARIAL = (False, False, True)
+
+# ``a_infonce`` averages each anchor's terms over its positives (DESIGN §3); the released RoCL
+# loss sums them, (1/3N)·Σ of the six pair terms, so the 3-view loss is scaled by the
+# number of positives per anchor. This keeps the regulariser's relative weight (1/256).
+POSITIVES_PER_ANCHOR = 2.0
+
+
+@dataclass
+class RoCLParams(MethodParams):
+    """RoCL's own hyperparameters on top of the A-InfoNCE knobs.
+
+    regularizer_lambda: λ of the (1/λ)·NT-Xent(a, x2) regulariser (released ``--lamda``).
+    attack_steps / attack_step_size: RoCL's own PGD (7 steps of 0.007 in the paper);
+        None uses the harness's ``attack.steps`` / ``attack.step_size``.
+    """
+
+    regularizer_lambda: float = 256.0
+    attack_steps: int | None = None
+    attack_step_size: float | None = None
+
+
+def pair_nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """RoCL's 2-view NT-Xent: every column detached (gradient reaches only the anchors)."""
+    return a_infonce(torch.stack([z_a, z_b], dim=1), (False, False), temperature=temperature, detach_contrast=True)
+
+
+@register("rocl")
+class RoCL(Method):
+    description = "RoCL (Kim et al. 2020): PGD on x1 towards x2 (eval mode), column-detached NT-Xent over [x1, x2, a]"
+    bn_branches = ("normal",)
+    projector = "rocl"
+    finetune_bn = "normal"
+    has_adversarial_views = True
+    Params = RoCLParams
+    augment = StrongAugment(crop_scale=(0.08, 1.0))
+
+    # ------------------------------------------------------------------ configuration
+    @classmethod
+    def preset_params(cls, preset: str, dataset: str) -> dict[str, Any]:
+        """Released shell settings (notes §3.2); the smoke preset exercises every knob."""
+        if preset != "paper":
+            values: dict[str, Any] = {}
+            if cls.inferior_positives:
+                values.update(alpha=0.2, adv_weight=1.0)
+            if cls.hard_negatives:
+                values.update(beta=1.0, tau_plus=0.1)
+            return values
+        values = {"attack_steps": 7, "attack_step_size": 0.007, "regularizer_lambda": 256.0}
+        if cls.inferior_positives:  # --stop_grad --stpg_degree 0.2, adv_weight never set (1)
+            values.update(alpha=0.2, adv_weight=1.0)
+        if cls.hard_negatives:  # --HN --tau 0.12 (CIFAR-10); CIFAR-100 keeps the defaults
+            values.update(beta=1.0, tau_plus=0.1 if dataset == "cifar100" else 0.12)
+        return values
+
+    @classmethod
+    def preset_pretrain(cls, preset: str, dataset: str) -> dict[str, Any]:
+        """LARS (trust 1e-3, wd 1e-6), batch 512, 1000 epochs, warm-up ×15 then cosine.
+
+        Released: ``GradualWarmupScheduler(multiplier 15, total_epoch 10)`` stepped at the start
+        of each epoch gives lr = base·(1 + 1.4·(e+1)) in epochs e = 0..9, i.e. base·2.4 at
+        epoch 0 rising to 15·base at epoch 9, then ``CosineAnnealingLR(T_max 1000)`` from
+        15·base towards 0. Our per-iteration linear warm-up from (2.4/15)·lr to lr = 15·base
+        over 9 epochs hits the released value at the first iteration of every warm-up epoch
+        (it interpolates inside an epoch where the released lr is a step function), then
+        cosine to 0 over the remaining epochs. Base lr per variant (notes §3.2): RoCL and
+        -IP 0.1; -HN 0.2 (CIFAR-10) / 0.1 (CIFAR-100); -IPHN 0.3 / 0.2.
+        """
+        if preset != "paper":
+            return {}
+        cifar100 = dataset == "cifar100"
+        base_lr = 0.1
+        if cls.hard_negatives:
+            base_lr = (0.2 if cifar100 else 0.3) if cls.inferior_positives else (0.1 if cifar100 else 0.2)
+        return {"optimizer": "lars", "lars_trust": 1e-3, "lr": 15 * base_lr, "momentum": 0.9, "weight_decay": 1e-6,
+                "warmup_epochs": 9, "warmup_start_lr": 2.4 / 15, "min_lr_fraction": 0.0, "epochs": 1000,
+                "batch_size": 512}
+
+    @classmethod
+    def make_params(cls, overrides: dict[str, Any]) -> MethodParams:
+        """As ``Method.make_params``; also turns CLI strings into numbers for the None-default fields."""
+        params = super().make_params(overrides)
+        for name, kind in (("attack_steps", int), ("attack_step_size", float)):
+            value = getattr(params, name)
+            if isinstance(value, str):
+                if value.lower() in ("", "none"):
+                    value = None
+                else:
+                    try:
+                        value = kind(eval_fraction(value)) if kind is float else kind(value)
+                    except ValueError:
+                        raise ConfigError(f"{name}={value!r} is invalid: allowed {kind.__name__} values or none") from None
+                setattr(params, name, value)
+            if value is not None and value < 0:
+                raise ConfigError(f"{name}={value!r} is invalid: allowed numbers >= 0 or none (the harness's)")
+        if params.regularizer_lambda <= 0:
+            raise ConfigError(f"regularizer_lambda={params.regularizer_lambda!r} is invalid: allowed numbers > 0")
+        return params
+
+    def ip_adv_weight(self) -> float:
+        """w as the released RoCL-IP means it: the clean/adversarial pair counted once.
+
+        Released: w·[α·ℓ(x→a) + (1−α)·ℓ(a→x)] per pair, where the symmetric baseline counts
+        ℓ(x→a) + ℓ(a→x); DESIGN §3's c(a, v) = c(v, a) counts the IP term in both directions,
+        so the formula path gets w/2 (total adversarial weight halves, as released). The
+        'official' path implements the released sum itself and gets w unchanged.
+        """
+        return self.params.adv_weight if self.params.quirks == "official" else self.params.adv_weight / 2
+
+    # ------------------------------------------------------------------ step
+    def adversarial_view(self, model: ContrastiveModel, x1: torch.Tensor, x2: torch.Tensor, ctx: StepContext):
+        """a = PGD on x1 maximising NT-Xent(a, x2), model in eval mode (mode restored afterwards)."""
+        steps = ctx.attack.steps if self.params.attack_steps is None else int(self.params.attack_steps)
+        step_size = ctx.attack.step_size if self.params.attack_step_size is None else float(self.params.attack_step_size)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                z_target = model(x2)  # eval mode: x2's embedding is the same at every PGD step
+            return pgd(
+                lambda inputs: pair_nt_xent(model(inputs), z_target, self.temperature),
+                x1,
+                epsilon=ctx.attack.epsilon,
+                step_size=step_size,
+                steps=steps,
+                generator=ctx.generator,
+            )
+        finally:
+            model.train(was_training)
+
+    def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
+        x1, x2 = self.augment(images, ctx.generator), self.augment(images, ctx.generator)
+        adversarial = self.adversarial_view(model, x1, x2, ctx)
+        alpha = self.update_alpha(model, x1, adversarial, ctx)  # no-op: RoCL-IP keeps α fixed
+        features = torch.stack(model(torch.cat([x1, x2, adversarial])).chunk(3), dim=1)  # [B, 3, D]
+        loss_contrast = self.contrastive_loss(features, ADVERSARIAL, detach_contrast=True, scale=POSITIVES_PER_ANCHOR)
+        z_adv, z_target = model(torch.cat([adversarial, x2])).chunk(2)
+        loss_regularizer = pair_nt_xent(z_adv, z_target, self.temperature) / self.params.regularizer_lambda
+        logs = {"loss_contrast": loss_contrast.detach(), "loss_regularizer": loss_regularizer.detach()}
+        if self.inferior_positives:
+            logs["alpha"] = alpha
+        return loss_contrast + loss_regularizer, logs

@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny configs on the embedded digits, so tests run in seconds on a CPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.config import RunConfig, smoke_preset
+from bench.data import load_digits
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_digits(16)
+
+
+@pytest.fixture
+def tiny_config(tmp_path) -> RunConfig:
+    config = smoke_preset()
+    config.pretrain.epochs = 1
+    config.pretrain.batch_size = 32
+    config.pretrain.checkpoint_every = 5
+    config.attack.steps = 2
+    config.finetune.epochs = 1
+    config.finetune.milestones = (1,)
+    config.evaluate.n_eval = 32
+    config.evaluate.attacks = ("clean", "pgd20")
+    config.results_dir = str(tmp_path / "results")
+    config.reports_dir = str(tmp_path / "reports")
+    config.device = "cpu"
+    return config
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.set_num_threads(2)
+    yield

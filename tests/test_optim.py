@@ -1,0 +1,44 @@
+"""LARS against the formula, and the warm-up + cosine schedule."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from bench.config import PretrainConfig
+from bench.optim import LARS, learning_rate
+
+
+def test_lars_step_matches_formula():
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(4, 3))
+    weight.grad = torch.randn(4, 3)
+    w0, g0 = weight.detach().clone(), weight.grad.clone()
+    lr, decay, trust, momentum = 0.5, 1e-2, 1e-3, 0.9
+    optimizer = LARS([weight], lr=lr, momentum=momentum, weight_decay=decay, trust_coefficient=trust)
+    optimizer.step()
+    ratio = trust * w0.norm() / (g0.norm() + decay * w0.norm() + 1e-8)
+    first_update = ratio * (g0 + decay * w0)
+    assert torch.allclose(weight.detach(), w0 - lr * first_update, atol=1e-7)
+    # second step: momentum buffer = m * previous + new scaled update
+    w1 = weight.detach().clone()
+    optimizer.step()
+    ratio1 = trust * w1.norm() / (g0.norm() + decay * w1.norm() + 1e-8)
+    buffer = momentum * first_update + ratio1 * (g0 + decay * w1)
+    assert torch.allclose(weight.detach(), w1 - lr * buffer, atol=1e-7)
+
+
+def test_lars_zero_weight_uses_unit_trust():
+    weight = torch.nn.Parameter(torch.zeros(3))
+    weight.grad = torch.ones(3)
+    LARS([weight], lr=0.1, momentum=0.0).step()
+    assert torch.allclose(weight.detach(), torch.full((3,), -0.1))
+
+
+def test_schedule_warmup_then_cosine():
+    config = PretrainConfig(lr=2.0, warmup_start_lr=0.1, min_lr_fraction=1e-3)
+    assert math.isclose(learning_rate(0, 100, 10, config), 0.2)
+    assert math.isclose(learning_rate(5, 100, 10, config), 0.2 + (2.0 - 0.2) * 0.5)
+    assert math.isclose(learning_rate(10, 100, 10, config), 2.0)
+    assert math.isclose(learning_rate(55, 100, 10, config), 0.002 + (2.0 - 0.002) * 0.5)
+    assert math.isclose(learning_rate(100, 100, 10, config), 0.002)

@@ -1,0 +1,33 @@
+"""The README's 'Adding a method' example works as printed."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from bench import registry
+from bench.cli import main
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_method_example_registers_and_runs(tmp_path, capsys):
+    text = README.read_text()
+    block = re.search(r"```python\n# methods/my_method.py\n(.*?)```", text, re.S).group(1)
+    try:
+        exec(compile(block, "README.md", "exec"), {})
+        assert main(["list"]) == 0
+        listed = capsys.readouterr().out
+        for name in ("my-method", "my-method-ip", "my-method-hn", "my-method-iphn"):
+            registry.derive_variants()
+            assert name in registry.available()
+        assert "my-method" in listed
+        code = main(["run", "--methods", "my-method", "my-method-ip", "--results-dir", str(tmp_path / "r"),
+                     "--reports-dir", str(tmp_path / "rep"), "--epochs", "1", "--finetune-epochs", "1",
+                     "--n-eval", "16", "--attacks", "clean,pgd20", "--schemes", "SLF", "--quiet", "--device", "cpu",
+                     "--set", "pretrain.batch_size=64", "--set", "finetune.batch_size=512"])
+        assert code == 0
+        table = (tmp_path / "r" / "results.csv").read_text()
+        assert "my-method-ip" in table
+    finally:
+        for name in ("my-method", "my-method-ip", "my-method-hn", "my-method-iphn"):
+            registry.unregister(name)

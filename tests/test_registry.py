@@ -1,0 +1,89 @@
+"""Registry: built-ins, variants, a dummy method from a test and one through an entry point."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from bench import registry
+from bench.cli import main
+from bench.config import ConfigError
+from bench.losses import nt_xent
+from bench.method import Method
+from bench.registry import register
+
+TINY = ["--epochs", "1", "--finetune-epochs", "1", "--n-eval", "24", "--attacks", "clean,pgd20",
+        "--set", "pretrain.batch_size=64", "--set", "finetune.batch_size=256", "--quiet", "--device", "cpu"]
+
+
+def test_builtin_methods_and_variants_are_registered():
+    names = set(registry.available())
+    bases = {"simclr", "acl", "rocl", "advcl"}
+    assert bases <= names
+    for base in ("acl", "rocl", "advcl"):
+        for suffix in ("ip", "hn", "iphn"):
+            variant = registry.get(f"{base}-{suffix}")
+            assert variant.base_name == base
+            assert variant.inferior_positives == ("ip" in suffix)
+            assert variant.hard_negatives == suffix.endswith("hn")
+    assert "simclr-ip" not in names  # no adversarial views, no variants
+
+
+def test_unknown_method_lists_the_registered_ones():
+    with pytest.raises(ConfigError, match="not registered: allowed .*'acl'"):
+        registry.get("nope")
+
+
+@pytest.fixture
+def dummy_method():
+    @register("dummy-test")
+    class Dummy(Method):
+        description = "a throw-away method registered by a test"
+
+        def training_step(self, model, images, ctx):
+            z1, z2 = model(images).chunk(2)
+            return nt_xent(z1, z2), {}
+
+    yield Dummy
+    registry.unregister("dummy-test")
+
+
+def test_dummy_method_is_listed_and_runs(dummy_method, tmp_path, capsys):
+    assert main(["list"]) == 0
+    assert "dummy-test" in capsys.readouterr().out
+    code = main(["run", "--methods", "dummy-test", "--results-dir", str(tmp_path / "r"),
+                 "--reports-dir", str(tmp_path / "rep"), "--schemes", "SLF", *TINY])
+    assert code == 0
+    table = (tmp_path / "r" / "results.csv").read_text()
+    assert "dummy-test" in table and "pgd20" in table
+
+
+def test_entry_point_plugin_is_discovered(tmp_path, monkeypatch, capsys):
+    (tmp_path / "acl_bench_plugin_demo.py").write_text(textwrap.dedent('''
+        from bench.losses import nt_xent
+        from bench.method import Method
+        from bench.registry import register
+
+        @register("plugin-demo")
+        class PluginDemo(Method):
+            description = "a method shipped by a third-party package"
+
+            def training_step(self, model, images, ctx):
+                z1, z2 = model(images).chunk(2)
+                return nt_xent(z1, z2), {}
+    '''))
+    dist = tmp_path / "acl_bench_plugin_demo-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acl-bench-plugin-demo\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[acl_bench.methods]\ndemo = acl_bench_plugin_demo\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_discovered", False)
+    try:
+        assert main(["list"]) == 0
+        assert "plugin-demo" in capsys.readouterr().out
+        code = main(["run", "--methods", "plugin-demo", "--results-dir", str(tmp_path / "r"),
+                     "--reports-dir", str(tmp_path / "rep"), "--schemes", "SLF", *TINY])
+        assert code == 0
+        assert "plugin-demo" in (tmp_path / "r" / "results.csv").read_text()
+    finally:
+        registry.unregister("plugin-demo")

@@ -1,0 +1,236 @@
+"""Reports from a hand-written results store: tables, plots, index and the paper table.
+
+The store is written by the tests (no training), so every expected number is known by hand.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+
+from bench.report import (
+    UNSPECIFIED_AINFONCE,
+    convert_robustssl_leaderboard,
+    load_reference,
+    load_results,
+    write_paper_tables,
+    write_reports,
+)
+
+COLUMNS = ["run_id", "timestamp", "preset", "method", "dataset", "eval_dataset", "scheme", "attack", "metric", "value",
+           "epsilon", "n_eval", "seed", "pretrain_epochs", "finetune_epochs", "config_hash", "code_version",
+           "torch_version", "device", "wall_s", "flags"]
+EPS_SMOKE, EPS_PAPER = 0.1, 0.0313725
+REPO_REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
+
+
+def _row(run_id, method, scheme, attack, value, *, seed=0, preset="smoke", dataset="digits", epsilon=EPS_SMOKE,
+         metric="accuracy", flags="", config_hash="hash-a"):
+    return {"run_id": run_id, "timestamp": "2025-01-01T00:00:00+00:00", "preset": preset, "method": method,
+            "dataset": dataset, "eval_dataset": dataset, "scheme": scheme, "attack": attack, "metric": metric,
+            "value": value, "epsilon": epsilon, "n_eval": 256, "seed": seed, "pretrain_epochs": 2,
+            "finetune_epochs": 1, "config_hash": config_hash, "code_version": "0.1.0+abc", "torch_version": "2.4",
+            "device": "cpu", "wall_s": 1.5, "flags": flags}
+
+
+def _rows() -> list[dict]:
+    smoke = [
+        _row("acl-s0", "acl", "SLF", "clean", 90.0), _row("acl-s1", "acl", "SLF", "clean", 92.0, seed=1),
+        _row("acl-s0", "acl", "SLF", "pgd20", 40.0), _row("acl-s1", "acl", "SLF", "pgd20", 42.0, seed=1),
+        _row("acl-s0", "acl", "AFF", "clean", 88.0),
+        _row("acl-s0", "acl", "SLF", "pgd20", 43.5, metric="accuracy_best_epoch"),
+        _row("acl-s0", "acl", "SLF", "pgd20", 61.0, epsilon=0.05),
+        _row("rocl-s0", "rocl", "SLF", "clean", 85.0, config_hash="hash-b"),
+        _row("rocl-s0", "rocl", "SLF", "pgd20", 45.0, flags="suspect:aa>pgd20", config_hash="hash-b"),
+        _row("rocl-s0", "rocl", "SLF", "autoattack", 47.0, flags="suspect:aa>pgd20", config_hash="hash-b"),
+        _row("rocl-s0", "rocl", "SLF", "apgd-ce", 46.0, config_hash="hash-b"),
+    ]
+    paper = {"preset": "paper", "dataset": "cifar10", "epsilon": EPS_PAPER, "config_hash": "hash-c"}
+    cifar = [_row("advcl-c10", "advcl", "SLF", "clean", 81.85, **paper),
+             _row("advcl-c10", "advcl", "SLF", "pgd20", 50.0, **paper),
+             _row("advcl-c10", "advcl", "SLF", "autoattack", 44.0, **paper)]
+    return smoke + cifar
+
+
+def _write_store(root: Path, rows: list[dict]) -> Path:
+    (root / "results").mkdir(parents=True)
+    with open(root / "results" / "results.csv", "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    for run_id, losses in (("acl-s0", [4.0, 3.5, 3.1, 2.9]), ("rocl-s0", [5.0, 4.2, 3.9, 3.0])):
+        run_dir = root / "results" / "runs" / run_id
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.json").write_text(f'{{"method": "{run_id.split("-")[0]}"}}')
+        lines = ["epoch,step,loss,lr,acc_proxy"] + [f"{i // 2},{i},{loss},0.1,0.5" for i, loss in enumerate(losses)]
+        (run_dir / "pretrain_history.csv").write_text("\n".join(lines) + "\n")
+    return root / "results" / "results.csv"
+
+
+def _write_reference(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "author_quoted.csv").write_text(
+        "method,dataset,eval_dataset,scheme,attack,metric,value,source,note\n"
+        "advcl,cifar10,cifar10,SLF,clean,accuracy,80.85,https://example.org/advcl,quoted\n"
+        "advcl,cifar10,cifar10,SLF,pgd20,accuracy,50.45,https://example.org/advcl,quoted\n")
+    (directory / "robustssl_leaderboard.csv").write_text(
+        "method,dataset,eval_dataset,scheme,attack,metric,value,source,note\n"
+        "advcl,cifar10,cifar10,SLF,clean,accuracy,82.36,https://robustssl.github.io/,leaderboard\n"
+        "advcl,cifar10,cifar10,SLF,autoattack,accuracy,43.18,https://robustssl.github.io/,leaderboard\n"
+        "rocl,cifar100,cifar100,SLF,clean,accuracy,42.93,https://robustssl.github.io/,leaderboard\n")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    results_csv = _write_store(root, _rows())
+    reference = _write_reference(root / "reference")
+    written = write_reports(results_csv, root / "reports", root / "results" / "runs", reference, paper=False)
+    return root / "reports", written
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def _markdown_section(text: str, marker: str) -> str:
+    return next(part for part in text.split("### ") if part.startswith(marker))
+
+
+def _table_line(section: str, method: str) -> list[str]:
+    line = next(line for line in section.splitlines() if line.startswith(f"| {method} |"))
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def test_load_results_types_values(tmp_path):
+    rows = load_results(_write_store(tmp_path, _rows()))
+    assert rows[0]["value"] == 90.0 and rows[1]["seed"] == 1 and rows[0]["epsilon"] == EPS_SMOKE
+    assert rows[8]["flags"] == rows[9]["flags"] == ("suspect:aa>pgd20",) and rows[0]["flags"] == ()
+
+
+def test_missing_results_file_is_a_clear_error(tmp_path):
+    missing = tmp_path / "nowhere" / "results.csv"
+    with pytest.raises(FileNotFoundError, match=r"no results at .*results\.csv: run `bench run` first"):
+        write_reports(missing, tmp_path / "reports", tmp_path / "runs", None)
+    assert not (tmp_path / "reports").exists()
+
+
+def test_markdown_table_content(report):
+    text = (report[0] / "results.md").read_text()
+    smoke = _markdown_section(text, "digits → digits · preset smoke · ε = 0.1 ")
+    assert "smoke preset: a working demonstration, not a result to compare with papers" in smoke
+    acl, rocl = _table_line(smoke, "acl"), _table_line(smoke, "rocl")
+    # columns: Method, SLF SA, SLF PGD-20, SLF AA, ALF ×3, AFF ×3
+    assert acl[1] == "**91.00 ± 1.41**" and acl[2] == "41.00 ± 1.41"  # mean ± sample std over 2 seeds
+    assert rocl[1] == "85.00" and rocl[2] == "**45.00**†"                # best per column in bold
+    assert rocl[3] == "**47.00**†"                                       # suspect marker
+    assert acl[3] == "–" and acl[4:7] == ["–", "–", "–"] and acl[7] == "**88.00**"
+    assert "† rocl SLF PGD-20, AA: suspect:aa>pgd20" in smoke
+    assert "43.50" not in text                                           # best-epoch value not mixed in
+    assert "ε = 0.05" in text and "ε = 8/255" in text                    # every table states its ε
+
+
+def test_best_epoch_table_is_separate(report):
+    text = (report[0] / "results_best_epoch.md").read_text()
+    assert "Best-on-test epoch" in text and "not the result" in text
+    assert _table_line(_markdown_section(text, "Best-on-test"), "acl")[2] == "**43.50**"
+
+
+def test_csv_and_latex_outputs_parse(report):
+    rows = _read_csv(report[0] / "results.csv")
+    key = ("acl", "SLF", "clean", "0.1")
+    cell = next(r for r in rows if (r["method"], r["scheme"], r["attack"], r["epsilon"]) == key)
+    assert float(cell["mean"]) == 91.0 and abs(float(cell["std"]) - 1.4142) < 1e-3 and cell["n"] == "2"
+    missing = next(r for r in rows if (r["method"], r["scheme"], r["attack"]) == ("acl", "ALF", "clean"))
+    assert missing["mean"] == "" and missing["n"] == "0"
+    tex = (report[0] / "results.tex").read_text()
+    assert tex.count("\\begin{table}") == tex.count("\\end{table}") == 3
+    assert tex.count("\\begin{tabular}") == tex.count("\\end{tabular}") == 3
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "\\textbf{45.00}" in tex
+    assert "91.00 $\\pm$ 1.41" in tex and "$^\\dagger$" in tex and "$\\epsilon$ = 0.1" in tex
+
+
+def test_plots_are_written(report):
+    figures = report[0] / "figures"
+    for prefix in ("tradeoff_", "bars_", "loss_", "epsilon_"):
+        pngs = sorted(figures.glob(f"{prefix}*.png"))
+        assert pngs, prefix
+        for png in pngs:
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            pdf = png.with_name(png.name[:-4] + ".pdf")
+            assert pdf.read_bytes()[:5] == b"%PDF-"
+    assert (figures / "loss_digits-digits_smoke.png").exists()
+    assert (figures / "epsilon_digits-digits_smoke.png").exists()
+
+
+def test_index_links_every_file_and_notes_skips(report):
+    reports_dir, written = report
+    index = (reports_dir / "index.md").read_text()
+    links = set(re.findall(r"\]\(([^)]+)\)", index))
+    on_disk = {p.relative_to(reports_dir).as_posix() for p in reports_dir.rglob("*") if p.is_file()} - {"index.md"}
+    assert links == on_disk and all((reports_dir / link).is_file() for link in links)
+    assert {Path(p) for p in written} == {reports_dir / link for link in links} | {reports_dir / "index.md"}
+    assert "`hash-a`, `hash-b`" in index and "`0.1.0+abc`" in index and "preset `smoke`" in index
+    assert "Pretraining loss — cifar10" in index and "skipped" in index   # no history for the cifar10 run
+    assert not list(reports_dir.rglob("*.tmp"))
+
+
+def test_paper_table_reference_and_delta(report):
+    text = (report[0] / "paper_table1.md").read_text()
+    section = text.split("## CIFAR-10 (cifar10) · preset paper")[1].split("## ")[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    start = next(i for i, line in enumerate(lines) if line.startswith("| AdvCL |"))
+    ours, reference, delta = ([c.strip() for c in line.strip("|").split("|")] for line in lines[start:start + 3])
+    assert ours[2:5] == ["81.85", "50.00", "44.00"]
+    assert reference[1] == "reference" and reference[2].startswith("80.85 [")   # author-quoted preferred
+    assert reference[4].startswith("43.18 [")
+    assert delta[2:5] == ["+1.00", "-0.45", "+0.82"] and delta[5] == "–"
+    assert "AdvCL-IPHN" in section and "RoCL-IP" in section and "also 82.36" in section
+    assert "smoke preset" not in section and "https://example.org/advcl" in text
+    rows = _read_csv(report[0] / "paper_table1.csv")
+    cell = next(r for r in rows if (r["method"], r["scheme"], r["attack"]) == ("advcl", "SLF", "clean"))
+    assert float(cell["delta"]) == pytest.approx(1.0) and cell["reference_file"] == "author_quoted.csv"
+    cifar100 = text.split("## CIFAR-100")[1]
+    assert "(no results of ours)" in cifar100 and "42.93 [" in cifar100
+    assert "\\begin{tabular}" in (report[0] / "paper_table1.tex").read_text()
+
+
+def test_paper_table_smoke_banner(tmp_path):
+    rows = load_results(_write_store(tmp_path, [_row("a", "rocl", "SLF", "clean", 70.0, dataset="cifar10")]))
+    paths = write_paper_tables(rows, _write_reference(tmp_path / "ref"), tmp_path / "out")
+    text = paths[0].read_text()
+    assert "smoke preset: a working demonstration, not a result to compare with papers" in text
+
+
+def test_repository_reference_files():
+    rows = load_reference(REPO_REFERENCE)
+    assert rows and all(row["source"] for row in rows)
+    quoted = {(r["method"], r["attack"]): r["value"] for r in rows if r["file"] == "author_quoted.csv"}
+    assert quoted == {("rocl", "clean"): 83.71, ("rocl", "pgd20"): 40.27,
+                      ("advcl", "clean"): 80.85, ("advcl", "pgd20"): 50.45}
+    board = [r for r in rows if r["file"] == "robustssl_leaderboard.csv"]
+    ainfonce = {(r["dataset"], r["scheme"], r["attack"]): r["value"] for r in board
+                if r["method"] == UNSPECIFIED_AINFONCE and r["dataset"] == r["eval_dataset"]}
+    assert ainfonce[("cifar10", "SLF", "autoattack")] == 42.72 and ainfonce[("cifar100", "AFF", "clean")] == 58.08
+    assert not any(r["method"].startswith(("advcl-", "rocl-")) for r in board)
+
+
+def test_convert_leaderboard(tmp_path):
+    source = tmp_path / "wide.csv"
+    source.write_text(
+        "pretrain,downstream,mode,paper,venue,comment,"
+        "ra_vanilla,ca_vanilla,sa_vanilla,ra_autolora,ca_autolora,sa_autolora\n"
+        "cifar10,cifar10,SLF,Rethinking the Effect of Data Augmentation in Adversarial Contrastive Learning,ICLR 2023,"
+        "Using post-processing,46.54,71.96,79.82,45.07,73.56,81.75\n"
+        "cifar10,cifar10,SLF,Adversarial Self-Supervised Contrastive Learning,NeurIPS 2020,,"
+        "26.12,0,77.90,37.92,72.65,80.65\n")
+    rows = _read_csv(convert_robustssl_leaderboard(source, tmp_path / "long.csv"))
+    assert {(r["method"], r["scheme"], r["attack"], r["value"]) for r in rows} >= {
+        ("dynacl++", "SLF", "autoattack", "46.54"), ("dynacl++", "SLF", "clean", "79.82"),
+        ("rocl", "SLF", "clean", "77.9"), ("rocl", "SLF-autolora", "autoattack", "37.92")}
+    assert not any(r["method"] == "rocl" and r["scheme"] == "SLF" and r["attack"] == "common-corruptions" for r in rows)
+    assert all("robustssl.github.io" in r["source"] for r in rows)

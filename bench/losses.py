@@ -94,7 +94,9 @@ def a_infonce(
     """
     _validate(features, adversarial, alpha, hard_negatives, quirks)
     if quirks == "official":
-        raise NotImplementedError("quirks='official' is not available in this build: use quirks='none'")
+        layout = _official_layout(features, adversarial, detach_contrast)
+        official = _official_advcl if layout == "advcl" else _official_rocl
+        return official(features, temperature, alpha, adv_weight, hard_negatives, scale)
     batch, views, dim = features.shape
     z = features.transpose(0, 1).reshape(views * batch, dim).float()
     view, positive, negative, self_mask = _masks(batch, views, z.device)
@@ -111,6 +113,124 @@ def a_infonce(
         losses = torch.where(cross, adv_weight * (alpha * clean_anchor + (1 - alpha) * adv_anchor), losses)
     per_anchor = torch.where(positive, losses, torch.zeros_like(losses)).sum(1) / positive.sum(1)
     return scale * per_anchor.mean()
+
+
+# ---------------------------------------------------------------------- released code (quirks)
+
+OFFICIAL_LAYOUTS = {
+    "advcl": ((True, False, False, False), False),  # [x_adv, x1, x2, HFC], full gradient
+    "rocl": ((False, False, True), True),  # [x1, x2, a], columns detached
+}
+HCL_CLAMP_TEMPERATURE = 0.5  # hard-coded in both released HN losses
+
+
+def _official_layout(features: torch.Tensor, adversarial: Sequence[bool], detach_contrast: bool) -> str:
+    for name, (views, detached) in OFFICIAL_LAYOUTS.items():
+        if tuple(bool(flag) for flag in adversarial) == views and bool(detach_contrast) == detached:
+            return name
+    raise ValueError(
+        f"quirks='official' with adversarial={list(adversarial)}, detach_contrast={detach_contrast} is invalid: "
+        "allowed the AdvCL layout ([True, False, False, False], detach_contrast=False) or the RoCL layout "
+        "([False, False, True], detach_contrast=True)"
+    )
+
+
+def _official_hcl(exp_logits: torch.Tensor, positive: torch.Tensor, not_self: torch.Tensor, n_neg: int,
+                  beta: float, tau_plus: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """HCL's negative term as released: returns (mean positive, clamped Ng), one per row.
+
+    Quirk: the importance of column k is divided by the mean importance of *row k*
+    (``imp.mean(dim=-1)`` broadcast over the last dimension), not of the anchor's row.
+    """
+    negatives = exp_logits * (1 - positive) * not_self
+    pos_mean = (exp_logits * positive).sum(1) / positive.sum(1)
+    importance = torch.exp(beta * torch.log(negatives + 1e-9))
+    reweighted = importance * negatives / importance.mean(dim=-1)
+    ng = (-tau_plus * n_neg * pos_mean + reweighted.sum(dim=-1)) / (1 - tau_plus)
+    return pos_mean, torch.clamp(ng, min=n_neg * math.exp(-1 / HCL_CLAMP_TEMPERATURE))
+
+
+def _official_advcl(features, temperature, alpha, adv_weight, hard_negatives, scale) -> torch.Tensor:
+    """``ori_SupConLoss`` / ``SupConLoss`` of Asym-AdvCL (A-InfoNCE, commit b28763e), in ℓ form.
+
+    Quirks reproduced, one line each:
+    - logits are shifted by their (detached) row max, self-similarity included;
+    - without IP, the clean-anchor→adversarial terms are *replaced* by the transposed
+      adversarial-anchor terms (``mix[B:, :B] = ac.T``), and in-place aliasing gives that
+      block w² instead of w;
+    - with IP, both blocks get w·[α·ℓ^sg(v→a) + (1−α)·ℓ^sg(a→v)] (no aliasing);
+    - HN: importance normalised by the wrong row's mean (column broadcast), the denominator
+      of entry (u, p) is row p's (pos_p + Ng_p), and the clamp N·e^{-2} acts on max-shifted
+      exponentials (e² ≈ 7.4× HCL's floor); the positive term is the mean of 3 positives;
+    - the loss is the mean over all 4B anchors of the mean over their 3 positives, × ``scale``
+      (the released T/0.07).
+    """
+    batch, views = features.shape[:2]
+    z = torch.cat(torch.unbind(features, dim=1), dim=0).float()
+    n = views * batch
+    not_self = 1 - torch.eye(n, device=z.device)
+    positive = torch.eye(batch, device=z.device).repeat(views, views) * not_self
+
+    def pair_losses(contrast: torch.Tensor) -> torch.Tensor:
+        dot = z @ contrast.T / temperature
+        logits = dot - dot.max(dim=1, keepdim=True).values.detach()
+        if hard_negatives is None:
+            exp_logits = torch.exp(logits) * not_self
+            return -(logits - torch.log(exp_logits.sum(1, keepdim=True)))
+        exp_logits = torch.exp(logits)
+        pos_mean, ng = _official_hcl(exp_logits, positive, not_self, (batch - 1) * views, *hard_negatives)
+        return -torch.log(exp_logits / (pos_mean + ng))
+
+    losses = positive * pair_losses(z)
+    if alpha is None:
+        top = losses[:batch, batch:] * adv_weight
+        bottom = top.T * adv_weight
+    else:
+        stopped = positive * pair_losses(z.detach())
+        mixed = alpha * stopped[batch:, :batch].T + (1 - alpha) * stopped[:batch, batch:]
+        top, bottom = mixed * adv_weight, mixed.T * adv_weight
+    mix = losses.clone()
+    mix[:batch, batch:] = top
+    mix[batch:, :batch] = bottom
+    return scale * (mix.sum(1) / positive.sum(1)).mean()
+
+
+def _official_rocl(features, temperature, alpha, adv_weight, hard_negatives, scale) -> torch.Tensor:
+    """``NT_xent`` / ``NT_xent_HN`` of Asym-RoCL (A-InfoNCE, commit b28763e).
+
+    Quirks reproduced, one line each:
+    - projections are re-normalised as z/(‖z‖ + 1e-8) and every column is detached;
+    - plain: −log(e/(Σ_{k≠u} e + 1e-8) + 1e-8), the six pair terms summed and divided by 3N;
+    - with IP: w·[α·(ℓ(x1→a) + ℓ(x2→a)) + (1−α)·(ℓ(a→x1) + ℓ(a→x2))], each pair counted once;
+      without IP the adversarial terms have weight 1 whatever w (w is unused there);
+    - HN: the importance is normalised by the wrong row's mean (column broadcast), the final
+      division is row-wise, the clamp N·e^{-2} is HCL's; the positive term is the mean of 2.
+    The total is multiplied by ``scale``.
+    """
+    batch = features.shape[0]
+    outputs = torch.cat(torch.unbind(features, dim=1), dim=0).float()
+    normalised = outputs / (outputs.norm(dim=1, keepdim=True) + 1e-8)
+    similarity = (1.0 / temperature) * normalised @ normalised.T.detach()
+    n = 3 * batch
+    not_self = 1 - torch.eye(n, device=outputs.device)
+    exp_similarity = torch.exp(similarity)
+    if hard_negatives is None:
+        exp_similarity = exp_similarity * not_self
+        losses = -torch.log(exp_similarity / (exp_similarity.sum(1, keepdim=True) + 1e-8) + 1e-8)
+    else:
+        positive = torch.eye(batch, device=outputs.device).repeat(3, 3) * not_self
+        pos_mean, ng = _official_hcl(exp_similarity, positive, not_self, (batch - 1) * 3, *hard_negatives)
+        losses = -torch.log(exp_similarity / (pos_mean + ng).view(n, 1))
+
+    def block(row: int, column: int) -> torch.Tensor:
+        return torch.diag(losses[row * batch : (row + 1) * batch, column * batch : (column + 1) * batch])
+
+    total = block(0, 1) + block(1, 0)
+    if alpha is None:
+        total = total + block(0, 2) + block(2, 0) + block(1, 2) + block(2, 1)
+    else:
+        total = total + adv_weight * ((block(0, 2) + block(1, 2)) * alpha + (block(2, 0) + block(2, 1)) * (1 - alpha))
+    return scale * total.sum() / n
 
 
 class AdaptiveAlpha:

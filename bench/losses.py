@@ -1,75 +1,66 @@
-"""Contrastive losses: NT-Xent and the asymmetric InfoNCE of A-InfoNCE (Yu et al., ECCV 2022).
+"""Contrastive losses: SimCLR's NT-Xent and the asymmetric InfoNCE of A-InfoNCE.
 
-Notation (DESIGN §3): z are L2-normalised projections, T the temperature, s_uv = z_u·z_v,
-ℓ(u→p) = −log(exp(s_up/T) / Σ_{k≠u} exp(s_uk/T)); ℓ^sg is the same with every z_k (k≠u)
-detached, so its gradient reaches only the anchor z_u. Views of one instance are
-positives of each other, all views of other instances are negatives.
+References: Chen et al. 2020 (SimCLR, NT-Xent); Yu et al., "Adversarial Contrastive Learning
+via Asymmetric InfoNCE", ECCV 2022 (A-InfoNCE: inferior positives and hard negatives);
+Robinson et al. 2021 (HCL, the hard-negative estimator A-InfoNCE adopts). The formulas
+implemented are those of DESIGN §3; the released code's deviations live behind
+``quirks="official"`` (science/ainfonce-notes.md §1).
+
+Notation: z are L2-normalised projections, T the temperature, s_uv = z_u·z_v,
+ℓ(u→p) = −log(exp(s_up/T) / Σ_{k≠u} exp(s_uk/T)), and ℓ^sg(u→p) the same with every z_k
+(k≠u) detached, so that its gradient reaches only the anchor z_u. Views of one instance are
+positives of each other; every view of every other instance is a negative.
+
+Row layout used internally: the [B, V, D] features are flattened view-major, so row
+u = v·B + i holds view v of instance i (the layout of the released code).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from numbers import Real
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+QUIRKS = ("none", "official")
+# The released HN losses hard-code 0.5 as the temperature of their clamp floor N·e^{-1/0.5}.
+OFFICIAL_CLAMP_TEMPERATURE = 0.5
+# The released AdvCL loss is SupCon's, scaled by T / base_temperature with base 0.07:
+# callers pass ``scale=temperature / ADVCL_BASE_TEMPERATURE`` (also in official mode).
+ADVCL_BASE_TEMPERATURE = 0.07
+# Layouts the released code supports: (adversarial flags per view, detach_contrast).
+OFFICIAL_LAYOUTS = {
+    "advcl": ((True, False, False, False), False),  # [x_adv, x1, x2, HFC], full gradient
+    "rocl": ((False, False, True), True),  # [x1, x2, a], every column detached
+}
+
+
+# ---------------------------------------------------------------------------- NT-Xent
+
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
-    """SimCLR's NT-Xent (Chen et al. 2020) for two aligned [B, D] batches of normalised projections.
+    """SimCLR's NT-Xent for two aligned [B, D] batches of L2-normalised projections.
 
-    Mean over the 2B anchors of ℓ(u→p), p the other view of u's image.
+    Row i of ``z1`` and row i of ``z2`` are the two views of instance i. The loss is the
+    mean over the 2B anchors of ℓ(u→p), p the other view of u's instance, with every other
+    one of the 2B − 1 embeddings in the denominator (Chen et al. 2020, eq. 1). Used by
+    SimCLR and ACL, and as an attack objective. Computed in at least float32.
     """
-    z = torch.cat([z1, z2]).float()
-    n = z1.shape[0]
-    logits = (z @ z.T / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(logits, targets)
+    if z1.dim() != 2 or z1.shape != z2.shape:
+        shapes = f"z1.shape={tuple(z1.shape)}, z2.shape={tuple(z2.shape)}"
+        raise ValueError(f"{shapes} are invalid: allowed two tensors of the same [B, D] shape")
+    _check_positive("temperature", temperature)
+    z = torch.cat([z1, z2]).to(_compute_dtype(z1.dtype))
+    batch = z1.shape[0]
+    self_mask = torch.eye(2 * batch, dtype=torch.bool, device=z.device)
+    logits = (z @ z.T / temperature).masked_fill(self_mask, float("-inf"))
+    partner = torch.arange(2 * batch, device=z.device).roll(batch)
+    return F.cross_entropy(logits, partner)
 
 
-def _masks(batch: int, views: int, device) -> tuple[torch.Tensor, ...]:
-    """Row u = view·B + instance. Returns view index, positive, negative and self masks."""
-    instance = torch.arange(batch, device=device).repeat(views)
-    view = torch.arange(views, device=device).repeat_interleave(batch)
-    same = instance[:, None] == instance[None, :]
-    self_mask = torch.eye(views * batch, dtype=torch.bool, device=device)
-    return view, same & ~self_mask, ~same, self_mask
-
-
-def _pair_losses(
-    z: torch.Tensor, contrast: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, self_mask: torch.Tensor,
-    temperature: float, hard_negatives: tuple[float, float] | None,
-) -> torch.Tensor:
-    """Matrix of ℓ(u→k) (or ℓ_HN) for every anchor row u; ``contrast`` may be detached."""
-    similarity = z @ contrast.T
-    if hard_negatives is None:
-        logits = (similarity / temperature).masked_fill(self_mask, float("-inf"))
-        return -(logits - torch.logsumexp(logits, dim=1, keepdim=True))
-    beta, tau_plus = hard_negatives
-    # e_uk = exp(s_uk / T), scaled by exp(-1/T) for range: ℓ_HN is invariant to that scale
-    # as long as the clamp floor N·e^{-1/T} is scaled alike (→ N·e^{-2/T}).
-    e = torch.exp((similarity - 1.0) / temperature)
-    n_neg = negative.sum(1, keepdim=True).to(e.dtype)
-    pos_mean = (e * positive).sum(1, keepdim=True) / positive.sum(1, keepdim=True)
-    weights = torch.where(negative, e**beta, torch.zeros_like(e))
-    importance = weights / (weights.sum(1, keepdim=True) / n_neg)  # normalised over u's own negatives
-    negatives = ((importance * e).sum(1, keepdim=True) - tau_plus * n_neg * pos_mean) / (1.0 - tau_plus)
-    negatives = torch.maximum(negatives, n_neg * math.exp(-2.0 / temperature))
-    return -(torch.log(e) - torch.log(pos_mean + negatives))
-
-
-def _validate(features: torch.Tensor, adversarial: Sequence[bool], alpha: Any, hard_negatives: Any, quirks: str) -> None:
-    if features.dim() != 3:
-        raise ValueError(f"features.shape={tuple(features.shape)} is invalid: allowed [B, V, D]")
-    if len(adversarial) != features.shape[1]:
-        raise ValueError(f"adversarial={list(adversarial)} is invalid: allowed one bool per view (V={features.shape[1]})")
-    if alpha is not None and not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha={float(alpha)} is invalid: allowed None or numbers in [0, 1]")
-    if hard_negatives is not None and not 0.0 <= hard_negatives[1] < 1.0:
-        raise ValueError(f"tau_plus={hard_negatives[1]} is invalid: allowed numbers in [0, 1)")
-    if quirks not in ("none", "official"):
-        raise ValueError(f"quirks={quirks!r} is invalid: allowed ['none', 'official']")
-    if features.shape[0] < 2:
-        raise ValueError(f"batch size {features.shape[0]} is invalid: allowed >= 2 (negatives come from other instances)")
+# ---------------------------------------------------------------------------- A-InfoNCE
 
 
 def a_infonce(
@@ -84,175 +75,346 @@ def a_infonce(
     scale: float = 1.0,
     quirks: str = "none",
 ) -> torch.Tensor:
-    """Asymmetric InfoNCE over [B, V, D] features (view v of instance i at [i, v]).
+    """Asymmetric InfoNCE (Yu et al., ECCV 2022) over [B, V, D] features; DESIGN §3.
 
-    L = scale · mean over anchors u of (mean over u's positives p of c(u, p)), with
-    c(u, p) = ℓ(u→p) for pairs of the same kind (ℓ^sg with ``detach_contrast``, as RoCL),
-    c = w·ℓ(u→p) for adversarial/clean pairs when ``alpha`` is None, and the inferior-positive
-    form c(a, v) = c(v, a) = w·[α·ℓ^sg(v→a) + (1−α)·ℓ^sg(a→v)] when ``alpha`` is given.
-    ``hard_negatives=(β, τ⁺)`` turns every ℓ into the HCL form ℓ_HN (DESIGN §3).
+    ``features[i, v]`` is the normalised projection of view v of instance i and
+    ``adversarial[v]`` says whether view v is adversarial. The loss is
+    L = scale · mean over all B·V anchors u of (mean over u's V−1 positives p of c(u, p)):
+    - same-kind pairs (clean/clean, adversarial/adversarial): c(u, p) = ℓ(u→p);
+    - adversarial/clean pairs: c(u, p) = w·ℓ(u→p) when ``alpha`` is None; with ``alpha``
+      the inferior-positive (IP) form c(a, v) = c(v, a) = w·[α·ℓ^sg(v→a) + (1−α)·ℓ^sg(a→v)]
+      (v clean, a adversarial): α is the share of that pair's pull reaching the clean view;
+    - ``detach_contrast`` (RoCL) turns every ℓ into ℓ^sg (gradient only to anchors);
+    - ``hard_negatives=(β, τ⁺)`` turns every ℓ into the HCL estimator ℓ_HN (see
+      ``_hard_negative_terms``), which up-weights negatives by exp(β·s/T) and removes an
+      estimated τ⁺ share of false negatives.
+    Computed in at least float32 whatever the input dtype (AMP-safe), with row-max shifts.
+
+    ``quirks="official"`` instead reproduces the released code (commit b28763e) for its two
+    layouts, AdvCL (V=4, view 0 adversarial) and RoCL (V=3, view 2 adversarial,
+    ``detach_contrast=True``); other layouts raise ValueError. See ``_official_advcl`` and
+    ``_official_rocl`` for the reproduced quirks.
     """
-    _validate(features, adversarial, alpha, hard_negatives, quirks)
+    flags = _validate(features, adversarial, temperature, alpha, adv_weight, hard_negatives, detach_contrast,
+                      scale, quirks)
+    if isinstance(alpha, torch.Tensor):  # a schedule's 0-d tensor: compute 1 − α in the loss's precision
+        alpha = alpha.detach().to(_compute_dtype(features.dtype))
     if quirks == "official":
-        layout = _official_layout(features, adversarial, detach_contrast)
-        official = _official_advcl if layout == "advcl" else _official_rocl
+        official = _official_advcl if _official_layout(flags, detach_contrast) == "advcl" else _official_rocl
         return official(features, temperature, alpha, adv_weight, hard_negatives, scale)
     batch, views, dim = features.shape
-    z = features.transpose(0, 1).reshape(views * batch, dim).float()
-    view, positive, negative, self_mask = _masks(batch, views, z.device)
-    is_adv = torch.tensor([bool(flag) for flag in adversarial], device=z.device)[view]
-    cross = positive & (is_adv[:, None] != is_adv[None, :])
-    losses = _pair_losses(z, z.detach() if detach_contrast else z, positive, negative, self_mask, temperature,
-                          hard_negatives)
+    z = features.transpose(0, 1).reshape(views * batch, dim).to(_compute_dtype(features.dtype))
+    positive, negative = _pair_masks(batch, views, z.device)
+    anchors, partners = _positive_pairs(batch, views, z.device)
+    is_adversarial = torch.tensor(flags, device=z.device).repeat_interleave(batch)
+    cross = is_adversarial[anchors] != is_adversarial[partners]
+
+    def terms(contrast: torch.Tensor) -> torch.Tensor:
+        return _pair_terms(z, contrast, positive, negative, temperature, hard_negatives)
+
+    full = terms(z.detach() if detach_contrast else z)
+    pair = full[anchors, partners]
     if alpha is None:
-        losses = torch.where(cross, adv_weight * losses, losses)
+        pair = torch.where(cross, adv_weight * pair, pair)
     else:
-        stopped = _pair_losses(z, z.detach(), positive, negative, self_mask, temperature, hard_negatives)
-        clean_anchor = torch.where(is_adv[:, None], stopped.T, stopped)  # ℓ^sg(v→a) at both (a,v) and (v,a)
-        adv_anchor = torch.where(is_adv[:, None], stopped, stopped.T)  # ℓ^sg(a→v)
-        losses = torch.where(cross, adv_weight * (alpha * clean_anchor + (1 - alpha) * adv_anchor), losses)
-    per_anchor = torch.where(positive, losses, torch.zeros_like(losses)).sum(1) / positive.sum(1)
-    return scale * per_anchor.mean()
+        stopped = full if detach_contrast else terms(z.detach())
+        forward, backward = stopped[anchors, partners], stopped[partners, anchors]  # ℓ^sg(u→p), ℓ^sg(p→u)
+        from_clean = torch.where(is_adversarial[anchors], backward, forward)  # ℓ^sg(v→a)
+        from_adversarial = torch.where(is_adversarial[anchors], forward, backward)  # ℓ^sg(a→v)
+        inferior = adv_weight * (alpha * from_clean + (1 - alpha) * from_adversarial)
+        pair = torch.where(cross, inferior, pair)
+    return scale * pair.mean()  # every anchor has V−1 positives: the mean of per-anchor means
 
 
-# ---------------------------------------------------------------------- released code (quirks)
-
-OFFICIAL_LAYOUTS = {
-    "advcl": ((True, False, False, False), False),  # [x_adv, x1, x2, HFC], full gradient
-    "rocl": ((False, False, True), True),  # [x1, x2, a], columns detached
-}
-HCL_CLAMP_TEMPERATURE = 0.5  # hard-coded in both released HN losses
+def _pair_masks(batch: int, views: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean [V·B, V·B] masks of positives (same instance, k≠u) and negatives (other instance)."""
+    instance = torch.arange(batch, device=device).repeat(views)
+    same = instance[:, None] == instance[None, :]
+    return same & ~torch.eye(views * batch, dtype=torch.bool, device=device), ~same
 
 
-def _official_layout(features: torch.Tensor, adversarial: Sequence[bool], detach_contrast: bool) -> str:
-    for name, (views, detached) in OFFICIAL_LAYOUTS.items():
-        if tuple(bool(flag) for flag in adversarial) == views and bool(detach_contrast) == detached:
+def _positive_pairs(batch: int, views: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices (u, p) of every ordered positive pair, V−1 per anchor (no device sync)."""
+    view_pairs = torch.tensor([(v, w) for v in range(views) for w in range(views) if v != w], device=device)
+    instance = torch.arange(batch, device=device)
+    return (view_pairs[:, :1] * batch + instance).flatten(), (view_pairs[:, 1:] * batch + instance).flatten()
+
+
+def _pair_terms(
+    z: torch.Tensor, contrast: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, temperature: float,
+    hard_negatives: tuple[float, float] | None,
+) -> torch.Tensor:
+    """[n, n] matrix of ℓ(u→k) (or ℓ_HN) for anchor rows z_u against ``contrast`` columns.
+
+    Only entries at positive pairs are meaningful (self entries are +inf). Detaching
+    ``contrast`` gives ℓ^sg. Values are those of DESIGN §3; the row shifts are exact.
+    """
+    logits = (z @ contrast.T / temperature).masked_fill(~(positive | negative), float("-inf"))
+    if hard_negatives is None:
+        return torch.logsumexp(logits, dim=1, keepdim=True) - logits
+    return _hard_negative_terms(logits, positive, negative, temperature, *hard_negatives)
+
+
+def _hard_negative_terms(
+    logits: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, temperature: float, beta: float,
+    tau_plus: float,
+) -> torch.Tensor:
+    """HCL's ℓ_HN(u→k) = −log(e_uk / (pos_u + Ng_u)) for every column k (DESIGN §3).
+
+    e_uk = exp(s_uk/T); pos_u = mean of e_up over u's positives; imp_uk = e_uk^β / mean over
+    u's N negatives of e^β, so Σ_k imp_uk·e_uk = N·Σ e^{β+1} / Σ e^β (two logsumexps);
+    Ng_u = max((Σ_k imp_uk·e_uk − τ⁺·N·pos_u) / (1 − τ⁺), N·e^{−1/T}), the floor being "all
+    negatives at cosine −1". Every e_u· is divided by exp(max_k s_uk/T); the ratio is exact.
+    """
+    shift = logits.max(dim=1, keepdim=True).values.detach()
+    shifted = logits - shift  # log(e_uk) − shift_u; −inf on the diagonal
+    count = negative.sum(dim=1, keepdim=True).to(logits.dtype)
+    exp_shifted = shifted.exp()
+    pos_mean = torch.where(positive, exp_shifted, 0.0).sum(1, keepdim=True) / positive.sum(1, keepdim=True)
+    log_weighted = (torch.logsumexp(((beta + 1) * shifted).masked_fill(~negative, float("-inf")), 1, keepdim=True)
+                    - torch.logsumexp((beta * shifted).masked_fill(~negative, float("-inf")), 1, keepdim=True))
+    estimate = (count * log_weighted.exp() - tau_plus * count * pos_mean) / (1 - tau_plus)
+    floor = count * torch.exp(-1.0 / temperature - shift)
+    return torch.log(pos_mean + torch.maximum(estimate, floor)) - shifted
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """At least float32: half/bfloat16 inputs (AMP) are promoted, float64 is kept."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value < math.inf:
+        raise ValueError(f"{name}={value!r} is invalid: allowed finite numbers > 0")
+
+
+def _check_alpha(alpha: Any) -> None:
+    if isinstance(alpha, torch.Tensor):
+        if alpha.dim() != 0:
+            raise ValueError(f"alpha of shape {tuple(alpha.shape)} is invalid: allowed None, a number or a 0-d tensor")
+        value = float(alpha)
+    elif isinstance(alpha, Real) and not isinstance(alpha, bool):
+        value = float(alpha)
+    else:
+        raise ValueError(f"alpha={alpha!r} is invalid: allowed None, a number or a 0-d tensor in [0, 1]")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"alpha={value} is invalid: allowed None or a value in [0, 1]")
+
+
+def _check_hard_negatives(hard_negatives: Any) -> None:
+    if not isinstance(hard_negatives, (tuple, list)) or len(hard_negatives) != 2:
+        raise ValueError(f"hard_negatives={hard_negatives!r} is invalid: allowed None or a pair (beta, tau_plus)")
+    beta, tau_plus = hard_negatives
+    if isinstance(beta, bool) or not isinstance(beta, Real) or not 0 <= beta < math.inf:
+        raise ValueError(f"beta={beta!r} is invalid: allowed finite numbers >= 0")
+    if isinstance(tau_plus, bool) or not isinstance(tau_plus, Real) or not 0 <= tau_plus < 1:
+        raise ValueError(f"tau_plus={tau_plus!r} is invalid: allowed numbers in [0, 1)")
+
+
+def _validate(
+    features: Any, adversarial: Any, temperature: Any, alpha: Any, adv_weight: Any, hard_negatives: Any,
+    detach_contrast: Any, scale: Any, quirks: Any,
+) -> tuple[bool, ...]:
+    """Check every argument of ``a_infonce``; return the adversarial flags as bools."""
+    if not isinstance(features, torch.Tensor) or features.dim() != 3 or not features.is_floating_point():
+        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+        raise ValueError(f"features {shape} is invalid: allowed a floating [B, V, D] tensor")
+    batch, views, _ = features.shape
+    if batch < 2 or views < 2:
+        raise ValueError(f"features.shape={tuple(features.shape)} is invalid: allowed B >= 2 and V >= 2")
+    try:
+        flags = None if isinstance(adversarial, (str, bytes)) else list(adversarial)
+    except TypeError:
+        flags = None
+    if flags is None or len(flags) != views or not all(isinstance(f, bool) or f in (0, 1) for f in flags):
+        raise ValueError(f"adversarial={adversarial!r} is invalid: allowed a sequence of V={views} bools")
+    _check_positive("temperature", temperature)
+    if alpha is not None:
+        _check_alpha(alpha)
+    if isinstance(adv_weight, bool) or not isinstance(adv_weight, Real) or not 0 <= adv_weight < math.inf:
+        raise ValueError(f"adv_weight={adv_weight!r} is invalid: allowed finite numbers >= 0")
+    if hard_negatives is not None:
+        _check_hard_negatives(hard_negatives)
+    if not isinstance(detach_contrast, bool):
+        raise ValueError(f"detach_contrast={detach_contrast!r} is invalid: allowed True or False")
+    if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale):
+        raise ValueError(f"scale={scale!r} is invalid: allowed finite numbers")
+    if quirks not in QUIRKS:
+        raise ValueError(f"quirks={quirks!r} is invalid: allowed {list(QUIRKS)}")
+    return tuple(bool(f) for f in flags)
+
+
+# ---------------------------------------------------------------------------- released code
+
+
+def _official_layout(flags: tuple[bool, ...], detach_contrast: bool) -> str:
+    for name, (layout, detached) in OFFICIAL_LAYOUTS.items():
+        if flags == layout and detach_contrast == detached:
             return name
     raise ValueError(
-        f"quirks='official' with adversarial={list(adversarial)}, detach_contrast={detach_contrast} is invalid: "
-        "allowed the AdvCL layout ([True, False, False, False], detach_contrast=False) or the RoCL layout "
-        "([False, False, True], detach_contrast=True)"
+        f"quirks='official' with adversarial={list(flags)}, detach_contrast={detach_contrast} is invalid: allowed "
+        "AdvCL ([True, False, False, False], detach_contrast=False) or "
+        "RoCL ([False, False, True], detach_contrast=True)"
     )
 
 
-def _official_hcl(exp_logits: torch.Tensor, positive: torch.Tensor, not_self: torch.Tensor, n_neg: int,
-                  beta: float, tau_plus: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """HCL's negative term as released: returns (mean positive, clamped Ng), one per row.
+def _official_hcl_ratio(exp_logits: torch.Tensor, positive: torch.Tensor, not_self: torch.Tensor, count: int,
+                        beta: float, tau_plus: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Released HCL block: returns (pos, Ng), one value per row, with the released arithmetic.
 
-    Quirk: the importance of column k is divided by the mean importance of *row k*
-    (``imp.mean(dim=-1)`` broadcast over the last dimension), not of the anchor's row.
+    ``count`` = N, the number of negatives per row. imp = exp(β·log(neg + 1e-9)) on the full
+    row (≈0 off the negatives), column k divided by the mean importance of *row k*, and the
+    floor N·e^{-1/0.5} hard-coded.
     """
     negatives = exp_logits * (1 - positive) * not_self
-    pos_mean = (exp_logits * positive).sum(1) / positive.sum(1)
-    importance = torch.exp(beta * torch.log(negatives + 1e-9))
-    reweighted = importance * negatives / importance.mean(dim=-1)
-    ng = (-tau_plus * n_neg * pos_mean + reweighted.sum(dim=-1)) / (1 - tau_plus)
-    return pos_mean, torch.clamp(ng, min=n_neg * math.exp(-1 / HCL_CLAMP_TEMPERATURE))
+    pos = (exp_logits * positive).sum(dim=1) / positive.sum(1)
+    importance = (beta * (negatives + 1e-9).log()).exp()
+    reweighted = importance * negatives / importance.mean(dim=-1)  # broadcast over columns: row k's mean
+    ng = (-tau_plus * count * pos + reweighted.sum(dim=-1)) / (1 - tau_plus)
+    return pos, torch.clamp(ng, min=count * math.e ** (-1 / OFFICIAL_CLAMP_TEMPERATURE))
 
 
-def _official_advcl(features, temperature, alpha, adv_weight, hard_negatives, scale) -> torch.Tensor:
-    """``ori_SupConLoss`` / ``SupConLoss`` of Asym-AdvCL (A-InfoNCE, commit b28763e), in ℓ form.
+def _advcl_log_terms(z: torch.Tensor, contrast: torch.Tensor, positive: torch.Tensor, not_self: torch.Tensor,
+                     temperature: float, hard_negatives: tuple[float, float] | None, count: int) -> torch.Tensor:
+    """Positive-masked ℓ matrix of ``ori_SupConLoss`` (plain) or ``SupConLoss`` (HN); N = ``count``."""
+    dot = z @ contrast.T / temperature
+    logits = dot - dot.max(dim=1, keepdim=True).values.detach()  # self included in the max
+    if hard_negatives is None:
+        return positive * (torch.log((torch.exp(logits) * not_self).sum(1, keepdim=True)) - logits)
+    exp_logits = torch.exp(logits)
+    pos, ng = _official_hcl_ratio(exp_logits, positive, not_self, count, *hard_negatives)
+    return positive * -torch.log(exp_logits / (pos + ng))  # broadcast: column p uses row p's denominator
+
+
+def _official_advcl(features: torch.Tensor, temperature: float, alpha: Any, adv_weight: float,
+                    hard_negatives: tuple[float, float] | None, scale: float) -> torch.Tensor:
+    """Asym-AdvCL ``ori_SupConLoss`` (no HN) / ``SupConLoss`` (HN), α = ``stop_grad_sd``.
 
     Quirks reproduced, one line each:
-    - logits are shifted by their (detached) row max, self-similarity included;
-    - without IP, the clean-anchor→adversarial terms are *replaced* by the transposed
-      adversarial-anchor terms (``mix[B:, :B] = ac.T``), and in-place aliasing gives that
-      block w² instead of w;
-    - with IP, both blocks get w·[α·ℓ^sg(v→a) + (1−α)·ℓ^sg(a→v)] (no aliasing);
-    - HN: importance normalised by the wrong row's mean (column broadcast), the denominator
-      of entry (u, p) is row p's (pos_p + Ng_p), and the clamp N·e^{-2} acts on max-shifted
-      exponentials (e² ≈ 7.4× HCL's floor); the positive term is the mean of 3 positives;
-    - the loss is the mean over all 4B anchors of the mean over their 3 positives, × ``scale``
-      (the released T/0.07).
+    - logits are shifted by their detached row max over all 4B columns (self included);
+    - no IP (stop_grad off): the clean-anchor→adversarial terms are replaced by the transposed
+      adversarial-anchor terms ℓ(a→v), so the adversarial anchors' softmax counts twice;
+    - no IP: in-place aliasing gives that transposed block weight w² (adversarial rows get w);
+    - IP (stop_grad on): both blocks get w·[α·ℓ^sg(v→a) + (1−α)·ℓ^sg(a→v)], no aliasing;
+    - HN: importance imp = (neg + 1e-9)^β over the whole row, column k divided by row k's mean;
+    - HN: the denominator of entry (u, p) is row p's (pos_p + Ng_p), which leaks the IPHN stop-grad;
+    - HN: the floor N·e^{-2} (0.5 hard-coded) acts on max-shifted exponentials: e² above HCL's;
+    - HN: pos is the mean of the 3 positives and sits in the denominator;
+    - mean over the 4B anchors of the mean over their 3 positives, × ``scale`` (released: T/0.07).
     """
     batch, views = features.shape[:2]
-    z = torch.cat(torch.unbind(features, dim=1), dim=0).float()
-    n = views * batch
-    not_self = 1 - torch.eye(n, device=z.device)
-    positive = torch.eye(batch, device=z.device).repeat(views, views) * not_self
-
-    def pair_losses(contrast: torch.Tensor) -> torch.Tensor:
-        dot = z @ contrast.T / temperature
-        logits = dot - dot.max(dim=1, keepdim=True).values.detach()
-        if hard_negatives is None:
-            exp_logits = torch.exp(logits) * not_self
-            return -(logits - torch.log(exp_logits.sum(1, keepdim=True)))
-        exp_logits = torch.exp(logits)
-        pos_mean, ng = _official_hcl(exp_logits, positive, not_self, (batch - 1) * views, *hard_negatives)
-        return -torch.log(exp_logits / (pos_mean + ng))
-
-    losses = positive * pair_losses(z)
+    z = torch.cat(torch.unbind(features, dim=1), dim=0).to(_compute_dtype(features.dtype))
+    not_self = 1 - torch.eye(views * batch, device=z.device, dtype=z.dtype)
+    positive = torch.eye(batch, device=z.device, dtype=z.dtype).repeat(views, views) * not_self
+    count = (batch - 1) * views
+    full = _advcl_log_terms(z, z, positive, not_self, temperature, hard_negatives, count)
     if alpha is None:
-        top = losses[:batch, batch:] * adv_weight
-        bottom = top.T * adv_weight
+        top = full[:batch, batch:] * adv_weight
+        bottom = top.T * adv_weight  # the aliased view already holds w·ℓ: w²
     else:
-        stopped = positive * pair_losses(z.detach())
+        stopped = _advcl_log_terms(z, z.detach(), positive, not_self, temperature, hard_negatives, count)
         mixed = alpha * stopped[batch:, :batch].T + (1 - alpha) * stopped[:batch, batch:]
         top, bottom = mixed * adv_weight, mixed.T * adv_weight
-    mix = losses.clone()
-    mix[:batch, batch:] = top
-    mix[batch:, :batch] = bottom
-    return scale * (mix.sum(1) / positive.sum(1)).mean()
+    rows = torch.cat([torch.cat([full[:batch, :batch], top], 1), torch.cat([bottom, full[batch:, batch:]], 1)], 0)
+    # Released: the scale multiplies each anchor's term before the mean (same float rounding).
+    return (scale * (rows.sum(1) / positive.sum(1))).view(views, batch).mean()
 
 
-def _official_rocl(features, temperature, alpha, adv_weight, hard_negatives, scale) -> torch.Tensor:
-    """``NT_xent`` / ``NT_xent_HN`` of Asym-RoCL (A-InfoNCE, commit b28763e).
+def _official_rocl(features: torch.Tensor, temperature: float, alpha: Any, adv_weight: float,
+                   hard_negatives: tuple[float, float] | None, scale: float) -> torch.Tensor:
+    """Asym-RoCL ``NT_xent`` / ``NT_xent_HN`` (adv_type 'Rep'), α = ``stpg_degree``.
 
     Quirks reproduced, one line each:
-    - projections are re-normalised as z/(‖z‖ + 1e-8) and every column is detached;
-    - plain: −log(e/(Σ_{k≠u} e + 1e-8) + 1e-8), the six pair terms summed and divided by 3N;
-    - with IP: w·[α·(ℓ(x1→a) + ℓ(x2→a)) + (1−α)·(ℓ(a→x1) + ℓ(a→x2))], each pair counted once;
-      without IP the adversarial terms have weight 1 whatever w (w is unused there);
-    - HN: the importance is normalised by the wrong row's mean (column broadcast), the final
-      division is row-wise, the clamp N·e^{-2} is HCL's; the positive term is the mean of 2.
-    The total is multiplied by ``scale``.
+    - projections re-normalised as z/(‖z‖ + 1e-8); similarity z_u·sg(z_k)/T, no max shift;
+    - plain: ℓ = −log(e_uk / (Σ_{k≠u} e_uk + 1e-8) + 1e-8);
+    - the six pair terms are summed per instance and divided by 3N (not averaged per anchor);
+    - IP: w·[α·(ℓ(x1→a) + ℓ(x2→a)) + (1−α)·(ℓ(a→x1) + ℓ(a→x2))]; without IP w is ignored;
+    - HN: importance (neg + 1e-9)^β over the whole row, column k divided by row k's mean;
+    - HN: the final division is row-wise (pos_u + Ng_u); the floor N·e^{-2} is HCL's (0.5 hard-coded);
+    - HN: pos is the mean of the 2 positives and sits in the denominator;
+    - the total is multiplied by ``scale`` (1 in the released code).
     """
     batch = features.shape[0]
-    outputs = torch.cat(torch.unbind(features, dim=1), dim=0).float()
-    normalised = outputs / (outputs.norm(dim=1, keepdim=True) + 1e-8)
-    similarity = (1.0 / temperature) * normalised @ normalised.T.detach()
-    n = 3 * batch
-    not_self = 1 - torch.eye(n, device=outputs.device)
-    exp_similarity = torch.exp(similarity)
+    outputs = torch.cat(torch.unbind(features, dim=1), dim=0).to(_compute_dtype(features.dtype))
+    n = outputs.shape[0]
+    normalised = outputs / (outputs.norm(dim=1).view(n, 1) + 1e-8)
+    exp_similarity = torch.exp((1.0 / temperature) * (normalised @ normalised.T.detach()))
+    not_self = 1 - torch.eye(n, device=outputs.device, dtype=outputs.dtype)
     if hard_negatives is None:
-        exp_similarity = exp_similarity * not_self
-        losses = -torch.log(exp_similarity / (exp_similarity.sum(1, keepdim=True) + 1e-8) + 1e-8)
+        masked = exp_similarity * not_self
+        losses = -torch.log(masked / (masked.sum(dim=1).view(n, 1) + 1e-8) + 1e-8)
     else:
-        positive = torch.eye(batch, device=outputs.device).repeat(3, 3) * not_self
-        pos_mean, ng = _official_hcl(exp_similarity, positive, not_self, (batch - 1) * 3, *hard_negatives)
-        losses = -torch.log(exp_similarity / (pos_mean + ng).view(n, 1))
+        positive = torch.eye(batch, device=outputs.device, dtype=outputs.dtype).repeat(3, 3) * not_self
+        pos, ng = _official_hcl_ratio(exp_similarity, positive, not_self, (batch - 1) * 3, *hard_negatives)
+        losses = -torch.log(exp_similarity / (pos + ng).view(n, 1))
 
     def block(row: int, column: int) -> torch.Tensor:
-        return torch.diag(losses[row * batch : (row + 1) * batch, column * batch : (column + 1) * batch])
+        return torch.diag(losses[row * batch:(row + 1) * batch, column * batch:(column + 1) * batch])
 
     total = block(0, 1) + block(1, 0)
     if alpha is None:
         total = total + block(0, 2) + block(2, 0) + block(1, 2) + block(2, 1)
     else:
         total = total + adv_weight * ((block(0, 2) + block(1, 2)) * alpha + (block(2, 0) + block(2, 1)) * (1 - alpha))
-    return scale * total.sum() / n
+    return scale * ((1.0 / float(n)) * torch.sum(total))
+
+
+# ---------------------------------------------------------------------------- adaptive α
+
+
+def adaptive_alpha(d: float, d_bar: float, d_min: float, alpha0: float) -> float:
+    """Adaptive IP share α after warm-up (AdvCL-IP scripts; DESIGN §3).
+
+    As clean and adversarial features converge (less identity confusion), the asymmetry
+    relaxes towards the symmetric 0.5: d > D̄ → α₀; d < d_min → 0.5; otherwise the linear
+    ramp α₀ + (0.5 − α₀)(D̄ − d)/(D̄ − d_min) from α₀ at d = D̄ to 0.5 at d = d_min.
+    The degenerate D̄ = d = d_min (a 0/0 in the released code) gives 0.5.
+    """
+    d, d_bar, d_min, alpha0 = float(d), float(d_bar), float(d_min), float(alpha0)
+    if d > d_bar:
+        return alpha0
+    if d < d_min or d_bar <= d_min:
+        return 0.5
+    return alpha0 + (0.5 - alpha0) * (d_bar - d) / (d_bar - d_min)
 
 
 class AdaptiveAlpha:
-    """Adaptive α of the AdvCL-IP scripts (DESIGN §3).
+    """Stateful adaptive α of the AdvCL-IP scripts (DESIGN §3; ainfonce-notes §1.5).
 
-    For the first K epochs α = α₀ while D̄, the batch-size-weighted mean feature distance
-    between clean and adversarial inputs, accumulates; then per step with distance d:
-    d > D̄ → α₀; d < d_min → 0.5; else α₀ + (0.5 − α₀)(D̄ − d)/(D̄ − d_min).
+    During epochs < ``warmup_epochs`` (0-indexed) it returns α₀ and accumulates D̄, the
+    batch-size-weighted mean of the per-step clean/adversarial feature distance; D̄ is then
+    frozen and each step's α follows ``adaptive_alpha``. With no warm-up D̄ stays 0, so α₀
+    is always returned (as released). ``state_dict`` lets a resumed run keep D̄.
     """
 
     def __init__(self, alpha0: float, warmup_epochs: int, d_min: float):
-        self.alpha0, self.warmup_epochs, self.d_min = float(alpha0), int(warmup_epochs), float(d_min)
+        if not 0.0 <= float(alpha0) <= 1.0:
+            raise ValueError(f"alpha0={alpha0!r} is invalid: allowed a value in [0, 1]")
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs={warmup_epochs!r} is invalid: allowed integers >= 0")
+        if not 0.0 <= float(d_min) < math.inf:
+            raise ValueError(f"d_min={d_min!r} is invalid: allowed finite numbers >= 0")
+        self.alpha0, self.warmup_epochs, self.d_min = float(alpha0), warmup_epochs, float(d_min)
         self.total, self.count = 0.0, 0
 
     @property
     def mean_distance(self) -> float:
+        """D̄ so far (0 before any warm-up step, as the released AverageMeter)."""
         return self.total / self.count if self.count else 0.0
 
     def update(self, epoch: int, distance: float, batch_size: int) -> float:
+        """α for this step, given its mean clean/adversarial distance over ``batch_size`` images."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} is invalid: allowed integers >= 1")
+        distance = float(distance)
+        if not 0.0 <= distance < math.inf:
+            raise ValueError(f"distance={distance!r} is invalid: allowed finite numbers >= 0")
         if epoch < self.warmup_epochs:
             self.total += distance * batch_size
-            self.count += batch_size
+            self.count += int(batch_size)
             return self.alpha0
         return adaptive_alpha(distance, self.mean_distance, self.d_min, self.alpha0)
 
@@ -261,12 +423,3 @@ class AdaptiveAlpha:
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.total, self.count = float(state["total"]), int(state["count"])
-
-
-def adaptive_alpha(d: float, d_bar: float, d_min: float, alpha0: float) -> float:
-    """The post-warm-up rule: a linear ramp from α₀ at d = D̄ to 0.5 at d = d_min."""
-    if d > d_bar:
-        return alpha0
-    if d < d_min or d_bar <= d_min:
-        return 0.5
-    return alpha0 + (0.5 - alpha0) * (d_bar - d) / (d_bar - d_min)

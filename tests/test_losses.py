@@ -1,384 +1,538 @@
-"""Losses against independent formula-level computations (plain loops over pairs, float64).
+"""Numbers and gradient routing of bench.losses, checked against hand loops.
 
-The expected numbers are computed here from DESIGN §3 and from the released A-InfoNCE
-code's arithmetic, never by calling the function under test; gradient routing is checked
-with autograd on the function under test.
+Every expected value is computed here with plain Python loops over pairs of views in
+float64 (torch scalars only so that autograd can give the hand gradients), following the
+formulas of DESIGN §3 and, for ``quirks="official"``, the released A-InfoNCE code
+(ainfonce-notes §1) re-derived line by line. The functions under test are never used to
+produce an expected number.
 """
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from bench.losses import AdaptiveAlpha, a_infonce, adaptive_alpha, nt_xent
 
 T = 0.5
+ADVCL = (True, False, False, False)
+ROCL = (False, False, True)
 
 
-def features(batch: int, views: int, dim: int = 6, seed: int = 0) -> torch.Tensor:
+# ---------------------------------------------------------------------------- data
+
+
+def make_features(batch: int = 3, views: int = 4, dim: int = 6, seed: int = 0, spread: float = 0.6,
+                  normalise: bool = True) -> torch.Tensor:
+    """[B, V, D] float64 leaf: views of an instance scattered around a common direction."""
     generator = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(batch, views, dim, generator=generator, dtype=torch.float64), dim=-1).float()
+    centre = torch.randn(batch, 1, dim, generator=generator, dtype=torch.float64)
+    features = centre + spread * torch.randn(batch, views, dim, generator=generator, dtype=torch.float64)
+    if normalise:
+        features = features / features.norm(dim=-1, keepdim=True)
+    return features.requires_grad_(True)
 
 
-# ------------------------------------------------------------------ hand formulas (DESIGN §3)
+def rows_of(features: torch.Tensor) -> list[tuple[int, int]]:
+    """(instance, view) of each row, view-major, as the losses lay them out."""
+    batch, views = features.shape[:2]
+    return [(i, v) for v in range(views) for i in range(batch)]
 
 
-class Hand:
-    """ℓ, ℓ_HN and c(u, p) by explicit loops; anchors are (instance, view) pairs."""
-
-    def __init__(self, feats: torch.Tensor, temperature: float = T):
-        self.z = feats.double().numpy()
-        self.batch, self.views = self.z.shape[:2]
-        self.t = temperature
-        self.nodes = [(i, v) for v in range(self.views) for i in range(self.batch)]
-
-    def e(self, u, k) -> float:
-        return math.exp(float(np.dot(self.z[u], self.z[k])) / self.t)
-
-    def positives(self, u):
-        return [(u[0], v) for v in range(self.views) if v != u[1]]
-
-    def negatives(self, u):
-        return [k for k in self.nodes if k[0] != u[0]]
-
-    def ell(self, u, p, hard=None) -> float:
-        if hard is None:
-            return -math.log(self.e(u, p) / sum(self.e(u, k) for k in self.nodes if k != u))
-        beta, tau = hard
-        negs = self.negatives(u)
-        n = len(negs)
-        pos_mean = sum(self.e(u, q) for q in self.positives(u)) / len(self.positives(u))
-        imp = [self.e(u, k) ** beta for k in negs]
-        mean_imp = sum(imp) / n
-        ng = (sum(w / mean_imp * self.e(u, k) for w, k in zip(imp, negs)) - tau * n * pos_mean) / (1 - tau)
-        ng = max(ng, n * math.exp(-1 / self.t))
-        return -math.log(self.e(u, p) / (pos_mean + ng))
-
-    def loss(self, adversarial, alpha=None, w=1.0, hard=None, scale=1.0) -> float:
-        total = 0.0
-        for u in self.nodes:
-            terms = []
-            for p in self.positives(u):
-                if adversarial[u[1]] == adversarial[p[1]]:
-                    terms.append(self.ell(u, p, hard))
-                elif alpha is None:
-                    terms.append(w * self.ell(u, p, hard))
-                else:
-                    a, v = (u, p) if adversarial[u[1]] else (p, u)
-                    terms.append(w * (alpha * self.ell(v, a, hard) + (1 - alpha) * self.ell(a, v, hard)))
-            total += sum(terms) / len(terms)
-        return scale * total / len(self.nodes)
+def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return sum(x * y for x, y in zip(a, b, strict=True))
 
 
-def close(value: torch.Tensor, expected: float, tol: float = 1e-5) -> bool:
-    return abs(float(value) - expected) <= tol * max(1.0, abs(expected))
+def gradient(loss: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    (grad,) = torch.autograd.grad(loss, features)
+    return grad
 
 
-# ------------------------------------------------------------------ symmetric / SimCLR
+def assert_same(actual: torch.Tensor, expected: torch.Tensor, features: torch.Tensor, tol: float = 1e-10) -> None:
+    """Same value and same gradient with respect to ``features``."""
+    assert actual.item() == pytest.approx(expected.item(), rel=tol, abs=tol)
+    torch.testing.assert_close(gradient(actual, features), gradient(expected, features), rtol=tol, atol=tol)
 
 
-def test_two_views_symmetric_is_simclr():
-    feats = features(5, 2)
-    expected = Hand(feats).loss((False, False))
-    assert close(a_infonce(feats, (False, False)), expected)
-    assert close(nt_xent(feats[:, 0], feats[:, 1], T), expected)
+# ---------------------------------------------------------------------------- hand formulas (DESIGN §3)
 
 
-@pytest.mark.parametrize("adversarial", [(False, False, False, False), (True, False, False, False)])
-def test_four_views_symmetric_is_supcon_mean_over_positives(adversarial):
-    feats = features(4, 4, seed=1)
-    expected = Hand(feats).loss(adversarial, scale=T / 0.07)
-    assert close(a_infonce(feats, adversarial, scale=T / 0.07), expected)
+def hand_ell(features, u, p, temperature=T, hard_negatives=None, stop=False, clamp_log=None):
+    """ℓ(u→p), or ℓ_HN with hard_negatives=(β, τ⁺); stop=True detaches every z_k, k ≠ u."""
+    rows = rows_of(features)
+    anchor = features[rows[u]]
+    source = features.detach() if stop else features
+    e = {k: torch.exp(dot(anchor, source[rows[k]]) / temperature) for k in range(len(rows)) if k != u}
+    if hard_negatives is None:
+        return -torch.log(e[p] / sum(e.values()))
+    beta, tau_plus = hard_negatives
+    positives = [k for k in e if rows[k][0] == rows[u][0]]
+    negatives = [k for k in e if rows[k][0] != rows[u][0]]
+    count = len(negatives)
+    pos_mean = sum(e[k] for k in positives) / len(positives)
+    mean_importance = sum(e[k] ** beta for k in negatives) / count
+    weighted = sum(e[k] ** beta / mean_importance * e[k] for k in negatives)
+    estimate = (weighted - tau_plus * count * pos_mean) / (1 - tau_plus)
+    floor = count * math.exp(-1 / temperature)
+    if clamp_log is not None:
+        clamp_log.append(estimate.item() < floor)
+    negative_term = estimate if estimate.item() >= floor else estimate * 0 + floor
+    return -torch.log(e[p] / (pos_mean + negative_term))
 
 
-def test_adv_weight_without_ip_weights_cross_pairs():
-    feats = features(3, 3, seed=2)
-    expected = Hand(feats).loss((False, False, True), w=1.5)
-    assert close(a_infonce(feats, (False, False, True), adv_weight=1.5), expected)
+def hand_a_infonce(features, adversarial, temperature=T, alpha=None, w=1.0, hard_negatives=None, detach=False,
+                   scale=1.0, clamp_log=None):
+    """L = scale · mean_u mean_{p∈P(u)} c(u, p), pair by pair."""
+    rows = rows_of(features)
+
+    def ell(u, p, stop):
+        return hand_ell(features, u, p, temperature, hard_negatives, stop, clamp_log)
+
+    anchor_means = []
+    for u, (instance, view) in enumerate(rows):
+        terms = []
+        for p, (other_instance, other_view) in enumerate(rows):
+            if p == u or other_instance != instance:
+                continue
+            if adversarial[view] == adversarial[other_view]:
+                terms.append(ell(u, p, detach))
+            elif alpha is None:
+                terms.append(w * ell(u, p, detach))
+            else:
+                clean, adv = (p, u) if adversarial[view] else (u, p)
+                terms.append(w * (alpha * ell(clean, adv, True) + (1 - alpha) * ell(adv, clean, True)))
+        anchor_means.append(sum(terms) / len(terms))
+    return scale * sum(anchor_means) / len(anchor_means)
 
 
-# ------------------------------------------------------------------ inferior positives
+def hand_supcon(features, temperature=T) -> float:
+    """Unsupervised SupCon / NT-Xent with plain floats: −mean_u mean_p log softmax."""
+    vectors = [features[i, v].tolist() for v in range(features.shape[1]) for i in range(features.shape[0])]
+    instance = [i for v in range(features.shape[1]) for i in range(features.shape[0])]
+    total = 0.0
+    for u, zu in enumerate(vectors):
+        sims = [sum(a * b for a, b in zip(zu, zk, strict=True)) / temperature for zk in vectors]
+        log_denominator = math.log(sum(math.exp(s) for k, s in enumerate(sims) if k != u))
+        positives = [k for k in range(len(vectors)) if k != u and instance[k] == instance[u]]
+        total += sum(log_denominator - sims[k] for k in positives) / len(positives)
+    return total / len(vectors)
+
+
+# ---------------------------------------------------------------------------- symmetric / SimCLR
+
+
+def test_symmetric_equals_supcon_by_hand():
+    features = make_features(batch=3, views=4)
+    loss = a_infonce(features, ADVCL)
+    assert loss.item() == pytest.approx(hand_supcon(features), rel=1e-12)
+    assert_same(a_infonce(features, ADVCL), hand_a_infonce(features, ADVCL), features)
+
+
+def test_two_clean_views_are_simclr():
+    features = make_features(batch=4, views=2, seed=1)
+    expected = hand_supcon(features)
+    assert a_infonce(features, (False, False)).item() == pytest.approx(expected, rel=1e-12)
+    # One adversarial view, no IP/HN, w = 1: the clean/adversarial pair is a plain SimCLR pair.
+    assert a_infonce(features, (False, True)).item() == pytest.approx(expected, rel=1e-12)
+    assert_same(a_infonce(features, (False, True)), hand_a_infonce(features, (False, False)), features)
+    assert nt_xent(features[:, 0], features[:, 1]).item() == pytest.approx(expected, rel=1e-12)
+    assert_same(nt_xent(features[:, 0], features[:, 1], temperature=0.2),
+                hand_a_infonce(features, (False, False), temperature=0.2), features)
+
+
+def test_symmetric_adversarial_weight_and_scale():
+    features = make_features(batch=3, views=3, seed=2)
+    loss = a_infonce(features, ROCL, adv_weight=1.7, scale=0.5 / 0.07)
+    assert_same(loss, hand_a_infonce(features, ROCL, w=1.7, scale=0.5 / 0.07), features)
+
+
+# ---------------------------------------------------------------------------- inferior positives
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.2, 1.0])
 @pytest.mark.parametrize("w", [0.7, 1.5])
-@pytest.mark.parametrize("adversarial", [(True, False, False, False), (False, False, True)])
-def test_ip_values_equal_hand(alpha, w, adversarial):
-    feats = features(3, len(adversarial), seed=3)
-    expected = Hand(feats).loss(adversarial, alpha=alpha, w=w)
-    assert close(a_infonce(feats, adversarial, alpha=alpha, adv_weight=w), expected)
+def test_inferior_positive_values_and_gradients(alpha, w):
+    flags = (True, False, False, True)  # adversarial/adversarial, clean/clean and mixed pairs
+    features = make_features(batch=3, views=4, seed=3)
+    loss = a_infonce(features, flags, alpha=alpha, adv_weight=w)
+    assert_same(loss, hand_a_infonce(features, flags, alpha=alpha, w=w), features)
 
 
-def _ip_grads(alpha: float):
-    """Only adversarial/clean positives: V = 2 with one clean and one adversarial view."""
-    leaf = features(4, 2, seed=4).requires_grad_(True)
-    a_infonce(leaf, (False, True), alpha=alpha).backward()
-    return leaf.grad[:, 0], leaf.grad[:, 1]
+def test_inferior_positive_with_tensor_alpha_and_detached_contrast():
+    features = make_features(batch=3, views=3, seed=4)
+    alpha = torch.tensor(0.35)  # float32, as a schedule on the device would give it
+    loss = a_infonce(features, ROCL, alpha=alpha, adv_weight=1.2, detach_contrast=True)
+    assert_same(loss, hand_a_infonce(features, ROCL, alpha=alpha.item(), w=1.2, detach=True), features)
 
 
-def test_ip_alpha_zero_gives_no_gradient_to_clean_views():
-    clean, adversarial = _ip_grads(0.0)
-    assert torch.count_nonzero(clean) == 0 and adversarial.abs().sum() > 0
+@pytest.mark.parametrize("hard_negatives", [None, (1.0, 0.1)])
+def test_inferior_positive_gradient_routing(hard_negatives):
+    """V=2, one clean and one adversarial view: every positive pair is adversarial/clean."""
+    features = make_features(batch=4, views=2, seed=5)
+    flags = (False, True)
+    for alpha, silent, active in ((0.0, 0, 1), (1.0, 1, 0)):
+        grad = gradient(a_infonce(features, flags, alpha=alpha, hard_negatives=hard_negatives), features)
+        assert grad[:, silent].abs().max().item() < 1e-14, f"alpha={alpha}: view {silent} got gradient"
+        assert grad[:, active].abs().max().item() > 1e-3, f"alpha={alpha}: view {active} got none"
+    mixed = gradient(a_infonce(features, flags, alpha=0.2, hard_negatives=hard_negatives), features)
+    assert mixed[:, 0].abs().max().item() > 1e-3 and mixed[:, 1].abs().max().item() > 1e-3
 
 
-def test_ip_alpha_one_gives_no_gradient_to_adversarial_views():
-    clean, adversarial = _ip_grads(1.0)
-    assert torch.count_nonzero(adversarial) == 0 and clean.abs().sum() > 0
+def test_half_alpha_is_the_symmetric_stop_gradient_average():
+    features = make_features(batch=4, views=2, seed=6)
+    flags = (False, True)
+    batch = features.shape[0]
+
+    def expected():
+        return sum(0.5 * (hand_ell(features, i, batch + i, stop=True) + hand_ell(features, batch + i, i, stop=True))
+                   for i in range(batch)) / batch
+
+    assert_same(a_infonce(features, flags, alpha=0.5), expected(), features)
+    assert_same(a_infonce(features, flags, alpha=0.5), a_infonce(features, flags, detach_contrast=True), features)
+    # and it is not the full-gradient symmetric loss (same value, other gradient)
+    full = gradient(a_infonce(features, flags), features)
+    assert (full - gradient(expected(), features)).abs().max().item() > 1e-3
 
 
-def test_ip_half_equals_symmetric_stop_gradient_average():
-    feats = features(4, 2, seed=5)
-    hand = Hand(feats)
-    expected = sum(0.5 * (hand.ell((i, 0), (i, 1)) + hand.ell((i, 1), (i, 0))) for i in range(4)) / 4
-    assert close(a_infonce(feats, (False, True), alpha=0.5), expected)
-    # gradients: every ℓ^sg moves only its anchor, so the clean grad is half the anchor-only grad of ℓ(v→a)
-    leaf = feats.clone().requires_grad_(True)
-    a_infonce(leaf, (False, True), alpha=0.5).backward()
-    anchor_only = feats.clone().requires_grad_(True)
-    a_infonce(anchor_only, (False, True), detach_contrast=True).backward()
-    assert torch.allclose(leaf.grad, anchor_only.grad, atol=1e-6)
+# ---------------------------------------------------------------------------- hard negatives
 
 
-def test_alpha_tensor_is_accepted():
-    feats = features(3, 2, seed=6)
-    assert close(a_infonce(feats, (False, True), alpha=torch.tensor(0.3)), Hand(feats).loss((False, True), alpha=0.3))
+def test_hard_negatives_reduce_to_mean_positive_infonce():
+    """β=0, τ⁺=0: ℓ_HN(u→p) = −log(e_up / (mean_P e + Σ_neg e)); the clamp cannot bind."""
+    features = make_features(batch=3, views=3, seed=7)
+    rows = rows_of(features)
+    terms = []
+    for u, (instance, _) in enumerate(rows):
+        e = {k: torch.exp(dot(features[rows[u]], features[rows[k]]) / T) for k in range(len(rows)) if k != u}
+        positives = [k for k in e if rows[k][0] == instance]
+        denominator = sum(e[k] for k in positives) / len(positives) + sum(e[k] for k in e if k not in positives)
+        terms.append(sum(-torch.log(e[p] / denominator) for p in positives) / len(positives))
+    expected = sum(terms) / len(terms)
+    assert_same(a_infonce(features, ROCL, hard_negatives=(0.0, 0.0)), expected, features)
+    pair = make_features(batch=4, views=2, seed=8)
+    assert a_infonce(pair, (False, True), hard_negatives=(0.0, 0.0)).item() == pytest.approx(hand_supcon(pair))
 
 
-# ------------------------------------------------------------------ detach_contrast (RoCL)
-
-
-def test_detach_contrast_sends_gradient_only_to_anchors():
-    feats = features(3, 3, seed=7)
-    leaf = feats.clone().requires_grad_(True)
-    a_infonce(leaf, (False, False, True), detach_contrast=True).backward()
-    # anchor-only gradient of ℓ(u→p): −(1/T)(z_p − Σ_k softmax_k z_k), averaged; check row 0 by hand
-    z = feats.transpose(0, 1).reshape(9, -1).double()  # row = view·B + instance
-    expected = torch.zeros(9, feats.shape[-1], dtype=torch.float64)
-    for u in range(9):
-        logits = (z[u] @ z.T) / T
-        logits[u] = -float("inf")
-        prob = torch.softmax(logits, 0)
-        positives = [k for k in range(9) if k % 3 == u % 3 and k != u]
-        for p in positives:
-            expected[u] += -(z[p] - prob @ z) / T / len(positives)
-    expected /= 9
-    got = leaf.grad.transpose(0, 1).reshape(9, -1).double()
-    assert torch.allclose(got, expected, atol=1e-5)
-
-
-# ------------------------------------------------------------------ hard negatives
-
-
-def test_hn_beta0_tau0_is_mean_positive_infonce():
-    feats = features(4, 3, seed=8)
-    hand = Hand(feats)
-    total = 0.0
-    for u in hand.nodes:
-        pos_mean = sum(hand.e(u, q) for q in hand.positives(u)) / 2
-        neg_sum = sum(hand.e(u, k) for k in hand.negatives(u))
-        assert neg_sum > len(hand.negatives(u)) * math.exp(-1 / T)  # clamp inactive
-        total += sum(-math.log(hand.e(u, p) / (pos_mean + neg_sum)) for p in hand.positives(u)) / 2
-    assert close(a_infonce(feats, (False, False, True), hard_negatives=(0.0, 0.0)), total / len(hand.nodes))
-
-
-@pytest.mark.parametrize("hard", [(1.0, 0.1), (2.0, 0.05)])
-def test_hn_values_equal_hand(hard):
-    feats = features(4, 3, seed=9)
-    assert close(a_infonce(feats, (False, False, True), hard_negatives=hard), Hand(feats).loss((False, False, True), hard=hard))
-
-
-def test_iphn_values_equal_hand():
-    feats = features(3, 4, seed=10)
-    adversarial = (True, False, False, False)
-    expected = Hand(feats).loss(adversarial, alpha=0.2, w=0.7, hard=(1.0, 0.1), scale=T / 0.07)
-    got = a_infonce(feats, adversarial, alpha=0.2, adv_weight=0.7, hard_negatives=(1.0, 0.1), scale=T / 0.07)
-    assert close(got, expected)
-
-
-def test_hn_clamp_floor_is_used_when_active():
-    feats = features(3, 2, seed=11)
-    hard = (1.0, 0.95)  # a large τ⁺ drives the estimate below the floor
-    assert close(a_infonce(feats, (False, False), hard_negatives=hard), Hand(feats).loss((False, False), hard=hard))
-
-
-def _negative_weights(beta: float) -> torch.Tensor:
-    """Weights the anchor's gradient puts on each negative, read off orthogonal axes.
-
-    Instance 0: anchor = normalise(e0 + 0.8 e1 + 0.3 e2 + 0.1 e3), positive = e0; instances
-    1-3 lie on e1, e2, e3 (both views). With detach_contrast the anchor's gradient is
-    −(1/T)·[z_p − Σ_k c_k z_k]/…, so its component on e_k is proportional to c_k.
-    """
-    eye = torch.eye(4)
-    anchor = F.normalize(eye[0] + 0.8 * eye[1] + 0.3 * eye[2] + 0.1 * eye[3], dim=0)
-    feats = torch.stack([torch.stack([anchor, eye[0]])] + [torch.stack([eye[k], eye[k]]) for k in (1, 2, 3)])
-    leaf = feats.clone().requires_grad_(True)
-    a_infonce(leaf, (False, False), hard_negatives=(beta, 0.0), detach_contrast=True).backward()
-    weights = leaf.grad[0, 0][1:]
-    assert weights[0] > 0  # pushing the hardest negative away always lowers the loss
-    return weights / weights.abs().sum()  # easier negatives may get negative weight when β > 0
-
-
-def test_larger_beta_raises_the_hardest_negatives_gradient_share():
-    shares = [float(_negative_weights(beta)[0]) for beta in (0.0, 0.5, 1.0)]
-    assert shares[0] < shares[1] < shares[2]
-
-
-# ------------------------------------------------------------------ released code (quirks="official")
-
-
-def official_advcl_hand(feats, alpha, w, hard, scale):
-    """Loops over the released ``ori_SupConLoss`` / ``SupConLoss`` arithmetic (A-InfoNCE b28763e)."""
-    z = feats.double().numpy()
-    batch, views = z.shape[:2]
-    nodes = [(i, v) for v in range(views) for i in range(batch)]
-    n = len(nodes)
-    s = np.array([[np.dot(z[a], z[b]) / T for b in nodes] for a in nodes])
-    shifted = s - s.max(axis=1, keepdims=True)
-    pos = np.array([[1.0 if a[0] == b[0] and a != b else 0.0 for b in nodes] for a in nodes])
-    if hard is None:
-        entry = np.zeros((n, n))
-        for u in range(n):
-            denominator = sum(math.exp(shifted[u, k]) for k in range(n) if k != u)
-            for k in range(n):
-                entry[u, k] = -(shifted[u, k] - math.log(denominator))
+@pytest.mark.parametrize("alpha", [None, 0.3])
+@pytest.mark.parametrize("hard_negatives", [(1.0, 0.1), (2.0, 0.3), (0.5, 0.9)])
+def test_hard_negative_values_and_gradients(alpha, hard_negatives):
+    features = make_features(batch=3, views=3, seed=9, spread=0.9)
+    clamp_log: list[bool] = []
+    expected = hand_a_infonce(features, ROCL, alpha=alpha, w=1.3, hard_negatives=hard_negatives, clamp_log=clamp_log)
+    loss = a_infonce(features, ROCL, alpha=alpha, adv_weight=1.3, hard_negatives=hard_negatives)
+    assert_same(loss, expected, features)
+    if hard_negatives[1] == 0.9:
+        assert any(clamp_log), "this case is meant to exercise the floor"
     else:
-        beta, tau = hard
-        e = np.exp(shifted)
-        neg = np.array([[e[u, k] if nodes[u][0] != nodes[k][0] else 0.0 for k in range(n)] for u in range(n)])
-        imp = np.exp(beta * np.log(neg + 1e-9))
-        row_mean = imp.mean(axis=1)
-        big_n = (batch - 1) * views
-        pos_mean = [sum(e[u, k] * pos[u, k] for k in range(n)) / pos[u].sum() for u in range(n)]
+        assert not all(clamp_log)
+
+
+def test_hard_negatives_with_detached_contrast():
+    features = make_features(batch=3, views=3, seed=10)
+    loss = a_infonce(features, ROCL, hard_negatives=(1.0, 0.12), detach_contrast=True)
+    assert_same(loss, hand_a_infonce(features, ROCL, hard_negatives=(1.0, 0.12), detach=True), features)
+
+
+def negative_gradient_shares(beta: float) -> tuple[float, list[float], list[float]]:
+    """Anchor z_0 over orthonormal negatives: grad_z0 · e_k isolates ∂L/∂s_0k (contrast detached)."""
+    batch, dim = 4, 8
+    basis = torch.eye(dim, dtype=torch.float64)
+    features = torch.zeros(batch, 2, dim, dtype=torch.float64)
+    features[0, 1] = basis[0]  # the positive
+    negatives = [(i, v) for i in range(1, batch) for v in range(2)]
+    for k, (i, v) in enumerate(negatives):
+        features[i, v] = basis[k + 1]
+    cosines = [0.6, 0.3, 0.1, -0.1, -0.2, -0.3]  # the first negative is the hardest
+    anchor = 0.3 * basis[0] + sum(c * basis[k + 1] for k, c in enumerate(cosines))
+    features[0, 0] = anchor / anchor.norm()
+    features.requires_grad_(True)
+    loss = a_infonce(features, (False, False), hard_negatives=(beta, 0.0), detach_contrast=True)
+    grad = gradient(loss, features)[0, 0]
+    pulls = [grad[k + 1].item() for k in range(len(negatives))]
+    sims = [dot(features[0, 0], features[i, v]).item() for i, v in negatives]
+    return pulls[0] / sum(pulls), pulls, sims
+
+
+def test_larger_beta_weighs_the_hardest_negative_more():
+    share0, pulls0, sims = negative_gradient_shares(0.0)
+    assert all(p > 0 for p in pulls0)
+    weights = [math.exp(s / T) for s in sims]  # β=0: pull ∝ e_k (plain InfoNCE softmax)
+    assert share0 == pytest.approx(weights[0] / sum(weights), rel=1e-9)
+    share1, _, _ = negative_gradient_shares(1.0)
+    share2, _, _ = negative_gradient_shares(2.0)
+    assert share0 < share1 < share2, (share0, share1, share2)
+
+
+# ---------------------------------------------------------------------------- detach_contrast
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"hard_negatives": (1.0, 0.1)}, {"alpha": 0.3, "adv_weight": 0.8}])
+def test_detached_contrast_sends_gradient_only_to_anchors(kwargs):
+    """Row-wise construction: the gradient on z_u is that of u's own row with the rest frozen."""
+    features = make_features(batch=3, views=3, seed=11)
+    grad = gradient(a_infonce(features, ROCL, detach_contrast=True, **kwargs), features)
+    rows = rows_of(features)
+    hard_negatives, alpha, w = kwargs.get("hard_negatives"), kwargs.get("alpha"), kwargs.get("adv_weight", 1.0)
+    for u, (instance, view) in enumerate(rows):
+        leaf = features.detach()[instance, view].clone().requires_grad_(True)
+        frozen = features.detach().clone()
+        frozen[instance, view] = leaf  # only z_u is live: the row's own gradient
+        total = 0.0
+        for p, (other, other_view) in enumerate(rows):
+            if p == u or other != instance:
+                continue
+            ell = hand_ell(frozen, u, p, hard_negatives=hard_negatives)
+            cross = ROCL[view] != ROCL[other_view]
+            if cross and alpha is not None:
+                # c(u, p) = c(p, u) both hold the one u-anchored term ℓ^sg(u→p): it counts twice
+                ell = 2 * w * (alpha if not ROCL[view] else 1 - alpha) * ell
+            total = total + ell / 2
+        (expected,) = torch.autograd.grad(total / len(rows), leaf)
+        torch.testing.assert_close(grad[instance, view], expected, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------- numerics
+
+
+def test_half_inputs_are_computed_in_float32():
+    features = make_features(batch=3, views=4, seed=12).detach()
+    half = features.half()
+    loss = a_infonce(half, ADVCL, alpha=0.2, hard_negatives=(1.0, 0.1))
+    assert loss.dtype == torch.float32
+    expected = hand_a_infonce(half.double(), ADVCL, alpha=0.2, hard_negatives=(1.0, 0.1))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("hard_negatives", [None, (1.0, 0.1)])
+def test_small_temperature_is_stable_in_float32(hard_negatives):
+    features = make_features(batch=3, views=2, seed=13, spread=0.3)
+    temperature = 0.01  # exp(1/T) and exp((β+1)/T) overflow float32
+    loss = a_infonce(features.detach().float(), (False, True), temperature=temperature, hard_negatives=hard_negatives)
+    expected = hand_a_infonce(features, (False, True), temperature=temperature, hard_negatives=hard_negatives)
+    assert math.isfinite(loss.item())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+# ---------------------------------------------------------------------------- official quirks (hand loops)
+
+
+def hand_official_advcl(features, temperature, alpha, w, hard_negatives, scale, clamp_log=None):
+    """Released ``ori_SupConLoss`` / ``SupConLoss`` (Asym-AdvCL), re-derived pair by pair."""
+    rows = rows_of(features)
+    n, batch = len(rows), features.shape[0]
+    count = (batch - 1) * 4
+
+    def logits(u, stop):
+        source = features.detach() if stop else features
+        raw = [dot(features[rows[u]], source[rows[k]]) / temperature for k in range(n)]
+        top = max(r.item() for r in raw)  # detached row max, self included
+        return [r - top for r in raw]
+
+    def matrix(stop):
+        shifted = [logits(u, stop) for u in range(n)]
+        if hard_negatives is None:
+            return [[torch.log(sum(torch.exp(shifted[u][j]) for j in range(n) if j != u)) - shifted[u][k]
+                     for k in range(n)] for u in range(n)]
+        beta, tau_plus = hard_negatives
+        e = [[torch.exp(x) for x in row] for row in shifted]
+        negative = [[rows[k][0] != rows[u][0] for k in range(n)] for u in range(n)]
+        pos = [sum(e[u][k] for k in range(n) if k != u and not negative[u][k]) / 3 for u in range(n)]
+        imp = [[torch.exp(beta * torch.log((e[u][k] if negative[u][k] else 0 * e[u][k]) + 1e-9)) for k in range(n)]
+               for u in range(n)]
+        mean_imp = [sum(imp[k]) / n for k in range(n)]  # the released code divides column k by row k's mean
         ng = []
         for u in range(n):
-            reweighted = sum(imp[u, k] * neg[u, k] / row_mean[k] for k in range(n))  # column-k mean (quirk)
-            ng.append(max((-tau * big_n * pos_mean[u] + reweighted) / (1 - tau), big_n * math.exp(-2)))
-        entry = np.array([[-math.log(e[u, p] / (pos_mean[p] + ng[p])) for p in range(n)] for u in range(n)])
-    loss = pos * entry
-    mix = loss.copy()
-    top = loss[:batch, batch:].copy()
-    if alpha is None:
-        mix[:batch, batch:] = top * w
-        mix[batch:, :batch] = (top * w).T * w  # released aliasing: w²
-    else:
-        mixed = alpha * loss[batch:, :batch].T + (1 - alpha) * loss[:batch, batch:]
-        mix[:batch, batch:] = mixed * w
-        mix[batch:, :batch] = mixed.T * w
-    return scale * float(np.mean(mix.sum(axis=1) / pos.sum(axis=1)))
+            value = (-tau_plus * count * pos[u] + sum(imp[u][k] * e[u][k] / mean_imp[k]
+                                                      for k in range(n) if negative[u][k])) / (1 - tau_plus)
+            floor = count * math.e ** (-1 / 0.5)
+            if clamp_log is not None:
+                clamp_log.append(value.item() < floor)
+            ng.append(value if value.item() >= floor else value * 0 + floor)
+        return [[-torch.log(e[u][k] / (pos[k] + ng[k])) for k in range(n)] for u in range(n)]  # column k: row k's
+
+    full = matrix(False)
+    stopped = matrix(True) if alpha is not None else None
+    total = 0.0
+    for u, (instance, view) in enumerate(rows):
+        anchor_sum = 0.0
+        for p, (other, other_view) in enumerate(rows):
+            if p == u or other != instance:
+                continue
+            if view != 0 and other_view != 0:
+                anchor_sum = anchor_sum + full[u][p]
+            elif alpha is None:
+                adv, clean = (u, p) if view == 0 else (p, u)
+                anchor_sum = anchor_sum + (w if view == 0 else w * w) * full[adv][clean]
+            else:
+                adv, clean = (u, p) if view == 0 else (p, u)
+                anchor_sum = anchor_sum + w * (alpha * stopped[clean][adv] + (1 - alpha) * stopped[adv][clean])
+        total = total + anchor_sum / 3
+    return scale * total / n
 
 
-def official_rocl_hand(feats, alpha, w, hard):
-    """Loops over the released ``NT_xent`` / ``NT_xent_HN`` arithmetic (Asym-RoCL b28763e)."""
-    z = feats.double().numpy()
-    batch = z.shape[0]
-    rows = [z[i, v] for v in range(3) for i in range(batch)]
-    rows = [r / (np.linalg.norm(r) + 1e-8) for r in rows]
-    n = 3 * batch
-    e = np.array([[math.exp(np.dot(rows[u], rows[k]) / T) for k in range(n)] for u in range(n)])
-    same = np.array([[1.0 if u % batch == k % batch and u != k else 0.0 for k in range(n)] for u in range(n)])
-    if hard is None:
-        off = e * (1 - np.eye(n))
-        loss = np.array([[-math.log(off[u, k] / (off[u].sum() + 1e-8) + 1e-8) for k in range(n)] for u in range(n)])
+def hand_official_rocl(features, temperature, alpha, w, hard_negatives, scale, clamp_log=None):
+    """Released ``NT_xent`` / ``NT_xent_HN`` (Asym-RoCL, 'Rep'), re-derived pair by pair."""
+    rows = rows_of(features)
+    n, batch = len(rows), features.shape[0]
+    normed = [features[r] / (torch.sqrt(dot(features[r], features[r])) + 1e-8) for r in rows]
+    e = [[torch.exp(dot(normed[u], normed[k].detach()) / temperature) for k in range(n)] for u in range(n)]
+    if hard_negatives is None:
+        ell = [[-torch.log(e[u][k] / (sum(e[u][j] for j in range(n) if j != u) + 1e-8) + 1e-8) for k in range(n)]
+               for u in range(n)]
     else:
-        beta, tau = hard
-        neg = e * (1 - same) * (1 - np.eye(n))
-        imp = np.exp(beta * np.log(neg + 1e-9))
-        row_mean = imp.mean(axis=1)
-        big_n = (batch - 1) * 3
-        pos_mean = (e * same).sum(axis=1) / same.sum(axis=1)
-        ng = [max((-tau * big_n * pos_mean[u] + sum(imp[u, k] * neg[u, k] / row_mean[k] for k in range(n))) / (1 - tau),
-                  big_n * math.exp(-2)) for u in range(n)]
-        loss = np.array([[-math.log(e[u, k] / (pos_mean[u] + ng[u])) for k in range(n)] for u in range(n)])
+        beta, tau_plus = hard_negatives
+        count = (batch - 1) * 3
+        negative = [[rows[k][0] != rows[u][0] for k in range(n)] for u in range(n)]
+        pos = [sum(e[u][k] for k in range(n) if k != u and not negative[u][k]) / 2 for u in range(n)]
+        imp = [[torch.exp(beta * torch.log((e[u][k] if negative[u][k] else 0 * e[u][k]) + 1e-9)) for k in range(n)]
+               for u in range(n)]
+        mean_imp = [sum(imp[k]) / n for k in range(n)]
+        ell = []
+        for u in range(n):
+            value = (-tau_plus * count * pos[u] + sum(imp[u][k] * e[u][k] / mean_imp[k]
+                                                      for k in range(n) if negative[u][k])) / (1 - tau_plus)
+            floor = count * math.e ** (-1 / 0.5)
+            if clamp_log is not None:
+                clamp_log.append(value.item() < floor)
+            ng = value if value.item() >= floor else value * 0 + floor
+            ell.append([-torch.log(e[u][k] / (pos[u] + ng)) for k in range(n)])  # row-wise division
     total = 0.0
     for i in range(batch):
         x1, x2, a = i, batch + i, 2 * batch + i
-        total += loss[x1, x2] + loss[x2, x1]
+        total = total + ell[x1][x2] + ell[x2][x1]
         if alpha is None:
-            total += loss[x1, a] + loss[a, x1] + loss[x2, a] + loss[a, x2]
+            total = total + ell[x1][a] + ell[a][x1] + ell[x2][a] + ell[a][x2]
         else:
-            total += w * ((loss[x1, a] + loss[x2, a]) * alpha + (loss[a, x1] + loss[a, x2]) * (1 - alpha))
-    return total / n
+            total = total + w * (alpha * (ell[x1][a] + ell[x2][a]) + (1 - alpha) * (ell[a][x1] + ell[a][x2]))
+    return scale * total / n
 
 
-COMBINATIONS = {"plain": (None, None), "ip": (0.2, None), "hn": (None, (1.0, 0.12)), "iphn": (0.3, (1.0, 0.1))}
+OFFICIAL_CASES = {
+    # name: (alpha, w, hard_negatives); w ≠ 1 without IP exercises AdvCL's w² aliasing
+    "plain": (None, 1.5, None),
+    "ip": (0.2, 0.7, None),
+    "hn": (None, 1.2, (1.0, 0.12)),
+    "iphn": (0.3, 1.5, (1.0, 0.01)),
+}
 
 
-@pytest.mark.parametrize("kind", list(COMBINATIONS))
-def test_official_advcl_matches_released_arithmetic(kind):
-    alpha, hard = COMBINATIONS[kind]
-    feats = features(3, 4, seed=12)
-    for w in (1.0, 1.2):
-        expected = official_advcl_hand(feats, alpha, w, hard, T / 0.07)
-        got = a_infonce(feats, (True, False, False, False), alpha=alpha, adv_weight=w, hard_negatives=hard,
-                        scale=T / 0.07, quirks="official")
-        assert close(got, expected, 1e-4), (kind, w)
+@pytest.mark.parametrize("case", sorted(OFFICIAL_CASES))
+def test_official_advcl_matches_hand_loop(case):
+    alpha, w, hard_negatives = OFFICIAL_CASES[case]
+    features = make_features(batch=3, views=4, seed=15)
+    scale = 0.5 / 0.07
+    loss = a_infonce(features, ADVCL, alpha=alpha, adv_weight=w, hard_negatives=hard_negatives, scale=scale,
+                     quirks="official")
+    clamp_log: list[bool] = []
+    assert_same(loss, hand_official_advcl(features, T, alpha, w, hard_negatives, scale, clamp_log), features)
+    if hard_negatives is not None:
+        assert any(clamp_log) and not all(clamp_log), "both sides of the released floor should be exercised"
 
 
-def test_official_advcl_baseline_differs_from_formula_when_w_is_not_one():
-    feats = features(3, 4, seed=13)
-    formula = a_infonce(feats, (True, False, False, False), adv_weight=1.5)
-    official = a_infonce(feats, (True, False, False, False), adv_weight=1.5, quirks="official")
-    assert not close(official, float(formula), 1e-4)
+@pytest.mark.parametrize("case", sorted(OFFICIAL_CASES))
+def test_official_rocl_matches_hand_loop(case):
+    alpha, w, hard_negatives = OFFICIAL_CASES[case]
+    features = make_features(batch=3, views=3, seed=15, normalise=False)  # the code re-normalises
+    loss = a_infonce(features, ROCL, alpha=alpha, adv_weight=w, hard_negatives=hard_negatives, detach_contrast=True,
+                     quirks="official")
+    clamp_log: list[bool] = []
+    assert_same(loss, hand_official_rocl(features, T, alpha, w, hard_negatives, 1.0, clamp_log), features)
+    if hard_negatives is not None:
+        assert any(clamp_log) and not all(clamp_log), "both sides of the released floor should be exercised"
 
 
-@pytest.mark.parametrize("kind", list(COMBINATIONS))
-def test_official_rocl_matches_released_arithmetic(kind):
-    alpha, hard = COMBINATIONS[kind]
-    feats = features(3, 3, seed=14)
-    expected = official_rocl_hand(feats, alpha, 1.0, hard)
-    got = a_infonce(feats, (False, False, True), alpha=alpha, hard_negatives=hard, detach_contrast=True,
-                    quirks="official")
-    assert close(got, expected, 1e-4)
+def test_official_advcl_baseline_differs_from_the_formulas():
+    """The replaced clean-anchor terms (and w²) make the released AdvCL loss differ from SupCon."""
+    features = make_features(batch=3, views=4, seed=16)
+    official = a_infonce(features, ADVCL, quirks="official").item()
+    assert official == pytest.approx(hand_official_advcl(features, T, None, 1.0, None, 1.0).item(), rel=1e-12)
+    assert abs(official - hand_supcon(features)) > 1e-4
 
 
-def test_official_rocl_ip_alpha_zero_keeps_clean_gradient_from_clean_pairs_only():
-    """Released RoCL-IP with α = 0: the clean→adversarial terms vanish, so clean rows get no
-    gradient from the adversarial view; a clean-only pair check rather than a zero check."""
-    leaf = features(3, 3, seed=15).requires_grad_(True)
-    a_infonce(leaf, (False, False, True), alpha=0.0, detach_contrast=True, quirks="official").backward()
-    assert leaf.grad[:, 2].abs().sum() > 0 and leaf.grad[:, :2].abs().sum() > 0
+@pytest.mark.parametrize("flags, detach", [
+    (ADVCL, True), (ROCL, False), ((False, True, False, False), False), ((False, True), False),
+    ((True, False, False), True),
+])
+def test_official_rejects_other_layouts(flags, detach):
+    features = make_features(batch=3, views=len(flags))
+    with pytest.raises(ValueError, match=r"quirks='official'.*adversarial="):
+        a_infonce(features, flags, detach_contrast=detach, quirks="official")
 
 
-def test_official_rejects_other_layouts():
-    with pytest.raises(ValueError, match="quirks='official'.*allowed the AdvCL layout"):
-        a_infonce(features(3, 2), (False, True), quirks="official")
-    with pytest.raises(ValueError, match="RoCL layout"):
-        a_infonce(features(3, 3), (False, False, True), quirks="official")  # RoCL needs detach_contrast
+# ---------------------------------------------------------------------------- validation
 
 
-# ------------------------------------------------------------------ validation and adaptive α
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"alpha": 1.5}, "alpha=1.5 is invalid"),
-        ({"quirks": "paper"}, "quirks='paper' is invalid"),
-        ({"hard_negatives": (1.0, 1.0)}, "tau_plus=1.0 is invalid"),
-    ],
-)
-def test_bad_arguments_name_the_value(kwargs, message):
+@pytest.mark.parametrize("kwargs, message", [
+    ({"alpha": 1.5}, "alpha=1.5"),
+    ({"alpha": -0.1}, "alpha=-0.1"),
+    ({"alpha": torch.tensor([0.2, 0.3])}, r"alpha of shape \(2,\)"),
+    ({"quirks": "bogus"}, "quirks='bogus'.*'none', 'official'"),
+    ({"hard_negatives": (1.0, 1.0)}, r"tau_plus=1.0.*\[0, 1\)"),
+    ({"hard_negatives": (-1.0, 0.1)}, "beta=-1.0"),
+    ({"hard_negatives": (1.0,)}, r"hard_negatives=\(1.0,\)"),
+    ({"temperature": 0.0}, "temperature=0.0"),
+    ({"adv_weight": -2.0}, "adv_weight=-2.0"),
+    ({"scale": float("nan")}, "scale=nan"),
+    ({"detach_contrast": "yes"}, "detach_contrast='yes'"),
+])
+def test_bad_arguments_raise_with_the_value(kwargs, message):
+    features = make_features(batch=3, views=3)
     with pytest.raises(ValueError, match=message):
-        a_infonce(features(3, 2), (False, True), **kwargs)
+        a_infonce(features, ROCL, **kwargs)
 
 
-def test_wrong_adversarial_length_and_shape():
-    with pytest.raises(ValueError, match="one bool per view"):
-        a_infonce(features(3, 2), (False,))
-    with pytest.raises(ValueError, match="allowed \\[B, V, D\\]"):
-        a_infonce(torch.zeros(3, 4), (False,))
+def test_bad_shapes_raise_with_the_value():
+    with pytest.raises(ValueError, match=r"\(3, 6\)"):
+        a_infonce(torch.randn(3, 6), ROCL)
+    with pytest.raises(ValueError, match=r"adversarial=\(True, False\).*V=3"):
+        a_infonce(make_features(batch=3, views=3), (True, False))
+    with pytest.raises(ValueError, match=r"\(1, 3, 6\)"):
+        a_infonce(make_features(batch=1, views=3), ROCL)
+    with pytest.raises(ValueError, match=r"z1.shape=\(3, 6\), z2.shape=\(4, 6\)"):
+        nt_xent(torch.randn(3, 6), torch.randn(4, 6))
 
 
-def test_adaptive_alpha_rule_and_warmup():
-    assert adaptive_alpha(2.0, 1.5, 0.4, 0.2) == 0.2
-    assert adaptive_alpha(0.3, 1.5, 0.4, 0.2) == 0.5
-    assert math.isclose(adaptive_alpha(0.95, 1.5, 0.4, 0.2), 0.2 + 0.3 * 0.55 / 1.1)
-    schedule = AdaptiveAlpha(0.2, warmup_epochs=2, d_min=0.4)
-    assert schedule.update(0, 1.0, 10) == 0.2 and schedule.update(1, 2.0, 30) == 0.2
-    assert math.isclose(schedule.mean_distance, (10 * 1.0 + 30 * 2.0) / 40)
-    resumed = AdaptiveAlpha(0.2, 2, 0.4)
-    resumed.load_state_dict(schedule.state_dict())
-    assert resumed.update(2, 1.0, 10) == schedule.update(2, 1.0, 10) == pytest.approx(0.2 + 0.3 * 0.75 / 1.35)
+# ---------------------------------------------------------------------------- adaptive α
+
+
+@pytest.mark.parametrize("d, expected", [
+    (1.5, 0.2),  # above D̄: α₀
+    (1.0, 0.2),  # at D̄: the ramp starts at α₀
+    (0.7, 0.2 + 0.3 * 0.3 / 0.6),  # on the ramp
+    (0.4, 0.5),  # at d_min: the ramp ends at 0.5
+    (0.1, 0.5),  # below d_min
+])
+def test_adaptive_alpha_rule(d, expected):
+    assert adaptive_alpha(d, 1.0, 0.4, 0.2) == pytest.approx(expected, rel=1e-12)
+
+
+def test_adaptive_alpha_warm_up_freeze_and_resume():
+    schedule = AdaptiveAlpha(alpha0=0.3, warmup_epochs=2, d_min=0.5)
+    assert schedule.update(0, 2.0, batch_size=10) == 0.3
+    assert schedule.update(0, 1.0, batch_size=30) == 0.3
+    state = schedule.state_dict()
+    resumed = AdaptiveAlpha(alpha0=0.3, warmup_epochs=2, d_min=0.5)
+    resumed.load_state_dict(state)
+    for current in (schedule, resumed):
+        assert current.update(1, 0.25, batch_size=40) == 0.3  # still warm-up: D̄ = (20 + 30 + 10) / 80
+        d_bar = (2.0 * 10 + 1.0 * 30 + 0.25 * 40) / 80
+        assert current.update(2, 0.6, batch_size=99) == pytest.approx(0.3 + 0.2 * (d_bar - 0.6) / (d_bar - 0.5))
+        assert current.update(2, 5.0, batch_size=7) == 0.3
+        assert current.update(3, 0.1, batch_size=7) == 0.5
+        assert current.mean_distance == pytest.approx(d_bar)  # frozen after warm-up
+
+
+def test_adaptive_alpha_without_warm_up_keeps_alpha0():
+    schedule = AdaptiveAlpha(alpha0=0.2, warmup_epochs=0, d_min=0.4)
+    assert [schedule.update(epoch, 0.1, 8) for epoch in range(3)] == [0.2, 0.2, 0.2]
+
+
+@pytest.mark.parametrize("args, message", [
+    ((1.2, 3, 0.4), "alpha0=1.2"), ((0.2, -1, 0.4), "warmup_epochs=-1"), ((0.2, 3, -0.4), "d_min=-0.4"),
+])
+def test_adaptive_alpha_bad_arguments(args, message):
+    with pytest.raises(ValueError, match=message):
+        AdaptiveAlpha(*args)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        AdaptiveAlpha(0.2, 1, 0.4).update(0, 1.0, batch_size=0)

@@ -560,7 +560,8 @@ def _load_bench(
         "normalization": checkpoint["normalization"], "projector": checkpoint["projector"], "ignored_keys": [],
         "dropped_branch_keys": len(dropped), "stripped_prefix": prefix, "encoder_prefix": "",
     }
-    info.update({name: checkpoint[name] for name in ("method", "run_id", "finetune_bn") if name in checkpoint})
+    info.update({name: checkpoint[name] for name in ("method", "run_id", "finetune_bn", "dataset", "pretrain_epochs")
+                 if name in checkpoint})
     return model, info
 
 

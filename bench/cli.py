@@ -17,7 +17,7 @@ from bench.data import DATASETS, DatasetMissingError
 
 SHORT_FLAGS = {  # flag dest → dotted config field
     "dataset": "data.name", "eval_dataset": "data.eval_name", "data_dir": "data.data_dir", "image_size": "data.image_size",
-    "arch": "model.arch", "seed": "seed", "device": "device", "epochs": "pretrain.epochs",
+    "arch": "model.arch", "seed": "seed", "device": "device", "jobs": "jobs", "epochs": "pretrain.epochs",
     "batch_size": "pretrain.batch_size", "lr": "pretrain.lr", "optimizer": "pretrain.optimizer",
     "finetune_epochs": "finetune.epochs", "schemes": "finetune.schemes", "epsilon": "evaluate.epsilon",
     "step_size": "evaluate.step_size", "train_epsilon": "attack.epsilon", "train_steps": "attack.steps",
@@ -36,6 +36,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--arch", help="encoder: small_cnn | resnet18")
     group.add_argument("--seed", help="random seed (integer >= 0)")
     group.add_argument("--device", help=f"{' | '.join(DEVICES)} (auto: CUDA when available)")
+    group.add_argument("--jobs", help="method runs in parallel: 0 = auto (one per core on CPU, 1 on CUDA)")
     group.add_argument("--epochs", help="pretraining epochs")
     group.add_argument("--batch-size", help="pretraining batch size")
     group.add_argument("--lr", help="pretraining peak learning rate")
@@ -112,12 +113,12 @@ def request_dirs(request) -> tuple[Path, Path]:
     return Path(config.results_dir), Path(config.reports_dir)
 
 
-def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool) -> int:
+def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: list[str] | None = None) -> int:
     from bench.report import write_reports
 
     results_dir, reports_dir = dirs
     written = write_reports(results_dir / "results.csv", reports_dir, results_dir / "runs",
-                            results_dir / "reference", paper=paper)
+                            results_dir / "reference", paper=paper, curve_methods=curve_methods)
     index = next((path for path in written if Path(path).name == "index.md"), reports_dir / "index.md")
     if not quiet:
         table = reports_dir / "results.md"
@@ -128,7 +129,9 @@ def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    return _report((Path(args.results_dir), Path(args.reports_dir)), paper=args.paper, quiet=args.quiet)
+    methods = [name for name in ",".join(args.curve_methods or []).split(",") if name]
+    return _report((Path(args.results_dir), Path(args.reports_dir)), paper=args.paper, quiet=args.quiet,
+                   curve_methods=methods or None)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -142,7 +145,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     request = _request(args, ("all",))
     run_id = evaluate_external(request, checkpoint=args.checkpoint, checkpoint_format=args.format, branch=args.branch,
-                               name=args.name, robustbench_model=args.robustbench_model, force=args.force)
+                               name=args.name, robustbench_model=args.robustbench_model, force=args.force,
+                               pretrain_dataset=args.pretrain_dataset)
     if not args.no_report:
         return _report(request_dirs(request), paper=False, quiet=args.quiet)
     progress.log(f"done: {run_id}")
@@ -189,7 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
         source.add_argument("--robustbench-model", help="RobustBench model name (needs acl-bench[robustbench])")
         ev.add_argument("--format", default="bench", help="checkpoint format: bench, robustssl, advcl, rocl, acl")
         ev.add_argument("--branch", help="BN branch to load from a multi-BN checkpoint (default: the format's adversarial one)")
-        ev.add_argument("--name", help="method name to store the results under (default: from the checkpoint)")
+        ev.add_argument("--name", help="method name to store the results under (default: the checkpoint's recorded "
+                        "method, else FORMAT:FILE-STEM)")
+        ev.add_argument("--pretrain-dataset", help="dataset the encoder was pretrained on, for the tables (default: "
+                        "recorded in acl-bench checkpoints, else 'unknown')")
         ev.add_argument("--force", action="store_true", help="re-evaluate even if stored")
         ev.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
         _add_config_flags(ev)
@@ -199,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--paper", action="store_true", help="also lay out the A-InfoNCE paper's Table 1 with references")
     rep.add_argument("--results-dir", default="results", help="results store (default results/)")
     rep.add_argument("--reports-dir", default="reports", help="output directory (default reports/)")
+    rep.add_argument("--curve-methods", nargs="+", metavar="METHOD",
+                     help="methods drawn in the accuracy-vs-ε plot (default: every method with ε-curve rows)")
     rep.add_argument("--quiet", action="store_true", help="do not print the table")
     rep.set_defaults(handler=cmd_report)
 

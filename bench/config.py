@@ -18,7 +18,7 @@ PRESETS = ("smoke", "paper")
 SCHEMES = ("SLF", "ALF", "AFF")
 ATTACKS = ("clean", "pgd20", "autoattack", "apgd-ce")
 DEVICES = ("auto", "cpu", "cuda")
-OPTIMIZERS = ("sgd", "lars")
+OPTIMIZERS = ("sgd", "lars", "lars-acl")  # see bench.optim for the two LARS forms
 
 
 class ConfigError(ValueError):
@@ -87,8 +87,12 @@ class EvalConfig:
     pgd_steps: int = 20
     attacks: tuple[str, ...] = ("clean", "pgd20", "autoattack")
     n_eval: int = 64  # 0 = the whole test set
+    subset_seed: int = 0  # which n_eval images: the same for every training seed, so seeds are comparable
     batch_size: int = 256
     sanity: bool = True
+    # Extra PGD-20 budgets (step scaled as step_size/epsilon) on the same classifiers: the
+    # accuracy-vs-ε curve. Cheap next to AutoAttack.
+    epsilon_curve: tuple[float, ...] = (0.02, 0.04, 0.06, 0.08, 0.1)
 
 
 @dataclass
@@ -97,6 +101,7 @@ class RunConfig:
     methods: tuple[str, ...] = ("all",)
     seed: int = 0
     device: str = "auto"
+    jobs: int = 0  # method runs in parallel: 0 = auto (one per core on CPU, 1 on CUDA)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
@@ -139,7 +144,8 @@ def paper_preset() -> RunConfig:
         ),
         finetune=FinetuneConfig(epochs=25, batch_size=512, lr=0.1, full_lr=0.1, milestones=(15, 20), augment=True,
                                 alf_steps=20, trades_steps=10),
-        evaluate=EvalConfig(epsilon=EPS_8, step_size=STEP_2, n_eval=0, attacks=("clean", "pgd20", "autoattack")),
+        evaluate=EvalConfig(epsilon=EPS_8, step_size=STEP_2, n_eval=0, attacks=("clean", "pgd20", "autoattack"),
+                            epsilon_curve=(2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255)),
     )
 
 
@@ -162,6 +168,7 @@ def validate(config: RunConfig) -> RunConfig:
         ("preset", config.preset, config.preset in PRESETS, str(list(PRESETS))),
         ("device", config.device, config.device in DEVICES, str(list(DEVICES))),
         ("seed", config.seed, isinstance(config.seed, int) and config.seed >= 0, "integers >= 0"),
+        ("jobs", config.jobs, isinstance(config.jobs, int) and config.jobs >= 0, "0 (auto) or integers >= 1"),
         ("data.name", config.data.name, config.data.name in DATASETS, str(sorted(DATASETS))),
         ("data.eval_name", config.data.eval_name, config.data.eval_name in ("", *DATASETS), str(["", *sorted(DATASETS)])),
         ("data.image_size", config.data.image_size, config.data.image_size >= 8, "integers >= 8"),
@@ -179,6 +186,11 @@ def validate(config: RunConfig) -> RunConfig:
     for name, value, ok, allowed in checks:
         if not ok:
             _fail(name, value, allowed)
+    for value in config.evaluate.epsilon_curve:
+        if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            _fail("evaluate.epsilon_curve", value, "numbers in [0, 1] (pixel scale)")
+    if config.evaluate.subset_seed < 0:
+        _fail("evaluate.subset_seed", config.evaluate.subset_seed, "integers >= 0")
     for name in ("attack.epsilon", "attack.step_size", "evaluate.epsilon", "evaluate.step_size"):
         section, key = name.split(".")
         value = getattr(getattr(config, section), key)

@@ -6,14 +6,17 @@ running statistics never move during evaluation. AutoAttack is the official code
 (fra31/auto-attack, packaged on PyPI as ``pyautoattack``); it is never reimplemented here.
 
 Sanity checks (baselines-notes §6-7) flag a row ``suspect`` instead of hiding it:
-- ``order``: AA ≤ PGD-20 ≤ clean (AA may exceed PGD-20 by one sample's worth, rounding);
+- ``order``: AA ≤ PGD-20 ≤ clean over whichever of them ran (APGD-CE counts as AA; AA may
+  exceed PGD-20 by one sample's worth, rounding);
 - ``stronger-pgd``: PGD with 2× steps and one more restart is not above PGD-20 by more than
   noise (two binomial standard errors of PGD-20's accuracy, at least one sample): a stronger
   attack that does worse points at randomness or obfuscated gradients;
 - ``eps0``: PGD at ε = 0 equals clean accuracy (the attack path changes nothing by itself);
-- ``eval-mode``: every forward during the attacks ran in eval mode;
-- ``aa-reeval``: AA's returned examples, re-evaluated here, give AA's own accuracy, and lie
-  within ε of the inputs and in [0, 1];
+- ``eval-mode``: every forward of every submodule during the evaluation ran in eval mode
+  (a model that switches a layer back to train mode inside its forward is caught);
+- ``aa-reeval``: AA's returned examples, re-evaluated here, give AA's own accuracy (up to
+  max(one sample, 0.1 %): GPU kernels may round a boundary example differently in another
+  batch), and lie within ε of the inputs and in [0, 1];
 - ``gradient-masking``: PGD-20 leaves accuracy near clean (drop < 5 points) while AA, whose
   Square attack needs no gradients, is more than 10 points lower.
 """
@@ -126,9 +129,10 @@ def autoattack_accuracy(
     accuracy = 100.0 * float((predictions == y).float().mean())
     reported = 100.0 * float((y_adv.to(y.device) == y).float().mean())
     distance = float((x_adv - x).abs().amax()) if x.numel() else 0.0
+    tolerance = max(100.0 / max(1, x.shape[0]), 0.1)
     info = {
         "reported_accuracy": reported,
-        "reevaluated_equal": abs(reported - accuracy) < 1e-9,
+        "reevaluated_equal": abs(reported - accuracy) <= tolerance + 1e-9,
         "max_perturbation": distance,
         "within_epsilon": distance <= epsilon + 1e-6,
         "in_range": bool(x_adv.min() >= 0 and x_adv.max() <= 1),
@@ -136,8 +140,17 @@ def autoattack_accuracy(
     return accuracy, info
 
 
-def _record_modes(model: nn.Module, log: list[bool]):
-    return model.register_forward_pre_hook(lambda module, inputs: log.append(module.training))
+@contextmanager
+def recording_modes(model: nn.Module) -> Iterator[list[bool]]:
+    """Log ``module.training`` at every forward of every submodule while inside."""
+    log: list[bool] = []
+    hooks = [module.register_forward_pre_hook(lambda module, inputs: log.append(module.training))
+             for module in model.modules()]
+    try:
+        yield log
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def evaluate_classifier(
@@ -152,10 +165,8 @@ def evaluate_classifier(
     say = progress or (lambda stage: None)
     accuracy: dict[str, float] = {}
     sanity: dict[str, tuple[bool, str]] = {}
-    modes: list[bool] = []
-    hook = _record_modes(model, modes)
     pgd_name = f"pgd{settings.pgd_steps}"
-    try:
+    with recording_modes(model) as modes:
         for attack in settings.attacks:
             say(attack)
             if attack == "clean":
@@ -172,13 +183,11 @@ def evaluate_classifier(
                     f"reported {info['reported_accuracy']:.2f} %, re-evaluated {accuracy[attack]:.2f} %, "
                     f"max |δ| {info['max_perturbation']:.4g}",
                 )
-        if settings.sanity and pgd_name in accuracy:
+        if settings.sanity:
             say("sanity")
             accuracy.setdefault("clean", clean_accuracy(model, x, y, settings.batch_size))
             sanity.update(_sanity_checks(model, x, y, settings, accuracy, pgd_name))
-    finally:
-        hook.remove()
-    sanity["eval-mode"] = (not any(modes), f"{sum(modes)} of {len(modes)} forwards in train mode")
+    sanity["eval-mode"] = (not any(modes), f"{sum(modes)} of {len(modes)} module forwards in train mode")
     report = EvalReport(accuracy, int(x.shape[0]), time.perf_counter() - began, sanity)
     report.flags = [f"suspect:{name.split(':')[0]}" for name, (passed, _) in sanity.items() if not passed]
     report.flags = sorted(set(report.flags))
@@ -186,23 +195,32 @@ def evaluate_classifier(
 
 
 def _sanity_checks(model, x, y, settings: EvalSettings, accuracy: dict[str, float], pgd_name: str) -> dict:
+    """The checks of the module docstring over whichever attacks ran (adds their extra accuracies)."""
     one_sample = 100.0 / max(1, x.shape[0])
-    clean, robust = accuracy["clean"], accuracy[pgd_name]
-    noise = max(one_sample, 200.0 * math.sqrt(robust / 100 * (1 - robust / 100) / max(1, x.shape[0])))
-    stronger = pgd_accuracy(model, x, y, settings.epsilon, settings.step_size, 2 * settings.pgd_steps, restarts=2,
-                            batch_size=settings.batch_size, seed=settings.seed + 1)
-    accuracy["pgd40-restart"] = stronger
+    clean, robust = accuracy["clean"], accuracy.get(pgd_name)
+    aa_name = next((name for name in ("autoattack", "apgd-ce") if name in accuracy), None)
+    aa = accuracy.get(aa_name) if aa_name else None
     at_zero = pgd_accuracy(model, x, y, 0.0, settings.step_size, 1, batch_size=settings.batch_size, seed=settings.seed)
+    accuracy["eps0"] = at_zero
+    order_ok, order_text = True, f"clean {clean:.2f} %"
+    if robust is not None:
+        order_ok, order_text = robust <= clean + 1e-9, order_text + f", {pgd_name} {robust:.2f} %"
+    if aa is not None:
+        bound = clean if robust is None else robust + one_sample
+        order_ok, order_text = order_ok and aa <= bound + 1e-9, order_text + f", {aa_name} {aa:.2f} %"
     checks = {
-        "order": (robust <= clean + 1e-9, f"clean {clean:.2f} %, {pgd_name} {robust:.2f} %"),
-        "stronger-pgd": (stronger <= robust + noise + 1e-9,
-                         f"{pgd_name} {robust:.2f} %, 2×steps + restart {stronger:.2f} %"),
+        "order": (order_ok, order_text),
         "eps0": (abs(at_zero - clean) < 1e-9, f"ε=0 {at_zero:.2f} %, clean {clean:.2f} %"),
     }
-    aa = accuracy.get("autoattack")
-    if aa is not None:
-        checks["order"] = (checks["order"][0] and aa <= robust + one_sample + 1e-9,
-                           checks["order"][1] + f", AA {aa:.2f} %")
-        checks["gradient-masking"] = (not (clean - robust < 5.0 and robust - aa > 10.0),
-                                      f"PGD drop {clean - robust:.2f}, AA below PGD by {robust - aa:.2f} points")
+    if robust is not None:
+        noise = max(one_sample, 200.0 * math.sqrt(robust / 100 * (1 - robust / 100) / max(1, x.shape[0])))
+        stronger_name = f"pgd{2 * settings.pgd_steps}-restart"
+        stronger = pgd_accuracy(model, x, y, settings.epsilon, settings.step_size, 2 * settings.pgd_steps, restarts=2,
+                                batch_size=settings.batch_size, seed=settings.seed + 1)
+        accuracy[stronger_name] = stronger
+        checks["stronger-pgd"] = (stronger <= robust + noise + 1e-9,
+                                  f"{pgd_name} {robust:.2f} %, 2×steps + restart {stronger:.2f} % (noise {noise:.2f})")
+        if aa is not None:
+            checks["gradient-masking"] = (not (clean - robust < 5.0 and robust - aa > 10.0),
+                                          f"PGD drop {clean - robust:.2f}, {aa_name} below PGD by {robust - aa:.2f} points")
     return checks

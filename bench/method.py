@@ -71,6 +71,7 @@ class Method:
     bn_branches: ClassVar[tuple[str, ...]] = ("normal",)
     projector: ClassVar[str] = "simclr"
     normalization: ClassVar[str] = "none"
+    conv_init: ClassVar[str] = "default"  # or 'kaiming_normal' (bench.models.build_contrastive_model)
     finetune_bn: ClassVar[str] = "normal"
     Params: ClassVar[type[MethodParams]] = MethodParams
     # Which views of ``contrastive_loss`` are adversarial decides what -ip/-hn change;
@@ -122,7 +123,8 @@ class Method:
 
     def build_model(self, arch: str, in_channels: int = 3) -> ContrastiveModel:
         return build_contrastive_model(
-            arch, self.bn_branches, self.projector, in_channels=in_channels, normalization=self.normalization
+            arch, self.bn_branches, self.projector, in_channels=in_channels, normalization=self.normalization,
+            conv_init=self.conv_init,
         )
 
     def setup(self, model: ContrastiveModel, train_images: torch.Tensor, ctx: StepContext) -> None:

@@ -241,6 +241,9 @@ class ContrastiveModel(BranchRouting):
             return F.normalize(self.projector(self.encoder(self.normalize(x))), dim=1)
 
 
+CONV_INITS = ("default", "kaiming_normal")
+
+
 def build_contrastive_model(
     arch: str,
     branches: Sequence[str],
@@ -248,13 +251,23 @@ def build_contrastive_model(
     *,
     in_channels: int = 3,
     normalization: str = "none",
+    conv_init: str = "default",
 ) -> ContrastiveModel:
-    """Assemble the model a method trains. ``normalization``: 'none' | 'imagenet'."""
+    """Assemble the model a method trains. ``normalization``: 'none' | 'imagenet'.
+
+    ``conv_init``: 'default' (PyTorch's kaiming-uniform, as RoCL's kuangliu-style ResNet) or
+    'kaiming_normal' (He-normal, fan_out, as the torchvision-style ResNets of ACL and AdvCL)."""
+    if conv_init not in CONV_INITS:
+        raise ValueError(f"conv_init={conv_init!r} is unknown: allowed {list(CONV_INITS)}")
     if projector not in PROJECTORS:
         raise ValueError(f"projector={projector!r} is unknown: allowed {sorted(PROJECTORS)}")
     if normalization not in ("none", "imagenet"):
         raise ValueError(f"normalization={normalization!r} is unknown: allowed ['imagenet', 'none']")
     encoder = build_encoder(arch, branches, in_channels)
+    if conv_init == "kaiming_normal":
+        for module in encoder.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
     head = PROJECTORS[projector](encoder.feature_dim, branches)
     normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD) if normalization == "imagenet" else None
     return ContrastiveModel(encoder, head, normalize)

@@ -2,8 +2,13 @@
 
 LARS (You et al. 2017) as used by ACL and RoCL: every parameter (BN and biases included)
 gets the layer-wise trust ratio η·‖w‖ / (‖g‖ + wd·‖w‖), weight decay folded into the
-update, then SGD momentum. The released codes use a CUDA-only extension (torchlars) or a
-private file; this small implementation is device-agnostic and tested against the formula.
+update, then SGD momentum. The two released implementations differ in where lr sits:
+- ``lars`` (RoCL: torchlars wrapping SGD): buf = m·buf + trust·(g + wd·w); w −= lr·buf,
+  with eps 1e-8 in the trust ratio;
+- ``lars-acl`` (ACL's ``optimizer/lars.py``, also DynACL/AIR/RCS): buf = m·buf + lr·trust·(g + wd·w);
+  w −= buf, no eps, trust 1 where ‖w‖ or ‖g‖ < 1e-15.
+They agree while lr is constant and differ while it changes (warm-up: the momentum of ACL's
+form remembers the smaller past lrs). Both are device-agnostic and tested against the formulas.
 """
 from __future__ import annotations
 
@@ -26,9 +31,13 @@ class LARS(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         trust_coefficient: float = 1e-3,
         eps: float = 1e-8,
+        lr_in_momentum: bool = False,
     ):
+        """``lr_in_momentum=True`` with ``eps=0`` is ACL's released form (module docstring)."""
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps)
         super().__init__(params, defaults)
+        self.lr_in_momentum = lr_in_momentum
+        self.tiny = 1e-15 if lr_in_momentum else 0.0
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -41,21 +50,32 @@ class LARS(torch.optim.Optimizer):
                 weight_norm, grad_norm = torch.norm(param), torch.norm(grad)
                 decay = group["weight_decay"]
                 trust = group["trust_coefficient"] * weight_norm / (grad_norm + decay * weight_norm + group["eps"])
-                trust = torch.where((weight_norm > 0) & (grad_norm > 0), trust, torch.ones_like(trust))
+                trust = torch.where((weight_norm > self.tiny) & (grad_norm > self.tiny), trust, torch.ones_like(trust))
                 update = (grad + decay * param) * trust
+                if self.lr_in_momentum:
+                    update = update * group["lr"]
                 state = self.state[param]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = update.clone()
                 else:
                     state["momentum_buffer"].mul_(group["momentum"]).add_(update)
-                param.add_(state["momentum_buffer"], alpha=-group["lr"])
+                param.add_(state["momentum_buffer"], alpha=-1.0 if self.lr_in_momentum else -group["lr"])
         return loss
 
 
+def acl_lars_settings() -> dict:
+    """ACL's released pretraining optimiser (``train_simCLR.py``, DS and its S2S SimCLR baseline):
+    its LARS, lr 5.0, wd 1e-6, per-iteration warm-up from 0 over 10 epochs, cosine to 1e-6,
+    batch 512, 1000 epochs (overrides of ``PretrainConfig`` for the paper preset)."""
+    return {"optimizer": "lars-acl", "lr": 5.0, "weight_decay": 1e-6, "warmup_epochs": 10, "warmup_start_lr": 0.0,
+            "min_lr_fraction": 1e-6 / 5.0, "epochs": 1000, "batch_size": 512}
+
+
 def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: PretrainConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "lars":
+    if config.optimizer in ("lars", "lars-acl"):
+        acl = config.optimizer == "lars-acl"
         return LARS(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                    trust_coefficient=config.lars_trust)
+                    trust_coefficient=config.lars_trust, eps=0.0 if acl else 1e-8, lr_in_momentum=acl)
     return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 

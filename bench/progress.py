@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 _quiet = False
+_bars = True
 console = Console(stderr=True)
 
 
@@ -17,8 +18,14 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
+def set_bars(bars: bool) -> None:
+    """Turn progress bars off (status lines stay), e.g. in parallel worker processes."""
+    global _bars
+    _bars = bars
+
+
 def enabled() -> bool:
-    return not _quiet and sys.stderr.isatty()
+    return _bars and not _quiet and sys.stderr.isatty()
 
 
 class _Task:
@@ -45,4 +52,4 @@ def task(description: str, total: int) -> Iterator[_Task]:
 def log(message: str) -> None:
     """A status line (stderr), suppressed by --quiet."""
     if not _quiet:
-        console.print(message, highlight=False)
+        console.print(message, highlight=False, soft_wrap=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -32,6 +33,7 @@ import numpy as np
 from bench.atomic import write_atomic
 
 SCHEMES = ("SLF", "ALF", "AFF")
+SUPERVISED_AT = "AT"  # RobustBench zoo models (`bench evaluate --robustbench-model`): no finetuning
 TABLE_ATTACKS = (("clean", "SA"), ("pgd20", "PGD-20"), ("autoattack", "AA"))
 PAPER_ATTACKS = (("clean", "SA"), ("pgd20", "RA"), ("autoattack", "AA"))
 PAPER_DATASETS = (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100"))
@@ -131,6 +133,11 @@ class Table:
     cells: dict[tuple[str, str, str], Cell]
     rows: list[dict[str, Any]]
 
+    @property
+    def schemes(self) -> tuple[str, ...]:
+        """SLF, ALF, AFF, plus AT when the table holds supervised adversarial-training models."""
+        return SCHEMES + ((SUPERVISED_AT,) if any(s == SUPERVISED_AT for _, s, _ in self.cells) else ())
+
     def best(self, scheme: str, attack: str) -> float | None:
         values = [cell.mean for (_, s, a), cell in self.cells.items() if (s, a) == (scheme, attack)]
         return max(values) if values else None
@@ -197,18 +204,42 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> Cell:
 
 
 def order_methods(methods: Iterable[str]) -> list[str]:
-    """Registry order (simclr, acl…, rocl…, advcl…), then any other method alphabetically."""
+    """Registry order (simclr, acl…, rocl…, advcl…), then any other method alphabetically.
+
+    A row label ``method [config]`` sorts with its method."""
     rank = {name: index for index, name in enumerate(METHOD_ORDER)}
-    return sorted(set(methods), key=lambda name: (rank.get(name, len(rank)), name))
+    base = lambda label: label.split(" [", 1)[0]
+    return sorted(set(methods), key=lambda name: (rank.get(base(name), len(rank)), name))
+
+
+def row_labels(rows: Sequence[dict[str, Any]]) -> dict[int, str]:
+    """Table row label of each result row: its method, or ``method [config_hash]`` when the
+    method was run with several configurations (seeds of one configuration share a hash), so
+    different settings are never averaged together or silently dropped."""
+    hashes: dict[str, set[str]] = {}
+    for row in rows:
+        hashes.setdefault(row["method"], set()).add(row.get("config_hash") or "")
+    return {id(row): row["method"] if len(hashes[row["method"]]) == 1 else f"{row['method']} [{row.get('config_hash')}]"
+            for row in rows}
+
+
+def latest_configuration(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method, only the rows of its most recently run configuration (for one-row-per-method layouts)."""
+    newest: dict[str, tuple[str, str]] = {}
+    for row in rows:
+        stamp = (row.get("timestamp") or "", row.get("config_hash") or "")
+        newest[row["method"]] = max(newest.get(row["method"], stamp), stamp)
+    return [row for row in rows if (row.get("config_hash") or "") == newest[row["method"]][1]]
 
 
 def build_table(key: TableKey, rows: Sequence[dict[str, Any]], attacks: Sequence[str] | None = None) -> Table:
     """Aggregate ``rows`` into cells for the given attacks (default: clean, PGD-20, AutoAttack)."""
     attacks = tuple(attacks or (attack for attack, _ in TABLE_ATTACKS))
+    labels = row_labels(rows)
     buckets: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        if row["scheme"] in SCHEMES and row["attack"] in attacks:
-            buckets.setdefault((row["method"], row["scheme"], row["attack"]), []).append(row)
+        if row["scheme"] in (*SCHEMES, SUPERVISED_AT) and row["attack"] in attacks:
+            buckets.setdefault((labels[id(row)], row["scheme"], row["attack"]), []).append(row)
     cells = {cell_key: aggregate(cell_rows) for cell_key, cell_rows in buckets.items()}
     return Table(key, order_methods(method for method, _, _ in cells), cells, list(rows))
 
@@ -240,7 +271,7 @@ def cell_text(cell: Cell | None, best: bool, style: str = "md") -> str:
 
 def _row_cells(table: Table, method: str, style: str) -> list[str]:
     cells = []
-    for scheme in SCHEMES:
+    for scheme in table.schemes:
         for attack, _ in TABLE_ATTACKS:
             cell = table.cells.get((method, scheme, attack))
             cells.append(cell_text(cell, cell is not None and _is_best(table, cell, scheme, attack), style))
@@ -255,11 +286,9 @@ def table_notes(table: Table) -> list[str]:
     if several:
         notes.append("mean ± sample std over seeds (" + ", ".join(several) + "); other cells are single runs.")
     notes += _flag_notes(table)
-    for method in table.methods:
-        hashes = sorted({row["config_hash"] for (m, _, _), cell in table.cells.items() if m == method
-                         for row in cell.rows} - {""})
-        if len(hashes) > 1:
-            notes.append(f"{method}: cells combine {len(hashes)} configurations (config_hash {', '.join(hashes)}).")
+    if any(" [" in method for method in table.methods):
+        notes.append("method [hash]: the method was run with several configurations; one row each "
+                     "(config.json of its runs in results/runs/ has the settings).")
     n_eval = sorted({row["n_eval"] for row in table.rows if row["n_eval"] is not None})
     if n_eval:
         notes.append("evaluated on n_eval = " + ", ".join(map(str, n_eval)) + " test images.")
@@ -270,7 +299,7 @@ def _flag_notes(table: Table) -> list[str]:
     """One line per (method, scheme, tags): suspect cells get the marker, other flags are listed plainly."""
     grouped: dict[tuple[str, str, bool, str], list[str]] = {}
     for method in table.methods:
-        for scheme in SCHEMES:
+        for scheme in table.schemes:
             for attack, label in TABLE_ATTACKS:
                 cell = table.cells.get((method, scheme, attack))
                 tags = sorted({tag for row in cell.rows for tag in row["flags"]}) if cell else []
@@ -284,7 +313,7 @@ def _flag_notes(table: Table) -> list[str]:
 
 def table_markdown(table: Table, heading: str = "") -> str:
     """One table as Markdown: title with ε, banner for non-paper presets, cells, footnotes."""
-    header = ["Method", *(f"{scheme} {label}" for scheme in SCHEMES for _, label in TABLE_ATTACKS)]
+    header = ["Method", *(f"{scheme} {label}" for scheme in table.schemes for _, label in TABLE_ATTACKS)]
     lines = [f"### {heading}{table.key.title()}", ""]
     banner = preset_banner(table.key.preset)
     if banner:
@@ -310,10 +339,10 @@ def table_latex(table: Table, heading: str = "") -> str:
     banner = preset_banner(table.key.preset)
     caption = latex_escape(heading + table.key.title() + (f". {banner}." if banner else ""))
     lines = ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{caption}}}",
-             "\\begin{tabular}{l" + "ccc" * len(SCHEMES) + "}", "\\toprule",
-             " & " + " & ".join(f"\\multicolumn{{3}}{{c}}{{{scheme}}}" for scheme in SCHEMES) + " \\\\",
-             " ".join(f"\\cmidrule(lr){{{2 + 3 * i}-{4 + 3 * i}}}" for i in range(len(SCHEMES))),
-             "Method & " + " & ".join(label for _ in SCHEMES for _, label in TABLE_ATTACKS) + " \\\\", "\\midrule"]
+             "\\begin{tabular}{l" + "ccc" * len(table.schemes) + "}", "\\toprule",
+             " & " + " & ".join(f"\\multicolumn{{3}}{{c}}{{{scheme}}}" for scheme in table.schemes) + " \\\\",
+             " ".join(f"\\cmidrule(lr){{{2 + 3 * i}-{4 + 3 * i}}}" for i in range(len(table.schemes))),
+             "Method & " + " & ".join(label for _ in table.schemes for _, label in TABLE_ATTACKS) + " \\\\", "\\midrule"]
     for method in table.methods:
         lines.append(" & ".join([latex_escape(method), *_row_cells(table, method, "tex")]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", "", "\\smallskip", "{\\footnotesize"]
@@ -330,7 +359,7 @@ def table_csv_rows(table: Table) -> list[dict[str, Any]]:
     """The table in long form, one row per method × scheme × attack; a missing cell has an empty mean."""
     out = []
     for method in table.methods:
-        for scheme in SCHEMES:
+        for scheme in table.schemes:
             for attack, label in TABLE_ATTACKS:
                 cell = table.cells.get((method, scheme, attack))
                 out.append({"dataset": table.key.dataset, "eval_dataset": table.key.eval_dataset,
@@ -401,8 +430,8 @@ def save_figure(figure: Any, stem: Path) -> list[Path]:
 def plot_robust_vs_clean(table: Table, figures_dir: Path) -> Artifact:
     """Per scheme, each method's robust (PGD-20 ●, AA ▲) against clean accuracy: the trade-off at a glance."""
     title = f"Robust vs clean accuracy — {table.key.title()}"
-    points = {scheme: _tradeoff_points(table, scheme) for scheme in SCHEMES}
-    schemes = [scheme for scheme in SCHEMES if points[scheme]]
+    points = {scheme: _tradeoff_points(table, scheme) for scheme in table.schemes}
+    schemes = [scheme for scheme in table.schemes if points[scheme]]
     if not schemes:
         return Artifact("figure", title, [], table.rows, "no method has both clean and robust accuracy")
     figure = _new_figure(3.8 * len(schemes), 3.4)
@@ -441,15 +470,15 @@ def plot_bars(table: Table, figures_dir: Path) -> Artifact:
     if not attacks:
         return Artifact("figure", title, [], table.rows, "no clean, PGD-20 or AA accuracy")
     figure = _new_figure(max(6.5, 1.0 * len(table.methods) + 3), 2.4 * len(attacks) + 0.4)
-    positions, width = np.arange(len(table.methods)), 0.8 / len(SCHEMES)
+    positions, width = np.arange(len(table.methods)), 0.8 / len(table.schemes)
     rotation = {"rotation": 30, "ha": "right"} if len(table.methods) > 4 else {}
     for row, (attack, label) in enumerate(attacks):
         axis = figure.add_subplot(len(attacks), 1, row + 1)
-        for index, scheme in enumerate(SCHEMES):
+        for index, scheme in enumerate(table.schemes):
             cells = [table.cells.get((method, scheme, attack)) for method in table.methods]
             heights = [cell.mean if cell else math.nan for cell in cells]
             errors = [(cell.std or 0.0) if cell else 0.0 for cell in cells]
-            axis.bar(positions + (index - 1) * width, heights, width, yerr=errors, capsize=2, label=scheme)
+            axis.bar(positions + (index - (len(table.schemes) - 1) / 2) * width, heights, width, yerr=errors, capsize=2, label=scheme)
         axis.set_xticks(positions, table.methods, fontsize=8, **rotation)
         axis.set_xlim(-0.6, len(table.methods) - 0.4)
         axis.set_ylabel(f"{label} (%)")
@@ -528,11 +557,15 @@ def _moving_average(values: np.ndarray) -> np.ndarray:
 Curves = dict[tuple[str, str], list[tuple[float, Cell]]]  # (method, scheme) -> [(ε, cell)]
 
 
-def epsilon_series(results: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str], Curves]:
-    """PGD-20 accuracy per (data, preset) and (method, scheme) at each ε; kept only with ≥ 2 distinct ε."""
+def epsilon_series(results: Sequence[dict[str, Any]], methods: Sequence[str] | None = None
+                   ) -> dict[tuple[str, str, str], Curves]:
+    """PGD-20 accuracy of the same classifiers at several ε (``accuracy_vs_epsilon`` rows) per
+    (data, preset) and (method, scheme); kept only with ≥ 2 distinct ε. ``methods`` selects."""
     buckets: dict[tuple, dict[tuple, dict[float, list]]] = {}
     for row in results:
-        if row["metric"] == "accuracy" and row["attack"] == "pgd20" and row["epsilon"] is not None:
+        if methods and row["method"] not in methods:
+            continue
+        if row["metric"] == "accuracy_vs_epsilon" and row["attack"] == "pgd20" and row["epsilon"] is not None:
             data = (row["dataset"], row["eval_dataset"], row["preset"])
             curve = buckets.setdefault(data, {}).setdefault((row["method"], row["scheme"]), {})
             curve.setdefault(round(row["epsilon"], 6), []).append(row)
@@ -545,9 +578,10 @@ def epsilon_series(results: Sequence[dict[str, Any]]) -> dict[tuple[str, str, st
     return series
 
 
-def plot_epsilon_curves(results: Sequence[dict[str, Any]], figures_dir: Path) -> list[Artifact]:
+def plot_epsilon_curves(results: Sequence[dict[str, Any]], figures_dir: Path,
+                        methods: Sequence[str] | None = None) -> list[Artifact]:
     """Accuracy under PGD-20 against ε, one panel per scheme, for methods measured at ≥ 2 budgets."""
-    series = epsilon_series(results)
+    series = epsilon_series(results, methods)
     if not series:
         return [Artifact("figure", "Accuracy vs ε (PGD-20)", [], [], "no method has PGD-20 rows at ≥ 2 ε values")]
     artifacts = []
@@ -689,8 +723,9 @@ def paper_sections(results: Sequence[dict[str, Any]], reference: Sequence[dict[s
     attacks = {attack for attack, _ in PAPER_ATTACKS}
     sections = []
     for dataset, label in PAPER_DATASETS:
-        ours_rows = [row for row in results if row["metric"] == "accuracy" and row["dataset"] == dataset
-                     and row["eval_dataset"] == dataset and row["attack"] in attacks and _paper_epsilon(row)]
+        ours_rows = latest_configuration(
+            [row for row in results if row["metric"] == "accuracy" and row["dataset"] == dataset
+             and row["eval_dataset"] == dataset and row["attack"] in attacks and _paper_epsilon(row)])
         references: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         for ref in reference:
             if (ref["dataset"], ref["eval_dataset"], ref.get("metric", "accuracy")) == (dataset, dataset, "accuracy"):
@@ -763,7 +798,8 @@ PAPER_PREAMBLE = (
     "Δ = ours − reference. The paper's own Table 1 values were not retrieved and are not shown: reference cells "
     "come from author-quoted numbers and the RobustSSL leaderboard (a third-party re-evaluation with its own "
     "checkpoints and finetuning), so protocols differ cell by cell; see the numbered sources. "
-    f"{MISSING} = missing, never filled in. Ours: last-epoch accuracy, mean ± std over seeds.")
+    f"{MISSING} = missing, never filled in. Ours: last-epoch accuracy, mean ± std over seeds, of each method's "
+    "most recently run configuration.")
 
 
 def paper_markdown(sections: Sequence[PaperSection], sources: _Sources,
@@ -902,8 +938,49 @@ def table_artifacts(results: Sequence[dict[str, Any]], reports_dir: Path) -> tup
     return tables, artifacts
 
 
+SANITY_COLUMNS = ("run_id", "method", "scheme", "check", "passed", "detail")
+
+
+def sanity_rows(results: Sequence[dict[str, Any]], runs_dir: Path) -> list[dict[str, Any]]:
+    """Every recorded sanity check (``runs/<run>/sanity_<scheme>.json``) of the runs in the results."""
+    runs = {row["run_id"]: row["method"] for row in results}
+    rows = []
+    for run_id, method in sorted(runs.items()):
+        for path in sorted((runs_dir / run_id).glob("sanity_*.json")):
+            scheme = path.stem.removeprefix("sanity_")
+            try:
+                checks = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            rows += [{"run_id": run_id, "method": method, "scheme": scheme, "check": name,
+                      "passed": bool(check.get("passed")), "detail": check.get("detail", "")}
+                     for name, check in sorted(checks.items())]
+    return rows
+
+
+def write_sanity_report(results: Sequence[dict[str, Any]], runs_dir: Path, reports_dir: Path) -> Artifact:
+    """``sanity.md`` / ``sanity.csv``: each check of each evaluation, passed or failed, with its numbers."""
+    title = "Sanity checks of every evaluation (passed and failed)"
+    rows = sanity_rows(results, runs_dir)
+    if not rows:
+        return Artifact("table", title, [], [], "no sanity_<scheme>.json in the run directories")
+    failed = [row for row in rows if not row["passed"]]
+    lines = ["# Sanity checks", "",
+             f"{len(rows)} checks over {len({(r['run_id'], r['scheme']) for r in rows})} evaluations; "
+             f"{len(failed)} failed (those rows carry a `suspect:<check>` flag in results.csv).", "",
+             "| Method | Scheme | Check | Passed | Numbers |", "|---|---|---|---|---|"]
+    for row in sorted(rows, key=lambda r: (order_methods([r["method"]]), r["method"], r["scheme"], r["check"])):
+        mark = "yes" if row["passed"] else "**NO**"
+        lines.append(f"| {row['method']} | {row['scheme']} | {row['check']} | {mark} | {row['detail']} |")
+    paths = [write_atomic(reports_dir / "sanity.md", "\n".join(lines) + "\n"),
+             write_atomic(reports_dir / "sanity.csv", csv_text(rows, SANITY_COLUMNS))]
+    run_ids = {row["run_id"] for row in rows}
+    return Artifact("table", title, paths, [row for row in results if row["run_id"] in run_ids])
+
+
 def write_reports(results_csv: str | Path, reports_dir: str | Path, runs_dir: str | Path,
-                  reference_dir: str | Path | None, paper: bool = False) -> list[Path]:
+                  reference_dir: str | Path | None, paper: bool = False,
+                  curve_methods: Sequence[str] | None = None) -> list[Path]:
     """Write every table, figure and ``index.md`` from the stored results; returns the paths written.
 
     The paper table is written when ``paper`` is set or when the results hold CIFAR-10/100 rows.
@@ -914,7 +991,8 @@ def write_reports(results_csv: str | Path, reports_dir: str | Path, runs_dir: st
     for table in tables:
         artifacts += [plot_robust_vs_clean(table, figures_dir), plot_bars(table, figures_dir)]
     artifacts += loss_curve_artifacts(tables, Path(runs_dir), figures_dir)
-    artifacts += plot_epsilon_curves(results, figures_dir)
+    artifacts.append(write_sanity_report(results, Path(runs_dir), reports_dir))
+    artifacts += plot_epsilon_curves(results, figures_dir, curve_methods)
     paper_rows = [row for row in results if row["dataset"] in dict(PAPER_DATASETS)]
     if paper or paper_rows:
         artifacts.append(Artifact("paper", "Paper table (A-InfoNCE Table 1 layout): ours, reference, Δ",

@@ -22,6 +22,7 @@ import torch
 import bench
 from bench.atomic import write_atomic
 
+HISTORY_NAME = "pretrain_history.csv"
 COLUMNS = (
     "run_id", "timestamp", "preset", "method", "dataset", "eval_dataset", "scheme", "attack", "metric", "value",
     "epsilon", "n_eval", "seed", "pretrain_epochs", "finetune_epochs", "config_hash", "code_version",
@@ -49,6 +50,7 @@ def environment() -> dict[str, str]:
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "torch_threads": str(torch.get_num_threads()),
     }
 
 
@@ -110,6 +112,6 @@ class ResultsStore:
         writer = csv.DictWriter(buffer, fieldnames=columns or ["epoch", "step", "loss", "lr"])
         writer.writeheader()
         writer.writerows(history)
-        path = self.run_dir(run_id) / "pretrain_history.csv"
+        path = self.run_dir(run_id) / HISTORY_NAME
         write_atomic(path, buffer.getvalue())
         return path

@@ -5,6 +5,10 @@ both views jointly maximising the adversarial pair's NT-Xent, with the model in 
 and the 'pgd' BN branch (released ``PGD_contrastive``). Every BN is dual, projector
 included; ImageNet normalisation lives inside the model.
 
+Deviations from the released code (small, documented): the resized crop interpolates
+bilinearly (released: bicubic); the PGD random start is clamped to [0, 1] before the first
+step (released: after it); each epoch drops its last partial batch (released: kept).
+
 The released ACL loss has no clean<->adversarial positive pair, so its ``-ip``/``-hn``
 variants are this suite's extension: they contrast [x1, x2, a1, a2] jointly with the
 adversarial views tagged, so inferior positives and hard negatives have something to act on.
@@ -17,6 +21,7 @@ from bench.attacks import pgd
 from bench.losses import nt_xent
 from bench.method import Method, StepContext
 from bench.models import ContrastiveModel
+from bench.optim import acl_lars_settings
 from bench.registry import register
 from bench.views import StrongAugment
 
@@ -34,16 +39,14 @@ class ACL(Method):
     projector = "acl"
     normalization = "imagenet"
     finetune_bn = "pgd"
+    conv_init = "kaiming_normal"  # torchvision-style ResNet of the released code
     has_adversarial_views = True
     variant_note = "suite extension: [x1, x2, a1, a2] contrasted jointly"
     augment = StrongAugment(crop_scale=(0.1, 1.0))
 
     @classmethod
     def preset_pretrain(cls, preset: str, dataset: str) -> dict:
-        if preset != "paper":
-            return {}
-        return {"optimizer": "lars", "lr": 5.0, "weight_decay": 1e-6, "warmup_epochs": 10, "warmup_start_lr": 0.0,
-                "min_lr_fraction": 1e-6 / 5.0, "epochs": 1000, "batch_size": 512}
+        return acl_lars_settings() if preset == "paper" else {}
 
     def adversarial_pair(self, model: ContrastiveModel, pair: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """PGD on both views jointly, model in eval mode (mode restored afterwards)."""

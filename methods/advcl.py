@@ -24,6 +24,9 @@ Deviations from the released code (none changes a gradient or an adversarial exa
   whose output is unused; again only projector BN running statistics differ);
 - the random start is clamped to [0, 1] (``bench.attacks``), the released one is not
   clamped before the first step;
+- BatchNorm statistics are over the whole batch of 512 per view; the released run used
+  DataParallel on 2 GPUs with apex's SyncBN conversion, which is inactive without
+  torch.distributed, i.e. per-GPU BN over 256 (ainfonce-notes §6 item 11);
 - pseudo-labels: the released files cluster features of an ImageNet-pretrained contrastive
   model (ClusterFit); pass such a file as ``pseudo_labels``, or let ``setup`` cluster the
   features of any encoder (``pseudo_label_encoder``) or, as a stand-in, raw pixels.
@@ -273,6 +276,7 @@ class AdvCL(Method):
     description = "AdvCL (Fan et al. 2021): [x_adv, x1, x2, HFC] contrast + pseudo-label CE adversary, 3 BN branches"
     bn_branches = ("normal", "pgd", "pgd_ce")
     projector = "advcl"
+    conv_init = "kaiming_normal"  # torchvision-style ResNet of the released code
     finetune_bn = "pgd"
     has_adversarial_views = True
     Params = AdvCLParams

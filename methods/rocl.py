@@ -145,6 +145,11 @@ class RoCL(Method):
         """
         return self.params.adv_weight if self.params.quirks == "official" else self.params.adv_weight / 2
 
+    def contrast_scale(self) -> float:
+        """×2 turns the formula path's per-anchor mean into the released (1/3N)·Σ of pair terms;
+        the 'official' path already computes that sum itself."""
+        return 1.0 if self.params.quirks == "official" else POSITIVES_PER_ANCHOR
+
     # ------------------------------------------------------------------ step
     def adversarial_view(self, model: ContrastiveModel, x1: torch.Tensor, x2: torch.Tensor, ctx: StepContext):
         """a = PGD on x1 maximising NT-Xent(a, x2), model in eval mode (mode restored afterwards)."""
@@ -171,7 +176,7 @@ class RoCL(Method):
         adversarial = self.adversarial_view(model, x1, x2, ctx)
         alpha = self.update_alpha(model, x1, adversarial, ctx)  # no-op: RoCL-IP keeps α fixed
         features = torch.stack(model(torch.cat([x1, x2, adversarial])).chunk(3), dim=1)  # [B, 3, D]
-        loss_contrast = self.contrastive_loss(features, ADVERSARIAL, detach_contrast=True, scale=POSITIVES_PER_ANCHOR)
+        loss_contrast = self.contrastive_loss(features, ADVERSARIAL, detach_contrast=True, scale=self.contrast_scale())
         z_adv, z_target = model(torch.cat([adversarial, x2])).chunk(2)
         loss_regularizer = pair_nt_xent(z_adv, z_target, self.temperature) / self.params.regularizer_lambda
         logs = {"loss_contrast": loss_contrast.detach(), "loss_regularizer": loss_regularizer.detach()}

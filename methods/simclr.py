@@ -2,6 +2,10 @@
 
 Two strong views, one BN, NT-Xent at T = 0.5. Its robust accuracy should be near zero:
 if it is not, the attack (not the method) is broken.
+
+Set up as the S2S baseline of ACL's released code (``train_simCLR.py`` without ``--ACL_DS``):
+the same crop scale (0.1, 1), 3-layer BN projector (512-d), ImageNet normalisation inside the
+model and LARS schedule as ``acl``, so ``acl`` − ``simclr`` isolates the adversarial stream.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import torch
 from bench.losses import nt_xent
 from bench.method import Method, StepContext
 from bench.models import ContrastiveModel
+from bench.optim import acl_lars_settings
 from bench.registry import register
 from bench.views import StrongAugment
 
@@ -17,12 +22,15 @@ from bench.views import StrongAugment
 @register("simclr")
 class SimCLR(Method):
     description = "SimCLR (Chen et al. 2020): non-adversarial anchor, NT-Xent on two strong views"
-    projector = "simclr"
-    augment = StrongAugment(crop_scale=(0.08, 1.0))
+    projector = "acl"
+    normalization = "imagenet"
+    conv_init = "kaiming_normal"
+    augment = StrongAugment(crop_scale=(0.1, 1.0))
 
     @classmethod
     def preset_pretrain(cls, preset: str, dataset: str) -> dict:
-        return {"optimizer": "lars", "lr": 5.0, "weight_decay": 1e-6, "epochs": 1000} if preset == "paper" else {}
+        """ACL's S2S settings: its LARS, lr 5.0, wd 1e-6, warm-up from 0 over 10 epochs, cosine to 1e-6."""
+        return acl_lars_settings() if preset == "paper" else {}
 
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
         views = torch.cat([self.augment(images, ctx.generator), self.augment(images, ctx.generator)])

@@ -78,7 +78,8 @@ def test_autoattack_apgd_ce_on_cpu_is_below_pgd_and_clean():
 def test_autoattack_standard_on_a_few_samples():
     model, x, y = toy_problem(seed=2, classes=10)
     accuracy, info = autoattack_accuracy(model, x[:16], y[:16], epsilon=0.08, version="standard")
-    assert 0 <= accuracy <= 100
+    clean = 100.0 * float((model(x[:16]).argmax(1) == y[:16]).float().mean())
+    assert accuracy < clean  # the attacks found adversarial examples on this small-margin problem
     assert info["reevaluated_equal"] and info["within_epsilon"] and info["in_range"]
     assert info["max_perturbation"] <= 0.08 + 1e-6
 
@@ -99,3 +100,43 @@ def test_healthy_model_has_no_suspect_flag():
     report = evaluate_classifier(model, x[:64], y[:64], settings, "cpu")
     assert report.flags == [], report.sanity
     assert report.accuracy["pgd40-restart"] <= report.accuracy["pgd20"] + 100 / 64
+
+
+class SneakyTrainMode(SmallBNNet):
+    """Switches its BatchNorm back to train mode inside forward: the top module stays in eval mode."""
+
+    def forward(self, x):
+        self.body[1].train()
+        return self.body(x)
+
+
+class Randomised(nn.Module):
+    """Predictions are noise: ε = 0 PGD and the clean pass disagree, which the eps0 check must catch."""
+
+    def forward(self, x):
+        return torch.randn(x.shape[0], 10) + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def test_layer_put_in_train_mode_inside_forward_is_flagged():
+    model = SneakyTrainMode()
+    x, y = torch.rand(16, 3, 4, 4), torch.randint(0, 2, (16,))
+    report = evaluate_classifier(model, x, y, EvalSettings(epsilon=0.05, step_size=0.01, pgd_steps=2,
+                                                           attacks=("clean", "pgd20")), "cpu")
+    assert not report.sanity["eval-mode"][0] and "suspect:eval-mode" in report.flags
+
+
+def test_randomised_predictions_fail_the_eps0_check():
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 3, 4, 4), torch.randint(0, 10, (64,))
+    report = evaluate_classifier(Randomised(), x, y, EvalSettings(epsilon=0.05, step_size=0.01, pgd_steps=2,
+                                                                  attacks=("clean", "pgd20")), "cpu")
+    assert "suspect:eps0" in report.flags, report.sanity
+
+
+def test_sanity_checks_run_without_pgd20():
+    model, x, y = toy_problem(seed=4)
+    settings = EvalSettings(epsilon=0.05, step_size=0.0125, attacks=("clean", "apgd-ce"))
+    report = evaluate_classifier(model, x[:32], y[:32], settings, "cpu")
+    assert {"order", "eps0", "eval-mode", "aa-reeval:apgd-ce"} <= set(report.sanity), report.sanity
+    assert "apgd-ce" in report.sanity["order"][1] and report.accuracy["eps0"] == report.accuracy["clean"]
+    assert "stronger-pgd" not in report.sanity and not report.flags

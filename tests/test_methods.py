@@ -124,6 +124,18 @@ def test_rocl_paper_attack_settings_override_the_harness(batch, monkeypatch):
     assert (call["steps"], call["step_size"], call["epsilon"]) == (3, 0.007, EPSILON) and len(call["modes"]) == 3
 
 
+@pytest.mark.parametrize("name", ["rocl", "rocl-ip"])
+def test_rocl_official_and_formula_paths_give_the_released_loss_scale(name, batch):
+    """Both paths compute the released (1/3N)·Σ of the six pair terms: same value, not ×2 apart."""
+    images_uint8, indices = batch
+    values = {}
+    for quirks in ("none", "official"):
+        method, model = build(name, quirks=quirks)
+        _, logs = method.training_step(model, to_float(images_uint8), make_context(indices=indices))
+        values[quirks] = float(logs["loss_contrast"])
+    assert values["official"] == pytest.approx(values["none"], rel=1e-5)
+
+
 def test_advcl_attacks_in_train_mode(batch, monkeypatch):
     images_uint8, indices = batch
     method, model = build("advcl-ip")

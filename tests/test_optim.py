@@ -42,3 +42,39 @@ def test_schedule_warmup_then_cosine():
     assert math.isclose(learning_rate(10, 100, 10, config), 2.0)
     assert math.isclose(learning_rate(55, 100, 10, config), 0.002 + (2.0 - 0.002) * 0.5)
     assert math.isclose(learning_rate(100, 100, 10, config), 0.002)
+
+
+def test_acl_lars_keeps_lr_inside_the_momentum_buffer():
+    """ACL's optimizer/lars.py: buf = m·buf + lr·trust·(g + wd·w); w -= buf (no eps). With lr changing
+    between steps (warm-up) it differs from the torchlars form, which scales the whole buffer by the new lr."""
+    torch.manual_seed(1)
+    weight = torch.nn.Parameter(torch.randn(5))
+    grad = torch.randn(5)
+    w0 = weight.detach().clone()
+    decay, trust, momentum, lrs = 1e-2, 1e-3, 0.9, (0.1, 0.3)
+    optimizer = LARS([weight], lr=lrs[0], momentum=momentum, weight_decay=decay, trust_coefficient=trust, eps=0.0,
+                     lr_in_momentum=True)
+    weight.grad = grad.clone()
+    optimizer.step()
+    buffer = lrs[0] * trust * w0.norm() / (grad.norm() + decay * w0.norm()) * (grad + decay * w0)
+    assert torch.allclose(weight.detach(), w0 - buffer, atol=1e-7)
+    w1 = weight.detach().clone()
+    for group in optimizer.param_groups:
+        group["lr"] = lrs[1]
+    optimizer.step()
+    buffer = momentum * buffer + lrs[1] * trust * w1.norm() / (grad.norm() + decay * w1.norm()) * (grad + decay * w1)
+    assert torch.allclose(weight.detach(), w1 - buffer, atol=1e-7)
+    torch_lars = LARS([torch.nn.Parameter(w0.clone())], lr=lrs[0], momentum=momentum, weight_decay=decay,
+                      trust_coefficient=trust, eps=0.0)
+    parameter = torch_lars.param_groups[0]["params"][0]
+    parameter.grad = grad.clone()
+    torch_lars.step()
+    torch_lars.param_groups[0]["lr"] = lrs[1]
+    torch_lars.step()
+    assert not torch.allclose(parameter.detach(), weight.detach(), atol=1e-9)  # lr outside the buffer differs
+
+
+def test_acl_paper_preset_uses_acl_lars():
+    from methods.acl import ACL
+
+    assert ACL.preset_pretrain("paper", "cifar10")["optimizer"] == "lars-acl"

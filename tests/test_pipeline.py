@@ -29,7 +29,10 @@ def test_run_stores_every_scheme_and_attack_then_skips_reruns(tmp_path):
         for scheme in ("SLF", "ALF", "AFF"):
             for attack in ("clean", "pgd20"):
                 assert (method, scheme, attack) in measured
-    assert all(r["n_eval"] == "24" and float(r["epsilon"]) == 0.06 for r in rows)
+    assert all(r["n_eval"] == "24" for r in rows)
+    assert all(float(r["epsilon"]) == 0.06 for r in rows if r["metric"] != "accuracy_vs_epsilon")
+    curve = sorted({float(r["epsilon"]) for r in rows if r["metric"] == "accuracy_vs_epsilon"})
+    assert curve == [0.02, 0.04, 0.06, 0.08, 0.1]  # the smoke preset's accuracy-vs-ε budgets
     assert any(r["metric"] == "accuracy_best_epoch" for r in rows)
     run_dir = tmp_path / "r" / "runs" / rows[0]["run_id"]
     recorded = json.loads((run_dir / "config.json").read_text())
@@ -72,3 +75,76 @@ def test_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
     code = main(["evaluate", "--checkpoint", str(tmp_path / "nope.pt"), "--results-dir", str(tmp_path / "r"), "--quiet"])
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_parallel_and_sequential_runs_store_the_same_runs(tmp_path):
+    for jobs in ("1", "2"):
+        assert main(["run", "--methods", "simclr", "rocl", "--results-dir", str(tmp_path / jobs), "--reports-dir",
+                     str(tmp_path / f"rep{jobs}"), "--epochs", "1", "--finetune-epochs", "1", "--n-eval", "16",
+                     "--quiet", "--device", "cpu", "--jobs", jobs, "--schemes", "SLF", "--attacks", "clean,pgd20",
+                     "--set", "pretrain.batch_size=256"]) == 0
+    tables = {}
+    for jobs in ("1", "2"):
+        with open(tmp_path / jobs / "results.csv", newline="") as stream:
+            rows = list(csv.DictReader(stream))
+        tables[jobs] = sorted((r["run_id"], r["scheme"], r["attack"], r["metric"]) for r in rows)
+        assert all((tmp_path / jobs / "runs" / run_id / "done.json").exists() for run_id, *_ in tables[jobs])
+    assert tables["1"] == tables["2"] and {key[0].split("-")[0] for key in tables["1"]} == {"simclr", "rocl"}
+
+
+def test_jobs_resolution():
+    import pytest
+    import torch
+
+    from bench.config import ConfigError
+    from bench.pipeline import available_cores, resolve_jobs
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_jobs(0, cpu, 13) == min(available_cores(), 13)
+    assert resolve_jobs(4, cpu, 2) == 2 and resolve_jobs(1, cpu, 13) == 1
+    assert resolve_jobs(0, cuda, 13) == 1
+    with pytest.raises(ConfigError, match="jobs=2 is invalid on cuda"):
+        resolve_jobs(2, cuda, 13)
+    with pytest.raises(ConfigError, match="jobs=-1 is invalid"):
+        resolve_jobs(-1, cpu, 13)
+
+
+def _tiny(tmp_path, *extra):
+    return main(["run", "--methods", "acl", "--results-dir", str(tmp_path / "r"), "--reports-dir", str(tmp_path / "rep"),
+                 "--epochs", "1", "--finetune-epochs", "1", "--n-eval", "16", "--quiet", "--device", "cpu",
+                 "--schemes", "SLF", "--attacks", "clean,pgd20", "--set", "pretrain.batch_size=256", *extra])
+
+
+def test_changing_only_evaluation_settings_reuses_the_encoder(tmp_path):
+    import torch
+
+    assert _tiny(tmp_path) == 0
+    assert _tiny(tmp_path, "--epsilon", "0.05", "--set", "evaluate.epsilon_curve=0.01,0.05") == 0
+    runs = {json.loads((path.parent / "config.json").read_text())["evaluate"]["epsilon"]: path.parent
+            for path in (tmp_path / "r" / "runs").glob("*/done.json")}
+    first, second = runs[0.06], runs[0.05]
+    assert json.loads((second / "done.json").read_text())["encoder_from"] == first.name
+    weights = [torch.load(run / "encoder.pt", weights_only=False)["model"] for run in (first, second)]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    curve = [r for r in _rows(tmp_path) if r["metric"] == "accuracy_vs_epsilon" and r["run_id"] == second.name]
+    assert sorted(float(r["epsilon"]) for r in curve) == [0.01, 0.05]
+    assert (second / "sanity_SLF.json").exists()
+    assert _tiny(tmp_path, "--epochs", "2") == 0  # a pretraining setting: a new encoder
+    newest = max((tmp_path / "r" / "runs").glob("*/done.json"), key=lambda path: path.stat().st_mtime)
+    assert json.loads(newest.read_text())["encoder_from"] == newest.parent.name
+
+
+def test_evaluate_labels_from_the_checkpoint_and_writes_nothing_on_bad_input(tmp_path, capsys):
+    assert _tiny(tmp_path) == 0
+    encoder = next((tmp_path / "r" / "runs").glob("*/encoder.pt"))
+    before = sorted((tmp_path / "r" / "runs").iterdir())
+    common = ["--results-dir", str(tmp_path / "r"), "--reports-dir", str(tmp_path / "rep"), "--quiet",
+              "--device", "cpu", "--finetune-epochs", "1", "--n-eval", "16", "--schemes", "SLF",
+              "--attacks", "clean,pgd20"]
+    assert main(["evaluate", "--checkpoint", str(encoder), "--format", "nope", *common]) == 2
+    assert main(["evaluate", "--robustbench-model", "Standard", *common]) == 2
+    assert "invalid for a RobustBench model" in capsys.readouterr().err
+    assert sorted((tmp_path / "r" / "runs").iterdir()) == before
+    assert main(["evaluate", "--checkpoint", str(encoder), *common]) == 0
+    reloaded = [r for r in _rows(tmp_path) if r["method"] == "acl:encoder"]
+    assert reloaded and {r["dataset"] for r in reloaded} == {"digits"} and reloaded[0]["pretrain_epochs"] == "1"

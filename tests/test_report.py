@@ -5,6 +5,7 @@ The store is written by the tests (no training), so every expected number is kno
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -41,11 +42,13 @@ def _rows() -> list[dict]:
         _row("acl-s0", "acl", "SLF", "pgd20", 40.0), _row("acl-s1", "acl", "SLF", "pgd20", 42.0, seed=1),
         _row("acl-s0", "acl", "AFF", "clean", 88.0),
         _row("acl-s0", "acl", "SLF", "pgd20", 43.5, metric="accuracy_best_epoch"),
-        _row("acl-s0", "acl", "SLF", "pgd20", 61.0, epsilon=0.05),
+        _row("acl-s0", "acl", "SLF", "pgd20", 61.0, epsilon=0.05, metric="accuracy_vs_epsilon"),
+        _row("acl-s0", "acl", "SLF", "pgd20", 40.0, metric="accuracy_vs_epsilon"),
         _row("rocl-s0", "rocl", "SLF", "clean", 85.0, config_hash="hash-b"),
         _row("rocl-s0", "rocl", "SLF", "pgd20", 45.0, flags="suspect:aa>pgd20", config_hash="hash-b"),
         _row("rocl-s0", "rocl", "SLF", "autoattack", 47.0, flags="suspect:aa>pgd20", config_hash="hash-b"),
         _row("rocl-s0", "rocl", "SLF", "apgd-ce", 46.0, config_hash="hash-b"),
+        _row("simclr-s0", "simclr", "SLF", "pgd20", 5.0, epsilon=0.05),  # another budget: its own table
     ]
     paper = {"preset": "paper", "dataset": "cifar10", "epsilon": EPS_PAPER, "config_hash": "hash-c"}
     cifar = [_row("advcl-c10", "advcl", "SLF", "clean", 81.85, **paper),
@@ -109,7 +112,7 @@ def _table_line(section: str, method: str) -> list[str]:
 def test_load_results_types_values(tmp_path):
     rows = load_results(_write_store(tmp_path, _rows()))
     assert rows[0]["value"] == 90.0 and rows[1]["seed"] == 1 and rows[0]["epsilon"] == EPS_SMOKE
-    assert rows[8]["flags"] == rows[9]["flags"] == ("suspect:aa>pgd20",) and rows[0]["flags"] == ()
+    assert rows[9]["flags"] == rows[10]["flags"] == ("suspect:aa>pgd20",) and rows[0]["flags"] == ()
 
 
 def test_missing_results_file_is_a_clear_error(tmp_path):
@@ -234,3 +237,57 @@ def test_convert_leaderboard(tmp_path):
         ("rocl", "SLF", "clean", "77.9"), ("rocl", "SLF-autolora", "autoattack", "37.92")}
     assert not any(r["method"] == "rocl" and r["scheme"] == "SLF" and r["attack"] == "common-corruptions" for r in rows)
     assert all("robustssl.github.io" in r["source"] for r in rows)
+
+
+def test_configurations_are_never_averaged_together(tmp_path):
+    """Same seed, different configs: one row each; seeds of one config: mean ± std."""
+    rows = [_row("a0", "acl", "SLF", "clean", 80.0, config_hash="h1"),
+            _row("a1", "acl", "SLF", "clean", 60.0, config_hash="h2"),
+            _row("a2", "acl", "SLF", "clean", 64.0, config_hash="h2", seed=1),
+            _row("r0", "rocl", "SLF", "clean", 70.0, config_hash="h3")]
+    write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
+    section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
+    assert _table_line(section, "acl [h1]")[1] == "**80.00**"
+    assert _table_line(section, "acl [h2]")[1] == "62.00 ± 2.83"
+    assert _table_line(section, "rocl")[1] == "70.00"  # one configuration: plain method name
+
+
+def test_supervised_at_rows_get_their_own_columns(tmp_path):
+    rows = [_row("a0", "acl", "SLF", "clean", 80.0), _row("rb", "robustbench:Carmon2019", "AT", "clean", 89.7),
+            _row("rb", "robustbench:Carmon2019", "AT", "pgd20", 62.0)]
+    write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
+    text = (tmp_path / "rep" / "results.md").read_text()
+    assert "| AT SA | AT PGD-20 | AT AA |" in text
+    assert _table_line(_markdown_section(text, "digits"), "robustbench:Carmon2019")[10:12] == ["**89.70**", "**62.00**"]
+
+
+def test_sanity_report_lists_passed_and_failed_checks(tmp_path):
+    results_csv = _write_store(tmp_path, _rows())
+    run_dir = tmp_path / "results" / "runs" / "acl-s0"
+    (run_dir / "sanity_SLF.json").write_text(json.dumps({
+        "order": {"passed": True, "detail": "clean 90.00 %, pgd20 40.00 %"},
+        "eps0": {"passed": False, "detail": "ε=0 88.00 %, clean 90.00 %"}}))
+    written = write_reports(results_csv, tmp_path / "rep", tmp_path / "results" / "runs", None)
+    text = (tmp_path / "rep" / "sanity.md").read_text()
+    assert "2 checks over 1 evaluations; 1 failed" in text
+    assert "| acl | SLF | eps0 | **NO** | ε=0 88.00 %, clean 90.00 % |" in text
+    assert "| acl | SLF | order | yes |" in text
+    assert tmp_path / "rep" / "sanity.csv" in written and "sanity.md" in (tmp_path / "rep" / "index.md").read_text()
+
+
+def test_epsilon_curve_uses_the_curve_rows_of_selected_methods():
+    from bench.report import epsilon_series
+
+    rows = load_results_from_dicts(_rows() + [
+        _row("rocl-s0", "rocl", "SLF", "pgd20", 50.0, metric="accuracy_vs_epsilon", epsilon=0.02, config_hash="hash-b"),
+        _row("rocl-s0", "rocl", "SLF", "pgd20", 30.0, metric="accuracy_vs_epsilon", epsilon=0.1, config_hash="hash-b")])
+    series = epsilon_series(rows)[("digits", "digits", "smoke")]
+    assert [(eps, cell.mean) for eps, cell in series[("acl", "SLF")]] == [(0.05, 61.0), (0.1, 40.0)]
+    assert set(epsilon_series(rows, ["rocl"])[("digits", "digits", "smoke")]) == {("rocl", "SLF")}
+
+
+def load_results_from_dicts(rows: list[dict]) -> list[dict]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        return load_results(_write_store(Path(directory), rows))

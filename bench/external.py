@@ -17,7 +17,7 @@ from bench import progress
 from bench.checkpoints import export_classifier, load_encoder, load_robustbench_model
 from bench.data import to_float
 from bench.evaluate import EvalSettings, evaluate_classifier, seeded_subset
-from bench.config import ConfigError, config_hash, to_dict
+from bench.config import SCHEMES, ConfigError, config_hash, to_dict
 from bench.pipeline import (DataCache, RunOutcome, RunRequest, build_config, finetune_and_evaluate, record,
                             with_context, write_sanity)
 from bench.results import ResultsStore, environment, now
@@ -120,6 +120,8 @@ def _evaluate_classifier_rows(classifier: torch.nn.Module, data, config, device,
 
 def export_run(results_dir: Path, run_id: str, scheme: str, out: Path) -> Path:
     """Write the finetuned classifier of a stored run as a self-contained module file."""
+    if scheme not in SCHEMES:
+        raise ConfigError(f"scheme={scheme!r} is invalid: allowed {list(SCHEMES)}")
     source = results_dir / "runs" / run_id / f"classifier_{scheme}.pt"
     if not source.exists():
         raise FileNotFoundError(f"no {scheme} classifier stored for run {run_id!r} (looked for {source})")

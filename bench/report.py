@@ -143,23 +143,25 @@ class Table:
         return max(values) if values else None
 
 
+def _in_255ths(epsilon: float) -> int | None:
+    """k when ε = k/255 (the papers' budgets), else None."""
+    steps = epsilon * 255
+    return round(steps) if steps >= 0.5 and abs(steps - round(steps)) < 1e-3 else None
+
+
 def format_epsilon(epsilon: float | None) -> str:
     """``8/255 (0.03137)`` for budgets on the 1/255 grid, else the plain number (e.g. ``0.1``)."""
     if epsilon is None:
         return "unspecified"
-    steps = epsilon * 255
-    if steps >= 0.5 and abs(steps - round(steps)) < 1e-3:
-        return f"{round(steps)}/255 ({epsilon:.4g})"
-    return f"{epsilon:g}"
+    steps = _in_255ths(epsilon)
+    return f"{epsilon:g}" if steps is None else f"{steps}/255 ({epsilon:.4g})"
 
 
 def _epsilon_slug(epsilon: float | None) -> str:
     if epsilon is None:
         return "na"
-    steps = epsilon * 255
-    if steps >= 0.5 and abs(steps - round(steps)) < 1e-3:
-        return f"{round(steps)}of255"
-    return f"{epsilon:g}".replace(".", "p")
+    steps = _in_255ths(epsilon)
+    return f"{epsilon:g}".replace(".", "p") if steps is None else f"{steps}of255"
 
 
 def _slug(text: str) -> str:

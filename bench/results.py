@@ -13,9 +13,10 @@ import io
 import json
 import platform
 import subprocess
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -54,6 +55,22 @@ def environment() -> dict[str, str]:
     }
 
 
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (a no-op where fcntl does not exist, e.g. Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -84,7 +101,15 @@ class ResultsStore:
             return list(csv.DictReader(stream))
 
     def append(self, rows: Iterable[dict[str, Any]], replace_run: str | None = None) -> None:
-        """Add rows (all columns required); ``replace_run`` first drops that run's old rows."""
+        """Add rows (all columns required); ``replace_run`` first drops that run's old rows.
+
+        The read-modify-write holds an exclusive lock (POSIX), so two ``bench`` processes sharing
+        a store never drop each other's rows."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with _locked(self.root / ".results.lock"):
+            self._rewrite(list(rows), replace_run)
+
+    def _rewrite(self, rows: list[dict[str, Any]], replace_run: str | None) -> None:
         existing = [row for row in self.read_rows() if replace_run is None or row["run_id"] != replace_run]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="raise")

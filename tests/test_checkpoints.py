@@ -7,7 +7,9 @@ the loader's own renaming.
 """
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -411,3 +413,48 @@ def test_robustbench_missing_is_a_one_line_error(monkeypatch):
     with pytest.raises(ImportError) as error:
         load_robustbench_model("Carmon2019Unlabeled")
     assert str(error.value) == "robustbench is not installed: pip install 'acl-bench[robustbench]'"
+
+
+# --------------------------------------------------------------------------- the released key sets
+
+RELEASED_KEYS = json.loads((Path(__file__).parent / "data" / "released_keys.json").read_text())
+
+
+def released_state(fmt: str, seed: int = 0) -> dict:
+    """A state dict with exactly the released model's keys and shapes (tests/data/released_keys.json,
+    read off the released model classes), random values: independent of our own renaming."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in RELEASED_KEYS[fmt].items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(5)
+        else:
+            state[key] = torch.rand(shape, generator=generator) + (0.5 if key.endswith("running_var") else 0.0)
+    return state
+
+
+@pytest.mark.parametrize("fmt, wrap, branch_index", [
+    ("acl", lambda s: {"epoch": 1, "state_dict": s}, 1),
+    ("advcl", lambda s: {"epoch": 400, "model": {"module." + k: v for k, v in s.items()}}, 1),
+    ("rocl", lambda s: {"epoch": 1, "model": {"module." + k: v for k, v in s.items()}}, None),
+])
+def test_released_key_sets_load_strictly_into_the_right_tensors(fmt, wrap, branch_index):
+    state = released_state(fmt)
+    model, _ = load_encoder(wrap(state), fmt)
+    ours = model.encoder.state_dict()
+    suffix = "" if branch_index is None else f"bn_list.{branch_index}."
+    for name in ("layer4.1.bn2.running_mean", "bn1.weight", "layer3.0.downsample.bn.running_var"):
+        released_name = name.replace("downsample.bn.", "shortcut.1.") if fmt == "rocl" else name
+        stem, leaf = released_name.rsplit(".", 1)
+        ours_name = name.replace("downsample.bn.", "shortcut.1.").rsplit(".", 1)[0]
+        ours_name = f"{ours_name}.branches.normal.{leaf}"
+        assert torch.equal(ours[ours_name], state[f"{stem}.{suffix}{leaf}"]), name
+    assert torch.equal(ours["conv1.weight"], state["conv1.weight"])
+
+
+@pytest.mark.parametrize("fmt", ["acl", "advcl"])
+def test_a_key_missing_from_a_released_checkpoint_is_an_error(fmt):
+    state = released_state(fmt)
+    del state["layer2.0.conv1.weight"]
+    with pytest.raises(CheckpointError, match="layer2.0.conv1"):
+        load_encoder({"state_dict": state} if fmt == "acl" else {"model": state}, fmt)

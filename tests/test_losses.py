@@ -338,17 +338,7 @@ def hand_official_advcl(features, temperature, alpha, w, hard_negatives, scale, 
         e = [[torch.exp(x) for x in row] for row in shifted]
         negative = [[rows[k][0] != rows[u][0] for k in range(n)] for u in range(n)]
         pos = [sum(e[u][k] for k in range(n) if k != u and not negative[u][k]) / 3 for u in range(n)]
-        imp = [[torch.exp(beta * torch.log((e[u][k] if negative[u][k] else 0 * e[u][k]) + 1e-9)) for k in range(n)]
-               for u in range(n)]
-        mean_imp = [sum(imp[k]) / n for k in range(n)]  # the released code divides column k by row k's mean
-        ng = []
-        for u in range(n):
-            value = (-tau_plus * count * pos[u] + sum(imp[u][k] * e[u][k] / mean_imp[k]
-                                                      for k in range(n) if negative[u][k])) / (1 - tau_plus)
-            floor = count * math.e ** (-1 / 0.5)
-            if clamp_log is not None:
-                clamp_log.append(value.item() < floor)
-            ng.append(value if value.item() >= floor else value * 0 + floor)
+        ng = hand_official_ng(e, negative, pos, count, beta, tau_plus, clamp_log)
         return [[-torch.log(e[u][k] / (pos[k] + ng[k])) for k in range(n)] for u in range(n)]  # column k: row k's
 
     full = matrix(False)
@@ -371,6 +361,24 @@ def hand_official_advcl(features, temperature, alpha, w, hard_negatives, scale, 
     return scale * total / n
 
 
+def hand_official_ng(e, negative, pos, count, beta, tau_plus, clamp_log=None) -> list:
+    """Released HCL negative term per row u, pair by pair: importance (neg + 1e-9)^β over the whole
+    row, column k divided by row k's mean importance, floor N·e^{-1/0.5}."""
+    n = len(e)
+    imp = [[torch.exp(beta * torch.log((e[u][k] if negative[u][k] else 0 * e[u][k]) + 1e-9)) for k in range(n)]
+           for u in range(n)]
+    mean_imp = [sum(imp[k]) / n for k in range(n)]  # the released code divides column k by row k's mean
+    floor = count * math.e ** (-1 / 0.5)
+    ng = []
+    for u in range(n):
+        value = (-tau_plus * count * pos[u] + sum(imp[u][k] * e[u][k] / mean_imp[k]
+                                                  for k in range(n) if negative[u][k])) / (1 - tau_plus)
+        if clamp_log is not None:
+            clamp_log.append(value.item() < floor)
+        ng.append(value if value.item() >= floor else value * 0 + floor)
+    return ng
+
+
 def hand_official_rocl(features, temperature, alpha, w, hard_negatives, scale, clamp_log=None):
     """Released ``NT_xent`` / ``NT_xent_HN`` (Asym-RoCL, 'Rep'), re-derived pair by pair."""
     rows = rows_of(features)
@@ -385,18 +393,8 @@ def hand_official_rocl(features, temperature, alpha, w, hard_negatives, scale, c
         count = (batch - 1) * 3
         negative = [[rows[k][0] != rows[u][0] for k in range(n)] for u in range(n)]
         pos = [sum(e[u][k] for k in range(n) if k != u and not negative[u][k]) / 2 for u in range(n)]
-        imp = [[torch.exp(beta * torch.log((e[u][k] if negative[u][k] else 0 * e[u][k]) + 1e-9)) for k in range(n)]
-               for u in range(n)]
-        mean_imp = [sum(imp[k]) / n for k in range(n)]
-        ell = []
-        for u in range(n):
-            value = (-tau_plus * count * pos[u] + sum(imp[u][k] * e[u][k] / mean_imp[k]
-                                                      for k in range(n) if negative[u][k])) / (1 - tau_plus)
-            floor = count * math.e ** (-1 / 0.5)
-            if clamp_log is not None:
-                clamp_log.append(value.item() < floor)
-            ng = value if value.item() >= floor else value * 0 + floor
-            ell.append([-torch.log(e[u][k] / (pos[u] + ng)) for k in range(n)])  # row-wise division
+        ng = hand_official_ng(e, negative, pos, count, beta, tau_plus, clamp_log)
+        ell = [[-torch.log(e[u][k] / (pos[u] + ng[u])) for k in range(n)] for u in range(n)]  # row-wise division
     total = 0.0
     for i in range(batch):
         x1, x2, a = i, batch + i, 2 * batch + i

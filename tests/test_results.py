@@ -44,3 +44,23 @@ def test_crash_during_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
         write_atomic(target, "new\n")
     assert target.read_text() == "old\n"
     assert list(tmp_path.iterdir()) == [target]
+
+
+def _append_many(root, prefix):
+    store = ResultsStore(root)
+    for index in range(15):
+        store.append([_row(f"{prefix}{index}", index)])
+
+
+def test_concurrent_appends_from_two_processes_keep_every_row(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_append_many, args=(tmp_path, prefix)) for prefix in ("p", "q")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert all(worker.exitcode == 0 for worker in workers)
+    run_ids = sorted(row["run_id"] for row in ResultsStore(tmp_path).read_rows())
+    assert run_ids == sorted(f"{prefix}{index}" for prefix in ("p", "q") for index in range(15))

@@ -561,13 +561,16 @@ Curves = dict[tuple[str, str], list[tuple[float, Cell]]]  # (method, scheme) -> 
 
 def epsilon_series(results: Sequence[dict[str, Any]], methods: Sequence[str] | None = None
                    ) -> dict[tuple[str, str, str], Curves]:
-    """PGD-20 accuracy of the same classifiers at several ε (``accuracy_vs_epsilon`` rows) per
+    """PGD-20 accuracy of the same classifiers at several ε (``accuracy_vs_epsilon`` rows plus the
+    run's main PGD-20 row, which is the curve's point at the main ε) per
     (data, preset) and (method, scheme); kept only with ≥ 2 distinct ε. ``methods`` selects."""
+    curve_runs = {row["run_id"] for row in results if row["metric"] == "accuracy_vs_epsilon"}
     buckets: dict[tuple, dict[tuple, dict[float, list]]] = {}
     for row in results:
         if methods and row["method"] not in methods:
             continue
-        if row["metric"] == "accuracy_vs_epsilon" and row["attack"] == "pgd20" and row["epsilon"] is not None:
+        on_curve = row["metric"] == "accuracy_vs_epsilon" or (row["metric"] == "accuracy" and row["run_id"] in curve_runs)
+        if on_curve and row["attack"] == "pgd20" and row["epsilon"] is not None:
             data = (row["dataset"], row["eval_dataset"], row["preset"])
             curve = buckets.setdefault(data, {}).setdefault((row["method"], row["scheme"]), {})
             curve.setdefault(round(row["epsilon"], 6), []).append(row)

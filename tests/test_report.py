@@ -43,7 +43,6 @@ def _rows() -> list[dict]:
         _row("acl-s0", "acl", "AFF", "clean", 88.0),
         _row("acl-s0", "acl", "SLF", "pgd20", 43.5, metric="accuracy_best_epoch"),
         _row("acl-s0", "acl", "SLF", "pgd20", 61.0, epsilon=0.05, metric="accuracy_vs_epsilon"),
-        _row("acl-s0", "acl", "SLF", "pgd20", 40.0, metric="accuracy_vs_epsilon"),
         _row("rocl-s0", "rocl", "SLF", "clean", 85.0, config_hash="hash-b"),
         _row("rocl-s0", "rocl", "SLF", "pgd20", 45.0, flags="suspect:aa>pgd20", config_hash="hash-b"),
         _row("rocl-s0", "rocl", "SLF", "autoattack", 47.0, flags="suspect:aa>pgd20", config_hash="hash-b"),
@@ -112,7 +111,7 @@ def _table_line(section: str, method: str) -> list[str]:
 def test_load_results_types_values(tmp_path):
     rows = load_results(_write_store(tmp_path, _rows()))
     assert rows[0]["value"] == 90.0 and rows[1]["seed"] == 1 and rows[0]["epsilon"] == EPS_SMOKE
-    assert rows[9]["flags"] == rows[10]["flags"] == ("suspect:aa>pgd20",) and rows[0]["flags"] == ()
+    assert rows[8]["flags"] == rows[9]["flags"] == ("suspect:aa>pgd20",) and rows[0]["flags"] == ()
 
 
 def test_missing_results_file_is_a_clear_error(tmp_path):
@@ -282,6 +281,7 @@ def test_epsilon_curve_uses_the_curve_rows_of_selected_methods():
         _row("rocl-s0", "rocl", "SLF", "pgd20", 50.0, metric="accuracy_vs_epsilon", epsilon=0.02, config_hash="hash-b"),
         _row("rocl-s0", "rocl", "SLF", "pgd20", 30.0, metric="accuracy_vs_epsilon", epsilon=0.1, config_hash="hash-b")])
     series = epsilon_series(rows)[("digits", "digits", "smoke")]
+    # acl-s0's main PGD-20 row (ε 0.1) is its curve's point there; acl-s1 has no curve rows
     assert [(eps, cell.mean) for eps, cell in series[("acl", "SLF")]] == [(0.05, 61.0), (0.1, 40.0)]
     assert set(epsilon_series(rows, ["rocl"])[("digits", "digits", "smoke")]) == {("rocl", "SLF")}
 

@@ -22,6 +22,7 @@ Sanity checks (baselines-notes §6-7) flag a row ``suspect`` instead of hiding i
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from contextlib import contextmanager
@@ -156,6 +157,17 @@ def recording_modes(model: nn.Module) -> Iterator[list[bool]]:
             hook.remove()
 
 
+def attack_copy(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """The model every attack of an evaluation runs on: a copy on ``device``, so the caller's model
+    (its mode, BN statistics and memory layout) is never modified. On CPU the copy is channels-last:
+    the same function (convolutions give the same logits here), but small-batch CPU convolutions
+    and pooling run ~1.8× faster, which is most of AutoAttack's time on the smoke CNN."""
+    copy_ = copy.deepcopy(model).to(device)
+    if torch.device(device).type == "cpu":
+        copy_ = copy_.to(memory_format=torch.channels_last)
+    return copy_
+
+
 def evaluate_classifier(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalSettings, device: torch.device | str,
     progress: ProgressFn | None = None,
@@ -164,7 +176,7 @@ def evaluate_classifier(
     began = time.perf_counter()
     subset = seeded_subset(x.shape[0], settings.n_eval, settings.seed).to(x.device)
     x, y = x[subset].to(device), y[subset].to(device)
-    model = model.to(device)
+    model = attack_copy(model, device)
     say = progress or (lambda stage: None)
     accuracy: dict[str, float] = {}
     sanity: dict[str, tuple[bool, str]] = {}

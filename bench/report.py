@@ -583,6 +583,22 @@ def epsilon_series(results: Sequence[dict[str, Any]], methods: Sequence[str] | N
     return series
 
 
+VARIANT_LINES = {"ip": "--", "hn": ":", "iphn": "-."}
+FAMILY_MARKERS = "osD^vP*Xh"
+
+
+def method_style(method: str) -> dict[str, Any]:
+    """One colour and marker per method family (simclr, acl, rocl, advcl, others), one line style per
+    A-InfoNCE variant: 13 methods stay tellable apart where a 10-colour cycle would repeat."""
+    base, _, variant = method.split(" [", 1)[0].rpartition("-")
+    if variant not in VARIANT_LINES:
+        base, variant = method.split(" [", 1)[0], ""
+    families = [name for name in METHOD_ORDER if "-" not in name]
+    index = families.index(base) if base in families else len(families) + sum(map(ord, base)) % 5
+    return {"color": f"C{index % 10}", "marker": FAMILY_MARKERS[index % len(FAMILY_MARKERS)],
+            "linestyle": VARIANT_LINES.get(variant, "-")}
+
+
 def plot_epsilon_curves(results: Sequence[dict[str, Any]], figures_dir: Path,
                         methods: Sequence[str] | None = None) -> list[Artifact]:
     """Accuracy under PGD-20 against ε, one panel per scheme, for methods measured at ≥ 2 budgets."""
@@ -592,14 +608,16 @@ def plot_epsilon_curves(results: Sequence[dict[str, Any]], figures_dir: Path,
     artifacts = []
     for (dataset, eval_dataset, preset), curves in sorted(series.items()):
         schemes = [scheme for scheme in SCHEMES if any(key[1] == scheme for key in curves)]
-        figure = _new_figure(3.8 * len(schemes), 3.4)
+        figure = _new_figure(3.8 * len(schemes) + 1.6, 3.4)
         for axis, scheme in zip(figure.subplots(1, len(schemes), squeeze=False)[0], schemes):
             for (method, curve_scheme), points in sorted(curves.items(), key=lambda item: order_methods([item[0][0]])):
                 if curve_scheme == scheme:
                     axis.errorbar([p[0] for p in points], [p[1].mean for p in points],
-                                  yerr=[p[1].std or 0.0 for p in points], marker="o", capsize=2, label=method)
+                                  yerr=[p[1].std or 0.0 for p in points], capsize=2, label=method,
+                                  markersize=4, **method_style(method))
             axis.set(title=scheme, xlabel="ε (L∞)", ylabel="PGD-20 accuracy (%)")
-            axis.legend(fontsize=7)
+        handles, labels = axis.get_legend_handles_labels()
+        figure.legend(handles, labels, loc="outside right center", fontsize=7, frameon=False)
         figure.suptitle(f"{dataset} → {eval_dataset} · preset {preset}", fontsize=9)
         stem = figures_dir / _slug(f"epsilon_{dataset}-{eval_dataset}_{preset}")
         rows = [cell_row for points in curves.values() for _, cell in points for cell_row in cell.rows]
@@ -976,7 +994,8 @@ def write_sanity_report(results: Sequence[dict[str, Any]], runs_dir: Path, repor
              "| Method | Scheme | Check | Passed | Numbers |", "|---|---|---|---|---|"]
     for row in sorted(rows, key=lambda r: (order_methods([r["method"]]), r["method"], r["scheme"], r["check"])):
         mark = "yes" if row["passed"] else "**NO**"
-        lines.append(f"| {row['method']} | {row['scheme']} | {row['check']} | {mark} | {row['detail']} |")
+        detail = str(row["detail"]).replace("|", "\\|")
+        lines.append(f"| {row['method']} | {row['scheme']} | {row['check']} | {mark} | {detail} |")
     paths = [write_atomic(reports_dir / "sanity.md", "\n".join(lines) + "\n"),
              write_atomic(reports_dir / "sanity.csv", csv_text(rows, SANITY_COLUMNS))]
     run_ids = {row["run_id"] for row in rows}

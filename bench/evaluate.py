@@ -136,7 +136,7 @@ def autoattack_accuracy(
     tolerance = max(100.0 / max(1, x.shape[0]), 0.1)
     info = {
         "reported_accuracy": reported,
-        "reevaluated_equal": abs(reported - accuracy) <= tolerance + 1e-9,
+        "reevaluated_matches": abs(reported - accuracy) <= tolerance + 1e-9,
         "max_perturbation": distance,
         "within_epsilon": distance <= epsilon + 1e-6,
         "in_range": bool(x_adv.min() >= 0 and x_adv.max() <= 1),
@@ -194,7 +194,7 @@ def evaluate_classifier(
                 accuracy[attack], info = autoattack_accuracy(model, x, y, settings.epsilon, version,
                                                              settings.batch_size, settings.seed, device)
                 sanity[f"aa-reeval:{attack}"] = (
-                    info["reevaluated_equal"] and info["within_epsilon"] and info["in_range"],
+                    info["reevaluated_matches"] and info["within_epsilon"] and info["in_range"],
                     f"reported {info['reported_accuracy']:.2f} %, re-evaluated {accuracy[attack]:.2f} %, "
                     f"max |δ| {info['max_perturbation']:.4g}",
                 )

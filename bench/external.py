@@ -61,8 +61,8 @@ def evaluate_external(
             raise ConfigError(f"data={data_name!r} at image_size={config.data.image_size} is invalid for a RobustBench "
                               f"model: allowed {list(ROBUSTBENCH_DATASETS)} at 32 (e.g. --preset paper)")
         classifier = load_robustbench_model(robustbench_model, dataset=data_name).to(device)
-        method, dataset, source = f"robustbench:{robustbench_model}", data_name, robustbench_model
-        file_digest = robustbench_model
+        label, dataset, source = f"robustbench:{robustbench_model}", data_name, robustbench_model
+        file_digest, pretrain_epochs = robustbench_model, ""
     else:
         path = Path(checkpoint)
         if not path.exists():
@@ -70,11 +70,11 @@ def evaluate_external(
         explicit_arch = config.model.arch if "model.arch" in request.overrides else None
         model, info = load_encoder(checkpoint, checkpoint_format, branch=branch, arch=explicit_arch)
         recorded = info.get("method") if checkpoint_format == "bench" else None
-        method = name or (f"{recorded}:{path.stem}" if recorded else f"{checkpoint_format}:{path.stem}")
+        label = f"{recorded or checkpoint_format}:{path.stem}"
         dataset = pretrain_dataset or info.get("dataset") or "unknown"
         source, file_digest = str(path.resolve()), _file_digest(path)
-    if name:
-        method = name
+        pretrain_epochs = info.get("pretrain_epochs", "")
+    method = name or label
     identity = {"config": to_dict(config), "source": source, "format": checkpoint_format, "branch": branch,
                 "file": file_digest, "pretrain_dataset": dataset}
     digest = config_hash(identity)
@@ -95,7 +95,7 @@ def evaluate_external(
     rows = with_context(rows, run_id, method=method, dataset=dataset, eval_dataset=data.name, config=config,
                         digest=digest, device=device, env=env)
     for row in rows:
-        row["pretrain_epochs"] = info.get("pretrain_epochs", "") if not robustbench_model else ""
+        row["pretrain_epochs"] = pretrain_epochs  # the encoder's, not this command's config
     return record(store, RunOutcome(run_id, rows, {"finished": now(), "rows": len(rows)}))
 
 

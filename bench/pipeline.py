@@ -33,6 +33,7 @@ from bench.train import CHECKPOINT_NAME, pretrain, resolve_device
 
 ENCODER_NAME = "encoder.pt"
 SANITY_PREFIX = "sanity_"
+PAPER_STEP_RATIO = 0.25  # PGD step / ε of the papers (2/255 for 8/255), for ε-curve points when the main ε is 0
 
 
 @dataclass
@@ -274,7 +275,8 @@ def finetune_and_evaluate(
         for attack, value in best.items():
             rows.append({**common, "attack": attack, "metric": "accuracy_best_epoch", "value": round(value, 4),
                          "wall_s": "", "flags": ""})
-        progress.log(f"  {label} {scheme}: ".replace("   ", "  ") + ", ".join(f"{a} {v:.1f}%" for a, v in report.accuracy.items())
+        prefix = f"  {label} {scheme}" if label else f"  {scheme}"
+        progress.log(f"{prefix}: " + ", ".join(f"{a} {v:.1f}%" for a, v in report.accuracy.items())
                      + (f"  [{flags}]" if flags else ""))
     return rows
 
@@ -282,7 +284,7 @@ def finetune_and_evaluate(
 def epsilon_curve_rows(classifier, x: torch.Tensor, y: torch.Tensor, config: RunConfig, common: dict) -> list[dict]:
     """PGD accuracy of one classifier at each other ε of ``evaluate.epsilon_curve`` (metric ``accuracy_vs_epsilon``)."""
     settings, rows = config.evaluate, []
-    ratio = settings.step_size / settings.epsilon if settings.epsilon > 0 else 0.25
+    ratio = settings.step_size / settings.epsilon if settings.epsilon > 0 else PAPER_STEP_RATIO
     for epsilon in settings.epsilon_curve:
         if abs(epsilon - settings.epsilon) < 1e-9:
             continue  # the main PGD row of this classifier is that point (the report joins it)
@@ -368,16 +370,11 @@ def run_in_workers(names: list[str], request: RunRequest, store: ResultsStore, d
         # Adversarial methods (several attack passes per step) first: the cheap ones fill the tail.
         by_cost = sorted(names, key=lambda name: not registry.get(name).has_adversarial_views)
         futures = {pool.submit(_run_in_worker, name, request, device): name for name in by_cost}
+        run_ids: dict[str, str] = {}
         try:
             for future in as_completed(futures):
-                record(store, future.result())
+                run_ids[futures[future]] = record(store, future.result())
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-    return [run_identity_of(name, request)[0] for name in names]
-
-
-def run_identity_of(name: str, request: RunRequest) -> tuple[str, str, dict[str, Any]]:
-    method_class = registry.get(name)
-    config = build_config(request, method_class)
-    return run_identity(method_class, config, build_params(method_class, config, request))
+    return [run_ids[name] for name in names]

@@ -210,8 +210,12 @@ def order_methods(methods: Iterable[str]) -> list[str]:
 
     A row label ``method [config]`` sorts with its method."""
     rank = {name: index for index, name in enumerate(METHOD_ORDER)}
-    base = lambda label: label.split(" [", 1)[0]
-    return sorted(set(methods), key=lambda name: (rank.get(base(name), len(rank)), name))
+    return sorted(set(methods), key=lambda name: (rank.get(label_method(name), len(rank)), name))
+
+
+def label_method(label: str) -> str:
+    """The method of a table row label (``acl [3f2a…]`` → ``acl``; see ``row_labels``)."""
+    return label.split(" [", 1)[0]
 
 
 def row_labels(rows: Sequence[dict[str, Any]]) -> dict[int, str]:
@@ -590,9 +594,9 @@ FAMILY_MARKERS = "osD^vP*Xh"
 def method_style(method: str) -> dict[str, Any]:
     """One colour and marker per method family (simclr, acl, rocl, advcl, others), one line style per
     A-InfoNCE variant: 13 methods stay tellable apart where a 10-colour cycle would repeat."""
-    base, _, variant = method.split(" [", 1)[0].rpartition("-")
+    base, _, variant = label_method(method).rpartition("-")
     if variant not in VARIANT_LINES:
-        base, variant = method.split(" [", 1)[0], ""
+        base, variant = label_method(method), ""
     families = [name for name in METHOD_ORDER if "-" not in name]
     index = families.index(base) if base in families else len(families) + sum(map(ord, base)) % 5
     return {"color": f"C{index % 10}", "marker": FAMILY_MARKERS[index % len(FAMILY_MARKERS)],

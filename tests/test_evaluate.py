@@ -80,7 +80,7 @@ def test_autoattack_standard_on_a_few_samples():
     accuracy, info = autoattack_accuracy(model, x[:16], y[:16], epsilon=0.08, version="standard")
     clean = 100.0 * float((model(x[:16]).argmax(1) == y[:16]).float().mean())
     assert accuracy < clean  # the attacks found adversarial examples on this small-margin problem
-    assert info["reevaluated_equal"] and info["within_epsilon"] and info["in_range"]
+    assert info["reevaluated_matches"] and info["within_epsilon"] and info["in_range"]
     assert info["max_perturbation"] <= 0.08 + 1e-6
 
 

@@ -148,3 +148,29 @@ def test_evaluate_labels_from_the_checkpoint_and_writes_nothing_on_bad_input(tmp
     assert main(["evaluate", "--checkpoint", str(encoder), *common]) == 0
     reloaded = [r for r in _rows(tmp_path) if r["method"] == "acl:encoder"]
     assert reloaded and {r["dataset"] for r in reloaded} == {"digits"} and reloaded[0]["pretrain_epochs"] == "1"
+
+
+def test_transfer_finetunes_and_evaluates_on_another_dataset_at_the_pretraining_size(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    root = tmp_path / "shapes"
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 8)):
+        for label, brightness in (("dark", 40), ("light", 200)):
+            (root / split / label).mkdir(parents=True)
+            for index in range(count):
+                pixels = np.clip(rng.normal(brightness, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / label / f"{index}.png")
+    assert _tiny(tmp_path, "--eval-dataset", "folder", "--data-dir", str(root), "--n-eval", "0") == 0
+    rows = [r for r in _rows(tmp_path) if r["metric"] == "accuracy"]
+    assert {(r["dataset"], r["eval_dataset"]) for r in rows} == {("digits", "shapes")}
+    assert {r["n_eval"] for r in rows} == {"16"}  # the whole 2 × 8 test split
+    classifier = torch.load(next((tmp_path / "r" / "runs").glob("*/classifier_SLF.pt")), weights_only=False)
+    assert classifier.head.out_features == 2
+    from bench.pipeline import DataCache, RunRequest, build_config
+
+    config = build_config(RunRequest(overrides={"data.eval_name": "folder", "data.data_dir": str(root)}))
+    loaded = DataCache(torch.device("cpu")).get("folder", config)
+    assert loaded.x_test.shape[1:] == (3, 16, 16)  # 24 px images at the pretraining resolution

@@ -123,7 +123,7 @@ def load_image_folder(root: Path, image_size: int) -> ImageData:
     splits = []
     for split in ("train", "test"):
         folder = ImageFolder(str(root / split))
-        images = [torch.from_numpy(np.asarray(folder.loader(path).convert("RGB"))) for path, _ in folder.samples]
+        images = [torch.from_numpy(np.array(folder.loader(path).convert("RGB"))) for path, _ in folder.samples]
         stacked = torch.stack([_resize_uint8(img.permute(2, 0, 1)[None], image_size)[0] for img in images])
         splits.append((stacked, torch.tensor([label for _, label in folder.samples])))
     (x_train, y_train), (x_test, y_test) = splits

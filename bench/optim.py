@@ -37,7 +37,7 @@ class LARS(torch.optim.Optimizer):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps)
         super().__init__(params, defaults)
         self.lr_in_momentum = lr_in_momentum
-        self.tiny = 1e-15 if lr_in_momentum else 0.0
+        self.zero_norm_below = 1e-15 if lr_in_momentum else 0.0
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -50,7 +50,8 @@ class LARS(torch.optim.Optimizer):
                 weight_norm, grad_norm = torch.norm(param), torch.norm(grad)
                 decay = group["weight_decay"]
                 trust = group["trust_coefficient"] * weight_norm / (grad_norm + decay * weight_norm + group["eps"])
-                trust = torch.where((weight_norm > self.tiny) & (grad_norm > self.tiny), trust, torch.ones_like(trust))
+                nonzero = (weight_norm > self.zero_norm_below) & (grad_norm > self.zero_norm_below)
+                trust = torch.where(nonzero, trust, torch.ones_like(trust))
                 update = (grad + decay * param) * trust
                 if self.lr_in_momentum:
                     update = update * group["lr"]
@@ -64,9 +65,9 @@ class LARS(torch.optim.Optimizer):
 
 
 def acl_lars_settings() -> dict:
-    """ACL's released pretraining optimiser (``train_simCLR.py``, DS and its S2S SimCLR baseline):
-    its LARS, lr 5.0, wd 1e-6, per-iteration warm-up from 0 over 10 epochs, cosine to 1e-6,
-    batch 512, 1000 epochs (overrides of ``PretrainConfig`` for the paper preset)."""
+    """ACL's released pretraining optimiser (``train_simCLR.py``): its LARS, lr 5.0, wd 1e-6,
+    per-iteration warm-up from 0 over 10 epochs, cosine to 1e-6, batch 512, 1000 epochs
+    (overrides of ``PretrainConfig`` for the paper preset of ``acl`` and of the ``simclr`` anchor)."""
     return {"optimizer": "lars-acl", "lr": 5.0, "weight_decay": 1e-6, "warmup_epochs": 10, "warmup_start_lr": 0.0,
             "min_lr_fraction": 1e-6 / 5.0, "epochs": 1000, "batch_size": 512}
 

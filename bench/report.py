@@ -292,7 +292,7 @@ def table_notes(table: Table) -> list[str]:
     if several:
         notes.append("mean ± sample std over seeds (" + ", ".join(several) + "); other cells are single runs.")
     notes += _flag_notes(table)
-    if any(" [" in method for method in table.methods):
+    if any(label_method(method) != method for method in table.methods):
         notes.append("method [hash]: the method was run with several configurations; one row each "
                      "(config.json of its runs in results/runs/ has the settings).")
     n_eval = sorted({row["n_eval"] for row in table.rows if row["n_eval"] is not None})
@@ -614,7 +614,8 @@ def plot_epsilon_curves(results: Sequence[dict[str, Any]], figures_dir: Path,
         schemes = [scheme for scheme in SCHEMES if any(key[1] == scheme for key in curves)]
         figure = _new_figure(3.8 * len(schemes) + 1.6, 3.4)
         for axis, scheme in zip(figure.subplots(1, len(schemes), squeeze=False)[0], schemes):
-            for (method, curve_scheme), points in sorted(curves.items(), key=lambda item: order_methods([item[0][0]])):
+            rank = {method: index for index, method in enumerate(order_methods(method for method, _ in curves))}
+            for (method, curve_scheme), points in sorted(curves.items(), key=lambda item: rank[item[0][0]]):
                 if curve_scheme == scheme:
                     axis.errorbar([p[0] for p in points], [p[1].mean for p in points],
                                   yerr=[p[1].std or 0.0 for p in points], capsize=2, label=method,
@@ -996,7 +997,8 @@ def write_sanity_report(results: Sequence[dict[str, Any]], runs_dir: Path, repor
              f"{len(rows)} checks over {len({(r['run_id'], r['scheme']) for r in rows})} evaluations; "
              f"{len(failed)} failed (those rows carry a `suspect:<check>` flag in results.csv).", "",
              "| Method | Scheme | Check | Passed | Numbers |", "|---|---|---|---|---|"]
-    for row in sorted(rows, key=lambda r: (order_methods([r["method"]]), r["method"], r["scheme"], r["check"])):
+    rank = {method: index for index, method in enumerate(order_methods(row["method"] for row in rows))}
+    for row in sorted(rows, key=lambda r: (rank[r["method"]], r["scheme"], r["check"])):
         mark = "yes" if row["passed"] else "**NO**"
         detail = str(row["detail"]).replace("|", "\\|")
         lines.append(f"| {row['method']} | {row['scheme']} | {row['check']} | {mark} | {detail} |")

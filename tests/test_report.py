@@ -291,3 +291,14 @@ def load_results_from_dicts(rows: list[dict]) -> list[dict]:
 
     with tempfile.TemporaryDirectory() as directory:
         return load_results(_write_store(Path(directory), rows))
+
+
+def test_sanity_report_lists_methods_in_registry_order(tmp_path):
+    results_csv = _write_store(tmp_path, _rows())
+    for run_id in ("acl-s0", "simclr-s0"):
+        run_dir = tmp_path / "results" / "runs" / run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "sanity_SLF.json").write_text(json.dumps({"order": {"passed": True, "detail": "ok"}}))
+    write_reports(results_csv, tmp_path / "rep", tmp_path / "results" / "runs", None)
+    text = (tmp_path / "rep" / "sanity.md").read_text()
+    assert text.index("| simclr |") < text.index("| acl |")  # registry order, not alphabetical

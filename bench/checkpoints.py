@@ -27,21 +27,11 @@ returned model), available_branches (in the checkpoint), normalization ('none',
 purpose), dropped_branch_keys (count of the other branches' keys), stripped_prefix,
 encoder_prefix, plus epoch / method / run_id when the checkpoint records them.
 
-Our own format, ``bench`` (written by the trainer through ``save_checkpoint_atomic``)
--------------------------------------------------------------------------------------
-A dict with
-    model          ContrastiveModel.state_dict(): encoder.*, projector.*, normalize.*, heads.*
-    arch           'resnet18' | 'small_cnn'
-    bn_branches    the BN branch names the model was built with, e.g. ['normal', 'pgd']
-    projector      a key of bench.models.PROJECTORS ('simclr', 'acl', 'rocl', 'advcl')
-    normalization  'none' | 'imagenet'
-and optionally
-    finetune_bn    the branch finetuning uses (default: bn_branches[0])
-    in_channels    input channels (default 3)
-    format         'acl-bench' (a marker; anything else is rejected)
-    method, run_id provenance, copied into info.
-The projector is loaded too; extra heads (AdvCL's pseudo-label heads) are rebuilt as
-``nn.Linear`` from their weight shapes.
+Our own format, ``bench``
+-------------------------
+``EncoderCheckpoint`` below is its one definition (fields, required ones, defaults); the
+pipeline writes it as a run's ``encoder.pt``. The projector is loaded too; extra heads
+(AdvCL's pseudo-label heads) are rebuilt as ``nn.Linear`` from their weight shapes.
 
 Released formats (key maps; verified against the repositories' code)
 -------------------------------------------------------------------
@@ -89,25 +79,22 @@ another depth are errors naming the tensors). Padding and stride leave no trace 
 dict, so formats known to differ there are refused by name instead. A missing
 ``num_batches_tracked`` is accepted (torch itself fills it in for metadata-less dicts).
 
-Writing: ``save_checkpoint_atomic`` (temp file in the same directory, then ``os.replace``:
-a crash never leaves a truncated checkpoint), ``export_classifier`` (a TorchScript trace,
-loadable with ``torch.jit.load`` and nothing else) and ``load_robustbench_model``.
+Writing our checkpoints is ``bench.atomic.save_torch_atomic``; exports and RobustBench models
+live in ``bench.external``.
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
 import re
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from bench.atomic import atomic_write
 from bench.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -121,7 +108,6 @@ from bench.models import (
 FORMATS = ("bench", "robustssl", "advcl", "rocl", "acl")
 ALL_BRANCHES = "all"
 BENCH_MARKER = "acl-bench"
-BENCH_REQUIRED = ("model", "arch", "bn_branches", "projector", "normalization")
 DATA_PARALLEL_PREFIX = "module."
 _BRANCH_KEY = re.compile(r"\.branches\.([^.]+)\.")
 _BN_LIST_INDEX = re.compile(r"\.bn_list\.(\d+)\.")
@@ -493,6 +479,40 @@ def _load_external(
 # --------------------------------------------------------------------------- our format
 
 
+@dataclass(frozen=True)
+class EncoderCheckpoint:
+    """Our encoder file (a run's ``encoder.pt``): the one definition of its fields.
+
+    The trainer writes it with ``to_state()``; ``load_encoder(..., "bench")`` reads it back
+    (the fields without a default are required there). ``pretrain_key`` lets another run with
+    the same pretraining settings reuse the encoder.
+    """
+
+    model: Mapping[str, torch.Tensor]  # ContrastiveModel.state_dict(): encoder.*, projector.*, normalize.*, heads.*
+    arch: str
+    bn_branches: tuple[str, ...]
+    projector: str
+    normalization: str
+    finetune_bn: str = ""  # default: bn_branches[0]
+    in_channels: int = 3
+    method: str = ""
+    run_id: str = ""
+    dataset: str = ""
+    pretrain_epochs: int | None = None
+    pretrain_key: str = ""
+    format: str = BENCH_MARKER
+
+    def to_state(self) -> dict[str, Any]:
+        """The dict ``torch.save`` writes (plain types and tensors only: loadable with weights_only=True)."""
+        state = {name.name: getattr(self, name.name) for name in dataclasses.fields(self)}
+        state["model"], state["bn_branches"] = dict(self.model), list(self.bn_branches)
+        return state
+
+
+BENCH_REQUIRED = tuple(field.name for field in dataclasses.fields(EncoderCheckpoint)
+                       if field.default is dataclasses.MISSING)
+
+
 def _bench_fields(checkpoint: Mapping[str, Any], label: str) -> None:
     """Reject anything that is not our format before touching tensors, naming what is off."""
     missing = [name for name in BENCH_REQUIRED if name not in checkpoint]
@@ -593,76 +613,3 @@ def load_encoder(
     state, prefix = _strip_data_parallel(state, f"{format} checkpoint {label}")
     spec = _detect_robustssl_family(state, label) if format == "robustssl" else EXTERNAL[format]
     return _load_external(spec, state, meta, label, branch, format, prefix)
-
-
-def save_checkpoint_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` that never leaves a truncated file (see ``bench.atomic``)."""
-    return atomic_write(path, lambda stream: torch.save(obj, stream))
-
-
-def _quiet_jit(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """TorchScript calls warn that TorchScript is deprecated; the export is still the portable choice."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*")
-        return function(*args, **kwargs)
-
-
-def _example_shape(classifier: nn.Module) -> tuple[int, int, int]:
-    """[C, 32, 32] with C from the first convolution: our encoders pool adaptively, so the
-    trace generalises over image sizes, but not over channel counts."""
-    first_conv = next((module for module in classifier.modules() if isinstance(module, nn.Conv2d)), None)
-    return (first_conv.in_channels if first_conv is not None else 3, 32, 32)
-
-
-def export_classifier(
-    classifier: nn.Module, path: str | os.PathLike, *, input_shape: Sequence[int] | None = None
-) -> Path:
-    """Write a finetuned classifier as one self-contained TorchScript file, atomically.
-
-    The file is a ``torch.jit.trace`` of the classifier in eval mode on CPU. It maps images in
-    [0, 1] to logits, normalisation and BN branch baked in, for any batch size (and, since our
-    encoders pool adaptively, any image size), and needs only torch to load::
-
-        model = torch.jit.load(path, map_location="cpu")   # an nn.Module, in eval mode
-        robustbench.eval.benchmark(model, dataset="cifar10", threat_model="Linf", eps=8/255)
-
-    ``input_shape`` = [C, H, W] of the trace input (default: the first convolution's channels,
-    32, 32). BN always uses its running statistics in the trace (training-mode BN is not
-    recorded), which is what evaluation needs. The pickled module (needs acl-bench importable)
-    is the run directory's ``classifier_<scheme>.pt``. Why not ``torch.export``: its modules
-    raise on ``.eval()``, which RobustBench users call. The reloaded trace must reproduce the
-    classifier's logits before the file is moved into place.
-    """
-    model = copy.deepcopy(classifier).cpu().eval()
-    shape = tuple(input_shape) if input_shape is not None else _example_shape(model)
-    example = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        reference = model(example)
-        traced = _quiet_jit(torch.jit.trace, model, example)
-
-    def verify(temp: Path) -> None:
-        reloaded = _quiet_jit(torch.jit.load, str(temp), map_location="cpu")
-        with torch.no_grad():
-            logits = reloaded(example)
-        if not torch.allclose(logits, reference, rtol=1e-4, atol=1e-5):
-            raise RuntimeError(f"export of {type(classifier).__name__} does not reproduce its logits; not written")
-
-    return atomic_write(path, lambda stream: _quiet_jit(torch.jit.save, traced, stream), verify)
-
-
-def load_robustbench_model(
-    name: str, dataset: str = "cifar10", threat_model: str = "Linf", model_dir: str | os.PathLike | None = None
-) -> nn.Module:
-    """A RobustBench model-zoo classifier (inputs in [0, 1]), in eval mode; downloads on first use.
-
-    ``model_dir`` defaults to ``$ACL_BENCH_CACHE/robustbench`` (``~/.cache/acl-bench``) rather
-    than RobustBench's ``./models``, so runs from different directories share downloads.
-    """
-    try:
-        from robustbench.utils import load_model
-    except ImportError:
-        raise ImportError("robustbench is not installed: pip install 'acl-bench[robustbench]'") from None
-    if model_dir is None:
-        model_dir = Path(os.environ.get("ACL_BENCH_CACHE", "~/.cache/acl-bench")).expanduser() / "robustbench"
-    model = load_model(model_name=name, dataset=dataset, threat_model=threat_model, model_dir=str(model_dir))
-    return model.eval()

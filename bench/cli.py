@@ -66,7 +66,7 @@ def _split_assignment(text: str, flag: str) -> tuple[str, str]:
 
 
 def _request(args: argparse.Namespace, methods: tuple[str, ...]):
-    from bench.pipeline import RunRequest
+    from bench.plan import RunRequest
 
     overrides: dict[str, str] = {}
     for dest, dotted in SHORT_FLAGS.items():
@@ -95,22 +95,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from bench.pipeline import run_benchmark
+def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
+    from bench.pipeline import run_plan
+    from bench.plan import build_plan
 
     request = _request(args, tuple(m for m in ",".join(args.methods).split(",") if m))
-    run_ids = run_benchmark(request)
-    if not args.no_report:
-        return _report(request_dirs(request), paper=False, quiet=args.quiet) or 0
+    if pretrain_only:
+        request.overrides["finetune.schemes"] = ""
+    plan = build_plan(request)
+    run_ids = run_plan(plan)
+    if not pretrain_only and not args.no_report:
+        return _report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet)
     progress.log(f"done: {len(run_ids)} run(s)")
     return 0
-
-
-def request_dirs(request) -> tuple[Path, Path]:
-    from bench.pipeline import build_config
-
-    config = build_config(request)
-    return Path(config.results_dir), Path(config.reports_dir)
 
 
 def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: list[str] | None = None) -> int:
@@ -135,20 +132,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    args.schemes = args.schemes or ""
-    args.set.append("finetune.schemes=")
-    return cmd_run(args)
+    """Pretraining alone: the runs of ``bench run`` with no finetuning scheme (their encoders are stored)."""
+    return cmd_run(args, pretrain_only=True)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from bench.external import evaluate_external
+    from bench.plan import assemble
 
     request = _request(args, ("all",))
     run_id = evaluate_external(request, checkpoint=args.checkpoint, checkpoint_format=args.format, branch=args.branch,
                                name=args.name, robustbench_model=args.robustbench_model, force=args.force,
                                pretrain_dataset=args.pretrain_dataset)
     if not args.no_report:
-        return _report(request_dirs(request), paper=False, quiet=args.quiet)
+        config = assemble(request)
+        return _report((Path(config.results_dir), Path(config.reports_dir)), paper=False, quiet=args.quiet)
     progress.log(f"done: {run_id}")
     return 0
 
@@ -181,7 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--methods", nargs="+", default=["all"], help="method names or 'all'")
     pre.add_argument("--force", action="store_true", help="rerun runs that are already complete")
     pre.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
-    pre.add_argument("--no-report", action="store_true", default=True, help=argparse.SUPPRESS)
     _add_config_flags(pre)
     pre.set_defaults(handler=cmd_pretrain)
 

@@ -33,20 +33,9 @@ import torch
 from torch import nn
 
 from bench.attacks import pgd_cross_entropy
+from bench.config import EvalConfig
 
 ProgressFn = Callable[[str], None]
-
-
-@dataclass
-class EvalSettings:
-    epsilon: float
-    step_size: float
-    pgd_steps: int = 20
-    attacks: tuple[str, ...] = ("clean", "pgd20", "autoattack")
-    n_eval: int = 0
-    seed: int = 0
-    batch_size: int = 256
-    sanity: bool = True
 
 
 @dataclass
@@ -169,13 +158,14 @@ def attack_copy(model: nn.Module, device: torch.device | str) -> nn.Module:
 
 
 def evaluate_classifier(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalSettings, device: torch.device | str,
-    progress: ProgressFn | None = None,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalConfig, device: torch.device | str,
+    *, seed: int = 0, progress: ProgressFn | None = None,
 ) -> EvalReport:
-    """Run the configured attacks on (a seeded subset of) x, y, then the sanity checks."""
+    """Run the configured attacks on x, y (the caller picks the test subset), then the sanity checks.
+
+    ``seed`` seeds the random starts (the run's seed, so reruns give the same numbers)."""
     began = time.perf_counter()
-    subset = seeded_subset(x.shape[0], settings.n_eval, settings.seed).to(x.device)
-    x, y = x[subset].to(device), y[subset].to(device)
+    x, y = x.to(device), y.to(device)
     model = attack_copy(model, device)
     say = progress or (lambda stage: None)
     accuracy: dict[str, float] = {}
@@ -188,11 +178,11 @@ def evaluate_classifier(
                 accuracy["clean"] = clean_accuracy(model, x, y, settings.batch_size)
             elif attack.startswith("pgd"):
                 accuracy[pgd_name] = pgd_accuracy(model, x, y, settings.epsilon, settings.step_size,
-                                                  settings.pgd_steps, batch_size=settings.batch_size, seed=settings.seed)
+                                                  settings.pgd_steps, batch_size=settings.batch_size, seed=seed)
             else:
                 version = "standard" if attack == "autoattack" else attack
                 accuracy[attack], info = autoattack_accuracy(model, x, y, settings.epsilon, version,
-                                                             settings.batch_size, settings.seed, device)
+                                                             settings.batch_size, seed, device)
                 sanity[f"aa-reeval:{attack}"] = (
                     info["reevaluated_matches"] and info["within_epsilon"] and info["in_range"],
                     f"reported {info['reported_accuracy']:.2f} %, re-evaluated {accuracy[attack]:.2f} %, "
@@ -201,7 +191,7 @@ def evaluate_classifier(
         if settings.sanity:
             say("sanity")
             accuracy.setdefault("clean", clean_accuracy(model, x, y, settings.batch_size))
-            sanity.update(_sanity_checks(model, x, y, settings, accuracy, pgd_name))
+            sanity.update(_sanity_checks(model, x, y, settings, seed, accuracy, pgd_name))
     sanity["eval-mode"] = (not any(modes), f"{sum(modes)} of {len(modes)} module forwards in train mode")
     report = EvalReport(accuracy, int(x.shape[0]), time.perf_counter() - began, sanity)
     report.flags = [f"suspect:{name.split(':')[0]}" for name, (passed, _) in sanity.items() if not passed]
@@ -209,13 +199,13 @@ def evaluate_classifier(
     return report
 
 
-def _sanity_checks(model, x, y, settings: EvalSettings, accuracy: dict[str, float], pgd_name: str) -> dict:
+def _sanity_checks(model, x, y, settings: EvalConfig, seed: int, accuracy: dict[str, float], pgd_name: str) -> dict:
     """The checks of the module docstring over whichever attacks ran (adds their extra accuracies)."""
     one_sample = 100.0 / max(1, x.shape[0])
     clean, robust = accuracy["clean"], accuracy.get(pgd_name)
     aa_name = next((name for name in ("autoattack", "apgd-ce") if name in accuracy), None)
     aa = accuracy.get(aa_name) if aa_name else None
-    at_zero = pgd_accuracy(model, x, y, 0.0, settings.step_size, 1, batch_size=settings.batch_size, seed=settings.seed)
+    at_zero = pgd_accuracy(model, x, y, 0.0, settings.step_size, 1, batch_size=settings.batch_size, seed=seed)
     accuracy["eps0"] = at_zero
     order_ok, order_text = True, f"clean {clean:.2f} %"
     if robust is not None:
@@ -231,7 +221,7 @@ def _sanity_checks(model, x, y, settings: EvalSettings, accuracy: dict[str, floa
         noise = max(one_sample, 200.0 * math.sqrt(robust / 100 * (1 - robust / 100) / max(1, x.shape[0])))
         stronger_name = f"pgd{2 * settings.pgd_steps}-restart"
         stronger = pgd_accuracy(model, x, y, settings.epsilon, settings.step_size, 2 * settings.pgd_steps, restarts=2,
-                                batch_size=settings.batch_size, seed=settings.seed + 1)
+                                batch_size=settings.batch_size, seed=seed + 1)
         accuracy[stronger_name] = stronger
         checks["stronger-pgd"] = (stronger <= robust + noise + 1e-9,
                                   f"{pgd_name} {robust:.2f} %, 2×steps + restart {stronger:.2f} % (noise {noise:.2f})")

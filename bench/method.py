@@ -15,16 +15,16 @@ negatives (``bench.variants``).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from bench.config import AttackConfig, ConfigError
+from bench.config import AttackConfig, ConfigError, _coerce
 from bench.losses import AdaptiveAlpha, a_infonce
 from bench.models import ContrastiveModel, build_contrastive_model
+from bench.results import RunDir
 
 
 @dataclass
@@ -49,6 +49,15 @@ class MethodParams:
     quirks: str = "none"
 
 
+@dataclass(frozen=True)
+class Published:
+    """A method's published settings for one preset and dataset, and where they come from."""
+
+    source: str = ""
+    pretrain: Mapping[str, Any] = field(default_factory=dict)  # overrides of bench.config.PretrainConfig
+    params: Mapping[str, Any] = field(default_factory=dict)  # overrides of the method's Params
+
+
 @dataclass
 class StepContext:
     """What the harness hands a method on every step."""
@@ -60,7 +69,7 @@ class StepContext:
     generator: torch.Generator
     attack: AttackConfig
     indices: torch.Tensor | None = None
-    run_dir: Path | None = None
+    run_dir: RunDir | None = None  # where a method may cache what it computes once (e.g. pseudo-labels)
 
 
 class Method:
@@ -106,13 +115,18 @@ class Method:
         return {}
 
     @classmethod
-    def make_params(cls, overrides: dict[str, Any]) -> MethodParams:
-        """Build ``Params`` from a dict, rejecting unknown names with the allowed ones."""
-        names = [f.name for f in dataclasses.fields(cls.Params)]
+    def published(cls, preset: str, dataset: str) -> Published:
+        """The settings of ``preset`` for ``dataset`` (pretraining overrides and parameters)."""
+        return Published(pretrain=cls.preset_pretrain(preset, dataset), params=cls.preset_params(preset, dataset))
+
+    @classmethod
+    def make_params(cls, overrides: Mapping[str, Any]) -> MethodParams:
+        """Build ``Params`` from a dict (CLI strings coerced to each field's type), rejecting unknown names."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cls.Params)}
         for key in overrides:
-            if key not in names:
-                raise ConfigError(f"method parameter {key!r} of {cls.name!r} is unknown: allowed {names}")
-        params = cls.Params(**overrides)
+            if key not in defaults:
+                raise ConfigError(f"method parameter {key!r} of {cls.name!r} is unknown: allowed {list(defaults)}")
+        params = cls.Params(**{key: _coerce(defaults[key], raw, f"{cls.name}.{key}") for key, raw in overrides.items()})
         if not 0.0 <= params.alpha <= 1.0:
             raise ConfigError(f"alpha={params.alpha!r} is invalid: allowed numbers in [0, 1]")
         if not 0.0 <= params.tau_plus < 1.0:

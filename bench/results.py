@@ -1,58 +1,261 @@
-"""The results store: one directory per run and one table of measured numbers.
+"""The results store: one directory per run (``RunDir``) and one table of measured numbers.
 
-``results/results.csv`` has one row per measured number (DESIGN §5 columns plus a few for
-reproducibility). It is append-only: a run's rows are added once its evaluation is done,
-and the only rewrite is ``--force``, which replaces the rows of the run it reruns. Every
-write goes to a temp file in the same directory and is renamed over the old file, so a
-crash or kill leaves either the old table or the new one, never a torn one.
+``results/results.csv`` has one row per measured number (``ResultRow``; the columns are
+listed in ``docs/design.md`` §5). It is append-only: a run's rows are added once its
+evaluation is done, and the only rewrite is ``--force``, which replaces the rows of the run
+it reruns. Every write goes to a temp file in the same directory and is renamed over the old
+file, so a crash or kill leaves either the old table or the new one, never a torn one.
+
+This module is the only owner of the run directory's file names and of the row schema:
+the pipeline, the trainer, the methods and the report all go through ``RunDir`` and
+``ResultRow``. It imports no torch, so the report stays light.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
-import platform
-import subprocess
+import math
+import shutil
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import torch
-
-import bench
 from bench.atomic import write_atomic
-
-HISTORY_NAME = "pretrain_history.csv"
-COLUMNS = (
-    "run_id", "timestamp", "preset", "method", "dataset", "eval_dataset", "scheme", "attack", "metric", "value",
-    "epsilon", "n_eval", "seed", "pretrain_epochs", "finetune_epochs", "config_hash", "code_version",
-    "torch_version", "device", "wall_s", "flags",
-)
+from bench.config import RunConfig
+from bench.provenance import now
 
 
-def code_version() -> str:
-    """Package version plus git commit (and '+dirty' for uncommitted changes) when in a checkout."""
-    root = Path(__file__).resolve().parent.parent
+class RunDir:
+    """``results/runs/<run_id>/``: every file a run writes, by role rather than by literal name."""
+
+    CONFIG = "config.json"  # the resolved config, identity hashes and environment (written first)
+    DONE = "done.json"  # the completion mark (written last)
+    CHECKPOINT = "pretrain.ckpt"  # the resumable pretraining state
+    ENCODER = "encoder.pt"  # the finished encoder (bench.checkpoints.EncoderCheckpoint)
+    HISTORY = "pretrain_history.csv"  # the pretraining curve
+    PSEUDO_LABELS = "pseudo_labels.npz"  # computed pseudo-labels (AdvCL family), reused on resume
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def done(self) -> Path:
+        return self.path / self.DONE
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / self.CHECKPOINT
+
+    @property
+    def encoder(self) -> Path:
+        return self.path / self.ENCODER
+
+    @property
+    def history(self) -> Path:
+        return self.path / self.HISTORY
+
+    @property
+    def pseudo_labels(self) -> Path:
+        return self.path / self.PSEUDO_LABELS
+
+    def classifier(self, scheme: str) -> Path:
+        """The finetuned classifier of one scheme (SLF, ALF, AFF, or AT for a ready model)."""
+        return self.path / f"classifier_{scheme}.pt"
+
+    def sanity(self, scheme: str) -> Path:
+        """Every sanity check of one scheme's evaluation, passed or failed."""
+        return self.path / f"sanity_{scheme}.json"
+
+    def sanity_files(self) -> dict[str, Path]:
+        """scheme → its sanity file, for every scheme that wrote one."""
+        return {path.stem.removeprefix("sanity_"): path for path in sorted(self.path.glob("sanity_*.json"))}
+
+    # ------------------------------------------------------------------ life cycle
+    def create(self) -> "RunDir":
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def clear(self) -> "RunDir":
+        """Remove everything a previous attempt left, then recreate the empty directory."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        return self.create()
+
+    def is_complete(self) -> bool:
+        return self.done.exists()
+
+    def mark_complete(self, summary: dict[str, Any]) -> None:
+        self.write_json(self.done, summary)
+
+    # ------------------------------------------------------------------ files
+    def write_json(self, path: Path, payload: Any) -> Path:
+        self.create()
+        return write_atomic(path, json.dumps(payload, indent=2, default=str))
+
+    @staticmethod
+    def read_json(path: Path) -> Any:
+        return json.loads(path.read_text())
+
+    def write_history(self, history: list[dict[str, Any]]) -> Path:
+        """Pretraining curve as CSV (epoch, step, loss, lr, then the method's own logs)."""
+        columns: list[str] = []
+        for row in history:
+            columns.extend(key for key in row if key not in columns)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns or ["epoch", "step", "loss", "lr"])
+        writer.writeheader()
+        writer.writerows(history)
+        self.create()
+        return write_atomic(self.history, buffer.getvalue())
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """The columns every row of one run shares (which run, under what settings, on what)."""
+
+    run_id: str
+    timestamp: str
+    preset: str
+    method: str
+    dataset: str
+    eval_dataset: str
+    seed: int | None
+    pretrain_epochs: int | None
+    finetune_epochs: int | None
+    config_hash: str
+    code_version: str
+    torch_version: str
+    device: str
+
+    @classmethod
+    def of(cls, run_id: str, config: RunConfig, env: dict[str, str], device: str, *, method: str, dataset: str,
+           eval_dataset: str, config_hash: str, pretrain_epochs: int | None) -> "RowContext":
+        """The context of a run under ``config``, stamped now; ``env`` is ``bench.provenance.environment()``."""
+        return cls(run_id=run_id, timestamp=now(), preset=config.preset, method=method, dataset=dataset,
+                   eval_dataset=eval_dataset, seed=config.seed, pretrain_epochs=pretrain_epochs,
+                   finetune_epochs=config.finetune.epochs, config_hash=config_hash,
+                   code_version=env["code_version"], torch_version=env["torch_version"], device=str(device))
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measured number of a run: which scheme, attack and metric, on how many images."""
+
+    scheme: str
+    attack: str
+    metric: str
+    value: float
+    epsilon: float | None
+    n_eval: int | None
+    wall_s: float | None = None
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One line of ``results.csv``: a run's context plus one measurement (field order = column order)."""
+
+    run_id: str
+    timestamp: str
+    preset: str
+    method: str
+    dataset: str
+    eval_dataset: str
+    scheme: str
+    attack: str
+    metric: str
+    value: float
+    epsilon: float | None
+    n_eval: int | None
+    seed: int | None
+    pretrain_epochs: int | None
+    finetune_epochs: int | None
+    config_hash: str
+    code_version: str
+    torch_version: str
+    device: str
+    wall_s: float | None
+    flags: tuple[str, ...]
+
+    @classmethod
+    def of(cls, context: RowContext, measurement: Measurement) -> "ResultRow":
+        return cls(**dataclasses.asdict(context), **dataclasses.asdict(measurement))
+
+    def to_csv(self) -> dict[str, str]:
+        """The stored text of each column: value to 4 decimals, wall time to 2, flags ';'-joined."""
+        text = {}
+        for column in COLUMNS:
+            value = getattr(self, column)
+            if column == "value":
+                value = round(value, 4)
+            elif column == "wall_s" and value is not None:
+                value = round(value, 2)
+            elif column == "flags":
+                value = ";".join(value)
+            text[column] = "" if value is None else str(value)
+        return text
+
+    @classmethod
+    def from_csv(cls, raw: dict[str, str | None], where: str = "results.csv") -> "ResultRow":
+        """Parse and type one stored row; a missing column or an unparsable number names ``where``."""
+        missing = [column for column in COLUMNS if raw.get(column) is None]
+        if missing:
+            raise RowError(f"{where}: row lacks columns {missing}")
+        values: dict[str, Any] = {}
+        for column in COLUMNS:
+            text = raw[column].strip()
+            kind = _COLUMN_TYPES[column]
+            if kind is tuple:
+                values[column] = tuple(flag for flag in text.split(";") if flag)
+            elif kind is str:
+                values[column] = text
+            elif text == "" and column != "value":
+                values[column] = None
+            else:
+                values[column] = _number(text, kind, column, where)
+        return cls(**values)
+
+
+class RowError(ValueError):
+    """A stored row that cannot be read back as a ``ResultRow``; the message names file and line."""
+
+
+COLUMNS = tuple(field.name for field in dataclasses.fields(ResultRow))
+_COLUMN_TYPES = {
+    **{column: str for column in COLUMNS},
+    "value": float, "epsilon": float, "wall_s": float,
+    "n_eval": int, "seed": int, "pretrain_epochs": int, "finetune_epochs": int,
+    "flags": tuple,
+}
+
+
+def _number(text: str, kind: type, column: str, where: str) -> float | int:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", ""
-    version = f"{bench.__version__}+{commit}" if commit else bench.__version__
-    return version + ("-dirty" if dirty else "")
+        value = kind(text)
+    except ValueError:
+        raise RowError(f"{where}: {column}={text!r} is invalid: allowed {kind.__name__} values") from None
+    if kind is float and not math.isfinite(value):
+        raise RowError(f"{where}: {column}={text!r} is invalid: allowed finite numbers")
+    return value
 
 
-def environment() -> dict[str, str]:
-    return {
-        "code_version": code_version(),
-        "torch_version": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch_threads": str(torch.get_num_threads()),
-    }
+# --------------------------------------------------------------------------- the store
 
 
 @contextmanager
@@ -71,72 +274,47 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 class ResultsStore:
-    """``root/results.csv`` plus ``root/runs/<run_id>/`` (config, history, checkpoints)."""
+    """``root/results.csv`` plus ``root/runs/<run_id>/`` (one ``RunDir`` per run)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.table = self.root / "results.csv"
         self.runs = self.root / "runs"
 
-    def run_dir(self, run_id: str) -> Path:
-        path = self.runs / run_id
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    def run(self, run_id: str) -> RunDir:
+        """The run's directory (not created: ``RunDir.create`` does that when the run writes)."""
+        return RunDir(self.runs / run_id)
 
-    def is_complete(self, run_id: str) -> bool:
-        return (self.runs / run_id / "done.json").exists()
+    def run_dirs(self) -> list[RunDir]:
+        return [RunDir(path) for path in sorted(self.runs.iterdir()) if path.is_dir()] if self.runs.is_dir() else []
 
-    def mark_complete(self, run_id: str, summary: dict[str, Any]) -> None:
-        write_atomic(self.run_dir(run_id) / "done.json", json.dumps(summary, indent=2, default=str))
-
-    def read_rows(self) -> list[dict[str, str]]:
+    def read_rows(self) -> list[ResultRow]:
         if not self.table.exists():
             return []
         with open(self.table, newline="") as stream:
-            return list(csv.DictReader(stream))
+            return [ResultRow.from_csv(raw, f"{self.table}:{line}")
+                    for line, raw in enumerate(csv.DictReader(stream), start=2)]
 
-    def append(self, rows: Iterable[dict[str, Any]], replace_run: str | None = None) -> None:
-        """Add rows (all columns required); ``replace_run`` first drops that run's old rows.
+    def append(self, rows: Iterable[ResultRow], replace_run: str | None = None) -> None:
+        """Add rows; ``replace_run`` first drops that run's old rows.
 
         The read-modify-write holds an exclusive lock (POSIX), so two ``bench`` processes sharing
         a store never drop each other's rows."""
+        rows = list(rows)
+        for row in rows:
+            if not isinstance(row, ResultRow):
+                raise TypeError(f"result rows must be ResultRow, got {type(row).__name__}")
         self.root.mkdir(parents=True, exist_ok=True)
         with _locked(self.root / ".results.lock"):
-            self._rewrite(list(rows), replace_run)
+            kept = [row for row in self.read_rows() if replace_run is None or row.run_id != replace_run]
+            write_atomic(self.table, rows_csv(kept + rows))
 
-    def _rewrite(self, rows: list[dict[str, Any]], replace_run: str | None) -> None:
-        existing = [row for row in self.read_rows() if replace_run is None or row["run_id"] != replace_run]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="raise")
-        writer.writeheader()
-        for row in existing:
-            writer.writerow({column: row.get(column, "") for column in COLUMNS})
-        for row in rows:
-            missing = [column for column in COLUMNS if column not in row]
-            if missing:
-                raise ValueError(f"result row lacks columns {missing}")
-            writer.writerow(row)
-        write_atomic(self.table, buffer.getvalue())
 
-    def write_json(self, run_id: str, name: str, payload: Any) -> Path:
-        path = self.run_dir(run_id) / name
-        write_atomic(path, json.dumps(payload, indent=2, default=str))
-        return path
-
-    def write_history(self, run_id: str, history: list[dict[str, Any]]) -> Path:
-        """Pretraining curve as CSV (epoch, step, loss, lr, then the method's own logs)."""
-        columns: list[str] = []
-        for row in history:
-            columns.extend(key for key in row if key not in columns)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns or ["epoch", "step", "loss", "lr"])
-        writer.writeheader()
-        writer.writerows(history)
-        path = self.run_dir(run_id) / HISTORY_NAME
-        write_atomic(path, buffer.getvalue())
-        return path
+def rows_csv(rows: Iterable[ResultRow]) -> str:
+    """``results.csv`` text for ``rows`` (header first)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="raise")
+    writer.writeheader()
+    writer.writerows(row.to_csv() for row in rows)
+    return buffer.getvalue()

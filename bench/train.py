@@ -12,29 +12,18 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench import progress
-from bench.checkpoints import save_checkpoint_atomic
+from bench.atomic import save_torch_atomic
 from bench.config import RunConfig
 from bench.data import steps_per_epoch, to_float
 from bench.method import Method, StepContext
 from bench.models import ContrastiveModel
 from bench.optim import build_optimizer, learning_rate
-
-CHECKPOINT_NAME = "pretrain.ckpt"
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' → CUDA when available, else CPU; 'cuda' without a GPU is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was requested but no CUDA device is available: use --device auto or cpu")
-    return torch.device(name)
+from bench.results import RunDir
 
 
 @dataclass
@@ -75,7 +64,7 @@ def pretrain(
     model: ContrastiveModel,
     train_images: torch.Tensor,
     config: RunConfig,
-    run_dir: Path,
+    run_dir: RunDir,
     device: torch.device,
     *,
     resume: bool = True,
@@ -93,9 +82,10 @@ def pretrain(
     generator = torch.Generator(device=device).manual_seed(config.seed)
     torch.manual_seed(config.seed)
     result = PretrainResult()
-    checkpoint_path = run_dir / CHECKPOINT_NAME
+    checkpoint_path = run_dir.checkpoint
     start = 0
-    setup_context = StepContext(0, 0, per_epoch, device, generator, config.attack, None, run_dir)
+    setup_context = StepContext(epoch=0, step=0, steps_per_epoch=per_epoch, device=device, generator=generator,
+                                attack=config.attack, run_dir=run_dir)
     method.setup(model, train_images, setup_context)
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
@@ -119,7 +109,8 @@ def pretrain(
             lr = learning_rate(step, total, warmup, settings)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            context = StepContext(epoch, step, per_epoch, device, generator, config.attack, indices, run_dir)
+            context = StepContext(epoch=epoch, step=step, steps_per_epoch=per_epoch, device=device, generator=generator,
+                                  attack=config.attack, indices=indices, run_dir=run_dir)
             model.train()
             with _autocast(device, settings.amp):
                 loss, logs = method.training_step(model, images, context)
@@ -134,7 +125,7 @@ def pretrain(
             result.history.append(row)
             bar.advance(1, info=f"loss {value:.3f}")
             if (step + 1) % settings.checkpoint_every == 0 or step + 1 == total:
-                save_checkpoint_atomic(
+                save_torch_atomic(
                     {
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),

@@ -55,14 +55,13 @@ from bench.losses import a_infonce
 from bench.method import Method, MethodParams, StepContext
 from bench.models import ContrastiveModel
 from bench.registry import register
-from bench.results import write_atomic
+from bench.atomic import write_atomic
 from bench.views import StrongAugment, WeakAugment, high_frequency_component
 
 # Views of the contrastive matrix, in order: x_adv, x1, x2, HFC.
 ADVERSARIAL = (True, False, False, False)
 BASE_TEMPERATURE = 0.07  # SupCon scaling: the loss is multiplied by T / 0.07
 PSEUDO_LABEL_KS = (2, 10, 50, 100, 500)
-CACHE_NAME = "pseudo_labels.npz"
 PIXEL_PCA_DIMS = 50
 MINIBATCH_KMEANS_ABOVE = 20_000  # images; plain k-means below, mini-batch k-means above
 
@@ -365,7 +364,7 @@ class AdvCL(Method):
         encoder = self.params.pseudo_label_encoder
         source = f"encoder:{encoder}" if encoder else f"pixels:pca{PIXEL_PCA_DIMS}"
         ks, n = tuple(self.params.pseudo_label_ks), train_images.shape[0]
-        cache = ctx.run_dir / CACHE_NAME if ctx.run_dir is not None else None
+        cache = ctx.run_dir.pseudo_labels if ctx.run_dir is not None else None
         if cache is not None and cache.exists():
             cached = read_cache(cache, source, n, ks)
             if cached is not None:

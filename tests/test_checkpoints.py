@@ -15,13 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from bench.checkpoints import (
-    CheckpointError,
-    export_classifier,
-    load_encoder,
-    load_robustbench_model,
-    save_checkpoint_atomic,
-)
+from bench.atomic import save_torch_atomic
+from bench.checkpoints import CheckpointError, EncoderCheckpoint, load_encoder
+from bench.external import export_classifier, load_robustbench_model
 from bench.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -232,16 +228,15 @@ def bench_checkpoint(arch: str = "resnet18") -> tuple[nn.Module, dict]:
     model = build_contrastive_model(arch, ACL_BN, "acl", normalization="imagenet")
     randomise_bn(model)
     model.heads["k10"] = nn.Linear(model.feature_dim, 10)
-    return model, {
-        "format": "acl-bench", "model": model.state_dict(), "method": "acl", "arch": arch,
-        "bn_branches": list(ACL_BN), "projector": "acl", "normalization": "imagenet", "finetune_bn": "pgd",
-        "in_channels": 3, "run_id": "acl-test",
-    }
+    return model, EncoderCheckpoint(
+        model=model.state_dict(), method="acl", arch=arch, bn_branches=ACL_BN, projector="acl",
+        normalization="imagenet", finetune_bn="pgd", in_channels=3, run_id="acl-test",
+    ).to_state()
 
 
 def test_bench_roundtrip_selects_finetune_branch_everywhere(tmp_path):
     original, checkpoint = bench_checkpoint()
-    path = save_checkpoint_atomic(checkpoint, tmp_path / "encoder.pt")
+    path = save_torch_atomic(checkpoint, tmp_path / "encoder.pt")
     model, info = load_encoder(path, "bench")
     assert info["branch"] == "normal" and info["source_branch"] == "pgd" and info["run_id"] == "acl-test"
     assert float(model.projector.bn3.branches["normal"].running_mean[0]) == 2.0  # projector's pgd BN too
@@ -360,16 +355,16 @@ class ExplodingPickle:
 
 
 def test_atomic_save_leaves_no_temp_file(tmp_path):
-    path = save_checkpoint_atomic({"step": 3, "w": torch.ones(2)}, tmp_path / "run" / "pretrain.ckpt")
+    path = save_torch_atomic({"step": 3, "w": torch.ones(2)}, tmp_path / "run" / "pretrain.ckpt")
     assert sorted(p.name for p in path.parent.iterdir()) == ["pretrain.ckpt"]
     assert torch.load(path)["step"] == 3
 
 
 def test_interrupted_save_keeps_previous_file(tmp_path):
     path = tmp_path / "pretrain.ckpt"
-    save_checkpoint_atomic({"step": 1, "w": torch.ones(4)}, path)
+    save_torch_atomic({"step": 1, "w": torch.ones(4)}, path)
     with pytest.raises(RuntimeError, match="disk full"):
-        save_checkpoint_atomic({"step": 2, "w": torch.zeros(1000), "boom": ExplodingPickle()}, path)
+        save_torch_atomic({"step": 2, "w": torch.zeros(1000), "boom": ExplodingPickle()}, path)
     assert torch.load(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["pretrain.ckpt"]
 

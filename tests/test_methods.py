@@ -20,6 +20,7 @@ from bench.attacks import pgd
 from bench.config import AttackConfig
 from bench.data import to_float
 from bench.method import StepContext
+from bench.results import RunDir
 from bench.views import high_frequency_component
 
 import methods.advcl as advcl_module
@@ -188,7 +189,7 @@ def test_advcl_pixel_pseudo_labels_have_the_right_shapes_and_are_cached(digits, 
     ks = (2, 10, 50, 500)
     method, model = build("advcl", pseudo_label_ks=ks)
     assert {name: head.out_features for name, head in model.heads.items()} == {f"pseudo_{k}": k for k in ks}
-    method.setup(model, images, make_context(run_dir=tmp_path))
+    method.setup(model, images, make_context(run_dir=RunDir(tmp_path)))
     labels = method.pseudo_labels
     for k in ks:
         assert labels[k].shape == (300,) and labels[k].dtype == torch.long
@@ -200,7 +201,7 @@ def test_advcl_pixel_pseudo_labels_have_the_right_shapes_and_are_cached(digits, 
     # A resumed run reuses the cache instead of clustering again.
     monkeypatch.setattr(advcl_module, "cluster_pseudo_labels", lambda *a, **k: pytest.fail("cache not reused"))
     again, model_again = build("advcl", pseudo_label_ks=ks)
-    again.setup(model_again, images, make_context(run_dir=tmp_path))
+    again.setup(model_again, images, make_context(run_dir=RunDir(tmp_path)))
     assert all(torch.equal(again.pseudo_labels[k], labels[k]) for k in ks)
 
 
@@ -212,7 +213,7 @@ def test_advcl_clusters_the_features_of_a_named_encoder(digits, tmp_path):
                 "bn_branches": list(trained.bn_branches), "projector": trained.projector,
                 "normalization": trained.normalization, "finetune_bn": trained.finetune_bn}, path)
     method, model = build("advcl", pseudo_label_ks=(2, 10), pseudo_label_encoder=str(path))
-    method.setup(model, images, make_context(run_dir=tmp_path))
+    method.setup(model, images, make_context(run_dir=RunDir(tmp_path)))
     assert method.pseudo_labels[10].shape == (120,) and method.pseudo_labels[10].max() < 10
     with np.load(tmp_path / "pseudo_labels.npz", allow_pickle=False) as archive:
         assert str(archive["source"]) == f"encoder:{path}"

@@ -97,7 +97,8 @@ def test_jobs_resolution():
     import torch
 
     from bench.config import ConfigError
-    from bench.pipeline import available_cores, resolve_jobs
+    from bench.device import available_cores
+    from bench.pipeline import resolve_jobs
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_jobs(0, cpu, 13) == min(available_cores(), 13)
@@ -169,8 +170,9 @@ def test_transfer_finetunes_and_evaluates_on_another_dataset_at_the_pretraining_
     assert {r["n_eval"] for r in rows} == {"16"}  # the whole 2 × 8 test split
     classifier = torch.load(next((tmp_path / "r" / "runs").glob("*/classifier_SLF.pt")), weights_only=False)
     assert classifier.head.out_features == 2
-    from bench.pipeline import DataCache, RunRequest, build_config
+    from bench.pipeline import DataCache
+    from bench.plan import RunRequest, assemble
 
-    config = build_config(RunRequest(overrides={"data.eval_name": "folder", "data.data_dir": str(root)}))
+    config = assemble(RunRequest(overrides={"data.eval_name": "folder", "data.data_dir": str(root)}))
     loaded = DataCache(torch.device("cpu")).get("folder", config)
     assert loaded.x_test.shape[1:] == (3, 16, 16)  # 24 px images at the pretraining resolution

@@ -7,6 +7,8 @@ and one line naming the value and the allowed ones, and nothing is written.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import sys
 import traceback
@@ -16,6 +18,7 @@ from bench import progress, registry
 from bench.config import ATTACKS, DEVICES, PRESETS, SCHEMES, ConfigError
 from bench.checkpoints import CheckpointError
 from bench.data import DATASETS, DatasetMissingError
+from bench.provenance import code_version
 from bench.results import RowError, StoreError
 
 SHORT_FLAGS = {  # flag dest → dotted config field
@@ -92,6 +95,12 @@ def _request(args: argparse.Namespace, methods: tuple[str, ...]):
 
 def cmd_list(args: argparse.Namespace) -> int:
     methods = registry.available()
+    if args.json:
+        for name, cls in methods.items():
+            print(json.dumps({"name": name, "description": cls.description, "base": cls.base_name or name,
+                              "bn_branches": list(cls.bn_branches), "finetune_bn": cls.finetune_bn,
+                              "inferior_positives": cls.inferior_positives, "hard_negatives": cls.hard_negatives}))
+        return 0
     width = max(len(name) for name in methods)
     for name, cls in methods.items():
         print(f"{name:<{width}}  {cls.description}")
@@ -180,8 +189,6 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Per run: complete, failed (why), or the stage it reached; read from the run directories only."""
-    import json
-
     from bench.collect import describe, run_status
     from bench.results import ResultsStore
 
@@ -205,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="acl-bench: pretrain, finetune (SLF/ALF/AFF), attack (PGD-20, AutoAttack) and report "
         "adversarial contrastive learning methods in one harness.",
     )
+    parser.add_argument("--version", action="version", version=f"acl-bench {code_version()}",
+                        help="package version and git commit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="pretrain, finetune and evaluate methods, then write the report")
@@ -249,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(handler=cmd_report)
 
     lst = sub.add_parser("list", help="list the registered methods with a one-line description")
+    lst.add_argument("--json", action="store_true", help="one JSON object per method")
     lst.set_defaults(handler=cmd_list)
 
     exp = sub.add_parser("export", help="write a finetuned classifier as a plain nn.Module file (RobustBench-ready)")
@@ -291,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted (completed runs and checkpoints are kept; rerun with --resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except BAD_INPUT as error:
         return _error(args, error, 2)
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line unless --debug

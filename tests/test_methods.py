@@ -15,15 +15,16 @@ import numpy as np
 import pytest
 import torch
 
+import bench.pseudo_labels as pseudo_label_module
 from bench import registry
 from bench.attacks import pgd
 from bench.config import AttackConfig
 from bench.data import to_float
 from bench.method import StepContext
+from bench.pseudo_labels import PSEUDO_LABELS, PseudoLabelUnpickler, load_pseudo_label_file
 from bench.views import high_frequency_component
 
-import methods.advcl as advcl_module
-from methods.advcl import AdvCL, PseudoLabelUnpickler, load_pseudo_label_file
+from methods.advcl import AdvCL
 
 EPSILON, STEP_SIZE, PGD_STEPS, BATCH, SMOKE_STEPS = 0.1, 0.025, 2, 64, 20
 METHOD_NAMES = list(registry.available())
@@ -194,11 +195,11 @@ def test_advcl_pixel_pseudo_labels_have_the_right_shapes_and_are_cached(digits, 
         assert labels[k].shape == (300,) and labels[k].dtype == torch.long
         assert labels[k].min() >= 0 and labels[k].max() < min(k, 300)
     assert len(torch.unique(labels[10])) == 10  # the k-means clusters are all used
-    cache = tmp_path / "pseudo_labels.npz"
+    cache = tmp_path / PSEUDO_LABELS
     with np.load(cache, allow_pickle=False) as archive:
         assert {f"pseudo_train_{k}" for k in ks} <= set(archive.files)
     # A resumed run reuses the cache instead of clustering again.
-    monkeypatch.setattr(advcl_module, "cluster_pseudo_labels", lambda *a, **k: pytest.fail("cache not reused"))
+    monkeypatch.setattr(pseudo_label_module, "cluster_pseudo_labels", lambda *a, **k: pytest.fail("cache not reused"))
     again, model_again = build("advcl", pseudo_label_ks=ks)
     again.setup(model_again, images, make_context(run_dir=tmp_path))
     assert all(torch.equal(again.pseudo_labels[k], labels[k]) for k in ks)
@@ -214,7 +215,7 @@ def test_advcl_clusters_the_features_of_a_named_encoder(digits, tmp_path):
     method, model = build("advcl", pseudo_label_ks=(2, 10), pseudo_label_encoder=str(path))
     method.setup(model, images, make_context(run_dir=tmp_path))
     assert method.pseudo_labels[10].shape == (120,) and method.pseudo_labels[10].max() < 10
-    with np.load(tmp_path / "pseudo_labels.npz", allow_pickle=False) as archive:
+    with np.load(tmp_path / PSEUDO_LABELS, allow_pickle=False) as archive:
         assert str(archive["source"]) == f"encoder:{path}"
 
 

@@ -26,6 +26,8 @@ from bench.config import AttackConfig, ConfigError
 from bench.losses import AdaptiveAlpha, a_infonce
 from bench.models import ContrastiveModel, build_contrastive_model
 
+QUIRKS = ("none", "official")
+
 
 @dataclass
 class MethodParams:
@@ -37,7 +39,8 @@ class MethodParams:
         measured before α adapts per step (0 = fixed α).
     d_min: feature distance under which α becomes 0.5 (symmetric).
     beta, tau_plus: hard-negative concentration and positive-class prior (HN).
-    quirks: 'none' (formulas of DESIGN §3) or 'official' (released code, bit for bit).
+    quirks: 'none' (the A-InfoNCE formulas, ``bench.losses.a_infonce``) or 'official' (the
+        released code's arithmetic, for methods with ``official_quirks``: RoCL and AdvCL).
     """
 
     alpha: float = 0.2
@@ -74,6 +77,8 @@ class Method:
     conv_init: ClassVar[str] = "default"  # or 'kaiming_normal' (bench.models.build_contrastive_model)
     finetune_bn: ClassVar[str] = "normal"
     Params: ClassVar[type[MethodParams]] = MethodParams
+    # True when quirks='official' reproduces the released code's arithmetic (bench.losses.official_*).
+    official_quirks: ClassVar[bool] = False
     # Which views of ``contrastive_loss`` are adversarial decides what -ip/-hn change;
     # a method with adversarial views (``has_adversarial_views``) gets the three variants.
     has_adversarial_views: ClassVar[bool] = False
@@ -117,8 +122,9 @@ class Method:
             raise ConfigError(f"alpha={params.alpha!r} is invalid: allowed numbers in [0, 1]")
         if not 0.0 <= params.tau_plus < 1.0:
             raise ConfigError(f"tau_plus={params.tau_plus!r} is invalid: allowed numbers in [0, 1)")
-        if params.quirks not in ("none", "official"):
-            raise ConfigError(f"quirks={params.quirks!r} is invalid: allowed ['none', 'official']")
+        allowed = list(QUIRKS) if cls.official_quirks else ["none"]
+        if params.quirks not in allowed:
+            raise ConfigError(f"quirks={params.quirks!r} is invalid for {cls.name!r}: allowed {allowed}")
         return params
 
     def build_model(self, arch: str, in_channels: int = 3) -> ContrastiveModel:
@@ -139,17 +145,18 @@ class Method:
         self, features: torch.Tensor, adversarial: Sequence[bool], *, detach_contrast: bool = False, scale: float = 1.0
     ) -> torch.Tensor:
         """The method's InfoNCE over [B, V, D] features, with this variant's asymmetry."""
-        return a_infonce(
-            features,
-            adversarial,
-            temperature=self.temperature,
-            alpha=self._alpha if self.inferior_positives else None,
-            adv_weight=self.ip_adv_weight() if self.inferior_positives else 1.0,
-            hard_negatives=(self.params.beta, self.params.tau_plus) if self.hard_negatives else None,
-            detach_contrast=detach_contrast,
-            scale=scale,
-            quirks=self.params.quirks,
-        )
+        return a_infonce(features, adversarial, temperature=self.temperature, detach_contrast=detach_contrast,
+                         scale=scale, **self.asymmetry())
+
+    def asymmetry(self) -> dict[str, Any]:
+        """This variant's A-InfoNCE arguments: α and w when adversarial views are inferior
+        positives, (β, τ⁺) when they are hard negatives. ``contrastive_loss`` passes them to
+        ``a_infonce``; a method's official reproduction (``bench.losses.official_*``) takes the same."""
+        return {
+            "alpha": self._alpha if self.inferior_positives else None,
+            "adv_weight": self.ip_adv_weight() if self.inferior_positives else 1.0,
+            "hard_negatives": (self.params.beta, self.params.tau_plus) if self.hard_negatives else None,
+        }
 
     def ip_adv_weight(self) -> float:
         """w passed to the loss for inferior positives (a method may map its paper's meaning)."""

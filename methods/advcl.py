@@ -12,7 +12,7 @@ LijieFan/AdvCL):
 3. x_ce = PGD on ``images_org`` maximising the pseudo-label cross-entropy averaged over the
    five heads (K = 2, 10, 50, 100, 500), BN 'pgd_ce', train mode;
 4. loss = contrastive loss ×(T/0.07) over [x_adv, x1, x2, HFC] + 0.2·mean_K CE(head_K(x_ce));
-   the variants change only the contrastive term (``contrastive_loss``), and -ip variants
+   the variants change only the contrastive term (``contrastive_term``), and -ip variants
    adapt α per step from the clean/adversarial feature distance (``update_alpha``).
 
 Deviations from the released code (none changes a gradient or an adversarial example):
@@ -44,7 +44,7 @@ from torch import nn
 
 from bench.attacks import pgd
 from bench.config import ConfigError
-from bench.losses import a_infonce
+from bench.losses import a_infonce, official_advcl_loss
 from bench.method import Method, MethodParams, StepContext
 from bench.models import ContrastiveModel
 from bench.pseudo_labels import pseudo_labels
@@ -102,6 +102,7 @@ class AdvCL(Method):
     Params = AdvCLParams
     augment = StrongAugment(crop_scale=(0.2, 1.0))
     weak_augment = WeakAugment()
+    official_quirks = True  # quirks='official': bench.losses.official_advcl_loss
 
     def __init__(self, params: MethodParams | None = None):
         super().__init__(params)
@@ -190,22 +191,26 @@ class AdvCL(Method):
         return torch.stack(losses).mean()
 
     # ------------------------------------------------------------------ step
+    def supcon_loss(self, features: torch.Tensor, asymmetry: dict[str, Any]) -> torch.Tensor:
+        """AdvCL's loss over [x_adv, x1, x2, HFC], ×T/0.07 (SupCon scaling): the formulas
+        (``a_infonce``) or, with quirks='official', the released arithmetic (``official_advcl_loss``)."""
+        settings = dict(temperature=self.temperature, scale=self.temperature / BASE_TEMPERATURE)
+        if self.params.quirks == "official":
+            return official_advcl_loss(features, **settings, **asymmetry)
+        return a_infonce(features, ADVERSARIAL, **settings, **asymmetry)
+
+    def contrastive_term(self, features: torch.Tensor) -> torch.Tensor:
+        """The training loss's contrastive term, with this variant's asymmetry (``Method.asymmetry``)."""
+        return self.supcon_loss(features, self.asymmetry())
+
     def attack_objective(self, features: torch.Tensor) -> torch.Tensor:
         """The loss x_adv maximises: plain InfoNCE (no HN, no stop-gradient), as ``--attack_ori``.
 
         With quirks='official' the released ``ori_SupConLoss`` is reproduced, including the
         w² weight of the clean-anchor block when w ≠ 1 (IP/IPHN scripts).
         """
-        return a_infonce(
-            features,
-            ADVERSARIAL,
-            temperature=self.temperature,
-            alpha=None,
-            adv_weight=self.params.adv_weight if self.inferior_positives else 1.0,
-            hard_negatives=None,
-            scale=self.temperature / BASE_TEMPERATURE,
-            quirks=self.params.quirks,
-        )
+        weight = self.params.adv_weight if self.inferior_positives else 1.0
+        return self.supcon_loss(features, {"alpha": None, "adv_weight": weight, "hard_negatives": None})
 
     def adversaries(
         self, model: ContrastiveModel, images_org: torch.Tensor, clean: Sequence[torch.Tensor], indices: torch.Tensor,
@@ -245,7 +250,7 @@ class AdvCL(Method):
         x_adv, x_ce = self.adversaries(model, images_org, [z.detach() for z in clean], indices, ctx)
         alpha = self.update_alpha(model, images_org, x_adv, ctx)
         features = torch.stack([model(x_adv, "pgd"), *clean], dim=1)  # [B, 4, D]: x_adv, x1, x2, HFC
-        loss_contrast = self.contrastive_loss(features, ADVERSARIAL, scale=self.temperature / BASE_TEMPERATURE)
+        loss_contrast = self.contrastive_term(features)
         loss_ce = self.pseudo_label_loss(model, x_ce, indices)
         logs = {"loss_contrast": loss_contrast.detach(), "loss_ce": loss_ce.detach()}
         if self.inferior_positives:

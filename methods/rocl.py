@@ -10,7 +10,7 @@ One step, as in the released ``rocl_train.py`` (A-InfoNCE ``Asym-RoCL``, parent 
 4. plus the regulariser (1/λ)·NT-Xent(a, x2), λ = 256, on a second forward of [a; x2] in
    train mode, also column-detached (the released ``pairwise_similarity`` detaches too).
 
-The variants only change step 3 (``contrastive_loss``): -ip weighs the clean→adversarial
+The variants only change step 3 (``contrastive_term``): -ip weighs the clean→adversarial
 terms by α and the adversarial→clean ones by 1−α (α = 0.2 fixed), -hn re-weights negatives
 (HCL); the attack and the regulariser stay symmetric, as released.
 
@@ -29,7 +29,7 @@ import torch
 
 from bench.attacks import pgd
 from bench.config import ConfigError, eval_fraction
-from bench.losses import a_infonce
+from bench.losses import a_infonce, official_rocl_loss
 from bench.method import Method, MethodParams, StepContext
 from bench.models import ContrastiveModel
 from bench.registry import register
@@ -72,6 +72,7 @@ class RoCL(Method):
     has_adversarial_views = True
     Params = RoCLParams
     augment = StrongAugment(crop_scale=(0.08, 1.0))
+    official_quirks = True  # quirks='official': bench.losses.official_rocl_loss
 
     # ------------------------------------------------------------------ configuration
     @classmethod
@@ -145,10 +146,15 @@ class RoCL(Method):
         """
         return self.params.adv_weight if self.params.quirks == "official" else self.params.adv_weight / 2
 
-    def contrast_scale(self) -> float:
-        """×2 turns the formula path's per-anchor mean into the released (1/3N)·Σ of pair terms;
-        the 'official' path already computes that sum itself."""
-        return 1.0 if self.params.quirks == "official" else POSITIVES_PER_ANCHOR
+    def contrastive_term(self, features: torch.Tensor) -> torch.Tensor:
+        """Step 3 over [x1, x2, a] with this variant's asymmetry, every column detached.
+
+        Formula path: ``a_infonce`` ×2 turns its per-anchor mean into the released (1/3N)·Σ of
+        pair terms. quirks='official': the released arithmetic, which computes that sum itself.
+        """
+        if self.params.quirks == "official":
+            return official_rocl_loss(features, temperature=self.temperature, **self.asymmetry())
+        return self.contrastive_loss(features, ADVERSARIAL, detach_contrast=True, scale=POSITIVES_PER_ANCHOR)
 
     # ------------------------------------------------------------------ step
     def adversarial_view(self, model: ContrastiveModel, x1: torch.Tensor, x2: torch.Tensor, ctx: StepContext):
@@ -176,7 +182,7 @@ class RoCL(Method):
         adversarial = self.adversarial_view(model, x1, x2, ctx)
         alpha = self.update_alpha(model, x1, adversarial, ctx)  # no-op: RoCL-IP keeps α fixed
         features = torch.stack(model(torch.cat([x1, x2, adversarial])).chunk(3), dim=1)  # [B, 3, D]
-        loss_contrast = self.contrastive_loss(features, ADVERSARIAL, detach_contrast=True, scale=self.contrast_scale())
+        loss_contrast = self.contrastive_term(features)
         z_adv, z_target = model(torch.cat([adversarial, x2])).chunk(2)
         loss_regularizer = pair_nt_xent(z_adv, z_target, self.temperature) / self.params.regularizer_lambda
         logs = {"loss_contrast": loss_contrast.detach(), "loss_regularizer": loss_regularizer.detach()}

@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import sys
 
 import numpy as np
 import pytest
 import torch
 
+import bench.method as method_module
 import bench.pseudo_labels as pseudo_label_module
 from bench import registry
 from bench.attacks import pgd
-from bench.config import AttackConfig
+from bench.config import AttackConfig, ConfigError
 from bench.data import to_float
 from bench.method import StepContext
 from bench.pseudo_labels import PSEUDO_LABELS, PseudoLabelUnpickler, load_pseudo_label_file
 from bench.views import high_frequency_component
 
+import methods.advcl as advcl_module
+import methods.rocl as rocl_module
 from methods.advcl import AdvCL
 
 EPSILON, STEP_SIZE, PGD_STEPS, BATCH, SMOKE_STEPS = 0.1, 0.025, 2, 64, 20
@@ -308,3 +312,66 @@ def test_paper_presets_match_the_released_scripts(name, dataset):
         assert pretrain["warmup_start_lr"] * pretrain["lr"] == pytest.approx(0.01)
         assert pretrain["min_lr_fraction"] == 1e-3 and pretrain["warmup_epochs"] == 10
         assert method.params.ce_weight == 0.2 and method.params.pseudo_label_ks == (2, 10, 50, 100, 500)
+
+
+# --------------------------------------------------------------------------- official quirks: dispatch by name
+
+
+class LossSpy:
+    """Records the keyword arguments of each call, then computes the real loss."""
+
+    def __init__(self, original):
+        self.original, self.calls = original, []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(kwargs)
+        return self.original(*args, **kwargs)
+
+
+@pytest.mark.parametrize("quirks", ["none", "official"])
+def test_advcl_calls_the_released_loss_by_name_in_official_mode(quirks, batch, monkeypatch):
+    images_uint8, indices = batch
+    method, model = build("advcl-iphn", quirks=quirks, adv_weight=1.3, pseudo_label_ks=(2, 10))
+    method.setup(model, images_uint8, make_context())
+    official = LossSpy(advcl_module.official_advcl_loss)
+    formula = LossSpy(advcl_module.a_infonce)
+    monkeypatch.setattr(advcl_module, "official_advcl_loss", official)
+    monkeypatch.setattr(advcl_module, "a_infonce", formula)
+    method.training_step(model, to_float(images_uint8), make_context(indices=indices))
+    used, unused = (official, formula) if quirks == "official" else (formula, official)
+    assert not unused.calls and len(used.calls) == PGD_STEPS + 1
+    attack, train = used.calls[0], used.calls[-1]
+    scale = pytest.approx(0.5 / 0.07)
+    # The attack maximises the plain loss with w (released ori_SupConLoss: w² on the clean-anchor block).
+    assert attack == {"temperature": 0.5, "scale": scale, "alpha": None, "adv_weight": 1.3, "hard_negatives": None}
+    assert train == {"temperature": 0.5, "scale": scale, "alpha": 0.2, "adv_weight": 1.3, "hard_negatives": (1.0, 0.1)}
+
+
+@pytest.mark.parametrize("quirks", ["none", "official"])
+def test_rocl_calls_the_released_loss_by_name_in_official_mode(quirks, batch, monkeypatch):
+    images_uint8, indices = batch
+    method, model = build("rocl-iphn", quirks=quirks, adv_weight=1.4)
+    official = LossSpy(rocl_module.official_rocl_loss)
+    monkeypatch.setattr(rocl_module, "official_rocl_loss", official)
+    formula = LossSpy(method_module.a_infonce)
+    monkeypatch.setattr(method_module, "a_infonce", formula)
+    method.training_step(model, to_float(images_uint8), make_context(indices=indices))
+    asymmetry = {"alpha": 0.2, "hard_negatives": (1.0, 0.1)}
+    if quirks == "official":  # the released sum: w unchanged, no ×2
+        assert official.calls == [{"temperature": 0.5, "adv_weight": 1.4, **asymmetry}] and not formula.calls
+    else:  # the formulas: w/2 per direction, ×2 to the released per-pair sum
+        assert not official.calls
+        assert formula.calls == [{"temperature": 0.5, "detach_contrast": True, "scale": 2.0, "adv_weight": 0.7,
+                                  **asymmetry}]
+
+
+@pytest.mark.parametrize("name, allowed", [("rocl-ip", ["none", "official"]), ("advcl", ["none", "official"]),
+                                           ("acl-ip", ["none"]), ("simclr", ["none"])])
+def test_quirks_official_only_where_a_released_reproduction_exists(name, allowed):
+    """Only RoCL and AdvCL (and their variants) reproduce released code; elsewhere 'official' would be ignored."""
+    cls = registry.get(name)
+    for quirks in allowed:
+        assert cls.make_params({"quirks": quirks}).quirks == quirks
+    bad = "official" if allowed == ["none"] else "bogus"
+    with pytest.raises(ConfigError, match=re.escape(f"quirks={bad!r} is invalid for {name!r}: allowed {allowed}")):
+        cls.make_params({"quirks": bad})

@@ -1,7 +1,7 @@
 """One benchmark run: for each method, pretrain → finetune (SLF/ALF/AFF) → evaluate → store.
 
-Config precedence, lowest first: the preset, the method's own preset settings
-(``Method.preset_pretrain`` / ``preset_params``), then the user's overrides. Each method
+Config precedence, lowest first: the preset, the method's published settings
+(``Method.published(preset, dataset)``: pretraining overrides and params), then the user's overrides. Each method
 run gets an id from its method, preset, dataset, seed and the hash of its full resolved
 config; a completed run with the same id is skipped unless ``force``.
 """
@@ -23,7 +23,7 @@ import torch
 from bench import progress, registry
 from bench.atomic import write_atomic
 from bench.checkpoints import save_checkpoint_atomic
-from bench.config import ConfigError, RunConfig, _coerce, config_hash, preset, set_field, to_dict, validate
+from bench.config import ConfigError, RunConfig, config_hash, preset, set_field, to_dict, validate
 from bench.data import ImageData, load_dataset, to_float
 from bench.evaluate import EvalSettings, clean_accuracy, evaluate_classifier, pgd_accuracy, seeded_subset
 from bench.finetune import finetune
@@ -62,19 +62,15 @@ def build_config(request: RunRequest, method: type[Method] | None = None) -> Run
 
     config = assemble({})
     if method is not None:
-        config = assemble(method.preset_pretrain(config.preset, config.data.name))
+        config = assemble(method.published(config.preset, config.data.name).pretrain)
     return validate(config)
 
 
 def build_params(method: type[Method], config: RunConfig, request: RunRequest):
-    """The method's hyperparameters: Params defaults < preset settings < user's --param."""
-    values = dict(method.preset_params(config.preset, config.data.name))
-    defaults = {f.name: f.default for f in dataclasses.fields(method.Params)}
+    """The method's hyperparameters: Params defaults < published settings < user's --param."""
+    values = dict(method.published(config.preset, config.data.name).params)
     for scope in ("*", method.name):
-        for key, raw in request.method_params.get(scope, {}).items():
-            if key not in defaults:
-                raise ConfigError(f"method parameter {key!r} of {method.name!r} is unknown: allowed {sorted(defaults)}")
-            values[key] = _coerce(defaults[key], raw, f"{method.name}.{key}")
+        values.update(request.method_params.get(scope, {}))
     return method.make_params(values)
 
 

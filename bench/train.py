@@ -95,7 +95,8 @@ def pretrain(
     result = PretrainResult()
     checkpoint_path = run_dir / CHECKPOINT_NAME
     start = 0
-    setup_context = StepContext(0, 0, per_epoch, device, generator, config.attack, None, run_dir)
+    setup_context = StepContext(epoch=0, step=0, steps_per_epoch=per_epoch, device=device, generator=generator,
+                                attack=config.attack, indices=None, run_dir=run_dir)
     method.setup(model, train_images, setup_context)
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
@@ -119,7 +120,8 @@ def pretrain(
             lr = learning_rate(step, total, warmup, settings)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            context = StepContext(epoch, step, per_epoch, device, generator, config.attack, indices, run_dir)
+            context = StepContext(epoch=epoch, step=step, steps_per_epoch=per_epoch, device=device, generator=generator,
+                                  attack=config.attack, indices=indices, run_dir=run_dir)
             model.train()
             with _autocast(device, settings.amp):
                 loss, logs = method.training_step(model, images, context)

@@ -45,7 +45,7 @@ from torch import nn
 from bench.attacks import pgd
 from bench.config import ConfigError
 from bench.losses import a_infonce, official_advcl_loss
-from bench.method import Method, MethodParams, StepContext
+from bench.method import Method, MethodParams, Published, StepContext
 from bench.models import ContrastiveModel
 from bench.pseudo_labels import pseudo_labels
 from bench.registry import register
@@ -55,6 +55,60 @@ from bench.views import StrongAugment, WeakAugment, high_frequency_component
 ADVERSARIAL = (True, False, False, False)
 BASE_TEMPERATURE = 0.07  # SupCon scaling: the loss is multiplied by T / 0.07
 PSEUDO_LABEL_KS = (2, 10, 50, 100, 500)
+
+
+def advcl_sgd(lr: float) -> dict[str, Any]:
+    """``pretraining_advCL.py``'s optimiser at ``--learning_rate lr`` (overrides of ``PretrainConfig``).
+
+    SGD (momentum 0.9, wd 1e-4), batch 512, ``--epoch 400``, warm-up from 0.01 over 10 epochs (on
+    for batch > 256), cosine to lr·1e-3 (``lr_decay_rate ** 3``). Kept approximately: the released
+    warm-up ends at the cosine's value at epoch 10 (0.998·lr) and the loop runs 402 epochs.
+    """
+    return {"optimizer": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 512,
+            "warmup_epochs": 10, "warmup_start_lr": 0.01 / lr, "min_lr_fraction": 1e-3, "epochs": 400}
+
+
+SCRIPTS = "yqy2001/A-InfoNCE Asym-AdvCL/shell/"
+RELEASED = {"ce_weight": 0.2, "hfc_radius": 8}  # pretraining_advCL.py defaults: --ce_weight 0.2, --radius 8
+IP10 = {"alpha": 0.2, "adaptive_epochs": 30, "d_min": 0.4}  # --stpg_degree 0.2 --stop_grad_adaptive 30 (d_min default)
+IP100 = {"alpha": 0.3, "adaptive_epochs": 20, "d_min": 0.5}  # --stpg_degree 0.3 --stop_grad_adaptive 20 --d_min 0.5
+PAPER = {  # registered name -> dataset -> settings: each script's flags; the rest are pretraining_advCL.py defaults
+    "advcl": {
+        "cifar10": Published(SCRIPTS + "cifar10/advcl-cifar10.sh (--learning_rate 0.5)", advcl_sgd(0.5), RELEASED),
+        "cifar100": Published(SCRIPTS + "cifar100/advcl-cifar100.sh (--learning_rate 0.5)", advcl_sgd(0.5), RELEASED),
+    },
+    "advcl-ip": {
+        "cifar10": Published(SCRIPTS + "cifar10/advcl-IP-cifar10.sh (--stop_grad --stpg_degree 0.2 --adv_weight 1.2 "
+                             "--stop_grad_adaptive 30 --learning_rate 1.)", advcl_sgd(1.0),
+                             {**RELEASED, **IP10, "adv_weight": 1.2}),
+        "cifar100": Published(SCRIPTS + "cifar100/advcl-IP-cifar100.sh (--learning_rate 2. --stpg_degree 0.3 "
+                              "--stop_grad --adv_weight 1.5 --stop_grad_adaptive 20 --d_min 0.5)", advcl_sgd(2.0),
+                              {**RELEASED, **IP100, "adv_weight": 1.5}),
+    },
+    "advcl-hn": {
+        "cifar10": Published(SCRIPTS + "cifar10/advcl-HN-cifar10.sh (--learning_rate 1.2 --attack_ori --HN --beta 1.0 "
+                             "--tau_plus 0.12)", advcl_sgd(1.2), {**RELEASED, "beta": 1.0, "tau_plus": 0.12}),
+        "cifar100": Published(SCRIPTS + "cifar100/advcl-HN-cifar100.sh (--learning_rate 2. --attack_ori --HN --beta 1. "
+                              "--tau_plus 0.01)", advcl_sgd(2.0), {**RELEASED, "beta": 1.0, "tau_plus": 0.01}),
+    },
+    "advcl-iphn": {
+        "cifar10": Published(SCRIPTS + "cifar10/advcl-IPHN-cifar10.sh (--learning_rate 2. --stpg_degree 0.2 "
+                             "--stop_grad --adv_weight 0.7 --stop_grad_adaptive 30 --attack_ori --HN; β 1.0, τ⁺ 0.1 "
+                             "defaults)",
+                             advcl_sgd(2.0), {**RELEASED, **IP10, "adv_weight": 0.7, "beta": 1.0, "tau_plus": 0.1}),
+        "cifar100": Published(SCRIPTS + "cifar100/advcl-IPHN-cifar100.sh (--learning_rate 2. --stpg_degree 0.3 "
+                              "--stop_grad --adv_weight 1.5 --stop_grad_adaptive 20 --d_min 0.5 --attack_ori --HN "
+                              "--beta 1.0 --tau 0.01)", advcl_sgd(2.0),
+                              {**RELEASED, **IP100, "adv_weight": 1.5, "beta": 1.0, "tau_plus": 0.01}),
+    },
+}
+SMOKE_IP = {"alpha": 0.2, "adv_weight": 1.0, "adaptive_epochs": 2, "d_min": 0.4}
+SMOKE = {  # registered name -> settings of the smoke preset
+    "advcl": Published("smoke: the harness defaults (bench.config.smoke_preset)"),
+    "advcl-ip": Published("smoke: adaptive α on, so the schedule is exercised in 2 epochs", params=SMOKE_IP),
+    "advcl-hn": Published("smoke: HN knobs at the released defaults", params={"beta": 1.0, "tau_plus": 0.1}),
+    "advcl-iphn": Published("smoke: both", params={**SMOKE_IP, "beta": 1.0, "tau_plus": 0.1}),
+}
 
 
 @dataclass
@@ -102,63 +156,24 @@ class AdvCL(Method):
     Params = AdvCLParams
     augment = StrongAugment(crop_scale=(0.2, 1.0))
     weak_augment = WeakAugment()
+    paper = PAPER
+    smoke = SMOKE
     official_quirks = True  # quirks='official': bench.losses.official_advcl_loss
 
     def __init__(self, params: MethodParams | None = None):
         super().__init__(params)
         self.pseudo_labels: dict[int, torch.Tensor] | None = None
 
-    # ------------------------------------------------------------------ configuration
     @classmethod
-    def preset_params(cls, preset: str, dataset: str) -> dict[str, Any]:
-        """Released shell settings (notes §3.1; CIFAR-100 row for 'cifar100', else CIFAR-10)."""
-        ip, hn, cifar100 = cls.inferior_positives, cls.hard_negatives, dataset == "cifar100"
-        values: dict[str, Any] = {}
-        if preset != "paper":  # smoke: adaptive α on, so the schedule is exercised in 2 epochs
-            if ip:
-                values.update(alpha=0.2, adv_weight=1.0, adaptive_epochs=2, d_min=0.4)
-            if hn:
-                values.update(beta=1.0, tau_plus=0.1)
-            return values
-        values.update(ce_weight=0.2, hfc_radius=8)
-        if ip:
-            values.update(alpha=0.3 if cifar100 else 0.2, adaptive_epochs=20 if cifar100 else 30,
-                          d_min=0.5 if cifar100 else 0.4, adv_weight=1.5 if cifar100 else (0.7 if hn else 1.2))
-        if hn:
-            values.update(beta=1.0, tau_plus=0.01 if cifar100 else (0.1 if ip else 0.12))
-        return values
-
-    @classmethod
-    def preset_pretrain(cls, preset: str, dataset: str) -> dict[str, Any]:
-        """SGD (momentum 0.9, wd 1e-4), batch 512, 400 epochs, 10-epoch warm-up from 0.01, cosine to lr·1e-3.
-
-        lr per script (CIFAR-10 / CIFAR-100): AdvCL 0.5/0.5, -IP 1.0/2.0, -HN 1.2/2.0, -IPHN 2.0/2.0.
-        Released details kept approximately: the warm-up ends at the cosine's value at epoch
-        10 (0.998·lr) and the loop runs 402 epochs (``epoch_400`` is saved after 401).
-        """
-        if preset != "paper":
-            return {}
-        cifar100 = dataset == "cifar100"
-        lr = {(False, False): (0.5, 0.5), (True, False): (1.0, 2.0), (False, True): (1.2, 2.0),
-              (True, True): (2.0, 2.0)}[(cls.inferior_positives, cls.hard_negatives)][int(cifar100)]
-        return {"optimizer": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 512,
-                "warmup_epochs": 10, "warmup_start_lr": 0.01 / lr, "min_lr_fraction": 1e-3, "epochs": 400}
-
-    @classmethod
-    def make_params(cls, overrides: dict[str, Any]) -> MethodParams:
-        params = super().make_params(overrides)
+    def check_params(cls, params: MethodParams) -> None:
+        super().check_params(params)
         ks = params.pseudo_label_ks
-        if isinstance(ks, str):
-            ks = tuple(int(item) for item in ks.split(",") if item)
-        ks = tuple(int(k) for k in ks)
         if not ks or min(ks) < 1 or len(set(ks)) != len(ks):
-            raise ConfigError(f"pseudo_label_ks={params.pseudo_label_ks!r} is invalid: allowed distinct integers >= 1")
-        params.pseudo_label_ks = ks
+            raise ConfigError(f"pseudo_label_ks={ks!r} is invalid: allowed distinct integers >= 1")
         if params.ce_weight < 0:
             raise ConfigError(f"ce_weight={params.ce_weight!r} is invalid: allowed numbers >= 0")
         if params.hfc_radius < 0:
             raise ConfigError(f"hfc_radius={params.hfc_radius!r} is invalid: allowed integers >= 0")
-        return params
 
     def build_model(self, arch: str, in_channels: int = 3) -> ContrastiveModel:
         """The contrastive model plus one linear pseudo-label head per K on the pooled feature.
@@ -194,7 +209,7 @@ class AdvCL(Method):
     def supcon_loss(self, features: torch.Tensor, asymmetry: dict[str, Any]) -> torch.Tensor:
         """AdvCL's loss over [x_adv, x1, x2, HFC], ×T/0.07 (SupCon scaling): the formulas
         (``a_infonce``) or, with quirks='official', the released arithmetic (``official_advcl_loss``)."""
-        settings = dict(temperature=self.temperature, scale=self.temperature / BASE_TEMPERATURE)
+        settings = dict(temperature=self.params.temperature, scale=self.params.temperature / BASE_TEMPERATURE)
         if self.params.quirks == "official":
             return official_advcl_loss(features, **settings, **asymmetry)
         return a_infonce(features, ADVERSARIAL, **settings, **asymmetry)

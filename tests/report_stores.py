@@ -1,0 +1,142 @@
+"""Hand-written results stores for the report tests (no training): every number is known by hand.
+
+Used by ``test_report.py`` (assertions on content) and ``test_report_golden.py`` (byte-for-byte
+comparison with the reports the code wrote when the golden files were made).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+from bench.results import COLUMNS
+
+EPS_SMOKE, EPS_PAPER = 0.1, 0.0313725
+REPO = Path(__file__).resolve().parent.parent
+REPO_REFERENCE = REPO / "results" / "reference"
+GOLDEN = Path(__file__).resolve().parent / "data" / "report_golden"
+SMOKE_STORE = GOLDEN / "smoke_store"
+# The method order the golden files were written with (the report's own list before it took the caller's)
+GOLDEN_ORDER = ("simclr", "acl", "acl-ip", "acl-hn", "acl-iphn", "rocl", "rocl-ip", "rocl-hn", "rocl-iphn",
+                "advcl", "advcl-ip", "advcl-hn", "advcl-iphn")  # a copy of a real `bench run --methods all` smoke store (13 methods, 1 seed)
+
+
+def row(run_id, method, scheme, attack, value, *, seed=0, preset="smoke", dataset="digits", epsilon=EPS_SMOKE,
+        metric="accuracy", flags="", config_hash="hash-a", wall_s=1.5, timestamp="2025-01-01T00:00:00+00:00"):
+    return {"run_id": run_id, "timestamp": timestamp, "preset": preset, "method": method,
+            "dataset": dataset, "eval_dataset": dataset, "scheme": scheme, "attack": attack, "metric": metric,
+            "value": value, "epsilon": epsilon, "n_eval": 256, "seed": seed, "pretrain_epochs": 2,
+            "finetune_epochs": 1, "config_hash": config_hash, "code_version": "0.1.0+abc", "torch_version": "2.4",
+            "device": "cpu", "wall_s": wall_s, "flags": flags}
+
+
+def synthetic_rows() -> list[dict]:
+    """Two smoke tables (ε 0.1 and 0.05), a best-epoch row, an ε-curve row, a suspect cell, and one
+    CIFAR-10 paper-preset run for the paper table."""
+    smoke = [
+        row("acl-s0", "acl", "SLF", "clean", 90.0), row("acl-s1", "acl", "SLF", "clean", 92.0, seed=1),
+        row("acl-s0", "acl", "SLF", "pgd20", 40.0), row("acl-s1", "acl", "SLF", "pgd20", 42.0, seed=1),
+        row("acl-s0", "acl", "AFF", "clean", 88.0),
+        row("acl-s0", "acl", "SLF", "pgd20", 43.5, metric="accuracy_best_epoch"),
+        row("acl-s0", "acl", "SLF", "pgd20", 61.0, epsilon=0.05, metric="accuracy_vs_epsilon"),
+        row("rocl-s0", "rocl", "SLF", "clean", 85.0, config_hash="hash-b"),
+        row("rocl-s0", "rocl", "SLF", "pgd20", 45.0, flags="suspect:aa>pgd20", config_hash="hash-b"),
+        row("rocl-s0", "rocl", "SLF", "autoattack", 47.0, flags="suspect:aa>pgd20", config_hash="hash-b"),
+        row("rocl-s0", "rocl", "SLF", "apgd-ce", 46.0, config_hash="hash-b"),
+        row("simclr-s0", "simclr", "SLF", "pgd20", 5.0, epsilon=0.05),  # another budget: its own table
+    ]
+    paper = {"preset": "paper", "dataset": "cifar10", "epsilon": EPS_PAPER, "config_hash": "hash-c"}
+    cifar = [row("advcl-c10", "advcl", "SLF", "clean", 81.85, **paper),
+             row("advcl-c10", "advcl", "SLF", "pgd20", 50.0, **paper),
+             row("advcl-c10", "advcl", "SLF", "autoattack", 44.0, **paper)]
+    return smoke + cifar
+
+
+def configuration_rows() -> list[dict]:
+    """Same seed, different configs (one table row each); seeds of one config (mean ± std)."""
+    return [row("a0", "acl", "SLF", "clean", 80.0, config_hash="h1"),
+            row("a1", "acl", "SLF", "clean", 60.0, config_hash="h2"),
+            row("a2", "acl", "SLF", "clean", 64.0, config_hash="h2", seed=1),
+            row("r0", "rocl", "SLF", "clean", 70.0, config_hash="h3")]
+
+
+def supervised_rows() -> list[dict]:
+    return [row("a0", "acl", "SLF", "clean", 80.0), row("rb", "robustbench:Carmon2019", "AT", "clean", 89.7),
+            row("rb", "robustbench:Carmon2019", "AT", "pgd20", 62.0)]
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_store(root: Path, rows: list[dict]) -> Path:
+    """``root/results/results.csv`` plus loss histories for acl-s0 and rocl-s0; returns the CSV path."""
+    results_csv = write_csv(root / "results" / "results.csv", rows)
+    for run_id, losses in (("acl-s0", [4.0, 3.5, 3.1, 2.9]), ("rocl-s0", [5.0, 4.2, 3.9, 3.0])):
+        run_dir = root / "results" / "runs" / run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(f'{{"method": "{run_id.split("-")[0]}"}}')
+        lines = ["epoch,step,loss,lr,acc_proxy"] + [f"{i // 2},{i},{loss},0.1,0.5" for i, loss in enumerate(losses)]
+        (run_dir / "pretrain_history.csv").write_text("\n".join(lines) + "\n")
+    return results_csv
+
+
+def write_sanity(runs_dir: Path, run_id: str, checks: dict, scheme: str = "SLF") -> Path:
+    run_dir = runs_dir / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / f"sanity_{scheme}.json"
+    path.write_text(json.dumps(checks))
+    return path
+
+
+def write_reference(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "author_quoted.csv").write_text(
+        "method,dataset,eval_dataset,scheme,attack,metric,value,source,note\n"
+        "advcl,cifar10,cifar10,SLF,clean,accuracy,80.85,https://example.org/advcl,quoted\n"
+        "advcl,cifar10,cifar10,SLF,pgd20,accuracy,50.45,https://example.org/advcl,quoted\n")
+    (directory / "robustssl_leaderboard.csv").write_text(
+        "method,dataset,eval_dataset,scheme,attack,metric,value,source,note\n"
+        "advcl,cifar10,cifar10,SLF,clean,accuracy,82.36,https://robustssl.github.io/,leaderboard\n"
+        "advcl,cifar10,cifar10,SLF,autoattack,accuracy,43.18,https://robustssl.github.io/,leaderboard\n"
+        "rocl,cifar100,cifar100,SLF,clean,accuracy,42.93,https://robustssl.github.io/,leaderboard\n")
+    return directory
+
+
+# --------------------------------------------------------------------------- golden cases
+
+
+def golden_synthetic(root: Path) -> dict:
+    results_csv = write_store(root, synthetic_rows())
+    runs = root / "results" / "runs"
+    write_sanity(runs, "acl-s0", {"order": {"passed": True, "detail": "clean 90.00 %, pgd20 40.00 %"},
+                                  "eps0": {"passed": False, "detail": "ε=0 88.00 %, clean 90.00 %"}})
+    write_sanity(runs, "simclr-s0", {"order": {"passed": True, "detail": "ok | fine"}})
+    return {"results_csv": results_csv, "runs_dir": runs, "reference_dir": write_reference(root / "reference")}
+
+
+def golden_configurations(root: Path) -> dict:
+    return {"results_csv": write_store(root, configuration_rows()), "runs_dir": root / "results" / "runs",
+            "reference_dir": None}
+
+
+def golden_supervised(root: Path) -> dict:
+    return {"results_csv": write_store(root, supervised_rows()), "runs_dir": root / "results" / "runs",
+            "reference_dir": None}
+
+
+def golden_smoke(root: Path) -> dict:
+    """The real smoke store (copied), with the paper table forced on to show the reference-only sections."""
+    shutil.copytree(SMOKE_STORE, root / "results")
+    return {"results_csv": root / "results" / "results.csv", "runs_dir": root / "results" / "runs",
+            "reference_dir": REPO_REFERENCE, "paper": True}
+
+
+GOLDEN_CASES = {"synthetic": golden_synthetic, "configurations": golden_configurations,
+                "supervised": golden_supervised, "smoke": golden_smoke}

@@ -52,7 +52,7 @@ def test_reports_match_golden_files(case, tmp_path):
     spec = GOLDEN_CASES[case](tmp_path)
     reports_dir = tmp_path / "reports"
     write_reports(spec["results_csv"], reports_dir, spec["runs_dir"], spec["reference_dir"],
-                  paper=spec.get("paper", False))
+                  paper=spec.get("paper", False), method_order=GOLDEN_ORDER)
     texts, figures = _snapshot(reports_dir, tmp_path)
     golden_dir = GOLDEN / case
     if UPDATE:

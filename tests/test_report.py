@@ -118,8 +118,14 @@ def test_index_links_every_file_and_notes_skips(report):
     on_disk = {p.relative_to(reports_dir).as_posix() for p in reports_dir.rglob("*") if p.is_file()} - {"index.md"}
     assert links == on_disk and all((reports_dir / link).is_file() for link in links)
     assert {Path(p) for p in written} == {reports_dir / link for link in links} | {reports_dir / "index.md"}
-    assert "`hash-a`, `hash-b`" in index and "`0.1.0+abc`" in index and "preset `smoke`" in index
-    assert "Pretraining loss — cifar10" in index and "skipped" in index   # no history for the cifar10 run
+    # provenance once, for the whole store; each method's config hashes in method order
+    assert index.count("`0.1.0+abc`") == 1 and "- presets: `paper`, `smoke`" in index
+    assert "simclr `hash-a`; acl `hash-a`; rocl `hash-b`; advcl `hash-c`" in index and index.count("hash-b") == 1
+    # a table of contents: one line per artifact, its title linking the main file, other formats after it
+    entries = [line for line in index.splitlines() if line.startswith("- [")]
+    assert len(entries) == len({Path(link).with_suffix("") for link in links})  # md/csv/tex, png/pdf: one line
+    assert "- [Results (last-epoch accuracy)](results.md) · [csv](results.csv) · [tex](results.tex)" in entries
+    assert "- Pretraining loss — cifar10 → cifar10 · preset paper: no pretrain_history.csv" in index  # skipped
     assert not list(reports_dir.rglob("*.tmp"))
 
 
@@ -238,7 +244,8 @@ def test_sanity_report_lists_passed_and_failed_checks(tmp_path):
 def test_epsilon_curve_uses_the_curve_rows_of_selected_methods(tmp_path):
     rows = load(_write_store(tmp_path, _rows() + [
         _row("rocl-s0", "rocl", "SLF", "pgd20", 50.0, metric="accuracy_vs_epsilon", epsilon=0.02, config_hash="hash-b"),
-        _row("rocl-s0", "rocl", "SLF", "pgd20", 30.0, metric="accuracy_vs_epsilon", epsilon=0.1, config_hash="hash-b")]))
+        _row("rocl-s0", "rocl", "SLF", "pgd20", 30.0, metric="accuracy_vs_epsilon", epsilon=0.1,
+             config_hash="hash-b")]))
     series = epsilon_series(rows)[("digits", "digits", "smoke")]
     # acl-s0's main PGD-20 row (ε 0.1) is its curve's point there; acl-s1 has no curve rows
     assert [(eps, cell.mean) for eps, cell in series[("acl", "SLF")]] == [(0.05, 61.0), (0.1, 40.0)]

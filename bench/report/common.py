@@ -9,7 +9,7 @@ import csv
 import io
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,11 @@ VARIANT_SUFFIXES = ("ip", "hn", "iphn")  # the A-InfoNCE variants of a base meth
 
 @dataclass
 class Artifact:
-    """Something the index lists: the files written (or why not) and the result rows behind them."""
+    """Something the index lists: a table or figure and its files, or why it was not written."""
 
     kind: str
     title: str
     paths: list[Path]
-    rows: pd.DataFrame | None = None
     skipped: str | None = None
 
 

@@ -1,4 +1,4 @@
-"""Curves: pretraining loss per step (from each run's history) and PGD-20 accuracy against ε."""
+"""Curves: pretraining loss per step (each run's ``RunDir.history``) and PGD-20 accuracy against ε."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 
 from bench.config import SCHEMES
-from bench.report.common import Artifact, MethodOrder, round_epsilon, slug
-from bench.report.figures import method_style, new_figure, save_figure
-from bench.report.tables import DATA, Cell, Table, aggregate, cells_of
+from bench.report.common import Artifact, MethodOrder, in_255ths, round_epsilon, slug, variant_of
+from bench.report.figures import method_style, new_figure, outside_legend, save_figure
+from bench.report.tables import DATA, Cell, Table, aggregate, cells_of, row_labels
 from bench.results import RunDir
 
 Curves = dict[tuple[str, str], list[tuple[float, Cell]]]  # (method, scheme) -> [(ε, cell)]
@@ -19,41 +19,57 @@ Curves = dict[tuple[str, str], list[tuple[float, Cell]]]  # (method, scheme) -> 
 def read_history(path: Path) -> pd.DataFrame:
     """The numeric columns of a ``pretrain_history.csv`` (empty cells become NaN)."""
     history = pd.read_csv(path)
-    return history.apply(pd.to_numeric, errors="coerce").dropna(axis="columns", how="all") if len(history) else history
+    return history.apply(pd.to_numeric, errors="coerce").dropna(axis="columns", how="all")
 
 
-def _history_runs(rows: pd.DataFrame, runs_dir: Path, order: MethodOrder) -> pd.DataFrame:
-    """The first row of each run behind ``rows`` whose run directory holds a loss history, in method order."""
-    runs = rows.drop_duplicates("run_id").copy()
-    runs["history"] = [RunDir(runs_dir / run_id).history for run_id in runs["run_id"]]
-    runs = runs[[path.is_file() for path in runs["history"]]]
-    runs["rank"] = runs["method"].map(lambda method: order.key(method)[0])
-    return runs.sort_values(["rank", "method", "seed", "run_id"], kind="stable")
+def loss_histories(rows: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
+    """Per run behind ``rows`` with a loss history: label (``tables.row_labels``), step and the loss
+    smoothed by a moving average over 1/25 of the run (the raw per-step loss is too noisy to compare)."""
+    runs = rows.assign(label=row_labels(rows)).drop_duplicates("run_id")
+    curves = []
+    for run in runs.itertuples():
+        path = RunDir(runs_dir / run.run_id).history
+        history = read_history(path) if path.is_file() else pd.DataFrame()
+        if "loss" in history and len(history):
+            step = history["step"] if "step" in history else pd.Series(np.arange(len(history)))
+            curves.append(pd.DataFrame({"label": run.label, "run_id": run.run_id, "step": step,
+                                        "loss": _moving_average(history["loss"].to_numpy())}))
+    return pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=["label", "run_id", "step", "loss"])
 
 
 def plot_loss_curves(rows: pd.DataFrame, data_title: str, runs_dir: Path, figures_dir: Path,
                      order: MethodOrder) -> Artifact:
-    """Pretraining loss per step of the runs behind ``rows`` (raw, faint; moving average, solid).
+    """Pretraining loss: one panel per method family (losses of different families differ in scale),
+    one line per method (mean over seeds), shaded between the seeds' min and max.
 
     One figure per (dataset, eval_dataset, preset): pretraining does not depend on the attack budget.
     """
     title = f"Pretraining loss — {data_title}"
-    runs = _history_runs(rows, Path(runs_dir), order)
-    curves = [(run, history) for run in runs.itertuples() if "loss" in (history := read_history(run.history))]
-    if not curves:
-        return Artifact("figure", title, [], rows, "no pretrain_history.csv with a loss column for these runs")
-    figure = new_figure(6.0, 3.6)
-    axis = figure.subplots()
-    for run, history in curves:
-        x = history["step"] if "step" in history else np.arange(len(history))
-        label = run.method + ("" if pd.isna(run.seed) else f" (seed {run.seed})")
-        line, = axis.plot(x, _moving_average(history["loss"].to_numpy()), label=label)
-        axis.plot(x, history["loss"], color=line.get_color(), alpha=0.25, linewidth=0.8)
-    axis.set(xlabel="step", ylabel="pretraining loss", title=data_title)
-    axis.title.set_fontsize(9)
-    axis.legend(fontsize=7)
+    curves = loss_histories(rows, Path(runs_dir))
+    if curves.empty:
+        return Artifact("figure", title, [], "no pretrain_history.csv with a loss column for these runs")
+    spread = curves.groupby(["label", "step"])["loss"].agg(["mean", "min", "max"])
+    labels = order.sort(curves["label"])
+    families = list(dict.fromkeys(variant_of(label)[0] for label in labels))
+    rows_of_panels = -(-len(families) // 3)
+    columns = -(-len(families) // rows_of_panels)  # at most three a row, rows as full as possible
+    figure = new_figure(4.4 * columns + 0.4, 2.5 * rows_of_panels + 0.9)
+    axes = figure.subplots(rows_of_panels, columns, squeeze=False).ravel()
+    for axis, family in zip(axes, families):
+        for label in (label for label in labels if variant_of(label)[0] == family):
+            line, style = spread.loc[label], method_style(label, order)
+            axis.plot(line.index, line["mean"], color=style["color"], linestyle=style["linestyle"], label=label)
+            axis.fill_between(line.index, line["min"], line["max"], color=style["color"], alpha=0.25, linewidth=0)
+        axis.set_title(family, fontsize=9)
+        axis.set(xlabel="step", ylabel="pretraining loss")
+        axis.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the data
+    for axis in axes[len(families):]:
+        axis.set_visible(False)
+    seeds = curves.groupby("label")["run_id"].nunique().max()
+    band = f"mean over seeds, shaded min–max of {seeds}" if seeds > 1 else "one run per method"
+    figure.suptitle(f"{data_title}\n({band}; moving average over 1/25 of the run)", fontsize=8)
     paths = save_figure(figure, figures_dir / slug(f"loss_{data_title.replace(' · preset ', '_')}"))
-    return Artifact("figure", title, paths, rows[rows["run_id"].isin(runs["run_id"])])
+    return Artifact("figure", title, paths)
 
 
 def loss_curve_artifacts(tables: Sequence[Table], runs_dir: Path, figures_dir: Path,
@@ -99,12 +115,19 @@ def epsilon_series(results: pd.DataFrame, methods: Sequence[str] | None = None) 
             if (kept := {key: curve for key, curve in curves.items() if len(curve) >= 2})}
 
 
+def epsilon_ticks(axis, epsilons: Sequence[float]) -> None:
+    """Ticks at k/255 as papers print budgets, when every ε on the axis lies on the 1/255 grid."""
+    steps = [in_255ths(epsilon) for epsilon in epsilons]
+    if epsilons and None not in steps:
+        axis.set_xticks(list(epsilons), [f"{k}/255" for k in steps], fontsize=8)
+
+
 def plot_epsilon_curves(results: pd.DataFrame, figures_dir: Path, order: MethodOrder,
                         methods: Sequence[str] | None = None) -> list[Artifact]:
     """Accuracy under PGD-20 against ε, one panel per scheme, for methods measured at ≥ 2 budgets."""
     series = epsilon_series(results, methods)
     if not series:
-        return [Artifact("figure", "Accuracy vs ε (PGD-20)", [], None, "no method has PGD-20 rows at ≥ 2 ε values")]
+        return [Artifact("figure", "Accuracy vs ε (PGD-20)", [], "no method has PGD-20 rows at ≥ 2 ε values")]
     artifacts = []
     for (dataset, eval_dataset, preset), curves in sorted(series.items()):
         schemes = [scheme for scheme in SCHEMES if any(key[1] == scheme for key in curves)]
@@ -112,16 +135,19 @@ def plot_epsilon_curves(results: pd.DataFrame, figures_dir: Path, order: MethodO
         for axis, scheme in zip(figure.subplots(1, len(schemes), squeeze=False)[0], schemes):
             for (method, curve_scheme), points in sorted(curves.items(), key=lambda item: order.key(item[0][0])):
                 if curve_scheme == scheme:
-                    axis.errorbar([p[0] for p in points], [p[1].mean for p in points],
-                                  yerr=[p[1].std or 0.0 for p in points], capsize=2, label=method,
-                                  markersize=4, **method_style(method, order))
+                    errors = [np.nan if cell.std is None else cell.std for _, cell in points]
+                    axis.errorbar([eps for eps, _ in points], [cell.mean for _, cell in points], capsize=2,
+                                  yerr=None if all(np.isnan(errors)) else errors, label=method, markersize=4,
+                                  **method_style(method, order))
             axis.set(title=scheme, xlabel="ε (L∞)", ylabel="PGD-20 accuracy (%)")
+            epsilon_ticks(axis, sorted({eps for points in curves.values() for eps, _ in points}))
+            axis.grid(alpha=0.3)
         handles, labels = axis.get_legend_handles_labels()
-        figure.legend(handles, labels, loc="outside right center", fontsize=7, frameon=False)
-        figure.suptitle(f"{dataset} → {eval_dataset} · preset {preset}", fontsize=9)
+        outside_legend(figure, handles, labels)
+        seeds = max(cell.n for points in curves.values() for _, cell in points)
+        note = f"mean ± sample std over {seeds} seeds" if seeds > 1 else "one run per method"
+        figure.suptitle(f"{dataset} → {eval_dataset} · preset {preset} ({note})", fontsize=9)
         stem = figures_dir / slug(f"epsilon_{dataset}-{eval_dataset}_{preset}")
-        points = curve_points(results, [method for method, _ in curves])
-        drawn = points[(points[DATA] == (dataset, eval_dataset, preset)).all(axis="columns")]
         title = f"Accuracy vs ε (PGD-20) — {dataset} → {eval_dataset} · preset {preset}"
-        artifacts.append(Artifact("figure", title, save_figure(figure, stem), drawn))
+        artifacts.append(Artifact("figure", title, save_figure(figure, stem)))
     return artifacts

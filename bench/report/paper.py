@@ -45,10 +45,12 @@ class PaperSection:
 
 def _paper_budget(results: pd.DataFrame) -> pd.Series:
     """Rows measured at the paper's ε (clean rows and rows without ε always qualify)."""
-    return (results["attack"] == "clean") | results["epsilon"].isna() | ((results["epsilon"] - PAPER_EPSILON).abs() < 5e-4)
+    at_budget = (results["epsilon"] - PAPER_EPSILON).abs() < 5e-4
+    return (results["attack"] == "clean") | results["epsilon"].isna() | at_budget
 
 
-def paper_sections(results: pd.DataFrame, reference: Sequence[dict[str, Any]], order: MethodOrder) -> list[PaperSection]:
+def paper_sections(results: pd.DataFrame, reference: Sequence[dict[str, Any]],
+                   order: MethodOrder) -> list[PaperSection]:
     """CIFAR-10 and CIFAR-100 sections: one per preset of ours found there (or one reference-only section)."""
     attacks = sorted(attack for attack, _ in PAPER_ATTACKS)
     sections = []
@@ -158,7 +160,8 @@ def paper_markdown(sections: Sequence[PaperSection], sources: Sources,
     return "\n".join(lines), csv_rows
 
 
-def _paper_csv_rows(section: PaperSection, method: str, cells: dict[str, list[tuple[str, Any]]]) -> list[dict[str, Any]]:
+def _paper_csv_rows(section: PaperSection, method: str,
+                    cells: dict[str, list[tuple[str, Any]]]) -> list[dict[str, Any]]:
     columns = [(scheme, attack, label) for scheme in SCHEMES for attack, label in PAPER_ATTACKS]
     rows = []
     for index, (scheme, attack, label) in enumerate(columns):

@@ -97,7 +97,8 @@ def table_latex(table: Table, heading: str = "") -> str:
              "\\begin{tabular}{l" + "ccc" * len(table.schemes) + "}", "\\toprule",
              " & " + " & ".join(f"\\multicolumn{{3}}{{c}}{{{scheme}}}" for scheme in table.schemes) + " \\\\",
              " ".join(f"\\cmidrule(lr){{{2 + 3 * i}-{4 + 3 * i}}}" for i in range(len(table.schemes))),
-             "Method & " + " & ".join(label for _ in table.schemes for _, label in TABLE_ATTACKS) + " \\\\", "\\midrule"]
+             "Method & " + " & ".join(label for _ in table.schemes for _, label in TABLE_ATTACKS) + " \\\\",
+             "\\midrule"]
     for method in table.methods:
         lines.append(" & ".join([latex_escape(method), *_row_cells(table, method, "tex")]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", "", "\\smallskip", "{\\footnotesize"]
@@ -137,10 +138,6 @@ def write_tables(tables: Sequence[Table], out_dir: Path, stem: str, heading: str
             write_atomic(out_dir / f"{stem}.tex", "\n".join(latex))]
 
 
-def _rows_of(tables: Sequence[Table]) -> pd.DataFrame | None:
-    return pd.concat([table.rows for table in tables]) if tables else None
-
-
 def _other_attacks_note(results: pd.DataFrame) -> str:
     shown = [attack for attack, _ in TABLE_ATTACKS]
     others = sorted(results.loc[~results["attack"].isin(shown), "attack"].unique())
@@ -152,14 +149,13 @@ def table_artifacts(results: pd.DataFrame, reports_dir: Path, order: MethodOrder
     tables = build_tables(results, order, "accuracy")
     main = write_tables(tables, reports_dir, "results", "",
                         "Results: last-epoch accuracy (%)." + _other_attacks_note(results))
-    artifacts = [Artifact("table", "Results (last-epoch accuracy)", main, _rows_of(tables))]
+    artifacts = [Artifact("table", "Results (last-epoch accuracy)", main)]
     best = build_tables(results, order, BEST_EPOCH_METRIC)
     if best:
         paths = write_tables(best, reports_dir, "results_best_epoch", "Best-on-test epoch — ",
                              "Best-on-test-epoch accuracy (%): labelled extra as the released scripts print it; "
                              "chosen on the test set, not the result")
-        artifacts.append(Artifact("table", "Best-on-test epoch (labelled extra, not the result)", paths,
-                                  _rows_of(best)))
+        artifacts.append(Artifact("table", "Best-on-test epoch (labelled extra, not the result)", paths))
     else:
-        artifacts.append(Artifact("table", "Best-on-test epoch table", [], None, f"no `{BEST_EPOCH_METRIC}` rows"))
+        artifacts.append(Artifact("table", "Best-on-test epoch table", [], f"no `{BEST_EPOCH_METRIC}` rows"))
     return tables, artifacts

@@ -34,7 +34,7 @@ def write_sanity_report(results: pd.DataFrame, runs_dir: Path, reports_dir: Path
     title = "Sanity checks of every evaluation (passed and failed)"
     rows = sanity_rows(results, runs_dir)
     if rows.empty:
-        return Artifact("table", title, [], None, "no sanity_<scheme>.json in the run directories")
+        return Artifact("table", title, [], "no sanity_<scheme>.json in the run directories")
     failed = int((~rows["passed"]).sum())
     evaluations = len(rows[["run_id", "scheme"]].drop_duplicates())
     lines = ["# Sanity checks", "",
@@ -48,4 +48,4 @@ def write_sanity_report(results: pd.DataFrame, runs_dir: Path, reports_dir: Path
         lines.append(f"| {row.method} | {row.scheme} | {row.check} | {mark} | {detail} |")
     paths = [write_atomic(reports_dir / "sanity.md", "\n".join(lines) + "\n"),
              write_atomic(reports_dir / "sanity.csv", csv_text(rows.to_dict("records"), SANITY_COLUMNS))]
-    return Artifact("table", title, paths, results[results["run_id"].isin(rows["run_id"])])
+    return Artifact("table", title, paths)

@@ -39,13 +39,14 @@ class TableKey:
 
 @dataclass(frozen=True)
 class Cell:
-    """One table cell: mean and sample std over seeds, the suspect tags and every tag of its rows."""
+    """One table cell: mean and sample std over seeds (``values``), the suspect tags and every tag of its rows."""
 
     mean: float
     std: float | None
     n: int
     suspect: tuple[str, ...]
     flags: tuple[str, ...]
+    values: tuple[float, ...] = ()
 
 
 @dataclass
@@ -80,7 +81,7 @@ def aggregate(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     latest = (frame.assign(_seed=seed).sort_values("timestamp", kind="stable")
               .drop_duplicates([*by, "_seed"], keep="last"))
     grouped = latest.groupby(list(by), sort=False, dropna=False)
-    stats = grouped["value"].agg(mean="mean", std="std", n="size")
+    stats = grouped["value"].agg(mean="mean", std="std", n="size", values=tuple)
     stats["suspect"] = grouped["flags"].agg(lambda flags: tags(flags, suspect=True))
     stats["flags"] = grouped["flags"].agg(tags)
     return stats
@@ -89,7 +90,7 @@ def aggregate(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
 def cells_of(stats: pd.DataFrame) -> dict[tuple, Cell]:
     """``aggregate``'s frame as cells keyed by its group keys."""
     return {cell.Index: Cell(float(cell.mean), None if cell.n < 2 else float(cell.std), int(cell.n), cell.suspect,
-                             cell.flags) for cell in stats.itertuples()}
+                             cell.flags, tuple(map(float, cell.values))) for cell in stats.itertuples()}
 
 
 def row_labels(frame: pd.DataFrame) -> pd.Series:

@@ -322,6 +322,11 @@ def rows_csv(rows: Iterable[ResultRow]) -> str:
 
 # --------------------------------------------------------------------------- pandas
 
+from typing import TYPE_CHECKING  # noqa: E402  (this section is appended; the top of the file is shared)
+
+
+if TYPE_CHECKING:  # pandas is imported inside ``load`` only: ``import bench.results`` stays light
+    import pandas
 
 FLOAT_COLUMNS = tuple(column for column in COLUMNS if _COLUMN_TYPES[column] is float)
 INT_COLUMNS = tuple(column for column in COLUMNS if _COLUMN_TYPES[column] is int)
@@ -369,7 +374,8 @@ def _checked_rows(path: Path) -> list[ResultRow]:
         if not fields:
             continue
         if len(fields) != len(header):
-            raise RowError(f"{where}: {len(fields)} fields where the header has {len(header)} (a torn or malformed row)")
+            raise RowError(f"{where}: {len(fields)} fields where the header has {len(header)} "
+                           "(a torn or malformed row)")
         rows.append(ResultRow.from_csv(dict(zip(header, fields)), where))
     if rows and not text.endswith("\n"):
         raise RowError(f"{path}:{reader.line_num}: the last row has no line end (a torn write): "

@@ -45,6 +45,8 @@ def plot_robustness_vs_compute(table: Table, runs_dir: Path, figures_dir: Path, 
     attack = "autoattack" if any(key[2] == "autoattack" for key in table.cells) else "pgd20"
     rows = table.rows.assign(label=row_labels(table.rows))
     rows = rows[(rows["attack"] == attack) & rows["scheme"].isin(table.schemes)]
+    if rows.empty:
+        return Artifact("figure", title, [], "no PGD-20 or AA rows")
     pretrain = pretrain_seconds(list(rows["run_id"].unique()), Path(runs_dir))
     hours = (rows["run_id"].map(pretrain) + rows["wall_s"]) / 3600
     rows = rows.assign(hours=hours).dropna(subset=["hours"])

@@ -131,6 +131,25 @@ def golden_supervised(root: Path) -> dict:
             "reference_dir": None}
 
 
+def edge_rows() -> list[dict]:
+    """What the other stores lack: clean rows without ε (they join every table of their data and preset,
+    or make one of ε unspecified), rows without a seed (one per run), a rerun of a seed (the later row
+    wins), non-suspect flags, an unknown n_eval, a metric no table shows."""
+    return [row("a0", "acl", "SLF", "clean", 70.0, epsilon=""), row("a0", "acl", "SLF", "pgd20", 30.0),
+            row("a0", "acl", "SLF", "pgd20", 20.0, epsilon=0.05, flags="note:short-run"),
+            row("a0b", "acl", "SLF", "pgd20", 34.0, timestamp="2025-02-01T00:00:00+00:00"),  # seed 0 rerun
+            row("n1", "rocl", "ALF", "clean", 60.0, seed=""), row("n2", "rocl", "ALF", "clean", 64.0, seed=""),
+            row("n1", "rocl", "ALF", "autoattack", 25.0, seed="", flags="suspect:order;note:x"),
+            row("s0", "simclr", "AFF", "clean", 90.0, dataset="stl10", epsilon=""),
+            row("s0", "simclr", "AFF", "clean", 1.0, metric="loss")] + [
+        {**row("r0", "rocl", "SLF", "clean", 80.0), "n_eval": ""}]
+
+
+def golden_edge(root: Path) -> dict:
+    return {"results_csv": write_store(root, edge_rows()), "runs_dir": root / "results" / "runs",
+            "reference_dir": None}
+
+
 def golden_smoke(root: Path) -> dict:
     """The real smoke store (copied), with the paper table forced on to show the reference-only sections."""
     shutil.copytree(SMOKE_STORE, root / "results")
@@ -139,7 +158,7 @@ def golden_smoke(root: Path) -> dict:
 
 
 GOLDEN_CASES = {"synthetic": golden_synthetic, "configurations": golden_configurations,
-                "supervised": golden_supervised, "smoke": golden_smoke}
+                "supervised": golden_supervised, "edge": golden_edge, "smoke": golden_smoke}
 
 
 # --------------------------------------------------------------------------- a full-size table

@@ -282,3 +282,20 @@ def test_bench_report_orders_methods_as_the_registry_plugins_included(tmp_path):
     section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
     listed = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")][1:]
     assert listed == ["simclr", "acl", "acl-ip", "advcl", "rocl-hn", "aaa-plugin"]
+
+
+def test_selections_that_come_out_empty_stay_empty(tmp_path):
+    """Only clean rows without ε, no ε-curve rows: one table of unspecified ε and no ε figure (an empty
+    selection must not take the index of a longer column assigned to it)."""
+    rows = [_row("a0", "acl", "SLF", "clean", 70.0, epsilon=""), _row("r0", "rocl", "ALF", "clean", 60.0, epsilon="")]
+    write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
+    text = (tmp_path / "rep" / "results.md").read_text()
+    assert text.count("### ") == 1 and "ε = unspecified" in text
+    assert _table_line(_markdown_section(text, "digits"), "rocl")[4] == "**60.00**"
+    index = (tmp_path / "rep" / "index.md").read_text()
+    assert "Accuracy vs ε (PGD-20): no method has PGD-20 rows at ≥ 2 ε values" in index
+    assert "vs compute — digits → digits · preset smoke · ε = unspecified (L∞): no PGD-20 or AA rows" in index
+    from report_stores import edge_rows
+
+    series = epsilon_series(load(_write_store(tmp_path / "edge", edge_rows())))
+    assert series == {}  # PGD-20 at two budgets, but no ε-curve rows: not a curve

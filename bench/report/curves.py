@@ -101,7 +101,9 @@ def curve_points(results: pd.DataFrame, methods: Sequence[str] | None = None) ->
     chosen = on_curve & (results["attack"] == "pgd20") & results["epsilon"].notna()
     if methods:
         chosen &= results["method"].isin(list(methods))
-    return results[chosen].assign(point=results["epsilon"].map(round_epsilon))
+    points = results[chosen]
+    return points.assign(point=points["epsilon"].map(round_epsilon))  # (from the selection: an empty frame
+    # would take the index of a longer series assigned to it)
 
 
 def epsilon_series(results: pd.DataFrame, methods: Sequence[str] | None = None) -> dict[tuple[str, str, str], Curves]:

@@ -110,7 +110,9 @@ def group_tables(results: pd.DataFrame, metric: str = "accuracy") -> dict[TableK
     """Rows of ``metric`` grouped by table; clean rows without ε join every table of their data and preset."""
     rows = results[results["metric"] == metric]
     floating = rows["epsilon"].isna() & (rows["attack"] == "clean")
-    fixed = rows[~floating].assign(table_epsilon=rows["epsilon"].map(round_epsilon))
+    fixed = rows[~floating]
+    fixed = fixed.assign(table_epsilon=fixed["epsilon"].map(round_epsilon))  # from the selection, never ``rows``:
+    # an empty frame would take the index of the longer series assigned to it
     budgets = fixed[[*DATA, "table_epsilon"]].drop_duplicates()
     joined = rows[floating].merge(budgets, on=DATA, how="left")  # no table of its data: a table without ε
     grouped = pd.concat([fixed, joined], ignore_index=True).groupby([*DATA, "table_epsilon"], dropna=False)

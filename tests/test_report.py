@@ -299,3 +299,16 @@ def test_selections_that_come_out_empty_stay_empty(tmp_path):
 
     series = epsilon_series(load(_write_store(tmp_path / "edge", edge_rows())))
     assert series == {}  # PGD-20 at two budgets, but no ε-curve rows: not a curve
+
+
+def test_loss_history_empty_or_malformed(tmp_path):
+    from bench.report.curves import read_history
+
+    (tmp_path / "empty.csv").write_text("")
+    assert read_history(tmp_path / "empty.csv").empty
+    (tmp_path / "bad.csv").write_text("epoch,step,loss\n0,0,1.0\n0,1,2.0,9,9\n")
+    with pytest.raises(ValueError, match=r"bad\.csv: not a loss history"):
+        read_history(tmp_path / "bad.csv")
+    (tmp_path / "ok.csv").write_text("epoch,step,loss,note\n0,0,1.5,x\n0,1,,y\n")
+    history = read_history(tmp_path / "ok.csv")
+    assert list(history.columns) == ["epoch", "step", "loss"] and history["loss"].isna().tolist() == [False, True]

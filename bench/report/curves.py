@@ -17,8 +17,13 @@ Curves = dict[tuple[str, str], list[tuple[float, Cell]]]  # (method, scheme) -> 
 
 
 def read_history(path: Path) -> pd.DataFrame:
-    """The numeric columns of a ``pretrain_history.csv`` (empty cells become NaN)."""
-    history = pd.read_csv(path)
+    """The numeric columns of a ``pretrain_history.csv`` (empty cells become NaN; an empty file, no rows)."""
+    try:
+        history = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except pd.errors.ParserError as error:
+        raise ValueError(f"{path}: not a loss history ({error})") from None
     return history.apply(pd.to_numeric, errors="coerce").dropna(axis="columns", how="all")
 
 

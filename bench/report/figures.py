@@ -48,11 +48,11 @@ def method_style(method: str, order: MethodOrder) -> dict[str, Any]:
     return {"color": f"C{index % 10}", "marker": marker, "linestyle": VARIANT_LINES[variant]}
 
 
-def outside_legend(figure: Any, handles: Sequence[Any], labels: Sequence[str], where: str = "right") -> None:
-    """One legend for the whole figure, outside every axes (constrained layout makes room for it)."""
-    location = "outside right center" if where == "right" else "outside lower center"
-    figure.legend(handles, labels, loc=location, fontsize=7, frameon=False,
-                  ncols=1 if where == "right" else min(len(labels), 6))
+def outside_legend(figure: Any, handles: Sequence[Any], labels: Sequence[str]) -> None:
+    """One legend for the whole figure, right of every axes (constrained layout makes room for it, so
+    13+ entries never squeeze the axes); a column per 20 entries keeps it within the figure's height."""
+    figure.legend(handles, labels, loc="outside right center", fontsize=7, frameon=False,
+                  ncols=-(-len(labels) // 20))
 
 
 def _figure_stem(figures_dir: Path, name: str, table: Table) -> Path:

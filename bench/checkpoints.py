@@ -99,10 +99,11 @@ from bench.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     PROJECTORS,
+    Classifier,
     ContrastiveModel,
     Normalize,
-    build_contrastive_model,
     build_encoder,
+    rebuild_contrastive_model,
 )
 
 FORMATS = ("bench", "robustssl", "advcl", "rocl", "acl")
@@ -111,7 +112,6 @@ BENCH_MARKER = "acl-bench"
 DATA_PARALLEL_PREFIX = "module."
 _BRANCH_KEY = re.compile(r"\.branches\.([^.]+)\.")
 _BN_LIST_INDEX = re.compile(r"\.bn_list\.(\d+)\.")
-_HEAD_WEIGHT = re.compile(r"^heads\.([^.]+)\.weight$")
 _LIST_LIMIT = 40
 RESNET18_NOTE = "our CIFAR ResNet-18 (3×3 stride-1 padding-1 stem, no max-pool, widths 64-512)"
 
@@ -441,7 +441,9 @@ def _build_external_model(spec: ExternalFormat, branches: Sequence[str], state: 
             normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)  # the strict check reports the missing buffers
     with torch.random.fork_rng(devices=[]):
         encoder = build_encoder("resnet18", tuple(branches))
-    return ContrastiveModel(encoder, nn.Identity(), normalize)
+    spec = {"arch": "resnet18", "branches": list(branches), "projector": "none", "in_channels": 3,
+            "normalization": "custom" if normalize is not None else "none"}
+    return ContrastiveModel(encoder, nn.Identity(), normalize, spec=spec)
 
 
 def _load_external(
@@ -511,6 +513,37 @@ class EncoderCheckpoint:
 
 BENCH_REQUIRED = tuple(field.name for field in dataclasses.fields(EncoderCheckpoint)
                        if field.default is dataclasses.MISSING)
+CLASSIFIER_MARKER = "acl-bench-classifier"
+
+
+def classifier_state(classifier: Classifier) -> dict[str, Any]:
+    """A finetuned classifier as plain data (a run's ``classifier_<scheme>.pt``): its state dict,
+    the architecture description its encoder was built from, the BN branch and the class count.
+
+    Nothing here is a pickled module, so ``load_classifier`` reads it with the weights-only
+    unpickler: a classifier file copied from someone else's store cannot run code."""
+    return {"format": CLASSIFIER_MARKER, "model_spec": dict(classifier.backbone.spec), "bn": classifier.bn,
+            "num_classes": classifier.head.out_features, "state": classifier.state_dict()}
+
+
+def load_classifier(path: str | os.PathLike) -> Classifier:
+    """A classifier written from ``classifier_state``, rebuilt and loaded strictly (eval mode)."""
+    stored, label = _read(path)
+    missing = [name for name in ("model_spec", "bn", "num_classes", "state") if name not in stored]
+    if stored.get("format") != CLASSIFIER_MARKER or missing:
+        raise CheckpointError(f"{label} is not an acl-bench classifier (format {stored.get('format')!r}, "
+                              f"missing {missing}): allowed files written by bench run or bench evaluate")
+    state = stored["state"]
+    backbone_state = {key.removeprefix("backbone."): value for key, value in state.items()
+                      if key.startswith("backbone.")}
+    try:
+        classifier = Classifier(rebuild_contrastive_model(stored["model_spec"], backbone_state),
+                                int(stored["num_classes"]), stored["bn"])
+        classifier.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"classifier {label} does not match its recorded architecture: "
+                              f"{_first_line(error)}") from None
+    return classifier.eval()
 
 
 def _bench_fields(checkpoint: Mapping[str, Any], label: str) -> None:
@@ -533,17 +566,6 @@ def _bench_fields(checkpoint: Mapping[str, Any], label: str) -> None:
         )
 
 
-def _bench_heads(state: Mapping[str, torch.Tensor]) -> nn.ModuleDict:
-    """AdvCL's pseudo-label heads, rebuilt as nn.Linear from their saved weight shapes."""
-    heads = nn.ModuleDict()
-    for key, value in state.items():
-        match = _HEAD_WEIGHT.match(key)
-        if match and isinstance(value, torch.Tensor) and value.dim() == 2:
-            has_bias = f"heads.{match.group(1)}.bias" in state
-            heads[match.group(1)] = nn.Linear(value.shape[1], value.shape[0], bias=has_bias)
-    return heads
-
-
 def _load_bench(
     checkpoint: Mapping[str, Any], label: str, branch: str | None, arch: str | None
 ) -> tuple[ContrastiveModel, dict[str, Any]]:
@@ -557,13 +579,10 @@ def _load_bench(
     default = checkpoint.get("finetune_bn") or available[0]
     selected = _resolve_branches(branch, available, default, f"bench checkpoint {label}")
     branch_map = _branch_map(selected, keep_names=branch == ALL_BRANCHES)
+    spec = {"arch": checkpoint["arch"], "branches": list(branch_map), "projector": checkpoint["projector"],
+            "in_channels": int(checkpoint.get("in_channels", 3)), "normalization": checkpoint["normalization"]}
     try:
-        with torch.random.fork_rng(devices=[]):
-            model = build_contrastive_model(
-                checkpoint["arch"], tuple(branch_map), checkpoint["projector"],
-                in_channels=int(checkpoint.get("in_channels", 3)), normalization=checkpoint["normalization"],
-            )
-            model.heads = _bench_heads(state)
+        model = rebuild_contrastive_model(spec, state)
     except ValueError as error:
         raise CheckpointError(f"bench checkpoint {label}: {error}") from error
     expected, dropped = _expected_keys(

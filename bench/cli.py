@@ -1,4 +1,4 @@
-"""The ``bench`` command: run, list, pretrain, finetune, evaluate, report, export.
+"""The ``bench`` command: run, list, pretrain, finetune, evaluate, report, export, collect, status.
 
 Every configuration field can be overridden (``--set pretrain.lr=0.5``); the common ones
 have short flags. All checking happens before any work: a bad value exits with status 2
@@ -7,13 +7,19 @@ and one line naming the value and the allowed ones, and nothing is written.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
 import sys
+import traceback
 from pathlib import Path
 
 from bench import progress, registry
 from bench.config import ATTACKS, DEVICES, PRESETS, SCHEMES, ConfigError
 from bench.checkpoints import CheckpointError
 from bench.data import DATASETS, DatasetMissingError
+from bench.provenance import code_version
+from bench.results import RowError, StoreError
 
 SHORT_FLAGS = {  # flag dest → dotted config field
     "dataset": "data.name", "eval_dataset": "data.eval_name", "data_dir": "data.data_dir", "image_size": "data.image_size",
@@ -89,6 +95,12 @@ def _request(args: argparse.Namespace, methods: tuple[str, ...]):
 
 def cmd_list(args: argparse.Namespace) -> int:
     methods = registry.available()
+    if args.json:
+        for name, cls in methods.items():
+            print(json.dumps({"name": name, "description": cls.description, "base": cls.base_name or name,
+                              "bn_branches": list(cls.bn_branches), "finetune_bn": cls.finetune_bn,
+                              "inferior_positives": cls.inferior_positives, "hard_negatives": cls.hard_negatives}))
+        return 0
     width = max(len(name) for name in methods)
     for name, cls in methods.items():
         print(f"{name:<{width}}  {cls.description}")
@@ -103,11 +115,20 @@ def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
     if pretrain_only:
         request.overrides["finetune.schemes"] = ""
     plan = build_plan(request)
-    run_ids = run_plan(plan)
+    outcomes = run_plan(plan)
     if not pretrain_only and not args.no_report:
-        return _report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet)
-    progress.log(f"done: {len(run_ids)} run(s)")
-    return 0
+        _report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet)
+    return _summarise(outcomes)
+
+
+def _summarise(outcomes) -> int:
+    """One line for the whole plan, one per failed run; exit status 1 when any run failed."""
+    failed = [outcome for outcome in outcomes if outcome.status == "failed"]
+    counts = {status: sum(outcome.status == status for outcome in outcomes) for status in ("completed", "skipped")}
+    progress.log(f"done: {counts['completed']} completed, {counts['skipped']} skipped, {len(failed)} failed")
+    for outcome in failed:
+        print(f"bench: run {outcome.run_id} ({outcome.method}) failed: {outcome.reason}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: list[str] | None = None) -> int:
@@ -159,6 +180,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_collect(args: argparse.Namespace) -> int:
+    """Rebuild results.csv from the run directories, after merging other stores (``--from``)."""
+    from bench.collect import merge_stores
+    from bench.results import ResultsStore
+
+    store = ResultsStore(args.results_dir)
+    if args.sources:
+        report = merge_stores(store, [Path(source) for source in args.sources])
+        progress.log(f"merged: {len(report.copied)} run(s) copied, {len(report.identical)} already here, "
+                     f"{len(report.incomplete)} incomplete in their store (not copied)")
+    rows = store.collect()
+    progress.log(f"{store.table}: {rows} rows from {sum(run.is_complete() for run in store.run_dirs())} complete runs")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Per run: complete, failed (why), or the stage it reached; read from the run directories only."""
+    from bench.collect import describe, run_status
+    from bench.results import ResultsStore
+
+    statuses = [run_status(run) for run in ResultsStore(args.results_dir).run_dirs()]
+    for status in statuses:
+        print(json.dumps(status) if args.json else f"{status['run_id']}  {describe(status)}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from bench.external import export_run
 
@@ -173,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="acl-bench: pretrain, finetune (SLF/ALF/AFF), attack (PGD-20, AutoAttack) and report "
         "adversarial contrastive learning methods in one harness.",
     )
+    parser.add_argument("--version", action="version", version=f"acl-bench {code_version()}",
+                        help="package version and git commit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="pretrain, finetune and evaluate methods, then write the report")
@@ -217,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(handler=cmd_report)
 
     lst = sub.add_parser("list", help="list the registered methods with a one-line description")
+    lst.add_argument("--json", action="store_true", help="one JSON object per method")
     lst.set_defaults(handler=cmd_list)
 
     exp = sub.add_parser("export", help="write a finetuned classifier as a plain nn.Module file (RobustBench-ready)")
@@ -225,20 +275,66 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="output file (.pt)")
     exp.add_argument("--results-dir", default="results", help="results store (default results/)")
     exp.set_defaults(handler=cmd_export)
+
+    col = sub.add_parser("collect", help="rebuild results/results.csv from the run directories (and merge stores)")
+    col.add_argument("--results-dir", default="results", help="results store (default results/)")
+    col.add_argument("--from", dest="sources", nargs="+", metavar="DIR",
+                     help="other results stores to merge in first (their complete runs are copied)")
+    col.add_argument("--quiet", action="store_true", help="no status lines")
+    col.set_defaults(handler=cmd_collect)
+
+    stat = sub.add_parser("status", help="state of every run in the store (complete, failed, stage reached)")
+    stat.add_argument("--results-dir", default="results", help="results store (default results/)")
+    stat.add_argument("--json", action="store_true", help="one JSON object per run")
+    stat.set_defaults(handler=cmd_status)
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
 
+def _interrupt(signum, frame) -> None:
+    """SIGTERM (a scheduler's or ``kill``'s) stops a run the way Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done, 1 a run or the store failed, 2 bad input, 130 interrupted.
+
+    Expected failures print one ``bench: error:`` line; ``--debug`` shows the traceback instead."""
     args = build_parser().parse_args(argv)
     progress.set_quiet(getattr(args, "quiet", False))
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.handler(args)
-    except (ConfigError, DatasetMissingError, CheckpointError, FileNotFoundError, ImportError) as error:
-        print(f"bench: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("bench: interrupted (completed runs and checkpoints are kept; rerun with --resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except BAD_INPUT as error:
+        return _error(args, error, 2)
+    except Exception as error:  # noqa: BLE001 - the last line of defence: one line unless --debug
+        return _error(args, error, 1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# Errors that mean "the command's input is wrong" (exit 2); anything else is a failure (exit 1).
+BAD_INPUT = (ConfigError, DatasetMissingError, CheckpointError, FileNotFoundError, ImportError)
+# Failures whose message already says what is wrong and what to do: no traceback hint.
+EXPECTED = (*BAD_INPUT, StoreError, RowError)
+
+
+def _error(args: argparse.Namespace, error: Exception, status: int) -> int:
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    else:
+        text = str(error).strip().splitlines()
+        message = text[0] if text and isinstance(error, EXPECTED) else progress.error_line(error)
+        hint = "" if isinstance(error, EXPECTED) else " (--debug shows the traceback)"
+        print(f"bench: error: {message}{hint}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,51 +160,89 @@ def _fail(name: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"{name}={value!r} is invalid: allowed {allowed}")
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _in(low: float, high: float, *, low_open: bool = False) -> Any:
+    """A range check that NaN and ±inf fail (plain comparisons let NaN through)."""
+    return lambda value: _finite(value) and (value > low if low_open else value >= low) and value <= high
+
+
+INTEGER_AT_LEAST = {  # field → minimum (integers)
+    "seed": 0, "jobs": 0, "data.image_size": 8, "pretrain.epochs": 0, "pretrain.batch_size": 2,
+    "pretrain.checkpoint_every": 1, "finetune.epochs": 1, "finetune.batch_size": 2, "finetune.alf_steps": 0,
+    "finetune.trades_steps": 0, "evaluate.n_eval": 0, "evaluate.pgd_steps": 1, "evaluate.subset_seed": 0,
+    "evaluate.batch_size": 1, "attack.steps": 0,
+}
+NUMBER_IN = {  # field → (check, allowed text)
+    "pretrain.lr": (_in(0, math.inf, low_open=True), "finite numbers > 0"),
+    "pretrain.momentum": (_in(0, 1), "numbers in [0, 1]"),
+    "pretrain.weight_decay": (_in(0, math.inf), "finite numbers >= 0"),
+    "pretrain.warmup_epochs": (_in(0, math.inf), "finite numbers >= 0"),
+    "pretrain.warmup_start_lr": (_in(0, 1), "numbers in [0, 1] (a fraction of lr)"),
+    "pretrain.min_lr_fraction": (_in(0, 1), "numbers in [0, 1] (a fraction of lr)"),
+    "pretrain.lars_trust": (_in(0, math.inf, low_open=True), "finite numbers > 0"),
+    "finetune.lr": (_in(0, math.inf, low_open=True), "finite numbers > 0"),
+    "finetune.full_lr": (_in(0, math.inf, low_open=True), "finite numbers > 0"),
+    "finetune.momentum": (_in(0, 1), "numbers in [0, 1]"),
+    "finetune.weight_decay": (_in(0, math.inf), "finite numbers >= 0"),
+    "finetune.trades_beta": (_in(0, math.inf), "finite numbers >= 0"),
+    "attack.epsilon": (_in(0, 1), "numbers in [0, 1] (pixel scale)"),
+    "attack.step_size": (_in(0, 1), "numbers in [0, 1] (pixel scale)"),
+    "evaluate.epsilon": (_in(0, 1), "numbers in [0, 1] (pixel scale)"),
+    "evaluate.step_size": (_in(0, 1), "numbers in [0, 1] (pixel scale)"),
+}
+MAX_IMAGE_SIZE = 1024  # larger images are a typo, not a benchmark (they exhaust memory before training)
+
+
+def _get(config: RunConfig, dotted: str) -> Any:
+    target: Any = config
+    for part in dotted.split("."):
+        target = getattr(target, part)
+    return target
+
+
 def validate(config: RunConfig) -> RunConfig:
-    """Check every field with a finite set or a range; raise ConfigError on the first bad one."""
+    """Check every field with a finite set or a range (NaN and inf fail every range); raise
+    ConfigError on the first bad one, before anything is written."""
     from bench.data import DATASETS
     from bench.models import ENCODERS
 
-    checks: list[tuple[str, Any, bool, str]] = [
-        ("preset", config.preset, config.preset in PRESETS, str(list(PRESETS))),
-        ("device", config.device, config.device in DEVICES, str(list(DEVICES))),
-        ("seed", config.seed, isinstance(config.seed, int) and config.seed >= 0, "integers >= 0"),
-        ("jobs", config.jobs, isinstance(config.jobs, int) and config.jobs >= 0, "0 (auto) or integers >= 1"),
-        ("data.name", config.data.name, config.data.name in DATASETS, str(sorted(DATASETS))),
-        ("data.eval_name", config.data.eval_name, config.data.eval_name in ("", *DATASETS), str(["", *sorted(DATASETS)])),
-        ("data.image_size", config.data.image_size, config.data.image_size >= 8, "integers >= 8"),
-        ("model.arch", config.model.arch, config.model.arch in ENCODERS, str(sorted(ENCODERS))),
-        ("pretrain.optimizer", config.pretrain.optimizer, config.pretrain.optimizer in OPTIMIZERS, str(list(OPTIMIZERS))),
-        ("pretrain.epochs", config.pretrain.epochs, config.pretrain.epochs >= 0, "integers >= 0"),
-        ("pretrain.batch_size", config.pretrain.batch_size, config.pretrain.batch_size >= 2, "integers >= 2"),
-        ("pretrain.lr", config.pretrain.lr, config.pretrain.lr > 0, "numbers > 0"),
-        ("pretrain.checkpoint_every", config.pretrain.checkpoint_every, config.pretrain.checkpoint_every >= 1, "integers >= 1"),
-        ("finetune.epochs", config.finetune.epochs, config.finetune.epochs >= 1, "integers >= 1"),
-        ("finetune.batch_size", config.finetune.batch_size, config.finetune.batch_size >= 2, "integers >= 2"),
-        ("evaluate.n_eval", config.evaluate.n_eval, config.evaluate.n_eval >= 0, "integers >= 0 (0 = all)"),
-        ("evaluate.pgd_steps", config.evaluate.pgd_steps, config.evaluate.pgd_steps >= 1, "integers >= 1"),
+    choices: list[tuple[str, Any, tuple[Any, ...]]] = [
+        ("preset", config.preset, PRESETS), ("device", config.device, DEVICES),
+        ("data.name", config.data.name, tuple(sorted(DATASETS))),
+        ("data.eval_name", config.data.eval_name, ("", *sorted(DATASETS))),
+        ("model.arch", config.model.arch, tuple(sorted(ENCODERS))),
+        ("pretrain.optimizer", config.pretrain.optimizer, OPTIMIZERS),
     ]
-    for name, value, ok, allowed in checks:
-        if not ok:
-            _fail(name, value, allowed)
+    for name, value, allowed in choices:
+        if value not in allowed:
+            _fail(name, value, str(list(allowed)))
+    for name, minimum in INTEGER_AT_LEAST.items():
+        value = _get(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            _fail(name, value, f"integers >= {minimum}")
+    if config.data.image_size > MAX_IMAGE_SIZE:
+        _fail("data.image_size", config.data.image_size, f"integers in [8, {MAX_IMAGE_SIZE}]")
+    for name, (check, allowed) in NUMBER_IN.items():
+        if not check(_get(config, name)):
+            _fail(name, _get(config, name), allowed)
     for value in config.evaluate.epsilon_curve:
-        if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        if not _in(0, 1)(value):
             _fail("evaluate.epsilon_curve", value, "numbers in [0, 1] (pixel scale)")
-    if config.evaluate.subset_seed < 0:
-        _fail("evaluate.subset_seed", config.evaluate.subset_seed, "integers >= 0")
-    for name in ("attack.epsilon", "attack.step_size", "evaluate.epsilon", "evaluate.step_size"):
-        section, key = name.split(".")
-        value = getattr(getattr(config, section), key)
-        if not isinstance(value, (int, float)) or value < 0 or value > 1:
-            _fail(name, value, "numbers in [0, 1] (pixel scale)")
-    if config.attack.steps < 0:
-        _fail("attack.steps", config.attack.steps, "integers >= 0")
+    for milestone in config.finetune.milestones:
+        if isinstance(milestone, bool) or not isinstance(milestone, int) or milestone < 0:
+            _fail("finetune.milestones", milestone, "integers >= 0")
     for scheme in config.finetune.schemes:
         if scheme not in SCHEMES:
             _fail("finetune.schemes", scheme, str(list(SCHEMES)))
     for attack in config.evaluate.attacks:
         if attack not in ATTACKS:
             _fail("evaluate.attacks", attack, str(list(ATTACKS)))
+    for name in ("results_dir", "reports_dir"):
+        if not str(getattr(config, name)).strip():
+            _fail(name, getattr(config, name), "a directory path (not empty)")
     return config
 
 

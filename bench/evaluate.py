@@ -18,7 +18,9 @@ Sanity checks (baselines-notes §6-7) flag a row ``suspect`` instead of hiding i
   max(one sample, 0.1 %): GPU kernels may round a boundary example differently in another
   batch), and lie within ε of the inputs and in [0, 1];
 - ``gradient-masking``: PGD-20 leaves accuracy near clean (drop < 5 points) while AA, whose
-  Square attack needs no gradients, is more than 10 points lower.
+  Square attack needs no gradients, is more than 10 points lower;
+- ``degenerate``: the logits are finite and the classifier predicts more than one class (a
+  diverged classifier's "accuracy" is just the share of the class it always predicts).
 """
 from __future__ import annotations
 
@@ -199,6 +201,17 @@ def evaluate_classifier(
     return report
 
 
+def degenerate_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[bool, str]:
+    """Fails for non-finite logits, or one predicted class for every image of a test set with
+    several classes: the signature of a diverged classifier (its 'accuracy' is a class share)."""
+    with eval_mode(model), torch.no_grad():
+        logits = torch.cat([model(xb) for xb, _ in _batches(x, y, batch_size)])
+    finite = bool(torch.isfinite(logits).all())
+    predicted = int(logits.argmax(1).unique().numel()) if logits.numel() else 0
+    constant = predicted <= 1 and int(y.unique().numel()) > 1
+    return finite and not constant, f"finite logits: {finite}, distinct predicted classes: {predicted}"
+
+
 def _sanity_checks(model, x, y, settings: EvalConfig, seed: int, accuracy: dict[str, float], pgd_name: str) -> dict:
     """The checks of the module docstring over whichever attacks ran (adds their extra accuracies)."""
     one_sample = 100.0 / max(1, x.shape[0])
@@ -216,6 +229,7 @@ def _sanity_checks(model, x, y, settings: EvalConfig, seed: int, accuracy: dict[
     checks = {
         "order": (order_ok, order_text),
         "eps0": (abs(at_zero - clean) < 1e-9, f"ε=0 {at_zero:.2f} %, clean {clean:.2f} %"),
+        "degenerate": degenerate_check(model, x, y, settings.batch_size),
     }
     if robust is not None:
         noise = max(one_sample, 200.0 * math.sqrt(robust / 100 * (1 - robust / 100) / max(1, x.shape[0])))

@@ -21,10 +21,10 @@ from torch import nn
 
 from bench import progress
 from bench.atomic import atomic_write
-from bench.checkpoints import load_encoder
+from bench.checkpoints import load_classifier, load_encoder
 from bench.config import SCHEMES, ConfigError, config_hash, to_dict
 from bench.device import resolve_device
-from bench.pipeline import DataCache, RunOutcome, record
+from bench.pipeline import DataCache
 from bench.plan import RunRequest, assemble
 from bench.protocol import evaluate_ready_classifier, finetune_and_evaluate
 from bench.provenance import environment, now
@@ -102,7 +102,8 @@ def evaluate_external(
     context = RowContext.of(run_id, config, env, device, method=method, dataset=dataset, eval_dataset=data.name,
                             config_hash=digest, pretrain_epochs=pretrain_epochs)
     rows = [ResultRow.of(context, measurement) for measurement in measurements]
-    return record(store, RunOutcome(run_id, rows, {"finished": now(), "rows": len(rows)}))
+    store.record(run_id, rows, {"finished": now(), "rows": len(rows)})
+    return run_id
 
 
 def export_run(results_dir: Path, run_id: str, scheme: str, out: Path) -> Path:
@@ -112,8 +113,7 @@ def export_run(results_dir: Path, run_id: str, scheme: str, out: Path) -> Path:
     source = ResultsStore(results_dir).run(run_id).classifier(scheme)
     if not source.exists():
         raise FileNotFoundError(f"no {scheme} classifier stored for run {run_id!r} (looked for {source})")
-    classifier = torch.load(source, map_location="cpu", weights_only=False)
-    export_classifier(classifier.eval(), out)
+    export_classifier(load_classifier(source), out)
     return out
 
 

@@ -11,6 +11,7 @@ The encoder's BN branch is the method's ``finetune_bn`` (e.g. 'pgd' for ACL and 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -108,6 +109,12 @@ def scheme_loss(
     return F.cross_entropy(logits_clean, y) + settings.trades_beta * robust
 
 
+def check_finite(parameters: list[torch.Tensor], what: str, epoch: int) -> None:
+    """A diverged classifier (non-finite weights) must never be evaluated and stored as a result."""
+    if not all(bool(torch.isfinite(parameter).all()) for parameter in parameters):
+        raise FloatingPointError(f"{what}: weights became non-finite in epoch {epoch}")
+
+
 def finetune(
     settings: SchemeSettings,
     model: ContrastiveModel,
@@ -132,7 +139,7 @@ def finetune(
     x_train, y_train = data.x_train, data.y_train
     batches = -(-x_train.shape[0] // settings.batch_size)
     with progress.task(f"  {scheme}", settings.epochs * batches) as bar:
-        for _ in range(settings.epochs):
+        for epoch in range(settings.epochs):
             for indices in batch_indices(x_train.shape[0], settings.batch_size, order_generator, drop_last=False):
                 indices = indices.to(x_train.device)
                 x = to_float(x_train[indices]).to(device)
@@ -141,10 +148,15 @@ def finetune(
                     x = augment(x, generator)
                 _set_mode(classifier, scheme)
                 loss = scheme_loss(classifier, settings, x, y, generator)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"{scheme} finetuning: loss became {value} at epoch {epoch} "
+                                             f"(lr {optimizer.param_groups[0]['lr']:.4g})")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                bar.advance(1, info=f"loss {loss.item():.3f}")
+                bar.advance(1, info=f"loss {value:.3f}")
+            check_finite(trainable, f"{scheme} finetuning", epoch)
             scheduler.step()
             if epoch_eval is not None:
                 result.epoch_metrics.append(epoch_eval(classifier))

@@ -217,12 +217,16 @@ class ContrastiveModel(BranchRouting):
         projector: nn.Module,
         normalize: nn.Module | None = None,
         heads: nn.ModuleDict | None = None,
+        spec: dict | None = None,
     ):
         super().__init__()
         self.normalize = normalize if normalize is not None else nn.Identity()
         self.encoder = encoder
         self.projector = projector
         self.heads = heads if heads is not None else nn.ModuleDict()
+        # How to rebuild this architecture (``rebuild_contrastive_model``), so finetuned models are
+        # stored as state dicts plus this description instead of pickled modules.
+        self.spec = dict(spec or {})
 
     @property
     def feature_dim(self) -> int:
@@ -242,6 +246,8 @@ class ContrastiveModel(BranchRouting):
 
 
 CONV_INITS = ("default", "kaiming_normal")
+# 'custom': a released checkpoint's own mean/std (loaded with its state dict)
+NORMALIZATIONS = ("none", "imagenet", "custom")
 
 
 def build_contrastive_model(
@@ -253,24 +259,41 @@ def build_contrastive_model(
     normalization: str = "none",
     conv_init: str = "default",
 ) -> ContrastiveModel:
-    """Assemble the model a method trains. ``normalization``: 'none' | 'imagenet'.
+    """Assemble the model a method trains. ``normalization``: 'none' | 'imagenet' | 'custom'
+    (a Normalize layer whose values the caller loads); ``projector`` 'none' is an identity.
 
     ``conv_init``: 'default' (PyTorch's kaiming-uniform, as RoCL's kuangliu-style ResNet) or
     'kaiming_normal' (He-normal, fan_out, as the torchvision-style ResNets of ACL and AdvCL)."""
     if conv_init not in CONV_INITS:
         raise ValueError(f"conv_init={conv_init!r} is unknown: allowed {list(CONV_INITS)}")
-    if projector not in PROJECTORS:
-        raise ValueError(f"projector={projector!r} is unknown: allowed {sorted(PROJECTORS)}")
-    if normalization not in ("none", "imagenet"):
-        raise ValueError(f"normalization={normalization!r} is unknown: allowed ['imagenet', 'none']")
+    if projector not in PROJECTORS and projector != "none":
+        raise ValueError(f"projector={projector!r} is unknown: allowed {sorted(PROJECTORS)} or 'none'")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization={normalization!r} is unknown: allowed {list(NORMALIZATIONS)}")
     encoder = build_encoder(arch, branches, in_channels)
     if conv_init == "kaiming_normal":
         for module in encoder.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-    head = PROJECTORS[projector](encoder.feature_dim, branches)
-    normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD) if normalization == "imagenet" else None
-    return ContrastiveModel(encoder, head, normalize)
+    head = PROJECTORS[projector](encoder.feature_dim, branches) if projector != "none" else nn.Identity()
+    normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD) if normalization != "none" else None
+    spec = {"arch": arch, "branches": list(branches), "projector": projector, "in_channels": in_channels,
+            "normalization": normalization}
+    return ContrastiveModel(encoder, head, normalize, spec=spec)
+
+
+def rebuild_contrastive_model(spec: dict, state: dict[str, torch.Tensor]) -> ContrastiveModel:
+    """The architecture ``spec`` describes, with extra heads shaped from ``state`` (weights not loaded).
+
+    Normalisation buffers (ImageNet or a released checkpoint's own) come with the state dict."""
+    with torch.random.fork_rng(devices=[]):
+        model = build_contrastive_model(spec["arch"], tuple(spec["branches"]), spec["projector"],
+                                        in_channels=int(spec["in_channels"]), normalization=spec["normalization"])
+    for key, value in state.items():
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] == "heads" and parts[2] == "weight" and value.dim() == 2:
+            model.heads[parts[1]] = nn.Linear(value.shape[1], value.shape[0], bias=f"heads.{parts[1]}.bias" in state)
+    return model
 
 
 class Classifier(nn.Module):

@@ -9,8 +9,12 @@ continues from its checkpoint with ``resume``.
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+import multiprocessing.connection
+import os
+import threading
+import time
+import traceback
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,21 +47,14 @@ class DataCache:
         return self._cache[key]
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunOutcome:
-    """What one method run produced; the caller records it (the only writer of the table)."""
+    """How one method run ended: ``completed``, ``skipped`` (already complete) or ``failed`` (with why)."""
 
     run_id: str
-    rows: list[ResultRow] = field(default_factory=list)
-    summary: dict[str, Any] | None = None  # None: skipped, already complete
-
-
-def record(store: ResultsStore, outcome: RunOutcome) -> str:
-    """Append a finished run's rows (replacing a forced rerun's old ones), then mark it complete."""
-    if outcome.summary is not None:
-        store.append(outcome.rows, replace_run=outcome.run_id)
-        store.run(outcome.run_id).mark_complete(outcome.summary)
-    return outcome.run_id
+    method: str
+    status: str
+    reason: str = ""
 
 
 def find_encoder(store: ResultsStore, key: str, exclude: str) -> RunDir | None:
@@ -74,6 +71,18 @@ def find_encoder(store: ResultsStore, key: str, exclude: str) -> RunDir | None:
         if recorded == key:
             return run
     return None
+
+
+def load_donor(model, donor: RunDir, name: str) -> bool:
+    """Load another run's finished encoder (weights only); an unreadable one is skipped, said, never fatal."""
+    try:
+        model.load_state_dict(torch.load(donor.encoder, map_location="cpu", weights_only=True)["model"])
+    except Exception as error:  # a damaged donor must not block every run with these settings
+        progress.log(f"{name}: the encoder of run {donor.run_id} cannot be read ({progress.error_line(error)}); "
+                     "pretraining instead")
+        return False
+    progress.log(f"{name}: reusing the encoder of run {donor.run_id} (same pretraining settings and seed)")
+    return True
 
 
 def encoder_checkpoint(method: Method, model, run: MethodRun, in_channels: int) -> EncoderCheckpoint:
@@ -93,9 +102,12 @@ def run_method(run: MethodRun, plan: RunPlan, store: ResultsStore, cache: DataCa
     run_dir = store.run(run.run_id)
     if run_dir.is_complete() and not plan.force:
         progress.log(f"{name}: skipped, run {run.run_id} is complete (use --force to rerun)")
-        return RunOutcome(run.run_id)
-    if plan.force or not plan.resume:
-        if run_dir.checkpoint.exists() and not plan.force:
+        return RunOutcome(run.run_id, name, "skipped")
+    failed_before = run_dir.failure()
+    if plan.force or not plan.resume or failed_before:
+        if failed_before:
+            progress.log(f"{name}: its last attempt failed ({failed_before}); starting afresh")
+        elif run_dir.checkpoint.exists() and not plan.force:
             progress.log(f"{name}: starting fresh (pass --resume to continue from the existing checkpoint)")
         run_dir.clear()
     env = environment()
@@ -107,9 +119,9 @@ def run_method(run: MethodRun, plan: RunPlan, store: ResultsStore, cache: DataCa
     method = run.method_class(run.params)
     model = method.build_model(config.model.arch, data.channels)
     donor = None if plan.force else find_encoder(store, run.pretrain_key, exclude=run.run_id)
+    if donor is not None and not load_donor(model, donor, name):
+        donor = None
     if donor is not None:
-        progress.log(f"{name}: reusing the encoder of run {donor.run_id} (same pretraining settings and seed)")
-        model.load_state_dict(torch.load(donor.encoder, map_location="cpu", weights_only=True)["model"])
         model.to(device)
         write_atomic(run_dir.history, donor.history.read_bytes())
         pretrain_wall_s = 0.0
@@ -125,12 +137,32 @@ def run_method(run: MethodRun, plan: RunPlan, store: ResultsStore, cache: DataCa
                             eval_dataset=eval_data.name, config_hash=run.config_hash,
                             pretrain_epochs=config.pretrain.epochs)
     rows = [ResultRow.of(context, measurement) for measurement in measurements]
-    return RunOutcome(run.run_id, rows, {"finished": now(), "rows": len(rows), "pretrain_wall_s": pretrain_wall_s,
-                                         "encoder_from": donor.run_id if donor is not None else run.run_id})
+    run_dir.mark_complete(rows, {"finished": now(), "rows": len(rows), "pretrain_wall_s": pretrain_wall_s,
+                                 "encoder_from": donor.run_id if donor is not None else run.run_id})
+    return RunOutcome(run.run_id, name, "completed")
 
 
-def run_plan(plan: RunPlan) -> list[str]:
-    """Run every method run of the plan; returns the run ids (in plan order)."""
+def execute(run: MethodRun, plan: RunPlan, store: ResultsStore, cache: DataCache, device: torch.device) -> RunOutcome:
+    """``run_method``, with a failure recorded in the run directory instead of ending the whole plan.
+
+    Interrupts (Ctrl-C, SIGTERM) still stop everything; any other error fails this run only,
+    with its one-line reason (and the traceback, for ``bench status``) in ``failed.json``."""
+    threads = torch.get_num_threads()  # a resumed run may switch to the count it was started with
+    try:
+        return run_method(run, plan, store, cache, device)
+    except Exception as error:  # noqa: BLE001 - every failure of one run is recorded, none ends the plan
+        reason = progress.error_line(error)
+        store.run(run.run_id).mark_failed(reason, traceback.format_exc())
+        progress.log(f"{run.method}: failed: {reason}")
+        return RunOutcome(run.run_id, run.method, "failed", reason)
+
+
+
+def run_plan(plan: RunPlan) -> list[RunOutcome]:
+    """Run every method run of the plan; returns how each ended (in plan order).
+
+    Each finished run is recorded in its own directory, then ``results.csv`` is rebuilt, so a
+    failing or killed run never costs the others their results."""
     device = resolve_device(plan.base.device)
     jobs = resolve_jobs(plan.base.jobs, device, len(plan.runs))
     store = ResultsStore(plan.results_dir)
@@ -140,7 +172,11 @@ def run_plan(plan: RunPlan) -> list[str]:
     if base.data.eval_name:
         cache.get(base.data.eval_name, base)
     if jobs == 1:
-        return [record(store, run_method(run, plan, store, cache, device)) for run in plan.runs]
+        outcomes = []
+        for run in plan.runs:
+            outcomes.append(execute(run, plan, store, cache, device))
+            store.collect()
+        return outcomes
     return run_in_workers(plan, store, device, jobs)
 
 
@@ -153,7 +189,7 @@ def resolve_jobs(jobs: int, device: torch.device, runs: int) -> int:
     Small CPU models leave cores idle between tiny ops (two threads run a smoke forward only
     1.3× faster than one), so independent runs in single-thread processes use the machine
     better. Workers are forked (the registry, plugins included, is inherited), so CUDA, which
-    cannot be forked, always runs in-process.
+    cannot be forked, always runs in-process. More jobs than cores only oversubscribes them.
     """
     if jobs < 0:
         raise ConfigError(f"jobs={jobs!r} is invalid: allowed 0 (auto) or integers >= 1")
@@ -163,34 +199,91 @@ def resolve_jobs(jobs: int, device: torch.device, runs: int) -> int:
         return 1
     if jobs > 1 and "fork" not in multiprocessing.get_all_start_methods():
         raise ConfigError(f"jobs={jobs!r} is invalid on this platform (no fork): allowed 0 (auto) or 1")
+    if jobs > available_cores():
+        raise ConfigError(f"jobs={jobs!r} is invalid on this machine: allowed 0 (auto) to {available_cores()} "
+                          "(one run per core)")
     if jobs == 0:
         jobs = available_cores() if "fork" in multiprocessing.get_all_start_methods() else 1
     return max(1, min(jobs, runs))
 
 
-def _init_worker(threads: int) -> None:
+def _worker(connection, run: MethodRun, plan: RunPlan, device: torch.device, threads: int) -> None:
+    """One run in a forked process; it dies with its parent and reports its outcome on ``connection``."""
     torch.set_num_threads(threads)
     progress.set_bars(False)  # bars from several processes would garble the terminal; log lines stay
+    watch_parent(os.getppid())
+    connection.send(execute(run, plan, ResultsStore(plan.results_dir), DataCache(device), device))
+    connection.close()
 
 
-def _run_in_worker(run: MethodRun, plan: RunPlan, device: torch.device) -> RunOutcome:
-    return run_method(run, plan, ResultsStore(plan.results_dir), DataCache(device), device)
+def watch_parent(parent: int, interval_s: float = 0.5) -> None:
+    """End this process as soon as its parent is gone (killed, even with SIGKILL): an orphaned
+    worker would otherwise train on, write into a run directory a rerun may be using, and hang."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
-def run_in_workers(plan: RunPlan, store: ResultsStore, device: torch.device, jobs: int) -> list[str]:
-    """Run the plan's methods in ``jobs`` forked processes; this process alone writes the results table."""
+@dataclass
+class _Worker:
+    process: Any
+    connection: Any
+    run: MethodRun
+
+
+def run_in_workers(plan: RunPlan, store: ResultsStore, device: torch.device, jobs: int) -> list[RunOutcome]:
+    """Run the plan's methods in up to ``jobs`` forked processes, one process per run.
+
+    A process per run (not a pool) keeps runs independent: one that fails or is killed (OOM,
+    ``kill -9``) is recorded as failed and the others carry on. On an interrupt every worker
+    is stopped before the interrupt propagates."""
     threads = max(1, available_cores() // jobs)
     progress.log(f"running {len(plan.runs)} methods in {jobs} parallel processes ({threads} thread(s) each)")
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
-                             initargs=(threads,)) as pool:
-        # Adversarial methods (several attack passes per step) first: the cheap ones fill the tail.
-        by_cost = sorted(plan.runs, key=lambda run: not run.method_class.has_adversarial_views)
-        futures = {pool.submit(_run_in_worker, run, plan, device): run.run_id for run in by_cost}
-        try:
-            for future in as_completed(futures):
-                record(store, future.result())
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-    return [run.run_id for run in plan.runs]
+    # Adversarial methods (several attack passes per step) first: the cheap ones fill the tail.
+    pending = sorted(plan.runs, key=lambda run: not run.method_class.has_adversarial_views)
+    active: list[_Worker] = []
+    outcomes: dict[str, RunOutcome] = {}
+    try:
+        while pending or active:
+            while pending and len(active) < jobs:
+                run = pending.pop(0)
+                receiver, sender = context.Pipe(duplex=False)
+                process = context.Process(target=_worker, args=(sender, run, plan, device, threads), daemon=True)
+                process.start()
+                sender.close()
+                active.append(_Worker(process, receiver, run))
+            multiprocessing.connection.wait([worker.process.sentinel for worker in active])
+            for worker in [worker for worker in active if not worker.process.is_alive()]:
+                active.remove(worker)
+                outcomes[worker.run.run_id] = _collect_outcome(worker, store)
+                store.collect()
+    except BaseException:
+        for worker in active:
+            worker.process.terminate()
+        for worker in active:
+            worker.process.join()
+        raise
+    return [outcomes[run.run_id] for run in plan.runs]
+
+
+def _collect_outcome(worker: _Worker, store: ResultsStore) -> RunOutcome:
+    """The outcome a finished worker sent, or a failure naming how it died."""
+    worker.process.join()
+    try:
+        if worker.connection.poll():
+            return worker.connection.recv()
+    except (EOFError, OSError):
+        pass
+    finally:
+        worker.connection.close()
+    code = worker.process.exitcode
+    how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+    reason = f"WorkerDied: the process running {worker.run.method} ended without a result ({how})"
+    store.run(worker.run.run_id).mark_failed(reason)
+    progress.log(f"{worker.run.method}: failed: {reason}")
+    return RunOutcome(worker.run.run_id, worker.run.method, "failed", reason)

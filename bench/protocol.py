@@ -19,6 +19,7 @@ from torch import nn
 
 from bench import progress
 from bench.atomic import save_torch_atomic
+from bench.checkpoints import classifier_state
 from bench.config import EvalConfig, RunConfig
 from bench.data import ImageData, to_float
 from bench.evaluate import EvalReport, clean_accuracy, evaluate_classifier, pgd_accuracy, seeded_subset
@@ -54,11 +55,12 @@ def finetune_and_evaluate(
 
     measurements: list[Measurement] = []
     for scheme in config.finetune.schemes:
+        run_dir.set_progress("finetuning", scheme=scheme)
         began = time.perf_counter()
         tuned = finetune(scheme_settings(config, scheme), model, finetune_bn, data, seed=config.seed, device=device,
                          epoch_eval=epoch_metrics)
         finetune_s = time.perf_counter() - began
-        save_torch_atomic(tuned.classifier, run_dir.classifier(scheme))
+        save_torch_atomic(classifier_state(tuned.classifier), run_dir.classifier(scheme))
         report = evaluate_classifier(tuned.classifier, x_eval, y_eval, settings, device, seed=config.seed)
         write_sanity(run_dir, scheme, report)
         measurements += report_measurements(scheme, report, settings.epsilon, finetune_s + report.wall_s)

@@ -1,10 +1,13 @@
-"""The results store: one directory per run (``RunDir``) and one table of measured numbers.
+"""The results store: one directory per run (``RunDir``) and an index of measured numbers.
 
-``results/results.csv`` has one row per measured number (``ResultRow``; the columns are
-listed in ``docs/design.md`` §5). It is append-only: a run's rows are added once its
-evaluation is done, and the only rewrite is ``--force``, which replaces the rows of the run
-it reruns. Every write goes to a temp file in the same directory and is renamed over the old
-file, so a crash or kill leaves either the old table or the new one, never a torn one.
+Each run directory holds everything the run wrote, its measured numbers included
+(``rows.csv``, one ``ResultRow`` per number, written before the completion mark
+``done.json``). ``results/results.csv`` is an index of the rows of every complete run that
+``ResultsStore.collect`` rebuilds from the run directories (``bench collect``); nothing is
+ever appended to it in place, so jobs on many machines can share or merge stores. Every
+write goes to a temp file in the same directory and is renamed over the old file, so a
+crash or kill leaves either the old file or the new one, never a torn one; a torn or
+damaged file that is read anyway is refused with its file and line.
 
 This module is the only owner of the run directory's file names and of the row schema:
 the pipeline, the trainer, the methods and the report all go through ``RunDir`` and
@@ -37,6 +40,9 @@ class RunDir:
     ENCODER = "encoder.pt"  # the finished encoder (bench.checkpoints.EncoderCheckpoint)
     HISTORY = "pretrain_history.csv"  # the pretraining curve
     PSEUDO_LABELS = "pseudo_labels.npz"  # computed pseudo-labels (AdvCL family), reused on resume
+    ROWS = "rows.csv"  # the run's measured numbers (written before DONE; results.csv indexes them)
+    FAILED = "failed.json"  # why the last attempt failed (a later run starts afresh)
+    PROGRESS = "progress.json"  # the stage reached (pretraining step k of n, finetuning scheme)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -72,6 +78,18 @@ class RunDir:
     def pseudo_labels(self) -> Path:
         return self.path / self.PSEUDO_LABELS
 
+    @property
+    def rows(self) -> Path:
+        return self.path / self.ROWS
+
+    @property
+    def failed(self) -> Path:
+        return self.path / self.FAILED
+
+    @property
+    def progress(self) -> Path:
+        return self.path / self.PROGRESS
+
     def classifier(self, scheme: str) -> Path:
         """The finetuned classifier of one scheme (SLF, ALF, AFF, or AT for a ready model)."""
         return self.path / f"classifier_{scheme}.pt"
@@ -95,10 +113,28 @@ class RunDir:
         return self.create()
 
     def is_complete(self) -> bool:
-        return self.done.exists()
+        """Complete = a readable completion mark (an unreadable one is a run to redo, not a result)."""
+        return isinstance(self.read_json_or_none(self.done), dict)
 
-    def mark_complete(self, summary: dict[str, Any]) -> None:
+    def mark_complete(self, rows: list["ResultRow"], summary: dict[str, Any]) -> None:
+        """Store the run's rows, then its completion mark: a kill in between leaves an incomplete run."""
+        self.write_rows(rows)
+        self.failed.unlink(missing_ok=True)
         self.write_json(self.done, summary)
+
+    def mark_failed(self, reason: str, details: str = "") -> None:
+        """Record why this attempt failed (one line, plus e.g. a traceback); the run stays incomplete
+        and a later run starts it afresh."""
+        self.write_json(self.failed, {"reason": reason, "details": details, "time": now()})
+
+    def failure(self) -> str | None:
+        """The recorded failure reason, if the last attempt failed."""
+        recorded = self.read_json_or_none(self.failed)
+        return str(recorded.get("reason", "unknown")) if isinstance(recorded, dict) else None
+
+    def set_progress(self, stage: str, **fields: Any) -> None:
+        """Where the run is (read by ``bench status``); written atomically, cheap enough per checkpoint."""
+        self.write_json(self.progress, {"stage": stage, **fields, "time": now()})
 
     # ------------------------------------------------------------------ files
     def write_json(self, path: Path, payload: Any) -> Path:
@@ -108,6 +144,22 @@ class RunDir:
     @staticmethod
     def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
+
+    @classmethod
+    def read_json_or_none(cls, path: Path) -> Any:
+        """The parsed file, or None when it is missing or unreadable (damage is never a crash here)."""
+        try:
+            return cls.read_json(path)
+        except (OSError, ValueError):
+            return None
+
+    def write_rows(self, rows: list["ResultRow"]) -> Path:
+        self.create()
+        return write_atomic(self.rows, rows_csv(rows))
+
+    def read_rows(self) -> list["ResultRow"]:
+        """The run's stored rows, validated (``RowError`` names the file and line)."""
+        return read_rows_csv(self.rows)
 
     def write_history(self, history: list[dict[str, Any]]) -> Path:
         """Pretraining curve as CSV (epoch, step, loss, lr, then the method's own logs)."""
@@ -258,29 +310,25 @@ def _number(text: str, kind: type, column: str, where: str) -> float | int:
 # --------------------------------------------------------------------------- the store
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (a no-op where fcntl does not exist, e.g. Windows)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+class StoreError(RuntimeError):
+    """The store cannot be read or rebuilt safely; the message says which file and what to do."""
 
 
 class ResultsStore:
-    """``root/results.csv`` plus ``root/runs/<run_id>/`` (one ``RunDir`` per run)."""
+    """``root/runs/<run_id>/`` (one ``RunDir`` per run, each with its own ``rows.csv``) and
+    ``root/results.csv``, the index of the rows of every complete run.
+
+    A run's rows live in its own directory and are written before its completion mark, so
+    jobs on many machines never write the same file. ``collect`` rebuilds ``results.csv`` from
+    the complete runs alone, deterministically (runs by id, rows in their stored order):
+    twice in a row it writes the same bytes, and a damaged index is simply rebuilt.
+    """
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.table = self.root / "results.csv"
         self.runs = self.root / "runs"
+        self.lock_path = self.root / ".results.lock"
 
     def run(self, run_id: str) -> RunDir:
         """The run's directory (not created: ``RunDir.create`` does that when the run writes)."""
@@ -290,26 +338,66 @@ class ResultsStore:
         return [RunDir(path) for path in sorted(self.runs.iterdir()) if path.is_dir()] if self.runs.is_dir() else []
 
     def read_rows(self) -> list[ResultRow]:
-        if not self.table.exists():
-            return []
-        with open(self.table, newline="") as stream:
-            return [ResultRow.from_csv(raw, f"{self.table}:{line}")
-                    for line, raw in enumerate(csv.DictReader(stream), start=2)]
+        """The index, validated row by row (``RowError`` names the file and line)."""
+        return read_rows_csv(self.table) if self.table.exists() else []
 
-    def append(self, rows: Iterable[ResultRow], replace_run: str | None = None) -> None:
-        """Add rows; ``replace_run`` first drops that run's old rows.
+    def record(self, run_id: str, rows: list[ResultRow], summary: dict[str, Any]) -> None:
+        """A finished run: its rows and completion mark in its directory, then the index rebuilt."""
+        self.run(run_id).mark_complete(rows, summary)
+        self.collect()
 
-        The read-modify-write holds an exclusive lock (POSIX), so two ``bench`` processes sharing
-        a store never drop each other's rows."""
-        rows = list(rows)
-        for row in rows:
-            if not isinstance(row, ResultRow):
-                raise TypeError(f"result rows must be ResultRow, got {type(row).__name__}")
+    def collect(self) -> int:
+        """Rebuild ``results.csv`` from every complete run's ``rows.csv``; returns the number of rows.
+
+        Runs completed by older versions (a completion mark, no ``rows.csv``) get their rows from
+        the current index, which must then validate; otherwise nothing is written."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with _locked(self.root / ".results.lock"):
-            kept = [row for row in self.read_rows() if replace_run is None or row.run_id != replace_run]
-            write_atomic(self.table, rows_csv(kept + rows))
+        with _file_lock(self.lock_path):
+            complete = [run for run in self.run_dirs() if run.is_complete()]
+            legacy = [run for run in complete if not run.rows.exists()]
+            if legacy:
+                self._migrate(legacy)
+            rows = [row for run in complete for row in run.read_rows()]
+            write_atomic(self.table, rows_csv(rows))
+        return len(rows)
 
+    def _migrate(self, legacy: list[RunDir]) -> None:
+        """Give each legacy complete run its own ``rows.csv`` from the old index."""
+        try:
+            indexed = self.read_rows()
+        except (RowError, UnicodeDecodeError) as error:
+            names = ", ".join(run.run_id for run in legacy[:3])
+            raise StoreError(f"{self.table} cannot be read ({error}) and complete runs ({names}…) have no rows.csv: "
+                             "restore the file or delete those runs' done.json to redo them") from None
+        for run in legacy:
+            run.write_rows([row for row in indexed if row.run_id == run.run_id])
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock shared by every process on this host (``filelock``)."""
+    from filelock import FileLock
+
+    with FileLock(str(path)):
+        yield
+
+
+def read_rows_csv(path: Path) -> list[ResultRow]:
+    """Parse a rows file strictly: the exact header, every line a full row (a torn line is an error)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as stream:
+            reader = csv.reader(stream)
+            header = next(reader, None)
+            if header is None or tuple(header) != COLUMNS:
+                raise RowError(f"{path}:1: header is {header!r}: allowed exactly the columns {list(COLUMNS)}")
+            rows = []
+            for line, values in enumerate(reader, start=2):
+                if len(values) != len(COLUMNS):
+                    raise RowError(f"{path}:{line}: {len(values)} fields: allowed exactly {len(COLUMNS)} (a torn row?)")
+                rows.append(ResultRow.from_csv(dict(zip(COLUMNS, values)), f"{path}:{line}"))
+            return rows
+    except UnicodeDecodeError:
+        raise RowError(f"{path}: not UTF-8 text (a damaged file?)") from None
 
 def rows_csv(rows: Iterable[ResultRow]) -> str:
     """``results.csv`` text for ``rows`` (header first)."""

@@ -2,8 +2,8 @@
 
 A checkpoint holds the model, optimiser, method state (e.g. adaptive α), step, history and
 every random state (view/attack generator, torch CPU and CUDA), and is written to a temp
-file then renamed, so a killed run resumes bit-exactly (on CPU) from its last checkpoint
-and a crash never leaves a corrupt file behind. The epoch's batch order is derived from
+file then renamed, so a killed run resumes bit-exactly (on CPU, with the thread count it
+records) from its last checkpoint and a crash never leaves a corrupt file behind. The epoch's batch order is derived from
 (seed, epoch), so it does not depend on where a run was resumed.
 """
 from __future__ import annotations
@@ -12,12 +12,14 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench import progress
 from bench.atomic import save_torch_atomic
+from bench.checkpoints import CheckpointError
 from bench.config import RunConfig
 from bench.data import steps_per_epoch, to_float
 from bench.method import Method, StepContext
@@ -59,6 +61,24 @@ def _restore_rng(generator: torch.Generator, state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """A pretraining checkpoint, read with the weights-only unpickler (tensors, numbers, strings:
+    a tampered file cannot run code); a damaged one is one clear line saying how to recover."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch raises several types (EOFError, UnpicklingError, RuntimeError)
+        raise CheckpointError(f"checkpoint {path} cannot be read ({progress.error_line(error)}): "
+                              "rerun without --resume to start this run afresh") from None
+
+
+def restore_threads(recorded: int | None, name: str) -> None:
+    """Use the thread count the interrupted run had: CPU kernels sum in a thread-dependent order,
+    so only the same count resumes bit-exactly. The caller restores its own count afterwards."""
+    if recorded and recorded != torch.get_num_threads():
+        progress.log(f"  {name}: resuming with {recorded} thread(s), as the interrupted run had")
+        torch.set_num_threads(int(recorded))
+
+
 def pretrain(
     method: Method,
     model: ContrastiveModel,
@@ -88,7 +108,8 @@ def pretrain(
                                 attack=config.attack, run_dir=run_dir)
     method.setup(model, train_images, setup_context)
     if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        state = load_checkpoint(checkpoint_path, device)
+        restore_threads(state.get("threads"), method.name)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         method.load_state_dict(state["method"])
@@ -133,9 +154,11 @@ def pretrain(
                         "rng": _rng_state(generator),
                         "step": step + 1,
                         "history": result.history,
+                        "threads": torch.get_num_threads(),
                     },
                     checkpoint_path,
                 )
+                run_dir.set_progress("pretraining", step=step + 1, steps=total)
     result.wall_s = time.perf_counter() - began
     result.steps = total
     return result

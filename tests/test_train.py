@@ -38,7 +38,7 @@ def test_kill_and_resume_is_bit_exact(method_name, digits, tiny_config, tmp_path
     reference, full = _train(method_name, digits, tiny_config, tmp_path / "full")
     with pytest.raises(Crash):
         _train(method_name, digits, tiny_config, tmp_path / "killed", crash_at=12)
-    assert torch.load(RunDir(tmp_path / "killed").checkpoint, weights_only=False)["step"] == 10
+    assert torch.load(RunDir(tmp_path / "killed").checkpoint, weights_only=True)["step"] == 10
     resumed, partial = _train(method_name, digits, tiny_config, tmp_path / "killed", resume=True)
     assert partial.resumed_from == 10
     for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):

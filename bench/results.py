@@ -429,43 +429,25 @@ def load(path: str | Path) -> "pandas.DataFrame":
     as stored (``""`` for none), so ``frame["flags"].str.contains("suspect")`` works and cells stay
     hashable (write ``frame["flags"]``: ``frame.flags`` is pandas' own ``DataFrame.flags``).
 
-    Every row goes through ``ResultRow.from_csv``. A row with more or fewer fields than the header,
-    or a last row without its line end (a torn write), raises ``RowError`` naming the file and line:
-    it is never read as a shorter row. pandas is imported here, so ``import bench.results`` stays light.
+    The rows are read by ``read_rows_csv`` (exact header, every line a full row, each parsed by
+    ``ResultRow.from_csv``); a last row without its line end is refused too, since a write cut inside
+    the last column still has every field. Errors are ``RowError`` naming the file and line: a damaged
+    row is never read as a shorter one. pandas is imported here, so ``import bench.results`` stays light.
     """
     import pandas
 
-    rows = _checked_rows(Path(path))
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no results at {path}: run `bench run` first")
+    rows = read_rows_csv(path)
+    with open(path, "rb") as stream:
+        stream.seek(max(0, path.stat().st_size - 1))
+        if rows and stream.read(1) != b"\n":
+            raise RowError(f"{path}:{len(rows) + 1}: the last row has no line end (a torn write): "
+                           "rebuild the index with `bench collect`, or restore the file")
     records = {column: [getattr(row, column) for row in rows] for column in COLUMNS}
     records["flags"] = [";".join(flags) for flags in records["flags"]]
     frame = pandas.DataFrame(records, columns=list(COLUMNS))
     types = {column: "float64" if column in FLOAT_COLUMNS else "Int64" if column in INT_COLUMNS else "string"
              for column in COLUMNS}
     return frame.astype({column: "float64" for column in FLOAT_COLUMNS}).astype(types)
-
-
-def _checked_rows(path: Path) -> list[ResultRow]:
-    """The rows of ``path``; any row whose field count differs from the header's raises ``RowError``."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no results at {path}: run `bench run` first")
-    with open(path, newline="") as stream:
-        text = stream.read()
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, [])
-    missing, unknown = [c for c in COLUMNS if c not in header], [c for c in header if c not in COLUMNS]
-    if missing or unknown:
-        raise RowError(f"{path}:1: header lacks columns {missing} or has unknown columns {unknown}: "
-                       "not a results table of this version")
-    rows = []
-    for fields in reader:
-        where = f"{path}:{reader.line_num}"
-        if not fields:
-            continue
-        if len(fields) != len(header):
-            raise RowError(f"{where}: {len(fields)} fields where the header has {len(header)} "
-                           "(a torn or malformed row)")
-        rows.append(ResultRow.from_csv(dict(zip(header, fields)), where))
-    if rows and not text.endswith("\n"):
-        raise RowError(f"{path}:{reader.line_num}: the last row has no line end (a torn write): "
-                       "restore the file or delete that row")
-    return rows

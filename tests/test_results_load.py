@@ -18,9 +18,10 @@ def _context(run_id: str, seed: int | None = 0) -> RowContext:
 
 def _store(tmp_path) -> ResultsStore:
     store = ResultsStore(tmp_path)
-    store.append([ResultRow.of(_context("a"), Measurement("SLF", "clean", "accuracy", 78.123456, 0.06, 64, 12.345,
-                                                          ("suspect:order", "suspect:eps0"))),
-                  ResultRow.of(_context("b", seed=None), Measurement("ALF", "pgd20", "accuracy", 40.5, None, None))])
+    store.record("a", [ResultRow.of(_context("a"), Measurement("SLF", "clean", "accuracy", 78.123456, 0.06, 64,
+                                                                12.345, ("suspect:order", "suspect:eps0")))], {})
+    store.record("b", [ResultRow.of(_context("b", seed=None), Measurement("ALF", "pgd20", "accuracy", 40.5, None,
+                                                                          None))], {})
     return store
 
 
@@ -42,14 +43,14 @@ def test_load_types_every_column_and_keeps_one_row_per_number(tmp_path):
 
 def test_load_of_an_empty_store_keeps_the_columns_and_types(tmp_path):
     store = ResultsStore(tmp_path)
-    store.append([])
+    store.collect()  # no run yet: the index is its header
     frame = load(store.table)
     assert frame.empty and list(frame.columns) == list(COLUMNS) and str(frame.seed.dtype) == "Int64"
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda line: line.rsplit(",", 3)[0], r":3: 18 fields where the header has 21 \(a torn or malformed row\)"),
-    (lambda line: line + ",extra", r":3: 22 fields where the header has 21"),
+    (lambda line: line.rsplit(",", 3)[0], r":3: 18 fields: allowed exactly 21 \(a torn row\?\)"),
+    (lambda line: line + ",extra", r":3: 22 fields: allowed exactly 21"),
     (lambda line: line.replace(",40.5,", ",40.5x,"), r":3: value='40.5x' is invalid: allowed float values"),
 ])
 def test_a_damaged_row_names_file_and_line(tmp_path, damage, message):
@@ -73,7 +74,7 @@ def test_a_last_row_without_its_line_end_is_torn_not_shorter(tmp_path):
 def test_load_refuses_a_table_of_another_schema(tmp_path):
     path = tmp_path / "results.csv"
     path.write_text("method,value\nacl,1\n")
-    with pytest.raises(RowError, match=r"results\.csv:1: header lacks columns \['run_id'"):
+    with pytest.raises(RowError, match=r"results\.csv:1: header is \['method', 'value'\]: allowed exactly the columns"):
         load(path)
     with pytest.raises(FileNotFoundError, match="no results at .*: run `bench run` first"):
         load(tmp_path / "missing.csv")

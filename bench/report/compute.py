@@ -20,10 +20,8 @@ from bench.results import RunDir
 def pretrain_seconds(run_ids: list[str], runs_dir: Path) -> pd.Series:
     """Pretraining wall time per run (NaN where ``done.json`` is missing or unreadable)."""
     def seconds(run_id: str, hops: int = 2) -> float:
-        run = RunDir(runs_dir / run_id)
-        try:
-            done = run.read_json(run.done)
-        except (OSError, ValueError):
+        done = RunDir.read_json_or_none(RunDir(runs_dir / run_id).done)
+        if not isinstance(done, dict):
             return np.nan
         donor = done.get("encoder_from", run_id)
         if donor != run_id and hops:

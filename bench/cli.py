@@ -132,11 +132,19 @@ def _summarise(outcomes) -> int:
 
 
 def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: list[str] | None = None) -> int:
+    """Write the report in the registry's method order (plugins included): methods without adversarial
+    views (the non-adversarial anchor) first, then each base method followed by its A-InfoNCE variants."""
+    from bench import registry
     from bench.report import write_reports
 
+    methods = registry.available()
+    bases = sorted((name for name, cls in methods.items() if not cls.base_name),
+                   key=lambda name: methods[name].has_adversarial_views)
+    order = [name for base in bases for name in (base, *(n for n, c in methods.items() if c.base_name == base))]
     results_dir, reports_dir = dirs
     written = write_reports(results_dir / "results.csv", reports_dir, results_dir / "runs",
-                            results_dir / "reference", paper=paper, curve_methods=curve_methods)
+                            results_dir / "reference", paper=paper, curve_methods=curve_methods,
+                            method_order=order + [name for name in methods if name not in order])
     index = next((path for path in written if Path(path).name == "index.md"), reports_dir / "index.md")
     if not quiet:
         table = reports_dir / "results.md"

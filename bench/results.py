@@ -406,3 +406,48 @@ def rows_csv(rows: Iterable[ResultRow]) -> str:
     writer.writeheader()
     writer.writerows(row.to_csv() for row in rows)
     return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- pandas
+
+from typing import TYPE_CHECKING  # noqa: E402  (this section is appended; the top of the file is shared)
+
+
+if TYPE_CHECKING:  # pandas is imported inside ``load`` only: ``import bench.results`` stays light
+    import pandas
+
+FLOAT_COLUMNS = tuple(column for column in COLUMNS if _COLUMN_TYPES[column] is float)
+INT_COLUMNS = tuple(column for column in COLUMNS if _COLUMN_TYPES[column] is int)
+
+
+def load(path: str | Path) -> "pandas.DataFrame":
+    """``results.csv`` as a typed DataFrame: one row per measured number, the columns of ``ResultRow``.
+
+    Types: ``value``, ``epsilon`` and ``wall_s`` are float64 (NaN where not recorded); ``n_eval``,
+    ``seed``, ``pretrain_epochs`` and ``finetune_epochs`` are nullable ``Int64``; every other column,
+    ``timestamp`` included, is the ``string`` dtype; ``flags`` is one string, the tags joined by ``;``
+    as stored (``""`` for none), so ``frame["flags"].str.contains("suspect")`` works and cells stay
+    hashable (write ``frame["flags"]``: ``frame.flags`` is pandas' own ``DataFrame.flags``).
+
+    The rows are read by ``read_rows_csv`` (exact header, every line a full row, each parsed by
+    ``ResultRow.from_csv``); a last row without its line end is refused too, since a write cut inside
+    the last column still has every field. Errors are ``RowError`` naming the file and line: a damaged
+    row is never read as a shorter one. pandas is imported here, so ``import bench.results`` stays light.
+    """
+    import pandas
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no results at {path}: run `bench run` first")
+    rows = read_rows_csv(path)
+    with open(path, "rb") as stream:
+        stream.seek(max(0, path.stat().st_size - 1))
+        if rows and stream.read(1) != b"\n":
+            raise RowError(f"{path}:{len(rows) + 1}: the last row has no line end (a torn write): "
+                           "rebuild the index with `bench collect`, or restore the file")
+    records = {column: [getattr(row, column) for row in rows] for column in COLUMNS}
+    records["flags"] = [";".join(flags) for flags in records["flags"]]
+    frame = pandas.DataFrame(records, columns=list(COLUMNS))
+    types = {column: "float64" if column in FLOAT_COLUMNS else "Int64" if column in INT_COLUMNS else "string"
+             for column in COLUMNS}
+    return frame.astype({column: "float64" for column in FLOAT_COLUMNS}).astype(types)

@@ -395,9 +395,18 @@ def read_rows_csv(path: Path) -> list[ResultRow]:
                 if len(values) != len(COLUMNS):
                     raise RowError(f"{path}:{line}: {len(values)} fields: allowed exactly {len(COLUMNS)} (a torn row?)")
                 rows.append(ResultRow.from_csv(dict(zip(COLUMNS, values)), f"{path}:{line}"))
-            return rows
+        if rows and not _ends_with_newline(path):
+            raise RowError(f"{path}:{len(rows) + 1}: the last row has no line end (a write cut inside its last "
+                           "column): rebuild the index with `bench collect`, or restore the file")
+        return rows
     except UnicodeDecodeError:
         raise RowError(f"{path}: not UTF-8 text (a damaged file?)") from None
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as stream:
+        stream.seek(max(0, path.stat().st_size - 1))
+        return stream.read(1) == b"\n"
+
 
 def rows_csv(rows: Iterable[ResultRow]) -> str:
     """``results.csv`` text for ``rows`` (header first)."""
@@ -429,9 +438,8 @@ def load(path: str | Path) -> "pandas.DataFrame":
     as stored (``""`` for none), so ``frame["flags"].str.contains("suspect")`` works and cells stay
     hashable (write ``frame["flags"]``: ``frame.flags`` is pandas' own ``DataFrame.flags``).
 
-    The rows are read by ``read_rows_csv`` (exact header, every line a full row, each parsed by
-    ``ResultRow.from_csv``); a last row without its line end is refused too, since a write cut inside
-    the last column still has every field. Errors are ``RowError`` naming the file and line: a damaged
+    The rows are read by ``read_rows_csv`` (exact header, every line a full row ending in its line
+    end, each parsed by ``ResultRow.from_csv``). Errors are ``RowError`` naming the file and line: a damaged
     row is never read as a shorter one. pandas is imported here, so ``import bench.results`` stays light.
     """
     import pandas
@@ -440,11 +448,6 @@ def load(path: str | Path) -> "pandas.DataFrame":
     if not path.is_file():
         raise FileNotFoundError(f"no results at {path}: run `bench run` first")
     rows = read_rows_csv(path)
-    with open(path, "rb") as stream:
-        stream.seek(max(0, path.stat().st_size - 1))
-        if rows and stream.read(1) != b"\n":
-            raise RowError(f"{path}:{len(rows) + 1}: the last row has no line end (a torn write): "
-                           "rebuild the index with `bench collect`, or restore the file")
     records = {column: [getattr(row, column) for row in rows] for column in COLUMNS}
     records["flags"] = [";".join(flags) for flags in records["flags"]]
     frame = pandas.DataFrame(records, columns=list(COLUMNS))

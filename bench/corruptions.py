@@ -244,7 +244,8 @@ def corrupt(images: torch.Tensor, name: str, severity: int, generator: torch.Gen
     """One corruption at one severity on a batch [B, C, H, W] (float in [0, 1] or uint8), on its device.
 
     ``generator`` is a CPU torch.Generator: all randomness comes from it, so the result is fixed by
-    its seed and the batch, whatever the device. Returns the input's dtype, on 8-bit levels."""
+    its seed and the batch on every device (up to float rounding, which can move a value by one
+    8-bit level). Returns the input's dtype, on 8-bit levels."""
     corruption = _check(name, severity)
     if images.ndim != 4 or images.shape[1] not in (1, 3) or images.shape[2] != images.shape[3]:
         raise ValueError(f"images of shape {tuple(images.shape)} is invalid: allowed square [B, 1 or 3, H, H]")
@@ -258,7 +259,7 @@ def corrupt(images: torch.Tensor, name: str, severity: int, generator: torch.Gen
 
 def regenerate(images: torch.Tensor, name: str, severity: int, seed: int = 0, batch_size: int = 1000,
                device: torch.device | str | None = None) -> torch.Tensor:
-    """A regenerated CIFAR-C split: uint8 [N, C, H, W] → uint8, corrupted batch by batch on ``device``.
+    """A regenerated CIFAR-C split: uint8 [N, C, H, W] → uint8 on the CPU, corrupted batch by batch on ``device``.
 
     Batch k uses a generator seeded from (seed, name, severity, k): the result is fixed by the seed
     and ``batch_size`` (part of the recipe, like the seed), and any batch can be recomputed alone."""

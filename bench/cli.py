@@ -95,7 +95,8 @@ def _request(args: argparse.Namespace, methods: tuple[str, ...]):
         method_params.setdefault(scope or "*", {})[name] = value
     return RunRequest(preset=args.preset, overrides=overrides, method_params=method_params, methods=methods,
                       force=getattr(args, "force", False), resume=getattr(args, "resume", False),
-                      seeds=tuple(getattr(args, "seeds", None) or ()), datasets=tuple(getattr(args, "datasets", None) or ()))
+                      seeds=tuple(getattr(args, "seeds", None) or ()),
+                      datasets=tuple(getattr(args, "datasets", None) or ()))
 
 
 def _methods(args: argparse.Namespace) -> tuple[str, ...]:
@@ -208,7 +209,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import json
 
     from bench import sweep
-    from bench.device import available_cores
     from bench.pipeline import run_plan
     from bench.plan import build_plan
 
@@ -217,6 +217,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     request = _request(args, _methods(args))
     request.resume = True  # a sweep continues what an earlier sweep (or a requeued job) left
     plan = build_plan(request)
+    options = sweep.ClusterOptions(folder=Path(args.jobs_dir or plan.results_dir / "_jobs").resolve(),
+                                   **{name: getattr(args, name) for name in sweep.CLUSTER_FLAGS})
     jobs = sweep.plan_jobs(plan, request, no_report=args.no_report)
     if args.dry_run:
         for job in jobs:
@@ -230,7 +232,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not jobs:
         progress.log(f"nothing to submit: the {len(plan.runs)} run(s) of the sweep are complete (--force reruns them)")
         return 0
-    options = _cluster_options(args, plan.results_dir)
     if args.launcher == "slurm":
         ids = sweep.submit_slurm(jobs, options)
         for job in jobs:
@@ -238,70 +239,28 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         progress.log(f"{len(ids)} jobs submitted (logs in {options.folder}); follow the runs with "
                      f"`bench status --results-dir {plan.results_dir}`")
         return 0
-    failures = sweep.run_submitit_local(jobs, options, available_cores())
-    outcomes = sweep.outcomes(plan, jobs, failures)
+    failures = sweep.run_submitit_local(jobs, options)
     if "collect" in failures:
         print(f"bench: the collect job failed: {failures['collect']}", file=sys.stderr)
-    return max(_summarise(outcomes), int("collect" in failures))
-
-
-def _cluster_options(args: argparse.Namespace, results_dir: Path):
-    from bench.sweep import ClusterOptions
-
-    folder = Path(args.jobs_dir) if args.jobs_dir else results_dir / "_jobs"
-    for name in ("timeout_min", "gpus_per_node", "cpus_per_task", "array_parallelism", "max_timeouts"):
-        value = getattr(args, name)
-        if value is not None and value < (0 if name in ("gpus_per_node", "array_parallelism", "max_timeouts") else 1):
-            raise ConfigError(f"--{name.replace('_', '-')}={value} is invalid: allowed "
-                              f"{'integers >= 0' if name in ('gpus_per_node', 'array_parallelism', 'max_timeouts') else 'integers >= 1'}")
-    if args.mem_gb is not None and not args.mem_gb > 0:
-        raise ConfigError(f"--mem-gb={args.mem_gb} is invalid: allowed numbers > 0")
-    return ClusterOptions(folder=folder.resolve(), timeout_min=args.timeout_min, partition=args.partition,
-                          account=args.account, constraint=args.constraint, qos=args.qos,
-                          gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
-                          array_parallelism=args.array_parallelism, max_timeouts=args.max_timeouts)
+    return max(_summarise(sweep.outcomes(plan, jobs, failures)), int("collect" in failures))
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    """One stage of one run (what a sweep's job runs); always continues from what is stored."""
-    from bench.collect import finish_ready
-    from bench.device import resolve_device
+    """One stage of the runs the settings select (what a sweep's job runs); continues from what is stored."""
+    from bench import sweep
     from bench.plan import assemble, build_plan
-    from bench.results import ResultsStore
-    from bench.stages import DataCache, StageContext, run_stage
 
     if args.stage == "collect":
         config = assemble(_request(args, ("all",)))
-        store = ResultsStore(config.results_dir)
-        finished = finish_ready(store)
-        rows = store.collect()
-        progress.log(f"{store.table}: {rows} rows ({len(finished)} run(s) finished now)")
+        sweep.collect_stage(Path(config.results_dir))
         if not args.no_report:
             _report((Path(config.results_dir), Path(config.reports_dir)), paper=False, quiet=True)
         return 0
-    if args.stage == "finetune" and args.scheme is None:
-        raise ConfigError(f"--scheme is missing: the finetune stage needs one of {list(SCHEMES)}")
     request = _request(args, _methods(args))
     request.resume = True
-    plan = build_plan(request)
-    runs = [run for run in plan.runs if args.run_id in (None, run.run_id)]
-    if not runs:
-        raise ConfigError(f"--run-id {args.run_id} is invalid: these settings give {[run.run_id for run in plan.runs]} "
-                          "(did the code or the settings change since the job was planned?)")
-    for run in runs:
-        if args.stage == "finetune" and args.scheme not in run.config.finetune.schemes:
-            raise ConfigError(f"--scheme {args.scheme} is invalid for run {run.run_id}: "
-                              f"allowed {list(run.config.finetune.schemes)}")
-    device = resolve_device(plan.base.device)
-    context = StageContext(ResultsStore(plan.results_dir), device, DataCache(device), force=plan.force, resume=True)
-    failed = 0
-    for run in runs:
-        status = run_stage(args.stage, run, context, args.scheme)
-        progress.log(f"{run.method}: stage {args.stage}{' ' + args.scheme if args.scheme else ''}: {status}")
-        if status == "failed":
-            failed += 1
-            print(f"bench: run {run.run_id} ({run.method}) failed: {context.store.run(run.run_id).failure()}",
-                  file=sys.stderr)
+    failed = sweep.run_stage_of_plan(build_plan(request), args.stage, args.scheme, args.run_id)
+    for run_id, method, reason in failed:
+        print(f"bench: run {run_id} ({method}) failed: {reason}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -407,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_sweep_parser(sub) -> None:
     from bench.sweep import LAUNCHERS
 
-    sweep = sub.add_parser("sweep", help="seeds × datasets × methods as scheduler jobs (SLURM via submitit) or locally",
+    sweep = sub.add_parser("sweep",
+                           help="seeds × datasets × methods as scheduler jobs (SLURM via submitit) or locally",
                            description="Run a plan's stages (pretrain, then one finetune-and-evaluate job per scheme, "
                            "then collect + report) as jobs. Complete runs are skipped; interrupted ones continue.")
     sweep.add_argument("--methods", nargs="+", default=["all"], help="method names or 'all'")
@@ -430,7 +390,8 @@ def _add_sweep_parser(sub) -> None:
     cluster.add_argument("--account", help="SLURM account")
     cluster.add_argument("--constraint", help="SLURM node constraint, e.g. a100")
     cluster.add_argument("--qos", help="SLURM quality of service")
-    cluster.add_argument("--gpus-per-node", type=int, help="GPUs per pretrain/finetune job (default 1 on SLURM, 0 locally)")
+    cluster.add_argument("--gpus-per-node", type=int,
+                         help="GPUs per pretrain/finetune job (default 1 on SLURM, 0 locally)")
     cluster.add_argument("--cpus-per-task", type=int, help="CPU cores per job")
     cluster.add_argument("--mem-gb", type=float, help="memory per job")
     cluster.add_argument("--array-parallelism", type=int, default=0,

@@ -74,7 +74,7 @@ class MethodRun:
 class RunPlan:
     """The resolved request: its method runs plus the settings shared by all of them."""
 
-    base: RunConfig  # preset + overrides (first seed and dataset), without any method's settings: directories, device, jobs
+    base: RunConfig  # preset + overrides (first seed, dataset), no method's settings: directories, device, jobs
     runs: tuple[MethodRun, ...]
     force: bool = False
     resume: bool = False

@@ -44,7 +44,7 @@ class RunDir:
     PSEUDO_LABELS = "pseudo_labels.npz"  # computed pseudo-labels (AdvCL family), reused on resume
     ROWS = "rows.csv"  # the run's measured numbers (written before DONE; results.csv indexes them)
     PRETRAIN_SUMMARY = "pretrain.json"  # the pretraining stage's record (written after ENCODER: the stage is done)
-    FAILED = "failed.json"  # why the last attempt failed (a later run starts afresh)
+    FAILED = "failed.json"  # why the last attempt failed (a later run starts afresh, or resumes after a kill)
     PROGRESS = "progress.json"  # the stage reached (pretraining step k of n, finetuning scheme)
 
     def __init__(self, path: str | Path):

@@ -23,22 +23,28 @@ resumable failure, so the next sweep resumes it too.
 """
 from __future__ import annotations
 
+import math
 import os
 import shlex
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
+from bench import progress
 from bench.config import SCHEMES, ConfigError
+from bench.device import available_cores
 from bench.plan import MethodRun, RunPlan, RunRequest
 from bench.results import ResultsStore
 
 LAUNCHERS = ("local", "submitit-local", "slurm")
 JOB_STAGES = ("pretrain", "finetune", "collect")
+# ClusterOptions fields that `bench sweep` sets from flags of the same name (--timeout-min, ...)
+CLUSTER_FLAGS = ("timeout_min", "max_timeouts", "partition", "account", "constraint", "qos", "gpus_per_node",
+                 "cpus_per_task", "mem_gb", "array_parallelism")
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,15 @@ class ClusterOptions:
     array_parallelism: int = 0  # 0: SLURM's default (submitit: 256), locally one job per core
     max_timeouts: int = 3  # requeues after a timeout (preemptions do not count)
     collect_timeout_min: int = 60
-    extra: dict[str, Any] = field(default_factory=dict)  # more update_parameters, e.g. {"slurm_setup": [...]}
+
+    def __post_init__(self) -> None:
+        for name, lowest in (("timeout_min", 1), ("collect_timeout_min", 1), ("cpus_per_task", 1), ("gpus_per_node", 0),
+                             ("array_parallelism", 0), ("max_timeouts", 0)):
+            value = getattr(self, name)
+            if value is not None and value < lowest:
+                raise ConfigError(f"--{name.replace('_', '-')}={value} is invalid: allowed integers >= {lowest}")
+        if self.mem_gb is not None and not (math.isfinite(self.mem_gb) and self.mem_gb > 0):
+            raise ConfigError(f"--mem-gb={self.mem_gb} is invalid: allowed finite numbers > 0")
 
 
 # --------------------------------------------------------------------------- jobs and their command lines
@@ -120,10 +134,13 @@ def plan_jobs(plan: RunPlan, request: RunRequest, *, no_report: bool = False) ->
         pretrain = SweepJob(f"{run.run_id}/pretrain", "pretrain", ("stage", "pretrain", *flags,
                             *(["--force"] if plan.force else [])), run.run_id, run.method)
         jobs.append(pretrain)
-        jobs += [SweepJob(f"{run.run_id}/{scheme}", "finetune", ("stage", "finetune", "--scheme", scheme, *flags),
-                          run.run_id, run.method, scheme, after=(pretrain.key,)) for scheme in run.config.finetune.schemes]
+        for scheme in run.config.finetune.schemes:
+            argv = ("stage", "finetune", "--scheme", scheme, *flags)
+            jobs.append(SweepJob(f"{run.run_id}/{scheme}", "finetune", argv, run.run_id, run.method, scheme,
+                                 after=(pretrain.key,)))
     if jobs:
-        dirs = ["--set", f"results_dir={plan.results_dir.resolve()}", "--set", f"reports_dir={plan.reports_dir.resolve()}"]
+        dirs = ["--set", f"results_dir={plan.results_dir.resolve()}",
+                "--set", f"reports_dir={plan.reports_dir.resolve()}"]
         jobs.append(SweepJob("collect", "collect", ("stage", "collect", *dirs, *(["--no-report"] if no_report else [])),
                              after=tuple(job.key for job in jobs)))
     return jobs
@@ -157,7 +174,8 @@ class StageJob(submitit.helpers.Checkpointable):
             torch.set_num_threads(threads)
         code = run_stage_command(list(argv))
         if code != 0:
-            raise StageFailed(f"{shlex.join(('bench', *argv[:2]))} exited with status {code}: see the run's failed.json")
+            raise StageFailed(f"{shlex.join(('bench', *argv[:2]))} exited with status {code}: "
+                              "see the run's failed.json")
         return "done"
 
     def checkpoint(self, argv: Sequence[str]) -> Any:
@@ -185,7 +203,6 @@ def make_executor(cluster: str, options: ClusterOptions, stage: str, dependency:
         "slurm_qos": options.qos, "slurm_array_parallelism": options.array_parallelism or None,
         "slurm_dependency": dependency,
         "slurm_additional_parameters": {"kill-on-invalid-dep": "yes"} if dependency else None,
-        **options.extra,
     }
     executor.update_parameters(**{name: value for name, value in parameters.items() if value is not None})
     return executor
@@ -215,15 +232,17 @@ def submit_slurm(jobs: list[SweepJob], options: ClusterOptions,
         ids.update({job.key: handle.job_id for job, handle in zip(tasks, handles)})
         arrays.append(_array_id(handles))
     (collect,) = [job for job in jobs if job.stage == "collect"]
-    handle = executor("slurm", options, "collect", "afterany:" + ":".join(arrays)).submit(StageJob(), list(collect.argv))
+    after_all = "afterany:" + ":".join(arrays)
+    handle = executor("slurm", options, "collect", after_all).submit(StageJob(), list(collect.argv))
     ids[collect.key] = handle.job_id
     return ids
 
 
-def run_submitit_local(jobs: list[SweepJob], options: ClusterOptions, cores: int,
+def run_submitit_local(jobs: list[SweepJob], options: ClusterOptions,
                        executor: Callable[..., Any] = make_executor) -> dict[str, str]:
     """Run the sweep with submitit's local executor, stage by stage; returns each failed job's key →
     why (an empty dict when every job succeeded). A run whose pretraining failed gets no finetuning job."""
+    cores = available_cores()
     parallel = max(1, options.array_parallelism or cores)
     threads = max(1, cores // parallel)
     failures: dict[str, str] = {}
@@ -276,3 +295,44 @@ def outcomes(plan: RunPlan, jobs: list[SweepJob], failures: dict[str, str]) -> l
             reason = run_dir.failure() or "incomplete: a job of this run did not finish"
             ended.append(RunOutcome(run.run_id, run.method, "failed", reason))
     return ended
+
+
+# --------------------------------------------------------------------------- `bench stage`
+
+
+def run_stage_of_plan(plan: RunPlan, stage: str, scheme: str | None, run_id: str | None) -> list[tuple[str, str, str]]:
+    """Run one stage (pretrain or finetune) of the plan's runs (of ``run_id`` alone when given, which the
+    plan must contain); returns (run id, method, reason) of each run whose stage failed."""
+    from bench.device import resolve_device
+    from bench.stages import DataCache, StageContext, run_stage
+
+    if stage == "finetune" and scheme is None:
+        raise ConfigError(f"--scheme is missing: the finetune stage needs one of {list(SCHEMES)}")
+    runs = [run for run in plan.runs if run_id in (None, run.run_id)]
+    if not runs:
+        raise ConfigError(f"--run-id {run_id} is invalid: these settings give {[run.run_id for run in plan.runs]} "
+                          "(did the code or the settings change since the job was planned?)")
+    for run in runs:
+        if stage == "finetune" and scheme not in run.config.finetune.schemes:
+            raise ConfigError(f"--scheme {scheme} is invalid for the finetune stage of {run.run_id}: "
+                              f"allowed {list(run.config.finetune.schemes)}")
+    device = resolve_device(plan.base.device)
+    context = StageContext(ResultsStore(plan.results_dir), device, DataCache(device), force=plan.force, resume=True)
+    failed = []
+    for run in runs:
+        status = run_stage(stage, run, context, scheme if stage == "finetune" else None)
+        progress.log(f"{run.method}: stage {stage}{f' {scheme}' if stage == 'finetune' else ''}: {status}")
+        if status == "failed":
+            failed.append((run.run_id, run.method, context.store.run(run.run_id).failure() or "unknown"))
+    return failed
+
+
+def collect_stage(results_dir: Path) -> int:
+    """The sweep's last job: finish every run whose stages are all done, then rebuild ``results.csv``."""
+    from bench.collect import finish_ready
+
+    store = ResultsStore(results_dir)
+    finished = finish_ready(store)
+    rows = store.collect()
+    progress.log(f"{store.table}: {rows} rows ({len(finished)} run(s) finished now)")
+    return rows

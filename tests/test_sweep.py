@@ -91,6 +91,12 @@ def test_dry_run_json_lists_every_job_and_skips_complete_runs(tmp_path, capsys):
     assert len(forced) == len(lines) and "--force" in shlex.split(forced[0]["command"])
     assert main(["sweep", *_dirs(tmp_path), "--json", "--quiet"]) == 2
     assert "--json is invalid without --dry-run" in capsys.readouterr().err
+    stage = shlex.split(lines[4]["command"])[1:]  # a finetune job's command (second run), checked before any work
+    assert main([*stage[:2], *stage[4:], "--quiet"]) == 2  # without --scheme
+    assert main([*stage, "--set", "finetune.epochs=2", "--quiet"]) == 2  # settings that give another run id
+    err = capsys.readouterr().err.splitlines()
+    assert "--scheme is missing" in err[0] and f"--run-id {lines[4]['run_id']} is invalid" in err[1]
+    assert lines[4]["stage"] == "finetune" and not ResultsStore(tmp_path / "r").run(lines[4]["run_id"]).path.exists()
 
 
 # --------------------------------------------------------------------------- stages ≡ bench run
@@ -258,7 +264,8 @@ def test_slurm_submission_builds_arrays_and_task_wise_dependencies(tmp_path, mon
             submitted[line["job"]] = ("bench", *delayed.args[0])
             assert type(delayed.function).__name__ == "StageJob"
     submitted["collect"] = ("bench", *pickle_load(jobs_dir / "4003_submitted.pkl").args[0])
-    assert {key: shlex.join(argv) for key, argv in submitted.items()} == {line["job"]: line["command"] for line in lines}
+    printed = {line["job"]: line["command"] for line in lines}
+    assert {key: shlex.join(argv) for key, argv in submitted.items()} == printed
 
 
 def test_a_requeued_forced_job_continues_instead_of_restarting():

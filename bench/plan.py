@@ -1,8 +1,10 @@
 """The run plan: every method run of a request, resolved once, before any work.
 
 ``build_plan(request)`` turns what the user asked for (a preset, dotted overrides, method
-parameters, methods) into a list of ``MethodRun``: for each method, its fully resolved and
-validated config, its hyperparameters, its run id and its hashes. Everything downstream
+parameters, methods, optionally several seeds and datasets) into a list of ``MethodRun``: for
+each seed × dataset × method, its fully resolved and validated config, its hyperparameters, its
+run id and its hashes. A product is expanded into single-seed, single-dataset requests first, so
+a run's id is the same whether it was asked for alone or in a product. Everything downstream
 (the pipeline, the worker processes, ``bench evaluate``, ``--dry-run``, the report's
 directories) takes the plan and never rebuilds a config from strings.
 
@@ -40,6 +42,8 @@ class RunRequest:
     methods: tuple[str, ...] = ("all",)
     force: bool = False
     resume: bool = False
+    seeds: tuple[str, ...] = ()  # several seeds (raw values): the plan is seeds × datasets × methods
+    datasets: tuple[str, ...] = ()  # several pretraining datasets
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ class MethodRun:
 class RunPlan:
     """The resolved request: its method runs plus the settings shared by all of them."""
 
-    base: RunConfig  # preset + overrides, without any method's settings: directories, device, jobs, data
+    base: RunConfig  # preset + overrides (first seed, dataset), no method's settings: directories, device, jobs
     runs: tuple[MethodRun, ...]
     force: bool = False
     resume: bool = False
@@ -131,13 +135,43 @@ def resolve_run(method: type[Method], request: RunRequest, base: RunConfig) -> M
     return MethodRun(method.name, config, params, run_id, digest, pretraining_key(payload), payload)
 
 
+def expand(request: RunRequest) -> list[RunRequest]:
+    """One single-seed, single-dataset request per (seed, dataset) of ``request.seeds × request.datasets``.
+
+    Each is what ``--seed S --dataset D`` alone would give (the same overrides), so a run's id
+    does not depend on whether it was asked for alone or as part of a product."""
+    products = []
+    for flag, field_name, values in (("--seeds", "seed", request.seeds), ("--datasets", "data.name", request.datasets)):
+        if values and field_name in request.overrides:
+            raise ConfigError(f"{flag} {' '.join(map(str, values))} is invalid together with "
+                              f"{field_name}={request.overrides[field_name]!r}: allowed one of the two forms")
+        products.append([(field_name, value) for value in values] or [None])
+    requests = []
+    for seed in products[0]:
+        for dataset in products[1]:
+            overrides = dict(request.overrides)
+            overrides.update(dict(item for item in (seed, dataset) if item is not None))
+            requests.append(dataclasses.replace(request, overrides=overrides, seeds=(), datasets=()))
+    return requests
+
+
 def build_plan(request: RunRequest) -> RunPlan:
-    """Resolve and check every method run of ``request``; any bad value fails here, before any work."""
-    base = assemble(request)
+    """Resolve and check every method run of ``request`` (seeds × datasets × methods, in that order);
+    any bad value fails here, before any work."""
+    singles = expand(request)
+    base = assemble(singles[0])
     names = registry.resolve(base.methods)
     unknown_scopes = sorted(scope for scope in request.method_params if scope != "*" and scope not in names)
     if unknown_scopes:
         raise ConfigError(f"--param scope {unknown_scopes[0]!r} is invalid: it names no selected method; "
                           f"allowed {names}")
-    runs = tuple(resolve_run(registry.get(name), request, base) for name in names)
-    return RunPlan(base, runs, force=request.force, resume=request.resume)
+    runs = []
+    for single in singles:
+        single_base = assemble(single)
+        runs += [resolve_run(registry.get(name), single, single_base) for name in names]
+    repeated = sorted({run.run_id for run in runs if sum(other.run_id == run.run_id for other in runs) > 1})
+    if repeated:
+        given = [f"{flag} {' '.join(map(str, values))}" for flag, values in
+                 (("--seeds", request.seeds), ("--datasets", request.datasets)) if values]
+        raise ConfigError(f"{' '.join(given)} is invalid: run {repeated[0]} comes twice; allowed distinct values")
+    return RunPlan(base, tuple(runs), force=request.force, resume=request.resume)

@@ -20,7 +20,9 @@ import dataclasses
 import io
 import json
 import math
+import os
 import shutil
+import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +43,8 @@ class RunDir:
     HISTORY = "pretrain_history.csv"  # the pretraining curve
     PSEUDO_LABELS = "pseudo_labels.npz"  # computed pseudo-labels (AdvCL family), reused on resume
     ROWS = "rows.csv"  # the run's measured numbers (written before DONE; results.csv indexes them)
-    FAILED = "failed.json"  # why the last attempt failed (a later run starts afresh)
+    PRETRAIN_SUMMARY = "pretrain.json"  # the pretraining stage's record (written after ENCODER: the stage is done)
+    FAILED = "failed.json"  # why the last attempt failed (a later run starts afresh, or resumes after a kill)
     PROGRESS = "progress.json"  # the stage reached (pretraining step k of n, finetuning scheme)
 
     def __init__(self, path: str | Path):
@@ -83,6 +86,14 @@ class RunDir:
         return self.path / self.ROWS
 
     @property
+    def pretrain_summary(self) -> Path:
+        return self.path / self.PRETRAIN_SUMMARY
+
+    def scheme_rows(self, scheme: str) -> Path:
+        """One finetuning scheme's rows (its stage's output); ``rows.csv`` assembles them in scheme order."""
+        return self.path / f"rows_{scheme}.csv"
+
+    @property
     def failed(self) -> Path:
         return self.path / self.FAILED
 
@@ -122,19 +133,29 @@ class RunDir:
         self.failed.unlink(missing_ok=True)
         self.write_json(self.done, summary)
 
-    def mark_failed(self, reason: str, details: str = "") -> None:
-        """Record why this attempt failed (one line, plus e.g. a traceback); the run stays incomplete
-        and a later run starts it afresh."""
-        self.write_json(self.failed, {"reason": reason, "details": details, "time": now()})
+    def mark_failed(self, reason: str, details: str = "", *, resumable: bool = False) -> None:
+        """Record why this attempt failed (one line, plus e.g. a traceback); the run stays incomplete.
+
+        A run that failed by itself (an error in its own code path) is started afresh by a later
+        run. ``resumable`` marks a process killed from outside (SIGKILL, the OOM killer, a lost
+        node): its checkpoint is intact (every write is atomic), so a resuming run continues it."""
+        self.write_json(self.failed, {"reason": reason, "details": details, "time": now(), "resumable": resumable})
 
     def failure(self) -> str | None:
         """The recorded failure reason, if the last attempt failed."""
         recorded = self.read_json_or_none(self.failed)
         return str(recorded.get("reason", "unknown")) if isinstance(recorded, dict) else None
 
+    def failure_is_resumable(self) -> bool:
+        """Whether the recorded failure was a kill from outside (see ``mark_failed``)."""
+        recorded = self.read_json_or_none(self.failed)
+        return isinstance(recorded, dict) and recorded.get("resumable") is True
+
     def set_progress(self, stage: str, **fields: Any) -> None:
-        """Where the run is (read by ``bench status``); written atomically, cheap enough per checkpoint."""
-        self.write_json(self.progress, {"stage": stage, **fields, "time": now()})
+        """Where the run is and which process runs it (read by ``bench status``); written atomically,
+        cheap enough per checkpoint."""
+        self.write_json(self.progress, {"stage": stage, **fields, "time": now(), "host": socket.gethostname(),
+                                        "pid": os.getpid()})
 
     # ------------------------------------------------------------------ files
     def write_json(self, path: Path, payload: Any) -> Path:
@@ -160,6 +181,13 @@ class RunDir:
     def read_rows(self) -> list["ResultRow"]:
         """The run's stored rows, validated (``RowError`` names the file and line)."""
         return read_rows_csv(self.rows)
+
+    def write_scheme_rows(self, scheme: str, rows: list["ResultRow"]) -> Path:
+        self.create()
+        return write_atomic(self.scheme_rows(scheme), rows_csv(rows))
+
+    def read_scheme_rows(self, scheme: str) -> list["ResultRow"]:
+        return read_rows_csv(self.scheme_rows(scheme))
 
     def write_history(self, history: list[dict[str, Any]]) -> Path:
         """Pretraining curve as CSV (epoch, step, loss, lr, then the method's own logs)."""

@@ -35,9 +35,17 @@ def make_context(step: int = 0, *, seed: int = 0, indices=None, run_dir=None, ep
 
 
 def build(name: str, **overrides):
-    """A method with its smoke-preset parameters (plus ``overrides``) and its small CNN."""
+    """A method with its smoke-preset parameters (plus ``overrides``) and its small CNN.
+
+    A distillation method (``requires_teacher``) gets a randomly initialised small-CNN teacher of
+    its ``teacher_method``, built here: a real run's teacher comes from the harness or a file.
+    """
     cls = registry.get(name)
     method = cls(cls.make_params({**cls.preset_params("smoke", "digits"), **overrides}))
+    if cls.requires_teacher and method.needs_teacher():
+        torch.manual_seed(1)
+        teacher_class = registry.get(cls.teacher_method)
+        method.set_teacher(teacher_class().build_model("small_cnn"))
     torch.manual_seed(0)
     return method, method.build_model("small_cnn")
 

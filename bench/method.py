@@ -120,6 +120,12 @@ class Method:
     hard_negatives: ClassVar[bool] = False
     base_name: ClassVar[str] = ""
     variant_note: ClassVar[str] = ""  # shown in `bench list` for the derived variants
+    # Distillation (DeACL): this method learns from a frozen, pretrained encoder of the method
+    # named ``teacher_method``. When ``needs_teacher()`` is true the harness pretrains or reuses
+    # that method's run (same preset, data, model and seed), loads its encoder and calls
+    # ``set_teacher`` before ``setup``; a teacher file named in the parameters is the method's own.
+    requires_teacher: ClassVar[bool] = False
+    teacher_method: ClassVar[str] = ""
 
     def __init__(self, params: MethodParams | None = None):
         self.params = params if params is not None else self.Params()
@@ -186,6 +192,14 @@ class Method:
             arch, self.bn_branches, self.projector, in_channels=in_channels, normalization=self.normalization,
             conv_init=self.conv_init,
         )
+
+    def needs_teacher(self) -> bool:
+        """Whether the harness must supply a teacher through ``set_teacher`` before ``setup``."""
+        return False
+
+    def set_teacher(self, teacher: ContrastiveModel, info: dict[str, Any] | None = None) -> None:
+        """Receive the teacher encoder (``info``: ``bench.checkpoints.load_encoder``'s description)."""
+        raise TypeError(f"method {self.name!r} does not distil from a teacher (requires_teacher is False)")
 
     def setup(self, model: ContrastiveModel, train_images: torch.Tensor, ctx: StepContext) -> None:
         """One-off preparation before the first step (e.g. AdvCL's pseudo-labels)."""

@@ -25,7 +25,13 @@ from bench.config import ConfigError
 from bench.device import available_cores, resolve_device
 from bench.plan import MethodRun, RunPlan
 from bench.results import ResultsStore
-from bench.stages import DataCache, StageContext, finetune_stage, finish_stage, pretrain_stage
+from bench.stages import (
+    DataCache,
+    StageContext,
+    finetune_stage,
+    finish_stage,
+    pretrain_stage,
+)
 
 __all__ = ["DataCache", "RunOutcome", "execute", "resolve_jobs", "run_method", "run_plan"]
 
@@ -157,19 +163,25 @@ def run_in_workers(plan: RunPlan, store: ResultsStore, device: torch.device, job
     threads = max(1, available_cores() // jobs)
     progress.log(f"running {len(plan.runs)} methods in {jobs} parallel processes ({threads} thread(s) each)")
     context = multiprocessing.get_context("fork")
-    # Adversarial methods (several attack passes per step) first: the cheap ones fill the tail.
-    pending = sorted(plan.runs, key=lambda run: not run.method_class.has_adversarial_views)
+    # Teachers first (their students wait for them), then adversarial methods (several attack passes
+    # per step): the cheap ones fill the tail.
+    teachers = {run.teacher for run in plan.runs}
+    pending = sorted(plan.runs, key=lambda run: (run.run_id not in teachers, not run.method_class.has_adversarial_views))
     active: list[_Worker] = []
     outcomes: dict[str, RunOutcome] = {}
     try:
         while pending or active:
-            while pending and len(active) < jobs:
-                run = pending.pop(0)
+            while len(active) < jobs and (run := next_ready(pending, outcomes, store)) is not None:
+                pending.remove(run)
+                if run.run_id in outcomes:  # its teacher failed: nothing to start
+                    continue
                 receiver, sender = context.Pipe(duplex=False)
                 process = context.Process(target=_worker, args=(sender, run, plan, device, threads), daemon=True)
                 process.start()
                 sender.close()
                 active.append(_Worker(process, receiver, run))
+            if not active:  # every pending run waits for a teacher that is not in the plan: cannot happen
+                raise RuntimeError(f"runs {[run.run_id for run in pending]} wait for teachers that never run")
             multiprocessing.connection.wait([worker.process.sentinel for worker in active])
             for worker in [worker for worker in active if not worker.process.is_alive()]:
                 active.remove(worker)
@@ -182,6 +194,23 @@ def run_in_workers(plan: RunPlan, store: ResultsStore, device: torch.device, job
             worker.process.join()
         raise
     return [outcomes[run.run_id] for run in plan.runs]
+
+
+def next_ready(pending: list[MethodRun], outcomes: dict[str, RunOutcome], store: ResultsStore) -> MethodRun | None:
+    """The first pending run whose teacher (if any) has finished; a run whose teacher failed is
+    recorded as failed (and returned, so the caller drops it)."""
+    for run in pending:
+        if not run.teacher:
+            return run
+        teacher = outcomes.get(run.teacher)
+        if teacher is None:
+            continue
+        if teacher.status == "failed":
+            reason = f"TeacherFailed: its teacher run {run.teacher} failed ({teacher.reason})"
+            store.run(run.run_id).mark_failed(reason)
+            outcomes[run.run_id] = RunOutcome(run.run_id, run.method, "failed", reason)
+        return run
+    return None
 
 
 def _collect_outcome(worker: _Worker, store: ResultsStore) -> RunOutcome:

@@ -18,12 +18,22 @@ jobs, directories).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench import registry
-from bench.config import ConfigError, RunConfig, config_hash, preset, set_field, to_dict, validate
+from bench.config import (
+    ConfigError,
+    RunConfig,
+    config_hash,
+    field_types,
+    preset,
+    set_field,
+    to_dict,
+    validate,
+)
 from bench.method import Method, MethodParams
 
 # Fields that say where and how a run executes, not what it computes: outside the identity.
@@ -57,6 +67,7 @@ class MethodRun:
     config_hash: str  # of the identity without the seed
     pretrain_key: str  # of the identity's pretraining part: runs sharing it share an encoder
     identity: dict[str, Any]  # what the hashes cover (JSON-serialisable)
+    teacher: str = ""  # run id of the run whose encoder this one distils from (DeACL), '' for none
 
     @property
     def method_class(self) -> type[Method]:
@@ -125,14 +136,53 @@ def pretraining_key(payload: dict[str, Any]) -> str:
                         "data": {"name": data["name"], "image_size": data["image_size"]}})
 
 
-def resolve_run(method: type[Method], request: RunRequest, base: RunConfig) -> MethodRun:
-    """One method's config (its published pretraining settings in place), params, id and hashes."""
+def resolve_run(method: type[Method], request: RunRequest, base: RunConfig,
+                teacher: MethodRun | None = None) -> MethodRun:
+    """One method's config (its published pretraining settings in place), params, id and hashes.
+
+    A distilling method's identity includes what it distils from (the teacher run's pretraining
+    key, or the digest of a ``teacher=`` file), so another teacher gives another run id."""
     config = assemble(request, dict(method.published(base.preset, base.data.name).pretrain))
     params = resolve_params(method, config, request)
     payload = identity(method, config, params)
+    if teacher is not None:
+        payload["teacher"] = {"method": teacher.method, "pretrain_key": teacher.pretrain_key}
+    elif method.requires_teacher and getattr(params, "teacher", ""):
+        payload["teacher"] = {"file_sha256": file_digest(Path(params.teacher).expanduser())}
     digest = config_hash({key: value for key, value in payload.items() if key != "seed"})
     run_id = f"{method.name}-{config.preset}-{config.data.name}-s{config.seed}-{digest}"
-    return MethodRun(method.name, config, params, run_id, digest, pretraining_key(payload), payload)
+    return MethodRun(method.name, config, params, run_id, digest, pretraining_key(payload), payload,
+                     teacher.run_id if teacher is not None else "")
+
+
+def teacher_run(student: type[Method], request: RunRequest, base: RunConfig) -> MethodRun:
+    """The run a distilling method's teacher comes from: its ``teacher_method`` under the same
+    preset, data, overrides and seed (the user's ``--param`` for that method, and the '*' ones it has)."""
+    teacher = registry.get(student.teacher_method)
+    known = field_types(teacher.Params)
+    params = {"*": {key: value for key, value in request.method_params.get("*", {}).items() if key in known},
+              teacher.name: request.method_params.get(teacher.name, {})}
+    return resolve_run(teacher, dataclasses.replace(request, method_params=params), base)
+
+
+def resolve_method(method: type[Method], request: RunRequest, base: RunConfig) -> list[MethodRun]:
+    """The method's run, preceded by its teacher's run when it distils from one and no teacher file is given."""
+    run = resolve_run(method, request, base)
+    if not method.requires_teacher or getattr(run.params, "teacher", ""):
+        return [run]
+    teacher = teacher_run(method, request, base)
+    return [teacher, resolve_run(method, request, base, teacher)]
+
+
+def file_digest(path: Path) -> str:
+    """Short sha256 of a file's bytes (a missing file is a one-line error naming it)."""
+    if not path.is_file():
+        raise ConfigError(f"teacher={str(path)!r} is invalid: allowed an existing encoder file")
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
 
 
 def expand(request: RunRequest) -> list[RunRequest]:
@@ -165,13 +215,19 @@ def build_plan(request: RunRequest) -> RunPlan:
     if unknown_scopes:
         raise ConfigError(f"--param scope {unknown_scopes[0]!r} is invalid: it names no selected method; "
                           f"allowed {names}")
-    runs = []
+    runs, teachers = [], []
     for single in singles:
         single_base = assemble(single)
-        runs += [resolve_run(registry.get(name), single, single_base) for name in names]
+        for name in names:
+            *needed, run = resolve_method(registry.get(name), single, single_base)
+            runs.append(run)
+            teachers += needed
     repeated = sorted({run.run_id for run in runs if sum(other.run_id == run.run_id for other in runs) > 1})
     if repeated:
         given = [f"{flag} {' '.join(map(str, values))}" for flag, values in
                  (("--seeds", request.seeds), ("--datasets", request.datasets)) if values]
         raise ConfigError(f"{' '.join(given)} is invalid: run {repeated[0]} comes twice; allowed distinct values")
-    return RunPlan(base, tuple(runs), force=request.force, resume=request.resume)
+    # Teachers first (a student waits for its teacher's encoder), each once, even when also selected.
+    ordered = {run.run_id: run for run in teachers}
+    ordered.update({run.run_id: run for run in runs if run.run_id not in ordered})
+    return RunPlan(base, tuple(ordered.values()), force=request.force, resume=request.resume)

@@ -52,11 +52,22 @@ def discover() -> None:
     _discovered = True
     import methods
 
-    for module in pkgutil.iter_modules(methods.__path__):
-        importlib.import_module(f"methods.{module.name}")
+    builtin = [f"methods.{module.name}" for module in pkgutil.iter_modules(methods.__path__)]
+    for module in builtin:
+        importlib.import_module(module)
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         entry.load()
     derive_variants()
+    _order_builtin_first(builtin)
+
+
+def _order_builtin_first(builtin: list[str]) -> None:
+    """Registration order is import order, which a test or a plugin importing ``methods.advcl`` early
+    would change: put built-in methods in module order, then everything else as registered (stable)."""
+    rank = {module: index for index, module in enumerate(builtin)}
+    ordered = sorted(_REGISTRY.items(), key=lambda item: rank.get(item[1].__module__, len(rank)))
+    _REGISTRY.clear()
+    _REGISTRY.update(ordered)
 
 
 def derive_variants() -> None:

@@ -27,7 +27,7 @@ import torch
 
 from bench import progress
 from bench.atomic import save_torch_atomic, write_atomic
-from bench.checkpoints import CheckpointError, EncoderCheckpoint
+from bench.checkpoints import CheckpointError, EncoderCheckpoint, load_encoder
 from bench.config import RunConfig
 from bench.data import ImageData, load_dataset
 from bench.method import Method
@@ -128,6 +128,14 @@ def prepare_run_dir(run_dir: RunDir, ctx: StageContext, name: str) -> None:
         run_dir.failed.unlink(missing_ok=True)
 
 
+def give_teacher(method: Method, teacher: RunDir) -> None:
+    """Hand a distilling method its teacher: the finished encoder of the teacher run (weights only)."""
+    if not teacher.encoder.exists():
+        raise StageError(f"teacher run {teacher.run_id} has no encoder yet: it must finish its pretraining first")
+    model, info = load_encoder(teacher.encoder, "bench")
+    method.set_teacher(model, {**info, "run_id": teacher.run_id})
+
+
 def pretrain_stage(run: MethodRun, ctx: StageContext) -> bool:
     """Pretrain (or reuse) the run's encoder and store it; False when there was nothing to do
     (the run is complete, or its pretraining stage finished in an earlier attempt)."""
@@ -145,6 +153,8 @@ def pretrain_stage(run: MethodRun, ctx: StageContext) -> bool:
     torch.manual_seed(config.seed)
     data = ctx.cache.get(config.data.name, config)
     method = run.method_class(run.params)
+    if run.teacher:
+        give_teacher(method, ctx.store.run(run.teacher))
     model = method.build_model(config.model.arch, data.channels)
     donor = None if ctx.force else find_encoder(ctx.store, run.pretrain_key, exclude=run.run_id)
     if donor is not None and not load_donor(model, donor, name):

@@ -67,7 +67,7 @@ def test_a_last_row_without_its_line_end_is_torn_not_shorter(tmp_path):
     store = _store(tmp_path)
     text = store.table.read_text()
     store.table.write_text(text[: text.rindex(",") + 1])  # the second row, cut before its (empty) flags
-    with pytest.raises(RowError, match=r"results\.csv:3: the last row has no line end \(a torn write\)"):
+    with pytest.raises(RowError, match=r"results\.csv:3: the last row has no line end \(a write cut inside its last column\)"):
         load(store.table)
 
 

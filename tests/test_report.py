@@ -69,10 +69,14 @@ def test_markdown_table_content(report):
     assert "smoke preset: a working demonstration, not a result to compare with papers" in smoke
     acl, rocl = _table_line(smoke, "acl"), _table_line(smoke, "rocl")
     # columns: Method, SLF SA, SLF PGD-20, SLF AA, ALF ×3, AFF ×3
-    assert acl[1] == "**91.00 ± 1.41**" and acl[2] == "41.00 ± 1.41"  # mean ± sample std over 2 seeds
-    assert rocl[1] == "85.00" and rocl[2] == "**45.00**†"                # best per column in bold
-    assert rocl[3] == "**47.00**†"                                       # suspect marker
-    assert acl[3] == "–" and acl[4:7] == ["–", "–", "–"] and acl[7] == "**88.00**"
+    # 2 seeds: mean ± half-width of the t-interval, t(0.975, df 1) = 12.706 × s (1.414) / √2 = 12.7
+    assert acl[1] == "**91.0 ±12.7**" and acl[2] == "41.0 ±12.7"
+    # 1 seed: Wilson over n_eval = 256; 45 % → 115/256, interval [38.95, 51.05] (by hand), larger side 6.05
+    assert rocl[1] == "85.0 ±4.7" and rocl[2] == "**45.0 ±6.1**†"      # best per column in bold
+    assert rocl[3].startswith("**47.0 ±") and rocl[3].endswith("**†")  # suspect marker
+    assert acl[3] == "–" and acl[4:7] == ["–", "–", "–"] and acl[7].startswith("**88.0 ±")
+    assert "±: half-width of the 95 % interval (the larger side)" in smoke
+    assert "Student-t interval of the mean over seeds" in smoke and "Wilson score interval" in smoke
     assert "† rocl SLF PGD-20, AA: suspect:aa>pgd20" in smoke
     assert "43.50" not in text                                           # best-epoch value not mixed in
     assert "ε = 0.05" in text and "ε = 8/255" in text                    # every table states its ε
@@ -81,7 +85,7 @@ def test_markdown_table_content(report):
 def test_best_epoch_table_is_separate(report):
     text = (report[0] / "results_best_epoch.md").read_text()
     assert "Best-on-test epoch" in text and "not the result" in text
-    assert _table_line(_markdown_section(text, "Best-on-test"), "acl")[2] == "**43.50**"
+    assert _table_line(_markdown_section(text, "Best-on-test"), "acl")[2].startswith("**43.5 ±")
 
 
 def test_csv_and_latex_outputs_parse(report):
@@ -89,13 +93,16 @@ def test_csv_and_latex_outputs_parse(report):
     key = ("acl", "SLF", "clean", "0.1")
     cell = next(r for r in rows if (r["method"], r["scheme"], r["attack"], r["epsilon"]) == key)
     assert float(cell["mean"]) == 91.0 and abs(float(cell["std"]) - 1.4142) < 1e-3 and cell["n"] == "2"
+    # the t-interval's bounds (91 ± 12.706), its name, and each seed's value for the reader
+    assert abs(float(cell["low"]) - 78.2938) < 1e-3 and abs(float(cell["high"]) - 103.7062) < 1e-3
+    assert cell["interval"] == "t" and cell["seeds"] == "0;1" and cell["values"] == "90;92" and cell["n_eval"] == "256"
     missing = next(r for r in rows if (r["method"], r["scheme"], r["attack"]) == ("acl", "ALF", "clean"))
     assert missing["mean"] == "" and missing["n"] == "0"
     tex = (report[0] / "results.tex").read_text()
     assert tex.count("\\begin{table}") == tex.count("\\end{table}") == 3
     assert tex.count("\\begin{tabular}") == tex.count("\\end{tabular}") == 3
-    assert "\\toprule" in tex and "\\bottomrule" in tex and "\\textbf{45.00}" in tex
-    assert "91.00 $\\pm$ 1.41" in tex and "$^\\dagger$" in tex and "$\\epsilon$ = 0.1" in tex
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "\\textbf{45.0 $\\pm$6.1}" in tex
+    assert "91.0 $\\pm$12.7" in tex and "$^\\dagger$" in tex and "$\\epsilon$ = 0.1" in tex
 
 
 def test_plots_are_written(report):
@@ -135,7 +142,7 @@ def test_paper_table_reference_and_delta(report):
     lines = [line for line in section.splitlines() if line.startswith("|")]
     start = next(i for i, line in enumerate(lines) if line.startswith("| AdvCL |"))
     ours, reference, delta = ([c.strip() for c in line.strip("|").split("|")] for line in lines[start:start + 3])
-    assert ours[2:5] == ["81.85", "50.00", "44.00"]
+    assert [cell.split(" ±")[0] for cell in ours[2:5]] == ["81.8", "50.0", "44.0"]
     assert reference[1] == "reference" and reference[2].startswith("80.85 [")   # author-quoted preferred
     assert reference[4].startswith("43.18 [")
     assert delta[2:5] == ["+1.00", "-0.45", "+0.82"] and delta[5] == "–"
@@ -213,9 +220,22 @@ def test_configurations_are_never_averaged_together(tmp_path):
             _row("r0", "rocl", "SLF", "clean", 70.0, config_hash="h3")]
     write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
     section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
-    assert _table_line(section, "acl [h1]")[1] == "**80.00**"
-    assert _table_line(section, "acl [h2]")[1] == "62.00 ± 2.83"
-    assert _table_line(section, "rocl")[1] == "70.00"  # one configuration: plain method name
+    assert _table_line(section, "acl [h1]")[1].startswith("**80.0 ±")
+    assert _table_line(section, "acl [h2]")[1] == "62.0 ±25.4"  # t(0.975, 1) 12.706 × 2.83 / √2
+    assert _table_line(section, "rocl")[1].startswith("70.0 ±")  # one configuration: plain method name
+
+
+def test_single_run_cells_carry_the_wilson_interval_of_their_test_images(tmp_path):
+    """50 % of 100 images: the Wilson 95 % interval is [40.38, 59.62] (textbook value, e.g. Brown, Cai &
+    DasGupta 2001); unknown n_eval: no interval, and the note says so."""
+    rows = [{**_row("a0", "acl", "SLF", "clean", 50.0), "n_eval": 100},
+            {**_row("r0", "rocl", "SLF", "clean", 70.0), "n_eval": ""}]
+    write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
+    section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
+    assert _table_line(section, "acl")[1] == "50.0 ±9.6" and _table_line(section, "rocl")[1] == "**70.0**"
+    cell = next(r for r in _read_csv(tmp_path / "rep" / "results.csv") if r["method"] == "acl" and r["mean"])
+    assert cell["interval"] == "wilson" and abs(float(cell["low"]) - 40.383) < 1e-3
+    assert abs(float(cell["high"]) - 59.617) < 1e-3
 
 
 def test_supervised_at_rows_get_their_own_columns(tmp_path):
@@ -224,7 +244,7 @@ def test_supervised_at_rows_get_their_own_columns(tmp_path):
     write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
     text = (tmp_path / "rep" / "results.md").read_text()
     assert "| AT SA | AT PGD-20 | AT AA |" in text
-    assert _table_line(_markdown_section(text, "digits"), "robustbench:Carmon2019")[10:12] == ["**89.70**", "**62.00**"]
+    assert _table_line(_markdown_section(text, "digits"), "robustbench:Carmon2019")[10:12] == ["**89.7 ±4.2**", "**62.0 ±6.0**"]
 
 
 def test_sanity_report_lists_passed_and_failed_checks(tmp_path):
@@ -291,7 +311,7 @@ def test_selections_that_come_out_empty_stay_empty(tmp_path):
     write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
     text = (tmp_path / "rep" / "results.md").read_text()
     assert text.count("### ") == 1 and "ε = unspecified" in text
-    assert _table_line(_markdown_section(text, "digits"), "rocl")[4] == "**60.00**"
+    assert _table_line(_markdown_section(text, "digits"), "rocl")[4].startswith("**60.0 ±")
     index = (tmp_path / "rep" / "index.md").read_text()
     assert "Accuracy vs ε (PGD-20): no method has PGD-20 rows at ≥ 2 ε values" in index
     assert "vs compute — digits → digits · preset smoke · ε = unspecified (L∞): no PGD-20 or AA rows" in index

@@ -4,7 +4,7 @@
 typed DataFrame). From it, under the reports directory:
 
 - ``results.{md,csv,tex}``: per (dataset, eval_dataset, preset, ε), methods × {SLF, ALF, AFF} ×
-  {SA, PGD-20, AA}, last-epoch accuracy (THE result), mean ± sample std over seeds (``tables``,
+  {SA, PGD-20, AA}, last-epoch accuracy (THE result), mean ± its 95 % interval (``tables``,
   ``render``); ``results_best_epoch.*``: the best-on-test epoch, kept apart;
 - ``figures/``: robust vs clean, bars with per-seed dots (``figures``), robust accuracy vs compute
   (``compute``), pretraining loss and accuracy vs ε (``curves``), PNG + PDF;

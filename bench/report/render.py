@@ -1,8 +1,10 @@
 """Results tables as text: Markdown, LaTeX (booktabs) and a long CSV, and the files that hold them.
 
-Each cell reads ``mean ± std`` over seeds (the single value for one run), bold when best in its
-column, ``†`` when its run flagged itself ``suspect``, and ``–`` where nothing was measured
-(never filled in). Last-epoch accuracy is THE result; the best-on-test epoch gets its own files.
+Each cell reads ``mean ±h``, h the half-width of its 95 % interval (``Cell.interval``: Wilson over
+the test images for one run, Student-t over seeds for several; the larger side when asymmetric),
+bold when best in its column, ``†`` when its run flagged itself ``suspect``, and ``–`` where
+nothing was measured (never filled in). The CSV keeps the std, the interval's bounds and every
+seed's value. Last-epoch accuracy is THE result; the best-on-test epoch gets its own files.
 """
 from __future__ import annotations
 
@@ -18,15 +20,19 @@ from bench.report.common import (MISSING, SUSPECT_MARK, Artifact, MethodOrder, c
 from bench.report.tables import BEST_EPOCH_METRIC, TABLE_ATTACKS, Cell, Table, build_tables
 
 TABLE_CSV_COLUMNS = ("dataset", "eval_dataset", "preset", "epsilon", "method", "scheme", "attack", "column",
-                     "mean", "std", "n", "best", "flags")
+                     "mean", "std", "n", "low", "high", "interval", "n_eval", "seeds", "values", "best", "flags")
+INTERVAL_NAMES = {"wilson": "Wilson score interval over the n_eval test images (one run)",
+                  "t": "Student-t interval of the mean over seeds"}
 
 
 def cell_text(cell: Cell | None, best: bool, style: str = "md") -> str:
-    """``mean ± std`` (or the single value), bold when best, ``†`` when suspect; ``–`` when missing."""
+    """``mean ±h`` (h: half-width of the 95 % interval; the mean alone without one), bold when best,
+    ``†`` when suspect; ``–`` when missing."""
     if cell is None:
         return "--" if style == "tex" else MISSING
-    plus_minus = " $\\pm$ " if style == "tex" else " ± "
-    text = f"{cell.mean:.2f}" + (f"{plus_minus}{cell.std:.2f}" if cell.std is not None else "")
+    plus_minus = " $\\pm$" if style == "tex" else " ±"
+    interval = cell.interval
+    text = f"{cell.mean:.1f}" + (f"{plus_minus}{interval.half_width(cell.mean):.1f}" if interval else "")
     if best:
         text = f"\\textbf{{{text}}}" if style == "tex" else f"**{text}**"
     if cell.suspect:
@@ -47,9 +53,11 @@ def table_notes(table: Table) -> list[str]:
     """Footnotes: how cells were aggregated, and every flagged cell with its flags."""
     seeds = {method: max(cell.n for (m, _, _), cell in table.cells.items() if m == method) for method in table.methods}
     notes = ["Bold: best in its column. " + MISSING + ": not measured (never filled in)."]
+    notes.append(interval_note(table.cells.values()))
     several = [f"{method} n={n}" for method, n in seeds.items() if n > 1]
     if several:
-        notes.append("mean ± sample std over seeds (" + ", ".join(several) + "); other cells are single runs.")
+        notes.append("mean over seeds (" + ", ".join(several) + "); other cells are single runs. "
+                     "The CSV has each seed's value and the sample std.")
     notes += _flag_notes(table)
     if any(label_method(method) != method for method in table.methods):
         notes.append("method [hash]: the method was run with several configurations; one row each "
@@ -58,6 +66,15 @@ def table_notes(table: Table) -> list[str]:
     if n_eval:
         notes.append("evaluated on n_eval = " + ", ".join(map(str, n_eval)) + " test images.")
     return notes
+
+
+def interval_note(cells) -> str:
+    """What the ± of these cells is: the intervals that occur, named."""
+    kinds = sorted({interval.method for cell in cells if (interval := cell.interval) is not None})
+    if not kinds:
+        return "no interval: the number of test images (n_eval) is unknown."
+    names = "; ".join(INTERVAL_NAMES[kind] for kind in kinds)
+    return f"±: half-width of the 95 % interval (the larger side): {names}."
 
 
 def _flag_notes(table: Table) -> list[str]:
@@ -120,10 +137,21 @@ def table_csv_rows(table: Table) -> list[dict[str, Any]]:
                             "method": method, "scheme": scheme, "attack": attack, "column": f"{scheme} {label}",
                             "mean": "" if cell is None else round(cell.mean, 4),
                             "std": "" if cell is None or cell.std is None else round(cell.std, 4),
-                            "n": 0 if cell is None else cell.n,
+                            "n": 0 if cell is None else cell.n, **interval_columns(cell),
                             "best": "" if cell is None else int(table.is_best(cell, scheme, attack)),
                             "flags": "" if cell is None else ";".join(cell.suspect)})
     return out
+
+
+def interval_columns(cell: Cell | None) -> dict[str, Any]:
+    """The CSV's interval bounds and name, n_eval, and the per-seed values (``;``-joined, seed order as stored)."""
+    interval = None if cell is None else cell.interval
+    return {"low": "" if interval is None else round(interval.low, 4),
+            "high": "" if interval is None else round(interval.high, 4),
+            "interval": "" if interval is None else interval.method,
+            "n_eval": "" if cell is None or cell.n_eval is None else cell.n_eval,
+            "seeds": "" if cell is None else ";".join(cell.seeds),
+            "values": "" if cell is None else ";".join(f"{value:g}" for value in cell.values)}
 
 
 def write_tables(tables: Sequence[Table], out_dir: Path, stem: str, heading: str, preamble: str) -> list[Path]:

@@ -5,9 +5,10 @@ encoder) both call ``finetune_and_evaluate``, so their numbers are comparable by
 construction. ``evaluate_ready_classifier`` is the same evaluation for a classifier that
 needs no finetuning (a RobustBench supervised adversarial-training model, scheme ``AT``).
 
-Per scheme it stores the classifier and every sanity check in the run directory and
-returns ``Measurement``s: the last-epoch accuracies (THE result), PGD-20 at the other ε of
-``evaluate.epsilon_curve``, and the best-on-test-epoch numbers the released scripts print
+Per scheme it stores the classifier, every sanity check and the per-image correctness of the
+main attacks (``correct_<scheme>.npz``, bench.records: what ``bench compare`` reads) in the run
+directory, and returns ``Measurement``s: the last-epoch accuracies (THE result), PGD-20 at the
+other ε of ``evaluate.epsilon_curve``, and the best-on-test-epoch numbers the released scripts print
 (metric ``accuracy_best_epoch``, kept apart because the epoch is chosen on the test set).
 """
 from __future__ import annotations
@@ -25,16 +26,22 @@ from bench.data import ImageData, to_float
 from bench.evaluate import EvalReport, clean_accuracy, evaluate_classifier, pgd_accuracy, seeded_subset
 from bench.finetune import finetune, scheme_settings
 from bench.models import ContrastiveModel
+from bench.records import write_record
 from bench.results import Measurement, RunDir
 
 PAPER_STEP_RATIO = 0.25  # PGD step / ε of the papers (2/255 for 8/255), for ε-curve points when the main ε is 0
 BEST_EPOCH_METRIC = "accuracy_best_epoch"
 
 
+def evaluation_indices(data: ImageData, settings: EvalConfig) -> torch.Tensor:
+    """Which test images every number is measured on: a subset seeded by ``evaluate.subset_seed``
+    (the same for every training seed, so seeds and methods are compared on the same images)."""
+    return seeded_subset(data.x_test.shape[0], settings.n_eval, settings.subset_seed).to(data.x_test.device)
+
+
 def evaluation_split(data: ImageData, settings: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The test images every number is measured on: a subset seeded by ``evaluate.subset_seed``
-    (the same for every training seed, so seeds are compared on the same images), as floats."""
-    subset = seeded_subset(data.x_test.shape[0], settings.n_eval, settings.subset_seed).to(data.x_test.device)
+    """The images of ``evaluation_indices``, as floats, and their labels."""
+    subset = evaluation_indices(data, settings)
     return to_float(data.x_test[subset]), data.y_test[subset]
 
 
@@ -79,9 +86,11 @@ def finetune_and_evaluate_scheme(
                      epoch_eval=epoch_metrics)
     finetune_s = time.perf_counter() - began
     save_torch_atomic(classifier_state(tuned.classifier), run_dir.classifier(scheme))
-    report = evaluate_classifier(tuned.classifier, x_eval, y_eval, settings, device, seed=config.seed)
+    report = evaluate_classifier(tuned.classifier, x_eval, y_eval, settings, device, seed=config.seed,
+                                 progress=autoattack_progress(label, scheme))
     write_sanity(run_dir, scheme, report)
     measurements = report_measurements(scheme, report, settings.epsilon, finetune_s + report.wall_s)
+    write_evaluation_record(run_dir, scheme, data, config, report)
     measurements += epsilon_curve(tuned.classifier, x_eval, y_eval, config, scheme, report.n_eval)
     for attack, value in best_epoch(tuned.epoch_metrics).items():
         measurements.append(Measurement(scheme, attack, BEST_EPOCH_METRIC, value, settings.epsilon, report.n_eval))
@@ -97,9 +106,31 @@ def evaluate_ready_classifier(
     settings = config.evaluate
     x_eval, y_eval = evaluation_split(data, settings)
     began = time.perf_counter()
-    report = evaluate_classifier(classifier, x_eval, y_eval, settings, device, seed=config.seed)
+    report = evaluate_classifier(classifier, x_eval, y_eval, settings, device, seed=config.seed,
+                                 progress=autoattack_progress("", scheme))
     write_sanity(run_dir, scheme, report)
+    write_evaluation_record(run_dir, scheme, data, config, report)
     return report_measurements(scheme, report, settings.epsilon, time.perf_counter() - began)
+
+
+def autoattack_progress(label: str, scheme: str):
+    """Where AutoAttack's progress lines go while it runs (the stage names are not logged)."""
+    prefix = f"  {label} {scheme}" if label else f"  {scheme}"
+
+    def say(line: str) -> None:
+        if line.startswith("AutoAttack"):
+            progress.log(f"{prefix}: {line}")
+    return say
+
+
+def write_evaluation_record(run_dir: RunDir, scheme: str, data: ImageData, config: RunConfig,
+                            report: EvalReport, extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Store which evaluated test images each main attack (and ``extra``: e.g. corruptions) left correct
+    (``RunDir.correct``, bench.records): every evaluation leaves one, so two runs can be compared paired."""
+    settings = config.evaluate
+    write_record(run_dir.correct(scheme), evaluation_indices(data, settings).cpu(), {**report.correct, **(extra or {})},
+                 meta={"seed": config.seed, "subset_seed": settings.subset_seed, "epsilon": settings.epsilon,
+                       "eval_dataset": data.name, "n_test": int(data.x_test.shape[0])})
 
 
 def report_measurements(scheme: str, report: EvalReport, epsilon: float, wall_s: float) -> list[Measurement]:
@@ -134,8 +165,11 @@ def best_epoch(epoch_metrics: list[dict[str, float]]) -> dict[str, float]:
 
 
 def write_sanity(run_dir: RunDir, scheme: str, report: EvalReport) -> None:
-    """Every sanity check's verdict and numbers, passed or not, for the report."""
+    """Every sanity check's verdict and numbers, passed or not, for the report; the ``aa-checks:<attack>``
+    entries also keep AutoAttack's own check list and per-attack progress (bench.autoattack_watch)."""
     checks = {name: {"passed": bool(passed), "detail": detail} for name, (passed, detail) in report.sanity.items()}
+    for attack, recorded in report.autoattack.items():
+        checks.setdefault(f"aa-checks:{attack}", {}).update(checks=recorded["checks"], progress=recorded["progress"])
     run_dir.write_json(run_dir.sanity(scheme), checks)
 
 

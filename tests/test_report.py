@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import subprocess
 import sys
@@ -332,3 +333,45 @@ def test_loss_history_empty_or_malformed(tmp_path):
     (tmp_path / "ok.csv").write_text("epoch,step,loss,note\n0,0,1.5,x\n0,1,,y\n")
     history = read_history(tmp_path / "ok.csv")
     assert list(history.columns) == ["epoch", "step", "loss"] and history["loss"].isna().tolist() == [False, True]
+
+
+def test_variants_are_marked_where_a_paired_test_finds_a_difference(tmp_path):
+    """Over 3 shared seeds: the paired t-test (df 2, closed form p = 1 − t/√(t² + 2)); single runs: exact
+    McNemar on their stored per-image records; neither defined: no mark, empty CSV columns."""
+    import numpy as np
+
+    from bench.records import write_record
+
+    seeds = [_row(f"{method}-s{seed}", method, "SLF", "clean", value, seed=seed)
+             for method, values in (("acl", (50, 52, 54)), ("acl-ip", (60, 61, 65)), ("acl-hn", (51, 53, 52)))
+             for seed, value in enumerate(values)]
+    single = [_row("rocl-s0", "rocl", "SLF", "clean", 55.0, config_hash="hash-b"),
+              _row("rocl-ip-s0", "rocl-ip", "SLF", "clean", 65.0, config_hash="hash-b"),
+              _row("rocl-s0", "rocl", "SLF", "pgd20", 30.0, config_hash="hash-b"),
+              _row("rocl-ip-s0", "rocl-ip", "SLF", "pgd20", 40.0, config_hash="hash-b")]
+    for row in single:
+        row["n_eval"] = 200
+    results_csv = _write_store(tmp_path, seeds + single)
+    runs = tmp_path / "results" / "runs"
+    base = np.array([True] * 100 + [False] * 30 + [True] * 10 + [False] * 60)       # 55 % of 200
+    variant = np.array([True] * 100 + [True] * 30 + [False] * 10 + [False] * 60)    # 65 %: 30 vs 10 discordant
+    for run_id, correct in (("rocl-s0", base), ("rocl-ip-s0", variant)):  # records hold clean only
+        (runs / run_id).mkdir(parents=True, exist_ok=True)
+        write_record(runs / run_id / "correct_SLF.npz", np.arange(200), {"clean": correct})
+    write_reports(results_csv, tmp_path / "rep", runs, None, method_order=GOLDEN_ORDER)
+    section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
+    assert _table_line(section, "acl-ip")[1] == "62.0 ±6.6▲"   # t(0.975, 2) 4.303 × 2.646 / √3 = 6.57
+    assert _table_line(section, "acl-hn")[1] == "52.0 ±2.5" and _table_line(section, "acl")[1] == "52.0 ±5.0"
+    assert _table_line(section, "rocl-ip")[1].endswith("▲") and not _table_line(section, "rocl-ip")[2].endswith("▲")
+    assert "▲/▼: the variant is significantly better/worse than its base method" in section
+    rows = {(r["method"], r["attack"]): r for r in _read_csv(tmp_path / "rep" / "results.csv") if r["scheme"] == "SLF"}
+    t = 10 / (1 / math.sqrt(3))
+    assert abs(float(rows["acl-ip", "clean"]["vs_base_p"]) - (1 - t / math.sqrt(t * t + 2))) < 1e-4
+    assert rows["acl-ip", "clean"]["vs_base_test"] == "paired-t-over-seeds"
+    assert rows["acl-hn", "clean"]["vs_base_verdict"] == "no detectable difference"
+    mcnemar = 2 * sum(math.comb(40, k) for k in range(11)) / 2 ** 40
+    assert abs(float(rows["rocl-ip", "clean"]["vs_base_p"]) - mcnemar) < 1e-6
+    assert rows["rocl-ip", "clean"]["vs_base_test"] == "mcnemar-exact"
+    assert rows["rocl-ip", "pgd20"]["vs_base_p"] == "" and rows["acl", "clean"]["vs_base_p"] == ""  # not defined
+    tex = (tmp_path / "rep" / "results.tex").read_text()
+    assert "$^\\uparrow$" in tex and "▲" not in tex

@@ -47,7 +47,7 @@ def write_reports(results_csv: str | Path, reports_dir: str | Path, runs_dir: st
     results = load(results_csv)
     order = MethodOrder(tuple(method_order))
     reports_dir, figures_dir = Path(reports_dir), Path(reports_dir) / "figures"
-    tables, artifacts = table_artifacts(results, reports_dir, order)
+    tables, artifacts = table_artifacts(results, reports_dir, order, Path(runs_dir))
     for table in tables:
         artifacts += [plot_robust_vs_clean(table, figures_dir, order), plot_bars(table, figures_dir),
                       plot_robustness_vs_compute(table, Path(runs_dir), figures_dir, order)]

@@ -17,17 +17,19 @@ import pandas as pd
 from bench.atomic import write_atomic
 from bench.report.common import (MISSING, SUSPECT_MARK, Artifact, MethodOrder, csv_text, label_method, latex_escape,
                                  preset_banner)
+from bench.report.significance import BETTER, WORSE, compare_with_bases, mark
 from bench.report.tables import BEST_EPOCH_METRIC, TABLE_ATTACKS, Cell, Table, build_tables
 
 TABLE_CSV_COLUMNS = ("dataset", "eval_dataset", "preset", "epsilon", "method", "scheme", "attack", "column",
-                     "mean", "std", "n", "low", "high", "interval", "n_eval", "seeds", "values", "best", "flags")
+                     "mean", "std", "n", "low", "high", "interval", "n_eval", "seeds", "values", "best", "flags",
+                     "vs_base_difference", "vs_base_p", "vs_base_test", "vs_base_verdict")
 INTERVAL_NAMES = {"wilson": "Wilson score interval over the n_eval test images (one run)",
                   "t": "Student-t interval of the mean over seeds"}
 
 
-def cell_text(cell: Cell | None, best: bool, style: str = "md") -> str:
+def cell_text(cell: Cell | None, best: bool, style: str = "md", significance: str = "") -> str:
     """``mean ±h`` (h: half-width of the 95 % interval; the mean alone without one), bold when best,
-    ``†`` when suspect; ``–`` when missing."""
+    ``▲``/``▼`` when significantly better/worse than its base method, ``†`` when suspect; ``–`` when missing."""
     if cell is None:
         return "--" if style == "tex" else MISSING
     plus_minus = " $\\pm$" if style == "tex" else " ±"
@@ -35,6 +37,9 @@ def cell_text(cell: Cell | None, best: bool, style: str = "md") -> str:
     text = f"{cell.mean:.1f}" + (f"{plus_minus}{interval.half_width(cell.mean):.1f}" if interval else "")
     if best:
         text = f"\\textbf{{{text}}}" if style == "tex" else f"**{text}**"
+    if significance:
+        text += {BETTER: "$^\\uparrow$", WORSE: "$^\\downarrow$"}[significance] if style == "tex" \
+            else significance
     if cell.suspect:
         text += "$^\\dagger$" if style == "tex" else SUSPECT_MARK
     return text
@@ -45,7 +50,8 @@ def _row_cells(table: Table, method: str, style: str) -> list[str]:
     for scheme in table.schemes:
         for attack, _ in TABLE_ATTACKS:
             cell = table.cells.get((method, scheme, attack))
-            cells.append(cell_text(cell, cell is not None and table.is_best(cell, scheme, attack), style))
+            significance = mark(table.versus_base.get((method, scheme, attack)))
+            cells.append(cell_text(cell, cell is not None and table.is_best(cell, scheme, attack), style, significance))
     return cells
 
 
@@ -54,6 +60,11 @@ def table_notes(table: Table) -> list[str]:
     seeds = {method: max(cell.n for (m, _, _), cell in table.cells.items() if m == method) for method in table.methods}
     notes = ["Bold: best in its column. " + MISSING + ": not measured (never filled in)."]
     notes.append(interval_note(table.cells.values()))
+    if table.versus_base:
+        notes.append(f"{BETTER}/{WORSE}: the variant is significantly better/worse than its base method in that column "
+                     "(α = 0.05; paired t-test over shared seeds, or exact McNemar on the per-image records of single "
+                     "runs); no mark: no detectable difference, or no paired test possible. "
+                     "The CSV has each test's difference and p-value.")
     several = [f"{method} n={n}" for method, n in seeds.items() if n > 1]
     if several:
         notes.append("mean over seeds (" + ", ".join(several) + "); other cells are single runs. "
@@ -139,7 +150,8 @@ def table_csv_rows(table: Table) -> list[dict[str, Any]]:
                             "std": "" if cell is None or cell.std is None else round(cell.std, 4),
                             "n": 0 if cell is None else cell.n, **interval_columns(cell),
                             "best": "" if cell is None else int(table.is_best(cell, scheme, attack)),
-                            "flags": "" if cell is None else ";".join(cell.suspect)})
+                            "flags": "" if cell is None else ";".join(cell.suspect),
+                            **versus_base_columns(table, (method, scheme, attack))})
     return out
 
 
@@ -152,6 +164,15 @@ def interval_columns(cell: Cell | None) -> dict[str, Any]:
             "n_eval": "" if cell is None or cell.n_eval is None else cell.n_eval,
             "seeds": "" if cell is None else ";".join(cell.seeds),
             "values": "" if cell is None else ";".join(f"{value:g}" for value in cell.values)}
+
+
+def versus_base_columns(table: Table, key: tuple[str, str, str]) -> dict[str, Any]:
+    """The CSV's variant-vs-base test of one cell (empty where none is defined)."""
+    comparison = table.versus_base.get(key)
+    if comparison is None:
+        return {"vs_base_difference": "", "vs_base_p": "", "vs_base_test": "", "vs_base_verdict": ""}
+    return {"vs_base_difference": round(comparison.difference, 4), "vs_base_p": f"{comparison.p_value:.4g}",
+            "vs_base_test": comparison.test, "vs_base_verdict": comparison.verdict}
 
 
 def write_tables(tables: Sequence[Table], out_dir: Path, stem: str, heading: str, preamble: str) -> list[Path]:
@@ -172,9 +193,13 @@ def _other_attacks_note(results: pd.DataFrame) -> str:
     return f" Other attacks in the store (not in these tables): {', '.join(others)}." if others else ""
 
 
-def table_artifacts(results: pd.DataFrame, reports_dir: Path, order: MethodOrder) -> tuple[list[Table], list[Artifact]]:
-    """Main (last-epoch) tables and the separate best-epoch tables."""
+def table_artifacts(results: pd.DataFrame, reports_dir: Path, order: MethodOrder,
+                    runs_dir: Path | None = None) -> tuple[list[Table], list[Artifact]]:
+    """Main (last-epoch) tables, with each variant's paired test against its base, and the separate
+    best-epoch tables (no test: the records are of the last epoch)."""
     tables = build_tables(results, order, "accuracy")
+    for table in tables:
+        table.versus_base = compare_with_bases(table, runs_dir)
     main = write_tables(tables, reports_dir, "results", "",
                         "Results: last-epoch accuracy (%)." + _other_attacks_note(results))
     artifacts = [Artifact("table", "Results (last-epoch accuracy)", main)]

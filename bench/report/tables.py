@@ -12,12 +12,12 @@ the test-image noise of each seed).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from bench.config import SCHEMES
-from bench.stats import seed_summary, wilson_interval
+from bench.stats import Comparison, seed_summary, wilson_interval
 from bench.report.common import MethodOrder, epsilon_slug, format_epsilon, round_epsilon, slug, tags
 
 SUPERVISED_AT = "AT"  # RobustBench zoo models (`bench evaluate --robustbench-model`): no finetuning
@@ -69,6 +69,7 @@ class Cell:
     values: tuple[float, ...] = ()
     seeds: tuple[str, ...] = ()
     n_eval: int | None = None
+    runs: tuple[str, ...] = ()  # the run id behind each value (where its per-image record is)
 
     @property
     def interval(self) -> CellInterval | None:
@@ -92,6 +93,8 @@ class Table:
     methods: list[str]
     cells: dict[tuple[str, str, str], Cell]
     rows: pd.DataFrame
+    # variant cell key → its paired test against the base method's cell (bench.report.significance)
+    versus_base: dict[tuple[str, str, str], Comparison] = field(default_factory=dict)
 
     @property
     def schemes(self) -> tuple[str, ...]:
@@ -118,6 +121,7 @@ def aggregate(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     grouped = latest.groupby(list(by), sort=False, dropna=False)
     stats = grouped["value"].agg(mean="mean", std="std", n="size", values=tuple)
     stats["seeds"] = grouped["_seed"].agg(lambda seeds: tuple(map(str, seeds)))
+    stats["runs"] = grouped["run_id"].agg(lambda runs: tuple(map(str, runs)))
     stats["n_eval"] = grouped["n_eval"].agg(_common_n_eval)
     stats["suspect"] = grouped["flags"].agg(lambda flags: tags(flags, suspect=True))
     stats["flags"] = grouped["flags"].agg(tags)
@@ -136,7 +140,7 @@ def cells_of(stats: pd.DataFrame) -> dict[tuple, Cell]:
     """``aggregate``'s frame as cells keyed by its group keys."""
     return {cell.Index: Cell(float(cell.mean), None if cell.n < 2 else float(cell.std), int(cell.n), cell.suspect,
                              cell.flags, tuple(map(float, cell.values)), cell.seeds,
-                             None if pd.isna(cell.n_eval) else int(cell.n_eval))
+                             None if pd.isna(cell.n_eval) else int(cell.n_eval), cell.runs)
             for cell in stats.itertuples()}
 
 

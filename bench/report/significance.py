@@ -1,6 +1,6 @@
 """Does the variant help? A paired test of each variant cell against its base method's cell (issue 13 §1).
 
-A variant row (``acl-ip``, ``rocl-iphn``, ...; bench.variants) whose base method (``acl``, ``rocl``)
+A variant row (``acl-ip``, ``rocl-iphn``, ...; bench.variants; ``common.VARIANT_SUFFIXES``) whose base method (``acl``, ``rocl``)
 is a row of the same table gets, per (scheme, attack) where both have a value, the paired test
 *where one is defined*:
 
@@ -20,17 +20,17 @@ from pathlib import Path
 
 from bench.compare import paired_result
 from bench.records import RecordError, read_record
+from bench.report.common import VARIANT_SUFFIXES
 from bench.report.tables import Cell, Table
 from bench.results import RunDir
 from bench.stats import Comparison, paired_t
-from bench.variants import VARIANTS
 
 BETTER, WORSE = "▲", "▼"
 
 
 def base_method(label: str, labels: set[str]) -> str | None:
     """The base method's row of a variant row of this table, or None (not a variant, or no base row)."""
-    for suffix in sorted(VARIANTS, key=len, reverse=True):
+    for suffix in sorted(VARIANT_SUFFIXES, key=len, reverse=True):
         if label.endswith(f"-{suffix}") and label[: -len(suffix) - 1] in labels:
             return label[: -len(suffix) - 1]
     return None

@@ -6,9 +6,10 @@ construction. ``evaluate_ready_classifier`` is the same evaluation for a classif
 needs no finetuning (a RobustBench supervised adversarial-training model, scheme ``AT``).
 
 Per scheme it stores the classifier, every sanity check and the per-image correctness of the
-main attacks (``correct_<scheme>.npz``, bench.records: what ``bench compare`` reads) in the run
-directory, and returns ``Measurement``s: the last-epoch accuracies (THE result), PGD-20 at the
-other ε of ``evaluate.epsilon_curve``, and the best-on-test-epoch numbers the released scripts print
+main attacks and corruptions (``correct_<scheme>.npz``, bench.records: what ``bench compare``
+reads) in the run directory, and returns ``Measurement``s: the last-epoch accuracies (THE result),
+the common-corruption accuracies (bench.corruption_eval), PGD-20 at the other ε of
+``evaluate.epsilon_curve``, and the best-on-test-epoch numbers the released scripts print
 (metric ``accuracy_best_epoch``, kept apart because the epoch is chosen on the test set).
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bench import progress
 from bench.atomic import save_torch_atomic
 from bench.checkpoints import classifier_state
 from bench.config import EvalConfig, RunConfig
+from bench.corruption_eval import CorruptionResult, corruption_means, timed_corruptions
 from bench.data import ImageData, to_float
 from bench.evaluate import EvalReport, clean_accuracy, evaluate_classifier, pgd_accuracy, seeded_subset
 from bench.finetune import finetune, scheme_settings
@@ -90,7 +92,8 @@ def finetune_and_evaluate_scheme(
                                  progress=autoattack_progress(label, scheme))
     write_sanity(run_dir, scheme, report)
     measurements = report_measurements(scheme, report, settings.epsilon, finetune_s + report.wall_s)
-    write_evaluation_record(run_dir, scheme, data, config, report)
+    on = scheme in settings.corruption_schemes
+    measurements += corruption_measurements(tuned.classifier, data, config, device, run_dir, scheme, report, on)
     measurements += epsilon_curve(tuned.classifier, x_eval, y_eval, config, scheme, report.n_eval)
     for attack, value in best_epoch(tuned.epoch_metrics).items():
         measurements.append(Measurement(scheme, attack, BEST_EPOCH_METRIC, value, settings.epsilon, report.n_eval))
@@ -109,8 +112,8 @@ def evaluate_ready_classifier(
     report = evaluate_classifier(classifier, x_eval, y_eval, settings, device, seed=config.seed,
                                  progress=autoattack_progress("", scheme))
     write_sanity(run_dir, scheme, report)
-    write_evaluation_record(run_dir, scheme, data, config, report)
-    return report_measurements(scheme, report, settings.epsilon, time.perf_counter() - began)
+    measurements = report_measurements(scheme, report, settings.epsilon, time.perf_counter() - began)
+    return measurements + corruption_measurements(classifier, data, config, device, run_dir, scheme, report, True)
 
 
 def autoattack_progress(label: str, scheme: str):
@@ -131,6 +134,30 @@ def write_evaluation_record(run_dir: RunDir, scheme: str, data: ImageData, confi
     write_record(run_dir.correct(scheme), evaluation_indices(data, settings).cpu(), {**report.correct, **(extra or {})},
                  meta={"seed": config.seed, "subset_seed": settings.subset_seed, "epsilon": settings.epsilon,
                        "eval_dataset": data.name, "n_test": int(data.x_test.shape[0])})
+
+
+def corruption_measurements(
+    classifier: nn.Module, data: ImageData, config: RunConfig, device: torch.device, run_dir: RunDir, scheme: str,
+    report: EvalReport, with_corruptions: bool,
+) -> list[Measurement]:
+    """The common-corruption rows (bench.corruption_eval; when configured, and for this scheme), after
+    storing the evaluation's per-image record with the corruptions' correctness in it."""
+    settings = config.evaluate
+    indices = evaluation_indices(data, settings)
+    results, wall_s = timed_corruptions(classifier, data, indices, config, device) if with_corruptions else ([], 0.0)
+    write_evaluation_record(run_dir, scheme, data, config, report, {result.attack: result.correct for result in results})
+    return corruption_rows(scheme, results, report, settings.epsilon, wall_s)
+
+
+def corruption_rows(scheme: str, results: list[CorruptionResult], report: EvalReport, epsilon: float,
+                    wall_s: float) -> list[Measurement]:
+    """One ``accuracy`` row per (corruption, severity), then the means; each labelled with its source
+    (``regenerated`` / ``official``, ``approximate``) next to the evaluation's sanity flags."""
+    rows = [Measurement(scheme, result.attack, "accuracy", result.accuracy, epsilon, report.n_eval, wall_s,
+                        tuple(report.flags) + result.flags) for result in results]
+    rows += [Measurement(scheme, attack, "accuracy", value, epsilon, report.n_eval, wall_s, tuple(report.flags) + flags)
+             for attack, (value, flags) in corruption_means(results).items()]
+    return rows
 
 
 def report_measurements(scheme: str, report: EvalReport, epsilon: float, wall_s: float) -> list[Measurement]:

@@ -375,3 +375,20 @@ def test_variants_are_marked_where_a_paired_test_finds_a_difference(tmp_path):
     assert rows["rocl-ip", "pgd20"]["vs_base_p"] == "" and rows["acl", "clean"]["vs_base_p"] == ""  # not defined
     tex = (tmp_path / "rep" / "results.tex").read_text()
     assert "$^\\uparrow$" in tex and "▲" not in tex
+
+
+def test_corruption_table_has_severity_means_per_method_and_scheme(tmp_path):
+    rows = [_row("a0", "acl", "SLF", "clean", 80.0)]
+    for seed, offset in ((0, 0.0), (1, 2.0)):
+        rows += [_row(f"a{seed}", "acl", "SLF", f"corruption-mean:{s}", 70.0 - 10 * s + offset, seed=seed,
+                      flags="regenerated;approximate") for s in (1, 3)]
+        rows += [_row(f"a{seed}", "acl", "SLF", "corruption-mean", 40.0 + offset, seed=seed, flags="regenerated"),
+                 _row(f"a{seed}", "acl", "SLF", "corruption:fog:1", 99.0, seed=seed, flags="regenerated")]
+    write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
+    text = (tmp_path / "rep" / "corruptions.md").read_text()
+    assert "| Method | Scheme | s1 | s3 | mean | n | Source |" in text
+    assert "| acl | SLF | 61.0 | 41.0 | 41.0 | 2 | regenerated+approximate |" in text  # means over 2 seeds
+    results_md = (tmp_path / "rep" / "results.md").read_text()
+    assert "common corruptions (corruptions.md)" in results_md and "corruption:fog:1" not in results_md
+    index = (tmp_path / "rep" / "index.md").read_text()
+    assert "(corruptions.md)" in index

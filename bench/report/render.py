@@ -190,6 +190,9 @@ def write_tables(tables: Sequence[Table], out_dir: Path, stem: str, heading: str
 def _other_attacks_note(results: pd.DataFrame) -> str:
     shown = [attack for attack, _ in TABLE_ATTACKS]
     others = sorted(results.loc[~results["attack"].isin(shown), "attack"].unique())
+    corruptions = [attack for attack in others if attack.startswith("corruption")]
+    others = [attack for attack in others if not attack.startswith("corruption")]
+    others += ["common corruptions (corruptions.md)"] if corruptions else []
     return f" Other attacks in the store (not in these tables): {', '.join(others)}." if others else ""
 
 

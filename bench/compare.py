@@ -105,7 +105,8 @@ def compare_runs(base: RunDir, variant: RunDir, schemes: Sequence[str] = (), att
         base_record, variant_record = base_records[scheme], variant_records[scheme]
         _check_comparable(scheme, base_record, variant_record)
         common = [attack for attack in base_record.correct if attack in variant_record.correct]
-        where = f"{scheme}: {names[0]} has {sorted(base_record.correct)}, {names[1]} has {sorted(variant_record.correct)}"
+        where = (f"{scheme}: {names[0]} has {sorted(base_record.correct)}, "
+                 f"{names[1]} has {sorted(variant_record.correct)}")
         try:
             results += [paired_result(scheme, attack, base_record, variant_record)
                         for attack in _chosen("attack", attacks, common, where)]

@@ -1,7 +1,8 @@
 """Common-corruption accuracy of a finetuned classifier (issue 13 §2; docs/corruptions.md).
 
 The peers report it beside SA / PGD-20 / AA: RobustSSL's ``eval_test_OOD`` runs the 15 CIFAR-10-C
-corruptions × 5 severities and reports their mean (GodXuxilie/RobustSSL_Benchmark). Each
+corruptions × 5 severities and reports the mean over corruptions per severity and the mean of those
+(GodXuxilie/RobustSSL_Benchmark utils.py, called from finetuning_eval.py). Each
 (corruption, severity) is one clean forward over the evaluation subset, so it costs a few clean
 evaluations, nothing next to AutoAttack.
 
@@ -17,9 +18,9 @@ Where the corrupted images come from (``evaluate.corruptions``):
 Rows: ``corruption:<name>:<severity>`` per pair, ``corruption-mean:<severity>`` (the mean over the
 corruptions at one severity, the curve of accuracy against severity), ``corruption-mean`` (the mean
 over every pair evaluated, RobustSSL's single number) and, when approximate corruptions are among
-them, ``corruption-mean-exact`` (the mean over the pairs that follow the recipe exactly). The per-image correctness of every pair goes into
-the evaluation's record (bench.records), so the corruption accuracy of two classifiers can be
-compared paired.
+them, ``corruption-mean-exact`` (the mean over the pairs that follow the recipe exactly). The
+per-image correctness of every pair goes into the evaluation's record (bench.records), so the
+corruption accuracy of two classifiers can be compared paired.
 """
 from __future__ import annotations
 

@@ -145,7 +145,8 @@ def corruption_measurements(
     settings = config.evaluate
     indices = evaluation_indices(data, settings)
     results, wall_s = timed_corruptions(classifier, data, indices, config, device) if with_corruptions else ([], 0.0)
-    write_evaluation_record(run_dir, scheme, data, config, report, {result.attack: result.correct for result in results})
+    corrupted = {result.attack: result.correct for result in results}
+    write_evaluation_record(run_dir, scheme, data, config, report, corrupted)
     return corruption_rows(scheme, results, report, settings.epsilon, wall_s)
 
 

@@ -71,7 +71,8 @@ def test_corruptions_are_off_by_default_outside_the_c_datasets(tmp_path, digits)
 
 
 def _fake_c_data(tmp_path, n: int = 12) -> ImageData:
-    """A 'cifar10c' test set of n 32-px images, and CIFAR-10-C fog files whose severity s image i is marked s·100 + i."""
+    """A 'cifar10c' test set of n 32-px images, and CIFAR-10-C fog files whose severity s, image i is
+    marked s·10 + i (pixel 0, 0 of channel 0)."""
     generator = torch.Generator().manual_seed(0)
     x_test = torch.randint(0, 256, (n, 3, 32, 32), generator=generator, dtype=torch.uint8)
     y_test = torch.arange(n) % 10

@@ -1,7 +1,7 @@
 """Does the variant help? A paired test of each variant cell against its base method's cell (issue 13 §1).
 
-A variant row (``acl-ip``, ``rocl-iphn``, ...; bench.variants; ``common.VARIANT_SUFFIXES``) whose base method (``acl``, ``rocl``)
-is a row of the same table gets, per (scheme, attack) where both have a value, the paired test
+A variant row (``acl-ip``, ``rocl-iphn``, ...; bench.variants, ``common.VARIANT_SUFFIXES``) whose base
+method (``acl``, ``rocl``) is a row of the same table gets, per (scheme, attack) where both have a value, the paired test
 *where one is defined*:
 
 - both cells over the same ≥ 2 seeds: the paired t-test over seeds, seed i with seed i

@@ -375,6 +375,11 @@ def test_variants_are_marked_where_a_paired_test_finds_a_difference(tmp_path):
     assert rows["rocl-ip", "pgd20"]["vs_base_p"] == "" and rows["acl", "clean"]["vs_base_p"] == ""  # not defined
     tex = (tmp_path / "rep" / "results.tex").read_text()
     assert "$^\\uparrow$" in tex and "▲" not in tex
+    help_md = (tmp_path / "rep" / "variant_help.md").read_text()
+    assert "| acl-ip | acl | SLF | clean | 3 | +10.0 [" in help_md and "| paired-t-over-seeds | variant better |" in help_md
+    assert "| acl-hn | acl | SLF | clean | 3 | +0.0 [" in help_md and "no detectable difference" in help_md
+    assert "| rocl-ip | rocl | SLF | clean | 200 | +10.0 [" in help_md and "| mcnemar-exact | variant better |" in help_md
+    assert len(_read_csv(tmp_path / "rep" / "variant_help.csv")) == 3
 
 
 def test_corruption_table_has_severity_means_per_method_and_scheme(tmp_path):

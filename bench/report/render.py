@@ -17,7 +17,8 @@ import pandas as pd
 from bench.atomic import write_atomic
 from bench.report.common import (MISSING, SUSPECT_MARK, Artifact, MethodOrder, csv_text, label_method, latex_escape,
                                  preset_banner)
-from bench.report.significance import BETTER, WORSE, compare_with_bases, mark
+from bench.report.significance import (BETTER, VARIANT_HELP_COLUMNS, WORSE, compare_with_bases, mark,
+                                       variant_help_markdown, variant_help_rows)
 from bench.report.tables import BEST_EPOCH_METRIC, TABLE_ATTACKS, Cell, Table, build_tables
 
 TABLE_CSV_COLUMNS = ("dataset", "eval_dataset", "preset", "epsilon", "method", "scheme", "attack", "column",
@@ -196,6 +197,18 @@ def _other_attacks_note(results: pd.DataFrame) -> str:
     return f" Other attacks in the store (not in these tables): {', '.join(others)}." if others else ""
 
 
+def variant_help_artifact(tables: list[Table], reports_dir: Path) -> Artifact:
+    """``variant_help.{md,csv}``: every defined variant-vs-base comparison, or why there is none."""
+    title = "Does the variant help? (paired tests against the base method)"
+    rows = variant_help_rows(tables)
+    if not rows:
+        return Artifact("table", title, [], "no variant with its base method in a table where a paired test is "
+                                            "defined (>= 2 shared seeds, or per-image records of single runs)")
+    paths = [write_atomic(reports_dir / "variant_help.md", variant_help_markdown(rows)),
+             write_atomic(reports_dir / "variant_help.csv", csv_text(rows, VARIANT_HELP_COLUMNS))]
+    return Artifact("table", title, paths)
+
+
 def table_artifacts(results: pd.DataFrame, reports_dir: Path, order: MethodOrder,
                     runs_dir: Path | None = None) -> tuple[list[Table], list[Artifact]]:
     """Main (last-epoch) tables, with each variant's paired test against its base, and the separate
@@ -206,6 +219,7 @@ def table_artifacts(results: pd.DataFrame, reports_dir: Path, order: MethodOrder
     main = write_tables(tables, reports_dir, "results", "",
                         "Results: last-epoch accuracy (%)." + _other_attacks_note(results))
     artifacts = [Artifact("table", "Results (last-epoch accuracy)", main)]
+    artifacts.append(variant_help_artifact(tables, reports_dir))
     best = build_tables(results, order, BEST_EPOCH_METRIC)
     if best:
         paths = write_tables(best, reports_dir, "results_best_epoch", "Best-on-test epoch — ",

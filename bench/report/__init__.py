@@ -8,6 +8,7 @@ typed DataFrame). From it, under the reports directory:
   ``render``); ``results_best_epoch.*``: the best-on-test epoch, kept apart;
 - ``figures/``: robust vs clean, bars with per-seed dots (``figures``), robust accuracy vs compute
   (``compute``), pretraining loss and accuracy vs ε (``curves``), PNG + PDF;
+- ``variant_help.{md,csv}``: each variant's paired test against its base method (``significance``);
 - ``corruptions.{md,csv}``: common-corruption accuracy against severity (``corruptions``);
 - ``sanity.{md,csv}``: every sanity check of every evaluation (``sanity``);
 - ``paper_table1.{md,csv,tex}``: the A-InfoNCE Table 1 layout beside published numbers (``paper``,

@@ -1,4 +1,5 @@
-"""The ``bench`` command: run, list, pretrain, finetune, evaluate, report, export, collect, status, sweep, stage.
+"""The ``bench`` command: run, list, pretrain, finetune, evaluate, report, compare, export, collect, status, sweep,
+stage.
 
 Every configuration field can be overridden (``--set pretrain.lr=0.5``); the common ones
 have short flags. All checking happens before any work: a bad value exits with status 2
@@ -290,6 +291,20 @@ def run_stage_command(argv: list[str]) -> int:
     return args.handler(args)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Paired per-image comparison of two evaluated runs (bench.compare)."""
+    from bench.compare import compare_runs, find_run, format_results
+
+    base, variant = find_run(args.base, args.results_dir), find_run(args.variant, args.results_dir)
+    results = compare_runs(base, variant, _listed(args.scheme), _listed(args.attack), names=(args.base, args.variant))
+    print(format_results(results, args.base, args.variant), end="")
+    return 0
+
+
+def _listed(values: list[str] | None) -> list[str]:
+    return [item for item in ",".join(values or []).split(",") if item]
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from bench.external import export_run
 
@@ -357,6 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list the registered methods with a one-line description")
     lst.add_argument("--json", action="store_true", help="one JSON object per method")
     lst.set_defaults(handler=cmd_list)
+
+    cmp = sub.add_parser("compare", help="paired per-image test (McNemar) of two runs' accuracies, with the "
+                         "minimum detectable difference")
+    cmp.add_argument("base", help="a run id (or run directory): the base method")
+    cmp.add_argument("variant", help="a run id (or run directory): the variant")
+    cmp.add_argument("--scheme", action="append", metavar="SCHEME", help="only these schemes (default: all shared)")
+    cmp.add_argument("--attack", action="append", metavar="ATTACK", help="only these attacks (default: all shared)")
+    cmp.add_argument("--results-dir", default="results", help="results store (default results/)")
+    cmp.set_defaults(handler=cmd_compare)
 
     exp = sub.add_parser("export", help="write a finetuned classifier as a plain nn.Module file (RobustBench-ready)")
     exp.add_argument("run_id", help="a run id from results/results.csv")

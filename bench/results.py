@@ -109,6 +109,15 @@ class RunDir:
         """Every sanity check of one scheme's evaluation, passed or failed."""
         return self.path / f"sanity_{scheme}.json"
 
+    def correct(self, scheme: str) -> Path:
+        """Which test images each main attack and corruption left correct in one scheme's evaluation
+        (bench.records; what paired comparisons read)."""
+        return self.path / f"correct_{scheme}.npz"
+
+    def correct_files(self) -> dict[str, Path]:
+        """scheme → its per-image record, for every scheme that wrote one."""
+        return {path.stem.removeprefix("correct_"): path for path in sorted(self.path.glob("correct_*.npz"))}
+
     def sanity_files(self) -> dict[str, Path]:
         """scheme → its sanity file, for every scheme that wrote one."""
         return {path.stem.removeprefix("sanity_"): path for path in sorted(self.path.glob("sanity_*.json"))}

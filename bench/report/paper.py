@@ -130,7 +130,8 @@ PAPER_PREAMBLE = (
     "Δ = ours − reference. The paper's own Table 1 values were not retrieved and are not shown: reference cells "
     "come from author-quoted numbers and the RobustSSL leaderboard (a third-party re-evaluation with its own "
     "checkpoints and finetuning), so protocols differ cell by cell; see the numbered sources. "
-    f"{MISSING} = missing, never filled in. Ours: last-epoch accuracy, mean ± std over seeds, of each method's "
+    f"{MISSING} = missing, never filled in. Ours: last-epoch accuracy ± the half-width of its 95 % interval "
+    "(Wilson over the test images for one run, Student-t over seeds for several), of each method's "
     "most recently run configuration.")
 PAPER_CSV_COLUMNS = ("dataset", "preset", "method", "scheme", "attack", "column", "ours", "reference", "delta",
                      "reference_file", "reference_source")

@@ -9,8 +9,8 @@ LijieFan/AdvCL):
    [x_adv, x1, x2, HFC] through BN 'pgd', model in TRAIN mode (as released: BN running
    statistics follow the PGD iterates); the attack maximises the plain (non-HN, no
    stop-gradient) loss in every variant (released ``--attack_ori``);
-3. x_ce = PGD on ``images_org`` maximising the pseudo-label cross-entropy averaged over the
-   five heads (K = 2, 10, 50, 100, 500), BN 'pgd_ce', train mode;
+3. x_ce = PGD on ``images_org`` maximising the pseudo-label cross-entropy summed over the batch
+   and the five heads (K = 2, 10, 50, 100, 500), BN 'pgd_ce', train mode;
 4. loss = contrastive loss ×(T/0.07) over [x_adv, x1, x2, HFC] + 0.2·mean_K CE(head_K(x_ce));
    the variants change only the contrastive term (``contrastive_loss``), and -ip variants
    adapt α per step from the clean/adversarial feature distance (``update_alpha``).
@@ -393,6 +393,23 @@ class AdvCL(Method):
             losses.append(summed / (target >= 0).sum().clamp(min=1))
         return torch.stack(losses).mean()
 
+    def pseudo_label_attack_objective(self, model: ContrastiveModel, x: torch.Tensor, indices: torch.Tensor):
+        """What x_ce maximises: ce_weight · Σ_K sum-CE(head_K) / (number of heads), labels -1 ignored.
+
+        As released (``AttackPGD.forward``: ``F.cross_entropy(..., size_average=False, ignore_index=-1) / 5``
+        summed over the heads, times ``ce_weight``). It is not ``pseudo_label_loss`` rescaled: the
+        training term divides each head by its own number of valid labels, so with ignored labels
+        the heads would be weighted differently and the sign step could differ.
+        """
+        feature = model.features(x, "pgd_ce")
+        ks = self.params.pseudo_label_ks
+        summed = torch.stack([
+            F.cross_entropy(model.heads[head_name(k)](feature), self.pseudo_labels[k][indices], ignore_index=-1,
+                            reduction="sum")
+            for k in ks
+        ]).sum()
+        return self.params.ce_weight * summed / len(ks)
+
     # ------------------------------------------------------------------ step
     def attack_objective(self, features: torch.Tensor) -> torch.Tensor:
         """The loss x_adv maximises: plain InfoNCE (no HN, no stop-gradient), as ``--attack_ori``.
@@ -428,7 +445,8 @@ class AdvCL(Method):
                 lambda inputs: self.attack_objective(torch.stack([model(inputs, "pgd"), *clean], dim=1)),
                 images_org, **settings,
             )
-            x_ce = pgd(lambda inputs: self.pseudo_label_loss(model, inputs, indices), images_org, **settings)
+            x_ce = pgd(lambda inputs: self.pseudo_label_attack_objective(model, inputs, indices), images_org,
+                       **settings)
         return x_adv, x_ce
 
     def hfc_radius(self, images: torch.Tensor) -> int:

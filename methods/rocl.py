@@ -7,8 +7,9 @@ One step, as in the released ``rocl_train.py`` (A-InfoNCE ``Asym-RoCL``, parent 
 3. ONE forward of [x1; x2; a] (a single BN for all views), NT-Xent over the 3 views with every
    column detached (each term ℓ(u→p) moves only its anchor u; the released similarity is
    ``z @ z.T.detach()``), summed over each anchor's two positives and averaged over anchors;
-4. plus the regulariser (1/λ)·NT-Xent(a, x2), λ = 256, on a second forward of [a; x2] in
-   train mode, also column-detached (the released ``pairwise_similarity`` detaches too).
+4. plus the regulariser (1/λ)·NT-Xent(a, x2), λ = 256, on a separate train-mode forward of [a; x2]
+   that runs before step 3's (as released), also column-detached (the released
+   ``pairwise_similarity`` detaches too).
 
 The variants only change step 3 (``contrastive_loss``): -ip weighs the clean→adversarial
 terms by α and the adversarial→clean ones by 1−α (α = 0.2 fixed), -hn re-weights negatives
@@ -175,10 +176,13 @@ class RoCL(Method):
         x1, x2 = self.augment(images, ctx.generator), self.augment(images, ctx.generator)
         adversarial = self.adversarial_view(model, x1, x2, ctx)
         alpha = self.update_alpha(model, x1, adversarial, ctx)  # no-op: RoCL-IP keeps α fixed
-        features = torch.stack(model(torch.cat([x1, x2, adversarial])).chunk(3), dim=1)  # [B, 3, D]
-        loss_contrast = self.contrastive_loss(features, ADVERSARIAL, detach_contrast=True, scale=self.contrast_scale())
+        # The regulariser's train-mode forward comes first, as released (``get_loss`` runs before the
+        # main forward): the BN running statistics, which finetuning loads, then see the same two
+        # updates in the same order.
         z_adv, z_target = model(torch.cat([adversarial, x2])).chunk(2)
         loss_regularizer = pair_nt_xent(z_adv, z_target, self.temperature) / self.params.regularizer_lambda
+        features = torch.stack(model(torch.cat([x1, x2, adversarial])).chunk(3), dim=1)  # [B, 3, D]
+        loss_contrast = self.contrastive_loss(features, ADVERSARIAL, detach_contrast=True, scale=self.contrast_scale())
         logs = {"loss_contrast": loss_contrast.detach(), "loss_regularizer": loss_regularizer.detach()}
         if self.inferior_positives:
             logs["alpha"] = alpha

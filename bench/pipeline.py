@@ -8,6 +8,7 @@ continues from its checkpoint with ``resume``.
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -132,11 +133,13 @@ def run_method(run: MethodRun, plan: RunPlan, store: ResultsStore, cache: DataCa
         pretrain_wall_s = trained.wall_s
     save_torch_atomic(encoder_checkpoint(method, model, run, data.channels).to_state(), run_dir.encoder)
     eval_data = cache.get(config.data.eval_name, config) if config.data.eval_name else data
-    measurements = finetune_and_evaluate(model, method.finetune_bn, eval_data, config, device, run_dir, label=name)
+    measurements = finetune_and_evaluate(model, method.finetune_bn, eval_data, config, device, run_dir, label=name,
+                                         method=name)
     context = RowContext.of(run.run_id, config, env, device, method=name, dataset=data.name,
                             eval_dataset=eval_data.name, config_hash=run.config_hash,
                             pretrain_epochs=config.pretrain.epochs)
-    rows = [ResultRow.of(context, measurement) for measurement in measurements]
+    rows = [ResultRow.of(context, dataclasses.replace(measurement, flags=measurement.flags + run.flags))
+            for measurement in measurements]
     run_dir.mark_complete(rows, {"finished": now(), "rows": len(rows), "pretrain_wall_s": pretrain_wall_s,
                                  "encoder_from": donor.run_id if donor is not None else run.run_id})
     return RunOutcome(run.run_id, name, "completed")

@@ -83,6 +83,7 @@ def _typed_row(raw: dict[str, str | None], where: str) -> dict[str, Any]:
     if row["value"] is None:
         raise ValueError(f"{where}: empty value")
     row["flags"] = tuple(tag.strip() for tag in (raw.get("flags") or "").split(";") if tag.strip())
+    row["protocol"] = row.get("protocol") or "unified"  # stores older than the column were all 'unified'
     return row
 
 
@@ -98,19 +99,21 @@ def _number(text: str | None, kind: type) -> float | int | None:
 
 @dataclass(frozen=True)
 class TableKey:
-    """One results table: rows measured on the same data, preset and attack budget."""
+    """One results table: rows measured on the same data, preset, finetuning protocol and attack budget."""
 
     dataset: str
     eval_dataset: str
     preset: str
     epsilon: float | None
+    protocol: str = "unified"
 
     def title(self) -> str:
-        return (f"{self.dataset} → {self.eval_dataset} · preset {self.preset} · "
+        return (f"{self.dataset} → {self.eval_dataset} · preset {self.preset} · protocol {self.protocol} · "
                 f"ε = {format_epsilon(self.epsilon)} (L∞)")
 
     def slug(self) -> str:
-        return _slug(f"{self.dataset}-{self.eval_dataset}_{self.preset}_eps{_epsilon_slug(self.epsilon)}")
+        protocol = "" if self.protocol == "unified" else f"_{self.protocol}"
+        return _slug(f"{self.dataset}-{self.eval_dataset}_{self.preset}{protocol}_eps{_epsilon_slug(self.epsilon)}")
 
 
 @dataclass
@@ -184,13 +187,15 @@ def group_tables(results: Iterable[dict[str, Any]], metric: str = "accuracy") ->
     for row in rows:
         if id(row) not in floating_ids:
             epsilon = None if row["epsilon"] is None else round(row["epsilon"], 6)
-            groups.setdefault(TableKey(row["dataset"], row["eval_dataset"], row["preset"], epsilon), []).append(row)
-    for row in floating:
-        same = (row["dataset"], row["eval_dataset"], row["preset"])
-        targets = [key for key in groups if (key.dataset, key.eval_dataset, key.preset) == same]
-        for key in targets or [TableKey(*same, None)]:
+            key = TableKey(row["dataset"], row["eval_dataset"], row["preset"], epsilon, row.get("protocol") or "unified")
             groups.setdefault(key, []).append(row)
-    order = lambda key: (key.dataset, key.eval_dataset, key.preset, -1.0 if key.epsilon is None else key.epsilon)
+    for row in floating:
+        same = (row["dataset"], row["eval_dataset"], row["preset"], row.get("protocol") or "unified")
+        targets = [key for key in groups if (key.dataset, key.eval_dataset, key.preset, key.protocol) == same]
+        for key in targets or [TableKey(*same[:3], None, same[3])]:
+            groups.setdefault(key, []).append(row)
+    order = lambda key: (key.dataset, key.eval_dataset, key.preset, key.protocol,
+                         -1.0 if key.epsilon is None else key.epsilon)
     return {key: groups[key] for key in sorted(groups, key=order)}
 
 
@@ -740,6 +745,7 @@ class PaperSection:
     rows: list[tuple[str, str]]
     ours: dict[tuple[str, str, str], Cell]
     reference: dict[tuple[str, str, str], list[dict[str, Any]]]
+    protocol: str = "unified"
 
 
 def _paper_epsilon(row: dict[str, Any]) -> bool:
@@ -751,18 +757,17 @@ def paper_sections(results: Sequence[dict[str, Any]], reference: Sequence[dict[s
     attacks = {attack for attack, _ in PAPER_ATTACKS}
     sections = []
     for dataset, label in PAPER_DATASETS:
-        ours_rows = latest_configuration(
-            [row for row in results if row["metric"] == "accuracy" and row["dataset"] == dataset
-             and row["eval_dataset"] == dataset and row["attack"] in attacks and _paper_epsilon(row)])
+        ours_rows = [row for row in results if row["metric"] == "accuracy" and row["dataset"] == dataset
+                     and row["eval_dataset"] == dataset and row["attack"] in attacks and _paper_epsilon(row)]
         references: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         for ref in reference:
             if (ref["dataset"], ref["eval_dataset"], ref.get("metric", "accuracy")) == (dataset, dataset, "accuracy"):
                 references.setdefault((ref["method"], ref["scheme"], ref["attack"]), []).append(ref)
-        for preset in sorted({row["preset"] for row in ours_rows}) or [None]:
-            table = build_table(TableKey(dataset, dataset, preset or "", PAPER_EPSILON),
-                                [row for row in ours_rows if row["preset"] == preset], sorted(attacks))
+        for preset, protocol in sorted({(row["preset"], row["protocol"]) for row in ours_rows}) or [(None, "unified")]:
+            chosen = latest_configuration([row for row in ours_rows if (row["preset"], row["protocol"]) == (preset, protocol)])
+            table = build_table(TableKey(dataset, dataset, preset or "", PAPER_EPSILON, protocol), chosen, sorted(attacks))
             sections.append(PaperSection(dataset, label, preset, _paper_rows(table, references),
-                                         table.cells, references))
+                                         table.cells, references, protocol))
     return sections
 
 
@@ -840,7 +845,8 @@ def paper_markdown(sections: Sequence[PaperSection], sources: _Sources,
     for section in sections:
         preset = section.preset or "(no results of ours)"
         epsilon = format_epsilon(PAPER_EPSILON)
-        lines += [f"## {section.label} ({section.dataset}) · preset {preset} · ε = {epsilon}", ""]
+        lines += [f"## {section.label} ({section.dataset}) · preset {preset} · protocol {section.protocol} · "
+                  f"ε = {epsilon}", ""]
         banner = preset_banner(section.preset)
         lines += [f"> **{banner}**", ""] if banner else []
         lines += ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]

@@ -123,7 +123,7 @@ def test_missing_results_file_is_a_clear_error(tmp_path):
 
 def test_markdown_table_content(report):
     text = (report[0] / "results.md").read_text()
-    smoke = _markdown_section(text, "digits → digits · preset smoke · ε = 0.1 ")
+    smoke = _markdown_section(text, "digits → digits · preset smoke · protocol unified · ε = 0.1 ")
     assert "smoke preset: a working demonstration, not a result to compare with papers" in smoke
     acl, rocl = _table_line(smoke, "acl"), _table_line(smoke, "rocl")
     # columns: Method, SLF SA, SLF PGD-20, SLF AA, ALF ×3, AFF ×3

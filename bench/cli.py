@@ -72,7 +72,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_dry_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
-                        help="resolve and validate the plan, print it, and stop (nothing is loaded, fetched or trained)")
+                        help="resolve and validate the plan, print it and stop (nothing is loaded, fetched or trained)")
     parser.add_argument("--json", action="store_true", help="with --dry-run: one JSON object per run and scheme")
 
 

@@ -176,8 +176,9 @@ def branch_route(classifier: Classifier, bn: str) -> Callable[[torch.Tensor], to
 def check_dual_bn(settings: SchemeSettings, model: ContrastiveModel, bn: str) -> None:
     """Dual-BN AFF needs a clean branch 'normal' distinct from the classifier's branch; never route silently."""
     if settings.scheme == "AFF" and settings.dual_bn and (bn == "normal" or "normal" not in model.bn_names()):
-        raise ConfigError(f"dual-BN AFF ({settings.protocol} protocol) needs an encoder with BN branches 'normal' and "
-                         f"{bn!r}: this one has {list(model.bn_names())} (for a released checkpoint pass --branch all)")
+        raise ConfigError(f"AFF under protocol {settings.protocol} is dual-BN: it needs the clean BN branch 'normal' "
+                          f"beside the finetuned one, and this encoder has {list(model.bn_names())} finetuned through "
+                          f"{bn!r} (for a released checkpoint pass --branch all)")
 
 
 def check_finite(parameters: list[torch.Tensor], what: str, epoch: int) -> None:

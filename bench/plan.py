@@ -85,10 +85,11 @@ class MethodRun:
         for scheme in self.config.finetune.schemes or (None,):
             settings = scheme_settings(self.config, scheme, self.method) if scheme else None
             evaluate = self.config.evaluate
+            step = settings.eval_step_size if settings and settings.eval_step_size is not None else evaluate.step_size
             described.append({**run, "scheme": scheme, "finetune": settings.to_dict() if settings else None,
                               "evaluate": {"epsilon": evaluate.epsilon, "attacks": list(evaluate.attacks),
                                            "pgd_steps": evaluate.pgd_steps, "n_eval": evaluate.n_eval,
-                                           "pgd_step_size": settings.eval_step_size if settings else evaluate.step_size}})
+                                           "pgd_step_size": step}})
         return described
 
 

@@ -187,7 +187,8 @@ def group_tables(results: Iterable[dict[str, Any]], metric: str = "accuracy") ->
     for row in rows:
         if id(row) not in floating_ids:
             epsilon = None if row["epsilon"] is None else round(row["epsilon"], 6)
-            key = TableKey(row["dataset"], row["eval_dataset"], row["preset"], epsilon, row.get("protocol") or "unified")
+            protocol = row.get("protocol") or "unified"
+            key = TableKey(row["dataset"], row["eval_dataset"], row["preset"], epsilon, protocol)
             groups.setdefault(key, []).append(row)
     for row in floating:
         same = (row["dataset"], row["eval_dataset"], row["preset"], row.get("protocol") or "unified")
@@ -764,8 +765,10 @@ def paper_sections(results: Sequence[dict[str, Any]], reference: Sequence[dict[s
             if (ref["dataset"], ref["eval_dataset"], ref.get("metric", "accuracy")) == (dataset, dataset, "accuracy"):
                 references.setdefault((ref["method"], ref["scheme"], ref["attack"]), []).append(ref)
         for preset, protocol in sorted({(row["preset"], row["protocol"]) for row in ours_rows}) or [(None, "unified")]:
-            chosen = latest_configuration([row for row in ours_rows if (row["preset"], row["protocol"]) == (preset, protocol)])
-            table = build_table(TableKey(dataset, dataset, preset or "", PAPER_EPSILON, protocol), chosen, sorted(attacks))
+            chosen = latest_configuration([row for row in ours_rows
+                                           if (row["preset"], row["protocol"]) == (preset, protocol)])
+            table = build_table(TableKey(dataset, dataset, preset or "", PAPER_EPSILON, protocol), chosen,
+                                sorted(attacks))
             sections.append(PaperSection(dataset, label, preset, _paper_rows(table, references),
                                          table.cells, references, protocol))
     return sections

@@ -173,20 +173,20 @@ def _number(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-COMPARISON_COLUMNS = ("dataset", "protocol", "method", "scheme", "attack", "ours_last", "ours_best_epoch", "n", "reported_epoch",
-                      "published", "delta", "others")
+COMPARISON_COLUMNS = ("dataset", "protocol", "method", "scheme", "attack", "ours_last", "ours_best_epoch", "n",
+                      "reported_epoch", "published", "delta", "others")
 
 
 def comparison_markdown(table: ReproduceTable, dataset: str, lines: Sequence[dict[str, Any]], preset: str,
                         protocol: str, unassigned: Sequence[dict[str, str]]) -> str:
     """The reproduction beside the published table, Δ on the epoch the source reports."""
     other = "" if protocol == table.protocol else f" (the table's own protocol is {table.protocol})"
+    present = "present" if any(line["published"] is not None for line in lines) else "absent: –"
     text = [f"# Reproduction: {table.title} — {dataset} · protocol {protocol}", "",
             f"Protocol **{protocol}**{other} (docs/protocols.md) · preset {preset} · published cells from "
-            f"`{table.reference}` ({'present' if any(line['published'] is not None for line in lines) else 'absent: –'})."
-            " *Best epoch* = the epoch with the best test PGD-20 accuracy, chosen on the test set as the released "
-            "scripts print it (no AutoAttack there); Δ = ours − published on the epoch the protocol's source reports "
-            "(column *compared*).", "",
+            f"`{table.reference}` ({present}). *Best epoch* = the epoch with the best test PGD-20 accuracy, chosen "
+            "on the test set as the released scripts print it (no AutoAttack there); Δ = ours − published on the "
+            "epoch the protocol's source reports (column *compared*).", "",
             "| method | scheme | attack | ours (last epoch) | ours (best epoch, test-selected) | compared | published "
             "| Δ | published under other protocols |",
             "|---|---|---|---|---|---|---|---|---|"]

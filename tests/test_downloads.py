@@ -50,8 +50,9 @@ def paper_request(tmp_path, **overrides) -> RunRequest:
 def test_pinned_files_are_the_released_ones():
     """Values from the issue and the git mirror of yqy2001/A-InfoNCE at b28763e (git ls-tree -l)."""
     cifar10, cifar100 = RELEASED_PSEUDO_LABELS["cifar10"], RELEASED_PSEUDO_LABELS["cifar100"]
-    assert cifar10.url == ("https://raw.githubusercontent.com/yqy2001/A-InfoNCE/b28763e8554a4788f3e6e4fe99d2d0f19e242dc4"
-                           "/Asym-AdvCL/data/imagenet_clPretrain_pseudo_labels.pkl")
+    assert cifar10.url == ("https://raw.githubusercontent.com/yqy2001/A-InfoNCE/"
+                           "b28763e8554a4788f3e6e4fe99d2d0f19e242dc4/"
+                           "Asym-AdvCL/data/imagenet_clPretrain_pseudo_labels.pkl")
     assert (cifar10.size, cifar10.sha256) == (1_200_903,
                                               "3f9708d0084839b4a9cb3d2f0fbebf59edd191dbe0b15f0c19c0681af8dbff43")
     assert cifar100.path == "Asym-AdvCL/data/cifar100_pseudo_labels.pkl"

@@ -174,7 +174,8 @@ def test_overriding_a_protocol_setting_is_refused_not_ignored():
 
 def test_protocol_enters_the_run_id_but_not_the_encoder():
     unified = build_plan(RunRequest(methods=("acl",), dry_run=True)).runs[0]
-    robust = build_plan(RunRequest(overrides={"finetune.protocol": "robustssl"}, methods=("acl",), dry_run=True)).runs[0]
+    robust = build_plan(RunRequest(overrides={"finetune.protocol": "robustssl"}, methods=("acl",),
+                                   dry_run=True)).runs[0]
     assert unified.run_id != robust.run_id and unified.pretrain_key == robust.pretrain_key
     ainfonce = build_plan(RunRequest(overrides={"finetune.protocol": "ainfonce"}, methods=("rocl",),
                                      dry_run=True)).runs[0]
@@ -274,3 +275,16 @@ def test_report_tables_are_per_protocol_and_say_the_pseudo_label_source(tmp_path
     text = table_markdown(tables[0])
     assert text.startswith("### digits → digits · preset smoke · protocol robustssl · ε")
     assert "flags: advcl SLF" in text and "pseudo_labels:pixels" in text
+
+
+def test_dual_bn_aff_refuses_an_encoder_without_a_clean_branch():
+    from bench import registry
+    from bench.finetune import check_dual_bn
+
+    config = paper_preset()
+    config.finetune.protocol = "robustssl"
+    settings = scheme_settings(config, "AFF", "acl")
+    single = registry.get("simclr")().build_model("small_cnn")  # one BN branch, named 'normal'
+    with pytest.raises(ConfigError, match="needs the clean BN branch 'normal'.*--branch all"):
+        check_dual_bn(settings, single, "normal")
+    check_dual_bn(settings, registry.get("acl")().build_model("small_cnn"), "pgd")  # ACL's own branches: fine

@@ -56,7 +56,8 @@ def test_reproduction_sets_ours_beside_the_published_cells_with_delta(tmp_path):
         ("rocl", 0): [("SLF", "clean", "accuracy", 80.0), ("SLF", "clean", "accuracy_best_epoch", 81.0)],
     })
     reference = tmp_path / "results" / "reference"
-    write_reference(reference / "ainfonce_table1.csv", [("advcl", "SLF", "pgd20", 50.0), ("rocl", "SLF", "clean", 83.0)])
+    write_reference(reference / "ainfonce_table1.csv", [("advcl", "SLF", "pgd20", 50.0),
+                                                        ("rocl", "SLF", "clean", 83.0)])
     write_reference(reference / "author_quoted.csv", [("advcl", "SLF", "pgd20", 50.45)])
     write_reference(reference / "robustssl_leaderboard.csv", [("a-infonce (unspecified variant)", "SLF", "autoattack",
                                                                42.72)])
@@ -71,7 +72,8 @@ def test_reproduction_sets_ours_beside_the_published_cells_with_delta(tmp_path):
     assert rocl["reported_epoch"] == "last" and float(rocl["delta"]) == pytest.approx(-3.0)
     assert lines[("advcl-ip", "AFF", "autoattack")]["published"] == ""  # not published: no cell, no Δ
     text = written[0].read_text()
-    assert "protocol ainfonce" in text and "| advcl | SLF | pgd20 | 41.00 ± 1.41 (n=2) | 49.00 ± 1.41 (n=2) | best" in text
+    assert "protocol ainfonce" in text
+    assert "| advcl | SLF | pgd20 | 41.00 ± 1.41 (n=2) | 49.00 ± 1.41 (n=2) | best" in text
     assert "a-infonce (unspecified variant) SLF autoattack: 42.72 [robustssl]" in text
 
 

@@ -124,7 +124,8 @@ def comparison_rows(table: ReproduceTable, runs: Sequence[MethodRun], rows: Iter
     from bench.finetune import scheme_settings
 
     ours: dict[tuple[str, str, str, str], list[float]] = {}
-    plan_runs = {run.run_id: run for run in runs if run.config.data.name == dataset}
+    # the table's methods only: a distilling method's teacher run (DeACL's SimCLR) is in the plan, not the table
+    plan_runs = {run.run_id: run for run in runs if run.config.data.name == dataset and run.method in table.methods}
     for row in rows:
         if row.run_id in plan_runs:
             ours.setdefault((row.method, row.scheme, row.attack, row.metric), []).append(row.value)

@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -263,18 +264,94 @@ def test_robustssl_run_records_its_protocol_zero_head_and_pseudo_label_source(tm
     assert torch.isfinite(head.weight).all() and math.isfinite(float(head.bias.detach().sum()))
 
 
-def test_report_tables_are_per_protocol_and_say_the_pseudo_label_source(tmp_path):
-    from bench.report import build_tables, load_results, table_markdown
+def test_a_stored_encoder_is_finetuned_under_a_protocol_for_its_recorded_method(tmp_path, monkeypatch):
+    """``bench finetune --protocol robustssl``: the settings of the checkpoint's recorded method (ACL's SLF
+    milestones 10/20; on a dataset outside the source's cifar10/cifar100/stl10 rows, the base lr 0.1 and batch
+    128), zero head, no per-epoch evaluation, and the rows say the protocol."""
+    import dataclasses
 
-    legacy = load_results(DATA / "unified_smoke_rows_legacy.csv")  # no protocol column: unified
-    assert {row["protocol"] for row in legacy} == {"unified"}
-    robust = [{**row, "protocol": "robustssl", "method": "advcl", "flags": ("pseudo_labels:pixels",)}
-              for row in legacy]
-    tables = build_tables(legacy + robust)
-    assert [table.key.protocol for table in tables] == ["robustssl", "unified"]
+    import bench.protocol
+    from bench import protocols
+
+    results, common = tmp_path / "results", ["--image-size", "8", "--n-eval", "16", "--attacks", "clean",
+                                             "--schemes", "SLF", "--set", "evaluate.epsilon_curve=", "--quiet",
+                                             "--jobs", "1"]
+    assert main(["run", "--methods", "acl", "--epochs", "1", "--batch-size", "256", "--train-steps", "1",
+                 "--finetune-epochs", "1", "--no-report", "--results-dir", str(results), *common]) == 0
+    encoder = next((results / "runs").glob("*/encoder.pt"))
+    robustssl = protocols.PROTOCOL_TABLE["robustssl"]  # one epoch instead of the source's 25: CI time
+    monkeypatch.setitem(protocols.PROTOCOL_TABLE, "robustssl",
+                        dataclasses.replace(robustssl, base={**robustssl.base, "epochs": 1}))
+    used, finetune = [], bench.protocol.finetune
+    monkeypatch.setattr(bench.protocol, "finetune", lambda settings, *args, **kwargs: (
+        used.append((settings, kwargs["epoch_eval"])), finetune(settings, *args, **kwargs))[1])
+    assert main(["finetune", "--checkpoint", str(encoder), "--name", "acl-reloaded", "--protocol", "robustssl",
+                 "--no-report", "--results-dir", str(results), *common]) == 0
+    ((settings, epoch_eval),) = used
+    assert (settings.protocol, settings.family, settings.milestones) == ("robustssl", "ACL", (10, 20))
+    assert (settings.lr, settings.batch_size, settings.epochs) == (0.1, 128, 1)
+    assert settings.head_init == "zeros" and epoch_eval is None
+    rows = [row for row in ResultsStore(results).read_rows() if row.method == "acl-reloaded"]
+    assert rows and {(row.protocol, row.metric) for row in rows} == {("robustssl", "accuracy")}
+    assert {row.protocol for row in ResultsStore(results).read_rows() if row.method == "acl"} == {"unified"}
+
+
+def test_sweep_jobs_carry_the_protocol_and_a_dry_run_fetches_nothing(tmp_path, capsys, monkeypatch):
+    import shlex
+
+    import bench.downloads
+    from bench.cli import _methods, _request, build_parser
+
+    monkeypatch.setattr(bench.downloads, "fetch_verified", lambda *args: pytest.fail("a dry run fetched a file"))
+    lines = dry_run_lines(capsys, ["sweep", "--preset", "paper", "--methods", "acl", "advcl", "--protocol",
+                                   "robustssl", "--download", "--data-dir", str(tmp_path / "data"), "--results-dir",
+                                   str(tmp_path / "r"), "--dry-run", "--json", "--quiet"])
+    finetune = [line for line in lines if line["stage"] == "finetune"]
+    assert len(finetune) == 6 and not (tmp_path / "data").exists()
+    for line in finetune:
+        assert "finetune.protocol=robustssl" in shlex.split(line["command"])
+        args = build_parser().parse_args(shlex.split(line["command"])[1:])
+        request = _request(args, _methods(args))
+        request.dry_run = True
+        (run,) = build_plan(request).runs  # the job's own flags rebuild this run, protocol included
+        assert run.run_id == line["run_id"] and run.config.finetune.protocol == "robustssl"
+
+
+def test_report_tables_are_per_protocol_and_say_the_pseudo_label_source():
+    from bench.report.common import MethodOrder
+    from bench.report.render import table_csv_rows, table_markdown
+    from bench.report.tables import build_tables
+    from bench.results import load
+
+    legacy = load(DATA / "unified_smoke_rows_legacy.csv")  # no protocol column: unified
+    assert set(legacy["protocol"]) == {"unified"}
+    robust = legacy.assign(protocol="robustssl", method="advcl", flags="pseudo_labels:pixels")
+    tables = build_tables(pd.concat([legacy, robust], ignore_index=True), MethodOrder())
+    assert [table.key.protocol for table in tables] == ["robustssl", "unified"]  # never averaged together
+    assert [table.methods for table in tables] == [["advcl"], sorted(set(legacy["method"]))]
     text = table_markdown(tables[0])
     assert text.startswith("### digits → digits · preset smoke · protocol robustssl · ε")
     assert "flags: advcl SLF" in text and "pseudo_labels:pixels" in text
+    assert "_robustssl_" in tables[0].key.slug() and "unified" not in tables[1].key.slug()  # old file names kept
+    assert {row["protocol"] for row in table_csv_rows(tables[0])} == {"robustssl"}
+
+
+def test_paper_table_has_a_section_per_protocol_and_lists_the_pseudo_label_source():
+    from bench.report.common import MethodOrder
+    from bench.report.paper import Sources, paper_markdown, paper_sections
+    from bench.results import load
+
+    legacy = load(DATA / "unified_smoke_rows_legacy.csv")
+    paper = legacy.assign(preset="paper", dataset="cifar10", eval_dataset="cifar10", epsilon=8 / 255, method="advcl")
+    frame = pd.concat([paper.assign(flags="pseudo_labels:released-b28763e"),
+                       paper.assign(protocol="ainfonce", flags="pseudo_labels:pixels")], ignore_index=True)
+    sections = [section for section in paper_sections(frame, [], MethodOrder()) if section.dataset == "cifar10"]
+    assert [(section.preset, section.protocol) for section in sections] == [("paper", "ainfonce"),
+                                                                           ("paper", "unified")]
+    text = paper_markdown(sections, Sources(), None)[0]
+    assert "## CIFAR-10 (cifar10) · preset paper · protocol ainfonce · ε" in text
+    assert "- Flags of ours: advcl: pseudo_labels:pixels" in text
+    assert "- Flags of ours: advcl: pseudo_labels:released-b28763e" in text
 
 
 def test_dual_bn_aff_refuses_an_encoder_without_a_clean_branch():

@@ -84,6 +84,9 @@ class FinetuneConfig:
     alf_steps: int = 5  # paper preset: PGD-20, as the released scripts
     trades_beta: float = 6.0
     trades_steps: int = 5  # paper preset: 10
+    # 'unified' = the fields above for every method; 'robustssl' / 'ainfonce' = their sources' settings
+    # per method and scheme (bench.protocols), which then replace the fields above
+    protocol: str = "unified"
 
 
 @dataclass
@@ -222,6 +225,7 @@ def validate(config: RunConfig) -> RunConfig:
     ConfigError on the first bad one, before anything is written."""
     from bench.data import DATASETS
     from bench.models import ENCODERS
+    from bench.protocols import PROTOCOLS
 
     choices: list[tuple[str, Any, tuple[Any, ...]]] = [
         ("preset", config.preset, PRESETS), ("device", config.device, DEVICES),
@@ -229,6 +233,7 @@ def validate(config: RunConfig) -> RunConfig:
         ("data.eval_name", config.data.eval_name, ("", *sorted(DATASETS))),
         ("model.arch", config.model.arch, tuple(sorted(ENCODERS))),
         ("pretrain.optimizer", config.pretrain.optimizer, OPTIMIZERS),
+        ("finetune.protocol", config.finetune.protocol, PROTOCOLS),
     ]
     for name, value, allowed in choices:
         if value not in allowed:

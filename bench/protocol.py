@@ -14,7 +14,9 @@ the common-corruption accuracies (bench.corruption_eval), PGD-20 at the other ε
 """
 from __future__ import annotations
 
+import dataclasses
 import time
+from typing import Callable
 
 import torch
 from torch import nn
@@ -26,7 +28,7 @@ from bench.config import EvalConfig, RunConfig
 from bench.corruption_eval import CorruptionResult, corruption_means, timed_corruptions
 from bench.data import ImageData, to_float
 from bench.evaluate import EvalReport, clean_accuracy, evaluate_classifier, pgd_accuracy, seeded_subset
-from bench.finetune import finetune, scheme_settings
+from bench.finetune import SchemeSettings, finetune, scheme_settings
 from bench.models import ContrastiveModel
 from bench.records import write_record
 from bench.results import Measurement, RunDir
@@ -49,21 +51,25 @@ def evaluation_split(data: ImageData, settings: EvalConfig) -> tuple[torch.Tenso
 
 def finetune_and_evaluate(
     model: ContrastiveModel, finetune_bn: str, data: ImageData, config: RunConfig, device: torch.device,
-    run_dir: RunDir, label: str = "",
+    run_dir: RunDir, label: str = "", method: str = "",
 ) -> list[Measurement]:
     """Every scheme of the config: finetune, evaluate, store the classifier and its sanity checks."""
     measurements: list[Measurement] = []
     for scheme in config.finetune.schemes:
         measurements += finetune_and_evaluate_scheme(model, finetune_bn, data, config, device, run_dir, scheme,
-                                                     label=label)
+                                                     label=label, method=method)
     return measurements
 
 
 def finetune_and_evaluate_scheme(
     model: ContrastiveModel, finetune_bn: str, data: ImageData, config: RunConfig, device: torch.device,
-    run_dir: RunDir, scheme: str, label: str = "",
+    run_dir: RunDir, scheme: str, label: str = "", method: str = "",
 ) -> list[Measurement]:
     """One scheme: finetune, evaluate, store its classifier and sanity checks; returns its measurements.
+
+    The scheme's settings come from the config's protocol for ``method`` (``bench.finetune.scheme_settings``);
+    a protocol may change the evaluation PGD's step (A-InfoNCE's RoCL scripts) and skip the per-epoch
+    evaluation behind the best-epoch rows (RobustSSL reports the last epoch only).
 
     The global RNG (which draws the linear head's initial weights, ``torch.nn.Linear``) is
     seeded with the run's seed first, so a scheme's numbers depend only on the encoder, the
@@ -71,21 +77,14 @@ def finetune_and_evaluate_scheme(
     whether the encoder was just trained, reused from another run or loaded from its file.
     That is what lets SLF, ALF and AFF run as separate jobs (``bench sweep``) and still give
     the numbers of a sequential ``bench run``."""
-    settings = config.evaluate
+    tune = scheme_settings(config, scheme, method)
+    settings = scheme_evaluation(config.evaluate, tune)
     x_eval, y_eval = evaluation_split(data, settings)
-
-    def epoch_metrics(classifier: nn.Module) -> dict[str, float]:
-        return {
-            "clean": clean_accuracy(classifier, x_eval, y_eval, settings.batch_size),
-            "pgd20": pgd_accuracy(classifier, x_eval, y_eval, settings.epsilon, settings.step_size, settings.pgd_steps,
-                                  batch_size=settings.batch_size, seed=config.seed),
-        }
-
     run_dir.set_progress("finetuning", scheme=scheme)
     torch.manual_seed(config.seed)
     began = time.perf_counter()
-    tuned = finetune(scheme_settings(config, scheme), model, finetune_bn, data, seed=config.seed, device=device,
-                     epoch_eval=epoch_metrics)
+    epoch_eval = epoch_metrics_of(settings, x_eval, y_eval, config.seed) if tune.best_epoch else None
+    tuned = finetune(tune, model, finetune_bn, data, seed=config.seed, device=device, epoch_eval=epoch_eval)
     finetune_s = time.perf_counter() - began
     save_torch_atomic(classifier_state(tuned.classifier), run_dir.classifier(scheme))
     report = evaluate_classifier(tuned.classifier, x_eval, y_eval, settings, device, seed=config.seed,
@@ -94,11 +93,33 @@ def finetune_and_evaluate_scheme(
     measurements = report_measurements(scheme, report, settings.epsilon, finetune_s + report.wall_s)
     on = scheme in settings.corruption_schemes
     measurements += corruption_measurements(tuned.classifier, data, config, device, run_dir, scheme, report, on)
-    measurements += epsilon_curve(tuned.classifier, x_eval, y_eval, config, scheme, report.n_eval)
+    measurements += epsilon_curve(tuned.classifier, x_eval, y_eval, dataclasses.replace(config, evaluate=settings),
+                                  scheme, report.n_eval)
     for attack, value in best_epoch(tuned.epoch_metrics).items():
         measurements.append(Measurement(scheme, attack, BEST_EPOCH_METRIC, value, settings.epsilon, report.n_eval))
     log_scheme(label, scheme, report)
     return measurements
+
+
+def scheme_evaluation(evaluate: EvalConfig, tune: SchemeSettings) -> EvalConfig:
+    """The evaluation settings of one scheme: the run's, with the protocol's PGD step."""
+    if tune.eval_step_size is None or tune.eval_step_size == evaluate.step_size:
+        return evaluate
+    return dataclasses.replace(evaluate, step_size=tune.eval_step_size)
+
+
+def epoch_metrics_of(settings: EvalConfig, x_eval: torch.Tensor, y_eval: torch.Tensor,
+                     seed: int) -> Callable[[nn.Module], dict[str, float]]:
+    """Clean and PGD-20 accuracy after an epoch (for the best-on-test-epoch rows the released scripts print)."""
+
+    def epoch_metrics(classifier: nn.Module) -> dict[str, float]:
+        return {
+            "clean": clean_accuracy(classifier, x_eval, y_eval, settings.batch_size),
+            "pgd20": pgd_accuracy(classifier, x_eval, y_eval, settings.epsilon, settings.step_size, settings.pgd_steps,
+                                  batch_size=settings.batch_size, seed=seed),
+        }
+
+    return epoch_metrics
 
 
 def evaluate_ready_classifier(

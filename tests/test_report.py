@@ -66,7 +66,7 @@ def test_missing_results_file_is_a_clear_error(tmp_path):
 
 def test_markdown_table_content(report):
     text = (report[0] / "results.md").read_text()
-    smoke = _markdown_section(text, "digits → digits · preset smoke · ε = 0.1 ")
+    smoke = _markdown_section(text, "digits → digits · preset smoke · protocol unified · ε = 0.1 ")
     assert "smoke preset: a working demonstration, not a result to compare with papers" in smoke
     acl, rocl = _table_line(smoke, "acl"), _table_line(smoke, "rocl")
     # columns: Method, SLF SA, SLF PGD-20, SLF AA, ALF ×3, AFF ×3
@@ -267,10 +267,10 @@ def test_epsilon_curve_uses_the_curve_rows_of_selected_methods(tmp_path):
         _row("rocl-s0", "rocl", "SLF", "pgd20", 50.0, metric="accuracy_vs_epsilon", epsilon=0.02, config_hash="hash-b"),
         _row("rocl-s0", "rocl", "SLF", "pgd20", 30.0, metric="accuracy_vs_epsilon", epsilon=0.1,
              config_hash="hash-b")]))
-    series = epsilon_series(rows)[("digits", "digits", "smoke")]
+    series = epsilon_series(rows)[("digits", "digits", "smoke", "unified")]
     # acl-s0's main PGD-20 row (ε 0.1) is its curve's point there; acl-s1 has no curve rows
     assert [(eps, cell.mean) for eps, cell in series[("acl", "SLF")]] == [(0.05, 61.0), (0.1, 40.0)]
-    assert set(epsilon_series(rows, ["rocl"])[("digits", "digits", "smoke")]) == {("rocl", "SLF")}
+    assert set(epsilon_series(rows, ["rocl"])[("digits", "digits", "smoke", "unified")]) == {("rocl", "SLF")}
 
 
 def test_sanity_report_lists_methods_in_the_given_order(tmp_path):
@@ -315,7 +315,8 @@ def test_selections_that_come_out_empty_stay_empty(tmp_path):
     assert _table_line(_markdown_section(text, "digits"), "rocl")[4].startswith("**60.0 ±")
     index = (tmp_path / "rep" / "index.md").read_text()
     assert "Accuracy vs ε (PGD-20): no method has PGD-20 rows at ≥ 2 ε values" in index
-    assert "vs compute — digits → digits · preset smoke · ε = unspecified (L∞): no PGD-20 or AA rows" in index
+    assert ("vs compute — digits → digits · preset smoke · protocol unified · ε = unspecified (L∞): "
+            "no PGD-20 or AA rows") in index
     from report_stores import edge_rows
 
     series = epsilon_series(load(_write_store(tmp_path / "edge", edge_rows())))

@@ -1,7 +1,7 @@
 """The common-corruption table: accuracy against severity per method and scheme (issue 13 §2).
 
 From the ``corruption-mean:<severity>`` and ``corruption-mean`` rows (bench.corruption_eval), per
-table key (data, preset, ε): one line per method × scheme, the mean accuracy over the evaluated
+table key (data, preset, protocol, ε): one line per method × scheme, the mean accuracy over the evaluated
 corruptions at each severity, then the mean over all (corruption, severity) pairs, each the mean
 over seeds. Each line says where its corruptions came from (``official`` CIFAR-10-C / CIFAR-100-C
 files, or ``regenerated``; ``approximate`` when corruptions the suite approximates are in the mean).
@@ -18,8 +18,8 @@ from bench.report.tables import aggregate, group_tables, row_labels
 
 MEAN = "corruption-mean"
 SOURCES = ("official", "regenerated", "approximate")
-CORRUPTION_COLUMNS = ("dataset", "eval_dataset", "preset", "epsilon", "method", "scheme", "column", "mean", "n",
-                      "source")
+CORRUPTION_COLUMNS = ("dataset", "eval_dataset", "preset", "protocol", "epsilon", "method", "scheme", "column", "mean",
+                      "n", "source")
 
 
 def _column(attack: str) -> str | None:
@@ -41,23 +41,23 @@ def corruption_rows(results: pd.DataFrame) -> list[dict]:
         for (label, scheme, attack), cell in stats.iterrows():
             source = "+".join(tag for tag in SOURCES if tag in tags(cell["flags"]))
             out.append({"dataset": key.dataset, "eval_dataset": key.eval_dataset, "preset": key.preset,
-                        "epsilon": "" if key.epsilon is None else key.epsilon, "method": label, "scheme": scheme,
+                        "protocol": key.protocol, "epsilon": "" if key.epsilon is None else key.epsilon, "method": label, "scheme": scheme,
                         "column": _column(attack), "mean": round(float(cell["mean"]), 4), "n": int(cell["n"]),
                         "source": source})
     return out
 
 
 def corruption_markdown(rows: list[dict], order: MethodOrder) -> str:
-    """One Markdown table per (data, preset, ε): method × scheme lines, severity columns then the mean."""
+    """One Markdown table per (data, preset, protocol, ε): method × scheme lines, severity columns then the mean."""
     frame = pd.DataFrame(rows)
     lines = ["# Common corruptions: accuracy (%) against severity", "",
              "Mean over the evaluated corruptions at each severity (s1–s5), then over every (corruption, severity); "
              "mean over seeds (n). Source: the official CIFAR-C files, or the seeded regeneration of the recipe "
              "(approximate: ImageMagick corruptions re-implemented). The CSV has each line's values; results.csv "
              "has every (corruption, severity).", ""]
-    for key, table in frame.groupby(["dataset", "eval_dataset", "preset", "epsilon"], sort=True):
+    for key, table in frame.groupby(["dataset", "eval_dataset", "preset", "protocol", "epsilon"], sort=True):
         columns = sorted({c for c in table["column"] if c != "mean"}) + ["mean"]
-        lines += [f"## {key[0]} → {key[1]} · preset {key[2]} · ε = {key[3]}", "",
+        lines += [f"## {key[0]} → {key[1]} · preset {key[2]} · protocol {key[3]} · ε = {key[4]}", "",
                   "| Method | Scheme | " + " | ".join(columns) + " | n | Source |",
                   "|---|---|" + "---:|" * len(columns) + "---:|---|"]
         lines_of = table.groupby(["method", "scheme"], sort=False)

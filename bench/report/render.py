@@ -21,7 +21,7 @@ from bench.report.significance import (BETTER, VARIANT_HELP_COLUMNS, WORSE, comp
                                        variant_help_markdown, variant_help_rows)
 from bench.report.tables import BEST_EPOCH_METRIC, TABLE_ATTACKS, Cell, Table, build_tables
 
-TABLE_CSV_COLUMNS = ("dataset", "eval_dataset", "preset", "epsilon", "method", "scheme", "attack", "column",
+TABLE_CSV_COLUMNS = ("dataset", "eval_dataset", "preset", "protocol", "epsilon", "method", "scheme", "attack", "column",
                      "mean", "std", "n", "low", "high", "interval", "n_eval", "seeds", "values", "best", "flags",
                      "vs_base_difference", "vs_base_p", "vs_base_test", "vs_base_verdict")
 INTERVAL_NAMES = {"wilson": "Wilson score interval over the n_eval test images (one run)",
@@ -105,7 +105,8 @@ def _flag_notes(table: Table) -> list[str]:
 
 
 def table_markdown(table: Table, heading: str = "") -> str:
-    """One table as Markdown: title with ε, banner for non-paper presets, cells, footnotes."""
+    """One table as Markdown: title with protocol and ε, banner for non-paper presets, cells, footnotes
+    (every flag of a cell is listed, e.g. where an AdvCL run's pseudo-labels came from)."""
     header = ["Method", *(f"{scheme} {label}" for scheme in table.schemes for _, label in TABLE_ATTACKS)]
     lines = [f"### {heading}{table.key.title()}", ""]
     banner = preset_banner(table.key.preset)
@@ -119,7 +120,7 @@ def table_markdown(table: Table, heading: str = "") -> str:
 
 
 def table_latex(table: Table, heading: str = "") -> str:
-    """One booktabs table; the caption carries data, preset, ε and the non-paper banner."""
+    """One booktabs table; the caption carries data, preset, protocol, ε and the non-paper banner."""
     banner = preset_banner(table.key.preset)
     caption = latex_escape(heading + table.key.title() + (f". {banner}." if banner else ""))
     lines = ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{caption}}}",
@@ -144,7 +145,7 @@ def table_csv_rows(table: Table) -> list[dict[str, Any]]:
             for attack, label in TABLE_ATTACKS:
                 cell = table.cells.get((method, scheme, attack))
                 out.append({"dataset": table.key.dataset, "eval_dataset": table.key.eval_dataset,
-                            "preset": table.key.preset,
+                            "preset": table.key.preset, "protocol": table.key.protocol,
                             "epsilon": "" if table.key.epsilon is None else table.key.epsilon,
                             "method": method, "scheme": scheme, "attack": attack, "column": f"{scheme} {label}",
                             "mean": "" if cell is None else round(cell.mean, 4),

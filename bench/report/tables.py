@@ -1,6 +1,7 @@
 """Results tables: which rows form a table, and each cell's mean, std and 95 % interval (pandas).
 
-A table holds the rows measured on the same data, preset and attack budget (``TableKey``); its
+A table holds the rows measured on the same data, preset, finetuning protocol (``bench.protocols``)
+and attack budget (``TableKey``); its
 cells are methods × (scheme, attack). A method run with several configurations gets one row per
 configuration (``method [config_hash]``), so different settings are never averaged together.
 
@@ -23,24 +24,31 @@ from bench.report.common import MethodOrder, epsilon_slug, format_epsilon, round
 SUPERVISED_AT = "AT"  # RobustBench zoo models (`bench evaluate --robustbench-model`): no finetuning
 TABLE_ATTACKS = (("clean", "SA"), ("pgd20", "PGD-20"), ("autoattack", "AA"))
 BEST_EPOCH_METRIC = "accuracy_best_epoch"
-DATA = ["dataset", "eval_dataset", "preset"]
+DATA = ["dataset", "eval_dataset", "preset", "protocol"]  # rows of different protocols never share a cell
 
 
 @dataclass(frozen=True)
 class TableKey:
-    """One results table: rows measured on the same data, preset and attack budget."""
+    """One results table: rows measured on the same data, preset, finetuning protocol and attack budget."""
 
     dataset: str
     eval_dataset: str
     preset: str
     epsilon: float | None
+    protocol: str = "unified"
 
     def title(self) -> str:
-        return (f"{self.dataset} → {self.eval_dataset} · preset {self.preset} · "
+        return (f"{self.dataset} → {self.eval_dataset} · preset {self.preset} · protocol {self.protocol} · "
                 f"ε = {format_epsilon(self.epsilon)} (L∞)")
 
     def slug(self) -> str:
-        return slug(f"{self.dataset}-{self.eval_dataset}_{self.preset}_eps{epsilon_slug(self.epsilon)}")
+        return slug(f"{self.dataset}-{self.eval_dataset}_{self.preset}{protocol_slug(self.protocol)}"
+                    f"_eps{epsilon_slug(self.epsilon)}")
+
+
+def protocol_slug(protocol: str) -> str:
+    """'' for the default protocol (file names of unified stores are unchanged), else ``_<protocol>``."""
+    return "" if protocol == "unified" else f"_{protocol}"
 
 
 @dataclass(frozen=True)
@@ -158,7 +166,8 @@ def latest_configuration(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def group_tables(results: pd.DataFrame, metric: str = "accuracy") -> dict[TableKey, pd.DataFrame]:
-    """Rows of ``metric`` grouped by table; clean rows without ε join every table of their data and preset."""
+    """Rows of ``metric`` grouped by table; clean rows without ε join every table of their data, preset and
+    protocol."""
     rows = results[results["metric"] == metric]
     floating = rows["epsilon"].isna() & (rows["attack"] == "clean")
     fixed = rows[~floating]
@@ -167,9 +176,10 @@ def group_tables(results: pd.DataFrame, metric: str = "accuracy") -> dict[TableK
     budgets = fixed[[*DATA, "table_epsilon"]].drop_duplicates()
     joined = rows[floating].merge(budgets, on=DATA, how="left")  # no table of its data: a table without ε
     grouped = pd.concat([fixed, joined], ignore_index=True).groupby([*DATA, "table_epsilon"], dropna=False)
-    tables = {TableKey(*key[:3], round_epsilon(key[3])): group.drop(columns="table_epsilon")
+    tables = {TableKey(*key[:3], round_epsilon(key[4]), key[3]): group.drop(columns="table_epsilon")
               for key, group in grouped}
-    order = lambda key: (key.dataset, key.eval_dataset, key.preset, -1.0 if key.epsilon is None else key.epsilon)
+    order = lambda key: (key.dataset, key.eval_dataset, key.preset, key.protocol,
+                         -1.0 if key.epsilon is None else key.epsilon)
     return {key: tables[key] for key in sorted(tables, key=order)}
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,10 @@ import torch.nn.functional as F
 from bench.config import AttackConfig, ConfigError
 from bench.losses import AdaptiveAlpha, a_infonce
 from bench.models import ContrastiveModel, build_contrastive_model
+
+if TYPE_CHECKING:
+    from bench.config import RunConfig
+    from bench.post import PostSettings
 
 
 @dataclass
@@ -49,6 +53,19 @@ class MethodParams:
     quirks: str = "none"
 
 
+@dataclass(frozen=True)
+class Published:
+    """One row of a method's published settings (CONTRACT.md; the ``methods`` branch defines the same).
+
+    source: the released script the values come from (paper) or why the smoke preset sets them;
+    pretrain: overrides of ``bench.config.PretrainConfig``; params: overrides of the method's ``Params``.
+    """
+
+    source: str = ""
+    pretrain: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
 @dataclass
 class StepContext:
     """What the harness hands a method on every step."""
@@ -61,6 +78,9 @@ class StepContext:
     attack: AttackConfig
     indices: torch.Tensor | None = None
     run_dir: Path | None = None
+    # The run's total pretraining epochs (0: not given). Schedules over the whole run need it,
+    # e.g. DynACL's augmentation strength; the harness passes ``config.pretrain.epochs``.
+    epochs: int = 0
 
 
 class Method:
@@ -81,6 +101,9 @@ class Method:
     hard_negatives: ClassVar[bool] = False
     base_name: ClassVar[str] = ""
     variant_note: ClassVar[str] = ""  # shown in `bench list` for the derived variants
+    # A stage between pretraining and finetuning (bench.post.POST_STAGES): '' none, 'pp' DynACL++'s
+    # LP-AFT on K-means pseudo-labels (``bench.post.post_process`` with ``post_settings``).
+    post: ClassVar[str] = ""
 
     def __init__(self, params: MethodParams | None = None):
         self.params = params if params is not None else self.Params()
@@ -127,12 +150,29 @@ class Method:
             conv_init=self.conv_init,
         )
 
+    @classmethod
+    def check_params(cls, params: MethodParams) -> None:
+        """Range checks of a method's own parameters (raise ``ConfigError``); none by default."""
+
     def setup(self, model: ContrastiveModel, train_images: torch.Tensor, ctx: StepContext) -> None:
         """One-off preparation before the first step (e.g. AdvCL's pseudo-labels)."""
 
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
         """Return ``(loss, logs)`` for one batch of images in [0, 1]."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ after pretraining
+    def encoder_for_finetuning(self, model: ContrastiveModel) -> ContrastiveModel:
+        """The encoder that is post-processed, saved and finetuned after pretraining: ``model``.
+
+        DynACL overrides it: its checkpoint for downstream use is the momentum (EMA) key encoder.
+        The result is a ``ContrastiveModel`` built like ``build_model``'s (same branches, projector).
+        """
+        return model
+
+    def post_settings(self, config: RunConfig) -> PostSettings | None:
+        """Settings of this method's post-processing stage (``post``), or None when it has none."""
+        return None
 
     # ------------------------------------------------------------------ A-InfoNCE
     def contrastive_loss(

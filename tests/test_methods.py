@@ -29,9 +29,11 @@ EPSILON, STEP_SIZE, PGD_STEPS, BATCH, SMOKE_STEPS = 0.1, 0.025, 2, 64, 20
 METHOD_NAMES = list(registry.available())
 
 
-def make_context(step: int = 0, *, seed: int = 0, indices=None, run_dir=None, epoch: int = 0) -> StepContext:
+def make_context(step: int = 0, *, seed: int = 0, indices=None, run_dir=None, epoch: int = 0,
+                 epochs: int = 1) -> StepContext:
     return StepContext(epoch, step, 1, torch.device("cpu"), torch.Generator().manual_seed(seed),
-                       AttackConfig(epsilon=EPSILON, step_size=STEP_SIZE, steps=PGD_STEPS), indices, run_dir)
+                       AttackConfig(epsilon=EPSILON, step_size=STEP_SIZE, steps=PGD_STEPS), indices, run_dir,
+                       epochs=epochs)
 
 
 def build(name: str, **overrides):

@@ -72,11 +72,20 @@ the projector goes to a separate ``*_projector`` file)
     one BN set, no normalisation layer. ``avg_pool2d(4)`` = our global pool at 32×32.
     ignored: ``linear.*`` (the classifier of contrastive_learning=False), ``linear_1.*``,
     ``linear_2.*`` (the Projector, should it be merged in).
+dynacl (PKU-ML/DYNACL train_DynACL.py: ``model_encoder_k.pt`` = ``{'epoch', 'state_dict'}`` of the
+key encoder alone, ACL's names; ``model.pt`` = the momentum pair under ``encoder_q.`` / ``encoder_k.``)
+    acl's key map and ignored prefixes; ``encoder_k.`` preferred, ``encoder_q.*`` ignored.
+dynacl++ (LPAFT.py's ``model.pt``: single-BN models/resnet.py ResNet-18, torchvision names, the
+adversarial route's statistics (bnNameCnt 1), a pseudo-label linear head ``fc``)
+    <bn>.<t> -> <bn>.branches.<branch>.<t>; layerN.0.downsample.0 / .1 -> layerN.0.shortcut.0 / .1;
+    its one BN set is reported as branch 'pgd'; normalize.mean / std as acl; ignored: ``fc.*``.
+dynacl++-dual (LPAFT_AFF.py's ``model.pt``: dual-BN ResNet-18 with a linear head ``fc``)
+    acl's key map, i: 0 = normal, 1 = pgd; ignored: ``fc.*``.
 robustssl (GodXuxilie/RobustSSL_Benchmark, Vanilla_Finetuning/utils.py ``get_model``: the state
 dict is under ``state_dict_dual``, ``state_dict`` or ``model``, else the file itself; the
 encoders it releases keep their authors' names). The family is detected from the keys:
 ``bn_list.2`` or AdvCL heads -> advcl; ``encoder_k.``/``bn_list``/``normalize.`` -> acl;
-kuangliu ``shortcut.`` -> rocl. DeACL (``backbone.`` keys) is refused: it was trained with a
+kuangliu ``shortcut.`` -> rocl; single-BN ``downsample.0.`` with ``normalize.`` -> dynacl++. DeACL (``backbone.`` keys) is refused: it was trained with a
 padding-2 stem that a state dict cannot reveal and our ResNet-18 does not have (RobustSSL
 loads it into a padding-1 stem silently).
 
@@ -118,7 +127,7 @@ from bench.models import (
     build_encoder,
 )
 
-FORMATS = ("bench", "robustssl", "advcl", "rocl", "acl")
+FORMATS = ("bench", "robustssl", "advcl", "rocl", "acl", "dynacl", "dynacl++", "dynacl++-dual")
 ALL_BRANCHES = "all"
 BENCH_MARKER = "acl-bench"
 BENCH_REQUIRED = ("model", "arch", "bn_branches", "projector", "normalization")
@@ -142,7 +151,7 @@ class ExternalFormat:
     containers: tuple[str, ...]  # dict keys that may hold the state dict, tried in order
     bn_names: tuple[str, ...]  # bn_list index -> our branch name
     default_branch: str
-    layout: str  # 'multi_bn' (torchvision + bn_list) | 'kuangliu' (one plain BN)
+    layout: str  # 'multi_bn' (torchvision + bn_list) | 'kuangliu' (one plain BN) | 'torchvision' (one plain BN)
     normalized: bool  # the checkpoint carries normalize.mean / normalize.std buffers
     ignored: tuple[str, ...]  # key prefixes dropped on purpose
     encoder_prefixes: tuple[str, ...] = ()  # alternative sub-model prefixes, preferred first
@@ -161,7 +170,19 @@ ROCL = ExternalFormat(
     name="rocl", containers=("model",), bn_names=("normal",), default_branch="normal", layout="kuangliu",
     normalized=False, ignored=("linear.", "linear_1.", "linear_2."),
 )
-EXTERNAL = {spec.name: spec for spec in (ACL, ADVCL, ROCL)}
+DYNACL = ExternalFormat(
+    name="dynacl", containers=("state_dict",), bn_names=("normal", "pgd"), default_branch="pgd",
+    layout="multi_bn", normalized=True, ignored=("fc.",), encoder_prefixes=("encoder_k.", "encoder_q."),
+)
+DYNACL_PLUS_PLUS = ExternalFormat(
+    name="dynacl++", containers=("state_dict",), bn_names=("pgd",), default_branch="pgd", layout="torchvision",
+    normalized=True, ignored=("fc.",),
+)
+DYNACL_PLUS_PLUS_DUAL = ExternalFormat(
+    name="dynacl++-dual", containers=("state_dict",), bn_names=("normal", "pgd"), default_branch="pgd",
+    layout="multi_bn", normalized=True, ignored=("fc.",),
+)
+EXTERNAL = {spec.name: spec for spec in (ACL, ADVCL, ROCL, DYNACL, DYNACL_PLUS_PLUS, DYNACL_PLUS_PLUS_DUAL)}
 ROBUSTSSL_CONTAINERS = ("state_dict_dual", "state_dict", "model")
 
 
@@ -256,7 +277,17 @@ def _kuangliu_name(placeholder_key: str, branch_index: int | None) -> str:
     return placeholder_key.removeprefix("encoder.").replace(".branches.@.", ".")
 
 
-LAYOUTS: dict[str, Callable[[str, int | None], str]] = {"multi_bn": _multi_bn_name, "kuangliu": _kuangliu_name}
+def _torchvision_name(placeholder_key: str, branch_index: int | None) -> str:
+    """Ours -> single-BN torchvision names (DYNACL models/resnet.py):
+    'encoder.layer2.0.shortcut.1.branches.@.weight' -> 'layer2.0.downsample.1.weight'."""
+    name = placeholder_key.removeprefix("encoder.")
+    name = name.replace(".shortcut.0.", ".downsample.0.").replace(".shortcut.1.", ".downsample.1.")
+    return name.replace(".branches.@.", ".")
+
+
+LAYOUTS: dict[str, Callable[[str, int | None], str]] = {
+    "multi_bn": _multi_bn_name, "kuangliu": _kuangliu_name, "torchvision": _torchvision_name,
+}
 
 
 def _placeholder(key: str) -> tuple[str, str | None]:
@@ -424,6 +455,9 @@ def _detect_robustssl_family(state: Mapping[str, torch.Tensor], label: str) -> E
         )
     if any(".bn_list.2." in key for key in keys) or any(key.startswith(ADVCL.ignored) for key in keys):
         return ADVCL
+    single_bn = not any(".bn_list." in key for key in keys)
+    if single_bn and "normalize.mean" in state and any(".downsample.0." in key for key in keys):
+        return DYNACL_PLUS_PLUS
     if any(key.startswith(("encoder_k.", "encoder_q.", "normalize.")) or ".bn_list." in key for key in keys):
         return ACL
     if any(".shortcut." in key for key in keys):

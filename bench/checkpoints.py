@@ -85,7 +85,8 @@ robustssl (GodXuxilie/RobustSSL_Benchmark, Vanilla_Finetuning/utils.py ``get_mod
 dict is under ``state_dict_dual``, ``state_dict`` or ``model``, else the file itself; the
 encoders it releases keep their authors' names). The family is detected from the keys:
 ``bn_list.2`` or AdvCL heads -> advcl; ``encoder_k.``/``bn_list``/``normalize.`` -> acl;
-kuangliu ``shortcut.`` -> rocl; single-BN ``downsample.0.`` with ``normalize.`` -> dynacl++. DeACL (``backbone.`` keys) is refused: it was trained with a
+kuangliu ``shortcut.`` -> rocl; single-BN ``downsample.0.`` with ``normalize.`` -> dynacl++.
+DeACL (``backbone.`` keys) is refused: it was trained with a
 padding-2 stem that a state dict cannot reveal and our ResNet-18 does not have (RobustSSL
 loads it into a padding-1 stem silently).
 

@@ -154,7 +154,8 @@ def kmeans_labels(features: np.ndarray, clusters: int, seed: int, restarts: int 
     from sklearn.cluster import KMeans
 
     if clusters > features.shape[0]:
-        raise ValueError(f"post clusters={clusters} is invalid: allowed at most the {features.shape[0]} training images")
+        raise ValueError(f"post clusters={clusters} is invalid: allowed at most the {features.shape[0]} "
+                         "training images")
     kmeans = KMeans(n_clusters=clusters, n_init=restarts, random_state=seed)
     return kmeans.fit_predict(features).astype(np.int64)
 

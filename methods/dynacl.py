@@ -192,7 +192,8 @@ class DynACL(Method):
             raise ConfigError(f"key_momentum={params.key_momentum!r} is invalid: allowed numbers in [0, 1]")
         if not 0.0 <= params.anneal_lambda < float("inf"):
             raise ConfigError(f"anneal_lambda={params.anneal_lambda!r} is invalid: allowed finite numbers >= 0")
-        if isinstance(params.anneal_period, bool) or not isinstance(params.anneal_period, int) or params.anneal_period < 1:
+        period = params.anneal_period
+        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
             raise ConfigError(f"anneal_period={params.anneal_period!r} is invalid: allowed integers >= 1")
 
     def build_model(self, arch: str, in_channels: int = 3) -> ContrastiveModel:

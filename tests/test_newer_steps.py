@@ -90,7 +90,8 @@ def test_dynacl_step_matches_the_released_step(monkeypatch):
     for name, buffer in model.state_dict().items():
         if "running" in name:
             side, our_name = ("key", name.removeprefix("key.")) if name.startswith("key.") else ("query", name)
-            assert_close(f"{side} {our_name}", inputs.checksums(our_name, buffer), case["buffers"][f"{side}/{our_name}"])
+            released = case["buffers"][f"{side}/{our_name}"]
+            assert_close(f"{side} {our_name}", inputs.checksums(our_name, buffer), released)
 
 
 def test_dynacl_air_official_step_matches_the_released_step(monkeypatch):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -51,3 +51,10 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     """Write text (UTF-8, newlines as given) or bytes atomically."""
     payload = data.encode() if isinstance(data, str) else data
     return atomic_write(path, lambda stream: stream.write(payload))
+
+
+def save_torch_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj, path)`` that never leaves a truncated file (checkpoints, classifiers)."""
+    import torch
+
+    return atomic_write(path, lambda stream: torch.save(obj, stream))

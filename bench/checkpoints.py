@@ -23,25 +23,17 @@ every default call such as ``model.features(x)`` uses the chosen statistics);
 
 ``info`` keys: format, family, source, arch, branch, source_branch, branches (of the
 returned model), available_branches (in the checkpoint), normalization ('none',
-'imagenet' or 'custom'), projector (kind loaded, or None), ignored_keys (dropped on
+'imagenet', 'cifar10' or 'custom'), projector (kind loaded, or None), ignored_keys (dropped on
 purpose), dropped_branch_keys (count of the other branches' keys), stripped_prefix,
 encoder_prefix, plus epoch / method / run_id when the checkpoint records them.
 
-Our own format, ``bench`` (written by the trainer through ``save_checkpoint_atomic``)
--------------------------------------------------------------------------------------
-A dict with
-    model          ContrastiveModel.state_dict(): encoder.*, projector.*, normalize.*, heads.*
-    arch           'resnet18' | 'small_cnn'
-    bn_branches    the BN branch names the model was built with, e.g. ['normal', 'pgd']
-    projector      a key of bench.models.PROJECTORS ('simclr', 'acl', 'rocl', 'advcl')
-    normalization  'none' | 'imagenet'
-and optionally
-    finetune_bn    the branch finetuning uses (default: bn_branches[0])
-    in_channels    input channels (default 3)
-    format         'acl-bench' (a marker; anything else is rejected)
-    method, run_id provenance, copied into info.
-The projector is loaded too; extra heads (AdvCL's pseudo-label heads) are rebuilt as
-``nn.Linear`` from their weight shapes.
+Our own format, ``bench``
+-------------------------
+``EncoderCheckpoint`` below is its one definition (fields, required ones, defaults); the
+pipeline writes it as a run's ``encoder.pt``. ``arch`` is a key of ``bench.models.ENCODERS``
+('resnet18', 'resnet18_deacl' = padding-2 stem, 'small_cnn'): the stem is part of the arch, so a
+DeACL encoder never loads into a padding-1 stem. The projector is loaded too; extra heads
+(AdvCL's pseudo-label heads) are rebuilt as ``nn.Linear`` from their weight shapes.
 
 Released formats (key maps; verified against the repositories' code)
 -------------------------------------------------------------------
@@ -85,10 +77,20 @@ robustssl (GodXuxilie/RobustSSL_Benchmark, Vanilla_Finetuning/utils.py ``get_mod
 dict is under ``state_dict_dual``, ``state_dict`` or ``model``, else the file itself; the
 encoders it releases keep their authors' names). The family is detected from the keys:
 ``bn_list.2`` or AdvCL heads -> advcl; ``encoder_k.``/``bn_list``/``normalize.`` -> acl;
-kuangliu ``shortcut.`` -> rocl; single-BN ``downsample.0.`` with ``normalize.`` -> dynacl++.
-DeACL (``backbone.`` keys) is refused: it was trained with a
-padding-2 stem that a state dict cannot reveal and our ResNet-18 does not have (RobustSSL
-loads it into a padding-1 stem silently).
+kuangliu ``shortcut.`` -> rocl; single-BN ``downsample.0.`` with ``normalize.`` -> dynacl++;
+solo-learn ``backbone.`` -> deacl, loaded into DeACL's padding-2
+stem (RobustSSL loads it into a padding-1 stem silently: the pitfall behind its DeACL cells).
+deacl (pantheon5100/DeACL: a Lightning checkpoint ``{'state_dict': ...}`` of ``mocov2_kd_at``; its
+``adv_finetune.py`` keeps the ``backbone.`` keys and loads them strictly into its padding-2 model)
+    backbone.<path> -> <path> in DeACL's ResNet-18 (arch ``resnet18_deacl``): torchvision names,
+    layerN.0.downsample.0/1 -> layerN.0.shortcut.0/1, <bn>.<t> -> <bn>.branches.normal.<t>;
+    backbone.normalize.mean / std -> normalize (CIFAR-10 statistics in the released model class).
+    ignored: ``momentum_backbone.*`` (the frozen SimCLR teacher), ``classifier.*``,
+    ``classifier_adv.*`` (online linear probes on detached features).
+deacl-teacher (the solo-learn SimCLR checkpoint DeACL distils from, e.g. ``simclr-cifar10-b30xch14-ep=999.ckpt``)
+    the same ``backbone.`` names without normalisation buffers: DeACL's model class supplies
+    CIFAR-10 statistics in the model, and so does this format. ignored: ``projector.*``,
+    ``classifier.*``, ``momentum_*`` (a MoCo teacher's EMA copies).
 
 Every format: nn.DataParallel / DDP's ``module.`` prefix is stripped (wrapping is not part
 of a format); every error is a ``CheckpointError`` (a ValueError) whose first line
@@ -96,48 +98,52 @@ summarises and whose next lines list the offending keys as the file spells them.
 
 Architecture checks: every tensor's shape must equal ours (a 5×5 or 7×7 stem, other widths,
 another depth are errors naming the tensors). Padding and stride leave no trace in a state
-dict, so formats known to differ there are refused by name instead. A missing
+dict, so those formats build the architecture they were trained with (``deacl``: arch
+``resnet18_deacl``, padding 2) and refuse ``arch=`` anything else by name. A missing
 ``num_batches_tracked`` is accepted (torch itself fills it in for metadata-less dicts).
 
-Writing: ``save_checkpoint_atomic`` (temp file in the same directory, then ``os.replace``:
-a crash never leaves a truncated checkpoint), ``export_classifier`` (a TorchScript trace,
-loadable with ``torch.jit.load`` and nothing else) and ``load_robustbench_model``.
+Writing our checkpoints is ``bench.atomic.save_torch_atomic``; exports and RobustBench models
+live in ``bench.external``.
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
 import re
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from bench.atomic import atomic_write
 from bench.models import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    NORMALIZATIONS,
     PROJECTORS,
+    Classifier,
     ContrastiveModel,
     Normalize,
-    build_contrastive_model,
     build_encoder,
+    rebuild_contrastive_model,
 )
 
-FORMATS = ("bench", "robustssl", "advcl", "rocl", "acl", "dynacl", "dynacl++", "dynacl++-dual")
+FORMATS = ("bench", "robustssl", "advcl", "rocl", "acl", "dynacl", "dynacl++", "dynacl++-dual", "deacl",
+           "deacl-teacher")
 ALL_BRANCHES = "all"
 BENCH_MARKER = "acl-bench"
-BENCH_REQUIRED = ("model", "arch", "bn_branches", "projector", "normalization")
 DATA_PARALLEL_PREFIX = "module."
 _BRANCH_KEY = re.compile(r"\.branches\.([^.]+)\.")
 _BN_LIST_INDEX = re.compile(r"\.bn_list\.(\d+)\.")
-_HEAD_WEIGHT = re.compile(r"^heads\.([^.]+)\.weight$")
 _LIST_LIMIT = 40
-RESNET18_NOTE = "our CIFAR ResNet-18 (3×3 stride-1 padding-1 stem, no max-pool, widths 64-512)"
+ARCH_NOTES = {
+    "resnet18": "our CIFAR ResNet-18 (3×3 stride-1 padding-1 stem, no max-pool, widths 64-512)",
+    "resnet18_deacl": "DeACL's CIFAR ResNet-18 (3×3 stride-1 padding-2 stem, no max-pool, widths 64-512)",
+}
 
 
 class CheckpointError(ValueError):
@@ -156,6 +162,8 @@ class ExternalFormat:
     normalized: bool  # the checkpoint carries normalize.mean / normalize.std buffers
     ignored: tuple[str, ...]  # key prefixes dropped on purpose
     encoder_prefixes: tuple[str, ...] = ()  # alternative sub-model prefixes, preferred first
+    arch: str = "resnet18"  # the bench.models encoder it was trained as (the stem is part of it)
+    fixed_normalization: str = ""  # bench.models.NORMALIZATIONS key the released model class adds itself
 
 
 ACL = ExternalFormat(
@@ -183,7 +191,18 @@ DYNACL_PLUS_PLUS_DUAL = ExternalFormat(
     name="dynacl++-dual", containers=("state_dict",), bn_names=("normal", "pgd"), default_branch="pgd",
     layout="multi_bn", normalized=True, ignored=("fc.",),
 )
-EXTERNAL = {spec.name: spec for spec in (ACL, ADVCL, ROCL, DYNACL, DYNACL_PLUS_PLUS, DYNACL_PLUS_PLUS_DUAL)}
+DEACL = ExternalFormat(
+    name="deacl", containers=("state_dict",), bn_names=("normal",), default_branch="normal", layout="torchvision",
+    normalized=True, ignored=("momentum_backbone.", "classifier.", "classifier_adv."), encoder_prefixes=("backbone.",),
+    arch="resnet18_deacl",
+)
+DEACL_TEACHER = ExternalFormat(
+    name="deacl-teacher", containers=("state_dict",), bn_names=("normal",), default_branch="normal",
+    layout="torchvision", normalized=False, ignored=("projector.", "classifier.", "momentum_"),
+    encoder_prefixes=("backbone.",), arch="resnet18_deacl", fixed_normalization="cifar10",
+)
+EXTERNAL = {spec.name: spec for spec in (ACL, ADVCL, ROCL, DYNACL, DYNACL_PLUS_PLUS, DYNACL_PLUS_PLUS_DUAL, DEACL,
+                                          DEACL_TEACHER)}
 ROBUSTSSL_CONTAINERS = ("state_dict_dual", "state_dict", "model")
 
 
@@ -249,15 +268,25 @@ def _strip_data_parallel(state: dict[str, torch.Tensor], label: str) -> tuple[di
     return _renamed(pairs, label), DATA_PARALLEL_PREFIX
 
 
-def _select_submodel(state: dict, prefixes: Sequence[str], label: str) -> tuple[dict, str, list[str]]:
-    """Keep the preferred sub-model (DynACL's ``encoder_k.``); the other prefixes' keys are ignored."""
+def _select_submodel(
+    state: dict, prefixes: Sequence[str], ignored_prefixes: Sequence[str], label: str, shown_prefix: str
+) -> tuple[dict, str, list[str]]:
+    """Keep the preferred sub-model (DynACL's ``encoder_k.``, DeACL's ``backbone.``), prefix removed.
+
+    Keys outside it are ignored when they belong to another sub-model or start with an ignored
+    prefix (DeACL's teacher ``momentum_backbone.``); any other key outside it is an error.
+    """
     present = [prefix for prefix in prefixes if any(key.startswith(prefix) for key in state)]
     if not present:
         return state, "", []
-    chosen, others = present[0], tuple(prefix for prefix in prefixes if prefix != present[0])
-    ignored = [key for key in state if key.startswith(others)]
-    kept = ((key.removeprefix(chosen), value) for key, value in state.items() if not key.startswith(others))
-    return _renamed(kept, label), chosen, ignored
+    chosen = present[0]
+    outside = [key for key in state if not key.startswith(chosen)]
+    stray = [key for key in outside if not key.startswith((*prefixes, *ignored_prefixes))]
+    if stray:
+        raise CheckpointError("\n".join([f"{label}: {len(stray)} keys outside the encoder {chosen!r} are not known",
+                                          *_key_list("unexpected", [shown_prefix + key for key in stray])]))
+    kept = ((key.removeprefix(chosen), value) for key, value in state.items() if key.startswith(chosen))
+    return _renamed(kept, label), chosen, outside
 
 
 # --------------------------------------------------------------------------- key naming
@@ -279,11 +308,11 @@ def _kuangliu_name(placeholder_key: str, branch_index: int | None) -> str:
 
 
 def _torchvision_name(placeholder_key: str, branch_index: int | None) -> str:
-    """Ours -> single-BN torchvision names (DYNACL models/resnet.py):
-    'encoder.layer2.0.shortcut.1.branches.@.weight' -> 'layer2.0.downsample.1.weight'."""
-    name = placeholder_key.removeprefix("encoder.")
-    name = name.replace(".shortcut.0.", ".downsample.0.").replace(".shortcut.1.", ".downsample.1.")
-    return name.replace(".branches.@.", ".")
+    """Ours -> torchvision (DeACL, solo-learn; DYNACL models/resnet.py).
+
+    'encoder.layer2.0.shortcut.1.branches.@.weight' -> 'layer2.0.downsample.1.weight'.
+    """
+    return _kuangliu_name(placeholder_key, branch_index).replace(".shortcut.", ".downsample.")
 
 
 LAYOUTS: dict[str, Callable[[str, int | None], str]] = {
@@ -439,7 +468,10 @@ def _normalization_label(mean: torch.Tensor, std: torch.Tensor) -> str:
     imagenet = torch.allclose(mean.flatten(), torch.tensor(IMAGENET_MEAN), atol=1e-4) and torch.allclose(
         std.flatten(), torch.tensor(IMAGENET_STD), atol=1e-4
     )
-    return "imagenet" if imagenet else "custom"
+    cifar10 = torch.allclose(mean.flatten(), torch.tensor(CIFAR10_MEAN), atol=1e-4) and torch.allclose(
+        std.flatten(), torch.tensor(CIFAR10_STD), atol=1e-4
+    )
+    return "imagenet" if imagenet else "cifar10" if cifar10 else "custom"
 
 
 # --------------------------------------------------------------------------- external formats
@@ -448,12 +480,8 @@ def _normalization_label(mean: torch.Tensor, std: torch.Tensor) -> str:
 def _detect_robustssl_family(state: Mapping[str, torch.Tensor], label: str) -> ExternalFormat:
     """Which code base wrote a RobustSSL model-zoo file (they keep their authors' key names)."""
     keys = list(state)
-    if any(key.startswith(("backbone.", "momentum_backbone.")) for key in keys):
-        raise CheckpointError(
-            f"{label} looks like a DeACL checkpoint (solo-learn 'backbone.' keys): DeACL was trained with a "
-            "padding-2 stem that our CIFAR ResNet-18 (padding 1) does not have, and the weights would load into a "
-            "different function without any shape error; it is not supported"
-        )
+    if any(key.startswith("backbone.") for key in keys):
+        return DEACL  # the authors' file (leaderboard footnote *): its padding-2 stem, not RobustSSL's padding 1
     if any(".bn_list.2." in key for key in keys) or any(key.startswith(ADVCL.ignored) for key in keys):
         return ADVCL
     single_bn = not any(".bn_list." in key for key in keys)
@@ -476,7 +504,7 @@ def _available_external_branches(spec: ExternalFormat, state: Mapping[str, torch
 
 
 def _build_external_model(spec: ExternalFormat, branches: Sequence[str], state: Mapping[str, torch.Tensor]):
-    """Our ResNet-18 with the given branches, Normalize when the format has one, no projector.
+    """The format's ResNet-18 with the given branches, its normalisation, no projector.
 
     The released projector is not imported (finetuning uses the encoder only); an Identity
     stands in so nobody mistakes freshly initialised weights for the released head.
@@ -489,15 +517,17 @@ def _build_external_model(spec: ExternalFormat, branches: Sequence[str], state: 
         else:
             normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)  # the strict check reports the missing buffers
     with torch.random.fork_rng(devices=[]):
-        encoder = build_encoder("resnet18", tuple(branches))
-    return ContrastiveModel(encoder, nn.Identity(), normalize)
+        encoder = build_encoder(spec.arch, tuple(branches))
+    model_spec = {"arch": spec.arch, "branches": list(branches), "projector": "none", "in_channels": 3,
+                  "normalization": "custom" if normalize is not None else "none"}
+    return ContrastiveModel(encoder, nn.Identity(), normalize, spec=model_spec)
 
 
 def _load_external(
     spec: ExternalFormat, state: dict, meta: dict, label: str, branch: str | None, fmt: str, prefix: str
 ) -> tuple[ContrastiveModel, dict[str, Any]]:
     where = f"{fmt} checkpoint {label}"
-    state, encoder_prefix, prefix_ignored = _select_submodel(state, spec.encoder_prefixes, where)
+    state, encoder_prefix, prefix_ignored = _select_submodel(state, spec.encoder_prefixes, spec.ignored, where, prefix)
     available = _available_external_branches(spec, state)
     selected = _resolve_branches(branch, available, spec.default_branch, where)
     branch_map = _branch_map(selected, keep_names=branch == ALL_BRANCHES)
@@ -508,13 +538,16 @@ def _load_external(
         list(model.state_dict()), branch_map, [name for name in available if name not in selected],
         lambda key, source_branch: naming(key, indices.get(source_branch)),
     )
-    ignored = _load_strict(model, state, expected, dropped, spec.ignored, where, RESNET18_NOTE, prefix + encoder_prefix)
+    ignored = _load_strict(model, state, expected, dropped, spec.ignored, where, ARCH_NOTES[spec.arch],
+                           prefix + encoder_prefix)
+    if spec.fixed_normalization:  # not in the file: the released model class adds it (after the strict load)
+        model.normalize = Normalize(*NORMALIZATIONS[spec.fixed_normalization])
     normalization = "none"
-    if spec.normalized:
+    if isinstance(model.normalize, Normalize):
         normalization = _normalization_label(model.normalize.mean, model.normalize.std)
     routed, source_branch = _routing(selected, spec.default_branch, keep_names=branch == ALL_BRANCHES)
     info = {
-        "format": fmt, "family": spec.name, "source": label, "arch": "resnet18", "branch": routed,
+        "format": fmt, "family": spec.name, "source": label, "arch": spec.arch, "branch": routed,
         "source_branch": source_branch, "branches": list(branch_map), "available_branches": available,
         "normalization": normalization, "projector": None,
         "ignored_keys": sorted([prefix + key for key in prefix_ignored] + ignored),
@@ -526,6 +559,71 @@ def _load_external(
 
 
 # --------------------------------------------------------------------------- our format
+
+
+@dataclass(frozen=True)
+class EncoderCheckpoint:
+    """Our encoder file (a run's ``encoder.pt``): the one definition of its fields.
+
+    The trainer writes it with ``to_state()``; ``load_encoder(..., "bench")`` reads it back
+    (the fields without a default are required there). ``pretrain_key`` lets another run with
+    the same pretraining settings reuse the encoder.
+    """
+
+    model: Mapping[str, torch.Tensor]  # ContrastiveModel.state_dict(): encoder.*, projector.*, normalize.*, heads.*
+    arch: str
+    bn_branches: tuple[str, ...]
+    projector: str
+    normalization: str
+    finetune_bn: str = ""  # default: bn_branches[0]
+    in_channels: int = 3
+    method: str = ""
+    run_id: str = ""
+    dataset: str = ""
+    pretrain_epochs: int | None = None
+    pretrain_key: str = ""
+    format: str = BENCH_MARKER
+
+    def to_state(self) -> dict[str, Any]:
+        """The dict ``torch.save`` writes (plain types and tensors only: loadable with weights_only=True)."""
+        state = {name.name: getattr(self, name.name) for name in dataclasses.fields(self)}
+        state["model"], state["bn_branches"] = dict(self.model), list(self.bn_branches)
+        return state
+
+
+BENCH_REQUIRED = tuple(field.name for field in dataclasses.fields(EncoderCheckpoint)
+                       if field.default is dataclasses.MISSING)
+CLASSIFIER_MARKER = "acl-bench-classifier"
+
+
+def classifier_state(classifier: Classifier) -> dict[str, Any]:
+    """A finetuned classifier as plain data (a run's ``classifier_<scheme>.pt``): its state dict,
+    the architecture description its encoder was built from, the BN branch and the class count.
+
+    Nothing here is a pickled module, so ``load_classifier`` reads it with the weights-only
+    unpickler: a classifier file copied from someone else's store cannot run code."""
+    return {"format": CLASSIFIER_MARKER, "model_spec": dict(classifier.backbone.spec), "bn": classifier.bn,
+            "num_classes": classifier.head.out_features, "state": classifier.state_dict()}
+
+
+def load_classifier(path: str | os.PathLike) -> Classifier:
+    """A classifier written from ``classifier_state``, rebuilt and loaded strictly (eval mode)."""
+    stored, label = _read(path)
+    missing = [name for name in ("model_spec", "bn", "num_classes", "state") if name not in stored]
+    if stored.get("format") != CLASSIFIER_MARKER or missing:
+        raise CheckpointError(f"{label} is not an acl-bench classifier (format {stored.get('format')!r}, "
+                              f"missing {missing}): allowed files written by bench run or bench evaluate")
+    state = stored["state"]
+    backbone_state = {key.removeprefix("backbone."): value for key, value in state.items()
+                      if key.startswith("backbone.")}
+    try:
+        classifier = Classifier(rebuild_contrastive_model(stored["model_spec"], backbone_state),
+                                int(stored["num_classes"]), stored["bn"])
+        classifier.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"classifier {label} does not match its recorded architecture: "
+                              f"{_first_line(error)}") from None
+    return classifier.eval()
 
 
 def _bench_fields(checkpoint: Mapping[str, Any], label: str) -> None:
@@ -548,17 +646,6 @@ def _bench_fields(checkpoint: Mapping[str, Any], label: str) -> None:
         )
 
 
-def _bench_heads(state: Mapping[str, torch.Tensor]) -> nn.ModuleDict:
-    """AdvCL's pseudo-label heads, rebuilt as nn.Linear from their saved weight shapes."""
-    heads = nn.ModuleDict()
-    for key, value in state.items():
-        match = _HEAD_WEIGHT.match(key)
-        if match and isinstance(value, torch.Tensor) and value.dim() == 2:
-            has_bias = f"heads.{match.group(1)}.bias" in state
-            heads[match.group(1)] = nn.Linear(value.shape[1], value.shape[0], bias=has_bias)
-    return heads
-
-
 def _load_bench(
     checkpoint: Mapping[str, Any], label: str, branch: str | None, arch: str | None
 ) -> tuple[ContrastiveModel, dict[str, Any]]:
@@ -572,13 +659,10 @@ def _load_bench(
     default = checkpoint.get("finetune_bn") or available[0]
     selected = _resolve_branches(branch, available, default, f"bench checkpoint {label}")
     branch_map = _branch_map(selected, keep_names=branch == ALL_BRANCHES)
+    spec = {"arch": checkpoint["arch"], "branches": list(branch_map), "projector": checkpoint["projector"],
+            "in_channels": int(checkpoint.get("in_channels", 3)), "normalization": checkpoint["normalization"]}
     try:
-        with torch.random.fork_rng(devices=[]):
-            model = build_contrastive_model(
-                checkpoint["arch"], tuple(branch_map), checkpoint["projector"],
-                in_channels=int(checkpoint.get("in_channels", 3)), normalization=checkpoint["normalization"],
-            )
-            model.heads = _bench_heads(state)
+        model = rebuild_contrastive_model(spec, state)
     except ValueError as error:
         raise CheckpointError(f"bench checkpoint {label}: {error}") from error
     expected, dropped = _expected_keys(
@@ -613,91 +697,22 @@ def load_encoder(
     """Load an encoder checkpoint strictly into our model; see the module docstring.
 
     ``arch`` is the architecture the caller expects (``None``: the checkpoint's own; the
-    released formats are all CIFAR ResNet-18). Raises ``CheckpointError`` (a ValueError)
-    for an unknown format, any unmatched or missing key, a shape mismatch or a wrong branch.
+    released formats are CIFAR ResNet-18s: ``resnet18``, DeACL's ``resnet18_deacl``).
+    Raises ``CheckpointError`` (a ValueError) for an unknown format, any unmatched or missing
+    key, a shape mismatch or a wrong branch.
     """
     if format not in FORMATS:
         raise CheckpointError(f"checkpoint format {format!r} is unknown: allowed {list(FORMATS)}")
     checkpoint, label = _read(path_or_state_dict)
     if format == "bench":
         return _load_bench(checkpoint, label, branch, arch)
-    if arch not in (None, "resnet18"):
-        raise CheckpointError(f"{format} checkpoints are CIFAR ResNet-18 encoders: arch={arch!r} is not supported")
     containers = ROBUSTSSL_CONTAINERS if format == "robustssl" else EXTERNAL[format].containers
     state, meta = _unwrap(checkpoint, containers, f"{format} checkpoint {label}")
     state, prefix = _strip_data_parallel(state, f"{format} checkpoint {label}")
     spec = _detect_robustssl_family(state, label) if format == "robustssl" else EXTERNAL[format]
+    if arch not in (None, spec.arch):
+        raise CheckpointError(
+            f"{format} checkpoint {label} holds {ARCH_NOTES[spec.arch]}: arch={arch!r} is invalid (the weights would "
+            f"load into a different function without a shape error): allowed {spec.arch!r}"
+        )
     return _load_external(spec, state, meta, label, branch, format, prefix)
-
-
-def save_checkpoint_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` that never leaves a truncated file (see ``bench.atomic``)."""
-    return atomic_write(path, lambda stream: torch.save(obj, stream))
-
-
-def _quiet_jit(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """TorchScript calls warn that TorchScript is deprecated; the export is still the portable choice."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*")
-        return function(*args, **kwargs)
-
-
-def _example_shape(classifier: nn.Module) -> tuple[int, int, int]:
-    """[C, 32, 32] with C from the first convolution: our encoders pool adaptively, so the
-    trace generalises over image sizes, but not over channel counts."""
-    first_conv = next((module for module in classifier.modules() if isinstance(module, nn.Conv2d)), None)
-    return (first_conv.in_channels if first_conv is not None else 3, 32, 32)
-
-
-def export_classifier(
-    classifier: nn.Module, path: str | os.PathLike, *, input_shape: Sequence[int] | None = None
-) -> Path:
-    """Write a finetuned classifier as one self-contained TorchScript file, atomically.
-
-    The file is a ``torch.jit.trace`` of the classifier in eval mode on CPU. It maps images in
-    [0, 1] to logits, normalisation and BN branch baked in, for any batch size (and, since our
-    encoders pool adaptively, any image size), and needs only torch to load::
-
-        model = torch.jit.load(path, map_location="cpu")   # an nn.Module, in eval mode
-        robustbench.eval.benchmark(model, dataset="cifar10", threat_model="Linf", eps=8/255)
-
-    ``input_shape`` = [C, H, W] of the trace input (default: the first convolution's channels,
-    32, 32). BN always uses its running statistics in the trace (training-mode BN is not
-    recorded), which is what evaluation needs. The pickled module (needs acl-bench importable)
-    is the run directory's ``classifier_<scheme>.pt``. Why not ``torch.export``: its modules
-    raise on ``.eval()``, which RobustBench users call. The reloaded trace must reproduce the
-    classifier's logits before the file is moved into place.
-    """
-    model = copy.deepcopy(classifier).cpu().eval()
-    shape = tuple(input_shape) if input_shape is not None else _example_shape(model)
-    example = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        reference = model(example)
-        traced = _quiet_jit(torch.jit.trace, model, example)
-
-    def verify(temp: Path) -> None:
-        reloaded = _quiet_jit(torch.jit.load, str(temp), map_location="cpu")
-        with torch.no_grad():
-            logits = reloaded(example)
-        if not torch.allclose(logits, reference, rtol=1e-4, atol=1e-5):
-            raise RuntimeError(f"export of {type(classifier).__name__} does not reproduce its logits; not written")
-
-    return atomic_write(path, lambda stream: _quiet_jit(torch.jit.save, traced, stream), verify)
-
-
-def load_robustbench_model(
-    name: str, dataset: str = "cifar10", threat_model: str = "Linf", model_dir: str | os.PathLike | None = None
-) -> nn.Module:
-    """A RobustBench model-zoo classifier (inputs in [0, 1]), in eval mode; downloads on first use.
-
-    ``model_dir`` defaults to ``$ACL_BENCH_CACHE/robustbench`` (``~/.cache/acl-bench``) rather
-    than RobustBench's ``./models``, so runs from different directories share downloads.
-    """
-    try:
-        from robustbench.utils import load_model
-    except ImportError:
-        raise ImportError("robustbench is not installed: pip install 'acl-bench[robustbench]'") from None
-    if model_dir is None:
-        model_dir = Path(os.environ.get("ACL_BENCH_CACHE", "~/.cache/acl-bench")).expanduser() / "robustbench"
-    model = load_model(model_name=name, dataset=dataset, threat_model=threat_model, model_dir=str(model_dir))
-    return model.eval()

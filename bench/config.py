@@ -1,18 +1,23 @@
 """Dataclass configs, the ``smoke`` and ``paper`` presets, and validation.
 
 One config tree describes a whole benchmark run. Presets fill it; every CLI flag overrides
-one field (``--pretrain.lr 0.5`` style dotted names, plus short aliases); ``validate`` runs
-before any work and fails with one line naming the field, the value and the allowed values.
-Methods add their own hyperparameters (``bench.registry``) and, in the paper preset, their
-published optimiser settings (``Method.paper_pretrain``).
+one field (``--set pretrain.lr=0.5`` dotted names, plus short aliases), turned into the field's
+type by ``coerce``; ``validate`` runs before any work and fails with one line naming the field,
+the value and the allowed values. Methods add their own hyperparameters (``Method.Params``) and
+their published settings per preset and dataset (``Method.published``).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, NoReturn
 
 PRESETS = ("smoke", "paper")
 SCHEMES = ("SLF", "ALF", "AFF")
@@ -131,7 +136,7 @@ def paper_preset() -> RunConfig:
     """The published settings: ResNet-18, CIFAR-10, ε 8/255 (DESIGN §4-5).
 
     Per-method optimiser settings (LARS for ACL/RoCL, lr, epochs) come from the method's
-    ``paper_pretrain`` on top of these shared defaults.
+    published settings (``Method.published``) on top of these shared defaults.
     """
     return RunConfig(
         preset="paper",
@@ -155,82 +160,176 @@ def preset(name: str) -> RunConfig:
     return smoke_preset() if name == "smoke" else paper_preset()
 
 
-def _fail(name: str, value: Any, allowed: str) -> None:
+def _fail(name: str, value: Any, allowed: str) -> NoReturn:
     raise ConfigError(f"{name}={value!r} is invalid: allowed {allowed}")
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _in(low: float, high: float, *, low_open: bool = False) -> Any:
+    """A range check that NaN and ±inf fail (plain comparisons let NaN through)."""
+    return lambda value: _finite(value) and (value > low if low_open else value >= low) and value <= high
+
+
+INTEGER_AT_LEAST = {  # field → minimum (integers)
+    "seed": 0, "jobs": 0, "data.image_size": 8, "pretrain.epochs": 0, "pretrain.batch_size": 2,
+    "pretrain.checkpoint_every": 1, "finetune.epochs": 1, "finetune.batch_size": 2, "finetune.alf_steps": 0,
+    "finetune.trades_steps": 0, "evaluate.n_eval": 0, "evaluate.pgd_steps": 1, "evaluate.subset_seed": 0,
+    "evaluate.batch_size": 1, "attack.steps": 0,
+}
+NUMBER_IN = {  # field → (check, allowed text)
+    "pretrain.lr": (_in(0, math.inf, low_open=True), "finite numbers > 0"),
+    "pretrain.momentum": (_in(0, 1), "numbers in [0, 1]"),
+    "pretrain.weight_decay": (_in(0, math.inf), "finite numbers >= 0"),
+    "pretrain.warmup_epochs": (_in(0, math.inf), "finite numbers >= 0"),
+    "pretrain.warmup_start_lr": (_in(0, 1), "numbers in [0, 1] (a fraction of lr)"),
+    "pretrain.min_lr_fraction": (_in(0, 1), "numbers in [0, 1] (a fraction of lr)"),
+    "pretrain.lars_trust": (_in(0, math.inf, low_open=True), "finite numbers > 0"),
+    "finetune.lr": (_in(0, math.inf, low_open=True), "finite numbers > 0"),
+    "finetune.full_lr": (_in(0, math.inf, low_open=True), "finite numbers > 0"),
+    "finetune.momentum": (_in(0, 1), "numbers in [0, 1]"),
+    "finetune.weight_decay": (_in(0, math.inf), "finite numbers >= 0"),
+    "finetune.trades_beta": (_in(0, math.inf), "finite numbers >= 0"),
+    "attack.epsilon": (_in(0, 1), "numbers in [0, 1] (pixel scale)"),
+    "attack.step_size": (_in(0, 1), "numbers in [0, 1] (pixel scale)"),
+    "evaluate.epsilon": (_in(0, 1), "numbers in [0, 1] (pixel scale)"),
+    "evaluate.step_size": (_in(0, 1), "numbers in [0, 1] (pixel scale)"),
+}
+MAX_IMAGE_SIZE = 1024  # larger images are a typo, not a benchmark (they exhaust memory before training)
+
+
+def _get(config: RunConfig, dotted: str) -> Any:
+    target: Any = config
+    for part in dotted.split("."):
+        target = getattr(target, part)
+    return target
+
+
 def validate(config: RunConfig) -> RunConfig:
-    """Check every field with a finite set or a range; raise ConfigError on the first bad one."""
+    """Check every field with a finite set or a range (NaN and inf fail every range); raise
+    ConfigError on the first bad one, before anything is written."""
     from bench.data import DATASETS
     from bench.models import ENCODERS
 
-    checks: list[tuple[str, Any, bool, str]] = [
-        ("preset", config.preset, config.preset in PRESETS, str(list(PRESETS))),
-        ("device", config.device, config.device in DEVICES, str(list(DEVICES))),
-        ("seed", config.seed, isinstance(config.seed, int) and config.seed >= 0, "integers >= 0"),
-        ("jobs", config.jobs, isinstance(config.jobs, int) and config.jobs >= 0, "0 (auto) or integers >= 1"),
-        ("data.name", config.data.name, config.data.name in DATASETS, str(sorted(DATASETS))),
-        ("data.eval_name", config.data.eval_name, config.data.eval_name in ("", *DATASETS), str(["", *sorted(DATASETS)])),
-        ("data.image_size", config.data.image_size, config.data.image_size >= 8, "integers >= 8"),
-        ("model.arch", config.model.arch, config.model.arch in ENCODERS, str(sorted(ENCODERS))),
-        ("pretrain.optimizer", config.pretrain.optimizer, config.pretrain.optimizer in OPTIMIZERS, str(list(OPTIMIZERS))),
-        ("pretrain.epochs", config.pretrain.epochs, config.pretrain.epochs >= 0, "integers >= 0"),
-        ("pretrain.batch_size", config.pretrain.batch_size, config.pretrain.batch_size >= 2, "integers >= 2"),
-        ("pretrain.lr", config.pretrain.lr, config.pretrain.lr > 0, "numbers > 0"),
-        ("pretrain.checkpoint_every", config.pretrain.checkpoint_every, config.pretrain.checkpoint_every >= 1, "integers >= 1"),
-        ("finetune.epochs", config.finetune.epochs, config.finetune.epochs >= 1, "integers >= 1"),
-        ("finetune.batch_size", config.finetune.batch_size, config.finetune.batch_size >= 2, "integers >= 2"),
-        ("evaluate.n_eval", config.evaluate.n_eval, config.evaluate.n_eval >= 0, "integers >= 0 (0 = all)"),
-        ("evaluate.pgd_steps", config.evaluate.pgd_steps, config.evaluate.pgd_steps >= 1, "integers >= 1"),
+    choices: list[tuple[str, Any, tuple[Any, ...]]] = [
+        ("preset", config.preset, PRESETS), ("device", config.device, DEVICES),
+        ("data.name", config.data.name, tuple(sorted(DATASETS))),
+        ("data.eval_name", config.data.eval_name, ("", *sorted(DATASETS))),
+        ("model.arch", config.model.arch, tuple(sorted(ENCODERS))),
+        ("pretrain.optimizer", config.pretrain.optimizer, OPTIMIZERS),
     ]
-    for name, value, ok, allowed in checks:
-        if not ok:
-            _fail(name, value, allowed)
+    for name, value, allowed in choices:
+        if value not in allowed:
+            _fail(name, value, str(list(allowed)))
+    for name, minimum in INTEGER_AT_LEAST.items():
+        value = _get(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            _fail(name, value, f"integers >= {minimum}")
+    if config.data.image_size > MAX_IMAGE_SIZE:
+        _fail("data.image_size", config.data.image_size, f"integers in [8, {MAX_IMAGE_SIZE}]")
+    for name, (check, allowed) in NUMBER_IN.items():
+        if not check(_get(config, name)):
+            _fail(name, _get(config, name), allowed)
     for value in config.evaluate.epsilon_curve:
-        if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        if not _in(0, 1)(value):
             _fail("evaluate.epsilon_curve", value, "numbers in [0, 1] (pixel scale)")
-    if config.evaluate.subset_seed < 0:
-        _fail("evaluate.subset_seed", config.evaluate.subset_seed, "integers >= 0")
-    for name in ("attack.epsilon", "attack.step_size", "evaluate.epsilon", "evaluate.step_size"):
-        section, key = name.split(".")
-        value = getattr(getattr(config, section), key)
-        if not isinstance(value, (int, float)) or value < 0 or value > 1:
-            _fail(name, value, "numbers in [0, 1] (pixel scale)")
-    if config.attack.steps < 0:
-        _fail("attack.steps", config.attack.steps, "integers >= 0")
+    for milestone in config.finetune.milestones:
+        if isinstance(milestone, bool) or not isinstance(milestone, int) or milestone < 0:
+            _fail("finetune.milestones", milestone, "integers >= 0")
     for scheme in config.finetune.schemes:
         if scheme not in SCHEMES:
             _fail("finetune.schemes", scheme, str(list(SCHEMES)))
     for attack in config.evaluate.attacks:
         if attack not in ATTACKS:
             _fail("evaluate.attacks", attack, str(list(ATTACKS)))
+    for name in ("results_dir", "reports_dir"):
+        if not str(getattr(config, name)).strip():
+            _fail(name, getattr(config, name), "a directory path (not empty)")
     return config
 
 
 # ------------------------------------------------------------------ overrides and hashing
 
 
-def _coerce(current: Any, raw: Any, name: str) -> Any:
-    """Turn a CLI string into the type of the field it overrides."""
-    if not isinstance(raw, str):
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+NONE_WORDS = ("", "none")
+
+
+def coerce(hint: Any, raw: Any, name: str) -> Any:
+    """``raw`` as a value of the type ``hint`` (a field's annotation from ``typing.get_type_hints``).
+
+    Strings (CLI ``--set``/``--param`` values) are parsed: bool from true/false words, int,
+    float (also ``8/255``), str, ``tuple[X, ...]`` from comma-separated items, ``X | None``
+    from ``none`` or the empty string. Other values (settings tables, Python callers) are
+    checked against the same type: an int for a float field becomes a float. Floats must be
+    finite. Anything else raises ``ConfigError`` naming the field, the value and what is allowed.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [arg for arg in args if arg is not type(None)]
+        if len(inner) != 1 or len(args) != 2:
+            raise TypeError(f"{name}: annotation {hint} is not supported: allowed X or X | None")
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in NONE_WORDS):
+            return None
+        return coerce(inner[0], raw, name)
+    if origin is tuple:
+        if len(args) != 2 or args[1] is not Ellipsis:
+            raise TypeError(f"{name}: annotation {hint} is not supported: allowed tuple[X, ...]")
+        items = [item for item in raw.split(",") if item] if isinstance(raw, str) else raw
+        if not isinstance(items, (list, tuple)):
+            _fail(name, raw, f"comma-separated {args[0].__name__} values")
+        return tuple(coerce(args[0], item, name) for item in items)
+    if hint is bool:
+        return _coerce_bool(raw, name)
+    if hint is int:
+        return _coerce_int(raw, name)
+    if hint is float:
+        return _coerce_float(raw, name)
+    if hint is str:
+        if not isinstance(raw, str):
+            _fail(name, raw, "strings")
         return raw
-    if isinstance(current, bool):
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        _fail(name, raw, "true/false")
-    if isinstance(current, tuple):
-        items = [item for item in raw.split(",") if item]
-        sample = current[0] if current else ""
-        return tuple(_coerce(sample, item, name) for item in items)
-    for kind in (int, float):
-        if isinstance(current, kind):
-            try:
-                return kind(eval_fraction(raw) if kind is float else raw)
-            except ValueError:
-                _fail(name, raw, f"{kind.__name__} values")
-    return raw
+    if hint is Any:
+        return raw
+    raise TypeError(f"{name}: annotation {hint} is not supported by bench.config.coerce")
+
+
+def _coerce_bool(raw: Any, name: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+        return raw.strip().lower() in TRUE_WORDS
+    _fail(name, raw, "true/false")
+
+
+def _coerce_int(raw: Any, name: str) -> int:
+    if isinstance(raw, Integral) and not isinstance(raw, bool):
+        return int(raw)
+    if isinstance(raw, str):
+        try:
+            return int(raw)
+        except ValueError:
+            pass
+    _fail(name, raw, "int values")
+
+
+def _coerce_float(raw: Any, name: str) -> float:
+    value = None
+    if isinstance(raw, Real) and not isinstance(raw, bool):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = eval_fraction(raw)
+        except (ValueError, ZeroDivisionError):
+            _fail(name, raw, "float values (also fractions such as 8/255)")
+    if value is None:
+        _fail(name, raw, "float values (also fractions such as 8/255)")
+    if not math.isfinite(value):
+        _fail(name, raw, "finite numbers")
+    return value
 
 
 def eval_fraction(text: str) -> float:
@@ -241,17 +340,27 @@ def eval_fraction(text: str) -> float:
     return float(text)
 
 
+@functools.lru_cache(maxsize=None)
+def field_types(cls: type) -> dict[str, Any]:
+    """The annotations of a dataclass's fields, evaluated (``X | None``, ``tuple[int, ...]``)."""
+    hints = typing.get_type_hints(cls)
+    return {item.name: hints[item.name] for item in dataclasses.fields(cls)}
+
+
 def set_field(config: RunConfig, dotted: str, raw: Any) -> None:
     """Override one field by dotted name (``pretrain.lr``), coercing to the field's type."""
     parts = dotted.split(".")
     target: Any = config
     for part in parts[:-1]:
-        if not dataclasses.is_dataclass(target) or not hasattr(target, part):
+        if not dataclasses.is_dataclass(target) or part not in field_types(type(target)):
             _fail("field", dotted, "dotted names of RunConfig fields (see `bench run --help`)")
         target = getattr(target, part)
-    if not dataclasses.is_dataclass(target) or not hasattr(target, parts[-1]):
+    if not dataclasses.is_dataclass(target) or parts[-1] not in field_types(type(target)):
         _fail("field", dotted, "dotted names of RunConfig fields (see `bench run --help`)")
-    setattr(target, parts[-1], _coerce(getattr(target, parts[-1]), raw, dotted))
+    hint = field_types(type(target))[parts[-1]]
+    if dataclasses.is_dataclass(hint) or typing.get_origin(hint) is dict:
+        _fail("field", dotted, "dotted names of single RunConfig fields, not of a section")
+    setattr(target, parts[-1], coerce(hint, raw, dotted))
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -18,7 +18,9 @@ Sanity checks (baselines-notes §6-7) flag a row ``suspect`` instead of hiding i
   max(one sample, 0.1 %): GPU kernels may round a boundary example differently in another
   batch), and lie within ε of the inputs and in [0, 1];
 - ``gradient-masking``: PGD-20 leaves accuracy near clean (drop < 5 points) while AA, whose
-  Square attack needs no gradients, is more than 10 points lower.
+  Square attack needs no gradients, is more than 10 points lower;
+- ``degenerate``: the logits are finite and the classifier predicts more than one class (a
+  diverged classifier's "accuracy" is just the share of the class it always predicts).
 """
 from __future__ import annotations
 
@@ -33,20 +35,10 @@ import torch
 from torch import nn
 
 from bench.attacks import pgd_cross_entropy
+from bench.autoattack_watch import watch_autoattack
+from bench.config import EvalConfig
 
 ProgressFn = Callable[[str], None]
-
-
-@dataclass
-class EvalSettings:
-    epsilon: float
-    step_size: float
-    pgd_steps: int = 20
-    attacks: tuple[str, ...] = ("clean", "pgd20", "autoattack")
-    n_eval: int = 0
-    seed: int = 0
-    batch_size: int = 256
-    sanity: bool = True
 
 
 @dataclass
@@ -83,47 +75,67 @@ def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int):
         yield x[start : start + batch_size], y[start : start + batch_size]
 
 
-def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Per-image correctness (bool [n], on y's device) of the model's predictions on clean inputs."""
+    correct = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
     with eval_mode(model), torch.no_grad():
-        correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in _batches(x, y, batch_size))
-    return 100.0 * correct / x.shape[0]
+        for start, (xb, yb) in zip(range(0, x.shape[0], batch_size), _batches(x, y, batch_size)):
+            correct[start : start + yb.shape[0]] = model(xb).argmax(1) == yb
+    return correct
 
 
-def pgd_accuracy(
+def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    return 100.0 * int(clean_correct(model, x, y, batch_size).sum()) / x.shape[0]
+
+
+def pgd_correct(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, step_size: float, steps: int,
     restarts: int = 1, batch_size: int = 256, seed: int = 0,
-) -> float:
-    """PGD (random start, summed CE); with restarts a sample is robust only if it survives all."""
+) -> torch.Tensor:
+    """Per-image robustness (bool [n]) under PGD (random start, summed CE); with restarts an image is
+    robust only if it survives all."""
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    robust = 0
+    robust = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
     with eval_mode(model):
-        for xb, yb in _batches(x, y, batch_size):
+        for start, (xb, yb) in zip(range(0, x.shape[0], batch_size), _batches(x, y, batch_size)):
             survived = torch.ones_like(yb, dtype=torch.bool)
             for _ in range(restarts):
                 x_adv = pgd_cross_entropy(model, xb, yb, epsilon=epsilon, step_size=step_size, steps=steps,
                                           generator=generator)
                 with torch.no_grad():
                     survived &= model(x_adv).argmax(1) == yb
-            robust += int(survived.sum())
-    return 100.0 * robust / x.shape[0]
+            robust[start : start + yb.shape[0]] = survived
+    return robust
+
+
+def pgd_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, step_size: float, steps: int,
+    restarts: int = 1, batch_size: int = 256, seed: int = 0,
+) -> float:
+    """PGD accuracy in % (see pgd_correct)."""
+    robust = pgd_correct(model, x, y, epsilon, step_size, steps, restarts, batch_size, seed)
+    return 100.0 * int(robust.sum()) / x.shape[0]
 
 
 def autoattack_accuracy(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, version: str = "standard",
-    batch_size: int = 256, seed: int = 0, device: torch.device | str = "cpu",
+    batch_size: int = 256, seed: int = 0, device: torch.device | str = "cpu", progress: ProgressFn | None = None,
 ) -> tuple[float, dict]:
     """AutoAttack (Croce & Hein 2020), L∞: 'standard' (APGD-CE, APGD-T, FAB-T, Square) or 'apgd-ce'
     alone (the fast option, configured as inside 'standard': 100 iterations, 1 restart).
 
     Returns the accuracy re-evaluated on AA's adversarial examples and an info dict with the
-    checks of the returned examples (RobustBench#7: re-evaluation must match AA's count).
+    checks of the returned examples (RobustBench#7: re-evaluation must match AA's count), the
+    per-image correctness on them (``correct``, bool [n]), AutoAttack's own checks
+    (``autoattack_checks``, see bench.autoattack_watch) and its per-attack progress
+    (``autoattack_progress``); progress lines also go to ``progress`` while it runs.
     """
     from pyautoattack import AutoAttack
 
     if version not in ("standard", "apgd-ce"):
         raise ValueError(f"version={version!r} is invalid: allowed ['apgd-ce', 'standard']")
     options = {"version": "standard"} if version == "standard" else {"version": "custom", "attacks": ["apgd-ce"]}
-    with eval_mode(model):
+    with eval_mode(model), watch_autoattack(progress) as watch:
         attack = AutoAttack(model, eps=epsilon, norm="Linf", device=str(device), seed=seed, **options)
         if version == "apgd-ce":
             attack.apgd.n_restarts = 1  # as APGD-CE runs inside 'standard' (the custom default is 5)
@@ -140,6 +152,9 @@ def autoattack_accuracy(
         "max_perturbation": distance,
         "within_epsilon": distance <= epsilon + 1e-6,
         "in_range": bool(x_adv.min() >= 0 and x_adv.max() <= 1),
+        "correct": predictions == y,
+        "autoattack_checks": watch.checks,
+        "autoattack_progress": watch.progress,
     }
     return accuracy, info
 
@@ -169,13 +184,14 @@ def attack_copy(model: nn.Module, device: torch.device | str) -> nn.Module:
 
 
 def evaluate_classifier(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalSettings, device: torch.device | str,
-    progress: ProgressFn | None = None,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalConfig, device: torch.device | str,
+    *, seed: int = 0, progress: ProgressFn | None = None,
 ) -> EvalReport:
-    """Run the configured attacks on (a seeded subset of) x, y, then the sanity checks."""
+    """Run the configured attacks on x, y (the caller picks the test subset), then the sanity checks.
+
+    ``seed`` seeds the random starts (the run's seed, so reruns give the same numbers)."""
     began = time.perf_counter()
-    subset = seeded_subset(x.shape[0], settings.n_eval, settings.seed).to(x.device)
-    x, y = x[subset].to(device), y[subset].to(device)
+    x, y = x.to(device), y.to(device)
     model = attack_copy(model, device)
     say = progress or (lambda stage: None)
     accuracy: dict[str, float] = {}
@@ -188,11 +204,11 @@ def evaluate_classifier(
                 accuracy["clean"] = clean_accuracy(model, x, y, settings.batch_size)
             elif attack.startswith("pgd"):
                 accuracy[pgd_name] = pgd_accuracy(model, x, y, settings.epsilon, settings.step_size,
-                                                  settings.pgd_steps, batch_size=settings.batch_size, seed=settings.seed)
+                                                  settings.pgd_steps, batch_size=settings.batch_size, seed=seed)
             else:
                 version = "standard" if attack == "autoattack" else attack
                 accuracy[attack], info = autoattack_accuracy(model, x, y, settings.epsilon, version,
-                                                             settings.batch_size, settings.seed, device)
+                                                             settings.batch_size, seed, device)
                 sanity[f"aa-reeval:{attack}"] = (
                     info["reevaluated_matches"] and info["within_epsilon"] and info["in_range"],
                     f"reported {info['reported_accuracy']:.2f} %, re-evaluated {accuracy[attack]:.2f} %, "
@@ -201,7 +217,7 @@ def evaluate_classifier(
         if settings.sanity:
             say("sanity")
             accuracy.setdefault("clean", clean_accuracy(model, x, y, settings.batch_size))
-            sanity.update(_sanity_checks(model, x, y, settings, accuracy, pgd_name))
+            sanity.update(_sanity_checks(model, x, y, settings, seed, accuracy, pgd_name))
     sanity["eval-mode"] = (not any(modes), f"{sum(modes)} of {len(modes)} module forwards in train mode")
     report = EvalReport(accuracy, int(x.shape[0]), time.perf_counter() - began, sanity)
     report.flags = [f"suspect:{name.split(':')[0]}" for name, (passed, _) in sanity.items() if not passed]
@@ -209,13 +225,24 @@ def evaluate_classifier(
     return report
 
 
-def _sanity_checks(model, x, y, settings: EvalSettings, accuracy: dict[str, float], pgd_name: str) -> dict:
+def degenerate_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[bool, str]:
+    """Fails for non-finite logits, or one predicted class for every image of a test set with
+    several classes: the signature of a diverged classifier (its 'accuracy' is a class share)."""
+    with eval_mode(model), torch.no_grad():
+        logits = torch.cat([model(xb) for xb, _ in _batches(x, y, batch_size)])
+    finite = bool(torch.isfinite(logits).all())
+    predicted = int(logits.argmax(1).unique().numel()) if logits.numel() else 0
+    constant = predicted <= 1 and int(y.unique().numel()) > 1
+    return finite and not constant, f"finite logits: {finite}, distinct predicted classes: {predicted}"
+
+
+def _sanity_checks(model, x, y, settings: EvalConfig, seed: int, accuracy: dict[str, float], pgd_name: str) -> dict:
     """The checks of the module docstring over whichever attacks ran (adds their extra accuracies)."""
     one_sample = 100.0 / max(1, x.shape[0])
     clean, robust = accuracy["clean"], accuracy.get(pgd_name)
     aa_name = next((name for name in ("autoattack", "apgd-ce") if name in accuracy), None)
     aa = accuracy.get(aa_name) if aa_name else None
-    at_zero = pgd_accuracy(model, x, y, 0.0, settings.step_size, 1, batch_size=settings.batch_size, seed=settings.seed)
+    at_zero = pgd_accuracy(model, x, y, 0.0, settings.step_size, 1, batch_size=settings.batch_size, seed=seed)
     accuracy["eps0"] = at_zero
     order_ok, order_text = True, f"clean {clean:.2f} %"
     if robust is not None:
@@ -226,12 +253,13 @@ def _sanity_checks(model, x, y, settings: EvalSettings, accuracy: dict[str, floa
     checks = {
         "order": (order_ok, order_text),
         "eps0": (abs(at_zero - clean) < 1e-9, f"ε=0 {at_zero:.2f} %, clean {clean:.2f} %"),
+        "degenerate": degenerate_check(model, x, y, settings.batch_size),
     }
     if robust is not None:
         noise = max(one_sample, 200.0 * math.sqrt(robust / 100 * (1 - robust / 100) / max(1, x.shape[0])))
         stronger_name = f"pgd{2 * settings.pgd_steps}-restart"
         stronger = pgd_accuracy(model, x, y, settings.epsilon, settings.step_size, 2 * settings.pgd_steps, restarts=2,
-                                batch_size=settings.batch_size, seed=settings.seed + 1)
+                                batch_size=settings.batch_size, seed=seed + 1)
         accuracy[stronger_name] = stronger
         checks["stronger-pgd"] = (stronger <= robust + noise + 1e-9,
                                   f"{pgd_name} {robust:.2f} %, 2×steps + restart {stronger:.2f} % (noise {noise:.2f})")

@@ -1,27 +1,34 @@
 """Encoders and classifiers from outside a ``bench run``: released checkpoints, RobustBench, export.
 
 ``bench finetune/evaluate --checkpoint`` puts a released encoder (the original repos', the
-RobustSSL benchmark's, or one of ours) through exactly the protocol of ``bench run``, so
-its numbers sit in the same table. ``--robustbench-model`` evaluates a supervised
-adversarial-training classifier under the same attacks (scheme ``AT``: no finetuning).
+RobustSSL benchmark's, or one of ours) through exactly the protocol of ``bench run``
+(``bench.protocol``), so its numbers sit in the same table. ``--robustbench-model``
+evaluates a supervised adversarial-training classifier under the same attacks (scheme ``AT``:
+no finetuning). ``bench export`` writes a stored classifier as a portable TorchScript file.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
-import time
+import os
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from bench import progress
-from bench.checkpoints import export_classifier, load_encoder, load_robustbench_model
-from bench.data import to_float
-from bench.evaluate import EvalSettings, evaluate_classifier, seeded_subset
+from bench.atomic import atomic_write
+from bench.checkpoints import load_classifier, load_encoder
 from bench.config import SCHEMES, ConfigError, config_hash, to_dict
-from bench.pipeline import (DataCache, RunOutcome, RunRequest, build_config, finetune_and_evaluate, record,
-                            with_context, write_sanity)
-from bench.results import ResultsStore, environment, now
-from bench.train import resolve_device
+from bench.device import resolve_device
+from bench.pipeline import DataCache
+from bench.plan import RunRequest, assemble
+from bench.protocol import evaluate_ready_classifier, finetune_and_evaluate
+from bench.provenance import environment, now
+from bench.results import ResultRow, ResultsStore, RowContext
 
 ROBUSTBENCH_DATASETS = ("cifar10", "cifar100")
 
@@ -52,7 +59,7 @@ def evaluate_external(
     checkpoints), else with ``<format>:<file stem>`` and ``pretrain_dataset`` ('unknown' when
     not given: it is never guessed).
     """
-    config = build_config(request)
+    config = assemble(request)
     device = resolve_device(config.device)
     store = ResultsStore(config.results_dir)
     data_name = config.data.eval_name or config.data.name
@@ -62,7 +69,7 @@ def evaluate_external(
                               f"model: allowed {list(ROBUSTBENCH_DATASETS)} at 32 (e.g. --preset paper)")
         classifier = load_robustbench_model(robustbench_model, dataset=data_name).to(device)
         label, dataset, source = f"robustbench:{robustbench_model}", data_name, robustbench_model
-        file_digest, pretrain_epochs = robustbench_model, ""
+        file_digest, pretrain_epochs = robustbench_model, None
     else:
         path = Path(checkpoint)
         if not path.exists():
@@ -73,58 +80,106 @@ def evaluate_external(
         label = f"{recorded or checkpoint_format}:{path.stem}"
         dataset = pretrain_dataset or info.get("dataset") or "unknown"
         source, file_digest = str(path.resolve()), _file_digest(path)
-        pretrain_epochs = info.get("pretrain_epochs", "")
+        pretrain_epochs = info.get("pretrain_epochs")
     method = name or label
     identity = {"config": to_dict(config), "source": source, "format": checkpoint_format, "branch": branch,
                 "file": file_digest, "pretrain_dataset": dataset}
     digest = config_hash(identity)
     run_id = f"{method.replace(':', '-').replace('/', '-')}-external-s{config.seed}-{digest}"
-    if store.is_complete(run_id) and not force:
+    run_dir = store.run(run_id)
+    if run_dir.is_complete() and not force:
         progress.log(f"{method}: skipped, run {run_id} is complete (use --force to rerun)")
         return run_id
     data = DataCache(device).get(data_name, config)
-    run_dir = store.run_dir(run_id)
     env = environment()
-    store.write_json(run_id, "config.json", {**identity, "run_id": run_id, "environment": env, "started": now()})
+    run_dir.write_json(run_dir.config, {**identity, "run_id": run_id, "environment": env, "started": now()})
     if robustbench_model:
-        rows = _evaluate_classifier_rows(classifier, data, config, device, run_dir)
+        measurements = evaluate_ready_classifier(classifier, data, config, device, run_dir)
     else:
-        bn = info.get("branch", "normal") if isinstance(info, dict) else "normal"
-        rows = finetune_and_evaluate(bn if bn in model.bn_names() or not model.bn_names() else "normal",
-                                     model.to(device), data, config, device, run_dir, label=method)
-    rows = with_context(rows, run_id, method=method, dataset=dataset, eval_dataset=data.name, config=config,
-                        digest=digest, device=device, env=env)
-    for row in rows:
-        row["pretrain_epochs"] = pretrain_epochs  # the encoder's, not this command's config
-    return record(store, RunOutcome(run_id, rows, {"finished": now(), "rows": len(rows)}))
-
-
-def _evaluate_classifier_rows(classifier: torch.nn.Module, data, config, device, run_dir: Path) -> list[dict]:
-    """A ready classifier (supervised AT): no finetuning, the same evaluation."""
-    settings = config.evaluate
-    subset = seeded_subset(data.x_test.shape[0], settings.n_eval, settings.subset_seed).to(data.x_test.device)
-    began = time.perf_counter()
-    report = evaluate_classifier(
-        classifier, to_float(data.x_test[subset]), data.y_test[subset],
-        EvalSettings(epsilon=settings.epsilon, step_size=settings.step_size, pgd_steps=settings.pgd_steps,
-                     attacks=tuple(settings.attacks), n_eval=0, seed=config.seed, batch_size=settings.batch_size,
-                     sanity=settings.sanity),
-        device,
-    )
-    write_sanity(run_dir, "AT", report)
-    wall = round(time.perf_counter() - began, 2)
-    return [{"scheme": "AT", "attack": attack, "metric": "accuracy", "value": round(value, 4), "epsilon": settings.epsilon,
-             "n_eval": report.n_eval, "wall_s": wall, "flags": ";".join(report.flags)}
-            for attack, value in report.accuracy.items()]
+        bn = info.get("branch", "normal")
+        measurements = finetune_and_evaluate(model.to(device), bn if bn in model.bn_names() or not model.bn_names()
+                                             else "normal", data, config, device, run_dir, label=method)
+    context = RowContext.of(run_id, config, env, device, method=method, dataset=dataset, eval_dataset=data.name,
+                            config_hash=digest, pretrain_epochs=pretrain_epochs)
+    rows = [ResultRow.of(context, measurement) for measurement in measurements]
+    store.record(run_id, rows, {"finished": now(), "rows": len(rows)})
+    return run_id
 
 
 def export_run(results_dir: Path, run_id: str, scheme: str, out: Path) -> Path:
     """Write the finetuned classifier of a stored run as a self-contained module file."""
     if scheme not in SCHEMES:
         raise ConfigError(f"scheme={scheme!r} is invalid: allowed {list(SCHEMES)}")
-    source = results_dir / "runs" / run_id / f"classifier_{scheme}.pt"
+    source = ResultsStore(results_dir).run(run_id).classifier(scheme)
     if not source.exists():
         raise FileNotFoundError(f"no {scheme} classifier stored for run {run_id!r} (looked for {source})")
-    classifier = torch.load(source, map_location="cpu", weights_only=False)
-    export_classifier(classifier.eval(), out)
+    export_classifier(load_classifier(source), out)
     return out
+
+
+def _quiet_jit(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """TorchScript calls warn that TorchScript is deprecated; the export is still the portable choice."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*")
+        return function(*args, **kwargs)
+
+
+def _example_shape(classifier: nn.Module) -> tuple[int, int, int]:
+    """[C, 32, 32] with C from the first convolution: our encoders pool adaptively, so the
+    trace generalises over image sizes, but not over channel counts."""
+    first_conv = next((module for module in classifier.modules() if isinstance(module, nn.Conv2d)), None)
+    return (first_conv.in_channels if first_conv is not None else 3, 32, 32)
+
+
+def export_classifier(
+    classifier: nn.Module, path: str | os.PathLike, *, input_shape: Sequence[int] | None = None
+) -> Path:
+    """Write a finetuned classifier as one self-contained TorchScript file, atomically.
+
+    The file is a ``torch.jit.trace`` of the classifier in eval mode on CPU. It maps images in
+    [0, 1] to logits, normalisation and BN branch baked in, for any batch size (and, since our
+    encoders pool adaptively, any image size), and needs only torch to load::
+
+        model = torch.jit.load(path, map_location="cpu")   # an nn.Module, in eval mode
+        robustbench.eval.benchmark(model, dataset="cifar10", threat_model="Linf", eps=8/255)
+
+    ``input_shape`` = [C, H, W] of the trace input (default: the first convolution's channels,
+    32, 32). BN always uses its running statistics in the trace (training-mode BN is not
+    recorded), which is what evaluation needs. The pickled module (needs acl-bench importable)
+    is the run directory's ``classifier_<scheme>.pt``. Why not ``torch.export``: its modules
+    raise on ``.eval()``, which RobustBench users call. The reloaded trace must reproduce the
+    classifier's logits before the file is moved into place.
+    """
+    model = copy.deepcopy(classifier).cpu().eval()
+    shape = tuple(input_shape) if input_shape is not None else _example_shape(model)
+    example = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(example)
+        traced = _quiet_jit(torch.jit.trace, model, example)
+
+    def verify(temp: Path) -> None:
+        reloaded = _quiet_jit(torch.jit.load, str(temp), map_location="cpu")
+        with torch.no_grad():
+            logits = reloaded(example)
+        if not torch.allclose(logits, reference, rtol=1e-4, atol=1e-5):
+            raise RuntimeError(f"export of {type(classifier).__name__} does not reproduce its logits; not written")
+
+    return atomic_write(path, lambda stream: _quiet_jit(torch.jit.save, traced, stream), verify)
+
+
+def load_robustbench_model(
+    name: str, dataset: str = "cifar10", threat_model: str = "Linf", model_dir: str | os.PathLike | None = None
+) -> nn.Module:
+    """A RobustBench model-zoo classifier (inputs in [0, 1]), in eval mode; downloads on first use.
+
+    ``model_dir`` defaults to ``$ACL_BENCH_CACHE/robustbench`` (``~/.cache/acl-bench``) rather
+    than RobustBench's ``./models``, so runs from different directories share downloads.
+    """
+    try:
+        from robustbench.utils import load_model
+    except ImportError:
+        raise ImportError("robustbench is not installed: pip install 'acl-bench[robustbench]'") from None
+    if model_dir is None:
+        model_dir = Path(os.environ.get("ACL_BENCH_CACHE", "~/.cache/acl-bench")).expanduser() / "robustbench"
+    model = load_model(model_name=name, dataset=dataset, threat_model=threat_model, model_dir=str(model_dir))
+    return model.eval()

@@ -53,3 +53,9 @@ def log(message: str) -> None:
     """A status line (stderr), suppressed by --quiet."""
     if not _quiet:
         console.print(message, highlight=False, soft_wrap=True)
+
+
+def error_line(error: BaseException) -> str:
+    """One line naming an error: its type and the first line of its message."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

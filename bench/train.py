@@ -2,8 +2,8 @@
 
 A checkpoint holds the model, optimiser, method state (e.g. adaptive α), step, history and
 every random state (view/attack generator, torch CPU and CUDA), and is written to a temp
-file then renamed, so a killed run resumes bit-exactly (on CPU) from its last checkpoint
-and a crash never leaves a corrupt file behind. The epoch's batch order is derived from
+file then renamed, so a killed run resumes bit-exactly (on CPU, with the thread count it
+records) from its last checkpoint and a crash never leaves a corrupt file behind. The epoch's batch order is derived from
 (seed, epoch), so it does not depend on where a run was resumed.
 """
 from __future__ import annotations
@@ -18,23 +18,14 @@ from typing import Any
 import torch
 
 from bench import progress
-from bench.checkpoints import save_checkpoint_atomic
+from bench.atomic import save_torch_atomic
+from bench.checkpoints import CheckpointError
 from bench.config import RunConfig
 from bench.data import steps_per_epoch, to_float
 from bench.method import Method, StepContext
 from bench.models import ContrastiveModel
 from bench.optim import build_optimizer, learning_rate
-
-CHECKPOINT_NAME = "pretrain.ckpt"
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' → CUDA when available, else CPU; 'cuda' without a GPU is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was requested but no CUDA device is available: use --device auto or cpu")
-    return torch.device(name)
+from bench.results import RunDir
 
 
 @dataclass
@@ -70,12 +61,30 @@ def _restore_rng(generator: torch.Generator, state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """A pretraining checkpoint, read with the weights-only unpickler (tensors, numbers, strings:
+    a tampered file cannot run code); a damaged one is one clear line saying how to recover."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch raises several types (EOFError, UnpicklingError, RuntimeError)
+        raise CheckpointError(f"checkpoint {path} cannot be read ({progress.error_line(error)}): "
+                              "rerun without --resume to start this run afresh") from None
+
+
+def restore_threads(recorded: int | None, name: str) -> None:
+    """Use the thread count the interrupted run had: CPU kernels sum in a thread-dependent order,
+    so only the same count resumes bit-exactly. The caller restores its own count afterwards."""
+    if recorded and recorded != torch.get_num_threads():
+        progress.log(f"  {name}: resuming with {recorded} thread(s), as the interrupted run had")
+        torch.set_num_threads(int(recorded))
+
+
 def pretrain(
     method: Method,
     model: ContrastiveModel,
     train_images: torch.Tensor,
     config: RunConfig,
-    run_dir: Path,
+    run_dir: RunDir,
     device: torch.device,
     *,
     resume: bool = True,
@@ -93,12 +102,14 @@ def pretrain(
     generator = torch.Generator(device=device).manual_seed(config.seed)
     torch.manual_seed(config.seed)
     result = PretrainResult()
-    checkpoint_path = run_dir / CHECKPOINT_NAME
+    checkpoint_path = run_dir.checkpoint
     start = 0
-    setup_context = StepContext(0, 0, per_epoch, device, generator, config.attack, None, run_dir)
+    setup_context = StepContext(epoch=0, step=0, steps_per_epoch=per_epoch, device=device, generator=generator,
+                                attack=config.attack, run_dir=run_dir, epochs=settings.epochs)
     method.setup(model, train_images, setup_context)
     if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        state = load_checkpoint(checkpoint_path, device)
+        restore_threads(state.get("threads"), method.name)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         method.load_state_dict(state["method"])
@@ -119,7 +130,8 @@ def pretrain(
             lr = learning_rate(step, total, warmup, settings)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            context = StepContext(epoch, step, per_epoch, device, generator, config.attack, indices, run_dir)
+            context = StepContext(epoch=epoch, step=step, steps_per_epoch=per_epoch, device=device, generator=generator,
+                                  attack=config.attack, indices=indices, run_dir=run_dir, epochs=settings.epochs)
             model.train()
             with _autocast(device, settings.amp):
                 loss, logs = method.training_step(model, images, context)
@@ -134,7 +146,7 @@ def pretrain(
             result.history.append(row)
             bar.advance(1, info=f"loss {value:.3f}")
             if (step + 1) % settings.checkpoint_every == 0 or step + 1 == total:
-                save_checkpoint_atomic(
+                save_torch_atomic(
                     {
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
@@ -142,9 +154,11 @@ def pretrain(
                         "rng": _rng_state(generator),
                         "step": step + 1,
                         "history": result.history,
+                        "threads": torch.get_num_threads(),
                     },
                     checkpoint_path,
                 )
+                run_dir.set_progress("pretraining", step=step + 1, steps=total)
     result.wall_s = time.perf_counter() - began
     result.steps = total
     return result

@@ -37,7 +37,7 @@ from bench.config import ConfigError
 from bench.losses import nt_xent
 from bench.method import Method, MethodParams, Published, StepContext
 from bench.models import ContrastiveModel
-from bench.optim import acl_lars_settings
+from bench.optim import ACL_LARS
 from bench.post import PostParams, check_post_params, settings_for
 from bench.registry import register
 from bench.regularizers import invariant_regularizers
@@ -45,7 +45,7 @@ from bench.regularizers import invariant_regularizers
 AIR_SOURCE = "GodXuxilie/Enhancing_ACL_via_AIR pretraining.py (argparse defaults: --ACL_DS, lambda1 = lambda2 = 0.5)"
 # AIR's optimiser is ACL's: LARS lr 5.0, wd 1e-6, per-iteration cosine, 10 warm-up epochs from 0,
 # floor 1e-6, batch 512, 1000 epochs.
-AIR_PRETRAIN = acl_lars_settings()
+AIR_PRETRAIN = dict(ACL_LARS)
 AIR_PARAMS = {"lambda_sir": 0.5, "lambda_air": 0.5}
 DYNAMIC_PARAMS = {**AIR_PARAMS, "anneal_lambda": 2 / 3, "anneal_period": 50}  # --DynAug: LAMBDA = 2/3, K = 50
 # LP-AFF.py defaults: K = number of classes, LP 10 epochs, AFT 25 epochs (÷10 at 10, 20), batch 512,
@@ -72,21 +72,6 @@ SMOKE = {  # registered name -> settings of the smoke preset (8 epochs on the di
                 "post_milestones": (), "post_batch_size": 64, "post_attack_steps": 2}),
 }
 
-
-def published_row(cls: type[Method], preset: str, dataset: str) -> Published:
-    """The row of ``cls`` (else of its base) in PAPER/SMOKE. Shim: removed when bench.method.Published
-    and ``Method.published`` land (CONTRACT.md), whose lookup this is."""
-    names = [name for name in (cls.name, cls.base_name) if name]
-    if preset == "smoke":
-        return next((SMOKE[name] for name in names if name in SMOKE), Published())
-    for name in names:
-        if name in PAPER:
-            row = PAPER[name]
-            if dataset not in row and "*" not in row:
-                raise ConfigError(f"dataset={dataset!r} is invalid for the paper settings of {cls.name!r}: "
-                                  f"allowed {sorted(row)}")
-            return row.get(dataset, row.get("*"))
-    return Published()
 
 
 @dataclass
@@ -119,29 +104,15 @@ class ACLAIR(Method):
     finetune_bn = "pgd"
     conv_init = "kaiming_normal"  # torchvision-style ResNet of the released code
     has_adversarial_views = True
-    official_quirks = True  # the released kl_div arithmetic (read by the methods branch's check_params)
+    official_quirks = True  # quirks='official': the released kl_div arithmetic (bench.regularizers)
     variant_note = "suite extension: 2·A-InfoNCE over [x1, x2, a1, a2] in place of the two NT-Xent terms"
     Params = AIRParams
+    selected_by_all = False  # outside the A-InfoNCE table: --methods 'acl-air*' 'dynacl-air*'
+    paper = PAPER
+    smoke = SMOKE
     annealed: ClassVar[bool] = False  # DynACL's augmentation schedule and ω (--DynAug)
 
     # ------------------------------------------------------------------ configuration
-    @classmethod
-    def preset_params(cls, preset: str, dataset: str) -> dict[str, Any]:
-        """Shim over PAPER/SMOKE: removed when bench.method.Published lands."""
-        return dict(published_row(cls, preset, dataset).params)
-
-    @classmethod
-    def preset_pretrain(cls, preset: str, dataset: str) -> dict[str, Any]:
-        """Shim over PAPER/SMOKE: removed when bench.method.Published lands."""
-        return dict(published_row(cls, preset, dataset).pretrain)
-
-    @classmethod
-    def make_params(cls, overrides: dict[str, Any]) -> MethodParams:
-        """Shim: ``Method.make_params`` then ``check_params`` (the methods branch calls it itself)."""
-        params = super().make_params(overrides)
-        cls.check_params(params)
-        return params
-
     @classmethod
     def check_params(cls, params: MethodParams) -> None:
         super().check_params(params)
@@ -169,7 +140,7 @@ class ACLAIR(Method):
         was_training = model.training
         model.eval()
         try:
-            return pgd(lambda inputs: nt_xent(*model(inputs, "pgd").chunk(2), self.temperature), pair,
+            return pgd(lambda inputs: nt_xent(*model(inputs, "pgd").chunk(2), self.params.temperature), pair,
                        epsilon=ctx.attack.epsilon, step_size=ctx.attack.step_size, steps=ctx.attack.steps,
                        generator=ctx.generator)
         finally:
@@ -184,11 +155,12 @@ class ACLAIR(Method):
         adv_1, adv_2 = model(adversarial, "pgd").chunk(2)
         z_1, z_2 = model(clean, "normal").chunk(2)
         z_orig = model(images, "normal")
-        sir, air = invariant_regularizers(z_1, z_2, z_orig, adv_1, adv_2, self.temperature, self.params.quirks)
+        sir, air = invariant_regularizers(z_1, z_2, z_orig, adv_1, adv_2, self.params.temperature, self.params.quirks)
         regularizer = self.params.lambda_sir * sir + self.params.lambda_air * air
         logs: dict[str, Any] = {"sir": sir.detach(), "air": air.detach(), "strength": strength, "omega": omega}
         if not (self.inferior_positives or self.hard_negatives):
-            loss_clean, loss_adv = nt_xent(z_1, z_2, self.temperature), nt_xent(adv_1, adv_2, self.temperature)
+            temperature = self.params.temperature
+            loss_clean, loss_adv = nt_xent(z_1, z_2, temperature), nt_xent(adv_1, adv_2, temperature)
             logs.update(loss_clean=loss_clean.detach(), loss_adv=loss_adv.detach())
             return (1.0 - omega) * loss_clean + (1.0 + omega) * loss_adv + regularizer, logs
         features = torch.stack([z_1, z_2, adv_1, adv_2], dim=1)  # [B, 4, D]: x1, x2, a1, a2

@@ -82,21 +82,6 @@ SMOKE = {  # registered name -> settings of the smoke preset (8 epochs on the di
 }
 
 
-def published_row(cls: type[Method], preset: str, dataset: str) -> Published:
-    """The row of ``cls`` (else of its base) in PAPER/SMOKE. Shim: removed when bench.method.Published
-    and ``Method.published`` land (CONTRACT.md), whose lookup this is."""
-    names = [name for name in (cls.name, cls.base_name) if name]
-    if preset == "smoke":
-        return next((SMOKE[name] for name in names if name in SMOKE), Published())
-    for name in names:
-        if name in PAPER:
-            row = PAPER[name]
-            if dataset not in row and "*" not in row:
-                raise ConfigError(f"dataset={dataset!r} is invalid for the paper settings of {cls.name!r}: "
-                                  f"allowed {sorted(row)}")
-            return row.get(dataset, row.get("*"))
-    return Published()
-
 
 @dataclass
 class DynACLParams(MethodParams):
@@ -129,7 +114,7 @@ class KeyEncoderModel(ContrastiveModel):
     """
 
     def __init__(self, model: ContrastiveModel, momentum: float):
-        super().__init__(model.encoder, model.projector, model.normalize, model.heads)
+        super().__init__(model.encoder, model.projector, model.normalize, model.heads, spec=model.spec)
         self.key = copy.deepcopy(model)
         self.key.requires_grad_(False)
         self.momentum = float(momentum)
@@ -164,25 +149,11 @@ class DynACL(Method):
     has_adversarial_views = True
     variant_note = "suite extension: [x1, x2, a1, a2] contrasted jointly, without the w_e reweighting"
     Params = DynACLParams
+    selected_by_all = False  # outside the A-InfoNCE table: --methods 'dynacl*' (bench.method)
+    paper = PAPER
+    smoke = SMOKE
 
     # ------------------------------------------------------------------ configuration
-    @classmethod
-    def preset_params(cls, preset: str, dataset: str) -> dict[str, Any]:
-        """Shim over PAPER/SMOKE: removed when bench.method.Published lands."""
-        return dict(published_row(cls, preset, dataset).params)
-
-    @classmethod
-    def preset_pretrain(cls, preset: str, dataset: str) -> dict[str, Any]:
-        """Shim over PAPER/SMOKE: removed when bench.method.Published lands."""
-        return dict(published_row(cls, preset, dataset).pretrain)
-
-    @classmethod
-    def make_params(cls, overrides: dict[str, Any]) -> MethodParams:
-        """Shim: ``Method.make_params`` then ``check_params`` (the methods branch calls it itself)."""
-        params = super().make_params(overrides)
-        cls.check_params(params)
-        return params
-
     @classmethod
     def check_params(cls, params: MethodParams) -> None:
         super().check_params(params)
@@ -232,7 +203,7 @@ class DynACL(Method):
         model.eval()
         try:
             return pgd(
-                lambda inputs: nt_xent(*self.embed_pair(model, inputs, "pgd"), self.temperature),
+                lambda inputs: nt_xent(*self.embed_pair(model, inputs, "pgd"), self.params.temperature),
                 pair, epsilon=ctx.attack.epsilon, step_size=ctx.attack.step_size, steps=ctx.attack.steps,
                 generator=ctx.generator,
             )
@@ -251,8 +222,8 @@ class DynACL(Method):
             model.update_key()
         logs: dict[str, Any] = {"strength": strength, "adv_weight": weight}
         if not (self.inferior_positives or self.hard_negatives):
-            loss_clean = nt_xent(*z_clean, self.temperature)
-            loss_adv = nt_xent(*z_adv, self.temperature)
+            loss_clean = nt_xent(*z_clean, self.params.temperature)
+            loss_adv = nt_xent(*z_adv, self.params.temperature)
             logs.update(loss_clean=loss_clean.detach(), loss_adv=loss_adv.detach())
             return 0.5 * ((2.0 - weight) * loss_clean + weight * loss_adv), logs
         features = torch.stack([*z_clean, *z_adv], dim=1)  # [B, 4, D]: x1, x2, a1, a2
@@ -266,7 +237,7 @@ class DynACLPlusPlus(DynACL):
                    "(linear probe, TRADES full finetuning)")
     Params = DynACLPlusPlusParams
     post = "pp"
-    official_quirks = True  # the post stage's released TRADES start (read by the methods branch's check_params)
+    official_quirks = True  # quirks='official': the post stage's released TRADES start
 
     @classmethod
     def check_params(cls, params: MethodParams) -> None:

@@ -184,16 +184,16 @@ def test_air_parameters_are_checked_and_published():
     with pytest.raises(ConfigError, match="lambda_sir=-1.0 is invalid: allowed finite numbers >= 0"):
         cls.make_params({"lambda_sir": -1.0})
     # pretraining.py defaults: --lambda1 0.5 --lambda2 0.5, LARS lr 5.0, 1000 epochs, batch 512.
-    params = cls.preset_params("paper", "cifar10")
+    params = cls.published("paper", "cifar10").params
     assert (params["lambda_sir"], params["lambda_air"]) == (0.5, 0.5)
-    pretrain = cls.preset_pretrain("paper", "cifar100")
+    pretrain = cls.published("paper", "cifar100").pretrain
     assert (pretrain["lr"], pretrain["epochs"], pretrain["batch_size"]) == (5.0, 1000, 512)
     assert pretrain["weight_decay"] == 1e-6
     # run.sh: --DynAug; LP-AFF.py clusters into as many groups as the dataset has classes.
     dynamic = registry.get("dynacl-air++")
-    assert dynamic.preset_params("paper", "cifar100")["post_clusters"] == 100
-    assert dynamic.preset_params("paper", "cifar10")["post_clusters"] == 10
-    assert dynamic.preset_params("paper", "cifar10")["anneal_lambda"] == pytest.approx(2 / 3)
+    assert dynamic.published("paper", "cifar100").params["post_clusters"] == 100
+    assert dynamic.published("paper", "cifar10").params["post_clusters"] == 10
+    assert dynamic.published("paper", "cifar10").params["anneal_lambda"] == pytest.approx(2 / 3)
     with pytest.raises(ConfigError, match="dataset='stl10' is invalid for the paper settings of 'dynacl-air\\+\\+'"):
-        dynamic.preset_params("paper", "stl10")
-    assert registry.get("dynacl-air++-ip").preset_params("paper", "cifar100")["post_clusters"] == 100
+        dynamic.published("paper", "stl10").params
+    assert registry.get("dynacl-air++-ip").published("paper", "cifar100").params["post_clusters"] == 100

@@ -245,7 +245,7 @@ def test_dynacl_parameters_are_checked():
 
 def test_paper_presets_quote_train_dynacl():
     cls = registry.get("dynacl")
-    params, pretrain = cls.preset_params("paper", "cifar10"), cls.preset_pretrain("paper", "cifar100")
+    params, pretrain = cls.published("paper", "cifar10").params, cls.published("paper", "cifar100").pretrain
     # --swap_param 2/3, --reload_frequency 50, resnet18_momentum(m=0.99)
     assert params["anneal_lambda"] == pytest.approx(2 / 3)
     assert (params["anneal_period"], params["key_momentum"]) == (50, 0.99)
@@ -259,17 +259,17 @@ def test_paper_presets_quote_train_dynacl():
     for epoch in range(10):
         assert learning_rate(epoch * per_epoch, total, warmup, config) == pytest.approx(5.0 * (epoch + 1) / 10)
     assert learning_rate(total - 1, total, warmup, config) == pytest.approx(1e-6, abs=1e-4)
-    plus = registry.get("dynacl++").preset_params("paper", "cifar100")
+    plus = registry.get("dynacl++").published("paper", "cifar100").params
     assert plus["post_clusters"] == 10  # assign_label.py: for num_clusters in [10], whatever the dataset
     assert (plus["post_head_epochs"], plus["post_epochs"], plus["post_batch_size"]) == (10, 25, 512)
     assert tuple(plus["post_milestones"]) == (10, 20) and plus["post_attack_steps"] == 10
-    assert registry.get("dynacl-hn").preset_params("paper", "cifar10")["anneal_period"] == 50  # the base row
+    assert registry.get("dynacl-hn").published("paper", "cifar10").params["anneal_period"] == 50  # the base row
 
 
 def test_post_settings_follow_the_run_and_the_released_script():
     config = smoke_preset()
     cls = registry.get("dynacl++")
-    settings = cls(cls.make_params(cls.preset_params("smoke", "digits"))).post_settings(config)
+    settings = cls(cls.make_params(cls.published("smoke", "digits").params)).post_settings(config)
     assert (settings.epsilon, settings.step_size, settings.augment) == (0.06, 0.015, False)
     assert (settings.clusters, settings.epochs, settings.attack_start, settings.reference_bn) == (10, 2, "noise", "")
     official = cls(cls.make_params({"quirks": "official"})).post_settings(config)

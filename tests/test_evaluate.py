@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bench.evaluate import EvalSettings, autoattack_accuracy, evaluate_classifier, seeded_subset
+from bench.config import EvalConfig
+from bench.evaluate import autoattack_accuracy, evaluate_classifier, seeded_subset
 from test_attacks import toy_problem
 
 
@@ -57,7 +58,7 @@ def test_evaluation_runs_in_eval_mode_restores_mode_and_keeps_bn_statistics():
     x, y = torch.rand(16, 3, 4, 4), torch.randint(0, 2, (16,))
     model(x)  # non-trivial running statistics
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    settings = EvalSettings(epsilon=0.05, step_size=0.01, pgd_steps=3, attacks=("clean", "pgd20"))
+    settings = EvalConfig(epsilon=0.05, step_size=0.01, pgd_steps=3, attacks=("clean", "pgd20"))
     report = evaluate_classifier(model, x, y, settings, "cpu")
     assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -67,7 +68,7 @@ def test_evaluation_runs_in_eval_mode_restores_mode_and_keeps_bn_statistics():
 def test_autoattack_apgd_ce_on_cpu_is_below_pgd_and_clean():
     model, x, y = toy_problem()
     x, y = x[:48], y[:48]
-    settings = EvalSettings(epsilon=0.08, step_size=0.02, attacks=("clean", "pgd20", "apgd-ce"))
+    settings = EvalConfig(epsilon=0.08, step_size=0.02, attacks=("clean", "pgd20", "apgd-ce"))
     report = evaluate_classifier(model, x, y, settings, "cpu")
     accuracy = report.accuracy
     assert accuracy["apgd-ce"] <= accuracy["pgd20"] + 100 / 48 and accuracy["pgd20"] <= accuracy["clean"]
@@ -87,7 +88,7 @@ def test_autoattack_standard_on_a_few_samples():
 def test_gradient_masked_model_is_flagged_suspect():
     model = Quantised().eval()
     x, y = masked_problem()
-    settings = EvalSettings(epsilon=0.15, step_size=0.04, attacks=("clean", "pgd20", "autoattack"))
+    settings = EvalConfig(epsilon=0.15, step_size=0.04, attacks=("clean", "pgd20", "autoattack"))
     report = evaluate_classifier(model, x, y, settings, "cpu")
     assert report.accuracy["clean"] - report.accuracy["pgd20"] < 5, report.accuracy
     assert report.accuracy["autoattack"] < report.accuracy["pgd20"] - 10, report.accuracy
@@ -96,7 +97,7 @@ def test_gradient_masked_model_is_flagged_suspect():
 
 def test_healthy_model_has_no_suspect_flag():
     model, x, y = toy_problem(seed=4)
-    settings = EvalSettings(epsilon=0.05, step_size=0.0125, attacks=("clean", "pgd20", "apgd-ce"))
+    settings = EvalConfig(epsilon=0.05, step_size=0.0125, attacks=("clean", "pgd20", "apgd-ce"))
     report = evaluate_classifier(model, x[:64], y[:64], settings, "cpu")
     assert report.flags == [], report.sanity
     assert report.accuracy["pgd40-restart"] <= report.accuracy["pgd20"] + 100 / 64
@@ -120,7 +121,7 @@ class Randomised(nn.Module):
 def test_layer_put_in_train_mode_inside_forward_is_flagged():
     model = SneakyTrainMode()
     x, y = torch.rand(16, 3, 4, 4), torch.randint(0, 2, (16,))
-    report = evaluate_classifier(model, x, y, EvalSettings(epsilon=0.05, step_size=0.01, pgd_steps=2,
+    report = evaluate_classifier(model, x, y, EvalConfig(epsilon=0.05, step_size=0.01, pgd_steps=2,
                                                            attacks=("clean", "pgd20")), "cpu")
     assert not report.sanity["eval-mode"][0] and "suspect:eval-mode" in report.flags
 
@@ -128,14 +129,14 @@ def test_layer_put_in_train_mode_inside_forward_is_flagged():
 def test_randomised_predictions_fail_the_eps0_check():
     torch.manual_seed(0)
     x, y = torch.rand(64, 3, 4, 4), torch.randint(0, 10, (64,))
-    report = evaluate_classifier(Randomised(), x, y, EvalSettings(epsilon=0.05, step_size=0.01, pgd_steps=2,
+    report = evaluate_classifier(Randomised(), x, y, EvalConfig(epsilon=0.05, step_size=0.01, pgd_steps=2,
                                                                   attacks=("clean", "pgd20")), "cpu")
     assert "suspect:eps0" in report.flags, report.sanity
 
 
 def test_sanity_checks_run_without_pgd20():
     model, x, y = toy_problem(seed=4)
-    settings = EvalSettings(epsilon=0.05, step_size=0.0125, attacks=("clean", "apgd-ce"))
+    settings = EvalConfig(epsilon=0.05, step_size=0.0125, attacks=("clean", "apgd-ce"))
     report = evaluate_classifier(model, x[:32], y[:32], settings, "cpu")
     assert {"order", "eps0", "eval-mode", "aa-reeval:apgd-ce"} <= set(report.sanity), report.sanity
     assert "apgd-ce" in report.sanity["order"][1] and report.accuracy["eps0"] == report.accuracy["clean"]

@@ -97,11 +97,14 @@ def test_jobs_resolution():
     import torch
 
     from bench.config import ConfigError
-    from bench.pipeline import available_cores, resolve_jobs
+    from bench.device import available_cores
+    from bench.pipeline import resolve_jobs
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_jobs(0, cpu, 13) == min(available_cores(), 13)
-    assert resolve_jobs(4, cpu, 2) == 2 and resolve_jobs(1, cpu, 13) == 1
+    assert resolve_jobs(available_cores(), cpu, 1) == 1 and resolve_jobs(1, cpu, 13) == 1
+    with pytest.raises(ConfigError, match=f"allowed 0 \\(auto\\) to {available_cores()}"):
+        resolve_jobs(available_cores() + 1, cpu, 13)
     assert resolve_jobs(0, cuda, 13) == 1
     with pytest.raises(ConfigError, match="jobs=2 is invalid on cuda"):
         resolve_jobs(2, cuda, 13)
@@ -124,7 +127,7 @@ def test_changing_only_evaluation_settings_reuses_the_encoder(tmp_path):
             for path in (tmp_path / "r" / "runs").glob("*/done.json")}
     first, second = runs[0.06], runs[0.05]
     assert json.loads((second / "done.json").read_text())["encoder_from"] == first.name
-    weights = [torch.load(run / "encoder.pt", weights_only=False)["model"] for run in (first, second)]
+    weights = [torch.load(run / "encoder.pt", weights_only=True)["model"] for run in (first, second)]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
     curve = [r for r in _rows(tmp_path) if r["metric"] == "accuracy_vs_epsilon" and r["run_id"] == second.name]
     assert sorted(float(r["epsilon"]) for r in curve) == [0.01]  # 0.05 is the main ε: its PGD-20 row
@@ -167,10 +170,13 @@ def test_transfer_finetunes_and_evaluates_on_another_dataset_at_the_pretraining_
     rows = [r for r in _rows(tmp_path) if r["metric"] == "accuracy"]
     assert {(r["dataset"], r["eval_dataset"]) for r in rows} == {("digits", "shapes")}
     assert {r["n_eval"] for r in rows} == {"16"}  # the whole 2 × 8 test split
-    classifier = torch.load(next((tmp_path / "r" / "runs").glob("*/classifier_SLF.pt")), weights_only=False)
-    assert classifier.head.out_features == 2
-    from bench.pipeline import DataCache, RunRequest, build_config
+    from bench.checkpoints import load_classifier
 
-    config = build_config(RunRequest(overrides={"data.eval_name": "folder", "data.data_dir": str(root)}))
+    classifier = load_classifier(next((tmp_path / "r" / "runs").glob("*/classifier_SLF.pt")))
+    assert classifier.head.out_features == 2
+    from bench.pipeline import DataCache
+    from bench.plan import RunRequest, assemble
+
+    config = assemble(RunRequest(overrides={"data.eval_name": "folder", "data.data_dir": str(root)}))
     loaded = DataCache(torch.device("cpu")).get("folder", config)
     assert loaded.x_test.shape[1:] == (3, 16, 16)  # 24 px images at the pretraining resolution

@@ -6,7 +6,8 @@ import torch
 
 from bench import registry
 from bench.method import Method
-from bench.train import CHECKPOINT_NAME, pretrain
+from bench.results import RunDir
+from bench.train import pretrain
 
 
 class Crash(RuntimeError):
@@ -27,7 +28,7 @@ def _train(method_name, digits, config, run_dir, *, crash_at=None, resume=False)
             return original(model_, images, ctx)
 
         method.training_step = crashing
-    result = pretrain(method, model, digits.x_train[:256], config, run_dir, torch.device("cpu"), resume=resume)
+    result = pretrain(method, model, digits.x_train[:256], config, RunDir(run_dir), torch.device("cpu"), resume=resume)
     return model, result
 
 
@@ -37,7 +38,7 @@ def test_kill_and_resume_is_bit_exact(method_name, digits, tiny_config, tmp_path
     reference, full = _train(method_name, digits, tiny_config, tmp_path / "full")
     with pytest.raises(Crash):
         _train(method_name, digits, tiny_config, tmp_path / "killed", crash_at=12)
-    assert torch.load(tmp_path / "killed" / CHECKPOINT_NAME, weights_only=False)["step"] == 10
+    assert torch.load(RunDir(tmp_path / "killed").checkpoint, weights_only=True)["step"] == 10
     resumed, partial = _train(method_name, digits, tiny_config, tmp_path / "killed", resume=True)
     assert partial.resumed_from == 10
     for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
@@ -61,4 +62,4 @@ def test_nan_loss_is_reported_with_step(digits, tiny_config, tmp_path):
     method = Broken()
     model = method.build_model("small_cnn")
     with pytest.raises(FloatingPointError, match="step 0"):
-        pretrain(method, model, digits.x_train[:64], tiny_config, tmp_path, torch.device("cpu"))
+        pretrain(method, model, digits.x_train[:64], tiny_config, RunDir(tmp_path), torch.device("cpu"))

@@ -1,0 +1,233 @@
+"""The run plan: every method run of a request, resolved once, before any work.
+
+``build_plan(request)`` turns what the user asked for (a preset, dotted overrides, method
+parameters, methods, optionally several seeds and datasets) into a list of ``MethodRun``: for
+each seed × dataset × method, its fully resolved and validated config, its hyperparameters, its
+run id and its hashes. A product is expanded into single-seed, single-dataset requests first, so
+a run's id is the same whether it was asked for alone or in a product. Everything downstream
+(the pipeline, the worker processes, ``bench evaluate``, ``--dry-run``, the report's
+directories) takes the plan and never rebuilds a config from strings.
+
+Config precedence, lowest first: the preset, the method's published settings for the
+preset and dataset (``Method.published``), then the user's overrides. The run id is
+``<method>-<preset>-<dataset>-s<seed>-<hash>``; the hash covers the whole resolved config
+and the method's parameters, but not the seed (so the seeds of one configuration share it,
+and the report averages exactly those) and not where or how the run executes (device,
+jobs, directories).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import registry
+from bench.config import (
+    ConfigError,
+    RunConfig,
+    config_hash,
+    field_types,
+    preset,
+    set_field,
+    to_dict,
+    validate,
+)
+from bench.method import Method, MethodParams
+
+# Fields that say where and how a run executes, not what it computes: outside the identity.
+VOLATILE_FIELDS = ("methods", "device", "jobs", "results_dir", "reports_dir")
+# Config sections that decide the pretrained encoder; finetuning and evaluation settings do not.
+PRETRAINING_FIELDS = ("preset", "seed", "model", "attack", "pretrain", "method", "method_params")
+
+
+@dataclass
+class RunRequest:
+    """What the user asked for, as given: a preset, dotted overrides, method parameters, methods."""
+
+    preset: str = "smoke"
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted field → raw value
+    method_params: dict[str, dict[str, str]] = field(default_factory=dict)  # method or '*' → {key: raw value}
+    methods: tuple[str, ...] = ("all",)
+    force: bool = False
+    resume: bool = False
+    seeds: tuple[str, ...] = ()  # several seeds (raw values): the plan is seeds × datasets × methods
+    datasets: tuple[str, ...] = ()  # several pretraining datasets
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """One method run, fully resolved: what the pipeline, a worker or a scheduler needs."""
+
+    method: str
+    config: RunConfig
+    params: MethodParams
+    run_id: str
+    config_hash: str  # of the identity without the seed
+    pretrain_key: str  # of the identity's pretraining part: runs sharing it share an encoder
+    identity: dict[str, Any]  # what the hashes cover (JSON-serialisable)
+    teacher: str = ""  # run id of the run whose encoder this one distils from (DeACL), '' for none
+
+    @property
+    def method_class(self) -> type[Method]:
+        return registry.get(self.method)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable description (``--dry-run --json`` prints one per line)."""
+        return {"run_id": self.run_id, "method": self.method, "preset": self.config.preset,
+                "dataset": self.config.data.name, "seed": self.config.seed, "config_hash": self.config_hash,
+                "pretrain_key": self.pretrain_key, "config": to_dict(self.config),
+                "params": dataclasses.asdict(self.params)}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The resolved request: its method runs plus the settings shared by all of them."""
+
+    base: RunConfig  # preset + overrides (first seed, dataset), no method's settings: directories, device, jobs
+    runs: tuple[MethodRun, ...]
+    force: bool = False
+    resume: bool = False
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.base.results_dir)
+
+    @property
+    def reports_dir(self) -> Path:
+        return Path(self.base.reports_dir)
+
+
+def assemble(request: RunRequest, pretrain_settings: dict[str, Any] | None = None) -> RunConfig:
+    """The preset, then a method's published pretraining settings, then the user's overrides; validated."""
+    config = preset(request.preset)
+    for key, value in (pretrain_settings or {}).items():
+        set_field(config, f"pretrain.{key}", value)
+    for dotted, value in request.overrides.items():
+        set_field(config, dotted, value)
+    config.methods = tuple(request.methods)
+    return validate(config)
+
+
+def resolve_params(method: type[Method], config: RunConfig, request: RunRequest) -> MethodParams:
+    """The method's hyperparameters: Params defaults < published settings < the user's ``--param``."""
+    values = dict(method.published(config.preset, config.data.name).params)
+    for scope in ("*", method.name):
+        values.update(request.method_params.get(scope, {}))
+    return method.make_params(values)
+
+
+def identity(method: type[Method], config: RunConfig, params: MethodParams) -> dict[str, Any]:
+    """Everything that decides a run's numbers (the hashed payload)."""
+    payload = to_dict(config)
+    for volatile in VOLATILE_FIELDS:
+        payload.pop(volatile)
+    payload["method"] = method.name
+    payload["method_params"] = dataclasses.asdict(params)
+    return payload
+
+
+def pretraining_key(payload: dict[str, Any]) -> str:
+    """Hash of everything that decides a pretrained encoder: runs that differ only in finetuning
+    or evaluation settings (ε, attacks, n_eval, schemes…) share it, and share the encoder."""
+    data = payload["data"]
+    return config_hash({**{name: payload[name] for name in PRETRAINING_FIELDS},
+                        "data": {"name": data["name"], "image_size": data["image_size"]}})
+
+
+def resolve_run(method: type[Method], request: RunRequest, base: RunConfig,
+                teacher: MethodRun | None = None) -> MethodRun:
+    """One method's config (its published pretraining settings in place), params, id and hashes.
+
+    A distilling method's identity includes what it distils from (the teacher run's pretraining
+    key, or the digest of a ``teacher=`` file), so another teacher gives another run id."""
+    config = assemble(request, dict(method.published(base.preset, base.data.name).pretrain))
+    params = resolve_params(method, config, request)
+    payload = identity(method, config, params)
+    if teacher is not None:
+        payload["teacher"] = {"method": teacher.method, "pretrain_key": teacher.pretrain_key}
+    elif method.requires_teacher and getattr(params, "teacher", ""):
+        payload["teacher"] = {"file_sha256": file_digest(Path(params.teacher).expanduser())}
+    digest = config_hash({key: value for key, value in payload.items() if key != "seed"})
+    run_id = f"{method.name}-{config.preset}-{config.data.name}-s{config.seed}-{digest}"
+    return MethodRun(method.name, config, params, run_id, digest, pretraining_key(payload), payload,
+                     teacher.run_id if teacher is not None else "")
+
+
+def teacher_run(student: type[Method], request: RunRequest, base: RunConfig) -> MethodRun:
+    """The run a distilling method's teacher comes from: its ``teacher_method`` under the same
+    preset, data, overrides and seed (the user's ``--param`` for that method, and the '*' ones it has)."""
+    teacher = registry.get(student.teacher_method)
+    known = field_types(teacher.Params)
+    params = {"*": {key: value for key, value in request.method_params.get("*", {}).items() if key in known},
+              teacher.name: request.method_params.get(teacher.name, {})}
+    return resolve_run(teacher, dataclasses.replace(request, method_params=params), base)
+
+
+def resolve_method(method: type[Method], request: RunRequest, base: RunConfig) -> list[MethodRun]:
+    """The method's run, preceded by its teacher's run when it distils from one and no teacher file is given."""
+    run = resolve_run(method, request, base)
+    if not method.requires_teacher or getattr(run.params, "teacher", ""):
+        return [run]
+    teacher = teacher_run(method, request, base)
+    return [teacher, resolve_run(method, request, base, teacher)]
+
+
+def file_digest(path: Path) -> str:
+    """Short sha256 of a file's bytes (a missing file is a one-line error naming it)."""
+    if not path.is_file():
+        raise ConfigError(f"teacher={str(path)!r} is invalid: allowed an existing encoder file")
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def expand(request: RunRequest) -> list[RunRequest]:
+    """One single-seed, single-dataset request per (seed, dataset) of ``request.seeds × request.datasets``.
+
+    Each is what ``--seed S --dataset D`` alone would give (the same overrides), so a run's id
+    does not depend on whether it was asked for alone or as part of a product."""
+    products = []
+    for flag, field_name, values in (("--seeds", "seed", request.seeds), ("--datasets", "data.name", request.datasets)):
+        if values and field_name in request.overrides:
+            raise ConfigError(f"{flag} {' '.join(map(str, values))} is invalid together with "
+                              f"{field_name}={request.overrides[field_name]!r}: allowed one of the two forms")
+        products.append([(field_name, value) for value in values] or [None])
+    requests = []
+    for seed in products[0]:
+        for dataset in products[1]:
+            overrides = dict(request.overrides)
+            overrides.update(dict(item for item in (seed, dataset) if item is not None))
+            requests.append(dataclasses.replace(request, overrides=overrides, seeds=(), datasets=()))
+    return requests
+
+
+def build_plan(request: RunRequest) -> RunPlan:
+    """Resolve and check every method run of ``request`` (seeds × datasets × methods, in that order);
+    any bad value fails here, before any work."""
+    singles = expand(request)
+    base = assemble(singles[0])
+    names = registry.resolve(base.methods)
+    unknown_scopes = sorted(scope for scope in request.method_params if scope != "*" and scope not in names)
+    if unknown_scopes:
+        raise ConfigError(f"--param scope {unknown_scopes[0]!r} is invalid: it names no selected method; "
+                          f"allowed {names}")
+    runs, teachers = [], []
+    for single in singles:
+        single_base = assemble(single)
+        for name in names:
+            *needed, run = resolve_method(registry.get(name), single, single_base)
+            runs.append(run)
+            teachers += needed
+    repeated = sorted({run.run_id for run in runs if sum(other.run_id == run.run_id for other in runs) > 1})
+    if repeated:
+        given = [f"{flag} {' '.join(map(str, values))}" for flag, values in
+                 (("--seeds", request.seeds), ("--datasets", request.datasets)) if values]
+        raise ConfigError(f"{' '.join(given)} is invalid: run {repeated[0]} comes twice; allowed distinct values")
+    # Teachers first (a student waits for its teacher's encoder), each once, even when also selected.
+    ordered = {run.run_id: run for run in teachers}
+    ordered.update({run.run_id: run for run in runs if run.run_id not in ordered})
+    return RunPlan(base, tuple(ordered.values()), force=request.force, resume=request.resume)

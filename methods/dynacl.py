@@ -42,8 +42,14 @@ from typing import Any
 
 import torch
 
-from bench.annealing import (ANNEAL_LAMBDA, ANNEAL_PERIOD, annealed_augment, augmentation_strength,
-                             dynacl_adversarial_weight, reweighting_omega)
+from bench.annealing import (
+    ANNEAL_LAMBDA,
+    ANNEAL_PERIOD,
+    annealed_augment,
+    augmentation_strength,
+    dynacl_adversarial_weight,
+    reweighting_omega,
+)
 from bench.attacks import pgd
 from bench.config import ConfigError
 from bench.losses import nt_xent

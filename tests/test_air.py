@@ -195,5 +195,5 @@ def test_air_parameters_are_checked_and_published():
     assert dynamic.published("paper", "cifar10").params["post_clusters"] == 10
     assert dynamic.published("paper", "cifar10").params["anneal_lambda"] == pytest.approx(2 / 3)
     with pytest.raises(ConfigError, match="dataset='stl10' is invalid for the paper settings of 'dynacl-air\\+\\+'"):
-        dynamic.published("paper", "stl10").params
+        dynamic.published("paper", "stl10")
     assert registry.get("dynacl-air++-ip").published("paper", "cifar100").params["post_clusters"] == 100

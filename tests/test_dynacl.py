@@ -16,7 +16,6 @@ from bench.method import StepContext
 from bench.models import ContrastiveModel
 from bench.optim import learning_rate
 from bench.views import StrongAugment
-
 from methods.dynacl import KeyEncoderModel
 from tests.test_air import reference_nt_xent
 

@@ -14,8 +14,16 @@ import bench.post as post
 from bench.attacks import trades_kl_attack
 from bench.data import to_float
 from bench.models import Classifier, build_contrastive_model
-from bench.post import (PostSettings, check_settings, encoder_features, kmeans_labels, linear_probe, post_process,
-                        trades_adversary, trades_loss)
+from bench.post import (
+    PostSettings,
+    check_settings,
+    encoder_features,
+    kmeans_labels,
+    linear_probe,
+    post_process,
+    trades_adversary,
+    trades_loss,
+)
 
 SMALL = dict(clusters=4, head_epochs=2, epochs=1, milestones=(), batch_size=32, attack_steps=2, epsilon=0.06,
              step_size=0.015, augment=False)

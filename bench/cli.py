@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import progress, registry
 from bench.config import ATTACKS, DEVICES, PRESETS, SCHEMES, ConfigError
-from bench.checkpoints import CheckpointError
+from bench.checkpoints import FORMATS, CheckpointError
 from bench.data import DATASETS, DatasetMissingError
 from bench.downloads import DownloadError
 from bench.protocols import PROTOCOLS
@@ -125,11 +125,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name, cls in methods.items():
             print(json.dumps({"name": name, "description": cls.description, "base": cls.base_name or name,
                               "bn_branches": list(cls.bn_branches), "finetune_bn": cls.finetune_bn,
-                              "inferior_positives": cls.inferior_positives, "hard_negatives": cls.hard_negatives}))
+                              "inferior_positives": cls.inferior_positives, "hard_negatives": cls.hard_negatives,
+                              "in_all": cls.selected_by_all}))
         return 0
     width = max(len(name) for name in methods)
     for name, cls in methods.items():
-        print(f"{name:<{width}}  {cls.description}")
+        print(f"{name:<{width}}  {'' if cls.selected_by_all else '° '}{cls.description}")
+    if not all(cls.selected_by_all for cls in methods.values()):
+        print("° not in --methods all (the A-InfoNCE table): select by name or pattern, "
+              "e.g. --methods 'dynacl*' deacl")
     return 0
 
 
@@ -437,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         source = ev.add_mutually_exclusive_group(required=True)
         source.add_argument("--checkpoint", help="encoder checkpoint file")
         source.add_argument("--robustbench-model", help="RobustBench model name (needs acl-bench[robustbench])")
-        ev.add_argument("--format", default="bench", help="checkpoint format: bench, robustssl, advcl, rocl, acl")
+        ev.add_argument("--format", default="bench", help="checkpoint format: " + ", ".join(FORMATS))
         ev.add_argument("--branch", help="BN branch to load from a multi-BN checkpoint (default: the format's adversarial one)")
         ev.add_argument("--name", help="method name to store the results under (default: the checkpoint's recorded "
                         "method, else FORMAT:FILE-STEM)")

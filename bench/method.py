@@ -20,7 +20,7 @@ negatives (``bench.variants``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,10 @@ from bench.models import ContrastiveModel, build_contrastive_model
 from bench.results import RunDir
 
 QUIRKS = ("none", "official")
+
+if TYPE_CHECKING:
+    from bench.config import RunConfig
+    from bench.post import PostSettings
 
 
 @dataclass
@@ -91,6 +95,9 @@ class StepContext:
     attack: AttackConfig
     indices: torch.Tensor | None = None
     run_dir: RunDir | None = None  # where a method may cache what it computes once (e.g. pseudo-labels)
+    # The run's total pretraining epochs. Schedules over the whole run need it (DynACL's
+    # augmentation strength); the harness passes ``config.pretrain.epochs`` (0: not given).
+    epochs: int = 0
 
 
 class Method:
@@ -120,12 +127,20 @@ class Method:
     hard_negatives: ClassVar[bool] = False
     base_name: ClassVar[str] = ""
     variant_note: ClassVar[str] = ""  # shown in `bench list` for the derived variants
+    # Whether ``--methods all`` selects it. The smoke run of ``all`` must stay within ~10 minutes on two
+    # cores, so ``all`` is the A-InfoNCE paper's table (SimCLR, ACL, RoCL, AdvCL and their variants)
+    # plus plugins; the newer methods (DeACL, DynACL, AIR families) are selected by name or pattern.
+    selected_by_all: ClassVar[bool] = True
     # Distillation (DeACL): this method learns from a frozen, pretrained encoder of the method
     # named ``teacher_method``. When ``needs_teacher()`` is true the harness pretrains or reuses
     # that method's run (same preset, data, model and seed), loads its encoder and calls
     # ``set_teacher`` before ``setup``; a teacher file named in the parameters is the method's own.
     requires_teacher: ClassVar[bool] = False
     teacher_method: ClassVar[str] = ""
+    # The label of its stage between pretraining and finetuning (bench.post.POST_STAGES): '' none, 'pp'
+    # DynACL++'s LP-AFT on K-means pseudo-labels. bench.stages.post_stage runs ``bench.post.post_process``
+    # when ``post_settings`` returns settings, and records this label.
+    post: ClassVar[str] = ""
 
     def __init__(self, params: MethodParams | None = None):
         self.params = params if params is not None else self.Params()
@@ -207,6 +222,22 @@ class Method:
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
         """Return ``(loss, logs)`` for one batch of images in [0, 1]."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ after pretraining
+    def encoder_for_finetuning(self, model: ContrastiveModel) -> ContrastiveModel:
+        """The encoder that is post-processed, saved and finetuned after pretraining: ``model``.
+
+        DynACL overrides it: its checkpoint for downstream use is the momentum (EMA) key encoder.
+        The result is a ``ContrastiveModel`` built like ``build_model``'s (same branches, projector):
+        ``bench.stages`` stores it as ``encoder.pt`` and loads stored encoders into
+        ``encoder_for_finetuning(build_model(...))``, so it must not depend on the weights' values.
+        """
+        return model
+
+    def post_settings(self, config: RunConfig) -> PostSettings | None:
+        """Settings of this method's post stage (``bench.post``; run by ``bench.stages.post_stage`` on the
+        stored encoder before finetuning), or None when it has none."""
+        return None
 
     # ------------------------------------------------------------------ A-InfoNCE
     def contrastive_loss(

@@ -2,8 +2,8 @@
 
 ``run_plan`` takes a resolved ``RunPlan`` (``bench.plan``) and runs each method run, in this
 process or in forked worker processes (CPU). A run is its stages (``bench.stages``: pretrain,
-finetune per scheme, finish) in sequence and writes only inside its own run directory
-(``bench.results.RunDir``); after each run this process rebuilds the ``results.csv`` index.
+post when the method has one, finetune per scheme, finish) in sequence and writes only inside its
+own run directory (``bench.results.RunDir``); after each run this process rebuilds the ``results.csv`` index.
 A completed run (same id) is skipped unless ``force``; an interrupted one continues from its
 checkpoint with ``resume``. ``bench sweep`` runs the same stages as scheduler jobs (``bench.sweep``).
 """
@@ -30,6 +30,7 @@ from bench.stages import (
     StageContext,
     finetune_stage,
     finish_stage,
+    post_stage,
     pretrain_stage,
 )
 
@@ -55,6 +56,7 @@ def run_method(run: MethodRun, plan: RunPlan, store: ResultsStore, cache: DataCa
         return RunOutcome(run.run_id, run.method, "skipped")
     context = StageContext(store, device, cache, force=plan.force, resume=plan.resume)
     pretrain_stage(run, context)
+    post_stage(run, context)
     for scheme in run.config.finetune.schemes:
         finetune_stage(run, scheme, context)
     finish_stage(store.run(run.run_id), required=True)

@@ -44,6 +44,8 @@ class RunDir:
     PSEUDO_LABELS = "pseudo_labels.npz"  # computed pseudo-labels (AdvCL family), reused on resume
     ROWS = "rows.csv"  # the run's measured numbers (written before DONE; results.csv indexes them)
     PRETRAIN_SUMMARY = "pretrain.json"  # the pretraining stage's record (written after ENCODER: the stage is done)
+    POST_ENCODER = "encoder_post.pt"  # a post stage's encoder (DynACL++'s LP-AFT), finetuned instead of ENCODER
+    POST_SUMMARY = "post.json"  # the post stage's record (written after POST_ENCODER)
     FAILED = "failed.json"  # why the last attempt failed (a later run starts afresh, or resumes after a kill)
     PROGRESS = "progress.json"  # the stage reached (pretraining step k of n, finetuning scheme)
 
@@ -88,6 +90,14 @@ class RunDir:
     @property
     def pretrain_summary(self) -> Path:
         return self.path / self.PRETRAIN_SUMMARY
+
+    @property
+    def post_encoder(self) -> Path:
+        return self.path / self.POST_ENCODER
+
+    @property
+    def post_summary(self) -> Path:
+        return self.path / self.POST_SUMMARY
 
     def scheme_rows(self, scheme: str) -> Path:
         """One finetuning scheme's rows (its stage's output); ``rows.csv`` assembles them in scheme order."""

@@ -105,7 +105,7 @@ def pretrain(
     checkpoint_path = run_dir.checkpoint
     start = 0
     setup_context = StepContext(epoch=0, step=0, steps_per_epoch=per_epoch, device=device, generator=generator,
-                                attack=config.attack, run_dir=run_dir)
+                                attack=config.attack, run_dir=run_dir, epochs=settings.epochs)
     method.setup(model, train_images, setup_context)
     if resume and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path, device)
@@ -131,7 +131,7 @@ def pretrain(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             context = StepContext(epoch=epoch, step=step, steps_per_epoch=per_epoch, device=device, generator=generator,
-                                  attack=config.attack, indices=indices, run_dir=run_dir)
+                                  attack=config.attack, indices=indices, run_dir=run_dir, epochs=settings.epochs)
             model.train()
             with _autocast(device, settings.amp):
                 loss, logs = method.training_step(model, images, context)

@@ -15,7 +15,8 @@ import traceback
 from pathlib import Path
 
 from bench import progress, registry
-from bench.config import ATTACKS, DEVICES, PRESETS, SCHEMES, ConfigError
+from bench.atomic import DiskFullError
+from bench.config import ATTACKS, DEVICES, PRESETS, SCHEMES, ConfigError, check_directory
 from bench.checkpoints import CheckpointError
 from bench.data import DATASETS, DatasetMissingError
 from bench.provenance import code_version
@@ -155,6 +156,7 @@ def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: li
                    key=lambda name: methods[name].has_adversarial_views)
     order = [name for base in bases for name in (base, *(n for n, c in methods.items() if c.base_name == base))]
     results_dir, reports_dir = dirs
+    check_directory("reports_dir", reports_dir)
     written = write_reports(results_dir / "results.csv", reports_dir, results_dir / "runs",
                             results_dir / "reference", paper=paper, curve_methods=curve_methods,
                             method_order=order + [name for name in methods if name not in order])
@@ -361,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="write a finetuned classifier as a plain nn.Module file (RobustBench-ready)")
     exp.add_argument("run_id", help="a run id from results/results.csv")
     exp.add_argument("--scheme", default="AFF", help="which finetuned classifier: SLF, ALF or AFF")
-    exp.add_argument("--out", required=True, help="output file (.pt)")
+    exp.add_argument("--out", required=True, help="output file (.pt), or a directory to write RUN_ID-SCHEME.pt into")
     exp.add_argument("--results-dir", default="results", help="results store (default results/)")
     exp.set_defaults(handler=cmd_export)
 
@@ -463,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
 # Errors that mean "the command's input is wrong" (exit 2); anything else is a failure (exit 1).
 BAD_INPUT = (ConfigError, DatasetMissingError, CheckpointError, FileNotFoundError, ImportError)
 # Failures whose message already says what is wrong and what to do: no traceback hint.
-EXPECTED = (*BAD_INPUT, StoreError, RowError)
+EXPECTED = (*BAD_INPUT, StoreError, RowError, DiskFullError)
 
 
 def _error(args: argparse.Namespace, error: Exception, status: int) -> int:

@@ -113,6 +113,8 @@ def export_run(results_dir: Path, run_id: str, scheme: str, out: Path) -> Path:
     source = ResultsStore(results_dir).run(run_id).classifier(scheme)
     if not source.exists():
         raise FileNotFoundError(f"no {scheme} classifier stored for run {run_id!r} (looked for {source})")
+    if out.is_dir():  # like cp: a directory receives the file under the run's name
+        out = out / f"{run_id}-{scheme}.pt"
     export_classifier(load_classifier(source), out)
     return out
 

@@ -113,9 +113,27 @@ def assemble(request: RunRequest, pretrain_settings: dict[str, Any] | None = Non
 def resolve_params(method: type[Method], config: RunConfig, request: RunRequest) -> MethodParams:
     """The method's hyperparameters: Params defaults < published settings < the user's ``--param``."""
     values = dict(method.published(config.preset, config.data.name).params)
-    for scope in ("*", method.name):
-        values.update(request.method_params.get(scope, {}))
+    unread = method.unread_params()
+    # An unscoped --param reaches the methods that read it (acl's id is the same with or without alpha=).
+    values.update({key: value for key, value in request.method_params.get("*", {}).items() if key not in unread})
+    for key, value in request.method_params.get(method.name, {}).items():
+        if key in unread:
+            raise ConfigError(f"--param {method.name}:{key}={value} is invalid: {method.name} never reads {key!r}; "
+                              f"allowed {sorted(set(field_types(method.Params)) - unread)}")
+        values[key] = value
     return method.make_params(values)
+
+
+def check_unscoped_params(request: RunRequest, names: list[str]) -> None:
+    """An unscoped ``--param KEY=V`` must be read by at least one selected method (else it is a typo
+    or a knob of a variant that was not selected, and would silently change nothing)."""
+    methods = [registry.get(name) for name in names]
+    for key, value in request.method_params.get("*", {}).items():
+        readers = [cls for cls in methods if key in field_types(cls.Params) and key not in cls.unread_params()]
+        if not readers and any(key in field_types(cls.Params) for cls in methods):
+            read = sorted({name for cls in methods for name in set(field_types(cls.Params)) - cls.unread_params()})
+            raise ConfigError(f"--param {key}={value} is invalid: no selected method reads {key!r} "
+                              f"(e.g. alpha is read by the -ip variants only); allowed {read}")
 
 
 def identity(method: type[Method], config: RunConfig, params: MethodParams) -> dict[str, Any]:
@@ -215,6 +233,7 @@ def build_plan(request: RunRequest) -> RunPlan:
     if unknown_scopes:
         raise ConfigError(f"--param scope {unknown_scopes[0]!r} is invalid: it names no selected method; "
                           f"allowed {names}")
+    check_unscoped_params(request, names)
     runs, teachers = [], []
     for single in singles:
         single_base = assemble(single)

@@ -138,6 +138,7 @@ class DeACL(Method):
     has_adversarial_views = False  # no InfoNCE: see the module docstring
     requires_teacher = True
     teacher_method = "simclr"
+    ignored_params = ("temperature",)  # a cosine distillation loss: no InfoNCE temperature
     Params = DeACLParams
     paper = PAPER
     smoke = SMOKE

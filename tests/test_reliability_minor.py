@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,3 +176,27 @@ def test_a_full_disk_mid_run_is_one_line_and_resume_gives_the_clean_rows(stored_
     measured = [(r.scheme, r.attack, r.metric, r.value) for r in ResultsStore(tmp_path / "r").read_rows()]
     clean = [(r.scheme, r.attack, r.metric, r.value) for r in ResultsStore(reference_root / "r").read_rows()]
     assert measured == clean and json.loads(run.done.read_text())
+
+
+# ------------------------------------------------------------------ damaged files read by the report and by import
+def test_a_binary_loss_history_costs_its_curve_not_the_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(progress, "_quiet", False)
+    results_csv = write_store(tmp_path, [row("acl-s0", "acl", "SLF", "clean", 90.0),
+                                         row("rocl-s0", "rocl", "SLF", "clean", 80.0)])
+    history = tmp_path / "results" / "runs" / "acl-s0" / "pretrain_history.csv"
+    history.write_bytes(b"\xff\xfe\xac\x00" * 50)
+    written = write_reports(results_csv, tmp_path / "rep", tmp_path / "results" / "runs", None)
+    assert any(path.name.startswith("loss") for path in map(Path, written))  # rocl's curve is still drawn
+    warning = [line for line in capsys.readouterr().err.splitlines() if "pretrain_history.csv" in line]
+    assert warning == [f"warning: {history}: not a loss history (UnicodeDecodeError); "
+                       "its run is left out of the loss figure"]
+
+
+@pytest.mark.parametrize("content", [b"hello\n", b""])
+def test_a_checkpoint_that_is_no_torch_file_says_so(tmp_path, content):
+    from bench.checkpoints import CheckpointError, load_encoder
+
+    path = tmp_path / "notes.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"notes\.pt is not a torch\.save file \(neither a zip archive nor a pickle\)"):
+        load_encoder(path, "bench")

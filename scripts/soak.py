@@ -13,8 +13,9 @@ With ``--damage`` (the default) ``results.csv`` is also damaged between some att
 zero bytes, random bytes): the run directories are the truth and the next run rebuilds the index.
 After every attempt the store is checked: every checkpoint, encoder and classifier loads with
 ``torch.load(weights_only=True)``, every JSON file parses, every complete run's ``rows.csv`` validates,
-no process of the attempt is left. At the end the plan is run to completion, and its rows (every
-column but timestamp and wall time) and encoders must equal the reference's.
+no process of the attempt is left. Whenever an attempt finishes the plan before its kill, and at the
+end (after one last uninterrupted ``--resume``), the store's rows (every column but timestamp and
+wall time) and encoders must equal the reference's; the next attempt then starts a new store.
 
 This is a script, not a CI test (minutes of CPU): ``python scripts/soak.py --iterations 20``.
 ``--fast`` shrinks the plan (one method, one scheme, in-process) for a quick check;
@@ -43,8 +44,8 @@ from bench.results import ResultsStore, RunDir  # noqa: E402
 
 KILLS = ("SIGKILL group", "SIGKILL main", "SIGTERM main")
 DAMAGES = ("torn last row", "zero bytes", "random bytes")
-# Columns of a row that legitimately differ between two runs of the same plan.
-VOLATILE_COLUMNS = ("timestamp", "wall_s")
+# Columns of a row that legitimately differ between two runs of the same plan (the numbers never do).
+VOLATILE_COLUMNS = ("timestamp", "wall_s", "code_version")  # the tree may be edited during a long soak
 SETTINGS = ["--epochs", "2", "--finetune-epochs", "1", "--n-eval", "32", "--attacks", "clean,pgd20",
             "--set", "evaluate.epsilon_curve=", "--set", "pretrain.checkpoint_every=5", "--device", "cpu"]
 FULL = {"methods": ["simclr", "acl"], "extra": ["--schemes", "SLF,ALF", "--jobs", "2"]}
@@ -179,47 +180,72 @@ def _tensors(payload, prefix: str = ""):
             yield from _tensors(payload[key], f"{prefix}.{key}")
 
 
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def compare_with_reference(store: Path, reference: Path) -> list[str]:
+    """Problems of a finished store: unreadable files, rows or encoders other than the uninterrupted run's."""
+    problems = check_store(store)
+    if comparable_rows(store) != comparable_rows(reference):
+        problems.append("the rows differ from the uninterrupted run's")
+    return problems + [f"encoder of {run_id} differs from the uninterrupted run's"
+                       for run_id in differing_encoders(reference, store)]
+
+
+def attempt_once(store: Path, plan: dict, rng: random.Random, reference_s: float, damage: bool) -> dict:
+    """One attempt on ``store``: started with --resume, killed at a random moment, then the store checked."""
+    attempt = kill_attempt(bench_command(store, plan, resume=True), rng.uniform(0.5, reference_s * 1.1),
+                           rng.choice(KILLS))
+    found = check_store(store)
+    if attempt["orphans_left"]:
+        found.append("processes of the attempt were still alive 60 s after it was killed")
+    if attempt["kill"] == "SIGTERM main" and attempt["exit"] not in (130, 0):
+        found.append(f"SIGTERM gave exit {attempt['exit']} (expected 130): {attempt['stderr']}")
+    if damage and rng.random() < 0.3:
+        kind = rng.choice(DAMAGES)
+        attempt["damage"] = kind if damage_index(store, kind, rng) else "none (no results.csv yet)"
+    attempt["problems"] = found
+    return attempt
+
+
 def soak(work: Path, iterations: int, fast: bool, damage: bool, seed: int, log=print) -> dict:
-    """Reference run, ``iterations`` killed attempts, the final run, and the verdict (a JSON-able dict)."""
+    """Reference run, ``iterations`` attempts, the final run, and the verdict (a JSON-able dict).
+
+    The attempts go in rounds: each round has its own store (``soaked-N``), resumed attempt after
+    attempt; an attempt that finishes the plan before its kill ends the round, whose store is then
+    compared with the reference, and the next attempt starts a new round from nothing."""
     rng = random.Random(seed)
     plan = FAST if fast else FULL
-    reference, soaked = work / "reference", work / "soaked"
+    reference = work / "reference"
     started = time.time()
-    result = subprocess.run(bench_command(reference, plan, resume=False), cwd=REPO, capture_output=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    result = subprocess.run(bench_command(reference, plan, resume=False), cwd=REPO, capture_output=True, env=_env())
     if result.returncode != 0:
         raise SystemExit(f"soak: the reference run failed: {result.stderr.decode(errors='replace').strip()[-500:]}")
     reference_s = time.time() - started
     log(f"reference run: {reference_s:.1f} s, {len(comparable_rows(reference))} rows")
-    attempts, problems = [], []
+    attempts, problems, rounds = [], [], 1
     for index in range(iterations):
-        attempt = kill_attempt(bench_command(soaked, plan, resume=True), rng.uniform(0.5, reference_s * 1.1),
-                               rng.choice(KILLS))
-        found = check_store(soaked)
-        if attempt["orphans_left"]:
-            found.append("processes of the attempt were still alive 60 s after it was killed")
-        if attempt["kill"] == "SIGTERM main" and attempt["exit"] not in (130, 0):
-            found.append(f"SIGTERM gave exit {attempt['exit']} (expected 130): {attempt['stderr']}")
-        if damage and rng.random() < 0.3:
-            kind = rng.choice(DAMAGES)
-            attempt["damage"] = kind if damage_index(soaked, kind, rng) else "none (no results.csv yet)"
-        attempt["problems"] = found
-        problems += [f"attempt {index + 1}: {problem}" for problem in found]
+        store = work / f"soaked-{rounds}"
+        attempt = attempt_once(store, plan, rng, reference_s, damage)
+        found = attempt["problems"]
+        if attempt["kill"].startswith("none") and attempt["exit"] == 0:  # the plan finished: the round is over
+            found += compare_with_reference(store, reference)
+            attempt["round_finished"] = rounds
+            rounds += 1
+        problems += [f"attempt {index + 1} ({store.name}): {problem}" for problem in found]
         attempts.append(attempt)
-        log(f"attempt {index + 1}/{iterations}: " + json.dumps({k: v for k, v in attempt.items() if k != 'stderr'}))
-    final = subprocess.run(bench_command(soaked, plan, resume=True), cwd=REPO, capture_output=True,
-                           env={**os.environ, "PYTHONPATH": str(REPO)})
+        log(f"attempt {index + 1}/{iterations}: " + json.dumps({k: v for k, v in attempt.items() if k != "stderr"}))
+    store = work / f"soaked-{rounds}"
+    final = subprocess.run(bench_command(store, plan, resume=True), cwd=REPO, capture_output=True, env=_env())
     if final.returncode != 0:
         problems.append(f"the final run exited {final.returncode}: {final.stderr.decode(errors='replace').strip()[-300:]}")
-    problems += [f"final store: {problem}" for problem in check_store(soaked)]
-    if comparable_rows(soaked) != comparable_rows(reference):
-        problems.append("the final rows differ from the uninterrupted run's")
-    problems += [f"encoder of {run_id} differs from the uninterrupted run's"
-                 for run_id in differing_encoders(reference, soaked)]
-    leftovers = sorted(str(path.relative_to(soaked)) for path in soaked.rglob("*.tmp"))
-    return {"iterations": iterations, "fast": fast, "seed": seed, "reference_s": round(reference_s, 1),
+    problems += [f"final run ({store.name}): {problem}" for problem in compare_with_reference(store, reference)]
+    leftovers = sorted(str(path.relative_to(work)) for path in work.glob("soaked-*/**/*.tmp"))
+    return {"iterations": iterations, "rounds_compared": rounds, "fast": fast, "seed": seed,
+            "reference_s": round(reference_s, 1),
             "kills": {kind: sum(a["kill"] == kind for a in attempts) for kind in (*KILLS, "none (finished first)")},
-            "rows": len(comparable_rows(soaked)), "temp_files_left": leftovers, "problems": problems,
+            "rows": len(comparable_rows(store)), "temp_files_left": leftovers, "problems": problems,
             "ok": not problems, "total_s": round(time.time() - started, 1)}
 
 
@@ -235,16 +261,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.iterations < 0:
         parser.error(f"--iterations={args.iterations} is invalid: allowed integers >= 0")
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="acl-bench-soak-"))
-    if (work / "reference").exists() or (work / "soaked").exists():
-        parser.error(f"--workdir={str(work)!r} is invalid: allowed a directory without reference/ and soaked/")
+    if (work / "reference").exists() or any(work.glob("soaked-*")):
+        parser.error(f"--workdir={str(work)!r} is invalid: allowed a directory without reference/ and soaked-*/")
     verdict = soak(work, args.iterations, args.fast, args.damage, args.seed,
                    log=(lambda _: None) if args.json else print)
     verdict["workdir"] = str(work)
     if args.json:
         print(json.dumps(verdict))
     else:
-        print(f"{'OK' if verdict['ok'] else 'FAILED'}: {verdict['iterations']} killed attempts "
-              f"{verdict['kills']}, {verdict['rows']} rows, {len(verdict['temp_files_left'])} temp file(s) left, "
+        print(f"{'OK' if verdict['ok'] else 'FAILED'}: {verdict['iterations']} attempts {verdict['kills']}, "
+              f"{verdict['rounds_compared']} finished store(s) compared, {verdict['rows']} rows, {len(verdict['temp_files_left'])} temp file(s) left, "
               f"{verdict['total_s']} s (stores in {work})")
         for problem in verdict["problems"]:
             print(f"  {problem}")

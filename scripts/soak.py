@@ -202,9 +202,6 @@ def attempt_once(store: Path, plan: dict, rng: random.Random, reference_s: float
         found.append("processes of the attempt were still alive 60 s after it was killed")
     if attempt["kill"] == "SIGTERM main" and attempt["exit"] not in (130, 0):
         found.append(f"SIGTERM gave exit {attempt['exit']} (expected 130): {attempt['stderr']}")
-    if damage and rng.random() < 0.3:
-        kind = rng.choice(DAMAGES)
-        attempt["damage"] = kind if damage_index(store, kind, rng) else "none (no results.csv yet)"
     attempt["problems"] = found
     return attempt
 
@@ -233,6 +230,9 @@ def soak(work: Path, iterations: int, fast: bool, damage: bool, seed: int, log=p
             found += compare_with_reference(store, reference)
             attempt["round_finished"] = rounds
             rounds += 1
+        elif damage and rng.random() < 0.3:  # the next attempt must rebuild the index from the run directories
+            kind = rng.choice(DAMAGES)
+            attempt["damage"] = kind if damage_index(store, kind, rng) else "none (no results.csv yet)"
         problems += [f"attempt {index + 1} ({store.name}): {problem}" for problem in found]
         attempts.append(attempt)
         log(f"attempt {index + 1}/{iterations}: " + json.dumps({k: v for k, v in attempt.items() if k != "stderr"}))

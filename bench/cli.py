@@ -293,10 +293,11 @@ def run_stage_command(argv: list[str]) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from bench.external import export_run
+    from bench.export import export_run, sidecar_path
 
-    path = export_run(Path(args.results_dir), args.run_id, args.scheme, Path(args.out))
+    path = export_run(Path(args.results_dir), args.run_id, args.scheme, Path(args.out), args.format)
     print(path)
+    progress.log(f"sidecar: {sidecar_path(path)}")
     return 0
 
 
@@ -360,10 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--json", action="store_true", help="one JSON object per method")
     lst.set_defaults(handler=cmd_list)
 
-    exp = sub.add_parser("export", help="write a finetuned classifier as a plain nn.Module file (RobustBench-ready)")
+    exp = sub.add_parser("export", help="write a finetuned classifier as TorchScript, a RobustBench-format state "
+                         "dict or safetensors, with a JSON sidecar (method, arch, normalisation, run id, metrics)")
     exp.add_argument("run_id", help="a run id from results/results.csv")
     exp.add_argument("--scheme", default="AFF", help="which finetuned classifier: SLF, ALF or AFF")
-    exp.add_argument("--out", required=True, help="output file (.pt), or a directory to write RUN_ID-SCHEME.pt into")
+    exp.add_argument("--out", required=True, help="output file, or a directory to write RUN_ID-SCHEME.pt into")
+    exp.add_argument("--format", default="torchscript", choices=("torchscript", "robustbench", "safetensors"),
+                     help="torchscript: self-contained module (torch only); robustbench: {'state_dict': ...} as "
+                     "robustbench.utils.load_model reads; safetensors: tensors only (needs acl-bench[export]). "
+                     "Load any of them with bench.export.load_exported(path)")
     exp.add_argument("--results-dir", default="results", help="results store (default results/)")
     exp.set_defaults(handler=cmd_export)
 

@@ -4,7 +4,8 @@
 RobustSSL benchmark's, or one of ours) through exactly the protocol of ``bench run``
 (``bench.protocol``), so its numbers sit in the same table. ``--robustbench-model``
 evaluates a supervised adversarial-training classifier under the same attacks (scheme ``AT``:
-no finetuning). ``bench export`` writes a stored classifier as a portable TorchScript file.
+no finetuning). ``export_classifier`` writes a classifier as a portable TorchScript file (``bench export``,
+``bench.export``).
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from torch import nn
 
 from bench import progress
 from bench.atomic import atomic_write
-from bench.checkpoints import load_classifier, load_encoder
-from bench.config import SCHEMES, ConfigError, config_hash, to_dict
+from bench.checkpoints import load_encoder
+from bench.config import ConfigError, config_hash, to_dict
 from bench.device import resolve_device
 from bench.pipeline import DataCache
 from bench.plan import RunRequest, assemble
@@ -104,19 +105,6 @@ def evaluate_external(
     rows = [ResultRow.of(context, measurement) for measurement in measurements]
     store.record(run_id, rows, {"finished": now(), "rows": len(rows)})
     return run_id
-
-
-def export_run(results_dir: Path, run_id: str, scheme: str, out: Path) -> Path:
-    """Write the finetuned classifier of a stored run as a self-contained module file."""
-    if scheme not in SCHEMES:
-        raise ConfigError(f"scheme={scheme!r} is invalid: allowed {list(SCHEMES)}")
-    source = ResultsStore(results_dir).run(run_id).classifier(scheme)
-    if not source.exists():
-        raise FileNotFoundError(f"no {scheme} classifier stored for run {run_id!r} (looked for {source})")
-    if out.is_dir():  # like cp: a directory receives the file under the run's name
-        out = out / f"{run_id}-{scheme}.pt"
-    export_classifier(load_classifier(source), out)
-    return out
 
 
 def _quiet_jit(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

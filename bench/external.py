@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
+import importlib.util
 import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -165,11 +168,43 @@ def load_robustbench_model(
     ``model_dir`` defaults to ``$ACL_BENCH_CACHE/robustbench`` (``~/.cache/acl-bench``) rather
     than RobustBench's ``./models``, so runs from different directories share downloads.
     """
-    try:
-        from robustbench.utils import load_model
-    except ImportError:
-        raise ImportError("robustbench is not installed: pip install 'acl-bench[robustbench]'") from None
+    load_model = robustbench_loader()
     if model_dir is None:
         model_dir = Path(os.environ.get("ACL_BENCH_CACHE", "~/.cache/acl-bench")).expanduser() / "robustbench"
     model = load_model(model_name=name, dataset=dataset, threat_model=threat_model, model_dir=str(model_dir))
     return model.eval()
+
+
+def alias_autoattack() -> bool:
+    """Make ``import autoattack`` (and ``autoattack.state`` …) give the ``pyautoattack`` package.
+
+    robustbench 1.1 imports fra31/auto-attack under its git name ``autoattack``
+    (``robustbench/eval.py``: ``from autoattack import AutoAttack``, ``from autoattack.state import
+    EvaluationState``); the PyPI distribution we depend on installs the same code as ``pyautoattack``.
+    Nothing is aliased when a real ``autoattack`` is importable. Returns whether the alias was made."""
+    if "autoattack" in sys.modules or importlib.util.find_spec("autoattack") is not None:
+        return False
+    importlib.import_module("pyautoattack")
+
+    for name in ("state", "checks", "other_utils", "autopgd_base"):  # what robustbench and its callers import
+        if importlib.util.find_spec(f"pyautoattack.{name}") is not None:
+            importlib.import_module(f"pyautoattack.{name}")
+    for name, module in list(sys.modules.items()):
+        if name == "pyautoattack" or name.startswith("pyautoattack."):
+            sys.modules["autoattack" + name.removeprefix("pyautoattack")] = module
+    return True
+
+
+def robustbench_loader() -> Callable[..., nn.Module]:
+    """``robustbench.utils.load_model``, after the ``autoattack`` alias; a missing package and a package
+    that fails to import are two different one-line ``ImportError``s."""
+    alias_autoattack()
+    try:
+        from robustbench.utils import load_model
+    except ModuleNotFoundError as error:
+        if error.name == "robustbench" or (error.name or "").startswith("robustbench."):
+            raise ImportError("robustbench is not installed: pip install 'acl-bench[robustbench]'") from None
+        raise ImportError(f"robustbench is installed but failed to import: {progress.error_line(error)}") from None
+    except Exception as error:  # noqa: BLE001 - any error inside its import is the same finding for the user
+        raise ImportError(f"robustbench is installed but failed to import: {progress.error_line(error)}") from None
+    return load_model

@@ -21,6 +21,9 @@ class DiskFullError(OSError):
     def __init__(self, path: Path):
         super().__init__(errno.ENOSPC, "no space left on the device", str(path))
 
+    def __reduce__(self):  # pickles (a worker's or a scheduler job's exception) as its path alone
+        return (type(self), (Path(self.filename),))
+
     def __str__(self) -> str:
         return (f"no space left on the device while writing {self.filename} (the previous file is intact; "
                 "free some space, then rerun with --resume)")

@@ -195,7 +195,7 @@ def compare_with_reference(store: Path, reference: Path) -> list[str]:
 
 def attempt_once(store: Path, plan: dict, rng: random.Random, reference_s: float, damage: bool) -> dict:
     """One attempt on ``store``: started with --resume, killed at a random moment, then the store checked."""
-    attempt = kill_attempt(bench_command(store, plan, resume=True), rng.uniform(0.5, reference_s * 1.1),
+    attempt = kill_attempt(bench_command(store, plan, resume=True), rng.uniform(0.5, reference_s * 0.8),
                            rng.choice(KILLS))
     found = check_store(store)
     if attempt["orphans_left"]:

@@ -150,6 +150,14 @@ def test_a_full_disk_leaves_the_previous_file_and_no_temp(tmp_path, monkeypatch,
     assert target.read_bytes() == b"previous" and os.listdir(tmp_path) == ["stored.bin"]
 
 
+def test_the_disk_full_error_survives_pickling(tmp_path):
+    import pickle
+
+    error = pickle.loads(pickle.dumps(DiskFullError(tmp_path / "results.csv")))
+    assert isinstance(error, OSError) and error.errno == errno.ENOSPC
+    assert str(error).startswith(f"no space left on the device while writing {tmp_path / 'results.csv'}")
+
+
 def test_a_full_disk_mid_run_is_one_line_and_resume_gives_the_clean_rows(stored_run, tmp_path, capsys, monkeypatch):
     """ENOSPC on the 3rd stored write of a run (inside pretraining): exit 1 with one line; the run
     is resumable; after space is freed, --resume records the same rows as a run that never failed."""

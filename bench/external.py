@@ -23,11 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench import progress
+from bench import progress, protocols
 from bench.atomic import atomic_write
 from bench.checkpoints import load_encoder
 from bench.config import ConfigError, config_hash, to_dict
 from bench.device import resolve_device
+from bench.finetune import check_dual_bn, scheme_settings
 from bench.pipeline import DataCache
 from bench.plan import RunRequest, assemble
 from bench.protocol import evaluate_ready_classifier, finetune_and_evaluate
@@ -64,6 +65,7 @@ def evaluate_external(
     not given: it is never guessed).
     """
     config = assemble(request)
+    protocols.check_overrides(config.finetune.protocol, list(request.overrides))
     device = resolve_device(config.device)
     store = ResultsStore(config.results_dir)
     data_name = config.data.eval_name or config.data.name
@@ -86,6 +88,10 @@ def evaluate_external(
         source, file_digest = str(path.resolve()), _file_digest(path)
         pretrain_epochs = info.get("pretrain_epochs")
     method = name or label
+    protocol_method = protocol_name(name, recorded if not robustbench_model else None,
+                                    None if robustbench_model else info.get("family"))
+    if not robustbench_model:
+        check_schemes(config, protocol_method, model, info.get("branch", "normal"))
     identity = {"config": to_dict(config), "source": source, "format": checkpoint_format, "branch": branch,
                 "file": file_digest, "pretrain_dataset": dataset}
     digest = config_hash(identity)
@@ -102,12 +108,29 @@ def evaluate_external(
     else:
         bn = info.get("branch", "normal")
         measurements = finetune_and_evaluate(model.to(device), bn if bn in model.bn_names() or not model.bn_names()
-                                             else "normal", data, config, device, run_dir, label=method)
+                                             else "normal", data, config, device, run_dir, label=method,
+                                             method=protocol_method)
     context = RowContext.of(run_id, config, env, device, method=method, dataset=dataset, eval_dataset=data.name,
                             config_hash=digest, pretrain_epochs=pretrain_epochs)
     rows = [ResultRow.of(context, measurement) for measurement in measurements]
     store.record(run_id, rows, {"finished": now(), "rows": len(rows)})
     return run_id
+
+
+def protocol_name(name: str | None, recorded: str | None, family: str | None) -> str:
+    """The method a protocol's per-method settings are looked up for: ``--name`` when it is a registered
+    method, else the checkpoint's recorded method (acl-bench checkpoints), else its format's family."""
+    from bench import registry
+
+    if name and name in registry.available():
+        return name
+    return recorded or family or (name or "")
+
+
+def check_schemes(config, method: str, model, bn: str) -> None:
+    """Every scheme's settings resolve for this encoder before any work (dual-BN AFF needs both branches)."""
+    for scheme in config.finetune.schemes:
+        check_dual_bn(scheme_settings(config, scheme, method), model, bn)
 
 
 def _quiet_jit(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

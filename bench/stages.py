@@ -19,6 +19,7 @@ processes give the numbers of the sequence in one.
 """
 from __future__ import annotations
 
+import dataclasses
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -206,11 +207,14 @@ def finetune_stage(run: MethodRun, scheme: str, ctx: StageContext) -> bool:
     method, model = load_run_encoder(run, run_dir)
     eval_data = ctx.cache.get(config.data.eval_name or config.data.name, config)
     measurements = finetune_and_evaluate_scheme(model, method.finetune_bn, eval_data, config, ctx.device, run_dir,
-                                                scheme, label=run.method)
+                                                scheme, label=run.method, method=run.method)
     context = RowContext.of(run.run_id, config, env, ctx.device, method=run.method, dataset=summary["dataset"],
                             eval_dataset=eval_data.name, config_hash=run.config_hash,
                             pretrain_epochs=config.pretrain.epochs)
-    run_dir.write_scheme_rows(scheme, [ResultRow.of(context, measurement) for measurement in measurements])
+    # the run's own flags (e.g. where the AdvCL family's pseudo-labels came from) go on every row
+    rows = [ResultRow.of(context, dataclasses.replace(measurement, flags=measurement.flags + run.flags))
+            for measurement in measurements]
+    run_dir.write_scheme_rows(scheme, rows)
     return True
 
 

@@ -26,7 +26,7 @@ Deviations from the released code (none changes a gradient or an adversarial exa
   clamped before the first step;
 - BatchNorm statistics are over the whole batch of 512 per view; the released run used
   DataParallel on 2 GPUs with apex's SyncBN conversion, which is inactive without
-  torch.distributed, i.e. per-GPU BN over 256 (ainfonce-notes §6 item 11);
+  torch.distributed, i.e. per-GPU BN over 256 (docs/fidelity.md);
 - pseudo-labels: the released files cluster features of an ImageNet-pretrained contrastive
   model (ClusterFit); pass such a file as ``pseudo_labels``, or let ``setup`` cluster the
   features of any encoder (``pseudo_label_encoder``) or, as a stand-in, raw pixels

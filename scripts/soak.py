@@ -164,7 +164,8 @@ def differing_encoders(reference: Path, soaked: Path) -> list[str]:
         if not other.encoder.exists():
             differing.append(f"{run.run_id} (no encoder)")
             continue
-        ours, theirs = (torch.load(path, map_location="cpu", weights_only=True) for path in (run.encoder, other.encoder))
+        ours, theirs = (torch.load(path, map_location="cpu", weights_only=True)
+                        for path in (run.encoder, other.encoder))
         tensors = [(key, value) for key, value in _tensors(ours)]
         if len(tensors) != len(list(_tensors(theirs))) or not all(
                 torch.equal(value, other_value) for (_, value), (_, other_value) in zip(tensors, _tensors(theirs))):
@@ -239,7 +240,8 @@ def soak(work: Path, iterations: int, fast: bool, damage: bool, seed: int, log=p
     store = work / f"soaked-{rounds}"
     final = subprocess.run(bench_command(store, plan, resume=True), cwd=REPO, capture_output=True, env=_env())
     if final.returncode != 0:
-        problems.append(f"the final run exited {final.returncode}: {final.stderr.decode(errors='replace').strip()[-300:]}")
+        reason = final.stderr.decode(errors="replace").strip()[-300:]
+        problems.append(f"the final run exited {final.returncode}: {reason}")
     problems += [f"final run ({store.name}): {problem}" for problem in compare_with_reference(store, reference)]
     leftovers = sorted(str(path.relative_to(work)) for path in work.glob("soaked-*/**/*.tmp"))
     return {"iterations": iterations, "rounds_compared": rounds, "fast": fast, "seed": seed,
@@ -270,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(verdict))
     else:
         print(f"{'OK' if verdict['ok'] else 'FAILED'}: {verdict['iterations']} attempts {verdict['kills']}, "
-              f"{verdict['rounds_compared']} finished store(s) compared, {verdict['rows']} rows, {len(verdict['temp_files_left'])} temp file(s) left, "
+              f"{verdict['rounds_compared']} finished store(s) compared, {verdict['rows']} rows, "
+              f"{len(verdict['temp_files_left'])} temp file(s) left, "
               f"{verdict['total_s']} s (stores in {work})")
         for problem in verdict["problems"]:
             print(f"  {problem}")

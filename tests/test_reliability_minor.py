@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from report_stores import row, write_sanity, write_store
+from test_reliability import TINY
 
 from bench import atomic, progress
 from bench.atomic import DiskFullError, atomic_write, save_torch_atomic
@@ -19,9 +21,6 @@ from bench.cli import main
 from bench.plan import RunRequest, build_plan
 from bench.report import write_reports
 from bench.results import ResultsStore
-
-from report_stores import row, write_sanity, write_store
-from test_reliability import TINY
 
 
 def _one_line_error(capsys, code: int, expected: int = 2) -> str:
@@ -72,7 +71,8 @@ def test_an_unscoped_parameter_reaches_only_the_methods_that_read_it():
 def test_reports_dir_that_is_a_file_is_one_line(tmp_path, capsys):
     results_csv = write_store(tmp_path, [row("acl-s0", "acl", "SLF", "clean", 90.0)])
     (tmp_path / "afile").write_text("x")
-    code = main(["report", "--results-dir", str(results_csv.parent), "--reports-dir", str(tmp_path / "afile"), "--quiet"])
+    code = main(["report", "--results-dir", str(results_csv.parent), "--reports-dir", str(tmp_path / "afile"),
+                 "--quiet"])
     err = _one_line_error(capsys, code)
     assert f"reports_dir='{tmp_path / 'afile'}' is invalid: allowed a directory" in err
 
@@ -206,5 +206,6 @@ def test_a_checkpoint_that_is_no_torch_file_says_so(tmp_path, content):
 
     path = tmp_path / "notes.pt"
     path.write_bytes(content)
-    with pytest.raises(CheckpointError, match=r"notes\.pt is not a torch\.save file \(neither a zip archive nor a pickle\)"):
+    expected = r"notes\.pt is not a torch\.save file \(neither a zip archive nor a pickle\)"
+    with pytest.raises(CheckpointError, match=expected):
         load_encoder(path, "bench")

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from report_stores import row
 
 from bench.results import ResultRow, ResultsStore, RowError, RunDir
-
-from report_stores import row
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
 

@@ -1,6 +1,6 @@
 """What every part of the report shares: the artifact record, method order, ε and name formatting.
 
-The report reads the store only (DESIGN §5: a report never trains) and imports no torch; the
+The report reads the store only (docs/design.md §5: a report never trains) and imports no torch; the
 method order comes from the caller (``bench.cli`` passes the registry's), never from a list here.
 """
 from __future__ import annotations
@@ -91,7 +91,7 @@ def round_epsilon(epsilon: float | None) -> float | None:
 
 
 def preset_banner(preset: str | None) -> str | None:
-    """The warning every non-paper table carries (DESIGN §5: a smoke table is a demonstration)."""
+    """The warning every non-paper table carries (docs/design.md §5: a smoke table is a demonstration)."""
     if preset in (None, "paper"):
         return None
     return f"{preset} preset: a working demonstration, not a result to compare with papers"
@@ -116,5 +116,6 @@ def latex_escape(text: str) -> str:
     replacements = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                     "–": "--", "±": r"$\pm$", "→": r"$\to$", "ε": r"$\epsilon$", "∞": r"$\infty$",
-                    "·": r"$\cdot$", "†": r"$^\dagger$", "Δ": r"$\Delta$", "−": "-", "≥": r"$\geq$"}
+                    "·": r"$\cdot$", "†": r"$^\dagger$", "Δ": r"$\Delta$", "−": "-", "≥": r"$\geq$",
+                    "α": r"$\alpha$", "▲": r"$\uparrow$", "▼": r"$\downarrow$"}
     return "".join(replacements.get(char, char) for char in text)

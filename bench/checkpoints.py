@@ -223,6 +223,9 @@ def _read(path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -> tuple[Ma
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # the unpickler raises several types; all mean the same here
+        if not _looks_like_torch_file(path):
+            raise CheckpointError(f"checkpoint {path} is not a torch.save file (neither a zip archive nor a "
+                                  "pickle): allowed files written by torch.save") from error
         raise CheckpointError(
             f"checkpoint {path} could not be read with torch.load(weights_only=True): {_first_line(error)}. "
             "If you trust the file, load it yourself with weights_only=False and pass the dict to load_encoder."
@@ -230,6 +233,14 @@ def _read(path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -> tuple[Ma
     if not isinstance(loaded, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(loaded).__name__}, not a dict or state dict")
     return loaded, str(path)
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (``PK``) or, in the legacy format, a pickle (protocol byte ``0x80``).
+    Anything else (a text file, an empty file) gets a plain reason instead of the unpickler's (e.g. '101')."""
+    with open(path, "rb") as stream:
+        head = stream.read(2)
+    return head == b"PK" or head[:1] == b"\x80"
 
 
 def _first_line(error: BaseException) -> str:

@@ -16,8 +16,9 @@ import traceback
 from pathlib import Path
 
 from bench import progress, registry
-from bench.config import ATTACKS, DEVICES, PRESETS, SCHEMES, ConfigError
+from bench.atomic import DiskFullError
 from bench.checkpoints import FORMATS, CheckpointError
+from bench.config import ATTACKS, DEVICES, PRESETS, SCHEMES, ConfigError, check_directory
 from bench.data import DATASETS, DatasetMissingError
 from bench.downloads import DownloadError
 from bench.protocols import PROTOCOLS
@@ -236,6 +237,7 @@ def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: li
                    key=lambda name: methods[name].has_adversarial_views)
     order = [name for base in bases for name in (base, *(n for n, c in methods.items() if c.base_name == base))]
     results_dir, reports_dir = dirs
+    check_directory("reports_dir", reports_dir)
     written = write_reports(results_dir / "results.csv", reports_dir, results_dir / "runs",
                             results_dir / "reference", paper=paper, curve_methods=curve_methods,
                             method_order=order + [name for name in methods if name not in order])
@@ -387,10 +389,11 @@ def _listed(values: list[str] | None) -> list[str]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from bench.external import export_run
+    from bench.export import export_run, sidecar_path
 
-    path = export_run(Path(args.results_dir), args.run_id, args.scheme, Path(args.out))
+    path = export_run(Path(args.results_dir), args.run_id, args.scheme, Path(args.out), args.format)
     print(path)
+    progress.log(f"sidecar: {sidecar_path(path)}")
     return 0
 
 
@@ -474,10 +477,15 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--results-dir", default="results", help="results store (default results/)")
     cmp.set_defaults(handler=cmd_compare)
 
-    exp = sub.add_parser("export", help="write a finetuned classifier as a plain nn.Module file (RobustBench-ready)")
+    exp = sub.add_parser("export", help="write a finetuned classifier as TorchScript, a RobustBench-format state "
+                         "dict or safetensors, with a JSON sidecar (method, arch, normalisation, run id, metrics)")
     exp.add_argument("run_id", help="a run id from results/results.csv")
     exp.add_argument("--scheme", default="AFF", help="which finetuned classifier: SLF, ALF or AFF")
-    exp.add_argument("--out", required=True, help="output file (.pt)")
+    exp.add_argument("--out", required=True, help="output file, or a directory to write RUN_ID-SCHEME.pt into")
+    exp.add_argument("--format", default="torchscript", choices=("torchscript", "robustbench", "safetensors"),
+                     help="torchscript: self-contained module (torch only); robustbench: {'state_dict': ...} as "
+                     "robustbench.utils.load_model reads; safetensors: tensors only (needs acl-bench[export]). "
+                     "Load any of them with bench.export.load_exported(path)")
     exp.add_argument("--results-dir", default="results", help="results store (default results/)")
     exp.set_defaults(handler=cmd_export)
 
@@ -579,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
 # Errors that mean "the command's input is wrong" (exit 2); anything else is a failure (exit 1).
 BAD_INPUT = (ConfigError, DatasetMissingError, CheckpointError, FileNotFoundError, ImportError)
 # Failures whose message already says what is wrong and what to do: no traceback hint.
-EXPECTED = (*BAD_INPUT, StoreError, RowError, DownloadError)
+EXPECTED = (*BAD_INPUT, StoreError, RowError, DownloadError, DiskFullError)
 
 
 def _error(args: argparse.Namespace, error: Exception, status: int) -> int:

@@ -17,6 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from numbers import Integral, Real
+from pathlib import Path
 from typing import Any, NoReturn
 
 PRESETS = ("smoke", "paper")
@@ -263,7 +264,18 @@ def validate(config: RunConfig) -> RunConfig:
     for name in ("results_dir", "reports_dir"):
         if not str(getattr(config, name)).strip():
             _fail(name, getattr(config, name), "a directory path (not empty)")
+        check_directory(name, getattr(config, name))
+    if {config.data.name, config.data.eval_name} - {"", "digits"}:  # the embedded digits need no data_dir
+        check_directory("data.data_dir", config.data.data_dir)
     return config
+
+
+def check_directory(name: str, path: str | Path) -> None:
+    """A directory the suite writes into or reads datasets from may be missing (it is created),
+    but an existing file there would fail late with an OS traceback: refuse it up front."""
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        _fail(name, str(path), "a directory (this path is a file)")
 
 
 def _validate_corruptions(config: RunConfig) -> None:

@@ -31,6 +31,8 @@ from bench.models import ContrastiveModel, build_contrastive_model
 from bench.results import RunDir
 
 QUIRKS = ("none", "official")
+IP_PARAMS = ("alpha", "adv_weight", "adaptive_epochs", "d_min")  # read by the -ip/-iphn variants only
+HN_PARAMS = ("beta", "tau_plus")  # read by the -hn/-iphn variants only
 
 if TYPE_CHECKING:
     from bench.config import RunConfig
@@ -141,6 +143,9 @@ class Method:
     # DynACL++'s LP-AFT on K-means pseudo-labels. bench.stages.post_stage runs ``bench.post.post_process``
     # when ``post_settings`` returns settings, and records this label.
     post: ClassVar[str] = ""
+    # Fields of ``Params`` the method's own code never reads (besides the variant knobs, which
+    # ``unread_params`` adds): a user value for one would change nothing, so it is refused.
+    ignored_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: MethodParams | None = None):
         self.params = params if params is not None else self.Params()
@@ -185,6 +190,17 @@ class Method:
         params = cls.Params(**{key: coerce(types[key], raw, f"{prefix}{key}") for key, raw in overrides.items()})
         cls.check_params(params)
         return params
+
+    @classmethod
+    def unread_params(cls) -> frozenset[str]:
+        """The ``Params`` fields this method never reads: the inferior-positive knobs unless it is an
+        ``-ip`` variant, the hard-negative ones unless it is an ``-hn`` variant, and ``ignored_params``."""
+        unread = set(cls.ignored_params)
+        if not cls.inferior_positives:
+            unread |= set(IP_PARAMS)
+        if not cls.hard_negatives:
+            unread |= set(HN_PARAMS)
+        return frozenset(unread)
 
     @classmethod
     def check_params(cls, params: MethodParams) -> None:

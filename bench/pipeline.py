@@ -14,7 +14,6 @@ import multiprocessing.connection
 import os
 import threading
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,7 @@ from bench.stages import (
     finish_stage,
     post_stage,
     pretrain_stage,
+    record_failure,
 )
 
 __all__ = ["DataCache", "RunOutcome", "execute", "resolve_jobs", "run_method", "run_plan"]
@@ -73,7 +73,7 @@ def execute(run: MethodRun, plan: RunPlan, store: ResultsStore, cache: DataCache
         return run_method(run, plan, store, cache, device)
     except Exception as error:  # noqa: BLE001 - every failure of one run is recorded, none ends the plan
         reason = progress.error_line(error)
-        store.run(run.run_id).mark_failed(reason, traceback.format_exc())
+        record_failure(store.run(run.run_id), reason, error)
         progress.log(f"{run.method}: failed: {reason}")
         return RunOutcome(run.run_id, run.method, "failed", reason)
     finally:

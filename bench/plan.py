@@ -141,8 +141,14 @@ def method_values(method: type[Method], config: RunConfig, request: RunRequest) 
     """Raw parameter values: published settings < the protocol's (ainfonce: the released losses) < ``--param``."""
     values = dict(method.published(config.preset, config.data.name).params)
     values.update(protocols.method_params(config.finetune.protocol, method.name))
-    for scope in ("*", method.name):
-        values.update(request.method_params.get(scope, {}))
+    unread = method.unread_params()
+    # An unscoped --param reaches the methods that read it (acl's id is the same with or without alpha=).
+    values.update({key: value for key, value in request.method_params.get("*", {}).items() if key not in unread})
+    for key, value in request.method_params.get(method.name, {}).items():
+        if key in unread:
+            raise ConfigError(f"--param {method.name}:{key}={value} is invalid: {method.name} never reads {key!r}; "
+                              f"allowed {sorted(set(field_types(method.Params)) - unread)}")
+        values[key] = value
     return values
 
 
@@ -161,6 +167,18 @@ def check_protocol(method: type[Method], config: RunConfig) -> None:
         if settings.dual_bn and (method.finetune_bn == "normal" or "normal" not in method.bn_branches):
             raise ConfigError(f"protocol {settings.protocol!r} is invalid for {method.name}: its {scheme} needs BN "
                               f"branches 'normal' and a finetuning branch, the method has {list(method.bn_branches)}")
+
+
+def check_unscoped_params(request: RunRequest, names: list[str]) -> None:
+    """An unscoped ``--param KEY=V`` must be read by at least one selected method (else it is a typo
+    or a knob of a variant that was not selected, and would silently change nothing)."""
+    methods = [registry.get(name) for name in names]
+    for key, value in request.method_params.get("*", {}).items():
+        readers = [cls for cls in methods if key in field_types(cls.Params) and key not in cls.unread_params()]
+        if not readers and any(key in field_types(cls.Params) for cls in methods):
+            read = sorted({name for cls in methods for name in set(field_types(cls.Params)) - cls.unread_params()})
+            raise ConfigError(f"--param {key}={value} is invalid: no selected method reads {key!r} "
+                              f"(e.g. alpha is read by the -ip variants only); allowed {read}")
 
 
 def identity(method: type[Method], config: RunConfig, params: MethodParams) -> dict[str, Any]:
@@ -266,6 +284,7 @@ def build_plan(request: RunRequest) -> RunPlan:
     if unknown_scopes:
         raise ConfigError(f"--param scope {unknown_scopes[0]!r} is invalid: it names no selected method; "
                           f"allowed {names}")
+    check_unscoped_params(request, names)
     runs, teachers = [], []
     for single in singles:
         single_base = assemble(single)

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from bench import progress
-from bench.atomic import save_torch_atomic, write_atomic
+from bench.atomic import DiskFullError, save_torch_atomic, write_atomic
 from bench.checkpoints import CheckpointError, EncoderCheckpoint, load_encoder
 from bench.config import RunConfig
 from bench.data import ImageData, load_dataset
@@ -307,6 +307,17 @@ def finish_stage(run_dir: RunDir, *, required: bool = False) -> bool:
 # --------------------------------------------------------------------------- one stage, failures recorded
 
 
+def record_failure(run_dir: RunDir, reason: str, error: BaseException) -> None:
+    """``failed.json`` for a run whose attempt raised ``error`` (called inside its ``except``).
+
+    A full disk is resumable: every write is atomic, so the last checkpoint is intact. When the
+    full disk refuses the mark itself, the run simply stays incomplete (resume continues it)."""
+    try:
+        run_dir.mark_failed(reason, traceback.format_exc(), resumable=isinstance(error, DiskFullError))
+    except OSError:
+        progress.log(f"could not record the failure in {run_dir.failed}: the run stays incomplete")
+
+
 def run_stage(stage: str, run: MethodRun, ctx: StageContext, scheme: str | None = None) -> str:
     """One stage of one run as a scheduler job runs it: ``done``, ``skipped`` or ``failed``.
 
@@ -326,7 +337,7 @@ def run_stage(stage: str, run: MethodRun, ctx: StageContext, scheme: str | None 
         finished = finish_stage(run_dir)
     except Exception as error:  # noqa: BLE001 - a failed stage is recorded; the scheduler sees the job fail
         reason = f"{stage}{f' {scheme}' if scheme else ''}: {progress.error_line(error)}"
-        run_dir.mark_failed(reason, traceback.format_exc())
+        record_failure(run_dir, reason, error)
         progress.log(f"{run.method}: failed: {reason}")
         return "failed"
     finally:

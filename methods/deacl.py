@@ -139,6 +139,7 @@ class DeACL(Method):
     requires_teacher = True
     selected_by_all = False  # outside the A-InfoNCE table: --methods deacl (bench.method)
     teacher_method = "simclr"
+    ignored_params = ("temperature",)  # a cosine distillation loss: no InfoNCE temperature
     Params = DeACLParams
     paper = PAPER
     smoke = SMOKE

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.config import ConfigError
 from bench.report.common import Artifact, MethodOrder
 from bench.report.compute import plot_robustness_vs_compute
 from bench.report.corruptions import write_corruption_report
@@ -48,6 +49,10 @@ def write_reports(results_csv: str | Path, reports_dir: str | Path, runs_dir: st
     paper table is written when ``paper`` is set or when the results hold CIFAR-10/100 rows.
     """
     results = load(results_csv)
+    stored = sorted(results["method"].unique())
+    for name in curve_methods or ():
+        if name not in stored:
+            raise ConfigError(f"--curve-methods {name!r} is invalid: allowed methods in {results_csv}: {stored}")
     order = MethodOrder(tuple(method_order))
     reports_dir, figures_dir = Path(reports_dir), Path(reports_dir) / "figures"
     tables, artifacts = table_artifacts(results, reports_dir, order, Path(runs_dir))

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench import progress
 from bench.config import SCHEMES
 from bench.report.common import Artifact, MethodOrder, in_255ths, round_epsilon, slug, variant_of
 from bench.report.figures import method_style, new_figure, outside_legend, save_figure
@@ -22,8 +23,8 @@ def read_history(path: Path) -> pd.DataFrame:
         history = pd.read_csv(path)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
-    except pd.errors.ParserError as error:
-        raise ValueError(f"{path}: not a loss history ({error})") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a loss history ({type(error).__name__})") from None
     return history.apply(pd.to_numeric, errors="coerce").dropna(axis="columns", how="all")
 
 
@@ -34,7 +35,11 @@ def loss_histories(rows: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
     curves = []
     for run in runs.itertuples():
         path = RunDir(runs_dir / run.run_id).history
-        history = read_history(path) if path.is_file() else pd.DataFrame()
+        try:
+            history = read_history(path) if path.is_file() else pd.DataFrame()
+        except ValueError as error:  # one damaged history costs its curve, not the report
+            progress.log(f"warning: {error}; its run is left out of the loss figure")
+            continue
         if "loss" in history and len(history):
             step = history["step"] if "step" in history else pd.Series(np.arange(len(history)))
             curves.append(pd.DataFrame({"label": run.label, "run_id": run.run_id, "step": step,

@@ -110,14 +110,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from bench.checkpoint_keys import LAYOUTS, LIST_LIMIT, CheckpointError, expected_keys, key_list, load_strict
 from bench.models import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -137,17 +138,11 @@ FORMATS = ("bench", "robustssl", "advcl", "rocl", "acl", "dynacl", "dynacl++", "
 ALL_BRANCHES = "all"
 BENCH_MARKER = "acl-bench"
 DATA_PARALLEL_PREFIX = "module."
-_BRANCH_KEY = re.compile(r"\.branches\.([^.]+)\.")
 _BN_LIST_INDEX = re.compile(r"\.bn_list\.(\d+)\.")
-_LIST_LIMIT = 40
 ARCH_NOTES = {
     "resnet18": "our CIFAR ResNet-18 (3×3 stride-1 padding-1 stem, no max-pool, widths 64-512)",
     "resnet18_deacl": "DeACL's CIFAR ResNet-18 (3×3 stride-1 padding-2 stem, no max-pool, widths 64-512)",
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not hold what its format promises (keys, shapes, fields)."""
 
 
 @dataclass(frozen=True)
@@ -257,7 +252,7 @@ def _unwrap(checkpoint: Mapping[str, Any], containers: Sequence[str], label: str
         return dict(checkpoint), {}
     raise CheckpointError(
         f"{label}: no state dict found: expected one of the keys {list(containers)} or a flat dict of tensors; "
-        f"found keys {sorted(map(str, checkpoint))[:_LIST_LIMIT]}"
+        f"found keys {sorted(map(str, checkpoint))[:LIST_LIMIT]}"
     )
 
 
@@ -295,151 +290,9 @@ def _select_submodel(
     stray = [key for key in outside if not key.startswith((*prefixes, *ignored_prefixes))]
     if stray:
         raise CheckpointError("\n".join([f"{label}: {len(stray)} keys outside the encoder {chosen!r} are not known",
-                                          *_key_list("unexpected", [shown_prefix + key for key in stray])]))
+                                          *key_list("unexpected", [shown_prefix + key for key in stray])]))
     kept = ((key.removeprefix(chosen), value) for key, value in state.items() if key.startswith(chosen))
     return _renamed(kept, label), chosen, outside
-
-
-# --------------------------------------------------------------------------- key naming
-
-
-def _multi_bn_name(placeholder_key: str, branch_index: int | None) -> str:
-    """Ours -> ACL/AdvCL names (Downsample_multiple.conv/.bn, batch_norm_multiple.bn_list).
-
-    'encoder.layer2.0.shortcut.1.branches.@.weight', 1 -> 'layer2.0.downsample.bn.bn_list.1.weight'.
-    """
-    name = placeholder_key.removeprefix("encoder.")
-    name = name.replace(".shortcut.0.", ".downsample.conv.").replace(".shortcut.1.", ".downsample.bn.")
-    return name.replace(".branches.@.", f".bn_list.{branch_index}.")
-
-
-def _kuangliu_name(placeholder_key: str, branch_index: int | None) -> str:
-    """Ours -> RoCL (kuangliu) names: 'encoder.layer1.0.bn1.branches.@.weight' -> 'layer1.0.bn1.weight'."""
-    return placeholder_key.removeprefix("encoder.").replace(".branches.@.", ".")
-
-
-def _torchvision_name(placeholder_key: str, branch_index: int | None) -> str:
-    """Ours -> torchvision (DeACL, solo-learn; DYNACL models/resnet.py).
-
-    'encoder.layer2.0.shortcut.1.branches.@.weight' -> 'layer2.0.downsample.1.weight'.
-    """
-    return _kuangliu_name(placeholder_key, branch_index).replace(".shortcut.", ".downsample.")
-
-
-LAYOUTS: dict[str, Callable[[str, int | None], str]] = {
-    "multi_bn": _multi_bn_name, "kuangliu": _kuangliu_name, "torchvision": _torchvision_name,
-}
-
-
-def _placeholder(key: str) -> tuple[str, str | None]:
-    """('encoder.bn1.branches.@.weight', 'normal') for a BN tensor; (key, None) otherwise."""
-    match = _BRANCH_KEY.search(key)
-    if match is None:
-        return key, None
-    return f"{key[: match.start()]}.branches.@.{key[match.end():]}", match.group(1)
-
-
-def _expected_keys(
-    target_keys: Sequence[str],
-    branch_map: Mapping[str, str],
-    other_branches: Sequence[str],
-    source_name: Callable[[str, str], str],
-) -> tuple[dict[str, str], set[str]]:
-    """{source key: target key} for everything the model needs, and the other branches' source keys.
-
-    ``branch_map`` maps each branch of the returned model to the checkpoint branch it is read
-    from; ``source_name(placeholder_key, checkpoint_branch)`` spells a key the format's way.
-    """
-    expected: dict[str, str] = {}
-    dropped: set[str] = set()
-    for key in target_keys:
-        placeholder, branch = _placeholder(key)
-        if branch is None:
-            expected[source_name(key, "")] = key
-            continue
-        expected[source_name(placeholder, branch_map[branch])] = key
-        dropped.update(source_name(placeholder, other) for other in other_branches)
-    return expected, dropped - set(expected)
-
-
-# --------------------------------------------------------------------------- strict matching
-
-
-def _key_list(kind: str, keys: Sequence[str]) -> list[str]:
-    shown = [f"  {kind}: {key}" for key in sorted(keys)[:_LIST_LIMIT]]
-    if len(keys) > _LIST_LIMIT:
-        shown.append(f"  {kind}: ... and {len(keys) - _LIST_LIMIT} more")
-    return shown
-
-
-def _check_keys(
-    state: Mapping[str, torch.Tensor],
-    expected: Mapping[str, str],
-    dropped: set[str],
-    ignored_prefixes: Sequence[str],
-    label: str,
-    shown_prefix: str,
-) -> list[str]:
-    """Raise on any unmatched or missing key (listing them); return the keys ignored on purpose."""
-    ignored = [key for key in state if key not in expected and key.startswith(tuple(ignored_prefixes))]
-    unexpected = [key for key in state if key not in expected and key not in dropped and key not in ignored]
-    missing = [key for key in expected if key not in state and not key.endswith("num_batches_tracked")]
-    if unexpected or missing:
-        summary = f"{label} does not match the model: {len(unexpected)} unexpected and {len(missing)} missing keys"
-        if ignored_prefixes:
-            summary += f" (ignored on purpose: {', '.join(p + '*' for p in ignored_prefixes)})"
-        lines = _key_list("unexpected", [shown_prefix + key for key in unexpected])
-        lines += _key_list("missing", [shown_prefix + key for key in missing])
-        raise CheckpointError("\n".join([summary, *lines]))
-    return sorted(shown_prefix + key for key in ignored)
-
-
-def _check_shapes(
-    state: Mapping[str, torch.Tensor],
-    expected: Mapping[str, str],
-    target: Mapping[str, torch.Tensor],
-    label: str,
-    architecture: str,
-    shown_prefix: str,
-) -> None:
-    """Same key, other shape = other architecture (a 5×5 stem, other widths): say so, by tensor."""
-    not_tensors = [shown_prefix + key for key, value in state.items() if not isinstance(value, torch.Tensor)]
-    if not_tensors:
-        raise CheckpointError("\n".join([f"{label}: the state dict holds non-tensor values",
-                                          *_key_list("not a tensor", not_tensors)]))
-    wrong = []
-    for source, key in expected.items():
-        if source not in state:
-            continue
-        have, want = tuple(state[source].shape), tuple(target[key].shape)
-        reshapeable = key.startswith("normalize.") and state[source].numel() == target[key].numel()
-        if have != want and not reshapeable:
-            wrong.append(f"  {shown_prefix}{source}: checkpoint {list(have)}, expected {list(want)}")
-    if wrong:
-        summary = f"{label} is a different architecture than {architecture}: {len(wrong)} tensors differ in shape"
-        raise CheckpointError("\n".join([summary, *wrong]))
-
-
-def _load_strict(
-    model: nn.Module,
-    state: Mapping[str, torch.Tensor],
-    expected: Mapping[str, str],
-    dropped: set[str],
-    ignored_prefixes: Sequence[str],
-    label: str,
-    architecture: str,
-    shown_prefix: str = "",
-) -> list[str]:
-    """Check keys and shapes, copy every expected tensor into ``model``; return the ignored keys."""
-    ignored = _check_keys(state, expected, dropped, ignored_prefixes, label, shown_prefix)
-    target = model.state_dict()
-    _check_shapes(state, expected, target, label, architecture, shown_prefix)
-    mapped = {
-        key: state[source].reshape(target[key].shape) if source in state else torch.zeros_like(target[key])
-        for source, key in expected.items()
-    }
-    model.load_state_dict(mapped, strict=True)
-    return ignored
 
 
 # --------------------------------------------------------------------------- branches
@@ -545,11 +398,11 @@ def _load_external(
     model = _build_external_model(spec, list(branch_map), state)
     naming = LAYOUTS[spec.layout]
     indices = {name: index for index, name in enumerate(spec.bn_names)}
-    expected, dropped = _expected_keys(
+    expected, dropped = expected_keys(
         list(model.state_dict()), branch_map, [name for name in available if name not in selected],
         lambda key, source_branch: naming(key, indices.get(source_branch)),
     )
-    ignored = _load_strict(model, state, expected, dropped, spec.ignored, where, ARCH_NOTES[spec.arch],
+    ignored = load_strict(model, state, expected, dropped, spec.ignored, where, ARCH_NOTES[spec.arch],
                            prefix + encoder_prefix)
     if spec.fixed_normalization:  # not in the file: the released model class adds it (after the strict load)
         model.normalize = Normalize(*NORMALIZATIONS[spec.fixed_normalization])
@@ -643,7 +496,7 @@ def _bench_fields(checkpoint: Mapping[str, Any], label: str) -> None:
     if missing:
         raise CheckpointError(
             f"bench checkpoint {label} lacks the fields {missing} "
-            f"(found {sorted(map(str, checkpoint))[:_LIST_LIMIT]}); "
+            f"(found {sorted(map(str, checkpoint))[:LIST_LIMIT]}); "
             f"a released checkpoint needs its own format: {[name for name in FORMATS if name != 'bench']}"
         )
     if checkpoint.get("format", BENCH_MARKER) != BENCH_MARKER:
@@ -676,11 +529,11 @@ def _load_bench(
         model = rebuild_contrastive_model(spec, state)
     except ValueError as error:
         raise CheckpointError(f"bench checkpoint {label}: {error}") from error
-    expected, dropped = _expected_keys(
+    expected, dropped = expected_keys(
         list(model.state_dict()), branch_map, [name for name in available if name not in selected],
         lambda key, source_branch: key.replace(".branches.@.", f".branches.{source_branch}."),
     )
-    _load_strict(model, state, expected, dropped, (), f"bench checkpoint {label}",
+    load_strict(model, state, expected, dropped, (), f"bench checkpoint {label}",
                  f"the {checkpoint['arch']!r} model its fields describe", prefix)
     routed, source_branch = _routing(selected, default, keep_names=branch == ALL_BRANCHES)
     info = {

@@ -33,21 +33,32 @@ from bench.config import RunConfig
 from bench.provenance import now
 
 
+class RunFile:
+    """One file of a run directory, by role: ``run_dir.encoder`` is ``run_dir.path / "encoder.pt"``,
+    and ``RunDir.encoder.name`` is the name itself (so no module spells a run file's name again)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, run_dir: RunDir | None, owner: type | None = None) -> Any:
+        return self if run_dir is None else run_dir.path / self.name
+
+
 class RunDir:
     """``results/runs/<run_id>/``: every file a run writes, by role rather than by literal name."""
 
-    CONFIG = "config.json"  # the resolved config, identity hashes and environment (written first)
-    DONE = "done.json"  # the completion mark (written last)
-    CHECKPOINT = "pretrain.ckpt"  # the resumable pretraining state
-    ENCODER = "encoder.pt"  # the finished encoder (bench.checkpoints.EncoderCheckpoint)
-    HISTORY = "pretrain_history.csv"  # the pretraining curve
-    PSEUDO_LABELS = "pseudo_labels.npz"  # computed pseudo-labels (AdvCL family), reused on resume
-    ROWS = "rows.csv"  # the run's measured numbers (written before DONE; results.csv indexes them)
-    PRETRAIN_SUMMARY = "pretrain.json"  # the pretraining stage's record (written after ENCODER: the stage is done)
-    POST_ENCODER = "encoder_post.pt"  # a post stage's encoder (DynACL++'s LP-AFT), finetuned instead of ENCODER
-    POST_SUMMARY = "post.json"  # the post stage's record (written after POST_ENCODER)
-    FAILED = "failed.json"  # why the last attempt failed (a later run starts afresh, or resumes after a kill)
-    PROGRESS = "progress.json"  # the stage reached (pretraining step k of n, finetuning scheme)
+    config = RunFile("config.json")  # the resolved config, identity hashes and environment (written first)
+    done = RunFile("done.json")  # the completion mark (written last)
+    checkpoint = RunFile("pretrain.ckpt")  # the resumable pretraining state
+    encoder = RunFile("encoder.pt")  # the finished encoder (bench.checkpoints.EncoderCheckpoint)
+    history = RunFile("pretrain_history.csv")  # the pretraining curve
+    pseudo_labels = RunFile("pseudo_labels.npz")  # computed pseudo-labels (AdvCL family), reused on resume
+    rows = RunFile("rows.csv")  # the run's measured numbers (written before done; results.csv indexes them)
+    pretrain_summary = RunFile("pretrain.json")  # the pretraining stage's record (after encoder: the stage is done)
+    post_encoder = RunFile("encoder_post.pt")  # a post stage's encoder (DynACL++'s LP-AFT), finetuned instead
+    post_summary = RunFile("post.json")  # the post stage's record (written after post_encoder)
+    failed = RunFile("failed.json")  # why the last attempt failed (a later run starts afresh, or resumes after a kill)
+    progress = RunFile("progress.json")  # the stage reached (pretraining step k of n, finetuning scheme)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -59,57 +70,9 @@ class RunDir:
     def run_id(self) -> str:
         return self.path.name
 
-    @property
-    def config(self) -> Path:
-        return self.path / self.CONFIG
-
-    @property
-    def done(self) -> Path:
-        return self.path / self.DONE
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.path / self.CHECKPOINT
-
-    @property
-    def encoder(self) -> Path:
-        return self.path / self.ENCODER
-
-    @property
-    def history(self) -> Path:
-        return self.path / self.HISTORY
-
-    @property
-    def pseudo_labels(self) -> Path:
-        return self.path / self.PSEUDO_LABELS
-
-    @property
-    def rows(self) -> Path:
-        return self.path / self.ROWS
-
-    @property
-    def pretrain_summary(self) -> Path:
-        return self.path / self.PRETRAIN_SUMMARY
-
-    @property
-    def post_encoder(self) -> Path:
-        return self.path / self.POST_ENCODER
-
-    @property
-    def post_summary(self) -> Path:
-        return self.path / self.POST_SUMMARY
-
     def scheme_rows(self, scheme: str) -> Path:
         """One finetuning scheme's rows (its stage's output); ``rows.csv`` assembles them in scheme order."""
         return self.path / f"rows_{scheme}.csv"
-
-    @property
-    def failed(self) -> Path:
-        return self.path / self.FAILED
-
-    @property
-    def progress(self) -> Path:
-        return self.path / self.PROGRESS
 
     def classifier(self, scheme: str) -> Path:
         """The finetuned classifier of one scheme (SLF, ALF, AFF, or AT for a ready model)."""

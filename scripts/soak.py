@@ -138,7 +138,7 @@ def check_store(store: Path) -> list[str]:
                     torch.load(path, map_location="cpu", weights_only=True)
                 elif path.suffix == ".json":
                     json.loads(path.read_text(encoding="utf-8"))
-                elif path.name == RunDir.ROWS:
+                elif path.name == RunDir.rows.name:
                     if not run.read_rows() and run.is_complete():
                         problems.append(f"{path}: a complete run without rows")
                 elif path.name.startswith("rows_") and path.suffix == ".csv":

@@ -1,4 +1,4 @@
-"""The README's 'Adding a method' example works as printed."""
+"""The README works as printed: the "Adding a method" example runs, and the layout names every module."""
 from __future__ import annotations
 
 import re
@@ -31,3 +31,13 @@ def test_readme_method_example_registers_and_runs(tmp_path, capsys):
     finally:
         for name in ("my-method", "my-method-ip", "my-method-hn", "my-method-iphn"):
             registry.unregister(name)
+
+
+def test_readme_layout_names_every_module():
+    """README's layout lists every module of ``bench/`` (and of ``bench/report/``) by file name."""
+    layout = README.read_text().split("## Layout", 1)[1]
+    package = README.parent / "bench"
+    modules = [path for path in [*package.glob("*.py"), *(package / "report").glob("*.py")]
+               if path.name != "__init__.py"]
+    missing = sorted(str(path.relative_to(package)) for path in modules if f"`{path.name}`" not in layout)
+    assert not missing, f"README's layout does not name {missing}"

@@ -18,6 +18,7 @@ from bench.checkpoints import CheckpointError
 from bench.data import DATASETS, DatasetMissingError
 from bench.results import RowError, StoreError
 
+SPEED_STAGES = ("pretrain", "eval", "epoch")
 SHORT_FLAGS = {  # flag dest → dotted config field
     "dataset": "data.name", "eval_dataset": "data.eval_name", "data_dir": "data.data_dir", "image_size": "data.image_size",
     "arch": "model.arch", "seed": "seed", "device": "device", "jobs": "jobs", "epochs": "pretrain.epochs",
@@ -103,6 +104,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
+    from bench import distributed
+    from bench.device import resolve_device
     from bench.pipeline import run_plan
     from bench.plan import build_plan
 
@@ -110,7 +113,19 @@ def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
     if pretrain_only:
         request.overrides["finetune.schemes"] = ""
     plan = build_plan(request)
-    outcomes = run_plan(plan)
+    collective = distributed.init_from_env(resolve_device(plan.base.device).type)
+    if collective is not None:  # under torchrun: rank 0 runs the plan, the others join its pretraining
+        plan = distributed.plan_for_world(plan, request, collective.world)
+        try:
+            if collective.rank != 0:
+                distributed.follow(plan)
+                return 0
+            outcomes = distributed.lead(plan)
+        except distributed.DistributedRunFailed as error:
+            print(f"bench: error: {error}", file=sys.stderr)
+            return 1
+    else:
+        outcomes = run_plan(plan)
     if not pretrain_only and not args.no_report:
         _report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet)
     return _summarise(outcomes)
@@ -221,6 +236,11 @@ def cmd_speed(args: argparse.Namespace) -> int:
     options = dataclasses.replace(QUICK if args.quick else SpeedOptions(), reference=not args.no_reference)
     if args.no_autoattack:
         options = dataclasses.replace(options, autoattack="")
+    stages = tuple(stage for stage in ",".join(args.stages).split(",") if stage)
+    for stage in stages:
+        if stage not in SPEED_STAGES:
+            raise ConfigError(f"--stages {stage!r} is invalid: allowed {list(SPEED_STAGES)}")
+    options = dataclasses.replace(options, stages=stages or SPEED_STAGES)
     for name in ("warmup", "steps", "repeats", "eval_images", "loader_workers"):
         if getattr(args, name) is not None:
             options = dataclasses.replace(options, **{name: _count(getattr(args, name), name)})
@@ -232,7 +252,8 @@ def cmd_speed(args: argparse.Namespace) -> int:
     epoch_runs = list(build_plan(_request(args, tuple(args.epoch))).runs) if args.epoch else []
     device = resolve_device(plan.base.device)
     rows = run_speed(list(plan.runs), plan.base, options, device=device,
-                     synthetic=_count(args.synthetic or 0, "synthetic"), extra=extra, extra_options=dataclasses.replace(options, steps=QUICK_EXTRA_STEPS),
+                     synthetic=_count(args.synthetic or 0, "synthetic"), extra=extra,
+                     extra_options=dataclasses.replace(options, steps=QUICK_EXTRA_STEPS),
                      epoch_runs=epoch_runs)
     import torch
 
@@ -316,10 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--steps", help="steps per timed repeat (default 3)")
     speed.add_argument("--repeats", help="timed repeats per path; the median is reported (default 3)")
     speed.add_argument("--eval-images", help="images of the PGD-20/AutoAttack measurement, 0 = skip (default 256)")
-    speed.add_argument("--loader-workers", help="DataLoader workers of the reference-style path (default min(8, cores))")
+    speed.add_argument("--loader-workers",
+                       help="DataLoader workers of the reference-style path (default min(8, cores))")
     speed.add_argument("--synthetic", help="use N random CIFAR-shaped images instead of the dataset (no download)")
     speed.add_argument("--epoch", nargs="+", default=[], metavar="METHOD",
                        help="also time one whole epoch of these methods' fast path")
+    speed.add_argument("--stages", nargs="+", default=[], help=f"what to measure: {', '.join(SPEED_STAGES)} "
+                       "(default all; epoch needs --epoch)")
     speed.add_argument("--no-reference", action="store_true", help="measure the fast path only")
     speed.add_argument("--no-autoattack", action="store_true", help="skip the AutoAttack measurement")
     _add_config_flags(speed)

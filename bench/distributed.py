@@ -203,3 +203,59 @@ def restore_batch_norm(model: nn.Module, swapped: list[tuple[nn.Module, str, nn.
 
 def _reset_branch_cache(model: nn.Module) -> None:
     model.__dict__.pop("_multi_bn_cache", None)
+
+
+# --------------------------------------------------------------------------- the job: rank 0 leads, the others follow
+
+
+def plan_for_world(plan: Any, request: Any, world: int) -> Any:
+    """The plan under W processes: ``pretrain.shards`` defaults to W for every run whose published
+    settings and the user leave it unset, so the run id (and the encoder) are those of one process
+    with ``--set pretrain.shards=W``; one run at a time (``jobs`` 1)."""
+    import dataclasses
+
+    from bench.plan import resolve_run
+
+    if plan.base.jobs > 1:
+        raise ConfigError(f"jobs={plan.base.jobs} is invalid under torchrun ({world} processes share each run): "
+                          "allowed 0 or 1")
+    runs = []
+    for run in plan.runs:
+        published = run.method_class.published(run.config.preset, run.config.data.name).pretrain
+        if "pretrain.shards" in request.overrides or "shards" in published:
+            runs.append(run)
+            continue
+        widened = dataclasses.replace(request, overrides={**request.overrides, "pretrain.shards": str(world)})
+        runs.append(resolve_run(run.method_class, widened, plan.base))
+    base = dataclasses.replace(plan.base, jobs=1)
+    return dataclasses.replace(plan, base=base, runs=tuple(runs))
+
+
+def lead(plan: Any) -> list[Any]:
+    """Rank 0: the plan as one process runs it; ``bench.train.pretrain`` calls the others in."""
+    from bench.pipeline import run_plan
+
+    outcomes = run_plan(plan)
+    _ACTIVE.broadcast_object(None)  # done: the others return
+    return outcomes
+
+
+def follow(plan: Any) -> None:
+    """Ranks > 0: join each pretraining rank 0 announces (same run, same data, same model), write nothing."""
+    from bench import progress
+    from bench.device import resolve_device
+    from bench.pipeline import DataCache
+    from bench.results import ResultsStore
+    from bench.train import pretrain
+
+    progress.set_quiet(True)
+    device = resolve_device(plan.base.device)
+    store, cache = ResultsStore(plan.results_dir), DataCache(device)
+    runs = {run.run_id: run for run in plan.runs}
+    while (message := _ACTIVE.broadcast_object()) is not None:
+        run = runs[message["run_id"]]
+        torch.manual_seed(run.config.seed)
+        data = cache.get(run.config.data.name, run.config)
+        method = run.method_class(run.params)
+        model = method.build_model(run.config.model.arch, data.channels)
+        pretrain(method, model, data.x_train, run.config, store.run(run.run_id), device, resume=message["resume"])

@@ -161,7 +161,8 @@ def _momentum(module: nn.modules.batchnorm._BatchNorm) -> float:
     return module.momentum
 
 
-def _ghost_batch_norm(module: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, shards: int, batch: int) -> torch.Tensor:
+def _ghost_batch_norm(module: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, shards: int,
+                      batch: int) -> torch.Tensor:
     """Train mode: each shard's rows normalised by their own statistics; shard 0 alone moves the running ones."""
     tracking = module.track_running_stats and module.running_mean is not None
     if tracking and module.num_batches_tracked is not None:
@@ -178,6 +179,23 @@ def _ghost_batch_norm(module: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, 
                             momentum if index == 0 else 0.0, module.eps)
                for index, chunk in enumerate(chunks)]
     return join_rows(outputs, rows // batch)
+
+
+@contextmanager
+def patched_attributes(target: Any, values: dict[str, Any]) -> Iterator[None]:
+    """Set instance attributes for a block, then put back exactly what was there (so patches nest)."""
+    missing = object()
+    saved = {name: target.__dict__.get(name, missing) for name in values}
+    for name, value in values.items():
+        target.__dict__[name] = value
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is missing:
+                target.__dict__.pop(name, None)
+            else:
+                target.__dict__[name] = value
 
 
 class _State:
@@ -207,14 +225,12 @@ def per_shard_forwards(model: nn.Module, shards: int, batch: int) -> Iterator[No
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
             module.forward = types.MethodType(_batch_norm_forward(module.forward, state, shards, batch), module)
             patched.append(module)
-    originals = {name: getattr(model, name) for name in SHARDED_CALLS if hasattr(model, name)}
-    for name, original in originals.items():
-        setattr(model, name, _sharded_call(original, state, shards, batch))
+    calls = {name: _sharded_call(getattr(model, name), state, shards, batch) for name in SHARDED_CALLS
+             if hasattr(model, name)}
     try:
-        yield
+        with patched_attributes(model, calls):
+            yield
     finally:
-        for name in originals:
-            model.__dict__.pop(name, None)
         for module in patched:
             module.__dict__.pop("forward", None)
 

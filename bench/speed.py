@@ -34,16 +34,16 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from bench import progress, registry
+from bench import progress
 from bench.config import PretrainConfig, RunConfig
 from bench.data import ImageData, load_dataset, to_float
 from bench.method import Method, StepContext
 from bench.models import Classifier, build_contrastive_model
 from bench.optim import build_optimizer
 from bench.plan import MethodRun
+from bench.reference_style import ReplayAugment, reference_batches
 from bench.shards import Shards, shard_generators
 from bench.train import epoch_order, fast_path, train_step, update
-from bench.views import StrongAugment, WeakAugment
 
 
 @dataclass
@@ -57,7 +57,7 @@ class SpeedOptions:
     eval_images: int = 256  # images of the PGD-20 / AutoAttack measurement (0 = skip evaluation)
     autoattack: str = "standard"  # 'standard', 'apgd-ce' (its first attack: 100 iterations on every image) or ''
     reference: bool = True
-    epoch_methods: tuple[str, ...] = ()  # methods whose fast path is also timed over one whole epoch
+    stages: tuple[str, ...] = ("pretrain", "eval", "epoch")  # what to measure (epoch: only for epoch_runs)
 
 
 @dataclass
@@ -140,86 +140,6 @@ def timed(run: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - began
 
 
-# --------------------------------------------------------------------------- reference-style data
-
-
-def pil_transform(augment: Any, size: int):
-    """The torchvision (PIL) transform a released loader applies for one of our view recipes,
-    or None when the recipe has no released counterpart (a plugin's own augmentation)."""
-    import torchvision.transforms as T
-
-    if isinstance(augment, StrongAugment):
-        return T.Compose([T.RandomResizedCrop(size, scale=augment.crop_scale), T.RandomHorizontalFlip(),
-                          T.RandomApply([T.ColorJitter(*augment.jitter)], p=augment.jitter_p),
-                          T.RandomGrayscale(p=augment.grayscale_p), T.ToTensor()])
-    if isinstance(augment, WeakAugment):
-        return T.Compose([T.RandomCrop(size, padding=max(1, size // 8)), T.RandomHorizontalFlip(), T.ToTensor()])
-    return None
-
-
-class PILViews(torch.utils.data.Dataset):
-    """Per image: PIL decode, then two strong views (and a weak one), as the released datasets
-    return them (AdvCL's ``TwoCropTransformAdv``, RoCL's ``(ori, x1, x2)``, ACL's pair)."""
-
-    def __init__(self, images: torch.Tensor, strong, weak):
-        self.images = images.permute(0, 2, 3, 1).contiguous().numpy()  # NHWC uint8, as torchvision's CIFAR
-        self.strong, self.weak = strong, weak
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int):
-        from PIL import Image
-
-        array = self.images[index]
-        image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-        views = [self.strong(image), self.strong(image)] + ([self.weak(image)] if self.weak is not None else [])
-        return index, views
-
-
-class ReplayAugment:
-    """Stands in for a method's ``augment`` on the reference-style path: the k-th call with shard
-    s's generator returns rows of shard s of the k-th loader view (any call order works)."""
-
-    def __init__(self, generators: list[torch.Generator]):
-        self.generators, self.views, self.calls = generators, [], [0] * len(generators)
-
-    def load(self, views: list[torch.Tensor]) -> None:
-        self.views, self.calls = views, [0] * len(self.generators)
-
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        shard = next(index for index, known in enumerate(self.generators) if known is generator)
-        call = self.calls[shard]
-        if call >= len(self.views):
-            raise RuntimeError(f"reference-style path: the method asked for view {call + 1} but the released "
-                               f"loaders give {len(self.views)}")
-        self.calls[shard] += 1
-        rows = x.shape[0]
-        return self.views[call][shard * rows : (shard + 1) * rows]
-
-
-def reference_batches(images: torch.Tensor, method: Method, batch: int, workers: int, device: torch.device,
-                      seed: int) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]] | None:
-    """Endless (indices, views) batches from a shuffling DataLoader with PIL views, or None."""
-    size = images.shape[-1]
-    strong = pil_transform(getattr(method, "augment", None), size)
-    weak_recipe = getattr(method, "weak_augment", None)
-    weak = pil_transform(weak_recipe, size) if weak_recipe is not None else None
-    if strong is None or (weak_recipe is not None and weak is None):
-        return None
-    loader = torch.utils.data.DataLoader(
-        PILViews(images.cpu(), strong, weak), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(seed))
-
-    def endless():
-        while True:
-            for indices, views in loader:
-                yield indices.to(device), [view.to(device, non_blocking=True) for view in views]
-
-    return endless()
-
-
 # --------------------------------------------------------------------------- one path of one method
 
 
@@ -278,7 +198,8 @@ def path_settings(config: RunConfig, fast: bool) -> PretrainConfig:
                                compile=False)
 
 
-def measure(paths: list[PathRun], options: SpeedOptions, device: torch.device) -> dict[str, tuple[list[float], PeakMemory]]:
+def measure(paths: list[PathRun], options: SpeedOptions,
+            device: torch.device) -> dict[str, tuple[list[float], PeakMemory]]:
     """Warm every path up, then alternate timed repeats between them; images/s of each repeat."""
     results = {path.name: ([], PeakMemory(device)) for path in paths}
     for path in paths:
@@ -487,15 +408,16 @@ def run_speed(runs: list[MethodRun], base: RunConfig, options: SpeedOptions, *, 
     workers = options.loader_workers or min(8, _cores())
     rows: list[SpeedRow] = []
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as folder:
-        for run, run_options in [(run, options) for run in runs] + [(run, extra_options or options) for run in extra]:
+        pretraining = [(run, options) for run in runs] + [(run, extra_options or options) for run in extra]
+        for run, run_options in pretraining if "pretrain" in options.stages else []:
             batch = min(run.config.pretrain.batch_size, len(data))
             progress.log(f"speed: {run.method} ({run.config.model.arch}, batch {batch}, "
                          f"shards {run.config.pretrain.shards})")
             rows += measure_method(run, data, run_options, device, workers, Path(folder))
-        if options.eval_images:
+        if options.eval_images and "eval" in options.stages:
             progress.log(f"speed: PGD-20 and AutoAttack on {min(options.eval_images, len(data))} images")
             rows += measure_evaluation(base, data, options, device)
-        for run in epoch_runs:
+        for run in epoch_runs if "epoch" in options.stages else []:
             progress.log(f"speed: one epoch of {run.method} on {len(data)} images")
             rows.append(measure_epoch(run, data, device, Path(folder)))
     return rows

@@ -166,7 +166,8 @@ def target_lines(rows: list, context: SpeedContext, table1: float | None) -> lis
         if device != context.device:
             continue
         if kind == "ratio":
-            values = [ratio for (stage, name, arch, _), ratio in found.items() if stage == "pretrain" and name == method]
+            values = [ratio for (stage, name, _, _), ratio in found.items()
+                      if stage == "pretrain" and name == method]
             value = max(values) if values else None
             met = value is not None and value >= bound
             shown = f"{value:.2f}×" if value is not None else "not measured"

@@ -7,7 +7,7 @@ records) from its last checkpoint and a crash never leaves a corrupt file behind
 batch order is derived from (seed, epoch), so it does not depend on where a run was resumed.
 
 Fast path (CUDA; every switch is a ``pretrain`` field, recorded in the run's config): bf16
-autocast (``amp``; PGD's projections and clamps stay fp32, ``bench.attacks``), channels-last
+autocast of the model's calls (``amp``; losses, PGD's steps, projections and clamps stay fp32), channels-last
 weights (``channels_last``: on CUDA by default, on CPU too with 'always'), cuDNN autotuning, TF32
 matrix products, ``torch.compile`` of the model's forward
 (``compile``, used by every PGD inner loop). The step never waits for the device except once per
@@ -38,7 +38,13 @@ from bench.method import Method, StepContext
 from bench.models import ContrastiveModel
 from bench.optim import build_optimizer, learning_rate
 from bench.results import RunDir
-from bench.shards import Shards, per_shard_forwards, shard_generators
+from bench.shards import (
+    SHARDED_CALLS,
+    Shards,
+    patched_attributes,
+    per_shard_forwards,
+    shard_generators,
+)
 
 SYNC_INTERVAL_ACCELERATOR = 10  # steps between reads of the logged numbers on a GPU (one copy each)
 
@@ -132,14 +138,36 @@ def _compiled(model: ContrastiveModel, settings: PretrainConfig) -> torch.nn.Mod
     return torch.compile(model, dynamic=False) if settings.compile else model
 
 
+@contextmanager
+def autocast_calls(model: torch.nn.Module, device: torch.device, enabled: bool) -> Iterator[None]:
+    """bf16 autocast around the model's entry points only (``forward``, ``features``, ``project``),
+    their outputs back in fp32: the network runs in bf16 while the losses (autocast would run their
+    similarity matrices in bf16 too), PGD's sign steps, projections and clamps stay fp32."""
+    if not (enabled and device.type == "cuda"):
+        yield
+        return
+
+    def in_bf16(call):
+        def run(*args: Any, **kwargs: Any):
+            with autocast(device, True):
+                out = call(*args, **kwargs)
+            return out.float() if torch.is_tensor(out) and out.is_floating_point() else out
+
+        return run
+
+    with patched_attributes(model, {name: in_bf16(getattr(model, name)) for name in SHARDED_CALLS
+                                    if hasattr(model, name)}):
+        yield
+
+
 def train_step(method: Method, step_model: torch.nn.Module, images: torch.Tensor, context: StepContext,
                settings: PretrainConfig, batch_norm: str) -> tuple[torch.Tensor, dict[str, Any]]:
-    """One forward of ``method.training_step`` under the step's autocast and BatchNorm sharding."""
+    """One forward of ``method.training_step`` with the model in bf16 (``amp``) and its BatchNorm sharded."""
     shards = context.shards
     sharded = per_shard_forwards(step_model, shards.count, images.shape[0]) if batch_norm == "per-shard" and \
         shards.collective is None else nullcontext()
     step_model.train()
-    with autocast(context.device, settings.amp), sharded:
+    with sharded, autocast_calls(step_model, context.device, settings.amp):
         return method.training_step(step_model, images, context)
 
 
@@ -197,7 +225,8 @@ def _shards(config: RunConfig, device: torch.device, collective, batch: int) -> 
     return Shards(count, shard_generators(config.seed, held, device), collective)
 
 
-def _setup(method: Method, model: ContrastiveModel, train_images: torch.Tensor, context: StepContext, collective) -> None:
+def _setup(method: Method, model: ContrastiveModel, train_images: torch.Tensor, context: StepContext,
+           collective) -> None:
     """``method.setup``; under DDP rank 0 first (it may write a cache, e.g. pseudo-labels), then the others."""
     if collective is not None and collective.rank != 0:
         collective.barrier()

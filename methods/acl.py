@@ -23,7 +23,8 @@ from bench.method import Method, StepContext
 from bench.models import ContrastiveModel
 from bench.optim import acl_lars_settings
 from bench.registry import register
-from bench.shards import Shards, of as shards_of
+from bench.shards import Shards
+from bench.shards import of as shards_of
 from bench.views import StrongAugment
 
 

@@ -310,7 +310,7 @@ class AdvCL(Method):
 
     @classmethod
     def preset_pretrain(cls, preset: str, dataset: str) -> dict[str, Any]:
-        """SGD (momentum 0.9, wd 1e-4), batch 512 as 2 shards, 400 epochs, 10-epoch warm-up from 0.01, cosine to lr·1e-3.
+        """SGD (momentum 0.9, wd 1e-4), batch 512 (2 shards), 400 epochs, 10-epoch warm-up from 0.01, cosine to lr/1000.
 
         lr per script (CIFAR-10 / CIFAR-100): AdvCL 0.5/0.5, -IP 1.0/2.0, -HN 1.2/2.0, -IPHN 2.0/2.0.
         Released details kept approximately: the warm-up ends at the cosine's value at epoch
@@ -466,7 +466,8 @@ class AdvCL(Method):
                 model.project(feature_ce, "pgd_ce")  # released: contrast=True on x_ce, output unused
                 features = [model(x_cl, "pgd")] + [model(view, "normal") for view in views]
                 loss = self.attack_objective(torch.stack([shards.gather(z) for z in features], dim=1))
-                loss = loss + self.params.ce_weight * self.pseudo_label_loss_of_feature(model, feature_ce, indices, shards)
+                pseudo = self.pseudo_label_loss_of_feature(model, feature_ce, indices, shards)
+                loss = loss + self.params.ce_weight * pseudo
                 grad_cl, grad_ce = torch.autograd.grad(loss, [x_cl, x_ce])
                 x_cl = project(x_cl.detach() + step_size * grad_cl.sign(), images_org, epsilon)
                 x_ce = project(x_ce.detach() + step_size * grad_ce.sign(), images_org, epsilon)

@@ -83,6 +83,7 @@ def test_pgd_under_bf16_autocast_keeps_its_iterate_and_projection_in_fp32():
     assert (out - x).abs().max() <= 0.03 + 1e-7 and out.min() >= 0 and out.max() <= 1
 
 
+@pytest.mark.filterwarnings("ignore:CUDA is not available")
 def test_autocast_is_bf16_on_cuda_only():
     assert not isinstance(autocast("cpu", True), torch.autocast)
     assert isinstance(autocast("cuda", True), torch.autocast)
@@ -96,3 +97,19 @@ def test_evaluation_autocast_returns_fp32_logits_and_the_batch_is_auto_on_cpu(di
     assert wrapped(x).dtype == torch.float32 and torch.equal(wrapped(x), model(x))  # CPU: no autocast
     assert eval_batch_size(model, x, 64) == 64 and eval_batch_size(model, x, 0) == CPU_BATCH
     assert clean_accuracy(model, x, digits.y_test[:20], 0) == clean_accuracy(model, x, digits.y_test[:20], 7)
+
+
+def test_amp_runs_the_model_calls_in_bf16_and_hands_back_fp32(monkeypatch):
+    """CPU stands in for CUDA here (CPU autocast in bf16): the wrapper is what ``pretrain.amp`` adds."""
+    monkeypatch.setattr(train, "autocast", lambda device, enabled: torch.autocast("cpu", dtype=torch.bfloat16))
+    torch.manual_seed(0)
+    model = build_contrastive_model("small_cnn", ("normal",), "simclr")
+    x = torch.rand(4, 3, 16, 16)
+    plain = model(x)
+    with train.autocast_calls(model, torch.device("cuda"), True):
+        out, features = model(x), model.features(x)
+    assert out.dtype == torch.float32 and features.dtype == torch.float32
+    assert not torch.equal(out, plain) and torch.allclose(out, plain, atol=5e-2)  # computed in bf16, returned fp32
+    assert "forward" not in vars(model) and "features" not in vars(model)
+    with train.autocast_calls(model, torch.device("cpu"), True):
+        assert torch.equal(model(x), plain)  # CPU: no autocast

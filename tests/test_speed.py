@@ -12,8 +12,9 @@ from bench.cli import main
 from bench.config import AttackConfig
 from bench.data import to_float
 from bench.method import StepContext
+from bench.reference_style import ReplayAugment, pil_transform
 from bench.shards import Shards
-from bench.speed import ReplayAugment, SpeedRow, pil_transform
+from bench.speed import SpeedRow
 from bench.speed_report import SpeedContext, pretraining_hours, ratios, speed_csv, speed_markdown
 from bench.views import StrongAugment, WeakAugment
 

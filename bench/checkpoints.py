@@ -23,14 +23,16 @@ every default call such as ``model.features(x)`` uses the chosen statistics);
 
 ``info`` keys: format, family, source, arch, branch, source_branch, branches (of the
 returned model), available_branches (in the checkpoint), normalization ('none',
-'imagenet' or 'custom'), projector (kind loaded, or None), ignored_keys (dropped on
+'imagenet', 'cifar10' or 'custom'), projector (kind loaded, or None), ignored_keys (dropped on
 purpose), dropped_branch_keys (count of the other branches' keys), stripped_prefix,
 encoder_prefix, plus epoch / method / run_id when the checkpoint records them.
 
 Our own format, ``bench``
 -------------------------
 ``EncoderCheckpoint`` below is its one definition (fields, required ones, defaults); the
-pipeline writes it as a run's ``encoder.pt``. The projector is loaded too; extra heads
+pipeline writes it as a run's ``encoder.pt``. ``arch`` is a key of ``bench.models.ENCODERS``
+('resnet18', 'resnet18_deacl' = padding-2 stem, 'small_cnn'): the stem is part of the arch, so a
+DeACL encoder never loads into a padding-1 stem. The projector is loaded too; extra heads
 (AdvCL's pseudo-label heads) are rebuilt as ``nn.Linear`` from their weight shapes.
 
 Released formats (key maps; verified against the repositories' code)
@@ -66,9 +68,19 @@ robustssl (GodXuxilie/RobustSSL_Benchmark, Vanilla_Finetuning/utils.py ``get_mod
 dict is under ``state_dict_dual``, ``state_dict`` or ``model``, else the file itself; the
 encoders it releases keep their authors' names). The family is detected from the keys:
 ``bn_list.2`` or AdvCL heads -> advcl; ``encoder_k.``/``bn_list``/``normalize.`` -> acl;
-kuangliu ``shortcut.`` -> rocl. DeACL (``backbone.`` keys) is refused: it was trained with a
-padding-2 stem that a state dict cannot reveal and our ResNet-18 does not have (RobustSSL
-loads it into a padding-1 stem silently).
+kuangliu ``shortcut.`` -> rocl; solo-learn ``backbone.`` -> deacl, loaded into DeACL's padding-2
+stem (RobustSSL loads it into a padding-1 stem silently: the pitfall behind its DeACL cells).
+deacl (pantheon5100/DeACL: a Lightning checkpoint ``{'state_dict': ...}`` of ``mocov2_kd_at``; its
+``adv_finetune.py`` keeps the ``backbone.`` keys and loads them strictly into its padding-2 model)
+    backbone.<path> -> <path> in DeACL's ResNet-18 (arch ``resnet18_deacl``): torchvision names,
+    layerN.0.downsample.0/1 -> layerN.0.shortcut.0/1, <bn>.<t> -> <bn>.branches.normal.<t>;
+    backbone.normalize.mean / std -> normalize (CIFAR-10 statistics in the released model class).
+    ignored: ``momentum_backbone.*`` (the frozen SimCLR teacher), ``classifier.*``,
+    ``classifier_adv.*`` (online linear probes on detached features).
+deacl-teacher (the solo-learn SimCLR checkpoint DeACL distils from, e.g. ``simclr-cifar10-b30xch14-ep=999.ckpt``)
+    the same ``backbone.`` names without normalisation buffers: DeACL's model class supplies
+    CIFAR-10 statistics in the model, and so does this format. ignored: ``projector.*``,
+    ``classifier.*``, ``momentum_*`` (a MoCo teacher's EMA copies).
 
 Every format: nn.DataParallel / DDP's ``module.`` prefix is stripped (wrapping is not part
 of a format); every error is a ``CheckpointError`` (a ValueError) whose first line
@@ -76,7 +88,8 @@ summarises and whose next lines list the offending keys as the file spells them.
 
 Architecture checks: every tensor's shape must equal ours (a 5×5 or 7×7 stem, other widths,
 another depth are errors naming the tensors). Padding and stride leave no trace in a state
-dict, so formats known to differ there are refused by name instead. A missing
+dict, so those formats build the architecture they were trained with (``deacl``: arch
+``resnet18_deacl``, padding 2) and refuse ``arch=`` anything else by name. A missing
 ``num_batches_tracked`` is accepted (torch itself fills it in for metadata-less dicts).
 
 Writing our checkpoints is ``bench.atomic.save_torch_atomic``; exports and RobustBench models
@@ -96,8 +109,11 @@ import torch
 from torch import nn
 
 from bench.models import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    NORMALIZATIONS,
     PROJECTORS,
     Classifier,
     ContrastiveModel,
@@ -106,14 +122,17 @@ from bench.models import (
     rebuild_contrastive_model,
 )
 
-FORMATS = ("bench", "robustssl", "advcl", "rocl", "acl")
+FORMATS = ("bench", "robustssl", "advcl", "rocl", "acl", "deacl", "deacl-teacher")
 ALL_BRANCHES = "all"
 BENCH_MARKER = "acl-bench"
 DATA_PARALLEL_PREFIX = "module."
 _BRANCH_KEY = re.compile(r"\.branches\.([^.]+)\.")
 _BN_LIST_INDEX = re.compile(r"\.bn_list\.(\d+)\.")
 _LIST_LIMIT = 40
-RESNET18_NOTE = "our CIFAR ResNet-18 (3×3 stride-1 padding-1 stem, no max-pool, widths 64-512)"
+ARCH_NOTES = {
+    "resnet18": "our CIFAR ResNet-18 (3×3 stride-1 padding-1 stem, no max-pool, widths 64-512)",
+    "resnet18_deacl": "DeACL's CIFAR ResNet-18 (3×3 stride-1 padding-2 stem, no max-pool, widths 64-512)",
+}
 
 
 class CheckpointError(ValueError):
@@ -132,6 +151,8 @@ class ExternalFormat:
     normalized: bool  # the checkpoint carries normalize.mean / normalize.std buffers
     ignored: tuple[str, ...]  # key prefixes dropped on purpose
     encoder_prefixes: tuple[str, ...] = ()  # alternative sub-model prefixes, preferred first
+    arch: str = "resnet18"  # the bench.models encoder it was trained as (the stem is part of it)
+    fixed_normalization: str = ""  # bench.models.NORMALIZATIONS key the released model class adds itself
 
 
 ACL = ExternalFormat(
@@ -147,7 +168,17 @@ ROCL = ExternalFormat(
     name="rocl", containers=("model",), bn_names=("normal",), default_branch="normal", layout="kuangliu",
     normalized=False, ignored=("linear.", "linear_1.", "linear_2."),
 )
-EXTERNAL = {spec.name: spec for spec in (ACL, ADVCL, ROCL)}
+DEACL = ExternalFormat(
+    name="deacl", containers=("state_dict",), bn_names=("normal",), default_branch="normal", layout="torchvision",
+    normalized=True, ignored=("momentum_backbone.", "classifier.", "classifier_adv."), encoder_prefixes=("backbone.",),
+    arch="resnet18_deacl",
+)
+DEACL_TEACHER = ExternalFormat(
+    name="deacl-teacher", containers=("state_dict",), bn_names=("normal",), default_branch="normal",
+    layout="torchvision", normalized=False, ignored=("projector.", "classifier.", "momentum_"),
+    encoder_prefixes=("backbone.",), arch="resnet18_deacl", fixed_normalization="cifar10",
+)
+EXTERNAL = {spec.name: spec for spec in (ACL, ADVCL, ROCL, DEACL, DEACL_TEACHER)}
 ROBUSTSSL_CONTAINERS = ("state_dict_dual", "state_dict", "model")
 
 
@@ -213,15 +244,25 @@ def _strip_data_parallel(state: dict[str, torch.Tensor], label: str) -> tuple[di
     return _renamed(pairs, label), DATA_PARALLEL_PREFIX
 
 
-def _select_submodel(state: dict, prefixes: Sequence[str], label: str) -> tuple[dict, str, list[str]]:
-    """Keep the preferred sub-model (DynACL's ``encoder_k.``); the other prefixes' keys are ignored."""
+def _select_submodel(
+    state: dict, prefixes: Sequence[str], ignored_prefixes: Sequence[str], label: str, shown_prefix: str
+) -> tuple[dict, str, list[str]]:
+    """Keep the preferred sub-model (DynACL's ``encoder_k.``, DeACL's ``backbone.``), prefix removed.
+
+    Keys outside it are ignored when they belong to another sub-model or start with an ignored
+    prefix (DeACL's teacher ``momentum_backbone.``); any other key outside it is an error.
+    """
     present = [prefix for prefix in prefixes if any(key.startswith(prefix) for key in state)]
     if not present:
         return state, "", []
-    chosen, others = present[0], tuple(prefix for prefix in prefixes if prefix != present[0])
-    ignored = [key for key in state if key.startswith(others)]
-    kept = ((key.removeprefix(chosen), value) for key, value in state.items() if not key.startswith(others))
-    return _renamed(kept, label), chosen, ignored
+    chosen = present[0]
+    outside = [key for key in state if not key.startswith(chosen)]
+    stray = [key for key in outside if not key.startswith((*prefixes, *ignored_prefixes))]
+    if stray:
+        raise CheckpointError("\n".join([f"{label}: {len(stray)} keys outside the encoder {chosen!r} are not known",
+                                          *_key_list("unexpected", [shown_prefix + key for key in stray])]))
+    kept = ((key.removeprefix(chosen), value) for key, value in state.items() if key.startswith(chosen))
+    return _renamed(kept, label), chosen, outside
 
 
 # --------------------------------------------------------------------------- key naming
@@ -242,7 +283,17 @@ def _kuangliu_name(placeholder_key: str, branch_index: int | None) -> str:
     return placeholder_key.removeprefix("encoder.").replace(".branches.@.", ".")
 
 
-LAYOUTS: dict[str, Callable[[str, int | None], str]] = {"multi_bn": _multi_bn_name, "kuangliu": _kuangliu_name}
+def _torchvision_name(placeholder_key: str, branch_index: int | None) -> str:
+    """Ours -> torchvision (DeACL, solo-learn).
+
+    'encoder.layer2.0.shortcut.1.branches.@.weight' -> 'layer2.0.downsample.1.weight'.
+    """
+    return _kuangliu_name(placeholder_key, branch_index).replace(".shortcut.", ".downsample.")
+
+
+LAYOUTS: dict[str, Callable[[str, int | None], str]] = {
+    "multi_bn": _multi_bn_name, "kuangliu": _kuangliu_name, "torchvision": _torchvision_name,
+}
 
 
 def _placeholder(key: str) -> tuple[str, str | None]:
@@ -393,7 +444,10 @@ def _normalization_label(mean: torch.Tensor, std: torch.Tensor) -> str:
     imagenet = torch.allclose(mean.flatten(), torch.tensor(IMAGENET_MEAN), atol=1e-4) and torch.allclose(
         std.flatten(), torch.tensor(IMAGENET_STD), atol=1e-4
     )
-    return "imagenet" if imagenet else "custom"
+    cifar10 = torch.allclose(mean.flatten(), torch.tensor(CIFAR10_MEAN), atol=1e-4) and torch.allclose(
+        std.flatten(), torch.tensor(CIFAR10_STD), atol=1e-4
+    )
+    return "imagenet" if imagenet else "cifar10" if cifar10 else "custom"
 
 
 # --------------------------------------------------------------------------- external formats
@@ -402,12 +456,8 @@ def _normalization_label(mean: torch.Tensor, std: torch.Tensor) -> str:
 def _detect_robustssl_family(state: Mapping[str, torch.Tensor], label: str) -> ExternalFormat:
     """Which code base wrote a RobustSSL model-zoo file (they keep their authors' key names)."""
     keys = list(state)
-    if any(key.startswith(("backbone.", "momentum_backbone.")) for key in keys):
-        raise CheckpointError(
-            f"{label} looks like a DeACL checkpoint (solo-learn 'backbone.' keys): DeACL was trained with a "
-            "padding-2 stem that our CIFAR ResNet-18 (padding 1) does not have, and the weights would load into a "
-            "different function without any shape error; it is not supported"
-        )
+    if any(key.startswith("backbone.") for key in keys):
+        return DEACL  # the authors' file (leaderboard footnote *): its padding-2 stem, not RobustSSL's padding 1
     if any(".bn_list.2." in key for key in keys) or any(key.startswith(ADVCL.ignored) for key in keys):
         return ADVCL
     if any(key.startswith(("encoder_k.", "encoder_q.", "normalize.")) or ".bn_list." in key for key in keys):
@@ -427,7 +477,7 @@ def _available_external_branches(spec: ExternalFormat, state: Mapping[str, torch
 
 
 def _build_external_model(spec: ExternalFormat, branches: Sequence[str], state: Mapping[str, torch.Tensor]):
-    """Our ResNet-18 with the given branches, Normalize when the format has one, no projector.
+    """The format's ResNet-18 with the given branches, its normalisation, no projector.
 
     The released projector is not imported (finetuning uses the encoder only); an Identity
     stands in so nobody mistakes freshly initialised weights for the released head.
@@ -440,17 +490,17 @@ def _build_external_model(spec: ExternalFormat, branches: Sequence[str], state: 
         else:
             normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)  # the strict check reports the missing buffers
     with torch.random.fork_rng(devices=[]):
-        encoder = build_encoder("resnet18", tuple(branches))
-    spec = {"arch": "resnet18", "branches": list(branches), "projector": "none", "in_channels": 3,
-            "normalization": "custom" if normalize is not None else "none"}
-    return ContrastiveModel(encoder, nn.Identity(), normalize, spec=spec)
+        encoder = build_encoder(spec.arch, tuple(branches))
+    model_spec = {"arch": spec.arch, "branches": list(branches), "projector": "none", "in_channels": 3,
+                  "normalization": "custom" if normalize is not None else "none"}
+    return ContrastiveModel(encoder, nn.Identity(), normalize, spec=model_spec)
 
 
 def _load_external(
     spec: ExternalFormat, state: dict, meta: dict, label: str, branch: str | None, fmt: str, prefix: str
 ) -> tuple[ContrastiveModel, dict[str, Any]]:
     where = f"{fmt} checkpoint {label}"
-    state, encoder_prefix, prefix_ignored = _select_submodel(state, spec.encoder_prefixes, where)
+    state, encoder_prefix, prefix_ignored = _select_submodel(state, spec.encoder_prefixes, spec.ignored, where, prefix)
     available = _available_external_branches(spec, state)
     selected = _resolve_branches(branch, available, spec.default_branch, where)
     branch_map = _branch_map(selected, keep_names=branch == ALL_BRANCHES)
@@ -461,13 +511,16 @@ def _load_external(
         list(model.state_dict()), branch_map, [name for name in available if name not in selected],
         lambda key, source_branch: naming(key, indices.get(source_branch)),
     )
-    ignored = _load_strict(model, state, expected, dropped, spec.ignored, where, RESNET18_NOTE, prefix + encoder_prefix)
+    ignored = _load_strict(model, state, expected, dropped, spec.ignored, where, ARCH_NOTES[spec.arch],
+                           prefix + encoder_prefix)
+    if spec.fixed_normalization:  # not in the file: the released model class adds it (after the strict load)
+        model.normalize = Normalize(*NORMALIZATIONS[spec.fixed_normalization])
     normalization = "none"
-    if spec.normalized:
+    if isinstance(model.normalize, Normalize):
         normalization = _normalization_label(model.normalize.mean, model.normalize.std)
     routed, source_branch = _routing(selected, spec.default_branch, keep_names=branch == ALL_BRANCHES)
     info = {
-        "format": fmt, "family": spec.name, "source": label, "arch": "resnet18", "branch": routed,
+        "format": fmt, "family": spec.name, "source": label, "arch": spec.arch, "branch": routed,
         "source_branch": source_branch, "branches": list(branch_map), "available_branches": available,
         "normalization": normalization, "projector": None,
         "ignored_keys": sorted([prefix + key for key in prefix_ignored] + ignored),
@@ -617,18 +670,22 @@ def load_encoder(
     """Load an encoder checkpoint strictly into our model; see the module docstring.
 
     ``arch`` is the architecture the caller expects (``None``: the checkpoint's own; the
-    released formats are all CIFAR ResNet-18). Raises ``CheckpointError`` (a ValueError)
-    for an unknown format, any unmatched or missing key, a shape mismatch or a wrong branch.
+    released formats are CIFAR ResNet-18s: ``resnet18``, DeACL's ``resnet18_deacl``).
+    Raises ``CheckpointError`` (a ValueError) for an unknown format, any unmatched or missing
+    key, a shape mismatch or a wrong branch.
     """
     if format not in FORMATS:
         raise CheckpointError(f"checkpoint format {format!r} is unknown: allowed {list(FORMATS)}")
     checkpoint, label = _read(path_or_state_dict)
     if format == "bench":
         return _load_bench(checkpoint, label, branch, arch)
-    if arch not in (None, "resnet18"):
-        raise CheckpointError(f"{format} checkpoints are CIFAR ResNet-18 encoders: arch={arch!r} is not supported")
     containers = ROBUSTSSL_CONTAINERS if format == "robustssl" else EXTERNAL[format].containers
     state, meta = _unwrap(checkpoint, containers, f"{format} checkpoint {label}")
     state, prefix = _strip_data_parallel(state, f"{format} checkpoint {label}")
     spec = _detect_robustssl_family(state, label) if format == "robustssl" else EXTERNAL[format]
+    if arch not in (None, spec.arch):
+        raise CheckpointError(
+            f"{format} checkpoint {label} holds {ARCH_NOTES[spec.arch]}: arch={arch!r} is invalid (the weights would "
+            f"load into a different function without a shape error): allowed {spec.arch!r}"
+        )
     return _load_external(spec, state, meta, label, branch, format, prefix)

@@ -1,4 +1,5 @@
-"""The ``bench`` command: run, list, pretrain, finetune, evaluate, report, export, collect, status, speed.
+"""The ``bench`` command: run, list, pretrain, finetune, evaluate, report, export, collect, status, sweep, stage,
+speed.
 
 Every configuration field can be overridden (``--set pretrain.lr=0.5``); the common ones
 have short flags. All checking happens before any work: a bad value exits with status 2
@@ -7,6 +8,8 @@ and one line naming the value and the allowed ones, and nothing is written.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import sys
 import traceback
@@ -16,6 +19,7 @@ from bench import progress, registry
 from bench.config import ATTACKS, DEVICES, PRESETS, SCHEMES, ConfigError
 from bench.checkpoints import CheckpointError
 from bench.data import DATASETS, DatasetMissingError
+from bench.provenance import code_version
 from bench.results import RowError, StoreError
 
 SPEED_STAGES = ("pretrain", "eval", "epoch")
@@ -64,6 +68,13 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
 
 
+def _add_product_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("several runs (the plan is seeds × datasets × methods)")
+    group.add_argument("--seeds", nargs="+", metavar="SEED", help="several seeds, e.g. --seeds 0 1 2 (not with --seed)")
+    group.add_argument("--datasets", nargs="+", metavar="DATASET",
+                       help="several pretraining datasets, e.g. --datasets cifar10 cifar100 (not with --dataset)")
+
+
 def _split_assignment(text: str, flag: str) -> tuple[str, str]:
     if "=" not in text:
         raise ConfigError(f"{flag} {text!r} is invalid: allowed form KEY=VALUE")
@@ -92,11 +103,23 @@ def _request(args: argparse.Namespace, methods: tuple[str, ...]):
         scope, _, name = key.rpartition(":")
         method_params.setdefault(scope or "*", {})[name] = value
     return RunRequest(preset=args.preset, overrides=overrides, method_params=method_params, methods=methods,
-                      force=getattr(args, "force", False), resume=getattr(args, "resume", False))
+                      force=getattr(args, "force", False), resume=getattr(args, "resume", False),
+                      seeds=tuple(getattr(args, "seeds", None) or ()),
+                      datasets=tuple(getattr(args, "datasets", None) or ()))
+
+
+def _methods(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(m for m in ",".join(args.methods).split(",") if m)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     methods = registry.available()
+    if args.json:
+        for name, cls in methods.items():
+            print(json.dumps({"name": name, "description": cls.description, "base": cls.base_name or name,
+                              "bn_branches": list(cls.bn_branches), "finetune_bn": cls.finetune_bn,
+                              "inferior_positives": cls.inferior_positives, "hard_negatives": cls.hard_negatives}))
+        return 0
     width = max(len(name) for name in methods)
     for name, cls in methods.items():
         print(f"{name:<{width}}  {cls.description}")
@@ -109,7 +132,7 @@ def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
     from bench.pipeline import run_plan
     from bench.plan import build_plan
 
-    request = _request(args, tuple(m for m in ",".join(args.methods).split(",") if m))
+    request = _request(args, _methods(args))
     if pretrain_only:
         request.overrides["finetune.schemes"] = ""
     plan = build_plan(request)
@@ -142,11 +165,19 @@ def _summarise(outcomes) -> int:
 
 
 def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: list[str] | None = None) -> int:
+    """Write the report in the registry's method order (plugins included): methods without adversarial
+    views (the non-adversarial anchor) first, then each base method followed by its A-InfoNCE variants."""
+    from bench import registry
     from bench.report import write_reports
 
+    methods = registry.available()
+    bases = sorted((name for name, cls in methods.items() if not cls.base_name),
+                   key=lambda name: methods[name].has_adversarial_views)
+    order = [name for base in bases for name in (base, *(n for n, c in methods.items() if c.base_name == base))]
     results_dir, reports_dir = dirs
     written = write_reports(results_dir / "results.csv", reports_dir, results_dir / "runs",
-                            results_dir / "reference", paper=paper, curve_methods=curve_methods)
+                            results_dir / "reference", paper=paper, curve_methods=curve_methods,
+                            method_order=order + [name for name in methods if name not in order])
     index = next((path for path in written if Path(path).name == "index.md"), reports_dir / "index.md")
     if not quiet:
         table = reports_dir / "results.md"
@@ -199,8 +230,6 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Per run: complete, failed (why), or the stage it reached; read from the run directories only."""
-    import json
-
     from bench.collect import describe, run_status
     from bench.results import ResultsStore
 
@@ -210,12 +239,90 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """The plan's runs as scheduler jobs (slurm, submitit-local), the local pool, or the jobs' command lines."""
+    import json
+
+    from bench import sweep
+    from bench.pipeline import run_plan
+    from bench.plan import build_plan
+
+    if args.json and not args.dry_run:
+        raise ConfigError("--json is invalid without --dry-run: allowed --dry-run --json")
+    request = _request(args, _methods(args))
+    request.resume = True  # a sweep continues what an earlier sweep (or a requeued job) left
+    plan = build_plan(request)
+    options = sweep.ClusterOptions(folder=Path(args.jobs_dir or plan.results_dir / "_jobs").resolve(),
+                                   **{name: getattr(args, name) for name in sweep.CLUSTER_FLAGS})
+    jobs = sweep.plan_jobs(plan, request, no_report=args.no_report)
+    if args.dry_run:
+        for job in jobs:
+            print(json.dumps(job.to_json()) if args.json else f"{job.key}  {job.command}")
+        return 0
+    if args.launcher == "local":
+        outcomes = run_plan(plan)
+        if not args.no_report:
+            _report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet)
+        return _summarise(outcomes)
+    if not jobs:
+        progress.log(f"nothing to submit: the {len(plan.runs)} run(s) of the sweep are complete (--force reruns them)")
+        return 0
+    if args.launcher == "slurm":
+        ids = sweep.submit_slurm(jobs, options)
+        for job in jobs:
+            progress.log(f"submitted {job.key}: SLURM job {ids[job.key]}")
+        progress.log(f"{len(ids)} jobs submitted (logs in {options.folder}); follow the runs with "
+                     f"`bench status --results-dir {plan.results_dir}`")
+        return 0
+    failures = sweep.run_submitit_local(jobs, options)
+    if "collect" in failures:
+        print(f"bench: the collect job failed: {failures['collect']}", file=sys.stderr)
+    return max(_summarise(sweep.outcomes(plan, jobs, failures)), int("collect" in failures))
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    """One stage of the runs the settings select (what a sweep's job runs); continues from what is stored."""
+    from bench import sweep
+    from bench.plan import assemble, build_plan
+
+    if args.stage == "collect":
+        config = assemble(_request(args, ("all",)))
+        sweep.collect_stage(Path(config.results_dir))
+        if not args.no_report:
+            _report((Path(config.results_dir), Path(config.reports_dir)), paper=False, quiet=True)
+        return 0
+    request = _request(args, _methods(args))
+    request.resume = True
+    failed = sweep.run_stage_of_plan(build_plan(request), args.stage, args.scheme, args.run_id)
+    for run_id, method, reason in failed:
+        print(f"bench: run {run_id} ({method}) failed: {reason}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def run_stage_command(argv: list[str]) -> int:
+    """``bench stage ...`` inside a scheduler job: no signal handlers of its own (the scheduler's
+    stay in place, e.g. submitit's requeue on preemption) and errors propagate as the job's failure."""
+    args = build_parser().parse_args(argv)
+    if args.command != "stage":
+        raise ConfigError(f"command {args.command!r} is invalid inside a sweep job: allowed 'stage'")
+    progress.set_quiet(args.quiet)
+    progress.set_bars(False)
+    return args.handler(args)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from bench.external import export_run
 
     path = export_run(Path(args.results_dir), args.run_id, args.scheme, Path(args.out))
     print(path)
     return 0
+
+
+def _selected(plan) -> list:
+    """The plan's runs of the selected methods: a teacher run the plan adds (DeACL's SimCLR) is not
+    measured unless selected; ``bench speed`` gives a distilling method an untrained teacher."""
+    names = set(registry.resolve(plan.base.methods))
+    return [run for run in plan.runs if run.method in names]
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
@@ -248,10 +355,10 @@ def cmd_speed(args: argparse.Namespace) -> int:
     if args.quick:
         extra_request = _request(args, QUICK_EXTRA_METHODS)
         extra_request.overrides.update(QUICK_EXTRA)
-        extra = list(build_plan(extra_request).runs)
-    epoch_runs = list(build_plan(_request(args, tuple(args.epoch))).runs) if args.epoch else []
+        extra = _selected(build_plan(extra_request))
+    epoch_runs = _selected(build_plan(_request(args, tuple(args.epoch)))) if args.epoch else []
     device = resolve_device(plan.base.device)
-    rows = run_speed(list(plan.runs), plan.base, options, device=device,
+    rows = run_speed(_selected(plan), plan.base, options, device=device,
                      synthetic=_count(args.synthetic or 0, "synthetic"), extra=extra,
                      extra_options=dataclasses.replace(options, steps=QUICK_EXTRA_STEPS),
                      epoch_runs=epoch_runs)
@@ -285,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="acl-bench: pretrain, finetune (SLF/ALF/AFF), attack (PGD-20, AutoAttack) and report "
         "adversarial contrastive learning methods in one harness.",
     )
+    parser.add_argument("--version", action="version", version=f"acl-bench {code_version()}",
+                        help="package version and git commit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="pretrain, finetune and evaluate methods, then write the report")
@@ -293,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
     run.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
     _add_config_flags(run)
+    _add_product_flags(run)
     run.set_defaults(handler=cmd_run)
 
     pre = sub.add_parser("pretrain", help="pretrain methods and store their encoders (no finetuning)")
@@ -300,7 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--force", action="store_true", help="rerun runs that are already complete")
     pre.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
     _add_config_flags(pre)
+    _add_product_flags(pre)
     pre.set_defaults(handler=cmd_pretrain)
+
+    _add_sweep_parser(sub)
+    _add_stage_parser(sub)
 
     for command, text in (("finetune", "finetune a stored or released encoder with SLF/ALF/AFF and evaluate it"),
                           ("evaluate", "evaluate an encoder checkpoint or a RobustBench model under our protocol")):
@@ -350,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.set_defaults(handler=cmd_speed)
 
     lst = sub.add_parser("list", help="list the registered methods with a one-line description")
+    lst.add_argument("--json", action="store_true", help="one JSON object per method")
     lst.set_defaults(handler=cmd_list)
 
     exp = sub.add_parser("export", help="write a finetuned classifier as a plain nn.Module file (RobustBench-ready)")
@@ -375,6 +490,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_sweep_parser(sub) -> None:
+    from bench.sweep import LAUNCHERS
+
+    sweep = sub.add_parser("sweep",
+                           help="seeds × datasets × methods as scheduler jobs (SLURM via submitit) or locally",
+                           description="Run a plan's stages (pretrain, then one finetune-and-evaluate job per scheme, "
+                           "then collect + report) as jobs. Complete runs are skipped; interrupted ones continue.")
+    sweep.add_argument("--methods", nargs="+", default=["all"], help="method names or 'all'")
+    sweep.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                       help="local: this machine's pool (as bench run); slurm: job arrays through submitit; "
+                       "submitit-local: submitit's local executor (the slurm code path, on this machine)")
+    sweep.add_argument("--dry-run", action="store_true", help="print the jobs and their command lines; submit nothing")
+    sweep.add_argument("--json", action="store_true", help="with --dry-run: one JSON object per job")
+    sweep.add_argument("--force", action="store_true", help="rerun runs that are already complete")
+    sweep.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    _add_config_flags(sweep)
+    _add_product_flags(sweep)
+    cluster = sweep.add_argument_group("scheduler (slurm, submitit-local)")
+    cluster.add_argument("--jobs-dir", help="submitit's logs and job files (default RESULTS_DIR/_jobs; shared "
+                         "filesystem on a cluster)")
+    cluster.add_argument("--timeout-min", type=int, default=24 * 60,
+                         help="time limit of a pretrain or finetune job; a timed-out job requeues and resumes")
+    cluster.add_argument("--max-timeouts", type=int, default=3, help="requeues after timeouts before a job fails")
+    cluster.add_argument("--partition", help="SLURM partition")
+    cluster.add_argument("--account", help="SLURM account")
+    cluster.add_argument("--constraint", help="SLURM node constraint, e.g. a100")
+    cluster.add_argument("--qos", help="SLURM quality of service")
+    cluster.add_argument("--gpus-per-node", type=int,
+                         help="GPUs per pretrain/finetune job (default 1 on SLURM, 0 locally)")
+    cluster.add_argument("--cpus-per-task", type=int, help="CPU cores per job")
+    cluster.add_argument("--mem-gb", type=float, help="memory per job")
+    cluster.add_argument("--array-parallelism", type=int, default=0,
+                         help="jobs of one array running at once (0: SLURM's limit; locally one per core)")
+    sweep.set_defaults(handler=cmd_sweep)
+
+
+def _add_stage_parser(sub) -> None:
+    stage = sub.add_parser("stage", help="run one stage of one run (what a sweep job runs; for your own scheduler)",
+                           description="One stage of the runs these settings select: pretrain (resumes from its "
+                           "checkpoint), finetune --scheme S (needs the stored encoder), or collect (finish ready "
+                           "runs, rebuild results.csv, write the report). `bench sweep --dry-run` prints these.")
+    stage.add_argument("stage", choices=("pretrain", "finetune", "collect"))
+    stage.add_argument("--scheme", choices=SCHEMES, help="the finetune stage's scheme")
+    stage.add_argument("--run-id", help="the run these settings must give (refused if they give another)")
+    stage.add_argument("--methods", nargs="+", default=["all"], help="method names or 'all'")
+    stage.add_argument("--force", action="store_true", help="pretrain: start the run afresh even if it is complete")
+    stage.add_argument("--no-report", action="store_true", help="collect: do not write the report")
+    _add_config_flags(stage)
+    stage.set_defaults(handler=cmd_stage)
+
+
 def _interrupt(signum, frame) -> None:
     """SIGTERM (a scheduler's or ``kill``'s) stops a run the way Ctrl-C does."""
     raise KeyboardInterrupt
@@ -393,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted (completed runs and checkpoints are kept; rerun with --resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except BAD_INPUT as error:
         return _error(args, error, 2)
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line unless --debug

@@ -79,6 +79,23 @@ def copy_run(source: RunDir, destination: RunDir) -> None:
     os.replace(staging, destination.path)
 
 
+def finish_ready(store: ResultsStore) -> list[str]:
+    """Complete every run whose stages have all finished (``bench.stages.finish_stage``); the ids finished.
+
+    A sweep's last job calls this before ``collect``: a run's last finetune job normally finishes
+    it, but not when two of them end at once on different nodes or the job died just after its rows."""
+    from bench.stages import finish_stage
+
+    finished = []
+    for run in store.run_dirs():
+        try:
+            if finish_stage(run):
+                finished.append(run.run_id)
+        except (OSError, ValueError, KeyError) as error:  # one damaged run must not keep the others incomplete
+            run.mark_failed(f"finish: {type(error).__name__}: {error}")
+    return finished
+
+
 def run_status(run: RunDir) -> dict[str, Any]:
     """One run's state from its directory alone: complete, failed (why), or the stage it reached."""
     status: dict[str, Any] = {"run_id": run.run_id}

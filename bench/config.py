@@ -1,19 +1,23 @@
 """Dataclass configs, the ``smoke`` and ``paper`` presets, and validation.
 
 One config tree describes a whole benchmark run. Presets fill it; every CLI flag overrides
-one field (``--pretrain.lr 0.5`` style dotted names, plus short aliases); ``validate`` runs
-before any work and fails with one line naming the field, the value and the allowed values.
-Methods add their own hyperparameters (``bench.registry``) and, in the paper preset, their
-published optimiser settings (``Method.paper_pretrain``).
+one field (``--set pretrain.lr=0.5`` dotted names, plus short aliases), turned into the field's
+type by ``coerce``; ``validate`` runs before any work and fails with one line naming the field,
+the value and the allowed values. Methods add their own hyperparameters (``Method.Params``) and
+their published settings per preset and dataset (``Method.published``).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, NoReturn
 
 PRESETS = ("smoke", "paper")
 SCHEMES = ("SLF", "ALF", "AFF")
@@ -145,7 +149,7 @@ def paper_preset() -> RunConfig:
     """The published settings: ResNet-18, CIFAR-10, ε 8/255 (DESIGN §4-5).
 
     Per-method optimiser settings (LARS for ACL/RoCL, lr, epochs) come from the method's
-    ``paper_pretrain`` on top of these shared defaults.
+    published settings (``Method.published``) on top of these shared defaults.
     """
     return RunConfig(
         preset="paper",
@@ -169,7 +173,7 @@ def preset(name: str) -> RunConfig:
     return smoke_preset() if name == "smoke" else paper_preset()
 
 
-def _fail(name: str, value: Any, allowed: str) -> None:
+def _fail(name: str, value: Any, allowed: str) -> NoReturn:
     raise ConfigError(f"{name}={value!r} is invalid: allowed {allowed}")
 
 
@@ -266,27 +270,83 @@ def validate(config: RunConfig) -> RunConfig:
 # ------------------------------------------------------------------ overrides and hashing
 
 
-def _coerce(current: Any, raw: Any, name: str) -> Any:
-    """Turn a CLI string into the type of the field it overrides."""
-    if not isinstance(raw, str):
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+NONE_WORDS = ("", "none")
+
+
+def coerce(hint: Any, raw: Any, name: str) -> Any:
+    """``raw`` as a value of the type ``hint`` (a field's annotation from ``typing.get_type_hints``).
+
+    Strings (CLI ``--set``/``--param`` values) are parsed: bool from true/false words, int,
+    float (also ``8/255``), str, ``tuple[X, ...]`` from comma-separated items, ``X | None``
+    from ``none`` or the empty string. Other values (settings tables, Python callers) are
+    checked against the same type: an int for a float field becomes a float. Floats must be
+    finite. Anything else raises ``ConfigError`` naming the field, the value and what is allowed.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [arg for arg in args if arg is not type(None)]
+        if len(inner) != 1 or len(args) != 2:
+            raise TypeError(f"{name}: annotation {hint} is not supported: allowed X or X | None")
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in NONE_WORDS):
+            return None
+        return coerce(inner[0], raw, name)
+    if origin is tuple:
+        if len(args) != 2 or args[1] is not Ellipsis:
+            raise TypeError(f"{name}: annotation {hint} is not supported: allowed tuple[X, ...]")
+        items = [item for item in raw.split(",") if item] if isinstance(raw, str) else raw
+        if not isinstance(items, (list, tuple)):
+            _fail(name, raw, f"comma-separated {args[0].__name__} values")
+        return tuple(coerce(args[0], item, name) for item in items)
+    if hint is bool:
+        return _coerce_bool(raw, name)
+    if hint is int:
+        return _coerce_int(raw, name)
+    if hint is float:
+        return _coerce_float(raw, name)
+    if hint is str:
+        if not isinstance(raw, str):
+            _fail(name, raw, "strings")
         return raw
-    if isinstance(current, bool):
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        _fail(name, raw, "true/false")
-    if isinstance(current, tuple):
-        items = [item for item in raw.split(",") if item]
-        sample = current[0] if current else ""
-        return tuple(_coerce(sample, item, name) for item in items)
-    for kind in (int, float):
-        if isinstance(current, kind):
-            try:
-                return kind(eval_fraction(raw) if kind is float else raw)
-            except ValueError:
-                _fail(name, raw, f"{kind.__name__} values")
-    return raw
+    if hint is Any:
+        return raw
+    raise TypeError(f"{name}: annotation {hint} is not supported by bench.config.coerce")
+
+
+def _coerce_bool(raw: Any, name: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+        return raw.strip().lower() in TRUE_WORDS
+    _fail(name, raw, "true/false")
+
+
+def _coerce_int(raw: Any, name: str) -> int:
+    if isinstance(raw, Integral) and not isinstance(raw, bool):
+        return int(raw)
+    if isinstance(raw, str):
+        try:
+            return int(raw)
+        except ValueError:
+            pass
+    _fail(name, raw, "int values")
+
+
+def _coerce_float(raw: Any, name: str) -> float:
+    value = None
+    if isinstance(raw, Real) and not isinstance(raw, bool):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = eval_fraction(raw)
+        except (ValueError, ZeroDivisionError):
+            _fail(name, raw, "float values (also fractions such as 8/255)")
+    if value is None:
+        _fail(name, raw, "float values (also fractions such as 8/255)")
+    if not math.isfinite(value):
+        _fail(name, raw, "finite numbers")
+    return value
 
 
 def eval_fraction(text: str) -> float:
@@ -297,17 +357,27 @@ def eval_fraction(text: str) -> float:
     return float(text)
 
 
+@functools.lru_cache(maxsize=None)
+def field_types(cls: type) -> dict[str, Any]:
+    """The annotations of a dataclass's fields, evaluated (``X | None``, ``tuple[int, ...]``)."""
+    hints = typing.get_type_hints(cls)
+    return {item.name: hints[item.name] for item in dataclasses.fields(cls)}
+
+
 def set_field(config: RunConfig, dotted: str, raw: Any) -> None:
     """Override one field by dotted name (``pretrain.lr``), coercing to the field's type."""
     parts = dotted.split(".")
     target: Any = config
     for part in parts[:-1]:
-        if not dataclasses.is_dataclass(target) or not hasattr(target, part):
+        if not dataclasses.is_dataclass(target) or part not in field_types(type(target)):
             _fail("field", dotted, "dotted names of RunConfig fields (see `bench run --help`)")
         target = getattr(target, part)
-    if not dataclasses.is_dataclass(target) or not hasattr(target, parts[-1]):
+    if not dataclasses.is_dataclass(target) or parts[-1] not in field_types(type(target)):
         _fail("field", dotted, "dotted names of RunConfig fields (see `bench run --help`)")
-    setattr(target, parts[-1], _coerce(getattr(target, parts[-1]), raw, dotted))
+    hint = field_types(type(target))[parts[-1]]
+    if dataclasses.is_dataclass(hint) or typing.get_origin(hint) is dict:
+        _fail("field", dotted, "dotted names of single RunConfig fields, not of a section")
+    setattr(target, parts[-1], coerce(hint, raw, dotted))
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -211,24 +211,29 @@ def _reset_branch_cache(model: nn.Module) -> None:
 def plan_for_world(plan: Any, request: Any, world: int) -> Any:
     """The plan under W processes: ``pretrain.shards`` defaults to W for every run whose published
     settings and the user leave it unset, so the run id (and the encoder) are those of one process
-    with ``--set pretrain.shards=W``; one run at a time (``jobs`` 1)."""
+    with ``--set pretrain.shards=W``; one run at a time (``jobs`` 1).
+
+    The plan is built again with the override (same request, so the same runs in the same order:
+    seeds × datasets × methods, teachers first) and each run whose shards were unset is taken from it."""
     import dataclasses
 
-    from bench.plan import resolve_run
+    from bench.plan import build_plan
 
     if plan.base.jobs > 1:
         raise ConfigError(f"jobs={plan.base.jobs} is invalid under torchrun ({world} processes share each run): "
                           "allowed 0 or 1")
-    runs = []
-    for run in plan.runs:
-        published = run.method_class.published(run.config.preset, run.config.data.name).pretrain
-        if "pretrain.shards" in request.overrides or "shards" in published:
-            runs.append(run)
-            continue
-        widened = dataclasses.replace(request, overrides={**request.overrides, "pretrain.shards": str(world)})
-        runs.append(resolve_run(run.method_class, widened, plan.base))
-    base = dataclasses.replace(plan.base, jobs=1)
-    return dataclasses.replace(plan, base=base, runs=tuple(runs))
+    widened = plan
+    if "pretrain.shards" not in request.overrides:
+        widened = build_plan(dataclasses.replace(request, overrides={**request.overrides,
+                                                                      "pretrain.shards": str(world)}))
+    runs = tuple(wide if "shards" not in run.method_class.published(run.config.preset, run.config.data.name).pretrain
+                 else run for run, wide in zip(plan.runs, widened.runs, strict=True))
+    ids = {run.run_id for run in runs}
+    for run in runs:
+        if run.teacher and run.teacher not in ids:
+            raise ConfigError(f"pretrain.shards is unset under torchrun ({world} processes) but run {run.run_id} "
+                              "publishes its own and its teacher does not: allowed --set pretrain.shards=N")
+    return dataclasses.replace(plan, base=dataclasses.replace(plan.base, jobs=1), runs=runs)
 
 
 def lead(plan: Any) -> list[Any]:
@@ -246,6 +251,7 @@ def follow(plan: Any) -> None:
     from bench.device import resolve_device
     from bench.pipeline import DataCache
     from bench.results import ResultsStore
+    from bench.stages import give_teacher
     from bench.train import pretrain
 
     progress.set_quiet(True)
@@ -257,5 +263,7 @@ def follow(plan: Any) -> None:
         torch.manual_seed(run.config.seed)
         data = cache.get(run.config.data.name, run.config)
         method = run.method_class(run.params)
+        if run.teacher:  # rank 0 wrote the teacher's encoder before its student's pretraining started
+            give_teacher(method, store.run(run.teacher))
         model = method.build_model(run.config.model.arch, data.channels)
         pretrain(method, model, data.x_train, run.config, store.run(run.run_id), device, resume=message["resume"])

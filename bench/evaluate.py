@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from bench.attacks import autocast, pgd_cross_entropy
+from bench.autoattack_watch import watch_autoattack
 from bench.config import EvalConfig
 
 ProgressFn = Callable[[str], None]
@@ -126,42 +127,62 @@ class AutocastLogits(nn.Module):
         return logits.float()
 
 
-def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Per-image correctness (bool [n], on y's device) of the model's predictions on clean inputs."""
     batch_size = eval_batch_size(model, x, batch_size)
+    correct = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
     with eval_mode(model), torch.no_grad():
-        correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in _batches(x, y, batch_size))
-    return 100.0 * correct / x.shape[0]
+        for start, (xb, yb) in zip(range(0, x.shape[0], batch_size), _batches(x, y, batch_size)):
+            correct[start : start + yb.shape[0]] = model(xb).argmax(1) == yb
+    return correct
 
 
-def pgd_accuracy(
+def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    return 100.0 * int(clean_correct(model, x, y, batch_size).sum()) / x.shape[0]
+
+
+def pgd_correct(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, step_size: float, steps: int,
     restarts: int = 1, batch_size: int = 256, seed: int = 0,
-) -> float:
-    """PGD (random start, summed CE); with restarts a sample is robust only if it survives all."""
+) -> torch.Tensor:
+    """Per-image robustness (bool [n]) under PGD (random start, summed CE); with restarts an image is
+    robust only if it survives all."""
     generator = torch.Generator(device=x.device).manual_seed(seed)
     batch_size = eval_batch_size(model, x, batch_size)
-    robust = 0
+    robust = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
     with eval_mode(model):
-        for xb, yb in _batches(x, y, batch_size):
+        for start, (xb, yb) in zip(range(0, x.shape[0], batch_size), _batches(x, y, batch_size)):
             survived = torch.ones_like(yb, dtype=torch.bool)
             for _ in range(restarts):
                 x_adv = pgd_cross_entropy(model, xb, yb, epsilon=epsilon, step_size=step_size, steps=steps,
                                           generator=generator)
                 with torch.no_grad():
                     survived &= model(x_adv).argmax(1) == yb
-            robust += int(survived.sum())
-    return 100.0 * robust / x.shape[0]
+            robust[start : start + yb.shape[0]] = survived
+    return robust
+
+
+def pgd_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, step_size: float, steps: int,
+    restarts: int = 1, batch_size: int = 256, seed: int = 0,
+) -> float:
+    """PGD accuracy in % (see pgd_correct)."""
+    robust = pgd_correct(model, x, y, epsilon, step_size, steps, restarts, batch_size, seed)
+    return 100.0 * int(robust.sum()) / x.shape[0]
 
 
 def autoattack_accuracy(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, version: str = "standard",
-    batch_size: int = 256, seed: int = 0, device: torch.device | str = "cpu",
+    batch_size: int = 256, seed: int = 0, device: torch.device | str = "cpu", progress: ProgressFn | None = None,
 ) -> tuple[float, dict]:
     """AutoAttack (Croce & Hein 2020), L∞: 'standard' (APGD-CE, APGD-T, FAB-T, Square) or 'apgd-ce'
     alone (the fast option, configured as inside 'standard': 100 iterations, 1 restart).
 
     Returns the accuracy re-evaluated on AA's adversarial examples and an info dict with the
-    checks of the returned examples (RobustBench#7: re-evaluation must match AA's count).
+    checks of the returned examples (RobustBench#7: re-evaluation must match AA's count), the
+    per-image correctness on them (``correct``, bool [n]), AutoAttack's own checks
+    (``autoattack_checks``, see bench.autoattack_watch) and its per-attack progress
+    (``autoattack_progress``); progress lines also go to ``progress`` while it runs.
     """
     from pyautoattack import AutoAttack
 
@@ -169,7 +190,7 @@ def autoattack_accuracy(
         raise ValueError(f"version={version!r} is invalid: allowed ['apgd-ce', 'standard']")
     batch_size = eval_batch_size(model, x, batch_size)
     options = {"version": "standard"} if version == "standard" else {"version": "custom", "attacks": ["apgd-ce"]}
-    with eval_mode(model):
+    with eval_mode(model), watch_autoattack(progress) as watch:
         attack = AutoAttack(model, eps=epsilon, norm="Linf", device=str(device), seed=seed, **options)
         if version == "apgd-ce":
             attack.apgd.n_restarts = 1  # as APGD-CE runs inside 'standard' (the custom default is 5)
@@ -186,6 +207,9 @@ def autoattack_accuracy(
         "max_perturbation": distance,
         "within_epsilon": distance <= epsilon + 1e-6,
         "in_range": bool(x_adv.min() >= 0 and x_adv.max() <= 1),
+        "correct": predictions == y,
+        "autoattack_checks": watch.checks,
+        "autoattack_progress": watch.progress,
     }
     return accuracy, info
 

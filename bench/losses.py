@@ -3,8 +3,10 @@
 References: Chen et al. 2020 (SimCLR, NT-Xent); Yu et al., "Adversarial Contrastive Learning
 via Asymmetric InfoNCE", ECCV 2022 (A-InfoNCE: inferior positives and hard negatives);
 Robinson et al. 2021 (HCL, the hard-negative estimator A-InfoNCE adopts). The formulas
-implemented are those of DESIGN §3; the released code's deviations live behind
-``quirks="official"`` (science/ainfonce-notes.md §1).
+implemented are those of DESIGN §3 (``a_infonce``); the released code's arithmetic, with its
+deviations from them, is reproduced by ``official_advcl_loss`` and ``official_rocl_loss``, which
+AdvCL and RoCL call by name when their parameter ``quirks`` is 'official'
+(science/ainfonce-notes.md §1).
 
 Notation: z are L2-normalised projections, T the temperature, s_uv = z_u·z_v,
 ℓ(u→p) = −log(exp(s_up/T) / Σ_{k≠u} exp(s_uk/T)), and ℓ^sg(u→p) the same with every z_k
@@ -24,17 +26,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-QUIRKS = ("none", "official")
 # The released HN losses hard-code 0.5 as the temperature of their clamp floor N·e^{-1/0.5}.
 OFFICIAL_CLAMP_TEMPERATURE = 0.5
-# The released AdvCL loss is SupCon's, scaled by T / base_temperature with base 0.07:
-# callers pass ``scale=temperature / ADVCL_BASE_TEMPERATURE`` (also in official mode).
-ADVCL_BASE_TEMPERATURE = 0.07
-# Layouts the released code supports: (adversarial flags per view, detach_contrast).
-OFFICIAL_LAYOUTS = {
-    "advcl": ((True, False, False, False), False),  # [x_adv, x1, x2, HFC], full gradient
-    "rocl": ((False, False, True), True),  # [x1, x2, a], every column detached
-}
+# The view order of each released loss (True = adversarial).
+ADVCL_VIEWS = (True, False, False, False)  # [x_adv, x1, x2, HFC], full gradient
+ROCL_VIEWS = (False, False, True)  # [x1, x2, a], every column detached
 
 
 # ---------------------------------------------------------------------------- NT-Xent
@@ -73,7 +69,6 @@ def a_infonce(
     hard_negatives: tuple[float, float] | None = None,
     detach_contrast: bool = False,
     scale: float = 1.0,
-    quirks: str = "none",
 ) -> torch.Tensor:
     """Asymmetric InfoNCE (Yu et al., ECCV 2022) over [B, V, D] features; DESIGN §3.
 
@@ -89,19 +84,10 @@ def a_infonce(
       ``_hard_negative_terms``), which up-weights negatives by exp(β·s/T) and removes an
       estimated τ⁺ share of false negatives.
     Computed in at least float32 whatever the input dtype (AMP-safe), with row-max shifts.
-
-    ``quirks="official"`` instead reproduces the released code (commit b28763e) for its two
-    layouts, AdvCL (V=4, view 0 adversarial) and RoCL (V=3, view 2 adversarial,
-    ``detach_contrast=True``); other layouts raise ValueError. See ``_official_advcl`` and
-    ``_official_rocl`` for the reproduced quirks.
+    The released code's own arithmetic: ``official_advcl_loss``, ``official_rocl_loss``.
     """
-    flags = _validate(features, adversarial, temperature, alpha, adv_weight, hard_negatives, detach_contrast,
-                      scale, quirks)
-    if isinstance(alpha, torch.Tensor):  # a schedule's 0-d tensor: compute 1 − α in the loss's precision
-        alpha = alpha.detach().to(_compute_dtype(features.dtype))
-    if quirks == "official":
-        official = _official_advcl if _official_layout(flags, detach_contrast) == "advcl" else _official_rocl
-        return official(features, temperature, alpha, adv_weight, hard_negatives, scale)
+    flags = _validate(features, adversarial, temperature, alpha, adv_weight, hard_negatives, detach_contrast, scale)
+    alpha = _loss_alpha(alpha, features.dtype)
     batch, views, dim = features.shape
     z = features.transpose(0, 1).reshape(views * batch, dim).to(_compute_dtype(features.dtype))
     positive, negative = _pair_masks(batch, views, z.device)
@@ -181,6 +167,13 @@ def _hard_negative_terms(
 # ---------------------------------------------------------------------------- validation
 
 
+def _loss_alpha(alpha: float | torch.Tensor | None, dtype: torch.dtype) -> float | torch.Tensor | None:
+    """A schedule's 0-d tensor α is detached and cast, so 1 − α is computed in the loss's precision."""
+    if isinstance(alpha, torch.Tensor):
+        return alpha.detach().to(_compute_dtype(dtype))
+    return alpha
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """At least float32: half/bfloat16 inputs (AMP) are promoted, float64 is kept."""
     return torch.promote_types(dtype, torch.float32)
@@ -216,7 +209,7 @@ def _check_hard_negatives(hard_negatives: Any) -> None:
 
 def _validate(
     features: Any, adversarial: Any, temperature: Any, alpha: Any, adv_weight: Any, hard_negatives: Any,
-    detach_contrast: Any, scale: Any, quirks: Any,
+    detach_contrast: Any, scale: Any,
 ) -> tuple[bool, ...]:
     """Check every argument of ``a_infonce``; return the adversarial flags as bools."""
     if not isinstance(features, torch.Tensor) or features.dim() != 3 or not features.is_floating_point():
@@ -242,23 +235,19 @@ def _validate(
         raise ValueError(f"detach_contrast={detach_contrast!r} is invalid: allowed True or False")
     if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale):
         raise ValueError(f"scale={scale!r} is invalid: allowed finite numbers")
-    if quirks not in QUIRKS:
-        raise ValueError(f"quirks={quirks!r} is invalid: allowed {list(QUIRKS)}")
     return tuple(bool(f) for f in flags)
 
 
 # ---------------------------------------------------------------------------- released code
 
 
-def _official_layout(flags: tuple[bool, ...], detach_contrast: bool) -> str:
-    for name, (layout, detached) in OFFICIAL_LAYOUTS.items():
-        if flags == layout and detach_contrast == detached:
-            return name
-    raise ValueError(
-        f"quirks='official' with adversarial={list(flags)}, detach_contrast={detach_contrast} is invalid: allowed "
-        "AdvCL ([True, False, False, False], detach_contrast=False) or "
-        "RoCL ([False, False, True], detach_contrast=True)"
-    )
+def _validate_official(features: Any, views: tuple[bool, ...], names: str, temperature: Any, alpha: Any,
+                       adv_weight: Any, hard_negatives: Any, scale: Any) -> None:
+    """``_validate`` for a released loss, whose view order is fixed (``names``)."""
+    if isinstance(features, torch.Tensor) and features.dim() == 3 and features.shape[1] != len(views):
+        raise ValueError(f"features.shape={tuple(features.shape)} is invalid: allowed [B, {len(views)}, D] "
+                         f"(the released loss's views {names})")
+    _validate(features, views, temperature, alpha, adv_weight, hard_negatives, False, scale)
 
 
 def _official_hcl_ratio(exp_logits: torch.Tensor, positive: torch.Tensor, not_self: torch.Tensor, count: int,
@@ -289,11 +278,20 @@ def _advcl_log_terms(z: torch.Tensor, contrast: torch.Tensor, positive: torch.Te
     return positive * -torch.log(exp_logits / (pos + ng))  # broadcast: column p uses row p's denominator
 
 
-def _official_advcl(features: torch.Tensor, temperature: float, alpha: Any, adv_weight: float,
-                    hard_negatives: tuple[float, float] | None, scale: float) -> torch.Tensor:
-    """Asym-AdvCL ``ori_SupConLoss`` (no HN) / ``SupConLoss`` (HN), α = ``stop_grad_sd``.
+def official_advcl_loss(
+    features: torch.Tensor,
+    *,
+    temperature: float = 0.5,
+    alpha: float | torch.Tensor | None = None,
+    adv_weight: float = 1.0,
+    hard_negatives: tuple[float, float] | None = None,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """The released AdvCL loss over [B, 4, D] features, views [x_adv, x1, x2, HFC] (view 0 adversarial).
 
-    Quirks reproduced, one line each:
+    yqy2001/A-InfoNCE Asym-AdvCL/losses.py (commit b28763e): ``ori_SupConLoss`` without hard
+    negatives (also the attack objective of every AdvCL script, ``--attack_ori``), ``SupConLoss``
+    with them; α = ``stop_grad_sd``, arguments as ``a_infonce``'s. Quirks reproduced, one line each:
     - logits are shifted by their detached row max over all 4B columns (self included);
     - no IP (stop_grad off): the clean-anchor→adversarial terms are replaced by the transposed
       adversarial-anchor terms ℓ(a→v), so the adversarial anchors' softmax counts twice;
@@ -305,6 +303,9 @@ def _official_advcl(features: torch.Tensor, temperature: float, alpha: Any, adv_
     - HN: pos is the mean of the 3 positives and sits in the denominator;
     - mean over the 4B anchors of the mean over their 3 positives, × ``scale`` (released: T/0.07).
     """
+    _validate_official(features, ADVCL_VIEWS, "[x_adv, x1, x2, HFC]", temperature, alpha, adv_weight, hard_negatives,
+                       scale)
+    alpha = _loss_alpha(alpha, features.dtype)
     batch, views = features.shape[:2]
     z = torch.cat(torch.unbind(features, dim=1), dim=0).to(_compute_dtype(features.dtype))
     not_self = 1 - torch.eye(views * batch, device=z.device, dtype=z.dtype)
@@ -323,11 +324,20 @@ def _official_advcl(features: torch.Tensor, temperature: float, alpha: Any, adv_
     return (scale * (rows.sum(1) / positive.sum(1))).view(views, batch).mean()
 
 
-def _official_rocl(features: torch.Tensor, temperature: float, alpha: Any, adv_weight: float,
-                   hard_negatives: tuple[float, float] | None, scale: float) -> torch.Tensor:
-    """Asym-RoCL ``NT_xent`` / ``NT_xent_HN`` (adv_type 'Rep'), α = ``stpg_degree``.
+def official_rocl_loss(
+    features: torch.Tensor,
+    *,
+    temperature: float = 0.5,
+    alpha: float | torch.Tensor | None = None,
+    adv_weight: float = 1.0,
+    hard_negatives: tuple[float, float] | None = None,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """The released RoCL loss over [B, 3, D] features, views [x1, x2, a] (view 2 adversarial).
 
-    Quirks reproduced, one line each:
+    yqy2001/A-InfoNCE Asym-RoCL/loss.py (commit b28763e): ``NT_xent`` / ``NT_xent_HN`` (adv_type
+    'Rep') on ``pairwise_similarity``, every column detached; α = ``stpg_degree``, arguments as
+    ``a_infonce``'s. Quirks reproduced, one line each:
     - projections re-normalised as z/(‖z‖ + 1e-8); similarity z_u·sg(z_k)/T, no max shift;
     - plain: ℓ = −log(e_uk / (Σ_{k≠u} e_uk + 1e-8) + 1e-8);
     - the six pair terms are summed per instance and divided by 3N (not averaged per anchor);
@@ -337,6 +347,8 @@ def _official_rocl(features: torch.Tensor, temperature: float, alpha: Any, adv_w
     - HN: pos is the mean of the 2 positives and sits in the denominator;
     - the total is multiplied by ``scale`` (1 in the released code).
     """
+    _validate_official(features, ROCL_VIEWS, "[x1, x2, a]", temperature, alpha, adv_weight, hard_negatives, scale)
+    alpha = _loss_alpha(alpha, features.dtype)
     batch = features.shape[0]
     outputs = torch.cat(torch.unbind(features, dim=1), dim=0).to(_compute_dtype(features.dtype))
     n = outputs.shape[0]

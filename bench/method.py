@@ -6,6 +6,11 @@ build its views, make its adversarial views with ``bench.attacks.pgd`` on its ow
 objective, and return the loss. Everything else (loop, optimiser, schedule, AMP, devices,
 checkpoints, evaluation) belongs to the harness.
 
+Its published settings are data: ``paper`` (registered name -> dataset -> ``Published``) and
+``smoke`` (registered name -> ``Published``) tables at the top of its file, each row citing the
+released script it comes from; ``Method.published`` looks a row up and ``Method.make_params``
+turns a row's parameters plus the user's into the method's ``Params``.
+
 The A-InfoNCE knobs (Yu et al., ECCV 2022) live here, in ``MethodParams``, because every
 adversarial method gets the ``-ip``/``-hn``/``-iphn`` variants from the same code: a
 method passes its views to ``self.contrastive_loss(features, adversarial)`` and the
@@ -14,33 +19,38 @@ negatives (``bench.variants``).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from bench.config import AttackConfig, ConfigError, _coerce
+from bench.config import PRESETS, AttackConfig, ConfigError, coerce, field_types
 from bench.losses import AdaptiveAlpha, a_infonce
 from bench.models import ContrastiveModel, build_contrastive_model
 from bench.results import RunDir
 from bench.shards import of as shards_of
+
+QUIRKS = ("none", "official")
 
 
 @dataclass
 class MethodParams:
     """Hyperparameters every method has; the A-InfoNCE ones are used by its variants.
 
+    temperature: T of the method's contrastive losses and attack objectives (0.5 in every
+        released script of ACL, RoCL and AdvCL).
     alpha: share of the clean<->adversarial pull that reaches the clean view (IP).
     adv_weight: w, weight of adversarial<->clean positive terms.
     adaptive_epochs: K, epochs over which the mean clean/adversarial feature distance is
         measured before α adapts per step (0 = fixed α).
     d_min: feature distance under which α becomes 0.5 (symmetric).
     beta, tau_plus: hard-negative concentration and positive-class prior (HN).
-    quirks: 'none' (formulas of DESIGN §3) or 'official' (released code, bit for bit).
+    quirks: 'none' (the A-InfoNCE formulas, ``bench.losses.a_infonce``) or 'official' (the
+        released code's arithmetic, for methods with ``official_quirks``: RoCL and AdvCL).
     """
 
+    temperature: float = 0.5
     alpha: float = 0.2
     adv_weight: float = 1.0
     adaptive_epochs: int = 0
@@ -52,11 +62,22 @@ class MethodParams:
 
 @dataclass(frozen=True)
 class Published:
-    """A method's published settings for one preset and dataset, and where they come from."""
+    """One row of a method's published settings.
+
+    source: where the values come from: the released script by repository and path (paper
+        preset) or why the smoke preset sets them.
+    pretrain: overrides of ``bench.config.PretrainConfig`` fields.
+    params: overrides of the method's ``Params`` fields.
+    The mappings are copied, so rows built from one shared dict stay independent.
+    """
 
     source: str = ""
-    pretrain: Mapping[str, Any] = field(default_factory=dict)  # overrides of bench.config.PretrainConfig
-    params: Mapping[str, Any] = field(default_factory=dict)  # overrides of the method's Params
+    pretrain: Mapping[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pretrain", dict(self.pretrain))
+        object.__setattr__(self, "params", dict(self.params))
 
 
 @dataclass
@@ -89,6 +110,15 @@ class Method:
     conv_init: ClassVar[str] = "default"  # or 'kaiming_normal' (bench.models.build_contrastive_model)
     finetune_bn: ClassVar[str] = "normal"
     Params: ClassVar[type[MethodParams]] = MethodParams
+    # The view augmentation its training_step applies (e.g. bench.views.StrongAugment(crop_scale=...)):
+    # a callable (images in [0, 1], generator) -> images. The harness never calls it; declared here
+    # so every method states its views in one place.
+    augment: ClassVar[Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None] = None
+    # Published settings: registered name -> dataset (or "*") -> Published, and name -> Published.
+    paper: ClassVar[Mapping[str, Mapping[str, Published]]] = {}
+    smoke: ClassVar[Mapping[str, Published]] = {}
+    # True when quirks='official' reproduces the released code's arithmetic (bench.losses.official_*).
+    official_quirks: ClassVar[bool] = False
     # Which views of ``contrastive_loss`` are adversarial decides what -ip/-hn change;
     # a method with adversarial views (``has_adversarial_views``) gets the three variants.
     has_adversarial_views: ClassVar[bool] = False
@@ -96,10 +126,15 @@ class Method:
     hard_negatives: ClassVar[bool] = False
     base_name: ClassVar[str] = ""
     variant_note: ClassVar[str] = ""  # shown in `bench list` for the derived variants
+    # Distillation (DeACL): this method learns from a frozen, pretrained encoder of the method
+    # named ``teacher_method``. When ``needs_teacher()`` is true the harness pretrains or reuses
+    # that method's run (same preset, data, model and seed), loads its encoder and calls
+    # ``set_teacher`` before ``setup``; a teacher file named in the parameters is the method's own.
+    requires_teacher: ClassVar[bool] = False
+    teacher_method: ClassVar[str] = ""
 
     def __init__(self, params: MethodParams | None = None):
         self.params = params if params is not None else self.Params()
-        self.temperature = 0.5
         self.adaptive: AdaptiveAlpha | None = None
         if self.inferior_positives and self.params.adaptive_epochs > 0:
             self.adaptive = AdaptiveAlpha(self.params.alpha, self.params.adaptive_epochs, self.params.d_min)
@@ -107,45 +142,70 @@ class Method:
 
     # ------------------------------------------------------------------ configuration
     @classmethod
-    def preset_params(cls, preset: str, dataset: str) -> dict[str, Any]:
-        """Hyperparameters for a preset and dataset (overrides of ``Params`` defaults).
-
-        For ``paper`` these are the released scripts' settings; variants read
-        ``cls.inferior_positives`` / ``cls.hard_negatives`` to pick their row.
-        """
-        return {}
-
-    @classmethod
-    def preset_pretrain(cls, preset: str, dataset: str) -> dict[str, Any]:
-        """Optimiser settings (overrides of ``PretrainConfig``) for a preset, e.g. LARS for ACL."""
-        return {}
-
-    @classmethod
     def published(cls, preset: str, dataset: str) -> Published:
-        """The settings of ``preset`` for ``dataset`` (pretraining overrides and parameters)."""
-        return Published(pretrain=cls.preset_pretrain(preset, dataset), params=cls.preset_params(preset, dataset))
+        """The published settings of this method for ``preset`` and ``dataset``.
+
+        The row of the registered name, else of the base method (a plugin's derived variants
+        share their base's row), else an empty ``Published``. A paper row lists its datasets;
+        a dataset it lacks is a ``ConfigError`` unless the row has a ``"*"`` entry (settings that
+        do not depend on the dataset). The smoke preset has one row per name, for any dataset.
+        """
+        if preset not in PRESETS:
+            raise ConfigError(f"preset={preset!r} is invalid: allowed {list(PRESETS)}")
+        names = [name for name in (cls.name, cls.base_name) if name]
+        if preset == "smoke":
+            return next((cls.smoke[name] for name in names if name in cls.smoke), Published())
+        for name in names:
+            if name in cls.paper:
+                row = cls.paper[name]
+                if dataset in row or "*" in row:
+                    return row[dataset] if dataset in row else row["*"]
+                raise ConfigError(f"dataset={dataset!r} is invalid for the paper settings of {cls.name!r}: "
+                                  f"allowed {sorted(row)}")
+        return Published()
 
     @classmethod
     def make_params(cls, overrides: Mapping[str, Any]) -> MethodParams:
-        """Build ``Params`` from a dict (CLI strings coerced to each field's type), rejecting unknown names."""
-        defaults = {f.name: f.default for f in dataclasses.fields(cls.Params)}
+        """``Params`` from overrides of its defaults: strings (CLI) are coerced to each field's type,
+        an unknown name fails with the allowed ones, and ``check_params`` checks the ranges."""
+        types = field_types(cls.Params)
         for key in overrides:
-            if key not in defaults:
-                raise ConfigError(f"method parameter {key!r} of {cls.name!r} is unknown: allowed {list(defaults)}")
-        params = cls.Params(**{key: _coerce(defaults[key], raw, f"{cls.name}.{key}") for key, raw in overrides.items()})
+            if key not in types:
+                raise ConfigError(f"method parameter {key!r} of {cls.name!r} is unknown: allowed {sorted(types)}")
+        prefix = f"{cls.name}." if cls.name else ""
+        params = cls.Params(**{key: coerce(types[key], raw, f"{prefix}{key}") for key, raw in overrides.items()})
+        cls.check_params(params)
+        return params
+
+    @classmethod
+    def check_params(cls, params: MethodParams) -> None:
+        """Raise ``ConfigError`` on an out-of-range value; subclasses extend it with ``super()``."""
+        if not params.temperature > 0:
+            raise ConfigError(f"temperature={params.temperature!r} is invalid: allowed numbers > 0")
         if not 0.0 <= params.alpha <= 1.0:
             raise ConfigError(f"alpha={params.alpha!r} is invalid: allowed numbers in [0, 1]")
         if not 0.0 <= params.tau_plus < 1.0:
             raise ConfigError(f"tau_plus={params.tau_plus!r} is invalid: allowed numbers in [0, 1)")
-        if params.quirks not in ("none", "official"):
-            raise ConfigError(f"quirks={params.quirks!r} is invalid: allowed ['none', 'official']")
-        return params
+        for name in ("adv_weight", "beta", "d_min", "adaptive_epochs"):
+            if getattr(params, name) < 0:
+                raise ConfigError(f"{name}={getattr(params, name)!r} is invalid: allowed numbers >= 0")
+        allowed = list(QUIRKS) if cls.official_quirks else ["none"]
+        if params.quirks not in allowed:
+            raise ConfigError(f"quirks={params.quirks!r} is invalid for {cls.name!r}: allowed {allowed}")
 
     def build_model(self, arch: str, in_channels: int = 3) -> ContrastiveModel:
         return build_contrastive_model(
             arch, self.bn_branches, self.projector, in_channels=in_channels, normalization=self.normalization,
             conv_init=self.conv_init,
         )
+
+    def needs_teacher(self) -> bool:
+        """Whether the harness must supply a teacher through ``set_teacher`` before ``setup``."""
+        return False
+
+    def set_teacher(self, teacher: ContrastiveModel, info: dict[str, Any] | None = None) -> None:
+        """Receive the teacher encoder (``info``: ``bench.checkpoints.load_encoder``'s description)."""
+        raise TypeError(f"method {self.name!r} does not distil from a teacher (requires_teacher is False)")
 
     def setup(self, model: ContrastiveModel, train_images: torch.Tensor, ctx: StepContext) -> None:
         """One-off preparation before the first step (e.g. AdvCL's pseudo-labels)."""
@@ -159,17 +219,18 @@ class Method:
         self, features: torch.Tensor, adversarial: Sequence[bool], *, detach_contrast: bool = False, scale: float = 1.0
     ) -> torch.Tensor:
         """The method's InfoNCE over [B, V, D] features, with this variant's asymmetry."""
-        return a_infonce(
-            features,
-            adversarial,
-            temperature=self.temperature,
-            alpha=self._alpha if self.inferior_positives else None,
-            adv_weight=self.ip_adv_weight() if self.inferior_positives else 1.0,
-            hard_negatives=(self.params.beta, self.params.tau_plus) if self.hard_negatives else None,
-            detach_contrast=detach_contrast,
-            scale=scale,
-            quirks=self.params.quirks,
-        )
+        return a_infonce(features, adversarial, temperature=self.params.temperature, detach_contrast=detach_contrast,
+                         scale=scale, **self.asymmetry())
+
+    def asymmetry(self) -> dict[str, Any]:
+        """This variant's A-InfoNCE arguments: α and w when adversarial views are inferior
+        positives, (β, τ⁺) when they are hard negatives. ``contrastive_loss`` passes them to
+        ``a_infonce``; a method's official reproduction (``bench.losses.official_*``) takes the same."""
+        return {
+            "alpha": self._alpha if self.inferior_positives else None,
+            "adv_weight": self.ip_adv_weight() if self.inferior_positives else 1.0,
+            "hard_negatives": (self.params.beta, self.params.tau_plus) if self.hard_negatives else None,
+        }
 
     def ip_adv_weight(self) -> float:
         """w passed to the loss for inferior positives (a method may map its paper's meaning)."""

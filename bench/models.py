@@ -18,6 +18,14 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# DeACL's in-model constants (pantheon5100/DeACL solo/models/resnet_add_normalize.py), used for
+# CIFAR-100 too; solo-learn's data pipeline uses std (0.2470, 0.2435, 0.2616) instead.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.247, 0.243, 0.261)
+# name → (mean, std) of the Normalize layer inside the model; 'custom' is a released checkpoint's own
+# statistics, placeholders here that its state dict overwrites.
+NORMALIZATIONS = {"none": None, "imagenet": (IMAGENET_MEAN, IMAGENET_STD), "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+                  "custom": (IMAGENET_MEAN, IMAGENET_STD)}
 
 
 class MultiBatchNorm(nn.Module):
@@ -100,13 +108,20 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """CIFAR ResNet-18: 3×3 stride-1 stem, no max-pool, global average pool, 512-d feature."""
+    """CIFAR ResNet-18: 3×3 stride-1 stem, no max-pool, global average pool, 512-d feature.
+
+    ``stem_padding`` is the stem convolution's zero padding: 1 everywhere except DeACL, whose
+    solo-learn backbone pads by 2 (a 32×32 input gives 34×34 maps, then 17, 9, 5). The weights
+    have the same shapes either way, so the padding is an architecture of its own (``resnet18_deacl``)
+    and checkpoints record it through their arch name.
+    """
 
     feature_dim = 512
 
-    def __init__(self, branches: Sequence[str] = ("normal",), in_channels: int = 3):
+    def __init__(self, branches: Sequence[str] = ("normal",), in_channels: int = 3, stem_padding: int = 1):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        self.stem_padding = stem_padding
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, stem_padding, bias=False)
         self.bn1 = MultiBatchNorm(64, branches)
         layers, in_planes = [], 64
         for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
@@ -145,7 +160,16 @@ class SmallCNN(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
 
-ENCODERS = {"resnet18": ResNet18, "small_cnn": SmallCNN}
+class ResNet18DeACL(ResNet18):
+    """DeACL's ResNet-18 (pantheon5100/DeACL solo/methods/base_for_adversarial_training.py): the
+    torchvision ResNet-18 with conv1 replaced by a 3×3 stride-1 **padding-2** convolution and no
+    max-pool; otherwise the same function as ``ResNet18``."""
+
+    def __init__(self, branches: Sequence[str] = ("normal",), in_channels: int = 3):
+        super().__init__(branches, in_channels, stem_padding=2)
+
+
+ENCODERS = {"resnet18": ResNet18, "resnet18_deacl": ResNet18DeACL, "small_cnn": SmallCNN}
 
 
 def build_encoder(arch: str, branches: Sequence[str], in_channels: int = 3) -> nn.Module:
@@ -196,7 +220,13 @@ def projector_advcl(in_dim: int, branches: Sequence[str]) -> nn.Module:
     )
 
 
+def projector_none(in_dim: int, branches: Sequence[str]) -> nn.Module:
+    """No projector: the loss reads the pooled encoder feature (DeACL's projector is Identity)."""
+    return nn.Identity()
+
+
 PROJECTORS = {
+    "none": projector_none,
     "simclr": projector_simclr,
     "acl": projector_acl,
     "rocl": projector_rocl,
@@ -246,8 +276,6 @@ class ContrastiveModel(BranchRouting):
 
 
 CONV_INITS = ("default", "kaiming_normal")
-# 'custom': a released checkpoint's own mean/std (loaded with its state dict)
-NORMALIZATIONS = ("none", "imagenet", "custom")
 
 
 def build_contrastive_model(
@@ -259,24 +287,25 @@ def build_contrastive_model(
     normalization: str = "none",
     conv_init: str = "default",
 ) -> ContrastiveModel:
-    """Assemble the model a method trains. ``normalization``: 'none' | 'imagenet' | 'custom'
-    (a Normalize layer whose values the caller loads); ``projector`` 'none' is an identity.
+    """Assemble the model a method trains. ``normalization``: a key of ``NORMALIZATIONS`` ('custom': a
+    Normalize layer whose values the caller loads, e.g. a released checkpoint's own mean/std).
 
     ``conv_init``: 'default' (PyTorch's kaiming-uniform, as RoCL's kuangliu-style ResNet) or
     'kaiming_normal' (He-normal, fan_out, as the torchvision-style ResNets of ACL and AdvCL)."""
     if conv_init not in CONV_INITS:
         raise ValueError(f"conv_init={conv_init!r} is unknown: allowed {list(CONV_INITS)}")
-    if projector not in PROJECTORS and projector != "none":
-        raise ValueError(f"projector={projector!r} is unknown: allowed {sorted(PROJECTORS)} or 'none'")
+    if projector not in PROJECTORS:
+        raise ValueError(f"projector={projector!r} is unknown: allowed {sorted(PROJECTORS)}")
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization={normalization!r} is unknown: allowed {list(NORMALIZATIONS)}")
+        raise ValueError(f"normalization={normalization!r} is unknown: allowed {sorted(NORMALIZATIONS)}")
     encoder = build_encoder(arch, branches, in_channels)
     if conv_init == "kaiming_normal":
         for module in encoder.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-    head = PROJECTORS[projector](encoder.feature_dim, branches) if projector != "none" else nn.Identity()
-    normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD) if normalization != "none" else None
+    head = PROJECTORS[projector](encoder.feature_dim, branches)
+    statistics = NORMALIZATIONS[normalization]
+    normalize = Normalize(*statistics) if statistics is not None else None
     spec = {"arch": arch, "branches": list(branches), "projector": projector, "in_channels": in_channels,
             "normalization": normalization}
     return ContrastiveModel(encoder, head, normalize, spec=spec)

@@ -13,6 +13,7 @@ form remembers the smaller past lrs). Both are device-agnostic and tested agains
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 from typing import Iterable
 
 import torch
@@ -64,12 +65,15 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def acl_lars_settings() -> dict:
-    """ACL's released pretraining optimiser (``train_simCLR.py``): its LARS, lr 5.0, wd 1e-6,
-    per-iteration warm-up from 0 over 10 epochs, cosine to 1e-6, batch 512, 1000 epochs
-    (overrides of ``PretrainConfig`` for the paper preset of ``acl`` and of the ``simclr`` anchor)."""
-    return {"optimizer": "lars-acl", "lr": 5.0, "weight_decay": 1e-6, "warmup_epochs": 10, "warmup_start_lr": 0.0,
-            "min_lr_fraction": 1e-6 / 5.0, "epochs": 1000, "batch_size": 512}
+# ACL's released pretraining optimiser, VITA-Group/Adversarial-Contrastive-Learning train_simCLR.py:
+# its LARS (optimizer/lars.py, wd 1e-6) at lr 5.0, per-iteration warm-up from 0 over 10 epochs, then
+# cosine to 1e-6 (``cosine_annealing(..., 1e-6 / args.lr, warmup_steps=10 * len(train_loader))``),
+# batch 512, 1000 epochs. Overrides of ``PretrainConfig``: the paper rows of ``acl`` (and its variants)
+# and of the ``simclr`` anchor (methods/acl.py, methods/simclr.py) both refer to this one dict.
+ACL_LARS = MappingProxyType({
+    "optimizer": "lars-acl", "lr": 5.0, "weight_decay": 1e-6, "warmup_epochs": 10, "warmup_start_lr": 0.0,
+    "min_lr_fraction": 1e-6 / 5.0, "epochs": 1000, "batch_size": 512,
+})
 
 
 def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: PretrainConfig) -> torch.optim.Optimizer:

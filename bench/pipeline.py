@@ -1,10 +1,11 @@
-"""Orchestration: a plan's method runs → pretrain (or reuse an encoder) → protocol → store.
+"""Orchestration on this machine: a plan's method runs → their stages → store.
 
 ``run_plan`` takes a resolved ``RunPlan`` (``bench.plan``) and runs each method run, in this
-process or in forked worker processes (CPU). A run writes only inside its own run directory
-(``bench.results.RunDir``); this process alone appends the rows to ``results.csv``, then marks
-the run complete. A completed run (same id) is skipped unless ``force``; an interrupted one
-continues from its checkpoint with ``resume``.
+process or in forked worker processes (CPU). A run is its stages (``bench.stages``: pretrain,
+finetune per scheme, finish) in sequence and writes only inside its own run directory
+(``bench.results.RunDir``); after each run this process rebuilds the ``results.csv`` index.
+A completed run (same id) is skipped unless ``force``; an interrupted one continues from its
+checkpoint with ``resume``. ``bench sweep`` runs the same stages as scheduler jobs (``bench.sweep``).
 """
 from __future__ import annotations
 
@@ -20,31 +21,19 @@ from typing import Any
 import torch
 
 from bench import progress
-from bench.atomic import save_torch_atomic, write_atomic
-from bench.checkpoints import EncoderCheckpoint
-from bench.config import ConfigError, RunConfig
-from bench.data import ImageData, load_dataset
+from bench.config import ConfigError
 from bench.device import available_cores, resolve_device
-from bench.method import Method
 from bench.plan import MethodRun, RunPlan
-from bench.protocol import finetune_and_evaluate
-from bench.provenance import environment, now
-from bench.results import ResultRow, ResultsStore, RowContext, RunDir
-from bench.train import pretrain
+from bench.results import ResultsStore
+from bench.stages import (
+    DataCache,
+    StageContext,
+    finetune_stage,
+    finish_stage,
+    pretrain_stage,
+)
 
-
-class DataCache:
-    """Load each dataset once per process (on the run's device)."""
-
-    def __init__(self, device: torch.device):
-        self.device, self._cache = device, {}
-
-    def get(self, name: str, config: RunConfig) -> ImageData:
-        key = (name, config.data.image_size, config.data.data_dir)
-        if key not in self._cache:
-            data = load_dataset(name, config.data.data_dir, config.data.download, config.data.image_size)
-            self._cache[key] = data.to(self.device)
-        return self._cache[key]
+__all__ = ["DataCache", "RunOutcome", "execute", "resolve_jobs", "run_method", "run_plan"]
 
 
 @dataclass(frozen=True)
@@ -57,89 +46,19 @@ class RunOutcome:
     reason: str = ""
 
 
-def find_encoder(store: ResultsStore, key: str, exclude: str) -> RunDir | None:
-    """A stored run whose finished encoder has pretraining key ``key`` (newest first)."""
-    candidates = sorted((run for run in store.run_dirs() if run.encoder.exists()),
-                        key=lambda run: run.encoder.stat().st_mtime, reverse=True)
-    for run in candidates:
-        if run.run_id == exclude or not run.history.exists():
-            continue
-        try:
-            recorded = run.read_json(run.config).get("pretrain_key")
-        except (OSError, ValueError):
-            continue
-        if recorded == key:
-            return run
-    return None
-
-
-def load_donor(model, donor: RunDir, name: str) -> bool:
-    """Load another run's finished encoder (weights only); an unreadable one is skipped, said, never fatal."""
-    try:
-        model.load_state_dict(torch.load(donor.encoder, map_location="cpu", weights_only=True)["model"])
-    except Exception as error:  # a damaged donor must not block every run with these settings
-        progress.log(f"{name}: the encoder of run {donor.run_id} cannot be read ({progress.error_line(error)}); "
-                     "pretraining instead")
-        return False
-    progress.log(f"{name}: reusing the encoder of run {donor.run_id} (same pretraining settings and seed)")
-    return True
-
-
-def encoder_checkpoint(method: Method, model, run: MethodRun, in_channels: int) -> EncoderCheckpoint:
-    config = run.config
-    return EncoderCheckpoint(
-        model=model.state_dict(), arch=config.model.arch, bn_branches=tuple(method.bn_branches),
-        projector=method.projector, normalization=method.normalization, finetune_bn=method.finetune_bn,
-        in_channels=in_channels, method=run.method, run_id=run.run_id, dataset=config.data.name,
-        pretrain_epochs=config.pretrain.epochs, pretrain_key=run.pretrain_key,
-    )
-
-
 def run_method(run: MethodRun, plan: RunPlan, store: ResultsStore, cache: DataCache,
                device: torch.device) -> RunOutcome:
-    """Pretrain (or reuse an encoder), finetune and evaluate one method; writes only inside its run directory."""
-    name, config = run.method, run.config
-    run_dir = store.run(run.run_id)
-    if run_dir.is_complete() and not plan.force:
-        progress.log(f"{name}: skipped, run {run.run_id} is complete (use --force to rerun)")
-        return RunOutcome(run.run_id, name, "skipped")
-    failed_before = run_dir.failure()
-    if plan.force or not plan.resume or failed_before:
-        if failed_before:
-            progress.log(f"{name}: its last attempt failed ({failed_before}); starting afresh")
-        elif run_dir.checkpoint.exists() and not plan.force:
-            progress.log(f"{name}: starting fresh (pass --resume to continue from the existing checkpoint)")
-        run_dir.clear()
-    env = environment()
-    run_dir.write_json(run_dir.config, {**run.identity, "run_id": run.run_id, "config_hash": run.config_hash,
-                                        "seed": config.seed, "pretrain_key": run.pretrain_key, "environment": env,
-                                        "device": str(device), "started": now()})
-    torch.manual_seed(config.seed)
-    data = cache.get(config.data.name, config)
-    method = run.method_class(run.params)
-    model = method.build_model(config.model.arch, data.channels)
-    donor = None if plan.force else find_encoder(store, run.pretrain_key, exclude=run.run_id)
-    if donor is not None and not load_donor(model, donor, name):
-        donor = None
-    if donor is not None:
-        model.to(device)
-        write_atomic(run_dir.history, donor.history.read_bytes())
-        pretrain_wall_s = 0.0
-    else:
-        progress.log(f"{name}: pretraining {config.pretrain.epochs} epochs on {data.name} ({device})")
-        trained = pretrain(method, model, data.x_train, config, run_dir, device, resume=plan.resume)
-        run_dir.write_history(trained.history)
-        pretrain_wall_s = trained.wall_s
-    save_torch_atomic(encoder_checkpoint(method, model, run, data.channels).to_state(), run_dir.encoder)
-    eval_data = cache.get(config.data.eval_name, config) if config.data.eval_name else data
-    measurements = finetune_and_evaluate(model, method.finetune_bn, eval_data, config, device, run_dir, label=name)
-    context = RowContext.of(run.run_id, config, env, device, method=name, dataset=data.name,
-                            eval_dataset=eval_data.name, config_hash=run.config_hash,
-                            pretrain_epochs=config.pretrain.epochs)
-    rows = [ResultRow.of(context, measurement) for measurement in measurements]
-    run_dir.mark_complete(rows, {"finished": now(), "rows": len(rows), "pretrain_wall_s": pretrain_wall_s,
-                                 "encoder_from": donor.run_id if donor is not None else run.run_id})
-    return RunOutcome(run.run_id, name, "completed")
+    """Pretrain (or reuse an encoder), finetune and evaluate one method: its stages (``bench.stages``)
+    in sequence, in this process; writes only inside its run directory."""
+    if store.run(run.run_id).is_complete() and not plan.force:
+        progress.log(f"{run.method}: skipped, run {run.run_id} is complete (use --force to rerun)")
+        return RunOutcome(run.run_id, run.method, "skipped")
+    context = StageContext(store, device, cache, force=plan.force, resume=plan.resume)
+    pretrain_stage(run, context)
+    for scheme in run.config.finetune.schemes:
+        finetune_stage(run, scheme, context)
+    finish_stage(store.run(run.run_id), required=True)
+    return RunOutcome(run.run_id, run.method, "completed")
 
 
 def execute(run: MethodRun, plan: RunPlan, store: ResultsStore, cache: DataCache, device: torch.device) -> RunOutcome:
@@ -155,7 +74,8 @@ def execute(run: MethodRun, plan: RunPlan, store: ResultsStore, cache: DataCache
         store.run(run.run_id).mark_failed(reason, traceback.format_exc())
         progress.log(f"{run.method}: failed: {reason}")
         return RunOutcome(run.run_id, run.method, "failed", reason)
-
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_plan(plan: RunPlan) -> list[RunOutcome]:
@@ -167,10 +87,9 @@ def run_plan(plan: RunPlan) -> list[RunOutcome]:
     jobs = resolve_jobs(plan.base.jobs, device, len(plan.runs))
     store = ResultsStore(plan.results_dir)
     cache = DataCache(device)
-    base = plan.base
-    cache.get(base.data.name, base)  # a missing dataset fails here, before any training
-    if base.data.eval_name:
-        cache.get(base.data.eval_name, base)
+    for run in plan.runs:  # a missing dataset fails here, before any training
+        for name in filter(None, (run.config.data.name, run.config.data.eval_name)):
+            cache.get(name, run.config)
     if jobs == 1:
         outcomes = []
         for run in plan.runs:
@@ -267,20 +186,27 @@ def run_in_workers(plan: RunPlan, store: ResultsStore, device: torch.device, job
     progress.log(f"running {len(plan.runs)} methods in {where} ({threads} thread(s) each, {start_method})")
     context = multiprocessing.get_context(start_method)
     free = worker_devices(device, jobs)
-    # Adversarial methods (several attack passes per step) first: the cheap ones fill the tail.
-    pending = sorted(plan.runs, key=lambda run: not run.method_class.has_adversarial_views)
+    # Teachers first (their students wait for them), then adversarial methods (several attack passes
+    # per step): the cheap ones fill the tail.
+    teachers = {run.teacher for run in plan.runs}
+    pending = sorted(plan.runs, key=lambda run: (run.run_id not in teachers, not run.method_class.has_adversarial_views))
     active: list[_Worker] = []
     outcomes: dict[str, RunOutcome] = {}
     try:
         while pending or active:
-            while pending and len(active) < jobs:
-                run, slot = pending.pop(0), free.pop(0)
+            while len(active) < jobs and (run := next_ready(pending, outcomes, store)) is not None:
+                pending.remove(run)
+                if run.run_id in outcomes:  # its teacher failed: nothing to start
+                    continue
+                slot = free.pop(0)
                 receiver, sender = context.Pipe(duplex=False)
                 process = context.Process(target=_worker, args=(sender, run, plan, slot, threads, progress.is_quiet()),
                                           daemon=True)
                 process.start()
                 sender.close()
                 active.append(_Worker(process, receiver, run, slot))
+            if not active:  # every pending run waits for a teacher that is not in the plan: cannot happen
+                raise RuntimeError(f"runs {[run.run_id for run in pending]} wait for teachers that never run")
             multiprocessing.connection.wait([worker.process.sentinel for worker in active])
             for worker in [worker for worker in active if not worker.process.is_alive()]:
                 active.remove(worker)
@@ -296,6 +222,23 @@ def run_in_workers(plan: RunPlan, store: ResultsStore, device: torch.device, job
     return [outcomes[run.run_id] for run in plan.runs]
 
 
+def next_ready(pending: list[MethodRun], outcomes: dict[str, RunOutcome], store: ResultsStore) -> MethodRun | None:
+    """The first pending run whose teacher (if any) has finished; a run whose teacher failed is
+    recorded as failed (and returned, so the caller drops it)."""
+    for run in pending:
+        if not run.teacher:
+            return run
+        teacher = outcomes.get(run.teacher)
+        if teacher is None:
+            continue
+        if teacher.status == "failed":
+            reason = f"TeacherFailed: its teacher run {run.teacher} failed ({teacher.reason})"
+            store.run(run.run_id).mark_failed(reason)
+            outcomes[run.run_id] = RunOutcome(run.run_id, run.method, "failed", reason)
+        return run
+    return None
+
+
 def _collect_outcome(worker: _Worker, store: ResultsStore) -> RunOutcome:
     """The outcome a finished worker sent, or a failure naming how it died."""
     worker.process.join()
@@ -309,6 +252,6 @@ def _collect_outcome(worker: _Worker, store: ResultsStore) -> RunOutcome:
     code = worker.process.exitcode
     how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
     reason = f"WorkerDied: the process running {worker.run.method} ended without a result ({how})"
-    store.run(worker.run.run_id).mark_failed(reason)
+    store.run(worker.run.run_id).mark_failed(reason, resumable=True)
     progress.log(f"{worker.run.method}: failed: {reason}")
     return RunOutcome(worker.run.run_id, worker.run.method, "failed", reason)

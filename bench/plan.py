@@ -1,8 +1,10 @@
 """The run plan: every method run of a request, resolved once, before any work.
 
 ``build_plan(request)`` turns what the user asked for (a preset, dotted overrides, method
-parameters, methods) into a list of ``MethodRun``: for each method, its fully resolved and
-validated config, its hyperparameters, its run id and its hashes. Everything downstream
+parameters, methods, optionally several seeds and datasets) into a list of ``MethodRun``: for
+each seed × dataset × method, its fully resolved and validated config, its hyperparameters, its
+run id and its hashes. A product is expanded into single-seed, single-dataset requests first, so
+a run's id is the same whether it was asked for alone or in a product. Everything downstream
 (the pipeline, the worker processes, ``bench evaluate``, ``--dry-run``, the report's
 directories) takes the plan and never rebuilds a config from strings.
 
@@ -16,12 +18,22 @@ jobs, directories).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench import registry
-from bench.config import ConfigError, RunConfig, config_hash, preset, set_field, to_dict, validate
+from bench.config import (
+    ConfigError,
+    RunConfig,
+    config_hash,
+    field_types,
+    preset,
+    set_field,
+    to_dict,
+    validate,
+)
 from bench.method import Method, MethodParams
 
 # Fields that say where and how a run executes, not what it computes: outside the identity.
@@ -40,6 +52,8 @@ class RunRequest:
     methods: tuple[str, ...] = ("all",)
     force: bool = False
     resume: bool = False
+    seeds: tuple[str, ...] = ()  # several seeds (raw values): the plan is seeds × datasets × methods
+    datasets: tuple[str, ...] = ()  # several pretraining datasets
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,7 @@ class MethodRun:
     config_hash: str  # of the identity without the seed
     pretrain_key: str  # of the identity's pretraining part: runs sharing it share an encoder
     identity: dict[str, Any]  # what the hashes cover (JSON-serialisable)
+    teacher: str = ""  # run id of the run whose encoder this one distils from (DeACL), '' for none
 
     @property
     def method_class(self) -> type[Method]:
@@ -70,7 +85,7 @@ class MethodRun:
 class RunPlan:
     """The resolved request: its method runs plus the settings shared by all of them."""
 
-    base: RunConfig  # preset + overrides, without any method's settings: directories, device, jobs, data
+    base: RunConfig  # preset + overrides (first seed, dataset), no method's settings: directories, device, jobs
     runs: tuple[MethodRun, ...]
     force: bool = False
     resume: bool = False
@@ -121,23 +136,98 @@ def pretraining_key(payload: dict[str, Any]) -> str:
                         "data": {"name": data["name"], "image_size": data["image_size"]}})
 
 
-def resolve_run(method: type[Method], request: RunRequest, base: RunConfig) -> MethodRun:
-    """One method's config (its published pretraining settings in place), params, id and hashes."""
+def resolve_run(method: type[Method], request: RunRequest, base: RunConfig,
+                teacher: MethodRun | None = None) -> MethodRun:
+    """One method's config (its published pretraining settings in place), params, id and hashes.
+
+    A distilling method's identity includes what it distils from (the teacher run's pretraining
+    key, or the digest of a ``teacher=`` file), so another teacher gives another run id."""
     config = assemble(request, dict(method.published(base.preset, base.data.name).pretrain))
     params = resolve_params(method, config, request)
     payload = identity(method, config, params)
+    if teacher is not None:
+        payload["teacher"] = {"method": teacher.method, "pretrain_key": teacher.pretrain_key}
+    elif method.requires_teacher and getattr(params, "teacher", ""):
+        payload["teacher"] = {"file_sha256": file_digest(Path(params.teacher).expanduser())}
     digest = config_hash({key: value for key, value in payload.items() if key != "seed"})
     run_id = f"{method.name}-{config.preset}-{config.data.name}-s{config.seed}-{digest}"
-    return MethodRun(method.name, config, params, run_id, digest, pretraining_key(payload), payload)
+    return MethodRun(method.name, config, params, run_id, digest, pretraining_key(payload), payload,
+                     teacher.run_id if teacher is not None else "")
+
+
+def teacher_run(student: type[Method], request: RunRequest, base: RunConfig) -> MethodRun:
+    """The run a distilling method's teacher comes from: its ``teacher_method`` under the same
+    preset, data, overrides and seed (the user's ``--param`` for that method, and the '*' ones it has)."""
+    teacher = registry.get(student.teacher_method)
+    known = field_types(teacher.Params)
+    params = {"*": {key: value for key, value in request.method_params.get("*", {}).items() if key in known},
+              teacher.name: request.method_params.get(teacher.name, {})}
+    return resolve_run(teacher, dataclasses.replace(request, method_params=params), base)
+
+
+def resolve_method(method: type[Method], request: RunRequest, base: RunConfig) -> list[MethodRun]:
+    """The method's run, preceded by its teacher's run when it distils from one and no teacher file is given."""
+    run = resolve_run(method, request, base)
+    if not method.requires_teacher or getattr(run.params, "teacher", ""):
+        return [run]
+    teacher = teacher_run(method, request, base)
+    return [teacher, resolve_run(method, request, base, teacher)]
+
+
+def file_digest(path: Path) -> str:
+    """Short sha256 of a file's bytes (a missing file is a one-line error naming it)."""
+    if not path.is_file():
+        raise ConfigError(f"teacher={str(path)!r} is invalid: allowed an existing encoder file")
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def expand(request: RunRequest) -> list[RunRequest]:
+    """One single-seed, single-dataset request per (seed, dataset) of ``request.seeds × request.datasets``.
+
+    Each is what ``--seed S --dataset D`` alone would give (the same overrides), so a run's id
+    does not depend on whether it was asked for alone or as part of a product."""
+    products = []
+    for flag, field_name, values in (("--seeds", "seed", request.seeds), ("--datasets", "data.name", request.datasets)):
+        if values and field_name in request.overrides:
+            raise ConfigError(f"{flag} {' '.join(map(str, values))} is invalid together with "
+                              f"{field_name}={request.overrides[field_name]!r}: allowed one of the two forms")
+        products.append([(field_name, value) for value in values] or [None])
+    requests = []
+    for seed in products[0]:
+        for dataset in products[1]:
+            overrides = dict(request.overrides)
+            overrides.update(dict(item for item in (seed, dataset) if item is not None))
+            requests.append(dataclasses.replace(request, overrides=overrides, seeds=(), datasets=()))
+    return requests
 
 
 def build_plan(request: RunRequest) -> RunPlan:
-    """Resolve and check every method run of ``request``; any bad value fails here, before any work."""
-    base = assemble(request)
+    """Resolve and check every method run of ``request`` (seeds × datasets × methods, in that order);
+    any bad value fails here, before any work."""
+    singles = expand(request)
+    base = assemble(singles[0])
     names = registry.resolve(base.methods)
     unknown_scopes = sorted(scope for scope in request.method_params if scope != "*" and scope not in names)
     if unknown_scopes:
         raise ConfigError(f"--param scope {unknown_scopes[0]!r} is invalid: it names no selected method; "
                           f"allowed {names}")
-    runs = tuple(resolve_run(registry.get(name), request, base) for name in names)
-    return RunPlan(base, runs, force=request.force, resume=request.resume)
+    runs, teachers = [], []
+    for single in singles:
+        single_base = assemble(single)
+        for name in names:
+            *needed, run = resolve_method(registry.get(name), single, single_base)
+            runs.append(run)
+            teachers += needed
+    repeated = sorted({run.run_id for run in runs if sum(other.run_id == run.run_id for other in runs) > 1})
+    if repeated:
+        given = [f"{flag} {' '.join(map(str, values))}" for flag, values in
+                 (("--seeds", request.seeds), ("--datasets", request.datasets)) if values]
+        raise ConfigError(f"{' '.join(given)} is invalid: run {repeated[0]} comes twice; allowed distinct values")
+    # Teachers first (a student waits for its teacher's encoder), each once, even when also selected.
+    ordered = {run.run_id: run for run in teachers}
+    ordered.update({run.run_id: run for run in runs if run.run_id not in ordered})
+    return RunPlan(base, tuple(ordered.values()), force=request.force, resume=request.resume)

@@ -43,6 +43,25 @@ def finetune_and_evaluate(
     run_dir: RunDir, label: str = "",
 ) -> list[Measurement]:
     """Every scheme of the config: finetune, evaluate, store the classifier and its sanity checks."""
+    measurements: list[Measurement] = []
+    for scheme in config.finetune.schemes:
+        measurements += finetune_and_evaluate_scheme(model, finetune_bn, data, config, device, run_dir, scheme,
+                                                     label=label)
+    return measurements
+
+
+def finetune_and_evaluate_scheme(
+    model: ContrastiveModel, finetune_bn: str, data: ImageData, config: RunConfig, device: torch.device,
+    run_dir: RunDir, scheme: str, label: str = "",
+) -> list[Measurement]:
+    """One scheme: finetune, evaluate, store its classifier and sanity checks; returns its measurements.
+
+    The global RNG (which draws the linear head's initial weights, ``torch.nn.Linear``) is
+    seeded with the run's seed first, so a scheme's numbers depend only on the encoder, the
+    settings and the seed: not on which schemes ran before it in the same process, nor on
+    whether the encoder was just trained, reused from another run or loaded from its file.
+    That is what lets SLF, ALF and AFF run as separate jobs (``bench sweep``) and still give
+    the numbers of a sequential ``bench run``."""
     settings = config.evaluate
     x_eval, y_eval = evaluation_split(data, settings)
 
@@ -53,21 +72,20 @@ def finetune_and_evaluate(
                                   batch_size=settings.batch_size, seed=config.seed),
         }
 
-    measurements: list[Measurement] = []
-    for scheme in config.finetune.schemes:
-        run_dir.set_progress("finetuning", scheme=scheme)
-        began = time.perf_counter()
-        tuned = finetune(scheme_settings(config, scheme), model, finetune_bn, data, seed=config.seed, device=device,
-                         epoch_eval=epoch_metrics)
-        finetune_s = time.perf_counter() - began
-        save_torch_atomic(classifier_state(tuned.classifier), run_dir.classifier(scheme))
-        report = evaluate_classifier(tuned.classifier, x_eval, y_eval, settings, device, seed=config.seed)
-        write_sanity(run_dir, scheme, report)
-        measurements += report_measurements(scheme, report, settings.epsilon, finetune_s + report.wall_s)
-        measurements += epsilon_curve(tuned.classifier, x_eval, y_eval, config, scheme, report.n_eval)
-        for attack, value in best_epoch(tuned.epoch_metrics).items():
-            measurements.append(Measurement(scheme, attack, BEST_EPOCH_METRIC, value, settings.epsilon, report.n_eval))
-        log_scheme(label, scheme, report)
+    run_dir.set_progress("finetuning", scheme=scheme)
+    torch.manual_seed(config.seed)
+    began = time.perf_counter()
+    tuned = finetune(scheme_settings(config, scheme), model, finetune_bn, data, seed=config.seed, device=device,
+                     epoch_eval=epoch_metrics)
+    finetune_s = time.perf_counter() - began
+    save_torch_atomic(classifier_state(tuned.classifier), run_dir.classifier(scheme))
+    report = evaluate_classifier(tuned.classifier, x_eval, y_eval, settings, device, seed=config.seed)
+    write_sanity(run_dir, scheme, report)
+    measurements = report_measurements(scheme, report, settings.epsilon, finetune_s + report.wall_s)
+    measurements += epsilon_curve(tuned.classifier, x_eval, y_eval, config, scheme, report.n_eval)
+    for attack, value in best_epoch(tuned.epoch_metrics).items():
+        measurements.append(Measurement(scheme, attack, BEST_EPOCH_METRIC, value, settings.epsilon, report.n_eval))
+    log_scheme(label, scheme, report)
     return measurements
 
 

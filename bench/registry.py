@@ -3,10 +3,14 @@
 Plugins register through the entry-point group ``acl_bench.methods``: each entry point
 names a module (or object) whose import runs its ``@register`` decorators. After discovery,
 every registered method that has adversarial views gets its A-InfoNCE variants
-(``-ip``, ``-hn``, ``-iphn``) from ``bench.variants`` unless it registered them itself.
+(``-ip``, ``-hn``, ``-iphn``, built by ``bench.variants``) unless it registered them itself.
+Nothing outside this module touches the name -> class map: ``register``, ``unregister``,
+``is_registered``, ``available``, ``get`` and ``resolve`` (names, ``all`` or shell-style
+wildcards such as ``advcl*``) are the whole interface.
 """
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import pkgutil
 from importlib.metadata import entry_points
@@ -14,6 +18,7 @@ from typing import Callable
 
 from bench.config import ConfigError
 from bench.method import Method
+from bench.variants import make_variant, variant_names
 
 ENTRY_POINT_GROUP = "acl_bench.methods"
 
@@ -47,19 +52,38 @@ def discover() -> None:
     _discovered = True
     import methods
 
-    for module in pkgutil.iter_modules(methods.__path__):
-        importlib.import_module(f"methods.{module.name}")
+    builtin = [f"methods.{module.name}" for module in pkgutil.iter_modules(methods.__path__)]
+    for module in builtin:
+        importlib.import_module(module)
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         entry.load()
     derive_variants()
+    _order_builtin_first(builtin)
+
+
+def _order_builtin_first(builtin: list[str]) -> None:
+    """Registration order is import order, which a test or a plugin importing ``methods.advcl`` early
+    would change: put built-in methods in module order, then everything else as registered (stable)."""
+    rank = {module: index for index, module in enumerate(builtin)}
+    ordered = sorted(_REGISTRY.items(), key=lambda item: rank.get(item[1].__module__, len(rank)))
+    _REGISTRY.clear()
+    _REGISTRY.update(ordered)
 
 
 def derive_variants() -> None:
-    from bench.variants import register_variants
-
+    """Register ``<base>-ip``, ``-hn`` and ``-iphn`` for every base method with adversarial views,
+    unless a name is already registered (a method may register its own variant)."""
     for cls in list(_REGISTRY.values()):
         if cls.has_adversarial_views and not cls.base_name:
-            register_variants(cls)
+            for name, suffix in variant_names(cls).items():
+                if not is_registered(name):
+                    register(name)(make_variant(cls, suffix))
+
+
+def is_registered(name: str) -> bool:
+    """Whether ``name`` is registered, after discovering the built-in methods and the plugins."""
+    discover()
+    return name in _REGISTRY
 
 
 def available() -> dict[str, type[Method]]:
@@ -76,11 +100,19 @@ def get(name: str) -> type[Method]:
 
 
 def resolve(names: tuple[str, ...] | list[str]) -> list[str]:
-    """Expand 'all' and check every name, before any work starts."""
+    """Expand 'all' and shell-style wildcards (``advcl*``, ``*-hn``) and check every name, before any
+    work starts. Methods come once each, in the order asked (a wildcard's in registration order)."""
     registered = available()
     selected: list[str] = []
     for name in names:
-        chosen = list(registered) if name == "all" else [get(name).name]
+        if name == "all":
+            chosen = list(registered)
+        elif any(character in name for character in "*?["):
+            chosen = [candidate for candidate in registered if fnmatch.fnmatchcase(candidate, name)]
+            if not chosen:
+                raise ConfigError(f"methods={name!r} matches no registered method: allowed {sorted(registered)}")
+        else:
+            chosen = [get(name).name]
         selected.extend(n for n in chosen if n not in selected)
     if not selected:
         raise ConfigError(f"methods={list(names)!r} selects nothing: allowed 'all' or {sorted(registered)}")

@@ -20,7 +20,9 @@ import dataclasses
 import io
 import json
 import math
+import os
 import shutil
+import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +43,8 @@ class RunDir:
     HISTORY = "pretrain_history.csv"  # the pretraining curve
     PSEUDO_LABELS = "pseudo_labels.npz"  # computed pseudo-labels (AdvCL family), reused on resume
     ROWS = "rows.csv"  # the run's measured numbers (written before DONE; results.csv indexes them)
-    FAILED = "failed.json"  # why the last attempt failed (a later run starts afresh)
+    PRETRAIN_SUMMARY = "pretrain.json"  # the pretraining stage's record (written after ENCODER: the stage is done)
+    FAILED = "failed.json"  # why the last attempt failed (a later run starts afresh, or resumes after a kill)
     PROGRESS = "progress.json"  # the stage reached (pretraining step k of n, finetuning scheme)
 
     def __init__(self, path: str | Path):
@@ -83,6 +86,14 @@ class RunDir:
         return self.path / self.ROWS
 
     @property
+    def pretrain_summary(self) -> Path:
+        return self.path / self.PRETRAIN_SUMMARY
+
+    def scheme_rows(self, scheme: str) -> Path:
+        """One finetuning scheme's rows (its stage's output); ``rows.csv`` assembles them in scheme order."""
+        return self.path / f"rows_{scheme}.csv"
+
+    @property
     def failed(self) -> Path:
         return self.path / self.FAILED
 
@@ -122,19 +133,29 @@ class RunDir:
         self.failed.unlink(missing_ok=True)
         self.write_json(self.done, summary)
 
-    def mark_failed(self, reason: str, details: str = "") -> None:
-        """Record why this attempt failed (one line, plus e.g. a traceback); the run stays incomplete
-        and a later run starts it afresh."""
-        self.write_json(self.failed, {"reason": reason, "details": details, "time": now()})
+    def mark_failed(self, reason: str, details: str = "", *, resumable: bool = False) -> None:
+        """Record why this attempt failed (one line, plus e.g. a traceback); the run stays incomplete.
+
+        A run that failed by itself (an error in its own code path) is started afresh by a later
+        run. ``resumable`` marks a process killed from outside (SIGKILL, the OOM killer, a lost
+        node): its checkpoint is intact (every write is atomic), so a resuming run continues it."""
+        self.write_json(self.failed, {"reason": reason, "details": details, "time": now(), "resumable": resumable})
 
     def failure(self) -> str | None:
         """The recorded failure reason, if the last attempt failed."""
         recorded = self.read_json_or_none(self.failed)
         return str(recorded.get("reason", "unknown")) if isinstance(recorded, dict) else None
 
+    def failure_is_resumable(self) -> bool:
+        """Whether the recorded failure was a kill from outside (see ``mark_failed``)."""
+        recorded = self.read_json_or_none(self.failed)
+        return isinstance(recorded, dict) and recorded.get("resumable") is True
+
     def set_progress(self, stage: str, **fields: Any) -> None:
-        """Where the run is (read by ``bench status``); written atomically, cheap enough per checkpoint."""
-        self.write_json(self.progress, {"stage": stage, **fields, "time": now()})
+        """Where the run is and which process runs it (read by ``bench status``); written atomically,
+        cheap enough per checkpoint."""
+        self.write_json(self.progress, {"stage": stage, **fields, "time": now(), "host": socket.gethostname(),
+                                        "pid": os.getpid()})
 
     # ------------------------------------------------------------------ files
     def write_json(self, path: Path, payload: Any) -> Path:
@@ -160,6 +181,13 @@ class RunDir:
     def read_rows(self) -> list["ResultRow"]:
         """The run's stored rows, validated (``RowError`` names the file and line)."""
         return read_rows_csv(self.rows)
+
+    def write_scheme_rows(self, scheme: str, rows: list["ResultRow"]) -> Path:
+        self.create()
+        return write_atomic(self.scheme_rows(scheme), rows_csv(rows))
+
+    def read_scheme_rows(self, scheme: str) -> list["ResultRow"]:
+        return read_rows_csv(self.scheme_rows(scheme))
 
     def write_history(self, history: list[dict[str, Any]]) -> Path:
         """Pretraining curve as CSV (epoch, step, loss, lr, then the method's own logs)."""
@@ -395,9 +423,18 @@ def read_rows_csv(path: Path) -> list[ResultRow]:
                 if len(values) != len(COLUMNS):
                     raise RowError(f"{path}:{line}: {len(values)} fields: allowed exactly {len(COLUMNS)} (a torn row?)")
                 rows.append(ResultRow.from_csv(dict(zip(COLUMNS, values)), f"{path}:{line}"))
-            return rows
+        if rows and not _ends_with_newline(path):
+            raise RowError(f"{path}:{len(rows) + 1}: the last row has no line end (a write cut inside its last "
+                           "column): rebuild the index with `bench collect`, or restore the file")
+        return rows
     except UnicodeDecodeError:
         raise RowError(f"{path}: not UTF-8 text (a damaged file?)") from None
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as stream:
+        stream.seek(max(0, path.stat().st_size - 1))
+        return stream.read(1) == b"\n"
+
 
 def rows_csv(rows: Iterable[ResultRow]) -> str:
     """``results.csv`` text for ``rows`` (header first)."""
@@ -406,3 +443,42 @@ def rows_csv(rows: Iterable[ResultRow]) -> str:
     writer.writeheader()
     writer.writerows(row.to_csv() for row in rows)
     return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- pandas
+
+from typing import TYPE_CHECKING  # noqa: E402  (this section is appended; the top of the file is shared)
+
+
+if TYPE_CHECKING:  # pandas is imported inside ``load`` only: ``import bench.results`` stays light
+    import pandas
+
+FLOAT_COLUMNS = tuple(column for column in COLUMNS if _COLUMN_TYPES[column] is float)
+INT_COLUMNS = tuple(column for column in COLUMNS if _COLUMN_TYPES[column] is int)
+
+
+def load(path: str | Path) -> "pandas.DataFrame":
+    """``results.csv`` as a typed DataFrame: one row per measured number, the columns of ``ResultRow``.
+
+    Types: ``value``, ``epsilon`` and ``wall_s`` are float64 (NaN where not recorded); ``n_eval``,
+    ``seed``, ``pretrain_epochs`` and ``finetune_epochs`` are nullable ``Int64``; every other column,
+    ``timestamp`` included, is the ``string`` dtype; ``flags`` is one string, the tags joined by ``;``
+    as stored (``""`` for none), so ``frame["flags"].str.contains("suspect")`` works and cells stay
+    hashable (write ``frame["flags"]``: ``frame.flags`` is pandas' own ``DataFrame.flags``).
+
+    The rows are read by ``read_rows_csv`` (exact header, every line a full row ending in its line
+    end, each parsed by ``ResultRow.from_csv``). Errors are ``RowError`` naming the file and line: a damaged
+    row is never read as a shorter one. pandas is imported here, so ``import bench.results`` stays light.
+    """
+    import pandas
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no results at {path}: run `bench run` first")
+    rows = read_rows_csv(path)
+    records = {column: [getattr(row, column) for row in rows] for column in COLUMNS}
+    records["flags"] = [";".join(flags) for flags in records["flags"]]
+    frame = pandas.DataFrame(records, columns=list(COLUMNS))
+    types = {column: "float64" if column in FLOAT_COLUMNS else "Int64" if column in INT_COLUMNS else "string"
+             for column in COLUMNS}
+    return frame.astype({column: "float64" for column in FLOAT_COLUMNS}).astype(types)

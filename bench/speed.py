@@ -244,11 +244,23 @@ def random_pseudo_labels(params: Any, n: int, folder: Path, seed: int) -> Any:
     return dataclasses.replace(params, pseudo_labels=str(path))
 
 
+def untrained_teacher(method: Method, arch: str, in_channels: int) -> torch.nn.Module:
+    """A distilling method's teacher (DeACL's SimCLR encoder) at its initial weights: the step
+    forwards it frozen, so its cost does not depend on its weights, and pretraining it first
+    would only lengthen the benchmark."""
+    from bench import registry
+
+    teacher = registry.get(method.teacher_method)
+    return teacher(teacher.make_params({})).build_model(arch, in_channels)
+
+
 def build_method(run: MethodRun, in_channels: int, folder: Path, train_images: torch.Tensor, device: torch.device):
     """The run's method (its resolved parameters) and model, set up on ``train_images``."""
     config = run.config
     method = run.method_class(random_pseudo_labels(run.params, train_images.shape[0], folder, config.seed))
     torch.manual_seed(config.seed)
+    if method.needs_teacher():
+        method.set_teacher(untrained_teacher(method, config.model.arch, in_channels), {"source": "bench speed"})
     model = method.build_model(config.model.arch, in_channels).to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     method.setup(model, train_images, StepContext(0, 0, 1, device, generator, config.attack))

@@ -5,6 +5,7 @@ by ``Method.contrastive_loss``, so the base's views, attack and loss code serve 
 - ``-ip``: adversarial views are *inferior positives* (asymmetric stop-gradient α / 1−α, w).
 - ``-hn``: adversarial views are *hard negatives* (HCL re-weighting with β, τ⁺).
 - ``-iphn``: both.
+This module only builds the classes; ``bench.registry.derive_variants`` registers them.
 """
 from __future__ import annotations
 
@@ -35,14 +36,6 @@ def make_variant(base: type[Method], suffix: str) -> type[Method]:
     )
 
 
-def register_variants(base: type[Method]) -> list[str]:
-    """Register ``<base>-ip``, ``<base>-hn`` and ``<base>-iphn`` unless already present."""
-    from bench import registry
-
-    names = []
-    for suffix in VARIANTS:
-        name = f"{base.name}-{suffix}"
-        if name not in registry._REGISTRY:
-            registry.register(name)(make_variant(base, suffix))
-        names.append(name)
-    return names
+def variant_names(base: type[Method]) -> dict[str, str]:
+    """``{registered name: suffix}`` of the three variants of ``base`` (``<base>-ip``, ``-hn``, ``-iphn``)."""
+    return {f"{base.name}-{suffix}": suffix for suffix in VARIANTS}

@@ -151,7 +151,9 @@ def high_frequency_component(x: torch.Tensor, radius: int = 8) -> torch.Tensor:
     part. Not clamped (the released code feeds negative values to the encoder too).
     """
     height, width = x.shape[-2:]
-    spectrum = torch.fft.fftshift(torch.fft.fft2(x.float()), dim=(-2, -1))
+    # At least float32 (fft has no half-precision CPU kernel), float64 kept: the step-level
+    # fidelity tests compare with the released code in float64 (tests/test_fidelity_steps.py).
+    spectrum = torch.fft.fftshift(torch.fft.fft2(x.to(torch.promote_types(x.dtype, torch.float32))), dim=(-2, -1))
     ys = torch.arange(height, device=x.device).view(-1, 1) - height // 2
     xs = torch.arange(width, device=x.device).view(1, -1) - width // 2
     keep = ((ys**2 + xs**2) >= radius**2).to(spectrum.dtype)

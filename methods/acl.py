@@ -19,13 +19,27 @@ import torch
 
 from bench.attacks import pgd
 from bench.losses import nt_xent
-from bench.method import Method, StepContext
+from bench.method import Method, Published, StepContext
 from bench.models import ContrastiveModel
-from bench.optim import acl_lars_settings
+from bench.optim import ACL_LARS
 from bench.registry import register
 from bench.shards import Shards
 from bench.shards import of as shards_of
 from bench.views import StrongAugment
+
+RELEASED = "VITA-Group/Adversarial-Contrastive-Learning train_simCLR.py --ACL_DS (LARS schedule: bench.optim.ACL_LARS)"
+EXTENSION = ("suite extension, no released script: the schedule of VITA-Group/Adversarial-Contrastive-Learning "
+             "train_simCLR.py, A-InfoNCE knobs at their defaults")
+PAPER = {  # registered name -> dataset -> settings; train_simCLR.py uses the same settings for every dataset
+    "acl": {"*": Published(source=RELEASED, pretrain=ACL_LARS)},
+    "acl-ip": {"*": Published(source=EXTENSION, pretrain=ACL_LARS)},
+    "acl-hn": {"*": Published(source=EXTENSION, pretrain=ACL_LARS)},
+    "acl-iphn": {"*": Published(source=EXTENSION, pretrain=ACL_LARS)},
+}
+SMOKE = {  # registered name -> settings of the smoke preset
+    name: Published(source="smoke: the harness defaults (bench.config.smoke_preset)")
+    for name in ("acl", "acl-ip", "acl-hn", "acl-iphn")
+}
 
 
 def joint_nt_xent(model: ContrastiveModel, pair: torch.Tensor, bn: str, temperature: float,
@@ -49,10 +63,8 @@ class ACL(Method):
     has_adversarial_views = True
     variant_note = "suite extension: [x1, x2, a1, a2] contrasted jointly"
     augment = StrongAugment(crop_scale=(0.1, 1.0))
-
-    @classmethod
-    def preset_pretrain(cls, preset: str, dataset: str) -> dict:
-        return acl_lars_settings() if preset == "paper" else {}
+    paper = PAPER
+    smoke = SMOKE
 
     def adversarial_pair(self, model: ContrastiveModel, pair: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """PGD on both views jointly, model in eval mode (mode restored afterwards).
@@ -64,7 +76,7 @@ class ACL(Method):
         model.eval()
         try:
             return pgd(
-                lambda inputs: joint_nt_xent(model, inputs, "pgd", self.temperature, shards),
+                lambda inputs: joint_nt_xent(model, inputs, "pgd", self.params.temperature, shards),
                 pair,
                 epsilon=ctx.attack.epsilon,
                 step_size=ctx.attack.step_size,
@@ -81,8 +93,8 @@ class ACL(Method):
         adversarial = self.adversarial_pair(model, clean, ctx)
         alpha = self.update_alpha(model, clean, adversarial, ctx)
         if not (self.inferior_positives or self.hard_negatives):
-            loss_clean = joint_nt_xent(model, clean, "normal", self.temperature, shards)
-            loss_adv = joint_nt_xent(model, adversarial, "pgd", self.temperature, shards)
+            loss_clean = joint_nt_xent(model, clean, "normal", self.params.temperature, shards)
+            loss_adv = joint_nt_xent(model, adversarial, "pgd", self.params.temperature, shards)
             return 0.5 * (loss_clean + loss_adv), {"loss_clean": loss_clean.detach(), "loss_adv": loss_adv.detach()}
         z_clean = [shards.gather(z) for z in model(clean, "normal").chunk(2)]
         z_adv = [shards.gather(z) for z in model(adversarial, "pgd").chunk(2)]

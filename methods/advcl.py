@@ -9,10 +9,10 @@ LijieFan/AdvCL):
    [x_adv, x1, x2, HFC] through BN 'pgd', model in TRAIN mode (as released: BN running
    statistics follow the PGD iterates); the attack maximises the plain (non-HN, no
    stop-gradient) loss in every variant (released ``--attack_ori``);
-3. x_ce = PGD on ``images_org`` maximising the pseudo-label cross-entropy averaged over the
-   five heads (K = 2, 10, 50, 100, 500), BN 'pgd_ce', train mode;
+3. x_ce = PGD on ``images_org`` maximising the pseudo-label cross-entropy summed over the batch
+   and the five heads (K = 2, 10, 50, 100, 500), BN 'pgd_ce', train mode;
 4. loss = contrastive loss ×(T/0.07) over [x_adv, x1, x2, HFC] + 0.2·mean_K CE(head_K(x_ce));
-   the variants change only the contrastive term (``contrastive_loss``), and -ip variants
+   the variants change only the contrastive term (``contrastive_term``), and -ip variants
    adapt α per step from the clean/adversarial feature distance (``update_alpha``).
 
 Deviations from the released code (none changes a gradient or an adversarial example):
@@ -30,42 +30,90 @@ Deviations from the released code (none changes a gradient or an adversarial exa
   reproduces it with ``pretrain.shards = 2`` (``bench.shards``), ``shards = 1`` is BN over 512;
 - pseudo-labels: the released files cluster features of an ImageNet-pretrained contrastive
   model (ClusterFit); pass such a file as ``pseudo_labels``, or let ``setup`` cluster the
-  features of any encoder (``pseudo_label_encoder``) or, as a stand-in, raw pixels.
+  features of any encoder (``pseudo_label_encoder``) or, as a stand-in, raw pixels
+  (``bench.pseudo_labels``).
 """
 from __future__ import annotations
 
-import importlib
-import io
-import pickle
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import progress
 from bench.attacks import pgd, project
 from bench.config import ConfigError
-from bench.data import to_float
-from bench.losses import a_infonce
-from bench.method import Method, MethodParams, StepContext
+from bench.losses import a_infonce, official_advcl_loss
+from bench.method import Method, MethodParams, Published, StepContext
 from bench.models import ContrastiveModel
+from bench.pseudo_labels import pseudo_labels
 from bench.registry import register
-from bench.shards import Shards, of as shards_of
-from bench.atomic import write_atomic
+from bench.shards import Shards
+from bench.shards import of as shards_of
 from bench.views import StrongAugment, WeakAugment, high_frequency_component
 
 # Views of the contrastive matrix, in order: x_adv, x1, x2, HFC.
 ADVERSARIAL = (True, False, False, False)
 BASE_TEMPERATURE = 0.07  # SupCon scaling: the loss is multiplied by T / 0.07
 PSEUDO_LABEL_KS = (2, 10, 50, 100, 500)
-PIXEL_PCA_DIMS = 50
-MINIBATCH_KMEANS_ABOVE = 20_000  # images; plain k-means below, mini-batch k-means above
+
+
+def advcl_sgd(lr: float) -> dict[str, Any]:
+    """``pretraining_advCL.py``'s optimiser at ``--learning_rate lr`` (overrides of ``PretrainConfig``).
+
+    SGD (momentum 0.9, wd 1e-4), batch 512, ``--epoch 400``, warm-up from 0.01 over 10 epochs (on
+    for batch > 256), cosine to lr·1e-3 (``lr_decay_rate ** 3``). Kept approximately: the released
+    warm-up ends at the cosine's value at epoch 10 (0.998·lr) and the loop runs 402 epochs.
+    ``shards`` 2 (``bench.shards``): ``nn.DataParallel`` over every visible GPU (a single one is
+    refused) and the A-InfoNCE README's "2 Tesla V100 GPUs", i.e. per-GPU BatchNorm over 256.
+    """
+    return {"optimizer": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 512,
+            "warmup_epochs": 10, "warmup_start_lr": 0.01 / lr, "min_lr_fraction": 1e-3, "epochs": 400, "shards": 2}
+
+
+SCRIPTS = "yqy2001/A-InfoNCE Asym-AdvCL/shell/"
+RELEASED = {"ce_weight": 0.2, "hfc_radius": 8}  # pretraining_advCL.py defaults: --ce_weight 0.2, --radius 8
+IP10 = {"alpha": 0.2, "adaptive_epochs": 30, "d_min": 0.4}  # --stpg_degree 0.2 --stop_grad_adaptive 30 (d_min default)
+IP100 = {"alpha": 0.3, "adaptive_epochs": 20, "d_min": 0.5}  # --stpg_degree 0.3 --stop_grad_adaptive 20 --d_min 0.5
+PAPER = {  # registered name -> dataset -> settings: each script's flags; the rest are pretraining_advCL.py defaults
+    "advcl": {
+        "cifar10": Published(SCRIPTS + "cifar10/advcl-cifar10.sh (--learning_rate 0.5)", advcl_sgd(0.5), RELEASED),
+        "cifar100": Published(SCRIPTS + "cifar100/advcl-cifar100.sh (--learning_rate 0.5)", advcl_sgd(0.5), RELEASED),
+    },
+    "advcl-ip": {
+        "cifar10": Published(SCRIPTS + "cifar10/advcl-IP-cifar10.sh (--stop_grad --stpg_degree 0.2 --adv_weight 1.2 "
+                             "--stop_grad_adaptive 30 --learning_rate 1.)", advcl_sgd(1.0),
+                             {**RELEASED, **IP10, "adv_weight": 1.2}),
+        "cifar100": Published(SCRIPTS + "cifar100/advcl-IP-cifar100.sh (--learning_rate 2. --stpg_degree 0.3 "
+                              "--stop_grad --adv_weight 1.5 --stop_grad_adaptive 20 --d_min 0.5)", advcl_sgd(2.0),
+                              {**RELEASED, **IP100, "adv_weight": 1.5}),
+    },
+    "advcl-hn": {
+        "cifar10": Published(SCRIPTS + "cifar10/advcl-HN-cifar10.sh (--learning_rate 1.2 --attack_ori --HN --beta 1.0 "
+                             "--tau_plus 0.12)", advcl_sgd(1.2), {**RELEASED, "beta": 1.0, "tau_plus": 0.12}),
+        "cifar100": Published(SCRIPTS + "cifar100/advcl-HN-cifar100.sh (--learning_rate 2. --attack_ori --HN --beta 1. "
+                              "--tau_plus 0.01)", advcl_sgd(2.0), {**RELEASED, "beta": 1.0, "tau_plus": 0.01}),
+    },
+    "advcl-iphn": {
+        "cifar10": Published(SCRIPTS + "cifar10/advcl-IPHN-cifar10.sh (--learning_rate 2. --stpg_degree 0.2 "
+                             "--stop_grad --adv_weight 0.7 --stop_grad_adaptive 30 --attack_ori --HN; β 1.0, τ⁺ 0.1 "
+                             "defaults)",
+                             advcl_sgd(2.0), {**RELEASED, **IP10, "adv_weight": 0.7, "beta": 1.0, "tau_plus": 0.1}),
+        "cifar100": Published(SCRIPTS + "cifar100/advcl-IPHN-cifar100.sh (--learning_rate 2. --stpg_degree 0.3 "
+                              "--stop_grad --adv_weight 1.5 --stop_grad_adaptive 20 --d_min 0.5 --attack_ori --HN "
+                              "--beta 1.0 --tau 0.01)", advcl_sgd(2.0),
+                              {**RELEASED, **IP100, "adv_weight": 1.5, "beta": 1.0, "tau_plus": 0.01}),
+    },
+}
+SMOKE_IP = {"alpha": 0.2, "adv_weight": 1.0, "adaptive_epochs": 2, "d_min": 0.4}
+SMOKE = {  # registered name -> settings of the smoke preset
+    "advcl": Published("smoke: the harness defaults (bench.config.smoke_preset)"),
+    "advcl-ip": Published("smoke: adaptive α on, so the schedule is exercised in 2 epochs", params=SMOKE_IP),
+    "advcl-hn": Published("smoke: HN knobs at the released defaults", params={"beta": 1.0, "tau_plus": 0.1}),
+    "advcl-iphn": Published("smoke: both", params={**SMOKE_IP, "beta": 1.0, "tau_plus": 0.1}),
+}
 
 
 @dataclass
@@ -102,176 +150,6 @@ def model_mode(model: nn.Module, training: bool) -> Iterator[None]:
         model.train(was_training)
 
 
-# --------------------------------------------------------------------------- pseudo-label files
-
-
-def _safe_load_from_bytes(data: bytes) -> Any:
-    """A pickled torch storage: ``torch.load`` it with the weights-only unpickler."""
-    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-
-
-def _safe_codecs_encode(text: str, encoding: str = "utf-8") -> bytes:
-    """Pickle protocol 2 stores bytes as ``_codecs.encode(str, 'latin1')``; nothing else is allowed."""
-    if not isinstance(text, str) or encoding != "latin1":
-        raise pickle.UnpicklingError("_codecs.encode is only allowed for latin1 byte strings in a pseudo-label pickle")
-    return text.encode("latin1")
-
-
-def _numpy_module(*names: str):
-    for name in names:
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise ImportError(f"none of {names} can be imported")
-
-
-def _allowed_globals() -> dict[tuple[str, str], Callable]:
-    """The whitelist: numpy array/scalar reconstruction and torch tensor rebuilding, nothing else."""
-    multiarray = _numpy_module("numpy._core.multiarray", "numpy.core.multiarray")
-    numeric = _numpy_module("numpy._core.numeric", "numpy.core.numeric")
-    allowed: dict[tuple[str, str], Callable] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("collections", "OrderedDict"): OrderedDict,
-        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-        ("torch.storage", "_load_from_bytes"): _safe_load_from_bytes,
-        ("_codecs", "encode"): _safe_codecs_encode,
-    }
-    for module in ("numpy.core", "numpy._core"):
-        allowed[(f"{module}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        allowed[(f"{module}.multiarray", "scalar")] = multiarray.scalar
-        if hasattr(numeric, "_frombuffer"):
-            allowed[(f"{module}.numeric", "_frombuffer")] = numeric._frombuffer
-    return allowed
-
-
-class PseudoLabelUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays and torch tensors only (AdvCL's released label files).
-
-    The CIFAR-10 file pickles numpy int32 arrays, the CIFAR-100 one torch int64 tensors
-    (their storages are nested ``torch.save`` archives, read with ``weights_only=True``).
-    Any other global (a function, a class) raises ``pickle.UnpicklingError``.
-    """
-
-    def find_class(self, module: str, name: str) -> Any:
-        allowed = _allowed_globals()
-        if (module, name) not in allowed:
-            raise pickle.UnpicklingError(
-                f"{module}.{name} is not allowed in a pseudo-label pickle: only numpy arrays and torch tensors are"
-            )
-        return allowed[(module, name)]
-
-
-def _label_array(value: Any, key: str, source: Path) -> np.ndarray:
-    array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{source}: {key} must be a 1-d integer array, got shape {array.shape} dtype {array.dtype}")
-    return array.astype(np.int64)
-
-
-def load_pseudo_label_file(path: str | Path, ks: Sequence[int]) -> dict[int, np.ndarray]:
-    """Read arrays ``pseudo_train_{K}`` from a pickle (restricted unpickler) or an .npz."""
-    source = Path(path).expanduser()
-    if not source.is_file():
-        raise FileNotFoundError(f"pseudo_labels={str(path)!r} is not a file")
-    if source.suffix == ".npz":
-        with np.load(source, allow_pickle=False) as archive:
-            table = {name: archive[name] for name in archive.files}
-    else:
-        with open(source, "rb") as stream:
-            table = PseudoLabelUnpickler(stream).load()
-    if not isinstance(table, dict):
-        raise ValueError(f"{source}: expected a dict of arrays named pseudo_train_{{K}}, got {type(table).__name__}")
-    labels = {}
-    for k in ks:
-        key = f"pseudo_train_{k}"
-        if key not in table:
-            raise KeyError(f"{source} has no {key!r}: it holds {sorted(map(str, table))}")
-        labels[k] = _label_array(table[key], key, source)
-    return labels
-
-
-def check_pseudo_labels(labels: dict[int, np.ndarray], n: int, ks: Sequence[int]) -> None:
-    """One label per training image, in [-1, K) (-1 = ignored, as released)."""
-    for k in ks:
-        array = labels[k]
-        if array.shape != (n,):
-            raise ValueError(f"pseudo-labels for K={k} have {array.shape[0]} entries but the train set has {n} images")
-        if array.size and (array.min() < -1 or array.max() >= k):
-            raise ValueError(f"pseudo-labels for K={k} must lie in [-1, {k}): found [{array.min()}, {array.max()}]")
-
-
-# --------------------------------------------------------------------------- computed pseudo-labels
-
-
-def pixel_features(train_images: torch.Tensor, seed: int, dims: int = PIXEL_PCA_DIMS) -> np.ndarray:
-    """Raw pixels, standardised per dimension and reduced by PCA to ≤ ``dims`` (k-means speed)."""
-    from sklearn.decomposition import PCA
-
-    pixels = to_float(train_images.detach().cpu()).reshape(train_images.shape[0], -1).numpy()
-    pixels = (pixels - pixels.mean(0)) / (pixels.std(0) + 1e-6)
-    components = min(dims, *pixels.shape)
-    return PCA(n_components=components, random_state=seed).fit_transform(pixels).astype(np.float32)
-
-
-@torch.no_grad()
-def encoder_features(path: str, train_images: torch.Tensor, device: torch.device, batch_size: int = 256) -> np.ndarray:
-    """L2-normalised pooled features of a 'bench' encoder checkpoint (eval mode)."""
-    try:
-        from bench.checkpoints import load_encoder
-    except ImportError as error:
-        raise RuntimeError(f"pseudo_label_encoder={path!r} needs bench.checkpoints.load_encoder: {error}") from error
-    loaded = load_encoder(path, format="bench", branch=None)
-    model, info = loaded if isinstance(loaded, tuple) else (loaded, {})
-    names = model.bn_names()
-    branch = info.get("branch") if isinstance(info, dict) and info.get("branch") else (names[0] if names else "normal")
-    model.to(device).eval()
-    chunks = [
-        F.normalize(model.features(to_float(train_images[start : start + batch_size].to(device)), branch), dim=1).cpu()
-        for start in range(0, train_images.shape[0], batch_size)
-    ]
-    return torch.cat(chunks).numpy().astype(np.float32)
-
-
-def cluster_pseudo_labels(features: np.ndarray, ks: Sequence[int], seed: int) -> dict[int, np.ndarray]:
-    """k-means per K (capped at the number of images), seeded; mini-batch k-means for large sets."""
-    from sklearn.cluster import KMeans, MiniBatchKMeans
-
-    n = features.shape[0]
-    labels = {}
-    for k in ks:
-        clusters = min(k, n)
-        if n > MINIBATCH_KMEANS_ABOVE:
-            kmeans = MiniBatchKMeans(n_clusters=clusters, n_init=3, batch_size=4096, random_state=seed)
-        else:
-            kmeans = KMeans(n_clusters=clusters, n_init=3, random_state=seed)
-        labels[k] = kmeans.fit_predict(features).astype(np.int64)
-    return labels
-
-
-def read_cache(path: Path, source: str, n: int, ks: Sequence[int]) -> dict[int, np.ndarray] | None:
-    """Labels cached by an earlier (interrupted) run with the same source, or None."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if str(archive["source"]) != source:
-                return None
-            labels = {k: archive[f"pseudo_train_{k}"].astype(np.int64) for k in ks}
-    except (OSError, KeyError, ValueError):
-        return None
-    return labels if all(array.shape == (n,) for array in labels.values()) else None
-
-
-def write_cache(path: Path, labels: dict[int, np.ndarray], source: str) -> None:
-    """Write the labels atomically (temp file + rename), so a kill never leaves half a cache."""
-    buffer = io.BytesIO()
-    np.savez(buffer, source=np.array(source), **{f"pseudo_train_{k}": array for k, array in labels.items()})
-    write_atomic(path, buffer.getvalue())
-
-
-# --------------------------------------------------------------------------- the method
-
-
 @register("advcl")
 class AdvCL(Method):
     description = "AdvCL (Fan et al. 2021): [x_adv, x1, x2, HFC] contrast + pseudo-label CE adversary, 3 BN branches"
@@ -283,65 +161,24 @@ class AdvCL(Method):
     Params = AdvCLParams
     augment = StrongAugment(crop_scale=(0.2, 1.0))
     weak_augment = WeakAugment()
+    paper = PAPER
+    smoke = SMOKE
+    official_quirks = True  # quirks='official': bench.losses.official_advcl_loss
 
     def __init__(self, params: MethodParams | None = None):
         super().__init__(params)
         self.pseudo_labels: dict[int, torch.Tensor] | None = None
 
-    # ------------------------------------------------------------------ configuration
     @classmethod
-    def preset_params(cls, preset: str, dataset: str) -> dict[str, Any]:
-        """Released shell settings (notes §3.1; CIFAR-100 row for 'cifar100', else CIFAR-10)."""
-        ip, hn, cifar100 = cls.inferior_positives, cls.hard_negatives, dataset == "cifar100"
-        values: dict[str, Any] = {}
-        if preset != "paper":  # smoke: adaptive α on, so the schedule is exercised in 2 epochs
-            if ip:
-                values.update(alpha=0.2, adv_weight=1.0, adaptive_epochs=2, d_min=0.4)
-            if hn:
-                values.update(beta=1.0, tau_plus=0.1)
-            return values
-        values.update(ce_weight=0.2, hfc_radius=8)
-        if ip:
-            values.update(alpha=0.3 if cifar100 else 0.2, adaptive_epochs=20 if cifar100 else 30,
-                          d_min=0.5 if cifar100 else 0.4, adv_weight=1.5 if cifar100 else (0.7 if hn else 1.2))
-        if hn:
-            values.update(beta=1.0, tau_plus=0.01 if cifar100 else (0.1 if ip else 0.12))
-        return values
-
-    @classmethod
-    def preset_pretrain(cls, preset: str, dataset: str) -> dict[str, Any]:
-        """SGD (momentum 0.9, wd 1e-4), batch 512 (2 shards), 400 epochs, 10-epoch warm-up from 0.01, cosine to lr/1000.
-
-        lr per script (CIFAR-10 / CIFAR-100): AdvCL 0.5/0.5, -IP 1.0/2.0, -HN 1.2/2.0, -IPHN 2.0/2.0.
-        Released details kept approximately: the warm-up ends at the cosine's value at epoch
-        10 (0.998·lr) and the loop runs 402 epochs (``epoch_400`` is saved after 401).
-        """
-        if preset != "paper":
-            return {}
-        cifar100 = dataset == "cifar100"
-        lr = {(False, False): (0.5, 0.5), (True, False): (1.0, 2.0), (False, True): (1.2, 2.0),
-              (True, True): (2.0, 2.0)}[(cls.inferior_positives, cls.hard_negatives)][int(cifar100)]
-        # shards 2: DataParallel over every visible GPU (a single one is refused) and the A-InfoNCE
-        # README's "All experiments were conducted on 2 Tesla V100 GPUs": per-GPU BN over 256.
-        return {"optimizer": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 512,
-                "warmup_epochs": 10, "warmup_start_lr": 0.01 / lr, "min_lr_fraction": 1e-3, "epochs": 400,
-                "shards": 2}
-
-    @classmethod
-    def make_params(cls, overrides: dict[str, Any]) -> MethodParams:
-        params = super().make_params(overrides)
+    def check_params(cls, params: MethodParams) -> None:
+        super().check_params(params)
         ks = params.pseudo_label_ks
-        if isinstance(ks, str):
-            ks = tuple(int(item) for item in ks.split(",") if item)
-        ks = tuple(int(k) for k in ks)
         if not ks or min(ks) < 1 or len(set(ks)) != len(ks):
-            raise ConfigError(f"pseudo_label_ks={params.pseudo_label_ks!r} is invalid: allowed distinct integers >= 1")
-        params.pseudo_label_ks = ks
+            raise ConfigError(f"pseudo_label_ks={ks!r} is invalid: allowed distinct integers >= 1")
         if params.ce_weight < 0:
             raise ConfigError(f"ce_weight={params.ce_weight!r} is invalid: allowed numbers >= 0")
         if params.hfc_radius < 0:
             raise ConfigError(f"hfc_radius={params.hfc_radius!r} is invalid: allowed integers >= 0")
-        return params
 
     def build_model(self, arch: str, in_channels: int = 3) -> ContrastiveModel:
         """The contrastive model plus one linear pseudo-label head per K on the pooled feature.
@@ -354,39 +191,14 @@ class AdvCL(Method):
             model.heads[head_name(k)] = nn.Linear(model.feature_dim, k)
         return model
 
-    # ------------------------------------------------------------------ pseudo-labels
     def setup(self, model: ContrastiveModel, train_images: torch.Tensor, ctx: StepContext) -> None:
-        """Load the pseudo-label file, or compute labels by k-means (cached in the run dir)."""
-        ks = tuple(self.params.pseudo_label_ks)
-        if self.params.pseudo_labels:
-            labels = load_pseudo_label_file(self.params.pseudo_labels, ks)
-        else:
-            labels = self.computed_pseudo_labels(train_images, ctx)
-        check_pseudo_labels(labels, train_images.shape[0], ks)
+        """Load the pseudo-label file, or compute labels by k-means (cached in the run directory)."""
+        ks = self.params.pseudo_label_ks
+        labels = pseudo_labels(
+            train_images, ks, file=self.params.pseudo_labels, encoder=self.params.pseudo_label_encoder,
+            run_dir=ctx.run_dir, seed=int(ctx.generator.initial_seed()) % (2**31), device=ctx.device, label=self.name,
+        )
         self.pseudo_labels = {k: torch.as_tensor(labels[k], dtype=torch.long, device=ctx.device) for k in ks}
-
-    def computed_pseudo_labels(self, train_images: torch.Tensor, ctx: StepContext) -> dict[int, np.ndarray]:
-        encoder = self.params.pseudo_label_encoder
-        source = f"encoder:{encoder}" if encoder else f"pixels:pca{PIXEL_PCA_DIMS}"
-        ks, n = tuple(self.params.pseudo_label_ks), train_images.shape[0]
-        cache = ctx.run_dir.pseudo_labels if ctx.run_dir is not None else None
-        if cache is not None and cache.exists():
-            cached = read_cache(cache, source, n, ks)
-            if cached is not None:
-                progress.log(f"  {self.name}: pseudo-labels reused from {cache}")
-                return cached
-        seed = int(ctx.generator.initial_seed()) % (2**31)
-        if encoder:
-            progress.log(f"  {self.name}: pseudo-labels by k-means on the features of {encoder}")
-            features = encoder_features(encoder, train_images, ctx.device)
-        else:
-            progress.log(f"  {self.name}: pseudo-labels by k-means on raw pixels (a stand-in for AdvCL's "
-                         "ImageNet-feature clusters; pass pseudo_labels or pseudo_label_encoder for real runs)")
-            features = pixel_features(train_images, seed)
-        labels = cluster_pseudo_labels(features, ks, seed)
-        if cache is not None:
-            write_cache(cache, labels, source)
-        return labels
 
     def pseudo_label_loss(self, model: ContrastiveModel, x: torch.Tensor, indices: torch.Tensor,
                           shards: Shards | None = None) -> torch.Tensor:
@@ -394,34 +206,61 @@ class AdvCL(Method):
         over every shard of the batch (the released DataParallel gathers the logits)."""
         return self.pseudo_label_loss_of_feature(model, model.features(x, "pgd_ce"), indices, shards)
 
+    def head_logits(self, model: ContrastiveModel, feature: torch.Tensor, indices: torch.Tensor, k: int,
+                    shards: Shards | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head K's logits and pseudo-labels of the batch, gathered over every shard."""
+        logits, target = model.heads[head_name(k)](feature), self.pseudo_labels[k][indices]
+        if shards is not None:
+            logits, target = shards.gather(logits), shards.gather(target)
+        return logits, target
+
     def pseudo_label_loss_of_feature(self, model: ContrastiveModel, feature: torch.Tensor, indices: torch.Tensor,
                                      shards: Shards | None = None) -> torch.Tensor:
         losses = []
         for k in self.params.pseudo_label_ks:
-            logits, target = model.heads[head_name(k)](feature), self.pseudo_labels[k][indices]
-            if shards is not None:
-                logits, target = shards.gather(logits), shards.gather(target)
+            logits, target = self.head_logits(model, feature, indices, k, shards)
             summed = F.cross_entropy(logits, target, ignore_index=-1, reduction="sum")
             losses.append(summed / (target >= 0).sum().clamp(min=1))
         return torch.stack(losses).mean()
 
+    def pseudo_label_attack_objective(self, model: ContrastiveModel, feature: torch.Tensor, indices: torch.Tensor,
+                                      shards: Shards | None = None) -> torch.Tensor:
+        """What x_ce maximises, from its 'pgd_ce' feature: ce_weight · Σ_K sum-CE(head_K) / (number of
+        heads), labels -1 ignored, over every shard.
+
+        As released (``AttackPGD.forward``: ``F.cross_entropy(..., size_average=False, ignore_index=-1) / 5``
+        summed over the heads, times ``ce_weight``). It is not ``pseudo_label_loss`` rescaled: the
+        training term divides each head by its own number of valid labels, so with ignored labels
+        the heads would be weighted differently and the sign step could differ.
+        """
+        ks = self.params.pseudo_label_ks
+        summed = torch.stack([
+            F.cross_entropy(*self.head_logits(model, feature, indices, k, shards), ignore_index=-1, reduction="sum")
+            for k in ks
+        ]).sum()
+        return self.params.ce_weight * summed / len(ks)
+
     # ------------------------------------------------------------------ step
+    def supcon_loss(self, features: torch.Tensor, asymmetry: dict[str, Any]) -> torch.Tensor:
+        """AdvCL's loss over [x_adv, x1, x2, HFC], ×T/0.07 (SupCon scaling): the formulas
+        (``a_infonce``) or, with quirks='official', the released arithmetic (``official_advcl_loss``)."""
+        settings = dict(temperature=self.params.temperature, scale=self.params.temperature / BASE_TEMPERATURE)
+        if self.params.quirks == "official":
+            return official_advcl_loss(features, **settings, **asymmetry)
+        return a_infonce(features, ADVERSARIAL, **settings, **asymmetry)
+
+    def contrastive_term(self, features: torch.Tensor) -> torch.Tensor:
+        """The training loss's contrastive term, with this variant's asymmetry (``Method.asymmetry``)."""
+        return self.supcon_loss(features, self.asymmetry())
+
     def attack_objective(self, features: torch.Tensor) -> torch.Tensor:
         """The loss x_adv maximises: plain InfoNCE (no HN, no stop-gradient), as ``--attack_ori``.
 
         With quirks='official' the released ``ori_SupConLoss`` is reproduced, including the
         w² weight of the clean-anchor block when w ≠ 1 (IP/IPHN scripts).
         """
-        return a_infonce(
-            features,
-            ADVERSARIAL,
-            temperature=self.temperature,
-            alpha=None,
-            adv_weight=self.params.adv_weight if self.inferior_positives else 1.0,
-            hard_negatives=None,
-            scale=self.temperature / BASE_TEMPERATURE,
-            quirks=self.params.quirks,
-        )
+        weight = self.params.adv_weight if self.inferior_positives else 1.0
+        return self.supcon_loss(features, {"alpha": None, "adv_weight": weight, "hard_negatives": None})
 
     def adversaries(
         self, model: ContrastiveModel, images_org: torch.Tensor, clean: Sequence[torch.Tensor], indices: torch.Tensor,
@@ -443,8 +282,11 @@ class AdvCL(Method):
                 lambda inputs: self.attack_objective(torch.stack([shards.gather(model(inputs, "pgd")), *clean], dim=1)),
                 images_org, start=shards.random_start(images_org, epsilon), **settings,
             )
-            x_ce = pgd(lambda inputs: self.pseudo_label_loss(model, inputs, indices, shards), images_org,
-                       start=shards.random_start(images_org, epsilon), **settings)
+            x_ce = pgd(
+                lambda inputs: self.pseudo_label_attack_objective(model, model.features(inputs, "pgd_ce"), indices,
+                                                                  shards),
+                images_org, start=shards.random_start(images_org, epsilon), **settings,
+            )
         return x_adv, x_ce
 
     def released_adversaries(
@@ -466,8 +308,7 @@ class AdvCL(Method):
                 model.project(feature_ce, "pgd_ce")  # released: contrast=True on x_ce, output unused
                 features = [model(x_cl, "pgd")] + [model(view, "normal") for view in views]
                 loss = self.attack_objective(torch.stack([shards.gather(z) for z in features], dim=1))
-                pseudo = self.pseudo_label_loss_of_feature(model, feature_ce, indices, shards)
-                loss = loss + self.params.ce_weight * pseudo
+                loss = loss + self.pseudo_label_attack_objective(model, feature_ce, indices, shards)
                 grad_cl, grad_ce = torch.autograd.grad(loss, [x_cl, x_ce])
                 x_cl = project(x_cl.detach() + step_size * grad_cl.sign(), images_org, epsilon)
                 x_ce = project(x_ce.detach() + step_size * grad_ce.sign(), images_org, epsilon)
@@ -496,7 +337,7 @@ class AdvCL(Method):
         alpha = self.update_alpha(model, images_org, x_adv, ctx)
         views = [model(x_adv, "pgd"), *clean]
         features = torch.stack([shards.gather(z) for z in views], dim=1)  # [B, 4, D]: x_adv, x1, x2, HFC
-        loss_contrast = self.contrastive_loss(features, ADVERSARIAL, scale=self.temperature / BASE_TEMPERATURE)
+        loss_contrast = self.contrastive_term(features)
         if ctx.reference_style:  # released: x_ce through the projector too (output unused)
             feature_ce = model.features(x_ce, "pgd_ce")
             model.project(feature_ce, "pgd_ce")

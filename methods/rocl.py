@@ -7,10 +7,11 @@ One step, as in the released ``rocl_train.py`` (A-InfoNCE ``Asym-RoCL``, parent 
 3. ONE forward of [x1; x2; a] (a single BN for all views), NT-Xent over the 3 views with every
    column detached (each term ℓ(u→p) moves only its anchor u; the released similarity is
    ``z @ z.T.detach()``), summed over each anchor's two positives and averaged over anchors;
-4. plus the regulariser (1/λ)·NT-Xent(a, x2), λ = 256, on a second forward of [a; x2] in
-   train mode, also column-detached (the released ``pairwise_similarity`` detaches too).
+4. plus the regulariser (1/λ)·NT-Xent(a, x2), λ = 256, on a separate train-mode forward of [a; x2]
+   that runs before step 3's (as released), also column-detached (the released
+   ``pairwise_similarity`` detaches too).
 
-The variants only change step 3 (``contrastive_loss``): -ip weighs the clean→adversarial
+The variants only change step 3 (``contrastive_term``): -ip weighs the clean→adversarial
 terms by α and the adversarial→clean ones by 1−α (α = 0.2 fixed), -hn re-weights negatives
 (HCL); the attack and the regulariser stay symmetric, as released.
 
@@ -32,9 +33,9 @@ from typing import Any
 import torch
 
 from bench.attacks import pgd
-from bench.config import ConfigError, eval_fraction
-from bench.losses import a_infonce
-from bench.method import Method, MethodParams, StepContext
+from bench.config import ConfigError
+from bench.losses import a_infonce, official_rocl_loss
+from bench.method import Method, MethodParams, Published, StepContext
 from bench.models import ContrastiveModel
 from bench.registry import register
 from bench.shards import of as shards_of
@@ -47,6 +48,66 @@ ADVERSARIAL = (False, False, True)
 # loss sums them, (1/3N)·Σ of the six pair terms, so the 3-view loss is scaled by the
 # number of positives per anchor. This keeps the regulariser's relative weight (1/256).
 POSITIVES_PER_ANCHOR = 2.0
+
+
+def rocl_lars(base_lr: float) -> dict[str, Any]:
+    """``rocl_train.py``'s optimiser (overrides of ``PretrainConfig``) for a base lr (``--lr``).
+
+    torchlars LARS (trust 1e-3, eps 1e-8) around SGD (momentum 0.9, wd ``--decay`` 1e-6), batch
+    2 × 256, ``--epoch`` 1000. Released: ``GradualWarmupScheduler(multiplier 15, total_epoch 10)``
+    stepped at the start of each epoch gives lr = base·(1 + 1.4·(e+1)) in epochs e = 0..9, i.e.
+    base·2.4 at epoch 0 rising to 15·base at epoch 9, then ``CosineAnnealingLR(T_max 1000)`` from
+    15·base towards 0. Our per-iteration linear warm-up from (2.4/15)·lr to lr = 15·base over 9
+    epochs hits the released value at the first iteration of every warm-up epoch (it interpolates
+    inside an epoch where the released lr is a step function), then cosine to 0. ``shards`` 2: the
+    released DDP ran 2 processes × 256 (attack and regulariser per GPU, ``bench.shards``).
+    """
+    return {"optimizer": "lars", "lars_trust": 1e-3, "lr": 15 * base_lr, "momentum": 0.9, "weight_decay": 1e-6,
+            "warmup_epochs": 9, "warmup_start_lr": 2.4 / 15, "min_lr_fraction": 0.0, "epochs": 1000,
+            "batch_size": 512, "shards": 2}  # shell/rocl-*.sh: --nproc_per_node=2 --ngpu 2 --batch-size=256
+
+
+# Every script runs ``rocl_train.py --k=7`` with its defaults ``--alpha 0.007`` (PGD step) and ``--lamda 256``.
+RELEASED = {"attack_steps": 7, "attack_step_size": 0.007, "regularizer_lambda": 256.0}
+IP = {"alpha": 0.2, "adv_weight": 1.0}  # --stop_grad --stpg_degree 0.2; --adv_weight never set (default 1)
+SCRIPTS = "yqy2001/A-InfoNCE Asym-RoCL/shell/"
+PAPER = {  # registered name -> dataset -> settings; "(default)": rocl_train.py's argument.py default
+    "rocl": {
+        "cifar10": Published(source=SCRIPTS + "rocl-cifar10.sh (--lr 0.1 default)", pretrain=rocl_lars(0.1),
+                             params=RELEASED),
+        "cifar100": Published(source=SCRIPTS + "rocl-cifar100.sh (--lr 0.1 default)", pretrain=rocl_lars(0.1),
+                              params=RELEASED),
+    },
+    "rocl-ip": {
+        "cifar10": Published(source=SCRIPTS + "rocl-IP-cifar10.sh (--stop_grad --stpg_degree 0.2)",
+                             pretrain=rocl_lars(0.1), params={**RELEASED, **IP}),
+        "cifar100": Published(source=SCRIPTS + "rocl-IP-cifar100.sh (--stop_grad --stpg_degree 0.2)",
+                              pretrain=rocl_lars(0.1), params={**RELEASED, **IP}),
+    },
+    "rocl-hn": {
+        "cifar10": Published(source=SCRIPTS + "rocl-HN-cifar10.sh (--HN --beta 1.0 --tau 0.12 --lr 0.2)",
+                             pretrain=rocl_lars(0.2), params={**RELEASED, "beta": 1.0, "tau_plus": 0.12}),
+        "cifar100": Published(source=SCRIPTS + "rocl-HN-cifar100.sh (--HN; β 1.0, τ 0.1, lr 0.1 default)",
+                              pretrain=rocl_lars(0.1), params={**RELEASED, "beta": 1.0, "tau_plus": 0.1}),
+    },
+    "rocl-iphn": {
+        "cifar10": Published(
+            source=SCRIPTS + "rocl-IPHN-cifar10.sh (--HN --beta 1.0 --tau 0.12 --stop_grad --stpg_degree 0.2 --lr 0.3)",
+            pretrain=rocl_lars(0.3), params={**RELEASED, **IP, "beta": 1.0, "tau_plus": 0.12},
+        ),
+        "cifar100": Published(
+            source=SCRIPTS + "rocl-IPHN-cifar100.sh (--HN --stop_grad --stpg_degree 0.2 --lr 0.2; β 1.0, τ 0.1 "
+                             "default)",
+            pretrain=rocl_lars(0.2), params={**RELEASED, **IP, "beta": 1.0, "tau_plus": 0.1},
+        ),
+    },
+}
+SMOKE = {  # registered name -> settings of the smoke preset: every A-InfoNCE knob of the variant set
+    "rocl": Published(source="smoke: the harness's attack and defaults"),
+    "rocl-ip": Published(source="smoke: IP knobs as in the paper scripts", params=IP),
+    "rocl-hn": Published(source="smoke: HN knobs at the released defaults", params={"beta": 1.0, "tau_plus": 0.1}),
+    "rocl-iphn": Published(source="smoke: IP and HN knobs", params={**IP, "beta": 1.0, "tau_plus": 0.1}),
+}
 
 
 @dataclass
@@ -78,68 +139,19 @@ class RoCL(Method):
     Params = RoCLParams
     augment = StrongAugment(crop_scale=(0.08, 1.0))
     synced_batch_norm = True  # released: DDP + SyncBatchNorm, one BN over every GPU's rows (bench.shards)
-
-    # ------------------------------------------------------------------ configuration
-    @classmethod
-    def preset_params(cls, preset: str, dataset: str) -> dict[str, Any]:
-        """Released shell settings (notes §3.2); the smoke preset exercises every knob."""
-        if preset != "paper":
-            values: dict[str, Any] = {}
-            if cls.inferior_positives:
-                values.update(alpha=0.2, adv_weight=1.0)
-            if cls.hard_negatives:
-                values.update(beta=1.0, tau_plus=0.1)
-            return values
-        values = {"attack_steps": 7, "attack_step_size": 0.007, "regularizer_lambda": 256.0}
-        if cls.inferior_positives:  # --stop_grad --stpg_degree 0.2, adv_weight never set (1)
-            values.update(alpha=0.2, adv_weight=1.0)
-        if cls.hard_negatives:  # --HN --tau 0.12 (CIFAR-10); CIFAR-100 keeps the defaults
-            values.update(beta=1.0, tau_plus=0.1 if dataset == "cifar100" else 0.12)
-        return values
+    paper = PAPER
+    smoke = SMOKE
+    official_quirks = True  # quirks='official': bench.losses.official_rocl_loss
 
     @classmethod
-    def preset_pretrain(cls, preset: str, dataset: str) -> dict[str, Any]:
-        """LARS (trust 1e-3, wd 1e-6), batch 512 as 2 shards of 256, 1000 epochs, warm-up ×15 then cosine.
-
-        Released: ``GradualWarmupScheduler(multiplier 15, total_epoch 10)`` stepped at the start
-        of each epoch gives lr = base·(1 + 1.4·(e+1)) in epochs e = 0..9, i.e. base·2.4 at
-        epoch 0 rising to 15·base at epoch 9, then ``CosineAnnealingLR(T_max 1000)`` from
-        15·base towards 0. Our per-iteration linear warm-up from (2.4/15)·lr to lr = 15·base
-        over 9 epochs hits the released value at the first iteration of every warm-up epoch
-        (it interpolates inside an epoch where the released lr is a step function), then
-        cosine to 0 over the remaining epochs. Base lr per variant (notes §3.2): RoCL and
-        -IP 0.1; -HN 0.2 (CIFAR-10) / 0.1 (CIFAR-100); -IPHN 0.3 / 0.2.
-        """
-        if preset != "paper":
-            return {}
-        cifar100 = dataset == "cifar100"
-        base_lr = 0.1
-        if cls.hard_negatives:
-            base_lr = (0.2 if cifar100 else 0.3) if cls.inferior_positives else (0.1 if cifar100 else 0.2)
-        return {"optimizer": "lars", "lars_trust": 1e-3, "lr": 15 * base_lr, "momentum": 0.9, "weight_decay": 1e-6,
-                "warmup_epochs": 9, "warmup_start_lr": 2.4 / 15, "min_lr_fraction": 0.0, "epochs": 1000,
-                "batch_size": 512, "shards": 2}  # 2 GPUs × 256 (total_process.sh: --ngpu 2, b256, nGPU2)
-
-    @classmethod
-    def make_params(cls, overrides: dict[str, Any]) -> MethodParams:
-        """As ``Method.make_params``; also turns CLI strings into numbers for the None-default fields."""
-        params = super().make_params(overrides)
-        for name, kind in (("attack_steps", int), ("attack_step_size", float)):
+    def check_params(cls, params: MethodParams) -> None:
+        super().check_params(params)
+        for name in ("attack_steps", "attack_step_size"):
             value = getattr(params, name)
-            if isinstance(value, str):
-                if value.lower() in ("", "none"):
-                    value = None
-                else:
-                    try:
-                        value = kind(eval_fraction(value)) if kind is float else kind(value)
-                    except ValueError:
-                        raise ConfigError(f"{name}={value!r} is invalid: allowed {kind.__name__} values or none") from None
-                setattr(params, name, value)
             if value is not None and value < 0:
                 raise ConfigError(f"{name}={value!r} is invalid: allowed numbers >= 0 or none (the harness's)")
         if params.regularizer_lambda <= 0:
             raise ConfigError(f"regularizer_lambda={params.regularizer_lambda!r} is invalid: allowed numbers > 0")
-        return params
 
     def ip_adv_weight(self) -> float:
         """w as the released RoCL-IP means it: the clean/adversarial pair counted once.
@@ -151,10 +163,15 @@ class RoCL(Method):
         """
         return self.params.adv_weight if self.params.quirks == "official" else self.params.adv_weight / 2
 
-    def contrast_scale(self) -> float:
-        """×2 turns the formula path's per-anchor mean into the released (1/3N)·Σ of pair terms;
-        the 'official' path already computes that sum itself."""
-        return 1.0 if self.params.quirks == "official" else POSITIVES_PER_ANCHOR
+    def contrastive_term(self, features: torch.Tensor) -> torch.Tensor:
+        """Step 3 over [x1, x2, a] with this variant's asymmetry, every column detached.
+
+        Formula path: ``a_infonce`` ×2 turns its per-anchor mean into the released (1/3N)·Σ of
+        pair terms. quirks='official': the released arithmetic, which computes that sum itself.
+        """
+        if self.params.quirks == "official":
+            return official_rocl_loss(features, temperature=self.params.temperature, **self.asymmetry())
+        return self.contrastive_loss(features, ADVERSARIAL, detach_contrast=True, scale=POSITIVES_PER_ANCHOR)
 
     # ------------------------------------------------------------------ step
     def adversarial_view(self, model: ContrastiveModel, x1: torch.Tensor, x2: torch.Tensor, ctx: StepContext,
@@ -166,21 +183,22 @@ class RoCL(Method):
         ``RepresentationAdv.get_loss`` forwards [a; x2] at every step, which ``ctx.reference_style``
         (``bench speed``) does too: same adversary, the released cost."""
         shards = shards_of(ctx)
-        steps = ctx.attack.steps if self.params.attack_steps is None else int(self.params.attack_steps)
-        step_size = ctx.attack.step_size if self.params.attack_step_size is None else float(self.params.attack_step_size)
+        temperature = self.params.temperature
+        steps = ctx.attack.steps if self.params.attack_steps is None else self.params.attack_steps
+        step_size = ctx.attack.step_size if self.params.attack_step_size is None else self.params.attack_step_size
         was_training = model.training
         model.eval()
         try:
             if ctx.reference_style:
                 def objective(inputs: torch.Tensor) -> torch.Tensor:
                     z_adv, z_target = model(torch.cat([inputs, x2])).chunk(2)
-                    return pair_nt_xent(shards.gather_shard(z_adv), shards.gather_shard(z_target), self.temperature)
+                    return pair_nt_xent(shards.gather_shard(z_adv), shards.gather_shard(z_target), temperature)
             else:
                 with torch.no_grad():
                     z_fixed = shards.gather_shard(model(x2))
 
                 def objective(inputs: torch.Tensor) -> torch.Tensor:
-                    return pair_nt_xent(shards.gather_shard(model(inputs)), z_fixed, self.temperature)
+                    return pair_nt_xent(shards.gather_shard(model(inputs)), z_fixed, temperature)
             return pgd(objective, x1, epsilon=ctx.attack.epsilon, step_size=step_size, steps=steps,
                        generator=generator if generator is not None else ctx.generator)
         finally:
@@ -195,13 +213,17 @@ class RoCL(Method):
 
         x1, x2, adversarial = shards.map(shard_views, images)  # the attack sees its own shard, as released
         alpha = self.update_alpha(model, x1, adversarial, ctx)  # no-op: RoCL-IP keeps α fixed
+        # The regulariser's train-mode forward comes first, as released (``get_loss`` runs before the
+        # main forward): the BN running statistics, which finetuning loads, then see the same two
+        # updates in the same order. It is per shard, as released (mean over GPUs under DDP).
+        z_adv, z_target = model(torch.cat([adversarial, x2])).chunk(2)
+        loss_regularizer = shards.mean_over_shards(
+            lambda a, t: pair_nt_xent(shards.gather_shard(a), shards.gather_shard(t), self.params.temperature),
+            z_adv, z_target,
+        ) / self.params.regularizer_lambda
         views = model(torch.cat([x1, x2, adversarial])).chunk(3)
         features = torch.stack([shards.gather(z) for z in views], dim=1)  # [B, 3, D], negatives over every shard
-        loss_contrast = self.contrastive_loss(features, ADVERSARIAL, detach_contrast=True, scale=self.contrast_scale())
-        z_adv, z_target = model(torch.cat([adversarial, x2])).chunk(2)
-        loss_regularizer = shards.mean_over_shards(  # per shard, as released (mean over GPUs under DDP)
-            lambda a, t: pair_nt_xent(shards.gather_shard(a), shards.gather_shard(t), self.temperature), z_adv, z_target
-        ) / self.params.regularizer_lambda
+        loss_contrast = self.contrastive_term(features)
         logs = {"loss_contrast": loss_contrast.detach(), "loss_regularizer": loss_regularizer.detach()}
         if self.inferior_positives:
             logs["alpha"] = alpha

@@ -14,12 +14,23 @@ from __future__ import annotations
 import torch
 
 from bench.losses import nt_xent
-from bench.method import Method, StepContext
+from bench.method import Method, Published, StepContext
 from bench.models import ContrastiveModel
-from bench.optim import acl_lars_settings
+from bench.optim import ACL_LARS
 from bench.registry import register
 from bench.shards import of as shards_of
 from bench.views import StrongAugment
+
+PAPER = {  # registered name -> dataset -> settings
+    "simclr": {
+        "*": Published(
+            source="VITA-Group/Adversarial-Contrastive-Learning train_simCLR.py (ACL's LARS schedule, the optimiser of "
+                   "the acl row this anchor sits beside; bench.optim.ACL_LARS)",
+            pretrain=ACL_LARS,
+        ),
+    },
+}
+SMOKE = {"simclr": Published(source="smoke: the harness defaults (bench.config.smoke_preset)")}
 
 
 @register("simclr")
@@ -27,14 +38,11 @@ class SimCLR(Method):
     description = "SimCLR (Chen et al. 2020): non-adversarial anchor, NT-Xent on two strong views"
     projector = "simclr"
     augment = StrongAugment(crop_scale=(0.08, 1.0))
-
-    @classmethod
-    def preset_pretrain(cls, preset: str, dataset: str) -> dict:
-        """ACL's LARS schedule: lr 5.0, wd 1e-6, warm-up from 0 over 10 epochs, cosine to 1e-6."""
-        return acl_lars_settings() if preset == "paper" else {}
+    paper = PAPER
+    smoke = SMOKE
 
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
         shards = shards_of(ctx)  # views from each shard's generator, negatives over every shard
         views = torch.cat([shards.map(self.augment, images), shards.map(self.augment, images)])
         z1, z2 = model(views).chunk(2)
-        return nt_xent(shards.gather(z1), shards.gather(z2), self.temperature), {}
+        return nt_xent(shards.gather(z1), shards.gather(z2), self.params.temperature), {}

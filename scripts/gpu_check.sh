@@ -4,10 +4,13 @@
 #   bash scripts/gpu_check.sh            # from the repository root; outputs under $OUT (default ./gpu_check_out)
 #
 # On this workplace's device tool: run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=560).
-# AutoAttack is the official package (pyautoattack, pure Python, not in the device image): first, here,
-#   echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps pyautoattack==0.2.0 -d .whl
-# Without that wheel the AutoAttack timing is skipped (the log says so); everything else needs only the
-# image's torch, torchvision, numpy, scikit-learn, matplotlib and rich (what `pip install -e .` needs).
+# The device image has torch, torchvision, numpy, scikit-learn, matplotlib and rich; `bench` also needs
+# submitit (the CLI builds `bench sweep`'s parser) and AutoAttack is the official package (pyautoattack);
+# both are pure Python. First, here (the wheels travel in .whl/ and are installed there without the network):
+#   echo /.whl/ >> "$(git rev-parse --git-common-dir)/info/exclude"   # works in a worktree too
+#   python3 -m pip download --no-deps -d .whl pyautoattack==0.2.0 submitit==1.5.4 cloudpickle==3.1.3
+# Without pyautoattack the AutoAttack timing is skipped (the log says so). `bench speed` needs none of
+# pandas, filelock or scipy (checked on CPU with those three and pyautoattack made unimportable).
 #
 # CIFAR-10 cannot be downloaded on the device machine, so every stage uses a synthetic CIFAR-shaped
 # dataset: 50,000 random 32x32 RGB images (`bench speed --synthetic 50000`); a step costs the same on
@@ -24,9 +27,13 @@ mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 LOG="$OUT/log.txt"
-if ls .whl/pyautoattack-*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/pyautoattack-*.whl \
-    && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+if ! $PY -c "import submitit" 2>/dev/null; then
+  echo "gpu_check: submitit is not importable: put its wheel in .whl/ (see the header of this script)" | tee -a "$LOG"
+  exit 2
 fi
 AA=0; $PY -c "import pyautoattack" 2>/dev/null && AA=1
 {

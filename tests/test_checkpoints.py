@@ -213,11 +213,13 @@ def test_robustssl_detects_the_family():
     assert_loaded(model, advcl_reference, "pgd")
 
 
-def test_robustssl_refuses_deacl_padding_two_stem():
-    _, rocl = rocl_state()
-    deacl = {"backbone." + key.removeprefix("module."): value for key, value in rocl.items()}
-    with pytest.raises(ValueError, match="padding-2"):
-        load_encoder({"state_dict": deacl}, "robustssl")
+def test_robustssl_loads_deacl_into_its_padding_two_stem():
+    """RobustSSL loads DeACL.pt into a padding-1 ResNet (strict=False, same shapes): here it keeps padding 2."""
+    state = released_state("deacl")
+    model, info = load_encoder({"state_dict": state}, "robustssl")
+    assert info["family"] == "deacl" and info["arch"] == "resnet18_deacl" and model.encoder.conv1.padding == (2, 2)
+    with pytest.raises(CheckpointError, match=r"padding-2 stem.*arch='resnet18' is invalid.*allowed 'resnet18_deacl'"):
+        load_encoder({"state_dict": state}, "robustssl", arch="resnet18")
 
 
 # --------------------------------------------------------------------------- our format
@@ -324,7 +326,8 @@ def test_wrong_stem_shape_is_an_architecture_error():
 
 
 def test_unknown_format_and_arch():
-    with pytest.raises(ValueError, match=r"'simclr'.*allowed \['bench', 'robustssl', 'advcl', 'rocl', 'acl'\]"):
+    with pytest.raises(ValueError, match=r"'simclr'.*allowed \['bench', 'robustssl', 'advcl', 'rocl', 'acl', 'deacl', "
+                                         r"'deacl-teacher'\]"):
         load_encoder({}, "simclr")
     with pytest.raises(ValueError, match="ResNet-18"):
         load_encoder(released("rocl"), "rocl", arch="small_cnn")
@@ -453,3 +456,67 @@ def test_a_key_missing_from_a_released_checkpoint_is_an_error(fmt):
     del state["layer2.0.conv1.weight"]
     with pytest.raises(CheckpointError, match="layer2.0.conv1"):
         load_encoder({"state_dict": state} if fmt == "acl" else {"model": state}, fmt)
+
+
+# --------------------------------------------------------------------------- DeACL (padding-2 stem)
+
+
+def test_deacl_released_keys_load_strictly_into_the_padding_two_stem(tmp_path):
+    """backbone.* of the Lightning file -> DeACL's ResNet-18; the teacher and the probes are ignored."""
+    state = released_state("deacl")
+    path = tmp_path / "DEACL_WEIGHT_res18_simclr-cifar10-ep=99.ckpt"
+    torch.save({"epoch": 99, "global_step": 19500, "state_dict": state}, path)
+    model, info = load_encoder(path, "deacl")
+    ours = model.encoder.state_dict()
+    assert torch.equal(ours["conv1.weight"], state["backbone.conv1.weight"])
+    assert torch.equal(ours["layer3.0.shortcut.1.branches.normal.running_var"],
+                       state["backbone.layer3.0.downsample.1.running_var"])
+    assert torch.equal(ours["layer4.1.bn2.branches.normal.weight"], state["backbone.layer4.1.bn2.weight"])
+    assert torch.equal(model.normalize.mean.flatten(), state["backbone.normalize.mean"])
+    assert not torch.equal(ours["conv1.weight"], state["momentum_backbone.conv1.weight"])  # not the teacher
+    assert model.encoder.conv1.padding == (2, 2) and isinstance(model.projector, nn.Identity)
+    assert info["arch"] == "resnet18_deacl" and info["encoder_prefix"] == "backbone." and info["epoch"] == 99
+    assert {"momentum_backbone.conv1.weight", "classifier.weight", "classifier_adv.bias"} <= set(info["ignored_keys"])
+
+
+def test_deacl_refuses_a_padding_one_stem_and_needs_its_normalisation():
+    state = released_state("deacl")
+    with pytest.raises(CheckpointError, match=r"padding-2 stem.*arch='resnet18' is invalid"):
+        load_encoder({"state_dict": state}, "deacl", arch="resnet18")
+    del state["backbone.normalize.std"]
+    with pytest.raises(CheckpointError, match="missing") as error:
+        load_encoder({"state_dict": state}, "deacl")
+    assert str(error.value).splitlines()[1:] == ["  missing: backbone.normalize.std"]
+    stray = released_state("deacl") | {"queue": torch.zeros(3)}
+    with pytest.raises(CheckpointError, match="1 keys outside the encoder 'backbone.' are not known") as error:
+        load_encoder({"state_dict": stray}, "deacl")
+    assert str(error.value).splitlines()[1:] == ["  unexpected: queue"]
+
+
+def test_deacl_teacher_is_solo_learns_simclr_with_deacls_normalisation():
+    state = released_state("deacl-teacher")
+    assert "backbone.normalize.mean" not in state and "projector.2.weight" in state
+    model, info = load_encoder({"state_dict": state}, "deacl-teacher")
+    assert torch.equal(model.encoder.state_dict()["layer2.0.shortcut.0.weight"],
+                       state["backbone.layer2.0.downsample.0.weight"])
+    assert model.normalize.mean.flatten().tolist() == pytest.approx([0.4914, 0.4822, 0.4465])  # resnet_add_normalize.py
+    assert model.normalize.std.flatten().tolist() == pytest.approx([0.247, 0.243, 0.261])
+    assert info["normalization"] == "cifar10" and model.encoder.conv1.padding == (2, 2)
+    assert {"projector.0.weight", "classifier.bias"} <= set(info["ignored_keys"])
+    with pytest.raises(CheckpointError, match="arch='resnet18' is invalid"):
+        load_encoder({"state_dict": state}, "deacl-teacher", arch="resnet18")
+
+
+def test_bench_checkpoint_records_the_stem_through_its_arch(tmp_path):
+    torch.manual_seed(8)
+    original = build_contrastive_model("resnet18_deacl", ("normal",), "none", normalization="cifar10")
+    checkpoint = {"format": "acl-bench", "model": original.state_dict(), "method": "deacl", "arch": "resnet18_deacl",
+                  "bn_branches": ["normal"], "projector": "none", "normalization": "cifar10"}
+    path = save_torch_atomic(checkpoint, tmp_path / "encoder.pt")
+    model, info = load_encoder(path, "bench")
+    assert model.encoder.conv1.padding == (2, 2) and info["normalization"] == "cifar10"
+    image = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval().features(image), original.eval().features(image))
+    with pytest.raises(CheckpointError, match="'resnet18_deacl' encoder, not arch='resnet18'"):
+        load_encoder(path, "bench", arch="resnet18")

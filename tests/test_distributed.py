@@ -121,3 +121,23 @@ def test_torchrun_pretrains_the_run_of_one_process_with_world_size_shards(tmp_pa
     run_dir = tmp_path / "r" / "runs" / expected
     assert (run_dir / "encoder.pt").exists() and (run_dir / "done.json").exists()
     assert len((run_dir / "pretrain_history.csv").read_text().splitlines()) == 1 + 1437 // 256
+
+
+def test_under_w_processes_unset_shards_become_w_and_published_or_given_ones_stay():
+    """plan_for_world on a plan of seeds × methods with a teacher (deacl distils from simclr): every
+    run whose shards neither the paper row nor the user sets is the run of `--set pretrain.shards=W`."""
+    from bench.plan import RunRequest, build_plan
+
+    request = RunRequest(preset="paper", methods=("simclr", "deacl", "advcl"), seeds=("0", "1"),
+                         overrides={"data.name": "cifar10"})
+    plan = distributed.plan_for_world(build_plan(request), request, 4)
+    shards = {(run.method, run.config.seed): run.config.pretrain.shards for run in plan.runs}
+    assert shards == {(name, seed): 2 if name == "advcl" else 4 for name in ("simclr", "deacl", "advcl")
+                      for seed in (0, 1)}  # advcl: its paper row's 2 (DataParallel on 2 GPUs)
+    widened = build_plan(RunRequest(preset="paper", methods=("simclr", "deacl"), seeds=("0", "1"),
+                                    overrides={"data.name": "cifar10", "pretrain.shards": "4"}))
+    assert {run.run_id for run in widened.runs} <= {run.run_id for run in plan.runs}
+    assert all(run.teacher in {other.run_id for other in plan.runs} for run in plan.runs if run.teacher)
+    assert plan.base.jobs == 1
+    given = RunRequest(methods=("simclr",), overrides={"pretrain.shards": "1"})
+    assert distributed.plan_for_world(build_plan(given), given, 2).runs[0].config.pretrain.shards == 1

@@ -2,8 +2,8 @@
 
 Every expected value is computed here with plain Python loops over pairs of views in
 float64 (torch scalars only so that autograd can give the hand gradients), following the
-formulas of DESIGN §3 and, for ``quirks="official"``, the released A-InfoNCE code
-(ainfonce-notes §1) re-derived line by line. The functions under test are never used to
+formulas of DESIGN §3 and, for ``official_advcl_loss``/``official_rocl_loss``, the released
+A-InfoNCE code (ainfonce-notes §1) re-derived line by line. The functions under test are never used to
 produce an expected number.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from bench.losses import AdaptiveAlpha, a_infonce, adaptive_alpha, nt_xent
+from bench.losses import AdaptiveAlpha, a_infonce, adaptive_alpha, nt_xent, official_advcl_loss, official_rocl_loss
 
 T = 0.5
 ADVCL = (True, False, False, False)
@@ -420,8 +420,8 @@ def test_official_advcl_matches_hand_loop(case):
     alpha, w, hard_negatives = OFFICIAL_CASES[case]
     features = make_features(batch=3, views=4, seed=15)
     scale = 0.5 / 0.07
-    loss = a_infonce(features, ADVCL, alpha=alpha, adv_weight=w, hard_negatives=hard_negatives, scale=scale,
-                     quirks="official")
+    loss = official_advcl_loss(features, temperature=T, alpha=alpha, adv_weight=w, hard_negatives=hard_negatives,
+                               scale=scale)
     clamp_log: list[bool] = []
     assert_same(loss, hand_official_advcl(features, T, alpha, w, hard_negatives, scale, clamp_log), features)
     if hard_negatives is not None:
@@ -432,8 +432,7 @@ def test_official_advcl_matches_hand_loop(case):
 def test_official_rocl_matches_hand_loop(case):
     alpha, w, hard_negatives = OFFICIAL_CASES[case]
     features = make_features(batch=3, views=3, seed=15, normalise=False)  # the code re-normalises
-    loss = a_infonce(features, ROCL, alpha=alpha, adv_weight=w, hard_negatives=hard_negatives, detach_contrast=True,
-                     quirks="official")
+    loss = official_rocl_loss(features, temperature=T, alpha=alpha, adv_weight=w, hard_negatives=hard_negatives)
     clamp_log: list[bool] = []
     assert_same(loss, hand_official_rocl(features, T, alpha, w, hard_negatives, 1.0, clamp_log), features)
     if hard_negatives is not None:
@@ -443,19 +442,33 @@ def test_official_rocl_matches_hand_loop(case):
 def test_official_advcl_baseline_differs_from_the_formulas():
     """The replaced clean-anchor terms (and w²) make the released AdvCL loss differ from SupCon."""
     features = make_features(batch=3, views=4, seed=16)
-    official = a_infonce(features, ADVCL, quirks="official").item()
+    official = official_advcl_loss(features).item()
     assert official == pytest.approx(hand_official_advcl(features, T, None, 1.0, None, 1.0).item(), rel=1e-12)
     assert abs(official - hand_supcon(features)) > 1e-4
 
 
-@pytest.mark.parametrize("flags, detach", [
-    (ADVCL, True), (ROCL, False), ((False, True, False, False), False), ((False, True), False),
-    ((True, False, False), True),
+@pytest.mark.parametrize("loss, views, allowed", [
+    (official_advcl_loss, 3, r"\[B, 4, D\].*x_adv, x1, x2, HFC"), (official_advcl_loss, 2, r"\[B, 4, D\]"),
+    (official_rocl_loss, 4, r"\[B, 3, D\].*x1, x2, a"), (official_rocl_loss, 2, r"\[B, 3, D\]"),
 ])
-def test_official_rejects_other_layouts(flags, detach):
-    features = make_features(batch=3, views=len(flags))
-    with pytest.raises(ValueError, match=r"quirks='official'.*adversarial="):
-        a_infonce(features, flags, detach_contrast=detach, quirks="official")
+def test_official_losses_reject_other_view_counts(loss, views, allowed):
+    """Each released loss has one fixed view order: any other number of views is an error."""
+    features = make_features(batch=3, views=views)
+    with pytest.raises(ValueError, match=rf"features.shape=\(3, {views}, 6\) is invalid: allowed {allowed}"):
+        loss(features)
+
+
+@pytest.mark.parametrize("loss, views", [(official_advcl_loss, 4), (official_rocl_loss, 3)])
+@pytest.mark.parametrize("kwargs, message", [
+    ({"alpha": 1.5}, "alpha=1.5"),
+    ({"hard_negatives": (1.0, 1.0)}, r"tau_plus=1.0.*\[0, 1\)"),
+    ({"temperature": 0.0}, "temperature=0.0"),
+    ({"adv_weight": -2.0}, "adv_weight=-2.0"),
+    ({"scale": float("inf")}, "scale=inf"),
+])
+def test_official_losses_check_their_arguments(loss, views, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        loss(make_features(batch=3, views=views), **kwargs)
 
 
 # ---------------------------------------------------------------------------- validation
@@ -465,7 +478,6 @@ def test_official_rejects_other_layouts(flags, detach):
     ({"alpha": 1.5}, "alpha=1.5"),
     ({"alpha": -0.1}, "alpha=-0.1"),
     ({"alpha": torch.tensor([0.2, 0.3])}, r"alpha of shape \(2,\)"),
-    ({"quirks": "bogus"}, "quirks='bogus'.*'none', 'official'"),
     ({"hard_negatives": (1.0, 1.0)}, r"tau_plus=1.0.*\[0, 1\)"),
     ({"hard_negatives": (-1.0, 0.1)}, "beta=-1.0"),
     ({"hard_negatives": (1.0,)}, r"hard_negatives=\(1.0,\)"),

@@ -1,4 +1,4 @@
-"""Every registered method trains on the digits; RoCL/AdvCL specifics; the papers' presets.
+"""Every registered method trains on the digits; RoCL/AdvCL specifics; the published settings.
 
 Smoke: 20 steps on one fixed batch with the view/attack generator re-seeded every step, so
 the objective is the same function of the weights at each step (up to the attack adapting
@@ -9,36 +9,52 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import sys
 
 import numpy as np
 import pytest
 import torch
 
+import bench.method as method_module
+import bench.pseudo_labels as pseudo_label_module
 from bench import registry
 from bench.attacks import pgd
-from bench.config import AttackConfig
+from bench.config import AttackConfig, ConfigError
 from bench.data import to_float
-from bench.method import StepContext
+from bench.method import Method, Published, StepContext
+from bench.pseudo_labels import PseudoLabelUnpickler, load_pseudo_label_file
 from bench.results import RunDir
+from bench.variants import make_variant
 from bench.views import high_frequency_component
 
 import methods.advcl as advcl_module
-from methods.advcl import AdvCL, PseudoLabelUnpickler, load_pseudo_label_file
+import methods.rocl as rocl_module
+from methods.advcl import AdvCL
 
 EPSILON, STEP_SIZE, PGD_STEPS, BATCH, SMOKE_STEPS = 0.1, 0.025, 2, 64, 20
 METHOD_NAMES = list(registry.available())
 
 
 def make_context(step: int = 0, *, seed: int = 0, indices=None, run_dir=None, epoch: int = 0) -> StepContext:
-    return StepContext(epoch, step, 1, torch.device("cpu"), torch.Generator().manual_seed(seed),
-                       AttackConfig(epsilon=EPSILON, step_size=STEP_SIZE, steps=PGD_STEPS), indices, run_dir)
+    return StepContext(epoch=epoch, step=step, steps_per_epoch=1, device=torch.device("cpu"),
+                       generator=torch.Generator().manual_seed(seed),
+                       attack=AttackConfig(epsilon=EPSILON, step_size=STEP_SIZE, steps=PGD_STEPS), indices=indices,
+                       run_dir=run_dir)
 
 
 def build(name: str, **overrides):
-    """A method with its smoke-preset parameters (plus ``overrides``) and its small CNN."""
+    """A method with its smoke-preset parameters (plus ``overrides``) and its small CNN.
+
+    A distillation method (``requires_teacher``) gets a randomly initialised small-CNN teacher of
+    its ``teacher_method``, built here: a real run's teacher comes from the harness or a file.
+    """
     cls = registry.get(name)
-    method = cls(cls.make_params({**cls.preset_params("smoke", "digits"), **overrides}))
+    method = cls(cls.make_params({**cls.published("smoke", "digits").params, **overrides}))
+    if cls.requires_teacher and method.needs_teacher():
+        torch.manual_seed(1)
+        teacher_class = registry.get(cls.teacher_method)
+        method.set_teacher(teacher_class().build_model("small_cnn"))
     torch.manual_seed(0)
     return method, method.build_model("small_cnn")
 
@@ -195,11 +211,11 @@ def test_advcl_pixel_pseudo_labels_have_the_right_shapes_and_are_cached(digits, 
         assert labels[k].shape == (300,) and labels[k].dtype == torch.long
         assert labels[k].min() >= 0 and labels[k].max() < min(k, 300)
     assert len(torch.unique(labels[10])) == 10  # the k-means clusters are all used
-    cache = tmp_path / "pseudo_labels.npz"
+    cache = RunDir(tmp_path).pseudo_labels
     with np.load(cache, allow_pickle=False) as archive:
         assert {f"pseudo_train_{k}" for k in ks} <= set(archive.files)
     # A resumed run reuses the cache instead of clustering again.
-    monkeypatch.setattr(advcl_module, "cluster_pseudo_labels", lambda *a, **k: pytest.fail("cache not reused"))
+    monkeypatch.setattr(pseudo_label_module, "cluster_pseudo_labels", lambda *a, **k: pytest.fail("cache not reused"))
     again, model_again = build("advcl", pseudo_label_ks=ks)
     again.setup(model_again, images, make_context(run_dir=RunDir(tmp_path)))
     assert all(torch.equal(again.pseudo_labels[k], labels[k]) for k in ks)
@@ -215,7 +231,7 @@ def test_advcl_clusters_the_features_of_a_named_encoder(digits, tmp_path):
     method, model = build("advcl", pseudo_label_ks=(2, 10), pseudo_label_encoder=str(path))
     method.setup(model, images, make_context(run_dir=RunDir(tmp_path)))
     assert method.pseudo_labels[10].shape == (120,) and method.pseudo_labels[10].max() < 10
-    with np.load(tmp_path / "pseudo_labels.npz", allow_pickle=False) as archive:
+    with np.load(RunDir(tmp_path).pseudo_labels, allow_pickle=False) as archive:
         assert str(archive["source"]) == f"encoder:{path}"
 
 
@@ -263,11 +279,43 @@ def test_restricted_unpickler_rejects_arbitrary_objects(tmp_path, monkeypatch):
     assert not (tmp_path / "owned.txt").exists()
 
 
-# --------------------------------------------------------------------------- paper presets
+# --------------------------------------------------------------------------- published settings
 
-# DESIGN §4 (A-InfoNCE released scripts), CIFAR-10 / CIFAR-100; lr is AdvCL's SGD lr and
-# RoCL's base lr (the peak is 15× the base).
+# Quoted from the released scripts, independently of the tables in methods/*.py.
+# ACL and the SimCLR anchor: VITA-Group/Adversarial-Contrastive-Learning train_simCLR.py (--optimizer lars
+# with optimizer/lars.py, --lr 5.0, weight_decay=1e-6, cosine_annealing to 1e-6 / args.lr after
+# warmup_steps=10 * len(train_loader) from 0, --batch_size 512, --epochs 1000), for every dataset.
+ACL_PRETRAIN = {"optimizer": "lars-acl", "lr": 5.0, "weight_decay": 1e-6, "warmup_epochs": 10, "warmup_start_lr": 0.0,
+                "min_lr_fraction": 2e-7, "epochs": 1000, "batch_size": 512}
+# yqy2001/A-InfoNCE Asym-AdvCL/pretraining_advCL.py: SGD momentum 0.9, weight_decay 1e-4, batch_size 512,
+# warm-up from 0.01 over 10 epochs (batch > 256), cosine to lr·0.1³; every script passes --epoch 400.
+ADVCL_PARAMS = {"ce_weight": 0.2, "hfc_radius": 8}  # --ce_weight 0.2, --radius 8
+
+
+def advcl_pretrain(lr: float) -> dict:
+    return {"optimizer": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 512,
+            "warmup_epochs": 10, "warmup_start_lr": 0.01 / lr, "min_lr_fraction": 1e-3, "epochs": 400}
+
+
+# yqy2001/A-InfoNCE Asym-RoCL/rocl_train.py + argument.py: torchlars LARS (trust_coef 0.001) over SGD momentum
+# 0.9, --decay 1e-6, 2 GPUs × --batch-size=256, --epoch 1000, --k=7, --alpha 0.007, --lamda 256, warm-up ×15
+# over 10 epochs stepped per epoch (base·2.4 at epoch 0 .. 15·base at epoch 9), then cosine to 0.
+ROCL_PARAMS = {"attack_steps": 7, "attack_step_size": 0.007, "regularizer_lambda": 256.0}
+
+
+def rocl_pretrain(base_lr: float) -> dict:
+    return {"optimizer": "lars", "lars_trust": 1e-3, "lr": 15 * base_lr, "momentum": 0.9, "weight_decay": 1e-6,
+            "warmup_epochs": 9, "warmup_start_lr": 0.16, "min_lr_fraction": 0.0, "epochs": 1000, "batch_size": 512}
+
+
+# DESIGN §4 (A-InfoNCE released scripts), CIFAR-10 / CIFAR-100: the A-InfoNCE knobs each script sets, then
+# AdvCL's SGD lr or RoCL's base lr (the peak is 15× the base).
 PAPER_TABLE = {
+    "simclr": ({}, {}, 5.0, 5.0),
+    "acl": ({}, {}, 5.0, 5.0),
+    "acl-ip": ({}, {}, 5.0, 5.0),  # suite extension: ACL's schedule, knobs at their defaults
+    "acl-hn": ({}, {}, 5.0, 5.0),
+    "acl-iphn": ({}, {}, 5.0, 5.0),
     "advcl": ({}, {}, 0.5, 0.5),
     "advcl-ip": ({"alpha": 0.2, "adv_weight": 1.2, "adaptive_epochs": 30, "d_min": 0.4},
                  {"alpha": 0.3, "adv_weight": 1.5, "adaptive_epochs": 20, "d_min": 0.5}, 1.0, 2.0),
@@ -281,30 +329,211 @@ PAPER_TABLE = {
     "rocl-iphn": ({"alpha": 0.2, "adv_weight": 1.0, "beta": 1.0, "tau_plus": 0.12},
                   {"alpha": 0.2, "adv_weight": 1.0, "beta": 1.0, "tau_plus": 0.1}, 0.3, 0.2),
 }
+# The smoke preset (embedded digits) sets no optimiser override; it switches on each variant's knobs
+# (AdvCL-IP: adaptive α after 2 epochs, so the schedule runs in a short smoke run).
+SMOKE_TABLE = {
+    "simclr": {}, "acl": {}, "acl-ip": {}, "acl-hn": {}, "acl-iphn": {}, "rocl": {}, "advcl": {},
+    "rocl-ip": {"alpha": 0.2, "adv_weight": 1.0},
+    "rocl-hn": {"beta": 1.0, "tau_plus": 0.1},
+    "rocl-iphn": {"alpha": 0.2, "adv_weight": 1.0, "beta": 1.0, "tau_plus": 0.1},
+    "advcl-ip": {"alpha": 0.2, "adv_weight": 1.0, "adaptive_epochs": 2, "d_min": 0.4},
+    "advcl-hn": {"beta": 1.0, "tau_plus": 0.1},
+    "advcl-iphn": {"alpha": 0.2, "adv_weight": 1.0, "adaptive_epochs": 2, "d_min": 0.4, "beta": 1.0, "tau_plus": 0.1},
+}
+
+
+def expected_paper(name: str, dataset: str) -> tuple[dict, dict]:
+    """(pretraining overrides, params) of ``name``'s paper row for ``dataset``, from the tables above."""
+    knobs, lr = PAPER_TABLE[name][0 if dataset == "cifar10" else 1], PAPER_TABLE[name][2 if dataset == "cifar10" else 3]
+    if name.startswith("advcl"):
+        return advcl_pretrain(lr), {**ADVCL_PARAMS, **knobs}
+    if name.startswith("rocl"):
+        return rocl_pretrain(lr), {**ROCL_PARAMS, **knobs}
+    return ACL_PRETRAIN, knobs
+
+
+# Methods outside the A-InfoNCE family check their published settings in a test file of their own.
+TESTED_ELSEWHERE = {"deacl": "tests/test_deacl.py"}
+
+
+def test_every_builtin_method_has_expected_settings():
+    builtin = {name for name, cls in registry.available().items() if cls.__module__.startswith("methods.")}
+    assert builtin - set(TESTED_ELSEWHERE) == set(PAPER_TABLE) == set(SMOKE_TABLE)
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_TABLE))
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
-def test_paper_presets_match_the_released_scripts(name, dataset):
+def test_paper_settings_match_the_released_scripts(name, dataset):
     cls = registry.get(name)
-    expected_params = PAPER_TABLE[name][0 if dataset == "cifar10" else 1]
-    expected_lr = PAPER_TABLE[name][2 if dataset == "cifar10" else 3]
-    params = cls.preset_params("paper", dataset)
-    assert {key: params[key] for key in expected_params} == pytest.approx(expected_params)
-    adversarial_knobs = {"alpha", "adv_weight", "adaptive_epochs", "d_min", "beta", "tau_plus"}
-    assert set(params) & adversarial_knobs == set(expected_params), "a knob of another variant is set"
-    method = cls(cls.make_params(params))  # the preset is a valid parameter set
-    pretrain = cls.preset_pretrain("paper", dataset)
-    assert pretrain["batch_size"] == 512
-    if name.startswith("rocl"):
-        assert pretrain["lr"] == pytest.approx(15 * expected_lr)
-        assert pretrain["optimizer"] == "lars" and pretrain["epochs"] == 1000 and pretrain["weight_decay"] == 1e-6
-        assert pretrain["warmup_start_lr"] * pretrain["lr"] == pytest.approx(2.4 * expected_lr)
-        assert (method.params.attack_steps, method.params.attack_step_size) == (7, 0.007)
-        assert method.params.regularizer_lambda == 256
-    else:
-        assert pretrain["lr"] == pytest.approx(expected_lr)
-        assert pretrain["optimizer"] == "sgd" and pretrain["epochs"] == 400 and pretrain["weight_decay"] == 1e-4
-        assert pretrain["warmup_start_lr"] * pretrain["lr"] == pytest.approx(0.01)
-        assert pretrain["min_lr_fraction"] == 1e-3 and pretrain["warmup_epochs"] == 10
-        assert method.params.ce_weight == 0.2 and method.params.pseudo_label_ks == (2, 10, 50, 100, 500)
+    pretrain, params = expected_paper(name, dataset)
+    published = cls.published("paper", dataset)
+    assert dict(published.pretrain) == pytest.approx(pretrain)
+    assert dict(published.params) == pytest.approx(params)
+    released = "yqy2001/A-InfoNCE" if name.startswith(("advcl", "rocl")) else "Adversarial-Contrastive-Learning"
+    assert released in published.source
+    resolved = cls.make_params(published.params)  # the row is a valid parameter set, resolved to exactly these values
+    assert resolved == cls.Params(**params)
+    lr = PAPER_TABLE[name][2 if dataset == "cifar10" else 3]
+    if name.startswith("rocl"):  # in the released scheduler's terms: peak 15·base, first warm-up epoch 2.4·base
+        assert published.pretrain["lr"] == pytest.approx(15 * lr)
+        assert published.pretrain["warmup_start_lr"] * published.pretrain["lr"] == pytest.approx(2.4 * lr)
+    elif name.startswith("advcl"):  # warm-up from 0.01 whatever the lr
+        assert published.pretrain["warmup_start_lr"] * published.pretrain["lr"] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE_TABLE))
+def test_smoke_settings_switch_on_each_variants_knobs(name):
+    cls = registry.get(name)
+    published = cls.published("smoke", "digits")
+    assert dict(published.pretrain) == {}
+    assert dict(published.params) == pytest.approx(SMOKE_TABLE[name])
+    assert cls.published("smoke", "cifar10") == published  # one smoke row whatever the dataset
+    cls.make_params(published.params)
+
+
+def test_paper_settings_of_an_unlisted_dataset():
+    """A per-dataset row fails with the datasets it has; a '*' row (ACL's script) serves any dataset."""
+    with pytest.raises(ConfigError, match=r"dataset='stl10' is invalid for the paper settings of 'advcl-ip': "
+                                          r"allowed \['cifar10', 'cifar100'\]"):
+        registry.get("advcl-ip").published("paper", "stl10")
+    with pytest.raises(ConfigError, match=r"dataset='digits' is invalid for the paper settings of 'rocl'"):
+        registry.get("rocl").published("paper", "digits")
+    assert dict(registry.get("acl-hn").published("paper", "stl10").pretrain) == pytest.approx(ACL_PRETRAIN)
+    with pytest.raises(ConfigError, match=r"preset='huge' is invalid: allowed \['smoke', 'paper'\]"):
+        registry.get("acl").published("huge", "cifar10")
+
+
+def test_variants_without_a_row_use_their_base_row_and_methods_without_tables_none():
+    row = Published(source="a plugin's script", pretrain={"lr": 0.3}, params={"alpha": 0.4})
+
+    class PluginBase(Method):
+        name = "plugin-base"
+        has_adversarial_views = True
+        paper = {"plugin-base": {"cifar10": row}}
+        smoke = {"plugin-base": Published(source="smoke", params={"beta": 2.0})}
+
+    variant = make_variant(PluginBase, "ip")
+    variant.name = "plugin-base-ip"
+    assert variant.published("paper", "cifar10") == row
+    assert dict(variant.published("smoke", "digits").params) == {"beta": 2.0}
+    with pytest.raises(ConfigError, match=r"'plugin-base-ip': allowed \['cifar10'\]"):
+        variant.published("paper", "cifar100")
+
+    class Bare(Method):
+        name = "bare"
+
+    assert Bare.published("paper", "anything") == Published() == Bare.published("smoke", "digits")
+
+
+def test_published_rows_are_copies_of_shared_dicts():
+    shared = {"lr": 1.0}
+    first, second = Published(pretrain=shared), Published(pretrain=shared)
+    first.pretrain["lr"] = 2.0
+    assert second.pretrain["lr"] == 1.0 and shared["lr"] == 1.0
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def test_make_params_coerces_cli_strings_by_type():
+    rocl = registry.get("rocl").make_params({"attack_steps": "none", "attack_step_size": "8/255", "temperature": "0.2"})
+    assert (rocl.attack_steps, rocl.attack_step_size, rocl.temperature) == (None, pytest.approx(8 / 255), 0.2)
+    assert registry.get("rocl").make_params({"attack_steps": "5"}).attack_steps == 5
+    advcl = registry.get("advcl").make_params({"pseudo_label_ks": "2,10", "hfc_radius": "4", "quirks": "official"})
+    assert (advcl.pseudo_label_ks, advcl.hfc_radius, advcl.quirks) == ((2, 10), 4, "official")
+
+
+@pytest.mark.parametrize("name, overrides, message", [
+    ("acl-ip", {"alpha": "nan"}, "acl-ip.alpha='nan' is invalid: allowed finite numbers"),
+    ("acl-ip", {"adaptive_epochs": "2.5"}, "acl-ip.adaptive_epochs='2.5' is invalid: allowed int values"),
+    ("rocl", {"nope": 1}, r"method parameter 'nope' of 'rocl' is unknown: allowed \[.*'regularizer_lambda'"),
+    ("rocl", {"attack_steps": "-1"}, "attack_steps=-1 is invalid: allowed numbers >= 0 or none"),
+    ("rocl", {"attack_step_size": "-0.1"}, "attack_step_size=-0.1 is invalid"),
+    ("rocl", {"regularizer_lambda": "0"}, "regularizer_lambda=0.0 is invalid: allowed numbers > 0"),
+    ("advcl", {"pseudo_label_ks": "2,2"}, r"pseudo_label_ks=\(2, 2\) is invalid: allowed distinct integers >= 1"),
+    ("advcl", {"pseudo_label_ks": ""}, r"pseudo_label_ks=\(\) is invalid"),
+    ("advcl", {"pseudo_label_ks": "2,x"}, "advcl.pseudo_label_ks='x' is invalid: allowed int values"),
+    ("advcl", {"ce_weight": "-1"}, "ce_weight=-1.0 is invalid: allowed numbers >= 0"),
+    ("advcl", {"hfc_radius": "-1"}, "hfc_radius=-1 is invalid"),
+    ("simclr", {"temperature": "0"}, "temperature=0.0 is invalid: allowed numbers > 0"),
+    ("simclr", {"temperature": "inf"}, "simclr.temperature='inf' is invalid: allowed finite numbers"),
+    ("acl-hn", {"tau_plus": "1"}, r"tau_plus=1.0 is invalid: allowed numbers in \[0, 1\)"),
+    ("acl-hn", {"beta": "-1"}, "beta=-1.0 is invalid: allowed numbers >= 0"),
+    ("rocl-ip", {"quirks": "bogus"}, r"quirks='bogus' is invalid for 'rocl-ip': allowed \['none', 'official'\]"),
+    ("acl-ip", {"quirks": "official"}, r"quirks='official' is invalid for 'acl-ip': allowed \['none'\]"),
+])
+def test_make_params_rejects_bad_values_in_one_line(name, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        registry.get(name).make_params(overrides)
+
+
+def test_temperature_is_a_parameter_every_loss_reads(monkeypatch):
+    """``--param temperature=…`` reaches the contrastive loss (it was an instance attribute before)."""
+    seen = []
+    monkeypatch.setattr(method_module, "a_infonce", lambda *args, **kwargs: seen.append(kwargs) or torch.zeros(()))
+    method = registry.get("acl-ip")(registry.get("acl-ip").make_params({"temperature": "0.25"}))
+    method.contrastive_loss(torch.zeros(2, 4, 3), (False, False, True, True))
+    assert seen[0]["temperature"] == 0.25 and seen[0]["alpha"] == 0.2
+
+
+# --------------------------------------------------------------------------- official quirks: dispatch by name
+
+
+class LossSpy:
+    """Records the keyword arguments of each call, then computes the real loss."""
+
+    def __init__(self, original):
+        self.original, self.calls = original, []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(kwargs)
+        return self.original(*args, **kwargs)
+
+
+@pytest.mark.parametrize("quirks", ["none", "official"])
+def test_advcl_calls_the_released_loss_by_name_in_official_mode(quirks, batch, monkeypatch):
+    images_uint8, indices = batch
+    method, model = build("advcl-iphn", quirks=quirks, adv_weight=1.3, temperature=0.4, pseudo_label_ks=(2, 10))
+    method.setup(model, images_uint8, make_context())
+    official = LossSpy(advcl_module.official_advcl_loss)
+    formula = LossSpy(advcl_module.a_infonce)
+    monkeypatch.setattr(advcl_module, "official_advcl_loss", official)
+    monkeypatch.setattr(advcl_module, "a_infonce", formula)
+    method.training_step(model, to_float(images_uint8), make_context(indices=indices))
+    used, unused = (official, formula) if quirks == "official" else (formula, official)
+    assert not unused.calls and len(used.calls) == PGD_STEPS + 1
+    attack, train = used.calls[0], used.calls[-1]
+    scale = pytest.approx(0.4 / 0.07)
+    # The attack maximises the plain loss with w (released ori_SupConLoss: w² on the clean-anchor block).
+    assert attack == {"temperature": 0.4, "scale": scale, "alpha": None, "adv_weight": 1.3, "hard_negatives": None}
+    assert train == {"temperature": 0.4, "scale": scale, "alpha": 0.2, "adv_weight": 1.3, "hard_negatives": (1.0, 0.1)}
+
+
+@pytest.mark.parametrize("quirks", ["none", "official"])
+def test_rocl_calls_the_released_loss_by_name_in_official_mode(quirks, batch, monkeypatch):
+    images_uint8, indices = batch
+    method, model = build("rocl-iphn", quirks=quirks, adv_weight=1.4)
+    official = LossSpy(rocl_module.official_rocl_loss)
+    monkeypatch.setattr(rocl_module, "official_rocl_loss", official)
+    formula = LossSpy(method_module.a_infonce)
+    monkeypatch.setattr(method_module, "a_infonce", formula)
+    method.training_step(model, to_float(images_uint8), make_context(indices=indices))
+    asymmetry = {"alpha": 0.2, "hard_negatives": (1.0, 0.1)}
+    if quirks == "official":  # the released sum: w unchanged, no ×2
+        assert official.calls == [{"temperature": 0.5, "adv_weight": 1.4, **asymmetry}] and not formula.calls
+    else:  # the formulas: w/2 per direction, ×2 to the released per-pair sum
+        assert not official.calls
+        assert formula.calls == [{"temperature": 0.5, "detach_contrast": True, "scale": 2.0, "adv_weight": 0.7,
+                                  **asymmetry}]
+
+
+@pytest.mark.parametrize("name, allowed", [("rocl-ip", ["none", "official"]), ("advcl", ["none", "official"]),
+                                           ("acl-ip", ["none"]), ("simclr", ["none"])])
+def test_quirks_official_only_where_a_released_reproduction_exists(name, allowed):
+    """Only RoCL and AdvCL (and their variants) reproduce released code; elsewhere 'official' would be ignored."""
+    cls = registry.get(name)
+    for quirks in allowed:
+        assert cls.make_params({"quirks": quirks}).quirks == quirks
+    bad = "official" if allowed == ["none"] else "bogus"
+    with pytest.raises(ConfigError, match=re.escape(f"quirks={bad!r} is invalid for {name!r}: allowed {allowed}")):
+        cls.make_params({"quirks": bad})

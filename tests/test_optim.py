@@ -76,5 +76,7 @@ def test_acl_lars_keeps_lr_inside_the_momentum_buffer():
 
 def test_acl_paper_preset_uses_acl_lars():
     from methods.acl import ACL
+    from methods.simclr import SimCLR
 
-    assert ACL.preset_pretrain("paper", "cifar10")["optimizer"] == "lars-acl"
+    for method in (ACL, SimCLR):
+        assert method.published("paper", "cifar10").pretrain["optimizer"] == "lars-acl"

@@ -32,6 +32,18 @@ def test_builtin_methods_and_variants_are_registered():
 def test_unknown_method_lists_the_registered_ones():
     with pytest.raises(ConfigError, match="not registered: allowed .*'acl'"):
         registry.get("nope")
+    assert registry.is_registered("advcl-iphn") and not registry.is_registered("nope")
+
+
+def test_resolve_expands_wildcards_and_all():
+    order = list(registry.available())  # registration order (depends on which test imported a method first)
+    assert registry.resolve(["advcl*"]) == ["advcl", "advcl-ip", "advcl-hn", "advcl-iphn"]
+    hard = registry.resolve(["*-hn", "rocl", "rocl-hn"])  # a wildcard's matches in registration order, each once
+    assert hard == sorted(["acl-hn", "advcl-hn", "rocl-hn"], key=order.index) + ["rocl"]
+    assert registry.resolve(["acl-i?", "simclr"]) == ["acl-ip", "simclr"]
+    assert registry.resolve(["all"]) == list(registry.available())
+    with pytest.raises(ConfigError, match=r"methods='dyn\*' matches no registered method: allowed \[.*'simclr'\]"):
+        registry.resolve(["dyn*"])
 
 
 @pytest.fixture

@@ -174,8 +174,9 @@ def test_planted_pickles_in_the_store_never_run(tmp_path, monkeypatch, capsys):
     assert _bench(tmp_path, "--methods", "acl", "--jobs", "1", "--epsilon", "0.05") == 0
     other = next(other for other in store.run_dirs() if other.run_id != run.run_id).run_id
     assert json.loads(store.run(other).done.read_text())["encoder_from"] == other
-    _plant(store.run(other).checkpoint)  # --resume of an interrupted run
+    _plant(store.run(other).checkpoint)  # --resume of a run interrupted while pretraining
     store.run(other).done.unlink()
+    store.run(other).pretrain_summary.unlink()  # the pretraining stage had not finished
     assert _bench(tmp_path, "--methods", "acl", "--jobs", "1", "--epsilon", "0.05", "--resume") == 1
     assert "cannot be read" in store.run(other).failure()
     assert not mark.exists()

@@ -7,82 +7,22 @@ from __future__ import annotations
 import csv
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from bench.report import (
-    UNSPECIFIED_AINFONCE,
-    convert_robustssl_leaderboard,
-    load_reference,
-    load_results,
-    write_paper_tables,
-    write_reports,
-)
+from bench.report import UNSPECIFIED_AINFONCE, epsilon_series, load_reference, write_paper_tables, write_reports
+from bench.results import load
+from report_stores import EPS_PAPER, EPS_SMOKE, GOLDEN_ORDER, REPO, REPO_REFERENCE
+from report_stores import row as _row
+from report_stores import synthetic_rows as _rows
+from report_stores import write_reference as _write_reference
+from report_stores import write_sanity
+from report_stores import write_store as _write_store
 
-COLUMNS = ["run_id", "timestamp", "preset", "method", "dataset", "eval_dataset", "scheme", "attack", "metric", "value",
-           "epsilon", "n_eval", "seed", "pretrain_epochs", "finetune_epochs", "config_hash", "code_version",
-           "torch_version", "device", "wall_s", "flags"]
-EPS_SMOKE, EPS_PAPER = 0.1, 0.0313725
-REPO_REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
-
-
-def _row(run_id, method, scheme, attack, value, *, seed=0, preset="smoke", dataset="digits", epsilon=EPS_SMOKE,
-         metric="accuracy", flags="", config_hash="hash-a"):
-    return {"run_id": run_id, "timestamp": "2025-01-01T00:00:00+00:00", "preset": preset, "method": method,
-            "dataset": dataset, "eval_dataset": dataset, "scheme": scheme, "attack": attack, "metric": metric,
-            "value": value, "epsilon": epsilon, "n_eval": 256, "seed": seed, "pretrain_epochs": 2,
-            "finetune_epochs": 1, "config_hash": config_hash, "code_version": "0.1.0+abc", "torch_version": "2.4",
-            "device": "cpu", "wall_s": 1.5, "flags": flags}
-
-
-def _rows() -> list[dict]:
-    smoke = [
-        _row("acl-s0", "acl", "SLF", "clean", 90.0), _row("acl-s1", "acl", "SLF", "clean", 92.0, seed=1),
-        _row("acl-s0", "acl", "SLF", "pgd20", 40.0), _row("acl-s1", "acl", "SLF", "pgd20", 42.0, seed=1),
-        _row("acl-s0", "acl", "AFF", "clean", 88.0),
-        _row("acl-s0", "acl", "SLF", "pgd20", 43.5, metric="accuracy_best_epoch"),
-        _row("acl-s0", "acl", "SLF", "pgd20", 61.0, epsilon=0.05, metric="accuracy_vs_epsilon"),
-        _row("rocl-s0", "rocl", "SLF", "clean", 85.0, config_hash="hash-b"),
-        _row("rocl-s0", "rocl", "SLF", "pgd20", 45.0, flags="suspect:aa>pgd20", config_hash="hash-b"),
-        _row("rocl-s0", "rocl", "SLF", "autoattack", 47.0, flags="suspect:aa>pgd20", config_hash="hash-b"),
-        _row("rocl-s0", "rocl", "SLF", "apgd-ce", 46.0, config_hash="hash-b"),
-        _row("simclr-s0", "simclr", "SLF", "pgd20", 5.0, epsilon=0.05),  # another budget: its own table
-    ]
-    paper = {"preset": "paper", "dataset": "cifar10", "epsilon": EPS_PAPER, "config_hash": "hash-c"}
-    cifar = [_row("advcl-c10", "advcl", "SLF", "clean", 81.85, **paper),
-             _row("advcl-c10", "advcl", "SLF", "pgd20", 50.0, **paper),
-             _row("advcl-c10", "advcl", "SLF", "autoattack", 44.0, **paper)]
-    return smoke + cifar
-
-
-def _write_store(root: Path, rows: list[dict]) -> Path:
-    (root / "results").mkdir(parents=True)
-    with open(root / "results" / "results.csv", "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    for run_id, losses in (("acl-s0", [4.0, 3.5, 3.1, 2.9]), ("rocl-s0", [5.0, 4.2, 3.9, 3.0])):
-        run_dir = root / "results" / "runs" / run_id
-        run_dir.mkdir(parents=True)
-        (run_dir / "config.json").write_text(f'{{"method": "{run_id.split("-")[0]}"}}')
-        lines = ["epoch,step,loss,lr,acc_proxy"] + [f"{i // 2},{i},{loss},0.1,0.5" for i, loss in enumerate(losses)]
-        (run_dir / "pretrain_history.csv").write_text("\n".join(lines) + "\n")
-    return root / "results" / "results.csv"
-
-
-def _write_reference(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "author_quoted.csv").write_text(
-        "method,dataset,eval_dataset,scheme,attack,metric,value,source,note\n"
-        "advcl,cifar10,cifar10,SLF,clean,accuracy,80.85,https://example.org/advcl,quoted\n"
-        "advcl,cifar10,cifar10,SLF,pgd20,accuracy,50.45,https://example.org/advcl,quoted\n")
-    (directory / "robustssl_leaderboard.csv").write_text(
-        "method,dataset,eval_dataset,scheme,attack,metric,value,source,note\n"
-        "advcl,cifar10,cifar10,SLF,clean,accuracy,82.36,https://robustssl.github.io/,leaderboard\n"
-        "advcl,cifar10,cifar10,SLF,autoattack,accuracy,43.18,https://robustssl.github.io/,leaderboard\n"
-        "rocl,cifar100,cifar100,SLF,clean,accuracy,42.93,https://robustssl.github.io/,leaderboard\n")
-    return directory
+CONVERTER = REPO / "results" / "reference" / "convert_leaderboard.py"
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +30,8 @@ def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     results_csv = _write_store(root, _rows())
     reference = _write_reference(root / "reference")
-    written = write_reports(results_csv, root / "reports", root / "results" / "runs", reference, paper=False)
+    written = write_reports(results_csv, root / "reports", root / "results" / "runs", reference, paper=False,
+                            method_order=GOLDEN_ORDER)
     return root / "reports", written
 
 
@@ -108,10 +49,11 @@ def _table_line(section: str, method: str) -> list[str]:
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
-def test_load_results_types_values(tmp_path):
-    rows = load_results(_write_store(tmp_path, _rows()))
-    assert rows[0]["value"] == 90.0 and rows[1]["seed"] == 1 and rows[0]["epsilon"] == EPS_SMOKE
-    assert rows[8]["flags"] == rows[9]["flags"] == ("suspect:aa>pgd20",) and rows[0]["flags"] == ()
+def test_report_reads_the_store_typed(tmp_path):
+    rows = load(_write_store(tmp_path, _rows()))
+    assert rows["value"][0] == 90.0 and rows["seed"][1] == 1 and rows["epsilon"][0] == EPS_SMOKE
+    assert rows["flags"][8] == rows["flags"][9] == "suspect:aa>pgd20" and rows["flags"][0] == ""
+    assert rows["epsilon"][12] == EPS_PAPER and rows["dataset"][12] == "cifar10"
 
 
 def test_missing_results_file_is_a_clear_error(tmp_path):
@@ -176,8 +118,14 @@ def test_index_links_every_file_and_notes_skips(report):
     on_disk = {p.relative_to(reports_dir).as_posix() for p in reports_dir.rglob("*") if p.is_file()} - {"index.md"}
     assert links == on_disk and all((reports_dir / link).is_file() for link in links)
     assert {Path(p) for p in written} == {reports_dir / link for link in links} | {reports_dir / "index.md"}
-    assert "`hash-a`, `hash-b`" in index and "`0.1.0+abc`" in index and "preset `smoke`" in index
-    assert "Pretraining loss — cifar10" in index and "skipped" in index   # no history for the cifar10 run
+    # provenance once, for the whole store; each method's config hashes in method order
+    assert index.count("`0.1.0+abc`") == 1 and "- presets: `paper`, `smoke`" in index
+    assert "simclr `hash-a`; acl `hash-a`; rocl `hash-b`; advcl `hash-c`" in index and index.count("hash-b") == 1
+    # a table of contents: one line per artifact, its title linking the main file, other formats after it
+    entries = [line for line in index.splitlines() if line.startswith("- [")]
+    assert len(entries) == len({Path(link).with_suffix("") for link in links})  # md/csv/tex, png/pdf: one line
+    assert "- [Results (last-epoch accuracy)](results.md) · [csv](results.csv) · [tex](results.tex)" in entries
+    assert "- Pretraining loss — cifar10 → cifar10 · preset paper: no pretrain_history.csv" in index  # skipped
     assert not list(reports_dir.rglob("*.tmp"))
 
 
@@ -202,7 +150,7 @@ def test_paper_table_reference_and_delta(report):
 
 
 def test_paper_table_smoke_banner(tmp_path):
-    rows = load_results(_write_store(tmp_path, [_row("a", "rocl", "SLF", "clean", 70.0, dataset="cifar10")]))
+    rows = load(_write_store(tmp_path, [_row("a", "rocl", "SLF", "clean", 70.0, dataset="cifar10")]))
     paths = write_paper_tables(rows, _write_reference(tmp_path / "ref"), tmp_path / "out")
     text = paths[0].read_text()
     assert "smoke preset: a working demonstration, not a result to compare with papers" in text
@@ -230,12 +178,31 @@ def test_convert_leaderboard(tmp_path):
         "Using post-processing,46.54,71.96,79.82,45.07,73.56,81.75\n"
         "cifar10,cifar10,SLF,Adversarial Self-Supervised Contrastive Learning,NeurIPS 2020,,"
         "26.12,0,77.90,37.92,72.65,80.65\n")
-    rows = _read_csv(convert_robustssl_leaderboard(source, tmp_path / "long.csv"))
+    run = subprocess.run([sys.executable, str(CONVERTER), str(source), str(tmp_path / "long.csv")],
+                         capture_output=True, text=True, cwd=tmp_path)  # as documented, from any directory
+    assert run.returncode == 0 and run.stdout == f"wrote {tmp_path / 'long.csv'}\n", run.stderr
+    rows = _read_csv(tmp_path / "long.csv")
     assert {(r["method"], r["scheme"], r["attack"], r["value"]) for r in rows} >= {
         ("dynacl++", "SLF", "autoattack", "46.54"), ("dynacl++", "SLF", "clean", "79.82"),
         ("rocl", "SLF", "clean", "77.9"), ("rocl", "SLF-autolora", "autoattack", "37.92")}
     assert not any(r["method"] == "rocl" and r["scheme"] == "SLF" and r["attack"] == "common-corruptions" for r in rows)
     assert all("robustssl.github.io" in r["source"] for r in rows)
+    assert [r["note"] for r in rows if r["value"] == "37.92"][0].endswith("treat with care")
+
+
+def test_convert_leaderboard_refuses_an_unknown_paper_and_a_wrong_format(tmp_path):
+    source = tmp_path / "wide.csv"
+    source.write_text("pretrain,downstream,mode,paper,comment,ra_vanilla,ca_vanilla,sa_vanilla\n"
+                      "cifar10,cifar10,SLF,A Paper Nobody Mapped,,1,2,3\n")
+    run = subprocess.run([sys.executable, str(CONVERTER), str(source), str(tmp_path / "long.csv")],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "'A Paper Nobody Mapped' has no method mapping" in run.stderr
+    source.write_text("pretrain,downstream,mode,paper,comment\ncifar10,cifar10,SLF,Decoupled Adversarial "
+                      "Contrastive Learning,\n")
+    run = subprocess.run([sys.executable, str(CONVERTER), str(source), str(tmp_path / "long.csv")],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "lacks the column 'sa_vanilla'" in run.stderr  # sa is read first
+    assert not (tmp_path / "long.csv").exists()
 
 
 def test_configurations_are_never_averaged_together(tmp_path):
@@ -274,31 +241,74 @@ def test_sanity_report_lists_passed_and_failed_checks(tmp_path):
     assert tmp_path / "rep" / "sanity.csv" in written and "sanity.md" in (tmp_path / "rep" / "index.md").read_text()
 
 
-def test_epsilon_curve_uses_the_curve_rows_of_selected_methods():
-    from bench.report import epsilon_series
-
-    rows = load_results_from_dicts(_rows() + [
+def test_epsilon_curve_uses_the_curve_rows_of_selected_methods(tmp_path):
+    rows = load(_write_store(tmp_path, _rows() + [
         _row("rocl-s0", "rocl", "SLF", "pgd20", 50.0, metric="accuracy_vs_epsilon", epsilon=0.02, config_hash="hash-b"),
-        _row("rocl-s0", "rocl", "SLF", "pgd20", 30.0, metric="accuracy_vs_epsilon", epsilon=0.1, config_hash="hash-b")])
+        _row("rocl-s0", "rocl", "SLF", "pgd20", 30.0, metric="accuracy_vs_epsilon", epsilon=0.1,
+             config_hash="hash-b")]))
     series = epsilon_series(rows)[("digits", "digits", "smoke")]
     # acl-s0's main PGD-20 row (ε 0.1) is its curve's point there; acl-s1 has no curve rows
     assert [(eps, cell.mean) for eps, cell in series[("acl", "SLF")]] == [(0.05, 61.0), (0.1, 40.0)]
     assert set(epsilon_series(rows, ["rocl"])[("digits", "digits", "smoke")]) == {("rocl", "SLF")}
 
 
-def load_results_from_dicts(rows: list[dict]) -> list[dict]:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as directory:
-        return load_results(_write_store(Path(directory), rows))
-
-
-def test_sanity_report_lists_methods_in_registry_order(tmp_path):
+def test_sanity_report_lists_methods_in_the_given_order(tmp_path):
     results_csv = _write_store(tmp_path, _rows())
     for run_id in ("acl-s0", "simclr-s0"):
-        run_dir = tmp_path / "results" / "runs" / run_id
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "sanity_SLF.json").write_text(json.dumps({"order": {"passed": True, "detail": "ok"}}))
+        write_sanity(tmp_path / "results" / "runs", run_id, {"order": {"passed": True, "detail": "ok"}})
+    write_reports(results_csv, tmp_path / "rep", tmp_path / "results" / "runs", None, method_order=GOLDEN_ORDER)
+    text = (tmp_path / "rep" / "sanity.md").read_text()
+    assert text.index("| simclr |") < text.index("| acl |")  # the caller's order, not alphabetical
     write_reports(results_csv, tmp_path / "rep", tmp_path / "results" / "runs", None)
     text = (tmp_path / "rep" / "sanity.md").read_text()
-    assert text.index("| simclr |") < text.index("| acl |")  # registry order, not alphabetical
+    assert text.index("| acl |") < text.index("| simclr |")  # no order given: alphabetical
+
+
+def test_bench_report_orders_methods_as_the_registry_plugins_included(tmp_path):
+    """`bench report` passes the registry's order: anchors first, each base then its variants, plugins last."""
+    from bench import registry
+    from bench.cli import main
+    from bench.method import Method
+
+    methods = ["aaa-plugin", "rocl-hn", "advcl", "acl-ip", "acl", "simclr"]
+    _write_store(tmp_path, [_row(f"{m}-s0", m, "SLF", "clean", 50.0 + i) for i, m in enumerate(methods)])
+    registry.available()  # built-in methods first, as discovery loads them before entry-point plugins
+    registry.register("aaa-plugin")(type("Plugin", (Method,), {"has_adversarial_views": True}))
+    try:
+        assert main(["report", "--results-dir", str(tmp_path / "results"), "--reports-dir", str(tmp_path / "rep"),
+                     "--quiet"]) == 0
+    finally:
+        registry.unregister("aaa-plugin")
+    section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
+    listed = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")][1:]
+    assert listed == ["simclr", "acl", "acl-ip", "advcl", "rocl-hn", "aaa-plugin"]
+
+
+def test_selections_that_come_out_empty_stay_empty(tmp_path):
+    """Only clean rows without ε, no ε-curve rows: one table of unspecified ε and no ε figure (an empty
+    selection must not take the index of a longer column assigned to it)."""
+    rows = [_row("a0", "acl", "SLF", "clean", 70.0, epsilon=""), _row("r0", "rocl", "ALF", "clean", 60.0, epsilon="")]
+    write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
+    text = (tmp_path / "rep" / "results.md").read_text()
+    assert text.count("### ") == 1 and "ε = unspecified" in text
+    assert _table_line(_markdown_section(text, "digits"), "rocl")[4] == "**60.00**"
+    index = (tmp_path / "rep" / "index.md").read_text()
+    assert "Accuracy vs ε (PGD-20): no method has PGD-20 rows at ≥ 2 ε values" in index
+    assert "vs compute — digits → digits · preset smoke · ε = unspecified (L∞): no PGD-20 or AA rows" in index
+    from report_stores import edge_rows
+
+    series = epsilon_series(load(_write_store(tmp_path / "edge", edge_rows())))
+    assert series == {}  # PGD-20 at two budgets, but no ε-curve rows: not a curve
+
+
+def test_loss_history_empty_or_malformed(tmp_path):
+    from bench.report.curves import read_history
+
+    (tmp_path / "empty.csv").write_text("")
+    assert read_history(tmp_path / "empty.csv").empty
+    (tmp_path / "bad.csv").write_text("epoch,step,loss\n0,0,1.0\n0,1,2.0,9,9\n")
+    with pytest.raises(ValueError, match=r"bad\.csv: not a loss history"):
+        read_history(tmp_path / "bad.csv")
+    (tmp_path / "ok.csv").write_text("epoch,step,loss,note\n0,0,1.5,x\n0,1,,y\n")
+    history = read_history(tmp_path / "ok.csv")
+    assert list(history.columns) == ["epoch", "step", "loss"] and history["loss"].isna().tolist() == [False, True]

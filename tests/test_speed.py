@@ -137,3 +137,14 @@ def test_speed_command_writes_its_csv_and_markdown(tmp_path):
     assert {line.split(",")[0] + ":" + line.split(",")[2] for line in lines[1:]} == {
         "pretrain:fast", "pretrain:reference", "pgd20:fast", "pgd20:reference"}
     assert "## Projections" in (tmp_path / "reports" / "speed.md").read_text()
+
+
+def test_a_distilling_method_is_measured_with_an_untrained_teacher_and_its_teacher_run_is_not(tmp_path):
+    """`bench speed --methods deacl`: the plan adds deacl's SimCLR teacher run, which is not selected,
+    so only deacl's rows are written (its step forwards a frozen teacher built here, not pretrained)."""
+    status = main(["speed", "--methods", "deacl", "--warmup", "0", "--steps", "1", "--repeats", "1",
+                   "--eval-images", "0", "--loader-workers", "0", "--device", "cpu",
+                   "--results-dir", str(tmp_path / "results"), "--reports-dir", str(tmp_path / "reports"), "--quiet"])
+    assert status == 0
+    lines = (tmp_path / "results" / "speed.csv").read_text().splitlines()[1:]
+    assert {(line.split(",")[1], line.split(",")[2]) for line in lines} == {("deacl", "fast"), ("deacl", "reference")}

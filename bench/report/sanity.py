@@ -1,0 +1,51 @@
+"""The sanity report: every check of every evaluation (``RunDir.sanity_files``), passed or failed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from bench.atomic import write_atomic
+from bench.report.common import Artifact, MethodOrder, csv_text
+from bench.results import RunDir
+
+SANITY_COLUMNS = ("run_id", "method", "scheme", "check", "passed", "detail")
+
+
+def sanity_rows(results: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
+    """Every recorded sanity check of the runs in the results; an unreadable file is left out."""
+    runs = results.drop_duplicates("run_id").set_index("run_id")["method"].sort_index()
+    rows = []
+    for run_id, method in runs.items():
+        for scheme, path in RunDir(runs_dir / run_id).sanity_files().items():
+            try:
+                checks = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            rows += [{"run_id": run_id, "method": method, "scheme": scheme, "check": name,
+                      "passed": bool(check.get("passed")), "detail": check.get("detail", "")}
+                     for name, check in sorted(checks.items())]
+    return pd.DataFrame(rows, columns=list(SANITY_COLUMNS))
+
+
+def write_sanity_report(results: pd.DataFrame, runs_dir: Path, reports_dir: Path, order: MethodOrder) -> Artifact:
+    """``sanity.md`` / ``sanity.csv``: each check of each evaluation, passed or failed, with its numbers."""
+    title = "Sanity checks of every evaluation (passed and failed)"
+    rows = sanity_rows(results, runs_dir)
+    if rows.empty:
+        return Artifact("table", title, [], "no sanity_<scheme>.json in the run directories")
+    failed = int((~rows["passed"]).sum())
+    evaluations = len(rows[["run_id", "scheme"]].drop_duplicates())
+    lines = ["# Sanity checks", "",
+             f"{len(rows)} checks over {evaluations} evaluations; "
+             f"{failed} failed (those rows carry a `suspect:<check>` flag in results.csv).", "",
+             "| Method | Scheme | Check | Passed | Numbers |", "|---|---|---|---|---|"]
+    ranked = rows.assign(rank=rows["method"].map(lambda method: order.key(method)[0]))
+    for row in ranked.sort_values(["rank", "method", "scheme", "check"], kind="stable").itertuples():
+        mark = "yes" if row.passed else "**NO**"
+        detail = str(row.detail).replace("|", "\\|")
+        lines.append(f"| {row.method} | {row.scheme} | {row.check} | {mark} | {detail} |")
+    paths = [write_atomic(reports_dir / "sanity.md", "\n".join(lines) + "\n"),
+             write_atomic(reports_dir / "sanity.csv", csv_text(rows.to_dict("records"), SANITY_COLUMNS))]
+    return Artifact("table", title, paths)

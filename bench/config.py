@@ -146,7 +146,7 @@ STEP_2 = 2 / 255
 
 
 def paper_preset() -> RunConfig:
-    """The published settings: ResNet-18, CIFAR-10, ε 8/255 (DESIGN §4-5).
+    """The published settings: ResNet-18, CIFAR-10, ε 8/255 (docs/design.md §4-5).
 
     Per-method optimiser settings (LARS for ACL/RoCL, lr, epochs) come from the method's
     published settings (``Method.published``) on top of these shared defaults.

@@ -5,7 +5,7 @@ mode for the whole evaluation (attacks included) and restores its mode afterward
 running statistics never move during evaluation. AutoAttack is the official code
 (fra31/auto-attack, packaged on PyPI as ``pyautoattack``); it is never reimplemented here.
 
-Sanity checks (baselines-notes §6-7) flag a row ``suspect`` instead of hiding it:
+Sanity checks (docs/fidelity.md, Evaluation) flag a row ``suspect`` instead of hiding it:
 - ``order``: AA ≤ PGD-20 ≤ clean over whichever of them ran (APGD-CE counts as AA; AA may
   exceed PGD-20 by one sample's worth, rounding);
 - ``stronger-pgd``: PGD with 2× steps and one more restart is not above PGD-20 by more than

@@ -1,4 +1,4 @@
-"""Finetuning schemes SLF, ALF and AFF (Fan et al. 2021; DESIGN §5).
+"""Finetuning schemes SLF, ALF and AFF (Fan et al. 2021; docs/design.md §5).
 
 - SLF (standard linear finetuning): encoder frozen in eval mode, linear head on clean inputs.
 - ALF (adversarial linear finetuning): encoder frozen in eval mode, head trained on PGD

@@ -3,10 +3,10 @@
 References: Chen et al. 2020 (SimCLR, NT-Xent); Yu et al., "Adversarial Contrastive Learning
 via Asymmetric InfoNCE", ECCV 2022 (A-InfoNCE: inferior positives and hard negatives);
 Robinson et al. 2021 (HCL, the hard-negative estimator A-InfoNCE adopts). The formulas
-implemented are those of DESIGN §3 (``a_infonce``); the released code's arithmetic, with its
+implemented are those of docs/design.md §3 (``a_infonce``); the released code's arithmetic, with its
 deviations from them, is reproduced by ``official_advcl_loss`` and ``official_rocl_loss``, which
 AdvCL and RoCL call by name when their parameter ``quirks`` is 'official'
-(science/ainfonce-notes.md §1).
+(docs/fidelity.md).
 
 Notation: z are L2-normalised projections, T the temperature, s_uv = z_u·z_v,
 ℓ(u→p) = −log(exp(s_up/T) / Σ_{k≠u} exp(s_uk/T)), and ℓ^sg(u→p) the same with every z_k
@@ -70,7 +70,7 @@ def a_infonce(
     detach_contrast: bool = False,
     scale: float = 1.0,
 ) -> torch.Tensor:
-    """Asymmetric InfoNCE (Yu et al., ECCV 2022) over [B, V, D] features; DESIGN §3.
+    """Asymmetric InfoNCE (Yu et al., ECCV 2022) over [B, V, D] features; docs/design.md §3.
 
     ``features[i, v]`` is the normalised projection of view v of instance i and
     ``adversarial[v]`` says whether view v is adversarial. The loss is
@@ -133,7 +133,7 @@ def _pair_terms(
     """[n, n] matrix of ℓ(u→k) (or ℓ_HN) for anchor rows z_u against ``contrast`` columns.
 
     Only entries at positive pairs are meaningful (self entries are +inf). Detaching
-    ``contrast`` gives ℓ^sg. Values are those of DESIGN §3; the row shifts are exact.
+    ``contrast`` gives ℓ^sg. Values are those of docs/design.md §3; the row shifts are exact.
     """
     logits = (z @ contrast.T / temperature).masked_fill(~(positive | negative), float("-inf"))
     if hard_negatives is None:
@@ -145,7 +145,7 @@ def _hard_negative_terms(
     logits: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, temperature: float, beta: float,
     tau_plus: float,
 ) -> torch.Tensor:
-    """HCL's ℓ_HN(u→k) = −log(e_uk / (pos_u + Ng_u)) for every column k (DESIGN §3).
+    """HCL's ℓ_HN(u→k) = −log(e_uk / (pos_u + Ng_u)) for every column k (docs/design.md §3).
 
     e_uk = exp(s_uk/T); pos_u = mean of e_up over u's positives; imp_uk = e_uk^β / mean over
     u's N negatives of e^β, so Σ_k imp_uk·e_uk = N·Σ e^{β+1} / Σ e^β (two logsumexps);
@@ -378,7 +378,7 @@ def official_rocl_loss(
 
 
 def adaptive_alpha(d: float, d_bar: float, d_min: float, alpha0: float) -> float:
-    """Adaptive IP share α after warm-up (AdvCL-IP scripts; DESIGN §3).
+    """Adaptive IP share α after warm-up (AdvCL-IP scripts; docs/design.md §3).
 
     As clean and adversarial features converge (less identity confusion), the asymmetry
     relaxes towards the symmetric 0.5: d > D̄ → α₀; d < d_min → 0.5; otherwise the linear
@@ -394,7 +394,7 @@ def adaptive_alpha(d: float, d_bar: float, d_min: float, alpha0: float) -> float
 
 
 class AdaptiveAlpha:
-    """Stateful adaptive α of the AdvCL-IP scripts (DESIGN §3; ainfonce-notes §1.5).
+    """Stateful adaptive α of the AdvCL-IP scripts (docs/design.md §3; docs/fidelity.md).
 
     During epochs < ``warmup_epochs`` (0-indexed) it returns α₀ and accumulates D̄, the
     batch-size-weighted mean of the per-step clean/adversarial feature distance; D̄ is then

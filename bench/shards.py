@@ -1,6 +1,6 @@
 """``pretrain.shards``: the released multi-GPU semantics of one step, reproduced on any device.
 
-The released codes' numbers depend on their GPU count (ainfonce-notes §6 items 8 and 11):
+The released codes' numbers depend on their GPU count (docs/fidelity.md, docs/speed.md):
 - AdvCL (LijieFan/AdvCL pretraining_advCL.py, yqy2001/A-InfoNCE Asym-AdvCL) runs its model under
   ``nn.DataParallel`` on 2 GPUs with apex's SyncBN conversion, which is inactive without
   ``torch.distributed``: every forward has per-GPU BatchNorm statistics over 256 images, while the

@@ -26,8 +26,8 @@ Deviations from the released code (none changes a gradient or an adversarial exa
   clamped before the first step;
 - BatchNorm statistics: the released run used DataParallel on 2 GPUs with apex's SyncBN
   conversion, which is inactive without torch.distributed, i.e. per-GPU BN over 256
-  (ainfonce-notes §6 item 11) while the attack and the loss see the whole batch; the paper preset
-  reproduces it with ``pretrain.shards = 2`` (``bench.shards``), ``shards = 1`` is BN over 512;
+  (docs/fidelity.md) while the attack and the loss see the whole batch; the paper preset
+  reproduces it with ``pretrain.shards = 2`` (``bench.shards``, docs/speed.md), ``shards = 1`` is BN over 512;
 - pseudo-labels: the released files cluster features of an ImageNet-pretrained contrastive
   model (ClusterFit); pass such a file as ``pseudo_labels``, or let ``setup`` cluster the
   features of any encoder (``pseudo_label_encoder``) or, as a stand-in, raw pixels

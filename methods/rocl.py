@@ -44,7 +44,7 @@ from bench.views import StrongAugment
 # Views of the contrastive matrix, in order: x1, x2, a (the adversarial one).
 ADVERSARIAL = (False, False, True)
 
-# ``a_infonce`` averages each anchor's terms over its positives (DESIGN §3); the released RoCL
+# ``a_infonce`` averages each anchor's terms over its positives (docs/design.md §3); the released RoCL
 # loss sums them, (1/3N)·Σ of the six pair terms, so the 3-view loss is scaled by the
 # number of positives per anchor. This keeps the regulariser's relative weight (1/256).
 POSITIVES_PER_ANCHOR = 2.0
@@ -157,7 +157,7 @@ class RoCL(Method):
         """w as the released RoCL-IP means it: the clean/adversarial pair counted once.
 
         Released: w·[α·ℓ(x→a) + (1−α)·ℓ(a→x)] per pair, where the symmetric baseline counts
-        ℓ(x→a) + ℓ(a→x); DESIGN §3's c(a, v) = c(v, a) counts the IP term in both directions,
+        ℓ(x→a) + ℓ(a→x); docs/design.md §3's c(a, v) = c(v, a) counts the IP term in both directions,
         so the formula path gets w/2 (total adversarial weight halves, as released). The
         'official' path implements the released sum itself and gets w unchanged.
         """

@@ -2,8 +2,8 @@
 
 Every expected value is computed here with plain Python loops over pairs of views in
 float64 (torch scalars only so that autograd can give the hand gradients), following the
-formulas of DESIGN §3 and, for ``official_advcl_loss``/``official_rocl_loss``, the released
-A-InfoNCE code (ainfonce-notes §1) re-derived line by line. The functions under test are never used to
+formulas of docs/design.md §3 and, for ``official_advcl_loss``/``official_rocl_loss``, the released
+A-InfoNCE code (docs/fidelity.md) re-derived line by line. The functions under test are never used to
 produce an expected number.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ def assert_same(actual: torch.Tensor, expected: torch.Tensor, features: torch.Te
     torch.testing.assert_close(gradient(actual, features), gradient(expected, features), rtol=tol, atol=tol)
 
 
-# ---------------------------------------------------------------------------- hand formulas (DESIGN §3)
+# ---------------------------------------------------------------------------- hand formulas (docs/design.md §3)
 
 
 def hand_ell(features, u, p, temperature=T, hard_negatives=None, stop=False, clamp_log=None):

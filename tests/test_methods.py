@@ -308,7 +308,7 @@ def rocl_pretrain(base_lr: float) -> dict:
             "warmup_epochs": 9, "warmup_start_lr": 0.16, "min_lr_fraction": 0.0, "epochs": 1000, "batch_size": 512}
 
 
-# DESIGN §4 (A-InfoNCE released scripts), CIFAR-10 / CIFAR-100: the A-InfoNCE knobs each script sets, then
+# docs/design.md §4 (A-InfoNCE released scripts), CIFAR-10 / CIFAR-100: the A-InfoNCE knobs each script sets, then
 # AdvCL's SGD lr or RoCL's base lr (the peak is 15× the base).
 PAPER_TABLE = {
     "simclr": ({}, {}, 5.0, 5.0),

@@ -1,4 +1,4 @@
-"""Tables and figures from the results store only (DESIGN §5): a report never trains.
+"""Tables and figures from the results store only (docs/design.md §5): a report never trains.
 
 ``results/results.csv`` holds one row per measured number (``bench.results.load`` reads it into a
 typed DataFrame). From it, under the reports directory:

@@ -1,6 +1,6 @@
 """What every part of the report shares: the artifact record, method order, ε and name formatting.
 
-The report reads the store only (DESIGN §5: a report never trains) and imports no torch; the
+The report reads the store only (docs/design.md §5: a report never trains) and imports no torch; the
 method order comes from the caller (``bench.cli`` passes the registry's), never from a list here.
 """
 from __future__ import annotations
@@ -91,7 +91,7 @@ def round_epsilon(epsilon: float | None) -> float | None:
 
 
 def preset_banner(preset: str | None) -> str | None:
-    """The warning every non-paper table carries (DESIGN §5: a smoke table is a demonstration)."""
+    """The warning every non-paper table carries (docs/design.md §5: a smoke table is a demonstration)."""
     if preset in (None, "paper"):
         return None
     return f"{preset} preset: a working demonstration, not a result to compare with papers"

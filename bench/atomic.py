@@ -6,10 +6,27 @@ previous file is untouched. Every stored result, report and checkpoint goes thro
 """
 from __future__ import annotations
 
+import errno
+import io
 import os
 import secrets
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
+
+
+class DiskFullError(OSError):
+    """No space left on the device while writing a stored file. The temp file is removed and the
+    previous file is untouched (the rename never happened), so the store stays consistent."""
+
+    def __init__(self, path: Path):
+        super().__init__(errno.ENOSPC, "no space left on the device", str(path))
+
+    def __reduce__(self):  # pickles (a worker's or a scheduler job's exception) as its path alone
+        return (type(self), (Path(self.filename),))
+
+    def __str__(self) -> str:
+        return (f"no space left on the device while writing {self.filename} (the previous file is intact; "
+                "free some space, then rerun with --resume)")
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -40,8 +57,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None],
         if verify is not None:
             verify(temp)
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as error:
         temp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(path) from error
         raise
     _fsync_directory(path.parent)
     return path
@@ -54,7 +73,12 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
 
 
 def save_torch_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` that never leaves a truncated file (checkpoints, classifiers)."""
+    """``torch.save(obj, path)`` that never leaves a truncated file (checkpoints, classifiers).
+
+    The archive is built in memory first: torch's zip writer reports a full disk as an opaque
+    ``RuntimeError`` (``unexpected pos``), while a plain write raises ``OSError(ENOSPC)``."""
     import torch
 
-    return atomic_write(path, lambda stream: torch.save(obj, stream))
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write(path, lambda stream: stream.write(buffer.getbuffer()))

@@ -121,13 +121,16 @@ def trades_kl_attack(
     step_size: float,
     steps: int,
     generator: torch.Generator | None = None,
+    clean_classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """TRADES inner maximisation (Zhang et al. 2019): maximise KL(p(x') || p(x)).
 
-    Starts at x + 0.001·N(0, 1) as the released TRADES code does.
+    Starts at x + 0.001·N(0, 1) as the released TRADES code does. ``clean_classifier`` (default:
+    ``classifier``) gives the clean target p(x): RobustSSL's dual-BN TRADES routes it through BN
+    'normal' and x' through 'pgd' (``Vanilla_Finetuning/utils.py trades_loss_dual``).
     """
     with torch.no_grad():
-        clean_probs = F.softmax(classifier(x), dim=1)
+        clean_probs = F.softmax((clean_classifier or classifier)(x), dim=1)
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return pgd(
         lambda inputs: F.kl_div(F.log_softmax(classifier(inputs), dim=1), clean_probs, reduction="sum"),

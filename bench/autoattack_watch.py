@@ -68,9 +68,14 @@ class AutoAttackWatch:
 
     def summary(self) -> str:
         """One line for the sanity record: the checks that fired, or that none did."""
-        if not self.checks:
-            return "no AutoAttack check fired"
-        return "; ".join(f"{entry['check']} (×{entry['count']}): {entry['message']}" for entry in self.checks)
+        return checks_summary(self.checks)
+
+
+def checks_summary(checks: list[dict]) -> str:
+    """One line for the sanity record from ``AutoAttackWatch.checks``: the checks that fired, or that none did."""
+    if not checks:
+        return "no AutoAttack check fired"
+    return "; ".join(f"{entry['check']} (×{entry['count']}): {entry['message']}" for entry in checks)
 
 
 class _Handler(logging.Handler):

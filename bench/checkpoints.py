@@ -64,11 +64,21 @@ the projector goes to a separate ``*_projector`` file)
     one BN set, no normalisation layer. ``avg_pool2d(4)`` = our global pool at 32×32.
     ignored: ``linear.*`` (the classifier of contrastive_learning=False), ``linear_1.*``,
     ``linear_2.*`` (the Projector, should it be merged in).
+dynacl (PKU-ML/DYNACL train_DynACL.py: ``model_encoder_k.pt`` = ``{'epoch', 'state_dict'}`` of the
+key encoder alone, ACL's names; ``model.pt`` = the momentum pair under ``encoder_q.`` / ``encoder_k.``)
+    acl's key map and ignored prefixes; ``encoder_k.`` preferred, ``encoder_q.*`` ignored.
+dynacl++ (LPAFT.py's ``model.pt``: single-BN models/resnet.py ResNet-18, torchvision names, the
+adversarial route's statistics (bnNameCnt 1), a pseudo-label linear head ``fc``)
+    <bn>.<t> -> <bn>.branches.<branch>.<t>; layerN.0.downsample.0 / .1 -> layerN.0.shortcut.0 / .1;
+    its one BN set is reported as branch 'pgd'; normalize.mean / std as acl; ignored: ``fc.*``.
+dynacl++-dual (LPAFT_AFF.py's ``model.pt``: dual-BN ResNet-18 with a linear head ``fc``)
+    acl's key map, i: 0 = normal, 1 = pgd; ignored: ``fc.*``.
 robustssl (GodXuxilie/RobustSSL_Benchmark, Vanilla_Finetuning/utils.py ``get_model``: the state
 dict is under ``state_dict_dual``, ``state_dict`` or ``model``, else the file itself; the
 encoders it releases keep their authors' names). The family is detected from the keys:
 ``bn_list.2`` or AdvCL heads -> advcl; ``encoder_k.``/``bn_list``/``normalize.`` -> acl;
-kuangliu ``shortcut.`` -> rocl; solo-learn ``backbone.`` -> deacl, loaded into DeACL's padding-2
+kuangliu ``shortcut.`` -> rocl; single-BN ``downsample.0.`` with ``normalize.`` -> dynacl++;
+solo-learn ``backbone.`` -> deacl, loaded into DeACL's padding-2
 stem (RobustSSL loads it into a padding-1 stem silently: the pitfall behind its DeACL cells).
 deacl (pantheon5100/DeACL: a Lightning checkpoint ``{'state_dict': ...}`` of ``mocov2_kd_at``; its
 ``adv_finetune.py`` keeps the ``backbone.`` keys and loads them strictly into its padding-2 model)
@@ -122,7 +132,8 @@ from bench.models import (
     rebuild_contrastive_model,
 )
 
-FORMATS = ("bench", "robustssl", "advcl", "rocl", "acl", "deacl", "deacl-teacher")
+FORMATS = ("bench", "robustssl", "advcl", "rocl", "acl", "dynacl", "dynacl++", "dynacl++-dual", "deacl",
+           "deacl-teacher")
 ALL_BRANCHES = "all"
 BENCH_MARKER = "acl-bench"
 DATA_PARALLEL_PREFIX = "module."
@@ -147,7 +158,7 @@ class ExternalFormat:
     containers: tuple[str, ...]  # dict keys that may hold the state dict, tried in order
     bn_names: tuple[str, ...]  # bn_list index -> our branch name
     default_branch: str
-    layout: str  # 'multi_bn' (torchvision + bn_list) | 'kuangliu' (one plain BN)
+    layout: str  # 'multi_bn' (torchvision + bn_list) | 'kuangliu' (one plain BN) | 'torchvision' (one plain BN)
     normalized: bool  # the checkpoint carries normalize.mean / normalize.std buffers
     ignored: tuple[str, ...]  # key prefixes dropped on purpose
     encoder_prefixes: tuple[str, ...] = ()  # alternative sub-model prefixes, preferred first
@@ -168,6 +179,18 @@ ROCL = ExternalFormat(
     name="rocl", containers=("model",), bn_names=("normal",), default_branch="normal", layout="kuangliu",
     normalized=False, ignored=("linear.", "linear_1.", "linear_2."),
 )
+DYNACL = ExternalFormat(
+    name="dynacl", containers=("state_dict",), bn_names=("normal", "pgd"), default_branch="pgd",
+    layout="multi_bn", normalized=True, ignored=("fc.",), encoder_prefixes=("encoder_k.", "encoder_q."),
+)
+DYNACL_PLUS_PLUS = ExternalFormat(
+    name="dynacl++", containers=("state_dict",), bn_names=("pgd",), default_branch="pgd", layout="torchvision",
+    normalized=True, ignored=("fc.",),
+)
+DYNACL_PLUS_PLUS_DUAL = ExternalFormat(
+    name="dynacl++-dual", containers=("state_dict",), bn_names=("normal", "pgd"), default_branch="pgd",
+    layout="multi_bn", normalized=True, ignored=("fc.",),
+)
 DEACL = ExternalFormat(
     name="deacl", containers=("state_dict",), bn_names=("normal",), default_branch="normal", layout="torchvision",
     normalized=True, ignored=("momentum_backbone.", "classifier.", "classifier_adv."), encoder_prefixes=("backbone.",),
@@ -178,7 +201,8 @@ DEACL_TEACHER = ExternalFormat(
     layout="torchvision", normalized=False, ignored=("projector.", "classifier.", "momentum_"),
     encoder_prefixes=("backbone.",), arch="resnet18_deacl", fixed_normalization="cifar10",
 )
-EXTERNAL = {spec.name: spec for spec in (ACL, ADVCL, ROCL, DEACL, DEACL_TEACHER)}
+EXTERNAL = {spec.name: spec for spec in (ACL, ADVCL, ROCL, DYNACL, DYNACL_PLUS_PLUS, DYNACL_PLUS_PLUS_DUAL, DEACL,
+                                          DEACL_TEACHER)}
 ROBUSTSSL_CONTAINERS = ("state_dict_dual", "state_dict", "model")
 
 
@@ -199,6 +223,9 @@ def _read(path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -> tuple[Ma
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # the unpickler raises several types; all mean the same here
+        if not _looks_like_torch_file(path):
+            raise CheckpointError(f"checkpoint {path} is not a torch.save file (neither a zip archive nor a "
+                                  "pickle): allowed files written by torch.save") from error
         raise CheckpointError(
             f"checkpoint {path} could not be read with torch.load(weights_only=True): {_first_line(error)}. "
             "If you trust the file, load it yourself with weights_only=False and pass the dict to load_encoder."
@@ -206,6 +233,14 @@ def _read(path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -> tuple[Ma
     if not isinstance(loaded, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(loaded).__name__}, not a dict or state dict")
     return loaded, str(path)
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (``PK``) or, in the legacy format, a pickle (protocol byte ``0x80``).
+    Anything else (a text file, an empty file) gets a plain reason instead of the unpickler's (e.g. '101')."""
+    with open(path, "rb") as stream:
+        head = stream.read(2)
+    return head == b"PK" or head[:1] == b"\x80"
 
 
 def _first_line(error: BaseException) -> str:
@@ -284,7 +319,7 @@ def _kuangliu_name(placeholder_key: str, branch_index: int | None) -> str:
 
 
 def _torchvision_name(placeholder_key: str, branch_index: int | None) -> str:
-    """Ours -> torchvision (DeACL, solo-learn).
+    """Ours -> torchvision (DeACL, solo-learn; DYNACL models/resnet.py).
 
     'encoder.layer2.0.shortcut.1.branches.@.weight' -> 'layer2.0.downsample.1.weight'.
     """
@@ -460,6 +495,9 @@ def _detect_robustssl_family(state: Mapping[str, torch.Tensor], label: str) -> E
         return DEACL  # the authors' file (leaderboard footnote *): its padding-2 stem, not RobustSSL's padding 1
     if any(".bn_list.2." in key for key in keys) or any(key.startswith(ADVCL.ignored) for key in keys):
         return ADVCL
+    single_bn = not any(".bn_list." in key for key in keys)
+    if single_bn and "normalize.mean" in state and any(".downsample.0." in key for key in keys):
+        return DYNACL_PLUS_PLUS
     if any(key.startswith(("encoder_k.", "encoder_q.", "normalize.")) or ".bn_list." in key for key in keys):
         return ACL
     if any(".shortcut." in key for key in keys):

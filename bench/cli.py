@@ -1,5 +1,5 @@
-"""The ``bench`` command: run, list, pretrain, finetune, evaluate, report, export, collect, status, sweep, stage,
-speed.
+"""The ``bench`` command: run, list, pretrain, finetune, evaluate, report, reproduce, compare, export, collect,
+status, sweep, stage, speed.
 
 Every configuration field can be overridden (``--set pretrain.lr=0.5``); the common ones
 have short flags. All checking happens before any work: a bad value exits with status 2
@@ -16,9 +16,12 @@ import traceback
 from pathlib import Path
 
 from bench import progress, registry
-from bench.config import ATTACKS, DEVICES, PRESETS, SCHEMES, ConfigError
-from bench.checkpoints import CheckpointError
+from bench.atomic import DiskFullError
+from bench.checkpoints import FORMATS, CheckpointError
+from bench.config import ATTACKS, DEVICES, PRESETS, SCHEMES, ConfigError, check_directory
 from bench.data import DATASETS, DatasetMissingError
+from bench.downloads import DownloadError
+from bench.protocols import PROTOCOLS
 from bench.provenance import code_version
 from bench.results import RowError, StoreError
 
@@ -30,16 +33,20 @@ SHORT_FLAGS = {  # flag dest → dotted config field
     "finetune_epochs": "finetune.epochs", "schemes": "finetune.schemes", "epsilon": "evaluate.epsilon",
     "step_size": "evaluate.step_size", "train_epsilon": "attack.epsilon", "train_steps": "attack.steps",
     "attacks": "evaluate.attacks", "n_eval": "evaluate.n_eval", "results_dir": "results_dir", "reports_dir": "reports_dir",
+    "protocol": "finetune.protocol",
 }
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("configuration (each overrides one field of the preset)")
     group.add_argument("--preset", default="smoke", help=f"settings bundle: {', '.join(PRESETS)} (default smoke)")
+    group.add_argument("--protocol", help=f"finetuning protocol: {', '.join(PROTOCOLS)} (default unified; "
+                       "docs/protocols.md)")
     group.add_argument("--dataset", help=f"pretraining dataset: {', '.join(DATASETS)}")
     group.add_argument("--eval-dataset", help="finetune/evaluate on another dataset (transfer), e.g. stl10")
     group.add_argument("--data-dir", help="where datasets live (default ~/data)")
-    group.add_argument("--download", action="store_true", help="download torchvision datasets if missing")
+    group.add_argument("--download", action="store_true",
+                       help="download missing torchvision datasets and AdvCL's released pseudo-labels (sha256-checked)")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the model's forward in pretraining (pretrain.compile; the PGD inner loops)")
     group.add_argument("--image-size", help="resolution images are resized to")
@@ -66,6 +73,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--param", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
                        help="method hyperparameter, e.g. alpha=0.3 or advcl-ip:adaptive_epochs=5")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+
+
+def _add_dry_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true",
+                        help="resolve and validate the plan, print it and stop (nothing is loaded, fetched or trained)")
+    parser.add_argument("--json", action="store_true", help="with --dry-run: one JSON object per run and scheme")
 
 
 def _add_product_flags(parser: argparse.ArgumentParser) -> None:
@@ -118,11 +131,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name, cls in methods.items():
             print(json.dumps({"name": name, "description": cls.description, "base": cls.base_name or name,
                               "bn_branches": list(cls.bn_branches), "finetune_bn": cls.finetune_bn,
-                              "inferior_positives": cls.inferior_positives, "hard_negatives": cls.hard_negatives}))
+                              "inferior_positives": cls.inferior_positives, "hard_negatives": cls.hard_negatives,
+                              "in_all": cls.selected_by_all}))
         return 0
     width = max(len(name) for name in methods)
     for name, cls in methods.items():
-        print(f"{name:<{width}}  {cls.description}")
+        print(f"{name:<{width}}  {'' if cls.selected_by_all else '° '}{cls.description}")
+    if not all(cls.selected_by_all for cls in methods.values()):
+        print("° not in --methods all (the A-InfoNCE table): select by name or pattern, "
+              "e.g. --methods 'dynacl*' deacl")
     return 0
 
 
@@ -135,7 +152,10 @@ def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
     request = _request(args, _methods(args))
     if pretrain_only:
         request.overrides["finetune.schemes"] = ""
+    request.dry_run = _dry_run(args)
     plan = build_plan(request)
+    if request.dry_run:
+        return print_plan(plan, args.json)
     collective = distributed.init_from_env(resolve_device(plan.base.device).type)
     if collective is not None:  # under torchrun: rank 0 runs the plan, the others join its pretraining
         plan = distributed.plan_for_world(plan, request, collective.world)
@@ -152,6 +172,67 @@ def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
     if not pretrain_only and not args.no_report:
         _report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet)
     return _summarise(outcomes)
+
+
+def _dry_run(args: argparse.Namespace) -> bool:
+    if getattr(args, "json", False) and not getattr(args, "dry_run", False):
+        raise ConfigError("--json is invalid without --dry-run: allowed --dry-run --json")
+    return bool(getattr(args, "dry_run", False))
+
+
+def print_plan(plan, as_json: bool) -> int:
+    """The resolved plan, nothing loaded or trained: one line (or JSON object) per run and scheme."""
+    for run in plan.runs:
+        if run.pseudo_labels is not None and not as_json:
+            labels = run.pseudo_labels
+            fetch = "" if labels.present else f" (--download fetches it from {labels.url}, sha256 {labels.sha256})"
+            print(f"{run.run_id}  pseudo-labels {labels.source}{': ' + labels.path if labels.path else ''}{fetch}")
+        for described in run.scheme_dicts():
+            if as_json:
+                print(json.dumps(described))
+                continue
+            tune = described["finetune"]
+            if tune is None:
+                print(f"{run.run_id}  pretraining only")
+                continue
+            print(f"{run.run_id}  {described['scheme']}  protocol {tune['protocol']}  epochs {tune['epochs']}  "
+                  f"batch {tune['batch_size']}  lr {tune['lr']:g}  milestones {','.join(map(str, tune['milestones']))}"
+                  f"  attack steps {tune['train_attack_steps']}  dual-BN {tune['dual_bn']}  head {tune['head_init']}  "
+                  f"eval step {tune['eval_step_size']:.5g}  reported {tune['reported_epoch']} epoch")
+    progress.log(f"dry run: {len(plan.runs)} run(s) resolved; nothing was loaded, fetched or trained")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """A published table's rows under its protocol, then the comparison with Δ (``bench.reproduce``)."""
+    from bench.pipeline import run_plan
+    from bench.reproduce import get_table, reproduce_plan, write_reproduction
+
+    table = get_table(args.table)
+    request = _request(args, table.registered_methods())
+    request.dry_run = _dry_run(args)
+    dataset, seed = request.overrides.pop("data.name", None), request.overrides.pop("seed", None)
+    if seed is not None and args.seeds:
+        raise ConfigError("--seed is invalid with --seeds: allowed one of them")
+    datasets = [dataset] if dataset else list(table.datasets)
+    seeds = [_seed(text) for text in ",".join(args.seeds or [seed or "0"]).split(",") if text]
+    plan = reproduce_plan(table, request, datasets, seeds)
+    if request.dry_run:
+        return print_plan(plan, args.json)
+    outcomes = run_plan(plan)
+    written = write_reproduction(table, plan, plan.results_dir / "reference", plan.reports_dir)
+    if not args.quiet:
+        for path in written:
+            if path.suffix == ".md":
+                print(path.read_text())
+    progress.log("reproduction: " + ", ".join(str(path) for path in written))
+    return _summarise(outcomes)
+
+
+def _seed(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ConfigError(f"--seeds {text!r} is invalid: allowed integers >= 0")
+    return int(text)
 
 
 def _summarise(outcomes) -> int:
@@ -175,6 +256,7 @@ def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: li
                    key=lambda name: methods[name].has_adversarial_views)
     order = [name for base in bases for name in (base, *(n for n, c in methods.items() if c.base_name == base))]
     results_dir, reports_dir = dirs
+    check_directory("reports_dir", reports_dir)
     written = write_reports(results_dir / "results.csv", reports_dir, results_dir / "runs",
                             results_dir / "reference", paper=paper, curve_methods=curve_methods,
                             method_order=order + [name for name in methods if name not in order])
@@ -251,6 +333,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError("--json is invalid without --dry-run: allowed --dry-run --json")
     request = _request(args, _methods(args))
     request.resume = True  # a sweep continues what an earlier sweep (or a requeued job) left
+    request.dry_run = args.dry_run  # a dry run fetches nothing (AdvCL's pseudo-labels with --download)
     plan = build_plan(request)
     options = sweep.ClusterOptions(folder=Path(args.jobs_dir or plan.results_dir / "_jobs").resolve(),
                                    **{name: getattr(args, name) for name in sweep.CLUSTER_FLAGS})
@@ -310,11 +393,26 @@ def run_stage_command(argv: list[str]) -> int:
     return args.handler(args)
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from bench.external import export_run
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Paired per-image comparison of two evaluated runs (bench.compare)."""
+    from bench.compare import compare_runs, find_run, format_results
 
-    path = export_run(Path(args.results_dir), args.run_id, args.scheme, Path(args.out))
+    base, variant = find_run(args.base, args.results_dir), find_run(args.variant, args.results_dir)
+    results = compare_runs(base, variant, _listed(args.scheme), _listed(args.attack), names=(args.base, args.variant))
+    print(format_results(results, args.base, args.variant), end="")
+    return 0
+
+
+def _listed(values: list[str] | None) -> list[str]:
+    return [item for item in ",".join(values or []).split(",") if item]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bench.export import export_run, sidecar_path
+
+    path = export_run(Path(args.results_dir), args.run_id, args.scheme, Path(args.out), args.format)
     print(path)
+    progress.log(f"sidecar: {sidecar_path(path)}")
     return 0
 
 
@@ -401,9 +499,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun runs that are already complete")
     run.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
     run.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
+    _add_dry_run_flags(run)
     _add_config_flags(run)
     _add_product_flags(run)
     run.set_defaults(handler=cmd_run)
+
+    repro = sub.add_parser("reproduce", help="run the rows of a published table under its protocol and write them "
+                           "beside the published numbers with Δ (--dataset: one of the table's, default all)")
+    repro.add_argument("table", help="ainfonce-table1 | robustssl")
+    repro.add_argument("--seeds", nargs="+", metavar="SEED", help="seeds to run, e.g. --seeds 0 1 2 (default 0)")
+    repro.add_argument("--force", action="store_true", help="rerun runs that are already complete")
+    repro.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
+    _add_dry_run_flags(repro)
+    _add_config_flags(repro)
+    repro.set_defaults(handler=cmd_reproduce, preset="paper")
 
     pre = sub.add_parser("pretrain", help="pretrain methods and store their encoders (no finetuning)")
     pre.add_argument("--methods", nargs="+", default=["all"], help="method names or 'all'")
@@ -422,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
         source = ev.add_mutually_exclusive_group(required=True)
         source.add_argument("--checkpoint", help="encoder checkpoint file")
         source.add_argument("--robustbench-model", help="RobustBench model name (needs acl-bench[robustbench])")
-        ev.add_argument("--format", default="bench", help="checkpoint format: bench, robustssl, advcl, rocl, acl")
+        ev.add_argument("--format", default="bench", help="checkpoint format: " + ", ".join(FORMATS))
         ev.add_argument("--branch", help="BN branch to load from a multi-BN checkpoint (default: the format's adversarial one)")
         ev.add_argument("--name", help="method name to store the results under (default: the checkpoint's recorded "
                         "method, else FORMAT:FILE-STEM)")
@@ -467,10 +576,24 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--json", action="store_true", help="one JSON object per method")
     lst.set_defaults(handler=cmd_list)
 
-    exp = sub.add_parser("export", help="write a finetuned classifier as a plain nn.Module file (RobustBench-ready)")
+    cmp = sub.add_parser("compare", help="paired per-image test (McNemar) of two runs' accuracies, with the "
+                         "minimum detectable difference")
+    cmp.add_argument("base", help="a run id (or run directory): the base method")
+    cmp.add_argument("variant", help="a run id (or run directory): the variant")
+    cmp.add_argument("--scheme", action="append", metavar="SCHEME", help="only these schemes (default: all shared)")
+    cmp.add_argument("--attack", action="append", metavar="ATTACK", help="only these attacks (default: all shared)")
+    cmp.add_argument("--results-dir", default="results", help="results store (default results/)")
+    cmp.set_defaults(handler=cmd_compare)
+
+    exp = sub.add_parser("export", help="write a finetuned classifier as TorchScript, a RobustBench-format state "
+                         "dict or safetensors, with a JSON sidecar (method, arch, normalisation, run id, metrics)")
     exp.add_argument("run_id", help="a run id from results/results.csv")
     exp.add_argument("--scheme", default="AFF", help="which finetuned classifier: SLF, ALF or AFF")
-    exp.add_argument("--out", required=True, help="output file (.pt)")
+    exp.add_argument("--out", required=True, help="output file, or a directory to write RUN_ID-SCHEME.pt into")
+    exp.add_argument("--format", default="torchscript", choices=("torchscript", "robustbench", "safetensors"),
+                     help="torchscript: self-contained module (torch only); robustbench: {'state_dict': ...} as "
+                     "robustbench.utils.load_model reads; safetensors: tensors only (needs acl-bench[export]). "
+                     "Load any of them with bench.export.load_exported(path)")
     exp.add_argument("--results-dir", default="results", help="results store (default results/)")
     exp.set_defaults(handler=cmd_export)
 
@@ -573,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
 # Errors that mean "the command's input is wrong" (exit 2); anything else is a failure (exit 1).
 BAD_INPUT = (ConfigError, DatasetMissingError, CheckpointError, FileNotFoundError, ImportError)
 # Failures whose message already says what is wrong and what to do: no traceback hint.
-EXPECTED = (*BAD_INPUT, StoreError, RowError)
+EXPECTED = (*BAD_INPUT, StoreError, RowError, DownloadError, DiskFullError)
 
 
 def _error(args: argparse.Namespace, error: Exception, status: int) -> int:

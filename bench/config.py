@@ -17,6 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from numbers import Integral, Real
+from pathlib import Path
 from typing import Any, NoReturn
 
 PRESETS = ("smoke", "paper")
@@ -25,6 +26,7 @@ ATTACKS = ("clean", "pgd20", "autoattack", "apgd-ce")
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("sgd", "lars", "lars-acl")  # see bench.optim for the two LARS forms
 CHANNELS_LAST = ("cuda", "always", "never")
+CORRUPTION_SOURCES = ("auto", "none", "regenerated", "official")  # see EvalConfig.corruptions
 
 
 class ConfigError(ValueError):
@@ -95,6 +97,9 @@ class FinetuneConfig:
     alf_steps: int = 5  # paper preset: PGD-20, as the released scripts
     trades_beta: float = 6.0
     trades_steps: int = 5  # paper preset: 10
+    # 'unified' = the fields above for every method; 'robustssl' / 'ainfonce' = their sources' settings
+    # per method and scheme (bench.protocols), which then replace the fields above
+    protocol: str = "unified"
 
 
 @dataclass
@@ -111,6 +116,15 @@ class EvalConfig:
     # Extra PGD-20 budgets (step scaled as step_size/epsilon) on the same classifiers: the
     # accuracy-vs-ε curve. Cheap next to AutoAttack.
     epsilon_curve: tuple[float, ...] = (0.02, 0.04, 0.06, 0.08, 0.1)
+    # Common corruptions (bench.corruption_eval, docs/corruptions.md): 'official' reads the CIFAR-10-C /
+    # CIFAR-100-C files (eval datasets cifar10c / cifar100c), 'regenerated' corrupts the test subset with
+    # the seeded CIFAR-C recipe (any dataset), 'none' skips them; 'auto' = 'official' for the -C eval
+    # datasets, 'none' otherwise. A clean forward per corruption × severity: cheap next to AutoAttack.
+    corruptions: str = "auto"
+    corruption_names: tuple[str, ...] = ()  # () = all 15 of CIFAR-10-C
+    corruption_severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    corruption_schemes: tuple[str, ...] = SCHEMES  # the finetuned classifiers evaluated on them
+    corruption_seed: int = 0  # the regeneration's seed (the same for every training seed, like subset_seed)
 
 
 @dataclass
@@ -190,7 +204,7 @@ INTEGER_AT_LEAST = {  # field → minimum (integers)
     "seed": 0, "jobs": 0, "data.image_size": 8, "pretrain.epochs": 0, "pretrain.batch_size": 2,
     "pretrain.checkpoint_every": 1, "finetune.epochs": 1, "finetune.batch_size": 2, "finetune.alf_steps": 0,
     "finetune.trades_steps": 0, "evaluate.n_eval": 0, "evaluate.pgd_steps": 1, "evaluate.subset_seed": 0,
-    "evaluate.batch_size": 0, "attack.steps": 0, "pretrain.shards": 1,
+    "evaluate.batch_size": 0, "attack.steps": 0, "pretrain.shards": 1, "evaluate.corruption_seed": 0,
 }
 NUMBER_IN = {  # field → (check, allowed text)
     "pretrain.lr": (_in(0, math.inf, low_open=True), "finite numbers > 0"),
@@ -225,6 +239,7 @@ def validate(config: RunConfig) -> RunConfig:
     ConfigError on the first bad one, before anything is written."""
     from bench.data import DATASETS
     from bench.models import ENCODERS
+    from bench.protocols import PROTOCOLS
 
     choices: list[tuple[str, Any, tuple[Any, ...]]] = [
         ("preset", config.preset, PRESETS), ("device", config.device, DEVICES),
@@ -233,6 +248,7 @@ def validate(config: RunConfig) -> RunConfig:
         ("model.arch", config.model.arch, tuple(sorted(ENCODERS))),
         ("pretrain.optimizer", config.pretrain.optimizer, OPTIMIZERS),
         ("pretrain.channels_last", config.pretrain.channels_last, CHANNELS_LAST),
+        ("finetune.protocol", config.finetune.protocol, PROTOCOLS),
     ]
     for name, value, allowed in choices:
         if value not in allowed:
@@ -261,10 +277,53 @@ def validate(config: RunConfig) -> RunConfig:
     if config.pretrain.batch_size % config.pretrain.shards:
         _fail("pretrain.batch_size", config.pretrain.batch_size,
               f"multiples of pretrain.shards={config.pretrain.shards} (each shard holds an equal part of the batch)")
+    _validate_corruptions(config)
     for name in ("results_dir", "reports_dir"):
         if not str(getattr(config, name)).strip():
             _fail(name, getattr(config, name), "a directory path (not empty)")
+        check_directory(name, getattr(config, name))
+    if {config.data.name, config.data.eval_name} - {"", "digits"}:  # the embedded digits need no data_dir
+        check_directory("data.data_dir", config.data.data_dir)
     return config
+
+
+def check_directory(name: str, path: str | Path) -> None:
+    """A directory the suite writes into or reads datasets from may be missing (it is created),
+    but an existing file there would fail late with an OS traceback: refuse it up front."""
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        _fail(name, str(path), "a directory (this path is a file)")
+
+
+def _validate_corruptions(config: RunConfig) -> None:
+    """The corruption settings, and which datasets may be used where (the -C datasets only evaluate)."""
+    from bench.corruptions import CORRUPTIONS, SEVERITIES
+    from bench.data import CORRUPTED_DATASETS
+
+    settings = config.evaluate
+    if config.data.name in CORRUPTED_DATASETS:
+        _fail("data.name", config.data.name, f"a pretraining dataset, not {sorted(CORRUPTED_DATASETS)} "
+              "(evaluation only: --eval-dataset)")
+    if settings.corruptions not in CORRUPTION_SOURCES:
+        _fail("evaluate.corruptions", settings.corruptions, str(list(CORRUPTION_SOURCES)))
+    eval_name = config.data.eval_name or config.data.name
+    if settings.corruptions == "official" and eval_name not in CORRUPTED_DATASETS:
+        _fail("evaluate.corruptions", "official", f"with --eval-dataset {' or '.join(sorted(CORRUPTED_DATASETS))} "
+              f"(the official files); use 'regenerated' for {eval_name!r}")
+    for name in settings.corruption_names:
+        if name not in CORRUPTIONS:
+            _fail("evaluate.corruption_names", name, str(list(CORRUPTIONS)))
+    if len(set(settings.corruption_names)) != len(settings.corruption_names):
+        _fail("evaluate.corruption_names", ",".join(settings.corruption_names), "distinct names")
+    if not settings.corruption_severities or len(set(settings.corruption_severities)) != len(
+            settings.corruption_severities):
+        _fail("evaluate.corruption_severities", settings.corruption_severities, "distinct severities, at least one")
+    for severity in settings.corruption_severities:
+        if severity not in SEVERITIES:
+            _fail("evaluate.corruption_severities", severity, str(list(SEVERITIES)))
+    for scheme in settings.corruption_schemes:
+        if scheme not in SCHEMES:
+            _fail("evaluate.corruption_schemes", scheme, str(list(SCHEMES)))
 
 
 # ------------------------------------------------------------------ overrides and hashing

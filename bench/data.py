@@ -1,4 +1,4 @@
-"""Dataset registry: the embedded default (digits), CIFAR-10/100, STL-10 and image folders.
+"""Dataset registry: the embedded default (digits), CIFAR-10/100(-C), STL-10 and image folders.
 
 Every dataset is held in memory as uint8 tensors [N, C, H, W] and converted to float in
 [0, 1] per batch on the training device. The embedded ``digits`` dataset is scikit-learn's
@@ -52,6 +52,11 @@ class ImageData:
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] → float32 [0, 1]."""
     return images.float().div_(255.0)
+
+
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 images resized to size × size (antialiased bilinear, rounded); unchanged when already that size."""
+    return _resize_uint8(images, size)
 
 
 def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -130,10 +135,18 @@ def load_image_folder(root: Path, image_size: int) -> ImageData:
     return ImageData(root.name, x_train, y_train, x_test, y_test, len(ImageFolder(str(root / "train")).classes))
 
 
+# Evaluation datasets with common corruptions: the clean dataset (finetuning, SA / PGD / AA) plus the
+# official CIFAR-10-C / CIFAR-100-C files (Hendrycks & Dietterich, ICLR 2019) in the data directory,
+# which bench.corruption_eval reads; never downloaded here.
+CORRUPTED_DATASETS = {"cifar10c": "cifar10", "cifar100c": "cifar100"}
+CORRUPTED_FOLDERS = {"cifar10c": "CIFAR-10-C", "cifar100c": "CIFAR-100-C"}
+
 DATASETS: dict[str, str] = {
     "digits": "scikit-learn's handwritten digits (embedded, no download), 10 classes",
     "cifar10": "CIFAR-10 via torchvision (--download to fetch)",
     "cifar100": "CIFAR-100 via torchvision (--download to fetch)",
+    "cifar10c": "evaluation only: CIFAR-10, plus the official CIFAR-10-C files (DATA_DIR/CIFAR-10-C/*.npy)",
+    "cifar100c": "evaluation only: CIFAR-100, plus the official CIFAR-100-C files (DATA_DIR/CIFAR-100-C/*.npy)",
     "stl10": "STL-10 labelled splits via torchvision, resized to the run's resolution",
     "folder": "local image folder with train/ and test/ sub-folders (--data-dir)",
 }
@@ -148,7 +161,21 @@ def load_dataset(name: str, data_dir: str | Path, download: bool = False, image_
         return load_digits(image_size or 16)
     if name == "folder":
         return load_image_folder(root, image_size or 32)
+    if name in CORRUPTED_DATASETS:
+        return load_corrupted(name, root, download, image_size)
     return load_torchvision(name, root, download, image_size)
+
+
+def load_corrupted(name: str, root: Path, download: bool, image_size: int | None) -> ImageData:
+    """``cifar10c`` / ``cifar100c``: the clean dataset under this name, once the official files are in place
+    (checked here, before any finetuning; the corruptions themselves are read per severity at evaluation)."""
+    labels = root / CORRUPTED_FOLDERS[name] / "labels.npy"
+    if not labels.is_file():
+        raise DatasetMissingError(f"{labels} not found: put the official {CORRUPTED_FOLDERS[name]} files (Zenodo) "
+                                  f"in {labels.parent} (never downloaded), or evaluate on "
+                                  f"{CORRUPTED_DATASETS[name]} with --set evaluate.corruptions=regenerated")
+    clean = load_torchvision(CORRUPTED_DATASETS[name], root, download, image_size)
+    return ImageData(name, clean.x_train, clean.y_train, clean.x_test, clean.y_test, clean.num_classes)
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator, drop_last: bool) -> Iterator[torch.Tensor]:

@@ -20,7 +20,16 @@ Sanity checks (docs/fidelity.md, Evaluation) flag a row ``suspect`` instead of h
 - ``gradient-masking``: PGD-20 leaves accuracy near clean (drop < 5 points) while AA, whose
   Square attack needs no gradients, is more than 10 points lower;
 - ``degenerate``: the logits are finite and the classifier predicts more than one class (a
-  diverged classifier's "accuracy" is just the share of the class it always predicts).
+  diverged classifier's "accuracy" is just the share of the class it always predicts);
+- ``aa-checks``: none of AutoAttack's own reliability checks fired (randomness, output range,
+  dynamic forward, zero gradients, Square's success after the gradient attacks, number of
+  classes; bench.autoattack_watch, fra31/auto-attack flags_doc.md).
+- ``aa-complete``: AutoAttack ran every attack of its version on the points still robust (or
+  stopped because none was left), and its last logged robust accuracy is that of its returned
+  examples: an attack cut short cannot pass for a robust model.
+
+Every attack also returns its per-image correctness (``EvalReport.correct``), which the protocol
+stores (bench.records) so that two classifiers can later be compared paired, image by image.
 """
 from __future__ import annotations
 
@@ -35,7 +44,7 @@ import torch
 from torch import nn
 
 from bench.attacks import autocast, pgd_cross_entropy
-from bench.autoattack_watch import watch_autoattack
+from bench.autoattack_watch import checks_summary, watch_autoattack
 from bench.config import EvalConfig
 
 ProgressFn = Callable[[str], None]
@@ -48,6 +57,10 @@ class EvalReport:
     wall_s: float
     sanity: dict[str, tuple[bool, str]] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
+    # the main attacks' per-image correctness (bool [n_eval], CPU): clean, pgdN, autoattack/apgd-ce
+    correct: dict[str, torch.Tensor] = field(default_factory=dict)
+    # per AutoAttack run: {"checks": [...], "progress": [...]} as bench.autoattack_watch records them
+    autoattack: dict[str, dict] = field(default_factory=dict)
 
 
 def seeded_subset(n_total: int, n_eval: int | None, seed: int) -> torch.Tensor:
@@ -210,6 +223,7 @@ def autoattack_accuracy(
         "correct": predictions == y,
         "autoattack_checks": watch.checks,
         "autoattack_progress": watch.progress,
+        "autoattack_planned": list(attack.attacks_to_run),
     }
     return accuracy, info
 
@@ -244,40 +258,77 @@ def evaluate_classifier(
 ) -> EvalReport:
     """Run the configured attacks on x, y (the caller picks the test subset), then the sanity checks.
 
-    ``seed`` seeds the random starts (the run's seed, so reruns give the same numbers)."""
+    ``seed`` seeds the random starts (the run's seed, so reruns give the same numbers). ``progress``
+    receives a line per stage and AutoAttack's own progress lines while it runs."""
     began = time.perf_counter()
     x, y = x.to(device), y.to(device)
     model = attack_copy(model, device, settings.amp)
     say = progress or (lambda stage: None)
-    accuracy: dict[str, float] = {}
+    correct: dict[str, torch.Tensor] = {}
     sanity: dict[str, tuple[bool, str]] = {}
+    autoattack: dict[str, dict] = {}
     pgd_name = f"pgd{settings.pgd_steps}"
     with recording_modes(model) as modes:
         for attack in settings.attacks:
             say(attack)
             if attack == "clean":
-                accuracy["clean"] = clean_accuracy(model, x, y, settings.batch_size)
+                correct["clean"] = clean_correct(model, x, y, settings.batch_size)
             elif attack.startswith("pgd"):
-                accuracy[pgd_name] = pgd_accuracy(model, x, y, settings.epsilon, settings.step_size,
-                                                  settings.pgd_steps, batch_size=settings.batch_size, seed=seed)
+                correct[pgd_name] = pgd_correct(model, x, y, settings.epsilon, settings.step_size, settings.pgd_steps,
+                                                batch_size=settings.batch_size, seed=seed)
             else:
                 version = "standard" if attack == "autoattack" else attack
-                accuracy[attack], info = autoattack_accuracy(model, x, y, settings.epsilon, version,
-                                                             settings.batch_size, seed, device)
-                sanity[f"aa-reeval:{attack}"] = (
-                    info["reevaluated_matches"] and info["within_epsilon"] and info["in_range"],
-                    f"reported {info['reported_accuracy']:.2f} %, re-evaluated {accuracy[attack]:.2f} %, "
-                    f"max |δ| {info['max_perturbation']:.4g}",
-                )
+                _, info = autoattack_accuracy(model, x, y, settings.epsilon, version, settings.batch_size, seed,
+                                              device, progress=progress)
+                correct[attack] = info["correct"]
+                sanity.update(_autoattack_sanity(attack, info))
+                autoattack[attack] = {"checks": info["autoattack_checks"], "progress": info["autoattack_progress"]}
+        accuracy = {attack: _percent(values) for attack, values in correct.items()}
         if settings.sanity:
             say("sanity")
             accuracy.setdefault("clean", clean_accuracy(model, x, y, settings.batch_size))
             sanity.update(_sanity_checks(model, x, y, settings, seed, accuracy, pgd_name))
     sanity["eval-mode"] = (not any(modes), f"{sum(modes)} of {len(modes)} module forwards in train mode")
-    report = EvalReport(accuracy, int(x.shape[0]), time.perf_counter() - began, sanity)
-    report.flags = [f"suspect:{name.split(':')[0]}" for name, (passed, _) in sanity.items() if not passed]
-    report.flags = sorted(set(report.flags))
+    report = EvalReport(accuracy, int(x.shape[0]), time.perf_counter() - began, sanity,
+                        correct={attack: values.cpu() for attack, values in correct.items()}, autoattack=autoattack)
+    report.flags = sorted({f"suspect:{name.split(':')[0]}" for name, (passed, _) in sanity.items() if not passed})
     return report
+
+
+def _percent(correct: torch.Tensor) -> float:
+    """Accuracy in % from per-image correctness (the same arithmetic as the *_accuracy functions)."""
+    return 100.0 * int(correct.sum()) / max(1, correct.shape[0])
+
+
+def _autoattack_sanity(attack: str, info: dict) -> dict[str, tuple[bool, str]]:
+    """AA's returned examples re-evaluated (``aa-reeval``), AA's own checks (``aa-checks``) and its completion
+    (``aa-complete``)."""
+    accuracy = _percent(info["correct"])
+    return {
+        f"aa-reeval:{attack}": (
+            info["reevaluated_matches"] and info["within_epsilon"] and info["in_range"],
+            f"reported {info['reported_accuracy']:.2f} %, re-evaluated {accuracy:.2f} %, "
+            f"max |δ| {info['max_perturbation']:.4g}"),
+        f"aa-checks:{attack}": (not info["autoattack_checks"], checks_summary(info["autoattack_checks"])),
+        f"aa-complete:{attack}": autoattack_complete(info),
+    }
+
+
+def autoattack_complete(info: dict) -> tuple[bool, str]:
+    """Every planned AutoAttack attack ran on every point still robust, or AA stopped because none was
+    left (its own rule), and the robust accuracy it logged last is that of the examples it returned
+    (its log prints two decimals of a percent)."""
+    ran = [entry["attack"] for entry in info["autoattack_progress"]]
+    missing = [name for name in info["autoattack_planned"] if name not in ran]
+    last = info["autoattack_progress"][-1]["robust_accuracy"] if ran else None
+    stopped_at_zero = (info["reported_accuracy"] if last is None else last) == 0.0  # nothing robust was left
+    consistent = abs((0.0 if last is None else last) - info["reported_accuracy"]) <= 0.005 + 1e-9
+    passed = (not missing or stopped_at_zero) and consistent
+    detail = (f"ran {', '.join(ran) or 'nothing'} of {', '.join(info['autoattack_planned'])}"
+              + (" (stopped: no robust point left)" if missing and stopped_at_zero else "")
+              + (f"; last logged {last:.2f} %" if last is not None else "; no robust accuracy logged")
+              + f", returned examples {info['reported_accuracy']:.2f} %")
+    return passed, detail
 
 
 def degenerate_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[bool, str]:

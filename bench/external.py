@@ -4,13 +4,17 @@
 RobustSSL benchmark's, or one of ours) through exactly the protocol of ``bench run``
 (``bench.protocol``), so its numbers sit in the same table. ``--robustbench-model``
 evaluates a supervised adversarial-training classifier under the same attacks (scheme ``AT``:
-no finetuning). ``bench export`` writes a stored classifier as a portable TorchScript file.
+no finetuning). ``export_classifier`` writes a classifier as a portable TorchScript file (``bench export``,
+``bench.export``).
 """
 from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
+import importlib.util
 import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,11 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench import progress
+from bench import progress, protocols
 from bench.atomic import atomic_write
-from bench.checkpoints import load_classifier, load_encoder
-from bench.config import SCHEMES, ConfigError, config_hash, to_dict
+from bench.checkpoints import load_encoder
+from bench.config import ConfigError, config_hash, to_dict
 from bench.device import resolve_device
+from bench.finetune import check_dual_bn, scheme_settings
 from bench.pipeline import DataCache
 from bench.plan import RunRequest, assemble
 from bench.protocol import evaluate_ready_classifier, finetune_and_evaluate
@@ -60,6 +65,7 @@ def evaluate_external(
     not given: it is never guessed).
     """
     config = assemble(request)
+    protocols.check_overrides(config.finetune.protocol, list(request.overrides))
     device = resolve_device(config.device)
     store = ResultsStore(config.results_dir)
     data_name = config.data.eval_name or config.data.name
@@ -82,6 +88,10 @@ def evaluate_external(
         source, file_digest = str(path.resolve()), _file_digest(path)
         pretrain_epochs = info.get("pretrain_epochs")
     method = name or label
+    protocol_method = protocol_name(name, recorded if not robustbench_model else None,
+                                    None if robustbench_model else info.get("family"))
+    if not robustbench_model:
+        check_schemes(config, protocol_method, model, info.get("branch", "normal"))
     identity = {"config": to_dict(config), "source": source, "format": checkpoint_format, "branch": branch,
                 "file": file_digest, "pretrain_dataset": dataset}
     digest = config_hash(identity)
@@ -98,7 +108,8 @@ def evaluate_external(
     else:
         bn = info.get("branch", "normal")
         measurements = finetune_and_evaluate(model.to(device), bn if bn in model.bn_names() or not model.bn_names()
-                                             else "normal", data, config, device, run_dir, label=method)
+                                             else "normal", data, config, device, run_dir, label=method,
+                                             method=protocol_method)
     context = RowContext.of(run_id, config, env, device, method=method, dataset=dataset, eval_dataset=data.name,
                             config_hash=digest, pretrain_epochs=pretrain_epochs)
     rows = [ResultRow.of(context, measurement) for measurement in measurements]
@@ -106,15 +117,20 @@ def evaluate_external(
     return run_id
 
 
-def export_run(results_dir: Path, run_id: str, scheme: str, out: Path) -> Path:
-    """Write the finetuned classifier of a stored run as a self-contained module file."""
-    if scheme not in SCHEMES:
-        raise ConfigError(f"scheme={scheme!r} is invalid: allowed {list(SCHEMES)}")
-    source = ResultsStore(results_dir).run(run_id).classifier(scheme)
-    if not source.exists():
-        raise FileNotFoundError(f"no {scheme} classifier stored for run {run_id!r} (looked for {source})")
-    export_classifier(load_classifier(source), out)
-    return out
+def protocol_name(name: str | None, recorded: str | None, family: str | None) -> str:
+    """The method a protocol's per-method settings are looked up for: ``--name`` when it is a registered
+    method, else the checkpoint's recorded method (acl-bench checkpoints), else its format's family."""
+    from bench import registry
+
+    if name and name in registry.available():
+        return name
+    return recorded or family or (name or "")
+
+
+def check_schemes(config, method: str, model, bn: str) -> None:
+    """Every scheme's settings resolve for this encoder before any work (dual-BN AFF needs both branches)."""
+    for scheme in config.finetune.schemes:
+        check_dual_bn(scheme_settings(config, scheme, method), model, bn)
 
 
 def _quiet_jit(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -175,11 +191,43 @@ def load_robustbench_model(
     ``model_dir`` defaults to ``$ACL_BENCH_CACHE/robustbench`` (``~/.cache/acl-bench``) rather
     than RobustBench's ``./models``, so runs from different directories share downloads.
     """
-    try:
-        from robustbench.utils import load_model
-    except ImportError:
-        raise ImportError("robustbench is not installed: pip install 'acl-bench[robustbench]'") from None
+    load_model = robustbench_loader()
     if model_dir is None:
         model_dir = Path(os.environ.get("ACL_BENCH_CACHE", "~/.cache/acl-bench")).expanduser() / "robustbench"
     model = load_model(model_name=name, dataset=dataset, threat_model=threat_model, model_dir=str(model_dir))
     return model.eval()
+
+
+def alias_autoattack() -> bool:
+    """Make ``import autoattack`` (and ``autoattack.state`` …) give the ``pyautoattack`` package.
+
+    robustbench 1.1 imports fra31/auto-attack under its git name ``autoattack``
+    (``robustbench/eval.py``: ``from autoattack import AutoAttack``, ``from autoattack.state import
+    EvaluationState``); the PyPI distribution we depend on installs the same code as ``pyautoattack``.
+    Nothing is aliased when a real ``autoattack`` is importable. Returns whether the alias was made."""
+    if "autoattack" in sys.modules or importlib.util.find_spec("autoattack") is not None:
+        return False
+    importlib.import_module("pyautoattack")
+
+    for name in ("state", "checks", "other_utils", "autopgd_base"):  # what robustbench and its callers import
+        if importlib.util.find_spec(f"pyautoattack.{name}") is not None:
+            importlib.import_module(f"pyautoattack.{name}")
+    for name, module in list(sys.modules.items()):
+        if name == "pyautoattack" or name.startswith("pyautoattack."):
+            sys.modules["autoattack" + name.removeprefix("pyautoattack")] = module
+    return True
+
+
+def robustbench_loader() -> Callable[..., nn.Module]:
+    """``robustbench.utils.load_model``, after the ``autoattack`` alias; a missing package and a package
+    that fails to import are two different one-line ``ImportError``s."""
+    alias_autoattack()
+    try:
+        from robustbench.utils import load_model
+    except ModuleNotFoundError as error:
+        if error.name == "robustbench" or (error.name or "").startswith("robustbench."):
+            raise ImportError("robustbench is not installed: pip install 'acl-bench[robustbench]'") from None
+        raise ImportError(f"robustbench is installed but failed to import: {progress.error_line(error)}") from None
+    except Exception as error:  # noqa: BLE001 - any error inside its import is the same finding for the user
+        raise ImportError(f"robustbench is installed but failed to import: {progress.error_line(error)}") from None
+    return load_model

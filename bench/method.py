@@ -20,7 +20,7 @@ negatives (``bench.variants``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,12 @@ from bench.results import RunDir
 from bench.shards import of as shards_of
 
 QUIRKS = ("none", "official")
+IP_PARAMS = ("alpha", "adv_weight", "adaptive_epochs", "d_min")  # read by the -ip/-iphn variants only
+HN_PARAMS = ("beta", "tau_plus")  # read by the -hn/-iphn variants only
+
+if TYPE_CHECKING:
+    from bench.config import RunConfig
+    from bench.post import PostSettings
 
 
 @dataclass
@@ -97,6 +103,9 @@ class StepContext:
     shards: Any = None
     # bench speed's reference-style path: recompute what the released code recomputes (same numbers).
     reference_style: bool = False
+    # The run's total pretraining epochs. Schedules over the whole run need it (DynACL's
+    # augmentation strength); the harness passes ``config.pretrain.epochs`` (0: not given).
+    epochs: int = 0
 
 
 class Method:
@@ -126,12 +135,23 @@ class Method:
     hard_negatives: ClassVar[bool] = False
     base_name: ClassVar[str] = ""
     variant_note: ClassVar[str] = ""  # shown in `bench list` for the derived variants
+    # Whether ``--methods all`` selects it. The smoke run of ``all`` must stay within ~10 minutes on two
+    # cores, so ``all`` is the A-InfoNCE paper's table (SimCLR, ACL, RoCL, AdvCL and their variants)
+    # plus plugins; the newer methods (DeACL, DynACL, AIR families) are selected by name or pattern.
+    selected_by_all: ClassVar[bool] = True
     # Distillation (DeACL): this method learns from a frozen, pretrained encoder of the method
     # named ``teacher_method``. When ``needs_teacher()`` is true the harness pretrains or reuses
     # that method's run (same preset, data, model and seed), loads its encoder and calls
     # ``set_teacher`` before ``setup``; a teacher file named in the parameters is the method's own.
     requires_teacher: ClassVar[bool] = False
     teacher_method: ClassVar[str] = ""
+    # The label of its stage between pretraining and finetuning (bench.post.POST_STAGES): '' none, 'pp'
+    # DynACL++'s LP-AFT on K-means pseudo-labels. bench.stages.post_stage runs ``bench.post.post_process``
+    # when ``post_settings`` returns settings, and records this label.
+    post: ClassVar[str] = ""
+    # Fields of ``Params`` the method's own code never reads (besides the variant knobs, which
+    # ``unread_params`` adds): a user value for one would change nothing, so it is refused.
+    ignored_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: MethodParams | None = None):
         self.params = params if params is not None else self.Params()
@@ -178,6 +198,17 @@ class Method:
         return params
 
     @classmethod
+    def unread_params(cls) -> frozenset[str]:
+        """The ``Params`` fields this method never reads: the inferior-positive knobs unless it is an
+        ``-ip`` variant, the hard-negative ones unless it is an ``-hn`` variant, and ``ignored_params``."""
+        unread = set(cls.ignored_params)
+        if not cls.inferior_positives:
+            unread |= set(IP_PARAMS)
+        if not cls.hard_negatives:
+            unread |= set(HN_PARAMS)
+        return frozenset(unread)
+
+    @classmethod
     def check_params(cls, params: MethodParams) -> None:
         """Raise ``ConfigError`` on an out-of-range value; subclasses extend it with ``super()``."""
         if not params.temperature > 0:
@@ -213,6 +244,22 @@ class Method:
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
         """Return ``(loss, logs)`` for one batch of images in [0, 1]."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ after pretraining
+    def encoder_for_finetuning(self, model: ContrastiveModel) -> ContrastiveModel:
+        """The encoder that is post-processed, saved and finetuned after pretraining: ``model``.
+
+        DynACL overrides it: its checkpoint for downstream use is the momentum (EMA) key encoder.
+        The result is a ``ContrastiveModel`` built like ``build_model``'s (same branches, projector):
+        ``bench.stages`` stores it as ``encoder.pt`` and loads stored encoders into
+        ``encoder_for_finetuning(build_model(...))``, so it must not depend on the weights' values.
+        """
+        return model
+
+    def post_settings(self, config: RunConfig) -> PostSettings | None:
+        """Settings of this method's post stage (``bench.post``; run by ``bench.stages.post_stage`` on the
+        stored encoder before finetuning), or None when it has none."""
+        return None
 
     # ------------------------------------------------------------------ A-InfoNCE
     def contrastive_loss(

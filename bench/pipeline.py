@@ -2,8 +2,8 @@
 
 ``run_plan`` takes a resolved ``RunPlan`` (``bench.plan``) and runs each method run, in this
 process or in forked worker processes (CPU). A run is its stages (``bench.stages``: pretrain,
-finetune per scheme, finish) in sequence and writes only inside its own run directory
-(``bench.results.RunDir``); after each run this process rebuilds the ``results.csv`` index.
+post when the method has one, finetune per scheme, finish) in sequence and writes only inside its
+own run directory (``bench.results.RunDir``); after each run this process rebuilds the ``results.csv`` index.
 A completed run (same id) is skipped unless ``force``; an interrupted one continues from its
 checkpoint with ``resume``. ``bench sweep`` runs the same stages as scheduler jobs (``bench.sweep``).
 """
@@ -14,7 +14,6 @@ import multiprocessing.connection
 import os
 import threading
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,9 @@ from bench.stages import (
     StageContext,
     finetune_stage,
     finish_stage,
+    post_stage,
     pretrain_stage,
+    record_failure,
 )
 
 __all__ = ["DataCache", "RunOutcome", "execute", "resolve_jobs", "run_method", "run_plan"]
@@ -55,6 +56,7 @@ def run_method(run: MethodRun, plan: RunPlan, store: ResultsStore, cache: DataCa
         return RunOutcome(run.run_id, run.method, "skipped")
     context = StageContext(store, device, cache, force=plan.force, resume=plan.resume)
     pretrain_stage(run, context)
+    post_stage(run, context)
     for scheme in run.config.finetune.schemes:
         finetune_stage(run, scheme, context)
     finish_stage(store.run(run.run_id), required=True)
@@ -71,7 +73,7 @@ def execute(run: MethodRun, plan: RunPlan, store: ResultsStore, cache: DataCache
         return run_method(run, plan, store, cache, device)
     except Exception as error:  # noqa: BLE001 - every failure of one run is recorded, none ends the plan
         reason = progress.error_line(error)
-        store.run(run.run_id).mark_failed(reason, traceback.format_exc())
+        record_failure(store.run(run.run_id), reason, error)
         progress.log(f"{run.method}: failed: {reason}")
         return RunOutcome(run.run_id, run.method, "failed", reason)
     finally:

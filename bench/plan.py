@@ -9,7 +9,11 @@ a run's id is the same whether it was asked for alone or in a product. Everythin
 directories) takes the plan and never rebuilds a config from strings.
 
 Config precedence, lowest first: the preset, the method's published settings for the
-preset and dataset (``Method.published``), then the user's overrides. The run id is
+preset and dataset (``Method.published``), then the user's overrides. Method parameters:
+published < the protocol's (``bench.protocols``: ``ainfonce`` sets the released losses) <
+``--param``; AdvCL's pseudo-labels are resolved (and, with ``--download``, fetched and
+verified) here, by ``bench.downloads.resolve_pseudo_labels``. Under a protocol other than
+``unified`` the finetuning settings are the protocol's, and overriding one is an error. The run id is
 ``<method>-<preset>-<dataset>-s<seed>-<hash>``; the hash covers the whole resolved config
 and the method's parameters, but not the seed (so the seeds of one configuration share it,
 and the report averages exactly those) and not where or how the run executes (device,
@@ -23,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import registry
+from bench import protocols, registry
 from bench.config import (
     ConfigError,
     RunConfig,
@@ -34,6 +38,7 @@ from bench.config import (
     to_dict,
     validate,
 )
+from bench.downloads import PseudoLabelSource, resolve_pseudo_labels
 from bench.method import Method, MethodParams
 
 # Fields that say where and how a run executes, not what it computes: outside the identity.
@@ -52,6 +57,7 @@ class RunRequest:
     methods: tuple[str, ...] = ("all",)
     force: bool = False
     resume: bool = False
+    dry_run: bool = False  # resolve and validate only: nothing is fetched or written
     seeds: tuple[str, ...] = ()  # several seeds (raw values): the plan is seeds × datasets × methods
     datasets: tuple[str, ...] = ()  # several pretraining datasets
 
@@ -67,6 +73,8 @@ class MethodRun:
     config_hash: str  # of the identity without the seed
     pretrain_key: str  # of the identity's pretraining part: runs sharing it share an encoder
     identity: dict[str, Any]  # what the hashes cover (JSON-serialisable)
+    flags: tuple[str, ...] = ()  # carried by every row of the run (e.g. pseudo_labels:released-b28763e)
+    pseudo_labels: PseudoLabelSource | None = None  # the AdvCL family's labels (bench.downloads)
     teacher: str = ""  # run id of the run whose encoder this one distils from (DeACL), '' for none
 
     @property
@@ -74,11 +82,30 @@ class MethodRun:
         return registry.get(self.method)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable description (``--dry-run --json`` prints one per line)."""
+        """A JSON-serialisable description (``--dry-run --json`` prints one per line and scheme)."""
         return {"run_id": self.run_id, "method": self.method, "preset": self.config.preset,
-                "dataset": self.config.data.name, "seed": self.config.seed, "config_hash": self.config_hash,
+                "dataset": self.config.data.name, "eval_dataset": self.config.data.eval_name or self.config.data.name,
+                "seed": self.config.seed, "protocol": self.config.finetune.protocol, "config_hash": self.config_hash,
                 "pretrain_key": self.pretrain_key, "config": to_dict(self.config),
-                "params": dataclasses.asdict(self.params)}
+                "params": dataclasses.asdict(self.params), "flags": list(self.flags),
+                "pseudo_labels": self.pseudo_labels.to_dict() if self.pseudo_labels else None}
+
+    def scheme_dicts(self) -> list[dict[str, Any]]:
+        """One description per finetuning scheme, with its resolved settings (``--dry-run``); one with
+        ``scheme`` None when the run only pretrains."""
+        from bench.finetune import scheme_settings
+
+        run = self.to_dict()
+        described = []
+        for scheme in self.config.finetune.schemes or (None,):
+            settings = scheme_settings(self.config, scheme, self.method) if scheme else None
+            evaluate = self.config.evaluate
+            step = settings.eval_step_size if settings and settings.eval_step_size is not None else evaluate.step_size
+            described.append({**run, "scheme": scheme, "finetune": settings.to_dict() if settings else None,
+                              "evaluate": {"epsilon": evaluate.epsilon, "attacks": list(evaluate.attacks),
+                                           "pgd_steps": evaluate.pgd_steps, "n_eval": evaluate.n_eval,
+                                           "pgd_step_size": step}})
+        return described
 
 
 @dataclass(frozen=True)
@@ -110,12 +137,48 @@ def assemble(request: RunRequest, pretrain_settings: dict[str, Any] | None = Non
     return validate(config)
 
 
-def resolve_params(method: type[Method], config: RunConfig, request: RunRequest) -> MethodParams:
-    """The method's hyperparameters: Params defaults < published settings < the user's ``--param``."""
+def method_values(method: type[Method], config: RunConfig, request: RunRequest) -> dict[str, Any]:
+    """Raw parameter values: published settings < the protocol's (ainfonce: the released losses) < ``--param``."""
     values = dict(method.published(config.preset, config.data.name).params)
-    for scope in ("*", method.name):
-        values.update(request.method_params.get(scope, {}))
-    return method.make_params(values)
+    values.update(protocols.method_params(config.finetune.protocol, method.name))
+    unread = method.unread_params()
+    # An unscoped --param reaches the methods that read it (acl's id is the same with or without alpha=).
+    values.update({key: value for key, value in request.method_params.get("*", {}).items() if key not in unread})
+    for key, value in request.method_params.get(method.name, {}).items():
+        if key in unread:
+            raise ConfigError(f"--param {method.name}:{key}={value} is invalid: {method.name} never reads {key!r}; "
+                              f"allowed {sorted(set(field_types(method.Params)) - unread)}")
+        values[key] = value
+    return values
+
+
+def resolve_params(method: type[Method], config: RunConfig, request: RunRequest) -> MethodParams:
+    """The method's hyperparameters: Params defaults < published settings < protocol < the user's ``--param``."""
+    return method.make_params(method_values(method, config, request))
+
+
+def check_protocol(method: type[Method], config: RunConfig) -> None:
+    """Every scheme's settings resolve under the run's protocol (the method is covered; dual-BN AFF has its
+    branches), so a plan that would fail in finetuning fails here."""
+    from bench.finetune import scheme_settings
+
+    for scheme in config.finetune.schemes:
+        settings = scheme_settings(config, scheme, method.name)
+        if settings.dual_bn and (method.finetune_bn == "normal" or "normal" not in method.bn_branches):
+            raise ConfigError(f"protocol {settings.protocol!r} is invalid for {method.name}: its {scheme} needs BN "
+                              f"branches 'normal' and a finetuning branch, the method has {list(method.bn_branches)}")
+
+
+def check_unscoped_params(request: RunRequest, names: list[str]) -> None:
+    """An unscoped ``--param KEY=V`` must be read by at least one selected method (else it is a typo
+    or a knob of a variant that was not selected, and would silently change nothing)."""
+    methods = [registry.get(name) for name in names]
+    for key, value in request.method_params.get("*", {}).items():
+        readers = [cls for cls in methods if key in field_types(cls.Params) and key not in cls.unread_params()]
+        if not readers and any(key in field_types(cls.Params) for cls in methods):
+            read = sorted({name for cls in methods for name in set(field_types(cls.Params)) - cls.unread_params()})
+            raise ConfigError(f"--param {key}={value} is invalid: no selected method reads {key!r} "
+                              f"(e.g. alpha is read by the -ip variants only); allowed {read}")
 
 
 def identity(method: type[Method], config: RunConfig, params: MethodParams) -> dict[str, Any]:
@@ -123,6 +186,7 @@ def identity(method: type[Method], config: RunConfig, params: MethodParams) -> d
     payload = to_dict(config)
     for volatile in VOLATILE_FIELDS:
         payload.pop(volatile)
+    payload["data"].pop("download")  # whether missing files may be fetched: how, not what (they are verified)
     payload["method"] = method.name
     payload["method_params"] = dataclasses.asdict(params)
     return payload
@@ -143,7 +207,10 @@ def resolve_run(method: type[Method], request: RunRequest, base: RunConfig,
     A distilling method's identity includes what it distils from (the teacher run's pretraining
     key, or the digest of a ``teacher=`` file), so another teacher gives another run id."""
     config = assemble(request, dict(method.published(base.preset, base.data.name).pretrain))
-    params = resolve_params(method, config, request)
+    check_protocol(method, config)
+    values, labels = resolve_pseudo_labels(method.name, method.Params, config, method_values(method, config, request),
+                                           fetch=not request.dry_run)
+    params = method.make_params(values)
     payload = identity(method, config, params)
     if teacher is not None:
         payload["teacher"] = {"method": teacher.method, "pretrain_key": teacher.pretrain_key}
@@ -152,7 +219,8 @@ def resolve_run(method: type[Method], request: RunRequest, base: RunConfig,
     digest = config_hash({key: value for key, value in payload.items() if key != "seed"})
     run_id = f"{method.name}-{config.preset}-{config.data.name}-s{config.seed}-{digest}"
     return MethodRun(method.name, config, params, run_id, digest, pretraining_key(payload), payload,
-                     teacher.run_id if teacher is not None else "")
+                     flags=(labels.flag,) if labels else (), pseudo_labels=labels,
+                     teacher=teacher.run_id if teacher is not None else "")
 
 
 def teacher_run(student: type[Method], request: RunRequest, base: RunConfig) -> MethodRun:
@@ -210,11 +278,13 @@ def build_plan(request: RunRequest) -> RunPlan:
     any bad value fails here, before any work."""
     singles = expand(request)
     base = assemble(singles[0])
+    protocols.check_overrides(base.finetune.protocol, list(request.overrides))
     names = registry.resolve(base.methods)
     unknown_scopes = sorted(scope for scope in request.method_params if scope != "*" and scope not in names)
     if unknown_scopes:
         raise ConfigError(f"--param scope {unknown_scopes[0]!r} is invalid: it names no selected method; "
                           f"allowed {names}")
+    check_unscoped_params(request, names)
     runs, teachers = [], []
     for single in singles:
         single_base = assemble(single)

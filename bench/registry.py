@@ -6,7 +6,8 @@ every registered method that has adversarial views gets its A-InfoNCE variants
 (``-ip``, ``-hn``, ``-iphn``, built by ``bench.variants``) unless it registered them itself.
 Nothing outside this module touches the name -> class map: ``register``, ``unregister``,
 ``is_registered``, ``available``, ``get`` and ``resolve`` (names, ``all`` or shell-style
-wildcards such as ``advcl*``) are the whole interface.
+wildcards such as ``advcl*``) are the whole interface. ``all`` is every method whose class says
+``selected_by_all`` (the newer, costlier families opt out: select them by name or pattern).
 """
 from __future__ import annotations
 
@@ -105,8 +106,8 @@ def resolve(names: tuple[str, ...] | list[str]) -> list[str]:
     registered = available()
     selected: list[str] = []
     for name in names:
-        if name == "all":
-            chosen = list(registered)
+        if name == "all":  # the methods that declare ``selected_by_all`` (bench.method.Method)
+            chosen = [candidate for candidate, cls in registered.items() if cls.selected_by_all]
         elif any(character in name for character in "*?["):
             chosen = [candidate for candidate in registered if fnmatch.fnmatchcase(candidate, name)]
             if not chosen:

@@ -44,6 +44,8 @@ class RunDir:
     PSEUDO_LABELS = "pseudo_labels.npz"  # computed pseudo-labels (AdvCL family), reused on resume
     ROWS = "rows.csv"  # the run's measured numbers (written before DONE; results.csv indexes them)
     PRETRAIN_SUMMARY = "pretrain.json"  # the pretraining stage's record (written after ENCODER: the stage is done)
+    POST_ENCODER = "encoder_post.pt"  # a post stage's encoder (DynACL++'s LP-AFT), finetuned instead of ENCODER
+    POST_SUMMARY = "post.json"  # the post stage's record (written after POST_ENCODER)
     FAILED = "failed.json"  # why the last attempt failed (a later run starts afresh, or resumes after a kill)
     PROGRESS = "progress.json"  # the stage reached (pretraining step k of n, finetuning scheme)
 
@@ -89,6 +91,14 @@ class RunDir:
     def pretrain_summary(self) -> Path:
         return self.path / self.PRETRAIN_SUMMARY
 
+    @property
+    def post_encoder(self) -> Path:
+        return self.path / self.POST_ENCODER
+
+    @property
+    def post_summary(self) -> Path:
+        return self.path / self.POST_SUMMARY
+
     def scheme_rows(self, scheme: str) -> Path:
         """One finetuning scheme's rows (its stage's output); ``rows.csv`` assembles them in scheme order."""
         return self.path / f"rows_{scheme}.csv"
@@ -108,6 +118,15 @@ class RunDir:
     def sanity(self, scheme: str) -> Path:
         """Every sanity check of one scheme's evaluation, passed or failed."""
         return self.path / f"sanity_{scheme}.json"
+
+    def correct(self, scheme: str) -> Path:
+        """Which test images each main attack and corruption left correct in one scheme's evaluation
+        (bench.records; what paired comparisons read)."""
+        return self.path / f"correct_{scheme}.npz"
+
+    def correct_files(self) -> dict[str, Path]:
+        """scheme → its per-image record, for every scheme that wrote one."""
+        return {path.stem.removeprefix("correct_"): path for path in sorted(self.path.glob("correct_*.npz"))}
 
     def sanity_files(self) -> dict[str, Path]:
         """scheme → its sanity file, for every scheme that wrote one."""
@@ -222,12 +241,14 @@ class RowContext:
     code_version: str
     torch_version: str
     device: str
+    protocol: str = "unified"  # the finetuning protocol (bench.protocols): unified, robustssl or ainfonce
 
     @classmethod
     def of(cls, run_id: str, config: RunConfig, env: dict[str, str], device: str, *, method: str, dataset: str,
            eval_dataset: str, config_hash: str, pretrain_epochs: int | None) -> "RowContext":
         """The context of a run under ``config``, stamped now; ``env`` is ``bench.provenance.environment()``."""
-        return cls(run_id=run_id, timestamp=now(), preset=config.preset, method=method, dataset=dataset,
+        return cls(run_id=run_id, timestamp=now(), preset=config.preset, protocol=config.finetune.protocol,
+                   method=method, dataset=dataset,
                    eval_dataset=eval_dataset, seed=config.seed, pretrain_epochs=pretrain_epochs,
                    finetune_epochs=config.finetune.epochs, config_hash=config_hash,
                    code_version=env["code_version"], torch_version=env["torch_version"], device=str(device))
@@ -272,6 +293,7 @@ class ResultRow:
     device: str
     wall_s: float | None
     flags: tuple[str, ...]
+    protocol: str = "unified"  # added later: old rows files lack the column (``ADDED_COLUMNS``)
 
     @classmethod
     def of(cls, context: RowContext, measurement: Measurement) -> "ResultRow":
@@ -293,7 +315,11 @@ class ResultRow:
 
     @classmethod
     def from_csv(cls, raw: dict[str, str | None], where: str = "results.csv") -> "ResultRow":
-        """Parse and type one stored row; a missing column or an unparsable number names ``where``."""
+        """Parse and type one stored row; a missing column or an unparsable number names ``where``.
+
+        A column added since a store was written (``ADDED_COLUMNS``) reads as what old rows meant."""
+        raw = {**{column: value for column, value in ADDED_COLUMNS.items() if raw.get(column) is None}, **{
+            column: value for column, value in raw.items() if value is not None}}
         missing = [column for column in COLUMNS if raw.get(column) is None]
         if missing:
             raise RowError(f"{where}: row lacks columns {missing}")
@@ -317,6 +343,10 @@ class RowError(ValueError):
 
 
 COLUMNS = tuple(field.name for field in dataclasses.fields(ResultRow))
+# Columns added after stores were written, with the value every older row means: their rows files
+# (header without the column) stay readable and are rewritten with it by the next ``collect``.
+ADDED_COLUMNS = {"protocol": "unified"}
+LEGACY_COLUMNS = tuple(column for column in COLUMNS if column not in ADDED_COLUMNS)
 _COLUMN_TYPES = {
     **{column: str for column in COLUMNS},
     "value": float, "epsilon": float, "wall_s": float,
@@ -416,13 +446,14 @@ def read_rows_csv(path: Path) -> list[ResultRow]:
         with open(path, newline="", encoding="utf-8") as stream:
             reader = csv.reader(stream)
             header = next(reader, None)
-            if header is None or tuple(header) != COLUMNS:
+            columns = tuple(header) if header is not None and tuple(header) in (COLUMNS, LEGACY_COLUMNS) else None
+            if columns is None:
                 raise RowError(f"{path}:1: header is {header!r}: allowed exactly the columns {list(COLUMNS)}")
             rows = []
             for line, values in enumerate(reader, start=2):
-                if len(values) != len(COLUMNS):
-                    raise RowError(f"{path}:{line}: {len(values)} fields: allowed exactly {len(COLUMNS)} (a torn row?)")
-                rows.append(ResultRow.from_csv(dict(zip(COLUMNS, values)), f"{path}:{line}"))
+                if len(values) != len(columns):
+                    raise RowError(f"{path}:{line}: {len(values)} fields: allowed exactly {len(columns)} (a torn row?)")
+                rows.append(ResultRow.from_csv(dict(zip(columns, values)), f"{path}:{line}"))
         if rows and not _ends_with_newline(path):
             raise RowError(f"{path}:{len(rows) + 1}: the last row has no line end (a write cut inside its last "
                            "column): rebuild the index with `bench collect`, or restore the file")

@@ -1,4 +1,5 @@
-"""The stages of one method run: pretrain, finetune-and-evaluate (one per scheme), finish.
+"""The stages of one method run: pretrain, post (when the method has one), finetune-and-evaluate
+(one per scheme), finish.
 
 ``bench run`` calls them in sequence in one process (``bench.pipeline.run_method``); a sweep
 runs each as its own scheduler job (``bench.sweep``), the schemes of one encoder in parallel.
@@ -8,8 +9,13 @@ writes only there, so a stage can run on any node, and twice:
 - pretrain: ``config.json``, the pretraining curve, ``encoder.pt``, then ``pretrain.json``
   (the stage's record: it is done). Resumes from ``pretrain.ckpt``; reuses the finished
   encoder of another run with the same pretraining settings and seed instead of training.
-- finetune (per scheme): loads the stored encoder, finetunes and evaluates with one scheme
-  (``bench.protocol``), writes that scheme's rows to ``rows_<scheme>.csv``.
+  The stored encoder is ``Method.encoder_for_finetuning`` of the trained model (DynACL's
+  momentum key encoder; the model itself for every other method).
+- post (methods whose ``post_settings`` are not None: DynACL++, DynACL-AIR++): LP-AFT on
+  K-means pseudo-labels of the pretraining set (``bench.post``) from ``encoder.pt`` to
+  ``encoder_post.pt``, then ``post.json``. A sweep runs it in the pretrain job (``run_stage``).
+- finetune (per scheme): loads the stored encoder (the post stage's when there is one),
+  finetunes and evaluates with one scheme (``bench.protocol``), writes that scheme's rows to ``rows_<scheme>.csv``.
 - finish: assembles ``rows.csv`` from the schemes' rows in the config's scheme order, then
   the completion mark ``done.json``.
 
@@ -19,25 +25,29 @@ processes give the numbers of the sequence in one.
 """
 from __future__ import annotations
 
+import dataclasses
+import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench import progress
-from bench.atomic import save_torch_atomic, write_atomic
+from bench.atomic import DiskFullError, save_torch_atomic, write_atomic
 from bench.checkpoints import CheckpointError, EncoderCheckpoint, load_encoder
 from bench.config import RunConfig
 from bench.data import ImageData, load_dataset
 from bench.method import Method
 from bench.plan import MethodRun
+from bench.post import post_process
 from bench.protocol import finetune_and_evaluate_scheme
 from bench.provenance import environment, now
 from bench.results import ResultRow, ResultsStore, RowContext, RunDir
 from bench.train import pretrain
 
-STAGES = ("pretrain", "finetune", "finish")
+STAGES = ("pretrain", "post", "finetune", "finish")
 
 
 class StageError(RuntimeError):
@@ -157,7 +167,8 @@ def pretrain_stage(run: MethodRun, ctx: StageContext) -> bool:
         give_teacher(method, ctx.store.run(run.teacher))
     model = method.build_model(config.model.arch, data.channels)
     donor = None if ctx.force else find_encoder(ctx.store, run.pretrain_key, exclude=run.run_id)
-    if donor is not None and not load_donor(model, donor, name):
+    encoder = method.encoder_for_finetuning(model)  # a donor's encoder.pt has this structure
+    if donor is not None and not load_donor(encoder, donor, name):
         donor = None
     if donor is not None:
         write_atomic(run_dir.history, donor.history.read_bytes())
@@ -167,7 +178,8 @@ def pretrain_stage(run: MethodRun, ctx: StageContext) -> bool:
         trained = pretrain(method, model, data.x_train, config, run_dir, ctx.device, resume=ctx.resume)
         run_dir.write_history(trained.history)
         pretrain_wall_s = trained.wall_s
-    save_torch_atomic(encoder_checkpoint(method, model, run, data.channels).to_state(), run_dir.encoder)
+        encoder = method.encoder_for_finetuning(model)
+    save_torch_atomic(encoder_checkpoint(method, encoder, run, data.channels).to_state(), run_dir.encoder)
     run_dir.write_json(run_dir.pretrain_summary, {
         "finished": now(), "pretrain_wall_s": pretrain_wall_s, "dataset": data.name,
         "encoder_from": donor.run_id if donor is not None else run.run_id, "environment": env})
@@ -175,18 +187,66 @@ def pretrain_stage(run: MethodRun, ctx: StageContext) -> bool:
     return True
 
 
+# --------------------------------------------------------------------------- post
+
+
+def post_stage(run: MethodRun, ctx: StageContext) -> bool:
+    """The method's post stage (``Method.post_settings``; DynACL++'s LP-AFT, ``bench.post``) on the
+    stored encoder: ``encoder_post.pt``, then ``post.json``. False when the method has none, the run
+    is complete or the stage finished in an earlier attempt.
+
+    Seeded with the run's seed (global RNG and the stage's generator), so the encoder it gives
+    depends only on the stored encoder, the settings and the seed, wherever the stage runs."""
+    config, run_dir = run.config, ctx.store.run(run.run_id)
+    method = run.method_class(run.params)
+    settings = method.post_settings(config)
+    if settings is None or run_dir.is_complete() or run_dir.post_summary.exists():
+        return False
+    if not isinstance(run_dir.read_json_or_none(run_dir.pretrain_summary), dict):
+        raise StageError(f"run {run.run_id}: the post stage needs the encoder, and the pretraining stage "
+                         "has not finished (run it first)")
+    _, model = load_run_encoder(run, run_dir, run_dir.encoder)
+    data = ctx.cache.get(config.data.name, config)
+    run_dir.set_progress("post", post=method.post)
+    progress.log(f"{run.method}: post stage {method.post!r} (LP-AFT on {settings.clusters} K-means pseudo-labels)")
+    torch.manual_seed(config.seed)
+    generator = torch.Generator(device=ctx.device).manual_seed(config.seed)
+    began = time.perf_counter()
+    processed = post_process(model, data.x_train, settings, ctx.device, generator)
+    wall_s = time.perf_counter() - began
+    save_torch_atomic(encoder_checkpoint(method, processed, run, data.channels).to_state(), run_dir.post_encoder)
+    run_dir.write_json(run_dir.post_summary, {"finished": now(), "post": method.post, "post_wall_s": wall_s,
+                                              "settings": dataclasses.asdict(settings),
+                                              "environment": environment(ctx.device)})
+    run_dir.set_progress("post-processed")
+    return True
+
+
 # --------------------------------------------------------------------------- finetune
 
 
-def load_run_encoder(run: MethodRun, run_dir: RunDir) -> tuple[Method, Any]:
-    """The method and its model with the run's stored encoder loaded (weights only, strictly)."""
+def finetuning_encoder(run: MethodRun, run_dir: RunDir) -> Path:
+    """The stored encoder the schemes finetune: the post stage's when the method has one (which must
+    have finished), else the pretraining stage's."""
+    if run.method_class(run.params).post_settings(run.config) is None:
+        return run_dir.encoder
+    if not isinstance(run_dir.read_json_or_none(run_dir.post_summary), dict):
+        raise StageError(f"run {run.run_id}: finetuning needs the post stage's encoder, and the post stage "
+                         "has not finished (run it first)")
+    return run_dir.post_encoder
+
+
+def load_run_encoder(run: MethodRun, run_dir: RunDir, path: Path | None = None) -> tuple[Method, Any]:
+    """The method and its finetuning encoder (``Method.encoder_for_finetuning`` of its model) with the
+    stored encoder ``path`` (default: ``finetuning_encoder``) loaded (weights only, strictly)."""
+    path = finetuning_encoder(run, run_dir) if path is None else path
     try:
-        state = torch.load(run_dir.encoder, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types (EOFError, UnpicklingError, RuntimeError)
-        raise CheckpointError(f"encoder {run_dir.encoder} cannot be read ({progress.error_line(error)}): "
+        raise CheckpointError(f"encoder {path} cannot be read ({progress.error_line(error)}): "
                               "rerun this run with --force") from None
     method = run.method_class(run.params)
-    model = method.build_model(run.config.model.arch, int(state["in_channels"]))
+    model = method.encoder_for_finetuning(method.build_model(run.config.model.arch, int(state["in_channels"])))
     model.load_state_dict(state["model"])
     return method, model
 
@@ -206,11 +266,14 @@ def finetune_stage(run: MethodRun, scheme: str, ctx: StageContext) -> bool:
     method, model = load_run_encoder(run, run_dir)
     eval_data = ctx.cache.get(config.data.eval_name or config.data.name, config)
     measurements = finetune_and_evaluate_scheme(model, method.finetune_bn, eval_data, config, ctx.device, run_dir,
-                                                scheme, label=run.method)
+                                                scheme, label=run.method, method=run.method)
     context = RowContext.of(run.run_id, config, env, ctx.device, method=run.method, dataset=summary["dataset"],
                             eval_dataset=eval_data.name, config_hash=run.config_hash,
                             pretrain_epochs=config.pretrain.epochs)
-    run_dir.write_scheme_rows(scheme, [ResultRow.of(context, measurement) for measurement in measurements])
+    # the run's own flags (e.g. where the AdvCL family's pseudo-labels came from) go on every row
+    rows = [ResultRow.of(context, dataclasses.replace(measurement, flags=measurement.flags + run.flags))
+            for measurement in measurements]
+    run_dir.write_scheme_rows(scheme, rows)
     return True
 
 
@@ -244,6 +307,17 @@ def finish_stage(run_dir: RunDir, *, required: bool = False) -> bool:
 # --------------------------------------------------------------------------- one stage, failures recorded
 
 
+def record_failure(run_dir: RunDir, reason: str, error: BaseException) -> None:
+    """``failed.json`` for a run whose attempt raised ``error`` (called inside its ``except``).
+
+    A full disk is resumable: every write is atomic, so the last checkpoint is intact. When the
+    full disk refuses the mark itself, the run simply stays incomplete (resume continues it)."""
+    try:
+        run_dir.mark_failed(reason, traceback.format_exc(), resumable=isinstance(error, DiskFullError))
+    except OSError:
+        progress.log(f"could not record the failure in {run_dir.failed}: the run stays incomplete")
+
+
 def run_stage(stage: str, run: MethodRun, ctx: StageContext, scheme: str | None = None) -> str:
     """One stage of one run as a scheduler job runs it: ``done``, ``skipped`` or ``failed``.
 
@@ -253,8 +327,9 @@ def run_stage(stage: str, run: MethodRun, ctx: StageContext, scheme: str | None 
     run_dir = ctx.store.run(run.run_id)
     threads = torch.get_num_threads()  # a resumed run may switch to the count it was started with
     try:
-        if stage == "pretrain":
+        if stage == "pretrain":  # a sweep's pretrain job runs the post stage too (no job of its own)
             worked = pretrain_stage(run, ctx)
+            worked = post_stage(run, ctx) or worked
         elif stage == "finetune":
             worked = finetune_stage(run, scheme, ctx)
         else:
@@ -262,7 +337,7 @@ def run_stage(stage: str, run: MethodRun, ctx: StageContext, scheme: str | None 
         finished = finish_stage(run_dir)
     except Exception as error:  # noqa: BLE001 - a failed stage is recorded; the scheduler sees the job fail
         reason = f"{stage}{f' {scheme}' if scheme else ''}: {progress.error_line(error)}"
-        run_dir.mark_failed(reason, traceback.format_exc())
+        record_failure(run_dir, reason, error)
         progress.log(f"{run.method}: failed: {reason}")
         return "failed"
     finally:

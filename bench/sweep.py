@@ -1,9 +1,9 @@
 """Sweeps: a plan's stages as scheduler jobs, through submitit (SLURM or its local executor).
 
 A plan (seeds × datasets × methods, ``bench.plan``) becomes jobs, one per stage of each
-incomplete run (``bench.stages``): ``pretrain``, then one ``finetune`` job per scheme that
-needs only that run's encoder, then one ``collect`` job (finish ready runs, rebuild
-``results.csv``, write the report). Every job is a ``bench stage ...`` command line that
+incomplete run (``bench.stages``): ``pretrain`` (with the post stage of a method that has one),
+then one ``finetune`` job per scheme that needs only that run's encoder, then one ``collect`` job
+(finish ready runs, rebuild ``results.csv``, write the report). Every job is a ``bench stage ...`` command line that
 rebuilds its run from the same request (so the run id is the same, and checked), which is
 what ``--dry-run --json`` prints for users who bring their own scheduler.
 

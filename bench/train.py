@@ -286,7 +286,7 @@ def _pretrain(method, model, train_images, config, run_dir, device, resume, coll
     def context(epoch: int, step: int, indices: torch.Tensor | None = None) -> StepContext:
         return StepContext(epoch=epoch, step=step, steps_per_epoch=per_epoch, device=device,
                            generator=shards.generators[0], attack=config.attack, indices=indices, run_dir=run_dir,
-                           shards=shards)
+                           shards=shards, epochs=settings.epochs)
 
     _setup(method, model, train_images, context(0, 0), collective)
     if resume and checkpoint_path.exists():

@@ -138,7 +138,9 @@ class DeACL(Method):
     conv_init = "kaiming_normal"  # torchvision ResNet (the student starts from the teacher by default)
     has_adversarial_views = False  # no InfoNCE: see the module docstring
     requires_teacher = True
+    selected_by_all = False  # outside the A-InfoNCE table: --methods deacl (bench.method)
     teacher_method = "simclr"
+    ignored_params = ("temperature",)  # a cosine distillation loss: no InfoNCE temperature
     Params = DeACLParams
     paper = PAPER
     smoke = SMOKE

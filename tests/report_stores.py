@@ -23,12 +23,13 @@ GOLDEN_ORDER = ("simclr", "acl", "acl-ip", "acl-hn", "acl-iphn", "rocl", "rocl-i
 
 
 def row(run_id, method, scheme, attack, value, *, seed=0, preset="smoke", dataset="digits", epsilon=EPS_SMOKE,
-        metric="accuracy", flags="", config_hash="hash-a", wall_s=1.5, timestamp="2025-01-01T00:00:00+00:00"):
+        metric="accuracy", flags="", config_hash="hash-a", wall_s=1.5, timestamp="2025-01-01T00:00:00+00:00",
+        protocol="unified"):
     return {"run_id": run_id, "timestamp": timestamp, "preset": preset, "method": method,
             "dataset": dataset, "eval_dataset": dataset, "scheme": scheme, "attack": attack, "metric": metric,
             "value": value, "epsilon": epsilon, "n_eval": 256, "seed": seed, "pretrain_epochs": 2,
             "finetune_epochs": 1, "config_hash": config_hash, "code_version": "0.1.0+abc", "torch_version": "2.4",
-            "device": "cpu", "wall_s": wall_s, "flags": flags}
+            "device": "cpu", "wall_s": wall_s, "flags": flags, "protocol": protocol}
 
 
 def synthetic_rows() -> list[dict]:

@@ -121,3 +121,47 @@ def test_class_count_and_square_checks_are_named():
     assert [entry["check"] for entry in watch.checks] == ["n-classes", "square-success", "other"]
     assert check_name("it seems that more target classes (9) than possible (3) are used in FAB-T!") == "n-classes"
     assert "n-classes (×1)" in watch.summary()
+
+
+def test_a_tripped_check_reaches_the_sanity_record_and_report(problem, tmp_path):
+    """Issue 13 §3: AA's own check fails the evaluation's ``aa-checks`` sanity entry, flags the rows
+    ``suspect:aa-checks``, is stored in sanity_<scheme>.json with its check list, and is a failed row
+    of the sanity report."""
+    import pandas as pd
+
+    from bench.config import EvalConfig
+    from bench.evaluate import evaluate_classifier
+    from bench.protocol import write_sanity
+    from bench.report.sanity import sanity_rows
+    from bench.results import RunDir
+
+    model, x, y = problem
+    settings = EvalConfig(epsilon=0.08, step_size=0.02, attacks=("clean", "apgd-ce"), batch_size=16)
+    report = evaluate_classifier(Softmaxed(model), x, y, settings, "cpu")
+    passed, detail = report.sanity["aa-checks:apgd-ce"]
+    assert not passed and "output-range (×" in detail and "suspect:aa-checks" in report.flags
+    assert report.sanity["aa-complete:apgd-ce"][0], report.sanity["aa-complete:apgd-ce"]
+    write_sanity(RunDir(tmp_path / "runs" / "r1"), "SLF", report)
+    stored = RunDir.read_json(RunDir(tmp_path / "runs" / "r1").sanity("SLF"))["aa-checks:apgd-ce"]
+    assert stored["passed"] is False and [entry["check"] for entry in stored["checks"]] == ["output-range"]
+    assert [entry["attack"] for entry in stored["progress"]] == ["apgd-ce"]
+    rows = sanity_rows(pd.DataFrame({"run_id": ["r1"], "method": ["acl"]}), tmp_path / "runs")
+    failed = rows[~rows["passed"]]
+    assert "aa-checks:apgd-ce" in set(failed["check"]) and "aa-complete:apgd-ce" not in set(failed["check"])
+
+
+def _info(progress, planned=("apgd-ce", "apgd-t", "fab-t", "square"), reported=25.0):
+    return {"autoattack_progress": [{"attack": a, "robust_accuracy": r, "elapsed_s": 1.0} for a, r in progress],
+            "autoattack_planned": list(planned), "reported_accuracy": reported}
+
+
+def test_autoattack_completion_check():
+    from bench.evaluate import autoattack_complete
+
+    full = [("apgd-ce", 40.0), ("apgd-t", 30.0), ("fab-t", 30.0), ("square", 25.0)]
+    assert autoattack_complete(_info(full))[0]
+    passed, detail = autoattack_complete(_info(full[:2], reported=30.0))  # cut short with robust points left
+    assert not passed and "ran apgd-ce, apgd-t of apgd-ce, apgd-t, fab-t, square" in detail
+    assert autoattack_complete(_info([("apgd-ce", 10.0), ("apgd-t", 0.0)], reported=0.0))[0]  # none left: AA stops
+    assert autoattack_complete(_info([], reported=0.0))[0]  # nothing was correct to begin with
+    assert not autoattack_complete(_info(full, reported=31.25))[0]  # log and returned examples disagree

@@ -326,8 +326,8 @@ def test_wrong_stem_shape_is_an_architecture_error():
 
 
 def test_unknown_format_and_arch():
-    with pytest.raises(ValueError, match=r"'simclr'.*allowed \['bench', 'robustssl', 'advcl', 'rocl', 'acl', 'deacl', "
-                                         r"'deacl-teacher'\]"):
+    with pytest.raises(ValueError, match=r"'simclr'.*allowed \['bench', 'robustssl', 'advcl', 'rocl', 'acl', 'dynacl', "
+                                         r"'dynacl\+\+', 'dynacl\+\+-dual', 'deacl', 'deacl-teacher'\]"):
         load_encoder({}, "simclr")
     with pytest.raises(ValueError, match="ResNet-18"):
         load_encoder(released("rocl"), "rocl", arch="small_cnn")

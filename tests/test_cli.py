@@ -40,7 +40,8 @@ def test_unknown_field(tmp_path, capsys):
     _fails_cleanly(["run", "--set", "pretrain.nope=1"], tmp_path, capsys, "field='pretrain.nope' is invalid")
 
 
-@pytest.mark.parametrize("command", ["run", "list", "pretrain", "finetune", "evaluate", "report", "export"])
+@pytest.mark.parametrize("command", ["run", "list", "pretrain", "finetune", "evaluate", "report", "reproduce", "export",
+                                     "compare"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"])

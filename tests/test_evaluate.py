@@ -100,6 +100,7 @@ def test_healthy_model_has_no_suspect_flag():
     settings = EvalConfig(epsilon=0.05, step_size=0.0125, attacks=("clean", "pgd20", "apgd-ce"))
     report = evaluate_classifier(model, x[:64], y[:64], settings, "cpu")
     assert report.flags == [], report.sanity
+    assert {"aa-checks:apgd-ce", "aa-complete:apgd-ce", "aa-reeval:apgd-ce"} <= set(report.sanity)
     assert report.accuracy["pgd40-restart"] <= report.accuracy["pgd20"] + 100 / 64
 
 

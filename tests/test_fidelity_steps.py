@@ -24,13 +24,14 @@ import bench.attacks
 import bench.finetune
 from bench import registry
 from bench.checkpoints import load_encoder
-from bench.config import AttackConfig
-from bench.finetune import build_classifier
+from bench.config import AttackConfig, paper_preset
+from bench.finetune import SchemeSettings, build_classifier, scheme_settings
 from bench.method import StepContext
 
 import fidelity_inputs as fi
 
 RTOL = 1e-5
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the released Normalize constants
 ATOL = 1e-12  # for figures that are exactly zero (float64 rounding leaves ~1e-17 there)
 INPUT_RTOL = 1e-9  # regenerated inputs must be the released step's inputs (formula drift check)
 
@@ -245,11 +246,6 @@ def test_advcl_step_matches_released(monkeypatch, name):
 # each batch) on the released ACL checkpoint format loaded by ``load_encoder``. When the
 # finetuning module is refactored, ``finetune_step`` is the one place to follow it.
 
-ROBUSTSSL_MISSING_DUAL_BN = (
-    "RobustSSL's dual-BN TRADES (utils.py trades_loss_dual, --dualBN 1, the default for ACL): clean logits and the "
-    "attack's KL target through BN 'normal', adversarial logits through 'pgd'; bench.finetune's Classifier routes "
-    "every forward through one branch, so the setting does not exist yet")
-
 
 @contextlib.contextmanager
 def default_float64():
@@ -262,17 +258,31 @@ def default_float64():
         torch.set_default_dtype(previous)
 
 
+def robustssl_settings(scheme: str) -> SchemeSettings:
+    """The ``robustssl`` protocol's settings for ACL on CIFAR-10 (head initialisation, dual BN)."""
+    config = paper_preset()
+    config.finetune.protocol = "robustssl"
+    return scheme_settings(config, scheme, "acl")
+
+
 def finetune_classifier(scheme: str, dual: bool, head: str):
-    """Our classifier on the released ACL checkpoint of the fixture weights ('pgd' branch, or both)."""
-    checkpoint = {"epoch": 1000, "state_dict": fi.acl_checkpoint(filled_model("acl").state_dict())}
+    """Our classifier on the released ACL checkpoint of the fixture weights ('pgd' branch, or both).
+
+    ``head``: 'protocol' = as the robustssl protocol builds it; 'formula' = a later step's head."""
+    state = dict(filled_model("acl").state_dict())
+    # The released steps ran with float64 ImageNet constants; ours, built in float32 and cast, hold
+    # float32-rounded ones (a 7e-7 loss difference in AFF, past the tolerance of a few gradient sums).
+    state["normalize.mean"] = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view_as(
+        state["normalize.mean"])
+    state["normalize.std"] = torch.tensor(IMAGENET_STD, dtype=torch.float64).view_as(
+        state["normalize.std"])
+    checkpoint = {"epoch": 1000, "state_dict": fi.acl_checkpoint(state)}
     with default_float64():
         encoder, info = load_encoder(checkpoint, "acl", branch="all" if dual else "pgd")
-        classifier = build_classifier(encoder, fi.NUM_CLASSES, "pgd" if dual else info["branch"], scheme)
-    with torch.no_grad():
-        if head == "zeros":  # the released get_model's head (a first step)
-            classifier.head.weight.zero_()
-            classifier.head.bias.zero_()
-        elif head == "formula":  # a later step's head (fixture settings)
+        classifier = build_classifier(encoder, fi.NUM_CLASSES, "pgd" if dual else info["branch"], scheme,
+                                      robustssl_settings(scheme).head_init)
+    if head == "formula":  # a later step's head (fixture settings)
+        with torch.no_grad():
             fi.fill_weights(classifier.head, prefix="head")
     return classifier
 
@@ -280,7 +290,8 @@ def finetune_classifier(scheme: str, dual: bool, head: str):
 def finetune_step(monkeypatch, fixture: dict, scheme: str, dual: bool = False) -> tuple[dict, dict]:
     """One step of our finetuning on the fixture's batch; returns (figures, regenerated inputs)."""
     settings = fixture["settings"]
-    classifier = finetune_classifier(scheme, dual, settings["head"])
+    head = "protocol" if settings["head"] == "zeros" else settings["head"]
+    classifier = finetune_classifier(scheme, dual, head)
     x, y = fi.images("ft/x"), fi.class_labels("ft/y", settings["batch"], settings["num_classes"])
     inputs = {"x": x, "y": y.double()}
     start, noise = fi.start_noise("ft/start", x, settings["epsilon"]), fi.trades_noise("ft/trades", x)
@@ -293,12 +304,14 @@ def finetune_step(monkeypatch, fixture: dict, scheme: str, dual: bool = False) -
         inputs["trades"] = noise
         replay_trades_noise(monkeypatch, noise)
         adversarial = spy_function(monkeypatch, bench.finetune, "trades_kl_attack")
-    scheme_settings = bench.finetune.SchemeSettings(
-        scheme=scheme, epochs=1, batch_size=x.shape[0], lr=0.01, milestones=(), momentum=0.9, weight_decay=0.0,
-        augment=False, attack_steps=settings["attack_steps"] if scheme != "SLF" else 0,
-        trades_beta=settings["trades_beta"], epsilon=settings["epsilon"], step_size=settings["step_size"])
+    steps = settings["attack_steps"] if scheme != "SLF" else 0
+    step_settings = SchemeSettings(
+        scheme=scheme, epochs=1, batch_size=settings["batch"], lr=0.01, milestones=(), momentum=0.9,
+        weight_decay=2e-4, augment=False, train_attack_steps=steps, trades_beta=settings["trades_beta"],
+        epsilon=settings["epsilon"], step_size=settings["step_size"], dual_bn=dual)
+    bench.finetune.check_dual_bn(step_settings, classifier.backbone, classifier.bn)
     bench.finetune._set_mode(classifier, scheme)
-    loss = bench.finetune.scheme_loss(classifier, scheme_settings, x, y, torch.Generator().manual_seed(0))
+    loss = bench.finetune.scheme_loss(classifier, step_settings, x, y, torch.Generator().manual_seed(0))
     examples = {"x_adv": adversarial[0], "x_adv-x": adversarial[0] - x} if adversarial else {}
     figures = step_figures(classifier, loss, examples)
     return figures, inputs
@@ -331,17 +344,16 @@ def test_finetune_step_matches_robustssl(monkeypatch, case, scheme, excluded):
     assert_agrees(fixture, figures, inputs, excluded)
 
 
-@pytest.mark.xfail(strict=True, reason=ROBUSTSSL_MISSING_DUAL_BN)
 def test_finetune_dual_bn_trades_matches_robustssl(monkeypatch):
-    """RobustSSL's ACL AFF step (--dualBN 1); ours can only route both forwards through 'pgd' today."""
+    """RobustSSL's ACL AFF step (--dualBN 1, trades_loss_dual): clean through 'normal', adversarial through 'pgd'."""
+    assert robustssl_settings("AFF").dual_bn, "the robustssl protocol must use dual-BN TRADES for ACL's AFF"
     fixture = fi.load_fixture("robustssl-aff-dual")
     figures, inputs = finetune_step(monkeypatch, fixture, "AFF", dual=True)
     assert_agrees(fixture, figures, inputs, {"the TRADES start clamp"})
 
 
-@pytest.mark.xfail(strict=True, reason="RobustSSL zero-initialises the linear head (utils.py get_model: "
-                   "state_dict['fc.weight'] = zeros); bench.finetune.build_classifier keeps nn.Linear's default "
-                   "initialisation and has no setting for it yet")
-def test_finetune_head_starts_at_zero_as_robustssl():
-    classifier = finetune_classifier("SLF", dual=False, head="as built")
+@pytest.mark.parametrize("scheme", ["SLF", "ALF", "AFF"])
+def test_finetune_head_starts_at_zero_as_robustssl(scheme):
+    """RobustSSL zero-initialises the linear head for every scheme (utils.py get_model: fc.weight = zeros)."""
+    classifier = finetune_classifier(scheme, dual=scheme == "AFF", head="protocol")
     assert torch.count_nonzero(classifier.head.weight) == 0 and torch.count_nonzero(classifier.head.bias) == 0

@@ -36,11 +36,12 @@ EPSILON, STEP_SIZE, PGD_STEPS, BATCH, SMOKE_STEPS = 0.1, 0.025, 2, 64, 20
 METHOD_NAMES = list(registry.available())
 
 
-def make_context(step: int = 0, *, seed: int = 0, indices=None, run_dir=None, epoch: int = 0) -> StepContext:
+def make_context(step: int = 0, *, seed: int = 0, indices=None, run_dir=None, epoch: int = 0,
+                 epochs: int = 1) -> StepContext:
     return StepContext(epoch=epoch, step=step, steps_per_epoch=1, device=torch.device("cpu"),
                        generator=torch.Generator().manual_seed(seed),
                        attack=AttackConfig(epsilon=EPSILON, step_size=STEP_SIZE, steps=PGD_STEPS), indices=indices,
-                       run_dir=run_dir)
+                       run_dir=run_dir, epochs=epochs)
 
 
 def build(name: str, **overrides):
@@ -355,7 +356,12 @@ def expected_paper(name: str, dataset: str) -> tuple[dict, dict]:
 
 
 # Methods outside the A-InfoNCE family check their published settings in a test file of their own.
-TESTED_ELSEWHERE = {"deacl": "tests/test_deacl.py"}
+DYNACL_NAMES = ("dynacl", "dynacl-ip", "dynacl-hn", "dynacl-iphn", "dynacl++", "dynacl++-ip", "dynacl++-hn",
+                "dynacl++-iphn")
+AIR_NAMES = ("acl-air", "acl-air-ip", "acl-air-hn", "acl-air-iphn", "dynacl-air", "dynacl-air-ip", "dynacl-air-hn",
+             "dynacl-air-iphn", "dynacl-air++", "dynacl-air++-ip", "dynacl-air++-hn", "dynacl-air++-iphn")
+TESTED_ELSEWHERE = {"deacl": "tests/test_deacl.py", **{name: "tests/test_dynacl.py" for name in DYNACL_NAMES},
+                    **{name: "tests/test_air.py" for name in AIR_NAMES}}
 
 
 def test_every_builtin_method_has_expected_settings():

@@ -1,6 +1,7 @@
 """Registry: built-ins, variants, a dummy method from a test and one through an entry point."""
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
@@ -38,12 +39,34 @@ def test_unknown_method_lists_the_registered_ones():
 def test_resolve_expands_wildcards_and_all():
     order = list(registry.available())  # registration order (depends on which test imported a method first)
     assert registry.resolve(["advcl*"]) == ["advcl", "advcl-ip", "advcl-hn", "advcl-iphn"]
-    hard = registry.resolve(["*-hn", "rocl", "rocl-hn"])  # a wildcard's matches in registration order, each once
+    hard = registry.resolve(["[ar]*cl-hn", "rocl", "rocl-hn"])  # a wildcard's matches in registration order, each once
     assert hard == sorted(["acl-hn", "advcl-hn", "rocl-hn"], key=order.index) + ["rocl"]
     assert registry.resolve(["acl-i?", "simclr"]) == ["acl-ip", "simclr"]
-    assert registry.resolve(["all"]) == list(registry.available())
-    with pytest.raises(ConfigError, match=r"methods='dyn\*' matches no registered method: allowed \[.*'simclr'\]"):
-        registry.resolve(["dyn*"])
+    assert registry.resolve(["all"]) == [name for name in order if registry.get(name).selected_by_all]
+    with pytest.raises(ConfigError, match=r"methods='nope\*' matches no registered method: allowed \[.*'simclr'\]"):
+        registry.resolve(["nope*"])
+
+
+# The A-InfoNCE paper's table (Yu et al. 2022): what `--methods all` runs in the smoke benchmark.
+A_INFONCE_TABLE = ("simclr", "acl", "acl-ip", "acl-hn", "acl-iphn", "advcl", "advcl-ip", "advcl-hn", "advcl-iphn",
+                   "rocl", "rocl-ip", "rocl-hn", "rocl-iphn")
+
+
+def test_all_is_the_a_infonce_table_and_the_newer_methods_are_selected_by_name_or_pattern(capsys):
+    builtin = {name for name, cls in registry.available().items() if cls.__module__.startswith("methods.")}
+    assert {name for name in registry.resolve(["all"]) if name in builtin} == set(A_INFONCE_TABLE)
+    assert set(registry.resolve(["dynacl*"])) == {
+        f"{base}{suffix}" for base in ("dynacl", "dynacl++", "dynacl-air", "dynacl-air++")
+        for suffix in ("", "-ip", "-hn", "-iphn")}
+    assert registry.resolve(["acl-air*", "deacl"]) == ["acl-air", "acl-air-ip", "acl-air-hn", "acl-air-iphn", "deacl"]
+    assert main(["list"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "° " not in listed["acl-iphn"] and "° DynACL++" in listed["dynacl++"] and "° " in listed["deacl"]
+    assert "--methods 'dynacl*'" in listed["°"]
+    assert main(["list", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {row["name"] for row in rows if row["in_all"]} >= set(A_INFONCE_TABLE)
+    assert not any(row["in_all"] for row in rows if row["name"].startswith(("dynacl", "acl-air", "deacl")))
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import subprocess
 import sys
@@ -65,14 +66,18 @@ def test_missing_results_file_is_a_clear_error(tmp_path):
 
 def test_markdown_table_content(report):
     text = (report[0] / "results.md").read_text()
-    smoke = _markdown_section(text, "digits → digits · preset smoke · ε = 0.1 ")
+    smoke = _markdown_section(text, "digits → digits · preset smoke · protocol unified · ε = 0.1 ")
     assert "smoke preset: a working demonstration, not a result to compare with papers" in smoke
     acl, rocl = _table_line(smoke, "acl"), _table_line(smoke, "rocl")
     # columns: Method, SLF SA, SLF PGD-20, SLF AA, ALF ×3, AFF ×3
-    assert acl[1] == "**91.00 ± 1.41**" and acl[2] == "41.00 ± 1.41"  # mean ± sample std over 2 seeds
-    assert rocl[1] == "85.00" and rocl[2] == "**45.00**†"                # best per column in bold
-    assert rocl[3] == "**47.00**†"                                       # suspect marker
-    assert acl[3] == "–" and acl[4:7] == ["–", "–", "–"] and acl[7] == "**88.00**"
+    # 2 seeds: mean ± half-width of the t-interval, t(0.975, df 1) = 12.706 × s (1.414) / √2 = 12.7
+    assert acl[1] == "**91.0 ±12.7**" and acl[2] == "41.0 ±12.7"
+    # 1 seed: Wilson over n_eval = 256; 45 % → 115/256, interval [38.95, 51.05] (by hand), larger side 6.05
+    assert rocl[1] == "85.0 ±4.7" and rocl[2] == "**45.0 ±6.1**†"      # best per column in bold
+    assert rocl[3].startswith("**47.0 ±") and rocl[3].endswith("**†")  # suspect marker
+    assert acl[3] == "–" and acl[4:7] == ["–", "–", "–"] and acl[7].startswith("**88.0 ±")
+    assert "±: half-width of the 95 % interval (the larger side)" in smoke
+    assert "Student-t interval of the mean over seeds" in smoke and "Wilson score interval" in smoke
     assert "† rocl SLF PGD-20, AA: suspect:aa>pgd20" in smoke
     assert "43.50" not in text                                           # best-epoch value not mixed in
     assert "ε = 0.05" in text and "ε = 8/255" in text                    # every table states its ε
@@ -81,7 +86,7 @@ def test_markdown_table_content(report):
 def test_best_epoch_table_is_separate(report):
     text = (report[0] / "results_best_epoch.md").read_text()
     assert "Best-on-test epoch" in text and "not the result" in text
-    assert _table_line(_markdown_section(text, "Best-on-test"), "acl")[2] == "**43.50**"
+    assert _table_line(_markdown_section(text, "Best-on-test"), "acl")[2].startswith("**43.5 ±")
 
 
 def test_csv_and_latex_outputs_parse(report):
@@ -89,13 +94,16 @@ def test_csv_and_latex_outputs_parse(report):
     key = ("acl", "SLF", "clean", "0.1")
     cell = next(r for r in rows if (r["method"], r["scheme"], r["attack"], r["epsilon"]) == key)
     assert float(cell["mean"]) == 91.0 and abs(float(cell["std"]) - 1.4142) < 1e-3 and cell["n"] == "2"
+    # the t-interval's bounds (91 ± 12.706), its name, and each seed's value for the reader
+    assert abs(float(cell["low"]) - 78.2938) < 1e-3 and abs(float(cell["high"]) - 103.7062) < 1e-3
+    assert cell["interval"] == "t" and cell["seeds"] == "0;1" and cell["values"] == "90;92" and cell["n_eval"] == "256"
     missing = next(r for r in rows if (r["method"], r["scheme"], r["attack"]) == ("acl", "ALF", "clean"))
     assert missing["mean"] == "" and missing["n"] == "0"
     tex = (report[0] / "results.tex").read_text()
     assert tex.count("\\begin{table}") == tex.count("\\end{table}") == 3
     assert tex.count("\\begin{tabular}") == tex.count("\\end{tabular}") == 3
-    assert "\\toprule" in tex and "\\bottomrule" in tex and "\\textbf{45.00}" in tex
-    assert "91.00 $\\pm$ 1.41" in tex and "$^\\dagger$" in tex and "$\\epsilon$ = 0.1" in tex
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "\\textbf{45.0 $\\pm$6.1}" in tex
+    assert "91.0 $\\pm$12.7" in tex and "$^\\dagger$" in tex and "$\\epsilon$ = 0.1" in tex
 
 
 def test_plots_are_written(report):
@@ -135,7 +143,7 @@ def test_paper_table_reference_and_delta(report):
     lines = [line for line in section.splitlines() if line.startswith("|")]
     start = next(i for i, line in enumerate(lines) if line.startswith("| AdvCL |"))
     ours, reference, delta = ([c.strip() for c in line.strip("|").split("|")] for line in lines[start:start + 3])
-    assert ours[2:5] == ["81.85", "50.00", "44.00"]
+    assert [cell.split(" ±")[0] for cell in ours[2:5]] == ["81.8", "50.0", "44.0"]
     assert reference[1] == "reference" and reference[2].startswith("80.85 [")   # author-quoted preferred
     assert reference[4].startswith("43.18 [")
     assert delta[2:5] == ["+1.00", "-0.45", "+0.82"] and delta[5] == "–"
@@ -213,9 +221,22 @@ def test_configurations_are_never_averaged_together(tmp_path):
             _row("r0", "rocl", "SLF", "clean", 70.0, config_hash="h3")]
     write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
     section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
-    assert _table_line(section, "acl [h1]")[1] == "**80.00**"
-    assert _table_line(section, "acl [h2]")[1] == "62.00 ± 2.83"
-    assert _table_line(section, "rocl")[1] == "70.00"  # one configuration: plain method name
+    assert _table_line(section, "acl [h1]")[1].startswith("**80.0 ±")
+    assert _table_line(section, "acl [h2]")[1] == "62.0 ±25.4"  # t(0.975, 1) 12.706 × 2.83 / √2
+    assert _table_line(section, "rocl")[1].startswith("70.0 ±")  # one configuration: plain method name
+
+
+def test_single_run_cells_carry_the_wilson_interval_of_their_test_images(tmp_path):
+    """50 % of 100 images: the Wilson 95 % interval is [40.38, 59.62] (textbook value, e.g. Brown, Cai &
+    DasGupta 2001); unknown n_eval: no interval, and the note says so."""
+    rows = [{**_row("a0", "acl", "SLF", "clean", 50.0), "n_eval": 100},
+            {**_row("r0", "rocl", "SLF", "clean", 70.0), "n_eval": ""}]
+    write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
+    section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
+    assert _table_line(section, "acl")[1] == "50.0 ±9.6" and _table_line(section, "rocl")[1] == "**70.0**"
+    cell = next(r for r in _read_csv(tmp_path / "rep" / "results.csv") if r["method"] == "acl" and r["mean"])
+    assert cell["interval"] == "wilson" and abs(float(cell["low"]) - 40.383) < 1e-3
+    assert abs(float(cell["high"]) - 59.617) < 1e-3
 
 
 def test_supervised_at_rows_get_their_own_columns(tmp_path):
@@ -224,7 +245,7 @@ def test_supervised_at_rows_get_their_own_columns(tmp_path):
     write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
     text = (tmp_path / "rep" / "results.md").read_text()
     assert "| AT SA | AT PGD-20 | AT AA |" in text
-    assert _table_line(_markdown_section(text, "digits"), "robustbench:Carmon2019")[10:12] == ["**89.70**", "**62.00**"]
+    assert _table_line(_markdown_section(text, "digits"), "robustbench:Carmon2019")[10:12] == ["**89.7 ±4.2**", "**62.0 ±6.0**"]
 
 
 def test_sanity_report_lists_passed_and_failed_checks(tmp_path):
@@ -246,10 +267,10 @@ def test_epsilon_curve_uses_the_curve_rows_of_selected_methods(tmp_path):
         _row("rocl-s0", "rocl", "SLF", "pgd20", 50.0, metric="accuracy_vs_epsilon", epsilon=0.02, config_hash="hash-b"),
         _row("rocl-s0", "rocl", "SLF", "pgd20", 30.0, metric="accuracy_vs_epsilon", epsilon=0.1,
              config_hash="hash-b")]))
-    series = epsilon_series(rows)[("digits", "digits", "smoke")]
+    series = epsilon_series(rows)[("digits", "digits", "smoke", "unified")]
     # acl-s0's main PGD-20 row (ε 0.1) is its curve's point there; acl-s1 has no curve rows
     assert [(eps, cell.mean) for eps, cell in series[("acl", "SLF")]] == [(0.05, 61.0), (0.1, 40.0)]
-    assert set(epsilon_series(rows, ["rocl"])[("digits", "digits", "smoke")]) == {("rocl", "SLF")}
+    assert set(epsilon_series(rows, ["rocl"])[("digits", "digits", "smoke", "unified")]) == {("rocl", "SLF")}
 
 
 def test_sanity_report_lists_methods_in_the_given_order(tmp_path):
@@ -291,10 +312,11 @@ def test_selections_that_come_out_empty_stay_empty(tmp_path):
     write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
     text = (tmp_path / "rep" / "results.md").read_text()
     assert text.count("### ") == 1 and "ε = unspecified" in text
-    assert _table_line(_markdown_section(text, "digits"), "rocl")[4] == "**60.00**"
+    assert _table_line(_markdown_section(text, "digits"), "rocl")[4].startswith("**60.0 ±")
     index = (tmp_path / "rep" / "index.md").read_text()
     assert "Accuracy vs ε (PGD-20): no method has PGD-20 rows at ≥ 2 ε values" in index
-    assert "vs compute — digits → digits · preset smoke · ε = unspecified (L∞): no PGD-20 or AA rows" in index
+    assert ("vs compute — digits → digits · preset smoke · protocol unified · ε = unspecified (L∞): "
+            "no PGD-20 or AA rows") in index
     from report_stores import edge_rows
 
     series = epsilon_series(load(_write_store(tmp_path / "edge", edge_rows())))
@@ -312,3 +334,67 @@ def test_loss_history_empty_or_malformed(tmp_path):
     (tmp_path / "ok.csv").write_text("epoch,step,loss,note\n0,0,1.5,x\n0,1,,y\n")
     history = read_history(tmp_path / "ok.csv")
     assert list(history.columns) == ["epoch", "step", "loss"] and history["loss"].isna().tolist() == [False, True]
+
+
+def test_variants_are_marked_where_a_paired_test_finds_a_difference(tmp_path):
+    """Over 3 shared seeds: the paired t-test (df 2, closed form p = 1 − t/√(t² + 2)); single runs: exact
+    McNemar on their stored per-image records; neither defined: no mark, empty CSV columns."""
+    import numpy as np
+
+    from bench.records import write_record
+
+    seeds = [_row(f"{method}-s{seed}", method, "SLF", "clean", value, seed=seed)
+             for method, values in (("acl", (50, 52, 54)), ("acl-ip", (60, 61, 65)), ("acl-hn", (51, 53, 52)))
+             for seed, value in enumerate(values)]
+    single = [_row("rocl-s0", "rocl", "SLF", "clean", 55.0, config_hash="hash-b"),
+              _row("rocl-ip-s0", "rocl-ip", "SLF", "clean", 65.0, config_hash="hash-b"),
+              _row("rocl-s0", "rocl", "SLF", "pgd20", 30.0, config_hash="hash-b"),
+              _row("rocl-ip-s0", "rocl-ip", "SLF", "pgd20", 40.0, config_hash="hash-b")]
+    for row in single:
+        row["n_eval"] = 200
+    results_csv = _write_store(tmp_path, seeds + single)
+    runs = tmp_path / "results" / "runs"
+    base = np.array([True] * 100 + [False] * 30 + [True] * 10 + [False] * 60)       # 55 % of 200
+    variant = np.array([True] * 100 + [True] * 30 + [False] * 10 + [False] * 60)    # 65 %: 30 vs 10 discordant
+    for run_id, correct in (("rocl-s0", base), ("rocl-ip-s0", variant)):  # records hold clean only
+        (runs / run_id).mkdir(parents=True, exist_ok=True)
+        write_record(runs / run_id / "correct_SLF.npz", np.arange(200), {"clean": correct})
+    write_reports(results_csv, tmp_path / "rep", runs, None, method_order=GOLDEN_ORDER)
+    section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
+    assert _table_line(section, "acl-ip")[1] == "62.0 ±6.6▲"   # t(0.975, 2) 4.303 × 2.646 / √3 = 6.57
+    assert _table_line(section, "acl-hn")[1] == "52.0 ±2.5" and _table_line(section, "acl")[1] == "52.0 ±5.0"
+    assert _table_line(section, "rocl-ip")[1].endswith("▲") and not _table_line(section, "rocl-ip")[2].endswith("▲")
+    assert "▲/▼: the variant is significantly better/worse than its base method" in section
+    rows = {(r["method"], r["attack"]): r for r in _read_csv(tmp_path / "rep" / "results.csv") if r["scheme"] == "SLF"}
+    t = 10 / (1 / math.sqrt(3))
+    assert abs(float(rows["acl-ip", "clean"]["vs_base_p"]) - (1 - t / math.sqrt(t * t + 2))) < 1e-4
+    assert rows["acl-ip", "clean"]["vs_base_test"] == "paired-t-over-seeds"
+    assert rows["acl-hn", "clean"]["vs_base_verdict"] == "no detectable difference"
+    mcnemar = 2 * sum(math.comb(40, k) for k in range(11)) / 2 ** 40
+    assert abs(float(rows["rocl-ip", "clean"]["vs_base_p"]) - mcnemar) < 1e-6
+    assert rows["rocl-ip", "clean"]["vs_base_test"] == "mcnemar-exact"
+    assert rows["rocl-ip", "pgd20"]["vs_base_p"] == "" and rows["acl", "clean"]["vs_base_p"] == ""  # not defined
+    tex = (tmp_path / "rep" / "results.tex").read_text()
+    assert "$^\\uparrow$" in tex and "▲" not in tex
+    help_md = (tmp_path / "rep" / "variant_help.md").read_text()
+    assert "| acl-ip | acl | SLF | clean | 3 | +10.0 [" in help_md and "| paired-t-over-seeds | variant better |" in help_md
+    assert "| acl-hn | acl | SLF | clean | 3 | +0.0 [" in help_md and "no detectable difference" in help_md
+    assert "| rocl-ip | rocl | SLF | clean | 200 | +10.0 [" in help_md and "| mcnemar-exact | variant better |" in help_md
+    assert len(_read_csv(tmp_path / "rep" / "variant_help.csv")) == 3
+
+
+def test_corruption_table_has_severity_means_per_method_and_scheme(tmp_path):
+    rows = [_row("a0", "acl", "SLF", "clean", 80.0)]
+    for seed, offset in ((0, 0.0), (1, 2.0)):
+        rows += [_row(f"a{seed}", "acl", "SLF", f"corruption-mean:{s}", 70.0 - 10 * s + offset, seed=seed,
+                      flags="regenerated;approximate") for s in (1, 3)]
+        rows += [_row(f"a{seed}", "acl", "SLF", "corruption-mean", 40.0 + offset, seed=seed, flags="regenerated"),
+                 _row(f"a{seed}", "acl", "SLF", "corruption:fog:1", 99.0, seed=seed, flags="regenerated")]
+    write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
+    text = (tmp_path / "rep" / "corruptions.md").read_text()
+    assert "| Method | Scheme | s1 | s3 | mean | n | Source |" in text
+    assert "| acl | SLF | 61.0 | 41.0 | 41.0 | 2 | regenerated+approximate |" in text  # means over 2 seeds
+    results_md = (tmp_path / "rep" / "results.md").read_text()
+    assert "common corruptions (corruptions.md)" in results_md and "corruption:fog:1" not in results_md
+    index = (tmp_path / "rep" / "index.md").read_text()
+    assert "(corruptions.md)" in index

@@ -41,6 +41,17 @@ def test_load_types_every_column_and_keeps_one_row_per_number(tmp_path):
     assert frame["flags"].str.contains("suspect").tolist() == [True, False]
 
 
+def test_load_of_a_store_written_before_the_protocol_column_reads_it_as_unified(tmp_path):
+    """Stores written before finetuning protocols existed (header without ``protocol``) stay readable."""
+    header, *lines = _store(tmp_path).table.read_text().splitlines()
+    assert header.split(",")[-1] == "protocol" and all(line.endswith(",unified") for line in lines)
+    legacy = tmp_path / "legacy.csv"
+    legacy.write_text("\n".join(text.rsplit(",", 1)[0] for text in [header, *lines]) + "\n")
+    frame = load(legacy)
+    assert list(frame.columns) == list(COLUMNS) and frame["protocol"].tolist() == ["unified", "unified"]
+    assert isinstance(frame["protocol"].dtype, pd.StringDtype) and frame["value"].tolist() == [78.1235, 40.5]
+
+
 def test_load_of_an_empty_store_keeps_the_columns_and_types(tmp_path):
     store = ResultsStore(tmp_path)
     store.collect()  # no run yet: the index is its header
@@ -49,8 +60,8 @@ def test_load_of_an_empty_store_keeps_the_columns_and_types(tmp_path):
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda line: line.rsplit(",", 3)[0], r":3: 18 fields: allowed exactly 21 \(a torn row\?\)"),
-    (lambda line: line + ",extra", r":3: 22 fields: allowed exactly 21"),
+    (lambda line: line.rsplit(",", 3)[0], r":3: 19 fields: allowed exactly 22 \(a torn row\?\)"),
+    (lambda line: line + ",extra", r":3: 23 fields: allowed exactly 22"),
     (lambda line: line.replace(",40.5,", ",40.5x,"), r":3: value='40.5x' is invalid: allowed float values"),
 ])
 def test_a_damaged_row_names_file_and_line(tmp_path, damage, message):

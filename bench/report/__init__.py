@@ -4,10 +4,12 @@
 typed DataFrame). From it, under the reports directory:
 
 - ``results.{md,csv,tex}``: per (dataset, eval_dataset, preset, ε), methods × {SLF, ALF, AFF} ×
-  {SA, PGD-20, AA}, last-epoch accuracy (THE result), mean ± sample std over seeds (``tables``,
+  {SA, PGD-20, AA}, last-epoch accuracy (THE result), mean ± its 95 % interval (``tables``,
   ``render``); ``results_best_epoch.*``: the best-on-test epoch, kept apart;
 - ``figures/``: robust vs clean, bars with per-seed dots (``figures``), robust accuracy vs compute
   (``compute``), pretraining loss and accuracy vs ε (``curves``), PNG + PDF;
+- ``variant_help.{md,csv}``: each variant's paired test against its base method (``significance``);
+- ``corruptions.{md,csv}``: common-corruption accuracy against severity (``corruptions``);
 - ``sanity.{md,csv}``: every sanity check of every evaluation (``sanity``);
 - ``paper_table1.{md,csv,tex}``: the A-InfoNCE Table 1 layout beside published numbers (``paper``,
   ``reference``);
@@ -21,8 +23,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.config import ConfigError
 from bench.report.common import Artifact, MethodOrder
 from bench.report.compute import plot_robustness_vs_compute
+from bench.report.corruptions import write_corruption_report
 from bench.report.curves import epsilon_series, loss_curve_artifacts, plot_epsilon_curves
 from bench.report.figures import plot_bars, plot_robust_vs_clean
 from bench.report.index import write_index
@@ -45,13 +49,18 @@ def write_reports(results_csv: str | Path, reports_dir: str | Path, runs_dir: st
     paper table is written when ``paper`` is set or when the results hold CIFAR-10/100 rows.
     """
     results = load(results_csv)
+    stored = sorted(results["method"].unique())
+    for name in curve_methods or ():
+        if name not in stored:
+            raise ConfigError(f"--curve-methods {name!r} is invalid: allowed methods in {results_csv}: {stored}")
     order = MethodOrder(tuple(method_order))
     reports_dir, figures_dir = Path(reports_dir), Path(reports_dir) / "figures"
-    tables, artifacts = table_artifacts(results, reports_dir, order)
+    tables, artifacts = table_artifacts(results, reports_dir, order, Path(runs_dir))
     for table in tables:
         artifacts += [plot_robust_vs_clean(table, figures_dir, order), plot_bars(table, figures_dir),
                       plot_robustness_vs_compute(table, Path(runs_dir), figures_dir, order)]
     artifacts += loss_curve_artifacts(tables, Path(runs_dir), figures_dir, order)
+    artifacts.append(write_corruption_report(results, reports_dir, order))
     artifacts.append(write_sanity_report(results, Path(runs_dir), reports_dir, order))
     artifacts += plot_epsilon_curves(results, figures_dir, order, curve_methods)
     if paper or results["dataset"].isin([dataset for dataset, _ in PAPER_DATASETS]).any():

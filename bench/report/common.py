@@ -116,5 +116,6 @@ def latex_escape(text: str) -> str:
     replacements = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                     "–": "--", "±": r"$\pm$", "→": r"$\to$", "ε": r"$\epsilon$", "∞": r"$\infty$",
-                    "·": r"$\cdot$", "†": r"$^\dagger$", "Δ": r"$\Delta$", "−": "-", "≥": r"$\geq$"}
+                    "·": r"$\cdot$", "†": r"$^\dagger$", "Δ": r"$\Delta$", "−": "-", "≥": r"$\geq$",
+                    "α": r"$\alpha$", "▲": r"$\uparrow$", "▼": r"$\downarrow$"}
     return "".join(replacements.get(char, char) for char in text)

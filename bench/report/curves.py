@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench import progress
 from bench.config import SCHEMES
 from bench.report.common import Artifact, MethodOrder, in_255ths, round_epsilon, slug, variant_of
 from bench.report.figures import method_style, new_figure, outside_legend, save_figure
-from bench.report.tables import DATA, Cell, Table, aggregate, cells_of, row_labels
+from bench.report.tables import DATA, Cell, Table, aggregate, cells_of, protocol_slug, row_labels
 from bench.results import RunDir
 
 Curves = dict[tuple[str, str], list[tuple[float, Cell]]]  # (method, scheme) -> [(ε, cell)]
@@ -22,8 +23,8 @@ def read_history(path: Path) -> pd.DataFrame:
         history = pd.read_csv(path)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
-    except pd.errors.ParserError as error:
-        raise ValueError(f"{path}: not a loss history ({error})") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a loss history ({type(error).__name__})") from None
     return history.apply(pd.to_numeric, errors="coerce").dropna(axis="columns", how="all")
 
 
@@ -34,7 +35,11 @@ def loss_histories(rows: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
     curves = []
     for run in runs.itertuples():
         path = RunDir(runs_dir / run.run_id).history
-        history = read_history(path) if path.is_file() else pd.DataFrame()
+        try:
+            history = read_history(path) if path.is_file() else pd.DataFrame()
+        except ValueError as error:  # one damaged history costs its curve, not the report
+            progress.log(f"warning: {error}; its run is left out of the loss figure")
+            continue
         if "loss" in history and len(history):
             step = history["step"] if "step" in history else pd.Series(np.arange(len(history)))
             curves.append(pd.DataFrame({"label": run.label, "run_id": run.run_id, "step": step,
@@ -111,8 +116,9 @@ def curve_points(results: pd.DataFrame, methods: Sequence[str] | None = None) ->
     # would take the index of a longer series assigned to it)
 
 
-def epsilon_series(results: pd.DataFrame, methods: Sequence[str] | None = None) -> dict[tuple[str, str, str], Curves]:
-    """PGD-20 accuracy of the same classifiers at several ε per (data, preset) and (method, scheme),
+def epsilon_series(results: pd.DataFrame,
+                   methods: Sequence[str] | None = None) -> dict[tuple[str, str, str, str], Curves]:
+    """PGD-20 accuracy of the same classifiers at several ε per (data, preset, protocol) and (method, scheme),
     mean ± std over seeds at each ε; a curve is kept only with ≥ 2 distinct ε."""
     stats = aggregate(curve_points(results, methods), [*DATA, "method", "scheme", "point"])
     series: dict[tuple[str, str, str], Curves] = {}
@@ -136,7 +142,7 @@ def plot_epsilon_curves(results: pd.DataFrame, figures_dir: Path, order: MethodO
     if not series:
         return [Artifact("figure", "Accuracy vs ε (PGD-20)", [], "no method has PGD-20 rows at ≥ 2 ε values")]
     artifacts = []
-    for (dataset, eval_dataset, preset), curves in sorted(series.items()):
+    for (dataset, eval_dataset, preset, protocol), curves in sorted(series.items()):
         schemes = [scheme for scheme in SCHEMES if any(key[1] == scheme for key in curves)]
         figure = new_figure(3.8 * len(schemes) + 1.6, 3.4)
         for axis, scheme in zip(figure.subplots(1, len(schemes), squeeze=False)[0], schemes):
@@ -153,8 +159,8 @@ def plot_epsilon_curves(results: pd.DataFrame, figures_dir: Path, order: MethodO
         outside_legend(figure, handles, labels)
         seeds = max(cell.n for points in curves.values() for _, cell in points)
         note = f"mean ± sample std over {seeds} seeds" if seeds > 1 else "one run per method"
-        figure.suptitle(f"{dataset} → {eval_dataset} · preset {preset} ({note})", fontsize=9)
-        stem = figures_dir / slug(f"epsilon_{dataset}-{eval_dataset}_{preset}")
-        title = f"Accuracy vs ε (PGD-20) — {dataset} → {eval_dataset} · preset {preset}"
+        figure.suptitle(f"{dataset} → {eval_dataset} · preset {preset} · protocol {protocol} ({note})", fontsize=9)
+        stem = figures_dir / slug(f"epsilon_{dataset}-{eval_dataset}_{preset}{protocol_slug(protocol)}")
+        title = f"Accuracy vs ε (PGD-20) — {dataset} → {eval_dataset} · preset {preset} · protocol {protocol}"
         artifacts.append(Artifact("figure", title, save_figure(figure, stem)))
     return artifacts

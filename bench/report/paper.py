@@ -33,7 +33,8 @@ References = dict[tuple[str, str, str], list[dict[str, Any]]]  # (method, scheme
 
 @dataclass
 class PaperSection:
-    """One dataset (and preset) of the paper table: per method row, our cells and reference candidates."""
+    """One dataset (and preset and protocol) of the paper table: per method row, our cells and reference
+    candidates."""
 
     dataset: str
     label: str
@@ -41,6 +42,7 @@ class PaperSection:
     rows: list[tuple[str, str]]
     ours: dict[tuple[str, str, str], Cell]
     reference: References
+    protocol: str = "unified"  # the finetuning protocol of our cells (bench.protocols)
 
 
 def _paper_budget(results: pd.DataFrame) -> pd.Series:
@@ -51,22 +53,25 @@ def _paper_budget(results: pd.DataFrame) -> pd.Series:
 
 def paper_sections(results: pd.DataFrame, reference: Sequence[dict[str, Any]],
                    order: MethodOrder) -> list[PaperSection]:
-    """CIFAR-10 and CIFAR-100 sections: one per preset of ours found there (or one reference-only section)."""
+    """CIFAR-10 and CIFAR-100 sections: one per (preset, protocol) of ours found there (or one reference-only
+    section); each takes every method's most recent configuration under that preset and protocol."""
     attacks = sorted(attack for attack, _ in PAPER_ATTACKS)
     sections = []
     for dataset, label in PAPER_DATASETS:
-        ours = latest_configuration(results[(results["metric"] == "accuracy") & (results["dataset"] == dataset)
-                                            & (results["eval_dataset"] == dataset)
-                                            & results["attack"].isin(attacks) & _paper_budget(results)])
+        ours = results[(results["metric"] == "accuracy") & (results["dataset"] == dataset)
+                       & (results["eval_dataset"] == dataset) & results["attack"].isin(attacks)
+                       & _paper_budget(results)]
         references: References = {}
         for ref in reference:
             if (ref["dataset"], ref["eval_dataset"], ref.get("metric", "accuracy")) == (dataset, dataset, "accuracy"):
                 references.setdefault((ref["method"], ref["scheme"], ref["attack"]), []).append(ref)
-        for preset in sorted(ours["preset"].unique()) or [None]:
-            table = build_table(TableKey(dataset, dataset, preset or "", PAPER_EPSILON),
-                                ours[ours["preset"] == preset], order, attacks)
+        groups = sorted(set(zip(ours["preset"], ours["protocol"]))) or [(None, "unified")]
+        for preset, protocol in groups:
+            chosen = latest_configuration(ours[(ours["preset"] == preset) & (ours["protocol"] == protocol)])
+            table = build_table(TableKey(dataset, dataset, preset or "", PAPER_EPSILON, protocol), chosen, order,
+                                attacks)
             rows = _paper_rows(set(table.methods) | {method for method, _, _ in references}, order)
-            sections.append(PaperSection(dataset, label, preset, rows, table.cells, references))
+            sections.append(PaperSection(dataset, label, preset, rows, table.cells, references, protocol))
     return sections
 
 
@@ -115,6 +120,15 @@ def paper_cells(section: PaperSection, method: str, sources: Sources) -> dict[st
     return out
 
 
+def _flag_lines(section: PaperSection) -> list[str]:
+    """Per method, the tags its rows carry besides 'suspect' (e.g. ``pseudo_labels:released-b28763e``: where
+    an AdvCL-family run's pseudo-labels came from), so a pixel stand-in is never mistaken for the method."""
+    found: dict[str, set[str]] = {}
+    for (method, _, _), cell in section.ours.items():
+        found.setdefault(method, set()).update(tag for tag in cell.flags if not tag.startswith("suspect"))
+    return [f"{method}: {', '.join(sorted(found[method]))}" for method, _ in section.rows if found.get(method)]
+
+
 def _alternatives(section: PaperSection, sources: Sources) -> list[str]:
     lines = []
     for (method, scheme, attack), candidates in sorted(section.reference.items()):
@@ -130,10 +144,11 @@ PAPER_PREAMBLE = (
     "Δ = ours − reference. The paper's own Table 1 values were not retrieved and are not shown: reference cells "
     "come from author-quoted numbers and the RobustSSL leaderboard (a third-party re-evaluation with its own "
     "checkpoints and finetuning), so protocols differ cell by cell; see the numbered sources. "
-    f"{MISSING} = missing, never filled in. Ours: last-epoch accuracy, mean ± std over seeds, of each method's "
-    "most recently run configuration.")
-PAPER_CSV_COLUMNS = ("dataset", "preset", "method", "scheme", "attack", "column", "ours", "reference", "delta",
-                     "reference_file", "reference_source")
+    f"{MISSING} = missing, never filled in. Ours: last-epoch accuracy ± the half-width of its 95 % interval "
+    "(Wilson over the test images for one run, Student-t over seeds for several), of each method's "
+    "most recently run configuration under the section's preset and protocol (docs/protocols.md).")
+PAPER_CSV_COLUMNS = ("dataset", "preset", "protocol", "method", "scheme", "attack", "column", "ours", "reference",
+                     "delta", "reference_file", "reference_source")
 
 
 def paper_markdown(sections: Sequence[PaperSection], sources: Sources,
@@ -145,7 +160,8 @@ def paper_markdown(sections: Sequence[PaperSection], sources: Sources,
     csv_rows: list[dict[str, Any]] = []
     for section in sections:
         preset = section.preset or "(no results of ours)"
-        lines += [f"## {section.label} ({section.dataset}) · preset {preset} · ε = {format_epsilon(PAPER_EPSILON)}", ""]
+        lines += [f"## {section.label} ({section.dataset}) · preset {preset} · protocol {section.protocol} · "
+                  f"ε = {format_epsilon(PAPER_EPSILON)}", ""]
         banner = preset_banner(section.preset)
         lines += [f"> **{banner}**", ""] if banner else []
         lines += ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
@@ -155,7 +171,8 @@ def paper_markdown(sections: Sequence[PaperSection], sources: Sources,
                 lines.append("| " + " | ".join([label if kind == "ours" else "", kind, *(t for t, _ in values)]) + " |")
             csv_rows += _paper_csv_rows(section, method, cells)
         alternatives = _alternatives(section, sources)
-        lines += [""] + [f"- Other published values for a cell: {line}" for line in alternatives] + [""]
+        lines += [""] + [f"- Other published values for a cell: {line}" for line in alternatives]
+        lines += [f"- Flags of ours: {line}" for line in _flag_lines(section)] + [""]
     lines += ["## Sources", ""] + [f"- {note}" for note in sources.notes()] + [""]
     return "\n".join(lines), csv_rows
 
@@ -167,7 +184,8 @@ def _paper_csv_rows(section: PaperSection, method: str,
     for index, (scheme, attack, label) in enumerate(columns):
         values = {kind: cells[kind][index][1] for kind in cells}
         ref = (section.reference.get((method, scheme, attack)) or [{}])[0]
-        rows.append({"dataset": section.dataset, "preset": section.preset or "", "method": method, "scheme": scheme,
+        rows.append({"dataset": section.dataset, "preset": section.preset or "", "protocol": section.protocol,
+                     "method": method, "scheme": scheme,
                      "attack": attack, "column": f"{scheme} {label}", "reference_file": ref.get("file", ""),
                      "reference_source": ref.get("source", ""),
                      **{key: "" if values[kind] is None else round(values[kind], 4)
@@ -181,7 +199,7 @@ def paper_latex(sections: Sequence[PaperSection], sources: Sources) -> str:
     for section in sections:
         banner = preset_banner(section.preset)
         caption = latex_escape(f"{section.label}, preset {section.preset or '(no results of ours)'}, "
-                               "ε = 8/255: ours vs reference, Δ = ours − reference"
+                               f"protocol {section.protocol}, ε = 8/255: ours vs reference, Δ = ours − reference"
                                + (f". {banner}." if banner else ""))
         out += ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{caption}}}",
                 "\\begin{tabular}{ll" + "ccc" * len(SCHEMES) + "}", "\\toprule",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench import progress
 from bench.atomic import write_atomic
 from bench.report.common import Artifact, MethodOrder, csv_text
 from bench.results import RunDir
@@ -14,19 +15,33 @@ SANITY_COLUMNS = ("run_id", "method", "scheme", "check", "passed", "detail")
 
 
 def sanity_rows(results: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
-    """Every recorded sanity check of the runs in the results; an unreadable file is left out."""
+    """Every recorded sanity check of the runs in the results. An unreadable file is not dropped
+    silently: it becomes one failed check (``file``) naming it, and one warning line."""
     runs = results.drop_duplicates("run_id").set_index("run_id")["method"].sort_index()
     rows = []
     for run_id, method in runs.items():
         for scheme, path in RunDir(runs_dir / run_id).sanity_files().items():
+            row = {"run_id": run_id, "method": method, "scheme": scheme}
             try:
-                checks = json.loads(path.read_text())
-            except (OSError, ValueError):
+                checks = read_checks(path)
+            except ValueError as error:
+                progress.log(f"warning: {error}; listed as a failed check in sanity.md")
+                rows.append({**row, "check": "file", "passed": False, "detail": str(error)})
                 continue
-            rows += [{"run_id": run_id, "method": method, "scheme": scheme, "check": name,
-                      "passed": bool(check.get("passed")), "detail": check.get("detail", "")}
+            rows += [{**row, "check": name, "passed": bool(check.get("passed")), "detail": check.get("detail", "")}
                      for name, check in sorted(checks.items())]
     return pd.DataFrame(rows, columns=list(SANITY_COLUMNS))
+
+
+def read_checks(path: Path) -> dict[str, dict]:
+    """check name -> {passed, detail} from a sanity file; ``ValueError`` naming the file when it cannot be read."""
+    try:
+        checks = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError(f"sanity file {path} is unreadable ({type(error).__name__})") from None
+    if not isinstance(checks, dict) or not all(isinstance(check, dict) for check in checks.values()):
+        raise ValueError(f"sanity file {path} is unreadable (not a JSON object of checks)")
+    return checks
 
 
 def write_sanity_report(results: pd.DataFrame, runs_dir: Path, reports_dir: Path, order: MethodOrder) -> Artifact:

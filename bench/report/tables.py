@@ -1,45 +1,73 @@
-"""Results tables: which rows form a table, and each cell's mean ± std over seeds (pandas).
+"""Results tables: which rows form a table, and each cell's mean, std and 95 % interval (pandas).
 
-A table holds the rows measured on the same data, preset and attack budget (``TableKey``); its
+A table holds the rows measured on the same data, preset, finetuning protocol (``bench.protocols``)
+and attack budget (``TableKey``); its
 cells are methods × (scheme, attack). A method run with several configurations gets one row per
 configuration (``method [config_hash]``), so different settings are never averaged together.
+
+Each cell carries its uncertainty (``Cell.interval``, bench.stats): for a single run, the Wilson
+score interval of its accuracy over the n_eval test images (the number correct is binomial); over
+several seeds, the Student-t interval of the mean (seed-to-seed variation, which already contains
+the test-image noise of each seed).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from bench.config import SCHEMES
+from bench.stats import Comparison, seed_summary, wilson_interval
 from bench.report.common import MethodOrder, epsilon_slug, format_epsilon, round_epsilon, slug, tags
 
 SUPERVISED_AT = "AT"  # RobustBench zoo models (`bench evaluate --robustbench-model`): no finetuning
 TABLE_ATTACKS = (("clean", "SA"), ("pgd20", "PGD-20"), ("autoattack", "AA"))
 BEST_EPOCH_METRIC = "accuracy_best_epoch"
-DATA = ["dataset", "eval_dataset", "preset"]
+DATA = ["dataset", "eval_dataset", "preset", "protocol"]  # rows of different protocols never share a cell
 
 
 @dataclass(frozen=True)
 class TableKey:
-    """One results table: rows measured on the same data, preset and attack budget."""
+    """One results table: rows measured on the same data, preset, finetuning protocol and attack budget."""
 
     dataset: str
     eval_dataset: str
     preset: str
     epsilon: float | None
+    protocol: str = "unified"
 
     def title(self) -> str:
-        return (f"{self.dataset} → {self.eval_dataset} · preset {self.preset} · "
+        return (f"{self.dataset} → {self.eval_dataset} · preset {self.preset} · protocol {self.protocol} · "
                 f"ε = {format_epsilon(self.epsilon)} (L∞)")
 
     def slug(self) -> str:
-        return slug(f"{self.dataset}-{self.eval_dataset}_{self.preset}_eps{epsilon_slug(self.epsilon)}")
+        return slug(f"{self.dataset}-{self.eval_dataset}_{self.preset}{protocol_slug(self.protocol)}"
+                    f"_eps{epsilon_slug(self.epsilon)}")
+
+
+def protocol_slug(protocol: str) -> str:
+    """'' for the default protocol (file names of unified stores are unchanged), else ``_<protocol>``."""
+    return "" if protocol == "unified" else f"_{protocol}"
+
+
+@dataclass(frozen=True)
+class CellInterval:
+    """A cell's 95 % interval (percent) and which one it is: 'wilson' (one run) or 't' (over seeds)."""
+
+    low: float
+    high: float
+    method: str
+
+    def half_width(self, mean: float) -> float:
+        """The larger side (an asymmetric Wilson interval printed as ± stays conservative)."""
+        return max(mean - self.low, self.high - mean)
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One table cell: mean and sample std over seeds (``values``), the suspect tags and every tag of its rows."""
+    """One table cell: mean and sample std over seeds (``values``, of ``seeds``), the suspect tags and every
+    tag of its rows, and the number of test images each value was measured on (None when unknown or mixed)."""
 
     mean: float
     std: float | None
@@ -47,6 +75,22 @@ class Cell:
     suspect: tuple[str, ...]
     flags: tuple[str, ...]
     values: tuple[float, ...] = ()
+    seeds: tuple[str, ...] = ()
+    n_eval: int | None = None
+    runs: tuple[str, ...] = ()  # the run id behind each value (where its per-image record is)
+
+    @property
+    def interval(self) -> CellInterval | None:
+        """Wilson over the n_eval images for one run; Student-t over seeds for several; None when neither
+        applies (one run of unknown n_eval)."""
+        if self.n >= 2:
+            summary = seed_summary(self.values)
+            return CellInterval(summary.low, summary.high, "t")
+        if self.n == 1 and self.n_eval:
+            correct = min(self.n_eval, max(0, round(self.mean * self.n_eval / 100)))
+            wilson = wilson_interval(correct, self.n_eval)
+            return CellInterval(wilson.low, wilson.high, "wilson")
+        return None
 
 
 @dataclass
@@ -57,6 +101,8 @@ class Table:
     methods: list[str]
     cells: dict[tuple[str, str, str], Cell]
     rows: pd.DataFrame
+    # variant cell key → its paired test against the base method's cell (bench.report.significance)
+    versus_base: dict[tuple[str, str, str], Comparison] = field(default_factory=dict)
 
     @property
     def schemes(self) -> tuple[str, ...]:
@@ -82,15 +128,28 @@ def aggregate(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
               .drop_duplicates([*by, "_seed"], keep="last"))
     grouped = latest.groupby(list(by), sort=False, dropna=False)
     stats = grouped["value"].agg(mean="mean", std="std", n="size", values=tuple)
+    stats["seeds"] = grouped["_seed"].agg(lambda seeds: tuple(map(str, seeds)))
+    stats["runs"] = grouped["run_id"].agg(lambda runs: tuple(map(str, runs)))
+    stats["n_eval"] = grouped["n_eval"].agg(_common_n_eval)
     stats["suspect"] = grouped["flags"].agg(lambda flags: tags(flags, suspect=True))
     stats["flags"] = grouped["flags"].agg(tags)
     return stats
 
 
+def _common_n_eval(values: pd.Series) -> int | None:
+    """The n_eval all rows of a cell share; None when one is unknown or they differ."""
+    distinct = set(values.tolist())
+    if len(distinct) != 1 or any(pd.isna(value) for value in distinct):
+        return None
+    return int(distinct.pop())
+
+
 def cells_of(stats: pd.DataFrame) -> dict[tuple, Cell]:
     """``aggregate``'s frame as cells keyed by its group keys."""
     return {cell.Index: Cell(float(cell.mean), None if cell.n < 2 else float(cell.std), int(cell.n), cell.suspect,
-                             cell.flags, tuple(map(float, cell.values))) for cell in stats.itertuples()}
+                             cell.flags, tuple(map(float, cell.values)), cell.seeds,
+                             None if pd.isna(cell.n_eval) else int(cell.n_eval), cell.runs)
+            for cell in stats.itertuples()}
 
 
 def row_labels(frame: pd.DataFrame) -> pd.Series:
@@ -107,7 +166,8 @@ def latest_configuration(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def group_tables(results: pd.DataFrame, metric: str = "accuracy") -> dict[TableKey, pd.DataFrame]:
-    """Rows of ``metric`` grouped by table; clean rows without ε join every table of their data and preset."""
+    """Rows of ``metric`` grouped by table; clean rows without ε join every table of their data, preset and
+    protocol."""
     rows = results[results["metric"] == metric]
     floating = rows["epsilon"].isna() & (rows["attack"] == "clean")
     fixed = rows[~floating]
@@ -116,9 +176,10 @@ def group_tables(results: pd.DataFrame, metric: str = "accuracy") -> dict[TableK
     budgets = fixed[[*DATA, "table_epsilon"]].drop_duplicates()
     joined = rows[floating].merge(budgets, on=DATA, how="left")  # no table of its data: a table without ε
     grouped = pd.concat([fixed, joined], ignore_index=True).groupby([*DATA, "table_epsilon"], dropna=False)
-    tables = {TableKey(*key[:3], round_epsilon(key[3])): group.drop(columns="table_epsilon")
+    tables = {TableKey(*key[:3], round_epsilon(key[4]), key[3]): group.drop(columns="table_epsilon")
               for key, group in grouped}
-    order = lambda key: (key.dataset, key.eval_dataset, key.preset, -1.0 if key.epsilon is None else key.epsilon)
+    order = lambda key: (key.dataset, key.eval_dataset, key.preset, key.protocol,
+                         -1.0 if key.epsilon is None else key.epsilon)
     return {key: tables[key] for key in sorted(tables, key=order)}
 
 

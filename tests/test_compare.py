@@ -1,0 +1,148 @@
+"""``bench compare``: paired per-image comparison of two runs from their stored records.
+
+The records are written by the tests (no training); the expected p-value and power are computed
+here from the binomial distribution with ``math.comb``, never with bench.stats.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bench.cli import main
+from bench.compare import CompareError, compare_runs, find_run
+from bench.config import smoke_preset
+from bench.evaluate import seeded_subset
+from bench.protocol import evaluate_ready_classifier
+from bench.records import read_record, write_record
+from bench.results import ResultsStore, RunDir
+
+# 200 images: both correct 100, only the variant 30, only the base 10, neither 60
+BOTH, VARIANT_ONLY, BASE_ONLY, NEITHER = 100, 30, 10, 60
+N = BOTH + VARIANT_ONLY + BASE_ONLY + NEITHER
+
+
+def _tables() -> tuple[np.ndarray, np.ndarray]:
+    base = np.array([True] * BOTH + [False] * VARIANT_ONLY + [True] * BASE_ONLY + [False] * NEITHER)
+    variant = np.array([True] * BOTH + [True] * VARIANT_ONLY + [False] * BASE_ONLY + [False] * NEITHER)
+    order = np.random.default_rng(0).permutation(N)  # the images in any order: pairing is by index
+    return base[order], variant[order]
+
+
+def _store(tmp_path, variant_meta=None):
+    store = ResultsStore(tmp_path / "r")
+    base, variant = _tables()
+    indices = np.arange(1000, 1000 + N)
+    meta = {"epsilon": 0.1, "eval_dataset": "digits", "subset_seed": 0}
+    write_record(store.run("acl-s0").create().correct("SLF"), indices, {"clean": base, "pgd20": base}, meta)
+    write_record(store.run("acl-ip-s0").create().correct("SLF"), indices, {"clean": variant, "pgd20": base},
+                 {**meta, **(variant_meta or {})})
+    return store
+
+
+def _exact_mcnemar(b: int, c: int) -> float:
+    k, m = min(b, c), b + c
+    return min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m)
+
+
+def test_paired_counts_give_the_textbook_mcnemar_test(tmp_path):
+    store = _store(tmp_path)
+    results = compare_runs(store.run("acl-s0"), store.run("acl-ip-s0"))
+    assert [(r.scheme, r.attack) for r in results] == [("SLF", "clean"), ("SLF", "pgd20")]
+    clean, pgd = results
+    c = clean.comparison
+    assert c.n == N and abs(c.base - 55.0) < 1e-9 and abs(c.variant - 65.0) < 1e-9 and abs(c.difference - 10.0) < 1e-9
+    assert abs(c.p_value - _exact_mcnemar(VARIANT_ONLY, BASE_ONLY)) < 1e-12 and c.verdict == "variant better"
+    assert c.low < 10.0 < c.high
+    assert clean.discordant == (VARIANT_ONLY + BASE_ONLY) / N
+    # identical correctness: no discordant image, no test can tell them apart
+    assert pgd.comparison.p_value == 1.0 and pgd.comparison.verdict == "no detectable difference"
+    assert pgd.detectable is None
+
+
+def _power(n: int, difference: float, discordant: float, alpha: float = 0.05) -> float:
+    """Exact power of the exact two-sided McNemar test, by enumeration (independent of bench.stats)."""
+    share = (discordant + difference) / (2 * discordant)
+    total = 0.0
+    for m in range(n + 1):
+        p_m = math.comb(n, m) * discordant ** m * (1 - discordant) ** (n - m)
+        if p_m < 1e-15:
+            continue
+        reject = sum(math.comb(m, k) * share ** k * (1 - share) ** (m - k)
+                     for k in range(m + 1) if _exact_mcnemar(k, m - k) < alpha + 1e-12)
+        total += p_m * reject
+    return total
+
+
+def test_minimum_detectable_difference_has_the_stated_power(tmp_path):
+    store = _store(tmp_path)
+    clean = compare_runs(store.run("acl-s0"), store.run("acl-ip-s0"), attacks=["clean"])[0]
+    detectable, discordant = clean.detectable / 100, clean.discordant
+    assert 0 < detectable <= discordant
+    assert _power(N, detectable, discordant) >= 0.8 - 1e-6
+    assert _power(N, detectable - 0.005, discordant) < 0.8
+
+
+def test_cli_prints_the_table(tmp_path, capsys):
+    _store(tmp_path)
+    code = main(["compare", "acl-s0", "acl-ip-s0", "--attack", "clean", "--results-dir", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    line = next(line for line in out.splitlines() if line.startswith("| SLF | clean |"))
+    assert "| 200 | 55.0 | 65.0 | +10.0 [" in line and "| variant better |" in line
+    assert "pgd20" not in out and "exact McNemar" in out
+
+
+def _fails_with_one_line(args, capsys, expected):
+    code = main(["compare", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and expected in err, err
+
+
+def test_bad_requests_fail_with_one_line(tmp_path, capsys):
+    store = _store(tmp_path)
+    root = ["--results-dir", str(store.root)]
+    _fails_with_one_line(["acl-s0", "nope", *root], capsys, "run='nope' is invalid: allowed a run id in")
+    _fails_with_one_line(["acl-s0", "acl-ip-s0", "--scheme", "ALF", *root], capsys,
+                         "scheme='ALF' is invalid: allowed ['SLF']")
+    _fails_with_one_line(["acl-s0", "acl-ip-s0", "--attack", "autoattack", *root], capsys,
+                         "attack='autoattack' is invalid: allowed ['clean', 'pgd20']")
+    store.run("old").create()
+    _fails_with_one_line(["acl-s0", "old", *root], capsys, "run 'old' has no per-image records")
+    store.run("acl-s0").correct("SLF").write_bytes(b"not a record")
+    _fails_with_one_line(["acl-s0", "acl-ip-s0", *root], capsys, "is not a readable .npz")
+
+
+def test_runs_evaluated_differently_are_refused(tmp_path):
+    store = _store(tmp_path, variant_meta={"epsilon": 0.05})
+    with pytest.raises(CompareError, match=r"epsilon differs for SLF: base 0.1, variant 0.05"):
+        compare_runs(store.run("acl-s0"), store.run("acl-ip-s0"))
+
+
+def test_a_run_is_found_by_id_or_directory(tmp_path):
+    store = _store(tmp_path)
+    assert find_run("acl-s0", store.root).path == store.run("acl-s0").path
+    assert find_run(str(store.run("acl-s0").path), tmp_path / "elsewhere").path == store.run("acl-s0").path
+
+
+def test_every_evaluation_stores_its_per_image_record(tmp_path, digits):
+    """The protocol writes ``correct_<scheme>.npz``: the evaluated indices and each attack's correctness."""
+    config = smoke_preset()
+    config.evaluate.n_eval, config.evaluate.attacks = 40, ("clean", "pgd20")
+    torch.manual_seed(0)
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, digits.num_classes))
+    run_dir = RunDir(tmp_path / "run")
+    rows = evaluate_ready_classifier(classifier, digits, config, torch.device("cpu"), run_dir)
+    record = read_record(run_dir.correct("AT"))
+    expected_indices = seeded_subset(digits.x_test.shape[0], 40, config.evaluate.subset_seed)
+    assert np.array_equal(record.indices, expected_indices.numpy())
+    with torch.no_grad():
+        x = digits.x_test[expected_indices].float() / 255
+        predictions = classifier(x).argmax(1)
+    assert np.array_equal(record.correct["clean"], (predictions == digits.y_test[expected_indices]).numpy())
+    assert set(record.correct) == {"clean", "pgd20"} and record.meta["epsilon"] == config.evaluate.epsilon
+    clean_row = next(row for row in rows if row.attack == "clean")
+    assert clean_row.value == 100.0 * record.correct["clean"].mean()

@@ -1,0 +1,367 @@
+"""Finetuning protocols (issue 9 §2-3): values against the released scripts, validation, rows, dry runs.
+
+The expected values below are quoted from the released files themselves (file and line in the
+comments), independently of the table in ``bench.protocols`` they check.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from bench.checkpoints import load_classifier
+from bench.cli import main
+from bench.config import ConfigError, paper_preset
+from bench.finetune import scheme_settings
+from bench.plan import RunRequest, build_plan
+from bench.results import COLUMNS, LEGACY_COLUMNS, ResultsStore, read_rows_csv
+
+DATA = Path(__file__).parent / "data"
+STEP_2 = 2 / 255
+
+# ------------------------------------------------------------------ expected values, quoted from the sources
+# yqy2001/A-InfoNCE@b28763e. Asym-AdvCL/finetuning_advCL_SLF.py: --batch_size 512 (l.83), --epochs 25 (l.87),
+# --weight_decay 2e-4 (l.92), RandomCrop(32, padding=4) + flip (l.30-31), adjust_lr: epoch >= 15, >= 20 with
+# epoch - 1 of a 1-based loop (l.346-348, l.382), AttackPGD train=False -> 20 steps (l.139-142) for ALF,
+# AFF_trades num_steps_train = 10 (l.240), best test PGD epoch (l.402-406).
+# Shell scripts: advcl-cifar10.sh --learning_rate 0.1 for SLF/ALF/AFF (l.7-9);
+# advcl-{IP,HN,IPHN}-cifar10.sh --learning_rate 0.01 for SLF and ALF, 0.1 for AFF_trades (l.5-7);
+# every cifar100 script 0.1.
+ADVCL_HALF = dict(epochs=25, batch_size=512, milestones=[15, 20], weight_decay=2e-4, augment=True, dual_bn=False,
+                  head_init="default", reported_epoch="best")
+# Asym-RoCL: shell/rocl-*.sh linear_eval.py --batch-size=1024 --epoch 150 --lr 0.1 (l.8-9); linear_eval.py
+# SGD(momentum 0.9, weight_decay=5e-4) (l.111), inputs = ori unless --trans (l.163-166), adjust_lr after each
+# epoch: epoch >= 30/50/100 (l.259-265, l.306-308) -> the lr drops from epochs 31, 51, 101.
+ROCL_SLF = dict(epochs=150, batch_size=1024, lr=0.1, milestones=[31, 51, 101], weight_decay=5e-4, augment=False,
+                train_attack_steps=0, reported_epoch="last")
+# shell/rocl-*.sh rocl_finetune.py --batch-size=1024 --epoch 25 --lr 0.1 --epsilon=0.0314 --alpha=0.00314 (l.17-24);
+# rocl_finetune.py --weight_decay 2e-4 (l.65), adjust_lr after each epoch: epoch >= 15, 20 (l.430-433, l.486-488),
+# ALF AttackPGD train=False -> 20 steps (l.151-154, l.304), AFF_trades 10 steps (l.326), best epoch (l.490-492).
+ROCL_FINETUNE = dict(epochs=25, batch_size=1024, lr=0.1, milestones=[16, 21], weight_decay=2e-4, augment=False,
+                     reported_epoch="best")
+ROCL_EVAL_STEP = 0.00314  # --alpha=0.00314 for robustness_test.py and rocl_finetune.py
+
+# GodXuxilie/RobustSSL_Benchmark@19dc714 Finetuning_Methods/Vanilla_Finetuning. vanilla_finetuning.py defaults:
+# --epochs 25, --weight-decay 2e-4, --num-steps-train 10, --test_frequency 0 (last epoch); utils.py get_model zeroes
+# fc (head) for every mode; setup_hyperparameter: ACL SLF/ALF batch 512, lr 0.01 (cifar10) / 0.05 (cifar100),
+# decreasing_lr '10,20'; ACL AFF lr 0.1, batch 128, epochs 100, '40,60', dual BN (--dualBN 1 default);
+# AdvCL / A-InfoNCE SLF/ALF '15,20', 512, 0.01; AFF 128, '15,20', 0.1, --dualBN 0 (run_vanilla_tune.sh);
+# anything else (RoCL): batch 128, '15,20', lr 0.1.
+RSSL = dict(weight_decay=2e-4, head_init="zeros", reported_epoch="last", best_epoch=False, augment=True)
+RSSL_ACL_LINEAR = dict(epochs=25, batch_size=512, milestones=[10, 20], dual_bn=False)
+RSSL_ACL_AFF = dict(epochs=100, batch_size=128, lr=0.1, milestones=[40, 60], dual_bn=True, train_attack_steps=10)
+RSSL_ADVCL_LINEAR = dict(epochs=25, batch_size=512, lr=0.01, milestones=[15, 20], dual_bn=False)
+RSSL_ADVCL_AFF = dict(epochs=25, batch_size=128, lr=0.1, milestones=[15, 20], dual_bn=False, train_attack_steps=10)
+RSSL_DEFAULT = dict(epochs=25, batch_size=128, lr=0.1, milestones=[15, 20], dual_bn=False)
+
+
+def expected_ainfonce(method: str, dataset: str, scheme: str) -> dict:
+    if method.startswith("rocl"):
+        if scheme == "SLF":
+            return ROCL_SLF
+        return {**ROCL_FINETUNE, "train_attack_steps": 20 if scheme == "ALF" else 10}
+    variant = method != "advcl"
+    lr = 0.01 if variant and dataset == "cifar10" and scheme in ("SLF", "ALF") else 0.1
+    return {**ADVCL_HALF, "lr": lr, "train_attack_steps": {"SLF": 0, "ALF": 20, "AFF": 10}[scheme]}
+
+
+def expected_robustssl(method: str, dataset: str, scheme: str) -> dict:
+    steps = {"SLF": 0, "ALF": 10, "AFF": 10}[scheme]
+    if method == "acl":
+        linear = {**RSSL_ACL_LINEAR, "lr": 0.01 if dataset == "cifar10" else 0.05, "train_attack_steps": steps}
+        return {**RSSL, **(RSSL_ACL_AFF if scheme == "AFF" else linear)}
+    if method == "advcl":
+        return {**RSSL, **(RSSL_ADVCL_AFF if scheme == "AFF" else {**RSSL_ADVCL_LINEAR, "train_attack_steps": steps})}
+    return {**RSSL, **RSSL_DEFAULT, "train_attack_steps": steps}
+
+
+def check_against(expected: dict, finetune: dict, where: str) -> None:
+    for key, value in expected.items():
+        actual = finetune[key]
+        assert actual == pytest.approx(value), f"{where}: {key} = {actual!r}, the source says {value!r}"
+
+
+def dry_run_lines(capsys, args: list[str]) -> list[dict]:
+    assert main(args) == 0, capsys.readouterr().err
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+# ------------------------------------------------------------------ reproduce --dry-run --json
+
+
+def test_ainfonce_table1_dry_run_equals_the_released_scripts(tmp_path, capsys):
+    lines = dry_run_lines(capsys, ["reproduce", "ainfonce-table1", "--dry-run", "--json", "--download",
+                                   "--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "r")])
+    seen = {(line["method"], line["dataset"], line["scheme"]) for line in lines}
+    methods = ("rocl", "rocl-ip", "rocl-hn", "rocl-iphn", "advcl", "advcl-ip", "advcl-hn", "advcl-iphn")
+    assert seen == {(m, d, s) for m in methods for d in ("cifar10", "cifar100") for s in ("SLF", "ALF", "AFF")}
+    for line in lines:
+        where = f"{line['method']} {line['dataset']} {line['scheme']}"
+        assert {"run_id", "method", "dataset", "seed", "protocol", "scheme", "finetune"} <= set(line)
+        assert line["protocol"] == "ainfonce" and line["seed"] == 0 and line["preset"] == "paper"
+        check_against(expected_ainfonce(line["method"], line["dataset"], line["scheme"]), line["finetune"], where)
+        assert line["params"]["quirks"] == "official", where  # the released losses' arithmetic
+        step = ROCL_EVAL_STEP if line["method"].startswith("rocl") else STEP_2
+        assert abs(line["evaluate"]["pgd_step_size"] - step) < 3e-6, where  # ε/10 at ε = 8/255 (docs/protocols.md)
+        assert line["evaluate"]["pgd_steps"] == 20 and line["finetune"]["step_size"] == pytest.approx(STEP_2)
+        if line["method"].startswith("advcl"):
+            labels = line["pseudo_labels"]
+            assert labels["source"] == "released-b28763e" and not labels["present"]
+            assert "yqy2001/A-InfoNCE/b28763e8554a4788f3e6e4fe99d2d0f19e242dc4/Asym-AdvCL/data/" in labels["url"]
+    assert not (tmp_path / "data").exists(), "a dry run fetched or wrote something"
+
+
+def test_robustssl_dry_run_equals_the_released_setup_hyperparameter(tmp_path, capsys):
+    lines = dry_run_lines(capsys, ["reproduce", "robustssl", "--dry-run", "--json", "--download",
+                                   "--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "r")])
+    methods = {line["method"] for line in lines}
+    assert {"acl", "rocl", "advcl"} <= methods
+    for line in lines:
+        if line["method"] not in ("acl", "rocl", "advcl"):
+            continue  # leaderboard methods added by other modules (dynacl, deacl) are checked where they live
+        where = f"{line['method']} {line['dataset']} {line['scheme']}"
+        assert line["protocol"] == "robustssl"
+        check_against(expected_robustssl(line["method"], line["dataset"], line["scheme"]), line["finetune"], where)
+        assert line["params"]["quirks"] == "none" and line["evaluate"]["pgd_step_size"] == pytest.approx(STEP_2)
+
+
+def test_run_dry_run_prints_one_line_per_run_and_scheme_and_writes_nothing(tmp_path, capsys):
+    args = ["run", "--methods", "acl", "advcl", "--dry-run", "--results-dir", str(tmp_path / "r")]
+    assert main(args) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert sum("protocol unified" in line for line in text) == 6
+    assert any("pseudo-labels pixels" in line for line in text)
+    lines = dry_run_lines(capsys, [*args, "--json", "--schemes", "AFF", "--protocol", "robustssl"])
+    acl = next(line for line in lines if line["method"] == "acl")
+    assert acl["finetune"]["dual_bn"] and acl["finetune"]["epochs"] == 100 and acl["scheme"] == "AFF"
+    assert not (tmp_path / "r").exists()
+
+
+def test_json_without_dry_run_is_refused(tmp_path, capsys):
+    assert main(["run", "--json", "--results-dir", str(tmp_path / "r")]) == 2
+    assert "--json is invalid without --dry-run" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ validation
+
+
+def test_unified_is_the_default_and_reads_the_finetune_config():
+    config = paper_preset()
+    assert config.finetune.protocol == "unified"
+    settings = scheme_settings(config, "AFF", "acl")
+    assert (settings.epochs, settings.batch_size, settings.lr, settings.milestones) == (25, 512, 0.1, (15, 20))
+    assert (settings.train_attack_steps, settings.dual_bn, settings.head_init) == (10, False, "default")
+    assert scheme_settings(config, "ALF").train_attack_steps == 20  # no method needed under unified
+
+
+def test_a_method_outside_the_protocols_source_fails_at_plan_time():
+    request = RunRequest(overrides={"finetune.protocol": "ainfonce"}, methods=("acl",), dry_run=True)
+    with pytest.raises(ConfigError, match=r"method='acl' is invalid for protocol 'ainfonce'.*allowed \["):
+        build_plan(request)
+
+
+def test_overriding_a_protocol_setting_is_refused_not_ignored():
+    request = RunRequest(overrides={"finetune.protocol": "robustssl", "finetune.epochs": "2"}, methods=("acl",))
+    with pytest.raises(ConfigError, match="finetune.epochs is invalid with --protocol robustssl"):
+        build_plan(request)
+    with pytest.raises(ConfigError, match=r"finetune.protocol='nope' is invalid: allowed \['unified'"):
+        build_plan(RunRequest(overrides={"finetune.protocol": "nope"}, methods=("acl",)))
+
+
+def test_protocol_enters_the_run_id_but_not_the_encoder():
+    unified = build_plan(RunRequest(methods=("acl",), dry_run=True)).runs[0]
+    robust = build_plan(RunRequest(overrides={"finetune.protocol": "robustssl"}, methods=("acl",),
+                                   dry_run=True)).runs[0]
+    assert unified.run_id != robust.run_id and unified.pretrain_key == robust.pretrain_key
+    ainfonce = build_plan(RunRequest(overrides={"finetune.protocol": "ainfonce"}, methods=("rocl",),
+                                     dry_run=True)).runs[0]
+    plain = build_plan(RunRequest(methods=("rocl",), dry_run=True)).runs[0]
+    assert ainfonce.params.quirks == "official" and ainfonce.pretrain_key != plain.pretrain_key  # another loss
+    user = build_plan(RunRequest(overrides={"finetune.protocol": "ainfonce"}, methods=("rocl",), dry_run=True,
+                                 method_params={"*": {"quirks": "none"}})).runs[0]
+    assert user.params.quirks == "none"  # --param wins over the protocol
+
+
+# ------------------------------------------------------------------ the store
+
+
+def test_old_rows_without_a_protocol_column_read_as_unified(tmp_path):
+    rows = read_rows_csv(DATA / "unified_smoke_rows_legacy.csv")
+    assert rows and {row.protocol for row in rows} == {"unified"}
+    assert LEGACY_COLUMNS != COLUMNS and "protocol" in COLUMNS
+    run = tmp_path / "runs" / rows[0].run_id
+    run.mkdir(parents=True)
+    (run / "rows.csv").write_bytes((DATA / "unified_smoke_rows_legacy.csv").read_bytes())
+    (run / "done.json").write_text("{}")
+    store = ResultsStore(tmp_path)
+    assert store.collect() == len(rows)
+    assert next(csv.reader(open(store.table)))[-1] == "protocol"
+    assert [row.value for row in store.read_rows()] == [row.value for row in rows]
+
+
+# ------------------------------------------------------------------ runs
+
+
+TINY_RUN = ["--epochs", "1", "--batch-size", "256", "--train-steps", "1", "--finetune-epochs", "1",
+            "--image-size", "8", "--n-eval", "32", "--attacks", "clean,pgd20", "--set", "finetune.batch_size=512",
+            "--set", "finetune.alf_steps=1", "--set", "finetune.trades_steps=1", "--set", "evaluate.pgd_steps=2",
+            "--set", "evaluate.epsilon_curve=0.06", "--set", "evaluate.sanity=false", "--no-report", "--jobs", "1",
+            "--quiet"]
+
+
+def run_figures(results: Path) -> dict:
+    """Per method: every row's value, each finetuned head's weight sum and norm, the last pretraining loss."""
+    figures = {}
+    for run in sorted((results / "runs").iterdir()):
+        rows = list(csv.DictReader(open(run / "rows.csv")))
+        entry = {"values": {f"{r['scheme']}/{r['attack']}/{r['metric']}": float(r["value"]) for r in rows}}
+        for scheme in ("SLF", "ALF", "AFF"):
+            head = load_classifier(run / f"classifier_{scheme}.pt").head.weight.detach().double()
+            entry[f"head_{scheme}"] = {"sum": float(head.sum()), "norm": float(head.norm())}
+        entry["last_loss"] = float(list(csv.DictReader(open(run / "pretrain_history.csv")))[-1]["loss"])
+        figures[rows[0]["method"]] = entry
+    return figures
+
+
+def test_unified_smoke_numbers_are_those_before_protocols_existed(tmp_path):
+    """A tiny run gives the figures recorded by the same command before bench.protocols existed."""
+    recorded = json.loads((DATA / "unified_smoke_figures.json").read_text())
+    assert recorded["command"][:4] == ["run", "--methods", "simclr", "acl"] and recorded["command"][4:] == TINY_RUN
+    results = tmp_path / "results"
+    assert main([*recorded["command"], "--results-dir", str(results), "--reports-dir", str(tmp_path / "rep")]) == 0
+    figures = run_figures(results)
+    assert figures.keys() == recorded["methods"].keys()
+    for method, expected in recorded["methods"].items():
+        assert figures[method]["values"] == expected["values"], method
+        for key in ("head_SLF", "head_ALF", "head_AFF"):
+            for stat in ("sum", "norm"):  # float32 training: allow another CPU's rounding, nothing more
+                assert figures[method][key][stat] == pytest.approx(expected[key][stat], rel=1e-4, abs=1e-5), key
+        assert figures[method]["last_loss"] == pytest.approx(expected["last_loss"], rel=1e-5)
+    assert {row.protocol for row in ResultsStore(results).read_rows()} == {"unified"}
+
+
+def test_robustssl_run_records_its_protocol_zero_head_and_pseudo_label_source(tmp_path):
+    """RobustSSL's SLF for AdvCL: lr 0.01, batch 512, zero head, last epoch only (no best-epoch rows)."""
+    results = tmp_path / "results"
+    args = ["run", "--methods", "advcl", "--protocol", "robustssl", "--schemes", "SLF", "--param",
+            "pseudo_label_ks=2,10", "--epochs", "0", "--image-size", "8",
+            "--n-eval", "16", "--attacks", "clean", "--set", "evaluate.epsilon_curve=0.06", "--set",
+            "evaluate.sanity=false", "--no-report", "--jobs", "1", "--quiet", "--results-dir", str(results)]
+    assert main(args) == 0
+    rows = ResultsStore(results).read_rows()
+    assert rows and {row.protocol for row in rows} == {"robustssl"}
+    assert all("pseudo_labels:pixels" in row.flags for row in rows)
+    assert {row.metric for row in rows} == {"accuracy"}  # RobustSSL: no per-epoch test evaluation
+    run_dir = next((results / "runs").iterdir())
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["finetune"]["protocol"] == "robustssl"
+    head = load_classifier(run_dir / "classifier_SLF.pt").head
+    assert torch.isfinite(head.weight).all() and math.isfinite(float(head.bias.detach().sum()))
+
+
+def test_a_stored_encoder_is_finetuned_under_a_protocol_for_its_recorded_method(tmp_path, monkeypatch):
+    """``bench finetune --protocol robustssl``: the settings of the checkpoint's recorded method (ACL's SLF
+    milestones 10/20; on a dataset outside the source's cifar10/cifar100/stl10 rows, the base lr 0.1 and batch
+    128), zero head, no per-epoch evaluation, and the rows say the protocol."""
+    import dataclasses
+
+    import bench.protocol
+    from bench import protocols
+
+    results, common = tmp_path / "results", ["--image-size", "8", "--n-eval", "16", "--attacks", "clean",
+                                             "--schemes", "SLF", "--set", "evaluate.epsilon_curve=", "--quiet",
+                                             "--jobs", "1"]
+    assert main(["run", "--methods", "acl", "--epochs", "1", "--batch-size", "256", "--train-steps", "1",
+                 "--finetune-epochs", "1", "--no-report", "--results-dir", str(results), *common]) == 0
+    encoder = next((results / "runs").glob("*/encoder.pt"))
+    robustssl = protocols.PROTOCOL_TABLE["robustssl"]  # one epoch instead of the source's 25: CI time
+    monkeypatch.setitem(protocols.PROTOCOL_TABLE, "robustssl",
+                        dataclasses.replace(robustssl, base={**robustssl.base, "epochs": 1}))
+    used, finetune = [], bench.protocol.finetune
+    monkeypatch.setattr(bench.protocol, "finetune", lambda settings, *args, **kwargs: (
+        used.append((settings, kwargs["epoch_eval"])), finetune(settings, *args, **kwargs))[1])
+    assert main(["finetune", "--checkpoint", str(encoder), "--name", "acl-reloaded", "--protocol", "robustssl",
+                 "--no-report", "--results-dir", str(results), *common]) == 0
+    ((settings, epoch_eval),) = used
+    assert (settings.protocol, settings.family, settings.milestones) == ("robustssl", "ACL", (10, 20))
+    assert (settings.lr, settings.batch_size, settings.epochs) == (0.1, 128, 1)
+    assert settings.head_init == "zeros" and epoch_eval is None
+    rows = [row for row in ResultsStore(results).read_rows() if row.method == "acl-reloaded"]
+    assert rows and {(row.protocol, row.metric) for row in rows} == {("robustssl", "accuracy")}
+    assert {row.protocol for row in ResultsStore(results).read_rows() if row.method == "acl"} == {"unified"}
+
+
+def test_sweep_jobs_carry_the_protocol_and_a_dry_run_fetches_nothing(tmp_path, capsys, monkeypatch):
+    import shlex
+
+    import bench.downloads
+    from bench.cli import _methods, _request, build_parser
+
+    monkeypatch.setattr(bench.downloads, "fetch_verified", lambda *args: pytest.fail("a dry run fetched a file"))
+    lines = dry_run_lines(capsys, ["sweep", "--preset", "paper", "--methods", "acl", "advcl", "--protocol",
+                                   "robustssl", "--download", "--data-dir", str(tmp_path / "data"), "--results-dir",
+                                   str(tmp_path / "r"), "--dry-run", "--json", "--quiet"])
+    finetune = [line for line in lines if line["stage"] == "finetune"]
+    assert len(finetune) == 6 and not (tmp_path / "data").exists()
+    for line in finetune:
+        assert "finetune.protocol=robustssl" in shlex.split(line["command"])
+        args = build_parser().parse_args(shlex.split(line["command"])[1:])
+        request = _request(args, _methods(args))
+        request.dry_run = True
+        (run,) = build_plan(request).runs  # the job's own flags rebuild this run, protocol included
+        assert run.run_id == line["run_id"] and run.config.finetune.protocol == "robustssl"
+
+
+def test_report_tables_are_per_protocol_and_say_the_pseudo_label_source():
+    from bench.report.common import MethodOrder
+    from bench.report.render import table_csv_rows, table_markdown
+    from bench.report.tables import build_tables
+    from bench.results import load
+
+    legacy = load(DATA / "unified_smoke_rows_legacy.csv")  # no protocol column: unified
+    assert set(legacy["protocol"]) == {"unified"}
+    robust = legacy.assign(protocol="robustssl", method="advcl", flags="pseudo_labels:pixels")
+    tables = build_tables(pd.concat([legacy, robust], ignore_index=True), MethodOrder())
+    assert [table.key.protocol for table in tables] == ["robustssl", "unified"]  # never averaged together
+    assert [table.methods for table in tables] == [["advcl"], sorted(set(legacy["method"]))]
+    text = table_markdown(tables[0])
+    assert text.startswith("### digits → digits · preset smoke · protocol robustssl · ε")
+    assert "flags: advcl SLF" in text and "pseudo_labels:pixels" in text
+    assert "_robustssl_" in tables[0].key.slug() and "unified" not in tables[1].key.slug()  # old file names kept
+    assert {row["protocol"] for row in table_csv_rows(tables[0])} == {"robustssl"}
+
+
+def test_paper_table_has_a_section_per_protocol_and_lists_the_pseudo_label_source():
+    from bench.report.common import MethodOrder
+    from bench.report.paper import Sources, paper_markdown, paper_sections
+    from bench.results import load
+
+    legacy = load(DATA / "unified_smoke_rows_legacy.csv")
+    paper = legacy.assign(preset="paper", dataset="cifar10", eval_dataset="cifar10", epsilon=8 / 255, method="advcl")
+    frame = pd.concat([paper.assign(flags="pseudo_labels:released-b28763e"),
+                       paper.assign(protocol="ainfonce", flags="pseudo_labels:pixels")], ignore_index=True)
+    sections = [section for section in paper_sections(frame, [], MethodOrder()) if section.dataset == "cifar10"]
+    assert [(section.preset, section.protocol) for section in sections] == [("paper", "ainfonce"),
+                                                                           ("paper", "unified")]
+    text = paper_markdown(sections, Sources(), None)[0]
+    assert "## CIFAR-10 (cifar10) · preset paper · protocol ainfonce · ε" in text
+    assert "- Flags of ours: advcl: pseudo_labels:pixels" in text
+    assert "- Flags of ours: advcl: pseudo_labels:released-b28763e" in text
+
+
+def test_dual_bn_aff_refuses_an_encoder_without_a_clean_branch():
+    from bench import registry
+    from bench.finetune import check_dual_bn
+
+    config = paper_preset()
+    config.finetune.protocol = "robustssl"
+    settings = scheme_settings(config, "AFF", "acl")
+    single = registry.get("simclr")().build_model("small_cnn")  # one BN branch, named 'normal'
+    with pytest.raises(ConfigError, match="needs the clean BN branch 'normal'.*--branch all"):
+        check_dual_bn(settings, single, "normal")
+    check_dual_bn(settings, registry.get("acl")().build_model("small_cnn"), "pgd")  # ACL's own branches: fine

@@ -129,13 +129,14 @@ def test_under_w_processes_unset_shards_become_w_and_published_or_given_ones_sta
     from bench.plan import RunRequest, build_plan
 
     request = RunRequest(preset="paper", methods=("simclr", "deacl", "advcl"), seeds=("0", "1"),
-                         overrides={"data.name": "cifar10"})
+                         overrides={"data.name": "cifar10", "data.download": "true"}, dry_run=True)
     plan = distributed.plan_for_world(build_plan(request), request, 4)
     shards = {(run.method, run.config.seed): run.config.pretrain.shards for run in plan.runs}
     assert shards == {(name, seed): 2 if name == "advcl" else 4 for name in ("simclr", "deacl", "advcl")
                       for seed in (0, 1)}  # advcl: its paper row's 2 (DataParallel on 2 GPUs)
     widened = build_plan(RunRequest(preset="paper", methods=("simclr", "deacl"), seeds=("0", "1"),
-                                    overrides={"data.name": "cifar10", "pretrain.shards": "4"}))
+                                    overrides={"data.name": "cifar10", "data.download": "true", "pretrain.shards": "4"},
+                                    dry_run=True))
     assert {run.run_id for run in widened.runs} <= {run.run_id for run in plan.runs}
     assert all(run.teacher in {other.run_id for other in plan.runs} for run in plan.runs if run.teacher)
     assert plan.base.jobs == 1

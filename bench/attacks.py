@@ -6,12 +6,23 @@ mode, ACL and RoCL in eval mode, evaluation always in eval mode).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 LossOfInputs = Callable[[torch.Tensor], torch.Tensor]
+
+
+def autocast(device: torch.device | str, enabled: bool):
+    """bf16 autocast on CUDA (bf16 needs no loss scaling); a no-op elsewhere, so CPU numbers are fp32.
+
+    Inside it the model's matrix products and convolutions run in bf16; ``pgd`` keeps its iterate,
+    the gradient sign, the projection and the clamp in the input's dtype (fp32)."""
+    if enabled and torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def check_epsilon(epsilon: float, step_size: float, steps: int) -> None:
@@ -45,13 +56,19 @@ def pgd(
     random_init: bool = True,
     generator: torch.Generator | None = None,
     start: torch.Tensor | None = None,
+    parameter_gradients: bool = False,
 ) -> torch.Tensor:
     """Projected gradient *ascent* on ``loss_fn`` (Madry et al. 2018), L-inf, sign steps.
 
     ``loss_fn`` maps a batch of inputs to a scalar to maximise; any differentiable
     objective works (cross-entropy, NT-Xent, KL). ``start`` overrides the initial point
-    (TRADES starts at x + 0.001·N(0, 1)). Returns a detached tensor within ``epsilon`` of
-    ``x`` and inside [0, 1].
+    (TRADES starts at x + 0.001·N(0, 1); ``bench.shards`` draws each shard's random start from its
+    own generator). Returns a detached tensor within ``epsilon`` of ``x`` and inside [0, 1], in x's
+    dtype: under bf16 autocast only ``loss_fn`` runs in bf16, the gradient w.r.t. the fp32 iterate
+    is fp32 and the sign step, projection and clamp below are fp32 element-wise operations.
+    ``parameter_gradients`` (``bench speed``'s reference-style path) differentiates as
+    VITA-Group/Adversarial-Contrastive-Learning train_simCLR.py ``PGD_contrastive`` does, also
+    into every parameter's ``.grad`` (the caller zeroes them before its own backward).
     """
     check_epsilon(epsilon, step_size, steps)
     x = x.detach()
@@ -64,7 +81,11 @@ def pgd(
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = loss_fn(x_adv)
-        (grad,) = torch.autograd.grad(loss, x_adv)
+        if parameter_gradients:  # the released ACL's ``loss.backward()``: same step, wasted weight gradients
+            loss.backward()
+            grad = x_adv.grad
+        else:
+            (grad,) = torch.autograd.grad(loss, x_adv)
         x_adv = project(x_adv.detach() + step_size * grad.sign(), x, epsilon)
     return x_adv.detach()
 

@@ -1,5 +1,5 @@
 """The ``bench`` command: run, list, pretrain, finetune, evaluate, report, reproduce, compare, export, collect,
-status, sweep, stage.
+status, sweep, stage, speed.
 
 Every configuration field can be overridden (``--set pretrain.lr=0.5``); the common ones
 have short flags. All checking happens before any work: a bad value exits with status 2
@@ -25,6 +25,7 @@ from bench.protocols import PROTOCOLS
 from bench.provenance import code_version
 from bench.results import RowError, StoreError
 
+SPEED_STAGES = ("pretrain", "eval", "epoch")
 SHORT_FLAGS = {  # flag dest → dotted config field
     "dataset": "data.name", "eval_dataset": "data.eval_name", "data_dir": "data.data_dir", "image_size": "data.image_size",
     "arch": "model.arch", "seed": "seed", "device": "device", "jobs": "jobs", "epochs": "pretrain.epochs",
@@ -46,6 +47,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data-dir", help="where datasets live (default ~/data)")
     group.add_argument("--download", action="store_true",
                        help="download missing torchvision datasets and AdvCL's released pseudo-labels (sha256-checked)")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the model's forward in pretraining (pretrain.compile; the PGD inner loops)")
     group.add_argument("--image-size", help="resolution images are resized to")
     group.add_argument("--arch", help="encoder: small_cnn | resnet18")
     group.add_argument("--seed", help="random seed (integer >= 0)")
@@ -102,6 +105,8 @@ def _request(args: argparse.Namespace, methods: tuple[str, ...]):
             overrides[dotted] = value
     if getattr(args, "download", False):
         overrides["data.download"] = "true"
+    if getattr(args, "compile", False):
+        overrides["pretrain.compile"] = "true"
     for item in args.set:
         key, value = _split_assignment(item, "--set")
         overrides[key] = value
@@ -139,6 +144,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
+    from bench import distributed
+    from bench.device import resolve_device
     from bench.pipeline import run_plan
     from bench.plan import build_plan
 
@@ -149,7 +156,19 @@ def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
     plan = build_plan(request)
     if request.dry_run:
         return print_plan(plan, args.json)
-    outcomes = run_plan(plan)
+    collective = distributed.init_from_env(resolve_device(plan.base.device).type)
+    if collective is not None:  # under torchrun: rank 0 runs the plan, the others join its pretraining
+        plan = distributed.plan_for_world(plan, request, collective.world)
+        try:
+            if collective.rank != 0:
+                distributed.follow(plan)
+                return 0
+            outcomes = distributed.lead(plan)
+        except distributed.DistributedRunFailed as error:
+            print(f"bench: error: {error}", file=sys.stderr)
+            return 1
+    else:
+        outcomes = run_plan(plan)
     if not pretrain_only and not args.no_report:
         _report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet)
     return _summarise(outcomes)
@@ -397,6 +416,74 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selected(plan) -> list:
+    """The plan's runs of the selected methods: a teacher run the plan adds (DeACL's SimCLR) is not
+    measured unless selected; ``bench speed`` gives a distilling method an untrained teacher."""
+    names = set(registry.resolve(plan.base.methods))
+    return [run for run in plan.runs if run.method in names]
+
+
+def cmd_speed(args: argparse.Namespace) -> int:
+    """``bench speed``: fast path vs reference-style path, side by side (bench.speed); writes speed.csv/md."""
+    import dataclasses
+    import shlex
+
+    from bench.atomic import write_atomic
+    from bench.device import resolve_device
+    from bench.plan import build_plan
+    from bench.provenance import code_version, now
+    from bench.speed import (QUICK, QUICK_EXTRA, QUICK_EXTRA_METHODS, QUICK_EXTRA_STEPS, QUICK_METHODS, SpeedOptions,
+                             run_speed)
+    from bench.speed_report import SpeedContext, describe, speed_csv, speed_markdown
+
+    methods = tuple(m for m in ",".join(args.methods or (QUICK_METHODS if args.quick else ["all"])).split(",") if m)
+    plan = build_plan(_request(args, methods))
+    options = dataclasses.replace(QUICK if args.quick else SpeedOptions(), reference=not args.no_reference)
+    if args.no_autoattack:
+        options = dataclasses.replace(options, autoattack="")
+    stages = tuple(stage for stage in ",".join(args.stages).split(",") if stage)
+    for stage in stages:
+        if stage not in SPEED_STAGES:
+            raise ConfigError(f"--stages {stage!r} is invalid: allowed {list(SPEED_STAGES)}")
+    options = dataclasses.replace(options, stages=stages or SPEED_STAGES)
+    for name in ("warmup", "steps", "repeats", "eval_images", "loader_workers"):
+        if getattr(args, name) is not None:
+            options = dataclasses.replace(options, **{name: _count(getattr(args, name), name)})
+    extra = []
+    if args.quick:
+        extra_request = _request(args, QUICK_EXTRA_METHODS)
+        extra_request.overrides.update(QUICK_EXTRA)
+        extra = _selected(build_plan(extra_request))
+    epoch_runs = _selected(build_plan(_request(args, tuple(args.epoch)))) if args.epoch else []
+    device = resolve_device(plan.base.device)
+    rows = run_speed(_selected(plan), plan.base, options, device=device,
+                     synthetic=_count(args.synthetic or 0, "synthetic"), extra=extra,
+                     extra_options=dataclasses.replace(options, steps=QUICK_EXTRA_STEPS),
+                     epoch_runs=epoch_runs)
+    import torch
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    context = SpeedContext(device.type, name, plan.base.preset, plan.base.data.image_size, torch.__version__,
+                           torch.get_num_threads(), code_version(), now(),
+                           "bench speed " + " ".join(shlex.quote(arg) for arg in args.argv), device.type == "cpu")
+    csv_path = write_atomic(plan.results_dir / "speed.csv", speed_csv(rows, context))
+    md_path = write_atomic(plan.reports_dir / "speed.md", speed_markdown(rows, context))
+    for key, ratio in describe(rows).items():
+        progress.log(f"  {key}: fast/reference-style {ratio:.2f}×")
+    progress.log(f"speed: {csv_path}, {md_path}")
+    return 0
+
+
+def _count(value: str | int, name: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"--{name.replace('_', '-')}={value!r} is invalid: allowed integers >= 0") from None
+    if number < 0:
+        raise ConfigError(f"--{name.replace('_', '-')}={value!r} is invalid: allowed integers >= 0")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench",
@@ -463,6 +550,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="methods drawn in the accuracy-vs-ε plot (default: every method with ε-curve rows)")
     rep.add_argument("--quiet", action="store_true", help="do not print the table")
     rep.set_defaults(handler=cmd_report)
+
+    speed = sub.add_parser("speed", help="throughput of the fast path vs a reference-style path (speed.csv, speed.md)")
+    speed.add_argument("--methods", nargs="+", help="method names or 'all' (default all; with --quick one per family: "
+                       "simclr acl rocl advcl-ip)")
+    speed.add_argument("--quick", action="store_true", help="few short repeats, 32 evaluation images, APGD-CE for "
+                       "AutoAttack, and ResNet-18 at batch 32 for acl and advcl-ip (minutes on a laptop CPU)")
+    speed.add_argument("--warmup", help="untimed steps before the repeats (default 2)")
+    speed.add_argument("--steps", help="steps per timed repeat (default 3)")
+    speed.add_argument("--repeats", help="timed repeats per path; the median is reported (default 3)")
+    speed.add_argument("--eval-images", help="images of the PGD-20/AutoAttack measurement, 0 = skip (default 256)")
+    speed.add_argument("--loader-workers",
+                       help="DataLoader workers of the reference-style path (default min(8, cores))")
+    speed.add_argument("--synthetic", help="use N random CIFAR-shaped images instead of the dataset (no download)")
+    speed.add_argument("--epoch", nargs="+", default=[], metavar="METHOD",
+                       help="also time one whole epoch of these methods' fast path")
+    speed.add_argument("--stages", nargs="+", default=[], help=f"what to measure: {', '.join(SPEED_STAGES)} "
+                       "(default all; epoch needs --epoch)")
+    speed.add_argument("--no-reference", action="store_true", help="measure the fast path only")
+    speed.add_argument("--no-autoattack", action="store_true", help="skip the AutoAttack measurement")
+    _add_config_flags(speed)
+    speed.set_defaults(handler=cmd_speed)
 
     lst = sub.add_parser("list", help="list the registered methods with a one-line description")
     lst.add_argument("--json", action="store_true", help="one JSON object per method")
@@ -566,6 +674,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Expected failures print one ``bench: error:`` line; ``--debug`` shows the traceback instead."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)[1:]
     progress.set_quiet(getattr(args, "quiet", False))
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -25,6 +25,7 @@ SCHEMES = ("SLF", "ALF", "AFF")
 ATTACKS = ("clean", "pgd20", "autoattack", "apgd-ce")
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("sgd", "lars", "lars-acl")  # see bench.optim for the two LARS forms
+CHANNELS_LAST = ("cuda", "always", "never")
 CORRUPTION_SOURCES = ("auto", "none", "regenerated", "official")  # see EvalConfig.corruptions
 
 
@@ -67,8 +68,19 @@ class PretrainConfig:
     warmup_start_lr: float = 0.0  # fraction of lr at step 0 of the warm-up
     min_lr_fraction: float = 1e-3  # cosine floor, as a fraction of lr
     lars_trust: float = 1e-3
-    amp: bool = False
     checkpoint_every: int = 50  # steps; the last step is always checkpointed
+    # The released multi-GPU semantics on any device (bench.shards): the batch as this many GPUs held
+    # it (per-shard BatchNorm, per-shard attack where the released code had one, negatives gathered).
+    shards: int = 1
+    # Fast path (bench.train): bf16 autocast, cuDNN autotuning and TF32 matrix products (CUDA only,
+    # ignored on CPU); channels-last weights ('cuda': on CUDA only, so CPU numbers stay those of a
+    # contiguous fp32 loop; 'always' also on CPU, ~1.5x faster pooling there but other rounding; 'never');
+    # torch.compile of the model's forward (used by every PGD inner loop).
+    amp: bool = False
+    channels_last: str = "cuda"
+    cudnn_benchmark: bool = True
+    tf32: bool = True
+    compile: bool = False
 
 
 @dataclass
@@ -98,7 +110,8 @@ class EvalConfig:
     attacks: tuple[str, ...] = ("clean", "pgd20", "autoattack")
     n_eval: int = 64  # 0 = the whole test set
     subset_seed: int = 0  # which n_eval images: the same for every training seed, so seeds are comparable
-    batch_size: int = 256
+    batch_size: int = 0  # 0 = auto: 256 on CPU, the largest that fits on a GPU (bench.evaluate.eval_batch_size)
+    amp: bool = False  # bf16 autocast of the classifier inside the attacks (CUDA only; logits and PGD steps fp32)
     sanity: bool = True
     # Extra PGD-20 budgets (step scaled as step_size/epsilon) on the same classifiers: the
     # accuracy-vs-ε curve. Cheap next to AutoAttack.
@@ -191,7 +204,7 @@ INTEGER_AT_LEAST = {  # field → minimum (integers)
     "seed": 0, "jobs": 0, "data.image_size": 8, "pretrain.epochs": 0, "pretrain.batch_size": 2,
     "pretrain.checkpoint_every": 1, "finetune.epochs": 1, "finetune.batch_size": 2, "finetune.alf_steps": 0,
     "finetune.trades_steps": 0, "evaluate.n_eval": 0, "evaluate.pgd_steps": 1, "evaluate.subset_seed": 0,
-    "evaluate.batch_size": 1, "attack.steps": 0, "evaluate.corruption_seed": 0,
+    "evaluate.batch_size": 0, "attack.steps": 0, "pretrain.shards": 1, "evaluate.corruption_seed": 0,
 }
 NUMBER_IN = {  # field → (check, allowed text)
     "pretrain.lr": (_in(0, math.inf, low_open=True), "finite numbers > 0"),
@@ -234,6 +247,7 @@ def validate(config: RunConfig) -> RunConfig:
         ("data.eval_name", config.data.eval_name, ("", *sorted(DATASETS))),
         ("model.arch", config.model.arch, tuple(sorted(ENCODERS))),
         ("pretrain.optimizer", config.pretrain.optimizer, OPTIMIZERS),
+        ("pretrain.channels_last", config.pretrain.channels_last, CHANNELS_LAST),
         ("finetune.protocol", config.finetune.protocol, PROTOCOLS),
     ]
     for name, value, allowed in choices:
@@ -260,6 +274,9 @@ def validate(config: RunConfig) -> RunConfig:
     for attack in config.evaluate.attacks:
         if attack not in ATTACKS:
             _fail("evaluate.attacks", attack, str(list(ATTACKS)))
+    if config.pretrain.batch_size % config.pretrain.shards:
+        _fail("pretrain.batch_size", config.pretrain.batch_size,
+              f"multiples of pretrain.shards={config.pretrain.shards} (each shard holds an equal part of the batch)")
     _validate_corruptions(config)
     for name in ("results_dir", "reports_dir"):
         if not str(getattr(config, name)).strip():

@@ -43,7 +43,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from bench.attacks import pgd_cross_entropy
+from bench.attacks import autocast, pgd_cross_entropy
 from bench.autoattack_watch import checks_summary, watch_autoattack
 from bench.config import EvalConfig
 
@@ -88,8 +88,61 @@ def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int):
         yield x[start : start + batch_size], y[start : start + batch_size]
 
 
+# ---------------------------------------------------------------- fast path (bench speed measures it)
+CPU_BATCH = 256  # ``evaluate.batch_size`` 0 (auto) on CPU: larger batches do not run faster there
+AUTO_MEMORY_SHARE = 0.6  # auto batch on a GPU: the PGD step of one batch may use this share of free memory
+AUTO_BATCH_RANGE = (256, 8192)
+PROBE_ROWS = 32
+_probed: dict[tuple, int] = {}
+
+
+def eval_batch_size(model: nn.Module, x: torch.Tensor, requested: int) -> int:
+    """``evaluate.batch_size``: the requested one; for 0 (auto) 256 on CPU, and on a GPU the largest
+    power of two (256 to 8192) whose PGD step (forward + input gradient, eval mode) fits in 60 % of
+    the free memory, from the peak memory of one probe step on 32 images (once per model class,
+    image shape and device). AutoAttack's steps (APGD, FAB, Square) hold about as much per image."""
+    if requested > 0:
+        return requested
+    if x.device.type != "cuda" or x.shape[0] == 0:
+        return CPU_BATCH
+    key = (type(model), sum(parameter.numel() for parameter in model.parameters()), tuple(x.shape[1:]), str(x.device))
+    if key not in _probed:
+        _probed[key] = _probe_batch(model, x)
+    return _probed[key]
+
+
+def _probe_batch(model: nn.Module, x: torch.Tensor) -> int:
+    device = x.device
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    probe = x[:PROBE_ROWS].detach().clone().requires_grad_(True)
+    with eval_mode(model):
+        torch.autograd.grad(model(probe).logsumexp(1).sum(), probe)
+    per_image = max(1, torch.cuda.max_memory_allocated(device) - base) / probe.shape[0]
+    free, _ = torch.cuda.mem_get_info(device)
+    fitting = max(1, int(AUTO_MEMORY_SHARE * free / per_image))
+    low, high = AUTO_BATCH_RANGE
+    return max(low, min(high, 2 ** int(math.log2(fitting))))
+
+
+class AutocastLogits(nn.Module):
+    """A classifier run under bf16 autocast (``evaluate.amp``, CUDA), its logits returned in fp32:
+    the attacks' own arithmetic (steps, projections, AutoAttack's bookkeeping) stays fp32."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(x.device, True):
+            logits = self.model(x)
+        return logits.float()
+
+
 def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Per-image correctness (bool [n], on y's device) of the model's predictions on clean inputs."""
+    batch_size = eval_batch_size(model, x, batch_size)
     correct = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
     with eval_mode(model), torch.no_grad():
         for start, (xb, yb) in zip(range(0, x.shape[0], batch_size), _batches(x, y, batch_size)):
@@ -108,6 +161,7 @@ def pgd_correct(
     """Per-image robustness (bool [n]) under PGD (random start, summed CE); with restarts an image is
     robust only if it survives all."""
     generator = torch.Generator(device=x.device).manual_seed(seed)
+    batch_size = eval_batch_size(model, x, batch_size)
     robust = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
     with eval_mode(model):
         for start, (xb, yb) in zip(range(0, x.shape[0], batch_size), _batches(x, y, batch_size)):
@@ -147,6 +201,7 @@ def autoattack_accuracy(
 
     if version not in ("standard", "apgd-ce"):
         raise ValueError(f"version={version!r} is invalid: allowed ['apgd-ce', 'standard']")
+    batch_size = eval_batch_size(model, x, batch_size)
     options = {"version": "standard"} if version == "standard" else {"version": "custom", "attacks": ["apgd-ce"]}
     with eval_mode(model), watch_autoattack(progress) as watch:
         attack = AutoAttack(model, eps=epsilon, norm="Linf", device=str(device), seed=seed, **options)
@@ -186,15 +241,15 @@ def recording_modes(model: nn.Module) -> Iterator[list[bool]]:
             hook.remove()
 
 
-def attack_copy(model: nn.Module, device: torch.device | str) -> nn.Module:
+def attack_copy(model: nn.Module, device: torch.device | str, amp: bool = False) -> nn.Module:
     """The model every attack of an evaluation runs on: a copy on ``device``, so the caller's model
-    (its mode, BN statistics and memory layout) is never modified. On CPU the copy is channels-last:
+    (its mode, BN statistics and memory layout) is never modified. The copy is channels-last: on CPU
     the same function (convolutions give the same logits here), but small-batch CPU convolutions
-    and pooling run ~1.8× faster, which is most of AutoAttack's time on the smoke CNN."""
-    copy_ = copy.deepcopy(model).to(device)
-    if torch.device(device).type == "cpu":
-        copy_ = copy_.to(memory_format=torch.channels_last)
-    return copy_
+    and pooling run ~1.8× faster, which is most of AutoAttack's time on the smoke CNN; on CUDA the
+    layout tensor cores read without transposes (cuDNN may round differently). ``amp`` (CUDA only)
+    runs it under bf16 autocast (``AutocastLogits``)."""
+    copy_ = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last)
+    return AutocastLogits(copy_) if amp and torch.device(device).type == "cuda" else copy_
 
 
 def evaluate_classifier(
@@ -207,7 +262,7 @@ def evaluate_classifier(
     receives a line per stage and AutoAttack's own progress lines while it runs."""
     began = time.perf_counter()
     x, y = x.to(device), y.to(device)
-    model = attack_copy(model, device)
+    model = attack_copy(model, device, settings.amp)
     say = progress or (lambda stage: None)
     correct: dict[str, torch.Tensor] = {}
     sanity: dict[str, tuple[bool, str]] = {}
@@ -279,6 +334,7 @@ def autoattack_complete(info: dict) -> tuple[bool, str]:
 def degenerate_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[bool, str]:
     """Fails for non-finite logits, or one predicted class for every image of a test set with
     several classes: the signature of a diverged classifier (its 'accuracy' is a class share)."""
+    batch_size = eval_batch_size(model, x, batch_size)
     with eval_mode(model), torch.no_grad():
         logits = torch.cat([model(xb) for xb, _ in _batches(x, y, batch_size)])
     finite = bool(torch.isfinite(logits).all())

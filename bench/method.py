@@ -29,6 +29,7 @@ from bench.config import PRESETS, AttackConfig, ConfigError, coerce, field_types
 from bench.losses import AdaptiveAlpha, a_infonce
 from bench.models import ContrastiveModel, build_contrastive_model
 from bench.results import RunDir
+from bench.shards import of as shards_of
 
 QUIRKS = ("none", "official")
 IP_PARAMS = ("alpha", "adv_weight", "adaptive_epochs", "d_min")  # read by the -ip/-iphn variants only
@@ -97,6 +98,11 @@ class StepContext:
     attack: AttackConfig
     indices: torch.Tensor | None = None
     run_dir: RunDir | None = None  # where a method may cache what it computes once (e.g. pseudo-labels)
+    # bench.shards.Shards: the step's shards (views, random starts, gathers); None = one shard drawing
+    # from ``generator``. Methods reach it through ``bench.shards.of(ctx)``.
+    shards: Any = None
+    # bench speed's reference-style path: recompute what the released code recomputes (same numbers).
+    reference_style: bool = False
     # The run's total pretraining epochs. Schedules over the whole run need it (DynACL's
     # augmentation strength); the harness passes ``config.pretrain.epochs`` (0: not given).
     epochs: int = 0
@@ -285,8 +291,9 @@ class Method:
         """
         if self.adaptive is None:
             return self._alpha
+        shards = shards_of(ctx)  # the mean over every shard of the batch (all ranks under DDP)
         distance = F.pairwise_distance(model.features(clean, "normal"), model.features(adversarial, "normal")).mean()
-        self._alpha = self.adaptive.update(ctx.epoch, float(distance), clean.shape[0])
+        self._alpha = self.adaptive.update(ctx.epoch, float(shards.mean(distance)), shards.instances(clean.shape[0]))
         return self._alpha
 
     # ------------------------------------------------------------------ resume

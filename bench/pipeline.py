@@ -101,22 +101,28 @@ def run_plan(plan: RunPlan) -> list[RunOutcome]:
     return run_in_workers(plan, store, device, jobs)
 
 
-# ------------------------------------------------------------------ parallel runs (CPU)
+# ------------------------------------------------------------------ parallel runs (CPU cores, GPUs)
 
 
 def resolve_jobs(jobs: int, device: torch.device, runs: int) -> int:
-    """How many method runs go in parallel: 'auto' (0) = one per core on CPU, 1 on CUDA.
+    """How many method runs go in parallel: 'auto' (0) = one per core on CPU, one per GPU on CUDA.
 
     Small CPU models leave cores idle between tiny ops (two threads run a smoke forward only
     1.3× faster than one), so independent runs in single-thread processes use the machine
-    better. Workers are forked (the registry, plugins included, is inherited), so CUDA, which
-    cannot be forked, always runs in-process. More jobs than cores only oversubscribes them.
+    better; CPU workers are forked (the registry, plugins included, is inherited). On CUDA each
+    run gets a GPU of its own in a spawned worker (CUDA cannot be forked), which scales with no
+    change of semantics (reviews/ecosystem.md §2c); one run per GPU at a time.
     """
     if jobs < 0:
         raise ConfigError(f"jobs={jobs!r} is invalid: allowed 0 (auto) or integers >= 1")
+    if device.type == "cuda":
+        gpus = torch.cuda.device_count()
+        if jobs > gpus:
+            raise ConfigError(f"jobs={jobs!r} is invalid on this machine: allowed 0 (auto) to {gpus} (one run per GPU)")
+        return max(1, min(jobs or gpus, runs))
     if device.type != "cpu":
         if jobs > 1:
-            raise ConfigError(f"jobs={jobs!r} is invalid on {device.type}: allowed 0 (auto) or 1 (parallel runs are CPU-only)")
+            raise ConfigError(f"jobs={jobs!r} is invalid on {device.type}: allowed 0 (auto) or 1")
         return 1
     if jobs > 1 and "fork" not in multiprocessing.get_all_start_methods():
         raise ConfigError(f"jobs={jobs!r} is invalid on this platform (no fork): allowed 0 (auto) or 1")
@@ -128,9 +134,13 @@ def resolve_jobs(jobs: int, device: torch.device, runs: int) -> int:
     return max(1, min(jobs, runs))
 
 
-def _worker(connection, run: MethodRun, plan: RunPlan, device: torch.device, threads: int) -> None:
-    """One run in a forked process; it dies with its parent and reports its outcome on ``connection``."""
+def _worker(connection, run: MethodRun, plan: RunPlan, device: torch.device, threads: int, quiet: bool = False) -> None:
+    """One run in a worker process (forked on CPU, spawned and pinned to its GPU on CUDA); it dies
+    with its parent and reports its outcome on ``connection``."""
     torch.set_num_threads(threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    progress.set_quiet(quiet)
     progress.set_bars(False)  # bars from several processes would garble the terminal; log lines stay
     watch_parent(os.getppid())
     connection.send(execute(run, plan, ResultsStore(plan.results_dir), DataCache(device), device))
@@ -154,17 +164,30 @@ class _Worker:
     process: Any
     connection: Any
     run: MethodRun
+    device: torch.device
 
 
-def run_in_workers(plan: RunPlan, store: ResultsStore, device: torch.device, jobs: int) -> list[RunOutcome]:
-    """Run the plan's methods in up to ``jobs`` forked processes, one process per run.
+def worker_devices(device: torch.device, jobs: int) -> list[torch.device]:
+    """The device of each worker slot: the CPU for every slot, or GPU i for slot i."""
+    if device.type == "cuda":
+        return [torch.device("cuda", index) for index in range(jobs)]
+    return [device] * jobs
+
+
+def run_in_workers(plan: RunPlan, store: ResultsStore, device: torch.device, jobs: int,
+                   start_method: str | None = None) -> list[RunOutcome]:
+    """Run the plan's methods in up to ``jobs`` worker processes, one process per run.
 
     A process per run (not a pool) keeps runs independent: one that fails or is killed (OOM,
     ``kill -9``) is recorded as failed and the others carry on. On an interrupt every worker
-    is stopped before the interrupt propagates."""
+    is stopped before the interrupt propagates. Workers are forked on CPU and spawned on CUDA
+    (``start_method`` forces one, e.g. tests of the spawn path on CPU), each on its own GPU."""
     threads = max(1, available_cores() // jobs)
-    progress.log(f"running {len(plan.runs)} methods in {jobs} parallel processes ({threads} thread(s) each)")
-    context = multiprocessing.get_context("fork")
+    start_method = start_method or ("spawn" if device.type == "cuda" else "fork")
+    where = f"{jobs} GPUs" if device.type == "cuda" else f"{jobs} parallel processes"
+    progress.log(f"running {len(plan.runs)} methods in {where} ({threads} thread(s) each, {start_method})")
+    context = multiprocessing.get_context(start_method)
+    free = worker_devices(device, jobs)
     # Teachers first (their students wait for them), then adversarial methods (several attack passes
     # per step): the cheap ones fill the tail.
     teachers = {run.teacher for run in plan.runs}
@@ -177,16 +200,19 @@ def run_in_workers(plan: RunPlan, store: ResultsStore, device: torch.device, job
                 pending.remove(run)
                 if run.run_id in outcomes:  # its teacher failed: nothing to start
                     continue
+                slot = free.pop(0)
                 receiver, sender = context.Pipe(duplex=False)
-                process = context.Process(target=_worker, args=(sender, run, plan, device, threads), daemon=True)
+                process = context.Process(target=_worker, args=(sender, run, plan, slot, threads, progress.is_quiet()),
+                                          daemon=True)
                 process.start()
                 sender.close()
-                active.append(_Worker(process, receiver, run))
+                active.append(_Worker(process, receiver, run, slot))
             if not active:  # every pending run waits for a teacher that is not in the plan: cannot happen
                 raise RuntimeError(f"runs {[run.run_id for run in pending]} wait for teachers that never run")
             multiprocessing.connection.wait([worker.process.sentinel for worker in active])
             for worker in [worker for worker in active if not worker.process.is_alive()]:
                 active.remove(worker)
+                free.append(worker.device)
                 outcomes[worker.run.run_id] = _collect_outcome(worker, store)
                 store.collect()
     except BaseException:

@@ -18,6 +18,10 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
+def is_quiet() -> bool:
+    return _quiet
+
+
 def set_bars(bars: bool) -> None:
     """Turn progress bars off (status lines stay), e.g. in parallel worker processes."""
     global _bars

@@ -23,6 +23,8 @@ from bench.method import Method, Published, StepContext
 from bench.models import ContrastiveModel
 from bench.optim import ACL_LARS
 from bench.registry import register
+from bench.shards import Shards
+from bench.shards import of as shards_of
 from bench.views import StrongAugment
 
 RELEASED = "VITA-Group/Adversarial-Contrastive-Learning train_simCLR.py --ACL_DS (LARS schedule: bench.optim.ACL_LARS)"
@@ -40,9 +42,13 @@ SMOKE = {  # registered name -> settings of the smoke preset
 }
 
 
-def joint_nt_xent(model: ContrastiveModel, pair: torch.Tensor, bn: str, temperature: float) -> torch.Tensor:
-    """NT-Xent of a stacked pair [x1; x2] forwarded together through one BN branch."""
+def joint_nt_xent(model: ContrastiveModel, pair: torch.Tensor, bn: str, temperature: float,
+                  shards: Shards | None = None) -> torch.Tensor:
+    """NT-Xent of a stacked pair [x1; x2] forwarded together through one BN branch (negatives over
+    every shard: the released ACL ran on one GPU, so its attack and loss see the whole batch)."""
     z1, z2 = model(pair, bn).chunk(2)
+    if shards is not None:
+        z1, z2 = shards.gather(z1), shards.gather(z2)
     return nt_xent(z1, z2, temperature)
 
 
@@ -61,31 +67,37 @@ class ACL(Method):
     smoke = SMOKE
 
     def adversarial_pair(self, model: ContrastiveModel, pair: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        """PGD on both views jointly, model in eval mode (mode restored afterwards)."""
+        """PGD on both views jointly, model in eval mode (mode restored afterwards).
+
+        ``ctx.reference_style`` (``bench speed``) differentiates as the released ``PGD_contrastive``,
+        into every parameter too: same adversaries, the released cost."""
+        shards = shards_of(ctx)
         was_training = model.training
         model.eval()
         try:
             return pgd(
-                lambda inputs: joint_nt_xent(model, inputs, "pgd", self.params.temperature),
+                lambda inputs: joint_nt_xent(model, inputs, "pgd", self.params.temperature, shards),
                 pair,
                 epsilon=ctx.attack.epsilon,
                 step_size=ctx.attack.step_size,
                 steps=ctx.attack.steps,
-                generator=ctx.generator,
+                start=shards.random_start(pair, ctx.attack.epsilon, views=2),
+                parameter_gradients=ctx.reference_style,
             )
         finally:
             model.train(was_training)
 
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
-        clean = torch.cat([self.augment(images, ctx.generator), self.augment(images, ctx.generator)])
+        shards = shards_of(ctx)
+        clean = torch.cat([shards.map(self.augment, images), shards.map(self.augment, images)])
         adversarial = self.adversarial_pair(model, clean, ctx)
         alpha = self.update_alpha(model, clean, adversarial, ctx)
         if not (self.inferior_positives or self.hard_negatives):
-            loss_clean = joint_nt_xent(model, clean, "normal", self.params.temperature)
-            loss_adv = joint_nt_xent(model, adversarial, "pgd", self.params.temperature)
+            loss_clean = joint_nt_xent(model, clean, "normal", self.params.temperature, shards)
+            loss_adv = joint_nt_xent(model, adversarial, "pgd", self.params.temperature, shards)
             return 0.5 * (loss_clean + loss_adv), {"loss_clean": loss_clean.detach(), "loss_adv": loss_adv.detach()}
-        z_clean = model(clean, "normal").chunk(2)
-        z_adv = model(adversarial, "pgd").chunk(2)
+        z_clean = [shards.gather(z) for z in model(clean, "normal").chunk(2)]
+        z_adv = [shards.gather(z) for z in model(adversarial, "pgd").chunk(2)]
         features = torch.stack([*z_clean, *z_adv], dim=1)  # [B, 4, D]: x1, x2, a1, a2
         loss = self.contrastive_loss(features, (False, False, True, True))
         return loss, {"alpha": alpha}

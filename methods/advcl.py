@@ -24,9 +24,10 @@ Deviations from the released code (none changes a gradient or an adversarial exa
   whose output is unused; again only projector BN running statistics differ);
 - the random start is clamped to [0, 1] (``bench.attacks``), the released one is not
   clamped before the first step;
-- BatchNorm statistics are over the whole batch of 512 per view; the released run used
-  DataParallel on 2 GPUs with apex's SyncBN conversion, which is inactive without
-  torch.distributed, i.e. per-GPU BN over 256 (docs/fidelity.md);
+- BatchNorm statistics: the released run used DataParallel on 2 GPUs with apex's SyncBN
+  conversion, which is inactive without torch.distributed, i.e. per-GPU BN over 256
+  (docs/fidelity.md) while the attack and the loss see the whole batch; the paper preset
+  reproduces it with ``pretrain.shards = 2`` (``bench.shards``, docs/speed.md), ``shards = 1`` is BN over 512;
 - pseudo-labels: the released files cluster features of an ImageNet-pretrained contrastive
   model (ClusterFit); pass such a file as ``pseudo_labels``, or let ``setup`` cluster the
   features of any encoder (``pseudo_label_encoder``) or, as a stand-in, raw pixels
@@ -42,13 +43,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.attacks import pgd
+from bench.attacks import pgd, project
 from bench.config import ConfigError
 from bench.losses import a_infonce, official_advcl_loss
 from bench.method import Method, MethodParams, Published, StepContext
 from bench.models import ContrastiveModel
 from bench.pseudo_labels import pseudo_labels
 from bench.registry import register
+from bench.shards import Shards
+from bench.shards import of as shards_of
 from bench.views import StrongAugment, WeakAugment, high_frequency_component
 
 # Views of the contrastive matrix, in order: x_adv, x1, x2, HFC.
@@ -63,9 +66,11 @@ def advcl_sgd(lr: float) -> dict[str, Any]:
     SGD (momentum 0.9, wd 1e-4), batch 512, ``--epoch 400``, warm-up from 0.01 over 10 epochs (on
     for batch > 256), cosine to lr·1e-3 (``lr_decay_rate ** 3``). Kept approximately: the released
     warm-up ends at the cosine's value at epoch 10 (0.998·lr) and the loop runs 402 epochs.
+    ``shards`` 2 (``bench.shards``): ``nn.DataParallel`` over every visible GPU (a single one is
+    refused) and the A-InfoNCE README's "2 Tesla V100 GPUs", i.e. per-GPU BatchNorm over 256.
     """
     return {"optimizer": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 512,
-            "warmup_epochs": 10, "warmup_start_lr": 0.01 / lr, "min_lr_fraction": 1e-3, "epochs": 400}
+            "warmup_epochs": 10, "warmup_start_lr": 0.01 / lr, "min_lr_fraction": 1e-3, "epochs": 400, "shards": 2}
 
 
 SCRIPTS = "yqy2001/A-InfoNCE Asym-AdvCL/shell/"
@@ -195,29 +200,42 @@ class AdvCL(Method):
         )
         self.pseudo_labels = {k: torch.as_tensor(labels[k], dtype=torch.long, device=ctx.device) for k in ks}
 
-    def pseudo_label_loss(self, model: ContrastiveModel, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """Mean over the K heads of the cross-entropy on the 'pgd_ce' feature (labels -1 ignored)."""
-        feature = model.features(x, "pgd_ce")
+    def pseudo_label_loss(self, model: ContrastiveModel, x: torch.Tensor, indices: torch.Tensor,
+                          shards: Shards | None = None) -> torch.Tensor:
+        """Mean over the K heads of the cross-entropy on the 'pgd_ce' feature (labels -1 ignored),
+        over every shard of the batch (the released DataParallel gathers the logits)."""
+        return self.pseudo_label_loss_of_feature(model, model.features(x, "pgd_ce"), indices, shards)
+
+    def head_logits(self, model: ContrastiveModel, feature: torch.Tensor, indices: torch.Tensor, k: int,
+                    shards: Shards | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head K's logits and pseudo-labels of the batch, gathered over every shard."""
+        logits, target = model.heads[head_name(k)](feature), self.pseudo_labels[k][indices]
+        if shards is not None:
+            logits, target = shards.gather(logits), shards.gather(target)
+        return logits, target
+
+    def pseudo_label_loss_of_feature(self, model: ContrastiveModel, feature: torch.Tensor, indices: torch.Tensor,
+                                     shards: Shards | None = None) -> torch.Tensor:
         losses = []
         for k in self.params.pseudo_label_ks:
-            target = self.pseudo_labels[k][indices]
-            summed = F.cross_entropy(model.heads[head_name(k)](feature), target, ignore_index=-1, reduction="sum")
+            logits, target = self.head_logits(model, feature, indices, k, shards)
+            summed = F.cross_entropy(logits, target, ignore_index=-1, reduction="sum")
             losses.append(summed / (target >= 0).sum().clamp(min=1))
         return torch.stack(losses).mean()
 
-    def pseudo_label_attack_objective(self, model: ContrastiveModel, x: torch.Tensor, indices: torch.Tensor):
-        """What x_ce maximises: ce_weight · Σ_K sum-CE(head_K) / (number of heads), labels -1 ignored.
+    def pseudo_label_attack_objective(self, model: ContrastiveModel, feature: torch.Tensor, indices: torch.Tensor,
+                                      shards: Shards | None = None) -> torch.Tensor:
+        """What x_ce maximises, from its 'pgd_ce' feature: ce_weight · Σ_K sum-CE(head_K) / (number of
+        heads), labels -1 ignored, over every shard.
 
         As released (``AttackPGD.forward``: ``F.cross_entropy(..., size_average=False, ignore_index=-1) / 5``
         summed over the heads, times ``ce_weight``). It is not ``pseudo_label_loss`` rescaled: the
         training term divides each head by its own number of valid labels, so with ignored labels
         the heads would be weighted differently and the sign step could differ.
         """
-        feature = model.features(x, "pgd_ce")
         ks = self.params.pseudo_label_ks
         summed = torch.stack([
-            F.cross_entropy(model.heads[head_name(k)](feature), self.pseudo_labels[k][indices], ignore_index=-1,
-                            reduction="sum")
+            F.cross_entropy(*self.head_logits(model, feature, indices, k, shards), ignore_index=-1, reduction="sum")
             for k in ks
         ]).sum()
         return self.params.ce_weight * summed / len(ks)
@@ -252,18 +270,49 @@ class AdvCL(Method):
 
         The released code updates both with the sign of their own gradient of one summed
         loss; each view is its own forward with its own BN, so two separate PGD runs are the same.
-        ``clean`` are the detached 'normal' embeddings of x1, x2, HFC (fixed during PGD).
+        ``clean`` are the detached 'normal' embeddings of x1, x2, HFC (fixed during PGD). Each
+        shard's random starts come from its generator; the objectives see every shard.
         """
-        settings = dict(epsilon=ctx.attack.epsilon, step_size=ctx.attack.step_size, steps=ctx.attack.steps,
-                        generator=ctx.generator)
+        shards = shards_of(ctx)
+        epsilon = ctx.attack.epsilon
+        settings = dict(epsilon=epsilon, step_size=ctx.attack.step_size, steps=ctx.attack.steps)
+        clean = [shards.gather(z) for z in clean]
         with model_mode(model, True):
             x_adv = pgd(
-                lambda inputs: self.attack_objective(torch.stack([model(inputs, "pgd"), *clean], dim=1)),
-                images_org, **settings,
+                lambda inputs: self.attack_objective(torch.stack([shards.gather(model(inputs, "pgd")), *clean], dim=1)),
+                images_org, start=shards.random_start(images_org, epsilon), **settings,
             )
-            x_ce = pgd(lambda inputs: self.pseudo_label_attack_objective(model, inputs, indices), images_org,
-                       **settings)
+            x_ce = pgd(
+                lambda inputs: self.pseudo_label_attack_objective(model, model.features(inputs, "pgd_ce"), indices,
+                                                                  shards),
+                images_org, start=shards.random_start(images_org, epsilon), **settings,
+            )
         return x_adv, x_ce
+
+    def released_adversaries(
+        self, model: ContrastiveModel, images_org: torch.Tensor, views: Sequence[torch.Tensor], indices: torch.Tensor,
+        ctx: StepContext,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``adversaries`` computed as the released ``AttackPGD.forward`` does (``bench speed``'s
+        reference-style path): one loop over both iterates, every step forwarding x_cl, x_ce (through
+        the projector too, unused) and again the clean views x1, x2, HFC, one summed loss. Same
+        adversaries (sign steps of each iterate's own gradient), the released cost."""
+        shards = shards_of(ctx)
+        epsilon, step_size = ctx.attack.epsilon, ctx.attack.step_size
+        starts = [shards.random_start(images_org, epsilon) for _ in range(2)]
+        x_cl, x_ce = [images_org.clone() if start is None else project(start, images_org, epsilon) for start in starts]
+        with model_mode(model, True):
+            for _ in range(ctx.attack.steps):
+                x_cl, x_ce = x_cl.requires_grad_(True), x_ce.requires_grad_(True)
+                feature_ce = model.features(x_ce, "pgd_ce")
+                model.project(feature_ce, "pgd_ce")  # released: contrast=True on x_ce, output unused
+                features = [model(x_cl, "pgd")] + [model(view, "normal") for view in views]
+                loss = self.attack_objective(torch.stack([shards.gather(z) for z in features], dim=1))
+                loss = loss + self.pseudo_label_attack_objective(model, feature_ce, indices, shards)
+                grad_cl, grad_ce = torch.autograd.grad(loss, [x_cl, x_ce])
+                x_cl = project(x_cl.detach() + step_size * grad_cl.sign(), images_org, epsilon)
+                x_ce = project(x_ce.detach() + step_size * grad_ce.sign(), images_org, epsilon)
+        return x_cl.detach(), x_ce.detach()
 
     def hfc_radius(self, images: torch.Tensor) -> int:
         """The released radius 8 is for 32 px images: scale it to this size, at least 1."""
@@ -275,16 +324,26 @@ class AdvCL(Method):
         if ctx.indices is None:
             raise ValueError(f"{self.name}: ctx.indices (dataset indices of the batch) is needed for the pseudo-labels")
         indices = ctx.indices.to(self.pseudo_labels[self.params.pseudo_label_ks[0]].device)
-        x1, x2 = self.augment(images, ctx.generator), self.augment(images, ctx.generator)
-        images_org = self.weak_augment(images, ctx.generator)
+        shards = shards_of(ctx)
+        x1, x2 = shards.map(self.augment, images), shards.map(self.augment, images)
+        images_org = shards.map(self.weak_augment, images)
         hfc = high_frequency_component(images_org, radius=self.hfc_radius(images))
         # One forward per clean view (its own BN batch, as released); reused by the attack and the loss.
         clean = [model(view, "normal") for view in (x1, x2, hfc)]
-        x_adv, x_ce = self.adversaries(model, images_org, [z.detach() for z in clean], indices, ctx)
+        if ctx.reference_style:
+            x_adv, x_ce = self.released_adversaries(model, images_org, (x1, x2, hfc), indices, ctx)
+        else:
+            x_adv, x_ce = self.adversaries(model, images_org, [z.detach() for z in clean], indices, ctx)
         alpha = self.update_alpha(model, images_org, x_adv, ctx)
-        features = torch.stack([model(x_adv, "pgd"), *clean], dim=1)  # [B, 4, D]: x_adv, x1, x2, HFC
+        views = [model(x_adv, "pgd"), *clean]
+        features = torch.stack([shards.gather(z) for z in views], dim=1)  # [B, 4, D]: x_adv, x1, x2, HFC
         loss_contrast = self.contrastive_term(features)
-        loss_ce = self.pseudo_label_loss(model, x_ce, indices)
+        if ctx.reference_style:  # released: x_ce through the projector too (output unused)
+            feature_ce = model.features(x_ce, "pgd_ce")
+            model.project(feature_ce, "pgd_ce")
+            loss_ce = self.pseudo_label_loss_of_feature(model, feature_ce, indices, shards)
+        else:
+            loss_ce = self.pseudo_label_loss(model, x_ce, indices, shards)
         logs = {"loss_contrast": loss_contrast.detach(), "loss_ce": loss_ce.detach()}
         if self.inferior_positives:
             logs["alpha"] = alpha

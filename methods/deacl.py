@@ -45,6 +45,7 @@ from bench.config import ConfigError
 from bench.method import Method, MethodParams, Published, StepContext
 from bench.models import NORMALIZATIONS, ContrastiveModel, Normalize
 from bench.registry import register
+from bench.shards import of as shards_of
 from bench.views import WeakAugment
 
 # Released schedule: LinearWarmupCosineAnnealingLR stepped per epoch, 0.003 at epoch 0 rising
@@ -205,7 +206,9 @@ class DeACL(Method):
 
     # ------------------------------------------------------------------ step
     def adversarial_view(self, model: ContrastiveModel, clean: torch.Tensor, target: torch.Tensor, ctx: StepContext):
-        """x̃ maximising -Σ cos(student(x̃), t), student in eval mode (mode restored afterwards)."""
+        """x̃ maximising -Σ cos(student(x̃), t), student in eval mode (mode restored afterwards); each
+        shard's random start from its own generator (``bench.shards``; the sum is per image, so the
+        attack needs no gather)."""
         was_training = model.training
         model.eval()
         try:
@@ -215,14 +218,14 @@ class DeACL(Method):
                 epsilon=ctx.attack.epsilon,
                 step_size=ctx.attack.step_size,
                 steps=ctx.attack.steps,
-                generator=ctx.generator,
+                start=shards_of(ctx).random_start(clean, ctx.attack.epsilon),
             )
         finally:
             model.train(was_training)
 
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
         teacher = self._resolve_teacher().eval()  # released: momentum_backbone.eval() every step
-        clean = self.augment(images, ctx.generator)
+        clean = shards_of(ctx).map(self.augment, images)  # each shard's views from its own generator
         with torch.no_grad():
             target = teacher.features(clean, self.teacher_branch)
         adversarial = self.adversarial_view(model, clean, target, ctx)

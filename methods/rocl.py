@@ -15,9 +15,13 @@ The variants only change step 3 (``contrastive_term``): -ip weighs the clean→a
 terms by α and the adversarial→clean ones by 1−α (α = 0.2 fixed), -hn re-weights negatives
 (HCL); the attack and the regulariser stay symmetric, as released.
 
+Multi-GPU semantics (``bench.shards``): the paper ran DDP on 2 GPUs × 256 with SyncBatchNorm,
+the attack and the regulariser on each GPU's 256 images and the contrastive matrix gathered over
+512; the paper preset reproduces it with ``pretrain.shards = 2`` (attack and regulariser per
+shard, BatchNorm over the whole batch: ``synced_batch_norm``); ``shards = 1`` runs all three on
+the whole batch.
+
 Deviations from the released code (all small, documented in the report):
-- the paper ran 2 GPUs × 256 with the attack and the regulariser on each GPU's 256 images
-  and the contrastive matrix gathered over 512; here all three use the whole batch;
 - views are augmented crop → flip → jitter → grayscale (RoCL: jitter → grayscale → flip → crop);
 - ε is the harness's (8/255 = 0.03137 in the paper preset, RoCL: 0.0314).
 """
@@ -34,6 +38,7 @@ from bench.losses import a_infonce, official_rocl_loss
 from bench.method import Method, MethodParams, Published, StepContext
 from bench.models import ContrastiveModel
 from bench.registry import register
+from bench.shards import of as shards_of
 from bench.views import StrongAugment
 
 # Views of the contrastive matrix, in order: x1, x2, a (the adversarial one).
@@ -54,11 +59,12 @@ def rocl_lars(base_lr: float) -> dict[str, Any]:
     base·2.4 at epoch 0 rising to 15·base at epoch 9, then ``CosineAnnealingLR(T_max 1000)`` from
     15·base towards 0. Our per-iteration linear warm-up from (2.4/15)·lr to lr = 15·base over 9
     epochs hits the released value at the first iteration of every warm-up epoch (it interpolates
-    inside an epoch where the released lr is a step function), then cosine to 0.
+    inside an epoch where the released lr is a step function), then cosine to 0. ``shards`` 2: the
+    released DDP ran 2 processes × 256 (attack and regulariser per GPU, ``bench.shards``).
     """
     return {"optimizer": "lars", "lars_trust": 1e-3, "lr": 15 * base_lr, "momentum": 0.9, "weight_decay": 1e-6,
             "warmup_epochs": 9, "warmup_start_lr": 2.4 / 15, "min_lr_fraction": 0.0, "epochs": 1000,
-            "batch_size": 512}
+            "batch_size": 512, "shards": 2}  # shell/rocl-*.sh: --nproc_per_node=2 --ngpu 2 --batch-size=256
 
 
 # Every script runs ``rocl_train.py --k=7`` with its defaults ``--alpha 0.007`` (PGD step) and ``--lamda 256``.
@@ -132,6 +138,7 @@ class RoCL(Method):
     has_adversarial_views = True
     Params = RoCLParams
     augment = StrongAugment(crop_scale=(0.08, 1.0))
+    synced_batch_norm = True  # released: DDP + SyncBatchNorm, one BN over every GPU's rows (bench.shards)
     paper = PAPER
     smoke = SMOKE
     official_quirks = True  # quirks='official': bench.losses.official_rocl_loss
@@ -167,36 +174,55 @@ class RoCL(Method):
         return self.contrastive_loss(features, ADVERSARIAL, detach_contrast=True, scale=POSITIVES_PER_ANCHOR)
 
     # ------------------------------------------------------------------ step
-    def adversarial_view(self, model: ContrastiveModel, x1: torch.Tensor, x2: torch.Tensor, ctx: StepContext):
-        """a = PGD on x1 maximising NT-Xent(a, x2), model in eval mode (mode restored afterwards)."""
+    def adversarial_view(self, model: ContrastiveModel, x1: torch.Tensor, x2: torch.Tensor, ctx: StepContext,
+                         generator: torch.Generator | None = None):
+        """a = PGD on x1 maximising NT-Xent(a, x2) over one shard, model in eval mode (mode restored
+        afterwards); the random start comes from the shard's ``generator`` (default ``ctx.generator``).
+
+        x2's embedding is computed once (eval mode: the same at every PGD step); the released
+        ``RepresentationAdv.get_loss`` forwards [a; x2] at every step, which ``ctx.reference_style``
+        (``bench speed``) does too: same adversary, the released cost."""
+        shards = shards_of(ctx)
+        temperature = self.params.temperature
         steps = ctx.attack.steps if self.params.attack_steps is None else self.params.attack_steps
         step_size = ctx.attack.step_size if self.params.attack_step_size is None else self.params.attack_step_size
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
-                z_target = model(x2)  # eval mode: x2's embedding is the same at every PGD step
-            return pgd(
-                lambda inputs: pair_nt_xent(model(inputs), z_target, self.params.temperature),
-                x1,
-                epsilon=ctx.attack.epsilon,
-                step_size=step_size,
-                steps=steps,
-                generator=ctx.generator,
-            )
+            if ctx.reference_style:
+                def objective(inputs: torch.Tensor) -> torch.Tensor:
+                    z_adv, z_target = model(torch.cat([inputs, x2])).chunk(2)
+                    return pair_nt_xent(shards.gather_shard(z_adv), shards.gather_shard(z_target), temperature)
+            else:
+                with torch.no_grad():
+                    z_fixed = shards.gather_shard(model(x2))
+
+                def objective(inputs: torch.Tensor) -> torch.Tensor:
+                    return pair_nt_xent(shards.gather_shard(model(inputs)), z_fixed, temperature)
+            return pgd(objective, x1, epsilon=ctx.attack.epsilon, step_size=step_size, steps=steps,
+                       generator=generator if generator is not None else ctx.generator)
         finally:
             model.train(was_training)
 
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
-        x1, x2 = self.augment(images, ctx.generator), self.augment(images, ctx.generator)
-        adversarial = self.adversarial_view(model, x1, x2, ctx)
+        shards = shards_of(ctx)
+
+        def shard_views(shard_images: torch.Tensor, generator: torch.Generator):
+            x1, x2 = self.augment(shard_images, generator), self.augment(shard_images, generator)
+            return x1, x2, self.adversarial_view(model, x1, x2, ctx, generator)
+
+        x1, x2, adversarial = shards.map(shard_views, images)  # the attack sees its own shard, as released
         alpha = self.update_alpha(model, x1, adversarial, ctx)  # no-op: RoCL-IP keeps α fixed
         # The regulariser's train-mode forward comes first, as released (``get_loss`` runs before the
         # main forward): the BN running statistics, which finetuning loads, then see the same two
-        # updates in the same order.
+        # updates in the same order. It is per shard, as released (mean over GPUs under DDP).
         z_adv, z_target = model(torch.cat([adversarial, x2])).chunk(2)
-        loss_regularizer = pair_nt_xent(z_adv, z_target, self.params.temperature) / self.params.regularizer_lambda
-        features = torch.stack(model(torch.cat([x1, x2, adversarial])).chunk(3), dim=1)  # [B, 3, D]
+        loss_regularizer = shards.mean_over_shards(
+            lambda a, t: pair_nt_xent(shards.gather_shard(a), shards.gather_shard(t), self.params.temperature),
+            z_adv, z_target,
+        ) / self.params.regularizer_lambda
+        views = model(torch.cat([x1, x2, adversarial])).chunk(3)
+        features = torch.stack([shards.gather(z) for z in views], dim=1)  # [B, 3, D], negatives over every shard
         loss_contrast = self.contrastive_term(features)
         logs = {"loss_contrast": loss_contrast.detach(), "loss_regularizer": loss_regularizer.detach()}
         if self.inferior_positives:

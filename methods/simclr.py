@@ -18,6 +18,7 @@ from bench.method import Method, Published, StepContext
 from bench.models import ContrastiveModel
 from bench.optim import ACL_LARS
 from bench.registry import register
+from bench.shards import of as shards_of
 from bench.views import StrongAugment
 
 PAPER = {  # registered name -> dataset -> settings
@@ -41,6 +42,7 @@ class SimCLR(Method):
     smoke = SMOKE
 
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
-        views = torch.cat([self.augment(images, ctx.generator), self.augment(images, ctx.generator)])
+        shards = shards_of(ctx)  # views from each shard's generator, negatives over every shard
+        views = torch.cat([shards.map(self.augment, images), shards.map(self.augment, images)])
         z1, z2 = model(views).chunk(2)
-        return nt_xent(z1, z2, self.params.temperature), {}
+        return nt_xent(shards.gather(z1), shards.gather(z2), self.params.temperature), {}

@@ -295,7 +295,8 @@ ADVCL_PARAMS = {"ce_weight": 0.2, "hfc_radius": 8}  # --ce_weight 0.2, --radius 
 
 def advcl_pretrain(lr: float) -> dict:
     return {"optimizer": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 512,
-            "warmup_epochs": 10, "warmup_start_lr": 0.01 / lr, "min_lr_fraction": 1e-3, "epochs": 400}
+            "warmup_epochs": 10, "warmup_start_lr": 0.01 / lr, "min_lr_fraction": 1e-3, "epochs": 400,
+            "shards": 2}  # nn.DataParallel over 2 GPUs (README: "2 Tesla V100"): per-GPU BN over 256
 
 
 # yqy2001/A-InfoNCE Asym-RoCL/rocl_train.py + argument.py: torchlars LARS (trust_coef 0.001) over SGD momentum
@@ -306,7 +307,8 @@ ROCL_PARAMS = {"attack_steps": 7, "attack_step_size": 0.007, "regularizer_lambda
 
 def rocl_pretrain(base_lr: float) -> dict:
     return {"optimizer": "lars", "lars_trust": 1e-3, "lr": 15 * base_lr, "momentum": 0.9, "weight_decay": 1e-6,
-            "warmup_epochs": 9, "warmup_start_lr": 0.16, "min_lr_fraction": 0.0, "epochs": 1000, "batch_size": 512}
+            "warmup_epochs": 9, "warmup_start_lr": 0.16, "min_lr_fraction": 0.0, "epochs": 1000, "batch_size": 512,
+            "shards": 2}  # shell/rocl-*.sh: --nproc_per_node=2 --batch-size=256
 
 
 # docs/design.md §4 (A-InfoNCE released scripts), CIFAR-10 / CIFAR-100: the A-InfoNCE knobs each script sets, then

@@ -190,7 +190,7 @@ def test_a_parameter_scope_that_names_no_selected_method_is_refused(tmp_path, ca
 
 @pytest.mark.parametrize("flag", [["--epsilon", "nan"], ["--step-size", "nan"], ["--lr", "inf"], ["--lr", "1e400"],
                                   ["--set", "pretrain.momentum=nan"], ["--set", "pretrain.weight_decay=-1"],
-                                  ["--set", "evaluate.batch_size=0"], ["--set", "pretrain.warmup_epochs=-3"],
+                                  ["--set", "evaluate.batch_size=-1"], ["--set", "pretrain.warmup_epochs=-3"],
                                   ["--set", "results_dir="], ["--image-size", "100000"]])
 def test_non_finite_and_out_of_range_values_are_refused_before_any_write(tmp_path, capsys, flag):
     code = main(["run", "--methods", "acl", "--results-dir", str(tmp_path / "r"), "--quiet", *flag])

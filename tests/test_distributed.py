@@ -1,0 +1,144 @@
+"""DDP on CPU with gloo and 2 processes (tests/ddp_ranks.py): the gathered gradient, DDP ≡ one process
+with ``pretrain.shards=2``, kill and resume; the shard rules under DDP; SyncBatchNorm swapping."""
+from __future__ import annotations
+
+import ddp_ranks
+import pytest
+import torch
+from torch import nn
+
+from bench import distributed
+from bench.config import ConfigError
+from bench.losses import nt_xent
+from bench.models import build_contrastive_model
+
+METHODS = ["acl", "advcl-ip"]  # eval-mode attack with gathered negatives; train-mode attack, per-shard BN, CE, α
+
+
+@pytest.fixture(scope="module")
+def ranks_output(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    torch.multiprocessing.spawn(ddp_ranks.main, args=(str(out / "rendezvous"), str(out), METHODS),
+                                nprocs=ddp_ranks.WORLD, join=True)
+    return out
+
+
+def test_gathered_contrastive_gradient_equals_the_single_process_gradient(ranks_output):
+    ranks = torch.load(ranks_output / "gather.pt", weights_only=True)
+    torch.manual_seed(0)
+    weight = torch.randn(5, 4, requires_grad=True)
+    inputs = torch.randn(2, 6, 5)
+    z1, z2 = (nn.functional.normalize(view @ weight, dim=1) for view in inputs)
+    loss = nt_xent(z1, z2, 0.5)
+    loss.backward()
+    assert torch.allclose(ranks["loss"], loss.detach(), atol=1e-6)
+    assert torch.allclose(ranks["grad"], weight.grad, atol=1e-6)  # not W× it: each rank's loss is the whole batch's
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_two_ranks_train_the_weights_of_one_process_with_two_shards(name, ranks_output):
+    ddp = torch.load(ranks_output / f"{name}-ddp.pt", weights_only=True)
+    single = torch.load(ranks_output / f"{name}-single.pt", weights_only=True)
+    for key, value in single["C"].items():
+        other = ddp["A"][key]
+        if value.is_floating_point():
+            difference = (other - value).abs().max()
+            assert torch.allclose(other, value, atol=1e-5, rtol=0), f"{name}: {key} differs by {difference}"
+        else:
+            assert torch.equal(other, value), key
+    assert [row["loss"] for row in ddp["A_history"]] == pytest.approx([row["loss"] for row in single["C_history"]],
+                                                                       abs=1e-5)
+    adaptive = single["C_method"]["adaptive"]  # advcl-ip: D̄ accumulated over the whole batch on every rank
+    if adaptive is not None:
+        assert ddp["A_method"]["adaptive"]["count"] == adaptive["count"] == 4 * 32
+        assert ddp["A_method"]["adaptive"]["total"] == pytest.approx(adaptive["total"], rel=1e-5)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_two_ranks_killed_and_resumed_end_where_an_uninterrupted_run_does(name, ranks_output):
+    ddp = torch.load(ranks_output / f"{name}-ddp.pt", weights_only=True)
+    assert ddp["B_resumed_from"] == 2
+    for key, value in ddp["A"].items():
+        assert torch.equal(ddp["B"][key], value), f"{name}: {key} differs after resume"
+    assert [row["loss"] for row in ddp["A_history"]] == [row["loss"] for row in ddp["B_history"]]
+
+
+class FakeCollective:
+    world, rank = 2, 0
+
+
+def test_shards_under_ddp_are_the_world_size_or_one_on_cuda():
+    cpu = torch.device("cpu")
+    assert distributed.check_shards(2, FakeCollective(), cpu, synced=False) == "per-shard"
+    with pytest.raises(ConfigError, match="pretrain.shards=3 is invalid under 2 processes: allowed 2"):
+        distributed.check_shards(3, FakeCollective(), cpu, synced=False)
+    with pytest.raises(ConfigError, match="SyncBatchNorm .* CUDA only"):
+        distributed.check_shards(1, FakeCollective(), cpu, synced=False)
+    with pytest.raises(ConfigError, match="released engine"):
+        distributed.check_shards(2, FakeCollective(), cpu, synced=True)  # RoCL: DDP + SyncBatchNorm
+    assert distributed.check_shards(2, FakeCollective(), torch.device("cuda"), synced=True) == "sync"
+    assert distributed.check_shards(1, None, cpu, synced=False) == "whole"
+    assert distributed.check_shards(2, None, cpu, synced=False) == "per-shard"
+    assert distributed.check_shards(2, None, cpu, synced=True) == "whole"
+
+
+def test_sync_batch_norm_swaps_every_batch_norm_and_restores_the_originals():
+    model = build_contrastive_model("small_cnn", ("normal", "pgd"), "advcl")
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    originals = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    swapped = distributed.convert_sync_batch_norm(model)
+    assert len(swapped) == len(originals) > 0
+    synced = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    assert all(isinstance(module, nn.SyncBatchNorm) for module in synced)
+    assert set(model.state_dict()) == set(before)
+    assert synced[0].weight is originals[0].weight and synced[0].running_mean is originals[0].running_mean
+    distributed.restore_batch_norm(model, swapped)
+    assert [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)] == originals
+    assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())
+
+
+def test_torchrun_pretrains_the_run_of_one_process_with_world_size_shards(tmp_path):
+    """`torchrun --nproc_per_node=2 bench pretrain` on CPU (gloo): one run, its id that of `--set
+    pretrain.shards=2` in one process, its encoder and history written once, by rank 0."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bench.plan import RunRequest, build_plan
+
+    flags = ["--methods", "simclr", "--device", "cpu", "--results-dir", str(tmp_path / "r"), "--epochs", "1",
+             "--set", "pretrain.batch_size=256", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "bench.cli", "pretrain", *flags], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = build_plan(RunRequest(methods=("simclr",), overrides={
+        "device": "cpu", "pretrain.epochs": "1", "pretrain.batch_size": "256", "pretrain.shards": "2",
+        "finetune.schemes": ""})).runs[0].run_id
+    runs = sorted(path.name for path in (tmp_path / "r" / "runs").iterdir())
+    assert runs == [expected]
+    run_dir = tmp_path / "r" / "runs" / expected
+    assert (run_dir / "encoder.pt").exists() and (run_dir / "done.json").exists()
+    assert len((run_dir / "pretrain_history.csv").read_text().splitlines()) == 1 + 1437 // 256
+
+
+def test_under_w_processes_unset_shards_become_w_and_published_or_given_ones_stay():
+    """plan_for_world on a plan of seeds × methods with a teacher (deacl distils from simclr): every
+    run whose shards neither the paper row nor the user sets is the run of `--set pretrain.shards=W`."""
+    from bench.plan import RunRequest, build_plan
+
+    request = RunRequest(preset="paper", methods=("simclr", "deacl", "advcl"), seeds=("0", "1"),
+                         overrides={"data.name": "cifar10", "data.download": "true"}, dry_run=True)
+    plan = distributed.plan_for_world(build_plan(request), request, 4)
+    shards = {(run.method, run.config.seed): run.config.pretrain.shards for run in plan.runs}
+    assert shards == {(name, seed): 2 if name == "advcl" else 4 for name in ("simclr", "deacl", "advcl")
+                      for seed in (0, 1)}  # advcl: its paper row's 2 (DataParallel on 2 GPUs)
+    widened = build_plan(RunRequest(preset="paper", methods=("simclr", "deacl"), seeds=("0", "1"),
+                                    overrides={"data.name": "cifar10", "data.download": "true", "pretrain.shards": "4"},
+                                    dry_run=True))
+    assert {run.run_id for run in widened.runs} <= {run.run_id for run in plan.runs}
+    assert all(run.teacher in {other.run_id for other in plan.runs} for run in plan.runs if run.teacher)
+    assert plan.base.jobs == 1
+    given = RunRequest(methods=("simclr",), overrides={"pretrain.shards": "1"})
+    assert distributed.plan_for_world(build_plan(given), given, 2).runs[0].config.pretrain.shards == 1

@@ -300,7 +300,8 @@ def test_sweep_jobs_carry_the_protocol_and_a_dry_run_fetches_nothing(tmp_path, c
     import shlex
 
     import bench.downloads
-    from bench.cli import _methods, _request, build_parser
+    from bench.cli import build_parser
+    from bench.commands import build_request, selected_methods
 
     monkeypatch.setattr(bench.downloads, "fetch_verified", lambda *args: pytest.fail("a dry run fetched a file"))
     lines = dry_run_lines(capsys, ["sweep", "--preset", "paper", "--methods", "acl", "advcl", "--protocol",
@@ -311,7 +312,7 @@ def test_sweep_jobs_carry_the_protocol_and_a_dry_run_fetches_nothing(tmp_path, c
     for line in finetune:
         assert "finetune.protocol=robustssl" in shlex.split(line["command"])
         args = build_parser().parse_args(shlex.split(line["command"])[1:])
-        request = _request(args, _methods(args))
+        request = build_request(args, selected_methods(args))
         request.dry_run = True
         (run,) = build_plan(request).runs  # the job's own flags rebuild this run, protocol included
         assert run.run_id == line["run_id"] and run.config.finetune.protocol == "robustssl"

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.cli import _methods, _request, build_parser, main
+from bench.cli import build_parser, main
+from bench.commands import build_request, selected_methods
 from bench.collect import MEASURED
 from bench.config import ConfigError
 from bench.plan import RunRequest, build_plan
@@ -78,7 +79,7 @@ def test_dry_run_json_lists_every_job_and_skips_complete_runs(tmp_path, capsys):
         assert line["after"] == ([] if line["stage"] == "pretrain" else [f"{line['run_id']}/pretrain"])
         args = build_parser().parse_args(shlex.split(line["command"])[1:])  # the command rebuilds exactly this run
         assert args.command == "stage" and args.stage == line["stage"] and args.scheme == line["scheme"]
-        (run,) = build_plan(_request(args, _methods(args))).runs
+        (run,) = build_plan(build_request(args, selected_methods(args))).runs
         assert run.run_id == args.run_id == line["run_id"]
     assert lines[-1]["after"] == [line["job"] for line in lines[:-1]]
     done = ResultsStore(tmp_path / "r").run(lines[0]["run_id"])
@@ -117,7 +118,7 @@ def test_stages_run_separately_and_in_any_order_give_the_rows_of_bench_run(tmp_p
     extra = ["--methods", "simclr", "--jobs", "1", "--schemes", "SLF,ALF", "--set", "finetune.alf_steps=1"]
     assert main(["run", *_dirs(tmp_path / "run"), *TINY, "--no-report", *extra]) == 0
     args = build_parser().parse_args(["run", *_dirs(tmp_path / "stages"), *TINY, *extra])
-    (run,) = build_plan(_request(args, _methods(args))).runs
+    (run,) = build_plan(build_request(args, selected_methods(args))).runs
     store = ResultsStore(tmp_path / "stages" / "r")
     device = torch.device("cpu")
     pretrain_stage(run, StageContext(store, device, DataCache(device)))

@@ -16,6 +16,7 @@ Both give ω = w − 1 up to a shift of one epoch: the released DynACL weight st
 1-indexed epoch P (one epoch before the strength), the re-implementations' with the strength.
 Every function here takes the harness's 0-indexed epoch.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,9 @@ def augmentation_strength(epoch: int, epochs: int, period: int = ANNEAL_PERIOD) 
     return 1.0 - period * (epoch // period) / epochs
 
 
-def dynacl_adversarial_weight(epoch: int, epochs: int, period: int = ANNEAL_PERIOD,
-                              anneal_lambda: float = ANNEAL_LAMBDA) -> float:
+def dynacl_adversarial_weight(
+    epoch: int, epochs: int, period: int = ANNEAL_PERIOD, anneal_lambda: float = ANNEAL_LAMBDA
+) -> float:
     """w of ½[(2 − w)·L_clean + w·L_adv] as train_DynACL.py computes it for 0-indexed epoch e.
 
     w = min(1 + ⌊(e + 1)/P⌋·(P/E)·λ, 2): the released code uses the 1-indexed epoch e + 1, so

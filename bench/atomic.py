@@ -4,14 +4,16 @@ The rename is atomic on one filesystem, so readers see the old file or the compl
 one, never a torn write; on any failure (Ctrl-C included) the temp file is removed and the
 previous file is untouched. Every stored result, report and checkpoint goes through here.
 """
+
 from __future__ import annotations
 
 import errno
 import io
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 
 class DiskFullError(OSError):
@@ -25,8 +27,10 @@ class DiskFullError(OSError):
         return (type(self), (Path(self.filename),))
 
     def __str__(self) -> str:
-        return (f"no space left on the device while writing {self.filename} (the previous file is intact; "
-                "free some space, then rerun with --resume)")
+        return (
+            f"no space left on the device while writing {self.filename} (the previous file is intact; "
+            "free some space, then rerun with --resume)"
+        )
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -43,8 +47,9 @@ def _fsync_directory(directory: Path) -> None:
         os.close(handle)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None],
-                  verify: Callable[[Path], None] | None = None) -> Path:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[BinaryIO], None], verify: Callable[[Path], None] | None = None
+) -> Path:
     """Call ``write`` on a temp file beside ``path``, optionally ``verify`` it, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,10 +4,11 @@ Every attack here is a pure function of its inputs: it never changes the model's
 train/eval mode (the caller decides, because the papers differ: AdvCL attacks in train
 mode, ACL and RoCL in eval mode, evaluation always in eval mode).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -18,13 +18,14 @@ One upstream defect is neutralised: ``check_dynamic`` counts traced calls in a m
 (``checks.funcs``) that is never reset, so once one model in a process was flagged dynamic,
 every later model would be too. The counters are zeroed before each watched run.
 """
+
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 LOGGER_NAME = "auto-attack"
 ProgressFn = Callable[[str], None]

@@ -6,6 +6,7 @@ the branch) to each released layout (``LAYOUTS``: ACL/AdvCL's ``bn_list``, RoCL'
 torchvision's), and every key is then loaded, dropped on purpose or reported (``load_strict``).
 The formats themselves, and what each drops, are in ``bench.checkpoints``.
 """
+
 from __future__ import annotations
 
 import re
@@ -46,7 +47,9 @@ def torchvision_name(placeholder_key: str, branch_index: int | None) -> str:
 
 
 LAYOUTS: dict[str, Callable[[str, int | None], str]] = {
-    "multi_bn": multi_bn_name, "kuangliu": kuangliu_name, "torchvision": torchvision_name,
+    "multi_bn": multi_bn_name,
+    "kuangliu": kuangliu_name,
+    "torchvision": torchvision_name,
 }
 
 
@@ -55,7 +58,7 @@ def placeholder(key: str) -> tuple[str, str | None]:
     match = BRANCH_KEY.search(key)
     if match is None:
         return key, None
-    return f"{key[: match.start()]}.branches.@.{key[match.end():]}", match.group(1)
+    return f"{key[: match.start()]}.branches.@.{key[match.end() :]}", match.group(1)
 
 
 def expected_keys(
@@ -124,8 +127,9 @@ def check_shapes(
     """Same key, other shape = other architecture (a 5×5 stem, other widths): say so, by tensor."""
     not_tensors = [shown_prefix + key for key, value in state.items() if not isinstance(value, torch.Tensor)]
     if not_tensors:
-        raise CheckpointError("\n".join([f"{label}: the state dict holds non-tensor values",
-                                          *key_list("not a tensor", not_tensors)]))
+        raise CheckpointError(
+            "\n".join([f"{label}: the state dict holds non-tensor values", *key_list("not a tensor", not_tensors)])
+        )
     wrong = []
     for source, key in expected.items():
         if source not in state:

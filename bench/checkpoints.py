@@ -105,6 +105,7 @@ dict, so those formats build the architecture they were trained with (``deacl``:
 Writing our checkpoints is ``bench.atomic.save_torch_atomic``; exports and RobustBench models
 live in ``bench.external``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -133,8 +134,18 @@ from bench.models import (
     rebuild_contrastive_model,
 )
 
-FORMATS = ("bench", "robustssl", "advcl", "rocl", "acl", "dynacl", "dynacl++", "dynacl++-dual", "deacl",
-           "deacl-teacher")
+FORMATS = (
+    "bench",
+    "robustssl",
+    "advcl",
+    "rocl",
+    "acl",
+    "dynacl",
+    "dynacl++",
+    "dynacl++-dual",
+    "deacl",
+    "deacl-teacher",
+)
 ALL_BRANCHES = "all"
 BENCH_MARKER = "acl-bench"
 DATA_PARALLEL_PREFIX = "module."
@@ -162,42 +173,88 @@ class ExternalFormat:
 
 
 ACL = ExternalFormat(
-    name="acl", containers=("state_dict", "P_state"), bn_names=("normal", "pgd"), default_branch="pgd",
-    layout="multi_bn", normalized=True, ignored=("fc.",), encoder_prefixes=("encoder_k.", "encoder_q."),
+    name="acl",
+    containers=("state_dict", "P_state"),
+    bn_names=("normal", "pgd"),
+    default_branch="pgd",
+    layout="multi_bn",
+    normalized=True,
+    ignored=("fc.",),
+    encoder_prefixes=("encoder_k.", "encoder_q."),
 )
 ADVCL = ExternalFormat(
-    name="advcl", containers=("model", "state_dict"), bn_names=("normal", "pgd", "pgd_ce"), default_branch="pgd",
-    layout="multi_bn", normalized=False,
+    name="advcl",
+    containers=("model", "state_dict"),
+    bn_names=("normal", "pgd", "pgd_ce"),
+    default_branch="pgd",
+    layout="multi_bn",
+    normalized=False,
     ignored=("head_proj.", "head_pred.", "head_ce.", "fc_002.", "fc_010.", "fc_050.", "fc_100.", "fc_500."),
 )
 ROCL = ExternalFormat(
-    name="rocl", containers=("model",), bn_names=("normal",), default_branch="normal", layout="kuangliu",
-    normalized=False, ignored=("linear.", "linear_1.", "linear_2."),
+    name="rocl",
+    containers=("model",),
+    bn_names=("normal",),
+    default_branch="normal",
+    layout="kuangliu",
+    normalized=False,
+    ignored=("linear.", "linear_1.", "linear_2."),
 )
 DYNACL = ExternalFormat(
-    name="dynacl", containers=("state_dict",), bn_names=("normal", "pgd"), default_branch="pgd",
-    layout="multi_bn", normalized=True, ignored=("fc.",), encoder_prefixes=("encoder_k.", "encoder_q."),
+    name="dynacl",
+    containers=("state_dict",),
+    bn_names=("normal", "pgd"),
+    default_branch="pgd",
+    layout="multi_bn",
+    normalized=True,
+    ignored=("fc.",),
+    encoder_prefixes=("encoder_k.", "encoder_q."),
 )
 DYNACL_PLUS_PLUS = ExternalFormat(
-    name="dynacl++", containers=("state_dict",), bn_names=("pgd",), default_branch="pgd", layout="torchvision",
-    normalized=True, ignored=("fc.",),
+    name="dynacl++",
+    containers=("state_dict",),
+    bn_names=("pgd",),
+    default_branch="pgd",
+    layout="torchvision",
+    normalized=True,
+    ignored=("fc.",),
 )
 DYNACL_PLUS_PLUS_DUAL = ExternalFormat(
-    name="dynacl++-dual", containers=("state_dict",), bn_names=("normal", "pgd"), default_branch="pgd",
-    layout="multi_bn", normalized=True, ignored=("fc.",),
+    name="dynacl++-dual",
+    containers=("state_dict",),
+    bn_names=("normal", "pgd"),
+    default_branch="pgd",
+    layout="multi_bn",
+    normalized=True,
+    ignored=("fc.",),
 )
 DEACL = ExternalFormat(
-    name="deacl", containers=("state_dict",), bn_names=("normal",), default_branch="normal", layout="torchvision",
-    normalized=True, ignored=("momentum_backbone.", "classifier.", "classifier_adv."), encoder_prefixes=("backbone.",),
+    name="deacl",
+    containers=("state_dict",),
+    bn_names=("normal",),
+    default_branch="normal",
+    layout="torchvision",
+    normalized=True,
+    ignored=("momentum_backbone.", "classifier.", "classifier_adv."),
+    encoder_prefixes=("backbone.",),
     arch="resnet18_deacl",
 )
 DEACL_TEACHER = ExternalFormat(
-    name="deacl-teacher", containers=("state_dict",), bn_names=("normal",), default_branch="normal",
-    layout="torchvision", normalized=False, ignored=("projector.", "classifier.", "momentum_"),
-    encoder_prefixes=("backbone.",), arch="resnet18_deacl", fixed_normalization="cifar10",
+    name="deacl-teacher",
+    containers=("state_dict",),
+    bn_names=("normal",),
+    default_branch="normal",
+    layout="torchvision",
+    normalized=False,
+    ignored=("projector.", "classifier.", "momentum_"),
+    encoder_prefixes=("backbone.",),
+    arch="resnet18_deacl",
+    fixed_normalization="cifar10",
 )
-EXTERNAL = {spec.name: spec for spec in (ACL, ADVCL, ROCL, DYNACL, DYNACL_PLUS_PLUS, DYNACL_PLUS_PLUS_DUAL, DEACL,
-                                          DEACL_TEACHER)}
+EXTERNAL = {
+    spec.name: spec
+    for spec in (ACL, ADVCL, ROCL, DYNACL, DYNACL_PLUS_PLUS, DYNACL_PLUS_PLUS_DUAL, DEACL, DEACL_TEACHER)
+}
 ROBUSTSSL_CONTAINERS = ("state_dict_dual", "state_dict", "model")
 
 
@@ -219,8 +276,10 @@ def _read(path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -> tuple[Ma
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # the unpickler raises several types; all mean the same here
         if not _looks_like_torch_file(path):
-            raise CheckpointError(f"checkpoint {path} is not a torch.save file (neither a zip archive nor a "
-                                  "pickle): allowed files written by torch.save") from error
+            raise CheckpointError(
+                f"checkpoint {path} is not a torch.save file (neither a zip archive nor a "
+                "pickle): allowed files written by torch.save"
+            ) from error
         raise CheckpointError(
             f"checkpoint {path} could not be read with torch.load(weights_only=True): {_first_line(error)}. "
             "If you trust the file, load it yourself with weights_only=False and pass the dict to load_encoder."
@@ -289,8 +348,14 @@ def _select_submodel(
     outside = [key for key in state if not key.startswith(chosen)]
     stray = [key for key in outside if not key.startswith((*prefixes, *ignored_prefixes))]
     if stray:
-        raise CheckpointError("\n".join([f"{label}: {len(stray)} keys outside the encoder {chosen!r} are not known",
-                                          *key_list("unexpected", [shown_prefix + key for key in stray])]))
+        raise CheckpointError(
+            "\n".join(
+                [
+                    f"{label}: {len(stray)} keys outside the encoder {chosen!r} are not known",
+                    *key_list("unexpected", [shown_prefix + key for key in stray]),
+                ]
+            )
+        )
     kept = ((key.removeprefix(chosen), value) for key, value in state.items() if key.startswith(chosen))
     return _renamed(kept, label), chosen, outside
 
@@ -382,8 +447,13 @@ def _build_external_model(spec: ExternalFormat, branches: Sequence[str], state: 
             normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)  # the strict check reports the missing buffers
     with torch.random.fork_rng(devices=[]):
         encoder = build_encoder(spec.arch, tuple(branches))
-    model_spec = {"arch": spec.arch, "branches": list(branches), "projector": "none", "in_channels": 3,
-                  "normalization": "custom" if normalize is not None else "none"}
+    model_spec = {
+        "arch": spec.arch,
+        "branches": list(branches),
+        "projector": "none",
+        "in_channels": 3,
+        "normalization": "custom" if normalize is not None else "none",
+    }
     return ContrastiveModel(encoder, nn.Identity(), normalize, spec=model_spec)
 
 
@@ -399,11 +469,14 @@ def _load_external(
     naming = LAYOUTS[spec.layout]
     indices = {name: index for index, name in enumerate(spec.bn_names)}
     expected, dropped = expected_keys(
-        list(model.state_dict()), branch_map, [name for name in available if name not in selected],
+        list(model.state_dict()),
+        branch_map,
+        [name for name in available if name not in selected],
         lambda key, source_branch: naming(key, indices.get(source_branch)),
     )
-    ignored = load_strict(model, state, expected, dropped, spec.ignored, where, ARCH_NOTES[spec.arch],
-                           prefix + encoder_prefix)
+    ignored = load_strict(
+        model, state, expected, dropped, spec.ignored, where, ARCH_NOTES[spec.arch], prefix + encoder_prefix
+    )
     if spec.fixed_normalization:  # not in the file: the released model class adds it (after the strict load)
         model.normalize = Normalize(*NORMALIZATIONS[spec.fixed_normalization])
     normalization = "none"
@@ -411,11 +484,20 @@ def _load_external(
         normalization = _normalization_label(model.normalize.mean, model.normalize.std)
     routed, source_branch = _routing(selected, spec.default_branch, keep_names=branch == ALL_BRANCHES)
     info = {
-        "format": fmt, "family": spec.name, "source": label, "arch": spec.arch, "branch": routed,
-        "source_branch": source_branch, "branches": list(branch_map), "available_branches": available,
-        "normalization": normalization, "projector": None,
+        "format": fmt,
+        "family": spec.name,
+        "source": label,
+        "arch": spec.arch,
+        "branch": routed,
+        "source_branch": source_branch,
+        "branches": list(branch_map),
+        "available_branches": available,
+        "normalization": normalization,
+        "projector": None,
         "ignored_keys": sorted([prefix + key for key in prefix_ignored] + ignored),
-        "dropped_branch_keys": len(dropped), "stripped_prefix": prefix, "encoder_prefix": encoder_prefix,
+        "dropped_branch_keys": len(dropped),
+        "stripped_prefix": prefix,
+        "encoder_prefix": encoder_prefix,
     }
     if isinstance(meta.get("epoch"), int):
         info["epoch"] = meta["epoch"]
@@ -455,8 +537,9 @@ class EncoderCheckpoint:
         return state
 
 
-BENCH_REQUIRED = tuple(field.name for field in dataclasses.fields(EncoderCheckpoint)
-                       if field.default is dataclasses.MISSING)
+BENCH_REQUIRED = tuple(
+    field.name for field in dataclasses.fields(EncoderCheckpoint) if field.default is dataclasses.MISSING
+)
 CLASSIFIER_MARKER = "acl-bench-classifier"
 
 
@@ -466,8 +549,13 @@ def classifier_state(classifier: Classifier) -> dict[str, Any]:
 
     Nothing here is a pickled module, so ``load_classifier`` reads it with the weights-only
     unpickler: a classifier file copied from someone else's store cannot run code."""
-    return {"format": CLASSIFIER_MARKER, "model_spec": dict(classifier.backbone.spec), "bn": classifier.bn,
-            "num_classes": classifier.head.out_features, "state": classifier.state_dict()}
+    return {
+        "format": CLASSIFIER_MARKER,
+        "model_spec": dict(classifier.backbone.spec),
+        "bn": classifier.bn,
+        "num_classes": classifier.head.out_features,
+        "state": classifier.state_dict(),
+    }
 
 
 def load_classifier(path: str | os.PathLike) -> Classifier:
@@ -475,18 +563,23 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
     stored, label = _read(path)
     missing = [name for name in ("model_spec", "bn", "num_classes", "state") if name not in stored]
     if stored.get("format") != CLASSIFIER_MARKER or missing:
-        raise CheckpointError(f"{label} is not an acl-bench classifier (format {stored.get('format')!r}, "
-                              f"missing {missing}): allowed files written by bench run or bench evaluate")
+        raise CheckpointError(
+            f"{label} is not an acl-bench classifier (format {stored.get('format')!r}, "
+            f"missing {missing}): allowed files written by bench run or bench evaluate"
+        )
     state = stored["state"]
-    backbone_state = {key.removeprefix("backbone."): value for key, value in state.items()
-                      if key.startswith("backbone.")}
+    backbone_state = {
+        key.removeprefix("backbone."): value for key, value in state.items() if key.startswith("backbone.")
+    }
     try:
-        classifier = Classifier(rebuild_contrastive_model(stored["model_spec"], backbone_state),
-                                int(stored["num_classes"]), stored["bn"])
+        classifier = Classifier(
+            rebuild_contrastive_model(stored["model_spec"], backbone_state), int(stored["num_classes"]), stored["bn"]
+        )
         classifier.load_state_dict(state)
     except (KeyError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"classifier {label} does not match its recorded architecture: "
-                              f"{_first_line(error)}") from None
+        raise CheckpointError(
+            f"classifier {label} does not match its recorded architecture: {_first_line(error)}"
+        ) from None
     return classifier.eval()
 
 
@@ -523,28 +616,57 @@ def _load_bench(
     default = checkpoint.get("finetune_bn") or available[0]
     selected = _resolve_branches(branch, available, default, f"bench checkpoint {label}")
     branch_map = _branch_map(selected, keep_names=branch == ALL_BRANCHES)
-    spec = {"arch": checkpoint["arch"], "branches": list(branch_map), "projector": checkpoint["projector"],
-            "in_channels": int(checkpoint.get("in_channels", 3)), "normalization": checkpoint["normalization"]}
+    spec = {
+        "arch": checkpoint["arch"],
+        "branches": list(branch_map),
+        "projector": checkpoint["projector"],
+        "in_channels": int(checkpoint.get("in_channels", 3)),
+        "normalization": checkpoint["normalization"],
+    }
     try:
         model = rebuild_contrastive_model(spec, state)
     except ValueError as error:
         raise CheckpointError(f"bench checkpoint {label}: {error}") from error
     expected, dropped = expected_keys(
-        list(model.state_dict()), branch_map, [name for name in available if name not in selected],
+        list(model.state_dict()),
+        branch_map,
+        [name for name in available if name not in selected],
         lambda key, source_branch: key.replace(".branches.@.", f".branches.{source_branch}."),
     )
-    load_strict(model, state, expected, dropped, (), f"bench checkpoint {label}",
-                 f"the {checkpoint['arch']!r} model its fields describe", prefix)
+    load_strict(
+        model,
+        state,
+        expected,
+        dropped,
+        (),
+        f"bench checkpoint {label}",
+        f"the {checkpoint['arch']!r} model its fields describe",
+        prefix,
+    )
     routed, source_branch = _routing(selected, default, keep_names=branch == ALL_BRANCHES)
     info = {
-        "format": "bench", "family": "bench", "source": label, "arch": checkpoint["arch"],
-        "branch": routed, "source_branch": source_branch,
-        "branches": list(branch_map), "available_branches": available,
-        "normalization": checkpoint["normalization"], "projector": checkpoint["projector"], "ignored_keys": [],
-        "dropped_branch_keys": len(dropped), "stripped_prefix": prefix, "encoder_prefix": "",
+        "format": "bench",
+        "family": "bench",
+        "source": label,
+        "arch": checkpoint["arch"],
+        "branch": routed,
+        "source_branch": source_branch,
+        "branches": list(branch_map),
+        "available_branches": available,
+        "normalization": checkpoint["normalization"],
+        "projector": checkpoint["projector"],
+        "ignored_keys": [],
+        "dropped_branch_keys": len(dropped),
+        "stripped_prefix": prefix,
+        "encoder_prefix": "",
     }
-    info.update({name: checkpoint[name] for name in ("method", "run_id", "finetune_bn", "dataset", "pretrain_epochs")
-                 if name in checkpoint})
+    info.update(
+        {
+            name: checkpoint[name]
+            for name in ("method", "run_id", "finetune_bn", "dataset", "pretrain_epochs")
+            if name in checkpoint
+        }
+    )
     return model, info
 
 

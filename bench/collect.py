@@ -6,6 +6,7 @@ every complete run this store lacks (or has only partly), skips runs whose rows 
 here, and reports a run id whose numbers differ between two stores as a conflict, never
 overwriting either. ``bench status`` reads the run directories only.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,7 +48,9 @@ def merge_stores(target: ResultsStore, sources: list[Path]) -> MergeReport:
             _merge_run(run, target, report)
     target.collect()
     if report.conflicts:
-        raise StoreError(f"{len(report.conflicts)} conflicting run(s), kept as they were: " + "; ".join(report.conflicts))
+        raise StoreError(
+            f"{len(report.conflicts)} conflicting run(s), kept as they were: " + "; ".join(report.conflicts)
+        )
     return report
 
 
@@ -63,7 +66,8 @@ def _merge_run(run: RunDir, target: ResultsStore, report: MergeReport) -> None:
             report.conflicts.append(f"{run.run_id}: rows unreadable ({error})")
             return
         (report.identical if same else report.conflicts).append(
-            run.run_id if same else f"{run.run_id}: different rows in {here.path} and {run.path}")
+            run.run_id if same else f"{run.run_id}: different rows in {here.path} and {run.path}"
+        )
         return
     copy_run(run, here)
     report.copied.append(run.run_id)

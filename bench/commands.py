@@ -4,6 +4,7 @@ A command turns its arguments into a request (``build_request``), resolves the p
 (``bench.plan``) and hands it to the pipeline, the sweep, the report or the exporter; it returns
 the exit status. Errors are raised, not printed: ``bench.cli.main`` turns them into one line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,12 +17,28 @@ from bench.config import ConfigError, check_directory
 
 SPEED_STAGES = ("pretrain", "eval", "epoch")
 SHORT_FLAGS = {  # flag dest → dotted config field
-    "dataset": "data.name", "eval_dataset": "data.eval_name", "data_dir": "data.data_dir", "image_size": "data.image_size",
-    "arch": "model.arch", "seed": "seed", "device": "device", "jobs": "jobs", "epochs": "pretrain.epochs",
-    "batch_size": "pretrain.batch_size", "lr": "pretrain.lr", "optimizer": "pretrain.optimizer",
-    "finetune_epochs": "finetune.epochs", "schemes": "finetune.schemes", "epsilon": "evaluate.epsilon",
-    "step_size": "evaluate.step_size", "train_epsilon": "attack.epsilon", "train_steps": "attack.steps",
-    "attacks": "evaluate.attacks", "n_eval": "evaluate.n_eval", "results_dir": "results_dir", "reports_dir": "reports_dir",
+    "dataset": "data.name",
+    "eval_dataset": "data.eval_name",
+    "data_dir": "data.data_dir",
+    "image_size": "data.image_size",
+    "arch": "model.arch",
+    "seed": "seed",
+    "device": "device",
+    "jobs": "jobs",
+    "epochs": "pretrain.epochs",
+    "batch_size": "pretrain.batch_size",
+    "lr": "pretrain.lr",
+    "optimizer": "pretrain.optimizer",
+    "finetune_epochs": "finetune.epochs",
+    "schemes": "finetune.schemes",
+    "epsilon": "evaluate.epsilon",
+    "step_size": "evaluate.step_size",
+    "train_epsilon": "attack.epsilon",
+    "train_steps": "attack.steps",
+    "attacks": "evaluate.attacks",
+    "n_eval": "evaluate.n_eval",
+    "results_dir": "results_dir",
+    "reports_dir": "reports_dir",
     "protocol": "finetune.protocol",
 }
 
@@ -53,10 +70,16 @@ def build_request(args: argparse.Namespace, methods: tuple[str, ...]):
         key, value = _split_assignment(item, "--param")
         scope, _, name = key.rpartition(":")
         method_params.setdefault(scope or "*", {})[name] = value
-    return RunRequest(preset=args.preset, overrides=overrides, method_params=method_params, methods=methods,
-                      force=getattr(args, "force", False), resume=getattr(args, "resume", False),
-                      seeds=tuple(getattr(args, "seeds", None) or ()),
-                      datasets=tuple(getattr(args, "datasets", None) or ()))
+    return RunRequest(
+        preset=args.preset,
+        overrides=overrides,
+        method_params=method_params,
+        methods=methods,
+        force=getattr(args, "force", False),
+        resume=getattr(args, "resume", False),
+        seeds=tuple(getattr(args, "seeds", None) or ()),
+        datasets=tuple(getattr(args, "datasets", None) or ()),
+    )
 
 
 def selected_methods(args: argparse.Namespace) -> tuple[str, ...]:
@@ -67,17 +90,26 @@ def cmd_list(args: argparse.Namespace) -> int:
     methods = registry.available()
     if args.json:
         for name, cls in methods.items():
-            print(json.dumps({"name": name, "description": cls.description, "base": cls.base_name or name,
-                              "bn_branches": list(cls.bn_branches), "finetune_bn": cls.finetune_bn,
-                              "inferior_positives": cls.inferior_positives, "hard_negatives": cls.hard_negatives,
-                              "in_all": cls.selected_by_all}))
+            print(
+                json.dumps(
+                    {
+                        "name": name,
+                        "description": cls.description,
+                        "base": cls.base_name or name,
+                        "bn_branches": list(cls.bn_branches),
+                        "finetune_bn": cls.finetune_bn,
+                        "inferior_positives": cls.inferior_positives,
+                        "hard_negatives": cls.hard_negatives,
+                        "in_all": cls.selected_by_all,
+                    }
+                )
+            )
         return 0
     width = max(len(name) for name in methods)
     for name, cls in methods.items():
         print(f"{name:<{width}}  {'' if cls.selected_by_all else '° '}{cls.description}")
     if not all(cls.selected_by_all for cls in methods.values()):
-        print("° not in --methods all (the A-InfoNCE table): select by name or pattern, "
-              "e.g. --methods 'dynacl*' deacl")
+        print("° not in --methods all (the A-InfoNCE table): select by name or pattern, e.g. --methods 'dynacl*' deacl")
     return 0
 
 
@@ -133,10 +165,12 @@ def print_plan(plan, as_json: bool) -> int:
             if tune is None:
                 print(f"{run.run_id}  pretraining only")
                 continue
-            print(f"{run.run_id}  {described['scheme']}  protocol {tune['protocol']}  epochs {tune['epochs']}  "
-                  f"batch {tune['batch_size']}  lr {tune['lr']:g}  milestones {','.join(map(str, tune['milestones']))}"
-                  f"  attack steps {tune['train_attack_steps']}  dual-BN {tune['dual_bn']}  head {tune['head_init']}  "
-                  f"eval step {tune['eval_step_size']:.5g}  reported {tune['reported_epoch']} epoch")
+            print(
+                f"{run.run_id}  {described['scheme']}  protocol {tune['protocol']}  epochs {tune['epochs']}  "
+                f"batch {tune['batch_size']}  lr {tune['lr']:g}  milestones {','.join(map(str, tune['milestones']))}"
+                f"  attack steps {tune['train_attack_steps']}  dual-BN {tune['dual_bn']}  head {tune['head_init']}  "
+                f"eval step {tune['eval_step_size']:.5g}  reported {tune['reported_epoch']} epoch"
+            )
     progress.log(f"dry run: {len(plan.runs)} run(s) resolved; nothing was loaded, fetched or trained")
     return 0
 
@@ -190,14 +224,22 @@ def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: li
     from bench.report import write_reports
 
     methods = registry.available()
-    bases = sorted((name for name, cls in methods.items() if not cls.base_name),
-                   key=lambda name: methods[name].has_adversarial_views)
+    bases = sorted(
+        (name for name, cls in methods.items() if not cls.base_name),
+        key=lambda name: methods[name].has_adversarial_views,
+    )
     order = [name for base in bases for name in (base, *(n for n, c in methods.items() if c.base_name == base))]
     results_dir, reports_dir = dirs
     check_directory("reports_dir", reports_dir)
-    written = write_reports(results_dir / "results.csv", reports_dir, results_dir / "runs",
-                            results_dir / "reference", paper=paper, curve_methods=curve_methods,
-                            method_order=order + [name for name in methods if name not in order])
+    written = write_reports(
+        results_dir / "results.csv",
+        reports_dir,
+        results_dir / "runs",
+        results_dir / "reference",
+        paper=paper,
+        curve_methods=curve_methods,
+        method_order=order + [name for name in methods if name not in order],
+    )
     index = next((path for path in written if Path(path).name == "index.md"), reports_dir / "index.md")
     if not quiet:
         table = reports_dir / "results.md"
@@ -209,8 +251,12 @@ def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: li
 
 def cmd_report(args: argparse.Namespace) -> int:
     methods = [name for name in ",".join(args.curve_methods or []).split(",") if name]
-    return _report((Path(args.results_dir), Path(args.reports_dir)), paper=args.paper, quiet=args.quiet,
-                   curve_methods=methods or None)
+    return _report(
+        (Path(args.results_dir), Path(args.reports_dir)),
+        paper=args.paper,
+        quiet=args.quiet,
+        curve_methods=methods or None,
+    )
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -223,9 +269,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from bench.plan import assemble
 
     request = build_request(args, ("all",))
-    run_id = evaluate_external(request, checkpoint=args.checkpoint, checkpoint_format=args.format, branch=args.branch,
-                               name=args.name, robustbench_model=args.robustbench_model, force=args.force,
-                               pretrain_dataset=args.pretrain_dataset)
+    run_id = evaluate_external(
+        request,
+        checkpoint=args.checkpoint,
+        checkpoint_format=args.format,
+        branch=args.branch,
+        name=args.name,
+        robustbench_model=args.robustbench_model,
+        force=args.force,
+        pretrain_dataset=args.pretrain_dataset,
+    )
     if not args.no_report:
         config = assemble(request)
         return _report((Path(config.results_dir), Path(config.reports_dir)), paper=False, quiet=args.quiet)
@@ -241,8 +294,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
     store = ResultsStore(args.results_dir)
     if args.sources:
         report = merge_stores(store, [Path(source) for source in args.sources])
-        progress.log(f"merged: {len(report.copied)} run(s) copied, {len(report.identical)} already here, "
-                     f"{len(report.incomplete)} incomplete in their store (not copied)")
+        progress.log(
+            f"merged: {len(report.copied)} run(s) copied, {len(report.identical)} already here, "
+            f"{len(report.incomplete)} incomplete in their store (not copied)"
+        )
     rows = store.collect()
     progress.log(f"{store.table}: {rows} rows from {sum(run.is_complete() for run in store.run_dirs())} complete runs")
     return 0
@@ -273,8 +328,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     request.resume = True  # a sweep continues what an earlier sweep (or a requeued job) left
     request.dry_run = args.dry_run  # a dry run fetches nothing (AdvCL's pseudo-labels with --download)
     plan = build_plan(request)
-    options = sweep.ClusterOptions(folder=Path(args.jobs_dir or plan.results_dir / "_jobs").resolve(),
-                                   **{name: getattr(args, name) for name in sweep.CLUSTER_FLAGS})
+    options = sweep.ClusterOptions(
+        folder=Path(args.jobs_dir or plan.results_dir / "_jobs").resolve(),
+        **{name: getattr(args, name) for name in sweep.CLUSTER_FLAGS},
+    )
     jobs = sweep.plan_jobs(plan, request, no_report=args.no_report)
     if args.dry_run:
         for job in jobs:
@@ -292,8 +349,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         ids = sweep.submit_slurm(jobs, options)
         for job in jobs:
             progress.log(f"submitted {job.key}: SLURM job {ids[job.key]}")
-        progress.log(f"{len(ids)} jobs submitted (logs in {options.folder}); follow the runs with "
-                     f"`bench status --results-dir {plan.results_dir}`")
+        progress.log(
+            f"{len(ids)} jobs submitted (logs in {options.folder}); follow the runs with "
+            f"`bench status --results-dir {plan.results_dir}`"
+        )
         return 0
     failures = sweep.run_submitit_local(jobs, options)
     if "collect" in failures:
@@ -390,16 +449,31 @@ def cmd_speed(args: argparse.Namespace) -> int:
         extra = _selected(build_plan(extra_request))
     epoch_runs = _selected(build_plan(build_request(args, tuple(args.epoch)))) if args.epoch else []
     device = resolve_device(plan.base.device)
-    rows = run_speed(_selected(plan), plan.base, options, device=device,
-                     synthetic=_count(args.synthetic or 0, "synthetic"), extra=extra,
-                     extra_options=dataclasses.replace(options, steps=QUICK_EXTRA_STEPS),
-                     epoch_runs=epoch_runs)
+    rows = run_speed(
+        _selected(plan),
+        plan.base,
+        options,
+        device=device,
+        synthetic=_count(args.synthetic or 0, "synthetic"),
+        extra=extra,
+        extra_options=dataclasses.replace(options, steps=QUICK_EXTRA_STEPS),
+        epoch_runs=epoch_runs,
+    )
     import torch
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    context = SpeedContext(device.type, name, plan.base.preset, plan.base.data.image_size, torch.__version__,
-                           torch.get_num_threads(), code_version(), now(),
-                           "bench speed " + " ".join(shlex.quote(arg) for arg in args.argv), device.type == "cpu")
+    context = SpeedContext(
+        device.type,
+        name,
+        plan.base.preset,
+        plan.base.data.image_size,
+        torch.__version__,
+        torch.get_num_threads(),
+        code_version(),
+        now(),
+        "bench speed " + " ".join(shlex.quote(arg) for arg in args.argv),
+        device.type == "cpu",
+    )
     csv_path = write_atomic(plan.results_dir / "speed.csv", speed_csv(rows, context))
     md_path = write_atomic(plan.reports_dir / "speed.md", speed_markdown(rows, context))
     for key, ratio in describe(rows).items():

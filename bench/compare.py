@@ -17,6 +17,7 @@ Both runs must have been evaluated at the same ε on the same evaluation dataset
 ``meta``); anything else is refused with one line, as is a run without records (evaluated before
 they were stored: re-evaluate it).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -53,16 +54,19 @@ def find_run(name: str, results_dir: str | Path) -> RunDir:
     for run in candidates:
         if run.path.is_dir():
             return run
-    raise CompareError(f"run={name!r} is invalid: allowed a run id in {ResultsStore(results_dir).runs} "
-                       "or a run directory")
+    raise CompareError(
+        f"run={name!r} is invalid: allowed a run id in {ResultsStore(results_dir).runs} or a run directory"
+    )
 
 
 def load_records(run: RunDir, name: str) -> dict[str, Record]:
     """scheme → per-image record of one run; a run without any is one line saying why and what to do."""
     files = run.correct_files()
     if not files:
-        raise CompareError(f"run {name!r} has no per-image records (correct_<scheme>.npz in {run.path}): "
-                           "it was evaluated before they were stored; re-evaluate it to compare it")
+        raise CompareError(
+            f"run {name!r} has no per-image records (correct_<scheme>.npz in {run.path}): "
+            "it was evaluated before they were stored; re-evaluate it to compare it"
+        )
     try:
         return {scheme: read_record(path) for scheme, path in files.items()}
     except RecordError as error:
@@ -81,8 +85,10 @@ def _chosen(kind: str, wanted: Sequence[str], available: Sequence[str], where: s
 def _check_comparable(scheme: str, base: Record, variant: Record) -> None:
     for key in MUST_MATCH:
         if key in base.meta and key in variant.meta and base.meta[key] != variant.meta[key]:
-            raise CompareError(f"{key} differs for {scheme}: base {base.meta[key]!r}, variant {variant.meta[key]!r}; "
-                               "allowed only evaluations of the same setting (paired on the same images)")
+            raise CompareError(
+                f"{key} differs for {scheme}: base {base.meta[key]!r}, variant {variant.meta[key]!r}; "
+                "allowed only evaluations of the same setting (paired on the same images)"
+            )
 
 
 def paired_result(scheme: str, attack: str, base: Record, variant: Record, alpha: float = ALPHA) -> PairedResult:
@@ -94,8 +100,13 @@ def paired_result(scheme: str, attack: str, base: Record, variant: Record, alpha
     return PairedResult(scheme, attack, comparison, discordant, None if detectable is None else 100.0 * detectable)
 
 
-def compare_runs(base: RunDir, variant: RunDir, schemes: Sequence[str] = (), attacks: Sequence[str] = (),
-                 names: tuple[str, str] = ("base", "variant")) -> list[PairedResult]:
+def compare_runs(
+    base: RunDir,
+    variant: RunDir,
+    schemes: Sequence[str] = (),
+    attacks: Sequence[str] = (),
+    names: tuple[str, str] = ("base", "variant"),
+) -> list[PairedResult]:
     """Every requested (default: every shared) scheme × attack of two runs, compared paired."""
     base_records, variant_records = load_records(base, names[0]), load_records(variant, names[1])
     shared = [scheme for scheme in base_records if scheme in variant_records]
@@ -105,11 +116,14 @@ def compare_runs(base: RunDir, variant: RunDir, schemes: Sequence[str] = (), att
         base_record, variant_record = base_records[scheme], variant_records[scheme]
         _check_comparable(scheme, base_record, variant_record)
         common = [attack for attack in base_record.correct if attack in variant_record.correct]
-        where = (f"{scheme}: {names[0]} has {sorted(base_record.correct)}, "
-                 f"{names[1]} has {sorted(variant_record.correct)}")
+        where = (
+            f"{scheme}: {names[0]} has {sorted(base_record.correct)}, {names[1]} has {sorted(variant_record.correct)}"
+        )
         try:
-            results += [paired_result(scheme, attack, base_record, variant_record)
-                        for attack in _chosen("attack", attacks, common, where)]
+            results += [
+                paired_result(scheme, attack, base_record, variant_record)
+                for attack in _chosen("attack", attacks, common, where)
+            ]
         except ValueError as error:  # no common test index
             raise CompareError(f"{scheme}: {error}") from None
     return results
@@ -117,17 +131,25 @@ def compare_runs(base: RunDir, variant: RunDir, schemes: Sequence[str] = (), att
 
 def format_results(results: Sequence[PairedResult], base: str, variant: str) -> str:
     """A Markdown table of the comparisons and a line on how to read it."""
-    lines = [f"# {variant} vs {base} (paired on the same test images)", "",
-             "| Scheme | Attack | n | Base % | Variant % | Δ (points) [95 % CI] | McNemar p | Verdict | MDD |",
-             "|---|---|---:|---:|---:|---|---:|---|---:|"]
+    lines = [
+        f"# {variant} vs {base} (paired on the same test images)",
+        "",
+        "| Scheme | Attack | n | Base % | Variant % | Δ (points) [95 % CI] | McNemar p | Verdict | MDD |",
+        "|---|---|---:|---:|---:|---|---:|---|---:|",
+    ]
     for result in results:
         c = result.comparison
         detectable = "none" if result.detectable is None else f"{result.detectable:.1f}"
-        lines.append(f"| {result.scheme} | {result.attack} | {c.n} | {c.base:.1f} | {c.variant:.1f} | "
-                     f"{c.difference:+.1f} [{c.low:+.1f}, {c.high:+.1f}] | {c.p_value:.3g} | {c.verdict} | "
-                     f"{detectable} |")
-    lines += ["", f"Δ = variant − base; interval: Newcombe paired (score); test: exact McNemar, α = {ALPHA}. "
-              f"MDD: the smallest difference (points) the test detects with {POWER:.0%} power on these n images "
-              "at the observed discordance (none: no image disagrees, or even a difference as large as the "
-              "discordance is not detectable)."]
+        lines.append(
+            f"| {result.scheme} | {result.attack} | {c.n} | {c.base:.1f} | {c.variant:.1f} | "
+            f"{c.difference:+.1f} [{c.low:+.1f}, {c.high:+.1f}] | {c.p_value:.3g} | {c.verdict} | "
+            f"{detectable} |"
+        )
+    lines += [
+        "",
+        f"Δ = variant − base; interval: Newcombe paired (score); test: exact McNemar, α = {ALPHA}. "
+        f"MDD: the smallest difference (points) the test detects with {POWER:.0%} power on these n images "
+        "at the observed discordance (none: no image disagrees, or even a difference as large as the "
+        "discordance is not detectable).",
+    ]
     return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ type by ``coerce``; ``validate`` runs before any work and fails with one line na
 the value and the allowed values. Methods add their own hyperparameters (``Method.Params``) and
 their published settings per preset and dataset (``Method.published``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -171,13 +172,32 @@ def paper_preset() -> RunConfig:
         model=ModelConfig(arch="resnet18"),
         attack=AttackConfig(epsilon=EPS_8, step_size=STEP_2, steps=5),
         pretrain=PretrainConfig(
-            epochs=400, batch_size=512, optimizer="sgd", lr=0.5, weight_decay=1e-4, warmup_epochs=10,
-            warmup_start_lr=0.02, checkpoint_every=500,
+            epochs=400,
+            batch_size=512,
+            optimizer="sgd",
+            lr=0.5,
+            weight_decay=1e-4,
+            warmup_epochs=10,
+            warmup_start_lr=0.02,
+            checkpoint_every=500,
         ),
-        finetune=FinetuneConfig(epochs=25, batch_size=512, lr=0.1, full_lr=0.1, milestones=(15, 20), augment=True,
-                                alf_steps=20, trades_steps=10),
-        evaluate=EvalConfig(epsilon=EPS_8, step_size=STEP_2, n_eval=0, attacks=("clean", "pgd20", "autoattack"),
-                            epsilon_curve=(2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255)),
+        finetune=FinetuneConfig(
+            epochs=25,
+            batch_size=512,
+            lr=0.1,
+            full_lr=0.1,
+            milestones=(15, 20),
+            augment=True,
+            alf_steps=20,
+            trades_steps=10,
+        ),
+        evaluate=EvalConfig(
+            epsilon=EPS_8,
+            step_size=STEP_2,
+            n_eval=0,
+            attacks=("clean", "pgd20", "autoattack"),
+            epsilon_curve=(2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255),
+        ),
     )
 
 
@@ -201,10 +221,23 @@ def _in(low: float, high: float, *, low_open: bool = False) -> Any:
 
 
 INTEGER_AT_LEAST = {  # field → minimum (integers)
-    "seed": 0, "jobs": 0, "data.image_size": 8, "pretrain.epochs": 0, "pretrain.batch_size": 2,
-    "pretrain.checkpoint_every": 1, "finetune.epochs": 1, "finetune.batch_size": 2, "finetune.alf_steps": 0,
-    "finetune.trades_steps": 0, "evaluate.n_eval": 0, "evaluate.pgd_steps": 1, "evaluate.subset_seed": 0,
-    "evaluate.batch_size": 0, "attack.steps": 0, "pretrain.shards": 1, "evaluate.corruption_seed": 0,
+    "seed": 0,
+    "jobs": 0,
+    "data.image_size": 8,
+    "pretrain.epochs": 0,
+    "pretrain.batch_size": 2,
+    "pretrain.checkpoint_every": 1,
+    "finetune.epochs": 1,
+    "finetune.batch_size": 2,
+    "finetune.alf_steps": 0,
+    "finetune.trades_steps": 0,
+    "evaluate.n_eval": 0,
+    "evaluate.pgd_steps": 1,
+    "evaluate.subset_seed": 0,
+    "evaluate.batch_size": 0,
+    "attack.steps": 0,
+    "pretrain.shards": 1,
+    "evaluate.corruption_seed": 0,
 }
 NUMBER_IN = {  # field → (check, allowed text)
     "pretrain.lr": (_in(0, math.inf, low_open=True), "finite numbers > 0"),
@@ -242,7 +275,8 @@ def validate(config: RunConfig) -> RunConfig:
     from bench.protocols import PROTOCOLS
 
     choices: list[tuple[str, Any, tuple[Any, ...]]] = [
-        ("preset", config.preset, PRESETS), ("device", config.device, DEVICES),
+        ("preset", config.preset, PRESETS),
+        ("device", config.device, DEVICES),
         ("data.name", config.data.name, tuple(sorted(DATASETS))),
         ("data.eval_name", config.data.eval_name, ("", *sorted(DATASETS))),
         ("model.arch", config.model.arch, tuple(sorted(ENCODERS))),
@@ -275,8 +309,11 @@ def validate(config: RunConfig) -> RunConfig:
         if attack not in ATTACKS:
             _fail("evaluate.attacks", attack, str(list(ATTACKS)))
     if config.pretrain.batch_size % config.pretrain.shards:
-        _fail("pretrain.batch_size", config.pretrain.batch_size,
-              f"multiples of pretrain.shards={config.pretrain.shards} (each shard holds an equal part of the batch)")
+        _fail(
+            "pretrain.batch_size",
+            config.pretrain.batch_size,
+            f"multiples of pretrain.shards={config.pretrain.shards} (each shard holds an equal part of the batch)",
+        )
     _validate_corruptions(config)
     for name in ("results_dir", "reports_dir"):
         if not str(getattr(config, name)).strip():
@@ -302,21 +339,29 @@ def _validate_corruptions(config: RunConfig) -> None:
 
     settings = config.evaluate
     if config.data.name in CORRUPTED_DATASETS:
-        _fail("data.name", config.data.name, f"a pretraining dataset, not {sorted(CORRUPTED_DATASETS)} "
-              "(evaluation only: --eval-dataset)")
+        _fail(
+            "data.name",
+            config.data.name,
+            f"a pretraining dataset, not {sorted(CORRUPTED_DATASETS)} (evaluation only: --eval-dataset)",
+        )
     if settings.corruptions not in CORRUPTION_SOURCES:
         _fail("evaluate.corruptions", settings.corruptions, str(list(CORRUPTION_SOURCES)))
     eval_name = config.data.eval_name or config.data.name
     if settings.corruptions == "official" and eval_name not in CORRUPTED_DATASETS:
-        _fail("evaluate.corruptions", "official", f"with --eval-dataset {' or '.join(sorted(CORRUPTED_DATASETS))} "
-              f"(the official files); use 'regenerated' for {eval_name!r}")
+        _fail(
+            "evaluate.corruptions",
+            "official",
+            f"with --eval-dataset {' or '.join(sorted(CORRUPTED_DATASETS))} "
+            f"(the official files); use 'regenerated' for {eval_name!r}",
+        )
     for name in settings.corruption_names:
         if name not in CORRUPTIONS:
             _fail("evaluate.corruption_names", name, str(list(CORRUPTIONS)))
     if len(set(settings.corruption_names)) != len(settings.corruption_names):
         _fail("evaluate.corruption_names", ",".join(settings.corruption_names), "distinct names")
     if not settings.corruption_severities or len(set(settings.corruption_severities)) != len(
-            settings.corruption_severities):
+        settings.corruption_severities
+    ):
         _fail("evaluate.corruption_severities", settings.corruption_severities, "distinct severities, at least one")
     for severity in settings.corruption_severities:
         if severity not in SEVERITIES:
@@ -416,7 +461,7 @@ def eval_fraction(text: str) -> float:
     return float(text)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def field_types(cls: type) -> dict[str, Any]:
     """The annotations of a dataclass's fields, evaluated (``X | None``, ``tuple[int, ...]``)."""
     hints = typing.get_type_hints(cls)

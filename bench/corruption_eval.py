@@ -22,6 +22,7 @@ them, ``corruption-mean-exact`` (the mean over the pairs that follow the recipe 
 per-image correctness of every pair goes into the evaluation's record (bench.records), so the
 corruption accuracy of two classifiers can be compared paired.
 """
+
 from __future__ import annotations
 
 import time
@@ -68,7 +69,7 @@ def parse_corruption_attack(attack: str) -> tuple[str, int] | None:
     """(name, severity) of a ``corruption:<name>:<severity>`` attack name; None for any other attack."""
     if not attack.startswith(PREFIX):
         return None
-    name, _, severity = attack[len(PREFIX):].rpartition(":")
+    name, _, severity = attack[len(PREFIX) :].rpartition(":")
     return (name, int(severity)) if name and severity.isdigit() else None
 
 
@@ -84,21 +85,25 @@ def corruption_names(config: RunConfig) -> tuple[str, ...]:
     return config.evaluate.corruption_names or tuple(CORRUPTIONS)
 
 
-def corrupted_images(data: ImageData, indices: torch.Tensor, name: str, severity: int, config: RunConfig,
-                     device: torch.device | str) -> torch.Tensor:
+def corrupted_images(
+    data: ImageData, indices: torch.Tensor, name: str, severity: int, config: RunConfig, device: torch.device | str
+) -> torch.Tensor:
     """uint8 [n, C, H, W] on the CPU: the test images ``indices`` under one corruption, from the configured source."""
     if corruption_source(config) == OFFICIAL:
         images, labels = load_cifar_c(config.data.data_dir, CORRUPTED_DATASETS[data.name], name, severity)
         chosen = indices.cpu()
         if not torch.equal(labels[chosen], data.y_test[indices].cpu()):
-            raise ValueError(f"the official {data.name} labels differ from the test split's at the evaluated indices: "
-                             "allowed the files of the dataset's own test set, in its order")
+            raise ValueError(
+                f"the official {data.name} labels differ from the test split's at the evaluated indices: "
+                "allowed the files of the dataset's own test set, in its order"
+            )
         return resize_uint8(images[chosen], data.image_size)
     return regenerate(data.x_test[indices].cpu(), name, severity, seed=config.evaluate.corruption_seed, device=device)
 
 
-def evaluate_corruptions(classifier: nn.Module, data: ImageData, indices: torch.Tensor, config: RunConfig,
-                         device: torch.device | str) -> list[CorruptionResult]:
+def evaluate_corruptions(
+    classifier: nn.Module, data: ImageData, indices: torch.Tensor, config: RunConfig, device: torch.device | str
+) -> list[CorruptionResult]:
     """Accuracy on every configured (corruption, severity) of the test images ``indices``; [] when off."""
     source = corruption_source(config)
     if source == "none":
@@ -140,8 +145,9 @@ def _approximate(results: list[CorruptionResult]) -> bool:
     return any(APPROXIMATE in result.flags for result in results)
 
 
-def timed_corruptions(classifier: nn.Module, data: ImageData, indices: torch.Tensor, config: RunConfig,
-                      device: torch.device | str) -> tuple[list[CorruptionResult], float]:
+def timed_corruptions(
+    classifier: nn.Module, data: ImageData, indices: torch.Tensor, config: RunConfig, device: torch.device | str
+) -> tuple[list[CorruptionResult], float]:
     """``evaluate_corruptions`` and its wall time in seconds."""
     began = time.perf_counter()
     results = evaluate_corruptions(classifier, data, indices, config, device)

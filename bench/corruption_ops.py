@@ -5,6 +5,7 @@ that its docstring names (scipy.ndimage, scikit-image, OpenCV, Pillow, ImageMagi
 [B, C, H, W] of float images in [0, 1], on the images' device. Randomness is drawn by the callers
 on the CPU from one ``torch.Generator``, so a seed gives the same corruption on every device.
 """
+
 from __future__ import annotations
 
 import io
@@ -104,8 +105,9 @@ def clipped_zoom(images: torch.Tensor, factor: float) -> torch.Tensor:
     crop = int(math.ceil(height / factor))
     top = (height - crop) // 2
     size = int(round(crop * factor))
-    zoomed = F.interpolate(images[..., top : top + crop, top : top + crop], size=(size, size), mode="bilinear",
-                           align_corners=True)
+    zoomed = F.interpolate(
+        images[..., top : top + crop, top : top + crop], size=(size, size), mode="bilinear", align_corners=True
+    )
     trim = (size - height) // 2
     return zoomed[..., trim : trim + height, trim : trim + height]
 
@@ -145,7 +147,7 @@ def motion_blur(images: torch.Tensor, radius: float, sigma: float, angles: torch
     ceil(i·cos θ − 0.5) and row ceil(i·sin θ − 0.5) from the pixel, edge pixels replicated.
     ``angles`` [B] in degrees. Not run against ImageMagick: an approximation of it."""
     width = int(2 * math.ceil(radius) + 1)
-    taps = torch.exp(-torch.arange(width, dtype=torch.float64) ** 2 / (2 * sigma**2))
+    taps = torch.exp(-(torch.arange(width, dtype=torch.float64) ** 2) / (2 * sigma**2))
     taps = (taps / taps.sum()).to(images)
     theta = torch.deg2rad(angles.double())
     steps = torch.arange(width, dtype=torch.float64)

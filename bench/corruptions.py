@@ -22,12 +22,13 @@ approximations: ``CORRUPTIONS[name].approximate`` with ``.note`` giving the reas
   8-bit output (JPEG, pixelate). Fidelity to the released code, corruption by corruption, is
   measured in docs/corruptions.md.
 """
+
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -181,8 +182,9 @@ def _elastic_transform(x, constant, generator):
     forward = torch.linalg.solve(torch.cat([source.expand(batch, 3, 2), ones], 2), target)  # [B, 3, 2]
     matrix = torch.cat([forward.transpose(1, 2), torch.tensor([[[0.0, 0.0, 1.0]]]).double().expand(batch, 1, 3)], 1)
     inverse = torch.linalg.inv(matrix)  # warpAffine samples the source at M⁻¹·(column, row)
-    rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
-                                indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij"
+    )
     points = torch.stack([cols, rows, torch.ones_like(rows)]).reshape(3, -1)
     mapped = (inverse @ points).reshape(batch, 3, height, width)
     warped = ops.bilinear_sample(x, mapped[:, 1].to(x), mapped[:, 0].to(x), "reflect101")
@@ -205,31 +207,55 @@ def _jpeg_compression(x, quality, generator):
 # Zoom factors exactly as the recipe's np.arange(1, stop, 0.01) gives them (floating point puts
 # 1.06 and 1.11 inside the first two ranges but leaves 1.16, 1.21, 1.26 out of the others).
 _ZOOMS = tuple(tuple(float(f) for f in np.arange(1, stop, 0.01)) for stop in (1.06, 1.11, 1.16, 1.21, 1.26))
-_MOTION = ("ImageMagick's MotionBlurImage re-implemented from its source; within one 8-bit level of ImageMagick 6.9 "
-           "on >= 99.6 % of values (docs/corruptions.md), not bit-exact")
+_MOTION = (
+    "ImageMagick's MotionBlurImage re-implemented from its source; within one 8-bit level of ImageMagick 6.9 "
+    "on >= 99.6 % of values (docs/corruptions.md), not bit-exact"
+)
 
-CORRUPTIONS: dict[str, Corruption] = {c.name: c for c in (
-    Corruption("gaussian_noise", (0.04, 0.06, 0.08, 0.09, 0.10), _gaussian_noise),
-    Corruption("shot_noise", (500, 250, 100, 75, 50), _shot_noise),
-    Corruption("impulse_noise", (0.01, 0.02, 0.03, 0.05, 0.07), _impulse_noise),
-    Corruption("defocus_blur", ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)), _defocus_blur),
-    Corruption("glass_blur", ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)), _glass_blur),
-    Corruption("motion_blur", ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)), _motion_blur, "floor", True, _MOTION),
-    Corruption("zoom_blur", _ZOOMS, _zoom_blur),
-    Corruption("snow", ((0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
-                        (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9), (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
-                        (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)), _snow, "floor", True,
-               "snowflakes streaked by " + _MOTION),
-    Corruption("frost", ((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)), _frost, "floor", True,
-               "procedural ice texture instead of the recipe's five frost photographs"),
-    Corruption("fog", ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)), _fog),
-    Corruption("brightness", (0.05, 0.1, 0.15, 0.2, 0.3), _brightness),
-    Corruption("contrast", (0.75, 0.5, 0.4, 0.3, 0.15), _contrast),
-    Corruption("elastic_transform", ((0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05),
-                                     (0.1, 0.03, 0.03)), _elastic_transform),
-    Corruption("pixelate", (0.95, 0.9, 0.85, 0.75, 0.65), _pixelate, "round"),
-    Corruption("jpeg_compression", (80, 65, 58, 50, 40), _jpeg_compression, "round"),
-)}
+CORRUPTIONS: dict[str, Corruption] = {
+    c.name: c
+    for c in (
+        Corruption("gaussian_noise", (0.04, 0.06, 0.08, 0.09, 0.10), _gaussian_noise),
+        Corruption("shot_noise", (500, 250, 100, 75, 50), _shot_noise),
+        Corruption("impulse_noise", (0.01, 0.02, 0.03, 0.05, 0.07), _impulse_noise),
+        Corruption("defocus_blur", ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)), _defocus_blur),
+        Corruption("glass_blur", ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)), _glass_blur),
+        Corruption("motion_blur", ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)), _motion_blur, "floor", True, _MOTION),
+        Corruption("zoom_blur", _ZOOMS, _zoom_blur),
+        Corruption(
+            "snow",
+            (
+                (0.1, 0.2, 1, 0.6, 8, 3, 0.95),
+                (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+                (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+                (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+                (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
+            ),
+            _snow,
+            "floor",
+            True,
+            "snowflakes streaked by " + _MOTION,
+        ),
+        Corruption(
+            "frost",
+            ((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)),
+            _frost,
+            "floor",
+            True,
+            "procedural ice texture instead of the recipe's five frost photographs",
+        ),
+        Corruption("fog", ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)), _fog),
+        Corruption("brightness", (0.05, 0.1, 0.15, 0.2, 0.3), _brightness),
+        Corruption("contrast", (0.75, 0.5, 0.4, 0.3, 0.15), _contrast),
+        Corruption(
+            "elastic_transform",
+            ((0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03)),
+            _elastic_transform,
+        ),
+        Corruption("pixelate", (0.95, 0.9, 0.85, 0.75, 0.65), _pixelate, "round"),
+        Corruption("jpeg_compression", (80, 65, 58, 50, 40), _jpeg_compression, "round"),
+    )
+}
 
 
 def _check(name: str, severity: int) -> Corruption:
@@ -257,8 +283,14 @@ def corrupt(images: torch.Tensor, name: str, severity: int, generator: torch.Gen
     return (levels / 255).to(images.dtype)
 
 
-def regenerate(images: torch.Tensor, name: str, severity: int, seed: int = 0, batch_size: int = 1000,
-               device: torch.device | str | None = None) -> torch.Tensor:
+def regenerate(
+    images: torch.Tensor,
+    name: str,
+    severity: int,
+    seed: int = 0,
+    batch_size: int = 1000,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """A regenerated CIFAR-C split: uint8 [N, C, H, W] → uint8 on the CPU, corrupted batch by batch on ``device``.
 
     Batch k uses a generator seeded from (seed, name, severity, k): the result is fixed by the seed
@@ -285,13 +317,17 @@ def load_cifar_c(data_dir: str | Path, dataset: str, name: str, severity: int) -
     images_path, labels_path = root / f"{name}.npy", root / "labels.npy"
     for path in (images_path, labels_path):
         if not path.is_file():
-            raise DatasetMissingError(f"{path} not found: put the official {folders[dataset]} files (Zenodo) in "
-                                      f"{root}, or use the regenerated corruptions")
+            raise DatasetMissingError(
+                f"{path} not found: put the official {folders[dataset]} files (Zenodo) in "
+                f"{root}, or use the regenerated corruptions"
+            )
     images = np.load(images_path, mmap_mode="r", allow_pickle=False)
     labels = np.load(labels_path, mmap_mode="r", allow_pickle=False)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or images.shape[0] % 5:
-        raise ValueError(f"{images_path} of dtype {images.dtype} and shape {images.shape} is invalid: "
-                         "allowed uint8 [5·N, H, W, 3] (5 severities × N images)")
+        raise ValueError(
+            f"{images_path} of dtype {images.dtype} and shape {images.shape} is invalid: "
+            "allowed uint8 [5·N, H, W, 3] (5 severities × N images)"
+        )
     if labels.shape != (images.shape[0],):
         raise ValueError(f"{labels_path} of shape {labels.shape} is invalid: allowed ({images.shape[0]},)")
     per_severity = images.shape[0] // 5

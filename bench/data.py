@@ -6,11 +6,12 @@ bundled handwritten digits (1,797 real 8×8 images), so the default run needs no
 The torchvision datasets keep their real download path (``--download``) for users; tests
 never call it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ class ImageData:
     def channels(self) -> int:
         return int(self.x_train.shape[1])
 
-    def to(self, device: torch.device | str) -> "ImageData":
+    def to(self, device: torch.device | str) -> ImageData:
         return ImageData(
             self.name,
             self.x_train.to(device),
@@ -171,9 +172,11 @@ def load_corrupted(name: str, root: Path, download: bool, image_size: int | None
     (checked here, before any finetuning; the corruptions themselves are read per severity at evaluation)."""
     labels = root / CORRUPTED_FOLDERS[name] / "labels.npy"
     if not labels.is_file():
-        raise DatasetMissingError(f"{labels} not found: put the official {CORRUPTED_FOLDERS[name]} files (Zenodo) "
-                                  f"in {labels.parent} (never downloaded), or evaluate on "
-                                  f"{CORRUPTED_DATASETS[name]} with --set evaluate.corruptions=regenerated")
+        raise DatasetMissingError(
+            f"{labels} not found: put the official {CORRUPTED_FOLDERS[name]} files (Zenodo) "
+            f"in {labels.parent} (never downloaded), or evaluate on "
+            f"{CORRUPTED_DATASETS[name]} with --set evaluate.corruptions=regenerated"
+        )
     clean = load_torchvision(CORRUPTED_DATASETS[name], root, download, image_size)
     return ImageData(name, clean.x_train, clean.y_train, clean.x_test, clean.y_test, clean.num_classes)
 
@@ -189,4 +192,3 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator, drop_last
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Pretraining drops the last incomplete batch (BN and in-batch negatives need full batches)."""
     return max(1, n // batch_size)
-

@@ -1,4 +1,5 @@
 """Where runs execute: the device policy (``--device auto``) and the CPU cores available."""
+
 from __future__ import annotations
 
 import os

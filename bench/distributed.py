@@ -21,12 +21,14 @@ call), which DDP's reducer hooks do not expect; one flat all-reduce of the gradi
 deprecated in torch 2.14 and its gloo backward needs all-to-all; ``_GatherWithGrad`` below is
 the same function (its backward sums every rank's gradient for this rank's rows).
 """
+
 from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -37,7 +39,7 @@ from bench.config import ConfigError
 TRAINING_TIMEOUT = datetime.timedelta(minutes=30)  # one collective of a step
 CONTROL_TIMEOUT = datetime.timedelta(days=7)  # other ranks wait while rank 0 finetunes and evaluates
 
-_ACTIVE: "Collective | None" = None
+_ACTIVE: Collective | None = None
 
 
 class DistributedRunFailed(BaseException):
@@ -163,15 +165,19 @@ def check_shards(shards: int, collective: Collective | None, device: torch.devic
         return "whole" if shards == 1 or synced else "per-shard"
     world = collective.world
     if shards not in (1, world):
-        raise ConfigError(f"pretrain.shards={shards} is invalid under {world} processes: allowed {world} "
-                          "(per-rank BatchNorm) or 1 (SyncBatchNorm, CUDA only)")
+        raise ConfigError(
+            f"pretrain.shards={shards} is invalid under {world} processes: allowed {world} "
+            "(per-rank BatchNorm) or 1 (SyncBatchNorm, CUDA only)"
+        )
     if shards == world and not synced:
         return "per-shard"
     if device.type != "cuda":
         why = "pretrain.shards=1" if shards == 1 else "this method's released engine (SyncBatchNorm)"
-        raise ConfigError(f"{why} needs SyncBatchNorm across the {world} processes, which torch supports on CUDA "
-                          f"only (device={device.type}): allowed pretrain.shards={world} with a method whose "
-                          "BatchNorm is per GPU, or run on CUDA")
+        raise ConfigError(
+            f"{why} needs SyncBatchNorm across the {world} processes, which torch supports on CUDA "
+            f"only (device={device.type}): allowed pretrain.shards={world} with a method whose "
+            "BatchNorm is per GPU, or run on CUDA"
+        )
     return "sync"
 
 
@@ -182,8 +188,9 @@ def convert_sync_batch_norm(model: nn.Module) -> list[tuple[nn.Module, str, nn.M
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
-                synced = nn.SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                          child.track_running_stats)
+                synced = nn.SyncBatchNorm(
+                    child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+                )
                 synced.weight, synced.bias = child.weight, child.bias
                 synced.running_mean, synced.running_var = child.running_mean, child.running_var
                 synced.num_batches_tracked = child.num_batches_tracked
@@ -220,19 +227,25 @@ def plan_for_world(plan: Any, request: Any, world: int) -> Any:
     from bench.plan import build_plan
 
     if plan.base.jobs > 1:
-        raise ConfigError(f"jobs={plan.base.jobs} is invalid under torchrun ({world} processes share each run): "
-                          "allowed 0 or 1")
+        raise ConfigError(
+            f"jobs={plan.base.jobs} is invalid under torchrun ({world} processes share each run): allowed 0 or 1"
+        )
     widened = plan
     if "pretrain.shards" not in request.overrides:
-        widened = build_plan(dataclasses.replace(request, overrides={**request.overrides,
-                                                                      "pretrain.shards": str(world)}))
-    runs = tuple(wide if "shards" not in run.method_class.published(run.config.preset, run.config.data.name).pretrain
-                 else run for run, wide in zip(plan.runs, widened.runs, strict=True))
+        widened = build_plan(
+            dataclasses.replace(request, overrides={**request.overrides, "pretrain.shards": str(world)})
+        )
+    runs = tuple(
+        wide if "shards" not in run.method_class.published(run.config.preset, run.config.data.name).pretrain else run
+        for run, wide in zip(plan.runs, widened.runs, strict=True)
+    )
     ids = {run.run_id for run in runs}
     for run in runs:
         if run.teacher and run.teacher not in ids:
-            raise ConfigError(f"pretrain.shards is unset under torchrun ({world} processes) but run {run.run_id} "
-                              "publishes its own and its teacher does not: allowed --set pretrain.shards=N")
+            raise ConfigError(
+                f"pretrain.shards is unset under torchrun ({world} processes) but run {run.run_id} "
+                "publishes its own and its teacher does not: allowed --set pretrain.shards=N"
+            )
     return dataclasses.replace(plan, base=dataclasses.replace(plan.base, jobs=1), runs=runs)
 
 

@@ -15,6 +15,7 @@ commit and checked byte for byte (size and sha256) before any use:
 row of the run carries (``pseudo_labels:<source>``), before any work. The file is read by
 ``load_pseudo_label_file`` (restricted unpickler) when the method sets up.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,9 +23,10 @@ import hashlib
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping
+from typing import Any, BinaryIO
 
 from bench.atomic import atomic_write
 from bench.config import ConfigError, RunConfig
@@ -60,12 +62,22 @@ class PinnedFile:
 
 
 RELEASED_PSEUDO_LABELS: dict[str, PinnedFile] = {
-    "cifar10": PinnedFile("cifar10", "yqy2001/A-InfoNCE", AINFONCE_COMMIT,
-                          "Asym-AdvCL/data/imagenet_clPretrain_pseudo_labels.pkl", 1_200_903,
-                          "3f9708d0084839b4a9cb3d2f0fbebf59edd191dbe0b15f0c19c0681af8dbff43"),
-    "cifar100": PinnedFile("cifar100", "yqy2001/A-InfoNCE", AINFONCE_COMMIT,
-                           "Asym-AdvCL/data/cifar100_pseudo_labels.pkl", 2_001_688,
-                           "c500f0bec3da902f857294f20060cd9a21960fa0037daaf83992b40c2cb1d6b1"),
+    "cifar10": PinnedFile(
+        "cifar10",
+        "yqy2001/A-InfoNCE",
+        AINFONCE_COMMIT,
+        "Asym-AdvCL/data/imagenet_clPretrain_pseudo_labels.pkl",
+        1_200_903,
+        "3f9708d0084839b4a9cb3d2f0fbebf59edd191dbe0b15f0c19c0681af8dbff43",
+    ),
+    "cifar100": PinnedFile(
+        "cifar100",
+        "yqy2001/A-InfoNCE",
+        AINFONCE_COMMIT,
+        "Asym-AdvCL/data/cifar100_pseudo_labels.pkl",
+        2_001_688,
+        "c500f0bec3da902f857294f20060cd9a21960fa0037daaf83992b40c2cb1d6b1",
+    ),
 }
 
 
@@ -81,8 +93,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_verified(pinned: PinnedFile, destination: Path,
-                   opener: Callable[[str], Any] = urllib.request.urlopen) -> Path:
+def fetch_verified(
+    pinned: PinnedFile, destination: Path, opener: Callable[[str], Any] = urllib.request.urlopen
+) -> Path:
     """Download ``pinned`` to ``destination`` through a temp file beside it (``bench.atomic``), renamed into
     place only when its size and sha256 are the pinned ones: a mismatch or a failed download leaves nothing."""
 
@@ -94,8 +107,10 @@ def fetch_verified(pinned: PinnedFile, destination: Path,
     def verify(temp: Path) -> None:
         size, digest = temp.stat().st_size, sha256_of(temp)
         if size != pinned.size or digest != pinned.sha256:
-            raise DownloadError(f"{pinned.url} gave {size} bytes with sha256 {digest}: expected {pinned.size} bytes "
-                                f"with sha256 {pinned.sha256}; the file is not kept")
+            raise DownloadError(
+                f"{pinned.url} gave {size} bytes with sha256 {digest}: expected {pinned.size} bytes "
+                f"with sha256 {pinned.sha256}; the file is not kept"
+            )
 
     try:
         return atomic_write(destination, write, verify)
@@ -127,7 +142,8 @@ class PseudoLabelSource:
 def wants_pseudo_labels(params_class: type) -> bool:
     """True for a method whose parameters name a pseudo-label file (the AdvCL family)."""
     return dataclasses.is_dataclass(params_class) and "pseudo_labels" in {
-        field.name for field in dataclasses.fields(params_class)}
+        field.name for field in dataclasses.fields(params_class)
+    }
 
 
 def _label(path: str) -> str:
@@ -142,8 +158,10 @@ def _user_file(method: str, config: RunConfig, raw: str) -> PseudoLabelSource:
     digest = sha256_of(path)
     released = next((pinned for pinned in RELEASED_PSEUDO_LABELS.values() if pinned.sha256 == digest), None)
     if released is not None and released.dataset != config.data.name:
-        raise ConfigError(f"pseudo_labels={raw!r} is invalid for {method}: it is AdvCL's released file for "
-                          f"{released.dataset}, and the run pretrains on {config.data.name}")
+        raise ConfigError(
+            f"pseudo_labels={raw!r} is invalid for {method}: it is AdvCL's released file for "
+            f"{released.dataset}, and the run pretrains on {config.data.name}"
+        )
     source = released.source if released is not None else f"file-{_label(raw)}-{digest[:8]}"
     return PseudoLabelSource(source, str(path.resolve()), sha256=digest)
 
@@ -154,25 +172,30 @@ def _released_file(method: str, config: RunConfig, fetch: bool) -> PseudoLabelSo
     dataset, data_dir = config.data.name, Path(config.data.data_dir).expanduser()
     pinned = RELEASED_PSEUDO_LABELS.get(dataset)
     if pinned is None:
-        raise ConfigError(f"{method} in the paper preset needs pseudo-labels and none are released for {dataset}: "
-                          "pass --param pseudo_labels=FILE or --param pseudo_label_encoder=CHECKPOINT")
+        raise ConfigError(
+            f"{method} in the paper preset needs pseudo-labels and none are released for {dataset}: "
+            "pass --param pseudo_labels=FILE or --param pseudo_label_encoder=CHECKPOINT"
+        )
     destination = data_dir / pinned.name
     described = PseudoLabelSource(pinned.source, str(destination), pinned.url, pinned.sha256)
     if destination.is_file() and sha256_of(destination) == pinned.sha256:
         return described
     if not config.data.download:
         what = "is not the released file (sha256 differs)" if destination.exists() else "is missing"
-        raise ConfigError(f"{method} in the paper preset needs AdvCL's released pseudo-labels: {destination} {what}; "
-                          f"pass --download to fetch {pinned.name} from {pinned.repository}@{pinned.commit[:7]}, "
-                          "or --param pseudo_labels=FILE")
+        raise ConfigError(
+            f"{method} in the paper preset needs AdvCL's released pseudo-labels: {destination} {what}; "
+            f"pass --download to fetch {pinned.name} from {pinned.repository}@{pinned.commit[:7]}, "
+            "or --param pseudo_labels=FILE"
+        )
     if not fetch:
         return dataclasses.replace(described, present=False)
     fetch_verified(pinned, destination)
     return described
 
 
-def resolve_pseudo_labels(method: str, params_class: type, config: RunConfig, values: Mapping[str, Any], *,
-                          fetch: bool = True) -> tuple[dict[str, Any], PseudoLabelSource | None]:
+def resolve_pseudo_labels(
+    method: str, params_class: type, config: RunConfig, values: Mapping[str, Any], *, fetch: bool = True
+) -> tuple[dict[str, Any], PseudoLabelSource | None]:
     """The method's parameter values with ``pseudo_labels`` resolved, and where the labels come from.
 
     Precedence: the user's file (``pseudo_labels``), the user's encoder (``pseudo_label_encoder``:

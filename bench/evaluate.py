@@ -31,14 +31,15 @@ Sanity checks (docs/fidelity.md, Evaluation) flag a row ``suspect`` instead of h
 Every attack also returns its per-image correctness (``EvalReport.correct``), which the protocol
 stores (bench.records) so that two classifiers can later be compared paired, image by image.
 """
+
 from __future__ import annotations
 
 import copy
 import math
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -155,8 +156,15 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
 
 
 def pgd_correct(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, step_size: float, steps: int,
-    restarts: int = 1, batch_size: int = 256, seed: int = 0,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epsilon: float,
+    step_size: float,
+    steps: int,
+    restarts: int = 1,
+    batch_size: int = 256,
+    seed: int = 0,
 ) -> torch.Tensor:
     """Per-image robustness (bool [n]) under PGD (random start, summed CE); with restarts an image is
     robust only if it survives all."""
@@ -167,8 +175,9 @@ def pgd_correct(
         for start, (xb, yb) in zip(range(0, x.shape[0], batch_size), _batches(x, y, batch_size)):
             survived = torch.ones_like(yb, dtype=torch.bool)
             for _ in range(restarts):
-                x_adv = pgd_cross_entropy(model, xb, yb, epsilon=epsilon, step_size=step_size, steps=steps,
-                                          generator=generator)
+                x_adv = pgd_cross_entropy(
+                    model, xb, yb, epsilon=epsilon, step_size=step_size, steps=steps, generator=generator
+                )
                 with torch.no_grad():
                     survived &= model(x_adv).argmax(1) == yb
             robust[start : start + yb.shape[0]] = survived
@@ -176,8 +185,15 @@ def pgd_correct(
 
 
 def pgd_accuracy(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, step_size: float, steps: int,
-    restarts: int = 1, batch_size: int = 256, seed: int = 0,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epsilon: float,
+    step_size: float,
+    steps: int,
+    restarts: int = 1,
+    batch_size: int = 256,
+    seed: int = 0,
 ) -> float:
     """PGD accuracy in % (see pgd_correct)."""
     robust = pgd_correct(model, x, y, epsilon, step_size, steps, restarts, batch_size, seed)
@@ -185,8 +201,15 @@ def pgd_accuracy(
 
 
 def autoattack_accuracy(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, version: str = "standard",
-    batch_size: int = 256, seed: int = 0, device: torch.device | str = "cpu", progress: ProgressFn | None = None,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epsilon: float,
+    version: str = "standard",
+    batch_size: int = 256,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: ProgressFn | None = None,
 ) -> tuple[float, dict]:
     """AutoAttack (Croce & Hein 2020), L∞: 'standard' (APGD-CE, APGD-T, FAB-T, Square) or 'apgd-ce'
     alone (the fast option, configured as inside 'standard': 100 iterations, 1 restart).
@@ -232,8 +255,10 @@ def autoattack_accuracy(
 def recording_modes(model: nn.Module) -> Iterator[list[bool]]:
     """Log ``module.training`` at every forward of every submodule while inside."""
     log: list[bool] = []
-    hooks = [module.register_forward_pre_hook(lambda module, inputs: log.append(module.training))
-             for module in model.modules()]
+    hooks = [
+        module.register_forward_pre_hook(lambda module, inputs: log.append(module.training))
+        for module in model.modules()
+    ]
     try:
         yield log
     finally:
@@ -253,8 +278,14 @@ def attack_copy(model: nn.Module, device: torch.device | str, amp: bool = False)
 
 
 def evaluate_classifier(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalConfig, device: torch.device | str,
-    *, seed: int = 0, progress: ProgressFn | None = None,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: EvalConfig,
+    device: torch.device | str,
+    *,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
 ) -> EvalReport:
     """Run the configured attacks on x, y (the caller picks the test subset), then the sanity checks.
 
@@ -274,12 +305,21 @@ def evaluate_classifier(
             if attack == "clean":
                 correct["clean"] = clean_correct(model, x, y, settings.batch_size)
             elif attack.startswith("pgd"):
-                correct[pgd_name] = pgd_correct(model, x, y, settings.epsilon, settings.step_size, settings.pgd_steps,
-                                                batch_size=settings.batch_size, seed=seed)
+                correct[pgd_name] = pgd_correct(
+                    model,
+                    x,
+                    y,
+                    settings.epsilon,
+                    settings.step_size,
+                    settings.pgd_steps,
+                    batch_size=settings.batch_size,
+                    seed=seed,
+                )
             else:
                 version = "standard" if attack == "autoattack" else attack
-                _, info = autoattack_accuracy(model, x, y, settings.epsilon, version, settings.batch_size, seed,
-                                              device, progress=progress)
+                _, info = autoattack_accuracy(
+                    model, x, y, settings.epsilon, version, settings.batch_size, seed, device, progress=progress
+                )
                 correct[attack] = info["correct"]
                 sanity.update(_autoattack_sanity(attack, info))
                 autoattack[attack] = {"checks": info["autoattack_checks"], "progress": info["autoattack_progress"]}
@@ -289,8 +329,14 @@ def evaluate_classifier(
             accuracy.setdefault("clean", clean_accuracy(model, x, y, settings.batch_size))
             sanity.update(_sanity_checks(model, x, y, settings, seed, accuracy, pgd_name))
     sanity["eval-mode"] = (not any(modes), f"{sum(modes)} of {len(modes)} module forwards in train mode")
-    report = EvalReport(accuracy, int(x.shape[0]), time.perf_counter() - began, sanity,
-                        correct={attack: values.cpu() for attack, values in correct.items()}, autoattack=autoattack)
+    report = EvalReport(
+        accuracy,
+        int(x.shape[0]),
+        time.perf_counter() - began,
+        sanity,
+        correct={attack: values.cpu() for attack, values in correct.items()},
+        autoattack=autoattack,
+    )
     report.flags = sorted({f"suspect:{name.split(':')[0]}" for name, (passed, _) in sanity.items() if not passed})
     return report
 
@@ -308,7 +354,8 @@ def _autoattack_sanity(attack: str, info: dict) -> dict[str, tuple[bool, str]]:
         f"aa-reeval:{attack}": (
             info["reevaluated_matches"] and info["within_epsilon"] and info["in_range"],
             f"reported {info['reported_accuracy']:.2f} %, re-evaluated {accuracy:.2f} %, "
-            f"max |δ| {info['max_perturbation']:.4g}"),
+            f"max |δ| {info['max_perturbation']:.4g}",
+        ),
         f"aa-checks:{attack}": (not info["autoattack_checks"], checks_summary(info["autoattack_checks"])),
         f"aa-complete:{attack}": autoattack_complete(info),
     }
@@ -324,10 +371,12 @@ def autoattack_complete(info: dict) -> tuple[bool, str]:
     stopped_at_zero = (info["reported_accuracy"] if last is None else last) == 0.0  # nothing robust was left
     consistent = abs((0.0 if last is None else last) - info["reported_accuracy"]) <= 0.005 + 1e-9
     passed = (not missing or stopped_at_zero) and consistent
-    detail = (f"ran {', '.join(ran) or 'nothing'} of {', '.join(info['autoattack_planned'])}"
-              + (" (stopped: no robust point left)" if missing and stopped_at_zero else "")
-              + (f"; last logged {last:.2f} %" if last is not None else "; no robust accuracy logged")
-              + f", returned examples {info['reported_accuracy']:.2f} %")
+    detail = (
+        f"ran {', '.join(ran) or 'nothing'} of {', '.join(info['autoattack_planned'])}"
+        + (" (stopped: no robust point left)" if missing and stopped_at_zero else "")
+        + (f"; last logged {last:.2f} %" if last is not None else "; no robust accuracy logged")
+        + f", returned examples {info['reported_accuracy']:.2f} %"
+    )
     return passed, detail
 
 
@@ -365,12 +414,25 @@ def _sanity_checks(model, x, y, settings: EvalConfig, seed: int, accuracy: dict[
     if robust is not None:
         noise = max(one_sample, 200.0 * math.sqrt(robust / 100 * (1 - robust / 100) / max(1, x.shape[0])))
         stronger_name = f"pgd{2 * settings.pgd_steps}-restart"
-        stronger = pgd_accuracy(model, x, y, settings.epsilon, settings.step_size, 2 * settings.pgd_steps, restarts=2,
-                                batch_size=settings.batch_size, seed=seed + 1)
+        stronger = pgd_accuracy(
+            model,
+            x,
+            y,
+            settings.epsilon,
+            settings.step_size,
+            2 * settings.pgd_steps,
+            restarts=2,
+            batch_size=settings.batch_size,
+            seed=seed + 1,
+        )
         accuracy[stronger_name] = stronger
-        checks["stronger-pgd"] = (stronger <= robust + noise + 1e-9,
-                                  f"{pgd_name} {robust:.2f} %, 2×steps + restart {stronger:.2f} % (noise {noise:.2f})")
+        checks["stronger-pgd"] = (
+            stronger <= robust + noise + 1e-9,
+            f"{pgd_name} {robust:.2f} %, 2×steps + restart {stronger:.2f} % (noise {noise:.2f})",
+        )
         if aa is not None:
-            checks["gradient-masking"] = (not (clean - robust < 5.0 and robust - aa > 10.0),
-                                          f"PGD drop {clean - robust:.2f}, {aa_name} below PGD by {robust - aa:.2f} points")
+            checks["gradient-masking"] = (
+                not (clean - robust < 5.0 and robust - aa > 10.0),
+                f"PGD drop {clean - robust:.2f}, {aa_name} below PGD by {robust - aa:.2f} points",
+            )
     return checks

@@ -17,6 +17,7 @@ run's accuracies under each attack, the code version that produced the run and t
 it, and the file's sha256. Every file is written atomically; each export is loaded back and must
 reproduce the classifier's logits before it is moved into place.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -64,8 +65,10 @@ def export_run(results_dir: Path, run_id: str, scheme: str, out: Path, fmt: str 
         _write_checked(out, lambda stream: torch.save({"state_dict": stored["state"]}, stream), classifier, sidecar)
     else:
         safetensors = _safetensors()
-        payload = safetensors.save({key: value.contiguous() for key, value in stored["state"].items()},
-                                   metadata={"acl_bench": json.dumps(sidecar, sort_keys=True)})
+        payload = safetensors.save(
+            {key: value.contiguous() for key, value in stored["state"].items()},
+            metadata={"acl_bench": json.dumps(sidecar, sort_keys=True)},
+        )
         _write_checked(out, lambda stream: stream.write(payload), classifier, sidecar)
     sidecar["sha256"] = hashlib.sha256(out.read_bytes()).hexdigest()
     write_atomic(sidecar_path(out), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
@@ -75,23 +78,36 @@ def export_run(results_dir: Path, run_id: str, scheme: str, out: Path, fmt: str 
 def describe(run: RunDir, scheme: str, stored: dict[str, Any], fmt: str) -> dict[str, Any]:
     """The sidecar: everything needed to rebuild, use and cite the exported classifier."""
     config = RunDir.read_json_or_none(run.config) or {}
-    rows = [row for row in (run.read_rows() if run.rows.exists() else run.read_scheme_rows(scheme))
-            if row.scheme == scheme]
+    rows = [
+        row for row in (run.read_rows() if run.rows.exists() else run.read_scheme_rows(scheme)) if row.scheme == scheme
+    ]
     spec = stored["model_spec"]
     evaluate = config.get("evaluate", {})
     return {
-        "format": SIDECAR_FORMAT, "weights_format": fmt, "method": config.get("method", rows[0].method if rows else ""),
-        "run_id": run.run_id, "scheme": scheme, "arch": spec.get("arch"), "bn_branch": stored["bn"],
-        "num_classes": stored["num_classes"], "model_spec": spec,
-        "input": {"range": [0.0, 1.0], "channels": spec.get("in_channels", 3),
-                  "normalization": spec.get("normalization", "none"), "normalization_inside_model": True},
+        "format": SIDECAR_FORMAT,
+        "weights_format": fmt,
+        "method": config.get("method", rows[0].method if rows else ""),
+        "run_id": run.run_id,
+        "scheme": scheme,
+        "arch": spec.get("arch"),
+        "bn_branch": stored["bn"],
+        "num_classes": stored["num_classes"],
+        "model_spec": spec,
+        "input": {
+            "range": [0.0, 1.0],
+            "channels": spec.get("in_channels", 3),
+            "normalization": spec.get("normalization", "none"),
+            "normalization_inside_model": True,
+        },
         "dataset": config.get("data", {}).get("name", rows[0].dataset if rows else ""),
         "eval_dataset": rows[0].eval_dataset if rows else "",
         "threat_model": {"norm": "Linf", "epsilon": rows[0].epsilon if rows else evaluate.get("epsilon")},
-        "metrics": {f"{row.attack}" if row.metric == "accuracy" else f"{row.attack}:{row.metric}": row.value
-                    for row in rows},
+        "metrics": {
+            f"{row.attack}" if row.metric == "accuracy" else f"{row.attack}:{row.metric}": row.value for row in rows
+        },
         "n_eval": rows[0].n_eval if rows else None,
-        "run_code_version": rows[0].code_version if rows else "", "exported_by": code_version(),
+        "run_code_version": rows[0].code_version if rows else "",
+        "exported_by": code_version(),
     }
 
 
@@ -114,8 +130,9 @@ def _safetensors():
     try:
         import safetensors.torch
     except ImportError:
-        raise ImportError("the safetensors format needs the safetensors package: "
-                          "pip install 'acl-bench[export]'") from None
+        raise ImportError(
+            "the safetensors format needs the safetensors package: pip install 'acl-bench[export]'"
+        ) from None
     return safetensors.torch
 
 
@@ -130,8 +147,9 @@ def load_exported(path: str | Path) -> nn.Module:
         raise FileNotFoundError(f"{path} has no sidecar {sidecar_file}: export it with bench export")
     sidecar = json.loads(sidecar_file.read_text())
     if sidecar.get("format") != SIDECAR_FORMAT or sidecar.get("weights_format") not in FORMATS:
-        raise CheckpointError(f"{sidecar_file} is not an acl-bench export sidecar: allowed files written by "
-                              "bench export")
+        raise CheckpointError(
+            f"{sidecar_file} is not an acl-bench export sidecar: allowed files written by bench export"
+        )
     if sidecar["weights_format"] == "torchscript":
         return torch.jit.load(str(path), map_location="cpu").eval()
     return load_weights(path, sidecar)
@@ -146,5 +164,12 @@ def load_weights(path: Path, sidecar: dict[str, Any]) -> nn.Module:
         if not isinstance(loaded, dict) or "state_dict" not in loaded:
             raise CheckpointError(f"{path} lacks the 'state_dict' entry of a robustbench-format checkpoint")
         state = {key.removeprefix("module."): value for key, value in loaded["state_dict"].items()}
-    return load_classifier({"format": CLASSIFIER_MARKER, "model_spec": sidecar["model_spec"],
-                            "bn": sidecar["bn_branch"], "num_classes": sidecar["num_classes"], "state": state})
+    return load_classifier(
+        {
+            "format": CLASSIFIER_MARKER,
+            "model_spec": sidecar["model_spec"],
+            "bn": sidecar["bn_branch"],
+            "num_classes": sidecar["num_classes"],
+            "state": state,
+        }
+    )

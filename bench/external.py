@@ -7,6 +7,7 @@ evaluates a supervised adversarial-training classifier under the same attacks (s
 no finetuning). ``export_classifier`` writes a classifier as a portable TorchScript file (``bench export``,
 ``bench.export``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -71,8 +72,10 @@ def evaluate_external(
     data_name = config.data.eval_name or config.data.name
     if robustbench_model:
         if data_name not in ROBUSTBENCH_DATASETS or config.data.image_size != 32:
-            raise ConfigError(f"data={data_name!r} at image_size={config.data.image_size} is invalid for a RobustBench "
-                              f"model: allowed {list(ROBUSTBENCH_DATASETS)} at 32 (e.g. --preset paper)")
+            raise ConfigError(
+                f"data={data_name!r} at image_size={config.data.image_size} is invalid for a RobustBench "
+                f"model: allowed {list(ROBUSTBENCH_DATASETS)} at 32 (e.g. --preset paper)"
+            )
         classifier = load_robustbench_model(robustbench_model, dataset=data_name).to(device)
         label, dataset, source = f"robustbench:{robustbench_model}", data_name, robustbench_model
         file_digest, pretrain_epochs = robustbench_model, None
@@ -88,12 +91,19 @@ def evaluate_external(
         source, file_digest = str(path.resolve()), _file_digest(path)
         pretrain_epochs = info.get("pretrain_epochs")
     method = name or label
-    protocol_method = protocol_name(name, recorded if not robustbench_model else None,
-                                    None if robustbench_model else info.get("family"))
+    protocol_method = protocol_name(
+        name, recorded if not robustbench_model else None, None if robustbench_model else info.get("family")
+    )
     if not robustbench_model:
         check_schemes(config, protocol_method, model, info.get("branch", "normal"))
-    identity = {"config": to_dict(config), "source": source, "format": checkpoint_format, "branch": branch,
-                "file": file_digest, "pretrain_dataset": dataset}
+    identity = {
+        "config": to_dict(config),
+        "source": source,
+        "format": checkpoint_format,
+        "branch": branch,
+        "file": file_digest,
+        "pretrain_dataset": dataset,
+    }
     digest = config_hash(identity)
     run_id = f"{method.replace(':', '-').replace('/', '-')}-external-s{config.seed}-{digest}"
     run_dir = store.run(run_id)
@@ -107,11 +117,27 @@ def evaluate_external(
         measurements = evaluate_ready_classifier(classifier, data, config, device, run_dir)
     else:
         bn = info.get("branch", "normal")
-        measurements = finetune_and_evaluate(model.to(device), bn if bn in model.bn_names() or not model.bn_names()
-                                             else "normal", data, config, device, run_dir, label=method,
-                                             method=protocol_method)
-    context = RowContext.of(run_id, config, env, device, method=method, dataset=dataset, eval_dataset=data.name,
-                            config_hash=digest, pretrain_epochs=pretrain_epochs)
+        measurements = finetune_and_evaluate(
+            model.to(device),
+            bn if bn in model.bn_names() or not model.bn_names() else "normal",
+            data,
+            config,
+            device,
+            run_dir,
+            label=method,
+            method=protocol_method,
+        )
+    context = RowContext.of(
+        run_id,
+        config,
+        env,
+        device,
+        method=method,
+        dataset=dataset,
+        eval_dataset=data.name,
+        config_hash=digest,
+        pretrain_epochs=pretrain_epochs,
+    )
     rows = [ResultRow.of(context, measurement) for measurement in measurements]
     store.record(run_id, rows, {"finished": now(), "rows": len(rows)})
     return run_id

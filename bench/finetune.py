@@ -11,13 +11,15 @@ The numbers (epochs, lr, batch, attack steps, …) come from the run's protocol
 (``scheme_settings``; ``bench.protocols``): ``unified`` is the list above for every method;
 ``robustssl`` adds a zero-initialised head and, for the ACL family, dual-BN TRADES.
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,11 +88,20 @@ def scheme_settings(config: RunConfig, scheme: str, method: str | None = None) -
         tune = config.finetune
         attack_steps = {"SLF": 0, "ALF": tune.alf_steps, "AFF": tune.trades_steps}[scheme]
         return SchemeSettings(
-            scheme=scheme, epochs=tune.epochs, batch_size=tune.batch_size,
-            lr=tune.full_lr if scheme == "AFF" else tune.lr, milestones=tuple(tune.milestones), momentum=tune.momentum,
-            weight_decay=tune.weight_decay, augment=tune.augment, train_attack_steps=attack_steps,
-            trades_beta=tune.trades_beta, epsilon=evaluate.epsilon, step_size=evaluate.step_size,
-            eval_step_size=evaluate.step_size, source=protocols.UNIFIED_PROTOCOL.base_source,
+            scheme=scheme,
+            epochs=tune.epochs,
+            batch_size=tune.batch_size,
+            lr=tune.full_lr if scheme == "AFF" else tune.lr,
+            milestones=tuple(tune.milestones),
+            momentum=tune.momentum,
+            weight_decay=tune.weight_decay,
+            augment=tune.augment,
+            train_attack_steps=attack_steps,
+            trades_beta=tune.trades_beta,
+            epsilon=evaluate.epsilon,
+            step_size=evaluate.step_size,
+            eval_step_size=evaluate.step_size,
+            source=protocols.UNIFIED_PROTOCOL.base_source,
         )
     if not method:
         raise ValueError(f"protocol {protocol!r} sets finetuning per method: scheme_settings needs the method name")
@@ -99,9 +110,13 @@ def scheme_settings(config: RunConfig, scheme: str, method: str | None = None) -
     values = dict(resolved.values)
     ratio = values.pop("eval_step_ratio")
     return SchemeSettings(
-        scheme=scheme, epsilon=evaluate.epsilon, step_size=evaluate.step_size,
+        scheme=scheme,
+        epsilon=evaluate.epsilon,
+        step_size=evaluate.step_size,
         eval_step_size=evaluate.step_size if ratio is None else ratio * evaluate.epsilon,
-        protocol=protocol, family=resolved.family, source="; ".join(resolved.sources),
+        protocol=protocol,
+        family=resolved.family,
+        source="; ".join(resolved.sources),
         **{**values, "milestones": tuple(values["milestones"])},
     )
 
@@ -114,7 +129,11 @@ class FinetuneResult:
 
 
 def build_classifier(
-    model: ContrastiveModel, num_classes: int, bn: str, scheme: str, head_init: str = "default",
+    model: ContrastiveModel,
+    num_classes: int,
+    bn: str,
+    scheme: str,
+    head_init: str = "default",
 ) -> Classifier:
     """A copy of the encoder plus a linear head; SLF/ALF freeze the encoder.
 
@@ -141,7 +160,11 @@ def _set_mode(classifier: Classifier, scheme: str) -> None:
 
 
 def scheme_loss(
-    classifier: Classifier, settings: SchemeSettings, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+    classifier: Classifier,
+    settings: SchemeSettings,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    generator: torch.Generator,
 ) -> torch.Tensor:
     """One batch's training loss of the scheme: CE (SLF), CE on PGD examples (ALF), TRADES (AFF).
 
@@ -154,13 +177,27 @@ def scheme_loss(
         return F.cross_entropy(classifier(x), y)
     classifier.eval()
     if scheme == "ALF":
-        x_adv = pgd_cross_entropy(classifier, x, y, epsilon=settings.epsilon, step_size=settings.step_size,
-                                  steps=settings.train_attack_steps, generator=generator)
+        x_adv = pgd_cross_entropy(
+            classifier,
+            x,
+            y,
+            epsilon=settings.epsilon,
+            step_size=settings.step_size,
+            steps=settings.train_attack_steps,
+            generator=generator,
+        )
         _set_mode(classifier, scheme)
         return F.cross_entropy(classifier(x_adv), y)
     clean_route = branch_route(classifier, "normal") if settings.dual_bn else None
-    x_adv = trades_kl_attack(classifier, x, epsilon=settings.epsilon, step_size=settings.step_size,
-                             steps=settings.train_attack_steps, generator=generator, clean_classifier=clean_route)
+    x_adv = trades_kl_attack(
+        classifier,
+        x,
+        epsilon=settings.epsilon,
+        step_size=settings.step_size,
+        steps=settings.train_attack_steps,
+        generator=generator,
+        clean_classifier=clean_route,
+    )
     _set_mode(classifier, scheme)
     logits_clean = classifier(x) if clean_route is None else clean_route(x)
     logits_adv = classifier(x_adv)
@@ -176,9 +213,11 @@ def branch_route(classifier: Classifier, bn: str) -> Callable[[torch.Tensor], to
 def check_dual_bn(settings: SchemeSettings, model: ContrastiveModel, bn: str) -> None:
     """Dual-BN AFF needs a clean branch 'normal' distinct from the classifier's branch; never route silently."""
     if settings.scheme == "AFF" and settings.dual_bn and (bn == "normal" or "normal" not in model.bn_names()):
-        raise ConfigError(f"AFF under protocol {settings.protocol} is dual-BN: it needs the clean BN branch 'normal' "
-                          f"beside the finetuned one, and this encoder has {list(model.bn_names())} finetuned through "
-                          f"{bn!r} (for a released checkpoint pass --branch all)")
+        raise ConfigError(
+            f"AFF under protocol {settings.protocol} is dual-BN: it needs the clean BN branch 'normal' "
+            f"beside the finetuned one, and this encoder has {list(model.bn_names())} finetuned through "
+            f"{bn!r} (for a released checkpoint pass --branch all)"
+        )
 
 
 def check_finite(parameters: list[torch.Tensor], what: str, epoch: int) -> None:
@@ -202,8 +241,9 @@ def finetune(
     check_dual_bn(settings, model, bn)
     classifier = build_classifier(model, data.num_classes, bn, scheme, settings.head_init).to(device)
     trainable = [p for p in classifier.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(trainable, lr=settings.lr, momentum=settings.momentum,
-                                weight_decay=settings.weight_decay)
+    optimizer = torch.optim.SGD(
+        trainable, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(settings.milestones), gamma=0.1)
     generator = torch.Generator(device=device).manual_seed(seed)
     order_generator = torch.Generator().manual_seed(seed)
@@ -223,8 +263,10 @@ def finetune(
                 loss = scheme_loss(classifier, settings, x, y, generator)
                 value = loss.item()
                 if not math.isfinite(value):
-                    raise FloatingPointError(f"{scheme} finetuning: loss became {value} at epoch {epoch} "
-                                             f"(lr {optimizer.param_groups[0]['lr']:.4g})")
+                    raise FloatingPointError(
+                        f"{scheme} finetuning: loss became {value} at epoch {epoch} "
+                        f"(lr {optimizer.param_groups[0]['lr']:.4g})"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

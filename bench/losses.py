@@ -16,6 +16,7 @@ positives of each other; every view of every other instance is a negative.
 Row layout used internally: the [B, V, D] features are flattened view-major, so row
 u = v·B + i holds view v of instance i (the layout of the released code).
 """
+
 from __future__ import annotations
 
 import math
@@ -127,7 +128,11 @@ def _positive_pairs(batch: int, views: int, device: torch.device) -> tuple[torch
 
 
 def _pair_terms(
-    z: torch.Tensor, contrast: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, temperature: float,
+    z: torch.Tensor,
+    contrast: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    temperature: float,
     hard_negatives: tuple[float, float] | None,
 ) -> torch.Tensor:
     """[n, n] matrix of ℓ(u→k) (or ℓ_HN) for anchor rows z_u against ``contrast`` columns.
@@ -142,7 +147,11 @@ def _pair_terms(
 
 
 def _hard_negative_terms(
-    logits: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, temperature: float, beta: float,
+    logits: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    temperature: float,
+    beta: float,
     tau_plus: float,
 ) -> torch.Tensor:
     """HCL's ℓ_HN(u→k) = −log(e_uk / (pos_u + Ng_u)) for every column k (docs/design.md §3).
@@ -157,8 +166,9 @@ def _hard_negative_terms(
     count = negative.sum(dim=1, keepdim=True).to(logits.dtype)
     exp_shifted = shifted.exp()
     pos_mean = torch.where(positive, exp_shifted, 0.0).sum(1, keepdim=True) / positive.sum(1, keepdim=True)
-    log_weighted = (torch.logsumexp(((beta + 1) * shifted).masked_fill(~negative, float("-inf")), 1, keepdim=True)
-                    - torch.logsumexp((beta * shifted).masked_fill(~negative, float("-inf")), 1, keepdim=True))
+    log_weighted = torch.logsumexp(
+        ((beta + 1) * shifted).masked_fill(~negative, float("-inf")), 1, keepdim=True
+    ) - torch.logsumexp((beta * shifted).masked_fill(~negative, float("-inf")), 1, keepdim=True)
     estimate = (count * log_weighted.exp() - tau_plus * count * pos_mean) / (1 - tau_plus)
     floor = count * torch.exp(-1.0 / temperature - shift)
     return torch.log(pos_mean + torch.maximum(estimate, floor)) - shifted
@@ -208,8 +218,14 @@ def _check_hard_negatives(hard_negatives: Any) -> None:
 
 
 def _validate(
-    features: Any, adversarial: Any, temperature: Any, alpha: Any, adv_weight: Any, hard_negatives: Any,
-    detach_contrast: Any, scale: Any,
+    features: Any,
+    adversarial: Any,
+    temperature: Any,
+    alpha: Any,
+    adv_weight: Any,
+    hard_negatives: Any,
+    detach_contrast: Any,
+    scale: Any,
 ) -> tuple[bool, ...]:
     """Check every argument of ``a_infonce``; return the adversarial flags as bools."""
     if not isinstance(features, torch.Tensor) or features.dim() != 3 or not features.is_floating_point():
@@ -241,17 +257,28 @@ def _validate(
 # ---------------------------------------------------------------------------- released code
 
 
-def _validate_official(features: Any, views: tuple[bool, ...], names: str, temperature: Any, alpha: Any,
-                       adv_weight: Any, hard_negatives: Any, scale: Any) -> None:
+def _validate_official(
+    features: Any,
+    views: tuple[bool, ...],
+    names: str,
+    temperature: Any,
+    alpha: Any,
+    adv_weight: Any,
+    hard_negatives: Any,
+    scale: Any,
+) -> None:
     """``_validate`` for a released loss, whose view order is fixed (``names``)."""
     if isinstance(features, torch.Tensor) and features.dim() == 3 and features.shape[1] != len(views):
-        raise ValueError(f"features.shape={tuple(features.shape)} is invalid: allowed [B, {len(views)}, D] "
-                         f"(the released loss's views {names})")
+        raise ValueError(
+            f"features.shape={tuple(features.shape)} is invalid: allowed [B, {len(views)}, D] "
+            f"(the released loss's views {names})"
+        )
     _validate(features, views, temperature, alpha, adv_weight, hard_negatives, False, scale)
 
 
-def _official_hcl_ratio(exp_logits: torch.Tensor, positive: torch.Tensor, not_self: torch.Tensor, count: int,
-                        beta: float, tau_plus: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _official_hcl_ratio(
+    exp_logits: torch.Tensor, positive: torch.Tensor, not_self: torch.Tensor, count: int, beta: float, tau_plus: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Released HCL block: returns (pos, Ng), one value per row, with the released arithmetic.
 
     ``count`` = N, the number of negatives per row. imp = exp(β·log(neg + 1e-9)) on the full
@@ -266,8 +293,15 @@ def _official_hcl_ratio(exp_logits: torch.Tensor, positive: torch.Tensor, not_se
     return pos, torch.clamp(ng, min=count * math.e ** (-1 / OFFICIAL_CLAMP_TEMPERATURE))
 
 
-def _advcl_log_terms(z: torch.Tensor, contrast: torch.Tensor, positive: torch.Tensor, not_self: torch.Tensor,
-                     temperature: float, hard_negatives: tuple[float, float] | None, count: int) -> torch.Tensor:
+def _advcl_log_terms(
+    z: torch.Tensor,
+    contrast: torch.Tensor,
+    positive: torch.Tensor,
+    not_self: torch.Tensor,
+    temperature: float,
+    hard_negatives: tuple[float, float] | None,
+    count: int,
+) -> torch.Tensor:
     """Positive-masked ℓ matrix of ``ori_SupConLoss`` (plain) or ``SupConLoss`` (HN); N = ``count``."""
     dot = z @ contrast.T / temperature
     logits = dot - dot.max(dim=1, keepdim=True).values.detach()  # self included in the max
@@ -303,8 +337,9 @@ def official_advcl_loss(
     - HN: pos is the mean of the 3 positives and sits in the denominator;
     - mean over the 4B anchors of the mean over their 3 positives, × ``scale`` (released: T/0.07).
     """
-    _validate_official(features, ADVCL_VIEWS, "[x_adv, x1, x2, HFC]", temperature, alpha, adv_weight, hard_negatives,
-                       scale)
+    _validate_official(
+        features, ADVCL_VIEWS, "[x_adv, x1, x2, HFC]", temperature, alpha, adv_weight, hard_negatives, scale
+    )
     alpha = _loss_alpha(alpha, features.dtype)
     batch, views = features.shape[:2]
     z = torch.cat(torch.unbind(features, dim=1), dim=0).to(_compute_dtype(features.dtype))
@@ -364,7 +399,7 @@ def official_rocl_loss(
         losses = -torch.log(exp_similarity / (pos + ng).view(n, 1))
 
     def block(row: int, column: int) -> torch.Tensor:
-        return torch.diag(losses[row * batch:(row + 1) * batch, column * batch:(column + 1) * batch])
+        return torch.diag(losses[row * batch : (row + 1) * batch, column * batch : (column + 1) * batch])
 
     total = block(0, 1) + block(1, 0)
     if alpha is None:

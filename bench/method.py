@@ -17,10 +17,12 @@ method passes its views to ``self.contrastive_loss(features, adversarial)`` and 
 variant flags decide whether adversarial views are inferior positives and/or hard
 negatives (``bench.variants``).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -180,8 +182,9 @@ class Method:
                 row = cls.paper[name]
                 if dataset in row or "*" in row:
                     return row[dataset] if dataset in row else row["*"]
-                raise ConfigError(f"dataset={dataset!r} is invalid for the paper settings of {cls.name!r}: "
-                                  f"allowed {sorted(row)}")
+                raise ConfigError(
+                    f"dataset={dataset!r} is invalid for the paper settings of {cls.name!r}: allowed {sorted(row)}"
+                )
         return Published()
 
     @classmethod
@@ -226,7 +229,11 @@ class Method:
 
     def build_model(self, arch: str, in_channels: int = 3) -> ContrastiveModel:
         return build_contrastive_model(
-            arch, self.bn_branches, self.projector, in_channels=in_channels, normalization=self.normalization,
+            arch,
+            self.bn_branches,
+            self.projector,
+            in_channels=in_channels,
+            normalization=self.normalization,
             conv_init=self.conv_init,
         )
 
@@ -266,8 +273,14 @@ class Method:
         self, features: torch.Tensor, adversarial: Sequence[bool], *, detach_contrast: bool = False, scale: float = 1.0
     ) -> torch.Tensor:
         """The method's InfoNCE over [B, V, D] features, with this variant's asymmetry."""
-        return a_infonce(features, adversarial, temperature=self.params.temperature, detach_contrast=detach_contrast,
-                         scale=scale, **self.asymmetry())
+        return a_infonce(
+            features,
+            adversarial,
+            temperature=self.params.temperature,
+            detach_contrast=detach_contrast,
+            scale=scale,
+            **self.asymmetry(),
+        )
 
     def asymmetry(self) -> dict[str, Any]:
         """This variant's A-InfoNCE arguments: α and w when adversarial views are inferior
@@ -284,7 +297,9 @@ class Method:
         return self.params.adv_weight
 
     @torch.no_grad()
-    def update_alpha(self, model: ContrastiveModel, clean: torch.Tensor, adversarial: torch.Tensor, ctx: StepContext) -> float:
+    def update_alpha(
+        self, model: ContrastiveModel, clean: torch.Tensor, adversarial: torch.Tensor, ctx: StepContext
+    ) -> float:
         """Adaptive α (AdvCL-IP scripts): mean L2 distance of 'normal'-branch features.
 
         As released, the distance uses the 'normal' BN branch in the current (train) mode.

@@ -7,14 +7,15 @@ holding one ``BatchNorm`` per branch; ``model(x, bn="pgd")`` picks the branch fo
 forward call. Inputs are images in [0, 1]; any normalisation lives inside the model so
 that epsilon is measured in pixel space.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,8 +25,12 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.247, 0.243, 0.261)
 # name → (mean, std) of the Normalize layer inside the model; 'custom' is a released checkpoint's own
 # statistics, placeholders here that its state dict overwrites.
-NORMALIZATIONS = {"none": None, "imagenet": (IMAGENET_MEAN, IMAGENET_STD), "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
-                  "custom": (IMAGENET_MEAN, IMAGENET_STD)}
+NORMALIZATIONS = {
+    "none": None,
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+    "custom": (IMAGENET_MEAN, IMAGENET_STD),
+}
 
 
 class MultiBatchNorm(nn.Module):
@@ -306,8 +311,13 @@ def build_contrastive_model(
     head = PROJECTORS[projector](encoder.feature_dim, branches)
     statistics = NORMALIZATIONS[normalization]
     normalize = Normalize(*statistics) if statistics is not None else None
-    spec = {"arch": arch, "branches": list(branches), "projector": projector, "in_channels": in_channels,
-            "normalization": normalization}
+    spec = {
+        "arch": arch,
+        "branches": list(branches),
+        "projector": projector,
+        "in_channels": in_channels,
+        "normalization": normalization,
+    }
     return ContrastiveModel(encoder, head, normalize, spec=spec)
 
 
@@ -316,8 +326,13 @@ def rebuild_contrastive_model(spec: dict, state: dict[str, torch.Tensor]) -> Con
 
     Normalisation buffers (ImageNet or a released checkpoint's own) come with the state dict."""
     with torch.random.fork_rng(devices=[]):
-        model = build_contrastive_model(spec["arch"], tuple(spec["branches"]), spec["projector"],
-                                        in_channels=int(spec["in_channels"]), normalization=spec["normalization"])
+        model = build_contrastive_model(
+            spec["arch"],
+            tuple(spec["branches"]),
+            spec["projector"],
+            in_channels=int(spec["in_channels"]),
+            normalization=spec["normalization"],
+        )
     for key, value in state.items():
         parts = key.split(".")
         if len(parts) == 3 and parts[0] == "heads" and parts[2] == "weight" and value.dim() == 2:
@@ -340,3 +355,15 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone.features(x, bn=self.bn))
+
+
+@contextmanager
+def model_mode(model: nn.Module, training: bool) -> Iterator[None]:
+    """Put ``model`` in train (or eval) mode for a block, then restore its mode (the attacks inside
+    pretraining run the model in eval mode, as the released code does, and must leave it training)."""
+    was_training = model.training
+    model.train(training)
+    try:
+        yield
+    finally:
+        model.train(was_training)

@@ -10,11 +10,12 @@ update, then SGD momentum. The two released implementations differ in where lr s
 They agree while lr is constant and differ while it changes (warm-up: the momentum of ACL's
 form remembers the smaller past lrs). Both are device-agnostic and tested against the formulas.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from types import MappingProxyType
-from typing import Iterable
 
 import torch
 
@@ -35,7 +36,9 @@ class LARS(torch.optim.Optimizer):
         lr_in_momentum: bool = False,
     ):
         """``lr_in_momentum=True`` with ``eps=0`` is ACL's released form (module docstring)."""
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps)
+        defaults = dict(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps
+        )
         super().__init__(params, defaults)
         self.lr_in_momentum = lr_in_momentum
         self.zero_norm_below = 1e-15 if lr_in_momentum else 0.0
@@ -70,17 +73,32 @@ class LARS(torch.optim.Optimizer):
 # cosine to 1e-6 (``cosine_annealing(..., 1e-6 / args.lr, warmup_steps=10 * len(train_loader))``),
 # batch 512, 1000 epochs. Overrides of ``PretrainConfig``: the paper rows of ``acl`` (and its variants)
 # and of the ``simclr`` anchor (methods/acl.py, methods/simclr.py) both refer to this one dict.
-ACL_LARS = MappingProxyType({
-    "optimizer": "lars-acl", "lr": 5.0, "weight_decay": 1e-6, "warmup_epochs": 10, "warmup_start_lr": 0.0,
-    "min_lr_fraction": 1e-6 / 5.0, "epochs": 1000, "batch_size": 512,
-})
+ACL_LARS = MappingProxyType(
+    {
+        "optimizer": "lars-acl",
+        "lr": 5.0,
+        "weight_decay": 1e-6,
+        "warmup_epochs": 10,
+        "warmup_start_lr": 0.0,
+        "min_lr_fraction": 1e-6 / 5.0,
+        "epochs": 1000,
+        "batch_size": 512,
+    }
+)
 
 
 def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: PretrainConfig) -> torch.optim.Optimizer:
     if config.optimizer in ("lars", "lars-acl"):
         acl = config.optimizer == "lars-acl"
-        return LARS(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                    trust_coefficient=config.lars_trust, eps=0.0 if acl else 1e-8, lr_in_momentum=acl)
+        return LARS(
+            parameters,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            trust_coefficient=config.lars_trust,
+            eps=0.0 if acl else 1e-8,
+            lr_in_momentum=acl,
+        )
     return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 

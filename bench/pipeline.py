@@ -7,6 +7,7 @@ own run directory (``bench.results.RunDir``); after each run this process rebuil
 A completed run (same id) is skipped unless ``force``; an interrupted one continues from its
 checkpoint with ``resume``. ``bench sweep`` runs the same stages as scheduler jobs (``bench.sweep``).
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -47,8 +48,9 @@ class RunOutcome:
     reason: str = ""
 
 
-def run_method(run: MethodRun, plan: RunPlan, store: ResultsStore, cache: DataCache,
-               device: torch.device) -> RunOutcome:
+def run_method(
+    run: MethodRun, plan: RunPlan, store: ResultsStore, cache: DataCache, device: torch.device
+) -> RunOutcome:
     """Pretrain (or reuse an encoder), finetune and evaluate one method: its stages (``bench.stages``)
     in sequence, in this process; writes only inside its run directory."""
     if store.run(run.run_id).is_complete() and not plan.force:
@@ -127,8 +129,9 @@ def resolve_jobs(jobs: int, device: torch.device, runs: int) -> int:
     if jobs > 1 and "fork" not in multiprocessing.get_all_start_methods():
         raise ConfigError(f"jobs={jobs!r} is invalid on this platform (no fork): allowed 0 (auto) or 1")
     if jobs > available_cores():
-        raise ConfigError(f"jobs={jobs!r} is invalid on this machine: allowed 0 (auto) to {available_cores()} "
-                          "(one run per core)")
+        raise ConfigError(
+            f"jobs={jobs!r} is invalid on this machine: allowed 0 (auto) to {available_cores()} (one run per core)"
+        )
     if jobs == 0:
         jobs = available_cores() if "fork" in multiprocessing.get_all_start_methods() else 1
     return max(1, min(jobs, runs))
@@ -174,8 +177,9 @@ def worker_devices(device: torch.device, jobs: int) -> list[torch.device]:
     return [device] * jobs
 
 
-def run_in_workers(plan: RunPlan, store: ResultsStore, device: torch.device, jobs: int,
-                   start_method: str | None = None) -> list[RunOutcome]:
+def run_in_workers(
+    plan: RunPlan, store: ResultsStore, device: torch.device, jobs: int, start_method: str | None = None
+) -> list[RunOutcome]:
     """Run the plan's methods in up to ``jobs`` worker processes, one process per run.
 
     A process per run (not a pool) keeps runs independent: one that fails or is killed (OOM,
@@ -191,7 +195,9 @@ def run_in_workers(plan: RunPlan, store: ResultsStore, device: torch.device, job
     # Teachers first (their students wait for them), then adversarial methods (several attack passes
     # per step): the cheap ones fill the tail.
     teachers = {run.teacher for run in plan.runs}
-    pending = sorted(plan.runs, key=lambda run: (run.run_id not in teachers, not run.method_class.has_adversarial_views))
+    pending = sorted(
+        plan.runs, key=lambda run: (run.run_id not in teachers, not run.method_class.has_adversarial_views)
+    )
     active: list[_Worker] = []
     outcomes: dict[str, RunOutcome] = {}
     try:
@@ -202,8 +208,9 @@ def run_in_workers(plan: RunPlan, store: ResultsStore, device: torch.device, job
                     continue
                 slot = free.pop(0)
                 receiver, sender = context.Pipe(duplex=False)
-                process = context.Process(target=_worker, args=(sender, run, plan, slot, threads, progress.is_quiet()),
-                                          daemon=True)
+                process = context.Process(
+                    target=_worker, args=(sender, run, plan, slot, threads, progress.is_quiet()), daemon=True
+                )
                 process.start()
                 sender.close()
                 active.append(_Worker(process, receiver, run, slot))

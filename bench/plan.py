@@ -19,6 +19,7 @@ and the method's parameters, but not the seed (so the seeds of one configuration
 and the report averages exactly those) and not where or how the run executes (device,
 jobs, directories).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,12 +84,21 @@ class MethodRun:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable description (``--dry-run --json`` prints one per line and scheme)."""
-        return {"run_id": self.run_id, "method": self.method, "preset": self.config.preset,
-                "dataset": self.config.data.name, "eval_dataset": self.config.data.eval_name or self.config.data.name,
-                "seed": self.config.seed, "protocol": self.config.finetune.protocol, "config_hash": self.config_hash,
-                "pretrain_key": self.pretrain_key, "config": to_dict(self.config),
-                "params": dataclasses.asdict(self.params), "flags": list(self.flags),
-                "pseudo_labels": self.pseudo_labels.to_dict() if self.pseudo_labels else None}
+        return {
+            "run_id": self.run_id,
+            "method": self.method,
+            "preset": self.config.preset,
+            "dataset": self.config.data.name,
+            "eval_dataset": self.config.data.eval_name or self.config.data.name,
+            "seed": self.config.seed,
+            "protocol": self.config.finetune.protocol,
+            "config_hash": self.config_hash,
+            "pretrain_key": self.pretrain_key,
+            "config": to_dict(self.config),
+            "params": dataclasses.asdict(self.params),
+            "flags": list(self.flags),
+            "pseudo_labels": self.pseudo_labels.to_dict() if self.pseudo_labels else None,
+        }
 
     def scheme_dicts(self) -> list[dict[str, Any]]:
         """One description per finetuning scheme, with its resolved settings (``--dry-run``); one with
@@ -101,10 +111,20 @@ class MethodRun:
             settings = scheme_settings(self.config, scheme, self.method) if scheme else None
             evaluate = self.config.evaluate
             step = settings.eval_step_size if settings and settings.eval_step_size is not None else evaluate.step_size
-            described.append({**run, "scheme": scheme, "finetune": settings.to_dict() if settings else None,
-                              "evaluate": {"epsilon": evaluate.epsilon, "attacks": list(evaluate.attacks),
-                                           "pgd_steps": evaluate.pgd_steps, "n_eval": evaluate.n_eval,
-                                           "pgd_step_size": step}})
+            described.append(
+                {
+                    **run,
+                    "scheme": scheme,
+                    "finetune": settings.to_dict() if settings else None,
+                    "evaluate": {
+                        "epsilon": evaluate.epsilon,
+                        "attacks": list(evaluate.attacks),
+                        "pgd_steps": evaluate.pgd_steps,
+                        "n_eval": evaluate.n_eval,
+                        "pgd_step_size": step,
+                    },
+                }
+            )
         return described
 
 
@@ -146,8 +166,10 @@ def method_values(method: type[Method], config: RunConfig, request: RunRequest) 
     values.update({key: value for key, value in request.method_params.get("*", {}).items() if key not in unread})
     for key, value in request.method_params.get(method.name, {}).items():
         if key in unread:
-            raise ConfigError(f"--param {method.name}:{key}={value} is invalid: {method.name} never reads {key!r}; "
-                              f"allowed {sorted(set(field_types(method.Params)) - unread)}")
+            raise ConfigError(
+                f"--param {method.name}:{key}={value} is invalid: {method.name} never reads {key!r}; "
+                f"allowed {sorted(set(field_types(method.Params)) - unread)}"
+            )
         values[key] = value
     return values
 
@@ -165,8 +187,10 @@ def check_protocol(method: type[Method], config: RunConfig) -> None:
     for scheme in config.finetune.schemes:
         settings = scheme_settings(config, scheme, method.name)
         if settings.dual_bn and (method.finetune_bn == "normal" or "normal" not in method.bn_branches):
-            raise ConfigError(f"protocol {settings.protocol!r} is invalid for {method.name}: its {scheme} needs BN "
-                              f"branches 'normal' and a finetuning branch, the method has {list(method.bn_branches)}")
+            raise ConfigError(
+                f"protocol {settings.protocol!r} is invalid for {method.name}: its {scheme} needs BN "
+                f"branches 'normal' and a finetuning branch, the method has {list(method.bn_branches)}"
+            )
 
 
 def check_unscoped_params(request: RunRequest, names: list[str]) -> None:
@@ -177,8 +201,10 @@ def check_unscoped_params(request: RunRequest, names: list[str]) -> None:
         readers = [cls for cls in methods if key in field_types(cls.Params) and key not in cls.unread_params()]
         if not readers and any(key in field_types(cls.Params) for cls in methods):
             read = sorted({name for cls in methods for name in set(field_types(cls.Params)) - cls.unread_params()})
-            raise ConfigError(f"--param {key}={value} is invalid: no selected method reads {key!r} "
-                              f"(e.g. alpha is read by the -ip variants only); allowed {read}")
+            raise ConfigError(
+                f"--param {key}={value} is invalid: no selected method reads {key!r} "
+                f"(e.g. alpha is read by the -ip variants only); allowed {read}"
+            )
 
 
 def identity(method: type[Method], config: RunConfig, params: MethodParams) -> dict[str, Any]:
@@ -196,20 +222,26 @@ def pretraining_key(payload: dict[str, Any]) -> str:
     """Hash of everything that decides a pretrained encoder: runs that differ only in finetuning
     or evaluation settings (ε, attacks, n_eval, schemes…) share it, and share the encoder."""
     data = payload["data"]
-    return config_hash({**{name: payload[name] for name in PRETRAINING_FIELDS},
-                        "data": {"name": data["name"], "image_size": data["image_size"]}})
+    return config_hash(
+        {
+            **{name: payload[name] for name in PRETRAINING_FIELDS},
+            "data": {"name": data["name"], "image_size": data["image_size"]},
+        }
+    )
 
 
-def resolve_run(method: type[Method], request: RunRequest, base: RunConfig,
-                teacher: MethodRun | None = None) -> MethodRun:
+def resolve_run(
+    method: type[Method], request: RunRequest, base: RunConfig, teacher: MethodRun | None = None
+) -> MethodRun:
     """One method's config (its published pretraining settings in place), params, id and hashes.
 
     A distilling method's identity includes what it distils from (the teacher run's pretraining
     key, or the digest of a ``teacher=`` file), so another teacher gives another run id."""
     config = assemble(request, dict(method.published(base.preset, base.data.name).pretrain))
     check_protocol(method, config)
-    values, labels = resolve_pseudo_labels(method.name, method.Params, config, method_values(method, config, request),
-                                           fetch=not request.dry_run)
+    values, labels = resolve_pseudo_labels(
+        method.name, method.Params, config, method_values(method, config, request), fetch=not request.dry_run
+    )
     params = method.make_params(values)
     payload = identity(method, config, params)
     if teacher is not None:
@@ -218,9 +250,18 @@ def resolve_run(method: type[Method], request: RunRequest, base: RunConfig,
         payload["teacher"] = {"file_sha256": file_digest(Path(params.teacher).expanduser())}
     digest = config_hash({key: value for key, value in payload.items() if key != "seed"})
     run_id = f"{method.name}-{config.preset}-{config.data.name}-s{config.seed}-{digest}"
-    return MethodRun(method.name, config, params, run_id, digest, pretraining_key(payload), payload,
-                     flags=(labels.flag,) if labels else (), pseudo_labels=labels,
-                     teacher=teacher.run_id if teacher is not None else "")
+    return MethodRun(
+        method.name,
+        config,
+        params,
+        run_id,
+        digest,
+        pretraining_key(payload),
+        payload,
+        flags=(labels.flag,) if labels else (),
+        pseudo_labels=labels,
+        teacher=teacher.run_id if teacher is not None else "",
+    )
 
 
 def teacher_run(student: type[Method], request: RunRequest, base: RunConfig) -> MethodRun:
@@ -228,8 +269,10 @@ def teacher_run(student: type[Method], request: RunRequest, base: RunConfig) -> 
     preset, data, overrides and seed (the user's ``--param`` for that method, and the '*' ones it has)."""
     teacher = registry.get(student.teacher_method)
     known = field_types(teacher.Params)
-    params = {"*": {key: value for key, value in request.method_params.get("*", {}).items() if key in known},
-              teacher.name: request.method_params.get(teacher.name, {})}
+    params = {
+        "*": {key: value for key, value in request.method_params.get("*", {}).items() if key in known},
+        teacher.name: request.method_params.get(teacher.name, {}),
+    }
     return resolve_run(teacher, dataclasses.replace(request, method_params=params), base)
 
 
@@ -261,8 +304,10 @@ def expand(request: RunRequest) -> list[RunRequest]:
     products = []
     for flag, field_name, values in (("--seeds", "seed", request.seeds), ("--datasets", "data.name", request.datasets)):
         if values and field_name in request.overrides:
-            raise ConfigError(f"{flag} {' '.join(map(str, values))} is invalid together with "
-                              f"{field_name}={request.overrides[field_name]!r}: allowed one of the two forms")
+            raise ConfigError(
+                f"{flag} {' '.join(map(str, values))} is invalid together with "
+                f"{field_name}={request.overrides[field_name]!r}: allowed one of the two forms"
+            )
         products.append([(field_name, value) for value in values] or [None])
     requests = []
     for seed in products[0]:
@@ -282,8 +327,9 @@ def build_plan(request: RunRequest) -> RunPlan:
     names = registry.resolve(base.methods)
     unknown_scopes = sorted(scope for scope in request.method_params if scope != "*" and scope not in names)
     if unknown_scopes:
-        raise ConfigError(f"--param scope {unknown_scopes[0]!r} is invalid: it names no selected method; "
-                          f"allowed {names}")
+        raise ConfigError(
+            f"--param scope {unknown_scopes[0]!r} is invalid: it names no selected method; allowed {names}"
+        )
     check_unscoped_params(request, names)
     runs, teachers = [], []
     for single in singles:
@@ -294,8 +340,11 @@ def build_plan(request: RunRequest) -> RunPlan:
             teachers += needed
     repeated = sorted({run.run_id for run in runs if sum(other.run_id == run.run_id for other in runs) > 1})
     if repeated:
-        given = [f"{flag} {' '.join(map(str, values))}" for flag, values in
-                 (("--seeds", request.seeds), ("--datasets", request.datasets)) if values]
+        given = [
+            f"{flag} {' '.join(map(str, values))}"
+            for flag, values in (("--seeds", request.seeds), ("--datasets", request.datasets))
+            if values
+        ]
         raise ConfigError(f"{' '.join(given)} is invalid: run {repeated[0]} comes twice; allowed distinct values")
     # Teachers first (a student waits for its teacher's encoder), each once, even when also selected.
     ordered = {run.run_id: run for run in teachers}

@@ -29,6 +29,7 @@ Deviations: K-means is scikit-learn's (k-means++ init, ``kmeans_restarts`` runs)
 released code uses ``kmeans_pytorch`` (random init, one run); the head has K outputs (the
 released head has as many as the dataset's classes, 100 on CIFAR-100 with K = 10 labels).
 """
+
 from __future__ import annotations
 
 import copy
@@ -112,8 +113,13 @@ class PostParams:
 
 def check_post_params(params: PostParams) -> None:
     """``ConfigError`` on an impossible post-stage parameter (one line, the allowed values)."""
-    for name, low in (("post_clusters", 2), ("post_head_epochs", 0), ("post_epochs", 0), ("post_batch_size", 2),
-                      ("post_attack_steps", 0)):
+    for name, low in (
+        ("post_clusters", 2),
+        ("post_head_epochs", 0),
+        ("post_epochs", 0),
+        ("post_batch_size", 2),
+        ("post_attack_steps", 0),
+    ):
         value = getattr(params, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{name}={value!r} is invalid: allowed integers >= {low}")
@@ -127,10 +133,16 @@ def settings_for(params: PostParams, config: RunConfig, **released: Any) -> Post
     attack budget (ε, step: 8/255 and 2/255 in the paper preset, as released) and its finetuning
     augmentation switch; ``released`` sets the per-script fields (attack_start, reference_bn)."""
     return PostSettings(
-        clusters=params.post_clusters, head_epochs=params.post_head_epochs, epochs=params.post_epochs,
-        milestones=tuple(params.post_milestones), batch_size=params.post_batch_size,
-        attack_steps=params.post_attack_steps, epsilon=config.attack.epsilon, step_size=config.attack.step_size,
-        augment=config.finetune.augment, **released,
+        clusters=params.post_clusters,
+        head_epochs=params.post_head_epochs,
+        epochs=params.post_epochs,
+        milestones=tuple(params.post_milestones),
+        batch_size=params.post_batch_size,
+        attack_steps=params.post_attack_steps,
+        epsilon=config.attack.epsilon,
+        step_size=config.attack.step_size,
+        augment=config.finetune.augment,
+        **released,
     )
 
 
@@ -143,8 +155,10 @@ def encoder_features(model: ContrastiveModel, images: torch.Tensor, bn: str, bat
     was_training = model.training
     model.eval()
     try:
-        chunks = [model.features(to_float(images[start:start + batch_size]), bn).float().cpu()
-                  for start in range(0, images.shape[0], batch_size)]
+        chunks = [
+            model.features(to_float(images[start : start + batch_size]), bn).float().cpu()
+            for start in range(0, images.shape[0], batch_size)
+        ]
     finally:
         model.train(was_training)
     return torch.cat(chunks).numpy().astype(np.float64)
@@ -155,8 +169,9 @@ def kmeans_labels(features: np.ndarray, clusters: int, seed: int, restarts: int 
     from sklearn.cluster import KMeans
 
     if clusters > features.shape[0]:
-        raise ValueError(f"post clusters={clusters} is invalid: allowed at most the {features.shape[0]} "
-                         "training images")
+        raise ValueError(
+            f"post clusters={clusters} is invalid: allowed at most the {features.shape[0]} training images"
+        )
     kmeans = KMeans(n_clusters=clusters, n_init=restarts, random_state=seed)
     return kmeans.fit_predict(features).astype(np.int64)
 
@@ -168,8 +183,9 @@ def _logits(classifier: Classifier, x: torch.Tensor, bn: str) -> torch.Tensor:
     return classifier.head(classifier.backbone.features(x, bn))
 
 
-def trades_adversary(classifier: Classifier, x: torch.Tensor, settings: PostSettings,
-                     generator: torch.Generator) -> torch.Tensor:
+def trades_adversary(
+    classifier: Classifier, x: torch.Tensor, settings: PostSettings, generator: torch.Generator
+) -> torch.Tensor:
     """The TRADES KL attack of the stage, classifier in eval mode (mode restored afterwards).
 
     Default: ``bench.attacks.trades_kl_attack`` (start x + 0.001·N(0, 1), reference p(x) through
@@ -180,28 +196,45 @@ def trades_adversary(classifier: Classifier, x: torch.Tensor, settings: PostSett
     try:
         reference_bn = settings.reference_bn or settings.bn
         if settings.attack_start == "noise" and reference_bn == settings.bn:
-            return trades_kl_attack(classifier, x, epsilon=settings.epsilon, step_size=settings.step_size,
-                                    steps=settings.attack_steps, generator=generator)
+            return trades_kl_attack(
+                classifier,
+                x,
+                epsilon=settings.epsilon,
+                step_size=settings.step_size,
+                steps=settings.attack_steps,
+                generator=generator,
+            )
         with torch.no_grad():
             reference = F.softmax(_logits(classifier, x, reference_bn), dim=1)
-        start = x if settings.attack_start == "clean" else x + 0.001 * torch.randn(
-            x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return pgd(lambda inputs: F.kl_div(F.log_softmax(classifier(inputs), dim=1), reference, reduction="sum"),
-                   x, epsilon=settings.epsilon, step_size=settings.step_size, steps=settings.attack_steps, start=start)
+        start = (
+            x
+            if settings.attack_start == "clean"
+            else x + 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        )
+        return pgd(
+            lambda inputs: F.kl_div(F.log_softmax(classifier(inputs), dim=1), reference, reduction="sum"),
+            x,
+            epsilon=settings.epsilon,
+            step_size=settings.step_size,
+            steps=settings.attack_steps,
+            start=start,
+        )
     finally:
         classifier.train(was_training)
 
 
-def trades_loss(classifier: Classifier, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
-                beta: float) -> torch.Tensor:
+def trades_loss(
+    classifier: Classifier, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, beta: float
+) -> torch.Tensor:
     """CE(f(x), y) + β·KL(p(x_adv) ‖ p(x)) / B, gradient through both terms (Zhang et al. 2019)."""
     logits_clean, logits_adv = classifier(x), classifier(x_adv)
     robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
     return F.cross_entropy(logits_clean, y) + beta * robust
 
 
-def _batches(images: torch.Tensor, labels: torch.Tensor, settings: PostSettings, order: torch.Generator,
-             views: torch.Generator):
+def _batches(
+    images: torch.Tensor, labels: torch.Tensor, settings: PostSettings, order: torch.Generator, views: torch.Generator
+):
     """Shuffled batches (last partial one dropped, as released) with crop+flip when ``augment``."""
     batch = min(settings.batch_size, images.shape[0])
     augment = WeakAugment()
@@ -211,13 +244,23 @@ def _batches(images: torch.Tensor, labels: torch.Tensor, settings: PostSettings,
         yield (augment(x, views) if settings.augment else x), labels[indices]
 
 
-def linear_probe(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, settings: PostSettings,
-                 order: torch.Generator, views: torch.Generator) -> list[float]:
+def linear_probe(
+    classifier: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    settings: PostSettings,
+    order: torch.Generator,
+    views: torch.Generator,
+) -> list[float]:
     """LP: the head alone on the frozen encoder in eval mode, constant lr. Returns epoch mean losses."""
     for parameter in classifier.backbone.parameters():
         parameter.requires_grad_(False)
-    optimizer = torch.optim.SGD(classifier.head.parameters(), lr=settings.head_lr, momentum=settings.momentum,
-                                weight_decay=settings.weight_decay)
+    optimizer = torch.optim.SGD(
+        classifier.head.parameters(),
+        lr=settings.head_lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+    )
     history = []
     try:
         for _ in range(settings.head_epochs):
@@ -236,12 +279,19 @@ def linear_probe(classifier: Classifier, images: torch.Tensor, labels: torch.Ten
     return history
 
 
-def adversarial_finetune(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor,
-                         settings: PostSettings, order: torch.Generator, views: torch.Generator) -> list[float]:
+def adversarial_finetune(
+    classifier: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    settings: PostSettings,
+    order: torch.Generator,
+    views: torch.Generator,
+) -> list[float]:
     """AFT: TRADES on the whole network (attack in eval mode, loss in train mode), step decay."""
     parameters = [p for p in classifier.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum,
-                                weight_decay=settings.weight_decay)
+    optimizer = torch.optim.SGD(
+        parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(settings.milestones), gamma=0.1)
     history = []
     for _ in range(settings.epochs):
@@ -259,8 +309,13 @@ def adversarial_finetune(classifier: Classifier, images: torch.Tensor, labels: t
     return history
 
 
-def post_process(model: ContrastiveModel, train_images: torch.Tensor, settings: PostSettings,
-                 device: torch.device, generator: torch.Generator) -> ContrastiveModel:
+def post_process(
+    model: ContrastiveModel,
+    train_images: torch.Tensor,
+    settings: PostSettings,
+    device: torch.device,
+    generator: torch.Generator,
+) -> ContrastiveModel:
     """DynACL++'s LP-AFT on K-means pseudo-labels; returns a new encoder (``model`` is not changed).
 
     ``train_images``: the uint8 pretraining set (labels are never seen). ``generator`` (on
@@ -281,4 +336,3 @@ def post_process(model: ContrastiveModel, train_images: torch.Tensor, settings: 
     adversarial_finetune(classifier, images, labels, settings, order, generator)
     encoder.eval()
     return encoder
-

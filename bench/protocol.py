@@ -12,11 +12,12 @@ the common-corruption accuracies (bench.corruption_eval), PGD-20 at the other ε
 ``evaluate.epsilon_curve``, and the best-on-test-epoch numbers the released scripts print
 (metric ``accuracy_best_epoch``, kept apart because the epoch is chosen on the test set).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -50,20 +51,34 @@ def evaluation_split(data: ImageData, settings: EvalConfig) -> tuple[torch.Tenso
 
 
 def finetune_and_evaluate(
-    model: ContrastiveModel, finetune_bn: str, data: ImageData, config: RunConfig, device: torch.device,
-    run_dir: RunDir, label: str = "", method: str = "",
+    model: ContrastiveModel,
+    finetune_bn: str,
+    data: ImageData,
+    config: RunConfig,
+    device: torch.device,
+    run_dir: RunDir,
+    label: str = "",
+    method: str = "",
 ) -> list[Measurement]:
     """Every scheme of the config: finetune, evaluate, store the classifier and its sanity checks."""
     measurements: list[Measurement] = []
     for scheme in config.finetune.schemes:
-        measurements += finetune_and_evaluate_scheme(model, finetune_bn, data, config, device, run_dir, scheme,
-                                                     label=label, method=method)
+        measurements += finetune_and_evaluate_scheme(
+            model, finetune_bn, data, config, device, run_dir, scheme, label=label, method=method
+        )
     return measurements
 
 
 def finetune_and_evaluate_scheme(
-    model: ContrastiveModel, finetune_bn: str, data: ImageData, config: RunConfig, device: torch.device,
-    run_dir: RunDir, scheme: str, label: str = "", method: str = "",
+    model: ContrastiveModel,
+    finetune_bn: str,
+    data: ImageData,
+    config: RunConfig,
+    device: torch.device,
+    run_dir: RunDir,
+    scheme: str,
+    label: str = "",
+    method: str = "",
 ) -> list[Measurement]:
     """One scheme: finetune, evaluate, store its classifier and sanity checks; returns its measurements.
 
@@ -87,14 +102,22 @@ def finetune_and_evaluate_scheme(
     tuned = finetune(tune, model, finetune_bn, data, seed=config.seed, device=device, epoch_eval=epoch_eval)
     finetune_s = time.perf_counter() - began
     save_torch_atomic(classifier_state(tuned.classifier), run_dir.classifier(scheme))
-    report = evaluate_classifier(tuned.classifier, x_eval, y_eval, settings, device, seed=config.seed,
-                                 progress=autoattack_progress(label, scheme))
+    report = evaluate_classifier(
+        tuned.classifier,
+        x_eval,
+        y_eval,
+        settings,
+        device,
+        seed=config.seed,
+        progress=autoattack_progress(label, scheme),
+    )
     write_sanity(run_dir, scheme, report)
     measurements = report_measurements(scheme, report, settings.epsilon, finetune_s + report.wall_s)
     on = scheme in settings.corruption_schemes
     measurements += corruption_measurements(tuned.classifier, data, config, device, run_dir, scheme, report, on)
-    measurements += epsilon_curve(tuned.classifier, x_eval, y_eval, dataclasses.replace(config, evaluate=settings),
-                                  scheme, report.n_eval)
+    measurements += epsilon_curve(
+        tuned.classifier, x_eval, y_eval, dataclasses.replace(config, evaluate=settings), scheme, report.n_eval
+    )
     for attack, value in best_epoch(tuned.epoch_metrics).items():
         measurements.append(Measurement(scheme, attack, BEST_EPOCH_METRIC, value, settings.epsilon, report.n_eval))
     log_scheme(label, scheme, report)
@@ -108,30 +131,44 @@ def scheme_evaluation(evaluate: EvalConfig, tune: SchemeSettings) -> EvalConfig:
     return dataclasses.replace(evaluate, step_size=tune.eval_step_size)
 
 
-def epoch_metrics_of(settings: EvalConfig, x_eval: torch.Tensor, y_eval: torch.Tensor,
-                     seed: int) -> Callable[[nn.Module], dict[str, float]]:
+def epoch_metrics_of(
+    settings: EvalConfig, x_eval: torch.Tensor, y_eval: torch.Tensor, seed: int
+) -> Callable[[nn.Module], dict[str, float]]:
     """Clean and PGD-20 accuracy after an epoch (for the best-on-test-epoch rows the released scripts print)."""
 
     def epoch_metrics(classifier: nn.Module) -> dict[str, float]:
         return {
             "clean": clean_accuracy(classifier, x_eval, y_eval, settings.batch_size),
-            "pgd20": pgd_accuracy(classifier, x_eval, y_eval, settings.epsilon, settings.step_size, settings.pgd_steps,
-                                  batch_size=settings.batch_size, seed=seed),
+            "pgd20": pgd_accuracy(
+                classifier,
+                x_eval,
+                y_eval,
+                settings.epsilon,
+                settings.step_size,
+                settings.pgd_steps,
+                batch_size=settings.batch_size,
+                seed=seed,
+            ),
         }
 
     return epoch_metrics
 
 
 def evaluate_ready_classifier(
-    classifier: nn.Module, data: ImageData, config: RunConfig, device: torch.device, run_dir: RunDir,
+    classifier: nn.Module,
+    data: ImageData,
+    config: RunConfig,
+    device: torch.device,
+    run_dir: RunDir,
     scheme: str = "AT",
 ) -> list[Measurement]:
     """A classifier that needs no finetuning (supervised AT): the same evaluation and sanity record."""
     settings = config.evaluate
     x_eval, y_eval = evaluation_split(data, settings)
     began = time.perf_counter()
-    report = evaluate_classifier(classifier, x_eval, y_eval, settings, device, seed=config.seed,
-                                 progress=autoattack_progress("", scheme))
+    report = evaluate_classifier(
+        classifier, x_eval, y_eval, settings, device, seed=config.seed, progress=autoattack_progress("", scheme)
+    )
     write_sanity(run_dir, scheme, report)
     measurements = report_measurements(scheme, report, settings.epsilon, time.perf_counter() - began)
     return measurements + corruption_measurements(classifier, data, config, device, run_dir, scheme, report, True)
@@ -144,22 +181,44 @@ def autoattack_progress(label: str, scheme: str):
     def say(line: str) -> None:
         if line.startswith("AutoAttack"):
             progress.log(f"{prefix}: {line}")
+
     return say
 
 
-def write_evaluation_record(run_dir: RunDir, scheme: str, data: ImageData, config: RunConfig,
-                            report: EvalReport, extra: dict[str, torch.Tensor] | None = None) -> None:
+def write_evaluation_record(
+    run_dir: RunDir,
+    scheme: str,
+    data: ImageData,
+    config: RunConfig,
+    report: EvalReport,
+    extra: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Store which evaluated test images each main attack (and ``extra``: e.g. corruptions) left correct
     (``RunDir.correct``, bench.records): every evaluation leaves one, so two runs can be compared paired."""
     settings = config.evaluate
-    write_record(run_dir.correct(scheme), evaluation_indices(data, settings).cpu(), {**report.correct, **(extra or {})},
-                 meta={"seed": config.seed, "subset_seed": settings.subset_seed, "epsilon": settings.epsilon,
-                       "eval_dataset": data.name, "n_test": int(data.x_test.shape[0])})
+    write_record(
+        run_dir.correct(scheme),
+        evaluation_indices(data, settings).cpu(),
+        {**report.correct, **(extra or {})},
+        meta={
+            "seed": config.seed,
+            "subset_seed": settings.subset_seed,
+            "epsilon": settings.epsilon,
+            "eval_dataset": data.name,
+            "n_test": int(data.x_test.shape[0]),
+        },
+    )
 
 
 def corruption_measurements(
-    classifier: nn.Module, data: ImageData, config: RunConfig, device: torch.device, run_dir: RunDir, scheme: str,
-    report: EvalReport, with_corruptions: bool,
+    classifier: nn.Module,
+    data: ImageData,
+    config: RunConfig,
+    device: torch.device,
+    run_dir: RunDir,
+    scheme: str,
+    report: EvalReport,
+    with_corruptions: bool,
 ) -> list[Measurement]:
     """The common-corruption rows (bench.corruption_eval; when configured, and for this scheme), after
     storing the evaluation's per-image record with the corruptions' correctness in it."""
@@ -171,25 +230,46 @@ def corruption_measurements(
     return corruption_rows(scheme, results, report, settings.epsilon, wall_s)
 
 
-def corruption_rows(scheme: str, results: list[CorruptionResult], report: EvalReport, epsilon: float,
-                    wall_s: float) -> list[Measurement]:
+def corruption_rows(
+    scheme: str, results: list[CorruptionResult], report: EvalReport, epsilon: float, wall_s: float
+) -> list[Measurement]:
     """One ``accuracy`` row per (corruption, severity), then the means; each labelled with its source
     (``regenerated`` / ``official``, ``approximate``) next to the evaluation's sanity flags."""
-    rows = [Measurement(scheme, result.attack, "accuracy", result.accuracy, epsilon, report.n_eval, wall_s,
-                        tuple(report.flags) + result.flags) for result in results]
-    rows += [Measurement(scheme, attack, "accuracy", value, epsilon, report.n_eval, wall_s, tuple(report.flags) + flags)
-             for attack, (value, flags) in corruption_means(results).items()]
+    rows = [
+        Measurement(
+            scheme,
+            result.attack,
+            "accuracy",
+            result.accuracy,
+            epsilon,
+            report.n_eval,
+            wall_s,
+            tuple(report.flags) + result.flags,
+        )
+        for result in results
+    ]
+    rows += [
+        Measurement(scheme, attack, "accuracy", value, epsilon, report.n_eval, wall_s, tuple(report.flags) + flags)
+        for attack, (value, flags) in corruption_means(results).items()
+    ]
     return rows
 
 
 def report_measurements(scheme: str, report: EvalReport, epsilon: float, wall_s: float) -> list[Measurement]:
     """One ``accuracy`` measurement per attack of an evaluation, carrying its sanity flags."""
-    return [Measurement(scheme, attack, "accuracy", value, epsilon, report.n_eval, wall_s, tuple(report.flags))
-            for attack, value in report.accuracy.items()]
+    return [
+        Measurement(scheme, attack, "accuracy", value, epsilon, report.n_eval, wall_s, tuple(report.flags))
+        for attack, value in report.accuracy.items()
+    ]
 
 
 def epsilon_curve(
-    classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, config: RunConfig, scheme: str, n_eval: int,
+    classifier: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: RunConfig,
+    scheme: str,
+    n_eval: int,
 ) -> list[Measurement]:
     """PGD accuracy at each other ε of ``evaluate.epsilon_curve`` (metric ``accuracy_vs_epsilon``).
 
@@ -201,10 +281,19 @@ def epsilon_curve(
     for epsilon in settings.epsilon_curve:
         if abs(epsilon - settings.epsilon) < 1e-9:
             continue
-        value = pgd_accuracy(classifier, x, y, epsilon, ratio * epsilon, settings.pgd_steps,
-                             batch_size=settings.batch_size, seed=config.seed)
-        measurements.append(Measurement(scheme, f"pgd{settings.pgd_steps}", "accuracy_vs_epsilon", value, epsilon,
-                                        n_eval))
+        value = pgd_accuracy(
+            classifier,
+            x,
+            y,
+            epsilon,
+            ratio * epsilon,
+            settings.pgd_steps,
+            batch_size=settings.batch_size,
+            seed=config.seed,
+        )
+        measurements.append(
+            Measurement(scheme, f"pgd{settings.pgd_steps}", "accuracy_vs_epsilon", value, epsilon, n_eval)
+        )
     return measurements
 
 
@@ -225,5 +314,8 @@ def write_sanity(run_dir: RunDir, scheme: str, report: EvalReport) -> None:
 def log_scheme(label: str, scheme: str, report: EvalReport) -> None:
     prefix = f"  {label} {scheme}" if label else f"  {scheme}"
     flags = ";".join(report.flags)
-    progress.log(f"{prefix}: " + ", ".join(f"{a} {v:.1f}%" for a, v in report.accuracy.items())
-                 + (f"  [{flags}]" if flags else ""))
+    progress.log(
+        f"{prefix}: "
+        + ", ".join(f"{a} {v:.1f}%" for a, v in report.accuracy.items())
+        + (f"  [{flags}]" if flags else "")
+    )

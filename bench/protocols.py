@@ -25,23 +25,48 @@ epoch's index (``adjust_lr(epoch)`` at the end of the loop), so its "30/50/100" 
 epochs 31/51/101 and its "15/20" from 16/21; the AdvCL half sets it before each epoch from
 ``epoch - 1`` (1-based loop), so "15/20" are 15/20.
 """
+
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from bench.config import SCHEMES, ConfigError
 
 PROTOCOLS = ("unified", "robustssl", "ainfonce")
 # SchemeSettings fields a protocol other than 'unified' decides (the FinetuneConfig fields behind them
 # may not be overridden by the user under such a protocol: see ``PROTOCOL_CONFIG_FIELDS``).
-PROTOCOL_FIELDS = ("epochs", "batch_size", "lr", "milestones", "momentum", "weight_decay", "augment",
-                   "train_attack_steps", "trades_beta", "dual_bn", "head_init", "eval_step_ratio", "best_epoch",
-                   "reported_epoch")
-PROTOCOL_CONFIG_FIELDS = ("finetune.epochs", "finetune.batch_size", "finetune.lr", "finetune.full_lr",
-                          "finetune.milestones", "finetune.momentum", "finetune.weight_decay", "finetune.augment",
-                          "finetune.alf_steps", "finetune.trades_beta", "finetune.trades_steps")
+PROTOCOL_FIELDS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "milestones",
+    "momentum",
+    "weight_decay",
+    "augment",
+    "train_attack_steps",
+    "trades_beta",
+    "dual_bn",
+    "head_init",
+    "eval_step_ratio",
+    "best_epoch",
+    "reported_epoch",
+)
+PROTOCOL_CONFIG_FIELDS = (
+    "finetune.epochs",
+    "finetune.batch_size",
+    "finetune.lr",
+    "finetune.full_lr",
+    "finetune.milestones",
+    "finetune.momentum",
+    "finetune.weight_decay",
+    "finetune.augment",
+    "finetune.alf_steps",
+    "finetune.trades_beta",
+    "finetune.trades_steps",
+)
 HEAD_INITS = ("default", "zeros")
 REPORTED_EPOCHS = ("last", "best")
 
@@ -77,9 +102,19 @@ class Protocol:
 # --------------------------------------------------------------------------- robustssl
 
 _RSSL_BASE = {
-    "epochs": 25, "batch_size": 128, "lr": 0.1, "milestones": (15, 20), "momentum": 0.9, "weight_decay": 2e-4,
-    "augment": True, "trades_beta": 6.0, "dual_bn": False, "head_init": "zeros", "eval_step_ratio": None,
-    "best_epoch": False, "reported_epoch": "last",
+    "epochs": 25,
+    "batch_size": 128,
+    "lr": 0.1,
+    "milestones": (15, 20),
+    "momentum": 0.9,
+    "weight_decay": 2e-4,
+    "augment": True,
+    "trades_beta": 6.0,
+    "dual_bn": False,
+    "head_init": "zeros",
+    "eval_step_ratio": None,
+    "best_epoch": False,
+    "reported_epoch": "last",
 }
 _ACL_SLF_ALF = ("SLF", "ALF")
 
@@ -87,9 +122,11 @@ ROBUSTSSL_PROTOCOL = Protocol(
     name="robustssl",
     description="RobustSSL_Benchmark's vanilla finetuning, per method (the leaderboard's protocol)",
     base=_RSSL_BASE,
-    base_source=(ROBUSTSSL + "vanilla_finetuning.py l.29-43 (batch 128, 25 epochs, wd 2e-4, lr 0.1, momentum 0.9, "
-                 "milestones 15,20), l.68-69 (--test_frequency 0: last epoch); utils.py l.406-411 (crop+flip), "
-                 "l.532-533 and l.550-551 (zero head)"),
+    base_source=(
+        ROBUSTSSL + "vanilla_finetuning.py l.29-43 (batch 128, 25 epochs, wd 2e-4, lr 0.1, momentum 0.9, "
+        "milestones 15,20), l.68-69 (--test_frequency 0: last epoch); utils.py l.406-411 (crop+flip), "
+        "l.532-533 and l.550-551 (zero head)"
+    ),
     families={
         "ACL": ("acl", "acl-ip", "acl-hn", "acl-iphn"),
         "DynACL": ("dynacl", "dynacl++"),
@@ -100,40 +137,64 @@ ROBUSTSSL_PROTOCOL = Protocol(
     },
     rules=(
         Rule("*", {"train_attack_steps": 0}, "SLF trains on clean inputs", schemes=("SLF",)),
-        Rule("*", {"train_attack_steps": 10}, ROBUSTSSL + "vanilla_finetuning.py l.49-50 (--num-steps-train 10); "
-             "utils.py l.670-671 (ALF pgd_attack), l.677-692 (TRADES perturb_steps), l.596 and l.637 (LAMBDA2 6)",
-             schemes=("ALF", "AFF")),
+        Rule(
+            "*",
+            {"train_attack_steps": 10},
+            ROBUSTSSL + "vanilla_finetuning.py l.49-50 (--num-steps-train 10); "
+            "utils.py l.670-671 (ALF pgd_attack), l.677-692 (TRADES perturb_steps), l.596 and l.637 (LAMBDA2 6)",
+            schemes=("ALF", "AFF"),
+        ),
         # ACL (the suite's -ip/-hn/-iphn extensions of ACL get ACL's settings)
         Rule("ACL", {"milestones": (10, 20)}, ROBUSTSSL + "utils.py l.819", schemes=_ACL_SLF_ALF),
         Rule("ACL", {"batch_size": 512, "lr": 0.01}, ROBUSTSSL + "utils.py l.807-809", _ACL_SLF_ALF, "cifar10"),
         Rule("ACL", {"batch_size": 512, "lr": 0.05}, ROBUSTSSL + "utils.py l.810-812", _ACL_SLF_ALF, "cifar100"),
         Rule("ACL", {"batch_size": 512, "lr": 0.1}, ROBUSTSSL + "utils.py l.813-815", _ACL_SLF_ALF, "stl10", 96),
         Rule("ACL", {"batch_size": 128, "lr": 0.01}, ROBUSTSSL + "utils.py l.816-818", _ACL_SLF_ALF, "stl10", 32),
-        Rule("ACL", {"lr": 0.1, "batch_size": 128, "epochs": 100, "milestones": (40, 60), "dual_bn": True},
-             ROBUSTSSL + "utils.py l.820-824; dual BN: vanilla_finetuning.py l.19 (--dualBN 1 default, not "
-             "overridden for ACL in run_vanilla_tune.sh l.2), utils.py l.677-684 and l.602-642 (trades_loss_dual)",
-             schemes=("AFF",)),
+        Rule(
+            "ACL",
+            {"lr": 0.1, "batch_size": 128, "epochs": 100, "milestones": (40, 60), "dual_bn": True},
+            ROBUSTSSL + "utils.py l.820-824; dual BN: vanilla_finetuning.py l.19 (--dualBN 1 default, not "
+            "overridden for ACL in run_vanilla_tune.sh l.2), utils.py l.677-684 and l.602-642 (trades_loss_dual)",
+            schemes=("AFF",),
+        ),
         # DynACL, DynACL++
         Rule("DynACL", {"milestones": (10, 20)}, ROBUSTSSL + "utils.py l.842", schemes=_ACL_SLF_ALF),
         Rule("DynACL", {"batch_size": 512, "lr": 0.01}, ROBUSTSSL + "utils.py l.830-832", _ACL_SLF_ALF, "cifar10"),
         Rule("DynACL", {"batch_size": 512, "lr": 0.05}, ROBUSTSSL + "utils.py l.833-835", _ACL_SLF_ALF, "cifar100"),
         Rule("DynACL", {"batch_size": 512, "lr": 0.1}, ROBUSTSSL + "utils.py l.836-838", _ACL_SLF_ALF, "stl10", 96),
         Rule("DynACL", {"batch_size": 128, "lr": 0.01}, ROBUSTSSL + "utils.py l.839-841", _ACL_SLF_ALF, "stl10", 32),
-        Rule("DynACL", {"milestones": (15, 20), "batch_size": 128, "lr": 0.1, "dual_bn": True},
-             ROBUSTSSL + "utils.py l.843-849; dual BN: vanilla_finetuning.py l.19, run_vanilla_tune.sh l.3",
-             schemes=("AFF",)),
+        Rule(
+            "DynACL",
+            {"milestones": (15, 20), "batch_size": 128, "lr": 0.1, "dual_bn": True},
+            ROBUSTSSL + "utils.py l.843-849; dual BN: vanilla_finetuning.py l.19, run_vanilla_tune.sh l.3",
+            schemes=("AFF",),
+        ),
         Rule("DynACL", {"milestones": (10, 20)}, ROBUSTSSL + "utils.py l.844-845", ("AFF",), "stl10", 96),
         # AdvCL, A-InfoNCE, DeACL: single BN (run_vanilla_tune.sh l.4-6 pass --dualBN 0)
-        *(Rule(family, {"milestones": (15, 20), "batch_size": 512, "lr": 0.01}, ROBUSTSSL + f"utils.py {lines[0]}",
-               schemes=_ACL_SLF_ALF)
-          for family, lines in (("AdvCL", ("l.855-858",)), ("A-InfoNCE", ("l.866-869",)), ("DeACL", ("l.877-880",)))),
-        *(Rule(family, {"batch_size": 128, "milestones": (15, 20), "lr": 0.1}, ROBUSTSSL + f"utils.py {lines}",
-               schemes=("AFF",))
-          for family, lines in (("AdvCL", "l.859-862"), ("A-InfoNCE", "l.870-873"), ("DeACL", "l.881-884"))),
+        *(
+            Rule(
+                family,
+                {"milestones": (15, 20), "batch_size": 512, "lr": 0.01},
+                ROBUSTSSL + f"utils.py {lines[0]}",
+                schemes=_ACL_SLF_ALF,
+            )
+            for family, lines in (("AdvCL", ("l.855-858",)), ("A-InfoNCE", ("l.866-869",)), ("DeACL", ("l.877-880",)))
+        ),
+        *(
+            Rule(
+                family,
+                {"batch_size": 128, "milestones": (15, 20), "lr": 0.1},
+                ROBUSTSSL + f"utils.py {lines}",
+                schemes=("AFF",),
+            )
+            for family, lines in (("AdvCL", "l.859-862"), ("A-InfoNCE", "l.870-873"), ("DeACL", "l.881-884"))
+        ),
         # methods outside --pretraining's choices: the function's last branch
-        Rule("default branch", {"batch_size": 128, "milestones": (15, 20), "lr": 0.1},
-             ROBUSTSSL + "utils.py l.997-1000 (else branch; RoCL is not among vanilla_finetuning.py l.61-62's "
-             "choices)"),
+        Rule(
+            "default branch",
+            {"batch_size": 128, "milestones": (15, 20), "lr": 0.1},
+            ROBUSTSSL + "utils.py l.997-1000 (else branch; RoCL is not among vanilla_finetuning.py l.61-62's choices)",
+        ),
     ),
 )
 
@@ -147,10 +208,12 @@ _OFFICIAL = {"quirks": "official"}  # the released losses' arithmetic (bench.los
 AINFONCE_PROTOCOL = Protocol(
     name="ainfonce",
     description="the A-InfoNCE scripts (AdvCL half: finetuning_advCL_SLF.py; RoCL half: linear_eval.py, "
-                "rocl_finetune.py), best-on-test epoch as they print it",
+    "rocl_finetune.py), best-on-test epoch as they print it",
     base={"momentum": 0.9, "trades_beta": 6.0, "dual_bn": False, "head_init": "default", "best_epoch": True},
-    base_source=(AINFONCE + "Asym-AdvCL/finetuning_advCL_SLF.py l.94, l.164 (nn.Linear default initialisation); "
-                 "Asym-RoCL/rocl_finetune.py l.67-68, l.199 and linear_eval.py l.101, l.111"),
+    base_source=(
+        AINFONCE + "Asym-AdvCL/finetuning_advCL_SLF.py l.94, l.164 (nn.Linear default initialisation); "
+        "Asym-RoCL/rocl_finetune.py l.67-68, l.199 and linear_eval.py l.101, l.111"
+    ),
     families={
         "AdvCL": ("advcl",),
         "AdvCL-variant": ("advcl-ip", "advcl-hn", "advcl-iphn"),
@@ -159,46 +222,111 @@ AINFONCE_PROTOCOL = Protocol(
     params={"AdvCL": _OFFICIAL, "AdvCL-variant": _OFFICIAL, "RoCL": _OFFICIAL},
     rules=(
         # AdvCL half: one script for SLF, ALF and AFF_trades
-        *(Rule(family, {"epochs": 25, "batch_size": 512, "lr": 0.1, "milestones": (15, 20), "weight_decay": 2e-4,
-                        "augment": True, "eval_step_ratio": None, "reported_epoch": "best"},
-               _ADVCL_SLF + " l.83-95 (batch 512, 25 epochs, lr 0.1, wd 2e-4), l.28-33 (crop+flip), l.345-351 and "
-               "l.382 (lr ÷10 from epoch 15 and 20), l.181-187 and l.314 (PGD-20 8/255, 2/255), l.402-406 and "
-               "l.433-434 (best test PGD-20 epoch)")
-          for family in ("AdvCL", "AdvCL-variant")),
-        Rule("AdvCL-variant", {"lr": 0.01}, AINFONCE + "Asym-AdvCL/shell/cifar10/advcl-{IP,HN,IPHN}-cifar10.sh l.5-6 "
-             "(--learning_rate 0.01)", ("SLF", "ALF"), "cifar10"),
+        *(
+            Rule(
+                family,
+                {
+                    "epochs": 25,
+                    "batch_size": 512,
+                    "lr": 0.1,
+                    "milestones": (15, 20),
+                    "weight_decay": 2e-4,
+                    "augment": True,
+                    "eval_step_ratio": None,
+                    "reported_epoch": "best",
+                },
+                _ADVCL_SLF + " l.83-95 (batch 512, 25 epochs, lr 0.1, wd 2e-4), l.28-33 (crop+flip), l.345-351 and "
+                "l.382 (lr ÷10 from epoch 15 and 20), l.181-187 and l.314 (PGD-20 8/255, 2/255), l.402-406 and "
+                "l.433-434 (best test PGD-20 epoch)",
+            )
+            for family in ("AdvCL", "AdvCL-variant")
+        ),
+        Rule(
+            "AdvCL-variant",
+            {"lr": 0.01},
+            AINFONCE + "Asym-AdvCL/shell/cifar10/advcl-{IP,HN,IPHN}-cifar10.sh l.5-6 (--learning_rate 0.01)",
+            ("SLF", "ALF"),
+            "cifar10",
+        ),
         Rule("AdvCL", {"train_attack_steps": 0}, "SLF trains on clean inputs", schemes=("SLF",)),
         Rule("AdvCL-variant", {"train_attack_steps": 0}, "SLF trains on clean inputs", schemes=("SLF",)),
-        *(Rule(family, {"train_attack_steps": 20}, _ADVCL_SLF + " l.263-265 with l.139-142 (AttackPGD train=False: "
-                        "20 steps)", schemes=("ALF",)) for family in ("AdvCL", "AdvCL-variant")),
-        *(Rule(family, {"train_attack_steps": 10}, _ADVCL_SLF + " l.236-257 (AFF_trades: 10 steps of 2/255, beta 6)",
-               schemes=("AFF",)) for family in ("AdvCL", "AdvCL-variant")),
+        *(
+            Rule(
+                family,
+                {"train_attack_steps": 20},
+                _ADVCL_SLF + " l.263-265 with l.139-142 (AttackPGD train=False: 20 steps)",
+                schemes=("ALF",),
+            )
+            for family in ("AdvCL", "AdvCL-variant")
+        ),
+        *(
+            Rule(
+                family,
+                {"train_attack_steps": 10},
+                _ADVCL_SLF + " l.236-257 (AFF_trades: 10 steps of 2/255, beta 6)",
+                schemes=("AFF",),
+            )
+            for family in ("AdvCL", "AdvCL-variant")
+        ),
         # RoCL half, SLF: linear_eval.py (150 epochs, batch 1024) then robustness_test.py on the last epoch
-        Rule("RoCL", {"epochs": 150, "batch_size": 1024, "lr": 0.1, "milestones": (31, 51, 101),
-                      "weight_decay": 5e-4, "augment": False, "train_attack_steps": 0, "eval_step_ratio": 0.1,
-                      "reported_epoch": "last"},
-             AINFONCE + "Asym-RoCL/shell/rocl-*.sh l.8-10 (--batch-size=1024 --epoch 150 --lr 0.1 --clean=True), "
-             "l.13-15 (robustness_test.py --epsilon=0.0314 --alpha=0.00314 --k=20); linear_eval.py l.111 (wd 5e-4), "
-             "l.163-166 (un-augmented 'ori' images), l.256-268 with l.303-308 (lr set after each epoch), l.315-316 "
-             "(last epoch saved)", schemes=("SLF",)),
+        Rule(
+            "RoCL",
+            {
+                "epochs": 150,
+                "batch_size": 1024,
+                "lr": 0.1,
+                "milestones": (31, 51, 101),
+                "weight_decay": 5e-4,
+                "augment": False,
+                "train_attack_steps": 0,
+                "eval_step_ratio": 0.1,
+                "reported_epoch": "last",
+            },
+            AINFONCE + "Asym-RoCL/shell/rocl-*.sh l.8-10 (--batch-size=1024 --epoch 150 --lr 0.1 --clean=True), "
+            "l.13-15 (robustness_test.py --epsilon=0.0314 --alpha=0.00314 --k=20); linear_eval.py l.111 (wd 5e-4), "
+            "l.163-166 (un-augmented 'ori' images), l.256-268 with l.303-308 (lr set after each epoch), l.315-316 "
+            "(last epoch saved)",
+            schemes=("SLF",),
+        ),
         # RoCL half, ALF and AFF_trades: rocl_finetune.py
-        Rule("RoCL", {"epochs": 25, "batch_size": 1024, "lr": 0.1, "milestones": (16, 21), "weight_decay": 2e-4,
-                      "augment": False, "eval_step_ratio": 0.1, "reported_epoch": "best"},
-             AINFONCE + "Asym-RoCL/shell/rocl-*.sh l.16-24 (--batch-size=1024 --epoch 25 --lr 0.1 --epsilon=0.0314 "
-             "--alpha=0.00314); rocl_finetune.py l.65-66 (wd 2e-4), l.290-293 ('ori' images), l.427-437 with "
-             "l.483-488 (lr set after each epoch), l.470-478 (evaluation PGD-20 at --epsilon/--alpha), l.490-500 "
-             "(best test PGD-20 epoch)", schemes=("ALF", "AFF")),
-        Rule("RoCL", {"train_attack_steps": 20}, _ROCL_FINETUNE + " l.227-234 and l.303-305 (AttackPGD 8/255, "
-             "2/255, train=False: 20 steps, l.151-154)", schemes=("ALF",)),
-        Rule("RoCL", {"train_attack_steps": 10}, _ROCL_FINETUNE + " l.322-342 (AFF_trades: 10 steps of 2/255, "
-             "beta 6)", schemes=("AFF",)),
+        Rule(
+            "RoCL",
+            {
+                "epochs": 25,
+                "batch_size": 1024,
+                "lr": 0.1,
+                "milestones": (16, 21),
+                "weight_decay": 2e-4,
+                "augment": False,
+                "eval_step_ratio": 0.1,
+                "reported_epoch": "best",
+            },
+            AINFONCE + "Asym-RoCL/shell/rocl-*.sh l.16-24 (--batch-size=1024 --epoch 25 --lr 0.1 --epsilon=0.0314 "
+            "--alpha=0.00314); rocl_finetune.py l.65-66 (wd 2e-4), l.290-293 ('ori' images), l.427-437 with "
+            "l.483-488 (lr set after each epoch), l.470-478 (evaluation PGD-20 at --epsilon/--alpha), l.490-500 "
+            "(best test PGD-20 epoch)",
+            schemes=("ALF", "AFF"),
+        ),
+        Rule(
+            "RoCL",
+            {"train_attack_steps": 20},
+            _ROCL_FINETUNE + " l.227-234 and l.303-305 (AttackPGD 8/255, 2/255, train=False: 20 steps, l.151-154)",
+            schemes=("ALF",),
+        ),
+        Rule(
+            "RoCL",
+            {"train_attack_steps": 10},
+            _ROCL_FINETUNE + " l.322-342 (AFF_trades: 10 steps of 2/255, beta 6)",
+            schemes=("AFF",),
+        ),
     ),
 )
 
 UNIFIED_PROTOCOL = Protocol(
     name="unified",
     description="the suite's own: one set of finetuning settings for every method (finetune.* fields)",
-    base={}, base_source="acl-bench docs/design.md §5 (the run's FinetuneConfig)",
+    base={},
+    base_source="acl-bench docs/design.md §5 (the run's FinetuneConfig)",
 )
 
 PROTOCOL_TABLE: dict[str, Protocol] = {
@@ -221,8 +349,10 @@ def family_of(protocol: Protocol, method: str) -> str:
         if any(fnmatch.fnmatchcase(method, pattern) for pattern in patterns):
             return family
     covered = [pattern for patterns in protocol.families.values() for pattern in patterns]
-    raise ConfigError(f"method={method!r} is invalid for protocol {protocol.name!r} (its source has no settings "
-                      f"for it): allowed {covered}, or --protocol unified")
+    raise ConfigError(
+        f"method={method!r} is invalid for protocol {protocol.name!r} (its source has no settings "
+        f"for it): allowed {covered}, or --protocol unified"
+    )
 
 
 @dataclass(frozen=True)
@@ -236,8 +366,12 @@ class Resolved:
 
 
 def _applies(rule: Rule, family: str, dataset: str, image_size: int | None, scheme: str) -> bool:
-    return (rule.family in ("*", family) and scheme in rule.schemes and rule.dataset in ("*", dataset)
-            and (rule.image_size is None or rule.image_size == image_size))
+    return (
+        rule.family in ("*", family)
+        and scheme in rule.schemes
+        and rule.dataset in ("*", dataset)
+        and (rule.image_size is None or rule.image_size == image_size)
+    )
 
 
 def resolve(name: str, method: str, dataset: str, image_size: int | None, scheme: str) -> Resolved:
@@ -272,5 +406,7 @@ def check_overrides(name: str, overridden: list[str] | tuple[str, ...]) -> None:
         return
     clashing = [field_name for field_name in overridden if field_name in PROTOCOL_CONFIG_FIELDS]
     if clashing:
-        raise ConfigError(f"{clashing[0]} is invalid with --protocol {name}: the protocol sets the finetuning "
-                          f"settings per method and scheme; allowed --protocol unified to choose them")
+        raise ConfigError(
+            f"{clashing[0]} is invalid with --protocol {name}: the protocol sets the finetuning "
+            f"settings per method and scheme; allowed --protocol unified to choose them"
+        )

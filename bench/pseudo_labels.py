@@ -8,14 +8,16 @@ features of an ImageNet-pretrained contrastive model (ClusterFit). The suite acc
 as a smoke stand-in, over standardised raw pixels reduced by PCA. Computed labels are cached in
 the run directory, so a resumed run does not cluster again.
 """
+
 from __future__ import annotations
 
 import importlib
 import io
 import pickle
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -193,8 +195,15 @@ def write_cache(path: Path, labels: dict[int, np.ndarray], source: str) -> None:
 
 
 def pseudo_labels(
-    train_images: torch.Tensor, ks: Sequence[int], *, file: str, encoder: str, run_dir: RunDir | None, seed: int,
-    device: torch.device, label: str,
+    train_images: torch.Tensor,
+    ks: Sequence[int],
+    *,
+    file: str,
+    encoder: str,
+    run_dir: RunDir | None,
+    seed: int,
+    device: torch.device,
+    label: str,
 ) -> dict[int, np.ndarray]:
     """Labels per K for ``train_images``: from ``file`` when given, else computed (k-means over the
     features of ``encoder``, or of raw pixels when it is ''), cached as the run directory's ``pseudo_labels`` file.
@@ -203,15 +212,22 @@ def pseudo_labels(
     if file:
         labels = load_pseudo_label_file(file, ks)
     else:
-        labels = computed_pseudo_labels(train_images, ks, encoder=encoder, run_dir=run_dir, seed=seed, device=device,
-                                        label=label)
+        labels = computed_pseudo_labels(
+            train_images, ks, encoder=encoder, run_dir=run_dir, seed=seed, device=device, label=label
+        )
     check_pseudo_labels(labels, train_images.shape[0], ks)
     return labels
 
 
 def computed_pseudo_labels(
-    train_images: torch.Tensor, ks: Sequence[int], *, encoder: str, run_dir: RunDir | None, seed: int,
-    device: torch.device, label: str,
+    train_images: torch.Tensor,
+    ks: Sequence[int],
+    *,
+    encoder: str,
+    run_dir: RunDir | None,
+    seed: int,
+    device: torch.device,
+    label: str,
 ) -> dict[int, np.ndarray]:
     """k-means labels of the encoder's (or the pixels') features; reused from the run's cache when
     an earlier (interrupted) run of the same source left one."""
@@ -227,8 +243,10 @@ def computed_pseudo_labels(
         progress.log(f"  {label}: pseudo-labels by k-means on the features of {encoder}")
         features = encoder_features(encoder, train_images, device)
     else:
-        progress.log(f"  {label}: pseudo-labels by k-means on raw pixels (a stand-in for AdvCL's "
-                     "ImageNet-feature clusters; pass pseudo_labels or pseudo_label_encoder for real runs)")
+        progress.log(
+            f"  {label}: pseudo-labels by k-means on raw pixels (a stand-in for AdvCL's "
+            "ImageNet-feature clusters; pass pseudo_labels or pseudo_label_encoder for real runs)"
+        )
         features = pixel_features(train_images, seed)
     labels = cluster_pseudo_labels(features, ks, seed)
     if cache is not None:

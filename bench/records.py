@@ -16,13 +16,15 @@ No pickled objects: it loads with ``allow_pickle=False``. 10,000 images × 3 att
 (compressed; the indices dominate).
 Files are written atomically (bench.atomic.atomic_write).
 """
+
 from __future__ import annotations
 
 import json
 import os
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -47,20 +49,25 @@ def _as_correct(name: str, values, n: int) -> np.ndarray:
         values = values.detach().cpu().numpy()
     array = np.asarray(values)
     if array.dtype != np.bool_ or array.shape != (n,):
-        raise ValueError(f"correct[{name!r}] of dtype {array.dtype} and shape {array.shape} is invalid: "
-                         f"allowed a boolean array of shape ({n},)")
+        raise ValueError(
+            f"correct[{name!r}] of dtype {array.dtype} and shape {array.shape} is invalid: "
+            f"allowed a boolean array of shape ({n},)"
+        )
     return array
 
 
-def write_record(path: str | os.PathLike, indices, correct: Mapping[str, object],
-                 meta: Mapping[str, object] | None = None) -> Path:
+def write_record(
+    path: str | os.PathLike, indices, correct: Mapping[str, object], meta: Mapping[str, object] | None = None
+) -> Path:
     """Store the per-image correctness of every attack of one evaluation (atomically)."""
     if hasattr(indices, "detach"):
         indices = indices.detach().cpu().numpy()
     index_array = np.asarray(indices)
     if index_array.ndim != 1 or not np.issubdtype(index_array.dtype, np.integer):
-        raise ValueError(f"indices of dtype {index_array.dtype} and shape {index_array.shape} is invalid: "
-                         "allowed a 1-D integer array")
+        raise ValueError(
+            f"indices of dtype {index_array.dtype} and shape {index_array.shape} is invalid: "
+            "allowed a 1-D integer array"
+        )
     if np.unique(index_array).size != index_array.size or (index_array.size and index_array.min() < 0):
         raise ValueError("indices is invalid: allowed unique, non-negative test indices")
     if not correct:
@@ -132,8 +139,7 @@ def paired(base: Record, variant: Record, attack: str) -> tuple[np.ndarray, np.n
     for name, record in (("base", base), ("variant", variant)):
         if attack not in record.correct:
             raise ValueError(f"attack={attack!r} is invalid for the {name} record: allowed {sorted(record.correct)}")
-    common, in_base, in_variant = np.intersect1d(base.indices, variant.indices, assume_unique=True,
-                                                 return_indices=True)
+    common, in_base, in_variant = np.intersect1d(base.indices, variant.indices, assume_unique=True, return_indices=True)
     if common.size == 0:
         raise ValueError("the two records share no test index: they were evaluated on different images")
     return common, base.correct[attack][in_base], variant.correct[attack][in_variant]

@@ -6,9 +6,11 @@ data_loader.py, VITA-Group/Adversarial-Contrastive-Learning train_simCLR.py). He
 transforms, built from a method's view recipes (``bench.views``), feed the method's own step through
 ``ReplayAugment``, which stands in for its ``augment``/``weak_augment``.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -22,9 +24,15 @@ def pil_transform(augment: Any, size: int):
     import torchvision.transforms as T
 
     if isinstance(augment, StrongAugment):
-        return T.Compose([T.RandomResizedCrop(size, scale=augment.crop_scale), T.RandomHorizontalFlip(),
-                          T.RandomApply([T.ColorJitter(*augment.jitter)], p=augment.jitter_p),
-                          T.RandomGrayscale(p=augment.grayscale_p), T.ToTensor()])
+        return T.Compose(
+            [
+                T.RandomResizedCrop(size, scale=augment.crop_scale),
+                T.RandomHorizontalFlip(),
+                T.RandomApply([T.ColorJitter(*augment.jitter)], p=augment.jitter_p),
+                T.RandomGrayscale(p=augment.grayscale_p),
+                T.ToTensor(),
+            ]
+        )
     if isinstance(augment, WeakAugment):
         return T.Compose([T.RandomCrop(size, padding=max(1, size // 8)), T.RandomHorizontalFlip(), T.ToTensor()])
     return None
@@ -64,15 +72,18 @@ class ReplayAugment:
         shard = next(index for index, known in enumerate(self.generators) if known is generator)
         call = self.calls[shard]
         if call >= len(self.views):
-            raise RuntimeError(f"reference-style path: the method asked for view {call + 1} but the released "
-                               f"loaders give {len(self.views)}")
+            raise RuntimeError(
+                f"reference-style path: the method asked for view {call + 1} but the released "
+                f"loaders give {len(self.views)}"
+            )
         self.calls[shard] += 1
         rows = x.shape[0]
         return self.views[call][shard * rows : (shard + 1) * rows]
 
 
-def reference_batches(images: torch.Tensor, method: Method, batch: int, workers: int, device: torch.device,
-                      seed: int) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]] | None:
+def reference_batches(
+    images: torch.Tensor, method: Method, batch: int, workers: int, device: torch.device, seed: int
+) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]] | None:
     """Endless (indices, views) batches from a shuffling DataLoader with PIL views, or None."""
     size = images.shape[-1]
     strong = pil_transform(getattr(method, "augment", None), size)
@@ -81,9 +92,15 @@ def reference_batches(images: torch.Tensor, method: Method, batch: int, workers:
     if strong is None or (weak_recipe is not None and weak is None):
         return None
     loader = torch.utils.data.DataLoader(
-        PILViews(images.cpu(), strong, weak), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(seed))
+        PILViews(images.cpu(), strong, weak),
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
     def endless():
         while True:

@@ -9,13 +9,14 @@ Nothing outside this module touches the name -> class map: ``register``, ``unreg
 wildcards such as ``advcl*``) are the whole interface. ``all`` is every method whose class says
 ``selected_by_all`` (the newer, costlier families opt out: select them by name or pattern).
 """
+
 from __future__ import annotations
 
 import fnmatch
 import importlib
 import pkgutil
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Callable
 
 from bench.config import ConfigError
 from bench.method import Method

@@ -19,6 +19,7 @@ Released arithmetic (GodXuxilie/Enhancing_ACL_via_AIR ``AIR.py``), ``quirks="off
 it expects a log-probability, so it computes Σ_b P_j(b)·(log P_j(b) − P_i(b)), which is
 neither KL direction and can be negative; the AIR term does the same with Q.
 """
+
 from __future__ import annotations
 
 import torch
@@ -52,8 +53,13 @@ def released_kl_sum(p_i: torch.Tensor, p_j: torch.Tensor) -> torch.Tensor:
 
 
 def invariant_regularizers(
-    z_i: torch.Tensor, z_j: torch.Tensor, z_orig: torch.Tensor, adv_i: torch.Tensor, adv_j: torch.Tensor,
-    temperature: float = 0.5, quirks: str = "none",
+    z_i: torch.Tensor,
+    z_j: torch.Tensor,
+    z_orig: torch.Tensor,
+    adv_i: torch.Tensor,
+    adv_j: torch.Tensor,
+    temperature: float = 0.5,
+    quirks: str = "none",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(SIR, AIR) of AIR.py for [B, D] projections of views i, j, the original image and the
     adversarial views i, j (normalised here; the released code normalises too). See the module

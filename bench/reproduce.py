@@ -14,14 +14,16 @@ Tables:
 - ``robustssl``: the RobustSSL leaderboard's methods that the suite has, protocol ``robustssl``
   (``robustssl_leaderboard.csv``).
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from bench import registry
 from bench.atomic import write_atomic
@@ -56,13 +58,23 @@ class ReproduceTable:
 
 TABLES = {
     "ainfonce-table1": ReproduceTable(
-        "ainfonce-table1", "A-InfoNCE (Yu et al., ECCV 2022) Table 1",
+        "ainfonce-table1",
+        "A-InfoNCE (Yu et al., ECCV 2022) Table 1",
         ("rocl", "rocl-ip", "rocl-hn", "rocl-iphn", "advcl", "advcl-ip", "advcl-hn", "advcl-iphn"),
-        "ainfonce", ("cifar10", "cifar100"), "ainfonce_table1.csv", ("author_quoted.csv", "robustssl_leaderboard.csv")),
+        "ainfonce",
+        ("cifar10", "cifar100"),
+        "ainfonce_table1.csv",
+        ("author_quoted.csv", "robustssl_leaderboard.csv"),
+    ),
     "robustssl": ReproduceTable(
-        "robustssl", "RobustSSL leaderboard (robustssl.github.io), vanilla finetuning",
+        "robustssl",
+        "RobustSSL leaderboard (robustssl.github.io), vanilla finetuning",
         ("acl", "rocl", "advcl", "dynacl", "dynacl++", "deacl"),
-        "robustssl", ("cifar10", "cifar100"), "robustssl_leaderboard.csv", ("author_quoted.csv",)),
+        "robustssl",
+        ("cifar10", "cifar100"),
+        "robustssl_leaderboard.csv",
+        ("author_quoted.csv",),
+    ),
 }
 
 
@@ -72,8 +84,9 @@ def get_table(name: str) -> ReproduceTable:
     return TABLES[name]
 
 
-def reproduce_plan(table: ReproduceTable, request: RunRequest, datasets: Sequence[str],
-                   seeds: Sequence[int]) -> RunPlan:
+def reproduce_plan(
+    table: ReproduceTable, request: RunRequest, datasets: Sequence[str], seeds: Sequence[int]
+) -> RunPlan:
     """One plan for every (dataset, seed) of the reproduction; the table's protocol and methods are fixed."""
     for dataset in datasets:
         if dataset not in table.datasets:
@@ -86,10 +99,19 @@ def reproduce_plan(table: ReproduceTable, request: RunRequest, datasets: Sequenc
     for dataset in datasets:
         for seed in seeds:
             overrides = {**request.overrides, "finetune.protocol": protocol, "data.name": dataset, "seed": str(seed)}
-            plans.append(build_plan(RunRequest(
-                preset=request.preset, overrides=overrides, method_params=request.method_params,
-                methods=table.registered_methods(), force=request.force, resume=request.resume,
-                dry_run=request.dry_run)))
+            plans.append(
+                build_plan(
+                    RunRequest(
+                        preset=request.preset,
+                        overrides=overrides,
+                        method_params=request.method_params,
+                        methods=table.registered_methods(),
+                        force=request.force,
+                        resume=request.resume,
+                        dry_run=request.dry_run,
+                    )
+                )
+            )
     runs = tuple(run for plan in plans for run in plan.runs)
     return RunPlan(plans[0].base, runs, force=request.force, resume=request.resume)
 
@@ -118,8 +140,13 @@ def _cell(values: list[float]) -> str:
     return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "") + (f" (n={n})" if n > 1 else "")
 
 
-def comparison_rows(table: ReproduceTable, runs: Sequence[MethodRun], rows: Iterable[ResultRow],
-                    references: dict[str, list[dict[str, str]]], dataset: str) -> list[dict[str, Any]]:
+def comparison_rows(
+    table: ReproduceTable,
+    runs: Sequence[MethodRun],
+    rows: Iterable[ResultRow],
+    references: dict[str, list[dict[str, str]]],
+    dataset: str,
+) -> list[dict[str, Any]]:
     """One line per (method, scheme, attack) of ``dataset``: ours (last, best epoch), published, Δ, others."""
     from bench.finetune import scheme_settings
 
@@ -141,20 +168,33 @@ def comparison_rows(table: ReproduceTable, runs: Sequence[MethodRun], rows: Iter
                 compared = best if reported == "best" and best else last
                 mean = _mean_std(compared)[0]
                 delta = None if mean is None or published is None else mean - published
-                lines.append({
-                    "dataset": dataset, "method": method, "scheme": scheme, "attack": attack,
-                    "ours_last": _mean_std(last)[0], "ours_best_epoch": _mean_std(best)[0], "n": len(last),
-                    "ours_last_text": _cell(last), "ours_best_text": _cell(best),
-                    "reported_epoch": "best" if compared is best and best else "last",
-                    "published": published, "delta": delta,
-                    "others": _others(table, references, method, dataset, scheme, attack),
-                })
+                lines.append(
+                    {
+                        "dataset": dataset,
+                        "method": method,
+                        "scheme": scheme,
+                        "attack": attack,
+                        "ours_last": _mean_std(last)[0],
+                        "ours_best_epoch": _mean_std(best)[0],
+                        "n": len(last),
+                        "ours_last_text": _cell(last),
+                        "ours_best_text": _cell(best),
+                        "reported_epoch": "best" if compared is best and best else "last",
+                        "published": published,
+                        "delta": delta,
+                        "others": _others(table, references, method, dataset, scheme, attack),
+                    }
+                )
     return lines
 
 
 def _matching(rows: list[dict[str, str]], method: str, dataset: str, scheme: str, attack: str) -> list[dict[str, str]]:
-    return [row for row in rows if (row["method"], row["dataset"], row.get("eval_dataset") or row["dataset"],
-                                    row["scheme"], row["attack"]) == (method, dataset, dataset, scheme, attack)]
+    return [
+        row
+        for row in rows
+        if (row["method"], row["dataset"], row.get("eval_dataset") or row["dataset"], row["scheme"], row["attack"])
+        == (method, dataset, dataset, scheme, attack)
+    ]
 
 
 def _published(rows: list[dict[str, str]], method: str, dataset: str, scheme: str, attack: str) -> float | None:
@@ -162,11 +202,20 @@ def _published(rows: list[dict[str, str]], method: str, dataset: str, scheme: st
     return float(found[0]["value"]) if found else None
 
 
-def _others(table: ReproduceTable, references: dict[str, list[dict[str, str]]], method: str, dataset: str,
-            scheme: str, attack: str) -> str:
+def _others(
+    table: ReproduceTable,
+    references: dict[str, list[dict[str, str]]],
+    method: str,
+    dataset: str,
+    scheme: str,
+    attack: str,
+) -> str:
     """Numbers of this cell published under other protocols, each with its protocol."""
-    texts = [f"{float(row['value']):.2f} [{REFERENCE_PROTOCOLS.get(name, name)}]"
-             for name in table.others for row in _matching(references.get(name, []), method, dataset, scheme, attack)]
+    texts = [
+        f"{float(row['value']):.2f} [{REFERENCE_PROTOCOLS.get(name, name)}]"
+        for name in table.others
+        for row in _matching(references.get(name, []), method, dataset, scheme, attack)
+    ]
     return "; ".join(texts)
 
 
@@ -174,31 +223,58 @@ def _number(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-COMPARISON_COLUMNS = ("dataset", "protocol", "method", "scheme", "attack", "ours_last", "ours_best_epoch", "n",
-                      "reported_epoch", "published", "delta", "others")
+COMPARISON_COLUMNS = (
+    "dataset",
+    "protocol",
+    "method",
+    "scheme",
+    "attack",
+    "ours_last",
+    "ours_best_epoch",
+    "n",
+    "reported_epoch",
+    "published",
+    "delta",
+    "others",
+)
 
 
-def comparison_markdown(table: ReproduceTable, dataset: str, lines: Sequence[dict[str, Any]], preset: str,
-                        protocol: str, unassigned: Sequence[dict[str, str]]) -> str:
+def comparison_markdown(
+    table: ReproduceTable,
+    dataset: str,
+    lines: Sequence[dict[str, Any]],
+    preset: str,
+    protocol: str,
+    unassigned: Sequence[dict[str, str]],
+) -> str:
     """The reproduction beside the published table, Δ on the epoch the source reports."""
     other = "" if protocol == table.protocol else f" (the table's own protocol is {table.protocol})"
     present = "present" if any(line["published"] is not None for line in lines) else "absent: –"
-    text = [f"# Reproduction: {table.title} — {dataset} · protocol {protocol}", "",
-            f"Protocol **{protocol}**{other} (docs/protocols.md) · preset {preset} · published cells from "
-            f"`{table.reference}` ({present}). *Best epoch* = the epoch with the best test PGD-20 accuracy, chosen "
-            "on the test set as the released scripts print it (no AutoAttack there); Δ = ours − published on the "
-            "epoch the protocol's source reports (column *compared*).", "",
-            "| method | scheme | attack | ours (last epoch) | ours (best epoch, test-selected) | compared | published "
-            "| Δ | published under other protocols |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    text = [
+        f"# Reproduction: {table.title} — {dataset} · protocol {protocol}",
+        "",
+        f"Protocol **{protocol}**{other} (docs/protocols.md) · preset {preset} · published cells from "
+        f"`{table.reference}` ({present}). *Best epoch* = the epoch with the best test PGD-20 accuracy, chosen "
+        "on the test set as the released scripts print it (no AutoAttack there); Δ = ours − published on the "
+        "epoch the protocol's source reports (column *compared*).",
+        "",
+        "| method | scheme | attack | ours (last epoch) | ours (best epoch, test-selected) | compared | published "
+        "| Δ | published under other protocols |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for line in lines:
-        text.append(f"| {line['method']} | {line['scheme']} | {line['attack']} | {line['ours_last_text']} | "
-                    f"{line['ours_best_text']} | {line['reported_epoch']} | {_number(line['published'])} | "
-                    f"{_number(line['delta'])} | {line['others'] or '–'} |")
+        text.append(
+            f"| {line['method']} | {line['scheme']} | {line['attack']} | {line['ours_last_text']} | "
+            f"{line['ours_best_text']} | {line['reported_epoch']} | {_number(line['published'])} | "
+            f"{_number(line['delta'])} | {line['others'] or '–'} |"
+        )
     if unassigned:
         text += ["", "Published numbers not assigned to one of our methods (shown for reference only):", ""]
-        text += [f"- {row['method']} {row['scheme']} {row['attack']}: {float(row['value']):.2f} "
-                 f"[{REFERENCE_PROTOCOLS.get(row['_file'], row['_file'])}]" for row in unassigned]
+        text += [
+            f"- {row['method']} {row['scheme']} {row['attack']}: {float(row['value']):.2f} "
+            f"[{REFERENCE_PROTOCOLS.get(row['_file'], row['_file'])}]"
+            for row in unassigned
+        ]
     return "\n".join(text) + "\n"
 
 
@@ -211,14 +287,25 @@ def write_reproduction(table: ReproduceTable, plan: RunPlan, reference_dir: Path
     for dataset in dict.fromkeys(run.config.data.name for run in plan.runs):
         lines = comparison_rows(table, plan.runs, rows, references, dataset)
         ours = {line["method"] for line in lines}
-        unassigned = [{**row, "_file": name} for name in names for row in references[name]
-                      if row["dataset"] == dataset and (row.get("eval_dataset") or dataset) == dataset
-                      and row["method"].startswith("a-infonce") and row["scheme"] in SCHEME_ORDER
-                      and row["attack"] in ATTACKS and row["method"] not in ours]
+        unassigned = [
+            {**row, "_file": name}
+            for name in names
+            for row in references[name]
+            if row["dataset"] == dataset
+            and (row.get("eval_dataset") or dataset) == dataset
+            and row["method"].startswith("a-infonce")
+            and row["scheme"] in SCHEME_ORDER
+            and row["attack"] in ATTACKS
+            and row["method"] not in ours
+        ]
         stem = reports_dir / f"reproduce_{table.name}_{dataset}"
         protocol = plan.base.finetune.protocol
-        written.append(write_atomic(stem.with_suffix(".md"),
-                                    comparison_markdown(table, dataset, lines, plan.base.preset, protocol, unassigned)))
+        written.append(
+            write_atomic(
+                stem.with_suffix(".md"),
+                comparison_markdown(table, dataset, lines, plan.base.preset, protocol, unassigned),
+            )
+        )
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=COMPARISON_COLUMNS, extrasaction="ignore")
         writer.writeheader()

@@ -13,6 +13,7 @@ This module is the only owner of the run directory's file names and of the row s
 the pipeline, the trainer, the methods and the report all go through ``RunDir`` and
 ``ResultRow``. It imports no torch, so the report stays light.
 """
+
 from __future__ import annotations
 
 import csv
@@ -23,10 +24,11 @@ import math
 import os
 import shutil
 import socket
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from bench.atomic import write_atomic
 from bench.config import RunConfig
@@ -96,11 +98,11 @@ class RunDir:
         return {path.stem.removeprefix("sanity_"): path for path in sorted(self.path.glob("sanity_*.json"))}
 
     # ------------------------------------------------------------------ life cycle
-    def create(self) -> "RunDir":
+    def create(self) -> RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         return self
 
-    def clear(self) -> "RunDir":
+    def clear(self) -> RunDir:
         """Remove everything a previous attempt left, then recreate the empty directory."""
         shutil.rmtree(self.path, ignore_errors=True)
         return self.create()
@@ -109,7 +111,7 @@ class RunDir:
         """Complete = a readable completion mark (an unreadable one is a run to redo, not a result)."""
         return isinstance(self.read_json_or_none(self.done), dict)
 
-    def mark_complete(self, rows: list["ResultRow"], summary: dict[str, Any]) -> None:
+    def mark_complete(self, rows: list[ResultRow], summary: dict[str, Any]) -> None:
         """Store the run's rows, then its completion mark: a kill in between leaves an incomplete run."""
         self.write_rows(rows)
         self.failed.unlink(missing_ok=True)
@@ -136,8 +138,9 @@ class RunDir:
     def set_progress(self, stage: str, **fields: Any) -> None:
         """Where the run is and which process runs it (read by ``bench status``); written atomically,
         cheap enough per checkpoint."""
-        self.write_json(self.progress, {"stage": stage, **fields, "time": now(), "host": socket.gethostname(),
-                                        "pid": os.getpid()})
+        self.write_json(
+            self.progress, {"stage": stage, **fields, "time": now(), "host": socket.gethostname(), "pid": os.getpid()}
+        )
 
     # ------------------------------------------------------------------ files
     def write_json(self, path: Path, payload: Any) -> Path:
@@ -156,19 +159,19 @@ class RunDir:
         except (OSError, ValueError):
             return None
 
-    def write_rows(self, rows: list["ResultRow"]) -> Path:
+    def write_rows(self, rows: list[ResultRow]) -> Path:
         self.create()
         return write_atomic(self.rows, rows_csv(rows))
 
-    def read_rows(self) -> list["ResultRow"]:
+    def read_rows(self) -> list[ResultRow]:
         """The run's stored rows, validated (``RowError`` names the file and line)."""
         return read_rows_csv(self.rows)
 
-    def write_scheme_rows(self, scheme: str, rows: list["ResultRow"]) -> Path:
+    def write_scheme_rows(self, scheme: str, rows: list[ResultRow]) -> Path:
         self.create()
         return write_atomic(self.scheme_rows(scheme), rows_csv(rows))
 
-    def read_scheme_rows(self, scheme: str) -> list["ResultRow"]:
+    def read_scheme_rows(self, scheme: str) -> list[ResultRow]:
         return read_rows_csv(self.scheme_rows(scheme))
 
     def write_history(self, history: list[dict[str, Any]]) -> Path:
@@ -207,14 +210,36 @@ class RowContext:
     protocol: str = "unified"  # the finetuning protocol (bench.protocols): unified, robustssl or ainfonce
 
     @classmethod
-    def of(cls, run_id: str, config: RunConfig, env: dict[str, str], device: str, *, method: str, dataset: str,
-           eval_dataset: str, config_hash: str, pretrain_epochs: int | None) -> "RowContext":
+    def of(
+        cls,
+        run_id: str,
+        config: RunConfig,
+        env: dict[str, str],
+        device: str,
+        *,
+        method: str,
+        dataset: str,
+        eval_dataset: str,
+        config_hash: str,
+        pretrain_epochs: int | None,
+    ) -> RowContext:
         """The context of a run under ``config``, stamped now; ``env`` is ``bench.provenance.environment()``."""
-        return cls(run_id=run_id, timestamp=now(), preset=config.preset, protocol=config.finetune.protocol,
-                   method=method, dataset=dataset,
-                   eval_dataset=eval_dataset, seed=config.seed, pretrain_epochs=pretrain_epochs,
-                   finetune_epochs=config.finetune.epochs, config_hash=config_hash,
-                   code_version=env["code_version"], torch_version=env["torch_version"], device=str(device))
+        return cls(
+            run_id=run_id,
+            timestamp=now(),
+            preset=config.preset,
+            protocol=config.finetune.protocol,
+            method=method,
+            dataset=dataset,
+            eval_dataset=eval_dataset,
+            seed=config.seed,
+            pretrain_epochs=pretrain_epochs,
+            finetune_epochs=config.finetune.epochs,
+            config_hash=config_hash,
+            code_version=env["code_version"],
+            torch_version=env["torch_version"],
+            device=str(device),
+        )
 
 
 @dataclass(frozen=True)
@@ -259,7 +284,7 @@ class ResultRow:
     protocol: str = "unified"  # added later: old rows files lack the column (``ADDED_COLUMNS``)
 
     @classmethod
-    def of(cls, context: RowContext, measurement: Measurement) -> "ResultRow":
+    def of(cls, context: RowContext, measurement: Measurement) -> ResultRow:
         return cls(**dataclasses.asdict(context), **dataclasses.asdict(measurement))
 
     def to_csv(self) -> dict[str, str]:
@@ -277,12 +302,14 @@ class ResultRow:
         return text
 
     @classmethod
-    def from_csv(cls, raw: dict[str, str | None], where: str = "results.csv") -> "ResultRow":
+    def from_csv(cls, raw: dict[str, str | None], where: str = "results.csv") -> ResultRow:
         """Parse and type one stored row; a missing column or an unparsable number names ``where``.
 
         A column added since a store was written (``ADDED_COLUMNS``) reads as what old rows meant."""
-        raw = {**{column: value for column, value in ADDED_COLUMNS.items() if raw.get(column) is None}, **{
-            column: value for column, value in raw.items() if value is not None}}
+        raw = {
+            **{column: value for column, value in ADDED_COLUMNS.items() if raw.get(column) is None},
+            **{column: value for column, value in raw.items() if value is not None},
+        }
         missing = [column for column in COLUMNS if raw.get(column) is None]
         if missing:
             raise RowError(f"{where}: row lacks columns {missing}")
@@ -312,8 +339,13 @@ ADDED_COLUMNS = {"protocol": "unified"}
 LEGACY_COLUMNS = tuple(column for column in COLUMNS if column not in ADDED_COLUMNS)
 _COLUMN_TYPES = {
     **{column: str for column in COLUMNS},
-    "value": float, "epsilon": float, "wall_s": float,
-    "n_eval": int, "seed": int, "pretrain_epochs": int, "finetune_epochs": int,
+    "value": float,
+    "epsilon": float,
+    "wall_s": float,
+    "n_eval": int,
+    "seed": int,
+    "pretrain_epochs": int,
+    "finetune_epochs": int,
     "flags": tuple,
 }
 
@@ -388,8 +420,10 @@ class ResultsStore:
             indexed = self.read_rows()
         except (RowError, UnicodeDecodeError) as error:
             names = ", ".join(run.run_id for run in legacy[:3])
-            raise StoreError(f"{self.table} cannot be read ({error}) and complete runs ({names}…) have no rows.csv: "
-                             "restore the file or delete those runs' done.json to redo them") from None
+            raise StoreError(
+                f"{self.table} cannot be read ({error}) and complete runs ({names}…) have no rows.csv: "
+                "restore the file or delete those runs' done.json to redo them"
+            ) from None
         for run in legacy:
             run.write_rows([row for row in indexed if row.run_id == run.run_id])
 
@@ -418,11 +452,14 @@ def read_rows_csv(path: Path) -> list[ResultRow]:
                     raise RowError(f"{path}:{line}: {len(values)} fields: allowed exactly {len(columns)} (a torn row?)")
                 rows.append(ResultRow.from_csv(dict(zip(columns, values)), f"{path}:{line}"))
         if rows and not _ends_with_newline(path):
-            raise RowError(f"{path}:{len(rows) + 1}: the last row has no line end (a write cut inside its last "
-                           "column): rebuild the index with `bench collect`, or restore the file")
+            raise RowError(
+                f"{path}:{len(rows) + 1}: the last row has no line end (a write cut inside its last "
+                "column): rebuild the index with `bench collect`, or restore the file"
+            )
         return rows
     except UnicodeDecodeError:
         raise RowError(f"{path}: not UTF-8 text (a damaged file?)") from None
+
 
 def _ends_with_newline(path: Path) -> bool:
     with open(path, "rb") as stream:
@@ -443,7 +480,6 @@ def rows_csv(rows: Iterable[ResultRow]) -> str:
 
 from typing import TYPE_CHECKING  # noqa: E402  (this section is appended; the top of the file is shared)
 
-
 if TYPE_CHECKING:  # pandas is imported inside ``load`` only: ``import bench.results`` stays light
     import pandas
 
@@ -451,7 +487,7 @@ FLOAT_COLUMNS = tuple(column for column in COLUMNS if _COLUMN_TYPES[column] is f
 INT_COLUMNS = tuple(column for column in COLUMNS if _COLUMN_TYPES[column] is int)
 
 
-def load(path: str | Path) -> "pandas.DataFrame":
+def load(path: str | Path) -> pandas.DataFrame:
     """``results.csv`` as a typed DataFrame: one row per measured number, the columns of ``ResultRow``.
 
     Types: ``value``, ``epsilon`` and ``wall_s`` are float64 (NaN where not recorded); ``n_eval``,
@@ -473,6 +509,8 @@ def load(path: str | Path) -> "pandas.DataFrame":
     records = {column: [getattr(row, column) for row in rows] for column in COLUMNS}
     records["flags"] = [";".join(flags) for flags in records["flags"]]
     frame = pandas.DataFrame(records, columns=list(COLUMNS))
-    types = {column: "float64" if column in FLOAT_COLUMNS else "Int64" if column in INT_COLUMNS else "string"
-             for column in COLUMNS}
+    types = {
+        column: "float64" if column in FLOAT_COLUMNS else "Int64" if column in INT_COLUMNS else "string"
+        for column in COLUMNS
+    }
     return frame.astype({column: "float64" for column in FLOAT_COLUMNS}).astype(types)

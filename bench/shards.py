@@ -23,13 +23,15 @@ shard each (``bench.distributed``): there ``gather`` is a gradient-carrying all-
 compute what one process with ``shards = W`` computes. With S = 1 in one process every helper is
 the identity (no split, no copy), so the default numbers are those of the code before shards.
 """
+
 from __future__ import annotations
 
 import hashlib
 import types
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,8 +58,9 @@ def split_rows(x: torch.Tensor, parts: int, views: int = 1) -> list[torch.Tensor
         return [x]
     batch = x.shape[0] // views
     if batch * views != x.shape[0] or batch % parts:
-        raise ValueError(f"a tensor of {x.shape[0]} rows is not {views} view(s) of a batch divisible into "
-                         f"{parts} shards")
+        raise ValueError(
+            f"a tensor of {x.shape[0]} rows is not {views} view(s) of a batch divisible into {parts} shards"
+        )
     stacked = x.reshape(views, parts, batch // parts, *x.shape[1:])
     return [stacked[:, shard].reshape(-1, *x.shape[1:]) for shard in range(parts)]
 
@@ -102,8 +105,9 @@ class Shards:
         if self.local == 1:
             return fn(*tensors, self.generators[0])
         pieces = [self.split(tensor, views) for tensor in tensors]
-        outputs = [fn(*(piece[shard] for piece in pieces), generator)
-                   for shard, generator in enumerate(self.generators)]
+        outputs = [
+            fn(*(piece[shard] for piece in pieces), generator) for shard, generator in enumerate(self.generators)
+        ]
         if isinstance(outputs[0], tuple):
             return tuple(self.join([out[index] for out in outputs], views) for index in range(len(outputs[0])))
         return self.join(outputs, views)
@@ -161,8 +165,9 @@ def _momentum(module: nn.modules.batchnorm._BatchNorm) -> float:
     return module.momentum
 
 
-def _ghost_batch_norm(module: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, shards: int,
-                      batch: int) -> torch.Tensor:
+def _ghost_batch_norm(
+    module: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, shards: int, batch: int
+) -> torch.Tensor:
     """Train mode: each shard's rows normalised by their own statistics; shard 0 alone moves the running ones."""
     tracking = module.track_running_stats and module.running_mean is not None
     if tracking and module.num_batches_tracked is not None:
@@ -170,14 +175,25 @@ def _ghost_batch_norm(module: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, 
     momentum = _momentum(module) if tracking else 0.0
     rows = x.shape[0]
     if rows % batch:
-        raise ValueError(f"per-shard BatchNorm: a forward of {rows} rows is not a whole number of views of the "
-                         f"batch ({batch} images); pretrain.shards > 1 needs every forward of a step to be views "
-                         "of its batch")
+        raise ValueError(
+            f"per-shard BatchNorm: a forward of {rows} rows is not a whole number of views of the "
+            f"batch ({batch} images); pretrain.shards > 1 needs every forward of a step to be views "
+            "of its batch"
+        )
     chunks = split_rows(x, shards, rows // batch)
-    outputs = [F.batch_norm(chunk, module.running_mean if tracking and index == 0 else None,
-                            module.running_var if tracking and index == 0 else None, module.weight, module.bias, True,
-                            momentum if index == 0 else 0.0, module.eps)
-               for index, chunk in enumerate(chunks)]
+    outputs = [
+        F.batch_norm(
+            chunk,
+            module.running_mean if tracking and index == 0 else None,
+            module.running_var if tracking and index == 0 else None,
+            module.weight,
+            module.bias,
+            True,
+            momentum if index == 0 else 0.0,
+            module.eps,
+        )
+        for index, chunk in enumerate(chunks)
+    ]
     return join_rows(outputs, rows // batch)
 
 
@@ -225,8 +241,11 @@ def per_shard_forwards(model: nn.Module, shards: int, batch: int) -> Iterator[No
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
             module.forward = types.MethodType(_batch_norm_forward(module.forward, state, shards, batch), module)
             patched.append(module)
-    calls = {name: _sharded_call(getattr(model, name), state, shards, batch) for name in SHARDED_CALLS
-             if hasattr(model, name)}
+    calls = {
+        name: _sharded_call(getattr(model, name), state, shards, batch)
+        for name in SHARDED_CALLS
+        if hasattr(model, name)
+    }
     try:
         with patched_attributes(model, calls):
             yield

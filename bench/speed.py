@@ -19,6 +19,7 @@ Outputs: ``speed.csv`` (results directory) and ``speed.md`` (reports directory),
 projects the device-hours of the A-InfoNCE Table 1 pretraining and of a whole ``--methods all``
 paper run from the measured throughput (``bench.speed_report``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,10 +27,11 @@ import dataclasses
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,8 +148,17 @@ def timed(run: Callable[[], None], device: torch.device) -> float:
 class PathRun:
     """A method, its model and optimiser, and how one step of one path gets its batch."""
 
-    def __init__(self, name: str, method: Method, model, settings: PretrainConfig, config: RunConfig,
-                 images: torch.Tensor, device: torch.device, batches=None):
+    def __init__(
+        self,
+        name: str,
+        method: Method,
+        model,
+        settings: PretrainConfig,
+        config: RunConfig,
+        images: torch.Tensor,
+        device: torch.device,
+        batches=None,
+    ):
         self.name, self.method, self.model, self.settings = name, method, model, settings
         self.config, self.images, self.device, self.batches = config, images, device, batches
         self.optimizer = build_optimizer(model.parameters(), settings)
@@ -178,9 +189,17 @@ class PathRun:
         with fast_path(self.model, self.settings, self.device) as step_model:
             for _ in range(steps):
                 images, indices = self.next_batch()
-                context = StepContext(epoch=0, step=self.step, steps_per_epoch=1, device=self.device,
-                                      generator=self.shards.generators[0], attack=self.config.attack,
-                                      indices=indices, shards=self.shards, reference_style=self.batches is not None)
+                context = StepContext(
+                    epoch=0,
+                    step=self.step,
+                    steps_per_epoch=1,
+                    device=self.device,
+                    generator=self.shards.generators[0],
+                    attack=self.config.attack,
+                    indices=indices,
+                    shards=self.shards,
+                    reference_style=self.batches is not None,
+                )
                 loss, _ = train_step(self.method, step_model, images, context, self.settings, self.batch_norm)
                 update(self.model, self.optimizer, loss, None)
                 self.step += 1
@@ -194,12 +213,14 @@ def path_settings(config: RunConfig, fast: bool) -> PretrainConfig:
     as AdvCL, RoCL and ACL set it)."""
     if fast:
         return dataclasses.replace(config.pretrain, amp=True, tf32=True)
-    return dataclasses.replace(config.pretrain, amp=False, channels_last="never", tf32=False, cudnn_benchmark=True,
-                               compile=False)
+    return dataclasses.replace(
+        config.pretrain, amp=False, channels_last="never", tf32=False, cudnn_benchmark=True, compile=False
+    )
 
 
-def measure(paths: list[PathRun], options: SpeedOptions,
-            device: torch.device) -> dict[str, tuple[list[float], PeakMemory]]:
+def measure(
+    paths: list[PathRun], options: SpeedOptions, device: torch.device
+) -> dict[str, tuple[list[float], PeakMemory]]:
     """Warm every path up, then alternate timed repeats between them; images/s of each repeat."""
     results = {path.name: ([], PeakMemory(device)) for path in paths}
     for path in paths:
@@ -208,22 +229,47 @@ def measure(paths: list[PathRun], options: SpeedOptions,
         for path in paths:
             rates, memory = results[path.name]
             with memory.measure():
-                seconds = timed(lambda: path.run(options.steps), device)
+                seconds = timed(lambda path=path: path.run(options.steps), device)
             rates.append(options.steps * path.batch / seconds)
     return results
 
 
-def summarise(stage: str, method: str, path: str, arch: str, batch: int, rates: list[float], memory: PeakMemory,
-              settings: dict[str, Any], note: str = "") -> SpeedRow:
-    return SpeedRow(stage, method, path, arch, batch, statistics.median(rates), (min(rates), max(rates)),
-                    memory.peak_mb, len(rates), settings, note)
+def summarise(
+    stage: str,
+    method: str,
+    path: str,
+    arch: str,
+    batch: int,
+    rates: list[float],
+    memory: PeakMemory,
+    settings: dict[str, Any],
+    note: str = "",
+) -> SpeedRow:
+    return SpeedRow(
+        stage,
+        method,
+        path,
+        arch,
+        batch,
+        statistics.median(rates),
+        (min(rates), max(rates)),
+        memory.peak_mb,
+        len(rates),
+        settings,
+        note,
+    )
 
 
 def switches(settings: PretrainConfig, device: torch.device, workers: int | None = None) -> dict[str, Any]:
     cuda = device.type == "cuda"
     channels_last = settings.channels_last == "always" or (settings.channels_last == "cuda" and cuda)
-    values = {"amp": settings.amp and cuda, "channels_last": channels_last, "tf32": settings.tf32 and cuda,
-              "compile": settings.compile, "shards": settings.shards}
+    values = {
+        "amp": settings.amp and cuda,
+        "channels_last": channels_last,
+        "tf32": settings.tf32 and cuda,
+        "compile": settings.compile,
+        "shards": settings.shards,
+    }
     if workers is not None:
         values["loader_workers"] = workers
     return values
@@ -267,8 +313,9 @@ def build_method(run: MethodRun, in_channels: int, folder: Path, train_images: t
     return method, model
 
 
-def measure_method(run: MethodRun, data: torch.Tensor, options: SpeedOptions, device: torch.device, workers: int,
-                   folder: Path) -> list[SpeedRow]:
+def measure_method(
+    run: MethodRun, data: torch.Tensor, options: SpeedOptions, device: torch.device, workers: int, folder: Path
+) -> list[SpeedRow]:
     """Fast and reference-style pretraining steps of one method run, side by side."""
     name, config = run.method, run.config
     method, model = build_method(run, data.shape[1], folder, data, device)
@@ -278,19 +325,32 @@ def measure_method(run: MethodRun, data: torch.Tensor, options: SpeedOptions, de
     if options.reference:
         reference_method, reference_model = copy.deepcopy(method), copy.deepcopy(model)
         settings = path_settings(config, False)
-        batches = reference_batches(data, reference_method, min(settings.batch_size, data.shape[0]), workers, device,
-                                    config.seed)
+        batches = reference_batches(
+            data, reference_method, min(settings.batch_size, data.shape[0]), workers, device, config.seed
+        )
         if batches is None:
             note = "no reference-style path: the method's views have no released PIL counterpart"
         else:
-            paths.append(PathRun("reference", reference_method, reference_model, settings, config, data, device,
-                                 batches))
+            paths.append(
+                PathRun("reference", reference_method, reference_model, settings, config, data, device, batches)
+            )
     results = measure(paths, options, device)
     rows = []
     for path in paths:
         rates, memory = results[path.name]
-        rows.append(summarise("pretrain", name, path.name, config.model.arch, path.batch, rates, memory,
-                              switches(path.settings, device, workers if path.batches is not None else None), note))
+        rows.append(
+            summarise(
+                "pretrain",
+                name,
+                path.name,
+                config.model.arch,
+                path.batch,
+                rates,
+                memory,
+                switches(path.settings, device, workers if path.batches is not None else None),
+                note,
+            )
+        )
     return rows
 
 
@@ -311,8 +371,9 @@ def matmul_precision(device: torch.device, tf32: bool) -> Iterator[None]:
         backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32 = saved
 
 
-def measure_evaluation(config: RunConfig, images: torch.Tensor, options: SpeedOptions,
-                       device: torch.device) -> list[SpeedRow]:
+def measure_evaluation(
+    config: RunConfig, images: torch.Tensor, options: SpeedOptions, device: torch.device
+) -> list[SpeedRow]:
     """PGD-20 and AutoAttack: fast (channels-last copy, bf16 autocast and TF32 on CUDA, the auto batch)
     against reference-style (fp32 contiguous copy, batch 256). The labels are the classifier's own
     predictions, so every image is attacked and both paths do the same work."""
@@ -325,18 +386,23 @@ def measure_evaluation(config: RunConfig, images: torch.Tensor, options: SpeedOp
     with torch.no_grad():
         y = classifier(x).argmax(1)
     settings = config.evaluate
-    paths = {"fast": (attack_copy(classifier, device, amp=True), True),
-             "reference": (copy.deepcopy(classifier).to(device), False)}
+    paths = {
+        "fast": (attack_copy(classifier, device, amp=True), True),
+        "reference": (copy.deepcopy(classifier).to(device), False),
+    }
     if not options.reference:
         paths.pop("reference")
     batches = {name: eval_batch_size(model, x, 0) if fast else CPU_BATCH for name, (model, fast) in paths.items()}
     attacks: dict[str, Callable[[Any, int], Any]] = {
-        "pgd20": lambda model, batch: pgd_accuracy(model, x, y, settings.epsilon, settings.step_size, 20,
-                                                   batch_size=batch, seed=config.seed)}
+        "pgd20": lambda model, batch: pgd_accuracy(
+            model, x, y, settings.epsilon, settings.step_size, 20, batch_size=batch, seed=config.seed
+        )
+    }
     if options.autoattack:
         stage = "autoattack" if options.autoattack == "standard" else options.autoattack
-        attacks[stage] = lambda model, batch: autoattack_accuracy(model, x, y, settings.epsilon, options.autoattack,
-                                                                  batch, config.seed, device)
+        attacks[stage] = lambda model, batch: autoattack_accuracy(
+            model, x, y, settings.epsilon, options.autoattack, batch, config.seed, device
+        )
     rows = []
     for stage, attack in attacks.items():
         results = {name: ([], PeakMemory(device)) for name in paths}
@@ -347,14 +413,27 @@ def measure_evaluation(config: RunConfig, images: torch.Tensor, options: SpeedOp
             for name, (model, fast) in paths.items():
                 rates, memory = results[name]
                 with matmul_precision(device, fast), memory.measure():
-                    seconds = timed(lambda: attack(model, batches[name]), device)
+                    seconds = timed(lambda attack=attack, model=model, name=name: attack(model, batches[name]), device)
                 rates.append(x.shape[0] / seconds)
         for name, (rates, memory) in results.items():
             fast = paths[name][1]
-            rows.append(summarise(stage, "classifier", name, config.model.arch, batches[name], rates, memory,
-                                  {"amp": fast and device.type == "cuda", "channels_last": fast,
-                                   "tf32": fast and device.type == "cuda"},
-                                  "untrained classifier, labels = its predictions (every image attacked)"))
+            rows.append(
+                summarise(
+                    stage,
+                    "classifier",
+                    name,
+                    config.model.arch,
+                    batches[name],
+                    rates,
+                    memory,
+                    {
+                        "amp": fast and device.type == "cuda",
+                        "channels_last": fast,
+                        "tf32": fast and device.type == "cuda",
+                    },
+                    "untrained classifier, labels = its predictions (every image attacked)",
+                )
+            )
     return rows
 
 
@@ -374,11 +453,18 @@ def measure_epoch(run: MethodRun, data: torch.Tensor, device: torch.device, fold
     method, model = build_method(dataclasses.replace(run, config=run_config), data.shape[1], folder, data, device)
     result = pretrain(method, model, data, run_config, RunDir(folder / f"epoch-{name}"), device, resume=False)
     images = result.steps * min(run_config.pretrain.batch_size, data.shape[0])
-    return SpeedRow("epoch", name, "fast", config.model.arch, min(run_config.pretrain.batch_size, data.shape[0]),
-                    images / result.wall_s, (images / result.wall_s,) * 2, None, 1,
-                    {**switches(run_config.pretrain, device), "epoch_s": round(result.wall_s, 2),
-                     "images": data.shape[0]})
-
+    return SpeedRow(
+        "epoch",
+        name,
+        "fast",
+        config.model.arch,
+        min(run_config.pretrain.batch_size, data.shape[0]),
+        images / result.wall_s,
+        (images / result.wall_s,) * 2,
+        None,
+        1,
+        {**switches(run_config.pretrain, device), "epoch_s": round(result.wall_s, 2), "images": data.shape[0]},
+    )
 
 
 # --------------------------------------------------------------------------- the command
@@ -404,14 +490,21 @@ def synthetic_images(count: int, channels: int, size: int, seed: int) -> torch.T
 def training_images(config: RunConfig, synthetic: int) -> torch.Tensor:
     if synthetic:
         return synthetic_images(synthetic, 3, config.data.image_size, config.seed)
-    data: ImageData = load_dataset(config.data.name, config.data.data_dir, config.data.download,
-                                   config.data.image_size)
+    data: ImageData = load_dataset(config.data.name, config.data.data_dir, config.data.download, config.data.image_size)
     return data.x_train
 
 
-def run_speed(runs: list[MethodRun], base: RunConfig, options: SpeedOptions, *, device: torch.device,
-              synthetic: int = 0, extra: list[MethodRun] = (), extra_options: SpeedOptions | None = None,
-              epoch_runs: list[MethodRun] = ()) -> list[SpeedRow]:
+def run_speed(
+    runs: list[MethodRun],
+    base: RunConfig,
+    options: SpeedOptions,
+    *,
+    device: torch.device,
+    synthetic: int = 0,
+    extra: list[MethodRun] = (),
+    extra_options: SpeedOptions | None = None,
+    epoch_runs: list[MethodRun] = (),
+) -> list[SpeedRow]:
     """Every measurement of one ``bench speed`` call (the caller writes the files): the pretraining
     steps of ``runs`` (and ``extra``, e.g. ResNet-18 at batch 32), the evaluation attacks on the
     base config's model, one epoch of each of ``epoch_runs``."""
@@ -423,8 +516,9 @@ def run_speed(runs: list[MethodRun], base: RunConfig, options: SpeedOptions, *, 
         pretraining = [(run, options) for run in runs] + [(run, extra_options or options) for run in extra]
         for run, run_options in pretraining if "pretrain" in options.stages else []:
             batch = min(run.config.pretrain.batch_size, len(data))
-            progress.log(f"speed: {run.method} ({run.config.model.arch}, batch {batch}, "
-                         f"shards {run.config.pretrain.shards})")
+            progress.log(
+                f"speed: {run.method} ({run.config.model.arch}, batch {batch}, shards {run.config.pretrain.shards})"
+            )
             rows += measure_method(run, data, run_options, device, workers, Path(folder))
         if options.eval_images and "eval" in options.stages:
             progress.log(f"speed: PGD-20 and AutoAttack on {min(options.eval_images, len(data))} images")

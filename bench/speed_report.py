@@ -5,6 +5,7 @@ its family: the A-InfoNCE variants change the loss, not the number of forwards) 
 and batch of its ``paper`` preset on CIFAR-10 (50,000 training images). They hold for the
 measured configuration only: a smoke-model measurement says nothing about ResNet-18.
 """
+
 from __future__ import annotations
 
 import csv
@@ -34,9 +35,29 @@ FINETUNE_PGD20_SHARE = {"SLF": 1 / 21, "ALF": 1.0, "AFF": 13 / 21}
 FINETUNE_EPOCHS = 25
 EVAL_PGD20_PASSES = 1 + 4 + 4
 
-CSV_COLUMNS = ("stage", "method", "path", "arch", "batch", "images_per_s", "min_images_per_s", "max_images_per_s",
-               "ratio", "peak_mb", "repeats", "settings", "note", "device", "device_name", "preset", "image_size",
-               "torch", "threads", "code_version", "timestamp")
+CSV_COLUMNS = (
+    "stage",
+    "method",
+    "path",
+    "arch",
+    "batch",
+    "images_per_s",
+    "min_images_per_s",
+    "max_images_per_s",
+    "ratio",
+    "peak_mb",
+    "repeats",
+    "settings",
+    "note",
+    "device",
+    "device_name",
+    "preset",
+    "image_size",
+    "torch",
+    "threads",
+    "code_version",
+    "timestamp",
+)
 
 
 @dataclass
@@ -62,9 +83,18 @@ def ratios(rows: list) -> dict[tuple[str, str, str, int], float]:
     for row in rows:
         if row.path != "fast":
             continue
-        reference = next((other for other in rows if other.path == "reference" and other.stage == row.stage
-                          and other.method == row.method and other.arch == row.arch
-                          and (row.stage != "pretrain" or other.batch == row.batch)), None)
+        reference = next(
+            (
+                other
+                for other in rows
+                if other.path == "reference"
+                and other.stage == row.stage
+                and other.method == row.method
+                and other.arch == row.arch
+                and (row.stage != "pretrain" or other.batch == row.batch)
+            ),
+            None,
+        )
         if reference is not None and reference.images_per_s > 0:
             found[(row.stage, row.method, row.arch, row.batch)] = row.images_per_s / reference.images_per_s
     return found
@@ -77,16 +107,31 @@ def speed_csv(rows: list, context: SpeedContext) -> str:
     writer.writeheader()
     for row in rows:
         ratio = found.get((row.stage, row.method, row.arch, row.batch)) if row.path == "fast" else None
-        writer.writerow({
-            "stage": row.stage, "method": row.method, "path": row.path, "arch": row.arch, "batch": row.batch,
-            "images_per_s": f"{row.images_per_s:.4g}", "min_images_per_s": f"{row.spread[0]:.4g}",
-            "max_images_per_s": f"{row.spread[1]:.4g}", "ratio": "" if ratio is None else f"{ratio:.3f}",
-            "peak_mb": "" if row.peak_mb is None else f"{row.peak_mb:.0f}", "repeats": row.repeats,
-            "settings": ";".join(f"{key}={value}" for key, value in row.settings.items()), "note": row.note,
-            "device": context.device, "device_name": context.device_name, "preset": context.preset,
-            "image_size": context.image_size, "torch": context.torch, "threads": context.threads,
-            "code_version": context.code_version, "timestamp": context.timestamp,
-        })
+        writer.writerow(
+            {
+                "stage": row.stage,
+                "method": row.method,
+                "path": row.path,
+                "arch": row.arch,
+                "batch": row.batch,
+                "images_per_s": f"{row.images_per_s:.4g}",
+                "min_images_per_s": f"{row.spread[0]:.4g}",
+                "max_images_per_s": f"{row.spread[1]:.4g}",
+                "ratio": "" if ratio is None else f"{ratio:.3f}",
+                "peak_mb": "" if row.peak_mb is None else f"{row.peak_mb:.0f}",
+                "repeats": row.repeats,
+                "settings": ";".join(f"{key}={value}" for key, value in row.settings.items()),
+                "note": row.note,
+                "device": context.device,
+                "device_name": context.device_name,
+                "preset": context.preset,
+                "image_size": context.image_size,
+                "torch": context.torch,
+                "threads": context.threads,
+                "code_version": context.code_version,
+                "timestamp": context.timestamp,
+            }
+        )
     return buffer.getvalue()
 
 
@@ -149,7 +194,8 @@ def evaluation_hours(rows: list) -> tuple[float | None, str]:
     aa = [row.images_per_s for row in rows if row.stage == "autoattack" and row.path == "fast"]
     attack = len(FINETUNE_PGD20_SHARE) * CIFAR10_TEST / statistics.median(aa) if aa else 0.0
     return (finetune + evaluate + attack) / 3600, f"PGD-20 at {rate:.4g} images/s" + (
-        f", AutoAttack at {statistics.median(aa):.4g} images/s" if aa else ", AutoAttack not measured")
+        f", AutoAttack at {statistics.median(aa):.4g} images/s" if aa else ", AutoAttack not measured"
+    )
 
 
 # --------------------------------------------------------------------------- the report
@@ -166,8 +212,7 @@ def target_lines(rows: list, context: SpeedContext, table1: float | None) -> lis
         if device != context.device:
             continue
         if kind == "ratio":
-            values = [ratio for (stage, name, _, _), ratio in found.items()
-                      if stage == "pretrain" and name == method]
+            values = [ratio for (stage, name, _, _), ratio in found.items() if stage == "pretrain" and name == method]
             value = max(values) if values else None
             met = value is not None and value >= bound
             shown = f"{value:.2f}×" if value is not None else "not measured"
@@ -186,58 +231,92 @@ def target_lines(rows: list, context: SpeedContext, table1: float | None) -> lis
 
 def speed_markdown(rows: list, context: SpeedContext) -> str:
     found = ratios(rows)
-    out = ["# Throughput: fast path vs reference-style path", "",
-           f"Command: `{context.command}`  ", f"Device: {context.device_name} ({context.device}), torch "
-           f"{context.torch}, {context.threads} thread(s), code {context.code_version}, {context.timestamp}.", ""]
+    out = [
+        "# Throughput: fast path vs reference-style path",
+        "",
+        f"Command: `{context.command}`  ",
+        f"Device: {context.device_name} ({context.device}), torch "
+        f"{context.torch}, {context.threads} thread(s), code {context.code_version}, {context.timestamp}.",
+        "",
+    ]
     if context.shared_machine:
-        out += ["The machine was shared with other engineers while this ran: each figure is the median of "
-                "repeats that alternate between the two paths, so load hits both alike; compare ratios, "
-                "not absolute rates.", ""]
-    out += ["Reference-style = the released pipelines step by step: per-image PIL augmentation in DataLoader "
-            "workers, fp32 without TF32, contiguous memory, and what the released attack recomputes at every "
-            "PGD step (AdvCL: x1, x2, HFC; RoCL: x2; ACL: weight gradients). Fast = the suite's own step: "
-            "on-device batched views, each view forwarded once, bf16 autocast, channels-last, TF32 and cuDNN "
-            "autotuning on CUDA. Both compute the same loss on the same inputs (tests/test_speed.py).", ""]
-    for stage, title in (("pretrain", "Pretraining step"), ("pgd20", "PGD-20 evaluation"),
-                         ("autoattack", "AutoAttack (standard) evaluation"),
-                         ("apgd-ce", "AutoAttack's APGD-CE alone (100 iterations on every image)"),
-                         ("epoch", "One epoch (fast path)")):
+        out += [
+            "The machine was shared with other engineers while this ran: each figure is the median of "
+            "repeats that alternate between the two paths, so load hits both alike; compare ratios, "
+            "not absolute rates.",
+            "",
+        ]
+    out += [
+        "Reference-style = the released pipelines step by step: per-image PIL augmentation in DataLoader "
+        "workers, fp32 without TF32, contiguous memory, and what the released attack recomputes at every "
+        "PGD step (AdvCL: x1, x2, HFC; RoCL: x2; ACL: weight gradients). Fast = the suite's own step: "
+        "on-device batched views, each view forwarded once, bf16 autocast, channels-last, TF32 and cuDNN "
+        "autotuning on CUDA. Both compute the same loss on the same inputs (tests/test_speed.py).",
+        "",
+    ]
+    for stage, title in (
+        ("pretrain", "Pretraining step"),
+        ("pgd20", "PGD-20 evaluation"),
+        ("autoattack", "AutoAttack (standard) evaluation"),
+        ("apgd-ce", "AutoAttack's APGD-CE alone (100 iterations on every image)"),
+        ("epoch", "One epoch (fast path)"),
+    ):
         stage_rows = [row for row in rows if row.stage == stage]
         if not stage_rows:
             continue
-        out += [f"## {title}", "", "| method | arch | batch | path | images/s (median) | min–max | peak MB | "
-                "fast / reference | settings |", "|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            f"## {title}",
+            "",
+            "| method | arch | batch | path | images/s (median) | min–max | peak MB | fast / reference | settings |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for row in stage_rows:
             ratio = found.get((row.stage, row.method, row.arch, row.batch)) if row.path == "fast" else None
             settings = ", ".join(f"{key}={value}" for key, value in row.settings.items())
-            out.append(f"| {row.method} | {row.arch} | {row.batch} | {row.path} | {row.images_per_s:.4g} | "
-                       f"{row.spread[0]:.4g}–{row.spread[1]:.4g} | {_fmt(row.peak_mb, '.0f')} | "
-                       f"{'' if ratio is None else f'{ratio:.2f}×'} | {settings} |")
+            out.append(
+                f"| {row.method} | {row.arch} | {row.batch} | {row.path} | {row.images_per_s:.4g} | "
+                f"{row.spread[0]:.4g}–{row.spread[1]:.4g} | {_fmt(row.peak_mb, '.0f')} | "
+                f"{'' if ratio is None else f'{ratio:.2f}×'} | {settings} |"
+            )
         notes = sorted({row.note for row in stage_rows if row.note})
         out += [""] + [f"Note: {note}." for note in notes] + ([""] if notes else [])
-    arch = max((row.arch for row in rows if row.stage == "pretrain"), default="",
-               key=lambda name: name == "resnet18")
+    arch = max((row.arch for row in rows if row.stage == "pretrain"), default="", key=lambda name: name == "resnet18")
     table1, table1_lines = pretraining_hours(rows, TABLE1_METHODS, arch)
-    out += ["## Projections", "",
-            f"From the fast-path throughput measured here ({arch}, this device); the epochs and batch are each "
-            "method's `paper` preset on CIFAR-10 (50,000 training images, last partial batch dropped)."
-            + ("" if context.preset == "paper" and arch == "resnet18" else
-               " **This measurement is not the paper configuration (ResNet-18 at 32 px): the hours below are "
-               "this configuration's, not a paper run's.**"), "",
-            "`bench reproduce ainfonce-table1` (CIFAR-10 pretraining):", "",
-            "| method | epochs | images/s | device-hours |", "|---|---|---|---|", *table1_lines, "",
-            f"Total: **{_fmt(table1, '.1f')} device-hours**.", ""]
+    out += [
+        "## Projections",
+        "",
+        f"From the fast-path throughput measured here ({arch}, this device); the epochs and batch are each "
+        "method's `paper` preset on CIFAR-10 (50,000 training images, last partial batch dropped)."
+        + (
+            ""
+            if context.preset == "paper" and arch == "resnet18"
+            else " **This measurement is not the paper configuration (ResNet-18 at 32 px): the hours below are "
+            "this configuration's, not a paper run's.**"
+        ),
+        "",
+        "`bench reproduce ainfonce-table1` (CIFAR-10 pretraining):",
+        "",
+        "| method | epochs | images/s | device-hours |",
+        "|---|---|---|---|",
+        *table1_lines,
+        "",
+        f"Total: **{_fmt(table1, '.1f')} device-hours**.",
+        "",
+    ]
     everything, _ = pretraining_hours(rows, tuple(registry.available()), arch)
     per_run, how = evaluation_hours(rows)
     runs = len(registry.available())
     whole = None if everything is None or per_run is None else everything + runs * per_run
-    out += [f"A whole `--methods all` paper run ({runs} methods, CIFAR-10): pretraining "
-            f"{_fmt(everything, '.1f')} device-hours; finetuning (SLF, ALF, AFF: 25 epochs each) and evaluation "
-            f"(PGD-20, the sanity checks' PGD-40 with a restart, the ε curve, AutoAttack, 10,000 test images) "
-            f"modelled at {_fmt(per_run, '.2f')} device-hours per run ({how}); total {_fmt(whole, '.1f')} "
-            "device-hours. The AutoAttack rate was measured on an untrained classifier whose points fall to "
-            "APGD-CE: robust models send about half of them on to APGD-T, FAB-T and Square, so that part is "
-            "a lower bound.", ""]
+    out += [
+        f"A whole `--methods all` paper run ({runs} methods, CIFAR-10): pretraining "
+        f"{_fmt(everything, '.1f')} device-hours; finetuning (SLF, ALF, AFF: 25 epochs each) and evaluation "
+        f"(PGD-20, the sanity checks' PGD-40 with a restart, the ε curve, AutoAttack, 10,000 test images) "
+        f"modelled at {_fmt(per_run, '.2f')} device-hours per run ({how}); total {_fmt(whole, '.1f')} "
+        "device-hours. The AutoAttack rate was measured on an untrained classifier whose points fall to "
+        "APGD-CE: robust models send about half of them on to APGD-T, FAB-T and Square, so that part is "
+        "a lower bound.",
+        "",
+    ]
     targets = target_lines(rows, context, table1 if context.preset == "paper" else None)
     if targets:
         out += ["## Targets (issue 10)", "", *targets, ""]
@@ -246,5 +325,7 @@ def speed_markdown(rows: list, context: SpeedContext) -> str:
 
 def describe(rows: list) -> dict[str, Any]:
     """A short summary for the command line: ratios per (stage, method, arch, batch)."""
-    return {f"{stage}:{method}:{arch}:b{batch}": round(ratio, 3) for (stage, method, arch, batch), ratio
-            in ratios(rows).items()}
+    return {
+        f"{stage}:{method}:{arch}:b{batch}": round(ratio, 3)
+        for (stage, method, arch, batch), ratio in ratios(rows).items()
+    }

@@ -23,6 +23,7 @@ A scheme's numbers depend only on the stored encoder, the settings and the seed
 (``protocol.finetune_and_evaluate_scheme`` seeds each scheme), so the stages in separate
 processes give the numbers of the sequence in one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -85,8 +86,11 @@ class StageContext:
 
 def find_encoder(store: ResultsStore, key: str, exclude: str) -> RunDir | None:
     """A stored run whose finished encoder has pretraining key ``key`` (newest first)."""
-    candidates = sorted((run for run in store.run_dirs() if run.encoder.exists()),
-                        key=lambda run: run.encoder.stat().st_mtime, reverse=True)
+    candidates = sorted(
+        (run for run in store.run_dirs() if run.encoder.exists()),
+        key=lambda run: run.encoder.stat().st_mtime,
+        reverse=True,
+    )
     for run in candidates:
         if run.run_id == exclude or not run.history.exists():
             continue
@@ -104,8 +108,10 @@ def load_donor(model, donor: RunDir, name: str) -> bool:
     try:
         model.load_state_dict(torch.load(donor.encoder, map_location="cpu", weights_only=True)["model"])
     except Exception as error:  # a damaged donor must not block every run with these settings
-        progress.log(f"{name}: the encoder of run {donor.run_id} cannot be read ({progress.error_line(error)}); "
-                     "pretraining instead")
+        progress.log(
+            f"{name}: the encoder of run {donor.run_id} cannot be read ({progress.error_line(error)}); "
+            "pretraining instead"
+        )
         return False
     progress.log(f"{name}: reusing the encoder of run {donor.run_id} (same pretraining settings and seed)")
     return True
@@ -114,10 +120,18 @@ def load_donor(model, donor: RunDir, name: str) -> bool:
 def encoder_checkpoint(method: Method, model, run: MethodRun, in_channels: int) -> EncoderCheckpoint:
     config = run.config
     return EncoderCheckpoint(
-        model=model.state_dict(), arch=config.model.arch, bn_branches=tuple(method.bn_branches),
-        projector=method.projector, normalization=method.normalization, finetune_bn=method.finetune_bn,
-        in_channels=in_channels, method=run.method, run_id=run.run_id, dataset=config.data.name,
-        pretrain_epochs=config.pretrain.epochs, pretrain_key=run.pretrain_key,
+        model=model.state_dict(),
+        arch=config.model.arch,
+        bn_branches=tuple(method.bn_branches),
+        projector=method.projector,
+        normalization=method.normalization,
+        finetune_bn=method.finetune_bn,
+        in_channels=in_channels,
+        method=run.method,
+        run_id=run.run_id,
+        dataset=config.data.name,
+        pretrain_epochs=config.pretrain.epochs,
+        pretrain_key=run.pretrain_key,
     )
 
 
@@ -157,9 +171,19 @@ def pretrain_stage(run: MethodRun, ctx: StageContext) -> bool:
     if run_dir.pretrain_summary.exists():
         return False
     env = environment(ctx.device)
-    run_dir.write_json(run_dir.config, {**run.identity, "run_id": run.run_id, "config_hash": run.config_hash,
-                                        "seed": config.seed, "pretrain_key": run.pretrain_key, "environment": env,
-                                        "device": str(ctx.device), "started": now()})
+    run_dir.write_json(
+        run_dir.config,
+        {
+            **run.identity,
+            "run_id": run.run_id,
+            "config_hash": run.config_hash,
+            "seed": config.seed,
+            "pretrain_key": run.pretrain_key,
+            "environment": env,
+            "device": str(ctx.device),
+            "started": now(),
+        },
+    )
     torch.manual_seed(config.seed)
     data = ctx.cache.get(config.data.name, config)
     method = run.method_class(run.params)
@@ -180,9 +204,16 @@ def pretrain_stage(run: MethodRun, ctx: StageContext) -> bool:
         pretrain_wall_s = trained.wall_s
         encoder = method.encoder_for_finetuning(model)
     save_torch_atomic(encoder_checkpoint(method, encoder, run, data.channels).to_state(), run_dir.encoder)
-    run_dir.write_json(run_dir.pretrain_summary, {
-        "finished": now(), "pretrain_wall_s": pretrain_wall_s, "dataset": data.name,
-        "encoder_from": donor.run_id if donor is not None else run.run_id, "environment": env})
+    run_dir.write_json(
+        run_dir.pretrain_summary,
+        {
+            "finished": now(),
+            "pretrain_wall_s": pretrain_wall_s,
+            "dataset": data.name,
+            "encoder_from": donor.run_id if donor is not None else run.run_id,
+            "environment": env,
+        },
+    )
     run_dir.set_progress("pretrained")
     return True
 
@@ -203,8 +234,10 @@ def post_stage(run: MethodRun, ctx: StageContext) -> bool:
     if settings is None or run_dir.is_complete() or run_dir.post_summary.exists():
         return False
     if not isinstance(run_dir.read_json_or_none(run_dir.pretrain_summary), dict):
-        raise StageError(f"run {run.run_id}: the post stage needs the encoder, and the pretraining stage "
-                         "has not finished (run it first)")
+        raise StageError(
+            f"run {run.run_id}: the post stage needs the encoder, and the pretraining stage "
+            "has not finished (run it first)"
+        )
     _, model = load_run_encoder(run, run_dir, run_dir.encoder)
     data = ctx.cache.get(config.data.name, config)
     run_dir.set_progress("post", post=method.post)
@@ -215,9 +248,16 @@ def post_stage(run: MethodRun, ctx: StageContext) -> bool:
     processed = post_process(model, data.x_train, settings, ctx.device, generator)
     wall_s = time.perf_counter() - began
     save_torch_atomic(encoder_checkpoint(method, processed, run, data.channels).to_state(), run_dir.post_encoder)
-    run_dir.write_json(run_dir.post_summary, {"finished": now(), "post": method.post, "post_wall_s": wall_s,
-                                              "settings": dataclasses.asdict(settings),
-                                              "environment": environment(ctx.device)})
+    run_dir.write_json(
+        run_dir.post_summary,
+        {
+            "finished": now(),
+            "post": method.post,
+            "post_wall_s": wall_s,
+            "settings": dataclasses.asdict(settings),
+            "environment": environment(ctx.device),
+        },
+    )
     run_dir.set_progress("post-processed")
     return True
 
@@ -231,8 +271,10 @@ def finetuning_encoder(run: MethodRun, run_dir: RunDir) -> Path:
     if run.method_class(run.params).post_settings(run.config) is None:
         return run_dir.encoder
     if not isinstance(run_dir.read_json_or_none(run_dir.post_summary), dict):
-        raise StageError(f"run {run.run_id}: finetuning needs the post stage's encoder, and the post stage "
-                         "has not finished (run it first)")
+        raise StageError(
+            f"run {run.run_id}: finetuning needs the post stage's encoder, and the post stage "
+            "has not finished (run it first)"
+        )
     return run_dir.post_encoder
 
 
@@ -243,8 +285,9 @@ def load_run_encoder(run: MethodRun, run_dir: RunDir, path: Path | None = None) 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types (EOFError, UnpicklingError, RuntimeError)
-        raise CheckpointError(f"encoder {path} cannot be read ({progress.error_line(error)}): "
-                              "rerun this run with --force") from None
+        raise CheckpointError(
+            f"encoder {path} cannot be read ({progress.error_line(error)}): rerun this run with --force"
+        ) from None
     method = run.method_class(run.params)
     model = method.encoder_for_finetuning(method.build_model(run.config.model.arch, int(state["in_channels"])))
     model.load_state_dict(state["model"])
@@ -260,19 +303,32 @@ def finetune_stage(run: MethodRun, scheme: str, ctx: StageContext) -> bool:
         return False
     summary = run_dir.read_json_or_none(run_dir.pretrain_summary)
     if not isinstance(summary, dict):
-        raise StageError(f"run {run.run_id}: scheme {scheme} needs the encoder, and the pretraining stage "
-                         "has not finished (run it first)")
+        raise StageError(
+            f"run {run.run_id}: scheme {scheme} needs the encoder, and the pretraining stage "
+            "has not finished (run it first)"
+        )
     env = environment(ctx.device)
     method, model = load_run_encoder(run, run_dir)
     eval_data = ctx.cache.get(config.data.eval_name or config.data.name, config)
-    measurements = finetune_and_evaluate_scheme(model, method.finetune_bn, eval_data, config, ctx.device, run_dir,
-                                                scheme, label=run.method, method=run.method)
-    context = RowContext.of(run.run_id, config, env, ctx.device, method=run.method, dataset=summary["dataset"],
-                            eval_dataset=eval_data.name, config_hash=run.config_hash,
-                            pretrain_epochs=config.pretrain.epochs)
+    measurements = finetune_and_evaluate_scheme(
+        model, method.finetune_bn, eval_data, config, ctx.device, run_dir, scheme, label=run.method, method=run.method
+    )
+    context = RowContext.of(
+        run.run_id,
+        config,
+        env,
+        ctx.device,
+        method=run.method,
+        dataset=summary["dataset"],
+        eval_dataset=eval_data.name,
+        config_hash=run.config_hash,
+        pretrain_epochs=config.pretrain.epochs,
+    )
     # the run's own flags (e.g. where the AdvCL family's pseudo-labels came from) go on every row
-    rows = [ResultRow.of(context, dataclasses.replace(measurement, flags=measurement.flags + run.flags))
-            for measurement in measurements]
+    rows = [
+        ResultRow.of(context, dataclasses.replace(measurement, flags=measurement.flags + run.flags))
+        for measurement in measurements
+    ]
     run_dir.write_scheme_rows(scheme, rows)
     return True
 
@@ -295,12 +351,21 @@ def finish_stage(run_dir: RunDir, *, required: bool = False) -> bool:
     missing = [scheme for scheme in schemes if not run_dir.scheme_rows(scheme).exists()]
     if not isinstance(summary, dict) or missing:
         if required:
-            raise StageError(f"run {run_dir.run_id} cannot finish: "
-                             + (f"schemes {missing} have no rows" if missing else "it has no finished encoder"))
+            raise StageError(
+                f"run {run_dir.run_id} cannot finish: "
+                + (f"schemes {missing} have no rows" if missing else "it has no finished encoder")
+            )
         return False
     rows = [row for scheme in schemes for row in run_dir.read_scheme_rows(scheme)]
-    run_dir.mark_complete(rows, {"finished": now(), "rows": len(rows), "pretrain_wall_s": summary["pretrain_wall_s"],
-                                 "encoder_from": summary["encoder_from"]})
+    run_dir.mark_complete(
+        rows,
+        {
+            "finished": now(),
+            "rows": len(rows),
+            "pretrain_wall_s": summary["pretrain_wall_s"],
+            "encoder_from": summary["encoder_from"],
+        },
+    )
     return True
 
 

@@ -24,11 +24,12 @@ Accuracies are in percent, differences in percentage points, always *variant −
   discordance rate ψ (the share of images on which the two classifiers disagree), and the
   minimum detectable difference at a given power.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -127,8 +128,9 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2.0 * float(scipy_stats.binom.cdf(min(b, c), b + c, 0.5)))
 
 
-def newcombe_paired_interval(both: int, first_only: int, second_only: int, neither: int,
-                             confidence: float = CONFIDENCE) -> Interval:
+def newcombe_paired_interval(
+    both: int, first_only: int, second_only: int, neither: int, confidence: float = CONFIDENCE
+) -> Interval:
     """Newcombe's method-10 interval for p_first − p_second from a paired 2×2 table, in points.
 
     ``first_only`` counts pairs where only the first classification succeeds. φ is Newcombe's
@@ -166,13 +168,14 @@ def verdict(difference: float, p_value: float, alpha: float = ALPHA) -> str:
 def _as_bool(name: str, values) -> np.ndarray:
     array = np.asarray(values)
     if array.ndim != 1 or array.dtype != np.bool_:
-        raise ValueError(f"{name} of dtype {array.dtype} and shape {array.shape} is invalid: "
-                         "allowed a 1-D boolean array of per-image correctness")
+        raise ValueError(
+            f"{name} of dtype {array.dtype} and shape {array.shape} is invalid: "
+            "allowed a 1-D boolean array of per-image correctness"
+        )
     return array
 
 
-def compare_paired(base_correct, variant_correct, alpha: float = ALPHA,
-                   confidence: float = CONFIDENCE) -> Comparison:
+def compare_paired(base_correct, variant_correct, alpha: float = ALPHA, confidence: float = CONFIDENCE) -> Comparison:
     """Paired comparison on the same images (one seed): Newcombe interval + exact McNemar test."""
     base, variant = _as_bool("base_correct", base_correct), _as_bool("variant_correct", variant_correct)
     if base.shape != variant.shape or base.size == 0:
@@ -180,20 +183,33 @@ def compare_paired(base_correct, variant_correct, alpha: float = ALPHA,
     both = int(np.sum(base & variant))
     variant_only = int(np.sum(variant & ~base))
     base_only = int(np.sum(base & ~variant))
-    interval = newcombe_paired_interval(both, variant_only, base_only, base.size - both - variant_only - base_only,
-                                        confidence)
+    interval = newcombe_paired_interval(
+        both, variant_only, base_only, base.size - both - variant_only - base_only, confidence
+    )
     p_value = mcnemar_exact(variant_only, base_only)
-    return Comparison(int(base.size), 100.0 * float(base.mean()), 100.0 * float(variant.mean()), interval.estimate,
-                      interval.low, interval.high, p_value, "mcnemar-exact", verdict(interval.estimate, p_value, alpha))
+    return Comparison(
+        int(base.size),
+        100.0 * float(base.mean()),
+        100.0 * float(variant.mean()),
+        interval.estimate,
+        interval.low,
+        interval.high,
+        p_value,
+        "mcnemar-exact",
+        verdict(interval.estimate, p_value, alpha),
+    )
 
 
-def paired_t(base_values: Sequence[float], variant_values: Sequence[float], alpha: float = ALPHA,
-             confidence: float = CONFIDENCE) -> Comparison:
+def paired_t(
+    base_values: Sequence[float], variant_values: Sequence[float], alpha: float = ALPHA, confidence: float = CONFIDENCE
+) -> Comparison:
     """Paired t-test over seeds on per-seed accuracies (seed i of the base paired with seed i of the variant)."""
     base, variant = np.asarray(base_values, dtype=np.float64), np.asarray(variant_values, dtype=np.float64)
     if base.shape != variant.shape or base.ndim != 1 or base.size < 2:
-        raise ValueError(f"{base.size} base and {variant.size} variant seeds are invalid: "
-                         "allowed two equal-length lists of at least 2 seeds")
+        raise ValueError(
+            f"{base.size} base and {variant.size} variant seeds are invalid: "
+            "allowed two equal-length lists of at least 2 seeds"
+        )
     _check_confidence(confidence)
     differences = variant - base
     mean, df = float(differences.mean()), differences.size - 1
@@ -206,12 +222,22 @@ def paired_t(base_values: Sequence[float], variant_values: Sequence[float], alph
         p_value = float(2 * scipy_stats.t.sf(abs(statistic), df))
         half = float(scipy_stats.t.ppf(0.5 + confidence / 2, df)) * standard_error
         low, high = mean - half, mean + half
-    return Comparison(int(base.size), float(base.mean()), float(variant.mean()), mean, low, high, p_value,
-                      "paired-t-over-seeds", verdict(mean, p_value, alpha))
+    return Comparison(
+        int(base.size),
+        float(base.mean()),
+        float(variant.mean()),
+        mean,
+        low,
+        high,
+        p_value,
+        "paired-t-over-seeds",
+        verdict(mean, p_value, alpha),
+    )
 
 
-def hierarchical_bootstrap(base_correct: Sequence, variant_correct: Sequence, n_boot: int = 4000, seed: int = 0,
-                           confidence: float = CONFIDENCE) -> Interval:
+def hierarchical_bootstrap(
+    base_correct: Sequence, variant_correct: Sequence, n_boot: int = 4000, seed: int = 0, confidence: float = CONFIDENCE
+) -> Interval:
     """Percentile interval of the mean paired difference, resampling seeds, then images within each seed.
 
     ``base_correct[s]`` and ``variant_correct[s]`` are the per-image correctness of seed s on the
@@ -219,8 +245,10 @@ def hierarchical_bootstrap(base_correct: Sequence, variant_correct: Sequence, n_
     the three per-image differences (+1, 0, −1), so each inner resample is drawn exactly as one
     multinomial, which makes the bootstrap cheap for 10,000 images."""
     if len(base_correct) != len(variant_correct) or len(base_correct) == 0:
-        raise ValueError(f"{len(base_correct)} base and {len(variant_correct)} variant seeds are invalid: "
-                         "allowed equal, non-zero numbers of seeds")
+        raise ValueError(
+            f"{len(base_correct)} base and {len(variant_correct)} variant seeds are invalid: "
+            "allowed equal, non-zero numbers of seeds"
+        )
     if n_boot < 1:
         raise ValueError(f"n_boot={n_boot!r} is invalid: allowed >= 1")
     _check_confidence(confidence)
@@ -241,8 +269,12 @@ def hierarchical_bootstrap(base_correct: Sequence, variant_correct: Sequence, n_
     replicates = ((counts[..., 0] - counts[..., 1]) / sizes_array[chosen]).mean(axis=1)
     tail = (1 - confidence) / 2
     low, high = np.quantile(replicates, [tail, 1 - tail])
-    return Interval(100.0 * float(np.mean(means)), 100.0 * float(low), 100.0 * float(high),
-                    f"hierarchical-bootstrap(seeds, images; {n_boot} resamples, seed {seed})")
+    return Interval(
+        100.0 * float(np.mean(means)),
+        100.0 * float(low),
+        100.0 * float(high),
+        f"hierarchical-bootstrap(seeds, images; {n_boot} resamples, seed {seed})",
+    )
 
 
 def mcnemar_power(n: int, difference: float, discordant: float, alpha: float = ALPHA) -> float:
@@ -255,8 +287,10 @@ def mcnemar_power(n: int, difference: float, discordant: float, alpha: float = A
     if n < 1:
         raise ValueError(f"n={n!r} is invalid: allowed >= 1")
     if not 0 < discordant <= 1 or abs(difference) > discordant:
-        raise ValueError(f"difference={difference!r}, discordant={discordant!r} is invalid: "
-                         "allowed 0 < discordant <= 1 and |difference| <= discordant")
+        raise ValueError(
+            f"difference={difference!r}, discordant={discordant!r} is invalid: "
+            "allowed 0 < discordant <= 1 and |difference| <= discordant"
+        )
     spread = 8.0 * math.sqrt(n * discordant * (1 - discordant)) + 8.0  # the pmf of m is below 1e-14 outside
     m = np.arange(max(0, int(n * discordant - spread)), min(n, int(n * discordant + spread)) + 1)
     tail = scipy_stats.binom.ppf(alpha / 2, m, 0.5)
@@ -284,10 +318,14 @@ def describe_power(n: int, discordant: float, power: float = 0.8, alpha: float =
     """One sentence for a report: what difference n paired images can detect."""
     detectable = minimum_detectable_difference(n, discordant, power, alpha)
     if detectable is None:
-        return (f"with {n} images and {100 * discordant:.0f} % discordant predictions, no difference is detectable "
-                f"with power {power:.0%} (exact McNemar, α = {alpha})")
-    return (f"with {n} images and {100 * discordant:.0f} % discordant predictions, a difference of "
-            f"{100 * detectable:.1f} points is detectable with power {power:.0%} (exact McNemar, α = {alpha})")
+        return (
+            f"with {n} images and {100 * discordant:.0f} % discordant predictions, no difference is detectable "
+            f"with power {power:.0%} (exact McNemar, α = {alpha})"
+        )
+    return (
+        f"with {n} images and {100 * discordant:.0f} % discordant predictions, a difference of "
+        f"{100 * detectable:.1f} points is detectable with power {power:.0%} (exact McNemar, α = {alpha})"
+    )
 
 
 def format_interval(estimate: float, low: float, high: float, digits: int = 1, style: str = "pm") -> str:

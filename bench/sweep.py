@@ -21,6 +21,7 @@ timeout submitit requeues it and the rerun continues from the run's ``pretrain.c
 (stage commands always resume). A job killed outright (SIGKILL, OOM) is recorded as a
 resumable failure, so the next sweep resumes it too.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,18 @@ from bench.results import ResultsStore
 LAUNCHERS = ("local", "submitit-local", "slurm")
 JOB_STAGES = ("pretrain", "finetune", "collect")
 # ClusterOptions fields that `bench sweep` sets from flags of the same name (--timeout-min, ...)
-CLUSTER_FLAGS = ("timeout_min", "max_timeouts", "partition", "account", "constraint", "qos", "gpus_per_node",
-                 "cpus_per_task", "mem_gb", "array_parallelism")
+CLUSTER_FLAGS = (
+    "timeout_min",
+    "max_timeouts",
+    "partition",
+    "account",
+    "constraint",
+    "qos",
+    "gpus_per_node",
+    "cpus_per_task",
+    "mem_gb",
+    "array_parallelism",
+)
 
 
 @dataclass(frozen=True)
@@ -65,8 +76,15 @@ class SweepJob:
 
     def to_json(self) -> dict[str, Any]:
         """One ``--dry-run --json`` line."""
-        return {"job": self.key, "run_id": self.run_id or None, "method": self.method or None, "stage": self.stage,
-                "scheme": self.scheme or None, "after": list(self.after), "command": self.command}
+        return {
+            "job": self.key,
+            "run_id": self.run_id or None,
+            "method": self.method or None,
+            "stage": self.stage,
+            "scheme": self.scheme or None,
+            "after": list(self.after),
+            "command": self.command,
+        }
 
 
 @dataclass
@@ -87,8 +105,14 @@ class ClusterOptions:
     collect_timeout_min: int = 60
 
     def __post_init__(self) -> None:
-        for name, lowest in (("timeout_min", 1), ("collect_timeout_min", 1), ("cpus_per_task", 1), ("gpus_per_node", 0),
-                             ("array_parallelism", 0), ("max_timeouts", 0)):
+        for name, lowest in (
+            ("timeout_min", 1),
+            ("collect_timeout_min", 1),
+            ("cpus_per_task", 1),
+            ("gpus_per_node", 0),
+            ("array_parallelism", 0),
+            ("max_timeouts", 0),
+        ):
             value = getattr(self, name)
             if value is not None and value < lowest:
                 raise ConfigError(f"--{name.replace('_', '-')}={value} is invalid: allowed integers >= {lowest}")
@@ -111,8 +135,13 @@ def _raw(value: Any) -> str:
 def stage_argv(request: RunRequest, run: MethodRun, plan: RunPlan) -> list[str]:
     """The ``bench`` flags that rebuild exactly ``run``: the request's preset, overrides and method
     parameters, with this run's seed and dataset and absolute store directories."""
-    overrides = {**request.overrides, "seed": run.config.seed, "data.name": run.config.data.name,
-                 "results_dir": plan.results_dir.resolve(), "reports_dir": plan.reports_dir.resolve()}
+    overrides = {
+        **request.overrides,
+        "seed": run.config.seed,
+        "data.name": run.config.data.name,
+        "results_dir": plan.results_dir.resolve(),
+        "reports_dir": plan.reports_dir.resolve(),
+    }
     argv = ["--run-id", run.run_id, "--preset", request.preset, "--methods", run.method]
     for dotted, value in overrides.items():
         argv += ["--set", f"{dotted}={_raw(value)}"]
@@ -131,18 +160,36 @@ def plan_jobs(plan: RunPlan, request: RunRequest, *, no_report: bool = False) ->
     jobs: list[SweepJob] = []
     for run in pending:
         flags = stage_argv(request, run, plan)
-        pretrain = SweepJob(f"{run.run_id}/pretrain", "pretrain", ("stage", "pretrain", *flags,
-                            *(["--force"] if plan.force else [])), run.run_id, run.method)
+        pretrain = SweepJob(
+            f"{run.run_id}/pretrain",
+            "pretrain",
+            ("stage", "pretrain", *flags, *(["--force"] if plan.force else [])),
+            run.run_id,
+            run.method,
+        )
         jobs.append(pretrain)
         for scheme in run.config.finetune.schemes:
             argv = ("stage", "finetune", "--scheme", scheme, *flags)
-            jobs.append(SweepJob(f"{run.run_id}/{scheme}", "finetune", argv, run.run_id, run.method, scheme,
-                                 after=(pretrain.key,)))
+            jobs.append(
+                SweepJob(
+                    f"{run.run_id}/{scheme}", "finetune", argv, run.run_id, run.method, scheme, after=(pretrain.key,)
+                )
+            )
     if jobs:
-        dirs = ["--set", f"results_dir={plan.results_dir.resolve()}",
-                "--set", f"reports_dir={plan.reports_dir.resolve()}"]
-        jobs.append(SweepJob("collect", "collect", ("stage", "collect", *dirs, *(["--no-report"] if no_report else [])),
-                             after=tuple(job.key for job in jobs)))
+        dirs = [
+            "--set",
+            f"results_dir={plan.results_dir.resolve()}",
+            "--set",
+            f"reports_dir={plan.reports_dir.resolve()}",
+        ]
+        jobs.append(
+            SweepJob(
+                "collect",
+                "collect",
+                ("stage", "collect", *dirs, *(["--no-report"] if no_report else [])),
+                after=tuple(job.key for job in jobs),
+            )
+        )
     return jobs
 
 
@@ -174,8 +221,9 @@ class StageJob(submitit.helpers.Checkpointable):
             torch.set_num_threads(threads)
         code = run_stage_command(list(argv))
         if code != 0:
-            raise StageFailed(f"{shlex.join(('bench', *argv[:2]))} exited with status {code}: "
-                              "see the run's failed.json")
+            raise StageFailed(
+                f"{shlex.join(('bench', *argv[:2]))} exited with status {code}: see the run's failed.json"
+            )
         return "done"
 
     def checkpoint(self, argv: Sequence[str]) -> Any:
@@ -190,17 +238,25 @@ class StageJob(submitit.helpers.Checkpointable):
 def make_executor(cluster: str, options: ClusterOptions, stage: str, dependency: str | None = None):
     """A submitit ``AutoExecutor`` for one stage's jobs (a fresh one per stage: submitit cannot unset
     a parameter, and each stage has its own dependency, time limit and resources)."""
-    executor = submitit.AutoExecutor(folder=options.folder, cluster=cluster,
-                                     slurm_max_num_timeout=options.max_timeouts,
-                                     local_max_num_timeout=options.max_timeouts)
+    executor = submitit.AutoExecutor(
+        folder=options.folder,
+        cluster=cluster,
+        slurm_max_num_timeout=options.max_timeouts,
+        local_max_num_timeout=options.max_timeouts,
+    )
     collect = stage == "collect"
     gpus = options.gpus_per_node if options.gpus_per_node is not None else int(cluster == "slurm")
     parameters = {
-        "name": f"bench-{stage}", "timeout_min": options.collect_timeout_min if collect else options.timeout_min,
-        "gpus_per_node": None if collect else gpus, "cpus_per_task": 1 if collect else options.cpus_per_task,
-        "mem_gb": None if collect else options.mem_gb, "slurm_partition": options.partition,
-        "slurm_account": options.account, "slurm_constraint": None if collect else options.constraint,
-        "slurm_qos": options.qos, "slurm_array_parallelism": options.array_parallelism or None,
+        "name": f"bench-{stage}",
+        "timeout_min": options.collect_timeout_min if collect else options.timeout_min,
+        "gpus_per_node": None if collect else gpus,
+        "cpus_per_task": 1 if collect else options.cpus_per_task,
+        "mem_gb": None if collect else options.mem_gb,
+        "slurm_partition": options.partition,
+        "slurm_account": options.account,
+        "slurm_constraint": None if collect else options.constraint,
+        "slurm_qos": options.qos,
+        "slurm_array_parallelism": options.array_parallelism or None,
         "slurm_dependency": dependency,
         "slurm_additional_parameters": {"kill-on-invalid-dep": "yes"} if dependency else None,
     }
@@ -213,8 +269,9 @@ def _array_id(jobs: list[Any]) -> str:
     return jobs[0].job_id.split("_")[0]
 
 
-def submit_slurm(jobs: list[SweepJob], options: ClusterOptions,
-                 executor: Callable[..., Any] = make_executor) -> dict[str, str]:
+def submit_slurm(
+    jobs: list[SweepJob], options: ClusterOptions, executor: Callable[..., Any] = make_executor
+) -> dict[str, str]:
     """Submit the sweep to SLURM; returns each job's key → its SLURM job id. Does not wait."""
     pretrain = [job for job in jobs if job.stage == "pretrain"]
     submitted = executor("slurm", options, "pretrain").map_array(StageJob(), [list(job.argv) for job in pretrain])
@@ -228,7 +285,8 @@ def submit_slurm(jobs: list[SweepJob], options: ClusterOptions,
             raise ConfigError(f"scheme {scheme} is not selected for every run of the sweep: allowed one scheme list")
         dependency = f"aftercorr:{pretrain_id}" if len(pretrain) > 1 else f"afterok:{pretrain_id}"
         handles = executor("slurm", options, f"finetune-{scheme}", dependency).map_array(
-            StageJob(), [list(job.argv) for job in tasks])
+            StageJob(), [list(job.argv) for job in tasks]
+        )
         ids.update({job.key: handle.job_id for job, handle in zip(tasks, handles)})
         arrays.append(_array_id(handles))
     (collect,) = [job for job in jobs if job.stage == "collect"]
@@ -238,8 +296,9 @@ def submit_slurm(jobs: list[SweepJob], options: ClusterOptions,
     return ids
 
 
-def run_submitit_local(jobs: list[SweepJob], options: ClusterOptions,
-                       executor: Callable[..., Any] = make_executor) -> dict[str, str]:
+def run_submitit_local(
+    jobs: list[SweepJob], options: ClusterOptions, executor: Callable[..., Any] = make_executor
+) -> dict[str, str]:
     """Run the sweep with submitit's local executor, stage by stage; returns each failed job's key →
     why (an empty dict when every job succeeded). A run whose pretraining failed gets no finetuning job."""
     cores = available_cores()
@@ -250,7 +309,7 @@ def run_submitit_local(jobs: list[SweepJob], options: ClusterOptions,
         failed_runs = {job.run_id for job in jobs if job.key in failures}
         ready = [job for job in jobs if job.stage == stage and job.run_id not in failed_runs]
         for start in range(0, len(ready), parallel):
-            chunk = ready[start:start + parallel]
+            chunk = ready[start : start + parallel]
             handles = executor("local", options, stage).map_array(StageJob(threads), [list(job.argv) for job in chunk])
             for job, handle in zip(chunk, handles):
                 error = _job_error(handle)
@@ -310,12 +369,16 @@ def run_stage_of_plan(plan: RunPlan, stage: str, scheme: str | None, run_id: str
         raise ConfigError(f"--scheme is missing: the finetune stage needs one of {list(SCHEMES)}")
     runs = [run for run in plan.runs if run_id in (None, run.run_id)]
     if not runs:
-        raise ConfigError(f"--run-id {run_id} is invalid: these settings give {[run.run_id for run in plan.runs]} "
-                          "(did the code or the settings change since the job was planned?)")
+        raise ConfigError(
+            f"--run-id {run_id} is invalid: these settings give {[run.run_id for run in plan.runs]} "
+            "(did the code or the settings change since the job was planned?)"
+        )
     for run in runs:
         if stage == "finetune" and scheme not in run.config.finetune.schemes:
-            raise ConfigError(f"--scheme {scheme} is invalid for the finetune stage of {run.run_id}: "
-                              f"allowed {list(run.config.finetune.schemes)}")
+            raise ConfigError(
+                f"--scheme {scheme} is invalid for the finetune stage of {run.run_id}: "
+                f"allowed {list(run.config.finetune.schemes)}"
+            )
     device = resolve_device(plan.base.device)
     context = StageContext(ResultsStore(plan.results_dir), device, DataCache(device), force=plan.force, resume=True)
     failed = []

@@ -16,15 +16,17 @@ CPU none of the switches applies and the numbers are those of a plain fp32 loop.
 
 ``pretrain.shards`` and DDP: ``bench.shards`` and ``bench.distributed``.
 """
+
 from __future__ import annotations
 
 import math
 import time
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -81,8 +83,10 @@ def _restore_rng(generators: list[torch.Generator], state: dict[str, Any], first
     """Shard generators ``first``, ``first + 1``, … from a checkpoint (one process holds all, rank r its own)."""
     states = state.get("generators") or [state["generator"]]
     if first + len(generators) > len(states):
-        raise CheckpointError(f"the checkpoint holds {len(states)} shard generator(s) but this run needs "
-                              f"{first + len(generators)}: pretrain.shards changed; rerun without --resume")
+        raise CheckpointError(
+            f"the checkpoint holds {len(states)} shard generator(s) but this run needs "
+            f"{first + len(generators)}: pretrain.shards changed; rerun without --resume"
+        )
     for offset, generator in enumerate(generators):
         generator.set_state(states[first + offset])
     torch.set_rng_state(state["torch"])
@@ -96,8 +100,10 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # torch raises several types (EOFError, UnpicklingError, RuntimeError)
-        raise CheckpointError(f"checkpoint {path} cannot be read ({progress.error_line(error)}): "
-                              "rerun without --resume to start this run afresh") from None
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({progress.error_line(error)}): "
+            "rerun without --resume to start this run afresh"
+        ) from None
 
 
 def restore_threads(recorded: int | None, name: str) -> None:
@@ -155,17 +161,27 @@ def autocast_calls(model: torch.nn.Module, device: torch.device, enabled: bool) 
 
         return run
 
-    with patched_attributes(model, {name: in_bf16(getattr(model, name)) for name in SHARDED_CALLS
-                                    if hasattr(model, name)}):
+    with patched_attributes(
+        model, {name: in_bf16(getattr(model, name)) for name in SHARDED_CALLS if hasattr(model, name)}
+    ):
         yield
 
 
-def train_step(method: Method, step_model: torch.nn.Module, images: torch.Tensor, context: StepContext,
-               settings: PretrainConfig, batch_norm: str) -> tuple[torch.Tensor, dict[str, Any]]:
+def train_step(
+    method: Method,
+    step_model: torch.nn.Module,
+    images: torch.Tensor,
+    context: StepContext,
+    settings: PretrainConfig,
+    batch_norm: str,
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """One forward of ``method.training_step`` with the model in bf16 (``amp``) and its BatchNorm sharded."""
     shards = context.shards
-    sharded = per_shard_forwards(step_model, shards.count, images.shape[0]) if batch_norm == "per-shard" and \
-        shards.collective is None else nullcontext()
+    sharded = (
+        per_shard_forwards(step_model, shards.count, images.shape[0])
+        if batch_norm == "per-shard" and shards.collective is None
+        else nullcontext()
+    )
     step_model.train()
     with sharded, autocast_calls(step_model, context.device, settings.amp):
         return method.training_step(step_model, images, context)
@@ -204,8 +220,9 @@ class _History:
         for row, _, logs in self.pending:
             row["loss"] = next(numbers)
             if not math.isfinite(row["loss"]):
-                raise FloatingPointError(f"{self.name}: loss became {row['loss']} at step {row['step']} "
-                                         f"(lr {row['lr']:.4g})")
+                raise FloatingPointError(
+                    f"{self.name}: loss became {row['loss']} at step {row['step']} (lr {row['lr']:.4g})"
+                )
             row.update({key: next(numbers) if torch.is_tensor(value) else float(value) for key, value in logs.items()})
             self.rows.append(row)
         self.pending.clear()
@@ -219,14 +236,17 @@ def _shards(config: RunConfig, device: torch.device, collective, batch: int) -> 
     count = config.pretrain.shards
     world = collective.world if collective is not None else 1
     if batch % count or batch % world:
-        raise ConfigError(f"pretrain.batch_size={batch} is invalid with pretrain.shards={count} and {world} "
-                          f"process(es): allowed multiples of {math.lcm(count, world)}")
+        raise ConfigError(
+            f"pretrain.batch_size={batch} is invalid with pretrain.shards={count} and {world} "
+            f"process(es): allowed multiples of {math.lcm(count, world)}"
+        )
     held = [collective.rank] if collective is not None else list(range(count))
     return Shards(count, shard_generators(config.seed, held, device), collective)
 
 
-def _setup(method: Method, model: ContrastiveModel, train_images: torch.Tensor, context: StepContext,
-           collective) -> None:
+def _setup(
+    method: Method, model: ContrastiveModel, train_images: torch.Tensor, context: StepContext, collective
+) -> None:
     """``method.setup``; under DDP rank 0 first (it may write a cache, e.g. pseudo-labels), then the others."""
     if collective is not None and collective.rank != 0:
         collective.barrier()
@@ -249,12 +269,15 @@ def pretrain(
     collective = distributed.active()
     if collective is not None and collective.rank == 0:
         collective.broadcast_object({"run_id": run_dir.run_id, "resume": resume})  # the others join (follow)
-    batch_norm = distributed.check_shards(config.pretrain.shards, collective, device,
-                                          bool(getattr(method, "synced_batch_norm", False)))
+    batch_norm = distributed.check_shards(
+        config.pretrain.shards, collective, device, bool(getattr(method, "synced_batch_norm", False))
+    )
     if batch_norm == "per-shard" and collective is None and config.pretrain.compile:
-        raise ConfigError(f"pretrain.compile=True is invalid with pretrain.shards={config.pretrain.shards} in one "
-                          "process (per-shard forwards patch the model the compiler would trace): allowed "
-                          "pretrain.compile=false, pretrain.shards=1, or one process per shard under torchrun")
+        raise ConfigError(
+            f"pretrain.compile=True is invalid with pretrain.shards={config.pretrain.shards} in one "
+            "process (per-shard forwards patch the model the compiler would trace): allowed "
+            "pretrain.compile=false, pretrain.shards=1, or one process per shard under torchrun"
+        )
     try:
         return _pretrain(method, model, train_images, config, run_dir, device, resume, collective, batch_norm)
     except Exception as error:
@@ -284,9 +307,18 @@ def _pretrain(method, model, train_images, config, run_dir, device, resume, coll
     start = 0
 
     def context(epoch: int, step: int, indices: torch.Tensor | None = None) -> StepContext:
-        return StepContext(epoch=epoch, step=step, steps_per_epoch=per_epoch, device=device,
-                           generator=shards.generators[0], attack=config.attack, indices=indices, run_dir=run_dir,
-                           shards=shards, epochs=settings.epochs)
+        return StepContext(
+            epoch=epoch,
+            step=step,
+            steps_per_epoch=per_epoch,
+            device=device,
+            generator=shards.generators[0],
+            attack=config.attack,
+            indices=indices,
+            run_dir=run_dir,
+            shards=shards,
+            epochs=settings.epochs,
+        )
 
     _setup(method, model, train_images, context(0, 0), collective)
     if resume and checkpoint_path.exists():
@@ -340,7 +372,16 @@ def _save(model, optimizer, method, shards, collective, step, history, run_dir: 
     rng = _rng_state(shards.generators, collective)
     if collective is not None and collective.rank != 0:
         return
-    save_torch_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "method": method.state_dict(),
-                       "rng": rng, "step": step, "history": history, "threads": torch.get_num_threads()},
-                      run_dir.checkpoint)
+    save_torch_atomic(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "method": method.state_dict(),
+            "rng": rng,
+            "step": step,
+            "history": history,
+            "threads": torch.get_num_threads(),
+        },
+        run_dir.checkpoint,
+    )
     run_dir.set_progress("pretraining", step=step, steps=total)

@@ -7,6 +7,7 @@ by ``Method.contrastive_loss``, so the base's views, attack and loss code serve 
 - ``-iphn``: both.
 This module only builds the classes; ``bench.registry.derive_variants`` registers them.
 """
+
 from __future__ import annotations
 
 from bench.method import Method

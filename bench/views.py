@@ -7,6 +7,7 @@ Colour jitter applies brightness, contrast, saturation and hue in a fixed order 
 shuffles the order per image); hue is rotated in YIQ space, a close linear stand-in for
 torchvision's HSV shift. Both differences are documented deviations, not bugs.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,8 @@ def random_crop_with_padding(x: torch.Tensor, padding: int, generator: torch.Gen
     padded = F.pad(x, (padding, padding, padding, padding))
     shift_y = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=x.device)
     shift_x = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=x.device)
-    rows = (shift_y[:, None] + torch.arange(height, device=x.device)[None, :])  # [n, H]
-    cols = (shift_x[:, None] + torch.arange(width, device=x.device)[None, :])  # [n, W]
+    rows = shift_y[:, None] + torch.arange(height, device=x.device)[None, :]  # [n, H]
+    cols = shift_x[:, None] + torch.arange(width, device=x.device)[None, :]  # [n, W]
     batch = torch.arange(n, device=x.device)[:, None, None]
     gathered = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
     return gathered.permute(0, 3, 1, 2).contiguous()

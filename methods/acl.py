@@ -13,6 +13,7 @@ The released ACL loss has no clean<->adversarial positive pair, so its ``-ip``/`
 variants are this suite's extension: they contrast [x1, x2, a1, a2] jointly with the
 adversarial views tagged, so inferior positives and hard negatives have something to act on.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,7 +21,7 @@ import torch
 from bench.attacks import pgd
 from bench.losses import nt_xent
 from bench.method import Method, Published, StepContext
-from bench.models import ContrastiveModel
+from bench.models import ContrastiveModel, model_mode
 from bench.optim import ACL_LARS
 from bench.registry import register
 from bench.shards import Shards
@@ -28,8 +29,10 @@ from bench.shards import of as shards_of
 from bench.views import StrongAugment
 
 RELEASED = "VITA-Group/Adversarial-Contrastive-Learning train_simCLR.py --ACL_DS (LARS schedule: bench.optim.ACL_LARS)"
-EXTENSION = ("suite extension, no released script: the schedule of VITA-Group/Adversarial-Contrastive-Learning "
-             "train_simCLR.py, A-InfoNCE knobs at their defaults")
+EXTENSION = (
+    "suite extension, no released script: the schedule of VITA-Group/Adversarial-Contrastive-Learning "
+    "train_simCLR.py, A-InfoNCE knobs at their defaults"
+)
 PAPER = {  # registered name -> dataset -> settings; train_simCLR.py uses the same settings for every dataset
     "acl": {"*": Published(source=RELEASED, pretrain=ACL_LARS)},
     "acl-ip": {"*": Published(source=EXTENSION, pretrain=ACL_LARS)},
@@ -42,8 +45,9 @@ SMOKE = {  # registered name -> settings of the smoke preset
 }
 
 
-def joint_nt_xent(model: ContrastiveModel, pair: torch.Tensor, bn: str, temperature: float,
-                  shards: Shards | None = None) -> torch.Tensor:
+def joint_nt_xent(
+    model: ContrastiveModel, pair: torch.Tensor, bn: str, temperature: float, shards: Shards | None = None
+) -> torch.Tensor:
     """NT-Xent of a stacked pair [x1; x2] forwarded together through one BN branch (negatives over
     every shard: the released ACL ran on one GPU, so its attack and loss see the whole batch)."""
     z1, z2 = model(pair, bn).chunk(2)
@@ -72,9 +76,7 @@ class ACL(Method):
         ``ctx.reference_style`` (``bench speed``) differentiates as the released ``PGD_contrastive``,
         into every parameter too: same adversaries, the released cost."""
         shards = shards_of(ctx)
-        was_training = model.training
-        model.eval()
-        try:
+        with model_mode(model, False):
             return pgd(
                 lambda inputs: joint_nt_xent(model, inputs, "pgd", self.params.temperature, shards),
                 pair,
@@ -84,8 +86,6 @@ class ACL(Method):
                 start=shards.random_start(pair, ctx.attack.epsilon, views=2),
                 parameter_gradients=ctx.reference_style,
             )
-        finally:
-            model.train(was_training)
 
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
         shards = shards_of(ctx)
@@ -101,5 +101,3 @@ class ACL(Method):
         features = torch.stack([*z_clean, *z_adv], dim=1)  # [B, 4, D]: x1, x2, a1, a2
         loss = self.contrastive_loss(features, (False, False, True, True))
         return loss, {"alpha": alpha}
-
-

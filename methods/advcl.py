@@ -33,11 +33,12 @@ Deviations from the released code (none changes a gradient or an adversarial exa
   features of any encoder (``pseudo_label_encoder``) or, as a stand-in, raw pixels
   (``bench.pseudo_labels``).
 """
+
 from __future__ import annotations
 
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ from bench.attacks import pgd, project
 from bench.config import ConfigError
 from bench.losses import a_infonce, official_advcl_loss
 from bench.method import Method, MethodParams, Published, StepContext
-from bench.models import ContrastiveModel
+from bench.models import ContrastiveModel, model_mode
 from bench.pseudo_labels import pseudo_labels
 from bench.registry import register
 from bench.shards import Shards
@@ -69,8 +70,18 @@ def advcl_sgd(lr: float) -> dict[str, Any]:
     ``shards`` 2 (``bench.shards``): ``nn.DataParallel`` over every visible GPU (a single one is
     refused) and the A-InfoNCE README's "2 Tesla V100 GPUs", i.e. per-GPU BatchNorm over 256.
     """
-    return {"optimizer": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 512,
-            "warmup_epochs": 10, "warmup_start_lr": 0.01 / lr, "min_lr_fraction": 1e-3, "epochs": 400, "shards": 2}
+    return {
+        "optimizer": "sgd",
+        "lr": lr,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "batch_size": 512,
+        "warmup_epochs": 10,
+        "warmup_start_lr": 0.01 / lr,
+        "min_lr_fraction": 1e-3,
+        "epochs": 400,
+        "shards": 2,
+    }
 
 
 SCRIPTS = "yqy2001/A-InfoNCE Asym-AdvCL/shell/"
@@ -83,28 +94,46 @@ PAPER = {  # registered name -> dataset -> settings: each script's flags; the re
         "cifar100": Published(SCRIPTS + "cifar100/advcl-cifar100.sh (--learning_rate 0.5)", advcl_sgd(0.5), RELEASED),
     },
     "advcl-ip": {
-        "cifar10": Published(SCRIPTS + "cifar10/advcl-IP-cifar10.sh (--stop_grad --stpg_degree 0.2 --adv_weight 1.2 "
-                             "--stop_grad_adaptive 30 --learning_rate 1.)", advcl_sgd(1.0),
-                             {**RELEASED, **IP10, "adv_weight": 1.2}),
-        "cifar100": Published(SCRIPTS + "cifar100/advcl-IP-cifar100.sh (--learning_rate 2. --stpg_degree 0.3 "
-                              "--stop_grad --adv_weight 1.5 --stop_grad_adaptive 20 --d_min 0.5)", advcl_sgd(2.0),
-                              {**RELEASED, **IP100, "adv_weight": 1.5}),
+        "cifar10": Published(
+            SCRIPTS + "cifar10/advcl-IP-cifar10.sh (--stop_grad --stpg_degree 0.2 --adv_weight 1.2 "
+            "--stop_grad_adaptive 30 --learning_rate 1.)",
+            advcl_sgd(1.0),
+            {**RELEASED, **IP10, "adv_weight": 1.2},
+        ),
+        "cifar100": Published(
+            SCRIPTS + "cifar100/advcl-IP-cifar100.sh (--learning_rate 2. --stpg_degree 0.3 "
+            "--stop_grad --adv_weight 1.5 --stop_grad_adaptive 20 --d_min 0.5)",
+            advcl_sgd(2.0),
+            {**RELEASED, **IP100, "adv_weight": 1.5},
+        ),
     },
     "advcl-hn": {
-        "cifar10": Published(SCRIPTS + "cifar10/advcl-HN-cifar10.sh (--learning_rate 1.2 --attack_ori --HN --beta 1.0 "
-                             "--tau_plus 0.12)", advcl_sgd(1.2), {**RELEASED, "beta": 1.0, "tau_plus": 0.12}),
-        "cifar100": Published(SCRIPTS + "cifar100/advcl-HN-cifar100.sh (--learning_rate 2. --attack_ori --HN --beta 1. "
-                              "--tau_plus 0.01)", advcl_sgd(2.0), {**RELEASED, "beta": 1.0, "tau_plus": 0.01}),
+        "cifar10": Published(
+            SCRIPTS + "cifar10/advcl-HN-cifar10.sh (--learning_rate 1.2 --attack_ori --HN --beta 1.0 --tau_plus 0.12)",
+            advcl_sgd(1.2),
+            {**RELEASED, "beta": 1.0, "tau_plus": 0.12},
+        ),
+        "cifar100": Published(
+            SCRIPTS + "cifar100/advcl-HN-cifar100.sh (--learning_rate 2. --attack_ori --HN --beta 1. --tau_plus 0.01)",
+            advcl_sgd(2.0),
+            {**RELEASED, "beta": 1.0, "tau_plus": 0.01},
+        ),
     },
     "advcl-iphn": {
-        "cifar10": Published(SCRIPTS + "cifar10/advcl-IPHN-cifar10.sh (--learning_rate 2. --stpg_degree 0.2 "
-                             "--stop_grad --adv_weight 0.7 --stop_grad_adaptive 30 --attack_ori --HN; β 1.0, τ⁺ 0.1 "
-                             "defaults)",
-                             advcl_sgd(2.0), {**RELEASED, **IP10, "adv_weight": 0.7, "beta": 1.0, "tau_plus": 0.1}),
-        "cifar100": Published(SCRIPTS + "cifar100/advcl-IPHN-cifar100.sh (--learning_rate 2. --stpg_degree 0.3 "
-                              "--stop_grad --adv_weight 1.5 --stop_grad_adaptive 20 --d_min 0.5 --attack_ori --HN "
-                              "--beta 1.0 --tau 0.01)", advcl_sgd(2.0),
-                              {**RELEASED, **IP100, "adv_weight": 1.5, "beta": 1.0, "tau_plus": 0.01}),
+        "cifar10": Published(
+            SCRIPTS + "cifar10/advcl-IPHN-cifar10.sh (--learning_rate 2. --stpg_degree 0.2 "
+            "--stop_grad --adv_weight 0.7 --stop_grad_adaptive 30 --attack_ori --HN; β 1.0, τ⁺ 0.1 "
+            "defaults)",
+            advcl_sgd(2.0),
+            {**RELEASED, **IP10, "adv_weight": 0.7, "beta": 1.0, "tau_plus": 0.1},
+        ),
+        "cifar100": Published(
+            SCRIPTS + "cifar100/advcl-IPHN-cifar100.sh (--learning_rate 2. --stpg_degree 0.3 "
+            "--stop_grad --adv_weight 1.5 --stop_grad_adaptive 20 --d_min 0.5 --attack_ori --HN "
+            "--beta 1.0 --tau 0.01)",
+            advcl_sgd(2.0),
+            {**RELEASED, **IP100, "adv_weight": 1.5, "beta": 1.0, "tau_plus": 0.01},
+        ),
     },
 }
 SMOKE_IP = {"alpha": 0.2, "adv_weight": 1.0, "adaptive_epochs": 2, "d_min": 0.4}
@@ -137,17 +166,6 @@ class AdvCLParams(MethodParams):
 
 def head_name(k: int) -> str:
     return f"pseudo_{k}"
-
-
-@contextmanager
-def model_mode(model: nn.Module, training: bool) -> Iterator[None]:
-    """Put ``model`` in train (or eval) mode for a block, then restore its mode."""
-    was_training = model.training
-    model.train(training)
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 @register("advcl")
@@ -195,27 +213,36 @@ class AdvCL(Method):
         """Load the pseudo-label file, or compute labels by k-means (cached in the run directory)."""
         ks = self.params.pseudo_label_ks
         labels = pseudo_labels(
-            train_images, ks, file=self.params.pseudo_labels, encoder=self.params.pseudo_label_encoder,
-            run_dir=ctx.run_dir, seed=int(ctx.generator.initial_seed()) % (2**31), device=ctx.device, label=self.name,
+            train_images,
+            ks,
+            file=self.params.pseudo_labels,
+            encoder=self.params.pseudo_label_encoder,
+            run_dir=ctx.run_dir,
+            seed=int(ctx.generator.initial_seed()) % (2**31),
+            device=ctx.device,
+            label=self.name,
         )
         self.pseudo_labels = {k: torch.as_tensor(labels[k], dtype=torch.long, device=ctx.device) for k in ks}
 
-    def pseudo_label_loss(self, model: ContrastiveModel, x: torch.Tensor, indices: torch.Tensor,
-                          shards: Shards | None = None) -> torch.Tensor:
+    def pseudo_label_loss(
+        self, model: ContrastiveModel, x: torch.Tensor, indices: torch.Tensor, shards: Shards | None = None
+    ) -> torch.Tensor:
         """Mean over the K heads of the cross-entropy on the 'pgd_ce' feature (labels -1 ignored),
         over every shard of the batch (the released DataParallel gathers the logits)."""
         return self.pseudo_label_loss_of_feature(model, model.features(x, "pgd_ce"), indices, shards)
 
-    def head_logits(self, model: ContrastiveModel, feature: torch.Tensor, indices: torch.Tensor, k: int,
-                    shards: Shards | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def head_logits(
+        self, model: ContrastiveModel, feature: torch.Tensor, indices: torch.Tensor, k: int, shards: Shards | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Head K's logits and pseudo-labels of the batch, gathered over every shard."""
         logits, target = model.heads[head_name(k)](feature), self.pseudo_labels[k][indices]
         if shards is not None:
             logits, target = shards.gather(logits), shards.gather(target)
         return logits, target
 
-    def pseudo_label_loss_of_feature(self, model: ContrastiveModel, feature: torch.Tensor, indices: torch.Tensor,
-                                     shards: Shards | None = None) -> torch.Tensor:
+    def pseudo_label_loss_of_feature(
+        self, model: ContrastiveModel, feature: torch.Tensor, indices: torch.Tensor, shards: Shards | None = None
+    ) -> torch.Tensor:
         losses = []
         for k in self.params.pseudo_label_ks:
             logits, target = self.head_logits(model, feature, indices, k, shards)
@@ -223,8 +250,9 @@ class AdvCL(Method):
             losses.append(summed / (target >= 0).sum().clamp(min=1))
         return torch.stack(losses).mean()
 
-    def pseudo_label_attack_objective(self, model: ContrastiveModel, feature: torch.Tensor, indices: torch.Tensor,
-                                      shards: Shards | None = None) -> torch.Tensor:
+    def pseudo_label_attack_objective(
+        self, model: ContrastiveModel, feature: torch.Tensor, indices: torch.Tensor, shards: Shards | None = None
+    ) -> torch.Tensor:
         """What x_ce maximises, from its 'pgd_ce' feature: ce_weight · Σ_K sum-CE(head_K) / (number of
         heads), labels -1 ignored, over every shard.
 
@@ -234,10 +262,12 @@ class AdvCL(Method):
         the heads would be weighted differently and the sign step could differ.
         """
         ks = self.params.pseudo_label_ks
-        summed = torch.stack([
-            F.cross_entropy(*self.head_logits(model, feature, indices, k, shards), ignore_index=-1, reduction="sum")
-            for k in ks
-        ]).sum()
+        summed = torch.stack(
+            [
+                F.cross_entropy(*self.head_logits(model, feature, indices, k, shards), ignore_index=-1, reduction="sum")
+                for k in ks
+            ]
+        ).sum()
         return self.params.ce_weight * summed / len(ks)
 
     # ------------------------------------------------------------------ step
@@ -263,7 +293,11 @@ class AdvCL(Method):
         return self.supcon_loss(features, {"alpha": None, "adv_weight": weight, "hard_negatives": None})
 
     def adversaries(
-        self, model: ContrastiveModel, images_org: torch.Tensor, clean: Sequence[torch.Tensor], indices: torch.Tensor,
+        self,
+        model: ContrastiveModel,
+        images_org: torch.Tensor,
+        clean: Sequence[torch.Tensor],
+        indices: torch.Tensor,
         ctx: StepContext,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x_adv (contrastive, BN 'pgd') and x_ce (pseudo-label CE, BN 'pgd_ce'), model in train mode.
@@ -280,17 +314,26 @@ class AdvCL(Method):
         with model_mode(model, True):
             x_adv = pgd(
                 lambda inputs: self.attack_objective(torch.stack([shards.gather(model(inputs, "pgd")), *clean], dim=1)),
-                images_org, start=shards.random_start(images_org, epsilon), **settings,
+                images_org,
+                start=shards.random_start(images_org, epsilon),
+                **settings,
             )
             x_ce = pgd(
-                lambda inputs: self.pseudo_label_attack_objective(model, model.features(inputs, "pgd_ce"), indices,
-                                                                  shards),
-                images_org, start=shards.random_start(images_org, epsilon), **settings,
+                lambda inputs: self.pseudo_label_attack_objective(
+                    model, model.features(inputs, "pgd_ce"), indices, shards
+                ),
+                images_org,
+                start=shards.random_start(images_org, epsilon),
+                **settings,
             )
         return x_adv, x_ce
 
     def released_adversaries(
-        self, model: ContrastiveModel, images_org: torch.Tensor, views: Sequence[torch.Tensor], indices: torch.Tensor,
+        self,
+        model: ContrastiveModel,
+        images_org: torch.Tensor,
+        views: Sequence[torch.Tensor],
+        indices: torch.Tensor,
         ctx: StepContext,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``adversaries`` computed as the released ``AttackPGD.forward`` does (``bench speed``'s

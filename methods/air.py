@@ -24,6 +24,7 @@ suite's extension, as for ACL: the two NT-Xent terms become 2·A-InfoNCE over [x
 with the adversarial views tagged (×2: the released pair loss sums two NT-Xent terms, and the
 factor keeps λ1, λ2's relative weight); ω and the regularisers stay as they are.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from bench.attacks import pgd
 from bench.config import ConfigError
 from bench.losses import nt_xent
 from bench.method import Method, MethodParams, Published, StepContext
-from bench.models import ContrastiveModel
+from bench.models import ContrastiveModel, model_mode
 from bench.optim import ACL_LARS
 from bench.post import PostParams, check_post_params, settings_for
 from bench.registry import register
@@ -50,17 +51,28 @@ AIR_PARAMS = {"lambda_sir": 0.5, "lambda_air": 0.5}
 DYNAMIC_PARAMS = {**AIR_PARAMS, "anneal_lambda": 2 / 3, "anneal_period": 50}  # --DynAug: LAMBDA = 2/3, K = 50
 # LP-AFF.py defaults: K = number of classes, LP 10 epochs, AFT 25 epochs (÷10 at 10, 20), batch 512,
 # TRADES 10 steps. The script accepts cifar10 and cifar100 only.
-AIR_POST = {"post_head_epochs": 10, "post_epochs": 25, "post_milestones": (10, 20), "post_batch_size": 512,
-            "post_attack_steps": 10}
+AIR_POST = {
+    "post_head_epochs": 10,
+    "post_epochs": 25,
+    "post_milestones": (10, 20),
+    "post_batch_size": 512,
+    "post_attack_steps": 10,
+}
 AIR_PP_SOURCE = "GodXuxilie/Enhancing_ACL_via_AIR run.sh (--ACL_DS --DynAug) and LP-AFF.py (post stage)"
 
 PAPER = {  # registered name -> dataset ('*': any) -> settings; variants use their base's row
     "acl-air": {"*": Published(source=AIR_SOURCE, pretrain=AIR_PRETRAIN, params=AIR_PARAMS)},
-    "dynacl-air": {"*": Published(source="GodXuxilie/Enhancing_ACL_via_AIR run.sh (--ACL_DS --DynAug), pretraining.py",
-                                  pretrain=AIR_PRETRAIN, params=DYNAMIC_PARAMS)},
+    "dynacl-air": {
+        "*": Published(
+            source="GodXuxilie/Enhancing_ACL_via_AIR run.sh (--ACL_DS --DynAug), pretraining.py",
+            pretrain=AIR_PRETRAIN,
+            params=DYNAMIC_PARAMS,
+        )
+    },
     "dynacl-air++": {
-        dataset: Published(source=AIR_PP_SOURCE, pretrain=AIR_PRETRAIN,
-                           params={**DYNAMIC_PARAMS, **AIR_POST, "post_clusters": classes})
+        dataset: Published(
+            source=AIR_PP_SOURCE, pretrain=AIR_PRETRAIN, params={**DYNAMIC_PARAMS, **AIR_POST, "post_clusters": classes}
+        )
         for dataset, classes in (("cifar10", 10), ("cifar100", 100))
     },
 }
@@ -68,10 +80,17 @@ SMOKE = {  # registered name -> settings of the smoke preset (8 epochs on the di
     "dynacl-air": Published(source="smoke: the strength steps every 2 of 8 epochs", params={"anneal_period": 2}),
     "dynacl-air++": Published(
         source="smoke: strength every 2 epochs; post stage K = 10 digit classes, 1 + 2 epochs, batch 64, PGD-2",
-        params={"anneal_period": 2, "post_clusters": 10, "post_head_epochs": 1, "post_epochs": 2,
-                "post_milestones": (), "post_batch_size": 64, "post_attack_steps": 2}),
+        params={
+            "anneal_period": 2,
+            "post_clusters": 10,
+            "post_head_epochs": 1,
+            "post_epochs": 2,
+            "post_milestones": (),
+            "post_batch_size": 64,
+            "post_attack_steps": 2,
+        },
+    ),
 }
-
 
 
 @dataclass
@@ -130,21 +149,24 @@ class ACLAIR(Method):
         if not self.annealed:
             return 1.0, 0.0
         if ctx.epochs < 1:
-            raise ValueError(f"{self.name}: StepContext.epochs={ctx.epochs!r} is invalid: allowed the run's total "
-                             "pretraining epochs (>= 1), which its augmentation schedule needs")
+            raise ValueError(
+                f"{self.name}: StepContext.epochs={ctx.epochs!r} is invalid: allowed the run's total "
+                "pretraining epochs (>= 1), which its augmentation schedule needs"
+            )
         strength = augmentation_strength(ctx.epoch, ctx.epochs, self.params.anneal_period)
         return strength, reweighting_omega(strength, self.params.anneal_lambda)
 
     def adversarial_pair(self, model: ContrastiveModel, pair: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """PGD on both views jointly (one forward), model in eval mode, mode restored afterwards."""
-        was_training = model.training
-        model.eval()
-        try:
-            return pgd(lambda inputs: nt_xent(*model(inputs, "pgd").chunk(2), self.params.temperature), pair,
-                       epsilon=ctx.attack.epsilon, step_size=ctx.attack.step_size, steps=ctx.attack.steps,
-                       generator=ctx.generator)
-        finally:
-            model.train(was_training)
+        with model_mode(model, False):
+            return pgd(
+                lambda inputs: nt_xent(*model(inputs, "pgd").chunk(2), self.params.temperature),
+                pair,
+                epsilon=ctx.attack.epsilon,
+                step_size=ctx.attack.step_size,
+                steps=ctx.attack.steps,
+                generator=ctx.generator,
+            )
 
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
         strength, omega = self.schedule(ctx)

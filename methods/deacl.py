@@ -29,6 +29,7 @@ normalisation. Deviations from the released code (docs/deacl.md): no online line
 is clamped to [0, 1] before the first step (released: after it); the learning rate is interpolated
 per iteration (released: per epoch).
 """
+
 from __future__ import annotations
 
 import math
@@ -43,7 +44,7 @@ from bench.attacks import pgd
 from bench.checkpoints import FORMATS, load_encoder
 from bench.config import ConfigError
 from bench.method import Method, MethodParams, Published, StepContext
-from bench.models import NORMALIZATIONS, ContrastiveModel, Normalize
+from bench.models import NORMALIZATIONS, ContrastiveModel, Normalize, model_mode
 from bench.registry import register
 from bench.shards import of as shards_of
 from bench.views import WeakAugment
@@ -51,23 +52,38 @@ from bench.views import WeakAugment
 # Released schedule: LinearWarmupCosineAnnealingLR stepped per epoch, 0.003 at epoch 0 rising
 # linearly to lr at epoch 9, cosine from epoch 10 to 0 at epoch 100. Our per-iteration warm-up over
 # 9 epochs from 0.003 hits the released value at the start of every warm-up epoch.
-_RELEASED_OPTIMIZER = {"optimizer": "sgd", "lr": 0.5, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 256,
-                       "epochs": 100, "warmup_epochs": 9, "warmup_start_lr": 0.003 / 0.5, "min_lr_fraction": 0.0}
-_SCHEDULE_SOURCE = ("solo/args/utils.py: SGD momentum 0.9, lr × batch/256 = 0.5; "
-                    "solo/methods/base_for_adversarial_training.py: warmup_cosine, "
-                    "10 warm-up epochs from 0.003, floor 0")
+_RELEASED_OPTIMIZER = {
+    "optimizer": "sgd",
+    "lr": 0.5,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "batch_size": 256,
+    "epochs": 100,
+    "warmup_epochs": 9,
+    "warmup_start_lr": 0.003 / 0.5,
+    "min_lr_fraction": 0.0,
+}
+_SCHEDULE_SOURCE = (
+    "solo/args/utils.py: SGD momentum 0.9, lr × batch/256 = 0.5; "
+    "solo/methods/base_for_adversarial_training.py: warmup_cosine, "
+    "10 warm-up epochs from 0.003, floor 0"
+)
 PAPER = {  # registered name -> dataset -> settings, each citing the released script
     "deacl": {
         "cifar10": Published(
-            source=(f"pantheon5100/DeACL bash_files/DeACL_cifar10_resnet18.sh (precision 32, --trades_k 2); "
-                    f"{_SCHEDULE_SOURCE}"),
+            source=(
+                f"pantheon5100/DeACL bash_files/DeACL_cifar10_resnet18.sh (precision 32, --trades_k 2); "
+                f"{_SCHEDULE_SOURCE}"
+            ),
             pretrain=_RELEASED_OPTIMIZER,
             params={"distill_weight": 2.0, "student_init": "teacher"},
         ),
         "cifar100": Published(
-            source=(f"pantheon5100/DeACL bash_files/DeACL_cifar100_resnet18.sh (precision 16, --trades_k 2, teacher "
-                    f"simclr_cifar10: pass --param teacher= a CIFAR-10 simclr encoder to match it); "
-                    f"{_SCHEDULE_SOURCE}"),
+            source=(
+                f"pantheon5100/DeACL bash_files/DeACL_cifar100_resnet18.sh (precision 16, --trades_k 2, teacher "
+                f"simclr_cifar10: pass --param teacher= a CIFAR-10 simclr encoder to match it); "
+                f"{_SCHEDULE_SOURCE}"
+            ),
             pretrain=_RELEASED_OPTIMIZER,
             params={"distill_weight": 2.0, "student_init": "teacher"},
         ),
@@ -121,9 +137,12 @@ def _normalization(model: ContrastiveModel) -> str:
         return "none"
     mean, std = model.normalize.mean.flatten().double(), model.normalize.std.flatten().double()
     for name, statistics in NORMALIZATIONS.items():
-        if statistics is not None and mean.shape == (len(statistics[0]),) and torch.allclose(
-                mean, torch.tensor(statistics[0], dtype=torch.float64), atol=1e-6) and torch.allclose(
-                std, torch.tensor(statistics[1], dtype=torch.float64), atol=1e-6):
+        if (
+            statistics is not None
+            and mean.shape == (len(statistics[0]),)
+            and torch.allclose(mean, torch.tensor(statistics[0], dtype=torch.float64), atol=1e-6)
+            and torch.allclose(std, torch.tensor(statistics[1], dtype=torch.float64), atol=1e-6)
+        ):
             return name
     return "custom"
 
@@ -190,28 +209,32 @@ class DeACL(Method):
         """Freeze the teacher on the run's device; start the student from it (released default)."""
         teacher = self._resolve_teacher().to(ctx.device).eval().requires_grad_(False)
         if teacher.feature_dim != model.feature_dim:
-            raise ConfigError(f"teacher feature_dim={teacher.feature_dim} is invalid for this student: "
-                              f"allowed {model.feature_dim} (the cosine compares features directly)")
+            raise ConfigError(
+                f"teacher feature_dim={teacher.feature_dim} is invalid for this student: "
+                f"allowed {model.feature_dim} (the cosine compares features directly)"
+            )
         if self.params.student_init == "scratch":
             return
         if _stem(teacher) != _stem(model):
-            raise ConfigError(f"student_init='teacher' is invalid for a teacher of architecture {_stem(teacher)}: "
-                              f"allowed a teacher of the student's {_stem(model)} (same model.arch), "
-                              "or student_init=scratch")
+            raise ConfigError(
+                f"student_init='teacher' is invalid for a teacher of architecture {_stem(teacher)}: "
+                f"allowed a teacher of the student's {_stem(model)} (same model.arch), "
+                "or student_init=scratch"
+            )
         model.encoder.load_state_dict(teacher.encoder.state_dict())
         if _normalization(teacher) != _normalization(model):
-            progress.log(f"  deacl: the student ({_normalization(model)} input normalisation) starts from a teacher "
-                         f"with {_normalization(teacher)!r}; the released pair shares CIFAR-10 statistics "
-                         "(docs/deacl.md)")
+            progress.log(
+                f"  deacl: the student ({_normalization(model)} input normalisation) starts from a teacher "
+                f"with {_normalization(teacher)!r}; the released pair shares CIFAR-10 statistics "
+                "(docs/deacl.md)"
+            )
 
     # ------------------------------------------------------------------ step
     def adversarial_view(self, model: ContrastiveModel, clean: torch.Tensor, target: torch.Tensor, ctx: StepContext):
         """x̃ maximising -Σ cos(student(x̃), t), student in eval mode (mode restored afterwards); each
         shard's random start from its own generator (``bench.shards``; the sum is per image, so the
         attack needs no gather)."""
-        was_training = model.training
-        model.eval()
-        try:
+        with model_mode(model, False):
             return pgd(
                 lambda inputs: -F.cosine_similarity(model.features(inputs), target, dim=1).sum(),
                 clean,
@@ -220,8 +243,6 @@ class DeACL(Method):
                 steps=ctx.attack.steps,
                 start=shards_of(ctx).random_start(clean, ctx.attack.epsilon),
             )
-        finally:
-            model.train(was_training)
 
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
         teacher = self._resolve_teacher().eval()  # released: momentum_backbone.eval() every step

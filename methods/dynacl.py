@@ -34,6 +34,7 @@ variants are this suite's extension, as for ACL: [x1, x2, a1, a2] (x2 and a2 thr
 encoder) contrasted jointly with the adversarial views tagged; the augmentation schedule and the
 key encoder stay, the w_e reweighting (which has no counterpart in one joint loss) is dropped.
 """
+
 from __future__ import annotations
 
 import copy
@@ -54,7 +55,7 @@ from bench.attacks import pgd
 from bench.config import ConfigError
 from bench.losses import nt_xent
 from bench.method import Method, MethodParams, Published, StepContext
-from bench.models import ContrastiveModel
+from bench.models import ContrastiveModel, model_mode
 from bench.post import PostParams, check_post_params, settings_for
 from bench.registry import register
 
@@ -64,29 +65,55 @@ FORMS = ("dynacl", "air-rcs")
 # per epoch: lr = 5·(e+1)/10 in epochs e = 0..9, then cosine from epoch 10 to a 1e-6 floor. Our
 # per-iteration schedule matches it at the first step of each warm-up epoch with a 9-epoch ramp
 # from 0.1·lr, and then lags the released cosine by one epoch (it interpolates inside epochs).
-DYNACL_PRETRAIN = {"optimizer": "lars-acl", "lr": 5.0, "weight_decay": 1e-6, "warmup_epochs": 9,
-                   "warmup_start_lr": 0.1, "min_lr_fraction": 1e-6 / 5.0, "epochs": 1000, "batch_size": 512}
+DYNACL_PRETRAIN = {
+    "optimizer": "lars-acl",
+    "lr": 5.0,
+    "weight_decay": 1e-6,
+    "warmup_epochs": 9,
+    "warmup_start_lr": 0.1,
+    "min_lr_fraction": 1e-6 / 5.0,
+    "epochs": 1000,
+    "batch_size": 512,
+}
 DYNACL_SOURCE = "PKU-ML/DYNACL train_DynACL.py (argparse defaults, README command)"
 DYNACL_PARAMS = {"form": "dynacl", "key_momentum": 0.99, "anneal_lambda": 2 / 3, "anneal_period": 50}
 # LPAFT.py / LPAFT_AFF.py defaults; assign_label.py hard-codes K = 10, also for CIFAR-100 and STL-10.
-DYNACL_POST = {"post_clusters": 10, "post_head_epochs": 10, "post_epochs": 25, "post_milestones": (10, 20),
-               "post_batch_size": 512, "post_attack_steps": 10}
+DYNACL_POST = {
+    "post_clusters": 10,
+    "post_head_epochs": 10,
+    "post_epochs": 25,
+    "post_milestones": (10, 20),
+    "post_batch_size": 512,
+    "post_attack_steps": 10,
+}
 
 PAPER = {  # registered name -> dataset ('*': any) -> settings; variants use their base's row
     "dynacl": {"*": Published(source=DYNACL_SOURCE, pretrain=DYNACL_PRETRAIN, params=DYNACL_PARAMS)},
-    "dynacl++": {"*": Published(
-        source=f"{DYNACL_SOURCE}; PKU-ML/DYNACL assign_label.py, LPAFT.py and LPAFT_AFF.py (post stage)",
-        pretrain=DYNACL_PRETRAIN, params={**DYNACL_PARAMS, **DYNACL_POST})},
+    "dynacl++": {
+        "*": Published(
+            source=f"{DYNACL_SOURCE}; PKU-ML/DYNACL assign_label.py, LPAFT.py and LPAFT_AFF.py (post stage)",
+            pretrain=DYNACL_PRETRAIN,
+            params={**DYNACL_PARAMS, **DYNACL_POST},
+        )
+    },
 }
-SMOKE_POST = {"post_clusters": 10, "post_head_epochs": 1, "post_epochs": 2, "post_milestones": (),
-              "post_batch_size": 64, "post_attack_steps": 2}
+SMOKE_POST = {
+    "post_clusters": 10,
+    "post_head_epochs": 1,
+    "post_epochs": 2,
+    "post_milestones": (),
+    "post_batch_size": 64,
+    "post_attack_steps": 2,
+}
 SMOKE = {  # registered name -> settings of the smoke preset (8 epochs on the digits)
-    "dynacl": Published(source="smoke: the strength steps every 2 of 8 epochs (1, 0.75, 0.5, 0.25)",
-                        params={"anneal_period": 2}),
-    "dynacl++": Published(source="smoke: strength every 2 epochs; post stage 1 + 2 epochs, batch 64, PGD-2",
-                          params={"anneal_period": 2, **SMOKE_POST}),
+    "dynacl": Published(
+        source="smoke: the strength steps every 2 of 8 epochs (1, 0.75, 0.5, 0.25)", params={"anneal_period": 2}
+    ),
+    "dynacl++": Published(
+        source="smoke: strength every 2 epochs; post stage 1 + 2 epochs, batch 64, PGD-2",
+        params={"anneal_period": 2, **SMOKE_POST},
+    ),
 }
-
 
 
 @dataclass
@@ -145,8 +172,10 @@ class KeyEncoderModel(ContrastiveModel):
 
 @register("dynacl")
 class DynACL(Method):
-    description = ("DynACL (Luo et al. 2023): annealed augmentation, reweighted clean/adversarial NT-Xent, "
-                   "EMA key encoder (evaluated)")
+    description = (
+        "DynACL (Luo et al. 2023): annealed augmentation, reweighted clean/adversarial NT-Xent, "
+        "EMA key encoder (evaluated)"
+    )
     bn_branches = ("normal", "pgd")
     projector = "acl"
     normalization = "imagenet"
@@ -185,8 +214,10 @@ class DynACL(Method):
     def schedule(self, ctx: StepContext) -> tuple[float, float]:
         """(strength s_e, adversarial weight w) of this step's epoch; needs the run's total epochs."""
         if ctx.epochs < 1:
-            raise ValueError(f"{self.name}: StepContext.epochs={ctx.epochs!r} is invalid: allowed the run's total "
-                             "pretraining epochs (>= 1), which its augmentation schedule needs")
+            raise ValueError(
+                f"{self.name}: StepContext.epochs={ctx.epochs!r} is invalid: allowed the run's total "
+                "pretraining epochs (>= 1), which its augmentation schedule needs"
+            )
         period, anneal_lambda = self.params.anneal_period, self.params.anneal_lambda
         strength = augmentation_strength(ctx.epoch, ctx.epochs, period)
         if self.params.form == "dynacl":
@@ -205,16 +236,15 @@ class DynACL(Method):
 
     def adversarial_pair(self, model: ContrastiveModel, pair: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """PGD on both views jointly, model (query and key) in eval mode, mode restored afterwards."""
-        was_training = model.training
-        model.eval()
-        try:
+        with model_mode(model, False):
             return pgd(
                 lambda inputs: nt_xent(*self.embed_pair(model, inputs, "pgd"), self.params.temperature),
-                pair, epsilon=ctx.attack.epsilon, step_size=ctx.attack.step_size, steps=ctx.attack.steps,
+                pair,
+                epsilon=ctx.attack.epsilon,
+                step_size=ctx.attack.step_size,
+                steps=ctx.attack.steps,
                 generator=ctx.generator,
             )
-        finally:
-            model.train(was_training)
 
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
         strength, weight = self.schedule(ctx)
@@ -239,8 +269,10 @@ class DynACL(Method):
 
 @register("dynacl++")
 class DynACLPlusPlus(DynACL):
-    description = ("DynACL++ (Luo et al. 2023): DynACL, then LP-AFT on K-means pseudo-labels "
-                   "(linear probe, TRADES full finetuning)")
+    description = (
+        "DynACL++ (Luo et al. 2023): DynACL, then LP-AFT on K-means pseudo-labels "
+        "(linear probe, TRADES full finetuning)"
+    )
     Params = DynACLPlusPlusParams
     post = "pp"
     official_quirks = True  # quirks='official': the post stage's released TRADES start

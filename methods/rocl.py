@@ -25,6 +25,7 @@ Deviations from the released code (all small, documented in the report):
 - views are augmented crop → flip → jitter → grayscale (RoCL: jitter → grayscale → flip → crop);
 - ε is the harness's (8/255 = 0.03137 in the paper preset, RoCL: 0.0314).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from bench.attacks import pgd
 from bench.config import ConfigError
 from bench.losses import a_infonce, official_rocl_loss
 from bench.method import Method, MethodParams, Published, StepContext
-from bench.models import ContrastiveModel
+from bench.models import ContrastiveModel, model_mode
 from bench.registry import register
 from bench.shards import of as shards_of
 from bench.views import StrongAugment
@@ -62,9 +63,19 @@ def rocl_lars(base_lr: float) -> dict[str, Any]:
     inside an epoch where the released lr is a step function), then cosine to 0. ``shards`` 2: the
     released DDP ran 2 processes × 256 (attack and regulariser per GPU, ``bench.shards``).
     """
-    return {"optimizer": "lars", "lars_trust": 1e-3, "lr": 15 * base_lr, "momentum": 0.9, "weight_decay": 1e-6,
-            "warmup_epochs": 9, "warmup_start_lr": 2.4 / 15, "min_lr_fraction": 0.0, "epochs": 1000,
-            "batch_size": 512, "shards": 2}  # shell/rocl-*.sh: --nproc_per_node=2 --ngpu 2 --batch-size=256
+    return {
+        "optimizer": "lars",
+        "lars_trust": 1e-3,
+        "lr": 15 * base_lr,
+        "momentum": 0.9,
+        "weight_decay": 1e-6,
+        "warmup_epochs": 9,
+        "warmup_start_lr": 2.4 / 15,
+        "min_lr_fraction": 0.0,
+        "epochs": 1000,
+        "batch_size": 512,
+        "shards": 2,
+    }  # shell/rocl-*.sh: --nproc_per_node=2 --ngpu 2 --batch-size=256
 
 
 # Every script runs ``rocl_train.py --k=7`` with its defaults ``--alpha 0.007`` (PGD step) and ``--lamda 256``.
@@ -73,32 +84,48 @@ IP = {"alpha": 0.2, "adv_weight": 1.0}  # --stop_grad --stpg_degree 0.2; --adv_w
 SCRIPTS = "yqy2001/A-InfoNCE Asym-RoCL/shell/"
 PAPER = {  # registered name -> dataset -> settings; "(default)": rocl_train.py's argument.py default
     "rocl": {
-        "cifar10": Published(source=SCRIPTS + "rocl-cifar10.sh (--lr 0.1 default)", pretrain=rocl_lars(0.1),
-                             params=RELEASED),
-        "cifar100": Published(source=SCRIPTS + "rocl-cifar100.sh (--lr 0.1 default)", pretrain=rocl_lars(0.1),
-                              params=RELEASED),
+        "cifar10": Published(
+            source=SCRIPTS + "rocl-cifar10.sh (--lr 0.1 default)", pretrain=rocl_lars(0.1), params=RELEASED
+        ),
+        "cifar100": Published(
+            source=SCRIPTS + "rocl-cifar100.sh (--lr 0.1 default)", pretrain=rocl_lars(0.1), params=RELEASED
+        ),
     },
     "rocl-ip": {
-        "cifar10": Published(source=SCRIPTS + "rocl-IP-cifar10.sh (--stop_grad --stpg_degree 0.2)",
-                             pretrain=rocl_lars(0.1), params={**RELEASED, **IP}),
-        "cifar100": Published(source=SCRIPTS + "rocl-IP-cifar100.sh (--stop_grad --stpg_degree 0.2)",
-                              pretrain=rocl_lars(0.1), params={**RELEASED, **IP}),
+        "cifar10": Published(
+            source=SCRIPTS + "rocl-IP-cifar10.sh (--stop_grad --stpg_degree 0.2)",
+            pretrain=rocl_lars(0.1),
+            params={**RELEASED, **IP},
+        ),
+        "cifar100": Published(
+            source=SCRIPTS + "rocl-IP-cifar100.sh (--stop_grad --stpg_degree 0.2)",
+            pretrain=rocl_lars(0.1),
+            params={**RELEASED, **IP},
+        ),
     },
     "rocl-hn": {
-        "cifar10": Published(source=SCRIPTS + "rocl-HN-cifar10.sh (--HN --beta 1.0 --tau 0.12 --lr 0.2)",
-                             pretrain=rocl_lars(0.2), params={**RELEASED, "beta": 1.0, "tau_plus": 0.12}),
-        "cifar100": Published(source=SCRIPTS + "rocl-HN-cifar100.sh (--HN; β 1.0, τ 0.1, lr 0.1 default)",
-                              pretrain=rocl_lars(0.1), params={**RELEASED, "beta": 1.0, "tau_plus": 0.1}),
+        "cifar10": Published(
+            source=SCRIPTS + "rocl-HN-cifar10.sh (--HN --beta 1.0 --tau 0.12 --lr 0.2)",
+            pretrain=rocl_lars(0.2),
+            params={**RELEASED, "beta": 1.0, "tau_plus": 0.12},
+        ),
+        "cifar100": Published(
+            source=SCRIPTS + "rocl-HN-cifar100.sh (--HN; β 1.0, τ 0.1, lr 0.1 default)",
+            pretrain=rocl_lars(0.1),
+            params={**RELEASED, "beta": 1.0, "tau_plus": 0.1},
+        ),
     },
     "rocl-iphn": {
         "cifar10": Published(
             source=SCRIPTS + "rocl-IPHN-cifar10.sh (--HN --beta 1.0 --tau 0.12 --stop_grad --stpg_degree 0.2 --lr 0.3)",
-            pretrain=rocl_lars(0.3), params={**RELEASED, **IP, "beta": 1.0, "tau_plus": 0.12},
+            pretrain=rocl_lars(0.3),
+            params={**RELEASED, **IP, "beta": 1.0, "tau_plus": 0.12},
         ),
         "cifar100": Published(
             source=SCRIPTS + "rocl-IPHN-cifar100.sh (--HN --stop_grad --stpg_degree 0.2 --lr 0.2; β 1.0, τ 0.1 "
-                             "default)",
-            pretrain=rocl_lars(0.2), params={**RELEASED, **IP, "beta": 1.0, "tau_plus": 0.1},
+            "default)",
+            pretrain=rocl_lars(0.2),
+            params={**RELEASED, **IP, "beta": 1.0, "tau_plus": 0.1},
         ),
     },
 }
@@ -174,8 +201,14 @@ class RoCL(Method):
         return self.contrastive_loss(features, ADVERSARIAL, detach_contrast=True, scale=POSITIVES_PER_ANCHOR)
 
     # ------------------------------------------------------------------ step
-    def adversarial_view(self, model: ContrastiveModel, x1: torch.Tensor, x2: torch.Tensor, ctx: StepContext,
-                         generator: torch.Generator | None = None):
+    def adversarial_view(
+        self,
+        model: ContrastiveModel,
+        x1: torch.Tensor,
+        x2: torch.Tensor,
+        ctx: StepContext,
+        generator: torch.Generator | None = None,
+    ):
         """a = PGD on x1 maximising NT-Xent(a, x2) over one shard, model in eval mode (mode restored
         afterwards); the random start comes from the shard's ``generator`` (default ``ctx.generator``).
 
@@ -186,10 +219,9 @@ class RoCL(Method):
         temperature = self.params.temperature
         steps = ctx.attack.steps if self.params.attack_steps is None else self.params.attack_steps
         step_size = ctx.attack.step_size if self.params.attack_step_size is None else self.params.attack_step_size
-        was_training = model.training
-        model.eval()
-        try:
+        with model_mode(model, False):
             if ctx.reference_style:
+
                 def objective(inputs: torch.Tensor) -> torch.Tensor:
                     z_adv, z_target = model(torch.cat([inputs, x2])).chunk(2)
                     return pair_nt_xent(shards.gather_shard(z_adv), shards.gather_shard(z_target), temperature)
@@ -199,10 +231,15 @@ class RoCL(Method):
 
                 def objective(inputs: torch.Tensor) -> torch.Tensor:
                     return pair_nt_xent(shards.gather_shard(model(inputs)), z_fixed, temperature)
-            return pgd(objective, x1, epsilon=ctx.attack.epsilon, step_size=step_size, steps=steps,
-                       generator=generator if generator is not None else ctx.generator)
-        finally:
-            model.train(was_training)
+
+            return pgd(
+                objective,
+                x1,
+                epsilon=ctx.attack.epsilon,
+                step_size=step_size,
+                steps=steps,
+                generator=generator if generator is not None else ctx.generator,
+            )
 
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
         shards = shards_of(ctx)
@@ -217,10 +254,14 @@ class RoCL(Method):
         # main forward): the BN running statistics, which finetuning loads, then see the same two
         # updates in the same order. It is per shard, as released (mean over GPUs under DDP).
         z_adv, z_target = model(torch.cat([adversarial, x2])).chunk(2)
-        loss_regularizer = shards.mean_over_shards(
-            lambda a, t: pair_nt_xent(shards.gather_shard(a), shards.gather_shard(t), self.params.temperature),
-            z_adv, z_target,
-        ) / self.params.regularizer_lambda
+        loss_regularizer = (
+            shards.mean_over_shards(
+                lambda a, t: pair_nt_xent(shards.gather_shard(a), shards.gather_shard(t), self.params.temperature),
+                z_adv,
+                z_target,
+            )
+            / self.params.regularizer_lambda
+        )
         views = model(torch.cat([x1, x2, adversarial])).chunk(3)
         features = torch.stack([shards.gather(z) for z in views], dim=1)  # [B, 3, D], negatives over every shard
         loss_contrast = self.contrastive_term(features)

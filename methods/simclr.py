@@ -9,6 +9,7 @@ released LARS schedule (lr 5.0, warm-up from 0, cosine to 1e-6), the optimiser o
 row it anchors. It is not ACL's S2S baseline (which shares ACL's 3-layer BN projector and
 ImageNet normalisation): that would be ``acl`` without its adversarial stream.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,7 +26,7 @@ PAPER = {  # registered name -> dataset -> settings
     "simclr": {
         "*": Published(
             source="VITA-Group/Adversarial-Contrastive-Learning train_simCLR.py (ACL's LARS schedule, the optimiser of "
-                   "the acl row this anchor sits beside; bench.optim.ACL_LARS)",
+            "the acl row this anchor sits beside; bench.optim.ACL_LARS)",
             pretrain=ACL_LARS,
         ),
     },

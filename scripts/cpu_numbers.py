@@ -5,6 +5,7 @@ change leaves the default CPU numbers bit-identical (one thread, so CPU kernels 
 
     PYTHONPATH=$PWD python scripts/cpu_numbers.py > numbers.txt
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -21,6 +21,7 @@ This is a script, not a CI test (minutes of CPU): ``python scripts/soak.py --ite
 ``--fast`` shrinks the plan (one method, one scheme, in-process) for a quick check;
 ``tests/test_soak.py`` runs it for one attempt.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,24 +47,53 @@ KILLS = ("SIGKILL group", "SIGKILL main", "SIGTERM main")
 DAMAGES = ("torn last row", "zero bytes", "random bytes")
 # Columns of a row that legitimately differ between two runs of the same plan (the numbers never do).
 VOLATILE_COLUMNS = ("timestamp", "wall_s", "code_version")  # the tree may be edited during a long soak
-SETTINGS = ["--epochs", "2", "--finetune-epochs", "1", "--n-eval", "32", "--attacks", "clean,pgd20",
-            "--set", "evaluate.epsilon_curve=", "--set", "pretrain.checkpoint_every=5", "--device", "cpu"]
+SETTINGS = [
+    "--epochs",
+    "2",
+    "--finetune-epochs",
+    "1",
+    "--n-eval",
+    "32",
+    "--attacks",
+    "clean,pgd20",
+    "--set",
+    "evaluate.epsilon_curve=",
+    "--set",
+    "pretrain.checkpoint_every=5",
+    "--device",
+    "cpu",
+]
 FULL = {"methods": ["simclr", "acl"], "extra": ["--schemes", "SLF,ALF", "--jobs", "2"]}
-FAST = {"methods": ["simclr"], "extra": ["--schemes", "SLF", "--jobs", "1", "--epochs", "1",
-                                         "--n-eval", "16", "--set", "pretrain.batch_size=256"]}
+FAST = {
+    "methods": ["simclr"],
+    "extra": ["--schemes", "SLF", "--jobs", "1", "--epochs", "1", "--n-eval", "16", "--set", "pretrain.batch_size=256"],
+}
 
 
 def bench_command(store: Path, plan: dict, resume: bool) -> list[str]:
-    command = [sys.executable, "-m", "bench.cli", "run", "--methods", *plan["methods"], "--results-dir", str(store),
-               "--no-report", "--quiet", *SETTINGS, *plan["extra"]]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.cli",
+        "run",
+        "--methods",
+        *plan["methods"],
+        "--results-dir",
+        str(store),
+        "--no-report",
+        "--quiet",
+        *SETTINGS,
+        *plan["extra"],
+    ]
     return command + (["--resume"] if resume else [])
 
 
 def start(command: list[str]) -> subprocess.Popen:
     """A bench process in its own session (its process group is its id), stderr kept for the log."""
     environment = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    return subprocess.Popen(
+        command, cwd=REPO, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
 
 
 def group_alive(pgid: int) -> bool:
@@ -106,9 +136,14 @@ def kill_attempt(command: list[str], delay_s: float, kill: str) -> dict:
     leftover = not wait_for_group(process.pid, 60)
     if leftover:  # never leave a stray process behind, even when the check fails
         os.killpg(process.pid, signal.SIGKILL)
-    return {"delay_s": round(delay_s, 2), "kill": "none (finished first)" if finished else kill,
-            "exit": process.returncode, "seconds": round(time.time() - started, 2), "orphans_left": leftover,
-            "stderr": err.decode(errors="replace").strip().splitlines()[-1:]}
+    return {
+        "delay_s": round(delay_s, 2),
+        "kill": "none (finished first)" if finished else kill,
+        "exit": process.returncode,
+        "seconds": round(time.time() - started, 2),
+        "orphans_left": leftover,
+        "stderr": err.decode(errors="replace").strip().splitlines()[-1:],
+    }
 
 
 def damage_index(store: Path, kind: str, rng: random.Random) -> bool:
@@ -118,7 +153,7 @@ def damage_index(store: Path, kind: str, rng: random.Random) -> bool:
         return False
     data = table.read_bytes()
     if kind == "torn last row":
-        table.write_bytes(data[:-rng.randint(2, 12)])
+        table.write_bytes(data[: -rng.randint(2, 12)])
     elif kind == "zero bytes":
         table.write_bytes(b"")
     else:
@@ -152,8 +187,9 @@ def check_store(store: Path) -> list[str]:
 
 def comparable_rows(store: Path) -> list[tuple]:
     rows = ResultsStore(store).read_rows()
-    return sorted(tuple(value for name, value in dataclasses.asdict(row).items() if name not in VOLATILE_COLUMNS)
-                  for row in rows)
+    return sorted(
+        tuple(value for name, value in dataclasses.asdict(row).items() if name not in VOLATILE_COLUMNS) for row in rows
+    )
 
 
 def differing_encoders(reference: Path, soaked: Path) -> list[str]:
@@ -164,11 +200,13 @@ def differing_encoders(reference: Path, soaked: Path) -> list[str]:
         if not other.encoder.exists():
             differing.append(f"{run.run_id} (no encoder)")
             continue
-        ours, theirs = (torch.load(path, map_location="cpu", weights_only=True)
-                        for path in (run.encoder, other.encoder))
+        ours, theirs = (
+            torch.load(path, map_location="cpu", weights_only=True) for path in (run.encoder, other.encoder)
+        )
         tensors = [(key, value) for key, value in _tensors(ours)]
         if len(tensors) != len(list(_tensors(theirs))) or not all(
-                torch.equal(value, other_value) for (_, value), (_, other_value) in zip(tensors, _tensors(theirs))):
+            torch.equal(value, other_value) for (_, value), (_, other_value) in zip(tensors, _tensors(theirs))
+        ):
             differing.append(run.run_id)
     return differing
 
@@ -190,14 +228,16 @@ def compare_with_reference(store: Path, reference: Path) -> list[str]:
     problems = check_store(store)
     if comparable_rows(store) != comparable_rows(reference):
         problems.append("the rows differ from the uninterrupted run's")
-    return problems + [f"encoder of {run_id} differs from the uninterrupted run's"
-                       for run_id in differing_encoders(reference, store)]
+    return problems + [
+        f"encoder of {run_id} differs from the uninterrupted run's" for run_id in differing_encoders(reference, store)
+    ]
 
 
 def attempt_once(store: Path, plan: dict, rng: random.Random, reference_s: float, damage: bool) -> dict:
     """One attempt on ``store``: started with --resume, killed at a random moment, then the store checked."""
-    attempt = kill_attempt(bench_command(store, plan, resume=True), rng.uniform(0.5, reference_s * 0.8),
-                           rng.choice(KILLS))
+    attempt = kill_attempt(
+        bench_command(store, plan, resume=True), rng.uniform(0.5, reference_s * 0.8), rng.choice(KILLS)
+    )
     found = check_store(store)
     if attempt["orphans_left"]:
         found.append("processes of the attempt were still alive 60 s after it was killed")
@@ -244,11 +284,19 @@ def soak(work: Path, iterations: int, fast: bool, damage: bool, seed: int, log=p
         problems.append(f"the final run exited {final.returncode}: {reason}")
     problems += [f"final run ({store.name}): {problem}" for problem in compare_with_reference(store, reference)]
     leftovers = sorted(str(path.relative_to(work)) for path in work.glob("soaked-*/**/*.tmp"))
-    return {"iterations": iterations, "rounds_compared": rounds, "fast": fast, "seed": seed,
-            "reference_s": round(reference_s, 1),
-            "kills": {kind: sum(a["kill"] == kind for a in attempts) for kind in (*KILLS, "none (finished first)")},
-            "rows": len(comparable_rows(store)), "temp_files_left": leftovers, "problems": problems,
-            "ok": not problems, "total_s": round(time.time() - started, 1)}
+    return {
+        "iterations": iterations,
+        "rounds_compared": rounds,
+        "fast": fast,
+        "seed": seed,
+        "reference_s": round(reference_s, 1),
+        "kills": {kind: sum(a["kill"] == kind for a in attempts) for kind in (*KILLS, "none (finished first)")},
+        "rows": len(comparable_rows(store)),
+        "temp_files_left": leftovers,
+        "problems": problems,
+        "ok": not problems,
+        "total_s": round(time.time() - started, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,16 +313,19 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="acl-bench-soak-"))
     if (work / "reference").exists() or any(work.glob("soaked-*")):
         parser.error(f"--workdir={str(work)!r} is invalid: allowed a directory without reference/ and soaked-*/")
-    verdict = soak(work, args.iterations, args.fast, args.damage, args.seed,
-                   log=(lambda _: None) if args.json else print)
+    verdict = soak(
+        work, args.iterations, args.fast, args.damage, args.seed, log=(lambda _: None) if args.json else print
+    )
     verdict["workdir"] = str(work)
     if args.json:
         print(json.dumps(verdict))
     else:
-        print(f"{'OK' if verdict['ok'] else 'FAILED'}: {verdict['iterations']} attempts {verdict['kills']}, "
-              f"{verdict['rounds_compared']} finished store(s) compared, {verdict['rows']} rows, "
-              f"{len(verdict['temp_files_left'])} temp file(s) left, "
-              f"{verdict['total_s']} s (stores in {work})")
+        print(
+            f"{'OK' if verdict['ok'] else 'FAILED'}: {verdict['iterations']} attempts {verdict['kills']}, "
+            f"{verdict['rounds_compared']} finished store(s) compared, {verdict['rows']} rows, "
+            f"{len(verdict['temp_files_left'])} temp file(s) left, "
+            f"{verdict['total_s']} s (stores in {work})"
+        )
         for problem in verdict["problems"]:
             print(f"  {problem}")
     return 0 if verdict["ok"] else 1

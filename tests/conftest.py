@@ -1,4 +1,5 @@
 """Shared fixtures: tiny configs on the embedded digits, so tests run in seconds on a CPU."""
+
 from __future__ import annotations
 
 import pytest

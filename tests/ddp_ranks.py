@@ -4,6 +4,7 @@ Every rank: the gathered NT-Xent gradient check, then per method a DDP pretraini
 killed at step 3 and resumed (B), and on rank 0 alone the one-process ``shards=2`` run (C).
 Results go to ``out`` as state dicts; the test compares them in the parent.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -87,14 +88,24 @@ def main(rank: int, init_file: str, out_dir: str, methods: list[str]) -> None:
             pass
         model_b, _, result_b = train(name, out / f"{name}-B", images, resume=True)
         if rank == 0:
-            torch.save({"A": model_a.state_dict(), "B": model_b.state_dict(), "A_history": result_a.history,
-                        "B_history": result_b.history, "B_resumed_from": result_b.resumed_from,
-                        "A_method": method_a.state_dict()}, out / f"{name}-ddp.pt")
+            torch.save(
+                {
+                    "A": model_a.state_dict(),
+                    "B": model_b.state_dict(),
+                    "A_history": result_a.history,
+                    "B_history": result_b.history,
+                    "B_resumed_from": result_b.resumed_from,
+                    "A_method": method_a.state_dict(),
+                },
+                out / f"{name}-ddp.pt",
+            )
     collective.barrier()
     if rank == 0:
         distributed.attach(None)
         for name in methods:
             model_c, method_c, result_c = train(name, out / f"{name}-C", images)
-            torch.save({"C": model_c.state_dict(), "C_history": result_c.history, "C_method": method_c.state_dict()},
-                       out / f"{name}-single.pt")
+            torch.save(
+                {"C": model_c.state_dict(), "C_history": result_c.history, "C_method": method_c.state_dict()},
+                out / f"{name}-single.pt",
+            )
     dist.destroy_process_group()

@@ -16,6 +16,7 @@ module, so both sides are built from the same formulas by construction:
   x + δ stays in [0, 1] where the released (unclamped) and our (clamped) starts coincide;
 - ``checksums``: sum, L2 norm and the dot product with a fixed pattern ("probe").
 """
+
 from __future__ import annotations
 
 import math
@@ -80,13 +81,19 @@ def start_noise(key: str) -> torch.Tensor:
 def checksums(key: str, tensor: torch.Tensor) -> dict[str, float]:
     """sum, L2 norm and probe = Σ tensor·pattern('probe/' + key): a permutation or sign flip changes the probe."""
     values = tensor.detach().to(torch.float64).cpu()
-    return {"sum": float(values.sum()), "norm": float(values.norm()),
-            "probe": float((values * pattern("probe/" + key, values.shape)).sum())}
+    return {
+        "sum": float(values.sum()),
+        "norm": float(values.norm()),
+        "probe": float((values * pattern("probe/" + key, values.shape)).sum()),
+    }
 
 
 def differences(expected: dict[str, float], actual: dict[str, float], rtol: float, atol: float) -> list[str]:
     """Statistics off by more than rtol·(|expected| + norm) + atol: the norm term scales the tolerance
     of a sum that cancels to the tensor's own size; atol covers tensors whose exact value is zero."""
     scale = abs(expected["norm"])
-    return [f"{stat}: expected {expected[stat]!r}, got {actual[stat]!r}" for stat in ("sum", "norm", "probe")
-            if not abs(actual[stat] - expected[stat]) <= rtol * (abs(expected[stat]) + scale) + atol]
+    return [
+        f"{stat}: expected {expected[stat]!r}, got {actual[stat]!r}"
+        for stat in ("sum", "norm", "probe")
+        if not abs(actual[stat] - expected[stat]) <= rtol * (abs(expected[stat]) + scale) + atol
+    ]

@@ -25,6 +25,7 @@ views and attack noise without storing a single tensor:
 The fixture generator (run by hand outside this repository, see the docs page) imports this
 module, so both sides are built from the same formulas by construction.
 """
+
 from __future__ import annotations
 
 import functools
@@ -194,7 +195,7 @@ def robustssl_name(ours: str, dual: bool) -> str:
 # --------------------------------------------------------------------------- checksums
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe(key: str, shape: tuple[int, ...]) -> torch.Tensor:
     """The probe pattern of a checksum key (cached: the same gradient names recur in every test)."""
     return pattern("probe/" + key, shape)

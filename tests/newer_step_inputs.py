@@ -18,6 +18,7 @@ test feeds our step exactly the same weights, views and PGD start without storin
 The fixture generator (outside the repository) imports this module, so both sides are built
 from the same formulas by construction.
 """
+
 from __future__ import annotations
 
 import math

@@ -3,6 +3,7 @@
 Used by ``test_report.py`` (assertions on content) and ``test_report_golden.py`` (byte-for-byte
 comparison with the reports the code wrote when the golden files were made).
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,26 +19,75 @@ REPO_REFERENCE = REPO / "results" / "reference"
 GOLDEN = Path(__file__).resolve().parent / "data" / "report_golden"
 SMOKE_STORE = GOLDEN / "smoke_store"  # a copy of a real `bench run --methods all` smoke store (13 methods, 1 seed)
 # The method order the golden files were written with (the report's own list before it took the caller's)
-GOLDEN_ORDER = ("simclr", "acl", "acl-ip", "acl-hn", "acl-iphn", "rocl", "rocl-ip", "rocl-hn", "rocl-iphn",
-                "advcl", "advcl-ip", "advcl-hn", "advcl-iphn")
+GOLDEN_ORDER = (
+    "simclr",
+    "acl",
+    "acl-ip",
+    "acl-hn",
+    "acl-iphn",
+    "rocl",
+    "rocl-ip",
+    "rocl-hn",
+    "rocl-iphn",
+    "advcl",
+    "advcl-ip",
+    "advcl-hn",
+    "advcl-iphn",
+)
 
 
-def row(run_id, method, scheme, attack, value, *, seed=0, preset="smoke", dataset="digits", epsilon=EPS_SMOKE,
-        metric="accuracy", flags="", config_hash="hash-a", wall_s=1.5, timestamp="2025-01-01T00:00:00+00:00",
-        protocol="unified"):
-    return {"run_id": run_id, "timestamp": timestamp, "preset": preset, "method": method,
-            "dataset": dataset, "eval_dataset": dataset, "scheme": scheme, "attack": attack, "metric": metric,
-            "value": value, "epsilon": epsilon, "n_eval": 256, "seed": seed, "pretrain_epochs": 2,
-            "finetune_epochs": 1, "config_hash": config_hash, "code_version": "0.1.0+abc", "torch_version": "2.4",
-            "device": "cpu", "wall_s": wall_s, "flags": flags, "protocol": protocol}
+def row(
+    run_id,
+    method,
+    scheme,
+    attack,
+    value,
+    *,
+    seed=0,
+    preset="smoke",
+    dataset="digits",
+    epsilon=EPS_SMOKE,
+    metric="accuracy",
+    flags="",
+    config_hash="hash-a",
+    wall_s=1.5,
+    timestamp="2025-01-01T00:00:00+00:00",
+    protocol="unified",
+):
+    return {
+        "run_id": run_id,
+        "timestamp": timestamp,
+        "preset": preset,
+        "method": method,
+        "dataset": dataset,
+        "eval_dataset": dataset,
+        "scheme": scheme,
+        "attack": attack,
+        "metric": metric,
+        "value": value,
+        "epsilon": epsilon,
+        "n_eval": 256,
+        "seed": seed,
+        "pretrain_epochs": 2,
+        "finetune_epochs": 1,
+        "config_hash": config_hash,
+        "code_version": "0.1.0+abc",
+        "torch_version": "2.4",
+        "device": "cpu",
+        "wall_s": wall_s,
+        "flags": flags,
+        "protocol": protocol,
+    }
 
 
 def synthetic_rows() -> list[dict]:
     """Two smoke tables (ε 0.1 and 0.05), a best-epoch row, an ε-curve row, a suspect cell, and one
     CIFAR-10 paper-preset run for the paper table."""
     smoke = [
-        row("acl-s0", "acl", "SLF", "clean", 90.0), row("acl-s1", "acl", "SLF", "clean", 92.0, seed=1),
-        row("acl-s0", "acl", "SLF", "pgd20", 40.0), row("acl-s1", "acl", "SLF", "pgd20", 42.0, seed=1),
+        row("acl-s0", "acl", "SLF", "clean", 90.0),
+        row("acl-s1", "acl", "SLF", "clean", 92.0, seed=1),
+        row("acl-s0", "acl", "SLF", "pgd20", 40.0),
+        row("acl-s1", "acl", "SLF", "pgd20", 42.0, seed=1),
         row("acl-s0", "acl", "AFF", "clean", 88.0),
         row("acl-s0", "acl", "SLF", "pgd20", 43.5, metric="accuracy_best_epoch"),
         row("acl-s0", "acl", "SLF", "pgd20", 61.0, epsilon=0.05, metric="accuracy_vs_epsilon"),
@@ -48,23 +98,30 @@ def synthetic_rows() -> list[dict]:
         row("simclr-s0", "simclr", "SLF", "pgd20", 5.0, epsilon=0.05),  # another budget: its own table
     ]
     paper = {"preset": "paper", "dataset": "cifar10", "epsilon": EPS_PAPER, "config_hash": "hash-c"}
-    cifar = [row("advcl-c10", "advcl", "SLF", "clean", 81.85, **paper),
-             row("advcl-c10", "advcl", "SLF", "pgd20", 50.0, **paper),
-             row("advcl-c10", "advcl", "SLF", "autoattack", 44.0, **paper)]
+    cifar = [
+        row("advcl-c10", "advcl", "SLF", "clean", 81.85, **paper),
+        row("advcl-c10", "advcl", "SLF", "pgd20", 50.0, **paper),
+        row("advcl-c10", "advcl", "SLF", "autoattack", 44.0, **paper),
+    ]
     return smoke + cifar
 
 
 def configuration_rows() -> list[dict]:
     """Same seed, different configs (one table row each); seeds of one config (mean ± std)."""
-    return [row("a0", "acl", "SLF", "clean", 80.0, config_hash="h1"),
-            row("a1", "acl", "SLF", "clean", 60.0, config_hash="h2"),
-            row("a2", "acl", "SLF", "clean", 64.0, config_hash="h2", seed=1),
-            row("r0", "rocl", "SLF", "clean", 70.0, config_hash="h3")]
+    return [
+        row("a0", "acl", "SLF", "clean", 80.0, config_hash="h1"),
+        row("a1", "acl", "SLF", "clean", 60.0, config_hash="h2"),
+        row("a2", "acl", "SLF", "clean", 64.0, config_hash="h2", seed=1),
+        row("r0", "rocl", "SLF", "clean", 70.0, config_hash="h3"),
+    ]
 
 
 def supervised_rows() -> list[dict]:
-    return [row("a0", "acl", "SLF", "clean", 80.0), row("rb", "robustbench:Carmon2019", "AT", "clean", 89.7),
-            row("rb", "robustbench:Carmon2019", "AT", "pgd20", 62.0)]
+    return [
+        row("a0", "acl", "SLF", "clean", 80.0),
+        row("rb", "robustbench:Carmon2019", "AT", "clean", 89.7),
+        row("rb", "robustbench:Carmon2019", "AT", "pgd20", 62.0),
+    ]
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
@@ -101,12 +158,14 @@ def write_reference(directory: Path) -> Path:
     (directory / "author_quoted.csv").write_text(
         "method,dataset,eval_dataset,scheme,attack,metric,value,source,note\n"
         "advcl,cifar10,cifar10,SLF,clean,accuracy,80.85,https://example.org/advcl,quoted\n"
-        "advcl,cifar10,cifar10,SLF,pgd20,accuracy,50.45,https://example.org/advcl,quoted\n")
+        "advcl,cifar10,cifar10,SLF,pgd20,accuracy,50.45,https://example.org/advcl,quoted\n"
+    )
     (directory / "robustssl_leaderboard.csv").write_text(
         "method,dataset,eval_dataset,scheme,attack,metric,value,source,note\n"
         "advcl,cifar10,cifar10,SLF,clean,accuracy,82.36,https://robustssl.github.io/,leaderboard\n"
         "advcl,cifar10,cifar10,SLF,autoattack,accuracy,43.18,https://robustssl.github.io/,leaderboard\n"
-        "rocl,cifar100,cifar100,SLF,clean,accuracy,42.93,https://robustssl.github.io/,leaderboard\n")
+        "rocl,cifar100,cifar100,SLF,clean,accuracy,42.93,https://robustssl.github.io/,leaderboard\n"
+    )
     return directory
 
 
@@ -116,50 +175,73 @@ def write_reference(directory: Path) -> Path:
 def golden_synthetic(root: Path) -> dict:
     results_csv = write_store(root, synthetic_rows())
     runs = root / "results" / "runs"
-    write_sanity(runs, "acl-s0", {"order": {"passed": True, "detail": "clean 90.00 %, pgd20 40.00 %"},
-                                  "eps0": {"passed": False, "detail": "ε=0 88.00 %, clean 90.00 %"}})
+    write_sanity(
+        runs,
+        "acl-s0",
+        {
+            "order": {"passed": True, "detail": "clean 90.00 %, pgd20 40.00 %"},
+            "eps0": {"passed": False, "detail": "ε=0 88.00 %, clean 90.00 %"},
+        },
+    )
     write_sanity(runs, "simclr-s0", {"order": {"passed": True, "detail": "ok | fine"}})
     return {"results_csv": results_csv, "runs_dir": runs, "reference_dir": write_reference(root / "reference")}
 
 
 def golden_configurations(root: Path) -> dict:
-    return {"results_csv": write_store(root, configuration_rows()), "runs_dir": root / "results" / "runs",
-            "reference_dir": None}
+    return {
+        "results_csv": write_store(root, configuration_rows()),
+        "runs_dir": root / "results" / "runs",
+        "reference_dir": None,
+    }
 
 
 def golden_supervised(root: Path) -> dict:
-    return {"results_csv": write_store(root, supervised_rows()), "runs_dir": root / "results" / "runs",
-            "reference_dir": None}
+    return {
+        "results_csv": write_store(root, supervised_rows()),
+        "runs_dir": root / "results" / "runs",
+        "reference_dir": None,
+    }
 
 
 def edge_rows() -> list[dict]:
     """What the other stores lack: clean rows without ε (they join every table of their data and preset,
     or make one of ε unspecified), rows without a seed (one per run), a rerun of a seed (the later row
     wins), non-suspect flags, an unknown n_eval, a metric no table shows."""
-    return [row("a0", "acl", "SLF", "clean", 70.0, epsilon=""), row("a0", "acl", "SLF", "pgd20", 30.0),
-            row("a0", "acl", "SLF", "pgd20", 20.0, epsilon=0.05, flags="note:short-run"),
-            row("a0b", "acl", "SLF", "pgd20", 34.0, timestamp="2025-02-01T00:00:00+00:00"),  # seed 0 rerun
-            row("n1", "rocl", "ALF", "clean", 60.0, seed=""), row("n2", "rocl", "ALF", "clean", 64.0, seed=""),
-            row("n1", "rocl", "ALF", "autoattack", 25.0, seed="", flags="suspect:order;note:x"),
-            row("s0", "simclr", "AFF", "clean", 90.0, dataset="stl10", epsilon=""),
-            row("s0", "simclr", "AFF", "clean", 1.0, metric="loss")] + [
-        {**row("r0", "rocl", "SLF", "clean", 80.0), "n_eval": ""}]
+    return [
+        row("a0", "acl", "SLF", "clean", 70.0, epsilon=""),
+        row("a0", "acl", "SLF", "pgd20", 30.0),
+        row("a0", "acl", "SLF", "pgd20", 20.0, epsilon=0.05, flags="note:short-run"),
+        row("a0b", "acl", "SLF", "pgd20", 34.0, timestamp="2025-02-01T00:00:00+00:00"),  # seed 0 rerun
+        row("n1", "rocl", "ALF", "clean", 60.0, seed=""),
+        row("n2", "rocl", "ALF", "clean", 64.0, seed=""),
+        row("n1", "rocl", "ALF", "autoattack", 25.0, seed="", flags="suspect:order;note:x"),
+        row("s0", "simclr", "AFF", "clean", 90.0, dataset="stl10", epsilon=""),
+        row("s0", "simclr", "AFF", "clean", 1.0, metric="loss"),
+    ] + [{**row("r0", "rocl", "SLF", "clean", 80.0), "n_eval": ""}]
 
 
 def golden_edge(root: Path) -> dict:
-    return {"results_csv": write_store(root, edge_rows()), "runs_dir": root / "results" / "runs",
-            "reference_dir": None}
+    return {"results_csv": write_store(root, edge_rows()), "runs_dir": root / "results" / "runs", "reference_dir": None}
 
 
 def golden_smoke(root: Path) -> dict:
     """The real smoke store (copied), with the paper table forced on to show the reference-only sections."""
     shutil.copytree(SMOKE_STORE, root / "results")
-    return {"results_csv": root / "results" / "results.csv", "runs_dir": root / "results" / "runs",
-            "reference_dir": REPO_REFERENCE, "paper": True}
+    return {
+        "results_csv": root / "results" / "results.csv",
+        "runs_dir": root / "results" / "runs",
+        "reference_dir": REPO_REFERENCE,
+        "paper": True,
+    }
 
 
-GOLDEN_CASES = {"synthetic": golden_synthetic, "configurations": golden_configurations,
-                "supervised": golden_supervised, "edge": golden_edge, "smoke": golden_smoke}
+GOLDEN_CASES = {
+    "synthetic": golden_synthetic,
+    "configurations": golden_configurations,
+    "supervised": golden_supervised,
+    "edge": golden_edge,
+    "smoke": golden_smoke,
+}
 
 
 # --------------------------------------------------------------------------- a full-size table
@@ -176,19 +258,45 @@ def full_table_rows(methods=GOLDEN_ORDER, seeds=(0, 1, 2), device="cuda") -> lis
         anchor = method == "simclr"
         for seed in seeds:
             run_id = f"{method}-paper-cifar10-s{seed}"
-            common = {"preset": "paper", "dataset": "cifar10", "seed": seed, "config_hash": f"c{index:02d}",
-                      "timestamp": "2025-03-01T00:00:00+00:00"}
+            common = {
+                "preset": "paper",
+                "dataset": "cifar10",
+                "seed": seed,
+                "config_hash": f"c{index:02d}",
+                "timestamp": "2025-03-01T00:00:00+00:00",
+            }
             for scheme, shift in (("SLF", 0.0), ("ALF", -3.0), ("AFF", 2.0)):
                 clean = (91.0 if anchor else 80.0 - index * 0.4) + shift + rng.normal(0, 0.6)
                 pgd = (0.5 if anchor else 45.0 + index * 0.5) + shift / 2 + rng.normal(0, 0.5)
                 wall = 3600.0 * (1.0 + index / 6) if scheme == "SLF" else 1200.0
                 for attack, value in (("clean", clean), ("pgd20", pgd), ("autoattack", pgd - 4.0 - rng.random())):
-                    out.append(row(run_id, method, scheme, attack, round(max(value, 0.0), 2), epsilon=8 / 255,
-                                   wall_s=wall, **common))
+                    out.append(
+                        row(
+                            run_id,
+                            method,
+                            scheme,
+                            attack,
+                            round(max(value, 0.0), 2),
+                            epsilon=8 / 255,
+                            wall_s=wall,
+                            **common,
+                        )
+                    )
                 for k in (2, 4, 12, 16):
                     value = pgd * (1.45 - 0.056 * k) if not anchor else 0.0
-                    out.append(row(run_id, method, scheme, "pgd20", round(max(value, 0.0), 2), epsilon=k / 255,
-                                   metric="accuracy_vs_epsilon", wall_s=None, **common))
+                    out.append(
+                        row(
+                            run_id,
+                            method,
+                            scheme,
+                            "pgd20",
+                            round(max(value, 0.0), 2),
+                            epsilon=k / 255,
+                            metric="accuracy_vs_epsilon",
+                            wall_s=None,
+                            **common,
+                        )
+                    )
     for line in out:
         line["device"] = device
     return out

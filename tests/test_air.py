@@ -1,5 +1,6 @@
 """AIR's regularisers (bench.regularizers) and the acl-air / dynacl-air steps, against independent
 float64 computations written here from the paper's formulas and the released AIR.py arithmetic."""
+
 from __future__ import annotations
 
 import copy
@@ -83,6 +84,7 @@ def test_official_sum_can_be_negative_where_the_kl_cannot():
 
 def independent_regularizers_torch(z_i, z_j, z_o, a_i, a_j):
     """The paper's KLs written with explicit exp/sum (autograd gives the reference gradients)."""
+
     def dist(x, y):
         cosine = (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1))
         e = torch.exp(cosine / T)
@@ -141,15 +143,25 @@ def reference_nt_xent(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
 
 
 def make_context(epoch: int, epochs: int, seed: int = 3) -> StepContext:
-    return StepContext(epoch, 0, 1, torch.device("cpu"), torch.Generator().manual_seed(seed),
-                       AttackConfig(epsilon=0.1, step_size=0.025, steps=2), epochs=epochs)
+    return StepContext(
+        epoch,
+        0,
+        1,
+        torch.device("cpu"),
+        torch.Generator().manual_seed(seed),
+        AttackConfig(epsilon=0.1, step_size=0.025, steps=2),
+        epochs=epochs,
+    )
 
 
-@pytest.mark.parametrize("name, epoch, epochs, strength, omega, quirks", [
-    ("acl-air", 5, 8, 1.0, 0.0, "none"),
-    ("dynacl-air", 5, 8, 0.5, (2 / 3) * 0.5, "none"),  # P = 2: s = 1 - 2*2/8
-    ("dynacl-air", 1, 8, 1.0, 0.0, "official"),
-])
+@pytest.mark.parametrize(
+    "name, epoch, epochs, strength, omega, quirks",
+    [
+        ("acl-air", 5, 8, 1.0, 0.0, "none"),
+        ("dynacl-air", 5, 8, 0.5, (2 / 3) * 0.5, "none"),  # P = 2: s = 1 - 2*2/8
+        ("dynacl-air", 1, 8, 1.0, 0.0, "official"),
+    ],
+)
 def test_air_step_matches_an_independent_recomputation(digits, name, epoch, epochs, strength, omega, quirks):
     cls = registry.get(name)
     method = cls(cls.make_params({"anneal_period": 2, "quirks": quirks} if name != "acl-air" else {"quirks": quirks}))
@@ -162,18 +174,29 @@ def test_air_step_matches_an_independent_recomputation(digits, name, epoch, epoc
     assert logs["strength"] == pytest.approx(strength) and logs["omega"] == pytest.approx(omega)
 
     generator = torch.Generator().manual_seed(3)
-    view = StrongAugment(crop_scale=(1 - 0.9 * strength, 1.0), jitter=(0.4 * strength,) * 3 + (0.1 * strength,),
-                         jitter_p=0.8 * strength, grayscale_p=0.2 * strength)
+    view = StrongAugment(
+        crop_scale=(1 - 0.9 * strength, 1.0),
+        jitter=(0.4 * strength,) * 3 + (0.1 * strength,),
+        jitter_p=0.8 * strength,
+        grayscale_p=0.2 * strength,
+    )
     clean = torch.cat([view(images, generator), view(images, generator)])
     reference_model.eval()
-    adversarial = pgd(lambda x: reference_nt_xent(*reference_model(x, "pgd").chunk(2)), clean, epsilon=0.1,
-                      step_size=0.025, steps=2, generator=generator)
+    adversarial = pgd(
+        lambda x: reference_nt_xent(*reference_model(x, "pgd").chunk(2)),
+        clean,
+        epsilon=0.1,
+        step_size=0.025,
+        steps=2,
+        generator=generator,
+    )
     reference_model.train()
     a1, a2 = reference_model(adversarial, "pgd").chunk(2)
     z1, z2 = reference_model(clean, "normal").chunk(2)
     z_orig = reference_model(images, "normal")
-    sir, air = expected_regularizers(*(t.detach().double().numpy() for t in (z1, z2, z_orig, a1, a2)),
-                                     official=quirks == "official")
+    sir, air = expected_regularizers(
+        *(t.detach().double().numpy() for t in (z1, z2, z_orig, a1, a2)), official=quirks == "official"
+    )
     contrastive = (1 - omega) * reference_nt_xent(z1, z2) + (1 + omega) * reference_nt_xent(a1, a2)
     assert loss.item() == pytest.approx(contrastive.item() + 0.5 * sir + 0.5 * air, abs=1e-5)
     assert float(logs["sir"]) == pytest.approx(sir, abs=1e-5) and float(logs["air"]) == pytest.approx(air, abs=1e-5)

@@ -1,4 +1,5 @@
 """PGD and the TRADES attack: the sanity properties every attack must have."""
+
 from __future__ import annotations
 
 import pytest
@@ -57,10 +58,13 @@ def test_perturbation_stays_in_the_ball_and_the_image_range(random_init):
 
 def test_trades_attack_stays_in_the_ball_and_increases_the_kl():
     model, x, y = toy_problem()
-    x_adv = trades_kl_attack(model, x, epsilon=0.05, step_size=0.01, steps=10, generator=torch.Generator().manual_seed(0))
+    x_adv = trades_kl_attack(
+        model, x, epsilon=0.05, step_size=0.01, steps=10, generator=torch.Generator().manual_seed(0)
+    )
     assert (x_adv - x).abs().max() <= 0.05 + 1e-7 and x_adv.min() >= 0 and x_adv.max() <= 1
-    kl = lambda inputs: nn.functional.kl_div(nn.functional.log_softmax(model(inputs), 1),
-                                             nn.functional.softmax(model(x), 1), reduction="sum")
+    kl = lambda inputs: nn.functional.kl_div(
+        nn.functional.log_softmax(model(inputs), 1), nn.functional.softmax(model(x), 1), reduction="sum"
+    )
     assert kl(x_adv) > kl(x + 0.001 * torch.randn_like(x))
 
 

@@ -1,16 +1,17 @@
 """AutoAttack's own checks and progress are captured (issue 13 §3): models that trip each check."""
+
 from __future__ import annotations
 
 import logging
 
 import pytest
 import torch
+from test_attacks import toy_problem
+from test_evaluate import Quantised, masked_problem
 from torch import nn
 
 from bench.autoattack_watch import LOGGER_NAME, check_name, watch_autoattack
 from bench.evaluate import autoattack_accuracy
-from test_attacks import toy_problem
-from test_evaluate import Quantised, masked_problem
 
 
 class Softmaxed(nn.Module):
@@ -65,8 +66,9 @@ def _run(model, x, y):
 def test_a_plain_model_trips_no_check_and_reports_progress(problem):
     model, x, y = problem
     lines: list[str] = []
-    accuracy, info = autoattack_accuracy(model, x, y, epsilon=0.08, version="apgd-ce", batch_size=16,
-                                         progress=lines.append)
+    accuracy, info = autoattack_accuracy(
+        model, x, y, epsilon=0.08, version="apgd-ce", batch_size=16, progress=lines.append
+    )
     assert info["autoattack_checks"] == []
     assert any(line == "AutoAttack: running apgd-ce" for line in lines), lines
     assert any(line.startswith("AutoAttack: clean accuracy") for line in lines), lines
@@ -96,8 +98,15 @@ def test_zero_gradients_are_reported():
 
     x, y = masked_problem(8)
     with watch_autoattack() as watch:
-        attack = APGDAttack_targeted(Quantised().eval(), n_iter=2, n_target_classes=1, eps=0.08, seed=0,
-                                     device="cpu", logger=logging.getLogger(LOGGER_NAME))
+        attack = APGDAttack_targeted(
+            Quantised().eval(),
+            n_iter=2,
+            n_target_classes=1,
+            eps=0.08,
+            seed=0,
+            device="cpu",
+            logger=logging.getLogger(LOGGER_NAME),
+        )
         attack.perturb(x, y)
     (entry,) = [entry for entry in watch.checks if entry["check"] == "zero-gradients"]
     assert "8 points with zero gradient" in entry["message"] and entry["count"] >= 1
@@ -151,8 +160,11 @@ def test_a_tripped_check_reaches_the_sanity_record_and_report(problem, tmp_path)
 
 
 def _info(progress, planned=("apgd-ce", "apgd-t", "fab-t", "square"), reported=25.0):
-    return {"autoattack_progress": [{"attack": a, "robust_accuracy": r, "elapsed_s": 1.0} for a, r in progress],
-            "autoattack_planned": list(planned), "reported_accuracy": reported}
+    return {
+        "autoattack_progress": [{"attack": a, "robust_accuracy": r, "elapsed_s": 1.0} for a, r in progress],
+        "autoattack_planned": list(planned),
+        "reported_accuracy": reported,
+    }
 
 
 def test_autoattack_completion_check():

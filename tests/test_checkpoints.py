@@ -5,6 +5,7 @@ the original code names them (the literal key names asserted below come from the
 model files), so the test checks the key maps against the released names, not against
 the loader's own renaming.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,11 +86,17 @@ def acl_state(seed: int = 0) -> tuple[ResNet18, dict]:
 def advcl_state(seed: int = 1, prefix: str = "module.") -> tuple[ResNet18, dict]:
     encoder = reference_encoder(ADVCL_BN, seed)
     state = multi_bn_names(encoder.state_dict(), ADVCL_BN)
-    state.update({
-        "head_proj.0.weight": torch.randn(4, 4), "head_proj.1.running_mean": torch.zeros(4),
-        "head_proj.3.weight": torch.randn(2, 4), "head_pred.0.weight": torch.randn(4, 4),
-        "head_ce.3.bias": torch.zeros(10), "fc_002.weight": torch.randn(2, 4), "fc_500.bias": torch.zeros(500),
-    })
+    state.update(
+        {
+            "head_proj.0.weight": torch.randn(4, 4),
+            "head_proj.1.running_mean": torch.zeros(4),
+            "head_proj.3.weight": torch.randn(2, 4),
+            "head_pred.0.weight": torch.randn(4, 4),
+            "head_ce.3.bias": torch.zeros(10),
+            "fc_002.weight": torch.randn(2, 4),
+            "fc_500.bias": torch.zeros(500),
+        }
+    )
     return encoder, {prefix + key: value for key, value in state.items()}
 
 
@@ -111,8 +118,13 @@ def assert_loaded(model, reference: ResNet18, source_branch: str) -> None:
 
 def test_acl_key_names_follow_the_released_model():
     _, state = acl_state()
-    for key in ("conv1.weight", "bn1.bn_list.1.running_mean", "layer2.0.downsample.conv.weight",
-                "layer2.0.downsample.bn.bn_list.1.running_var", "layer4.1.bn2.bn_list.0.weight"):
+    for key in (
+        "conv1.weight",
+        "bn1.bn_list.1.running_mean",
+        "layer2.0.downsample.conv.weight",
+        "layer2.0.downsample.bn.bn_list.1.running_var",
+        "layer4.1.bn2.bn_list.0.weight",
+    ):
         assert key in state
 
 
@@ -150,8 +162,10 @@ def test_acl_branch_choice_selects_statistics():
     both, info = load_encoder({"state_dict": state}, "acl", branch="all")
     assert both.bn_names() == ACL_BN and info["branch"] == "pgd"
     assert float(both.encoder.layer1[0].bn2.branches["pgd"].running_mean[0]) == 2.0
-    assert torch.equal(both.encoder.state_dict()["layer1.0.bn2.branches.normal.weight"],
-                       reference.state_dict()["layer1.0.bn2.branches.normal.weight"])
+    assert torch.equal(
+        both.encoder.state_dict()["layer1.0.bn2.branches.normal.weight"],
+        reference.state_dict()["layer1.0.bn2.branches.normal.weight"],
+    )
     with pytest.raises(ValueError, match="pgd_ce"):
         load_encoder({"state_dict": state}, "acl", branch="pgd_ce")
 
@@ -190,8 +204,9 @@ def test_rocl_kuangliu_names_single_bn(tmp_path):
     reference, state = rocl_state()
     assert {"module.layer2.0.shortcut.1.running_mean", "module.layer1.0.bn1.weight"} <= set(state)
     path = tmp_path / "ckpt.t7rocl_0"
-    torch.save({"epoch": 999, "acc": 1.5, "model": state, "optimizer_state": {}, "rng_state": torch.get_rng_state()},
-               path)
+    torch.save(
+        {"epoch": 999, "acc": 1.5, "model": state, "optimizer_state": {}, "rng_state": torch.get_rng_state()}, path
+    )
     model, info = load_encoder(path, "rocl")
     assert_loaded(model, reference, "normal")
     assert isinstance(model.normalize, nn.Identity) and info["source_branch"] == "normal"
@@ -231,8 +246,15 @@ def bench_checkpoint(arch: str = "resnet18") -> tuple[nn.Module, dict]:
     randomise_bn(model)
     model.heads["k10"] = nn.Linear(model.feature_dim, 10)
     return model, EncoderCheckpoint(
-        model=model.state_dict(), method="acl", arch=arch, bn_branches=ACL_BN, projector="acl",
-        normalization="imagenet", finetune_bn="pgd", in_channels=3, run_id="acl-test",
+        model=model.state_dict(),
+        method="acl",
+        arch=arch,
+        bn_branches=ACL_BN,
+        projector="acl",
+        normalization="imagenet",
+        finetune_bn="pgd",
+        in_channels=3,
+        run_id="acl-test",
     ).to_state()
 
 
@@ -276,12 +298,15 @@ def released(fmt: str) -> dict:
     return {"model": rocl_state()[1]}
 
 
-@pytest.mark.parametrize("fmt, key", [
-    ("acl", "layer3.0.downsample.bn.bn_list.1.running_mean"),
-    ("acl", "normalize.std"),
-    ("advcl", "module.layer1.1.bn2.bn_list.1.weight"),
-    ("rocl", "module.layer2.0.shortcut.0.weight"),
-])
+@pytest.mark.parametrize(
+    "fmt, key",
+    [
+        ("acl", "layer3.0.downsample.bn.bn_list.1.running_mean"),
+        ("acl", "normalize.std"),
+        ("advcl", "module.layer1.1.bn2.bn_list.1.weight"),
+        ("rocl", "module.layer2.0.shortcut.0.weight"),
+    ],
+)
 def test_missing_key_is_an_error_listing_it(fmt, key):
     checkpoint = released(fmt)
     state = next(iter(checkpoint.values()))
@@ -293,13 +318,16 @@ def test_missing_key_is_an_error_listing_it(fmt, key):
     assert listed == [f"  missing: {key}"]
 
 
-@pytest.mark.parametrize("fmt, key", [
-    ("acl", "layer5.0.conv1.weight"),
-    ("acl", "bn1.bn_list.2.running_mean"),  # a third branch is not ACL's
-    ("advcl", "module.linear_contrast.weight"),
-    ("advcl", "module.normalize.mean"),  # AdvCL has no normalisation layer
-    ("rocl", "module.layer1.0.bn1.bn_list.0.weight"),
-])
+@pytest.mark.parametrize(
+    "fmt, key",
+    [
+        ("acl", "layer5.0.conv1.weight"),
+        ("acl", "bn1.bn_list.2.running_mean"),  # a third branch is not ACL's
+        ("advcl", "module.linear_contrast.weight"),
+        ("advcl", "module.normalize.mean"),  # AdvCL has no normalisation layer
+        ("rocl", "module.layer1.0.bn1.bn_list.0.weight"),
+    ],
+)
 def test_unexpected_key_is_an_error_listing_it(fmt, key):
     checkpoint = released(fmt)
     next(iter(checkpoint.values()))[key] = torch.zeros(3)
@@ -326,8 +354,11 @@ def test_wrong_stem_shape_is_an_architecture_error():
 
 
 def test_unknown_format_and_arch():
-    with pytest.raises(ValueError, match=r"'simclr'.*allowed \['bench', 'robustssl', 'advcl', 'rocl', 'acl', 'dynacl', "
-                                         r"'dynacl\+\+', 'dynacl\+\+-dual', 'deacl', 'deacl-teacher'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"'simclr'.*allowed \['bench', 'robustssl', 'advcl', 'rocl', 'acl', 'dynacl', "
+        r"'dynacl\+\+', 'dynacl\+\+-dual', 'deacl', 'deacl-teacher'\]",
+    ):
         load_encoder({}, "simclr")
     with pytest.raises(ValueError, match="ResNet-18"):
         load_encoder(released("rocl"), "rocl", arch="small_cnn")
@@ -431,11 +462,14 @@ def released_state(fmt: str, seed: int = 0) -> dict:
     return state
 
 
-@pytest.mark.parametrize("fmt, wrap, branch_index", [
-    ("acl", lambda s: {"epoch": 1, "state_dict": s}, 1),
-    ("advcl", lambda s: {"epoch": 400, "model": {"module." + k: v for k, v in s.items()}}, 1),
-    ("rocl", lambda s: {"epoch": 1, "model": {"module." + k: v for k, v in s.items()}}, None),
-])
+@pytest.mark.parametrize(
+    "fmt, wrap, branch_index",
+    [
+        ("acl", lambda s: {"epoch": 1, "state_dict": s}, 1),
+        ("advcl", lambda s: {"epoch": 400, "model": {"module." + k: v for k, v in s.items()}}, 1),
+        ("rocl", lambda s: {"epoch": 1, "model": {"module." + k: v for k, v in s.items()}}, None),
+    ],
+)
 def test_released_key_sets_load_strictly_into_the_right_tensors(fmt, wrap, branch_index):
     state = released_state(fmt)
     model, _ = load_encoder(wrap(state), fmt)
@@ -469,8 +503,9 @@ def test_deacl_released_keys_load_strictly_into_the_padding_two_stem(tmp_path):
     model, info = load_encoder(path, "deacl")
     ours = model.encoder.state_dict()
     assert torch.equal(ours["conv1.weight"], state["backbone.conv1.weight"])
-    assert torch.equal(ours["layer3.0.shortcut.1.branches.normal.running_var"],
-                       state["backbone.layer3.0.downsample.1.running_var"])
+    assert torch.equal(
+        ours["layer3.0.shortcut.1.branches.normal.running_var"], state["backbone.layer3.0.downsample.1.running_var"]
+    )
     assert torch.equal(ours["layer4.1.bn2.branches.normal.weight"], state["backbone.layer4.1.bn2.weight"])
     assert torch.equal(model.normalize.mean.flatten(), state["backbone.normalize.mean"])
     assert not torch.equal(ours["conv1.weight"], state["momentum_backbone.conv1.weight"])  # not the teacher
@@ -497,8 +532,9 @@ def test_deacl_teacher_is_solo_learns_simclr_with_deacls_normalisation():
     state = released_state("deacl-teacher")
     assert "backbone.normalize.mean" not in state and "projector.2.weight" in state
     model, info = load_encoder({"state_dict": state}, "deacl-teacher")
-    assert torch.equal(model.encoder.state_dict()["layer2.0.shortcut.0.weight"],
-                       state["backbone.layer2.0.downsample.0.weight"])
+    assert torch.equal(
+        model.encoder.state_dict()["layer2.0.shortcut.0.weight"], state["backbone.layer2.0.downsample.0.weight"]
+    )
     assert model.normalize.mean.flatten().tolist() == pytest.approx([0.4914, 0.4822, 0.4465])  # resnet_add_normalize.py
     assert model.normalize.std.flatten().tolist() == pytest.approx([0.247, 0.243, 0.261])
     assert info["normalization"] == "cifar10" and model.encoder.conv1.padding == (2, 2)
@@ -510,8 +546,15 @@ def test_deacl_teacher_is_solo_learns_simclr_with_deacls_normalisation():
 def test_bench_checkpoint_records_the_stem_through_its_arch(tmp_path):
     torch.manual_seed(8)
     original = build_contrastive_model("resnet18_deacl", ("normal",), "none", normalization="cifar10")
-    checkpoint = {"format": "acl-bench", "model": original.state_dict(), "method": "deacl", "arch": "resnet18_deacl",
-                  "bn_branches": ["normal"], "projector": "none", "normalization": "cifar10"}
+    checkpoint = {
+        "format": "acl-bench",
+        "model": original.state_dict(),
+        "method": "deacl",
+        "arch": "resnet18_deacl",
+        "bn_branches": ["normal"],
+        "projector": "none",
+        "normalization": "cifar10",
+    }
     path = save_torch_atomic(checkpoint, tmp_path / "encoder.pt")
     model, info = load_encoder(path, "bench")
     assert model.encoder.conv1.padding == (2, 2) and info["normalization"] == "cifar10"

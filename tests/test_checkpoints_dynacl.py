@@ -5,6 +5,7 @@ model classes (PKU-ML/DYNACL): the momentum pair of train_DynACL.py, its key enc
 LPAFT.py's single-BN ResNet-18 and LPAFT_AFF.py's dual-BN one. The state dicts below have
 exactly those keys with random values, so the checks are independent of our own renaming.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,16 +47,19 @@ def test_dynacl_loads_the_key_encoder_pgd_branch(kind):
     prefix = "encoder_k." if kind == "dynacl" else ""
     ours = model.encoder.state_dict()
     assert torch.equal(ours["conv1.weight"], state[f"{prefix}conv1.weight"])
-    assert torch.equal(ours["layer3.0.shortcut.1.branches.normal.running_var"],
-                       state[f"{prefix}layer3.0.downsample.bn.bn_list.1.running_var"])
+    assert torch.equal(
+        ours["layer3.0.shortcut.1.branches.normal.running_var"],
+        state[f"{prefix}layer3.0.downsample.bn.bn_list.1.running_var"],
+    )
     assert torch.equal(ours["layer1.1.bn2.branches.normal.weight"], state[f"{prefix}layer1.1.bn2.bn_list.1.weight"])
     assert (info["source_branch"], info["normalization"], info["epoch"]) == ("pgd", "imagenet", 1000)
     assert f"{prefix}fc.fc1.weight" in info["ignored_keys"]
     if kind == "dynacl":
         assert info["encoder_prefix"] == "encoder_k." and "encoder_q.conv1.weight" in info["ignored_keys"]
     clean, _ = load_encoder({"state_dict": state}, "dynacl", branch="normal")
-    assert torch.equal(clean.encoder.state_dict()["bn1.branches.normal.running_mean"],
-                       state[f"{prefix}bn1.bn_list.0.running_mean"])
+    assert torch.equal(
+        clean.encoder.state_dict()["bn1.branches.normal.running_mean"], state[f"{prefix}bn1.bn_list.0.running_mean"]
+    )
 
 
 def test_dynacl_plus_plus_single_bn_maps_torchvision_names():
@@ -63,8 +67,9 @@ def test_dynacl_plus_plus_single_bn_maps_torchvision_names():
     model, info = load_encoder({"epoch": 25, "state_dict": state}, "dynacl++")
     ours = model.encoder.state_dict()
     assert torch.equal(ours["layer2.0.shortcut.0.weight"], state["layer2.0.downsample.0.weight"])
-    assert torch.equal(ours["layer2.0.shortcut.1.branches.normal.running_mean"],
-                       state["layer2.0.downsample.1.running_mean"])
+    assert torch.equal(
+        ours["layer2.0.shortcut.1.branches.normal.running_mean"], state["layer2.0.downsample.1.running_mean"]
+    )
     assert torch.equal(ours["bn1.branches.normal.bias"], state["bn1.bias"])
     assert (info["branch"], info["source_branch"], info["available_branches"]) == ("normal", "pgd", ["pgd"])
     assert info["ignored_keys"] == ["fc.bias", "fc.weight"]
@@ -80,13 +85,15 @@ def test_dynacl_plus_plus_dual_bn_keeps_both_routes():
     model, info = load_encoder({"state_dict": state}, "dynacl++-dual", branch="all")
     ours = model.encoder.state_dict()
     for index, name in enumerate(("normal", "pgd")):
-        assert torch.equal(ours[f"layer4.1.bn1.branches.{name}.running_mean"],
-                           state[f"layer4.1.bn1.bn_list.{index}.running_mean"])
+        assert torch.equal(
+            ours[f"layer4.1.bn1.branches.{name}.running_mean"], state[f"layer4.1.bn1.bn_list.{index}.running_mean"]
+        )
     assert info["branch"] == "pgd" and info["ignored_keys"] == ["fc.bias", "fc.weight"]
 
 
-@pytest.mark.parametrize("kind, fmt", [("dynacl", "dynacl"), ("dynacl++_single", "dynacl++"),
-                                       ("dynacl++_dual", "dynacl++-dual")])
+@pytest.mark.parametrize(
+    "kind, fmt", [("dynacl", "dynacl"), ("dynacl++_single", "dynacl++"), ("dynacl++_dual", "dynacl++-dual")]
+)
 def test_a_missing_or_foreign_key_is_an_error(kind, fmt):
     state = released_state(kind)
     missing = dict(state)

@@ -1,4 +1,5 @@
 """CLI: bad input fails before any work with one clear line; help is complete."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,7 +21,9 @@ def test_bad_method_name(tmp_path, capsys):
 
 
 def test_bad_preset(tmp_path, capsys):
-    _fails_cleanly(["run", "--preset", "huge"], tmp_path, capsys, "preset='huge' is invalid: allowed ['smoke', 'paper']")
+    _fails_cleanly(
+        ["run", "--preset", "huge"], tmp_path, capsys, "preset='huge' is invalid: allowed ['smoke', 'paper']"
+    )
 
 
 def test_negative_epsilon(tmp_path, capsys):
@@ -28,8 +31,12 @@ def test_negative_epsilon(tmp_path, capsys):
 
 
 def test_missing_dataset(tmp_path, capsys):
-    _fails_cleanly(["run", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere")], tmp_path, capsys,
-                   f"not found in {tmp_path / 'nowhere'}: pass --download")
+    _fails_cleanly(
+        ["run", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere")],
+        tmp_path,
+        capsys,
+        f"not found in {tmp_path / 'nowhere'}: pass --download",
+    )
 
 
 def test_bad_method_parameter(tmp_path, capsys):
@@ -40,8 +47,9 @@ def test_unknown_field(tmp_path, capsys):
     _fails_cleanly(["run", "--set", "pretrain.nope=1"], tmp_path, capsys, "field='pretrain.nope' is invalid")
 
 
-@pytest.mark.parametrize("command", ["run", "list", "pretrain", "finetune", "evaluate", "report", "reproduce", "export",
-                                     "compare"])
+@pytest.mark.parametrize(
+    "command", ["run", "list", "pretrain", "finetune", "evaluate", "report", "reproduce", "export", "compare"]
+)
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"])

@@ -3,6 +3,7 @@
 The records are written by the tests (no training); the expected p-value and power are computed
 here from the binomial distribution with ``math.comb``, never with bench.stats.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,14 +39,18 @@ def _store(tmp_path, variant_meta=None):
     indices = np.arange(1000, 1000 + N)
     meta = {"epsilon": 0.1, "eval_dataset": "digits", "subset_seed": 0}
     write_record(store.run("acl-s0").create().correct("SLF"), indices, {"clean": base, "pgd20": base}, meta)
-    write_record(store.run("acl-ip-s0").create().correct("SLF"), indices, {"clean": variant, "pgd20": base},
-                 {**meta, **(variant_meta or {})})
+    write_record(
+        store.run("acl-ip-s0").create().correct("SLF"),
+        indices,
+        {"clean": variant, "pgd20": base},
+        {**meta, **(variant_meta or {})},
+    )
     return store
 
 
 def _exact_mcnemar(b: int, c: int) -> float:
     k, m = min(b, c), b + c
-    return min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m)
+    return min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m)
 
 
 def test_paired_counts_give_the_textbook_mcnemar_test(tmp_path):
@@ -68,11 +73,14 @@ def _power(n: int, difference: float, discordant: float, alpha: float = 0.05) ->
     share = (discordant + difference) / (2 * discordant)
     total = 0.0
     for m in range(n + 1):
-        p_m = math.comb(n, m) * discordant ** m * (1 - discordant) ** (n - m)
+        p_m = math.comb(n, m) * discordant**m * (1 - discordant) ** (n - m)
         if p_m < 1e-15:
             continue
-        reject = sum(math.comb(m, k) * share ** k * (1 - share) ** (m - k)
-                     for k in range(m + 1) if _exact_mcnemar(k, m - k) < alpha + 1e-12)
+        reject = sum(
+            math.comb(m, k) * share**k * (1 - share) ** (m - k)
+            for k in range(m + 1)
+            if _exact_mcnemar(k, m - k) < alpha + 1e-12
+        )
         total += p_m * reject
     return total
 
@@ -106,10 +114,14 @@ def test_bad_requests_fail_with_one_line(tmp_path, capsys):
     store = _store(tmp_path)
     root = ["--results-dir", str(store.root)]
     _fails_with_one_line(["acl-s0", "nope", *root], capsys, "run='nope' is invalid: allowed a run id in")
-    _fails_with_one_line(["acl-s0", "acl-ip-s0", "--scheme", "ALF", *root], capsys,
-                         "scheme='ALF' is invalid: allowed ['SLF']")
-    _fails_with_one_line(["acl-s0", "acl-ip-s0", "--attack", "autoattack", *root], capsys,
-                         "attack='autoattack' is invalid: allowed ['clean', 'pgd20']")
+    _fails_with_one_line(
+        ["acl-s0", "acl-ip-s0", "--scheme", "ALF", *root], capsys, "scheme='ALF' is invalid: allowed ['SLF']"
+    )
+    _fails_with_one_line(
+        ["acl-s0", "acl-ip-s0", "--attack", "autoattack", *root],
+        capsys,
+        "attack='autoattack' is invalid: allowed ['clean', 'pgd20']",
+    )
     store.run("old").create()
     _fails_with_one_line(["acl-s0", "old", *root], capsys, "run 'old' has no per-image records")
     store.run("acl-s0").correct("SLF").write_bytes(b"not a record")

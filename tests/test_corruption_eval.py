@@ -3,6 +3,7 @@
 Data is made here: the embedded digits for the regenerated corruptions, fake CIFAR-10-C files for
 the official ones (never downloaded).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,12 +35,17 @@ def _config(**fields):
 
 
 def test_regenerated_corruptions_give_rows_per_pair_and_severity_means(tmp_path, digits):
-    config = _config(corruptions="regenerated", corruption_names="gaussian_noise,motion_blur",
-                     corruption_severities="1,5", corruption_seed="3")
+    config = _config(
+        corruptions="regenerated",
+        corruption_names="gaussian_noise,motion_blur",
+        corruption_severities="1,5",
+        corruption_seed="3",
+    )
     classifier = _classifier(digits)
     run_dir = RunDir(tmp_path / "run")
-    rows = {row.attack: row for row in evaluate_ready_classifier(classifier, digits, config, torch.device("cpu"),
-                                                                 run_dir)}
+    rows = {
+        row.attack: row for row in evaluate_ready_classifier(classifier, digits, config, torch.device("cpu"), run_dir)
+    }
     indices = seeded_subset(digits.x_test.shape[0], 40, config.evaluate.subset_seed)
     labels = digits.y_test[indices]
     expected = {}
@@ -98,14 +104,17 @@ def test_official_corruptions_are_the_files_at_the_evaluated_indices(tmp_path):
         corrupted_images(data, indices, "fog", 3, config, "cpu")
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("evaluate.corruptions", "sometimes", "evaluate.corruptions='sometimes' is invalid: allowed"),
-    ("evaluate.corruptions", "official", "evaluate.corruptions='official' is invalid: allowed with --eval-dataset"),
-    ("evaluate.corruption_names", "fog,speckle", "evaluate.corruption_names='speckle' is invalid: allowed"),
-    ("evaluate.corruption_severities", "0", "evaluate.corruption_severities=0 is invalid: allowed [1, 2, 3, 4, 5]"),
-    ("evaluate.corruption_schemes", "SLF,XYZ", "evaluate.corruption_schemes='XYZ' is invalid"),
-    ("data.name", "cifar10c", "data.name='cifar10c' is invalid: allowed a pretraining dataset"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("evaluate.corruptions", "sometimes", "evaluate.corruptions='sometimes' is invalid: allowed"),
+        ("evaluate.corruptions", "official", "evaluate.corruptions='official' is invalid: allowed with --eval-dataset"),
+        ("evaluate.corruption_names", "fog,speckle", "evaluate.corruption_names='speckle' is invalid: allowed"),
+        ("evaluate.corruption_severities", "0", "evaluate.corruption_severities=0 is invalid: allowed [1, 2, 3, 4, 5]"),
+        ("evaluate.corruption_schemes", "SLF,XYZ", "evaluate.corruption_schemes='XYZ' is invalid"),
+        ("data.name", "cifar10c", "data.name='cifar10c' is invalid: allowed a pretraining dataset"),
+    ],
+)
 def test_bad_corruption_settings_are_one_line(field, value, message):
     config = smoke_preset()
     set_field(config, field, value)

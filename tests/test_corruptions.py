@@ -5,6 +5,7 @@ make_cifar_c.py run outside this repository with ImageMagick 6.9, OpenCV, scikit
 same random draws): docs/corruptions.md. The tests here use independent references (scipy,
 Pillow, colorsys, loops written from the recipe) and the severity properties.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -32,8 +33,9 @@ def digits16():
 def images32():
     """32 digits and 32 smooth colour images at the recipe's 32 px, uint8."""
     generator = torch.Generator().manual_seed(1)
-    smooth = torch.nn.functional.interpolate(torch.rand(32, 3, 4, 4, generator=generator), size=32, mode="bicubic",
-                                             align_corners=False)
+    smooth = torch.nn.functional.interpolate(
+        torch.rand(32, 3, 4, 4, generator=generator), size=32, mode="bicubic", align_corners=False
+    )
     return torch.cat([load_digits(32).x_test[:32], (smooth.clamp(0, 1) * 255).round().to(torch.uint8)])
 
 
@@ -42,6 +44,7 @@ def _seeded(seed: int = 0) -> torch.Generator:
 
 
 # --- the official files ---------------------------------------------------------------------------
+
 
 def _fake_cifar_c(root, per_severity: int = 4):
     folder = root / "CIFAR-10-C"
@@ -78,6 +81,7 @@ def test_official_loader_errors_name_the_problem(tmp_path):
 
 
 # --- the regeneration: contract -------------------------------------------------------------------
+
 
 def test_fifteen_corruptions_and_the_approximations_are_labelled():
     assert len(CORRUPTIONS) == 15 and all(len(c.constants) == 5 for c in CORRUPTIONS.values())
@@ -136,8 +140,9 @@ NOT_MONOTONE_IN_DISTORTION = {"glass_blur", "motion_blur", "elastic_transform", 
 def test_mean_distortion_grows_with_severity(images32):
     distortion = {}
     for name in CORRUPTIONS:
-        distortion[name] = [float((corrupt(images32, name, s, _seeded()).float() - images32.float()).abs().mean())
-                            for s in SEVERITIES]
+        distortion[name] = [
+            float((corrupt(images32, name, s, _seeded()).float() - images32.float()).abs().mean()) for s in SEVERITIES
+        ]
     for name, values in distortion.items():
         if name not in NOT_MONOTONE_IN_DISTORTION:
             assert all(a < b for a, b in zip(values, values[1:])), (name, values)
@@ -178,8 +183,10 @@ NOT_MONOTONE_IN_ACCURACY = {"glass_blur", "elastic_transform", "pixelate"}
 
 def test_accuracy_of_a_fixed_model_falls_with_severity(digits16, ridge_classifier):
     clean = ridge_classifier(digits16.x_test)
-    accuracy = {name: [ridge_classifier(corrupt(digits16.x_test, name, s, _seeded())) for s in SEVERITIES]
-                for name in CORRUPTIONS}
+    accuracy = {
+        name: [ridge_classifier(corrupt(digits16.x_test, name, s, _seeded())) for s in SEVERITIES]
+        for name in CORRUPTIONS
+    }
     for name, values in accuracy.items():
         assert values[-1] < clean, (name, clean, values)  # severity 5 always hurts
         if name not in NOT_MONOTONE_IN_ACCURACY:
@@ -194,6 +201,7 @@ def test_accuracy_of_a_fixed_model_falls_with_severity(digits16, ridge_classifie
 
 # --- the operations against independent references ------------------------------------------------
 
+
 @pytest.mark.parametrize(("size", "factor"), [(32, 0.95), (32, 0.65), (16, 0.75)])
 def test_box_resize_matches_pillow(size, factor):
     rng = np.random.default_rng(size)
@@ -205,9 +213,10 @@ def test_box_resize_matches_pillow(size, factor):
     assert np.array_equal((ours[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy(), expected)
 
 
-@pytest.mark.parametrize(("sigma", "mode", "scipy_mode", "truncate"),
-                         [(0.4, "nearest", "nearest", 4.0), (1.0, "nearest", "nearest", 4.0),
-                          (3.2, "symmetric", "reflect", 3.0)])
+@pytest.mark.parametrize(
+    ("sigma", "mode", "scipy_mode", "truncate"),
+    [(0.4, "nearest", "nearest", 4.0), (1.0, "nearest", "nearest", 4.0), (3.2, "symmetric", "reflect", 3.0)],
+)
 def test_gaussian_filter_matches_scipy(sigma, mode, scipy_mode, truncate):
     image = np.random.default_rng(0).random((2, 16, 16))
     expected = np.stack([ndimage.gaussian_filter(c, sigma, mode=scipy_mode, truncate=truncate) for c in image])
@@ -220,8 +229,9 @@ def test_bilinear_sample_matches_scipy_map_coordinates():
     image = rng.random((9, 9))
     rows, cols = rng.uniform(-3, 12, size=(9, 9)), rng.uniform(-3, 12, size=(9, 9))
     expected = ndimage.map_coordinates(image, [rows, cols], order=1, mode="reflect")
-    ours = ops.bilinear_sample(torch.from_numpy(image)[None, None], torch.from_numpy(rows)[None],
-                               torch.from_numpy(cols)[None], "symmetric")[0, 0]
+    ours = ops.bilinear_sample(
+        torch.from_numpy(image)[None, None], torch.from_numpy(rows)[None], torch.from_numpy(cols)[None], "symmetric"
+    )[0, 0]
     assert np.allclose(ours.numpy(), expected, atol=1e-12)
 
 
@@ -274,15 +284,16 @@ def test_disk_kernel_by_hand():
     taps /= taps.sum()
     disk = np.zeros((5, 5))
     disk[2, 1:4] = disk[1:4, 2] = 0.2
-    expected = ndimage.correlate1d(ndimage.correlate1d(disk, taps, axis=0, mode="constant"), taps, axis=1,
-                                   mode="constant")
+    expected = ndimage.correlate1d(
+        ndimage.correlate1d(disk, taps, axis=0, mode="constant"), taps, axis=1, mode="constant"
+    )
     assert np.allclose(ops.disk_kernel(1, 0.2).numpy(), expected, atol=1e-12)
 
 
 def test_motion_blur_at_angle_zero_is_a_one_sided_row_average():
     x = torch.rand(1, 1, 6, 10, dtype=torch.float64)
     ours = ops.motion_blur(x, radius=2, sigma=1.0, angles=torch.zeros(1))[0, 0]
-    weights = np.exp(-np.arange(5) ** 2 / 2.0)
+    weights = np.exp(-(np.arange(5) ** 2) / 2.0)
     weights /= weights.sum()
     image = x[0, 0].numpy()
     expected = sum(w * image[:, np.minimum(np.arange(10) + i, 9)] for i, w in enumerate(weights))

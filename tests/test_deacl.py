@@ -6,6 +6,7 @@ gradients), from quoted released settings, or from the released step's fixture
 (tests/data/deacl_step.json, procedure inside; inputs from tests/deacl_inputs.py); the function
 under test never produces an expected value.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,14 @@ DEACL_MEAN, DEACL_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)  # resne
 
 
 def context(step: int = 0, *, epsilon: float = 0.1, step_size: float = 0.025, steps: int = 2, seed: int = 0):
-    return StepContext(0, step, 1, torch.device("cpu"), torch.Generator().manual_seed(seed),
-                       AttackConfig(epsilon=epsilon, step_size=step_size, steps=steps))
+    return StepContext(
+        0,
+        step,
+        1,
+        torch.device("cpu"),
+        torch.Generator().manual_seed(seed),
+        AttackConfig(epsilon=epsilon, step_size=step_size, steps=steps),
+    )
 
 
 def make_deacl(**params) -> DeACL:
@@ -61,8 +68,9 @@ def cosine(a, b):
 def hand_loss(clean, adversarial, teacher, weight):
     """-1/B Σ cos(c_i, t_i) - k/B Σ cos(a_i, c_i), one row at a time."""
     rows = range(clean.shape[0])
-    return (-sum(cosine(clean[i], teacher[i]) for i in rows) / len(rows)
-            - weight * sum(cosine(adversarial[i], clean[i]) for i in rows) / len(rows))
+    return -sum(cosine(clean[i], teacher[i]) for i in rows) / len(rows) - weight * sum(
+        cosine(adversarial[i], clean[i]) for i in rows
+    ) / len(rows)
 
 
 def cosine_gradient(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -185,8 +193,19 @@ def test_teacher_from_a_bench_file(tmp_path, digits):
     torch.manual_seed(2)
     teacher = build_contrastive_model("small_cnn", ("normal",), "simclr")
     path = tmp_path / "encoder.pt"
-    torch.save({"format": "acl-bench", "model": teacher.state_dict(), "arch": "small_cnn", "bn_branches": ["normal"],
-                "projector": "simclr", "normalization": "none", "method": "simclr", "run_id": "simclr-x"}, path)
+    torch.save(
+        {
+            "format": "acl-bench",
+            "model": teacher.state_dict(),
+            "arch": "small_cnn",
+            "bn_branches": ["normal"],
+            "projector": "simclr",
+            "normalization": "none",
+            "method": "simclr",
+            "run_id": "simclr-x",
+        },
+        path,
+    )
     method = make_deacl(teacher=str(path))
     assert not method.needs_teacher()
     student = method.build_model("small_cnn")
@@ -195,12 +214,15 @@ def test_teacher_from_a_bench_file(tmp_path, digits):
     assert method.teacher_source == "simclr-x"
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"teacher_format": "simclr"}, "teacher_format='simclr' is invalid: allowed"),
-    ({"student_init": "random"}, r"student_init='random' is invalid: allowed \['teacher', 'scratch'\]"),
-    ({"distill_weight": -1.0}, "distill_weight=-1.0 is invalid"),
-    ({"distill_weight": float("nan")}, "distill_weight=nan is invalid"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"teacher_format": "simclr"}, "teacher_format='simclr' is invalid: allowed"),
+        ({"student_init": "random"}, r"student_init='random' is invalid: allowed \['teacher', 'scratch'\]"),
+        ({"distill_weight": -1.0}, "distill_weight=-1.0 is invalid"),
+        ({"distill_weight": float("nan")}, "distill_weight=nan is invalid"),
+    ],
+)
 def test_bad_parameters_are_one_line_errors(params, message):
     with pytest.raises(ConfigError, match=message):
         DeACL.make_params(params)
@@ -222,8 +244,11 @@ FIXTURE = json.loads(inputs.FIXTURE.read_text())
 def test_released_step_fixture_inputs_are_regenerated_identically():
     assert FIXTURE["pattern_version"] == inputs.PATTERN_VERSION
     settings = FIXTURE["settings"]
-    assert (settings["batch"], settings["image_size"], settings["pgd_steps"]) == (inputs.BATCH, inputs.IMAGE_SIZE,
-                                                                                  inputs.PGD_STEPS)
+    assert (settings["batch"], settings["image_size"], settings["pgd_steps"]) == (
+        inputs.BATCH,
+        inputs.IMAGE_SIZE,
+        inputs.PGD_STEPS,
+    )
     view, start = inputs.view("deacl/view"), inputs.start_noise("deacl/start")
     assert not inputs.differences(FIXTURE["inputs"]["view"], inputs.checksums("view", view), 1e-12, 0)
     assert not inputs.differences(FIXTURE["inputs"]["start"], inputs.checksums("start", start), 1e-12, 0)
@@ -346,10 +371,37 @@ def test_bench_run_trains_the_simclr_teacher_first_and_distils_from_it(tmp_path)
     from bench.cli import main
     from bench.results import ResultsStore
 
-    code = main(["run", "--methods", "deacl", "--results-dir", str(tmp_path / "r"), "--reports-dir", str(tmp_path / "p"),
-                 "--epochs", "1", "--finetune-epochs", "1", "--n-eval", "16", "--schemes", "SLF", "--attacks",
-                 "clean,pgd20", "--set", "evaluate.epsilon_curve=", "--set", "pretrain.batch_size=256",
-                 "--device", "cpu", "--quiet", "--jobs", "2", "--no-report"])
+    code = main(
+        [
+            "run",
+            "--methods",
+            "deacl",
+            "--results-dir",
+            str(tmp_path / "r"),
+            "--reports-dir",
+            str(tmp_path / "p"),
+            "--epochs",
+            "1",
+            "--finetune-epochs",
+            "1",
+            "--n-eval",
+            "16",
+            "--schemes",
+            "SLF",
+            "--attacks",
+            "clean,pgd20",
+            "--set",
+            "evaluate.epsilon_curve=",
+            "--set",
+            "pretrain.batch_size=256",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--jobs",
+            "2",
+            "--no-report",
+        ]
+    )
     assert code == 0
     store = ResultsStore(tmp_path / "r")
     runs = {run.run_id.split("-")[0]: run for run in store.run_dirs()}

@@ -1,5 +1,6 @@
 """DDP on CPU with gloo and 2 processes (tests/ddp_ranks.py): the gathered gradient, DDP ≡ one process
 with ``pretrain.shards=2``, kill and resume; the shard rules under DDP; SyncBatchNorm swapping."""
+
 from __future__ import annotations
 
 import ddp_ranks
@@ -18,8 +19,9 @@ METHODS = ["acl", "advcl-ip"]  # eval-mode attack with gathered negatives; train
 @pytest.fixture(scope="module")
 def ranks_output(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    torch.multiprocessing.spawn(ddp_ranks.main, args=(str(out / "rendezvous"), str(out), METHODS),
-                                nprocs=ddp_ranks.WORLD, join=True)
+    torch.multiprocessing.spawn(
+        ddp_ranks.main, args=(str(out / "rendezvous"), str(out), METHODS), nprocs=ddp_ranks.WORLD, join=True
+    )
     return out
 
 
@@ -46,8 +48,9 @@ def test_two_ranks_train_the_weights_of_one_process_with_two_shards(name, ranks_
             assert torch.allclose(other, value, atol=1e-5, rtol=0), f"{name}: {key} differs by {difference}"
         else:
             assert torch.equal(other, value), key
-    assert [row["loss"] for row in ddp["A_history"]] == pytest.approx([row["loss"] for row in single["C_history"]],
-                                                                       abs=1e-5)
+    assert [row["loss"] for row in ddp["A_history"]] == pytest.approx(
+        [row["loss"] for row in single["C_history"]], abs=1e-5
+    )
     adaptive = single["C_method"]["adaptive"]  # advcl-ip: D̄ accumulated over the whole batch on every rank
     if adaptive is not None:
         assert ddp["A_method"]["adaptive"]["count"] == adaptive["count"] == 4 * 32
@@ -107,15 +110,54 @@ def test_torchrun_pretrains_the_run_of_one_process_with_world_size_shards(tmp_pa
 
     from bench.plan import RunRequest, build_plan
 
-    flags = ["--methods", "simclr", "--device", "cpu", "--results-dir", str(tmp_path / "r"), "--epochs", "1",
-             "--set", "pretrain.batch_size=256", "--quiet"]
+    flags = [
+        "--methods",
+        "simclr",
+        "--device",
+        "cpu",
+        "--results-dir",
+        str(tmp_path / "r"),
+        "--epochs",
+        "1",
+        "--set",
+        "pretrain.batch_size=256",
+        "--quiet",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "bench.cli", "pretrain", *flags], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "bench.cli",
+            "pretrain",
+            *flags,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    expected = build_plan(RunRequest(methods=("simclr",), overrides={
-        "device": "cpu", "pretrain.epochs": "1", "pretrain.batch_size": "256", "pretrain.shards": "2",
-        "finetune.schemes": ""})).runs[0].run_id
+    expected = (
+        build_plan(
+            RunRequest(
+                methods=("simclr",),
+                overrides={
+                    "device": "cpu",
+                    "pretrain.epochs": "1",
+                    "pretrain.batch_size": "256",
+                    "pretrain.shards": "2",
+                    "finetune.schemes": "",
+                },
+            )
+        )
+        .runs[0]
+        .run_id
+    )
     runs = sorted(path.name for path in (tmp_path / "r" / "runs").iterdir())
     assert runs == [expected]
     run_dir = tmp_path / "r" / "runs" / expected
@@ -128,15 +170,27 @@ def test_under_w_processes_unset_shards_become_w_and_published_or_given_ones_sta
     run whose shards neither the paper row nor the user sets is the run of `--set pretrain.shards=W`."""
     from bench.plan import RunRequest, build_plan
 
-    request = RunRequest(preset="paper", methods=("simclr", "deacl", "advcl"), seeds=("0", "1"),
-                         overrides={"data.name": "cifar10", "data.download": "true"}, dry_run=True)
+    request = RunRequest(
+        preset="paper",
+        methods=("simclr", "deacl", "advcl"),
+        seeds=("0", "1"),
+        overrides={"data.name": "cifar10", "data.download": "true"},
+        dry_run=True,
+    )
     plan = distributed.plan_for_world(build_plan(request), request, 4)
     shards = {(run.method, run.config.seed): run.config.pretrain.shards for run in plan.runs}
-    assert shards == {(name, seed): 2 if name == "advcl" else 4 for name in ("simclr", "deacl", "advcl")
-                      for seed in (0, 1)}  # advcl: its paper row's 2 (DataParallel on 2 GPUs)
-    widened = build_plan(RunRequest(preset="paper", methods=("simclr", "deacl"), seeds=("0", "1"),
-                                    overrides={"data.name": "cifar10", "data.download": "true", "pretrain.shards": "4"},
-                                    dry_run=True))
+    assert shards == {
+        (name, seed): 2 if name == "advcl" else 4 for name in ("simclr", "deacl", "advcl") for seed in (0, 1)
+    }  # advcl: its paper row's 2 (DataParallel on 2 GPUs)
+    widened = build_plan(
+        RunRequest(
+            preset="paper",
+            methods=("simclr", "deacl"),
+            seeds=("0", "1"),
+            overrides={"data.name": "cifar10", "data.download": "true", "pretrain.shards": "4"},
+            dry_run=True,
+        )
+    )
     assert {run.run_id for run in widened.runs} <= {run.run_id for run in plan.runs}
     assert all(run.teacher in {other.run_id for other in plan.runs} for run in plan.runs if run.teacher)
     assert plan.base.jobs == 1

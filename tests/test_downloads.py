@@ -4,6 +4,7 @@ The released files are never fetched here: a synthetic pickle of the released st
 int32 arrays ``pseudo_train_{K}``, protocol 2) is served from a ``file://`` URL, and the pinned
 size and sha256 are those of that file (monkeypatched), so the real code path runs offline.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,21 +51,39 @@ def paper_request(tmp_path, **overrides) -> RunRequest:
 def test_pinned_files_are_the_released_ones():
     """Values from the issue and the git mirror of yqy2001/A-InfoNCE at b28763e (git ls-tree -l)."""
     cifar10, cifar100 = RELEASED_PSEUDO_LABELS["cifar10"], RELEASED_PSEUDO_LABELS["cifar100"]
-    assert cifar10.url == ("https://raw.githubusercontent.com/yqy2001/A-InfoNCE/"
-                           "b28763e8554a4788f3e6e4fe99d2d0f19e242dc4/"
-                           "Asym-AdvCL/data/imagenet_clPretrain_pseudo_labels.pkl")
-    assert (cifar10.size, cifar10.sha256) == (1_200_903,
-                                              "3f9708d0084839b4a9cb3d2f0fbebf59edd191dbe0b15f0c19c0681af8dbff43")
+    assert cifar10.url == (
+        "https://raw.githubusercontent.com/yqy2001/A-InfoNCE/"
+        "b28763e8554a4788f3e6e4fe99d2d0f19e242dc4/"
+        "Asym-AdvCL/data/imagenet_clPretrain_pseudo_labels.pkl"
+    )
+    assert (cifar10.size, cifar10.sha256) == (
+        1_200_903,
+        "3f9708d0084839b4a9cb3d2f0fbebf59edd191dbe0b15f0c19c0681af8dbff43",
+    )
     assert cifar100.path == "Asym-AdvCL/data/cifar100_pseudo_labels.pkl"
-    assert (cifar100.size, cifar100.sha256) == (2_001_688,
-                                                "c500f0bec3da902f857294f20060cd9a21960fa0037daaf83992b40c2cb1d6b1")
+    assert (cifar100.size, cifar100.sha256) == (
+        2_001_688,
+        "c500f0bec3da902f857294f20060cd9a21960fa0037daaf83992b40c2cb1d6b1",
+    )
 
 
 def test_a_paper_run_without_labels_stops_at_plan_time_with_one_line(tmp_path, capsys):
     with pytest.raises(ConfigError, match="--download.*--param pseudo_labels=FILE"):
         build_plan(paper_request(tmp_path))
-    code = main(["run", "--preset", "paper", "--methods", "advcl", "--dry-run", "--data-dir", str(tmp_path / "data"),
-                 "--results-dir", str(tmp_path / "r")])
+    code = main(
+        [
+            "run",
+            "--preset",
+            "paper",
+            "--methods",
+            "advcl",
+            "--dry-run",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--results-dir",
+            str(tmp_path / "r"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "--download" in err and "--param pseudo_labels=FILE" in err and "imagenet_clPretrain" in err
@@ -107,14 +126,31 @@ def test_a_damaged_local_copy_is_refused_or_replaced(tmp_path, served):
 
 
 def test_dry_run_with_download_shows_the_pinned_file_and_fetches_nothing(tmp_path, capsys):
-    args = ["run", "--preset", "paper", "--methods", "advcl", "--dry-run", "--json", "--download",
-            "--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "r")]
+    args = [
+        "run",
+        "--preset",
+        "paper",
+        "--methods",
+        "advcl",
+        "--dry-run",
+        "--json",
+        "--download",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--results-dir",
+        str(tmp_path / "r"),
+    ]
     assert main(args) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     labels = lines[0]["pseudo_labels"]
     pinned = RELEASED_PSEUDO_LABELS["cifar10"]
-    assert labels == {"source": "released-b28763e", "path": str(tmp_path / "data" / pinned.name), "url": pinned.url,
-                      "sha256": pinned.sha256, "present": False}
+    assert labels == {
+        "source": "released-b28763e",
+        "path": str(tmp_path / "data" / pinned.name),
+        "url": pinned.url,
+        "sha256": pinned.sha256,
+        "present": False,
+    }
     assert lines[0]["flags"] == ["pseudo_labels:released-b28763e"]
     assert not (tmp_path / "data").exists()
 
@@ -123,19 +159,35 @@ def test_user_files_are_recognised_by_their_hash(tmp_path, served):
     pinned, source = served
     own = tmp_path / "my labels.pkl"
     own.write_bytes(pickle.dumps({f"pseudo_train_{k}": np.zeros(50_000, dtype=np.int32) for k in KS}, protocol=2))
-    run = build_plan(RunRequest(preset="paper", overrides={"data.data_dir": str(tmp_path / "data")},
-                                methods=("advcl",), method_params={"*": {"pseudo_labels": str(own)}})).runs[0]
+    run = build_plan(
+        RunRequest(
+            preset="paper",
+            overrides={"data.data_dir": str(tmp_path / "data")},
+            methods=("advcl",),
+            method_params={"*": {"pseudo_labels": str(own)}},
+        )
+    ).runs[0]
     digest = hashlib.sha256(own.read_bytes()).hexdigest()
     assert run.flags == (f"pseudo_labels:file-my_labels-{digest[:8]}",) and run.params.pseudo_labels == str(own)
-    released = build_plan(RunRequest(preset="paper", methods=("advcl",),
-                                     method_params={"*": {"pseudo_labels": str(source)}})).runs[0]
+    released = build_plan(
+        RunRequest(preset="paper", methods=("advcl",), method_params={"*": {"pseudo_labels": str(source)}})
+    ).runs[0]
     assert released.flags == ("pseudo_labels:released-b28763e",)  # the released bytes, wherever they are
     with pytest.raises(ConfigError, match="released file for cifar10, and the run pretrains on cifar100"):
-        build_plan(RunRequest(preset="paper", overrides={"data.name": "cifar100"}, methods=("advcl",),
-                              method_params={"*": {"pseudo_labels": str(source)}}))
+        build_plan(
+            RunRequest(
+                preset="paper",
+                overrides={"data.name": "cifar100"},
+                methods=("advcl",),
+                method_params={"*": {"pseudo_labels": str(source)}},
+            )
+        )
     with pytest.raises(ConfigError, match="not a file"):
-        build_plan(RunRequest(preset="paper", methods=("advcl",),
-                              method_params={"*": {"pseudo_labels": str(tmp_path / "nope.pkl")}}))
+        build_plan(
+            RunRequest(
+                preset="paper", methods=("advcl",), method_params={"*": {"pseudo_labels": str(tmp_path / "nope.pkl")}}
+            )
+        )
 
 
 def test_smoke_keeps_the_pixel_stand_in_and_says_so():

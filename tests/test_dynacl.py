@@ -1,5 +1,6 @@
 """DynACL: the annealing schedules against the released loops, the EMA key encoder, the step against
 an independent recomputation, the encoder handed to finetuning, presets quoted from train_DynACL.py."""
+
 from __future__ import annotations
 
 import copy
@@ -56,7 +57,8 @@ def test_schedule_hand_values():
     # E = 1000, P = 50: s = 1, 0.95, ..., 0.05; the released w rises one epoch before s falls.
     assert [augmentation_strength(e, 1000) for e in (0, 49, 50, 999)] == pytest.approx([1.0, 1.0, 0.95, 0.05])
     assert [dynacl_adversarial_weight(e, 1000) for e in (0, 48, 49, 999)] == pytest.approx(
-        [1.0, 1.0, 1 + 0.05 * 2 / 3, 1 + 20 * 0.05 * 2 / 3])
+        [1.0, 1.0, 1 + 0.05 * 2 / 3, 1 + 20 * 0.05 * 2 / 3]
+    )
     assert reweighting_omega(0.05) == pytest.approx(0.95 * 2 / 3)
     assert dynacl_adversarial_weight(9, 10, 1, 5.0) == 2.0  # capped at 2
     with pytest.raises(ValueError, match="epoch=10 is invalid: allowed integers in \\[0, 10\\)"):
@@ -86,8 +88,15 @@ def build(name: str = "dynacl", **overrides):
 
 
 def context(epoch: int = 0, epochs: int = 8, seed: int = 3) -> StepContext:
-    return StepContext(epoch, 0, 1, torch.device("cpu"), torch.Generator().manual_seed(seed),
-                       AttackConfig(epsilon=0.1, step_size=0.025, steps=2), epochs=epochs)
+    return StepContext(
+        epoch,
+        0,
+        1,
+        torch.device("cpu"),
+        torch.Generator().manual_seed(seed),
+        AttackConfig(epsilon=0.1, step_size=0.025, steps=2),
+        epochs=epochs,
+    )
 
 
 def test_key_encoder_starts_equal_is_never_optimised_and_is_checkpointed():
@@ -144,8 +153,12 @@ def test_the_schedule_needs_the_total_epochs():
 
 
 def reference_views(images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
-    view = StrongAugment(crop_scale=(1 - 0.9 * strength, 1.0), jitter=(0.4 * strength,) * 3 + (0.1 * strength,),
-                         jitter_p=0.8 * strength, grayscale_p=0.2 * strength)
+    view = StrongAugment(
+        crop_scale=(1 - 0.9 * strength, 1.0),
+        jitter=(0.4 * strength,) * 3 + (0.1 * strength,),
+        jitter_p=0.8 * strength,
+        grayscale_p=0.2 * strength,
+    )
     return torch.cat([view(images, generator), view(images, generator)])
 
 
@@ -168,13 +181,21 @@ def test_dynacl_step_matches_an_independent_recomputation(digits, epoch, strengt
         return reference(x1, bn), reference.key(x2, bn)
 
     reference.eval()
-    adversarial = pgd(lambda x: reference_nt_xent(*routed(x, "pgd")), clean, epsilon=0.1, step_size=0.025, steps=2,
-                      generator=generator)
+    adversarial = pgd(
+        lambda x: reference_nt_xent(*routed(x, "pgd")),
+        clean,
+        epsilon=0.1,
+        step_size=0.025,
+        steps=2,
+        generator=generator,
+    )
     reference.train()
     query_before = {name: p.detach().clone() for name, p in reference.query_parameters()}
     key_before = {name: p.detach().clone() for name, p in reference.key.named_parameters()}
-    expected = 0.5 * ((2 - weight) * reference_nt_xent(*routed(clean, "normal"))
-                      + weight * reference_nt_xent(*routed(adversarial, "pgd")))
+    expected = 0.5 * (
+        (2 - weight) * reference_nt_xent(*routed(clean, "normal"))
+        + weight * reference_nt_xent(*routed(adversarial, "pgd"))
+    )
     expected.backward()
     assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
     ours = dict(model.query_parameters())
@@ -220,8 +241,9 @@ def test_dynacl_attacks_in_eval_mode_for_both_encoders(digits, monkeypatch):
     original = module.pgd
 
     def recording(loss_fn, x, **kwargs):
-        return original(lambda inputs: modes.append((model.training, model.key.training)) or loss_fn(inputs), x,
-                        **kwargs)
+        return original(
+            lambda inputs: modes.append((model.training, model.key.training)) or loss_fn(inputs), x, **kwargs
+        )
 
     monkeypatch.setattr(module, "pgd", recording)
     model.train()

@@ -1,19 +1,21 @@
 """Evaluator: eval mode, untouched BN statistics, AutoAttack on CPU, and the sanity flags."""
+
 from __future__ import annotations
 
 import torch
+from test_attacks import toy_problem
 from torch import nn
 
 from bench.config import EvalConfig
 from bench.evaluate import autoattack_accuracy, evaluate_classifier, seeded_subset
-from test_attacks import toy_problem
 
 
 class SmallBNNet(nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                                  nn.Linear(64, 2))
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 2)
+        )
 
     def forward(self, x):
         return self.body(x)
@@ -122,16 +124,18 @@ class Randomised(nn.Module):
 def test_layer_put_in_train_mode_inside_forward_is_flagged():
     model = SneakyTrainMode()
     x, y = torch.rand(16, 3, 4, 4), torch.randint(0, 2, (16,))
-    report = evaluate_classifier(model, x, y, EvalConfig(epsilon=0.05, step_size=0.01, pgd_steps=2,
-                                                           attacks=("clean", "pgd20")), "cpu")
+    report = evaluate_classifier(
+        model, x, y, EvalConfig(epsilon=0.05, step_size=0.01, pgd_steps=2, attacks=("clean", "pgd20")), "cpu"
+    )
     assert not report.sanity["eval-mode"][0] and "suspect:eval-mode" in report.flags
 
 
 def test_randomised_predictions_fail_the_eps0_check():
     torch.manual_seed(0)
     x, y = torch.rand(64, 3, 4, 4), torch.randint(0, 10, (64,))
-    report = evaluate_classifier(Randomised(), x, y, EvalConfig(epsilon=0.05, step_size=0.01, pgd_steps=2,
-                                                                  attacks=("clean", "pgd20")), "cpu")
+    report = evaluate_classifier(
+        Randomised(), x, y, EvalConfig(epsilon=0.05, step_size=0.01, pgd_steps=2, attacks=("clean", "pgd20")), "cpu"
+    )
     assert "suspect:eps0" in report.flags, report.sanity
 
 

@@ -3,6 +3,7 @@
 The stored run is built by hand (a small CNN classifier with non-trivial BN statistics, two rows), so
 the test needs no training; the expected sidecar values are the ones written into the store here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,8 +42,10 @@ def stored(tmp_path):
     run = store.run(RUN_ID).create()
     save_torch_atomic(classifier_state(classifier), run.classifier("SLF"))
     run.write_json(run.config, {"method": "simclr", "data": {"name": "digits"}, "evaluate": {"epsilon": 0.1}})
-    rows = [ResultRow.from_csv({key: str(value) for key, value in row(RUN_ID, "simclr", "SLF", attack, value).items()})
-            for attack, value in (("clean", 90.0), ("pgd20", 40.0))]
+    rows = [
+        ResultRow.from_csv({key: str(value) for key, value in row(RUN_ID, "simclr", "SLF", attack, value).items()})
+        for attack, value in (("clean", 90.0), ("pgd20", 40.0))
+    ]
     store.record(RUN_ID, rows, {"finished": True})
     return results, classifier
 
@@ -66,8 +69,12 @@ def test_the_sidecar_describes_the_run(stored, tmp_path, fmt):
     sidecar = json.loads(sidecar_path(out).read_text())
     assert sidecar["weights_format"] == fmt and sidecar["method"] == "simclr" and sidecar["run_id"] == RUN_ID
     assert sidecar["arch"] == "small_cnn" and sidecar["bn_branch"] == "normal" and sidecar["num_classes"] == 10
-    assert sidecar["input"] == {"range": [0.0, 1.0], "channels": 3, "normalization": "none",
-                                "normalization_inside_model": True}
+    assert sidecar["input"] == {
+        "range": [0.0, 1.0],
+        "channels": 3,
+        "normalization": "none",
+        "normalization_inside_model": True,
+    }
     assert sidecar["dataset"] == "digits" and sidecar["threat_model"] == {"norm": "Linf", "epsilon": 0.1}
     assert sidecar["metrics"] == {"clean": 90.0, "pgd20": 40.0} and sidecar["run_code_version"] == "0.1.0+abc"
     assert sidecar["exported_by"].startswith("0.1.0")
@@ -98,8 +105,23 @@ def test_safetensors_metadata_carries_the_sidecar(stored, tmp_path):
 
 def test_cli_export_into_a_directory_names_the_file_by_format(stored, tmp_path, capsys):
     results, _ = stored
-    assert main(["export", RUN_ID, "--scheme", "SLF", "--format", "safetensors", "--out", str(tmp_path),
-                 "--results-dir", str(results)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                RUN_ID,
+                "--scheme",
+                "SLF",
+                "--format",
+                "safetensors",
+                "--out",
+                str(tmp_path),
+                "--results-dir",
+                str(results),
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == str(tmp_path / f"{RUN_ID}-SLF.safetensors")
 
 

@@ -1,6 +1,7 @@
 """The fast path's switches: one read of the logged numbers per sync interval (same history, non-finite
 loss still named by its step), torch.compile wiring, channels-last restored, bf16 PGD keeps fp32
 projections, evaluation autocast and batch size."""
+
 from __future__ import annotations
 
 import pytest
@@ -44,8 +45,14 @@ def test_a_deferred_read_still_names_the_step_of_a_non_finite_loss(digits, tiny_
 
     method = BreaksAtTwo()
     with pytest.raises(FloatingPointError, match="at step 2"):
-        train.pretrain(method, method.build_model("small_cnn"), digits.x_train[:128], tiny_config, RunDir(tmp_path),
-                       torch.device("cpu"))
+        train.pretrain(
+            method,
+            method.build_model("small_cnn"),
+            digits.x_train[:128],
+            tiny_config,
+            RunDir(tmp_path),
+            torch.device("cpu"),
+        )
     assert not RunDir(tmp_path).checkpoint.exists()  # read before the step-5 checkpoint: nothing stored
 
 
@@ -77,8 +84,14 @@ def test_pgd_under_bf16_autocast_keeps_its_iterate_and_projection_in_fp32():
     y = torch.randint(0, 10, (8,))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert net(x).dtype == torch.bfloat16  # the forward really runs in bf16
-        out = pgd(lambda inputs: torch.nn.functional.cross_entropy(net(inputs), y), x, epsilon=0.03, step_size=0.01,
-                  steps=3, generator=torch.Generator().manual_seed(0))
+        out = pgd(
+            lambda inputs: torch.nn.functional.cross_entropy(net(inputs), y),
+            x,
+            epsilon=0.03,
+            step_size=0.01,
+            steps=3,
+            generator=torch.Generator().manual_seed(0),
+        )
     assert out.dtype == torch.float32
     assert (out - x).abs().max() <= 0.03 + 1e-7 and out.min() >= 0 and out.max() <= 1
 

@@ -9,6 +9,7 @@ loss, adversarial examples, every parameter's gradient and the BN buffers within
 tensor's own scale. What the fixture lists under ``excluded`` (documented deviations) is
 not compared, and the list is checked to be exactly the one expected here.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,6 +18,7 @@ import functools
 import sys
 from typing import Any
 
+import fidelity_inputs as fi
 import pytest
 import torch
 
@@ -27,8 +29,6 @@ from bench.checkpoints import load_encoder
 from bench.config import AttackConfig, paper_preset
 from bench.finetune import SchemeSettings, build_classifier, scheme_settings
 from bench.method import StepContext
-
-import fidelity_inputs as fi
 
 RTOL = 1e-5
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the released Normalize constants
@@ -117,8 +117,15 @@ def build(name: str, params: dict[str, Any]):
 def context(fixture: dict, epoch: int = 0, indices: torch.Tensor | None = None) -> StepContext:
     settings = fixture["settings"]
     attack = AttackConfig(epsilon=settings["epsilon"], step_size=settings["step_size"], steps=settings["pgd_steps"])
-    return StepContext(epoch=epoch, step=0, steps_per_epoch=1, device=torch.device("cpu"),
-                       generator=torch.Generator().manual_seed(0), attack=attack, indices=indices)
+    return StepContext(
+        epoch=epoch,
+        step=0,
+        steps_per_epoch=1,
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        attack=attack,
+        indices=indices,
+    )
 
 
 # --------------------------------------------------------------------------- comparison
@@ -127,8 +134,10 @@ def context(fixture: dict, epoch: int = 0, indices: torch.Tensor | None = None) 
 def compare_checksums(section: str, expected: dict, actual: dict, rtol: float = RTOL, atol: float = ATOL) -> list[str]:
     problems = []
     if set(expected) != set(actual):
-        problems.append(f"{section}: names differ: only released {sorted(set(expected) - set(actual))[:5]}, "
-                        f"only ours {sorted(set(actual) - set(expected))[:5]}")
+        problems.append(
+            f"{section}: names differ: only released {sorted(set(expected) - set(actual))[:5]}, "
+            f"only ours {sorted(set(actual) - set(expected))[:5]}"
+        )
     for name in sorted(set(expected) & set(actual)):
         problems += [f"{section} {name} {line}" for line in fi.differences(expected[name], actual[name], rtol, atol)]
     return problems
@@ -181,8 +190,12 @@ def test_acl_step_matches_released(monkeypatch):
     assert not starts.left and len(adversarial) == 1
     a1, a2 = adversarial[0].chunk(2)
     figures = step_figures(model, loss, {"a1": a1, "a2": a2, "a1-x1": a1 - x1, "a2-x2": a2 - x2})
-    assert_agrees(fixture, figures, {"x1": x1, "x2": x2, "start": start},
-                  excluded={"the PGD random start clamp", "view augmentation"})
+    assert_agrees(
+        fixture,
+        figures,
+        {"x1": x1, "x2": x2, "start": start},
+        excluded={"the PGD random start clamp", "view augmentation"},
+    )
 
 
 # --------------------------------------------------------------------------- RoCL (Asym-RoCL)
@@ -202,8 +215,12 @@ def test_rocl_step_matches_released(monkeypatch, name):
     assert not starts.left and len(adversarial) == 1
     (a,) = adversarial
     figures = step_figures(model, loss, {"a": a, "a-x1": a - x1})
-    assert_agrees(fixture, figures, {"x1": x1, "x2": x2, "start": start},
-                  excluded={"the batch split across GPUs", "view augmentation"})
+    assert_agrees(
+        fixture,
+        figures,
+        {"x1": x1, "x2": x2, "start": start},
+        excluded={"the batch split across GPUs", "view augmentation"},
+    )
 
 
 # --------------------------------------------------------------------------- AdvCL (Asym-AdvCL)
@@ -232,13 +249,29 @@ def test_advcl_step_matches_released(monkeypatch, name):
     loss, _ = method.training_step(model, x1, context(fixture, settings["epoch"], torch.arange(batch)))
     assert not start_replay.left and len(adversarial) == 2 and len(views) == 1
     x_adv, x_ce = adversarial
-    figures = step_figures(model, loss, {"x_adv": x_adv, "x_ce": x_ce, "x_adv-org": x_adv - org,
-                                         "x_ce-org": x_ce - org})
+    figures = step_figures(
+        model, loss, {"x_adv": x_adv, "x_ce": x_ce, "x_adv-org": x_adv - org, "x_ce-org": x_ce - org}
+    )
     figures["views"] = {"hfc": fi.checksums("hfc", views[0])}
-    inputs = {"x1": x1, "x2": x2, "org": org, "start_cl": starts[0], "start_ce": starts[1],
-              **{f"pseudo_{k}": value.double() for k, value in labels.items()}}
-    assert_agrees(fixture, figures, inputs, excluded={"BN running statistics", "the batch split across GPUs",
-                                                      "the PGD random start clamp", "view augmentation"})
+    inputs = {
+        "x1": x1,
+        "x2": x2,
+        "org": org,
+        "start_cl": starts[0],
+        "start_ce": starts[1],
+        **{f"pseudo_{k}": value.double() for k, value in labels.items()},
+    }
+    assert_agrees(
+        fixture,
+        figures,
+        inputs,
+        excluded={
+            "BN running statistics",
+            "the batch split across GPUs",
+            "the PGD random start clamp",
+            "view augmentation",
+        },
+    )
 
 
 # --------------------------------------------------------------------------- finetuning (RobustSSL)
@@ -272,15 +305,14 @@ def finetune_classifier(scheme: str, dual: bool, head: str):
     state = dict(filled_model("acl").state_dict())
     # The released steps ran with float64 ImageNet constants; ours, built in float32 and cast, hold
     # float32-rounded ones (a 7e-7 loss difference in AFF, past the tolerance of a few gradient sums).
-    state["normalize.mean"] = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view_as(
-        state["normalize.mean"])
-    state["normalize.std"] = torch.tensor(IMAGENET_STD, dtype=torch.float64).view_as(
-        state["normalize.std"])
+    state["normalize.mean"] = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view_as(state["normalize.mean"])
+    state["normalize.std"] = torch.tensor(IMAGENET_STD, dtype=torch.float64).view_as(state["normalize.std"])
     checkpoint = {"epoch": 1000, "state_dict": fi.acl_checkpoint(state)}
     with default_float64():
         encoder, info = load_encoder(checkpoint, "acl", branch="all" if dual else "pgd")
-        classifier = build_classifier(encoder, fi.NUM_CLASSES, "pgd" if dual else info["branch"], scheme,
-                                      robustssl_settings(scheme).head_init)
+        classifier = build_classifier(
+            encoder, fi.NUM_CLASSES, "pgd" if dual else info["branch"], scheme, robustssl_settings(scheme).head_init
+        )
     if head == "formula":  # a later step's head (fixture settings)
         with torch.no_grad():
             fi.fill_weights(classifier.head, prefix="head")
@@ -306,9 +338,20 @@ def finetune_step(monkeypatch, fixture: dict, scheme: str, dual: bool = False) -
         adversarial = spy_function(monkeypatch, bench.finetune, "trades_kl_attack")
     steps = settings["attack_steps"] if scheme != "SLF" else 0
     step_settings = SchemeSettings(
-        scheme=scheme, epochs=1, batch_size=settings["batch"], lr=0.01, milestones=(), momentum=0.9,
-        weight_decay=2e-4, augment=False, train_attack_steps=steps, trades_beta=settings["trades_beta"],
-        epsilon=settings["epsilon"], step_size=settings["step_size"], dual_bn=dual)
+        scheme=scheme,
+        epochs=1,
+        batch_size=settings["batch"],
+        lr=0.01,
+        milestones=(),
+        momentum=0.9,
+        weight_decay=2e-4,
+        augment=False,
+        train_attack_steps=steps,
+        trades_beta=settings["trades_beta"],
+        epsilon=settings["epsilon"],
+        step_size=settings["step_size"],
+        dual_bn=dual,
+    )
     bench.finetune.check_dual_bn(step_settings, classifier.backbone, classifier.bn)
     bench.finetune._set_mode(classifier, scheme)
     loss = bench.finetune.scheme_loss(classifier, step_settings, x, y, torch.Generator().manual_seed(0))
@@ -332,11 +375,14 @@ def replay_trades_noise(monkeypatch: pytest.MonkeyPatch, noise: torch.Tensor) ->
     return replay
 
 
-@pytest.mark.parametrize("case, scheme, excluded", [
-    ("robustssl-slf", "SLF", set()),
-    ("robustssl-alf", "ALF", {"the PGD random start clamp"}),
-    ("robustssl-aff", "AFF", {"the TRADES start clamp"}),
-])
+@pytest.mark.parametrize(
+    "case, scheme, excluded",
+    [
+        ("robustssl-slf", "SLF", set()),
+        ("robustssl-alf", "ALF", {"the PGD random start clamp"}),
+        ("robustssl-aff", "AFF", {"the TRADES start clamp"}),
+    ],
+)
 def test_finetune_step_matches_robustssl(monkeypatch, case, scheme, excluded):
     """RobustSSL train_loop: SLF (zero head, eval encoder), ALF (PGD on the frozen encoder), single-BN TRADES AFF."""
     fixture = fi.load_fixture(case)

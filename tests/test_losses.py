@@ -6,6 +6,7 @@ formulas of docs/design.md §3 and, for ``official_advcl_loss``/``official_rocl_
 A-InfoNCE code (docs/fidelity.md) re-derived line by line. The functions under test are never used to
 produce an expected number.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,9 @@ ROCL = (False, False, True)
 # ---------------------------------------------------------------------------- data
 
 
-def make_features(batch: int = 3, views: int = 4, dim: int = 6, seed: int = 0, spread: float = 0.6,
-                  normalise: bool = True) -> torch.Tensor:
+def make_features(
+    batch: int = 3, views: int = 4, dim: int = 6, seed: int = 0, spread: float = 0.6, normalise: bool = True
+) -> torch.Tensor:
     """[B, V, D] float64 leaf: views of an instance scattered around a common direction."""
     generator = torch.Generator().manual_seed(seed)
     centre = torch.randn(batch, 1, dim, generator=generator, dtype=torch.float64)
@@ -81,8 +83,17 @@ def hand_ell(features, u, p, temperature=T, hard_negatives=None, stop=False, cla
     return -torch.log(e[p] / (pos_mean + negative_term))
 
 
-def hand_a_infonce(features, adversarial, temperature=T, alpha=None, w=1.0, hard_negatives=None, detach=False,
-                   scale=1.0, clamp_log=None):
+def hand_a_infonce(
+    features,
+    adversarial,
+    temperature=T,
+    alpha=None,
+    w=1.0,
+    hard_negatives=None,
+    detach=False,
+    scale=1.0,
+    clamp_log=None,
+):
     """L = scale · mean_u mean_{p∈P(u)} c(u, p), pair by pair."""
     rows = rows_of(features)
 
@@ -137,8 +148,11 @@ def test_two_clean_views_are_simclr():
     assert a_infonce(features, (False, True)).item() == pytest.approx(expected, rel=1e-12)
     assert_same(a_infonce(features, (False, True)), hand_a_infonce(features, (False, False)), features)
     assert nt_xent(features[:, 0], features[:, 1]).item() == pytest.approx(expected, rel=1e-12)
-    assert_same(nt_xent(features[:, 0], features[:, 1], temperature=0.2),
-                hand_a_infonce(features, (False, False), temperature=0.2), features)
+    assert_same(
+        nt_xent(features[:, 0], features[:, 1], temperature=0.2),
+        hand_a_infonce(features, (False, False), temperature=0.2),
+        features,
+    )
 
 
 def test_symmetric_adversarial_weight_and_scale():
@@ -185,8 +199,13 @@ def test_half_alpha_is_the_symmetric_stop_gradient_average():
     batch = features.shape[0]
 
     def expected():
-        return sum(0.5 * (hand_ell(features, i, batch + i, stop=True) + hand_ell(features, batch + i, i, stop=True))
-                   for i in range(batch)) / batch
+        return (
+            sum(
+                0.5 * (hand_ell(features, i, batch + i, stop=True) + hand_ell(features, batch + i, i, stop=True))
+                for i in range(batch)
+            )
+            / batch
+        )
 
     assert_same(a_infonce(features, flags, alpha=0.5), expected(), features)
     assert_same(a_infonce(features, flags, alpha=0.5), a_infonce(features, flags, detach_contrast=True), features)
@@ -332,8 +351,10 @@ def hand_official_advcl(features, temperature, alpha, w, hard_negatives, scale, 
     def matrix(stop):
         shifted = [logits(u, stop) for u in range(n)]
         if hard_negatives is None:
-            return [[torch.log(sum(torch.exp(shifted[u][j]) for j in range(n) if j != u)) - shifted[u][k]
-                     for k in range(n)] for u in range(n)]
+            return [
+                [torch.log(sum(torch.exp(shifted[u][j]) for j in range(n) if j != u)) - shifted[u][k] for k in range(n)]
+                for u in range(n)
+            ]
         beta, tau_plus = hard_negatives
         e = [[torch.exp(x) for x in row] for row in shifted]
         negative = [[rows[k][0] != rows[u][0] for k in range(n)] for u in range(n)]
@@ -365,14 +386,17 @@ def hand_official_ng(e, negative, pos, count, beta, tau_plus, clamp_log=None) ->
     """Released HCL negative term per row u, pair by pair: importance (neg + 1e-9)^β over the whole
     row, column k divided by row k's mean importance, floor N·e^{-1/0.5}."""
     n = len(e)
-    imp = [[torch.exp(beta * torch.log((e[u][k] if negative[u][k] else 0 * e[u][k]) + 1e-9)) for k in range(n)]
-           for u in range(n)]
+    imp = [
+        [torch.exp(beta * torch.log((e[u][k] if negative[u][k] else 0 * e[u][k]) + 1e-9)) for k in range(n)]
+        for u in range(n)
+    ]
     mean_imp = [sum(imp[k]) / n for k in range(n)]  # the released code divides column k by row k's mean
     floor = count * math.e ** (-1 / 0.5)
     ng = []
     for u in range(n):
-        value = (-tau_plus * count * pos[u] + sum(imp[u][k] * e[u][k] / mean_imp[k]
-                                                  for k in range(n) if negative[u][k])) / (1 - tau_plus)
+        value = (
+            -tau_plus * count * pos[u] + sum(imp[u][k] * e[u][k] / mean_imp[k] for k in range(n) if negative[u][k])
+        ) / (1 - tau_plus)
         if clamp_log is not None:
             clamp_log.append(value.item() < floor)
         ng.append(value if value.item() >= floor else value * 0 + floor)
@@ -386,8 +410,10 @@ def hand_official_rocl(features, temperature, alpha, w, hard_negatives, scale, c
     normed = [features[r] / (torch.sqrt(dot(features[r], features[r])) + 1e-8) for r in rows]
     e = [[torch.exp(dot(normed[u], normed[k].detach()) / temperature) for k in range(n)] for u in range(n)]
     if hard_negatives is None:
-        ell = [[-torch.log(e[u][k] / (sum(e[u][j] for j in range(n) if j != u) + 1e-8) + 1e-8) for k in range(n)]
-               for u in range(n)]
+        ell = [
+            [-torch.log(e[u][k] / (sum(e[u][j] for j in range(n) if j != u) + 1e-8) + 1e-8) for k in range(n)]
+            for u in range(n)
+        ]
     else:
         beta, tau_plus = hard_negatives
         count = (batch - 1) * 3
@@ -420,8 +446,9 @@ def test_official_advcl_matches_hand_loop(case):
     alpha, w, hard_negatives = OFFICIAL_CASES[case]
     features = make_features(batch=3, views=4, seed=15)
     scale = 0.5 / 0.07
-    loss = official_advcl_loss(features, temperature=T, alpha=alpha, adv_weight=w, hard_negatives=hard_negatives,
-                               scale=scale)
+    loss = official_advcl_loss(
+        features, temperature=T, alpha=alpha, adv_weight=w, hard_negatives=hard_negatives, scale=scale
+    )
     clamp_log: list[bool] = []
     assert_same(loss, hand_official_advcl(features, T, alpha, w, hard_negatives, scale, clamp_log), features)
     if hard_negatives is not None:
@@ -447,10 +474,15 @@ def test_official_advcl_baseline_differs_from_the_formulas():
     assert abs(official - hand_supcon(features)) > 1e-4
 
 
-@pytest.mark.parametrize("loss, views, allowed", [
-    (official_advcl_loss, 3, r"\[B, 4, D\].*x_adv, x1, x2, HFC"), (official_advcl_loss, 2, r"\[B, 4, D\]"),
-    (official_rocl_loss, 4, r"\[B, 3, D\].*x1, x2, a"), (official_rocl_loss, 2, r"\[B, 3, D\]"),
-])
+@pytest.mark.parametrize(
+    "loss, views, allowed",
+    [
+        (official_advcl_loss, 3, r"\[B, 4, D\].*x_adv, x1, x2, HFC"),
+        (official_advcl_loss, 2, r"\[B, 4, D\]"),
+        (official_rocl_loss, 4, r"\[B, 3, D\].*x1, x2, a"),
+        (official_rocl_loss, 2, r"\[B, 3, D\]"),
+    ],
+)
 def test_official_losses_reject_other_view_counts(loss, views, allowed):
     """Each released loss has one fixed view order: any other number of views is an error."""
     features = make_features(batch=3, views=views)
@@ -459,13 +491,16 @@ def test_official_losses_reject_other_view_counts(loss, views, allowed):
 
 
 @pytest.mark.parametrize("loss, views", [(official_advcl_loss, 4), (official_rocl_loss, 3)])
-@pytest.mark.parametrize("kwargs, message", [
-    ({"alpha": 1.5}, "alpha=1.5"),
-    ({"hard_negatives": (1.0, 1.0)}, r"tau_plus=1.0.*\[0, 1\)"),
-    ({"temperature": 0.0}, "temperature=0.0"),
-    ({"adv_weight": -2.0}, "adv_weight=-2.0"),
-    ({"scale": float("inf")}, "scale=inf"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"alpha": 1.5}, "alpha=1.5"),
+        ({"hard_negatives": (1.0, 1.0)}, r"tau_plus=1.0.*\[0, 1\)"),
+        ({"temperature": 0.0}, "temperature=0.0"),
+        ({"adv_weight": -2.0}, "adv_weight=-2.0"),
+        ({"scale": float("inf")}, "scale=inf"),
+    ],
+)
 def test_official_losses_check_their_arguments(loss, views, kwargs, message):
     with pytest.raises(ValueError, match=message):
         loss(make_features(batch=3, views=views), **kwargs)
@@ -474,18 +509,21 @@ def test_official_losses_check_their_arguments(loss, views, kwargs, message):
 # ---------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"alpha": 1.5}, "alpha=1.5"),
-    ({"alpha": -0.1}, "alpha=-0.1"),
-    ({"alpha": torch.tensor([0.2, 0.3])}, r"alpha of shape \(2,\)"),
-    ({"hard_negatives": (1.0, 1.0)}, r"tau_plus=1.0.*\[0, 1\)"),
-    ({"hard_negatives": (-1.0, 0.1)}, "beta=-1.0"),
-    ({"hard_negatives": (1.0,)}, r"hard_negatives=\(1.0,\)"),
-    ({"temperature": 0.0}, "temperature=0.0"),
-    ({"adv_weight": -2.0}, "adv_weight=-2.0"),
-    ({"scale": float("nan")}, "scale=nan"),
-    ({"detach_contrast": "yes"}, "detach_contrast='yes'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"alpha": 1.5}, "alpha=1.5"),
+        ({"alpha": -0.1}, "alpha=-0.1"),
+        ({"alpha": torch.tensor([0.2, 0.3])}, r"alpha of shape \(2,\)"),
+        ({"hard_negatives": (1.0, 1.0)}, r"tau_plus=1.0.*\[0, 1\)"),
+        ({"hard_negatives": (-1.0, 0.1)}, "beta=-1.0"),
+        ({"hard_negatives": (1.0,)}, r"hard_negatives=\(1.0,\)"),
+        ({"temperature": 0.0}, "temperature=0.0"),
+        ({"adv_weight": -2.0}, "adv_weight=-2.0"),
+        ({"scale": float("nan")}, "scale=nan"),
+        ({"detach_contrast": "yes"}, "detach_contrast='yes'"),
+    ],
+)
 def test_bad_arguments_raise_with_the_value(kwargs, message):
     features = make_features(batch=3, views=3)
     with pytest.raises(ValueError, match=message):
@@ -506,13 +544,16 @@ def test_bad_shapes_raise_with_the_value():
 # ---------------------------------------------------------------------------- adaptive α
 
 
-@pytest.mark.parametrize("d, expected", [
-    (1.5, 0.2),  # above D̄: α₀
-    (1.0, 0.2),  # at D̄: the ramp starts at α₀
-    (0.7, 0.2 + 0.3 * 0.3 / 0.6),  # on the ramp
-    (0.4, 0.5),  # at d_min: the ramp ends at 0.5
-    (0.1, 0.5),  # below d_min
-])
+@pytest.mark.parametrize(
+    "d, expected",
+    [
+        (1.5, 0.2),  # above D̄: α₀
+        (1.0, 0.2),  # at D̄: the ramp starts at α₀
+        (0.7, 0.2 + 0.3 * 0.3 / 0.6),  # on the ramp
+        (0.4, 0.5),  # at d_min: the ramp ends at 0.5
+        (0.1, 0.5),  # below d_min
+    ],
+)
 def test_adaptive_alpha_rule(d, expected):
     assert adaptive_alpha(d, 1.0, 0.4, 0.2) == pytest.approx(expected, rel=1e-12)
 
@@ -538,9 +579,14 @@ def test_adaptive_alpha_without_warm_up_keeps_alpha0():
     assert [schedule.update(epoch, 0.1, 8) for epoch in range(3)] == [0.2, 0.2, 0.2]
 
 
-@pytest.mark.parametrize("args, message", [
-    ((1.2, 3, 0.4), "alpha0=1.2"), ((0.2, -1, 0.4), "warmup_epochs=-1"), ((0.2, 3, -0.4), "d_min=-0.4"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((1.2, 3, 0.4), "alpha0=1.2"),
+        ((0.2, -1, 0.4), "warmup_epochs=-1"),
+        ((0.2, 3, -0.4), "d_min=-0.4"),
+    ],
+)
 def test_adaptive_alpha_bad_arguments(args, message):
     with pytest.raises(ValueError, match=message):
         AdaptiveAlpha(*args)

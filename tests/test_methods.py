@@ -5,6 +5,7 @@ the objective is the same function of the weights at each step (up to the attack
 to the model); its loss must be finite and fall, and every adversarial view must lie within
 ε of its clean source and in [0, 1] (``pgd`` is wrapped in each method's module).
 """
+
 from __future__ import annotations
 
 import os
@@ -18,6 +19,8 @@ import torch
 
 import bench.method as method_module
 import bench.pseudo_labels as pseudo_label_module
+import methods.advcl as advcl_module
+import methods.rocl as rocl_module
 from bench import registry
 from bench.attacks import pgd
 from bench.config import AttackConfig, ConfigError
@@ -27,21 +30,26 @@ from bench.pseudo_labels import PseudoLabelUnpickler, load_pseudo_label_file
 from bench.results import RunDir
 from bench.variants import make_variant
 from bench.views import high_frequency_component
-
-import methods.advcl as advcl_module
-import methods.rocl as rocl_module
 from methods.advcl import AdvCL
 
 EPSILON, STEP_SIZE, PGD_STEPS, BATCH, SMOKE_STEPS = 0.1, 0.025, 2, 64, 20
 METHOD_NAMES = list(registry.available())
 
 
-def make_context(step: int = 0, *, seed: int = 0, indices=None, run_dir=None, epoch: int = 0,
-                 epochs: int = 1) -> StepContext:
-    return StepContext(epoch=epoch, step=step, steps_per_epoch=1, device=torch.device("cpu"),
-                       generator=torch.Generator().manual_seed(seed),
-                       attack=AttackConfig(epsilon=EPSILON, step_size=STEP_SIZE, steps=PGD_STEPS), indices=indices,
-                       run_dir=run_dir, epochs=epochs)
+def make_context(
+    step: int = 0, *, seed: int = 0, indices=None, run_dir=None, epoch: int = 0, epochs: int = 1
+) -> StepContext:
+    return StepContext(
+        epoch=epoch,
+        step=step,
+        steps_per_epoch=1,
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(seed),
+        attack=AttackConfig(epsilon=EPSILON, step_size=STEP_SIZE, steps=PGD_STEPS),
+        indices=indices,
+        run_dir=run_dir,
+        epochs=epochs,
+    )
 
 
 def build(name: str, **overrides):
@@ -186,8 +194,14 @@ def test_advcl_cached_clean_embeddings_give_the_released_adversary(name, batch):
         views = [model(inputs, "pgd")] + [model(view, "normal") for view in (x1, x2, hfc)]
         return method.attack_objective(torch.stack(views, dim=1))
 
-    released = pgd(recomputed, org, epsilon=EPSILON, step_size=STEP_SIZE, steps=PGD_STEPS,
-                                generator=torch.Generator().manual_seed(9))
+    released = pgd(
+        recomputed,
+        org,
+        epsilon=EPSILON,
+        step_size=STEP_SIZE,
+        steps=PGD_STEPS,
+        generator=torch.Generator().manual_seed(9),
+    )
     assert torch.allclose(ours, released, atol=1e-6)
 
 
@@ -226,9 +240,18 @@ def test_advcl_clusters_the_features_of_a_named_encoder(digits, tmp_path):
     images = digits.x_train[:120]
     trained, trained_model = build("advcl")
     path = tmp_path / "encoder.pt"
-    torch.save({"format": "acl-bench", "model": trained_model.state_dict(), "arch": "small_cnn",
-                "bn_branches": list(trained.bn_branches), "projector": trained.projector,
-                "normalization": trained.normalization, "finetune_bn": trained.finetune_bn}, path)
+    torch.save(
+        {
+            "format": "acl-bench",
+            "model": trained_model.state_dict(),
+            "arch": "small_cnn",
+            "bn_branches": list(trained.bn_branches),
+            "projector": trained.projector,
+            "normalization": trained.normalization,
+            "finetune_bn": trained.finetune_bn,
+        },
+        path,
+    )
     method, model = build("advcl", pseudo_label_ks=(2, 10), pseudo_label_encoder=str(path))
     method.setup(model, images, make_context(run_dir=RunDir(tmp_path)))
     assert method.pseudo_labels[10].shape == (120,) and method.pseudo_labels[10].max() < 10
@@ -256,8 +279,12 @@ def test_advcl_loads_a_label_file_and_checks_its_length(digits, tmp_path):
 def test_restricted_unpickler_loads_numpy_and_torch_label_pickles(tmp_path):
     numpy_file, torch_file = tmp_path / "numpy.pkl", tmp_path / "torch.pkl"
     for protocol in (2, 4, 5):
-        numpy_file.write_bytes(pickle.dumps({"pseudo_train_2": np.array([0, 1, 1], dtype=np.int32),
-                                             "pseudo_test_2": np.array([1], dtype=np.int32)}, protocol=protocol))
+        numpy_file.write_bytes(
+            pickle.dumps(
+                {"pseudo_train_2": np.array([0, 1, 1], dtype=np.int32), "pseudo_test_2": np.array([1], dtype=np.int32)},
+                protocol=protocol,
+            )
+        )
         torch_file.write_bytes(pickle.dumps({"pseudo_train_2": torch.tensor([1, 0, 1])}, protocol=protocol))
         assert load_pseudo_label_file(numpy_file, (2,))[2].tolist() == [0, 1, 1]
         assert load_pseudo_label_file(torch_file, (2,))[2].tolist() == [1, 0, 1]
@@ -286,17 +313,34 @@ def test_restricted_unpickler_rejects_arbitrary_objects(tmp_path, monkeypatch):
 # ACL and the SimCLR anchor: VITA-Group/Adversarial-Contrastive-Learning train_simCLR.py (--optimizer lars
 # with optimizer/lars.py, --lr 5.0, weight_decay=1e-6, cosine_annealing to 1e-6 / args.lr after
 # warmup_steps=10 * len(train_loader) from 0, --batch_size 512, --epochs 1000), for every dataset.
-ACL_PRETRAIN = {"optimizer": "lars-acl", "lr": 5.0, "weight_decay": 1e-6, "warmup_epochs": 10, "warmup_start_lr": 0.0,
-                "min_lr_fraction": 2e-7, "epochs": 1000, "batch_size": 512}
+ACL_PRETRAIN = {
+    "optimizer": "lars-acl",
+    "lr": 5.0,
+    "weight_decay": 1e-6,
+    "warmup_epochs": 10,
+    "warmup_start_lr": 0.0,
+    "min_lr_fraction": 2e-7,
+    "epochs": 1000,
+    "batch_size": 512,
+}
 # yqy2001/A-InfoNCE Asym-AdvCL/pretraining_advCL.py: SGD momentum 0.9, weight_decay 1e-4, batch_size 512,
 # warm-up from 0.01 over 10 epochs (batch > 256), cosine to lr·0.1³; every script passes --epoch 400.
 ADVCL_PARAMS = {"ce_weight": 0.2, "hfc_radius": 8}  # --ce_weight 0.2, --radius 8
 
 
 def advcl_pretrain(lr: float) -> dict:
-    return {"optimizer": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 512,
-            "warmup_epochs": 10, "warmup_start_lr": 0.01 / lr, "min_lr_fraction": 1e-3, "epochs": 400,
-            "shards": 2}  # nn.DataParallel over 2 GPUs (README: "2 Tesla V100"): per-GPU BN over 256
+    return {
+        "optimizer": "sgd",
+        "lr": lr,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "batch_size": 512,
+        "warmup_epochs": 10,
+        "warmup_start_lr": 0.01 / lr,
+        "min_lr_fraction": 1e-3,
+        "epochs": 400,
+        "shards": 2,
+    }  # nn.DataParallel over 2 GPUs (README: "2 Tesla V100"): per-GPU BN over 256
 
 
 # yqy2001/A-InfoNCE Asym-RoCL/rocl_train.py + argument.py: torchlars LARS (trust_coef 0.001) over SGD momentum
@@ -306,9 +350,19 @@ ROCL_PARAMS = {"attack_steps": 7, "attack_step_size": 0.007, "regularizer_lambda
 
 
 def rocl_pretrain(base_lr: float) -> dict:
-    return {"optimizer": "lars", "lars_trust": 1e-3, "lr": 15 * base_lr, "momentum": 0.9, "weight_decay": 1e-6,
-            "warmup_epochs": 9, "warmup_start_lr": 0.16, "min_lr_fraction": 0.0, "epochs": 1000, "batch_size": 512,
-            "shards": 2}  # shell/rocl-*.sh: --nproc_per_node=2 --batch-size=256
+    return {
+        "optimizer": "lars",
+        "lars_trust": 1e-3,
+        "lr": 15 * base_lr,
+        "momentum": 0.9,
+        "weight_decay": 1e-6,
+        "warmup_epochs": 9,
+        "warmup_start_lr": 0.16,
+        "min_lr_fraction": 0.0,
+        "epochs": 1000,
+        "batch_size": 512,
+        "shards": 2,
+    }  # shell/rocl-*.sh: --nproc_per_node=2 --batch-size=256
 
 
 # docs/design.md §4 (A-InfoNCE released scripts), CIFAR-10 / CIFAR-100: the A-InfoNCE knobs each script sets, then
@@ -320,22 +374,39 @@ PAPER_TABLE = {
     "acl-hn": ({}, {}, 5.0, 5.0),
     "acl-iphn": ({}, {}, 5.0, 5.0),
     "advcl": ({}, {}, 0.5, 0.5),
-    "advcl-ip": ({"alpha": 0.2, "adv_weight": 1.2, "adaptive_epochs": 30, "d_min": 0.4},
-                 {"alpha": 0.3, "adv_weight": 1.5, "adaptive_epochs": 20, "d_min": 0.5}, 1.0, 2.0),
+    "advcl-ip": (
+        {"alpha": 0.2, "adv_weight": 1.2, "adaptive_epochs": 30, "d_min": 0.4},
+        {"alpha": 0.3, "adv_weight": 1.5, "adaptive_epochs": 20, "d_min": 0.5},
+        1.0,
+        2.0,
+    ),
     "advcl-hn": ({"beta": 1.0, "tau_plus": 0.12}, {"beta": 1.0, "tau_plus": 0.01}, 1.2, 2.0),
-    "advcl-iphn": ({"alpha": 0.2, "adv_weight": 0.7, "adaptive_epochs": 30, "d_min": 0.4, "beta": 1.0, "tau_plus": 0.1},
-                   {"alpha": 0.3, "adv_weight": 1.5, "adaptive_epochs": 20, "d_min": 0.5, "beta": 1.0,
-                    "tau_plus": 0.01}, 2.0, 2.0),
+    "advcl-iphn": (
+        {"alpha": 0.2, "adv_weight": 0.7, "adaptive_epochs": 30, "d_min": 0.4, "beta": 1.0, "tau_plus": 0.1},
+        {"alpha": 0.3, "adv_weight": 1.5, "adaptive_epochs": 20, "d_min": 0.5, "beta": 1.0, "tau_plus": 0.01},
+        2.0,
+        2.0,
+    ),
     "rocl": ({}, {}, 0.1, 0.1),
     "rocl-ip": ({"alpha": 0.2, "adv_weight": 1.0}, {"alpha": 0.2, "adv_weight": 1.0}, 0.1, 0.1),
     "rocl-hn": ({"beta": 1.0, "tau_plus": 0.12}, {"beta": 1.0, "tau_plus": 0.1}, 0.2, 0.1),
-    "rocl-iphn": ({"alpha": 0.2, "adv_weight": 1.0, "beta": 1.0, "tau_plus": 0.12},
-                  {"alpha": 0.2, "adv_weight": 1.0, "beta": 1.0, "tau_plus": 0.1}, 0.3, 0.2),
+    "rocl-iphn": (
+        {"alpha": 0.2, "adv_weight": 1.0, "beta": 1.0, "tau_plus": 0.12},
+        {"alpha": 0.2, "adv_weight": 1.0, "beta": 1.0, "tau_plus": 0.1},
+        0.3,
+        0.2,
+    ),
 }
 # The smoke preset (embedded digits) sets no optimiser override; it switches on each variant's knobs
 # (AdvCL-IP: adaptive α after 2 epochs, so the schedule runs in a short smoke run).
 SMOKE_TABLE = {
-    "simclr": {}, "acl": {}, "acl-ip": {}, "acl-hn": {}, "acl-iphn": {}, "rocl": {}, "advcl": {},
+    "simclr": {},
+    "acl": {},
+    "acl-ip": {},
+    "acl-hn": {},
+    "acl-iphn": {},
+    "rocl": {},
+    "advcl": {},
     "rocl-ip": {"alpha": 0.2, "adv_weight": 1.0},
     "rocl-hn": {"beta": 1.0, "tau_plus": 0.1},
     "rocl-iphn": {"alpha": 0.2, "adv_weight": 1.0, "beta": 1.0, "tau_plus": 0.1},
@@ -356,12 +427,35 @@ def expected_paper(name: str, dataset: str) -> tuple[dict, dict]:
 
 
 # Methods outside the A-InfoNCE family check their published settings in a test file of their own.
-DYNACL_NAMES = ("dynacl", "dynacl-ip", "dynacl-hn", "dynacl-iphn", "dynacl++", "dynacl++-ip", "dynacl++-hn",
-                "dynacl++-iphn")
-AIR_NAMES = ("acl-air", "acl-air-ip", "acl-air-hn", "acl-air-iphn", "dynacl-air", "dynacl-air-ip", "dynacl-air-hn",
-             "dynacl-air-iphn", "dynacl-air++", "dynacl-air++-ip", "dynacl-air++-hn", "dynacl-air++-iphn")
-TESTED_ELSEWHERE = {"deacl": "tests/test_deacl.py", **{name: "tests/test_dynacl.py" for name in DYNACL_NAMES},
-                    **{name: "tests/test_air.py" for name in AIR_NAMES}}
+DYNACL_NAMES = (
+    "dynacl",
+    "dynacl-ip",
+    "dynacl-hn",
+    "dynacl-iphn",
+    "dynacl++",
+    "dynacl++-ip",
+    "dynacl++-hn",
+    "dynacl++-iphn",
+)
+AIR_NAMES = (
+    "acl-air",
+    "acl-air-ip",
+    "acl-air-hn",
+    "acl-air-iphn",
+    "dynacl-air",
+    "dynacl-air-ip",
+    "dynacl-air-hn",
+    "dynacl-air-iphn",
+    "dynacl-air++",
+    "dynacl-air++-ip",
+    "dynacl-air++-hn",
+    "dynacl-air++-iphn",
+)
+TESTED_ELSEWHERE = {
+    "deacl": "tests/test_deacl.py",
+    **{name: "tests/test_dynacl.py" for name in DYNACL_NAMES},
+    **{name: "tests/test_air.py" for name in AIR_NAMES},
+}
 
 
 def test_every_builtin_method_has_expected_settings():
@@ -401,8 +495,11 @@ def test_smoke_settings_switch_on_each_variants_knobs(name):
 
 def test_paper_settings_of_an_unlisted_dataset():
     """A per-dataset row fails with the datasets it has; a '*' row (ACL's script) serves any dataset."""
-    with pytest.raises(ConfigError, match=r"dataset='stl10' is invalid for the paper settings of 'advcl-ip': "
-                                          r"allowed \['cifar10', 'cifar100'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"dataset='stl10' is invalid for the paper settings of 'advcl-ip': "
+        r"allowed \['cifar10', 'cifar100'\]",
+    ):
         registry.get("advcl-ip").published("paper", "stl10")
     with pytest.raises(ConfigError, match=r"dataset='digits' is invalid for the paper settings of 'rocl'"):
         registry.get("rocl").published("paper", "digits")
@@ -451,25 +548,28 @@ def test_make_params_coerces_cli_strings_by_type():
     assert (advcl.pseudo_label_ks, advcl.hfc_radius, advcl.quirks) == ((2, 10), 4, "official")
 
 
-@pytest.mark.parametrize("name, overrides, message", [
-    ("acl-ip", {"alpha": "nan"}, "acl-ip.alpha='nan' is invalid: allowed finite numbers"),
-    ("acl-ip", {"adaptive_epochs": "2.5"}, "acl-ip.adaptive_epochs='2.5' is invalid: allowed int values"),
-    ("rocl", {"nope": 1}, r"method parameter 'nope' of 'rocl' is unknown: allowed \[.*'regularizer_lambda'"),
-    ("rocl", {"attack_steps": "-1"}, "attack_steps=-1 is invalid: allowed numbers >= 0 or none"),
-    ("rocl", {"attack_step_size": "-0.1"}, "attack_step_size=-0.1 is invalid"),
-    ("rocl", {"regularizer_lambda": "0"}, "regularizer_lambda=0.0 is invalid: allowed numbers > 0"),
-    ("advcl", {"pseudo_label_ks": "2,2"}, r"pseudo_label_ks=\(2, 2\) is invalid: allowed distinct integers >= 1"),
-    ("advcl", {"pseudo_label_ks": ""}, r"pseudo_label_ks=\(\) is invalid"),
-    ("advcl", {"pseudo_label_ks": "2,x"}, "advcl.pseudo_label_ks='x' is invalid: allowed int values"),
-    ("advcl", {"ce_weight": "-1"}, "ce_weight=-1.0 is invalid: allowed numbers >= 0"),
-    ("advcl", {"hfc_radius": "-1"}, "hfc_radius=-1 is invalid"),
-    ("simclr", {"temperature": "0"}, "temperature=0.0 is invalid: allowed numbers > 0"),
-    ("simclr", {"temperature": "inf"}, "simclr.temperature='inf' is invalid: allowed finite numbers"),
-    ("acl-hn", {"tau_plus": "1"}, r"tau_plus=1.0 is invalid: allowed numbers in \[0, 1\)"),
-    ("acl-hn", {"beta": "-1"}, "beta=-1.0 is invalid: allowed numbers >= 0"),
-    ("rocl-ip", {"quirks": "bogus"}, r"quirks='bogus' is invalid for 'rocl-ip': allowed \['none', 'official'\]"),
-    ("acl-ip", {"quirks": "official"}, r"quirks='official' is invalid for 'acl-ip': allowed \['none'\]"),
-])
+@pytest.mark.parametrize(
+    "name, overrides, message",
+    [
+        ("acl-ip", {"alpha": "nan"}, "acl-ip.alpha='nan' is invalid: allowed finite numbers"),
+        ("acl-ip", {"adaptive_epochs": "2.5"}, "acl-ip.adaptive_epochs='2.5' is invalid: allowed int values"),
+        ("rocl", {"nope": 1}, r"method parameter 'nope' of 'rocl' is unknown: allowed \[.*'regularizer_lambda'"),
+        ("rocl", {"attack_steps": "-1"}, "attack_steps=-1 is invalid: allowed numbers >= 0 or none"),
+        ("rocl", {"attack_step_size": "-0.1"}, "attack_step_size=-0.1 is invalid"),
+        ("rocl", {"regularizer_lambda": "0"}, "regularizer_lambda=0.0 is invalid: allowed numbers > 0"),
+        ("advcl", {"pseudo_label_ks": "2,2"}, r"pseudo_label_ks=\(2, 2\) is invalid: allowed distinct integers >= 1"),
+        ("advcl", {"pseudo_label_ks": ""}, r"pseudo_label_ks=\(\) is invalid"),
+        ("advcl", {"pseudo_label_ks": "2,x"}, "advcl.pseudo_label_ks='x' is invalid: allowed int values"),
+        ("advcl", {"ce_weight": "-1"}, "ce_weight=-1.0 is invalid: allowed numbers >= 0"),
+        ("advcl", {"hfc_radius": "-1"}, "hfc_radius=-1 is invalid"),
+        ("simclr", {"temperature": "0"}, "temperature=0.0 is invalid: allowed numbers > 0"),
+        ("simclr", {"temperature": "inf"}, "simclr.temperature='inf' is invalid: allowed finite numbers"),
+        ("acl-hn", {"tau_plus": "1"}, r"tau_plus=1.0 is invalid: allowed numbers in \[0, 1\)"),
+        ("acl-hn", {"beta": "-1"}, "beta=-1.0 is invalid: allowed numbers >= 0"),
+        ("rocl-ip", {"quirks": "bogus"}, r"quirks='bogus' is invalid for 'rocl-ip': allowed \['none', 'official'\]"),
+        ("acl-ip", {"quirks": "official"}, r"quirks='official' is invalid for 'acl-ip': allowed \['none'\]"),
+    ],
+)
 def test_make_params_rejects_bad_values_in_one_line(name, overrides, message):
     with pytest.raises(ConfigError, match=message):
         registry.get(name).make_params(overrides)
@@ -531,12 +631,15 @@ def test_rocl_calls_the_released_loss_by_name_in_official_mode(quirks, batch, mo
         assert official.calls == [{"temperature": 0.5, "adv_weight": 1.4, **asymmetry}] and not formula.calls
     else:  # the formulas: w/2 per direction, ×2 to the released per-pair sum
         assert not official.calls
-        assert formula.calls == [{"temperature": 0.5, "detach_contrast": True, "scale": 2.0, "adv_weight": 0.7,
-                                  **asymmetry}]
+        assert formula.calls == [
+            {"temperature": 0.5, "detach_contrast": True, "scale": 2.0, "adv_weight": 0.7, **asymmetry}
+        ]
 
 
-@pytest.mark.parametrize("name, allowed", [("rocl-ip", ["none", "official"]), ("advcl", ["none", "official"]),
-                                           ("acl-ip", ["none"]), ("simclr", ["none"])])
+@pytest.mark.parametrize(
+    "name, allowed",
+    [("rocl-ip", ["none", "official"]), ("advcl", ["none", "official"]), ("acl-ip", ["none"]), ("simclr", ["none"])],
+)
 def test_quirks_official_only_where_a_released_reproduction_exists(name, allowed):
     """Only RoCL and AdvCL (and their variants) reproduce released code; elsewhere 'official' would be ignored."""
     cls = registry.get(name)

@@ -6,6 +6,7 @@ checksums, the key encoder after its EMA update and the BN statistics of one rel
 ``train``) run on a CPU in float64 with the inputs of tests/newer_step_inputs.py; the fixture's
 ``procedure`` says how. Here our step gets the same weights, views and PGD starts.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,14 +28,20 @@ TOLERANCE = 1e-5
 def inject(monkeypatch, module, views: list[torch.Tensor], starts: torch.Tensor) -> None:
     """The method's two augmentations return the fixture's views; PGD starts at x + δ."""
     queue = list(views)
-    monkeypatch.setattr(module, "annealed_augment", lambda strength: (lambda images, generator: queue.pop(0)))
+    monkeypatch.setattr(module, "annealed_augment", lambda strength: lambda images, generator: queue.pop(0))
     monkeypatch.setattr(bench.attacks, "random_start", lambda x, epsilon, generator=None: x + starts)
 
 
 def context(epoch: int, epochs: int) -> StepContext:
-    return StepContext(epoch, 0, 1, torch.device("cpu"), torch.Generator().manual_seed(0),
-                       AttackConfig(epsilon=inputs.EPSILON, step_size=inputs.STEP_SIZE, steps=inputs.PGD_STEPS),
-                       epochs=epochs)
+    return StepContext(
+        epoch,
+        0,
+        1,
+        torch.device("cpu"),
+        torch.Generator().manual_seed(0),
+        AttackConfig(epsilon=inputs.EPSILON, step_size=inputs.STEP_SIZE, steps=inputs.PGD_STEPS),
+        epochs=epochs,
+    )
 
 
 def assert_close(name: str, ours: list[float], released: list[float]) -> None:
@@ -68,8 +75,7 @@ def test_dynacl_step_matches_the_released_step(monkeypatch):
 
     case = FIXTURE["dynacl"]
     cls = registry.get("dynacl")
-    method = cls(cls.make_params({"form": "dynacl", "key_momentum": 0.99, "anneal_period": 50,
-                                  "anneal_lambda": 2 / 3}))
+    method = cls(cls.make_params({"form": "dynacl", "key_momentum": 0.99, "anneal_period": 50, "anneal_lambda": 2 / 3}))
     model = method.build_model("resnet18").double()
     inputs.fill_weights(model)  # the query, by our key names (the key's 'key.' keys are reset below)
     query_state = {k: v for k, v in model.state_dict().items() if not k.startswith("key.")}
@@ -79,8 +85,9 @@ def test_dynacl_step_matches_the_released_step(monkeypatch):
     inject(monkeypatch, module, [x1, x2], starts)
     seen = record_adversarial(monkeypatch, module)
     model.train()
-    loss, logs = method.training_step(model, x1, context(case["settings"]["epoch_1indexed"] - 1,
-                                                          case["settings"]["epochs"]))
+    loss, logs = method.training_step(
+        model, x1, context(case["settings"]["epoch_1indexed"] - 1, case["settings"]["epochs"])
+    )
     assert logs["adv_weight"] == pytest.approx(1.4)
     loss.backward()
     gradients = {name: p.grad for name, p in model.query_parameters()}

@@ -1,4 +1,5 @@
 """LARS against the formula, and the warm-up + cosine schedule."""
+
 from __future__ import annotations
 
 import math
@@ -52,8 +53,15 @@ def test_acl_lars_keeps_lr_inside_the_momentum_buffer():
     grad = torch.randn(5)
     w0 = weight.detach().clone()
     decay, trust, momentum, lrs = 1e-2, 1e-3, 0.9, (0.1, 0.3)
-    optimizer = LARS([weight], lr=lrs[0], momentum=momentum, weight_decay=decay, trust_coefficient=trust, eps=0.0,
-                     lr_in_momentum=True)
+    optimizer = LARS(
+        [weight],
+        lr=lrs[0],
+        momentum=momentum,
+        weight_decay=decay,
+        trust_coefficient=trust,
+        eps=0.0,
+        lr_in_momentum=True,
+    )
     weight.grad = grad.clone()
     optimizer.step()
     buffer = lrs[0] * trust * w0.norm() / (grad.norm() + decay * w0.norm()) * (grad + decay * w0)
@@ -64,8 +72,14 @@ def test_acl_lars_keeps_lr_inside_the_momentum_buffer():
     optimizer.step()
     buffer = momentum * buffer + lrs[1] * trust * w1.norm() / (grad.norm() + decay * w1.norm()) * (grad + decay * w1)
     assert torch.allclose(weight.detach(), w1 - buffer, atol=1e-7)
-    torch_lars = LARS([torch.nn.Parameter(w0.clone())], lr=lrs[0], momentum=momentum, weight_decay=decay,
-                      trust_coefficient=trust, eps=0.0)
+    torch_lars = LARS(
+        [torch.nn.Parameter(w0.clone())],
+        lr=lrs[0],
+        momentum=momentum,
+        weight_decay=decay,
+        trust_coefficient=trust,
+        eps=0.0,
+    )
     parameter = torch_lars.param_groups[0]["params"][0]
     parameter.grad = grad.clone()
     torch_lars.step()

@@ -1,18 +1,21 @@
 """Per-image correctness from the evaluator: the accuracy functions are unchanged, bit for bit."""
+
 from __future__ import annotations
 
 import torch
+from test_attacks import toy_problem
 
 from bench.attacks import pgd_cross_entropy
 from bench.evaluate import autoattack_accuracy, clean_accuracy, clean_correct, eval_mode, pgd_accuracy, pgd_correct
-from test_attacks import toy_problem
 
 
 def _clean_accuracy_before(model, x, y, batch_size):
     """bench.evaluate.clean_accuracy as it was before per-image correctness (commit 33c8d8f)."""
     with eval_mode(model), torch.no_grad():
-        correct = sum(int((model(x[s:s + batch_size]).argmax(1) == y[s:s + batch_size]).sum())
-                      for s in range(0, x.shape[0], batch_size))
+        correct = sum(
+            int((model(x[s : s + batch_size]).argmax(1) == y[s : s + batch_size]).sum())
+            for s in range(0, x.shape[0], batch_size)
+        )
     return 100.0 * correct / x.shape[0]
 
 
@@ -22,11 +25,12 @@ def _pgd_accuracy_before(model, x, y, epsilon, step_size, steps, restarts, batch
     robust = 0
     with eval_mode(model):
         for s in range(0, x.shape[0], batch_size):
-            xb, yb = x[s:s + batch_size], y[s:s + batch_size]
+            xb, yb = x[s : s + batch_size], y[s : s + batch_size]
             survived = torch.ones_like(yb, dtype=torch.bool)
             for _ in range(restarts):
-                x_adv = pgd_cross_entropy(model, xb, yb, epsilon=epsilon, step_size=step_size, steps=steps,
-                                          generator=generator)
+                x_adv = pgd_cross_entropy(
+                    model, xb, yb, epsilon=epsilon, step_size=step_size, steps=steps, generator=generator
+                )
                 with torch.no_grad():
                     survived &= model(x_adv).argmax(1) == yb
             robust += int(survived.sum())

@@ -1,4 +1,5 @@
 """`bench run` end to end on the embedded digits: rows, reruns, reports, reproducibility record."""
+
 from __future__ import annotations
 
 import csv
@@ -9,10 +10,34 @@ from bench.results import COLUMNS
 
 
 def _run(tmp_path, *extra):
-    return main(["run", "--methods", "simclr", "acl", "--results-dir", str(tmp_path / "r"),
-                 "--reports-dir", str(tmp_path / "rep"), "--epochs", "1", "--finetune-epochs", "1",
-                 "--n-eval", "24", "--quiet", "--device", "cpu", "--set", "pretrain.batch_size=64",
-                 "--set", "finetune.batch_size=512", "--attacks", "clean,pgd20", *extra])
+    return main(
+        [
+            "run",
+            "--methods",
+            "simclr",
+            "acl",
+            "--results-dir",
+            str(tmp_path / "r"),
+            "--reports-dir",
+            str(tmp_path / "rep"),
+            "--epochs",
+            "1",
+            "--finetune-epochs",
+            "1",
+            "--n-eval",
+            "24",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--set",
+            "pretrain.batch_size=64",
+            "--set",
+            "finetune.batch_size=512",
+            "--attacks",
+            "clean,pgd20",
+            *extra,
+        ]
+    )
 
 
 def _rows(tmp_path):
@@ -49,17 +74,65 @@ def test_run_stores_every_scheme_and_attack_then_skips_reruns(tmp_path):
 
 
 def test_stored_encoder_can_be_finetuned_again_and_exported(tmp_path):
-    code = main(["run", "--methods", "acl", "--results-dir", str(tmp_path / "r"), "--reports-dir", str(tmp_path / "rep"),
-                 "--epochs", "1", "--finetune-epochs", "1", "--n-eval", "16", "--quiet", "--device", "cpu",
-                 "--set", "pretrain.batch_size=64", "--set", "finetune.batch_size=512", "--attacks", "clean,pgd20",
-                 "--schemes", "SLF"])
+    code = main(
+        [
+            "run",
+            "--methods",
+            "acl",
+            "--results-dir",
+            str(tmp_path / "r"),
+            "--reports-dir",
+            str(tmp_path / "rep"),
+            "--epochs",
+            "1",
+            "--finetune-epochs",
+            "1",
+            "--n-eval",
+            "16",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--set",
+            "pretrain.batch_size=64",
+            "--set",
+            "finetune.batch_size=512",
+            "--attacks",
+            "clean,pgd20",
+            "--schemes",
+            "SLF",
+        ]
+    )
     assert code == 0
     run_id = _rows(tmp_path)[0]["run_id"]
     encoder = tmp_path / "r" / "runs" / run_id / "encoder.pt"
-    code = main(["evaluate", "--checkpoint", str(encoder), "--format", "bench", "--name", "acl-reloaded",
-                 "--results-dir", str(tmp_path / "r"), "--reports-dir", str(tmp_path / "rep"), "--finetune-epochs", "1",
-                 "--n-eval", "16", "--quiet", "--device", "cpu", "--set", "finetune.batch_size=512",
-                 "--attacks", "clean,pgd20", "--schemes", "SLF"])
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(encoder),
+            "--format",
+            "bench",
+            "--name",
+            "acl-reloaded",
+            "--results-dir",
+            str(tmp_path / "r"),
+            "--reports-dir",
+            str(tmp_path / "rep"),
+            "--finetune-epochs",
+            "1",
+            "--n-eval",
+            "16",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--set",
+            "finetune.batch_size=512",
+            "--attacks",
+            "clean,pgd20",
+            "--schemes",
+            "SLF",
+        ]
+    )
     assert code == 0
     reloaded = [r for r in _rows(tmp_path) if r["method"] == "acl-reloaded"]
     assert {r["attack"] for r in reloaded} >= {"clean", "pgd20"}
@@ -72,17 +145,47 @@ def test_stored_encoder_can_be_finetuned_again_and_exported(tmp_path):
 
 
 def test_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
-    code = main(["evaluate", "--checkpoint", str(tmp_path / "nope.pt"), "--results-dir", str(tmp_path / "r"), "--quiet"])
+    code = main(
+        ["evaluate", "--checkpoint", str(tmp_path / "nope.pt"), "--results-dir", str(tmp_path / "r"), "--quiet"]
+    )
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_parallel_and_sequential_runs_store_the_same_runs(tmp_path):
     for jobs in ("1", "2"):
-        assert main(["run", "--methods", "simclr", "rocl", "--results-dir", str(tmp_path / jobs), "--reports-dir",
-                     str(tmp_path / f"rep{jobs}"), "--epochs", "1", "--finetune-epochs", "1", "--n-eval", "16",
-                     "--quiet", "--device", "cpu", "--jobs", jobs, "--schemes", "SLF", "--attacks", "clean,pgd20",
-                     "--set", "pretrain.batch_size=256"]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    "--methods",
+                    "simclr",
+                    "rocl",
+                    "--results-dir",
+                    str(tmp_path / jobs),
+                    "--reports-dir",
+                    str(tmp_path / f"rep{jobs}"),
+                    "--epochs",
+                    "1",
+                    "--finetune-epochs",
+                    "1",
+                    "--n-eval",
+                    "16",
+                    "--quiet",
+                    "--device",
+                    "cpu",
+                    "--jobs",
+                    jobs,
+                    "--schemes",
+                    "SLF",
+                    "--attacks",
+                    "clean,pgd20",
+                    "--set",
+                    "pretrain.batch_size=256",
+                ]
+            )
+            == 0
+        )
     tables = {}
     for jobs in ("1", "2"):
         with open(tmp_path / jobs / "results.csv", newline="") as stream:
@@ -110,9 +213,33 @@ def test_jobs_resolution():
 
 
 def _tiny(tmp_path, *extra):
-    return main(["run", "--methods", "acl", "--results-dir", str(tmp_path / "r"), "--reports-dir", str(tmp_path / "rep"),
-                 "--epochs", "1", "--finetune-epochs", "1", "--n-eval", "16", "--quiet", "--device", "cpu",
-                 "--schemes", "SLF", "--attacks", "clean,pgd20", "--set", "pretrain.batch_size=256", *extra])
+    return main(
+        [
+            "run",
+            "--methods",
+            "acl",
+            "--results-dir",
+            str(tmp_path / "r"),
+            "--reports-dir",
+            str(tmp_path / "rep"),
+            "--epochs",
+            "1",
+            "--finetune-epochs",
+            "1",
+            "--n-eval",
+            "16",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--schemes",
+            "SLF",
+            "--attacks",
+            "clean,pgd20",
+            "--set",
+            "pretrain.batch_size=256",
+            *extra,
+        ]
+    )
 
 
 def test_changing_only_evaluation_settings_reuses_the_encoder(tmp_path):
@@ -120,8 +247,10 @@ def test_changing_only_evaluation_settings_reuses_the_encoder(tmp_path):
 
     assert _tiny(tmp_path) == 0
     assert _tiny(tmp_path, "--epsilon", "0.05", "--set", "evaluate.epsilon_curve=0.01,0.05") == 0
-    runs = {json.loads((path.parent / "config.json").read_text())["evaluate"]["epsilon"]: path.parent
-            for path in (tmp_path / "r" / "runs").glob("*/done.json")}
+    runs = {
+        json.loads((path.parent / "config.json").read_text())["evaluate"]["epsilon"]: path.parent
+        for path in (tmp_path / "r" / "runs").glob("*/done.json")
+    }
     first, second = runs[0.06], runs[0.05]
     assert json.loads((second / "done.json").read_text())["encoder_from"] == first.name
     weights = [torch.load(run / "encoder.pt", weights_only=True)["model"] for run in (first, second)]
@@ -138,9 +267,23 @@ def test_evaluate_labels_from_the_checkpoint_and_writes_nothing_on_bad_input(tmp
     assert _tiny(tmp_path) == 0
     encoder = next((tmp_path / "r" / "runs").glob("*/encoder.pt"))
     before = sorted((tmp_path / "r" / "runs").iterdir())
-    common = ["--results-dir", str(tmp_path / "r"), "--reports-dir", str(tmp_path / "rep"), "--quiet",
-              "--device", "cpu", "--finetune-epochs", "1", "--n-eval", "16", "--schemes", "SLF",
-              "--attacks", "clean,pgd20"]
+    common = [
+        "--results-dir",
+        str(tmp_path / "r"),
+        "--reports-dir",
+        str(tmp_path / "rep"),
+        "--quiet",
+        "--device",
+        "cpu",
+        "--finetune-epochs",
+        "1",
+        "--n-eval",
+        "16",
+        "--schemes",
+        "SLF",
+        "--attacks",
+        "clean,pgd20",
+    ]
     assert main(["evaluate", "--checkpoint", str(encoder), "--format", "nope", *common]) == 2
     assert main(["evaluate", "--robustbench-model", "Standard", *common]) == 2
     assert "invalid for a RobustBench model" in capsys.readouterr().err

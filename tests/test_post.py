@@ -1,5 +1,6 @@
 """The LP-AFT post-processing stage (bench.post): pseudo-labels, linear probe, TRADES finetuning,
 the released attack variants, and what the stage may and may not change in an encoder."""
+
 from __future__ import annotations
 
 import copy
@@ -25,8 +26,17 @@ from bench.post import (
     trades_loss,
 )
 
-SMALL = dict(clusters=4, head_epochs=2, epochs=1, milestones=(), batch_size=32, attack_steps=2, epsilon=0.06,
-             step_size=0.015, augment=False)
+SMALL = dict(
+    clusters=4,
+    head_epochs=2,
+    epochs=1,
+    milestones=(),
+    batch_size=32,
+    attack_steps=2,
+    epsilon=0.06,
+    step_size=0.015,
+    augment=False,
+)
 
 
 def dual_bn_model(seed: int = 0):
@@ -65,11 +75,23 @@ def test_linear_probe_trains_the_zero_head_only(digits):
     torch.nn.init.zeros_(classifier.head.bias)
     encoder_state = copy.deepcopy(model.state_dict())
     images, labels = digits.x_train[:64], torch.arange(64) % 4
-    history = linear_probe(classifier, images, labels, PostSettings(**{**SMALL, "head_lr": 0.0}),
-                           torch.Generator().manual_seed(0), torch.Generator().manual_seed(0))
+    history = linear_probe(
+        classifier,
+        images,
+        labels,
+        PostSettings(**{**SMALL, "head_lr": 0.0}),
+        torch.Generator().manual_seed(0),
+        torch.Generator().manual_seed(0),
+    )
     assert history[0] == pytest.approx(math.log(4), abs=1e-6)  # zero logits: CE = log K exactly
-    linear_probe(classifier, images, labels, PostSettings(**SMALL), torch.Generator().manual_seed(0),
-                 torch.Generator().manual_seed(0))
+    linear_probe(
+        classifier,
+        images,
+        labels,
+        PostSettings(**SMALL),
+        torch.Generator().manual_seed(0),
+        torch.Generator().manual_seed(0),
+    )
     assert torch.count_nonzero(classifier.head.weight) > 0
     assert all(torch.equal(v, encoder_state[k]) for k, v in model.state_dict().items())  # BN stats too (eval mode)
     assert all(p.requires_grad for p in model.parameters())
@@ -85,8 +107,8 @@ def test_trades_loss_matches_the_formula():
     ce = -torch.log(p[torch.arange(5), y]).mean()
     expected = ce + 6.0 * (p * (p.log() - q.log())).sum() / 5
     assert ours.item() == pytest.approx(expected.item(), abs=1e-12)
-    weight_grad, = torch.autograd.grad(ours, head.weight)
-    expected_grad, = torch.autograd.grad(expected, head.weight)
+    (weight_grad,) = torch.autograd.grad(ours, head.weight)
+    (expected_grad,) = torch.autograd.grad(expected, head.weight)
     assert torch.allclose(weight_grad, expected_grad, atol=1e-12)
 
 
@@ -96,8 +118,9 @@ def test_default_attack_is_bench_trades_kl_attack(digits):
     settings = PostSettings(**SMALL)
     ours = trades_adversary(classifier, x, settings, torch.Generator().manual_seed(2))
     classifier.eval()
-    reference = trades_kl_attack(classifier, x, epsilon=0.06, step_size=0.015, steps=2,
-                                 generator=torch.Generator().manual_seed(2))
+    reference = trades_kl_attack(
+        classifier, x, epsilon=0.06, step_size=0.015, steps=2, generator=torch.Generator().manual_seed(2)
+    )
     assert torch.equal(ours, reference) and (ours - x).abs().max() <= 0.06 + 1e-7
 
 
@@ -124,8 +147,9 @@ def test_released_attack_variants(digits, monkeypatch):
 def test_post_process_trains_one_branch_and_leaves_the_input_alone(digits):
     model = dual_bn_model()
     before = copy.deepcopy(model.state_dict())
-    encoder = post_process(model, digits.x_train[:96], PostSettings(**SMALL), torch.device("cpu"),
-                           torch.Generator().manual_seed(0))
+    encoder = post_process(
+        model, digits.x_train[:96], PostSettings(**SMALL), torch.device("cpu"), torch.Generator().manual_seed(0)
+    )
     assert encoder is not model and not encoder.training
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     after = encoder.state_dict()
@@ -133,8 +157,9 @@ def test_post_process_trains_one_branch_and_leaves_the_input_alone(digits):
     assert "encoder.convs.0.weight" in changed and any(".branches.pgd.running_mean" in k for k in changed)
     assert not any(".branches.normal." in k or k.startswith("projector.") for k in changed)
     assert all(p.requires_grad for p in encoder.parameters())
-    again = post_process(model, digits.x_train[:96], PostSettings(**SMALL), torch.device("cpu"),
-                         torch.Generator().manual_seed(0))
+    again = post_process(
+        model, digits.x_train[:96], PostSettings(**SMALL), torch.device("cpu"), torch.Generator().manual_seed(0)
+    )
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in after.items())  # reproducible from the generator
 
 

@@ -3,6 +3,7 @@
 The expected values below are quoted from the released files themselves (file and line in the
 comments), independently of the table in ``bench.protocols`` they check.
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,18 +33,35 @@ STEP_2 = 2 / 255
 # Shell scripts: advcl-cifar10.sh --learning_rate 0.1 for SLF/ALF/AFF (l.7-9);
 # advcl-{IP,HN,IPHN}-cifar10.sh --learning_rate 0.01 for SLF and ALF, 0.1 for AFF_trades (l.5-7);
 # every cifar100 script 0.1.
-ADVCL_HALF = dict(epochs=25, batch_size=512, milestones=[15, 20], weight_decay=2e-4, augment=True, dual_bn=False,
-                  head_init="default", reported_epoch="best")
+ADVCL_HALF = dict(
+    epochs=25,
+    batch_size=512,
+    milestones=[15, 20],
+    weight_decay=2e-4,
+    augment=True,
+    dual_bn=False,
+    head_init="default",
+    reported_epoch="best",
+)
 # Asym-RoCL: shell/rocl-*.sh linear_eval.py --batch-size=1024 --epoch 150 --lr 0.1 (l.8-9); linear_eval.py
 # SGD(momentum 0.9, weight_decay=5e-4) (l.111), inputs = ori unless --trans (l.163-166), adjust_lr after each
 # epoch: epoch >= 30/50/100 (l.259-265, l.306-308) -> the lr drops from epochs 31, 51, 101.
-ROCL_SLF = dict(epochs=150, batch_size=1024, lr=0.1, milestones=[31, 51, 101], weight_decay=5e-4, augment=False,
-                train_attack_steps=0, reported_epoch="last")
+ROCL_SLF = dict(
+    epochs=150,
+    batch_size=1024,
+    lr=0.1,
+    milestones=[31, 51, 101],
+    weight_decay=5e-4,
+    augment=False,
+    train_attack_steps=0,
+    reported_epoch="last",
+)
 # shell/rocl-*.sh rocl_finetune.py --batch-size=1024 --epoch 25 --lr 0.1 --epsilon=0.0314 --alpha=0.00314 (l.17-24);
 # rocl_finetune.py --weight_decay 2e-4 (l.65), adjust_lr after each epoch: epoch >= 15, 20 (l.430-433, l.486-488),
 # ALF AttackPGD train=False -> 20 steps (l.151-154, l.304), AFF_trades 10 steps (l.326), best epoch (l.490-492).
-ROCL_FINETUNE = dict(epochs=25, batch_size=1024, lr=0.1, milestones=[16, 21], weight_decay=2e-4, augment=False,
-                     reported_epoch="best")
+ROCL_FINETUNE = dict(
+    epochs=25, batch_size=1024, lr=0.1, milestones=[16, 21], weight_decay=2e-4, augment=False, reported_epoch="best"
+)
 ROCL_EVAL_STEP = 0.00314  # --alpha=0.00314 for robustness_test.py and rocl_finetune.py
 
 # GodXuxilie/RobustSSL_Benchmark@19dc714 Finetuning_Methods/Vanilla_Finetuning. vanilla_finetuning.py defaults:
@@ -95,8 +113,20 @@ def dry_run_lines(capsys, args: list[str]) -> list[dict]:
 
 
 def test_ainfonce_table1_dry_run_equals_the_released_scripts(tmp_path, capsys):
-    lines = dry_run_lines(capsys, ["reproduce", "ainfonce-table1", "--dry-run", "--json", "--download",
-                                   "--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "r")])
+    lines = dry_run_lines(
+        capsys,
+        [
+            "reproduce",
+            "ainfonce-table1",
+            "--dry-run",
+            "--json",
+            "--download",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--results-dir",
+            str(tmp_path / "r"),
+        ],
+    )
     seen = {(line["method"], line["dataset"], line["scheme"]) for line in lines}
     methods = ("rocl", "rocl-ip", "rocl-hn", "rocl-iphn", "advcl", "advcl-ip", "advcl-hn", "advcl-iphn")
     assert seen == {(m, d, s) for m in methods for d in ("cifar10", "cifar100") for s in ("SLF", "ALF", "AFF")}
@@ -117,8 +147,20 @@ def test_ainfonce_table1_dry_run_equals_the_released_scripts(tmp_path, capsys):
 
 
 def test_robustssl_dry_run_equals_the_released_setup_hyperparameter(tmp_path, capsys):
-    lines = dry_run_lines(capsys, ["reproduce", "robustssl", "--dry-run", "--json", "--download",
-                                   "--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "r")])
+    lines = dry_run_lines(
+        capsys,
+        [
+            "reproduce",
+            "robustssl",
+            "--dry-run",
+            "--json",
+            "--download",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--results-dir",
+            str(tmp_path / "r"),
+        ],
+    )
     methods = {line["method"] for line in lines}
     assert {"acl", "rocl", "advcl"} <= methods
     for line in lines:
@@ -175,15 +217,23 @@ def test_overriding_a_protocol_setting_is_refused_not_ignored():
 
 def test_protocol_enters_the_run_id_but_not_the_encoder():
     unified = build_plan(RunRequest(methods=("acl",), dry_run=True)).runs[0]
-    robust = build_plan(RunRequest(overrides={"finetune.protocol": "robustssl"}, methods=("acl",),
-                                   dry_run=True)).runs[0]
+    robust = build_plan(RunRequest(overrides={"finetune.protocol": "robustssl"}, methods=("acl",), dry_run=True)).runs[
+        0
+    ]
     assert unified.run_id != robust.run_id and unified.pretrain_key == robust.pretrain_key
-    ainfonce = build_plan(RunRequest(overrides={"finetune.protocol": "ainfonce"}, methods=("rocl",),
-                                     dry_run=True)).runs[0]
+    ainfonce = build_plan(
+        RunRequest(overrides={"finetune.protocol": "ainfonce"}, methods=("rocl",), dry_run=True)
+    ).runs[0]
     plain = build_plan(RunRequest(methods=("rocl",), dry_run=True)).runs[0]
     assert ainfonce.params.quirks == "official" and ainfonce.pretrain_key != plain.pretrain_key  # another loss
-    user = build_plan(RunRequest(overrides={"finetune.protocol": "ainfonce"}, methods=("rocl",), dry_run=True,
-                                 method_params={"*": {"quirks": "none"}})).runs[0]
+    user = build_plan(
+        RunRequest(
+            overrides={"finetune.protocol": "ainfonce"},
+            methods=("rocl",),
+            dry_run=True,
+            method_params={"*": {"quirks": "none"}},
+        )
+    ).runs[0]
     assert user.params.quirks == "none"  # --param wins over the protocol
 
 
@@ -207,11 +257,38 @@ def test_old_rows_without_a_protocol_column_read_as_unified(tmp_path):
 # ------------------------------------------------------------------ runs
 
 
-TINY_RUN = ["--epochs", "1", "--batch-size", "256", "--train-steps", "1", "--finetune-epochs", "1",
-            "--image-size", "8", "--n-eval", "32", "--attacks", "clean,pgd20", "--set", "finetune.batch_size=512",
-            "--set", "finetune.alf_steps=1", "--set", "finetune.trades_steps=1", "--set", "evaluate.pgd_steps=2",
-            "--set", "evaluate.epsilon_curve=0.06", "--set", "evaluate.sanity=false", "--no-report", "--jobs", "1",
-            "--quiet"]
+TINY_RUN = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "256",
+    "--train-steps",
+    "1",
+    "--finetune-epochs",
+    "1",
+    "--image-size",
+    "8",
+    "--n-eval",
+    "32",
+    "--attacks",
+    "clean,pgd20",
+    "--set",
+    "finetune.batch_size=512",
+    "--set",
+    "finetune.alf_steps=1",
+    "--set",
+    "finetune.trades_steps=1",
+    "--set",
+    "evaluate.pgd_steps=2",
+    "--set",
+    "evaluate.epsilon_curve=0.06",
+    "--set",
+    "evaluate.sanity=false",
+    "--no-report",
+    "--jobs",
+    "1",
+    "--quiet",
+]
 
 
 def run_figures(results: Path) -> dict:
@@ -248,10 +325,35 @@ def test_unified_smoke_numbers_are_those_before_protocols_existed(tmp_path):
 def test_robustssl_run_records_its_protocol_zero_head_and_pseudo_label_source(tmp_path):
     """RobustSSL's SLF for AdvCL: lr 0.01, batch 512, zero head, last epoch only (no best-epoch rows)."""
     results = tmp_path / "results"
-    args = ["run", "--methods", "advcl", "--protocol", "robustssl", "--schemes", "SLF", "--param",
-            "pseudo_label_ks=2,10", "--epochs", "0", "--image-size", "8",
-            "--n-eval", "16", "--attacks", "clean", "--set", "evaluate.epsilon_curve=0.06", "--set",
-            "evaluate.sanity=false", "--no-report", "--jobs", "1", "--quiet", "--results-dir", str(results)]
+    args = [
+        "run",
+        "--methods",
+        "advcl",
+        "--protocol",
+        "robustssl",
+        "--schemes",
+        "SLF",
+        "--param",
+        "pseudo_label_ks=2,10",
+        "--epochs",
+        "0",
+        "--image-size",
+        "8",
+        "--n-eval",
+        "16",
+        "--attacks",
+        "clean",
+        "--set",
+        "evaluate.epsilon_curve=0.06",
+        "--set",
+        "evaluate.sanity=false",
+        "--no-report",
+        "--jobs",
+        "1",
+        "--quiet",
+        "--results-dir",
+        str(results),
+    ]
     assert main(args) == 0
     rows = ResultsStore(results).read_rows()
     assert rows and {row.protocol for row in rows} == {"robustssl"}
@@ -273,20 +375,78 @@ def test_a_stored_encoder_is_finetuned_under_a_protocol_for_its_recorded_method(
     import bench.protocol
     from bench import protocols
 
-    results, common = tmp_path / "results", ["--image-size", "8", "--n-eval", "16", "--attacks", "clean",
-                                             "--schemes", "SLF", "--set", "evaluate.epsilon_curve=", "--quiet",
-                                             "--jobs", "1"]
-    assert main(["run", "--methods", "acl", "--epochs", "1", "--batch-size", "256", "--train-steps", "1",
-                 "--finetune-epochs", "1", "--no-report", "--results-dir", str(results), *common]) == 0
+    results, common = (
+        tmp_path / "results",
+        [
+            "--image-size",
+            "8",
+            "--n-eval",
+            "16",
+            "--attacks",
+            "clean",
+            "--schemes",
+            "SLF",
+            "--set",
+            "evaluate.epsilon_curve=",
+            "--quiet",
+            "--jobs",
+            "1",
+        ],
+    )
+    assert (
+        main(
+            [
+                "run",
+                "--methods",
+                "acl",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "256",
+                "--train-steps",
+                "1",
+                "--finetune-epochs",
+                "1",
+                "--no-report",
+                "--results-dir",
+                str(results),
+                *common,
+            ]
+        )
+        == 0
+    )
     encoder = next((results / "runs").glob("*/encoder.pt"))
     robustssl = protocols.PROTOCOL_TABLE["robustssl"]  # one epoch instead of the source's 25: CI time
-    monkeypatch.setitem(protocols.PROTOCOL_TABLE, "robustssl",
-                        dataclasses.replace(robustssl, base={**robustssl.base, "epochs": 1}))
+    monkeypatch.setitem(
+        protocols.PROTOCOL_TABLE, "robustssl", dataclasses.replace(robustssl, base={**robustssl.base, "epochs": 1})
+    )
     used, finetune = [], bench.protocol.finetune
-    monkeypatch.setattr(bench.protocol, "finetune", lambda settings, *args, **kwargs: (
-        used.append((settings, kwargs["epoch_eval"])), finetune(settings, *args, **kwargs))[1])
-    assert main(["finetune", "--checkpoint", str(encoder), "--name", "acl-reloaded", "--protocol", "robustssl",
-                 "--no-report", "--results-dir", str(results), *common]) == 0
+    monkeypatch.setattr(
+        bench.protocol,
+        "finetune",
+        lambda settings, *args, **kwargs: (
+            used.append((settings, kwargs["epoch_eval"])),
+            finetune(settings, *args, **kwargs),
+        )[1],
+    )
+    assert (
+        main(
+            [
+                "finetune",
+                "--checkpoint",
+                str(encoder),
+                "--name",
+                "acl-reloaded",
+                "--protocol",
+                "robustssl",
+                "--no-report",
+                "--results-dir",
+                str(results),
+                *common,
+            ]
+        )
+        == 0
+    )
     ((settings, epoch_eval),) = used
     assert (settings.protocol, settings.family, settings.milestones) == ("robustssl", "ACL", (10, 20))
     assert (settings.lr, settings.batch_size, settings.epochs) == (0.1, 128, 1)
@@ -304,9 +464,27 @@ def test_sweep_jobs_carry_the_protocol_and_a_dry_run_fetches_nothing(tmp_path, c
     from bench.commands import build_request, selected_methods
 
     monkeypatch.setattr(bench.downloads, "fetch_verified", lambda *args: pytest.fail("a dry run fetched a file"))
-    lines = dry_run_lines(capsys, ["sweep", "--preset", "paper", "--methods", "acl", "advcl", "--protocol",
-                                   "robustssl", "--download", "--data-dir", str(tmp_path / "data"), "--results-dir",
-                                   str(tmp_path / "r"), "--dry-run", "--json", "--quiet"])
+    lines = dry_run_lines(
+        capsys,
+        [
+            "sweep",
+            "--preset",
+            "paper",
+            "--methods",
+            "acl",
+            "advcl",
+            "--protocol",
+            "robustssl",
+            "--download",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--results-dir",
+            str(tmp_path / "r"),
+            "--dry-run",
+            "--json",
+            "--quiet",
+        ],
+    )
     finetune = [line for line in lines if line["stage"] == "finetune"]
     assert len(finetune) == 6 and not (tmp_path / "data").exists()
     for line in finetune:
@@ -344,11 +522,15 @@ def test_paper_table_has_a_section_per_protocol_and_lists_the_pseudo_label_sourc
 
     legacy = load(DATA / "unified_smoke_rows_legacy.csv")
     paper = legacy.assign(preset="paper", dataset="cifar10", eval_dataset="cifar10", epsilon=8 / 255, method="advcl")
-    frame = pd.concat([paper.assign(flags="pseudo_labels:released-b28763e"),
-                       paper.assign(protocol="ainfonce", flags="pseudo_labels:pixels")], ignore_index=True)
+    frame = pd.concat(
+        [
+            paper.assign(flags="pseudo_labels:released-b28763e"),
+            paper.assign(protocol="ainfonce", flags="pseudo_labels:pixels"),
+        ],
+        ignore_index=True,
+    )
     sections = [section for section in paper_sections(frame, [], MethodOrder()) if section.dataset == "cifar10"]
-    assert [(section.preset, section.protocol) for section in sections] == [("paper", "ainfonce"),
-                                                                           ("paper", "unified")]
+    assert [(section.preset, section.protocol) for section in sections] == [("paper", "ainfonce"), ("paper", "unified")]
     text = paper_markdown(sections, Sources(), None)[0]
     assert "## CIFAR-10 (cifar10) · preset paper · protocol ainfonce · ε" in text
     assert "- Flags of ours: advcl: pseudo_labels:pixels" in text

@@ -1,4 +1,5 @@
 """The README works as printed: the "Adding a method" example runs, and the layout names every module."""
+
 from __future__ import annotations
 
 import re
@@ -21,10 +22,35 @@ def test_readme_method_example_registers_and_runs(tmp_path, capsys):
             registry.derive_variants()
             assert name in registry.available()
         assert "my-method" in listed
-        code = main(["run", "--methods", "my-method", "my-method-ip", "--results-dir", str(tmp_path / "r"),
-                     "--reports-dir", str(tmp_path / "rep"), "--epochs", "1", "--finetune-epochs", "1",
-                     "--n-eval", "16", "--attacks", "clean,pgd20", "--schemes", "SLF", "--quiet", "--device", "cpu",
-                     "--set", "pretrain.batch_size=64", "--set", "finetune.batch_size=512"])
+        code = main(
+            [
+                "run",
+                "--methods",
+                "my-method",
+                "my-method-ip",
+                "--results-dir",
+                str(tmp_path / "r"),
+                "--reports-dir",
+                str(tmp_path / "rep"),
+                "--epochs",
+                "1",
+                "--finetune-epochs",
+                "1",
+                "--n-eval",
+                "16",
+                "--attacks",
+                "clean,pgd20",
+                "--schemes",
+                "SLF",
+                "--quiet",
+                "--device",
+                "cpu",
+                "--set",
+                "pretrain.batch_size=64",
+                "--set",
+                "finetune.batch_size=512",
+            ]
+        )
         assert code == 0
         table = (tmp_path / "r" / "results.csv").read_text()
         assert "my-method-ip" in table
@@ -37,7 +63,8 @@ def test_readme_layout_names_every_module():
     """README's layout lists every module of ``bench/`` (and of ``bench/report/``) by file name."""
     layout = README.read_text().split("## Layout", 1)[1]
     package = README.parent / "bench"
-    modules = [path for path in [*package.glob("*.py"), *(package / "report").glob("*.py")]
-               if path.name != "__init__.py"]
+    modules = [
+        path for path in [*package.glob("*.py"), *(package / "report").glob("*.py")] if path.name != "__init__.py"
+    ]
     missing = sorted(str(path.relative_to(package)) for path in modules if f"`{path.name}`" not in layout)
     assert not missing, f"README's layout does not name {missing}"

@@ -1,4 +1,5 @@
 """Per-image correctness records: round trip, pairing, and one-line errors for malformed files."""
+
 from __future__ import annotations
 
 import io
@@ -66,19 +67,26 @@ def _write_npz(path, **arrays):
 
 
 def _valid_arrays():
-    return {"format_version": np.int64(FORMAT_VERSION), "indices": np.arange(3, dtype=np.int64),
-            "attacks": np.array(["clean"]), "bits": np.packbits(np.array([[True, False, True]]), axis=1),
-            "meta": np.array("{}")}
+    return {
+        "format_version": np.int64(FORMAT_VERSION),
+        "indices": np.arange(3, dtype=np.int64),
+        "attacks": np.array(["clean"]),
+        "bits": np.packbits(np.array([[True, False, True]]), axis=1),
+        "meta": np.array("{}"),
+    }
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"format_version": np.int64(99)}, "format_version 99, this code reads 1"),
-    ({"bits": np.zeros((1, 5), dtype=np.uint8)}, "bits must be uint8 \\(1, 1\\)"),
-    ({"indices": np.array([0, 0, 1], dtype=np.int64)}, "indices must be unique int64"),
-    ({"attacks": np.array(["clean", "clean"]), "bits": np.zeros((2, 1), dtype=np.uint8)}, "attacks must be unique"),
-    ({"meta": np.array("{not json")}, "meta is not JSON"),
-    ({"extra": np.zeros(1)}, "keys \\["),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format_version": np.int64(99)}, "format_version 99, this code reads 1"),
+        ({"bits": np.zeros((1, 5), dtype=np.uint8)}, "bits must be uint8 \\(1, 1\\)"),
+        ({"indices": np.array([0, 0, 1], dtype=np.int64)}, "indices must be unique int64"),
+        ({"attacks": np.array(["clean", "clean"]), "bits": np.zeros((2, 1), dtype=np.uint8)}, "attacks must be unique"),
+        ({"meta": np.array("{not json")}, "meta is not JSON"),
+        ({"extra": np.zeros(1)}, "keys \\["),
+    ],
+)
 def test_malformed_files_fail_with_one_line(tmp_path, change, message):
     arrays = {**_valid_arrays(), **change}
     path = _write_npz(tmp_path / "r.npz", **arrays)

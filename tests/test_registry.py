@@ -1,4 +1,5 @@
 """Registry: built-ins, variants, a dummy method from a test and one through an entry point."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,23 @@ from bench.losses import nt_xent
 from bench.method import Method
 from bench.registry import register
 
-TINY = ["--epochs", "1", "--finetune-epochs", "1", "--n-eval", "24", "--attacks", "clean,pgd20",
-        "--set", "pretrain.batch_size=64", "--set", "finetune.batch_size=256", "--quiet", "--device", "cpu"]
+TINY = [
+    "--epochs",
+    "1",
+    "--finetune-epochs",
+    "1",
+    "--n-eval",
+    "24",
+    "--attacks",
+    "clean,pgd20",
+    "--set",
+    "pretrain.batch_size=64",
+    "--set",
+    "finetune.batch_size=256",
+    "--quiet",
+    "--device",
+    "cpu",
+]
 
 
 def test_builtin_methods_and_variants_are_registered():
@@ -48,16 +64,31 @@ def test_resolve_expands_wildcards_and_all():
 
 
 # The A-InfoNCE paper's table (Yu et al. 2022): what `--methods all` runs in the smoke benchmark.
-A_INFONCE_TABLE = ("simclr", "acl", "acl-ip", "acl-hn", "acl-iphn", "advcl", "advcl-ip", "advcl-hn", "advcl-iphn",
-                   "rocl", "rocl-ip", "rocl-hn", "rocl-iphn")
+A_INFONCE_TABLE = (
+    "simclr",
+    "acl",
+    "acl-ip",
+    "acl-hn",
+    "acl-iphn",
+    "advcl",
+    "advcl-ip",
+    "advcl-hn",
+    "advcl-iphn",
+    "rocl",
+    "rocl-ip",
+    "rocl-hn",
+    "rocl-iphn",
+)
 
 
 def test_all_is_the_a_infonce_table_and_the_newer_methods_are_selected_by_name_or_pattern(capsys):
     builtin = {name for name, cls in registry.available().items() if cls.__module__.startswith("methods.")}
     assert {name for name in registry.resolve(["all"]) if name in builtin} == set(A_INFONCE_TABLE)
     assert set(registry.resolve(["dynacl*"])) == {
-        f"{base}{suffix}" for base in ("dynacl", "dynacl++", "dynacl-air", "dynacl-air++")
-        for suffix in ("", "-ip", "-hn", "-iphn")}
+        f"{base}{suffix}"
+        for base in ("dynacl", "dynacl++", "dynacl-air", "dynacl-air++")
+        for suffix in ("", "-ip", "-hn", "-iphn")
+    }
     assert registry.resolve(["acl-air*", "deacl"]) == ["acl-air", "acl-air-ip", "acl-air-hn", "acl-air-iphn", "deacl"]
     assert main(["list"]) == 0
     listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
@@ -86,15 +117,28 @@ def dummy_method():
 def test_dummy_method_is_listed_and_runs(dummy_method, tmp_path, capsys):
     assert main(["list"]) == 0
     assert "dummy-test" in capsys.readouterr().out
-    code = main(["run", "--methods", "dummy-test", "--results-dir", str(tmp_path / "r"),
-                 "--reports-dir", str(tmp_path / "rep"), "--schemes", "SLF", *TINY])
+    code = main(
+        [
+            "run",
+            "--methods",
+            "dummy-test",
+            "--results-dir",
+            str(tmp_path / "r"),
+            "--reports-dir",
+            str(tmp_path / "rep"),
+            "--schemes",
+            "SLF",
+            *TINY,
+        ]
+    )
     assert code == 0
     table = (tmp_path / "r" / "results.csv").read_text()
     assert "dummy-test" in table and "pgd20" in table
 
 
 def test_entry_point_plugin_is_discovered(tmp_path, monkeypatch, capsys):
-    (tmp_path / "acl_bench_plugin_demo.py").write_text(textwrap.dedent('''
+    (tmp_path / "acl_bench_plugin_demo.py").write_text(
+        textwrap.dedent("""
         from bench.losses import nt_xent
         from bench.method import Method
         from bench.registry import register
@@ -106,7 +150,8 @@ def test_entry_point_plugin_is_discovered(tmp_path, monkeypatch, capsys):
             def training_step(self, model, images, ctx):
                 z1, z2 = model(images).chunk(2)
                 return nt_xent(z1, z2), {}
-    '''))
+    """)
+    )
     dist = tmp_path / "acl_bench_plugin_demo-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acl-bench-plugin-demo\nVersion: 0.1\n")
@@ -116,8 +161,20 @@ def test_entry_point_plugin_is_discovered(tmp_path, monkeypatch, capsys):
     try:
         assert main(["list"]) == 0
         assert "plugin-demo" in capsys.readouterr().out
-        code = main(["run", "--methods", "plugin-demo", "--results-dir", str(tmp_path / "r"),
-                     "--reports-dir", str(tmp_path / "rep"), "--schemes", "SLF", *TINY])
+        code = main(
+            [
+                "run",
+                "--methods",
+                "plugin-demo",
+                "--results-dir",
+                str(tmp_path / "r"),
+                "--reports-dir",
+                str(tmp_path / "rep"),
+                "--schemes",
+                "SLF",
+                *TINY,
+            ]
+        )
         assert code == 0
         assert "plugin-demo" in (tmp_path / "r" / "results.csv").read_text()
     finally:

@@ -2,6 +2,7 @@
 
 Each test is a reproduction from the reliability review (issue 15), run on the tiny smoke settings.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,25 @@ from bench.cli import main
 from bench.method import Method
 from bench.results import ResultsStore
 
-TINY = ["--epochs", "1", "--finetune-epochs", "1", "--n-eval", "16", "--schemes", "SLF", "--attacks", "clean,pgd20",
-        "--set", "evaluate.epsilon_curve=", "--set", "pretrain.batch_size=256", "--device", "cpu", "--quiet"]
+TINY = [
+    "--epochs",
+    "1",
+    "--finetune-epochs",
+    "1",
+    "--n-eval",
+    "16",
+    "--schemes",
+    "SLF",
+    "--attacks",
+    "clean,pgd20",
+    "--set",
+    "evaluate.epsilon_curve=",
+    "--set",
+    "pretrain.batch_size=256",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 def _bench(tmp_path, *args):
@@ -92,12 +110,32 @@ def test_a_failed_run_is_started_afresh_and_then_completes(tmp_path):
 
 
 def _slow_run(tmp_path, *extra) -> subprocess.Popen:
-    command = [sys.executable, "-m", "bench.cli", "run", "--methods", "acl", "simclr", "--jobs", "2",
-               "--results-dir", str(tmp_path / "r"), "--reports-dir", str(tmp_path / "rep"), "--epochs", "200",
-               "--quiet", "--device", "cpu", "--no-report", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.cli",
+        "run",
+        "--methods",
+        "acl",
+        "simclr",
+        "--jobs",
+        "2",
+        "--results-dir",
+        str(tmp_path / "r"),
+        "--reports-dir",
+        str(tmp_path / "rep"),
+        "--epochs",
+        "200",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--no-report",
+        *extra,
+    ]
     environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    return subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    return subprocess.Popen(
+        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
 
 
 def _children(pid: int) -> list[int]:
@@ -167,8 +205,21 @@ def test_planted_pickles_in_the_store_never_run(tmp_path, monkeypatch, capsys):
     store = _store(tmp_path)
     (run,) = store.run_dirs()
     _plant(run.classifier("SLF"))  # bench export
-    assert main(["export", run.run_id, "--scheme", "SLF", "--out", str(tmp_path / "x.pt"),
-                 "--results-dir", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "export",
+                run.run_id,
+                "--scheme",
+                "SLF",
+                "--out",
+                str(tmp_path / "x.pt"),
+                "--results-dir",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert "could not be read with torch.load(weights_only=True)" in capsys.readouterr().err
     _plant(run.encoder)  # encoder reuse by a run with other evaluation settings: skipped, pretrains itself
     assert _bench(tmp_path, "--methods", "acl", "--jobs", "1", "--epsilon", "0.05") == 0
@@ -188,10 +239,21 @@ def test_a_parameter_scope_that_names_no_selected_method_is_refused(tmp_path, ca
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("flag", [["--epsilon", "nan"], ["--step-size", "nan"], ["--lr", "inf"], ["--lr", "1e400"],
-                                  ["--set", "pretrain.momentum=nan"], ["--set", "pretrain.weight_decay=-1"],
-                                  ["--set", "evaluate.batch_size=-1"], ["--set", "pretrain.warmup_epochs=-3"],
-                                  ["--set", "results_dir="], ["--image-size", "100000"]])
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ["--epsilon", "nan"],
+        ["--step-size", "nan"],
+        ["--lr", "inf"],
+        ["--lr", "1e400"],
+        ["--set", "pretrain.momentum=nan"],
+        ["--set", "pretrain.weight_decay=-1"],
+        ["--set", "evaluate.batch_size=-1"],
+        ["--set", "pretrain.warmup_epochs=-3"],
+        ["--set", "results_dir="],
+        ["--image-size", "100000"],
+    ],
+)
 def test_non_finite_and_out_of_range_values_are_refused_before_any_write(tmp_path, capsys, flag):
     code = main(["run", "--methods", "acl", "--results-dir", str(tmp_path / "r"), "--quiet", *flag])
     err = capsys.readouterr().err.strip()
@@ -217,8 +279,20 @@ def test_status_and_collect_merge_with_conflicts(tmp_path, capsys):
     assert states == ["complete", "failed"]
     merged = tmp_path / "merged"
     for _ in range(2):  # the second merge copies nothing and changes no byte
-        assert main(["collect", "--results-dir", str(merged), "--from", str(tmp_path / "a" / "r"),
-                     str(tmp_path / "b" / "r"), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "collect",
+                    "--results-dir",
+                    str(merged),
+                    "--from",
+                    str(tmp_path / "a" / "r"),
+                    str(tmp_path / "b" / "r"),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     index = (merged / "results.csv").read_bytes()
     rows = ResultsStore(merged).read_rows()
     assert {row.seed for row in rows} == {0, 1} and len(rows) == 2 * len(_store(tmp_path / "a").read_rows())
@@ -250,8 +324,7 @@ def test_resume_restores_the_thread_count_of_the_interrupted_run(digits, tiny_co
                 return step(model_, images, ctx)
 
             method.training_step = crashing
-        pretrain(method, model, digits.x_train[:512], tiny_config, RunDir(run_dir), torch.device("cpu"),
-                 resume=resume)
+        pretrain(method, model, digits.x_train[:512], tiny_config, RunDir(run_dir), torch.device("cpu"), resume=resume)
         return model
 
     tiny_config.pretrain.epochs = 2

@@ -3,6 +3,7 @@
 Bad paths, a parameter the method never reads, a corrupt sanity file, a ``--curve-methods`` typo and a
 full disk while writing the store.
 """
+
 from __future__ import annotations
 
 import errno
@@ -43,12 +44,15 @@ def stored_run(tmp_path_factory):
 
 
 # ------------------------------------------------------------------ parameters the method never reads
-@pytest.mark.parametrize("param, text", [
-    ("acl:adv_weight=0.5", "--param acl:adv_weight=0.5 is invalid: acl never reads 'adv_weight'"),
-    ("acl:beta=2", "--param acl:beta=2 is invalid: acl never reads 'beta'"),
-    ("adv_weight=0.5", "--param adv_weight=0.5 is invalid: no selected method reads 'adv_weight'"),
-    ("deacl:temperature=0.2", "deacl never reads 'temperature'"),
-])
+@pytest.mark.parametrize(
+    "param, text",
+    [
+        ("acl:adv_weight=0.5", "--param acl:adv_weight=0.5 is invalid: acl never reads 'adv_weight'"),
+        ("acl:beta=2", "--param acl:beta=2 is invalid: acl never reads 'beta'"),
+        ("adv_weight=0.5", "--param adv_weight=0.5 is invalid: no selected method reads 'adv_weight'"),
+        ("deacl:temperature=0.2", "deacl never reads 'temperature'"),
+    ],
+)
 def test_a_parameter_the_method_never_reads_is_refused(tmp_path, capsys, param, text):
     methods = "deacl" if param.startswith("deacl") else "acl"
     err = _one_line_error(capsys, _run(tmp_path, "--methods", methods, "--param", param))
@@ -58,8 +62,9 @@ def test_a_parameter_the_method_never_reads_is_refused(tmp_path, capsys, param, 
 
 def test_an_unscoped_parameter_reaches_only_the_methods_that_read_it():
     plain = build_plan(RunRequest(preset="smoke", overrides={}, method_params={}, methods=("acl", "acl-ip")))
-    given = build_plan(RunRequest(preset="smoke", overrides={}, method_params={"*": {"alpha": "0.3"}},
-                                  methods=("acl", "acl-ip")))
+    given = build_plan(
+        RunRequest(preset="smoke", overrides={}, method_params={"*": {"alpha": "0.3"}}, methods=("acl", "acl-ip"))
+    )
     ids = {run.method: run.run_id for run in plain.runs}
     ids_given = {run.method: run.run_id for run in given.runs}
     assert ids_given["acl"] == ids["acl"]  # acl never reads alpha: same run, same id
@@ -71,8 +76,9 @@ def test_an_unscoped_parameter_reaches_only_the_methods_that_read_it():
 def test_reports_dir_that_is_a_file_is_one_line(tmp_path, capsys):
     results_csv = write_store(tmp_path, [row("acl-s0", "acl", "SLF", "clean", 90.0)])
     (tmp_path / "afile").write_text("x")
-    code = main(["report", "--results-dir", str(results_csv.parent), "--reports-dir", str(tmp_path / "afile"),
-                 "--quiet"])
+    code = main(
+        ["report", "--results-dir", str(results_csv.parent), "--reports-dir", str(tmp_path / "afile"), "--quiet"]
+    )
     err = _one_line_error(capsys, code)
     assert f"reports_dir='{tmp_path / 'afile'}' is invalid: allowed a directory" in err
 
@@ -88,8 +94,21 @@ def test_run_with_a_store_path_that_is_a_file_is_refused_before_any_work(tmp_pat
 
 def test_data_dir_that_is_a_file_with_download_is_one_line(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
-    code = main(["run", "--methods", "acl", "--dataset", "cifar10", "--data-dir", str(tmp_path / "afile"), "--download",
-                 "--results-dir", str(tmp_path / "r"), "--quiet"])
+    code = main(
+        [
+            "run",
+            "--methods",
+            "acl",
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            str(tmp_path / "afile"),
+            "--download",
+            "--results-dir",
+            str(tmp_path / "r"),
+            "--quiet",
+        ]
+    )
     assert f"data.data_dir='{tmp_path / 'afile'}' is invalid" in _one_line_error(capsys, code)
     assert not (tmp_path / "r").exists() and (tmp_path / "afile").read_text() == "x"
 
@@ -107,20 +126,32 @@ def test_export_into_a_directory_writes_the_run_file_there(stored_run, tmp_path,
 
 # ------------------------------------------------------------------ report inputs
 def test_curve_methods_typo_is_one_line_naming_the_stored_methods(tmp_path, capsys):
-    results_csv = write_store(tmp_path, [row("acl-s0", "acl", "SLF", "clean", 90.0),
-                                         row("rocl-s0", "rocl", "SLF", "clean", 80.0)])
-    code = main(["report", "--results-dir", str(results_csv.parent), "--reports-dir", str(tmp_path / "rep"),
-                 "--curve-methods", "acl,nosuch", "--quiet"])
+    results_csv = write_store(
+        tmp_path, [row("acl-s0", "acl", "SLF", "clean", 90.0), row("rocl-s0", "rocl", "SLF", "clean", 80.0)]
+    )
+    code = main(
+        [
+            "report",
+            "--results-dir",
+            str(results_csv.parent),
+            "--reports-dir",
+            str(tmp_path / "rep"),
+            "--curve-methods",
+            "acl,nosuch",
+            "--quiet",
+        ]
+    )
     err = _one_line_error(capsys, code)
     assert "--curve-methods 'nosuch' is invalid: allowed" in err and "['acl', 'rocl']" in err
     assert not (tmp_path / "rep").exists()
 
 
-@pytest.mark.parametrize("damage", [b"\xff\xfe\x00garbage", b"{\"order\": ", b"[1, 2]"])
+@pytest.mark.parametrize("damage", [b"\xff\xfe\x00garbage", b'{"order": ', b"[1, 2]"])
 def test_a_corrupt_sanity_file_is_a_failed_check_not_a_silent_gap(tmp_path, capsys, monkeypatch, damage):
     monkeypatch.setattr(progress, "_quiet", False)  # an earlier --quiet command may have left it on
-    results_csv = write_store(tmp_path, [row("acl-s0", "acl", "SLF", "clean", 90.0),
-                                         row("acl-s0", "acl", "ALF", "clean", 80.0)])
+    results_csv = write_store(
+        tmp_path, [row("acl-s0", "acl", "SLF", "clean", 90.0), row("acl-s0", "acl", "ALF", "clean", 80.0)]
+    )
     runs = tmp_path / "results" / "runs"
     write_sanity(runs, "acl-s0", {"order": {"passed": True, "detail": "ok"}}, scheme="SLF")
     write_sanity(runs, "acl-s0", {}, scheme="ALF").write_bytes(damage)
@@ -170,16 +201,27 @@ def test_a_full_disk_mid_run_is_one_line_and_resume_gives_the_clean_rows(stored_
         return real_fsync(handle)
 
     monkeypatch.setattr(atomic.os, "fsync", full_once)
-    code = _run(tmp_path, "--methods", "simclr", "--jobs", "1", "--no-report",
-                "--set", "pretrain.checkpoint_every=2")
+    code = _run(tmp_path, "--methods", "simclr", "--jobs", "1", "--no-report", "--set", "pretrain.checkpoint_every=2")
     err = capsys.readouterr().err
     assert code == 1 and "No space left" not in err and "no space left on the device while writing" in err
     (run,) = ResultsStore(tmp_path / "r").run_dirs()
     assert run.failure() and run.failure_is_resumable() and not run.is_complete()
     assert not [path for path in run.path.iterdir() if path.name.endswith(".tmp")]
     monkeypatch.setattr(atomic.os, "fsync", real_fsync)
-    assert _run(tmp_path, "--methods", "simclr", "--jobs", "1", "--no-report", "--resume",
-                "--set", "pretrain.checkpoint_every=2") == 0
+    assert (
+        _run(
+            tmp_path,
+            "--methods",
+            "simclr",
+            "--jobs",
+            "1",
+            "--no-report",
+            "--resume",
+            "--set",
+            "pretrain.checkpoint_every=2",
+        )
+        == 0
+    )
     reference_root, _ = stored_run
     measured = [(r.scheme, r.attack, r.metric, r.value) for r in ResultsStore(tmp_path / "r").read_rows()]
     clean = [(r.scheme, r.attack, r.metric, r.value) for r in ResultsStore(reference_root / "r").read_rows()]
@@ -189,15 +231,17 @@ def test_a_full_disk_mid_run_is_one_line_and_resume_gives_the_clean_rows(stored_
 # ------------------------------------------------------------------ damaged files read by the report and by import
 def test_a_binary_loss_history_costs_its_curve_not_the_report(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(progress, "_quiet", False)
-    results_csv = write_store(tmp_path, [row("acl-s0", "acl", "SLF", "clean", 90.0),
-                                         row("rocl-s0", "rocl", "SLF", "clean", 80.0)])
+    results_csv = write_store(
+        tmp_path, [row("acl-s0", "acl", "SLF", "clean", 90.0), row("rocl-s0", "rocl", "SLF", "clean", 80.0)]
+    )
     history = tmp_path / "results" / "runs" / "acl-s0" / "pretrain_history.csv"
     history.write_bytes(b"\xff\xfe\xac\x00" * 50)
     written = write_reports(results_csv, tmp_path / "rep", tmp_path / "results" / "runs", None)
     assert any(path.name.startswith("loss") for path in map(Path, written))  # rocl's curve is still drawn
     warning = [line for line in capsys.readouterr().err.splitlines() if "pretrain_history.csv" in line]
-    assert warning == [f"warning: {history}: not a loss history (UnicodeDecodeError); "
-                       "its run is left out of the loss figure"]
+    assert warning == [
+        f"warning: {history}: not a loss history (UnicodeDecodeError); its run is left out of the loss figure"
+    ]
 
 
 @pytest.mark.parametrize("content", [b"hello\n", b""])

@@ -2,6 +2,7 @@
 
 The store is written by the tests (no training), so every expected number is known by hand.
 """
+
 from __future__ import annotations
 
 import csv
@@ -13,15 +14,14 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from bench.report import UNSPECIFIED_AINFONCE, epsilon_series, load_reference, write_paper_tables, write_reports
-from bench.results import load
-from report_stores import EPS_PAPER, EPS_SMOKE, GOLDEN_ORDER, REPO, REPO_REFERENCE
+from report_stores import EPS_PAPER, EPS_SMOKE, GOLDEN_ORDER, REPO, REPO_REFERENCE, write_sanity
 from report_stores import row as _row
 from report_stores import synthetic_rows as _rows
 from report_stores import write_reference as _write_reference
-from report_stores import write_sanity
 from report_stores import write_store as _write_store
+
+from bench.report import UNSPECIFIED_AINFONCE, epsilon_series, load_reference, write_paper_tables, write_reports
+from bench.results import load
 
 CONVERTER = REPO / "results" / "reference" / "convert_leaderboard.py"
 
@@ -31,8 +31,9 @@ def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     results_csv = _write_store(root, _rows())
     reference = _write_reference(root / "reference")
-    written = write_reports(results_csv, root / "reports", root / "results" / "runs", reference, paper=False,
-                            method_order=GOLDEN_ORDER)
+    written = write_reports(
+        results_csv, root / "reports", root / "results" / "runs", reference, paper=False, method_order=GOLDEN_ORDER
+    )
     return root / "reports", written
 
 
@@ -73,14 +74,14 @@ def test_markdown_table_content(report):
     # 2 seeds: mean ± half-width of the t-interval, t(0.975, df 1) = 12.706 × s (1.414) / √2 = 12.7
     assert acl[1] == "**91.0 ±12.7**" and acl[2] == "41.0 ±12.7"
     # 1 seed: Wilson over n_eval = 256; 45 % → 115/256, interval [38.95, 51.05] (by hand), larger side 6.05
-    assert rocl[1] == "85.0 ±4.7" and rocl[2] == "**45.0 ±6.1**†"      # best per column in bold
+    assert rocl[1] == "85.0 ±4.7" and rocl[2] == "**45.0 ±6.1**†"  # best per column in bold
     assert rocl[3].startswith("**47.0 ±") and rocl[3].endswith("**†")  # suspect marker
     assert acl[3] == "–" and acl[4:7] == ["–", "–", "–"] and acl[7].startswith("**88.0 ±")
     assert "±: half-width of the 95 % interval (the larger side)" in smoke
     assert "Student-t interval of the mean over seeds" in smoke and "Wilson score interval" in smoke
     assert "† rocl SLF PGD-20, AA: suspect:aa>pgd20" in smoke
-    assert "43.50" not in text                                           # best-epoch value not mixed in
-    assert "ε = 0.05" in text and "ε = 8/255" in text                    # every table states its ε
+    assert "43.50" not in text  # best-epoch value not mixed in
+    assert "ε = 0.05" in text and "ε = 8/255" in text  # every table states its ε
 
 
 def test_best_epoch_table_is_separate(report):
@@ -142,9 +143,9 @@ def test_paper_table_reference_and_delta(report):
     section = text.split("## CIFAR-10 (cifar10) · preset paper")[1].split("## ")[0]
     lines = [line for line in section.splitlines() if line.startswith("|")]
     start = next(i for i, line in enumerate(lines) if line.startswith("| AdvCL |"))
-    ours, reference, delta = ([c.strip() for c in line.strip("|").split("|")] for line in lines[start:start + 3])
+    ours, reference, delta = ([c.strip() for c in line.strip("|").split("|")] for line in lines[start : start + 3])
     assert [cell.split(" ±")[0] for cell in ours[2:5]] == ["81.8", "50.0", "44.0"]
-    assert reference[1] == "reference" and reference[2].startswith("80.85 [")   # author-quoted preferred
+    assert reference[1] == "reference" and reference[2].startswith("80.85 [")  # author-quoted preferred
     assert reference[4].startswith("43.18 [")
     assert delta[2:5] == ["+1.00", "-0.45", "+0.82"] and delta[5] == "–"
     assert "AdvCL-IPHN" in section and "RoCL-IP" in section and "also 82.36" in section
@@ -168,11 +169,18 @@ def test_repository_reference_files():
     rows = load_reference(REPO_REFERENCE)
     assert rows and all(row["source"] for row in rows)
     quoted = {(r["method"], r["attack"]): r["value"] for r in rows if r["file"] == "author_quoted.csv"}
-    assert quoted == {("rocl", "clean"): 83.71, ("rocl", "pgd20"): 40.27,
-                      ("advcl", "clean"): 80.85, ("advcl", "pgd20"): 50.45}
+    assert quoted == {
+        ("rocl", "clean"): 83.71,
+        ("rocl", "pgd20"): 40.27,
+        ("advcl", "clean"): 80.85,
+        ("advcl", "pgd20"): 50.45,
+    }
     board = [r for r in rows if r["file"] == "robustssl_leaderboard.csv"]
-    ainfonce = {(r["dataset"], r["scheme"], r["attack"]): r["value"] for r in board
-                if r["method"] == UNSPECIFIED_AINFONCE and r["dataset"] == r["eval_dataset"]}
+    ainfonce = {
+        (r["dataset"], r["scheme"], r["attack"]): r["value"]
+        for r in board
+        if r["method"] == UNSPECIFIED_AINFONCE and r["dataset"] == r["eval_dataset"]
+    }
     assert ainfonce[("cifar10", "SLF", "autoattack")] == 42.72 and ainfonce[("cifar100", "AFF", "clean")] == 58.08
     assert not any(r["method"].startswith(("advcl-", "rocl-")) for r in board)
 
@@ -185,14 +193,22 @@ def test_convert_leaderboard(tmp_path):
         "cifar10,cifar10,SLF,Rethinking the Effect of Data Augmentation in Adversarial Contrastive Learning,ICLR 2023,"
         "Using post-processing,46.54,71.96,79.82,45.07,73.56,81.75\n"
         "cifar10,cifar10,SLF,Adversarial Self-Supervised Contrastive Learning,NeurIPS 2020,,"
-        "26.12,0,77.90,37.92,72.65,80.65\n")
-    run = subprocess.run([sys.executable, str(CONVERTER), str(source), str(tmp_path / "long.csv")],
-                         capture_output=True, text=True, cwd=tmp_path)  # as documented, from any directory
+        "26.12,0,77.90,37.92,72.65,80.65\n"
+    )
+    run = subprocess.run(
+        [sys.executable, str(CONVERTER), str(source), str(tmp_path / "long.csv")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )  # as documented, from any directory
     assert run.returncode == 0 and run.stdout == f"wrote {tmp_path / 'long.csv'}\n", run.stderr
     rows = _read_csv(tmp_path / "long.csv")
     assert {(r["method"], r["scheme"], r["attack"], r["value"]) for r in rows} >= {
-        ("dynacl++", "SLF", "autoattack", "46.54"), ("dynacl++", "SLF", "clean", "79.82"),
-        ("rocl", "SLF", "clean", "77.9"), ("rocl", "SLF-autolora", "autoattack", "37.92")}
+        ("dynacl++", "SLF", "autoattack", "46.54"),
+        ("dynacl++", "SLF", "clean", "79.82"),
+        ("rocl", "SLF", "clean", "77.9"),
+        ("rocl", "SLF-autolora", "autoattack", "37.92"),
+    }
     assert not any(r["method"] == "rocl" and r["scheme"] == "SLF" and r["attack"] == "common-corruptions" for r in rows)
     assert all("robustssl.github.io" in r["source"] for r in rows)
     assert [r["note"] for r in rows if r["value"] == "37.92"][0].endswith("treat with care")
@@ -200,25 +216,32 @@ def test_convert_leaderboard(tmp_path):
 
 def test_convert_leaderboard_refuses_an_unknown_paper_and_a_wrong_format(tmp_path):
     source = tmp_path / "wide.csv"
-    source.write_text("pretrain,downstream,mode,paper,comment,ra_vanilla,ca_vanilla,sa_vanilla\n"
-                      "cifar10,cifar10,SLF,A Paper Nobody Mapped,,1,2,3\n")
-    run = subprocess.run([sys.executable, str(CONVERTER), str(source), str(tmp_path / "long.csv")],
-                         capture_output=True, text=True)
+    source.write_text(
+        "pretrain,downstream,mode,paper,comment,ra_vanilla,ca_vanilla,sa_vanilla\n"
+        "cifar10,cifar10,SLF,A Paper Nobody Mapped,,1,2,3\n"
+    )
+    run = subprocess.run(
+        [sys.executable, str(CONVERTER), str(source), str(tmp_path / "long.csv")], capture_output=True, text=True
+    )
     assert run.returncode == 2 and "'A Paper Nobody Mapped' has no method mapping" in run.stderr
-    source.write_text("pretrain,downstream,mode,paper,comment\ncifar10,cifar10,SLF,Decoupled Adversarial "
-                      "Contrastive Learning,\n")
-    run = subprocess.run([sys.executable, str(CONVERTER), str(source), str(tmp_path / "long.csv")],
-                         capture_output=True, text=True)
+    source.write_text(
+        "pretrain,downstream,mode,paper,comment\ncifar10,cifar10,SLF,Decoupled Adversarial Contrastive Learning,\n"
+    )
+    run = subprocess.run(
+        [sys.executable, str(CONVERTER), str(source), str(tmp_path / "long.csv")], capture_output=True, text=True
+    )
     assert run.returncode == 2 and "lacks the column 'sa_vanilla'" in run.stderr  # sa is read first
     assert not (tmp_path / "long.csv").exists()
 
 
 def test_configurations_are_never_averaged_together(tmp_path):
     """Same seed, different configs: one row each; seeds of one config: mean ± std."""
-    rows = [_row("a0", "acl", "SLF", "clean", 80.0, config_hash="h1"),
-            _row("a1", "acl", "SLF", "clean", 60.0, config_hash="h2"),
-            _row("a2", "acl", "SLF", "clean", 64.0, config_hash="h2", seed=1),
-            _row("r0", "rocl", "SLF", "clean", 70.0, config_hash="h3")]
+    rows = [
+        _row("a0", "acl", "SLF", "clean", 80.0, config_hash="h1"),
+        _row("a1", "acl", "SLF", "clean", 60.0, config_hash="h2"),
+        _row("a2", "acl", "SLF", "clean", 64.0, config_hash="h2", seed=1),
+        _row("r0", "rocl", "SLF", "clean", 70.0, config_hash="h3"),
+    ]
     write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
     section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
     assert _table_line(section, "acl [h1]")[1].startswith("**80.0 ±")
@@ -229,8 +252,10 @@ def test_configurations_are_never_averaged_together(tmp_path):
 def test_single_run_cells_carry_the_wilson_interval_of_their_test_images(tmp_path):
     """50 % of 100 images: the Wilson 95 % interval is [40.38, 59.62] (textbook value, e.g. Brown, Cai &
     DasGupta 2001); unknown n_eval: no interval, and the note says so."""
-    rows = [{**_row("a0", "acl", "SLF", "clean", 50.0), "n_eval": 100},
-            {**_row("r0", "rocl", "SLF", "clean", 70.0), "n_eval": ""}]
+    rows = [
+        {**_row("a0", "acl", "SLF", "clean", 50.0), "n_eval": 100},
+        {**_row("r0", "rocl", "SLF", "clean", 70.0), "n_eval": ""},
+    ]
     write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
     section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
     assert _table_line(section, "acl")[1] == "50.0 ±9.6" and _table_line(section, "rocl")[1] == "**70.0**"
@@ -240,20 +265,31 @@ def test_single_run_cells_carry_the_wilson_interval_of_their_test_images(tmp_pat
 
 
 def test_supervised_at_rows_get_their_own_columns(tmp_path):
-    rows = [_row("a0", "acl", "SLF", "clean", 80.0), _row("rb", "robustbench:Carmon2019", "AT", "clean", 89.7),
-            _row("rb", "robustbench:Carmon2019", "AT", "pgd20", 62.0)]
+    rows = [
+        _row("a0", "acl", "SLF", "clean", 80.0),
+        _row("rb", "robustbench:Carmon2019", "AT", "clean", 89.7),
+        _row("rb", "robustbench:Carmon2019", "AT", "pgd20", 62.0),
+    ]
     write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
     text = (tmp_path / "rep" / "results.md").read_text()
     assert "| AT SA | AT PGD-20 | AT AA |" in text
-    assert _table_line(_markdown_section(text, "digits"), "robustbench:Carmon2019")[10:12] == ["**89.7 ±4.2**", "**62.0 ±6.0**"]
+    assert _table_line(_markdown_section(text, "digits"), "robustbench:Carmon2019")[10:12] == [
+        "**89.7 ±4.2**",
+        "**62.0 ±6.0**",
+    ]
 
 
 def test_sanity_report_lists_passed_and_failed_checks(tmp_path):
     results_csv = _write_store(tmp_path, _rows())
     run_dir = tmp_path / "results" / "runs" / "acl-s0"
-    (run_dir / "sanity_SLF.json").write_text(json.dumps({
-        "order": {"passed": True, "detail": "clean 90.00 %, pgd20 40.00 %"},
-        "eps0": {"passed": False, "detail": "ε=0 88.00 %, clean 90.00 %"}}))
+    (run_dir / "sanity_SLF.json").write_text(
+        json.dumps(
+            {
+                "order": {"passed": True, "detail": "clean 90.00 %, pgd20 40.00 %"},
+                "eps0": {"passed": False, "detail": "ε=0 88.00 %, clean 90.00 %"},
+            }
+        )
+    )
     written = write_reports(results_csv, tmp_path / "rep", tmp_path / "results" / "runs", None)
     text = (tmp_path / "rep" / "sanity.md").read_text()
     assert "2 checks over 1 evaluations; 1 failed" in text
@@ -263,10 +299,34 @@ def test_sanity_report_lists_passed_and_failed_checks(tmp_path):
 
 
 def test_epsilon_curve_uses_the_curve_rows_of_selected_methods(tmp_path):
-    rows = load(_write_store(tmp_path, _rows() + [
-        _row("rocl-s0", "rocl", "SLF", "pgd20", 50.0, metric="accuracy_vs_epsilon", epsilon=0.02, config_hash="hash-b"),
-        _row("rocl-s0", "rocl", "SLF", "pgd20", 30.0, metric="accuracy_vs_epsilon", epsilon=0.1,
-             config_hash="hash-b")]))
+    rows = load(
+        _write_store(
+            tmp_path,
+            _rows()
+            + [
+                _row(
+                    "rocl-s0",
+                    "rocl",
+                    "SLF",
+                    "pgd20",
+                    50.0,
+                    metric="accuracy_vs_epsilon",
+                    epsilon=0.02,
+                    config_hash="hash-b",
+                ),
+                _row(
+                    "rocl-s0",
+                    "rocl",
+                    "SLF",
+                    "pgd20",
+                    30.0,
+                    metric="accuracy_vs_epsilon",
+                    epsilon=0.1,
+                    config_hash="hash-b",
+                ),
+            ],
+        )
+    )
     series = epsilon_series(rows)[("digits", "digits", "smoke", "unified")]
     # acl-s0's main PGD-20 row (ε 0.1) is its curve's point there; acl-s1 has no curve rows
     assert [(eps, cell.mean) for eps, cell in series[("acl", "SLF")]] == [(0.05, 61.0), (0.1, 40.0)]
@@ -296,8 +356,19 @@ def test_bench_report_orders_methods_as_the_registry_plugins_included(tmp_path):
     registry.available()  # built-in methods first, as discovery loads them before entry-point plugins
     registry.register("aaa-plugin")(type("Plugin", (Method,), {"has_adversarial_views": True}))
     try:
-        assert main(["report", "--results-dir", str(tmp_path / "results"), "--reports-dir", str(tmp_path / "rep"),
-                     "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "report",
+                    "--results-dir",
+                    str(tmp_path / "results"),
+                    "--reports-dir",
+                    str(tmp_path / "rep"),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     finally:
         registry.unregister("aaa-plugin")
     section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
@@ -315,8 +386,9 @@ def test_selections_that_come_out_empty_stay_empty(tmp_path):
     assert _table_line(_markdown_section(text, "digits"), "rocl")[4].startswith("**60.0 ±")
     index = (tmp_path / "rep" / "index.md").read_text()
     assert "Accuracy vs ε (PGD-20): no method has PGD-20 rows at ≥ 2 ε values" in index
-    assert ("vs compute — digits → digits · preset smoke · protocol unified · ε = unspecified (L∞): "
-            "no PGD-20 or AA rows") in index
+    assert (
+        "vs compute — digits → digits · preset smoke · protocol unified · ε = unspecified (L∞): no PGD-20 or AA rows"
+    ) in index
     from report_stores import edge_rows
 
     series = epsilon_series(load(_write_store(tmp_path / "edge", edge_rows())))
@@ -343,25 +415,29 @@ def test_variants_are_marked_where_a_paired_test_finds_a_difference(tmp_path):
 
     from bench.records import write_record
 
-    seeds = [_row(f"{method}-s{seed}", method, "SLF", "clean", value, seed=seed)
-             for method, values in (("acl", (50, 52, 54)), ("acl-ip", (60, 61, 65)), ("acl-hn", (51, 53, 52)))
-             for seed, value in enumerate(values)]
-    single = [_row("rocl-s0", "rocl", "SLF", "clean", 55.0, config_hash="hash-b"),
-              _row("rocl-ip-s0", "rocl-ip", "SLF", "clean", 65.0, config_hash="hash-b"),
-              _row("rocl-s0", "rocl", "SLF", "pgd20", 30.0, config_hash="hash-b"),
-              _row("rocl-ip-s0", "rocl-ip", "SLF", "pgd20", 40.0, config_hash="hash-b")]
+    seeds = [
+        _row(f"{method}-s{seed}", method, "SLF", "clean", value, seed=seed)
+        for method, values in (("acl", (50, 52, 54)), ("acl-ip", (60, 61, 65)), ("acl-hn", (51, 53, 52)))
+        for seed, value in enumerate(values)
+    ]
+    single = [
+        _row("rocl-s0", "rocl", "SLF", "clean", 55.0, config_hash="hash-b"),
+        _row("rocl-ip-s0", "rocl-ip", "SLF", "clean", 65.0, config_hash="hash-b"),
+        _row("rocl-s0", "rocl", "SLF", "pgd20", 30.0, config_hash="hash-b"),
+        _row("rocl-ip-s0", "rocl-ip", "SLF", "pgd20", 40.0, config_hash="hash-b"),
+    ]
     for row in single:
         row["n_eval"] = 200
     results_csv = _write_store(tmp_path, seeds + single)
     runs = tmp_path / "results" / "runs"
-    base = np.array([True] * 100 + [False] * 30 + [True] * 10 + [False] * 60)       # 55 % of 200
-    variant = np.array([True] * 100 + [True] * 30 + [False] * 10 + [False] * 60)    # 65 %: 30 vs 10 discordant
+    base = np.array([True] * 100 + [False] * 30 + [True] * 10 + [False] * 60)  # 55 % of 200
+    variant = np.array([True] * 100 + [True] * 30 + [False] * 10 + [False] * 60)  # 65 %: 30 vs 10 discordant
     for run_id, correct in (("rocl-s0", base), ("rocl-ip-s0", variant)):  # records hold clean only
         (runs / run_id).mkdir(parents=True, exist_ok=True)
         write_record(runs / run_id / "correct_SLF.npz", np.arange(200), {"clean": correct})
     write_reports(results_csv, tmp_path / "rep", runs, None, method_order=GOLDEN_ORDER)
     section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
-    assert _table_line(section, "acl-ip")[1] == "62.0 ±6.6▲"   # t(0.975, 2) 4.303 × 2.646 / √3 = 6.57
+    assert _table_line(section, "acl-ip")[1] == "62.0 ±6.6▲"  # t(0.975, 2) 4.303 × 2.646 / √3 = 6.57
     assert _table_line(section, "acl-hn")[1] == "52.0 ±2.5" and _table_line(section, "acl")[1] == "52.0 ±5.0"
     assert _table_line(section, "rocl-ip")[1].endswith("▲") and not _table_line(section, "rocl-ip")[2].endswith("▲")
     assert "▲/▼: the variant is significantly better/worse than its base method" in section
@@ -370,26 +446,43 @@ def test_variants_are_marked_where_a_paired_test_finds_a_difference(tmp_path):
     assert abs(float(rows["acl-ip", "clean"]["vs_base_p"]) - (1 - t / math.sqrt(t * t + 2))) < 1e-4
     assert rows["acl-ip", "clean"]["vs_base_test"] == "paired-t-over-seeds"
     assert rows["acl-hn", "clean"]["vs_base_verdict"] == "no detectable difference"
-    mcnemar = 2 * sum(math.comb(40, k) for k in range(11)) / 2 ** 40
+    mcnemar = 2 * sum(math.comb(40, k) for k in range(11)) / 2**40
     assert abs(float(rows["rocl-ip", "clean"]["vs_base_p"]) - mcnemar) < 1e-6
     assert rows["rocl-ip", "clean"]["vs_base_test"] == "mcnemar-exact"
     assert rows["rocl-ip", "pgd20"]["vs_base_p"] == "" and rows["acl", "clean"]["vs_base_p"] == ""  # not defined
     tex = (tmp_path / "rep" / "results.tex").read_text()
     assert "$^\\uparrow$" in tex and "▲" not in tex
     help_md = (tmp_path / "rep" / "variant_help.md").read_text()
-    assert "| acl-ip | acl | SLF | clean | 3 | +10.0 [" in help_md and "| paired-t-over-seeds | variant better |" in help_md
+    assert (
+        "| acl-ip | acl | SLF | clean | 3 | +10.0 [" in help_md
+        and "| paired-t-over-seeds | variant better |" in help_md
+    )
     assert "| acl-hn | acl | SLF | clean | 3 | +0.0 [" in help_md and "no detectable difference" in help_md
-    assert "| rocl-ip | rocl | SLF | clean | 200 | +10.0 [" in help_md and "| mcnemar-exact | variant better |" in help_md
+    assert (
+        "| rocl-ip | rocl | SLF | clean | 200 | +10.0 [" in help_md and "| mcnemar-exact | variant better |" in help_md
+    )
     assert len(_read_csv(tmp_path / "rep" / "variant_help.csv")) == 3
 
 
 def test_corruption_table_has_severity_means_per_method_and_scheme(tmp_path):
     rows = [_row("a0", "acl", "SLF", "clean", 80.0)]
     for seed, offset in ((0, 0.0), (1, 2.0)):
-        rows += [_row(f"a{seed}", "acl", "SLF", f"corruption-mean:{s}", 70.0 - 10 * s + offset, seed=seed,
-                      flags="regenerated;approximate") for s in (1, 3)]
-        rows += [_row(f"a{seed}", "acl", "SLF", "corruption-mean", 40.0 + offset, seed=seed, flags="regenerated"),
-                 _row(f"a{seed}", "acl", "SLF", "corruption:fog:1", 99.0, seed=seed, flags="regenerated")]
+        rows += [
+            _row(
+                f"a{seed}",
+                "acl",
+                "SLF",
+                f"corruption-mean:{s}",
+                70.0 - 10 * s + offset,
+                seed=seed,
+                flags="regenerated;approximate",
+            )
+            for s in (1, 3)
+        ]
+        rows += [
+            _row(f"a{seed}", "acl", "SLF", "corruption-mean", 40.0 + offset, seed=seed, flags="regenerated"),
+            _row(f"a{seed}", "acl", "SLF", "corruption:fog:1", 99.0, seed=seed, flags="regenerated"),
+        ]
     write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
     text = (tmp_path / "rep" / "corruptions.md").read_text()
     assert "| Method | Scheme | s1 | s3 | mean | n | Source |" in text

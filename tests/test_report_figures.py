@@ -4,6 +4,7 @@ The figures are checked as drawn (matplotlib objects captured on save), not by p
 line per method with its seed band, legends outside the axes, no text labels on the trade-off
 points, PGD-20 and AA of a method joined, ε ticks at k/255, seed dots and no error bar for one seed.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,9 @@ import warnings
 from pathlib import Path
 
 import pytest
+from report_stores import GOLDEN_ORDER, row, write_full_store, write_store
 
 from bench.report import compute, curves, figures, write_reports
-from report_stores import GOLDEN_ORDER, row, write_full_store, write_store
 
 FAMILIES = {"simclr": 1, "acl": 4, "rocl": 4, "advcl": 4}
 
@@ -31,8 +32,9 @@ def _render(root: Path, spec: dict, monkeypatch) -> dict:
         monkeypatch.setattr(module, "save_figure", keep)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. "constrained_layout not applied because axes sizes collapsed"
-        written = write_reports(spec["results_csv"], root / "reports", spec["runs_dir"], spec["reference_dir"],
-                                method_order=GOLDEN_ORDER)
+        written = write_reports(
+            spec["results_csv"], root / "reports", spec["runs_dir"], spec["reference_dir"], method_order=GOLDEN_ORDER
+        )
     return {"figures": drawn, "written": written, "reports": root / "reports"}
 
 
@@ -109,8 +111,7 @@ def test_tradeoff_has_a_legend_not_labels_and_joins_pgd_and_aa(full):
 def test_epsilon_axis_in_255ths_and_outside_legend(full):
     figure = full["figures"]["epsilon"]
     for axis in figure.axes:
-        assert [label.get_text() for label in axis.get_xticklabels()] == ["2/255", "4/255", "8/255", "12/255",
-                                                                          "16/255"]
+        assert [label.get_text() for label in axis.get_xticklabels()] == ["2/255", "4/255", "8/255", "12/255", "16/255"]
     (legend,) = figure.legends
     assert len(legend.get_texts()) == 13
     _legend_clear_of_axes(figure, legend)
@@ -136,19 +137,29 @@ def test_compute_figure_in_gpu_hours_from_done_and_wall_time(full):
 
 
 def test_one_seed_gets_no_error_bar_and_reused_encoders_are_charged_the_donor(tmp_path, monkeypatch):
-    rows = [row(run_id, method, "SLF", attack, value, seed=seed)
-            for run_id, method, seed in (("acl-s0", "acl", 0), ("acl-s1", "acl", 1), ("rocl-s0", "rocl", 0))
-            for attack, value in (("clean", 80.0 + seed), ("pgd20", 40.0 - seed))]
-    spec = {"results_csv": write_store(tmp_path, rows), "runs_dir": tmp_path / "results" / "runs",
-            "reference_dir": None}
+    rows = [
+        row(run_id, method, "SLF", attack, value, seed=seed)
+        for run_id, method, seed in (("acl-s0", "acl", 0), ("acl-s1", "acl", 1), ("rocl-s0", "rocl", 0))
+        for attack, value in (("clean", 80.0 + seed), ("pgd20", 40.0 - seed))
+    ]
+    spec = {
+        "results_csv": write_store(tmp_path, rows),
+        "runs_dir": tmp_path / "results" / "runs",
+        "reference_dir": None,
+    }
     runs = spec["runs_dir"]
     (runs / "acl-s0" / "done.json").write_text(json.dumps({"pretrain_wall_s": 7200.0, "encoder_from": "acl-s0"}))
     (runs / "acl-s1").mkdir()
     (runs / "acl-s1" / "done.json").write_text(json.dumps({"pretrain_wall_s": 0.0, "encoder_from": "acl-s0"}))
     drawn = _render(tmp_path, spec, monkeypatch)["figures"]
     bars = drawn["bars"]  # acl: 2 seeds; rocl: 1
-    segments = [segment for axis in bars.axes for collection in axis.collections
-                for segment in collection.get_segments() if len(segment) and all(map(all, segment == segment))]
+    segments = [
+        segment
+        for axis in bars.axes
+        for collection in axis.collections
+        for segment in collection.get_segments()
+        if len(segment) and all(map(all, segment == segment))
+    ]
     assert len(segments) == 2  # acl SLF clean and PGD-20 only
     compute_figure = drawn["compute"]
     (axis,) = compute_figure.axes

@@ -9,6 +9,7 @@ A change of output that is meant (a new column, a fixed bug) is recorded by rege
 files in a commit of its own that says what changed and why:
 ``ACL_BENCH_UPDATE_GOLDEN=1 pytest tests/test_report_golden.py``.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,9 @@ import os
 from pathlib import Path
 
 import pytest
+from report_stores import GOLDEN, GOLDEN_CASES, GOLDEN_ORDER, REPO
 
 from bench.report import write_reports
-from report_stores import GOLDEN, GOLDEN_CASES, GOLDEN_ORDER, REPO
 
 TEXT_SUFFIXES = (".md", ".csv", ".tex")
 FIGURE_SIZES = "figures.json"
@@ -51,14 +52,23 @@ def _write_golden(directory: Path, texts: dict[str, str], figures: dict[str, int
 def test_reports_match_golden_files(case, tmp_path):
     spec = GOLDEN_CASES[case](tmp_path)
     reports_dir = tmp_path / "reports"
-    write_reports(spec["results_csv"], reports_dir, spec["runs_dir"], spec["reference_dir"],
-                  paper=spec.get("paper", False), method_order=GOLDEN_ORDER)
+    write_reports(
+        spec["results_csv"],
+        reports_dir,
+        spec["runs_dir"],
+        spec["reference_dir"],
+        paper=spec.get("paper", False),
+        method_order=GOLDEN_ORDER,
+    )
     texts, figures = _snapshot(reports_dir, tmp_path)
     golden_dir = GOLDEN / case
     if UPDATE:
         _write_golden(golden_dir, texts, figures)
-    golden_texts = {path.relative_to(golden_dir).as_posix(): path.read_text()
-                    for path in sorted(golden_dir.rglob("*")) if path.suffix in TEXT_SUFFIXES}
+    golden_texts = {
+        path.relative_to(golden_dir).as_posix(): path.read_text()
+        for path in sorted(golden_dir.rglob("*"))
+        if path.suffix in TEXT_SUFFIXES
+    }
     assert sorted(texts) == sorted(golden_texts)
     for name, text in texts.items():
         assert text == golden_texts[name], f"{case}/{name} differs from its golden file"

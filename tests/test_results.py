@@ -1,4 +1,5 @@
 """Results store: per-run rows, an index rebuilt from complete runs, strict reading, atomic writes."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -20,9 +21,21 @@ from bench.results import (
 
 
 def _row(run_id, value, scheme="SLF"):
-    context = RowContext(run_id=run_id, timestamp="2025-01-01T00:00:00+00:00", preset="smoke", method="acl",
-                         dataset="digits", eval_dataset="digits", seed=0, pretrain_epochs=1, finetune_epochs=None,
-                         config_hash="h", code_version="v", torch_version="t", device="cpu")
+    context = RowContext(
+        run_id=run_id,
+        timestamp="2025-01-01T00:00:00+00:00",
+        preset="smoke",
+        method="acl",
+        dataset="digits",
+        eval_dataset="digits",
+        seed=0,
+        pretrain_epochs=1,
+        finetune_epochs=None,
+        config_hash="h",
+        code_version="v",
+        torch_version="t",
+        device="cpu",
+    )
     return ResultRow.of(context, Measurement(scheme, "clean", "accuracy", value, 0.06, 64, flags=("suspect:order",)))
 
 
@@ -68,14 +81,17 @@ def test_rows_round_trip_through_the_csv_with_their_types(tmp_path):
     assert back.epsilon == 0.06 and back.n_eval == 64 and back.seed == 0
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda text: text.replace(",1.0,", ",one,", 1), r"results.csv:2: value='one' is invalid"),
-    (lambda text: text[: text.index(",accuracy,") + len(",accuracy,2")], r"results.csv:2: 10 fields"),
-    (lambda text: text.replace(",1.0,", ",,", 1), r"results.csv:2: value='' is invalid"),
-    (lambda text: text.replace(",1.0,", ",nan,", 1), r"allowed finite numbers"),
-    (lambda text: "", r"results.csv:1: header is None"),
-    (lambda text: "run_id,value\n", r"results.csv:1: header is"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda text: text.replace(",1.0,", ",one,", 1), r"results.csv:2: value='one' is invalid"),
+        (lambda text: text[: text.index(",accuracy,") + len(",accuracy,2")], r"results.csv:2: 10 fields"),
+        (lambda text: text.replace(",1.0,", ",,", 1), r"results.csv:2: value='' is invalid"),
+        (lambda text: text.replace(",1.0,", ",nan,", 1), r"allowed finite numbers"),
+        (lambda text: "", r"results.csv:1: header is None"),
+        (lambda text: "run_id,value\n", r"results.csv:1: header is"),
+    ],
+)
 def test_damaged_index_is_refused_with_file_and_line(tmp_path, damage, message):
     store = ResultsStore(tmp_path)
     store.table.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
 """``bench.results.load``: the store as a typed DataFrame, every row checked like ``ResultRow``."""
+
 from __future__ import annotations
 
 import subprocess
@@ -11,17 +12,38 @@ from bench.results import COLUMNS, Measurement, ResultRow, ResultsStore, RowCont
 
 
 def _context(run_id: str, seed: int | None = 0) -> RowContext:
-    return RowContext(run_id=run_id, timestamp="2025-01-01T00:00:00+00:00", preset="smoke", method="acl",
-                      dataset="digits", eval_dataset="digits", seed=seed, pretrain_epochs=3, finetune_epochs=None,
-                      config_hash="h", code_version="v", torch_version="t", device="cpu")
+    return RowContext(
+        run_id=run_id,
+        timestamp="2025-01-01T00:00:00+00:00",
+        preset="smoke",
+        method="acl",
+        dataset="digits",
+        eval_dataset="digits",
+        seed=seed,
+        pretrain_epochs=3,
+        finetune_epochs=None,
+        config_hash="h",
+        code_version="v",
+        torch_version="t",
+        device="cpu",
+    )
 
 
 def _store(tmp_path) -> ResultsStore:
     store = ResultsStore(tmp_path)
-    store.record("a", [ResultRow.of(_context("a"), Measurement("SLF", "clean", "accuracy", 78.123456, 0.06, 64,
-                                                                12.345, ("suspect:order", "suspect:eps0")))], {})
-    store.record("b", [ResultRow.of(_context("b", seed=None), Measurement("ALF", "pgd20", "accuracy", 40.5, None,
-                                                                          None))], {})
+    store.record(
+        "a",
+        [
+            ResultRow.of(
+                _context("a"),
+                Measurement("SLF", "clean", "accuracy", 78.123456, 0.06, 64, 12.345, ("suspect:order", "suspect:eps0")),
+            )
+        ],
+        {},
+    )
+    store.record(
+        "b", [ResultRow.of(_context("b", seed=None), Measurement("ALF", "pgd20", "accuracy", 40.5, None, None))], {}
+    )
     return store
 
 
@@ -29,7 +51,8 @@ def test_load_types_every_column_and_keeps_one_row_per_number(tmp_path):
     frame = load(_store(tmp_path).table)
     assert list(frame.columns) == list(COLUMNS) and len(frame) == 2
     assert {c: str(t) for c, t in frame.dtypes.items() if c in ("value", "epsilon", "wall_s")} == dict.fromkeys(
-        ("value", "epsilon", "wall_s"), "float64")
+        ("value", "epsilon", "wall_s"), "float64"
+    )
     assert all(str(frame[c].dtype) == "Int64" for c in ("n_eval", "seed", "pretrain_epochs", "finetune_epochs"))
     assert all(isinstance(frame[c].dtype, pd.StringDtype) for c in ("run_id", "method", "timestamp", "flags"))
     first, second = frame.iloc[0], frame.iloc[1]
@@ -59,11 +82,14 @@ def test_load_of_an_empty_store_keeps_the_columns_and_types(tmp_path):
     assert frame.empty and list(frame.columns) == list(COLUMNS) and str(frame.seed.dtype) == "Int64"
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda line: line.rsplit(",", 3)[0], r":3: 19 fields: allowed exactly 22 \(a torn row\?\)"),
-    (lambda line: line + ",extra", r":3: 23 fields: allowed exactly 22"),
-    (lambda line: line.replace(",40.5,", ",40.5x,"), r":3: value='40.5x' is invalid: allowed float values"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda line: line.rsplit(",", 3)[0], r":3: 19 fields: allowed exactly 22 \(a torn row\?\)"),
+        (lambda line: line + ",extra", r":3: 23 fields: allowed exactly 22"),
+        (lambda line: line.replace(",40.5,", ",40.5x,"), r":3: value='40.5x' is invalid: allowed float values"),
+    ],
+)
 def test_a_damaged_row_names_file_and_line(tmp_path, damage, message):
     store = _store(tmp_path)
     header, first, second = store.table.read_text().splitlines()
@@ -78,7 +104,9 @@ def test_a_last_row_without_its_line_end_is_torn_not_shorter(tmp_path):
     store = _store(tmp_path)
     text = store.table.read_text()
     store.table.write_text(text[: text.rindex(",") + 1])  # the second row, cut before its (empty) flags
-    with pytest.raises(RowError, match=r"results\.csv:3: the last row has no line end \(a write cut inside its last column\)"):
+    with pytest.raises(
+        RowError, match=r"results\.csv:3: the last row has no line end \(a write cut inside its last column\)"
+    ):
         load(store.table)
 
 

@@ -5,6 +5,7 @@ robustbench is not installed here (no network), so a stand-in package on ``sys.p
 robustbench 1.1's ``eval.py`` imports (``from autoattack import AutoAttack``, ``from autoattack.state
 import EvaluationState``) and loads a model file from ``model_dir`` the way its ``load_model`` does.
 """
+
 from __future__ import annotations
 
 import sys
@@ -14,7 +15,7 @@ import torch
 
 from bench.external import alias_autoattack, load_robustbench_model
 
-UTILS = '''
+UTILS = """
 from autoattack import AutoAttack
 from autoattack.state import EvaluationState
 import torch
@@ -25,7 +26,7 @@ def load_model(model_name, dataset, threat_model, model_dir):
     model = torch.nn.Linear(4, 2)
     model.load_state_dict(checkpoint["state_dict"])
     return model
-'''
+"""
 
 
 @pytest.fixture
@@ -77,8 +78,10 @@ def test_a_robustbench_that_fails_to_import_is_not_called_missing(tmp_path, monk
     _stand_in(tmp_path, monkeypatch, "import a_dependency_that_is_missing\n")
     with pytest.raises(ImportError) as error:
         load_robustbench_model("Mine2024", model_dir=tmp_path)
-    assert str(error.value) == ("robustbench is installed but failed to import: "
-                                "ModuleNotFoundError: No module named 'a_dependency_that_is_missing'")
+    assert str(error.value) == (
+        "robustbench is installed but failed to import: "
+        "ModuleNotFoundError: No module named 'a_dependency_that_is_missing'"
+    )
 
 
 def test_a_missing_robustbench_is_called_missing(monkeypatch, fresh_modules):

@@ -1,5 +1,6 @@
 """``pretrain.shards``: shard layout, per-shard BatchNorm against a hand computation, generators,
 config validation and hashing, and the paper presets' shard counts (quoted from the released scripts)."""
+
 from __future__ import annotations
 
 import pytest
@@ -76,8 +77,10 @@ def test_per_shard_forwards_normalise_each_shard_and_only_shard_zero_moves_the_r
     assert "forward" not in vars(bn) and "forward" not in vars(model)  # the patches are gone afterwards
     model.eval()
     with per_shard_forwards(model, shards=2, batch=batch):
-        assert torch.equal(model(x), nn.functional.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                                                              False, 0.0, bn.eps))
+        assert torch.equal(
+            model(x),
+            nn.functional.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps),
+        )
 
 
 def test_per_shard_forwards_run_each_shard_on_its_own_rows():
@@ -113,14 +116,25 @@ def test_shards_must_divide_the_batch_and_enter_the_hash():
     assert one.run_id != two.run_id and one.pretrain_key != two.pretrain_key
 
 
-@pytest.mark.parametrize("name, shards", [
-    # Asym-AdvCL/pretraining_advCL.py: nn.DataParallel over every GPU (one is refused); README: "2 Tesla V100"
-    ("advcl", 2), ("advcl-ip", 2), ("advcl-hn", 2), ("advcl-iphn", 2),
-    # Asym-RoCL/shell/rocl-*.sh: torch.distributed.launch --nproc_per_node=2 ... --batch-size=256
-    ("rocl", 2), ("rocl-ip", 2), ("rocl-hn", 2), ("rocl-iphn", 2),
-    # VITA-Group/Adversarial-Contrastive-Learning train_simCLR.py: model.cuda() on one GPU
-    ("acl", 1), ("acl-ip", 1), ("simclr", 1),
-])
+@pytest.mark.parametrize(
+    "name, shards",
+    [
+        # Asym-AdvCL/pretraining_advCL.py: nn.DataParallel over every GPU (one is refused); README: "2 Tesla V100"
+        ("advcl", 2),
+        ("advcl-ip", 2),
+        ("advcl-hn", 2),
+        ("advcl-iphn", 2),
+        # Asym-RoCL/shell/rocl-*.sh: torch.distributed.launch --nproc_per_node=2 ... --batch-size=256
+        ("rocl", 2),
+        ("rocl-ip", 2),
+        ("rocl-hn", 2),
+        ("rocl-iphn", 2),
+        # VITA-Group/Adversarial-Contrastive-Learning train_simCLR.py: model.cuda() on one GPU
+        ("acl", 1),
+        ("acl-ip", 1),
+        ("simclr", 1),
+    ],
+)
 def test_paper_presets_shard_as_the_released_scripts_ran(name, shards):
     # a dry run with --download resolves AdvCL's released pseudo-labels without fetching them
     request = RunRequest(preset="paper", methods=(name,), overrides={"data.download": "true"}, dry_run=True)

@@ -5,6 +5,7 @@ The end-to-end soak does not fit a CI test: on the shared 2-core machine the fas
 run alone took 58 s (``python scripts/soak.py --fast --iterations 2``: 210 s). Set
 ``ACL_BENCH_SOAK=1`` to run it here.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -37,8 +38,10 @@ def _complete_run(store: Path, run_id: str = "acl-s0") -> RunDir:
     run = RunDir(store / "runs" / run_id).create()
     torch.save({"model": {"w": torch.arange(6.0)}, "step": 4}, run.checkpoint)
     torch.save({"model": {"w": torch.ones(3)}, "arch": "small_cnn"}, run.encoder)
-    stored = [ResultRow.from_csv({key: str(value) for key, value in row(run_id, "acl", "SLF", attack, value).items()})
-              for attack, value in (("clean", 90.0), ("pgd20", 40.0))]
+    stored = [
+        ResultRow.from_csv({key: str(value) for key, value in row(run_id, "acl", "SLF", attack, value).items()})
+        for attack, value in (("clean", 90.0), ("pgd20", 40.0))
+    ]
     ResultsStore(store).record(run_id, stored, {"finished": True})
     return run
 
@@ -48,8 +51,9 @@ def test_a_sound_store_has_no_problems(soak, tmp_path):
     assert soak.check_store(tmp_path) == []
 
 
-@pytest.mark.parametrize("target, damage", [("checkpoint", "truncate"), ("encoder", "empty"), ("done", "garbage"),
-                                            ("rows", "torn")])
+@pytest.mark.parametrize(
+    "target, damage", [("checkpoint", "truncate"), ("encoder", "empty"), ("done", "garbage"), ("rows", "torn")]
+)
 def test_check_store_finds_every_torn_file(soak, tmp_path, target, damage):
     run = _complete_run(tmp_path)
     path = getattr(run, target)

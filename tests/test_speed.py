@@ -1,5 +1,6 @@
 """``bench speed``: the two paths compute the same loss on the same inputs (so their ratio compares
 equal work), loader views reach the right shard, the projection arithmetic, and the command's files."""
+
 from __future__ import annotations
 
 import copy
@@ -65,8 +66,16 @@ def test_advcl_reference_style_recomputes_the_clean_views_at_every_pgd_step(digi
     images, indices = to_float(digits.x_train[:16]), torch.arange(16)
     for reference_style, expected in ((False, 3), (True, 3 + 3 * ATTACK.steps)):
         calls.clear()
-        context = StepContext(0, 0, 1, torch.device("cpu"), torch.Generator().manual_seed(0), ATTACK, indices,
-                              reference_style=reference_style)
+        context = StepContext(
+            0,
+            0,
+            1,
+            torch.device("cpu"),
+            torch.Generator().manual_seed(0),
+            ATTACK,
+            indices,
+            reference_style=reference_style,
+        )
         method.training_step(model, images, context)
         assert calls["normal"] == expected  # x1, x2, HFC once, or again at each PGD step as released
 
@@ -116,10 +125,12 @@ def test_table1_projection_uses_the_paper_schedules():
 
 
 def test_ratios_pair_each_fast_row_with_its_reference():
-    rows = [_row("pretrain", "acl", "fast", 300.0, "small_cnn", 64), _row("pretrain", "acl", "reference", 200.0,
-                                                                         "small_cnn", 64),
-            _row("pgd20", "classifier", "fast", 90.0, batch=4096), _row("pgd20", "classifier", "reference", 30.0,
-                                                                         batch=256)]
+    rows = [
+        _row("pretrain", "acl", "fast", 300.0, "small_cnn", 64),
+        _row("pretrain", "acl", "reference", 200.0, "small_cnn", 64),
+        _row("pgd20", "classifier", "fast", 90.0, batch=4096),
+        _row("pgd20", "classifier", "reference", 30.0, batch=256),
+    ]
     assert ratios(rows) == {("pretrain", "acl", "small_cnn", 64): 1.5, ("pgd20", "classifier", "resnet18", 4096): 3.0}
     context = SpeedContext("cpu", "CPU", "smoke", 16, "2", 2, "v", "t", "bench speed --quick", True)
     assert "1.500" in speed_csv(rows, context)
@@ -128,23 +139,70 @@ def test_ratios_pair_each_fast_row_with_its_reference():
 
 
 def test_speed_command_writes_its_csv_and_markdown(tmp_path):
-    status = main(["speed", "--methods", "simclr", "--warmup", "0", "--steps", "1", "--repeats", "1",
-                   "--eval-images", "8", "--no-autoattack", "--loader-workers", "0", "--device", "cpu",
-                   "--results-dir", str(tmp_path / "results"), "--reports-dir", str(tmp_path / "reports"), "--quiet"])
+    status = main(
+        [
+            "speed",
+            "--methods",
+            "simclr",
+            "--warmup",
+            "0",
+            "--steps",
+            "1",
+            "--repeats",
+            "1",
+            "--eval-images",
+            "8",
+            "--no-autoattack",
+            "--loader-workers",
+            "0",
+            "--device",
+            "cpu",
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--reports-dir",
+            str(tmp_path / "reports"),
+            "--quiet",
+        ]
+    )
     assert status == 0
     lines = (tmp_path / "results" / "speed.csv").read_text().splitlines()
     assert lines[0].startswith("stage,method,path,arch,batch,images_per_s")
     assert {line.split(",")[0] + ":" + line.split(",")[2] for line in lines[1:]} == {
-        "pretrain:fast", "pretrain:reference", "pgd20:fast", "pgd20:reference"}
+        "pretrain:fast",
+        "pretrain:reference",
+        "pgd20:fast",
+        "pgd20:reference",
+    }
     assert "## Projections" in (tmp_path / "reports" / "speed.md").read_text()
 
 
 def test_a_distilling_method_is_measured_with_an_untrained_teacher_and_its_teacher_run_is_not(tmp_path):
     """`bench speed --methods deacl`: the plan adds deacl's SimCLR teacher run, which is not selected,
     so only deacl's rows are written (its step forwards a frozen teacher built here, not pretrained)."""
-    status = main(["speed", "--methods", "deacl", "--warmup", "0", "--steps", "1", "--repeats", "1",
-                   "--eval-images", "0", "--loader-workers", "0", "--device", "cpu",
-                   "--results-dir", str(tmp_path / "results"), "--reports-dir", str(tmp_path / "reports"), "--quiet"])
+    status = main(
+        [
+            "speed",
+            "--methods",
+            "deacl",
+            "--warmup",
+            "0",
+            "--steps",
+            "1",
+            "--repeats",
+            "1",
+            "--eval-images",
+            "0",
+            "--loader-workers",
+            "0",
+            "--device",
+            "cpu",
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--reports-dir",
+            str(tmp_path / "reports"),
+            "--quiet",
+        ]
+    )
     assert status == 0
     lines = (tmp_path / "results" / "speed.csv").read_text().splitlines()[1:]
     assert {(line.split(",")[1], line.split(",")[2]) for line in lines} == {("deacl", "fast"), ("deacl", "reference")}

@@ -9,6 +9,7 @@
 A throw-away method keeps it cheap; ``post_process`` is replaced by a recorder (its own tests
 are tests/test_post.py).
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,9 +28,27 @@ from bench.post import PostSettings
 from bench.registry import register
 from bench.results import ResultsStore
 
-TINY = ["--epochs", "1", "--finetune-epochs", "1", "--n-eval", "16", "--attacks", "clean,pgd20", "--schemes", "SLF",
-        "--set", "pretrain.batch_size=256", "--set", "finetune.batch_size=512", "--quiet", "--device", "cpu",
-        "--jobs", "1"]
+TINY = [
+    "--epochs",
+    "1",
+    "--finetune-epochs",
+    "1",
+    "--n-eval",
+    "16",
+    "--attacks",
+    "clean,pgd20",
+    "--schemes",
+    "SLF",
+    "--set",
+    "pretrain.batch_size=256",
+    "--set",
+    "finetune.batch_size=512",
+    "--quiet",
+    "--device",
+    "cpu",
+    "--jobs",
+    "1",
+]
 HOOK_VALUE, POST_VALUE = 0.25, 0.75
 
 
@@ -67,18 +86,24 @@ def hook_method():
 
 
 def projector_values(state: dict) -> set[float]:
-    return {round(value, 6) for key, tensor in state.items()
-            if key.startswith("projector.") and tensor.is_floating_point() for value in tensor.flatten().tolist()}
+    return {
+        round(value, 6)
+        for key, tensor in state.items()
+        if key.startswith("projector.") and tensor.is_floating_point()
+        for value in tensor.flatten().tolist()
+    }
 
 
-def test_stages_store_the_finetuning_encoder_post_process_it_and_finetune_the_result(hook_method, tmp_path,
-                                                                                      monkeypatch):
+def test_stages_store_the_finetuning_encoder_post_process_it_and_finetune_the_result(
+    hook_method, tmp_path, monkeypatch
+):
     _, seen = hook_method
     calls, finetuned = [], []
 
     def fake_post_process(model, train_images, settings, device, generator):
-        calls.append({"projector": projector_values(model.state_dict()), "images": train_images.shape[0],
-                      "settings": settings})
+        calls.append(
+            {"projector": projector_values(model.state_dict()), "images": train_images.shape[0], "settings": settings}
+        )
         return filled_copy(model, POST_VALUE)
 
     original = stages.finetune_and_evaluate_scheme

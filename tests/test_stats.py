@@ -1,4 +1,5 @@
 """Intervals and paired tests against published values; each expected number names its source."""
+
 from __future__ import annotations
 
 import math
@@ -8,14 +9,28 @@ import pytest
 from scipy import stats as scipy_stats
 
 from bench.stats import (
-    compare_paired, describe_power, format_interval, hierarchical_bootstrap, mcnemar_exact, mcnemar_power,
-    minimum_detectable_difference, newcombe_paired_interval, paired_t, seed_summary, verdict, wilson_interval,
+    compare_paired,
+    describe_power,
+    format_interval,
+    hierarchical_bootstrap,
+    mcnemar_exact,
+    mcnemar_power,
+    minimum_detectable_difference,
+    newcombe_paired_interval,
+    paired_t,
+    seed_summary,
+    verdict,
+    wilson_interval,
 )
 
 # Newcombe (1998), "Two-sided confidence intervals for the single proportion: comparison of seven
 # methods", Stat. Med. 17:857-872, Table II, method 3 (Wilson score, no continuity correction).
-NEWCOMBE_1998_WILSON = [((81, 263), (0.2553, 0.3662)), ((15, 148), (0.0624, 0.1605)),
-                        ((0, 20), (0.0000, 0.1611)), ((1, 29), (0.0061, 0.1718))]
+NEWCOMBE_1998_WILSON = [
+    ((81, 263), (0.2553, 0.3662)),
+    ((15, 148), (0.0624, 0.1605)),
+    ((0, 20), (0.0000, 0.1611)),
+    ((1, 29), (0.0061, 0.1718)),
+]
 
 
 @pytest.mark.parametrize(("counts", "expected"), NEWCOMBE_1998_WILSON)
@@ -104,7 +119,7 @@ def test_compare_paired_on_per_image_correctness():
     assert comparison.base == pytest.approx(100 * 75 / 161) and comparison.variant == pytest.approx(100 * 65 / 161)
     assert (comparison.low, comparison.high) == pytest.approx((-11.86, -0.46), abs=0.005)
     # exact two-sided binomial test of 6 of 22 at 1/2, computed here from binomial coefficients
-    assert comparison.p_value == pytest.approx(2 * sum(math.comb(22, k) for k in range(7)) / 2 ** 22)
+    assert comparison.p_value == pytest.approx(2 * sum(math.comb(22, k) for k in range(7)) / 2**22)
     # p = 0.0525: the exact test does not reject although Newcombe's interval excludes 0 (the two
     # procedures differ at the margin; the verdict follows the conservative test)
     assert comparison.p_value == pytest.approx(0.0525, abs=1e-4)
@@ -165,8 +180,11 @@ def _simulated_power(n: int, difference: float, discordant: float, trials: int, 
     probabilities = [(discordant + difference) / 2, (discordant - difference) / 2, 1 - discordant]
     draws = rng.multinomial(n, probabilities, size=trials)[:, :2]
     tables, counts = np.unique(draws, axis=0, return_counts=True)
-    rejected = sum(int(count) for (better, worse), count in zip(tables, counts)
-                   if better + worse and scipy_stats.binomtest(int(better), int(better + worse), 0.5).pvalue < 0.05)
+    rejected = sum(
+        int(count)
+        for (better, worse), count in zip(tables, counts)
+        if better + worse and scipy_stats.binomtest(int(better), int(better + worse), 0.5).pvalue < 0.05
+    )
     return rejected / trials
 
 
@@ -183,8 +201,9 @@ def test_mcnemar_power_approaches_connor_1987_for_large_n():
     # Connor (1987), Biometrics 43:207-211: power ≈ Φ((δ√n − z_{α/2}√ψ) / √(ψ − δ²)).
     n, difference, discordant = 2000, 0.03, 0.2
     z = scipy_stats.norm.ppf(0.975)
-    approximate = scipy_stats.norm.cdf((difference * math.sqrt(n) - z * math.sqrt(discordant))
-                                       / math.sqrt(discordant - difference ** 2))
+    approximate = scipy_stats.norm.cdf(
+        (difference * math.sqrt(n) - z * math.sqrt(discordant)) / math.sqrt(discordant - difference**2)
+    )
     assert mcnemar_power(n, difference, discordant) == pytest.approx(approximate, abs=0.03)
 
 

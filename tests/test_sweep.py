@@ -4,6 +4,7 @@ The submitit-local tests run real job processes on the tiny smoke settings; the 
 submitit's own SLURM executor against stand-in ``sbatch``/``srun`` commands and reads the batch
 files it wrote, so the submission (arrays, dependencies, parameters) is tested without a cluster.
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,14 +22,31 @@ import pytest
 import torch
 
 from bench.cli import build_parser, main
-from bench.commands import build_request, selected_methods
 from bench.collect import MEASURED
+from bench.commands import build_request, selected_methods
 from bench.config import ConfigError
 from bench.plan import RunRequest, build_plan
 from bench.results import COLUMNS, ResultsStore
 
-TINY = ["--epochs", "1", "--finetune-epochs", "1", "--n-eval", "16", "--schemes", "SLF", "--attacks", "clean,pgd20",
-        "--set", "evaluate.epsilon_curve=", "--set", "pretrain.batch_size=256", "--device", "cpu", "--quiet"]
+TINY = [
+    "--epochs",
+    "1",
+    "--finetune-epochs",
+    "1",
+    "--n-eval",
+    "16",
+    "--schemes",
+    "SLF",
+    "--attacks",
+    "clean,pgd20",
+    "--set",
+    "evaluate.epsilon_curve=",
+    "--set",
+    "pretrain.batch_size=256",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 def _dirs(root: Path) -> list[str]:
@@ -54,9 +72,14 @@ def _dry_run(root: Path, *args: str, capsys) -> list[dict]:
 
 def test_seeds_and_datasets_lists_give_the_run_ids_of_single_runs(tmp_path, capsys):
     product = build_plan(RunRequest(methods=("simclr", "acl"), seeds=("0", "2"), datasets=("digits", "cifar10")))
-    singles = [run.run_id for seed in ("0", "2") for dataset in ("digits", "cifar10")
-               for run in build_plan(RunRequest(methods=("simclr", "acl"),
-                                                overrides={"seed": seed, "data.name": dataset})).runs]
+    singles = [
+        run.run_id
+        for seed in ("0", "2")
+        for dataset in ("digits", "cifar10")
+        for run in build_plan(
+            RunRequest(methods=("simclr", "acl"), overrides={"seed": seed, "data.name": dataset})
+        ).runs
+    ]
     assert [run.run_id for run in product.runs] == singles and len(set(singles)) == 8
     with pytest.raises(ConfigError, match="--seeds 0 0 is invalid: run .* comes twice"):
         build_plan(RunRequest(methods=("acl",), seeds=("0", "0")))
@@ -68,14 +91,21 @@ def test_seeds_and_datasets_lists_give_the_run_ids_of_single_runs(tmp_path, caps
 
 
 def test_dry_run_json_lists_every_job_and_skips_complete_runs(tmp_path, capsys):
-    lines = _dry_run(tmp_path, "--methods", "simclr", "acl", "--seeds", "0", "1", "--schemes", "SLF,ALF",
-                     capsys=capsys)
+    lines = _dry_run(tmp_path, "--methods", "simclr", "acl", "--seeds", "0", "1", "--schemes", "SLF,ALF", capsys=capsys)
     assert [line["stage"] for line in lines] == ["pretrain", "finetune", "finetune"] * 4 + ["collect"]
     assert {(line["method"], line["scheme"]) for line in lines if line["stage"] == "finetune"} == {
-        (method, scheme) for method in ("simclr", "acl") for scheme in ("SLF", "ALF")}
+        (method, scheme) for method in ("simclr", "acl") for scheme in ("SLF", "ALF")
+    }
     for line in lines[:-1]:
-        assert line["job"].startswith(line["run_id"]) and set(line) == {"job", "run_id", "method", "stage", "scheme",
-                                                                         "after", "command"}
+        assert line["job"].startswith(line["run_id"]) and set(line) == {
+            "job",
+            "run_id",
+            "method",
+            "stage",
+            "scheme",
+            "after",
+            "command",
+        }
         assert line["after"] == ([] if line["stage"] == "pretrain" else [f"{line['run_id']}/pretrain"])
         args = build_parser().parse_args(shlex.split(line["command"])[1:])  # the command rebuilds exactly this run
         assert args.command == "stage" and args.stage == line["stage"] and args.scheme == line["scheme"]
@@ -84,11 +114,11 @@ def test_dry_run_json_lists_every_job_and_skips_complete_runs(tmp_path, capsys):
     assert lines[-1]["after"] == [line["job"] for line in lines[:-1]]
     done = ResultsStore(tmp_path / "r").run(lines[0]["run_id"])
     done.write_json(done.done, {"finished": "now"})  # a complete run has no job, unless --force
-    again = _dry_run(tmp_path, "--methods", "simclr", "acl", "--seeds", "0", "1", "--schemes", "SLF,ALF",
-                     capsys=capsys)
+    again = _dry_run(tmp_path, "--methods", "simclr", "acl", "--seeds", "0", "1", "--schemes", "SLF,ALF", capsys=capsys)
     assert len(again) == len(lines) - 3 and lines[0]["run_id"] not in {line["run_id"] for line in again}
-    forced = _dry_run(tmp_path, "--methods", "simclr", "acl", "--seeds", "0", "1", "--schemes", "SLF,ALF", "--force",
-                      capsys=capsys)
+    forced = _dry_run(
+        tmp_path, "--methods", "simclr", "acl", "--seeds", "0", "1", "--schemes", "SLF,ALF", "--force", capsys=capsys
+    )
     assert len(forced) == len(lines) and "--force" in shlex.split(forced[0]["command"])
     assert main(["sweep", *_dirs(tmp_path), "--json", "--quiet"]) == 2
     assert "--json is invalid without --dry-run" in capsys.readouterr().err
@@ -107,8 +137,10 @@ def _masked(path: Path) -> list[list[str]]:
     """A rows file with the columns that differ between two executions (time stamp, wall time) blanked."""
     rows = list(csv.reader(io.StringIO(path.read_text())))
     masked = [COLUMNS.index("timestamp"), COLUMNS.index("wall_s")]
-    return [[("" if index in masked and number else value) for index, value in enumerate(row)]
-            for number, row in enumerate(rows)]
+    return [
+        [("" if index in masked and number else value) for index, value in enumerate(row)]
+        for number, row in enumerate(rows)
+    ]
 
 
 def test_stages_run_separately_and_in_any_order_give_the_rows_of_bench_run(tmp_path):
@@ -159,8 +191,16 @@ def _signal_when_pretraining(store: ResultsStore, signals: dict[str, int], step:
 def test_submitit_local_sweep_gives_the_rows_of_bench_run_and_a_second_submits_nothing(tmp_path, capsys):
     product = ["--methods", "simclr", "acl", "--seeds", "0", "1"]
     assert main(["run", *_dirs(tmp_path / "run"), *TINY, "--no-report", "--jobs", "2", *product]) == 0
-    sweep = ["sweep", "--launcher", "submitit-local", *_dirs(tmp_path / "sweep"), *TINY, *product,
-             "--array-parallelism", "2"]
+    sweep = [
+        "sweep",
+        "--launcher",
+        "submitit-local",
+        *_dirs(tmp_path / "sweep"),
+        *TINY,
+        *product,
+        "--array-parallelism",
+        "2",
+    ]
     assert main([*sweep, "--no-report"]) == 0
     swept = ResultsStore(tmp_path / "sweep" / "r")
     assert _measured(swept) == _measured(ResultsStore(tmp_path / "run" / "r")) and len(_measured(swept)) == 4
@@ -176,8 +216,23 @@ def test_a_killed_job_is_reported_and_resumed_and_a_preempted_one_requeues(tmp_p
     (SIGUSR2, submitit's signal): it requeues itself and continues from its checkpoint in the same sweep.
     The rerun resumes simclr; after collect every row is there exactly once."""
     store = ResultsStore(tmp_path / "r")
-    sweep = ["sweep", "--launcher", "submitit-local", *_dirs(tmp_path), *TINY, "--methods", "simclr", "acl",
-             "--epochs", "5", "--set", "pretrain.checkpoint_every=1", "--array-parallelism", "2", "--no-report"]
+    sweep = [
+        "sweep",
+        "--launcher",
+        "submitit-local",
+        *_dirs(tmp_path),
+        *TINY,
+        "--methods",
+        "simclr",
+        "acl",
+        "--epochs",
+        "5",
+        "--set",
+        "pretrain.checkpoint_every=1",
+        "--array-parallelism",
+        "2",
+        "--no-report",
+    ]
     watcher = _signal_when_pretraining(store, {"simclr": signal.SIGKILL, "acl": signal.SIGUSR2})
     assert main(sweep) == 1
     watcher.join(timeout=5)
@@ -198,8 +253,11 @@ def test_a_killed_job_is_reported_and_resumed_and_a_preempted_one_requeues(tmp_p
     rows = store.read_rows()
     keys = [(row.run_id, row.scheme, row.attack, row.metric, row.epsilon) for row in rows]
     assert len(keys) == len(set(keys)) and {row.method for row in rows} == {"simclr", "acl"}
-    assert sorted(keys) == sorted((row.run_id, row.scheme, row.attack, row.metric, row.epsilon)
-                                  for run in (killed, preempted) for row in run.read_rows())
+    assert sorted(keys) == sorted(
+        (row.run_id, row.scheme, row.attack, row.metric, row.epsilon)
+        for run in (killed, preempted)
+        for row in run.read_rows()
+    )
 
 
 # --------------------------------------------------------------------------- SLURM, without a cluster
@@ -242,8 +300,24 @@ def test_slurm_submission_builds_arrays_and_task_wise_dependencies(tmp_path, mon
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     product = ["--methods", "simclr", "acl", "--seeds", "0", "1", "--schemes", "SLF,ALF"]
     lines = _dry_run(tmp_path, *product, capsys=capsys)
-    cluster = ["--launcher", "slurm", "--partition", "gpu", "--account", "lab", "--constraint", "a100",
-               "--timeout-min", "90", "--array-parallelism", "2", "--cpus-per-task", "4", "--mem-gb", "32"]
+    cluster = [
+        "--launcher",
+        "slurm",
+        "--partition",
+        "gpu",
+        "--account",
+        "lab",
+        "--constraint",
+        "a100",
+        "--timeout-min",
+        "90",
+        "--array-parallelism",
+        "2",
+        "--cpus-per-task",
+        "4",
+        "--mem-gb",
+        "32",
+    ]
     assert main(["sweep", *_dirs(tmp_path), *TINY, *product, *cluster]) == 0
     batches = {int(path.stem): _sbatch_flags(path) for path in record.glob("*.sh")}
     assert sorted(batches) == [4000, 4001, 4002, 4003]  # pretrain array, SLF array, ALF array, collect
@@ -280,11 +354,20 @@ def test_a_requeued_forced_job_continues_instead_of_restarting():
 def test_environment_records_the_scheduler_job_host_and_world_size(monkeypatch):
     from bench.provenance import environment
 
-    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SUBMITIT_LOCAL_JOB_ID", "WORLD_SIZE",
-                 "SLURM_NTASKS"):
+    for name in (
+        "SLURM_JOB_ID",
+        "SLURM_ARRAY_JOB_ID",
+        "SLURM_ARRAY_TASK_ID",
+        "SUBMITIT_LOCAL_JOB_ID",
+        "WORLD_SIZE",
+        "SLURM_NTASKS",
+    ):
         monkeypatch.delenv(name, raising=False)
     assert {key: environment("cpu")[key] for key in ("scheduler", "job_id", "world_size")} == {
-        "scheduler": "", "job_id": "", "world_size": "1"}
+        "scheduler": "",
+        "job_id": "",
+        "world_size": "1",
+    }
     monkeypatch.setenv("SLURM_JOB_ID", "4711")
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "4700")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")

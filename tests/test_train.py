@@ -1,4 +1,5 @@
 """Pretraining harness: checkpoint/resume is bit-exact, crashes leave valid checkpoints."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Augmentations: shapes, range, determinism under a seed, and the HFC definition."""
+
 from __future__ import annotations
 
 import torch

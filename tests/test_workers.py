@@ -1,5 +1,6 @@
 """One run per GPU: the job count on CUDA, one device per worker slot, and the spawned-worker path
 (what CUDA uses) exercised on CPU with a forced spawn context, with the store's guarantees."""
+
 from __future__ import annotations
 
 import pytest
@@ -24,10 +25,20 @@ def test_cuda_runs_one_method_per_gpu(monkeypatch):
 
 
 def test_spawned_workers_run_each_method_and_store_its_rows(tmp_path):
-    overrides = {"device": "cpu", "results_dir": str(tmp_path / "r"), "reports_dir": str(tmp_path / "rep"),
-                 "pretrain.epochs": "1", "pretrain.batch_size": "256", "finetune.epochs": "1",
-                 "finetune.milestones": "1", "finetune.schemes": "SLF", "evaluate.n_eval": "16",
-                 "evaluate.attacks": "clean", "evaluate.sanity": "false", "evaluate.epsilon_curve": ""}
+    overrides = {
+        "device": "cpu",
+        "results_dir": str(tmp_path / "r"),
+        "reports_dir": str(tmp_path / "rep"),
+        "pretrain.epochs": "1",
+        "pretrain.batch_size": "256",
+        "finetune.epochs": "1",
+        "finetune.milestones": "1",
+        "finetune.schemes": "SLF",
+        "evaluate.n_eval": "16",
+        "evaluate.attacks": "clean",
+        "evaluate.sanity": "false",
+        "evaluate.epsilon_curve": "",
+    }
     plan = build_plan(RunRequest(methods=("simclr", "acl"), overrides=overrides))
     store = ResultsStore(plan.results_dir)
     outcomes = pipeline.run_in_workers(plan, store, torch.device("cpu"), jobs=2, start_method="spawn")

@@ -18,6 +18,7 @@ typed DataFrame). From it, under the reports directory:
 The method order is the caller's (``bench report`` passes the registry's, plugins included).
 Every file is written to a temp file in its directory and renamed over the target.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -36,13 +37,25 @@ from bench.report.render import table_artifacts
 from bench.report.sanity import write_sanity_report
 from bench.results import load
 
-__all__ = ["UNSPECIFIED_AINFONCE", "MethodOrder", "epsilon_series", "load_reference", "write_paper_tables",
-           "write_reports"]
+__all__ = [
+    "UNSPECIFIED_AINFONCE",
+    "MethodOrder",
+    "epsilon_series",
+    "load_reference",
+    "write_paper_tables",
+    "write_reports",
+]
 
 
-def write_reports(results_csv: str | Path, reports_dir: str | Path, runs_dir: str | Path,
-                  reference_dir: str | Path | None, paper: bool = False,
-                  curve_methods: Sequence[str] | None = None, method_order: Sequence[str] = ()) -> list[Path]:
+def write_reports(
+    results_csv: str | Path,
+    reports_dir: str | Path,
+    runs_dir: str | Path,
+    reference_dir: str | Path | None,
+    paper: bool = False,
+    curve_methods: Sequence[str] | None = None,
+    method_order: Sequence[str] = (),
+) -> list[Path]:
     """Write every table, figure and ``index.md`` from the stored results; returns the paths written.
 
     ``method_order`` orders rows, legends and lists (methods not in it follow alphabetically). The
@@ -57,14 +70,22 @@ def write_reports(results_csv: str | Path, reports_dir: str | Path, runs_dir: st
     reports_dir, figures_dir = Path(reports_dir), Path(reports_dir) / "figures"
     tables, artifacts = table_artifacts(results, reports_dir, order, Path(runs_dir))
     for table in tables:
-        artifacts += [plot_robust_vs_clean(table, figures_dir, order), plot_bars(table, figures_dir),
-                      plot_robustness_vs_compute(table, Path(runs_dir), figures_dir, order)]
+        artifacts += [
+            plot_robust_vs_clean(table, figures_dir, order),
+            plot_bars(table, figures_dir),
+            plot_robustness_vs_compute(table, Path(runs_dir), figures_dir, order),
+        ]
     artifacts += loss_curve_artifacts(tables, Path(runs_dir), figures_dir, order)
     artifacts.append(write_corruption_report(results, reports_dir, order))
     artifacts.append(write_sanity_report(results, Path(runs_dir), reports_dir, order))
     artifacts += plot_epsilon_curves(results, figures_dir, order, curve_methods)
     if paper or results["dataset"].isin([dataset for dataset, _ in PAPER_DATASETS]).any():
-        artifacts.append(Artifact("paper", "Paper table (A-InfoNCE Table 1 layout): ours, reference, Δ",
-                                  write_paper_tables(results, reference_dir, reports_dir, order)))
+        artifacts.append(
+            Artifact(
+                "paper",
+                "Paper table (A-InfoNCE Table 1 layout): ours, reference, Δ",
+                write_paper_tables(results, reference_dir, reports_dir, order),
+            )
+        )
     index = write_index(artifacts, reports_dir, Path(results_csv), results, order)
     return [path for artifact in artifacts for path in artifact.paths] + [index]

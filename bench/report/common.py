@@ -3,6 +3,7 @@
 The report reads the store only (docs/design.md §5: a report never trains) and imports no torch; the
 method order comes from the caller (``bench.cli`` passes the registry's), never from a list here.
 """
+
 from __future__ import annotations
 
 import csv
@@ -113,9 +114,29 @@ def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 def latex_escape(text: str) -> str:
     """Escape LaTeX specials in plain text (method and dataset names, notes)."""
-    replacements = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                    "–": "--", "±": r"$\pm$", "→": r"$\to$", "ε": r"$\epsilon$", "∞": r"$\infty$",
-                    "·": r"$\cdot$", "†": r"$^\dagger$", "Δ": r"$\Delta$", "−": "-", "≥": r"$\geq$",
-                    "α": r"$\alpha$", "▲": r"$\uparrow$", "▼": r"$\downarrow$"}
+    replacements = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+        "–": "--",
+        "±": r"$\pm$",
+        "→": r"$\to$",
+        "ε": r"$\epsilon$",
+        "∞": r"$\infty$",
+        "·": r"$\cdot$",
+        "†": r"$^\dagger$",
+        "Δ": r"$\Delta$",
+        "−": "-",
+        "≥": r"$\geq$",
+        "α": r"$\alpha$",
+        "▲": r"$\uparrow$",
+        "▼": r"$\downarrow$",
+    }
     return "".join(replacements.get(char, char) for char in text)

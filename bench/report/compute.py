@@ -4,6 +4,7 @@ A number's cost is its run's pretraining time (``done.json``'s ``pretrain_wall_s
 another run's encoder is charged the donor's, named by ``encoder_from``) plus the finetuning and
 evaluation time of its scheme (the row's ``wall_s``). On CUDA that is GPU time (one GPU per run).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,6 +20,7 @@ from bench.results import RunDir
 
 def pretrain_seconds(run_ids: list[str], runs_dir: Path) -> pd.Series:
     """Pretraining wall time per run (NaN where ``done.json`` is missing or unreadable)."""
+
     def seconds(run_id: str, hops: int = 2) -> float:
         done = RunDir.read_json_or_none(RunDir(runs_dir / run_id).done)
         if not isinstance(done, dict):
@@ -27,6 +29,7 @@ def pretrain_seconds(run_ids: list[str], runs_dir: Path) -> pd.Series:
         if donor != run_id and hops:
             return seconds(donor, hops - 1)
         return float(done.get("pretrain_wall_s", np.nan))
+
     return pd.Series({run_id: seconds(run_id) for run_id in run_ids}, dtype=float)
 
 
@@ -49,8 +52,13 @@ def plot_robustness_vs_compute(table: Table, runs_dir: Path, figures_dir: Path, 
     hours = (rows["run_id"].map(pretrain) + rows["wall_s"]) / 3600
     rows = rows.assign(hours=hours).dropna(subset=["hours"])
     if rows.empty:
-        return Artifact("figure", title, [], f"no {attack} row whose run recorded both its pretraining time "
-                                             "(done.json) and its finetuning time (wall_s)")
+        return Artifact(
+            "figure",
+            title,
+            [],
+            f"no {attack} row whose run recorded both its pretraining time "
+            "(done.json) and its finetuning time (wall_s)",
+        )
     cost = cells_of(aggregate(rows.assign(value=rows["hours"]), ["label", "scheme"]))
     robust = cells_of(aggregate(rows, ["label", "scheme"]))
     scale, unit = _unit(max(cell.mean for cell in cost.values()), set(rows["device"]))
@@ -61,10 +69,18 @@ def plot_robustness_vs_compute(table: Table, runs_dir: Path, figures_dir: Path, 
         for label in order.sort(label for label, s in cost if s == scheme):
             style, x, y = method_style(label, order), cost[label, scheme], robust[label, scheme]
             if x.n > 1:
-                axis.plot(np.array(x.values) * scale, y.values, linestyle="none", marker=style["marker"],
-                          color=style["color"], alpha=0.3, markersize=3)
-            handles[label], = axis.plot([x.mean * scale], [y.mean], linestyle="none", marker=style["marker"],
-                                        color=style["color"], markersize=6)
+                axis.plot(
+                    np.array(x.values) * scale,
+                    y.values,
+                    linestyle="none",
+                    marker=style["marker"],
+                    color=style["color"],
+                    alpha=0.3,
+                    markersize=3,
+                )
+            (handles[label],) = axis.plot(
+                [x.mean * scale], [y.mean], linestyle="none", marker=style["marker"], color=style["color"], markersize=6
+            )
         axis.set(title=scheme, xlabel=unit, ylabel=f"{'AA' if attack == 'autoattack' else 'PGD-20'} accuracy (%)")
         axis.grid(alpha=0.3)
     outside_legend(figure, list(handles.values()), list(handles))

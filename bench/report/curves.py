@@ -1,4 +1,5 @@
 """Curves: pretraining loss per step (each run's ``RunDir.history``) and PGD-20 accuracy against ε."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -42,13 +43,22 @@ def loss_histories(rows: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
             continue
         if "loss" in history and len(history):
             step = history["step"] if "step" in history else pd.Series(np.arange(len(history)))
-            curves.append(pd.DataFrame({"label": run.label, "run_id": run.run_id, "step": step,
-                                        "loss": _moving_average(history["loss"].to_numpy())}))
+            curves.append(
+                pd.DataFrame(
+                    {
+                        "label": run.label,
+                        "run_id": run.run_id,
+                        "step": step,
+                        "loss": _moving_average(history["loss"].to_numpy()),
+                    }
+                )
+            )
     return pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=["label", "run_id", "step", "loss"])
 
 
-def plot_loss_curves(rows: pd.DataFrame, data_title: str, runs_dir: Path, figures_dir: Path,
-                     order: MethodOrder) -> Artifact:
+def plot_loss_curves(
+    rows: pd.DataFrame, data_title: str, runs_dir: Path, figures_dir: Path, order: MethodOrder
+) -> Artifact:
     """Pretraining loss: one panel per method family (losses of different families differ in scale),
     one line per method (mean over seeds), shaded between the seeds' min and max.
 
@@ -73,7 +83,7 @@ def plot_loss_curves(rows: pd.DataFrame, data_title: str, runs_dir: Path, figure
         axis.set_title(family, fontsize=9)
         axis.set(xlabel="step", ylabel="pretraining loss")
         axis.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the data
-    for axis in axes[len(families):]:
+    for axis in axes[len(families) :]:
         axis.set_visible(False)
     seeds = curves.groupby("label")["run_id"].nunique().max()
     band = f"mean over seeds, shaded min–max of {seeds}" if seeds > 1 else "one run per method"
@@ -82,15 +92,19 @@ def plot_loss_curves(rows: pd.DataFrame, data_title: str, runs_dir: Path, figure
     return Artifact("figure", title, paths)
 
 
-def loss_curve_artifacts(tables: Sequence[Table], runs_dir: Path, figures_dir: Path,
-                         order: MethodOrder) -> list[Artifact]:
+def loss_curve_artifacts(
+    tables: Sequence[Table], runs_dir: Path, figures_dir: Path, order: MethodOrder
+) -> list[Artifact]:
     """Loss curves for the runs of every table, merged over tables that differ only in ε."""
     merged: dict[tuple[str, str, str], list[pd.DataFrame]] = {}
     for table in tables:
         merged.setdefault((table.key.dataset, table.key.eval_dataset, table.key.preset), []).append(table.rows)
-    return [plot_loss_curves(pd.concat(frames), f"{dataset} → {eval_dataset} · preset {preset}", runs_dir,
-                             figures_dir, order)
-            for (dataset, eval_dataset, preset), frames in merged.items()]
+    return [
+        plot_loss_curves(
+            pd.concat(frames), f"{dataset} → {eval_dataset} · preset {preset}", runs_dir, figures_dir, order
+        )
+        for (dataset, eval_dataset, preset), frames in merged.items()
+    ]
 
 
 def _moving_average(values: np.ndarray) -> np.ndarray:
@@ -107,7 +121,8 @@ def curve_points(results: pd.DataFrame, methods: Sequence[str] | None = None) ->
     runs (the curve's point at the main ε), with their rounded ε as ``point``; ``methods`` selects."""
     curve_runs = results.loc[results["metric"] == "accuracy_vs_epsilon", "run_id"]
     on_curve = (results["metric"] == "accuracy_vs_epsilon") | (
-        (results["metric"] == "accuracy") & results["run_id"].isin(curve_runs))
+        (results["metric"] == "accuracy") & results["run_id"].isin(curve_runs)
+    )
     chosen = on_curve & (results["attack"] == "pgd20") & results["epsilon"].notna()
     if methods:
         chosen &= results["method"].isin(list(methods))
@@ -116,16 +131,20 @@ def curve_points(results: pd.DataFrame, methods: Sequence[str] | None = None) ->
     # would take the index of a longer series assigned to it)
 
 
-def epsilon_series(results: pd.DataFrame,
-                   methods: Sequence[str] | None = None) -> dict[tuple[str, str, str, str], Curves]:
+def epsilon_series(
+    results: pd.DataFrame, methods: Sequence[str] | None = None
+) -> dict[tuple[str, str, str, str], Curves]:
     """PGD-20 accuracy of the same classifiers at several ε per (data, preset, protocol) and (method, scheme),
     mean ± std over seeds at each ε; a curve is kept only with ≥ 2 distinct ε."""
     stats = aggregate(curve_points(results, methods), [*DATA, "method", "scheme", "point"])
     series: dict[tuple[str, str, str], Curves] = {}
     for (*data, method, scheme, epsilon), cell in sorted(cells_of(stats).items()):
         series.setdefault(tuple(data), {}).setdefault((method, scheme), []).append((epsilon, cell))
-    return {data: kept for data, curves in series.items()
-            if (kept := {key: curve for key, curve in curves.items() if len(curve) >= 2})}
+    return {
+        data: kept
+        for data, curves in series.items()
+        if (kept := {key: curve for key, curve in curves.items() if len(curve) >= 2})
+    }
 
 
 def epsilon_ticks(axis, epsilons: Sequence[float]) -> None:
@@ -135,8 +154,9 @@ def epsilon_ticks(axis, epsilons: Sequence[float]) -> None:
         axis.set_xticks(list(epsilons), [f"{k}/255" for k in steps], fontsize=8)
 
 
-def plot_epsilon_curves(results: pd.DataFrame, figures_dir: Path, order: MethodOrder,
-                        methods: Sequence[str] | None = None) -> list[Artifact]:
+def plot_epsilon_curves(
+    results: pd.DataFrame, figures_dir: Path, order: MethodOrder, methods: Sequence[str] | None = None
+) -> list[Artifact]:
     """Accuracy under PGD-20 against ε, one panel per scheme, for methods measured at ≥ 2 budgets."""
     series = epsilon_series(results, methods)
     if not series:
@@ -149,9 +169,15 @@ def plot_epsilon_curves(results: pd.DataFrame, figures_dir: Path, order: MethodO
             for (method, curve_scheme), points in sorted(curves.items(), key=lambda item: order.key(item[0][0])):
                 if curve_scheme == scheme:
                     errors = [np.nan if cell.std is None else cell.std for _, cell in points]
-                    axis.errorbar([eps for eps, _ in points], [cell.mean for _, cell in points], capsize=2,
-                                  yerr=None if all(np.isnan(errors)) else errors, label=method, markersize=4,
-                                  **method_style(method, order))
+                    axis.errorbar(
+                        [eps for eps, _ in points],
+                        [cell.mean for _, cell in points],
+                        capsize=2,
+                        yerr=None if all(np.isnan(errors)) else errors,
+                        label=method,
+                        markersize=4,
+                        **method_style(method, order),
+                    )
             axis.set(title=scheme, xlabel="ε (L∞)", ylabel="PGD-20 accuracy (%)")
             epsilon_ticks(axis, sorted({eps for points in curves.values() for eps, _ in points}))
             axis.grid(alpha=0.3)

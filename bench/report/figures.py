@@ -4,6 +4,7 @@ Drawn on ``matplotlib.figure.Figure`` (Agg canvas, no pyplot global state), save
 figure styles a method the same way (``method_style``): one colour per method family, one marker and
 line style per A-InfoNCE variant, so 13+ methods stay tellable apart; legends sit outside the axes.
 """
+
 from __future__ import annotations
 
 import io
@@ -51,8 +52,7 @@ def method_style(method: str, order: MethodOrder) -> dict[str, Any]:
 def outside_legend(figure: Any, handles: Sequence[Any], labels: Sequence[str]) -> None:
     """One legend for the whole figure, right of every axes (constrained layout makes room for it, so
     13+ entries never squeeze the axes); a column per 20 entries keeps it within the figure's height."""
-    figure.legend(handles, labels, loc="outside right center", fontsize=7, frameon=False,
-                  ncols=-(-len(labels) // 20))
+    figure.legend(handles, labels, loc="outside right center", fontsize=7, frameon=False, ncols=-(-len(labels) // 20))
 
 
 def _figure_stem(figures_dir: Path, name: str, table: Table) -> Path:
@@ -65,8 +65,10 @@ def plot_robust_vs_clean(table: Table, figures_dir: Path, order: MethodOrder) ->
     A non-adversarial anchor (robust accuracy under a quarter of the median method's) squeezes the
     adversarial methods into a corner; a second row then repeats each panel without it."""
     title = f"Robust vs clean accuracy — {table.key.title()}"
-    points = {scheme: {method: point for method in table.methods if (point := _tradeoff_point(table, method, scheme))}
-              for scheme in table.schemes}
+    points = {
+        scheme: {method: point for method in table.methods if (point := _tradeoff_point(table, method, scheme))}
+        for scheme in table.schemes
+    }
     schemes = [scheme for scheme in table.schemes if points[scheme]]
     if not schemes:
         return Artifact("figure", title, [], "no method has both clean and robust accuracy")
@@ -78,23 +80,34 @@ def plot_robust_vs_clean(table: Table, figures_dir: Path, order: MethodOrder) ->
         _tradeoff_panel(grid[0][column], points[scheme], order, scheme)
         if rows == 2:
             _tradeoff_panel(grid[1][column], zoomed[scheme], order, f"{scheme}, without non-adversarial anchors")
-    handles = {method: _key(method_style(method, order)["marker"], method_style(method, order)["color"])
-               for method in table.methods if any(method in points[scheme] for scheme in schemes)}
+    handles = {
+        method: _key(method_style(method, order)["marker"], method_style(method, order)["color"])
+        for method in table.methods
+        if any(method in points[scheme] for scheme in schemes)
+    }
     keys = [_key("o", "0.3", fill) for _, _, fill in ROBUST_ATTACKS]
     outside_legend(figure, [*handles.values(), *keys], [*handles, *(label for _, label, _ in ROBUST_ATTACKS)])
     figure.suptitle(table.key.title(), fontsize=9)
     return Artifact("figure", title, save_figure(figure, _figure_stem(figures_dir, "tradeoff", table)))
 
 
-def _tradeoff_panel(axis: Any, points: dict[str, tuple[float, dict[str, float]]], order: MethodOrder,
-                    title: str) -> None:
+def _tradeoff_panel(
+    axis: Any, points: dict[str, tuple[float, dict[str, float]]], order: MethodOrder, title: str
+) -> None:
     for method, (clean, robust) in points.items():
         style = method_style(method, order)
         axis.plot([clean] * len(robust), list(robust.values()), color=style["color"], linewidth=0.8, alpha=0.6)
         for attack, _, fill in ROBUST_ATTACKS:
             if attack in robust:
-                axis.plot([clean], [robust[attack]], linestyle="none", marker=style["marker"],
-                          color=style["color"], fillstyle=fill, markersize=6)
+                axis.plot(
+                    [clean],
+                    [robust[attack]],
+                    linestyle="none",
+                    marker=style["marker"],
+                    color=style["color"],
+                    fillstyle=fill,
+                    markersize=6,
+                )
     axis.set_title(title, fontsize=9)
     axis.set(xlabel="clean accuracy (%)", ylabel="robust accuracy (%)")
     axis.grid(alpha=0.3)
@@ -108,8 +121,9 @@ def _without_anchors(points: dict[str, tuple[float, dict[str, float]]]) -> dict[
 def _tradeoff_point(table: Table, method: str, scheme: str) -> tuple[float, dict[str, float]] | None:
     """(clean accuracy, {attack: robust accuracy}) of one method and scheme, or None without both."""
     clean = table.cells.get((method, scheme, "clean"))
-    robust = {attack: cell.mean for attack, _, _ in ROBUST_ATTACKS
-              if (cell := table.cells.get((method, scheme, attack)))}
+    robust = {
+        attack: cell.mean for attack, _, _ in ROBUST_ATTACKS if (cell := table.cells.get((method, scheme, attack)))
+    }
     return (clean.mean, robust) if clean and robust else None
 
 

@@ -5,6 +5,7 @@
 method (the caller's ``MethodOrder``) that has numbers of ours or of a reference for the dataset
 follows under its registered name, then the leaderboard's A-InfoNCE row that names no variant.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -24,8 +25,14 @@ from bench.report.tables import Cell, TableKey, build_table, latest_configuratio
 PAPER_ATTACKS = (("clean", "SA"), ("pgd20", "RA"), ("autoattack", "AA"))
 PAPER_DATASETS = (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100"))
 PAPER_ROWS = (
-    ("rocl", "RoCL"), ("rocl-ip", "RoCL-IP"), ("rocl-hn", "RoCL-HN"), ("rocl-iphn", "RoCL-IPHN"),
-    ("advcl", "AdvCL"), ("advcl-ip", "AdvCL-IP"), ("advcl-hn", "AdvCL-HN"), ("advcl-iphn", "AdvCL-IPHN"),
+    ("rocl", "RoCL"),
+    ("rocl-ip", "RoCL-IP"),
+    ("rocl-hn", "RoCL-HN"),
+    ("rocl-iphn", "RoCL-IPHN"),
+    ("advcl", "AdvCL"),
+    ("advcl-ip", "AdvCL-IP"),
+    ("advcl-hn", "AdvCL-HN"),
+    ("advcl-iphn", "AdvCL-IPHN"),
 )
 PAPER_EPSILON = 8 / 255
 References = dict[tuple[str, str, str], list[dict[str, Any]]]  # (method, scheme, attack) -> candidates
@@ -51,16 +58,21 @@ def _paper_budget(results: pd.DataFrame) -> pd.Series:
     return (results["attack"] == "clean") | results["epsilon"].isna() | at_budget
 
 
-def paper_sections(results: pd.DataFrame, reference: Sequence[dict[str, Any]],
-                   order: MethodOrder) -> list[PaperSection]:
+def paper_sections(
+    results: pd.DataFrame, reference: Sequence[dict[str, Any]], order: MethodOrder
+) -> list[PaperSection]:
     """CIFAR-10 and CIFAR-100 sections: one per (preset, protocol) of ours found there (or one reference-only
     section); each takes every method's most recent configuration under that preset and protocol."""
     attacks = sorted(attack for attack, _ in PAPER_ATTACKS)
     sections = []
     for dataset, label in PAPER_DATASETS:
-        ours = results[(results["metric"] == "accuracy") & (results["dataset"] == dataset)
-                       & (results["eval_dataset"] == dataset) & results["attack"].isin(attacks)
-                       & _paper_budget(results)]
+        ours = results[
+            (results["metric"] == "accuracy")
+            & (results["dataset"] == dataset)
+            & (results["eval_dataset"] == dataset)
+            & results["attack"].isin(attacks)
+            & _paper_budget(results)
+        ]
         references: References = {}
         for ref in reference:
             if (ref["dataset"], ref["eval_dataset"], ref.get("metric", "accuracy")) == (dataset, dataset, "accuracy"):
@@ -68,8 +80,9 @@ def paper_sections(results: pd.DataFrame, reference: Sequence[dict[str, Any]],
         groups = sorted(set(zip(ours["preset"], ours["protocol"]))) or [(None, "unified")]
         for preset, protocol in groups:
             chosen = latest_configuration(ours[(ours["preset"] == preset) & (ours["protocol"] == protocol)])
-            table = build_table(TableKey(dataset, dataset, preset or "", PAPER_EPSILON, protocol), chosen, order,
-                                attacks)
+            table = build_table(
+                TableKey(dataset, dataset, preset or "", PAPER_EPSILON, protocol), chosen, order, attacks
+            )
             rows = _paper_rows(set(table.methods) | {method for method, _, _ in references}, order)
             sections.append(PaperSection(dataset, label, preset, rows, table.cells, references, protocol))
     return sections
@@ -113,8 +126,9 @@ def paper_cells(section: PaperSection, method: str, sources: Sources) -> dict[st
             candidates = section.reference.get((method, scheme, attack), [])
             ref = candidates[0] if candidates else None
             out["ours"].append((cell_text(cell, False), None if cell is None else cell.mean))
-            out["reference"].append((MISSING, None) if ref is None else
-                                    (f"{ref['value']:.2f} [{sources.mark(ref)}]", ref["value"]))
+            out["reference"].append(
+                (MISSING, None) if ref is None else (f"{ref['value']:.2f} [{sources.mark(ref)}]", ref["value"])
+            )
             delta = None if cell is None or ref is None else cell.mean - ref["value"]
             out["Δ"].append((MISSING if delta is None else f"{delta:+.2f}", delta))
     return out
@@ -146,13 +160,27 @@ PAPER_PREAMBLE = (
     "checkpoints and finetuning), so protocols differ cell by cell; see the numbered sources. "
     f"{MISSING} = missing, never filled in. Ours: last-epoch accuracy ± the half-width of its 95 % interval "
     "(Wilson over the test images for one run, Student-t over seeds for several), of each method's "
-    "most recently run configuration under the section's preset and protocol (docs/protocols.md).")
-PAPER_CSV_COLUMNS = ("dataset", "preset", "protocol", "method", "scheme", "attack", "column", "ours", "reference",
-                     "delta", "reference_file", "reference_source")
+    "most recently run configuration under the section's preset and protocol (docs/protocols.md)."
+)
+PAPER_CSV_COLUMNS = (
+    "dataset",
+    "preset",
+    "protocol",
+    "method",
+    "scheme",
+    "attack",
+    "column",
+    "ours",
+    "reference",
+    "delta",
+    "reference_file",
+    "reference_source",
+)
 
 
-def paper_markdown(sections: Sequence[PaperSection], sources: Sources,
-                   reference_dir: Path | None) -> tuple[str, list[dict[str, Any]]]:
+def paper_markdown(
+    sections: Sequence[PaperSection], sources: Sources, reference_dir: Path | None
+) -> tuple[str, list[dict[str, Any]]]:
     """The paper table as Markdown, and the same content as long CSV rows."""
     header = ["Method", "", *(f"{scheme} {label}" for scheme in SCHEMES for _, label in PAPER_ATTACKS)]
     origin = f"Reference numbers read from `{reference_dir}`." if reference_dir else "No reference files found."
@@ -160,8 +188,11 @@ def paper_markdown(sections: Sequence[PaperSection], sources: Sources,
     csv_rows: list[dict[str, Any]] = []
     for section in sections:
         preset = section.preset or "(no results of ours)"
-        lines += [f"## {section.label} ({section.dataset}) · preset {preset} · protocol {section.protocol} · "
-                  f"ε = {format_epsilon(PAPER_EPSILON)}", ""]
+        lines += [
+            f"## {section.label} ({section.dataset}) · preset {preset} · protocol {section.protocol} · "
+            f"ε = {format_epsilon(PAPER_EPSILON)}",
+            "",
+        ]
         banner = preset_banner(section.preset)
         lines += [f"> **{banner}**", ""] if banner else []
         lines += ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
@@ -177,19 +208,31 @@ def paper_markdown(sections: Sequence[PaperSection], sources: Sources,
     return "\n".join(lines), csv_rows
 
 
-def _paper_csv_rows(section: PaperSection, method: str,
-                    cells: dict[str, list[tuple[str, Any]]]) -> list[dict[str, Any]]:
+def _paper_csv_rows(
+    section: PaperSection, method: str, cells: dict[str, list[tuple[str, Any]]]
+) -> list[dict[str, Any]]:
     columns = [(scheme, attack, label) for scheme in SCHEMES for attack, label in PAPER_ATTACKS]
     rows = []
     for index, (scheme, attack, label) in enumerate(columns):
         values = {kind: cells[kind][index][1] for kind in cells}
         ref = (section.reference.get((method, scheme, attack)) or [{}])[0]
-        rows.append({"dataset": section.dataset, "preset": section.preset or "", "protocol": section.protocol,
-                     "method": method, "scheme": scheme,
-                     "attack": attack, "column": f"{scheme} {label}", "reference_file": ref.get("file", ""),
-                     "reference_source": ref.get("source", ""),
-                     **{key: "" if values[kind] is None else round(values[kind], 4)
-                        for key, kind in (("ours", "ours"), ("reference", "reference"), ("delta", "Δ"))}})
+        rows.append(
+            {
+                "dataset": section.dataset,
+                "preset": section.preset or "",
+                "protocol": section.protocol,
+                "method": method,
+                "scheme": scheme,
+                "attack": attack,
+                "column": f"{scheme} {label}",
+                "reference_file": ref.get("file", ""),
+                "reference_source": ref.get("source", ""),
+                **{
+                    key: "" if values[kind] is None else round(values[kind], 4)
+                    for key, kind in (("ours", "ours"), ("reference", "reference"), ("delta", "Δ"))
+                },
+            }
+        )
     return rows
 
 
@@ -198,14 +241,23 @@ def paper_latex(sections: Sequence[PaperSection], sources: Sources) -> str:
     out = ["% requires \\usepackage{booktabs}"]
     for section in sections:
         banner = preset_banner(section.preset)
-        caption = latex_escape(f"{section.label}, preset {section.preset or '(no results of ours)'}, "
-                               f"protocol {section.protocol}, ε = 8/255: ours vs reference, Δ = ours − reference"
-                               + (f". {banner}." if banner else ""))
-        out += ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{caption}}}",
-                "\\begin{tabular}{ll" + "ccc" * len(SCHEMES) + "}", "\\toprule",
-                " & & " + " & ".join(f"\\multicolumn{{3}}{{c}}{{{scheme}}}" for scheme in SCHEMES) + " \\\\",
-                " ".join(f"\\cmidrule(lr){{{3 + 3 * i}-{5 + 3 * i}}}" for i in range(len(SCHEMES))),
-                "Method & & " + " & ".join(label for _ in SCHEMES for _, label in PAPER_ATTACKS) + " \\\\", "\\midrule"]
+        caption = latex_escape(
+            f"{section.label}, preset {section.preset or '(no results of ours)'}, "
+            f"protocol {section.protocol}, ε = 8/255: ours vs reference, Δ = ours − reference"
+            + (f". {banner}." if banner else "")
+        )
+        out += [
+            "\\begin{table}[t]",
+            "\\centering",
+            "\\small",
+            f"\\caption{{{caption}}}",
+            "\\begin{tabular}{ll" + "ccc" * len(SCHEMES) + "}",
+            "\\toprule",
+            " & & " + " & ".join(f"\\multicolumn{{3}}{{c}}{{{scheme}}}" for scheme in SCHEMES) + " \\\\",
+            " ".join(f"\\cmidrule(lr){{{3 + 3 * i}-{5 + 3 * i}}}" for i in range(len(SCHEMES))),
+            "Method & & " + " & ".join(label for _ in SCHEMES for _, label in PAPER_ATTACKS) + " \\\\",
+            "\\midrule",
+        ]
         for method, label in section.rows:
             for kind, values in paper_cells(section, method, sources).items():
                 name = latex_escape(label) if kind == "ours" else ""
@@ -215,8 +267,9 @@ def paper_latex(sections: Sequence[PaperSection], sources: Sources) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_paper_tables(results: pd.DataFrame, reference_dir: str | Path | None, out_dir: str | Path,
-                       order: MethodOrder = MethodOrder()) -> list[Path]:
+def write_paper_tables(
+    results: pd.DataFrame, reference_dir: str | Path | None, out_dir: str | Path, order: MethodOrder = MethodOrder()
+) -> list[Path]:
     """``paper_table1.{md,csv,tex}``: the A-InfoNCE Table 1 layout with ours, reference and Δ per cell."""
     directory = resolve_reference_dir(reference_dir)
     sections = paper_sections(results, load_reference(directory), order)
@@ -224,6 +277,8 @@ def write_paper_tables(results: pd.DataFrame, reference_dir: str | Path | None, 
     markdown, csv_rows = paper_markdown(sections, sources, directory)
     latex = paper_latex(sections, sources)
     out_dir = Path(out_dir)
-    return [write_atomic(out_dir / "paper_table1.md", markdown),
-            write_atomic(out_dir / "paper_table1.csv", csv_text(csv_rows, PAPER_CSV_COLUMNS)),
-            write_atomic(out_dir / "paper_table1.tex", latex)]
+    return [
+        write_atomic(out_dir / "paper_table1.md", markdown),
+        write_atomic(out_dir / "paper_table1.csv", csv_text(csv_rows, PAPER_CSV_COLUMNS)),
+        write_atomic(out_dir / "paper_table1.tex", latex),
+    ]

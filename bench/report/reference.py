@@ -4,6 +4,7 @@ Each file is in the long format (method, dataset, eval_dataset, scheme, attack, 
 source, note); ``results/reference/README.md`` says where each comes from, and
 ``results/reference/convert_leaderboard.py`` rebuilds the RobustSSL leaderboard file.
 """
+
 from __future__ import annotations
 
 import csv

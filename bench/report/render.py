@@ -6,6 +6,7 @@ bold when best in its column, ``†`` when its run flagged itself ``suspect``, a
 nothing was measured (never filled in). The CSV keeps the std, the interval's bounds and every
 seed's value. Last-epoch accuracy is THE result; the best-on-test epoch gets its own files.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -15,17 +16,57 @@ from typing import Any
 import pandas as pd
 
 from bench.atomic import write_atomic
-from bench.report.common import (MISSING, SUSPECT_MARK, Artifact, MethodOrder, csv_text, label_method, latex_escape,
-                                 preset_banner)
-from bench.report.significance import (BETTER, VARIANT_HELP_COLUMNS, WORSE, compare_with_bases, mark,
-                                       variant_help_markdown, variant_help_rows)
+from bench.report.common import (
+    MISSING,
+    SUSPECT_MARK,
+    Artifact,
+    MethodOrder,
+    csv_text,
+    label_method,
+    latex_escape,
+    preset_banner,
+)
+from bench.report.significance import (
+    BETTER,
+    VARIANT_HELP_COLUMNS,
+    WORSE,
+    compare_with_bases,
+    mark,
+    variant_help_markdown,
+    variant_help_rows,
+)
 from bench.report.tables import BEST_EPOCH_METRIC, TABLE_ATTACKS, Cell, Table, build_tables
 
-TABLE_CSV_COLUMNS = ("dataset", "eval_dataset", "preset", "protocol", "epsilon", "method", "scheme", "attack", "column",
-                     "mean", "std", "n", "low", "high", "interval", "n_eval", "seeds", "values", "best", "flags",
-                     "vs_base_difference", "vs_base_p", "vs_base_test", "vs_base_verdict")
-INTERVAL_NAMES = {"wilson": "Wilson score interval over the n_eval test images (one run)",
-                  "t": "Student-t interval of the mean over seeds"}
+TABLE_CSV_COLUMNS = (
+    "dataset",
+    "eval_dataset",
+    "preset",
+    "protocol",
+    "epsilon",
+    "method",
+    "scheme",
+    "attack",
+    "column",
+    "mean",
+    "std",
+    "n",
+    "low",
+    "high",
+    "interval",
+    "n_eval",
+    "seeds",
+    "values",
+    "best",
+    "flags",
+    "vs_base_difference",
+    "vs_base_p",
+    "vs_base_test",
+    "vs_base_verdict",
+)
+INTERVAL_NAMES = {
+    "wilson": "Wilson score interval over the n_eval test images (one run)",
+    "t": "Student-t interval of the mean over seeds",
+}
 
 
 def cell_text(cell: Cell | None, best: bool, style: str = "md", significance: str = "") -> str:
@@ -39,8 +80,7 @@ def cell_text(cell: Cell | None, best: bool, style: str = "md", significance: st
     if best:
         text = f"\\textbf{{{text}}}" if style == "tex" else f"**{text}**"
     if significance:
-        text += {BETTER: "$^\\uparrow$", WORSE: "$^\\downarrow$"}[significance] if style == "tex" \
-            else significance
+        text += {BETTER: "$^\\uparrow$", WORSE: "$^\\downarrow$"}[significance] if style == "tex" else significance
     if cell.suspect:
         text += "$^\\dagger$" if style == "tex" else SUSPECT_MARK
     return text
@@ -62,18 +102,24 @@ def table_notes(table: Table) -> list[str]:
     notes = ["Bold: best in its column. " + MISSING + ": not measured (never filled in)."]
     notes.append(interval_note(table.cells.values()))
     if table.versus_base:
-        notes.append(f"{BETTER}/{WORSE}: the variant is significantly better/worse than its base method in that column "
-                     "(α = 0.05; paired t-test over shared seeds, or exact McNemar on the per-image records of single "
-                     "runs); no mark: no detectable difference, or no paired test possible. "
-                     "The CSV has each test's difference and p-value.")
+        notes.append(
+            f"{BETTER}/{WORSE}: the variant is significantly better/worse than its base method in that column "
+            "(α = 0.05; paired t-test over shared seeds, or exact McNemar on the per-image records of single "
+            "runs); no mark: no detectable difference, or no paired test possible. "
+            "The CSV has each test's difference and p-value."
+        )
     several = [f"{method} n={n}" for method, n in seeds.items() if n > 1]
     if several:
-        notes.append("mean over seeds (" + ", ".join(several) + "); other cells are single runs. "
-                     "The CSV has each seed's value and the sample std.")
+        notes.append(
+            "mean over seeds (" + ", ".join(several) + "); other cells are single runs. "
+            "The CSV has each seed's value and the sample std."
+        )
     notes += _flag_notes(table)
     if any(label_method(method) != method for method in table.methods):
-        notes.append("method [hash]: the method was run with several configurations; one row each "
-                     "(config.json of its runs in results/runs/ has the settings).")
+        notes.append(
+            "method [hash]: the method was run with several configurations; one row each "
+            "(config.json of its runs in results/runs/ has the settings)."
+        )
     n_eval = sorted(table.rows["n_eval"].dropna().astype(int).unique())
     if n_eval:
         notes.append("evaluated on n_eval = " + ", ".join(map(str, n_eval)) + " test images.")
@@ -100,8 +146,10 @@ def _flag_notes(table: Table) -> list[str]:
                     chosen = [tag for tag in (cell.flags if cell else ()) if tag.startswith("suspect") == suspect]
                     if chosen:
                         grouped.setdefault((method, scheme, suspect, "; ".join(chosen)), []).append(label)
-    return [f"{SUSPECT_MARK + ' ' if suspect else 'flags: '}{method} {scheme} {', '.join(labels)}: {tags}"
-            for (method, scheme, suspect, tags), labels in grouped.items()]
+    return [
+        f"{SUSPECT_MARK + ' ' if suspect else 'flags: '}{method} {scheme} {', '.join(labels)}: {tags}"
+        for (method, scheme, suspect, tags), labels in grouped.items()
+    ]
 
 
 def table_markdown(table: Table, heading: str = "") -> str:
@@ -123,12 +171,18 @@ def table_latex(table: Table, heading: str = "") -> str:
     """One booktabs table; the caption carries data, preset, protocol, ε and the non-paper banner."""
     banner = preset_banner(table.key.preset)
     caption = latex_escape(heading + table.key.title() + (f". {banner}." if banner else ""))
-    lines = ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{caption}}}",
-             "\\begin{tabular}{l" + "ccc" * len(table.schemes) + "}", "\\toprule",
-             " & " + " & ".join(f"\\multicolumn{{3}}{{c}}{{{scheme}}}" for scheme in table.schemes) + " \\\\",
-             " ".join(f"\\cmidrule(lr){{{2 + 3 * i}-{4 + 3 * i}}}" for i in range(len(table.schemes))),
-             "Method & " + " & ".join(label for _ in table.schemes for _, label in TABLE_ATTACKS) + " \\\\",
-             "\\midrule"]
+    lines = [
+        "\\begin{table}[t]",
+        "\\centering",
+        "\\small",
+        f"\\caption{{{caption}}}",
+        "\\begin{tabular}{l" + "ccc" * len(table.schemes) + "}",
+        "\\toprule",
+        " & " + " & ".join(f"\\multicolumn{{3}}{{c}}{{{scheme}}}" for scheme in table.schemes) + " \\\\",
+        " ".join(f"\\cmidrule(lr){{{2 + 3 * i}-{4 + 3 * i}}}" for i in range(len(table.schemes))),
+        "Method & " + " & ".join(label for _ in table.schemes for _, label in TABLE_ATTACKS) + " \\\\",
+        "\\midrule",
+    ]
     for method in table.methods:
         lines.append(" & ".join([latex_escape(method), *_row_cells(table, method, "tex")]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", "", "\\smallskip", "{\\footnotesize"]
@@ -144,28 +198,40 @@ def table_csv_rows(table: Table) -> list[dict[str, Any]]:
         for scheme in table.schemes:
             for attack, label in TABLE_ATTACKS:
                 cell = table.cells.get((method, scheme, attack))
-                out.append({"dataset": table.key.dataset, "eval_dataset": table.key.eval_dataset,
-                            "preset": table.key.preset, "protocol": table.key.protocol,
-                            "epsilon": "" if table.key.epsilon is None else table.key.epsilon,
-                            "method": method, "scheme": scheme, "attack": attack, "column": f"{scheme} {label}",
-                            "mean": "" if cell is None else round(cell.mean, 4),
-                            "std": "" if cell is None or cell.std is None else round(cell.std, 4),
-                            "n": 0 if cell is None else cell.n, **interval_columns(cell),
-                            "best": "" if cell is None else int(table.is_best(cell, scheme, attack)),
-                            "flags": "" if cell is None else ";".join(cell.suspect),
-                            **versus_base_columns(table, (method, scheme, attack))})
+                out.append(
+                    {
+                        "dataset": table.key.dataset,
+                        "eval_dataset": table.key.eval_dataset,
+                        "preset": table.key.preset,
+                        "protocol": table.key.protocol,
+                        "epsilon": "" if table.key.epsilon is None else table.key.epsilon,
+                        "method": method,
+                        "scheme": scheme,
+                        "attack": attack,
+                        "column": f"{scheme} {label}",
+                        "mean": "" if cell is None else round(cell.mean, 4),
+                        "std": "" if cell is None or cell.std is None else round(cell.std, 4),
+                        "n": 0 if cell is None else cell.n,
+                        **interval_columns(cell),
+                        "best": "" if cell is None else int(table.is_best(cell, scheme, attack)),
+                        "flags": "" if cell is None else ";".join(cell.suspect),
+                        **versus_base_columns(table, (method, scheme, attack)),
+                    }
+                )
     return out
 
 
 def interval_columns(cell: Cell | None) -> dict[str, Any]:
     """The CSV's interval bounds and name, n_eval, and the per-seed values (``;``-joined, seed order as stored)."""
     interval = None if cell is None else cell.interval
-    return {"low": "" if interval is None else round(interval.low, 4),
-            "high": "" if interval is None else round(interval.high, 4),
-            "interval": "" if interval is None else interval.method,
-            "n_eval": "" if cell is None or cell.n_eval is None else cell.n_eval,
-            "seeds": "" if cell is None else ";".join(cell.seeds),
-            "values": "" if cell is None else ";".join(f"{value:g}" for value in cell.values)}
+    return {
+        "low": "" if interval is None else round(interval.low, 4),
+        "high": "" if interval is None else round(interval.high, 4),
+        "interval": "" if interval is None else interval.method,
+        "n_eval": "" if cell is None or cell.n_eval is None else cell.n_eval,
+        "seeds": "" if cell is None else ";".join(cell.seeds),
+        "values": "" if cell is None else ";".join(f"{value:g}" for value in cell.values),
+    }
 
 
 def versus_base_columns(table: Table, key: tuple[str, str, str]) -> dict[str, Any]:
@@ -173,8 +239,12 @@ def versus_base_columns(table: Table, key: tuple[str, str, str]) -> dict[str, An
     comparison = table.versus_base.get(key)
     if comparison is None:
         return {"vs_base_difference": "", "vs_base_p": "", "vs_base_test": "", "vs_base_verdict": ""}
-    return {"vs_base_difference": round(comparison.difference, 4), "vs_base_p": f"{comparison.p_value:.4g}",
-            "vs_base_test": comparison.test, "vs_base_verdict": comparison.verdict}
+    return {
+        "vs_base_difference": round(comparison.difference, 4),
+        "vs_base_p": f"{comparison.p_value:.4g}",
+        "vs_base_test": comparison.test,
+        "vs_base_verdict": comparison.verdict,
+    }
 
 
 def write_tables(tables: Sequence[Table], out_dir: Path, stem: str, heading: str, preamble: str) -> list[Path]:
@@ -184,9 +254,11 @@ def write_tables(tables: Sequence[Table], out_dir: Path, stem: str, heading: str
         markdown.append("No rows for this metric.")
     latex = ["% requires \\usepackage{booktabs}", *(table_latex(table, heading) for table in tables)]
     rows = [row for table in tables for row in table_csv_rows(table)]
-    return [write_atomic(out_dir / f"{stem}.md", "\n".join(markdown) + "\n"),
-            write_atomic(out_dir / f"{stem}.csv", csv_text(rows, TABLE_CSV_COLUMNS)),
-            write_atomic(out_dir / f"{stem}.tex", "\n".join(latex))]
+    return [
+        write_atomic(out_dir / f"{stem}.md", "\n".join(markdown) + "\n"),
+        write_atomic(out_dir / f"{stem}.csv", csv_text(rows, TABLE_CSV_COLUMNS)),
+        write_atomic(out_dir / f"{stem}.tex", "\n".join(latex)),
+    ]
 
 
 def _other_attacks_note(results: pd.DataFrame) -> str:
@@ -203,29 +275,43 @@ def variant_help_artifact(tables: list[Table], reports_dir: Path) -> Artifact:
     title = "Does the variant help? (paired tests against the base method)"
     rows = variant_help_rows(tables)
     if not rows:
-        return Artifact("table", title, [], "no variant with its base method in a table where a paired test is "
-                                            "defined (>= 2 shared seeds, or per-image records of single runs)")
-    paths = [write_atomic(reports_dir / "variant_help.md", variant_help_markdown(rows)),
-             write_atomic(reports_dir / "variant_help.csv", csv_text(rows, VARIANT_HELP_COLUMNS))]
+        return Artifact(
+            "table",
+            title,
+            [],
+            "no variant with its base method in a table where a paired test is "
+            "defined (>= 2 shared seeds, or per-image records of single runs)",
+        )
+    paths = [
+        write_atomic(reports_dir / "variant_help.md", variant_help_markdown(rows)),
+        write_atomic(reports_dir / "variant_help.csv", csv_text(rows, VARIANT_HELP_COLUMNS)),
+    ]
     return Artifact("table", title, paths)
 
 
-def table_artifacts(results: pd.DataFrame, reports_dir: Path, order: MethodOrder,
-                    runs_dir: Path | None = None) -> tuple[list[Table], list[Artifact]]:
+def table_artifacts(
+    results: pd.DataFrame, reports_dir: Path, order: MethodOrder, runs_dir: Path | None = None
+) -> tuple[list[Table], list[Artifact]]:
     """Main (last-epoch) tables, with each variant's paired test against its base, and the separate
     best-epoch tables (no test: the records are of the last epoch)."""
     tables = build_tables(results, order, "accuracy")
     for table in tables:
         table.versus_base = compare_with_bases(table, runs_dir)
-    main = write_tables(tables, reports_dir, "results", "",
-                        "Results: last-epoch accuracy (%)." + _other_attacks_note(results))
+    main = write_tables(
+        tables, reports_dir, "results", "", "Results: last-epoch accuracy (%)." + _other_attacks_note(results)
+    )
     artifacts = [Artifact("table", "Results (last-epoch accuracy)", main)]
     artifacts.append(variant_help_artifact(tables, reports_dir))
     best = build_tables(results, order, BEST_EPOCH_METRIC)
     if best:
-        paths = write_tables(best, reports_dir, "results_best_epoch", "Best-on-test epoch — ",
-                             "Best-on-test-epoch accuracy (%): labelled extra as the released scripts print it; "
-                             "chosen on the test set, not the result")
+        paths = write_tables(
+            best,
+            reports_dir,
+            "results_best_epoch",
+            "Best-on-test epoch — ",
+            "Best-on-test-epoch accuracy (%): labelled extra as the released scripts print it; "
+            "chosen on the test set, not the result",
+        )
         artifacts.append(Artifact("table", "Best-on-test epoch (labelled extra, not the result)", paths))
     else:
         artifacts.append(Artifact("table", "Best-on-test epoch table", [], f"no `{BEST_EPOCH_METRIC}` rows"))

@@ -1,4 +1,5 @@
 """The sanity report: every check of every evaluation (``RunDir.sanity_files``), passed or failed."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,10 @@ def sanity_rows(results: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
                 progress.log(f"warning: {error}; listed as a failed check in sanity.md")
                 rows.append({**row, "check": "file", "passed": False, "detail": str(error)})
                 continue
-            rows += [{**row, "check": name, "passed": bool(check.get("passed")), "detail": check.get("detail", "")}
-                     for name, check in sorted(checks.items())]
+            rows += [
+                {**row, "check": name, "passed": bool(check.get("passed")), "detail": check.get("detail", "")}
+                for name, check in sorted(checks.items())
+            ]
     return pd.DataFrame(rows, columns=list(SANITY_COLUMNS))
 
 
@@ -52,15 +55,22 @@ def write_sanity_report(results: pd.DataFrame, runs_dir: Path, reports_dir: Path
         return Artifact("table", title, [], "no sanity_<scheme>.json in the run directories")
     failed = int((~rows["passed"]).sum())
     evaluations = len(rows[["run_id", "scheme"]].drop_duplicates())
-    lines = ["# Sanity checks", "",
-             f"{len(rows)} checks over {evaluations} evaluations; "
-             f"{failed} failed (those rows carry a `suspect:<check>` flag in results.csv).", "",
-             "| Method | Scheme | Check | Passed | Numbers |", "|---|---|---|---|---|"]
+    lines = [
+        "# Sanity checks",
+        "",
+        f"{len(rows)} checks over {evaluations} evaluations; "
+        f"{failed} failed (those rows carry a `suspect:<check>` flag in results.csv).",
+        "",
+        "| Method | Scheme | Check | Passed | Numbers |",
+        "|---|---|---|---|---|",
+    ]
     ranked = rows.assign(rank=rows["method"].map(lambda method: order.key(method)[0]))
     for row in ranked.sort_values(["rank", "method", "scheme", "check"], kind="stable").itertuples():
         mark = "yes" if row.passed else "**NO**"
         detail = str(row.detail).replace("|", "\\|")
         lines.append(f"| {row.method} | {row.scheme} | {row.check} | {mark} | {detail} |")
-    paths = [write_atomic(reports_dir / "sanity.md", "\n".join(lines) + "\n"),
-             write_atomic(reports_dir / "sanity.csv", csv_text(rows.to_dict("records"), SANITY_COLUMNS))]
+    paths = [
+        write_atomic(reports_dir / "sanity.md", "\n".join(lines) + "\n"),
+        write_atomic(reports_dir / "sanity.csv", csv_text(rows.to_dict("records"), SANITY_COLUMNS)),
+    ]
     return Artifact("table", title, paths)

@@ -1,7 +1,8 @@
 """Does the variant help? A paired test of each variant cell against its base method's cell (issue 13 §1).
 
 A variant row (``acl-ip``, ``rocl-iphn``, ...; bench.variants, ``common.VARIANT_SUFFIXES``) whose base
-method (``acl``, ``rocl``) is a row of the same table gets, per (scheme, attack) where both have a value, the paired test
+method (``acl``, ``rocl``) is a row of the same table gets, per (scheme, attack) where both have a value,
+the paired test
 *where one is defined*:
 
 - both cells over the same ≥ 2 seeds: the paired t-test over seeds, seed i with seed i
@@ -14,6 +15,7 @@ method (``acl``, ``rocl``) is a row of the same table gets, per (scheme, attack)
 The table marks a significant difference at α = 0.05 (``▲`` variant better, ``▼`` variant worse)
 and its CSV carries the difference, p-value and test of every defined comparison.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -80,8 +82,22 @@ def mark(comparison: Comparison | None) -> str:
     return {"variant better": BETTER, "variant worse": WORSE}.get(comparison.verdict, "")
 
 
-VARIANT_HELP_COLUMNS = ("table", "variant", "base", "scheme", "attack", "n", "base_value", "variant_value",
-                        "difference", "low", "high", "p_value", "test", "verdict")
+VARIANT_HELP_COLUMNS = (
+    "table",
+    "variant",
+    "base",
+    "scheme",
+    "attack",
+    "n",
+    "base_value",
+    "variant_value",
+    "difference",
+    "low",
+    "high",
+    "p_value",
+    "test",
+    "verdict",
+)
 
 
 def variant_help_rows(tables: list[Table]) -> list[dict]:
@@ -90,24 +106,44 @@ def variant_help_rows(tables: list[Table]) -> list[dict]:
     for table in tables:
         labels = set(table.methods)
         for (label, scheme, attack), c in sorted(table.versus_base.items()):
-            rows.append({"table": table.key.title(), "variant": label, "base": base_method(label, labels),
-                         "scheme": scheme, "attack": attack, "n": c.n, "base_value": round(c.base, 4),
-                         "variant_value": round(c.variant, 4), "difference": round(c.difference, 4),
-                         "low": round(c.low, 4), "high": round(c.high, 4), "p_value": f"{c.p_value:.4g}",
-                         "test": c.test, "verdict": c.verdict})
+            rows.append(
+                {
+                    "table": table.key.title(),
+                    "variant": label,
+                    "base": base_method(label, labels),
+                    "scheme": scheme,
+                    "attack": attack,
+                    "n": c.n,
+                    "base_value": round(c.base, 4),
+                    "variant_value": round(c.variant, 4),
+                    "difference": round(c.difference, 4),
+                    "low": round(c.low, 4),
+                    "high": round(c.high, 4),
+                    "p_value": f"{c.p_value:.4g}",
+                    "test": c.test,
+                    "verdict": c.verdict,
+                }
+            )
     return rows
 
 
 def variant_help_markdown(rows: list[dict]) -> str:
     """'Does the variant help?': each comparison with its interval, p-value and verdict."""
-    lines = ["# Does the variant help?", "",
-             "Variant − base accuracy (points) on the same test images or seeds, 95 % interval, p-value and verdict "
-             "at α = 0.05 (paired t-test over shared seeds, n = seeds; exact McNemar with Newcombe's paired "
-             "interval on the per-image records of single runs, n = images). No correction for the number of "
-             "comparisons: with many of them, expect about one in twenty to be 'significant' by chance.", "",
-             "| Table | Variant | Base | Scheme | Attack | n | Δ [95 % CI] | p | Test | Verdict |",
-             "|---|---|---|---|---|---:|---|---:|---|---|"]
-    lines += [f"| {r['table']} | {r['variant']} | {r['base']} | {r['scheme']} | {r['attack']} | {r['n']} | "
-              f"{r['difference']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}] | {r['p_value']} | {r['test']} | "
-              f"{r['verdict']} |" for r in rows]
+    lines = [
+        "# Does the variant help?",
+        "",
+        "Variant − base accuracy (points) on the same test images or seeds, 95 % interval, p-value and verdict "
+        "at α = 0.05 (paired t-test over shared seeds, n = seeds; exact McNemar with Newcombe's paired "
+        "interval on the per-image records of single runs, n = images). No correction for the number of "
+        "comparisons: with many of them, expect about one in twenty to be 'significant' by chance.",
+        "",
+        "| Table | Variant | Base | Scheme | Attack | n | Δ [95 % CI] | p | Test | Verdict |",
+        "|---|---|---|---|---|---:|---|---:|---|---|",
+    ]
+    lines += [
+        f"| {r['table']} | {r['variant']} | {r['base']} | {r['scheme']} | {r['attack']} | {r['n']} | "
+        f"{r['difference']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}] | {r['p_value']} | {r['test']} | "
+        f"{r['verdict']} |"
+        for r in rows
+    ]
     return "\n".join(lines) + "\n"

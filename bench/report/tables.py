@@ -10,6 +10,7 @@ score interval of its accuracy over the n_eval test images (the number correct i
 several seeds, the Student-t interval of the mean (seed-to-seed variation, which already contains
 the test-image noise of each seed).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -18,8 +19,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from bench.config import SCHEMES
-from bench.stats import Comparison, seed_summary, wilson_interval
 from bench.report.common import MethodOrder, epsilon_slug, format_epsilon, round_epsilon, slug, tags
+from bench.stats import Comparison, seed_summary, wilson_interval
 
 SUPERVISED_AT = "AT"  # RobustBench zoo models (`bench evaluate --robustbench-model`): no finetuning
 TABLE_ATTACKS = (("clean", "SA"), ("pgd20", "PGD-20"), ("autoattack", "AA"))
@@ -38,12 +39,16 @@ class TableKey:
     protocol: str = "unified"
 
     def title(self) -> str:
-        return (f"{self.dataset} → {self.eval_dataset} · preset {self.preset} · protocol {self.protocol} · "
-                f"ε = {format_epsilon(self.epsilon)} (L∞)")
+        return (
+            f"{self.dataset} → {self.eval_dataset} · preset {self.preset} · protocol {self.protocol} · "
+            f"ε = {format_epsilon(self.epsilon)} (L∞)"
+        )
 
     def slug(self) -> str:
-        return slug(f"{self.dataset}-{self.eval_dataset}_{self.preset}{protocol_slug(self.protocol)}"
-                    f"_eps{epsilon_slug(self.epsilon)}")
+        return slug(
+            f"{self.dataset}-{self.eval_dataset}_{self.preset}{protocol_slug(self.protocol)}"
+            f"_eps{epsilon_slug(self.epsilon)}"
+        )
 
 
 def protocol_slug(protocol: str) -> str:
@@ -124,8 +129,9 @@ def aggregate(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     A rerun of the same seed supersedes the older row (latest ``timestamp``); rows without a seed
     count once per run."""
     seed = frame["seed"].astype("string").fillna("run:" + frame["run_id"])
-    latest = (frame.assign(_seed=seed).sort_values("timestamp", kind="stable")
-              .drop_duplicates([*by, "_seed"], keep="last"))
+    latest = (
+        frame.assign(_seed=seed).sort_values("timestamp", kind="stable").drop_duplicates([*by, "_seed"], keep="last")
+    )
     grouped = latest.groupby(list(by), sort=False, dropna=False)
     stats = grouped["value"].agg(mean="mean", std="std", n="size", values=tuple)
     stats["seeds"] = grouped["_seed"].agg(lambda seeds: tuple(map(str, seeds)))
@@ -146,10 +152,20 @@ def _common_n_eval(values: pd.Series) -> int | None:
 
 def cells_of(stats: pd.DataFrame) -> dict[tuple, Cell]:
     """``aggregate``'s frame as cells keyed by its group keys."""
-    return {cell.Index: Cell(float(cell.mean), None if cell.n < 2 else float(cell.std), int(cell.n), cell.suspect,
-                             cell.flags, tuple(map(float, cell.values)), cell.seeds,
-                             None if pd.isna(cell.n_eval) else int(cell.n_eval), cell.runs)
-            for cell in stats.itertuples()}
+    return {
+        cell.Index: Cell(
+            float(cell.mean),
+            None if cell.n < 2 else float(cell.std),
+            int(cell.n),
+            cell.suspect,
+            cell.flags,
+            tuple(map(float, cell.values)),
+            cell.seeds,
+            None if pd.isna(cell.n_eval) else int(cell.n_eval),
+            cell.runs,
+        )
+        for cell in stats.itertuples()
+    }
 
 
 def row_labels(frame: pd.DataFrame) -> pd.Series:
@@ -176,15 +192,20 @@ def group_tables(results: pd.DataFrame, metric: str = "accuracy") -> dict[TableK
     budgets = fixed[[*DATA, "table_epsilon"]].drop_duplicates()
     joined = rows[floating].merge(budgets, on=DATA, how="left")  # no table of its data: a table without ε
     grouped = pd.concat([fixed, joined], ignore_index=True).groupby([*DATA, "table_epsilon"], dropna=False)
-    tables = {TableKey(*key[:3], round_epsilon(key[4]), key[3]): group.drop(columns="table_epsilon")
-              for key, group in grouped}
-    order = lambda key: (key.dataset, key.eval_dataset, key.preset, key.protocol,
-                         -1.0 if key.epsilon is None else key.epsilon)
+    tables = {
+        TableKey(*key[:3], round_epsilon(key[4]), key[3]): group.drop(columns="table_epsilon") for key, group in grouped
+    }
+    order = lambda key: (
+        key.dataset,
+        key.eval_dataset,
+        key.preset,
+        key.protocol,
+        -1.0 if key.epsilon is None else key.epsilon,
+    )
     return {key: tables[key] for key in sorted(tables, key=order)}
 
 
-def build_table(key: TableKey, rows: pd.DataFrame, order: MethodOrder,
-                attacks: Sequence[str] | None = None) -> Table:
+def build_table(key: TableKey, rows: pd.DataFrame, order: MethodOrder, attacks: Sequence[str] | None = None) -> Table:
     """Aggregate ``rows`` into cells for the given attacks (default: clean, PGD-20, AutoAttack)."""
     attacks = tuple(attacks or (attack for attack, _ in TABLE_ATTACKS))
     labelled = rows.assign(label=row_labels(rows))

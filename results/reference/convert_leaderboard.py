@@ -9,6 +9,7 @@ The leaderboard names papers, not methods: ``LEADERBOARD_PAPERS`` maps each pape
 name (or a descriptive one for methods acl-bench does not implement). A 0 means "not reported" and is
 dropped. An unknown paper stops the conversion rather than guessing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,21 +30,38 @@ LEADERBOARD_PAPERS = {  # paper title prefix -> (method, method when the row use
     "Adversarial Self-Supervised Contrastive Learning": ("rocl", None, "RoCL (Kim et al., NeurIPS 2020)"),
     "When Does Contrastive Learning Preserve": ("advcl", None, "AdvCL (Fan et al., NeurIPS 2021)"),
     "Adversarial Contrastive Learning via Asymmetric InfoNCE": (
-        UNSPECIFIED_AINFONCE, None, ("A-InfoNCE (Yu et al., ECCV 2022); the leaderboard does not say which variant "
-                                     "(IP/HN/IPHN, AdvCL or RoCL base), so it is not assigned to one")),
+        UNSPECIFIED_AINFONCE,
+        None,
+        (
+            "A-InfoNCE (Yu et al., ECCV 2022); the leaderboard does not say which variant "
+            "(IP/HN/IPHN, AdvCL or RoCL base), so it is not assigned to one"
+        ),
+    ),
     "Rethinking the Effect of Data Augmentation": ("dynacl", "dynacl++", "DynACL (Luo et al., ICLR 2023)"),
     "Enhancing Adversarial Contrastive Learning via Adversarial Invariant": (
-        "dynacl-air", "dynacl-air++", ("AIR (Xu et al., NeurIPS 2023); base DynACL per science/baselines-notes.md, "
-                                       "the leaderboard names only the paper")),
+        "dynacl-air",
+        "dynacl-air++",
+        (
+            "AIR (Xu et al., NeurIPS 2023); base DynACL per science/baselines-notes.md, "
+            "the leaderboard names only the paper"
+        ),
+    ),
     "Efficient Adversarial Contrastive Learning via Robustness-Aware": (
-        "dynacl-rcs", None, ("RCS (Xu et al., NeurIPS 2023); base DynACL per science/baselines-notes.md, "
-                             "the leaderboard names only the paper; coreset fraction not stated")),
+        "dynacl-rcs",
+        None,
+        (
+            "RCS (Xu et al., NeurIPS 2023); base DynACL per science/baselines-notes.md, "
+            "the leaderboard names only the paper; coreset fraction not stated"
+        ),
+    ),
     "Decoupled Adversarial Contrastive Learning": ("deacl", None, "DeACL (Zhang et al., ECCV 2022)"),
     "Effective Targeted Attacks for Adversarial Self-Supervised": ("taro", None, "TARO (NeurIPS 2023)"),
 }
-LEADERBOARD_MEASURES = (("sa", "clean", "standard accuracy"),
-                        ("ra", "autoattack", "AutoAttack standard, L-inf, eps 8/255"),
-                        ("ca", "common-corruptions", "accuracy under common corruptions"))
+LEADERBOARD_MEASURES = (
+    ("sa", "clean", "standard accuracy"),
+    ("ra", "autoattack", "AutoAttack standard, L-inf, eps 8/255"),
+    ("ca", "common-corruptions", "accuracy under common corruptions"),
+)
 LEADERBOARD_PLACEHOLDERS = (37.92, 72.65, 80.65)  # AutoLoRa values repeated across unrelated rows of the source
 REFERENCE_COLUMNS = ("method", "dataset", "eval_dataset", "scheme", "attack", "metric", "value", "source", "note")
 
@@ -63,8 +81,10 @@ def leaderboard_to_reference(rows: Iterable[dict[str, str]]) -> list[dict[str, A
     out = []
     for row in rows:
         method, note = leaderboard_method(row["paper"], row.get("comment", ""))
-        source = (f"https://robustssl.github.io/ (github.com/RobustSSL/RobustSSL.github.io, "
-                  f"leaderboard/{row['pretrain']}-{row['downstream']}-{row['mode']}.js)")
+        source = (
+            f"https://robustssl.github.io/ (github.com/RobustSSL/RobustSSL.github.io, "
+            f"leaderboard/{row['pretrain']}-{row['downstream']}-{row['mode']}.js)"
+        )
         comment = row.get("comment", "").strip()
         for finetune, suffix in (("vanilla", ""), ("autolora", "-autolora")):
             for prefix, attack, measure in LEADERBOARD_MEASURES:
@@ -73,11 +93,22 @@ def leaderboard_to_reference(rows: Iterable[dict[str, str]]) -> list[dict[str, A
                     continue
                 extra = [f"{finetune} finetuning", measure, f"leaderboard comment: {comment}" if comment else ""]
                 if finetune == "autolora" and value in LEADERBOARD_PLACEHOLDERS:
-                    extra.append("value repeats across unrelated rows of the source (37.92/72.65/80.65): "
-                                 "treat with care")
-                out.append({"method": method, "dataset": row["pretrain"], "eval_dataset": row["downstream"],
-                            "scheme": row["mode"] + suffix, "attack": attack, "metric": "accuracy", "value": value,
-                            "source": source, "note": "; ".join(part for part in [note, *extra] if part)})
+                    extra.append(
+                        "value repeats across unrelated rows of the source (37.92/72.65/80.65): treat with care"
+                    )
+                out.append(
+                    {
+                        "method": method,
+                        "dataset": row["pretrain"],
+                        "eval_dataset": row["downstream"],
+                        "scheme": row["mode"] + suffix,
+                        "attack": attack,
+                        "metric": "accuracy",
+                        "value": value,
+                        "source": source,
+                        "note": "; ".join(part for part in [note, *extra] if part),
+                    }
+                )
     return out
 
 
@@ -100,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = convert(args.source, args.destination)
     except KeyError as error:
-        print(f"convert_leaderboard: {args.source} lacks the column {error}: not the wide leaderboard format",
-              file=sys.stderr)
+        print(
+            f"convert_leaderboard: {args.source} lacks the column {error}: not the wide leaderboard format",
+            file=sys.stderr,
+        )
         return 2
     except (OSError, ValueError) as error:
         print(f"convert_leaderboard: {error}", file=sys.stderr)

@@ -102,7 +102,11 @@ def _add_dry_run_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="resolve and validate the plan, print it and stop (nothing is loaded, fetched or trained)",
     )
-    parser.add_argument("--json", action="store_true", help="with --dry-run: one JSON object per run and scheme")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="with --dry-run: one JSON object per run and scheme; alone (bench run): one JSON summary at the end",
+    )
 
 
 def _add_product_flags(parser: argparse.ArgumentParser) -> None:
@@ -210,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="methods drawn in the accuracy-vs-ε plot (default: every method with ε-curve rows)",
     )
     rep.add_argument("--quiet", action="store_true", help="do not print the table")
+    rep.add_argument("--json", action="store_true", help="print the written files as one JSON object (no table)")
     rep.set_defaults(handler=cmd_report)
 
     speed = sub.add_parser("speed", help="throughput of the fast path vs a reference-style path (speed.csv, speed.md)")

@@ -122,7 +122,7 @@ def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
     request = build_request(args, selected_methods(args))
     if pretrain_only:
         request.overrides["finetune.schemes"] = ""
-    request.dry_run = _dry_run(args)
+    request.dry_run = bool(args.dry_run)  # --json alone: a JSON summary of the finished run instead
     plan = build_plan(request)
     if request.dry_run:
         return print_plan(plan, args.json)
@@ -139,9 +139,30 @@ def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
             return 1
     else:
         outcomes = run_plan(plan)
+    reports = []
     if not pretrain_only and not args.no_report:
-        _report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet)
-    return _summarise(outcomes)
+        reports = _report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet or args.json)
+    status = _summarise(outcomes)
+    if args.json:
+        print(json.dumps(run_summary(plan, outcomes, reports)))
+    return status
+
+
+def run_summary(plan, outcomes, reports: list[Path]) -> dict:
+    """``bench run --json``: what a script needs after a run (each run's id, status and flags, the
+    stored results and the report files), as one JSON object on stdout."""
+    flags = {run.run_id: list(run.flags) for run in plan.runs}
+    runs = [
+        {
+            "run_id": o.run_id,
+            "method": o.method,
+            "status": o.status,
+            "reason": o.reason,
+            "flags": flags.get(o.run_id, []),
+        }
+        for o in outcomes
+    ]
+    return {"runs": runs, "results": str(plan.results_dir / "results.csv"), "reports": [str(path) for path in reports]}
 
 
 def _dry_run(args: argparse.Namespace) -> bool:
@@ -217,7 +238,7 @@ def _summarise(outcomes) -> int:
     return 1 if failed else 0
 
 
-def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: list[str] | None = None) -> int:
+def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: list[str] | None = None) -> list[Path]:
     """Write the report in the registry's method order (plugins included): methods without adversarial
     views (the non-adversarial anchor) first, then each base method followed by its A-InfoNCE variants."""
     from bench import registry
@@ -246,17 +267,20 @@ def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: li
         if table.exists():
             print(table.read_text())
     progress.log(f"report: {index}")
-    return 0
+    return [Path(path) for path in written]
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     methods = [name for name in ",".join(args.curve_methods or []).split(",") if name]
-    return _report(
+    written = _report(
         (Path(args.results_dir), Path(args.reports_dir)),
         paper=args.paper,
-        quiet=args.quiet,
+        quiet=args.quiet or args.json,
         curve_methods=methods or None,
     )
+    if args.json:
+        print(json.dumps({"reports": [str(path) for path in written]}))
+    return 0
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -281,7 +305,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if not args.no_report:
         config = assemble(request)
-        return _report((Path(config.results_dir), Path(config.reports_dir)), paper=False, quiet=args.quiet)
+        _report((Path(config.results_dir), Path(config.reports_dir)), paper=False, quiet=args.quiet)
+        return 0
     progress.log(f"done: {run_id}")
     return 0
 

@@ -56,3 +56,24 @@ def test_every_subcommand_has_help(command, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "usage: bench" in out and len(out.splitlines()) > 3
+
+
+def test_run_and_report_print_json_for_scripts(tmp_path, capsys):
+    """`bench run --json` ends with one JSON object (each run's id, status and flags, the results and the
+    report files) and nothing else on stdout; `bench report --json` lists the files it wrote."""
+    import json
+    from pathlib import Path
+
+    results, reports = tmp_path / "r", tmp_path / "rep"
+    flags = ["--results-dir", str(results), "--reports-dir", str(reports), "--device", "cpu", "--jobs", "1"]
+    tiny = ["--epochs", "1", "--finetune-epochs", "1", "--n-eval", "16", "--attacks", "clean", "--schemes", "SLF"]
+    assert main(["run", "--methods", "simclr", *tiny, *flags, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    (run,) = summary["runs"]
+    assert (run["method"], run["status"], run["flags"]) == ("simclr", "completed", [])
+    assert (results / "runs" / run["run_id"] / "done.json").exists()
+    assert summary["results"] == str(results / "results.csv")
+    assert str(reports / "index.md") in summary["reports"] and all(Path(p).exists() for p in summary["reports"])
+    assert main(["report", "--results-dir", str(results), "--reports-dir", str(tmp_path / "again"), "--json"]) == 0
+    written = json.loads(capsys.readouterr().out)["reports"]
+    assert sorted(Path(p).name for p in written) == sorted(Path(p).name for p in summary["reports"])

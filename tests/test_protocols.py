@@ -184,8 +184,8 @@ def test_run_dry_run_prints_one_line_per_run_and_scheme_and_writes_nothing(tmp_p
     assert not (tmp_path / "r").exists()
 
 
-def test_json_without_dry_run_is_refused(tmp_path, capsys):
-    assert main(["run", "--json", "--results-dir", str(tmp_path / "r")]) == 2
+def test_reproduce_json_without_dry_run_is_refused(tmp_path, capsys):
+    assert main(["reproduce", "robustssl", "--json", "--results-dir", str(tmp_path / "r")]) == 2
     assert "--json is invalid without --dry-run" in capsys.readouterr().err
 
 

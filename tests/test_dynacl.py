@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from test_air import reference_nt_xent
 
 from bench import registry
 from bench.annealing import annealed_augment, augmentation_strength, dynacl_adversarial_weight, reweighting_omega
@@ -18,7 +19,6 @@ from bench.models import ContrastiveModel
 from bench.optim import learning_rate
 from bench.views import StrongAugment
 from methods.dynacl import KeyEncoderModel
-from tests.test_air import reference_nt_xent
 
 # --------------------------------------------------------------------------- schedules
 

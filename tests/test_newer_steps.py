@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import newer_step_inputs as inputs
 import pytest
 import torch
 
@@ -19,7 +20,6 @@ import bench.attacks
 from bench import registry
 from bench.config import AttackConfig
 from bench.method import StepContext
-from tests import newer_step_inputs as inputs
 
 FIXTURE = json.loads((Path(__file__).parent / "data" / "newer_steps.json").read_text())
 TOLERANCE = 1e-5

@@ -122,10 +122,11 @@ def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
     request = build_request(args, selected_methods(args))
     if pretrain_only:
         request.overrides["finetune.schemes"] = ""
-    request.dry_run = bool(args.dry_run)  # --json alone: a JSON summary of the finished run instead
+    as_json = getattr(args, "json", False)  # `bench pretrain` has neither --dry-run nor --json
+    request.dry_run = bool(getattr(args, "dry_run", False))  # --json alone: a JSON summary after the run
     plan = build_plan(request)
     if request.dry_run:
-        return print_plan(plan, args.json)
+        return print_plan(plan, as_json)
     collective = distributed.init_from_env(resolve_device(plan.base.device).type)
     if collective is not None:  # under torchrun: rank 0 runs the plan, the others join its pretraining
         plan = distributed.plan_for_world(plan, request, collective.world)
@@ -141,9 +142,9 @@ def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
         outcomes = run_plan(plan)
     reports = []
     if not pretrain_only and not args.no_report:
-        reports = _report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet or args.json)
+        reports = _report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet or as_json)
     status = _summarise(outcomes)
-    if args.json:
+    if as_json:
         print(json.dumps(run_summary(plan, outcomes, reports)))
     return status
 

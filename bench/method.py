@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from bench.attacks import pgd
 from bench.config import PRESETS, AttackConfig, ConfigError, coerce, field_types
 from bench.losses import AdaptiveAlpha, a_infonce
-from bench.models import ContrastiveModel, build_contrastive_model
+from bench.models import ContrastiveModel, build_contrastive_model, model_mode
 from bench.results import RunDir
 from bench.shards import of as shards_of
 
@@ -108,6 +109,27 @@ class StepContext:
     # The run's total pretraining epochs. Schedules over the whole run need it (DynACL's
     # augmentation strength); the harness passes ``config.pretrain.epochs`` (0: not given).
     epochs: int = 0
+
+
+def pretraining_pgd(
+    model: ContrastiveModel,
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    ctx: StepContext,
+    **options: Any,
+) -> torch.Tensor:
+    """PGD with the run's pretraining attack (``ctx.attack``), the model in eval mode while it runs
+    (as every released method attacks) and its mode restored; ``options`` override ``pgd``'s keywords
+    (``start`` for per-shard random starts, ``parameter_gradients`` for ``bench speed``)."""
+    settings = {
+        "epsilon": ctx.attack.epsilon,
+        "step_size": ctx.attack.step_size,
+        "steps": ctx.attack.steps,
+        "generator": ctx.generator,
+        **options,
+    }
+    with model_mode(model, False):
+        return pgd(objective, inputs, **settings)
 
 
 class Method:

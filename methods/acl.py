@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from bench.attacks import pgd
 from bench.losses import nt_xent
-from bench.method import Method, Published, StepContext
-from bench.models import ContrastiveModel, model_mode
+from bench.method import Method, Published, StepContext, pretraining_pgd
+from bench.models import ContrastiveModel
 from bench.optim import ACL_LARS
 from bench.registry import register
 from bench.shards import Shards
@@ -76,16 +75,14 @@ class ACL(Method):
         ``ctx.reference_style`` (``bench speed``) differentiates as the released ``PGD_contrastive``,
         into every parameter too: same adversaries, the released cost."""
         shards = shards_of(ctx)
-        with model_mode(model, False):
-            return pgd(
-                lambda inputs: joint_nt_xent(model, inputs, "pgd", self.params.temperature, shards),
-                pair,
-                epsilon=ctx.attack.epsilon,
-                step_size=ctx.attack.step_size,
-                steps=ctx.attack.steps,
-                start=shards.random_start(pair, ctx.attack.epsilon, views=2),
-                parameter_gradients=ctx.reference_style,
-            )
+        return pretraining_pgd(
+            model,
+            lambda inputs: joint_nt_xent(model, inputs, "pgd", self.params.temperature, shards),
+            pair,
+            ctx,
+            start=shards.random_start(pair, ctx.attack.epsilon, views=2),
+            parameter_gradients=ctx.reference_style,
+        )
 
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
         shards = shards_of(ctx)

@@ -33,11 +33,10 @@ from typing import Any, ClassVar
 import torch
 
 from bench.annealing import ANNEAL_LAMBDA, ANNEAL_PERIOD, annealed_augment, augmentation_strength, reweighting_omega
-from bench.attacks import pgd
 from bench.config import ConfigError
 from bench.losses import nt_xent
-from bench.method import Method, MethodParams, Published, StepContext
-from bench.models import ContrastiveModel, model_mode
+from bench.method import Method, MethodParams, Published, StepContext, pretraining_pgd
+from bench.models import ContrastiveModel
 from bench.optim import ACL_LARS
 from bench.post import PostParams, check_post_params, settings_for
 from bench.registry import register
@@ -158,15 +157,9 @@ class ACLAIR(Method):
 
     def adversarial_pair(self, model: ContrastiveModel, pair: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """PGD on both views jointly (one forward), model in eval mode, mode restored afterwards."""
-        with model_mode(model, False):
-            return pgd(
-                lambda inputs: nt_xent(*model(inputs, "pgd").chunk(2), self.params.temperature),
-                pair,
-                epsilon=ctx.attack.epsilon,
-                step_size=ctx.attack.step_size,
-                steps=ctx.attack.steps,
-                generator=ctx.generator,
-            )
+        return pretraining_pgd(
+            model, lambda inputs: nt_xent(*model(inputs, "pgd").chunk(2), self.params.temperature), pair, ctx
+        )
 
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
         strength, omega = self.schedule(ctx)

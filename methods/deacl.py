@@ -40,11 +40,10 @@ import torch
 import torch.nn.functional as F
 
 from bench import progress
-from bench.attacks import pgd
 from bench.checkpoints import FORMATS, load_encoder
 from bench.config import ConfigError
-from bench.method import Method, MethodParams, Published, StepContext
-from bench.models import NORMALIZATIONS, ContrastiveModel, Normalize, model_mode
+from bench.method import Method, MethodParams, Published, StepContext, pretraining_pgd
+from bench.models import NORMALIZATIONS, ContrastiveModel, Normalize
 from bench.registry import register
 from bench.shards import of as shards_of
 from bench.views import WeakAugment
@@ -234,15 +233,13 @@ class DeACL(Method):
         """x̃ maximising -Σ cos(student(x̃), t), student in eval mode (mode restored afterwards); each
         shard's random start from its own generator (``bench.shards``; the sum is per image, so the
         attack needs no gather)."""
-        with model_mode(model, False):
-            return pgd(
-                lambda inputs: -F.cosine_similarity(model.features(inputs), target, dim=1).sum(),
-                clean,
-                epsilon=ctx.attack.epsilon,
-                step_size=ctx.attack.step_size,
-                steps=ctx.attack.steps,
-                start=shards_of(ctx).random_start(clean, ctx.attack.epsilon),
-            )
+        return pretraining_pgd(
+            model,
+            lambda inputs: -F.cosine_similarity(model.features(inputs), target, dim=1).sum(),
+            clean,
+            ctx,
+            start=shards_of(ctx).random_start(clean, ctx.attack.epsilon),
+        )
 
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
         teacher = self._resolve_teacher().eval()  # released: momentum_backbone.eval() every step

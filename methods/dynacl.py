@@ -51,11 +51,10 @@ from bench.annealing import (
     dynacl_adversarial_weight,
     reweighting_omega,
 )
-from bench.attacks import pgd
 from bench.config import ConfigError
 from bench.losses import nt_xent
-from bench.method import Method, MethodParams, Published, StepContext
-from bench.models import ContrastiveModel, model_mode
+from bench.method import Method, MethodParams, Published, StepContext, pretraining_pgd
+from bench.models import ContrastiveModel
 from bench.post import PostParams, check_post_params, settings_for
 from bench.registry import register
 
@@ -236,15 +235,9 @@ class DynACL(Method):
 
     def adversarial_pair(self, model: ContrastiveModel, pair: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """PGD on both views jointly, model (query and key) in eval mode, mode restored afterwards."""
-        with model_mode(model, False):
-            return pgd(
-                lambda inputs: nt_xent(*self.embed_pair(model, inputs, "pgd"), self.params.temperature),
-                pair,
-                epsilon=ctx.attack.epsilon,
-                step_size=ctx.attack.step_size,
-                steps=ctx.attack.steps,
-                generator=ctx.generator,
-            )
+        return pretraining_pgd(
+            model, lambda inputs: nt_xent(*self.embed_pair(model, inputs, "pgd"), self.params.temperature), pair, ctx
+        )
 
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
         strength, weight = self.schedule(ctx)

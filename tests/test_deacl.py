@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import methods.deacl as deacl_module
+import bench.method
 from bench import registry
 from bench.attacks import pgd
 from bench.config import AttackConfig, ConfigError
@@ -130,7 +130,7 @@ def test_step_attacks_in_eval_mode_and_routes_no_gradient_to_the_teacher(digits,
     method.setup(student, digits.x_train[:16], context())
     teacher_state = {key: value.clone() for key, value in teacher.state_dict().items()}
     recorder = Recorder(student)
-    monkeypatch.setattr(deacl_module, "pgd", recorder)
+    monkeypatch.setattr(bench.method, "pgd", recorder)
     images = digits.x_train[:16].float() / 255
     student.train()
     loss, logs = method.training_step(student, images, context())
@@ -155,7 +155,7 @@ def test_attack_objective_is_the_negative_cosine_to_the_teacher(digits, monkeypa
     expected = -sum(cosine(s[i].double(), t[i].double()) for i in range(8))
     method.augment = lambda batch, generator: batch  # the view is the images themselves
     recorder = Recorder(student, start=torch.zeros_like(images))
-    monkeypatch.setattr(deacl_module, "pgd", recorder)
+    monkeypatch.setattr(bench.method, "pgd", recorder)
     method.training_step(student.train(), images, context())
     assert float(recorder.calls[0]["values"][0]) == pytest.approx(float(expected), rel=1e-5)
 
@@ -265,7 +265,7 @@ def our_released_step(monkeypatch):
     method.setup(student, torch.zeros(1, 3, 8, 8, dtype=torch.uint8), ctx)
     method.augment = lambda batch, generator: batch
     recorder = Recorder(student, start=inputs.start_noise("deacl/start"))
-    monkeypatch.setattr(deacl_module, "pgd", recorder)
+    monkeypatch.setattr(bench.method, "pgd", recorder)
     x = inputs.view("deacl/view")
     student.train()
     loss, _ = method.training_step(student, x, ctx)

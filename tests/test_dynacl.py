@@ -234,18 +234,19 @@ def test_variant_contrasts_four_views_with_the_second_through_the_key(digits, mo
 
 
 def test_dynacl_attacks_in_eval_mode_for_both_encoders(digits, monkeypatch):
-    import methods.dynacl as module
 
     method, model = build()
     modes = []
-    original = module.pgd
+    import bench.method
+
+    original = bench.method.pgd  # DynACL attacks through bench.method.pretraining_pgd
 
     def recording(loss_fn, x, **kwargs):
         return original(
             lambda inputs: modes.append((model.training, model.key.training)) or loss_fn(inputs), x, **kwargs
         )
 
-    monkeypatch.setattr(module, "pgd", recording)
+    monkeypatch.setattr(bench.method, "pgd", recording)
     model.train()
     method.training_step(model, to_float(digits.x_train[:8]), context(0))
     assert modes == [(False, False)] * 2 and model.training and model.key.training

@@ -24,6 +24,7 @@ import torch
 
 import bench.attacks
 import bench.finetune
+import bench.method
 from bench import registry
 from bench.checkpoints import load_encoder
 from bench.config import AttackConfig, paper_preset
@@ -185,7 +186,7 @@ def test_acl_step_matches_released(monkeypatch):
     start = fi.start_noise("acl/start", torch.cat([x1, x2]), fixture["settings"]["epsilon"])
     monkeypatch.setattr(method, "augment", ReplayAugment("ACL.augment", [x1, x2]))
     starts = replay_starts(monkeypatch, [start])
-    adversarial = spy_function(monkeypatch, sys.modules[type(method).__module__], "pgd")
+    adversarial = spy_function(monkeypatch, bench.method, "pgd")  # ACL attacks through pretraining_pgd
     loss, _ = method.training_step(model, x1, context(fixture))
     assert not starts.left and len(adversarial) == 1
     a1, a2 = adversarial[0].chunk(2)

@@ -59,14 +59,17 @@ def compare_common(case: dict, loss: torch.Tensor, adversarial: torch.Tensor, gr
 
 
 def record_adversarial(monkeypatch, module) -> dict:
+    """The adversarial examples of one step (the newer methods attack through bench.method.pretraining_pgd)."""
+    import bench.method
+
     seen = {}
-    original = module.pgd
+    original = bench.method.pgd
 
     def recording(*args, **kwargs):
         seen["out"] = original(*args, **kwargs)
         return seen["out"]
 
-    monkeypatch.setattr(module, "pgd", recording)
+    monkeypatch.setattr(bench.method, "pgd", recording)
     return seen
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import bench.method
 import bench.method as method_module
 import bench.pseudo_labels as pseudo_label_module
 import methods.advcl as advcl_module
@@ -87,9 +88,12 @@ class PGDRecorder:
 
 
 def record_pgd(monkeypatch, method, model) -> PGDRecorder:
+    """Record every pretraining attack: a method calls ``pgd`` itself or through
+    ``bench.method.pretraining_pgd``; both are bench.attacks.pgd, so one recorder stands for both."""
     module = sys.modules[type(method).__module__]
-    recorder = PGDRecorder(model, getattr(module, "pgd", None))
-    if recorder.original is not None:
+    recorder = PGDRecorder(model, bench.method.pgd)
+    monkeypatch.setattr(bench.method, "pgd", recorder)
+    if getattr(module, "pgd", None) is not None:
         monkeypatch.setattr(module, "pgd", recorder)
     return recorder
 

@@ -16,6 +16,7 @@ import deacl_inputs as inputs
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_run import TINY
 
 import bench.method
 from bench import registry
@@ -380,23 +381,7 @@ def test_bench_run_trains_the_simclr_teacher_first_and_distils_from_it(tmp_path)
             str(tmp_path / "r"),
             "--reports-dir",
             str(tmp_path / "p"),
-            "--epochs",
-            "1",
-            "--finetune-epochs",
-            "1",
-            "--n-eval",
-            "16",
-            "--schemes",
-            "SLF",
-            "--attacks",
-            "clean,pgd20",
-            "--set",
-            "evaluate.epsilon_curve=",
-            "--set",
-            "pretrain.batch_size=256",
-            "--device",
-            "cpu",
-            "--quiet",
+            *TINY,
             "--jobs",
             "2",
             "--no-report",

@@ -15,31 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import TINY
 
 from bench import registry
 from bench.cli import main
 from bench.method import Method
 from bench.results import ResultsStore
-
-TINY = [
-    "--epochs",
-    "1",
-    "--finetune-epochs",
-    "1",
-    "--n-eval",
-    "16",
-    "--schemes",
-    "SLF",
-    "--attacks",
-    "clean,pgd20",
-    "--set",
-    "evaluate.epsilon_curve=",
-    "--set",
-    "pretrain.batch_size=256",
-    "--device",
-    "cpu",
-    "--quiet",
-]
 
 
 def _bench(tmp_path, *args):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import TINY
 
 from bench.cli import build_parser, main
 from bench.collect import MEASURED
@@ -27,26 +28,6 @@ from bench.commands import build_request, selected_methods
 from bench.config import ConfigError
 from bench.plan import RunRequest, build_plan
 from bench.results import COLUMNS, ResultsStore
-
-TINY = [
-    "--epochs",
-    "1",
-    "--finetune-epochs",
-    "1",
-    "--n-eval",
-    "16",
-    "--schemes",
-    "SLF",
-    "--attacks",
-    "clean,pgd20",
-    "--set",
-    "evaluate.epsilon_curve=",
-    "--set",
-    "pretrain.batch_size=256",
-    "--device",
-    "cpu",
-    "--quiet",
-]
 
 
 def _dirs(root: Path) -> list[str]:

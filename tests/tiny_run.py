@@ -1,0 +1,24 @@
+"""The smallest `bench run` that still exercises every stage: one epoch, SLF, 16 test images, CPU.
+
+Shared by the tests that run the CLI end to end, so a change to what "tiny" means is made once.
+"""
+
+TINY = [
+    "--epochs",
+    "1",
+    "--finetune-epochs",
+    "1",
+    "--n-eval",
+    "16",
+    "--schemes",
+    "SLF",
+    "--attacks",
+    "clean,pgd20",
+    "--set",
+    "evaluate.epsilon_curve=",
+    "--set",
+    "pretrain.batch_size=256",
+    "--device",
+    "cpu",
+    "--quiet",
+]

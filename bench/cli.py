@@ -36,6 +36,7 @@ from bench.commands import (
 from bench.config import ATTACKS, DEVICES, PRESETS, SCHEMES, ConfigError
 from bench.data import DATASETS, DatasetMissingError
 from bench.downloads import DownloadError
+from bench.post import POST_STAGES
 from bench.protocols import PROTOCOLS
 from bench.provenance import code_version
 from bench.results import RowError, StoreError
@@ -96,6 +97,17 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
 
 
+def _add_method_flags(parser: argparse.ArgumentParser, methods_help: str = "method names or 'all'") -> None:
+    parser.add_argument("--methods", nargs="+", default=["all"], help=methods_help)
+    parser.add_argument(
+        "--post",
+        choices=POST_STAGES[1:],
+        default="",
+        help="pp: each method, then DynACL++'s LP-AFT on K-means pseudo-labels before finetuning "
+        "(runs as '<method>++', sharing the method's encoder; bench.post)",
+    )
+
+
 def _add_dry_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run",
@@ -143,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="pretrain, finetune and evaluate methods, then write the report")
-    run.add_argument("--methods", nargs="+", default=["all"], help="method names or 'all' (see `bench list`)")
+    _add_method_flags(run, "method names or 'all' (see `bench list`)")
     run.add_argument("--force", action="store_true", help="rerun runs that are already complete")
     run.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
     run.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
@@ -166,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.set_defaults(handler=cmd_reproduce, preset="paper")
 
     pre = sub.add_parser("pretrain", help="pretrain methods and store their encoders (no finetuning)")
-    pre.add_argument("--methods", nargs="+", default=["all"], help="method names or 'all'")
+    _add_method_flags(pre)
     pre.add_argument("--force", action="store_true", help="rerun runs that are already complete")
     pre.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
     _add_config_flags(pre)
@@ -315,7 +327,7 @@ def _add_sweep_parser(sub) -> None:
         description="Run a plan's stages (pretrain, then one finetune-and-evaluate job per scheme, "
         "then collect + report) as jobs. Complete runs are skipped; interrupted ones continue.",
     )
-    sweep.add_argument("--methods", nargs="+", default=["all"], help="method names or 'all'")
+    _add_method_flags(sweep)
     sweep.add_argument(
         "--launcher",
         choices=LAUNCHERS,
@@ -369,7 +381,7 @@ def _add_stage_parser(sub) -> None:
     stage.add_argument("stage", choices=("pretrain", "finetune", "collect"))
     stage.add_argument("--scheme", choices=SCHEMES, help="the finetune stage's scheme")
     stage.add_argument("--run-id", help="the run these settings must give (refused if they give another)")
-    stage.add_argument("--methods", nargs="+", default=["all"], help="method names or 'all'")
+    _add_method_flags(stage)
     stage.add_argument("--force", action="store_true", help="pretrain: start the run afresh even if it is complete")
     stage.add_argument("--no-report", action="store_true", help="collect: do not write the report")
     _add_config_flags(stage)

@@ -83,7 +83,10 @@ def build_request(args: argparse.Namespace, methods: tuple[str, ...]):
 
 
 def selected_methods(args: argparse.Namespace) -> tuple[str, ...]:
-    return tuple(m for m in ",".join(args.methods).split(",") if m)
+    """``--methods`` (space- or comma-separated); with ``--post pp`` each selected method's ``++`` form."""
+    names = tuple(m for m in ",".join(args.methods).split(",") if m)
+    post = getattr(args, "post", "")
+    return tuple(registry.with_post(name, post) for name in registry.resolve(names)) if post else names
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ PREFIX = "corruption:"
 MEAN = "corruption-mean"
 MEAN_EXACT = "corruption-mean-exact"
 REGENERATED, OFFICIAL, APPROXIMATE = "regenerated", "official", "approximate"
+EMBEDDED = "digits"  # the default dataset, shipped with scikit-learn: regenerating its corruptions takes seconds
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,14 @@ def parse_corruption_attack(attack: str) -> tuple[str, int] | None:
 
 
 def corruption_source(config: RunConfig) -> str:
-    """'official', 'regenerated' or 'none': ``evaluate.corruptions`` with 'auto' resolved by the eval dataset."""
+    """'official', 'regenerated' or 'none': ``evaluate.corruptions`` with 'auto' resolved by the eval dataset:
+    the official files of the -C datasets, a regeneration on the embedded digits (seconds: so the default
+    smoke report has its corruption table), none elsewhere (a regeneration of a large test set is opt-in)."""
     source = config.evaluate.corruptions
     if source != "auto":
         return source
-    return OFFICIAL if (config.data.eval_name or config.data.name) in CORRUPTED_DATASETS else "none"
+    dataset = config.data.eval_name or config.data.name
+    return OFFICIAL if dataset in CORRUPTED_DATASETS else REGENERATED if dataset == EMBEDDED else "none"
 
 
 def corruption_names(config: RunConfig) -> tuple[str, ...]:

@@ -101,6 +101,7 @@ def scheme_settings(config: RunConfig, scheme: str, method: str | None = None) -
             epsilon=evaluate.epsilon,
             step_size=evaluate.step_size,
             eval_step_size=evaluate.step_size,
+            best_epoch=tune.best_epoch,
             source=protocols.UNIFIED_PROTOCOL.base_source,
         )
     if not method:

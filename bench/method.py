@@ -173,6 +173,10 @@ class Method:
     # DynACL++'s LP-AFT on K-means pseudo-labels. bench.stages.post_stage runs ``bench.post.post_process``
     # when ``post_settings`` returns settings, and records this label.
     post: ClassVar[str] = ""
+    # The method whose pretraining this one's is ('' = its own): DynACL++ pretrains as DynACL, any
+    # ``<name>++`` as ``<name>`` (bench.variants.make_post_method). Runs of both share the encoder: the
+    # pretraining key (bench.plan) uses that name and leaves out the post stage's parameters.
+    pretrains_as: ClassVar[str] = ""
     # Fields of ``Params`` the method's own code never reads (besides the variant knobs, which
     # ``unread_params`` adds): a user value for one would change nothing, so it is refused.
     ignored_params: ClassVar[tuple[str, ...]] = ()

@@ -41,6 +41,7 @@ from bench.config import (
 )
 from bench.downloads import PseudoLabelSource, resolve_pseudo_labels
 from bench.method import Method, MethodParams
+from bench.post import POST_FIELDS
 
 # Fields that say where and how a run executes, not what it computes: outside the identity.
 VOLATILE_FIELDS = ("methods", "device", "jobs", "results_dir", "reports_dir")
@@ -230,6 +231,16 @@ def pretraining_key(payload: dict[str, Any]) -> str:
     )
 
 
+def pretraining_payload(method: type[Method], payload: dict[str, Any]) -> dict[str, Any]:
+    """The identity as pretraining sees it: a method that pretrains as another (``Method.pretrains_as``:
+    ``dynacl++`` as ``dynacl``, any ``<name>++`` as ``<name>``) under that name and without its post
+    stage's parameters, so that runs of both share one encoder."""
+    if not method.pretrains_as:
+        return payload
+    params = {name: value for name, value in payload["method_params"].items() if name not in POST_FIELDS}
+    return {**payload, "method": method.pretrains_as, "method_params": params}
+
+
 def resolve_run(
     method: type[Method], request: RunRequest, base: RunConfig, teacher: MethodRun | None = None
 ) -> MethodRun:
@@ -256,7 +267,7 @@ def resolve_run(
         params,
         run_id,
         digest,
-        pretraining_key(payload),
+        pretraining_key(pretraining_payload(method, payload)),
         payload,
         flags=(labels.flag,) if labels else (),
         pseudo_labels=labels,

@@ -33,6 +33,7 @@ released head has as many as the dataset's classes, 100 on CIFAR-100 with K = 10
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -109,6 +110,18 @@ class PostParams:
     post_milestones: tuple[int, ...] = (10, 20)
     post_batch_size: int = 512  # --batch_size
     post_attack_steps: int = 10  # perturb_steps
+
+
+# The smoke preset's stage (8 pretraining epochs on the digits): LP 1 epoch, AFT 2, batch 64, TRADES PGD-2.
+SMOKE_POST_PARAMS = {
+    "post_clusters": 10,
+    "post_head_epochs": 1,
+    "post_epochs": 2,
+    "post_milestones": (),
+    "post_batch_size": 64,
+    "post_attack_steps": 2,
+}
+POST_FIELDS = frozenset(field.name for field in dataclasses.fields(PostParams))
 
 
 def check_post_params(params: PostParams) -> None:

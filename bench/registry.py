@@ -3,9 +3,10 @@
 Plugins register through the entry-point group ``acl_bench.methods``: each entry point
 names a module (or object) whose import runs its ``@register`` decorators. After discovery,
 every registered method that has adversarial views gets its A-InfoNCE variants
-(``-ip``, ``-hn``, ``-iphn``, built by ``bench.variants``) unless it registered them itself.
+(``-ip``, ``-hn``, ``-iphn``, built by ``bench.variants``) unless it registered them itself;
+``<method>++`` (the method, then the post stage) is derived the first time its name is asked for.
 Nothing outside this module touches the name -> class map: ``register``, ``unregister``,
-``is_registered``, ``available``, ``get`` and ``resolve`` (names, ``all`` or shell-style
+``is_registered``, ``available``, ``get``, ``with_post`` and ``resolve`` (names, ``all`` or shell-style
 wildcards such as ``advcl*``) are the whole interface. ``all`` is every method whose class says
 ``selected_by_all`` (the newer, costlier families opt out: select them by name or pattern).
 """
@@ -20,11 +21,12 @@ from importlib.metadata import entry_points
 
 from bench.config import ConfigError
 from bench.method import Method
-from bench.variants import make_variant, variant_names
+from bench.variants import POST_SUFFIX, make_post_method, make_variant, post_name, variant_names
 
 ENTRY_POINT_GROUP = "acl_bench.methods"
 
 _REGISTRY: dict[str, type[Method]] = {}
+_ON_DEMAND: set[str] = set()  # ``++`` forms registered because their name was asked for (``derive_post``)
 _discovered = False
 
 
@@ -44,6 +46,7 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
 def unregister(name: str) -> None:
     """Remove a method (tests register throw-away methods)."""
     _REGISTRY.pop(name, None)
+    _ON_DEMAND.discard(name)
 
 
 def discover() -> None:
@@ -83,9 +86,35 @@ def derive_variants() -> None:
 
 
 def is_registered(name: str) -> bool:
-    """Whether ``name`` is registered, after discovering the built-in methods and the plugins."""
+    """Whether ``name`` is registered, after discovering the built-in methods and the plugins (a
+    ``<method>++`` name is derived and registered here when asked for: ``derive_post``)."""
     discover()
+    derive_post(name)
     return name in _REGISTRY
+
+
+def derive_post(name: str) -> None:
+    """Register ``<method>++`` (``bench.variants.make_post_method``) the first time the name is asked for,
+    when ``<method>`` is registered without a post stage of its own. Derived on demand, not at discovery:
+    ``bench list`` and wildcards keep to the methods as written, and every method has one."""
+    base = name.removesuffix(POST_SUFFIX)
+    if name in _REGISTRY or base == name or base not in _REGISTRY or _REGISTRY[base].post:
+        return
+    register(name)(make_post_method(_REGISTRY[base]))
+    _ON_DEMAND.add(name)
+
+
+def with_post(name: str, post: str) -> str:
+    """``--post pp``: the registered name of ``name`` followed by the post stage (derived when needed)."""
+    cls = get(name)
+    if cls.post:
+        raise ConfigError(
+            f"--post {post} is invalid for {name!r}: it has its own post stage {cls.post!r}; "
+            "allowed methods without one"
+        )
+    derived = post_name(name, post)
+    derive_post(derived)
+    return derived
 
 
 def available() -> dict[str, type[Method]]:
@@ -95,6 +124,8 @@ def available() -> dict[str, type[Method]]:
 
 
 def get(name: str) -> type[Method]:
+    discover()
+    derive_post(name)
     methods_by_name = available()
     if name not in methods_by_name:
         raise ConfigError(f"method {name!r} is not registered: allowed {sorted(methods_by_name)}")
@@ -110,7 +141,11 @@ def resolve(names: tuple[str, ...] | list[str]) -> list[str]:
         if name == "all":  # the methods that declare ``selected_by_all`` (bench.method.Method)
             chosen = [candidate for candidate, cls in registered.items() if cls.selected_by_all]
         elif any(character in name for character in "*?["):
-            chosen = [candidate for candidate in registered if fnmatch.fnmatchcase(candidate, name)]
+            chosen = [  # never the ++ forms asked for earlier in this process: a pattern means the same each time
+                candidate
+                for candidate in registered
+                if fnmatch.fnmatchcase(candidate, name) and candidate not in _ON_DEMAND
+            ]
             if not chosen:
                 raise ConfigError(f"methods={name!r} matches no registered method: allowed {sorted(registered)}")
         else:

@@ -77,6 +77,15 @@ class Comparison:
     p_value: float
     test: str
     verdict: str
+    discordant: float | None = None  # paired on images: the share ψ of images the two classify differently
+
+    def detectable(self, power: float = 0.8, alpha: float = ALPHA) -> float | None:
+        """Paired on images: the smallest difference (points) the exact McNemar test detects with ``power``
+        at this n and the observed discordance (None: no discordant image, too few images, or over seeds)."""
+        if not self.discordant:
+            return None
+        detectable = minimum_detectable_difference(self.n, self.discordant, power, alpha)
+        return None if detectable is None else 100.0 * detectable
 
 
 def _check_confidence(confidence: float) -> None:
@@ -197,6 +206,7 @@ def compare_paired(base_correct, variant_correct, alpha: float = ALPHA, confiden
         p_value,
         "mcnemar-exact",
         verdict(interval.estimate, p_value, alpha),
+        (variant_only + base_only) / base.size,
     )
 
 

@@ -1,16 +1,27 @@
-"""Derive the A-InfoNCE variants (Yu et al., ECCV 2022) of any adversarial base method.
+"""Derived methods: the A-InfoNCE variants (Yu et al., ECCV 2022) of any adversarial base method, and
+the ``++`` form of any method (its encoder post-processed by DynACL++'s LP-AFT stage, ``bench.post``).
 
 The variants are not copies: each is a subclass of the base that only flips the flags read
 by ``Method.contrastive_loss``, so the base's views, attack and loss code serve all four.
 - ``-ip``: adversarial views are *inferior positives* (asymmetric stop-gradient α / 1−α, w).
 - ``-hn``: adversarial views are *hard negatives* (HCL re-weighting with β, τ⁺).
 - ``-iphn``: both.
-This module only builds the classes; ``bench.registry.derive_variants`` registers them.
+- ``++`` (``--post pp``): the method as it is, then LP-AFT on K-means pseudo-labels before the
+  finetuning schemes. It pretrains as the method itself (``Method.pretrains_as``), so a run of both
+  shares one encoder.
+This module only builds the classes; ``bench.registry`` registers them (the variants at discovery,
+a ``++`` form when its name is first asked for).
 """
 
 from __future__ import annotations
 
-from bench.method import Method
+from dataclasses import dataclass
+from typing import Any
+
+from bench.method import Method, MethodParams, Published
+from bench.post import POST_STAGES, SMOKE_POST_PARAMS, PostParams, check_post_params, settings_for
+
+POST_SUFFIX = "++"
 
 VARIANTS = {
     "ip": (True, False, "adversarial views as inferior positives (asymmetric stop-gradient)"),
@@ -40,3 +51,60 @@ def make_variant(base: type[Method], suffix: str) -> type[Method]:
 def variant_names(base: type[Method]) -> dict[str, str]:
     """``{registered name: suffix}`` of the three variants of ``base`` (``<base>-ip``, ``-hn``, ``-iphn``)."""
     return {f"{base.name}-{suffix}": suffix for suffix in VARIANTS}
+
+
+def post_name(name: str, post: str = "pp") -> str:
+    """The registered name of ``name`` with the post stage ``post`` (``acl`` → ``acl++``)."""
+    if post not in POST_STAGES[1:]:
+        raise ValueError(f"post={post!r} is invalid: allowed {list(POST_STAGES[1:])}")
+    return name + POST_SUFFIX
+
+
+def make_post_method(base: type[Method]) -> type[Method]:
+    """``<base>++``: ``base`` unchanged, then the LP-AFT stage on the encoder it finetunes.
+
+    The stage trains ``base.finetune_bn`` (the branch the schemes load) on K-means labels of features
+    through ``'normal'``; its settings are ``bench.post.PostParams`` (DYNACL's ``LPAFT.py`` defaults,
+    K = 10 as ``assign_label.py``), the smoke preset's are ``SMOKE_POST_PARAMS``."""
+    if base.post:
+        raise ValueError(f"method {base.name!r} already has the post stage {base.post!r}")
+
+    @dataclass
+    class Params(base.Params, PostParams):
+        pass
+
+    Params.__name__ = Params.__qualname__ = f"{base.Params.__name__}PlusPlus"
+    Params.__doc__ = f"{base.name}'s parameters and the post stage's (bench.post.PostParams)."
+
+    class PostMethod(base):
+        __doc__ = f"{base.name}, then LP-AFT on K-means pseudo-labels (post stage 'pp', bench.post)."
+
+        @classmethod
+        def published(cls, preset: str, dataset: str) -> Published:
+            """The base method's settings; the stage's own are LPAFT.py's defaults (smoke: SMOKE_POST_PARAMS)."""
+            row = base.published(preset, dataset)
+            stage = SMOKE_POST_PARAMS if preset == "smoke" else {}
+            note = "post stage: LP 1 + AFT 2 epochs, batch 64, PGD-2" if stage else "post stage: PKU-ML/DYNACL LPAFT.py"
+            source = "; ".join(filter(None, (row.source, note)))
+            return Published(source=source, pretrain=row.pretrain, params={**row.params, **stage})
+
+        @classmethod
+        def check_params(cls, params: MethodParams) -> None:
+            super().check_params(params)
+            check_post_params(params)
+
+        def post_settings(self, config: Any):
+            return settings_for(self.params, config, bn=self.finetune_bn)
+
+    attributes = {
+        "Params": Params,
+        "post": "pp",
+        "pretrains_as": base.name,
+        "selected_by_all": False,
+        "description": f"{base.description}, then LP-AFT on K-means pseudo-labels (--post pp)",
+    }
+    for attribute, value in attributes.items():
+        setattr(PostMethod, attribute, value)
+    PostMethod.__name__ = PostMethod.__qualname__ = f"{base.__name__}PlusPlus"
+    PostMethod.__module__ = base.__module__
+    return PostMethod

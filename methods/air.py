@@ -38,7 +38,7 @@ from bench.losses import nt_xent
 from bench.method import Method, MethodParams, Published, StepContext, pretraining_pgd
 from bench.models import ContrastiveModel
 from bench.optim import ACL_LARS
-from bench.post import PostParams, check_post_params, settings_for
+from bench.post import SMOKE_POST_PARAMS, PostParams, check_post_params, settings_for
 from bench.registry import register
 from bench.regularizers import invariant_regularizers
 
@@ -79,15 +79,7 @@ SMOKE = {  # registered name -> settings of the smoke preset (8 epochs on the di
     "dynacl-air": Published(source="smoke: the strength steps every 2 of 8 epochs", params={"anneal_period": 2}),
     "dynacl-air++": Published(
         source="smoke: strength every 2 epochs; post stage K = 10 digit classes, 1 + 2 epochs, batch 64, PGD-2",
-        params={
-            "anneal_period": 2,
-            "post_clusters": 10,
-            "post_head_epochs": 1,
-            "post_epochs": 2,
-            "post_milestones": (),
-            "post_batch_size": 64,
-            "post_attack_steps": 2,
-        },
+        params={"anneal_period": 2, **SMOKE_POST_PARAMS},
     ),
 }
 
@@ -195,6 +187,7 @@ class DynACLAIRPlusPlus(DynACLAIR):
     description = "DynACL-AIR++ (Xu et al. 2023): DynACL-AIR, then LP-AFT on K-means pseudo-labels (K = classes)"
     Params = DynamicAIRPlusPlusParams
     post = "pp"
+    pretrains_as = "dynacl-air"  # the same pretraining: a run of both shares the encoder
 
     @classmethod
     def check_params(cls, params: MethodParams) -> None:

@@ -55,7 +55,7 @@ from bench.config import ConfigError
 from bench.losses import nt_xent
 from bench.method import Method, MethodParams, Published, StepContext, pretraining_pgd
 from bench.models import ContrastiveModel
-from bench.post import PostParams, check_post_params, settings_for
+from bench.post import SMOKE_POST_PARAMS, PostParams, check_post_params, settings_for
 from bench.registry import register
 
 FORMS = ("dynacl", "air-rcs")
@@ -96,21 +96,13 @@ PAPER = {  # registered name -> dataset ('*': any) -> settings; variants use the
         )
     },
 }
-SMOKE_POST = {
-    "post_clusters": 10,
-    "post_head_epochs": 1,
-    "post_epochs": 2,
-    "post_milestones": (),
-    "post_batch_size": 64,
-    "post_attack_steps": 2,
-}
 SMOKE = {  # registered name -> settings of the smoke preset (8 epochs on the digits)
     "dynacl": Published(
         source="smoke: the strength steps every 2 of 8 epochs (1, 0.75, 0.5, 0.25)", params={"anneal_period": 2}
     ),
     "dynacl++": Published(
         source="smoke: strength every 2 epochs; post stage 1 + 2 epochs, batch 64, PGD-2",
-        params={"anneal_period": 2, **SMOKE_POST},
+        params={"anneal_period": 2, **SMOKE_POST_PARAMS},
     ),
 }
 
@@ -268,6 +260,7 @@ class DynACLPlusPlus(DynACL):
     )
     Params = DynACLPlusPlusParams
     post = "pp"
+    pretrains_as = "dynacl"  # the same pretraining: a run of both shares the encoder
     official_quirks = True  # quirks='official': the post stage's released TRADES start
 
     @classmethod

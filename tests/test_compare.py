@@ -144,6 +144,7 @@ def test_every_evaluation_stores_its_per_image_record(tmp_path, digits):
     """The protocol writes ``correct_<scheme>.npz``: the evaluated indices and each attack's correctness."""
     config = smoke_preset()
     config.evaluate.n_eval, config.evaluate.attacks = 40, ("clean", "pgd20")
+    config.evaluate.corruptions = "none"
     torch.manual_seed(0)
     classifier = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, digits.num_classes))
     run_dir = RunDir(tmp_path / "run")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.config import ConfigError, set_field, smoke_preset, validate
+from bench.config import ConfigError, preset, set_field, smoke_preset, validate
 from bench.corruption_eval import corrupted_images, corruption_source
 from bench.corruptions import regenerate
 from bench.data import ImageData, to_float
@@ -69,8 +69,13 @@ def test_regenerated_corruptions_give_rows_per_pair_and_severity_means(tmp_path,
     assert 100.0 * record.correct["corruption:gaussian_noise:5"].mean() == expected["gaussian_noise", 5]
 
 
-def test_corruptions_are_off_by_default_outside_the_c_datasets(tmp_path, digits):
+def test_auto_corruptions_are_off_outside_the_c_datasets_and_digits(tmp_path, digits):
+    """'auto' evaluates the official files on the -C datasets, a regeneration on the embedded digits (so
+    the default smoke report has a corruption table, for its SLF classifier) and nothing elsewhere."""
+    assert preset("smoke").evaluate.corruption_schemes == ("SLF",)
     config = _config()
+    assert corruption_source(config) == "regenerated"
+    config.data.name = "cifar10"
     assert corruption_source(config) == "none"
     rows = evaluate_ready_classifier(_classifier(digits), digits, config, torch.device("cpu"), RunDir(tmp_path / "r"))
     assert [row.attack for row in rows] == ["clean"]

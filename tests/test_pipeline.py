@@ -57,8 +57,10 @@ def test_run_stores_every_scheme_and_attack_then_skips_reruns(tmp_path):
     assert all(r["n_eval"] == "24" for r in rows)
     assert all(float(r["epsilon"]) == 0.06 for r in rows if r["metric"] != "accuracy_vs_epsilon")
     curve = sorted({float(r["epsilon"]) for r in rows if r["metric"] == "accuracy_vs_epsilon"})
-    assert curve == [0.02, 0.04, 0.08, 0.1]  # the smoke preset's other budgets; 0.06 is the main PGD-20 row
-    assert any(r["metric"] == "accuracy_best_epoch" for r in rows)
+    assert curve == [0.03, 0.09]  # the smoke preset's other budgets; 0.06 is the main PGD-20 row
+    assert not any(r["metric"] == "accuracy_best_epoch" for r in rows)  # smoke: no per-epoch evaluation
+    corrupted = {(r["method"], r["scheme"]) for r in rows if r["attack"] == "corruption-mean"}
+    assert corrupted == {("simclr", "SLF"), ("acl", "SLF")}  # smoke: regenerated digits corruptions, SLF only
     run_dir = tmp_path / "r" / "runs" / rows[0]["run_id"]
     recorded = json.loads((run_dir / "config.json").read_text())
     assert recorded["seed"] == 0 and recorded["environment"]["torch_version"]

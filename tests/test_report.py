@@ -22,6 +22,7 @@ from report_stores import write_store as _write_store
 
 from bench.report import UNSPECIFIED_AINFONCE, epsilon_series, load_reference, write_paper_tables, write_reports
 from bench.results import load
+from bench.stats import minimum_detectable_difference
 
 CONVERTER = REPO / "results" / "reference" / "convert_leaderboard.py"
 
@@ -70,13 +71,14 @@ def test_markdown_table_content(report):
     smoke = _markdown_section(text, "digits → digits · preset smoke · protocol unified · ε = 0.1 ")
     assert "smoke preset: a working demonstration, not a result to compare with papers" in smoke
     acl, rocl = _table_line(smoke, "acl"), _table_line(smoke, "rocl")
-    # columns: Method, SLF SA, SLF PGD-20, SLF AA, ALF ×3, AFF ×3
+    # columns: Method, SLF SA, SLF PGD-20, SLF AA, SLF APGD-CE (measured for rocl: its own column), ALF ×4, AFF ×4
     # 2 seeds: mean ± half-width of the t-interval, t(0.975, df 1) = 12.706 × s (1.414) / √2 = 12.7
     assert acl[1] == "**91.0 ±12.7**" and acl[2] == "41.0 ±12.7"
     # 1 seed: Wilson over n_eval = 256; 45 % → 115/256, interval [38.95, 51.05] (by hand), larger side 6.05
     assert rocl[1] == "85.0 ±4.7" and rocl[2] == "**45.0 ±6.1**†"  # best per column in bold
     assert rocl[3].startswith("**47.0 ±") and rocl[3].endswith("**†")  # suspect marker
-    assert acl[3] == "–" and acl[4:7] == ["–", "–", "–"] and acl[7].startswith("**88.0 ±")
+    assert rocl[4].startswith("**46.0 ±") and acl[4] == "–"
+    assert acl[3] == "–" and acl[5:9] == ["–", "–", "–", "–"] and acl[9].startswith("**88.0 ±")
     assert "±: half-width of the 95 % interval (the larger side)" in smoke
     assert "Student-t interval of the mean over seeds" in smoke and "Wilson score interval" in smoke
     assert "† rocl SLF PGD-20, AA: suspect:aa>pgd20" in smoke
@@ -461,6 +463,9 @@ def test_variants_are_marked_where_a_paired_test_finds_a_difference(tmp_path):
     assert (
         "| rocl-ip | rocl | SLF | clean | 200 | +10.0 [" in help_md and "| mcnemar-exact | variant better |" in help_md
     )
+    # 40 of 200 images discordant: ψ 20 %, and the MDD the exact McNemar test has at that n and ψ
+    detectable = 100 * minimum_detectable_difference(200, 0.2)
+    assert f"| variant better | 20.0 | {detectable:.1f} |" in help_md and 5 < detectable < 15
     assert len(_read_csv(tmp_path / "rep" / "variant_help.csv")) == 3
 
 
@@ -485,8 +490,10 @@ def test_corruption_table_has_severity_means_per_method_and_scheme(tmp_path):
         ]
     write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
     text = (tmp_path / "rep" / "corruptions.md").read_text()
-    assert "| Method | Scheme | s1 | s3 | mean | n | Source |" in text
-    assert "| acl | SLF | 61.0 | 41.0 | 41.0 | 2 | regenerated+approximate |" in text  # means over 2 seeds
+    assert "| Method | Scheme | SA | s1 | s3 | mean | n | Source |" in text  # clean accuracy beside them
+    assert "| acl | SLF | 80.0 | 61.0 | 41.0 | 41.0 | 2 | regenerated+approximate |" in text  # means over 2 seeds
+    figures = list((tmp_path / "rep" / "figures").glob("corruptions_*.png"))
+    assert len(figures) == 1 and figures[0].name in (tmp_path / "rep" / "index.md").read_text()
     results_md = (tmp_path / "rep" / "results.md").read_text()
     assert "common corruptions (corruptions.md)" in results_md and "corruption:fog:1" not in results_md
     index = (tmp_path / "rep" / "index.md").read_text()

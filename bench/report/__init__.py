@@ -76,7 +76,7 @@ def write_reports(
             plot_robustness_vs_compute(table, Path(runs_dir), figures_dir, order),
         ]
     artifacts += loss_curve_artifacts(tables, Path(runs_dir), figures_dir, order)
-    artifacts.append(write_corruption_report(results, reports_dir, order))
+    artifacts += write_corruption_report(results, reports_dir, order, figures_dir)
     artifacts.append(write_sanity_report(results, Path(runs_dir), reports_dir, order))
     artifacts += plot_epsilon_curves(results, figures_dir, order, curve_methods)
     if paper or results["dataset"].isin([dataset for dataset, _ in PAPER_DATASETS]).any():

@@ -20,7 +20,8 @@ from bench.report.tables import TABLE_ATTACKS, Table
 
 VARIANT_MARKERS = dict(zip(("", *VARIANT_SUFFIXES), "os^D"))
 VARIANT_LINES = dict(zip(("", *VARIANT_SUFFIXES), ("-", "--", ":", "-.")))
-ROBUST_ATTACKS = (("pgd20", "PGD-20", "full"), ("autoattack", "AA", "none"))  # filled / hollow marker
+# filled / hollow / half-filled marker (APGD-CE: the smoke preset's stand-in for AA, bench.report.tables)
+ROBUST_ATTACKS = (("pgd20", "PGD-20", "full"), ("autoattack", "AA", "none"), ("apgd-ce", "APGD-CE", "bottom"))
 
 
 def new_figure(width: float, height: float):
@@ -60,7 +61,8 @@ def _figure_stem(figures_dir: Path, name: str, table: Table) -> Path:
 
 
 def plot_robust_vs_clean(table: Table, figures_dir: Path, order: MethodOrder) -> Artifact:
-    """Per scheme, each method's robust accuracy (PGD-20 filled, AA hollow, joined) against its clean accuracy.
+    """Per scheme, each method's robust accuracy (PGD-20 filled, AA hollow, APGD-CE half, joined) against its
+    clean accuracy.
 
     A non-adversarial anchor (robust accuracy under a quarter of the median method's) squeezes the
     adversarial methods into a corner; a second row then repeats each panel without it."""
@@ -85,8 +87,10 @@ def plot_robust_vs_clean(table: Table, figures_dir: Path, order: MethodOrder) ->
         for method in table.methods
         if any(method in points[scheme] for scheme in schemes)
     }
-    keys = [_key("o", "0.3", fill) for _, _, fill in ROBUST_ATTACKS]
-    outside_legend(figure, [*handles.values(), *keys], [*handles, *(label for _, label, _ in ROBUST_ATTACKS)])
+    measured = {attack for _, _, attack in table.cells}
+    shown = [(label, fill) for attack, label, fill in ROBUST_ATTACKS if attack in measured]
+    keys = [_key("o", "0.3", fill) for _, fill in shown]
+    outside_legend(figure, [*handles.values(), *keys], [*handles, *(label for label, _ in shown)])
     figure.suptitle(table.key.title(), fontsize=9)
     return Artifact("figure", title, save_figure(figure, _figure_stem(figures_dir, "tradeoff", table)))
 

@@ -89,7 +89,7 @@ def cell_text(cell: Cell | None, best: bool, style: str = "md", significance: st
 def _row_cells(table: Table, method: str, style: str) -> list[str]:
     cells = []
     for scheme in table.schemes:
-        for attack, _ in TABLE_ATTACKS:
+        for attack, _ in table.attacks:
             cell = table.cells.get((method, scheme, attack))
             significance = mark(table.versus_base.get((method, scheme, attack)))
             cells.append(cell_text(cell, cell is not None and table.is_best(cell, scheme, attack), style, significance))
@@ -140,7 +140,7 @@ def _flag_notes(table: Table) -> list[str]:
     grouped: dict[tuple[str, str, bool, str], list[str]] = {}
     for method in table.methods:
         for scheme in table.schemes:
-            for attack, label in TABLE_ATTACKS:
+            for attack, label in table.attacks:
                 cell = table.cells.get((method, scheme, attack))
                 for suspect in (True, False):
                     chosen = [tag for tag in (cell.flags if cell else ()) if tag.startswith("suspect") == suspect]
@@ -155,7 +155,7 @@ def _flag_notes(table: Table) -> list[str]:
 def table_markdown(table: Table, heading: str = "") -> str:
     """One table as Markdown: title with protocol and ε, banner for non-paper presets, cells, footnotes
     (every flag of a cell is listed, e.g. where an AdvCL run's pseudo-labels came from)."""
-    header = ["Method", *(f"{scheme} {label}" for scheme in table.schemes for _, label in TABLE_ATTACKS)]
+    header = ["Method", *(f"{scheme} {label}" for scheme in table.schemes for _, label in table.attacks)]
     lines = [f"### {heading}{table.key.title()}", ""]
     banner = preset_banner(table.key.preset)
     if banner:
@@ -171,16 +171,17 @@ def table_latex(table: Table, heading: str = "") -> str:
     """One booktabs table; the caption carries data, preset, protocol, ε and the non-paper banner."""
     banner = preset_banner(table.key.preset)
     caption = latex_escape(heading + table.key.title() + (f". {banner}." if banner else ""))
+    columns = len(table.attacks)
     lines = [
         "\\begin{table}[t]",
         "\\centering",
         "\\small",
         f"\\caption{{{caption}}}",
-        "\\begin{tabular}{l" + "ccc" * len(table.schemes) + "}",
+        "\\begin{tabular}{l" + "c" * columns * len(table.schemes) + "}",
         "\\toprule",
-        " & " + " & ".join(f"\\multicolumn{{3}}{{c}}{{{scheme}}}" for scheme in table.schemes) + " \\\\",
-        " ".join(f"\\cmidrule(lr){{{2 + 3 * i}-{4 + 3 * i}}}" for i in range(len(table.schemes))),
-        "Method & " + " & ".join(label for _ in table.schemes for _, label in TABLE_ATTACKS) + " \\\\",
+        " & " + " & ".join(f"\\multicolumn{{{columns}}}{{c}}{{{scheme}}}" for scheme in table.schemes) + " \\\\",
+        " ".join(f"\\cmidrule(lr){{{2 + columns * i}-{1 + columns * (i + 1)}}}" for i in range(len(table.schemes))),
+        "Method & " + " & ".join(label for _ in table.schemes for _, label in table.attacks) + " \\\\",
         "\\midrule",
     ]
     for method in table.methods:
@@ -196,7 +197,7 @@ def table_csv_rows(table: Table) -> list[dict[str, Any]]:
     out = []
     for method in table.methods:
         for scheme in table.schemes:
-            for attack, label in TABLE_ATTACKS:
+            for attack, label in table.attacks:
                 cell = table.cells.get((method, scheme, attack))
                 out.append(
                     {

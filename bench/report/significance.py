@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.compare import paired_result
 from bench.records import RecordError, read_record
-from bench.report.common import VARIANT_SUFFIXES
+from bench.report.common import MISSING, VARIANT_SUFFIXES
 from bench.report.tables import Cell, Table
 from bench.results import RunDir
 from bench.stats import Comparison, paired_t
@@ -97,6 +97,8 @@ VARIANT_HELP_COLUMNS = (
     "p_value",
     "test",
     "verdict",
+    "discordant",
+    "detectable",
 )
 
 
@@ -122,9 +124,15 @@ def variant_help_rows(tables: list[Table]) -> list[dict]:
                     "p_value": f"{c.p_value:.4g}",
                     "test": c.test,
                     "verdict": c.verdict,
+                    "discordant": "" if c.discordant is None else round(100.0 * c.discordant, 2),
+                    "detectable": "" if (detectable := c.detectable()) is None else round(detectable, 2),
                 }
             )
     return rows
+
+
+def _number(value) -> str:
+    return MISSING if value == "" else f"{value:.1f}"
 
 
 def variant_help_markdown(rows: list[dict]) -> str:
@@ -137,13 +145,18 @@ def variant_help_markdown(rows: list[dict]) -> str:
         "interval on the per-image records of single runs, n = images). No correction for the number of "
         "comparisons: with many of them, expect about one in twenty to be 'significant' by chance.",
         "",
-        "| Table | Variant | Base | Scheme | Attack | n | Δ [95 % CI] | p | Test | Verdict |",
-        "|---|---|---|---|---|---:|---|---:|---|---|",
+        "Power, for the paired tests on images: ψ is the share of images the two classifiers classify "
+        "differently, and MDD the smallest difference (points) the exact McNemar test detects with 80 % power "
+        "at that n and ψ (–: none is). 'No detectable difference' with an MDD above the difference you care "
+        "about means the comparison was too small to tell, not that the variant does not help.",
+        "",
+        "| Table | Variant | Base | Scheme | Attack | n | Δ [95 % CI] | p | Test | Verdict | ψ % | MDD |",
+        "|---|---|---|---|---|---:|---|---:|---|---|---:|---:|",
     ]
     lines += [
         f"| {r['table']} | {r['variant']} | {r['base']} | {r['scheme']} | {r['attack']} | {r['n']} | "
         f"{r['difference']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}] | {r['p_value']} | {r['test']} | "
-        f"{r['verdict']} |"
+        f"{r['verdict']} | {_number(r['discordant'])} | {_number(r['detectable'])} |"
         for r in rows
     ]
     return "\n".join(lines) + "\n"

@@ -114,6 +114,9 @@ def pgd_cross_entropy(
     )
 
 
+TRADES_STARTS = ("noise", "clean")  # where the TRADES KL attack starts (trades_kl_attack)
+
+
 def trades_kl_attack(
     classifier: torch.nn.Module,
     x: torch.Tensor,
@@ -123,21 +126,29 @@ def trades_kl_attack(
     steps: int,
     generator: torch.Generator | None = None,
     clean_classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    start: str = "noise",
 ) -> torch.Tensor:
     """TRADES inner maximisation (Zhang et al. 2019): maximise KL(p(x') || p(x)).
 
-    Starts at x + 0.001·N(0, 1) as the released TRADES code does. ``clean_classifier`` (default:
+    ``start='noise'`` starts at x + 0.001·N(0, 1) as the released TRADES code does; ``'clean'`` at x
+    itself, as DYNACL's ``utils.trades_loss``/``trades_loss_dual`` (where the first sign step follows a
+    gradient that is rounding noise when both routes agree). ``clean_classifier`` (default:
     ``classifier``) gives the clean target p(x): RobustSSL's dual-BN TRADES routes it through BN
     'normal' and x' through 'pgd' (``Vanilla_Finetuning/utils.py trades_loss_dual``).
     """
+    if start not in TRADES_STARTS:
+        raise ValueError(f"start={start!r} is invalid: allowed {list(TRADES_STARTS)}")
     with torch.no_grad():
         clean_probs = F.softmax((clean_classifier or classifier)(x), dim=1)
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if start == "noise":
+        x_start = x + 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    else:
+        x_start = x
     return pgd(
         lambda inputs: F.kl_div(F.log_softmax(classifier(inputs), dim=1), clean_probs, reduction="sum"),
         x,
         epsilon=epsilon,
         step_size=step_size,
         steps=steps,
-        start=x + 0.001 * noise,
+        start=x_start,
     )

@@ -102,7 +102,7 @@ class FinetuneConfig:
     # (unified protocol; the others set it per source). Off in the smoke preset: on every test image it
     # would cost as much as the evaluation itself.
     best_epoch: bool = False
-    # 'unified' = the fields above for every method; 'robustssl' / 'ainfonce' = their sources' settings
+    # 'unified' = the fields above for every method; 'robustssl' / 'ainfonce' / 'dynacl' = their sources' settings
     # per method and scheme (bench.protocols), which then replace the fields above
     protocol: str = "unified"
 

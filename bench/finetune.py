@@ -41,7 +41,8 @@ class SchemeSettings:
     evaluation's, as in the released scripts); ``eval_step_size`` is the evaluation PGD's step (the
     A-InfoNCE RoCL scripts attack with a tenth of ε). ``dual_bn``: AFF routes clean inputs through BN
     'normal' and adversarial ones through the classifier's branch (RobustSSL ``trades_loss_dual``);
-    ``head_init``: 'default' (nn.Linear) or 'zeros' (RobustSSL ``get_model``); ``best_epoch``: evaluate
+    ``head_init``: 'default' (nn.Linear) or 'zeros' (RobustSSL ``get_model``); ``trades_start``: where AFF's
+    KL attack starts ('noise': x + 0.001·N(0, 1); 'clean': x, DYNACL's ``trades_loss_dual``); ``best_epoch``: evaluate
     every epoch for the best-on-test-epoch extra rows; ``reported_epoch``: which of 'last' or 'best' the
     protocol's source reports; ``source``: where the values come from (``bench.protocols``).
     """
@@ -61,6 +62,7 @@ class SchemeSettings:
     eval_step_size: float | None = None  # None: the run's evaluate.step_size
     dual_bn: bool = False
     head_init: str = "default"
+    trades_start: str = "noise"
     best_epoch: bool = True
     reported_epoch: str = "last"
     protocol: str = "unified"
@@ -198,6 +200,7 @@ def scheme_loss(
         steps=settings.train_attack_steps,
         generator=generator,
         clean_classifier=clean_route,
+        start=settings.trades_start,
     )
     _set_mode(classifier, scheme)
     logits_clean = classifier(x) if clean_route is None else clean_route(x)

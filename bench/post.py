@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.attacks import pgd, trades_kl_attack
+from bench.attacks import TRADES_STARTS, trades_kl_attack
 from bench.config import ConfigError
 from bench.data import batch_indices, to_float
 from bench.models import Classifier, ContrastiveModel
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from bench.config import RunConfig
 
 POST_STAGES = ("", "pp")  # '' = none; 'pp' = DynACL++ LP-AFT (this module)
-ATTACK_STARTS = ("noise", "clean")
+ATTACK_STARTS = TRADES_STARTS
 
 
 @dataclass
@@ -141,6 +141,18 @@ def check_post_params(params: PostParams) -> None:
         raise ConfigError(f"post_milestones={milestones!r} is invalid: allowed a tuple of integers >= 0")
 
 
+class PostStage:
+    """Mixin, first among the bases, of a method with this stage (``post = 'pp'``): its ``post_*``
+    parameters (``PostParams``) are checked with the method's own. ``post_settings`` is the method's."""
+
+    post = "pp"
+
+    @classmethod
+    def check_params(cls, params: Any) -> None:
+        super().check_params(params)  # type: ignore[misc]  # the method's own checks first
+        check_post_params(params)
+
+
 def settings_for(params: PostParams, config: RunConfig, **released: Any) -> PostSettings:
     """The stage's settings for a run: the method's ``post_*`` parameters, the run's pretraining
     attack budget (ε, step: 8/255 and 2/255 in the paper preset, as released) and its finetuning
@@ -208,29 +220,15 @@ def trades_adversary(
     classifier.eval()
     try:
         reference_bn = settings.reference_bn or settings.bn
-        if settings.attack_start == "noise" and reference_bn == settings.bn:
-            return trades_kl_attack(
-                classifier,
-                x,
-                epsilon=settings.epsilon,
-                step_size=settings.step_size,
-                steps=settings.attack_steps,
-                generator=generator,
-            )
-        with torch.no_grad():
-            reference = F.softmax(_logits(classifier, x, reference_bn), dim=1)
-        start = (
-            x
-            if settings.attack_start == "clean"
-            else x + 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        )
-        return pgd(
-            lambda inputs: F.kl_div(F.log_softmax(classifier(inputs), dim=1), reference, reduction="sum"),
+        return trades_kl_attack(
+            classifier,
             x,
             epsilon=settings.epsilon,
             step_size=settings.step_size,
             steps=settings.attack_steps,
-            start=start,
+            generator=generator,
+            clean_classifier=None if reference_bn == settings.bn else lambda x: _logits(classifier, x, reference_bn),
+            start=settings.attack_start,
         )
     finally:
         classifier.train(was_training)

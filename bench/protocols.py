@@ -1,4 +1,4 @@
-"""Finetuning protocols as data: ``unified`` (the suite's own), ``robustssl`` and ``ainfonce``.
+"""Finetuning protocols as data: ``unified`` (the suite's own), ``robustssl``, ``ainfonce`` and ``dynacl``.
 
 A protocol decides how an encoder is finetuned (SLF / ALF / AFF) and which number is the
 result. ``unified`` is one set of settings for every method, read from the run's
@@ -10,7 +10,10 @@ method (fidelity review D2, D8, D11; docs/protocols.md):
   ``get_model``, ``trades_loss_dual``), the protocol behind the RobustSSL leaderboard;
 - ``ainfonce``: the scripts of yqy2001/A-InfoNCE (``Asym-AdvCL/finetuning_advCL_SLF.py`` and
   its shell scripts for the AdvCL half; ``Asym-RoCL/linear_eval.py``, ``robustness_test.py``
-  and ``rocl_finetune.py`` for the RoCL half), with the losses' released arithmetic.
+  and ``rocl_finetune.py`` for the RoCL half), with the losses' released arithmetic;
+- ``dynacl``: PKU-ML/DYNACL ``test_LF.py`` (SLF, ALF) and ``test_AFF.py`` (dual-BN TRADES), one set
+  of settings for every method: the scripts AIR's first release and ASTrA reused verbatim, so the
+  de-facto protocol of the 2023-2025 papers (docs/protocols.md).
 
 Each protocol is a table: a ``base`` (the source's defaults), the method families it covers
 (registry names or shell-style patterns), and ``Rule``s that set values for a family, a
@@ -35,7 +38,7 @@ from typing import Any
 
 from bench.config import SCHEMES, ConfigError
 
-PROTOCOLS = ("unified", "robustssl", "ainfonce")
+PROTOCOLS = ("unified", "robustssl", "ainfonce", "dynacl")
 # SchemeSettings fields a protocol other than 'unified' decides (the FinetuneConfig fields behind them
 # may not be overridden by the user under such a protocol: see ``PROTOCOL_CONFIG_FIELDS``).
 PROTOCOL_FIELDS = (
@@ -50,6 +53,7 @@ PROTOCOL_FIELDS = (
     "trades_beta",
     "dual_bn",
     "head_init",
+    "trades_start",
     "eval_step_ratio",
     "best_epoch",
     "reported_epoch",
@@ -112,6 +116,7 @@ _RSSL_BASE = {
     "trades_beta": 6.0,
     "dual_bn": False,
     "head_init": "zeros",
+    "trades_start": "noise",  # utils.py trades_loss_dual: x + 0.001·N(0, 1)
     "eval_step_ratio": None,
     "best_epoch": False,
     "reported_epoch": "last",
@@ -209,7 +214,14 @@ AINFONCE_PROTOCOL = Protocol(
     name="ainfonce",
     description="the A-InfoNCE scripts (AdvCL half: finetuning_advCL_SLF.py; RoCL half: linear_eval.py, "
     "rocl_finetune.py), best-on-test epoch as they print it",
-    base={"momentum": 0.9, "trades_beta": 6.0, "dual_bn": False, "head_init": "default", "best_epoch": True},
+    base={
+        "momentum": 0.9,
+        "trades_beta": 6.0,
+        "dual_bn": False,
+        "head_init": "default",
+        "trades_start": "noise",
+        "best_epoch": True,
+    },
     base_source=(
         AINFONCE + "Asym-AdvCL/finetuning_advCL_SLF.py l.94, l.164 (nn.Linear default initialisation); "
         "Asym-RoCL/rocl_finetune.py l.67-68, l.199 and linear_eval.py l.101, l.111"
@@ -322,6 +334,67 @@ AINFONCE_PROTOCOL = Protocol(
     ),
 )
 
+# --------------------------------------------------------------------------- dynacl
+
+DYNACL = "PKU-ML/DYNACL@7d143db "
+_DYNACL_LF = DYNACL + "test_LF.py"
+_DYNACL_AFF = DYNACL + "test_AFF.py"
+
+DYNACL_PROTOCOL = Protocol(
+    name="dynacl",
+    description="DynACL's test_LF.py / test_AFF.py for every method (reused by AIR and ASTrA: the de-facto "
+    "protocol of the 2023-2025 papers), last epoch",
+    base={
+        "epochs": 25,
+        "batch_size": 512,
+        "lr": 0.01,
+        "milestones": (10, 20),
+        "momentum": 0.9,
+        "weight_decay": 2e-4,
+        "augment": True,
+        "train_attack_steps": 0,
+        "trades_beta": 6.0,
+        "dual_bn": False,
+        "head_init": "zeros",
+        "trades_start": "noise",
+        "eval_step_ratio": None,
+        "best_epoch": False,
+        "reported_epoch": "last",
+    },
+    base_source=(
+        _DYNACL_LF + " l.29-40 (batch 512, 25 epochs, wd 2e-4, lr 0.01, momentum 0.9), l.62 (lr ÷10 at 10, 20), "
+        "l.71 (--test_frequency 0: last epoch), l.91-92 (crop+flip), l.140 and l.161 (encoder in eval mode), "
+        "l.208-211 (zero head), l.232-233 (PGD-20 at 8/255, 2/255)"
+    ),
+    families={
+        # test_AFF.py builds a dual-BN model (l.239); single-BN encoders get the same TRADES through their branch
+        "dual BN": ("acl*", "advcl*", "dynacl*", "*-air*"),
+        "single BN": ("rocl*", "simclr*", "deacl*"),
+    },
+    rules=(
+        Rule(
+            "*",
+            {"train_attack_steps": 10},
+            _DYNACL_LF + " l.47 (--num-steps-train 10), l.157-159 (ALF: the head on PGD cross-entropy examples)",
+            schemes=("ALF",),
+        ),
+        Rule(
+            "*",
+            {"batch_size": 128, "lr": 0.1, "milestones": (15, 20), "train_attack_steps": 10, "trades_start": "clean"},
+            _DYNACL_AFF + " l.33-56 (batch 128, 25 epochs, wd 2e-4, lr 0.1, 10 steps, beta 6), l.69 (÷10 at 15, 20), "
+            "l.261-263 (zero head); utils.py l.403-439 (trades_loss_dual: the KL attack starts at x itself, l.410)",
+            schemes=("AFF",),
+        ),
+        Rule(
+            "dual BN",
+            {"dual_bn": True},
+            _DYNACL_AFF + " l.147-154 (natural_mode='normal': clean logits through BN 'normal', adversarial ones "
+            "through 'pgd'), l.239 (bn_names normal, pgd)",
+            schemes=("AFF",),
+        ),
+    ),
+)
+
 UNIFIED_PROTOCOL = Protocol(
     name="unified",
     description="the suite's own: one set of finetuning settings for every method (finetune.* fields)",
@@ -330,7 +403,7 @@ UNIFIED_PROTOCOL = Protocol(
 )
 
 PROTOCOL_TABLE: dict[str, Protocol] = {
-    protocol.name: protocol for protocol in (UNIFIED_PROTOCOL, ROBUSTSSL_PROTOCOL, AINFONCE_PROTOCOL)
+    protocol.name: protocol for protocol in (UNIFIED_PROTOCOL, ROBUSTSSL_PROTOCOL, AINFONCE_PROTOCOL, DYNACL_PROTOCOL)
 }
 
 

@@ -78,8 +78,8 @@ def _order_builtin_first(builtin: list[str]) -> None:
 def derive_variants() -> None:
     """Register ``<base>-ip``, ``-hn`` and ``-iphn`` for every base method with adversarial views,
     unless a name is already registered (a method may register its own variant)."""
-    for cls in list(_REGISTRY.values()):
-        if cls.has_adversarial_views and not cls.base_name:
+    for name, cls in list(_REGISTRY.items()):
+        if cls.has_adversarial_views and not cls.base_name and name not in _ON_DEMAND:  # acl-ip++, not acl++-ip
             for name, suffix in variant_names(cls).items():
                 if not is_registered(name):
                     register(name)(make_variant(cls, suffix))
@@ -128,8 +128,14 @@ def get(name: str) -> type[Method]:
     derive_post(name)
     methods_by_name = available()
     if name not in methods_by_name:
-        raise ConfigError(f"method {name!r} is not registered: allowed {sorted(methods_by_name)}")
+        raise ConfigError(f"method {name!r} is not registered: allowed {sorted(_listed(methods_by_name))}")
     return methods_by_name[name]
+
+
+def _listed(names) -> list[str]:
+    """The names a listing, a pattern or an error message offers: all but the ``++`` forms derived on demand
+    (every method has one; ``<method>++`` is always allowed)."""
+    return [name for name in names if name not in _ON_DEMAND]
 
 
 def resolve(names: tuple[str, ...] | list[str]) -> list[str]:
@@ -141,16 +147,15 @@ def resolve(names: tuple[str, ...] | list[str]) -> list[str]:
         if name == "all":  # the methods that declare ``selected_by_all`` (bench.method.Method)
             chosen = [candidate for candidate, cls in registered.items() if cls.selected_by_all]
         elif any(character in name for character in "*?["):
-            chosen = [  # never the ++ forms asked for earlier in this process: a pattern means the same each time
-                candidate
-                for candidate in registered
-                if fnmatch.fnmatchcase(candidate, name) and candidate not in _ON_DEMAND
-            ]
+            # never the ++ forms asked for earlier in this process: a pattern means the same each time
+            chosen = [candidate for candidate in _listed(registered) if fnmatch.fnmatchcase(candidate, name)]
             if not chosen:
-                raise ConfigError(f"methods={name!r} matches no registered method: allowed {sorted(registered)}")
+                raise ConfigError(
+                    f"methods={name!r} matches no registered method: allowed {sorted(_listed(registered))}"
+                )
         else:
             chosen = [get(name).name]
         selected.extend(n for n in chosen if n not in selected)
     if not selected:
-        raise ConfigError(f"methods={list(names)!r} selects nothing: allowed 'all' or {sorted(registered)}")
+        raise ConfigError(f"methods={list(names)!r} selects nothing: allowed 'all' or {sorted(_listed(registered))}")
     return selected

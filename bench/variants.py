@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.method import Method, MethodParams, Published
-from bench.post import POST_STAGES, SMOKE_POST_PARAMS, PostParams, check_post_params, settings_for
+from bench.method import Method, Published
+from bench.post import POST_STAGES, SMOKE_POST_PARAMS, PostParams, PostStage, settings_for
 
 POST_SUFFIX = "++"
 
@@ -76,7 +76,7 @@ def make_post_method(base: type[Method]) -> type[Method]:
     Params.__name__ = Params.__qualname__ = f"{base.Params.__name__}PlusPlus"
     Params.__doc__ = f"{base.name}'s parameters and the post stage's (bench.post.PostParams)."
 
-    class PostMethod(base):
+    class PostMethod(PostStage, base):
         __doc__ = f"{base.name}, then LP-AFT on K-means pseudo-labels (post stage 'pp', bench.post)."
 
         @classmethod
@@ -88,17 +88,11 @@ def make_post_method(base: type[Method]) -> type[Method]:
             source = "; ".join(filter(None, (row.source, note)))
             return Published(source=source, pretrain=row.pretrain, params={**row.params, **stage})
 
-        @classmethod
-        def check_params(cls, params: MethodParams) -> None:
-            super().check_params(params)
-            check_post_params(params)
-
         def post_settings(self, config: Any):
             return settings_for(self.params, config, bn=self.finetune_bn)
 
     attributes = {
         "Params": Params,
-        "post": "pp",
         "pretrains_as": base.name,
         "selected_by_all": False,
         "description": f"{base.description}, then LP-AFT on K-means pseudo-labels (--post pp)",

@@ -38,7 +38,7 @@ from bench.losses import nt_xent
 from bench.method import Method, MethodParams, Published, StepContext, pretraining_pgd
 from bench.models import ContrastiveModel
 from bench.optim import ACL_LARS
-from bench.post import SMOKE_POST_PARAMS, PostParams, check_post_params, settings_for
+from bench.post import SMOKE_POST_PARAMS, PostParams, PostStage, settings_for
 from bench.registry import register
 from bench.regularizers import invariant_regularizers
 
@@ -183,16 +183,10 @@ class DynACLAIR(ACLAIR):
 
 
 @register("dynacl-air++")
-class DynACLAIRPlusPlus(DynACLAIR):
+class DynACLAIRPlusPlus(PostStage, DynACLAIR):
     description = "DynACL-AIR++ (Xu et al. 2023): DynACL-AIR, then LP-AFT on K-means pseudo-labels (K = classes)"
     Params = DynamicAIRPlusPlusParams
-    post = "pp"
     pretrains_as = "dynacl-air"  # the same pretraining: a run of both shares the encoder
-
-    @classmethod
-    def check_params(cls, params: MethodParams) -> None:
-        super().check_params(params)
-        check_post_params(params)
 
     def post_settings(self, config):
         """LP-AFF.py's stage; quirks='official' takes the TRADES attack's reference through BN 'normal'."""

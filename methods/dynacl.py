@@ -55,7 +55,7 @@ from bench.config import ConfigError
 from bench.losses import nt_xent
 from bench.method import Method, MethodParams, Published, StepContext, pretraining_pgd
 from bench.models import ContrastiveModel
-from bench.post import SMOKE_POST_PARAMS, PostParams, check_post_params, settings_for
+from bench.post import SMOKE_POST_PARAMS, PostParams, PostStage, settings_for
 from bench.registry import register
 
 FORMS = ("dynacl", "air-rcs")
@@ -253,20 +253,14 @@ class DynACL(Method):
 
 
 @register("dynacl++")
-class DynACLPlusPlus(DynACL):
+class DynACLPlusPlus(PostStage, DynACL):
     description = (
         "DynACL++ (Luo et al. 2023): DynACL, then LP-AFT on K-means pseudo-labels "
         "(linear probe, TRADES full finetuning)"
     )
     Params = DynACLPlusPlusParams
-    post = "pp"
     pretrains_as = "dynacl"  # the same pretraining: a run of both shares the encoder
     official_quirks = True  # quirks='official': the post stage's released TRADES start
-
-    @classmethod
-    def check_params(cls, params: MethodParams) -> None:
-        super().check_params(params)
-        check_post_params(params)
 
     def post_settings(self, config):
         """LPAFT.py's stage; quirks='official' starts the TRADES attack at x, as DYNACL's utils.trades_loss."""

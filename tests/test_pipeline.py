@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
+from tiny_run import TINY
+
 from bench.cli import main
 from bench.results import COLUMNS
 
@@ -38,6 +40,10 @@ def _run(tmp_path, *extra):
             *extra,
         ]
     )
+
+
+def _dirs(tmp_path) -> list[str]:
+    return ["--results-dir", str(tmp_path / "r"), "--reports-dir", str(tmp_path / "rep")]
 
 
 def _rows(tmp_path):
@@ -76,34 +82,7 @@ def test_run_stores_every_scheme_and_attack_then_skips_reruns(tmp_path):
 
 
 def test_stored_encoder_can_be_finetuned_again_and_exported(tmp_path):
-    code = main(
-        [
-            "run",
-            "--methods",
-            "acl",
-            "--results-dir",
-            str(tmp_path / "r"),
-            "--reports-dir",
-            str(tmp_path / "rep"),
-            "--epochs",
-            "1",
-            "--finetune-epochs",
-            "1",
-            "--n-eval",
-            "16",
-            "--quiet",
-            "--device",
-            "cpu",
-            "--set",
-            "pretrain.batch_size=64",
-            "--set",
-            "finetune.batch_size=512",
-            "--attacks",
-            "clean,pgd20",
-            "--schemes",
-            "SLF",
-        ]
-    )
+    code = main(["run", "--methods", "acl", *_dirs(tmp_path), *TINY, "--set", "finetune.batch_size=512"])
     assert code == 0
     run_id = _rows(tmp_path)[0]["run_id"]
     encoder = tmp_path / "r" / "runs" / run_id / "encoder.pt"
@@ -215,33 +194,7 @@ def test_jobs_resolution():
 
 
 def _tiny(tmp_path, *extra):
-    return main(
-        [
-            "run",
-            "--methods",
-            "acl",
-            "--results-dir",
-            str(tmp_path / "r"),
-            "--reports-dir",
-            str(tmp_path / "rep"),
-            "--epochs",
-            "1",
-            "--finetune-epochs",
-            "1",
-            "--n-eval",
-            "16",
-            "--quiet",
-            "--device",
-            "cpu",
-            "--schemes",
-            "SLF",
-            "--attacks",
-            "clean,pgd20",
-            "--set",
-            "pretrain.batch_size=256",
-            *extra,
-        ]
-    )
+    return main(["run", "--methods", "acl", *_dirs(tmp_path), *TINY, *extra])
 
 
 def test_changing_only_evaluation_settings_reuses_the_encoder(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import bench.post as post
+import bench.attacks as attacks
 from bench.attacks import trades_kl_attack
 from bench.data import to_float
 from bench.models import Classifier, build_contrastive_model
@@ -131,7 +131,7 @@ def test_released_attack_variants(digits, monkeypatch):
         classifier.backbone.encoder.bns[0].branches["normal"].running_mean.fill_(0.3)
     x = to_float(digits.x_train[:8])
     calls = []
-    monkeypatch.setattr(post, "pgd", lambda loss_fn, x, **kw: calls.append((loss_fn, kw)) or x)
+    monkeypatch.setattr(attacks, "pgd", lambda loss_fn, x, **kw: calls.append((loss_fn, kw)) or x)
     trades_adversary(classifier, x, PostSettings(**SMALL, attack_start="clean"), torch.Generator().manual_seed(0))
     assert torch.equal(calls[-1][1]["start"], x)
     trades_adversary(classifier, x, PostSettings(**SMALL, reference_bn="normal"), torch.Generator().manual_seed(0))

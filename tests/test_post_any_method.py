@@ -40,6 +40,10 @@ def test_patterns_and_all_never_pick_up_derived_forms():
     registry.get("acl++")  # asked for once in this process
     assert "acl++" not in registry.resolve(["acl*"]) and "acl++" not in registry.resolve(["all"])
     assert "dynacl++" in registry.resolve(["dynacl*"])  # a method that registers its own ++ is a method
+    assert "acl++-ip" not in registry.available()  # acl-ip++ is the A-InfoNCE variant's ++ form, one name
+    with pytest.raises(ConfigError) as error:
+        registry.get("nope")
+    assert "'acl'" in str(error.value) and "'acl++'" not in str(error.value)
 
 
 def test_plus_plus_pretrains_as_its_method_and_shares_the_encoder():

@@ -14,10 +14,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
+from bench.attacks import trades_kl_attack
 from bench.checkpoints import load_classifier
 from bench.cli import main
-from bench.config import ConfigError, paper_preset
+from bench.config import SCHEMES, ConfigError, paper_preset
 from bench.finetune import scheme_settings
 from bench.plan import RunRequest, build_plan
 from bench.results import COLUMNS, LEGACY_COLUMNS, ResultsStore, read_rows_csv
@@ -76,6 +78,22 @@ RSSL_ACL_AFF = dict(epochs=100, batch_size=128, lr=0.1, milestones=[40, 60], dua
 RSSL_ADVCL_LINEAR = dict(epochs=25, batch_size=512, lr=0.01, milestones=[15, 20], dual_bn=False)
 RSSL_ADVCL_AFF = dict(epochs=25, batch_size=128, lr=0.1, milestones=[15, 20], dual_bn=False, train_attack_steps=10)
 RSSL_DEFAULT = dict(epochs=25, batch_size=128, lr=0.1, milestones=[15, 20], dual_bn=False)
+
+
+# PKU-ML/DYNACL@7d143db. test_LF.py: --batch-size 512, --epochs 25, --wd 2e-4, --lr 0.01, --momentum 0.9,
+# --num-steps-train 10 (ALF pgd_attack), --decreasing_lr '10,20', zero fc, --test_frequency 0 (last epoch).
+# test_AFF.py: --batch-size 128, --epochs 25, --wd 2e-4, --lr 0.1, 10 steps, --beta 6, --decreasing_lr '15,20',
+# zero fc, trades_loss_dual(natural_mode='normal'), whose x_adv starts at x_natural itself (utils.py).
+DYNACL_LF = dict(epochs=25, batch_size=512, lr=0.01, milestones=[10, 20], weight_decay=2e-4, head_init="zeros")
+DYNACL_AFF = dict(epochs=25, batch_size=128, lr=0.1, milestones=[15, 20], weight_decay=2e-4, head_init="zeros")
+
+
+def expected_dynacl(method: str, scheme: str) -> dict:
+    common = dict(momentum=0.9, augment=True, trades_beta=6.0, reported_epoch="last", best_epoch=False)
+    if scheme == "AFF":
+        dual = not method.startswith(("rocl", "simclr", "deacl"))  # test_AFF.py's model has BN normal and pgd
+        return {**common, **DYNACL_AFF, "train_attack_steps": 10, "trades_start": "clean", "dual_bn": dual}
+    return {**common, **DYNACL_LF, "train_attack_steps": 10 if scheme == "ALF" else 0, "dual_bn": False}
 
 
 def expected_ainfonce(method: str, dataset: str, scheme: str) -> dict:
@@ -182,6 +200,30 @@ def test_run_dry_run_prints_one_line_per_run_and_scheme_and_writes_nothing(tmp_p
     acl = next(line for line in lines if line["method"] == "acl")
     assert acl["finetune"]["dual_bn"] and acl["finetune"]["epochs"] == 100 and acl["scheme"] == "AFF"
     assert not (tmp_path / "r").exists()
+
+
+def test_dynacl_protocol_dry_run_equals_the_released_test_scripts(tmp_path, capsys):
+    methods = ["acl", "advcl-ip", "rocl", "simclr", "dynacl", "dynacl++", "dynacl-air", "deacl"]
+    args = ["run", "--preset", "paper", "--methods", *methods, "--protocol", "dynacl", "--dry-run", "--json"]
+    lines = dry_run_lines(capsys, [*args, "--download", "--data-dir", str(tmp_path), "--results-dir", str(tmp_path)])
+    assert {(line["method"], line["scheme"]) for line in lines} == {(m, s) for m in methods for s in SCHEMES}
+    for line in lines:
+        where = f"{line['method']} {line['scheme']}"
+        assert line["protocol"] == "dynacl"
+        check_against(expected_dynacl(line["method"], line["scheme"]), line["finetune"], where)
+        assert line["evaluate"]["pgd_step_size"] == pytest.approx(STEP_2)
+
+
+def test_trades_start_clean_begins_at_x_and_noise_near_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x = torch.rand(4, 3, 2, 2)
+    common = dict(epsilon=0.1, step_size=0.02, steps=0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(trades_kl_attack(model, x, **common, start="clean"), x)
+    noisy = trades_kl_attack(model, x, **common, start="noise")
+    assert 0 < (noisy - x).abs().max() < 0.01
+    with pytest.raises(ValueError, match=r"start='zero' is invalid: allowed \['noise', 'clean'\]"):
+        trades_kl_attack(model, x, **common, start="zero")
 
 
 def test_reproduce_json_without_dry_run_is_refused(tmp_path, capsys):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tiny_run import TINY
+
 from bench import registry
 from bench.cli import main
 
@@ -22,34 +24,9 @@ def test_readme_method_example_registers_and_runs(tmp_path, capsys):
             registry.derive_variants()
             assert name in registry.available()
         assert "my-method" in listed
+        directories = ["--results-dir", str(tmp_path / "r"), "--reports-dir", str(tmp_path / "rep")]
         code = main(
-            [
-                "run",
-                "--methods",
-                "my-method",
-                "my-method-ip",
-                "--results-dir",
-                str(tmp_path / "r"),
-                "--reports-dir",
-                str(tmp_path / "rep"),
-                "--epochs",
-                "1",
-                "--finetune-epochs",
-                "1",
-                "--n-eval",
-                "16",
-                "--attacks",
-                "clean,pgd20",
-                "--schemes",
-                "SLF",
-                "--quiet",
-                "--device",
-                "cpu",
-                "--set",
-                "pretrain.batch_size=64",
-                "--set",
-                "finetune.batch_size=512",
-            ]
+            ["run", "--methods", "my-method", "my-method-ip", *directories, *TINY, "--set", "finetune.batch_size=512"]
         )
         assert code == 0
         table = (tmp_path / "r" / "results.csv").read_text()

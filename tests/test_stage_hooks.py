@@ -17,6 +17,7 @@ import json
 
 import pytest
 import torch
+from tiny_run import TINY as TINY_RUN
 
 import bench.stages as stages
 from bench import registry
@@ -28,27 +29,7 @@ from bench.post import PostSettings
 from bench.registry import register
 from bench.results import ResultsStore
 
-TINY = [
-    "--epochs",
-    "1",
-    "--finetune-epochs",
-    "1",
-    "--n-eval",
-    "16",
-    "--attacks",
-    "clean,pgd20",
-    "--schemes",
-    "SLF",
-    "--set",
-    "pretrain.batch_size=256",
-    "--set",
-    "finetune.batch_size=512",
-    "--quiet",
-    "--device",
-    "cpu",
-    "--jobs",
-    "1",
-]
+TINY = [*TINY_RUN, "--set", "finetune.batch_size=512", "--jobs", "1"]
 HOOK_VALUE, POST_VALUE = 0.25, 0.75
 
 

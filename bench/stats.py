@@ -20,6 +20,7 @@ Accuracies are in percent, differences in percentage points, always *variant −
   seeded hierarchical bootstrap over seeds and then images within a seed, which carries both
   seed-to-seed and image sampling noise into one interval (with 3 seeds it cannot estimate the
   seed variance well: it is reported, not used for the verdict).
+- Many comparisons: Holm's step-down adjustment of their p-values (family-wise error at α).
 - Planning: the exact power of the exact McNemar test for n images, a true difference δ and a
   discordance rate ψ (the share of images on which the two classifiers disagree), and the
   minimum detectable difference at a given power.
@@ -285,6 +286,18 @@ def hierarchical_bootstrap(
         100.0 * float(high),
         f"hierarchical-bootstrap(seeds, images; {n_boot} resamples, seed {seed})",
     )
+
+
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the input order: the i-th smallest p times
+    (m − i + 1), made monotone and capped at 1. Rejecting where the adjusted p < α keeps the chance of
+    any false 'better'/'worse' among all m comparisons at α (family-wise), under any dependence."""
+    order = sorted(range(len(p_values)), key=lambda index: p_values[index])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
 
 
 def mcnemar_power(n: int, difference: float, discordant: float, alpha: float = ALPHA) -> float:

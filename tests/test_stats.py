@@ -13,6 +13,7 @@ from bench.stats import (
     describe_power,
     format_interval,
     hierarchical_bootstrap,
+    holm_adjusted,
     mcnemar_exact,
     mcnemar_power,
     minimum_detectable_difference,
@@ -219,3 +220,10 @@ def test_format_interval():
     assert format_interval(45.3, 44.0, 46.0, style="bracket") == "45.3 [44.0, 46.0]"
     with pytest.raises(ValueError, match="style='x' is invalid"):
         format_interval(1, 0, 2, style="x")
+
+
+def test_holm_adjustment_matches_the_step_down_by_hand():
+    # p = 0.01, 0.04, 0.03, 0.005 (m = 4): sorted 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, then 0.04·1 = 0.04
+    # is raised to the running maximum 0.06 (Holm 1979; adjusted p-values as in Wright 1992, Biometrics 48:1005)
+    assert holm_adjusted([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm_adjusted([0.5, 0.9]) == [1.0, 1.0] and holm_adjusted([]) == []

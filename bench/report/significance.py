@@ -25,7 +25,7 @@ from bench.records import RecordError, read_record
 from bench.report.common import MISSING, VARIANT_SUFFIXES
 from bench.report.tables import Cell, Table
 from bench.results import RunDir
-from bench.stats import Comparison, paired_t
+from bench.stats import Comparison, holm_adjusted, paired_t
 
 BETTER, WORSE = "▲", "▼"
 
@@ -95,6 +95,7 @@ VARIANT_HELP_COLUMNS = (
     "low",
     "high",
     "p_value",
+    "p_holm",
     "test",
     "verdict",
     "discordant",
@@ -128,7 +129,8 @@ def variant_help_rows(tables: list[Table]) -> list[dict]:
                     "detectable": "" if (detectable := c.detectable()) is None else round(detectable, 2),
                 }
             )
-    return rows
+    adjusted = holm_adjusted([float(row["p_value"]) for row in rows])
+    return [{**row, "p_holm": f"{p_holm:.4g}"} for row, p_holm in zip(rows, adjusted)]
 
 
 def _number(value) -> str:
@@ -142,20 +144,22 @@ def variant_help_markdown(rows: list[dict]) -> str:
         "",
         "Variant − base accuracy (points) on the same test images or seeds, 95 % interval, p-value and verdict "
         "at α = 0.05 (paired t-test over shared seeds, n = seeds; exact McNemar with Newcombe's paired "
-        "interval on the per-image records of single runs, n = images). No correction for the number of "
-        "comparisons: with many of them, expect about one in twenty to be 'significant' by chance.",
+        "interval on the per-image records of single runs, n = images). The verdict is per comparison: with "
+        "many of them, about one in twenty is 'significant' by chance when nothing differs. p (Holm) adjusts "
+        "for all the comparisons of this report together (Holm's step-down): a variant is better or worse "
+        "after that correction where p (Holm) < 0.05.",
         "",
         "Power, for the paired tests on images: ψ is the share of images the two classifiers classify "
         "differently, and MDD the smallest difference (points) the exact McNemar test detects with 80 % power "
         "at that n and ψ (–: none is). 'No detectable difference' with an MDD above the difference you care "
         "about means the comparison was too small to tell, not that the variant does not help.",
         "",
-        "| Table | Variant | Base | Scheme | Attack | n | Δ [95 % CI] | p | Test | Verdict | ψ % | MDD |",
-        "|---|---|---|---|---|---:|---|---:|---|---|---:|---:|",
+        "| Table | Variant | Base | Scheme | Attack | n | Δ [95 % CI] | p | p (Holm) | Test | Verdict | ψ % | MDD |",
+        "|---|---|---|---|---|---:|---|---:|---:|---|---|---:|---:|",
     ]
     lines += [
         f"| {r['table']} | {r['variant']} | {r['base']} | {r['scheme']} | {r['attack']} | {r['n']} | "
-        f"{r['difference']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}] | {r['p_value']} | {r['test']} | "
+        f"{r['difference']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}] | {r['p_value']} | {r['p_holm']} | {r['test']} | "
         f"{r['verdict']} | {_number(r['discordant'])} | {_number(r['detectable'])} |"
         for r in rows
     ]

@@ -15,6 +15,7 @@ a ``++`` form when its name is first asked for).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +72,8 @@ def make_post_method(base: type[Method]) -> type[Method]:
 
     @dataclass
     class Params(base.Params, PostParams):
-        pass
+        def __reduce__(self):  # a class made here has no importable name: pickle rebuilds it by method name
+            return (_post_params, (base.name, dataclasses.asdict(self)))
 
     Params.__name__ = Params.__qualname__ = f"{base.Params.__name__}PlusPlus"
     Params.__doc__ = f"{base.name}'s parameters and the post stage's (bench.post.PostParams)."
@@ -102,3 +104,10 @@ def make_post_method(base: type[Method]) -> type[Method]:
     PostMethod.__name__ = PostMethod.__qualname__ = f"{base.__name__}PlusPlus"
     PostMethod.__module__ = base.__module__
     return PostMethod
+
+
+def _post_params(name: str, values: dict[str, Any]) -> PostParams:
+    """Unpickle the parameters of ``<name>++`` (spawned GPU workers receive their run by pickle)."""
+    from bench import registry  # the registry imports this module
+
+    return registry.get(post_name(name)).Params(**values)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 
 import pytest
 
@@ -53,6 +54,13 @@ def test_plus_plus_pretrains_as_its_method_and_shares_the_encoder():
     assert runs["dynacl"].pretrain_key == runs["dynacl++"].pretrain_key
     other = build_plan(RunRequest(methods=("acl++",), method_params={"*": {"post_epochs": "3"}})).runs[0]
     assert other.pretrain_key == runs["acl"].pretrain_key and other.run_id != runs["acl++"].run_id
+
+
+def test_a_plus_plus_run_pickles_for_spawned_workers():
+    """CUDA workers are spawned and get their run by pickle: the derived Params class must survive it."""
+    (run,) = build_plan(RunRequest(methods=("acl++",), method_params={"*": {"post_epochs": "3"}})).runs
+    copy = pickle.loads(pickle.dumps(run))
+    assert copy.params == run.params and type(copy.params) is type(run.params) and copy.params.post_epochs == 3
 
 
 def test_post_flag_selects_the_plus_plus_forms_and_refuses_a_method_with_its_own(capsys):

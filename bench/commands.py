@@ -113,6 +113,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}  {'' if cls.selected_by_all else '° '}{cls.description}")
     if not all(cls.selected_by_all for cls in methods.values()):
         print("° not in --methods all (the A-InfoNCE table): select by name or pattern, e.g. --methods 'dynacl*' deacl")
+    print("Every method without a post stage also runs as '<name>++' (then DynACL++'s LP-AFT): --post pp")
     return 0
 
 

@@ -94,6 +94,7 @@ def test_all_is_the_a_infonce_table_and_the_newer_methods_are_selected_by_name_o
     listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert "° " not in listed["acl-iphn"] and "° DynACL++" in listed["dynacl++"] and "° " in listed["deacl"]
     assert "--methods 'dynacl*'" in listed["°"]
+    assert "'<name>++'" in listed["Every"] and "--post pp" in listed["Every"]
     assert main(["list", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {row["name"] for row in rows if row["in_all"]} >= set(A_INFONCE_TABLE)

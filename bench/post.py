@@ -52,7 +52,6 @@ if TYPE_CHECKING:
     from bench.config import RunConfig
 
 POST_STAGES = ("", "pp")  # '' = none; 'pp' = DynACL++ LP-AFT (this module)
-ATTACK_STARTS = TRADES_STARTS
 
 
 @dataclass
@@ -91,8 +90,8 @@ def check_settings(settings: PostSettings, branches: tuple[str, ...]) -> None:
         value = getattr(settings, name)
         if not 0 <= value < float("inf"):
             raise ValueError(f"post {name}={value!r} is invalid: allowed finite numbers >= 0")
-    if settings.attack_start not in ATTACK_STARTS:
-        raise ValueError(f"post attack_start={settings.attack_start!r} is invalid: allowed {list(ATTACK_STARTS)}")
+    if settings.attack_start not in TRADES_STARTS:
+        raise ValueError(f"post attack_start={settings.attack_start!r} is invalid: allowed {list(TRADES_STARTS)}")
     for name in ("feature_bn", "bn", "reference_bn"):
         value = getattr(settings, name)
         if value not in branches and not (name == "reference_bn" and value == ""):

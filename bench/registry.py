@@ -78,8 +78,8 @@ def _order_builtin_first(builtin: list[str]) -> None:
 def derive_variants() -> None:
     """Register ``<base>-ip``, ``-hn`` and ``-iphn`` for every base method with adversarial views,
     unless a name is already registered (a method may register its own variant)."""
-    for name, cls in list(_REGISTRY.items()):
-        if cls.has_adversarial_views and not cls.base_name and name not in _ON_DEMAND:  # acl-ip++, not acl++-ip
+    for base, cls in list(_REGISTRY.items()):
+        if cls.has_adversarial_views and not cls.base_name and base not in _ON_DEMAND:  # acl-ip++, not acl++-ip
             for name, suffix in variant_names(cls).items():
                 if not is_registered(name):
                     register(name)(make_variant(cls, suffix))

@@ -71,15 +71,19 @@ def make_post_method(base: type[Method]) -> type[Method]:
         raise ValueError(f"method {base.name!r} already has the post stage {base.post!r}")
 
     @dataclass
-    class Params(base.Params, PostParams):
+    class PostMethodParams(base.Params, PostParams):
         def __reduce__(self):  # a class made here has no importable name: pickle rebuilds it by method name
             return (_post_params, (base.name, dataclasses.asdict(self)))
 
-    Params.__name__ = Params.__qualname__ = f"{base.Params.__name__}PlusPlus"
-    Params.__doc__ = f"{base.name}'s parameters and the post stage's (bench.post.PostParams)."
+    PostMethodParams.__name__ = PostMethodParams.__qualname__ = f"{base.Params.__name__}PlusPlus"
+    PostMethodParams.__doc__ = f"{base.name}'s parameters and the post stage's (bench.post.PostParams)."
 
     class PostMethod(PostStage, base):
         __doc__ = f"{base.name}, then LP-AFT on K-means pseudo-labels (post stage 'pp', bench.post)."
+        Params = PostMethodParams
+        pretrains_as = base.name
+        selected_by_all = False
+        description = f"{base.description}, then LP-AFT on K-means pseudo-labels (--post pp)"
 
         @classmethod
         def published(cls, preset: str, dataset: str) -> Published:
@@ -93,14 +97,6 @@ def make_post_method(base: type[Method]) -> type[Method]:
         def post_settings(self, config: Any):
             return settings_for(self.params, config, bn=self.finetune_bn)
 
-    attributes = {
-        "Params": Params,
-        "pretrains_as": base.name,
-        "selected_by_all": False,
-        "description": f"{base.description}, then LP-AFT on K-means pseudo-labels (--post pp)",
-    }
-    for attribute, value in attributes.items():
-        setattr(PostMethod, attribute, value)
     PostMethod.__name__ = PostMethod.__qualname__ = f"{base.__name__}PlusPlus"
     PostMethod.__module__ = base.__module__
     return PostMethod

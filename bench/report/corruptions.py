@@ -16,9 +16,10 @@ from pathlib import Path
 import pandas as pd
 
 from bench.atomic import write_atomic
+from bench.config import SCHEMES
 from bench.report.common import MISSING, Artifact, MethodOrder, csv_text, slug, tags
 from bench.report.figures import method_style, new_figure, outside_legend, save_figure
-from bench.report.tables import TABLE_ATTACKS, aggregate, group_tables, row_labels
+from bench.report.tables import SUPERVISED_AT, TABLE_ATTACKS, aggregate, group_tables, row_labels
 
 MEAN = "corruption-mean"
 SOURCES = ("official", "regenerated", "approximate")
@@ -98,7 +99,7 @@ def corruption_markdown(rows: list[dict], order: MethodOrder) -> str:
         attacks = [label for label in ATTACK_COLUMNS.values() if label in present]
         columns = attacks + sorted(present - {"mean", *attacks}) + ["mean"]
         lines += [
-            f"## {key[0]} → {key[1]} · preset {key[2]} · protocol {key[3]} · ε = {key[4]}",
+            f"## {_heading(key)}",
             "",
             "| Method | Scheme | " + " | ".join(columns) + " | n | Source |",
             "|---|---|" + "---:|" * len(columns) + "---:|---|",
@@ -113,7 +114,14 @@ def corruption_markdown(rows: list[dict], order: MethodOrder) -> str:
     return "\n".join(lines)
 
 
-FIGURE_KEY = ("dataset", "eval_dataset", "preset", "protocol", "epsilon")
+FIGURE_KEY = ("dataset", "eval_dataset", "preset", "protocol", "epsilon")  # one table and one figure each
+
+
+def _heading(key: tuple) -> str:
+    """The heading of one ``FIGURE_KEY`` group, in the table and on its figure."""
+    return f"{key[0]} → {key[1]} · preset {key[2]} · protocol {key[3]} · ε = {key[4]}"
+
+
 NO_ROWS = "no corruption rows (evaluate.corruptions=regenerated, or --eval-dataset cifar10c / cifar100c)"
 
 
@@ -138,9 +146,8 @@ def plot_corruptions(rows: list[dict], figures_dir: Path, order: MethodOrder) ->
     """Per table key, accuracy against severity (0 = clean, SA) for each method, a panel per scheme."""
     artifacts = []
     for key, table in pd.DataFrame(rows).groupby(list(FIGURE_KEY), sort=True):
-        epsilon = f"ε = {key[4]}" if key[4] != "" else "no ε"
-        heading = f"{key[0]} → {key[1]} · preset {key[2]} · protocol {key[3]} · {epsilon}"
-        schemes = sorted(set(table["scheme"]), key=lambda scheme: ("SLF", "ALF", "AFF", "AT").index(scheme))
+        heading = _heading(key)
+        schemes = [scheme for scheme in (*SCHEMES, SUPERVISED_AT) if scheme in set(table["scheme"])]
         figure = new_figure(3.4 * len(schemes) + 1.6, 3.2)
         handles: dict[str, object] = {}
         for axis, scheme in zip(figure.subplots(1, len(schemes), squeeze=False, sharey=True)[0], schemes):

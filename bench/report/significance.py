@@ -105,32 +105,32 @@ VARIANT_HELP_COLUMNS = (
 
 def variant_help_rows(tables: list[Table]) -> list[dict]:
     """Every defined variant-vs-base comparison of the tables, one row each (the CSV's long form)."""
+    found = [(table, key, c) for table in tables for key, c in sorted(table.versus_base.items())]
+    adjusted = holm_adjusted([c.p_value for _, _, c in found])
     rows = []
-    for table in tables:
-        labels = set(table.methods)
-        for (label, scheme, attack), c in sorted(table.versus_base.items()):
-            rows.append(
-                {
-                    "table": table.key.title(),
-                    "variant": label,
-                    "base": base_method(label, labels),
-                    "scheme": scheme,
-                    "attack": attack,
-                    "n": c.n,
-                    "base_value": round(c.base, 4),
-                    "variant_value": round(c.variant, 4),
-                    "difference": round(c.difference, 4),
-                    "low": round(c.low, 4),
-                    "high": round(c.high, 4),
-                    "p_value": f"{c.p_value:.4g}",
-                    "test": c.test,
-                    "verdict": c.verdict,
-                    "discordant": "" if c.discordant is None else round(100.0 * c.discordant, 2),
-                    "detectable": "" if (detectable := c.detectable()) is None else round(detectable, 2),
-                }
-            )
-    adjusted = holm_adjusted([float(row["p_value"]) for row in rows])
-    return [{**row, "p_holm": f"{p_holm:.4g}"} for row, p_holm in zip(rows, adjusted)]
+    for (table, (label, scheme, attack), c), p_holm in zip(found, adjusted):
+        rows.append(
+            {
+                "table": table.key.title(),
+                "variant": label,
+                "base": base_method(label, set(table.methods)),
+                "scheme": scheme,
+                "attack": attack,
+                "n": c.n,
+                "base_value": round(c.base, 4),
+                "variant_value": round(c.variant, 4),
+                "difference": round(c.difference, 4),
+                "low": round(c.low, 4),
+                "high": round(c.high, 4),
+                "p_value": f"{c.p_value:.4g}",
+                "p_holm": f"{p_holm:.4g}",
+                "test": c.test,
+                "verdict": c.verdict,
+                "discordant": "" if c.discordant is None else round(100.0 * c.discordant, 2),
+                "detectable": "" if (detectable := c.detectable()) is None else round(detectable, 2),
+            }
+        )
+    return rows
 
 
 def _number(value) -> str:

@@ -20,12 +20,12 @@ module, so both sides are built from the same formulas by construction:
 from __future__ import annotations
 
 import math
-import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
+import weight_patterns
 from torch import nn
+from weight_patterns import SinePattern
 
 FIXTURE = Path(__file__).parent / "data" / "deacl_step.json"
 PATTERN_VERSION = 1  # bump (and regenerate the fixture) when a formula below changes
@@ -33,30 +33,17 @@ BATCH, IMAGE_SIZE = 4, 8
 EPSILON, STEP_SIZE, PGD_STEPS, DISTILL_WEIGHT = 8 / 255, 2 / 255, 5, 2.0
 
 
-def pattern(key: str, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
-    """float64 in [-1, 1]: sin(φ_key + 0.7548776662·((i² + 3i) mod 65537) + 2.3·(i mod 1009))."""
-    shape = tuple(shape)
-    index = np.arange(int(np.prod(shape)) if shape else 1, dtype=np.int64)
-    phase = (zlib.crc32(key.encode()) % 99991) / 99991 * 2 * math.pi
-    values = np.sin(phase + 0.7548776662 * ((index * index + 3 * index) % 65537) + 2.3 * (index % 1009))
-    return torch.from_numpy(values).reshape(shape)
+pattern = SinePattern(step=0.7548776662, linear=3, modulus=65537, ripple=2.3, period=1009, phase_modulus=99991)
 
 
-@torch.no_grad()
 def fill_weights(model: nn.Module, prefix: str) -> None:
-    """Set ``model``'s (float64) convolutions, linears and BatchNorms from ``pattern``."""
-    for name, module in model.named_modules():
-        key = f"{prefix}{name}."
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            fan_in = int(np.prod(module.weight.shape[1:]))
-            module.weight.copy_(pattern(key + "weight", module.weight.shape) * math.sqrt(6 / fan_in))
-            if module.bias is not None:
-                module.bias.copy_(0.1 * pattern(key + "bias", module.bias.shape))
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.weight.copy_(1 + 0.2 * pattern(key + "weight", module.weight.shape))
-            module.bias.copy_(0.1 * pattern(key + "bias", module.bias.shape))
-            module.running_mean.copy_(0.1 * pattern(key + "running_mean", module.running_mean.shape))
-            module.running_var.copy_(1 + 0.5 * pattern(key + "running_var", module.running_var.shape))
+    """Set ``model``'s (float64) convolutions, linears and BatchNorms from ``pattern``, keyed
+    ``prefix + <our state-dict name>``; every weight pattern·√(6 / fan_in) (He's uniform bound)."""
+    weight_patterns.fill_weights(model, pattern, prefix, conv_scale=_he_uniform, linear_scale=_he_uniform)
+
+
+def _he_uniform(fan_in: int) -> float:
+    return math.sqrt(6 / fan_in)
 
 
 def released_name(ours: str) -> str:

@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import functools
 import json
-import math
-import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+import weight_patterns
 from torch import nn
+from weight_patterns import SinePattern
 
 FIXTURE_DIR = Path(__file__).parent / "data" / "fidelity"
 PATTERN_VERSION = 1  # bump (and regenerate every fixture) if any formula below changes
@@ -51,42 +50,13 @@ BN_NAMES = ("normal", "pgd", "pgd_ce")  # index i of the released bn_list <-> ou
 # --------------------------------------------------------------------------- formulas
 
 
-def pattern(key: str, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
-    """float64 values in [-1, 1]: sin(φ_key + 0.618·((i² + 7i) mod 65521) + 1.7·(i mod 997))."""
-    count = int(np.prod(tuple(shape))) if len(tuple(shape)) else 1
-    index = np.arange(count, dtype=np.int64)
-    phase = (zlib.crc32(key.encode()) % 100003) / 100003 * 2 * math.pi
-    argument = phase + 0.61803398875 * ((index * index + 7 * index) % 65521) + 1.7 * (index % 997)
-    return torch.from_numpy(np.sin(argument)).reshape(tuple(shape))
+pattern = SinePattern(step=0.61803398875, linear=7, modulus=65521, ripple=1.7, period=997)
 
 
-def _fan_in(weight: torch.Tensor) -> int:
-    return int(np.prod(weight.shape[1:]))
-
-
-@torch.no_grad()
 def fill_weights(model: nn.Module, prefix: str = "") -> None:
-    """Set every parameter and BN running statistic of ``model`` (float64) from ``pattern``.
-
-    Keys are the module's own state-dict names (after ``prefix``), so two models with the same
-    names get the same values. Normalisation buffers (fixed constants) and
-    ``num_batches_tracked`` are left.
-    """
-    for path, module in model.named_modules():
-        name = ".".join(part for part in (prefix, path) if part)
-        name = f"{name}." if name else ""
-        if isinstance(module, nn.Conv2d):
-            module.weight.copy_(pattern(name + "weight", module.weight.shape) * 2 / math.sqrt(_fan_in(module.weight)))
-        elif isinstance(module, nn.Linear):
-            scale = math.sqrt(2 / _fan_in(module.weight))
-            module.weight.copy_(pattern(name + "weight", module.weight.shape) * scale)
-            if module.bias is not None:
-                module.bias.copy_(0.1 * pattern(name + "bias", module.bias.shape))
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.weight.copy_(1 + 0.2 * pattern(name + "weight", module.weight.shape))
-            module.bias.copy_(0.1 * pattern(name + "bias", module.bias.shape))
-            module.running_mean.copy_(0.1 * pattern(name + "running_mean", module.running_mean.shape))
-            module.running_var.copy_(1 + 0.5 * pattern(name + "running_var", module.running_var.shape))
+    """Every parameter and BN running statistic of ``model`` (float64) from ``pattern``, keyed by the
+    module's own state-dict names after ``prefix`` (``weight_patterns.fill_weights``)."""
+    weight_patterns.fill_weights(model, pattern, f"{prefix}." if prefix else "")
 
 
 def images(key: str, batch: int = BATCH, size: int = IMAGE_SIZE) -> torch.Tensor:

@@ -21,12 +21,10 @@ from the same formulas by construction.
 
 from __future__ import annotations
 
-import math
-import zlib
-
-import numpy as np
 import torch
+import weight_patterns
 from torch import nn
+from weight_patterns import SinePattern
 
 from bench.models import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
@@ -35,36 +33,18 @@ BATCH, IMAGE_SIZE = 4, 8
 EPSILON, STEP_SIZE, PGD_STEPS = 8 / 255, 2 / 255, 2
 
 
-def pattern(key: str, shape) -> torch.Tensor:
-    """float64 in [-1, 1]: sin(φ_key + 0.618·((i² + 5i) mod 65521) + 2.3·(i mod 991))."""
-    shape = tuple(shape)
-    count = int(np.prod(shape)) if shape else 1
-    index = np.arange(count, dtype=np.int64)
-    phase = (zlib.crc32(key.encode()) % 100003) / 100003 * 2 * math.pi
-    values = np.sin(phase + 0.61803398875 * ((index * index + 5 * index) % 65521) + 2.3 * (index % 991))
-    return torch.from_numpy(values).reshape(shape)
+pattern = SinePattern(step=0.61803398875, linear=5, modulus=65521, ripple=2.3, period=991)
 
 
 @torch.no_grad()
 def fill_weights(model: nn.Module) -> None:
-    """Conv weights He-scaled, linear weights 1/√fan-in, BN affine near (1, 0), statistics near (0, 1);
-    normalisation buffers the ImageNet constants as float64 (not float32 values cast up)."""
-    for path, module in model.named_modules():
-        name = f"{path}." if path else ""
+    """``weight_patterns.fill_weights`` by our key names, plus the normalisation buffers as the
+    float64 ImageNet constants (not float32 values cast up)."""
+    weight_patterns.fill_weights(model, pattern)
+    for module in model.modules():
         if isinstance(module, Normalize):
             module.mean.copy_(torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view_as(module.mean))
             module.std.copy_(torch.tensor(IMAGENET_STD, dtype=torch.float64).view_as(module.std))
-        elif isinstance(module, (nn.Conv2d, nn.Linear)):
-            fan_in = int(np.prod(module.weight.shape[1:]))
-            scale = 2 / math.sqrt(fan_in) if isinstance(module, nn.Conv2d) else math.sqrt(2 / fan_in)
-            module.weight.copy_(pattern(name + "weight", module.weight.shape) * scale)
-            if module.bias is not None:
-                module.bias.copy_(0.1 * pattern(name + "bias", module.bias.shape))
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.weight.copy_(1 + 0.2 * pattern(name + "weight", module.weight.shape))
-            module.bias.copy_(0.1 * pattern(name + "bias", module.bias.shape))
-            module.running_mean.copy_(0.1 * pattern(name + "running_mean", module.running_mean.shape))
-            module.running_var.copy_(1 + 0.5 * pattern(name + "running_var", module.running_var.shape))
 
 
 def images(key: str, batch: int = BATCH, size: int = IMAGE_SIZE) -> torch.Tensor:

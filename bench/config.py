@@ -21,17 +21,19 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, NoReturn
 
+from bench.engine.corruptions import CORRUPTIONS, SEVERITIES
+from bench.engine.data import CORRUPTED_DATASETS, DATASETS
+from bench.engine.models import ENCODERS
+from bench.errors import ConfigError
+
 PRESETS = ("smoke", "paper")
 SCHEMES = ("SLF", "ALF", "AFF")
 ATTACKS = ("clean", "pgd20", "autoattack", "apgd-ce")
 DEVICES = ("auto", "cpu", "cuda")
-OPTIMIZERS = ("sgd", "lars", "lars-acl")  # see bench.optim for the two LARS forms
+OPTIMIZERS = ("sgd", "lars", "lars-acl")  # see bench.engine.optim for the two LARS forms
 CHANNELS_LAST = ("cuda", "always", "never")
+PROTOCOLS = ("unified", "robustssl", "ainfonce", "dynacl")  # their settings: bench.evaluation.protocols
 CORRUPTION_SOURCES = ("auto", "none", "regenerated", "official")  # see EvalConfig.corruptions
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message is one line naming field and allowed values."""
 
 
 @dataclass
@@ -70,10 +72,10 @@ class PretrainConfig:
     min_lr_fraction: float = 1e-3  # cosine floor, as a fraction of lr
     lars_trust: float = 1e-3
     checkpoint_every: int = 50  # steps; the last step is always checkpointed
-    # The released multi-GPU semantics on any device (bench.shards): the batch as this many GPUs held
+    # The released multi-GPU semantics on any device (bench.engine.shards): the batch as this many GPUs held
     # it (per-shard BatchNorm, per-shard attack where the released code had one, negatives gathered).
     shards: int = 1
-    # Fast path (bench.train): bf16 autocast, cuDNN autotuning and TF32 matrix products (CUDA only,
+    # Fast path (bench.runs.train): bf16 autocast, cuDNN autotuning and TF32 matrix products (CUDA only,
     # ignored on CPU); channels-last weights ('cuda': on CUDA only, so CPU numbers stay those of a
     # contiguous fp32 loop; 'always' also on CPU, ~1.5x faster pooling there but other rounding; 'never');
     # torch.compile of the model's forward (used by every PGD inner loop).
@@ -103,7 +105,7 @@ class FinetuneConfig:
     # would cost as much as the evaluation itself.
     best_epoch: bool = False
     # 'unified' = the fields above for every method; 'robustssl' / 'ainfonce' / 'dynacl' = their sources' settings
-    # per method and scheme (bench.protocols), which then replace the fields above
+    # per method and scheme (bench.evaluation.protocols), which then replace the fields above
     protocol: str = "unified"
 
 
@@ -119,13 +121,15 @@ class EvalConfig:
     # difference; docs/design.md §5)
     n_eval: int = 0
     subset_seed: int = 0  # which n_eval images: the same for every training seed, so seeds are comparable
-    batch_size: int = 0  # 0 = auto: 256 on CPU, the largest that fits on a GPU (bench.evaluate.eval_batch_size)
+    batch_size: int = (
+        0  # 0 = auto: 256 on CPU, the largest that fits on a GPU (bench.evaluation.evaluate.eval_batch_size)
+    )
     amp: bool = False  # bf16 autocast of the classifier inside the attacks (CUDA only; logits and PGD steps fp32)
     sanity: bool = True
     # Extra PGD-20 budgets (step scaled as step_size/epsilon) on the same classifiers: the
     # accuracy-vs-ε curve. Cheap next to AutoAttack.
     epsilon_curve: tuple[float, ...] = (0.03, 0.06, 0.09)
-    # Common corruptions (bench.corruption_eval, docs/corruptions.md): 'official' reads the CIFAR-10-C /
+    # Common corruptions (bench.evaluation.corruption_eval, docs/corruptions.md): 'official' reads the CIFAR-10-C /
     # CIFAR-100-C files (eval datasets cifar10c / cifar100c), 'regenerated' corrupts the test subset with
     # the seeded CIFAR-C recipe (any dataset), 'none' skips them; 'auto' = 'official' for the -C eval
     # datasets, 'regenerated' on the embedded digits (~2 s for all 75), 'none' otherwise. A clean forward
@@ -287,10 +291,6 @@ def _get(config: RunConfig, dotted: str) -> Any:
 def validate(config: RunConfig) -> RunConfig:
     """Check every field with a finite set or a range (NaN and inf fail every range); raise
     ConfigError on the first bad one, before anything is written."""
-    from bench.data import DATASETS
-    from bench.models import ENCODERS
-    from bench.protocols import PROTOCOLS
-
     choices: list[tuple[str, Any, tuple[Any, ...]]] = [
         ("preset", config.preset, PRESETS),
         ("device", config.device, DEVICES),
@@ -351,9 +351,6 @@ def check_directory(name: str, path: str | Path) -> None:
 
 def _validate_corruptions(config: RunConfig) -> None:
     """The corruption settings, and which datasets may be used where (the -C datasets only evaluate)."""
-    from bench.corruptions import CORRUPTIONS, SEVERITIES
-    from bench.data import CORRUPTED_DATASETS
-
     settings = config.evaluate
     if config.data.name in CORRUPTED_DATASETS:
         _fail(

@@ -1,5 +1,5 @@
 """Built-in methods: one module per method family, each registering its variants.
 
-``bench.registry`` imports every module of this package on discovery, so adding a
+``bench.methodkit.registry`` imports every module of this package on discovery, so adding a
 method is adding a file here (or a plugin through the ``acl_bench.methods`` entry point).
 """

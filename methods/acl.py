@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import torch
 
-from bench.losses import nt_xent
-from bench.method import Method, Published, StepContext, pretraining_pgd
-from bench.models import ContrastiveModel
-from bench.optim import ACL_LARS
-from bench.registry import register
-from bench.shards import Shards
-from bench.shards import of as shards_of
-from bench.views import StrongAugment
+from bench.engine.losses import nt_xent
+from bench.engine.models import ContrastiveModel
+from bench.engine.optim import ACL_LARS
+from bench.engine.shards import Shards
+from bench.engine.shards import of as shards_of
+from bench.engine.views import StrongAugment
+from bench.methodkit.method import Method, Published, StepContext, pretraining_pgd
+from bench.methodkit.registry import register
 
-RELEASED = "VITA-Group/Adversarial-Contrastive-Learning train_simCLR.py --ACL_DS (LARS schedule: bench.optim.ACL_LARS)"
+RELEASED = (
+    "VITA-Group/Adversarial-Contrastive-Learning train_simCLR.py --ACL_DS (LARS schedule: bench.engine.optim.ACL_LARS)"
+)
 EXTENSION = (
     "suite extension, no released script: the schedule of VITA-Group/Adversarial-Contrastive-Learning "
     "train_simCLR.py, A-InfoNCE knobs at their defaults"

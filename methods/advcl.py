@@ -22,16 +22,16 @@ Deviations from the released code (none changes a gradient or an adversarial exa
   'normal' BN branch (never used by finetuning, which loads 'pgd') and of the projector BN;
 - x_ce goes through the encoder and the heads only (released: also through the projector,
   whose output is unused; again only projector BN running statistics differ);
-- the random start is clamped to [0, 1] (``bench.attacks``), the released one is not
+- the random start is clamped to [0, 1] (``bench.engine.attacks``), the released one is not
   clamped before the first step;
 - BatchNorm statistics: the released run used DataParallel on 2 GPUs with apex's SyncBN
   conversion, which is inactive without torch.distributed, i.e. per-GPU BN over 256
   (docs/fidelity.md) while the attack and the loss see the whole batch; the paper preset
-  reproduces it with ``pretrain.shards = 2`` (``bench.shards``, docs/speed.md), ``shards = 1`` is BN over 512;
+  reproduces it with ``pretrain.shards = 2`` (``bench.engine.shards``, docs/speed.md), ``shards = 1`` is BN over 512;
 - pseudo-labels: the released files cluster features of an ImageNet-pretrained contrastive
   model (ClusterFit); pass such a file as ``pseudo_labels``, or let ``setup`` cluster the
   features of any encoder (``pseudo_label_encoder``) or, as a stand-in, raw pixels
-  (``bench.pseudo_labels``).
+  (``bench.methodkit.pseudo_labels``).
 """
 
 from __future__ import annotations
@@ -44,16 +44,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.attacks import pgd, project
 from bench.config import ConfigError
-from bench.losses import a_infonce, official_advcl_loss
-from bench.method import Method, MethodParams, Published, StepContext
-from bench.models import ContrastiveModel, model_mode
-from bench.pseudo_labels import pseudo_labels
-from bench.registry import register
-from bench.shards import Shards
-from bench.shards import of as shards_of
-from bench.views import StrongAugment, WeakAugment, high_frequency_component
+from bench.engine.attacks import pgd, project
+from bench.engine.losses import a_infonce, official_advcl_loss
+from bench.engine.models import ContrastiveModel, model_mode
+from bench.engine.shards import Shards
+from bench.engine.shards import of as shards_of
+from bench.engine.views import StrongAugment, WeakAugment, high_frequency_component
+from bench.methodkit.method import Method, MethodParams, Published, StepContext
+from bench.methodkit.pseudo_labels import pseudo_labels
+from bench.methodkit.registry import register
 
 # Views of the contrastive matrix, in order: x_adv, x1, x2, HFC.
 ADVERSARIAL = (True, False, False, False)
@@ -67,7 +67,7 @@ def advcl_sgd(lr: float) -> dict[str, Any]:
     SGD (momentum 0.9, wd 1e-4), batch 512, ``--epoch 400``, warm-up from 0.01 over 10 epochs (on
     for batch > 256), cosine to lr·1e-3 (``lr_decay_rate ** 3``). Kept approximately: the released
     warm-up ends at the cosine's value at epoch 10 (0.998·lr) and the loop runs 402 epochs.
-    ``shards`` 2 (``bench.shards``): ``nn.DataParallel`` over every visible GPU (a single one is
+    ``shards`` 2 (``bench.engine.shards``): ``nn.DataParallel`` over every visible GPU (a single one is
     refused) and the A-InfoNCE README's "2 Tesla V100 GPUs", i.e. per-GPU BatchNorm over 256.
     """
     return {
@@ -181,7 +181,7 @@ class AdvCL(Method):
     weak_augment = WeakAugment()
     paper = PAPER
     smoke = SMOKE
-    official_quirks = True  # quirks='official': bench.losses.official_advcl_loss
+    official_quirks = True  # quirks='official': bench.engine.losses.official_advcl_loss
 
     def __init__(self, params: MethodParams | None = None):
         super().__init__(params)

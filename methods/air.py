@@ -1,18 +1,18 @@
 """ACL-AIR, DynACL-AIR and DynACL-AIR++ (Xu et al., NeurIPS 2023) and their A-InfoNCE variants.
 
 One step, as in GodXuxilie/Enhancing_ACL_via_AIR ``pretraining.py`` (``--ACL_DS``) and ``AIR.py``:
-1. two views (ACL's; with ``--DynAug`` DynACL's annealed strength s_e, ``bench.annealing``);
+1. two views (ACL's; with ``--DynAug`` DynACL's annealed strength s_e, ``bench.engine.annealing``);
 2. PGD-5 (ε 8/255, step ε/4) on both views jointly maximising the adversarial pair's NT-Xent,
    model in eval mode, BN ``pgd``: the regularisers are not attacked;
 3. forwards in train mode: the adversarial pair (BN pgd), the clean pair (BN normal) and the
    un-augmented image (BN normal, a third forward);
 4. L = (1 − ω)·NT-Xent(clean pair) + (1 + ω)·NT-Xent(adversarial pair) + λ1·SIR + λ2·AIR with
    λ1 = λ2 = 0.5, ω = λ·(1 − s_e) (λ = 2/3) under ``--DynAug`` (DynACL-AIR), else ω = 0 (ACL-AIR).
-   SIR and AIR are ``bench.regularizers.invariant_regularizers``: KL divergences between the
+   SIR and AIR are ``bench.engine.regularizers.invariant_regularizers``: KL divergences between the
    batch distributions of the two views by default, the released ``kl_div`` arithmetic (a
    probability passed where a log-probability belongs) under ``quirks="official"``.
 DynACL-AIR has no momentum key encoder (that is DYNACL's own code, ``methods/dynacl.py``).
-DynACL-AIR++ adds the LP-AFT stage of AIR's ``LP-AFF.py`` (``bench.post``), with K = the number
+DynACL-AIR++ adds the LP-AFT stage of AIR's ``LP-AFF.py`` (``bench.methodkit.post``), with K = the number
 of classes and its TRADES attack reference through BN ``normal`` under ``quirks="official"``.
 
 Deviations (small, documented in docs/methods-newer.md): views on the device (bilinear crop
@@ -32,15 +32,21 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.annealing import ANNEAL_LAMBDA, ANNEAL_PERIOD, annealed_augment, augmentation_strength, reweighting_omega
 from bench.config import ConfigError
-from bench.losses import nt_xent
-from bench.method import Method, MethodParams, Published, StepContext, pretraining_pgd
-from bench.models import ContrastiveModel
-from bench.optim import ACL_LARS
-from bench.post import SMOKE_POST_PARAMS, PostParams, PostStage, settings_for
-from bench.registry import register
-from bench.regularizers import invariant_regularizers
+from bench.engine.annealing import (
+    ANNEAL_LAMBDA,
+    ANNEAL_PERIOD,
+    annealed_augment,
+    augmentation_strength,
+    reweighting_omega,
+)
+from bench.engine.losses import nt_xent
+from bench.engine.models import ContrastiveModel
+from bench.engine.optim import ACL_LARS
+from bench.engine.regularizers import invariant_regularizers
+from bench.methodkit.method import Method, MethodParams, Published, StepContext, pretraining_pgd
+from bench.methodkit.post import SMOKE_POST_PARAMS, PostParams, PostStage, settings_for
+from bench.methodkit.registry import register
 
 AIR_SOURCE = "GodXuxilie/Enhancing_ACL_via_AIR pretraining.py (argparse defaults: --ACL_DS, lambda1 = lambda2 = 0.5)"
 # AIR's optimiser is ACL's: LARS lr 5.0, wd 1e-6, per-iteration cosine, 10 warm-up epochs from 0,
@@ -102,7 +108,7 @@ class DynamicAIRParams(AIRParams):
 
 @dataclass
 class DynamicAIRPlusPlusParams(DynamicAIRParams, PostParams):
-    """DynACL-AIR's parameters and the post stage's (``bench.post.PostParams``)."""
+    """DynACL-AIR's parameters and the post stage's (``bench.methodkit.post.PostParams``)."""
 
 
 @register("acl-air")
@@ -114,7 +120,7 @@ class ACLAIR(Method):
     finetune_bn = "pgd"
     conv_init = "kaiming_normal"  # torchvision-style ResNet of the released code
     has_adversarial_views = True
-    official_quirks = True  # quirks='official': the released kl_div arithmetic (bench.regularizers)
+    official_quirks = True  # quirks='official': the released kl_div arithmetic (bench.engine.regularizers)
     variant_note = "suite extension: 2·A-InfoNCE over [x1, x2, a1, a2] in place of the two NT-Xent terms"
     Params = AIRParams
     selected_by_all = False  # outside the A-InfoNCE table: --methods 'acl-air*' 'dynacl-air*'

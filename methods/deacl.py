@@ -21,7 +21,7 @@ negatives for ``-hn`` to re-weight, and its clean/adversarial pull ``cos(s(x̃),
 positive pair inside a contrastive softmax for ``-ip`` to make asymmetric, so
 ``has_adversarial_views`` (which means "adversarial views inside ``contrastive_loss``") is False.
 
-Architecture (``bench.models``): the released ResNet-18 pads its stem by 2 (``model.arch
+Architecture (``bench.engine.models``): the released ResNet-18 pads its stem by 2 (``model.arch
 resnet18_deacl``; the suite's common ``resnet18`` pads by 1) and normalises inside the model with
 CIFAR-10 statistics (also on CIFAR-100). The smoke preset runs the small CNN with the same
 normalisation. Deviations from the released code (docs/deacl.md): no online linear probe
@@ -39,14 +39,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench import progress
-from bench.checkpoints import FORMATS, load_encoder
 from bench.config import ConfigError
-from bench.method import Method, MethodParams, Published, StepContext, pretraining_pgd
-from bench.models import NORMALIZATIONS, ContrastiveModel, Normalize
-from bench.registry import register
-from bench.shards import of as shards_of
-from bench.views import WeakAugment
+from bench.engine import progress
+from bench.engine.checkpoints import FORMATS, load_encoder
+from bench.engine.models import NORMALIZATIONS, ContrastiveModel, Normalize
+from bench.engine.shards import of as shards_of
+from bench.engine.views import WeakAugment
+from bench.methodkit.method import Method, MethodParams, Published, StepContext, pretraining_pgd
+from bench.methodkit.registry import register
 
 # Released schedule: LinearWarmupCosineAnnealingLR stepped per epoch, 0.003 at epoch 0 rising
 # linearly to lr at epoch 9, cosine from epoch 10 to 0 at epoch 100. Our per-iteration warm-up over
@@ -98,7 +98,7 @@ class DeACLParams(MethodParams):
 
     teacher: checkpoint file of the teacher encoder; '' = the harness supplies the ``simclr``
         encoder of the same preset, data, model and seed.
-    teacher_format: the ``bench.checkpoints`` format of that file ('deacl-teacher': the released
+    teacher_format: the ``bench.engine.checkpoints`` format of that file ('deacl-teacher': the released
         solo-learn SimCLR checkpoint).
     distill_weight: k, weight of the adversarial-to-clean cosine term (released ``--trades_k``).
     student_init: 'teacher' (released default) or 'scratch' (``--student_scratch``).
@@ -156,7 +156,7 @@ class DeACL(Method):
     conv_init = "kaiming_normal"  # torchvision ResNet (the student starts from the teacher by default)
     has_adversarial_views = False  # no InfoNCE: see the module docstring
     requires_teacher = True
-    selected_by_all = False  # outside the A-InfoNCE table: --methods deacl (bench.method)
+    selected_by_all = False  # outside the A-InfoNCE table: --methods deacl (bench.methodkit.method)
     teacher_method = "simclr"
     ignored_params = ("temperature",)  # a cosine distillation loss: no InfoNCE temperature
     Params = DeACLParams
@@ -231,7 +231,7 @@ class DeACL(Method):
     # ------------------------------------------------------------------ step
     def adversarial_view(self, model: ContrastiveModel, clean: torch.Tensor, target: torch.Tensor, ctx: StepContext):
         """x̃ maximising -Σ cos(student(x̃), t), student in eval mode (mode restored afterwards); each
-        shard's random start from its own generator (``bench.shards``; the sum is per image, so the
+        shard's random start from its own generator (``bench.engine.shards``; the sum is per image, so the
         attack needs no gather)."""
         return pretraining_pgd(
             model,

@@ -1,7 +1,7 @@
 """DynACL and DynACL++ (Luo, Wang, Wang, ICLR 2023) and their A-InfoNCE variants.
 
 DynACL, as coded in PKU-ML/DYNACL ``train_DynACL.py`` (built on ACL's dual-stream form):
-1. two views of strength s_e (``bench.annealing``: crop scale (1 − 0.9·s, 1), jitter and
+1. two views of strength s_e (``bench.engine.annealing``: crop scale (1 − 0.9·s, 1), jitter and
    grayscale scaled by s; s steps from 1 down by P/E every P = 50 epochs);
 2. a momentum key encoder: the model is a pair, the trained (query) encoder and an EMA copy
    (key, m = 0.99, parameters only: BN statistics are the key's own, ``requires_grad`` off).
@@ -22,7 +22,7 @@ encoder (both views through the trained model, one BN batch), and w = 1 + ω wit
 ω = λ·(1 − s_e), which steps with the strength, one epoch after the released w. The RCS loss is
 this one; AIR's lacks the ½ (a scale that LARS's trust ratio mostly absorbs).
 
-DynACL++ = DynACL followed by the LP-AFT post-processing stage (``bench.post``; ``post = "pp"``).
+DynACL++ = DynACL followed by the LP-AFT post-processing stage (``bench.methodkit.post``; ``post = "pp"``).
 
 Deviations from the released code (all small, documented in docs/methods-newer.md): views are
 augmented on the device (bilinear resized crop, fixed jitter order); the PGD random start is
@@ -43,7 +43,8 @@ from typing import Any
 
 import torch
 
-from bench.annealing import (
+from bench.config import ConfigError
+from bench.engine.annealing import (
     ANNEAL_LAMBDA,
     ANNEAL_PERIOD,
     annealed_augment,
@@ -51,12 +52,11 @@ from bench.annealing import (
     dynacl_adversarial_weight,
     reweighting_omega,
 )
-from bench.config import ConfigError
-from bench.losses import nt_xent
-from bench.method import Method, MethodParams, Published, StepContext, pretraining_pgd
-from bench.models import ContrastiveModel
-from bench.post import SMOKE_POST_PARAMS, PostParams, PostStage, settings_for
-from bench.registry import register
+from bench.engine.losses import nt_xent
+from bench.engine.models import ContrastiveModel
+from bench.methodkit.method import Method, MethodParams, Published, StepContext, pretraining_pgd
+from bench.methodkit.post import SMOKE_POST_PARAMS, PostParams, PostStage, settings_for
+from bench.methodkit.registry import register
 
 FORMS = ("dynacl", "air-rcs")
 
@@ -126,7 +126,7 @@ class DynACLParams(MethodParams):
 
 @dataclass
 class DynACLPlusPlusParams(DynACLParams, PostParams):
-    """DynACL's parameters and the post stage's (``bench.post.PostParams``)."""
+    """DynACL's parameters and the post stage's (``bench.methodkit.post.PostParams``)."""
 
 
 class KeyEncoderModel(ContrastiveModel):
@@ -175,7 +175,7 @@ class DynACL(Method):
     has_adversarial_views = True
     variant_note = "suite extension: [x1, x2, a1, a2] contrasted jointly, without the w_e reweighting"
     Params = DynACLParams
-    selected_by_all = False  # outside the A-InfoNCE table: --methods 'dynacl*' (bench.method)
+    selected_by_all = False  # outside the A-InfoNCE table: --methods 'dynacl*' (bench.methodkit.method)
     paper = PAPER
     smoke = SMOKE
 

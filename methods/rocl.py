@@ -15,7 +15,7 @@ The variants only change step 3 (``contrastive_term``): -ip weighs the clean→a
 terms by α and the adversarial→clean ones by 1−α (α = 0.2 fixed), -hn re-weights negatives
 (HCL); the attack and the regulariser stay symmetric, as released.
 
-Multi-GPU semantics (``bench.shards``): the paper ran DDP on 2 GPUs × 256 with SyncBatchNorm,
+Multi-GPU semantics (``bench.engine.shards``): the paper ran DDP on 2 GPUs × 256 with SyncBatchNorm,
 the attack and the regulariser on each GPU's 256 images and the contrastive matrix gathered over
 512; the paper preset reproduces it with ``pretrain.shards = 2`` (attack and regulariser per
 shard, BatchNorm over the whole batch: ``synced_batch_norm``); ``shards = 1`` runs all three on
@@ -33,14 +33,14 @@ from typing import Any
 
 import torch
 
-from bench.attacks import pgd
 from bench.config import ConfigError
-from bench.losses import a_infonce, official_rocl_loss
-from bench.method import Method, MethodParams, Published, StepContext
-from bench.models import ContrastiveModel, model_mode
-from bench.registry import register
-from bench.shards import of as shards_of
-from bench.views import StrongAugment
+from bench.engine.attacks import pgd
+from bench.engine.losses import a_infonce, official_rocl_loss
+from bench.engine.models import ContrastiveModel, model_mode
+from bench.engine.shards import of as shards_of
+from bench.engine.views import StrongAugment
+from bench.methodkit.method import Method, MethodParams, Published, StepContext
+from bench.methodkit.registry import register
 
 # Views of the contrastive matrix, in order: x1, x2, a (the adversarial one).
 ADVERSARIAL = (False, False, True)
@@ -61,7 +61,7 @@ def rocl_lars(base_lr: float) -> dict[str, Any]:
     15·base towards 0. Our per-iteration linear warm-up from (2.4/15)·lr to lr = 15·base over 9
     epochs hits the released value at the first iteration of every warm-up epoch (it interpolates
     inside an epoch where the released lr is a step function), then cosine to 0. ``shards`` 2: the
-    released DDP ran 2 processes × 256 (attack and regulariser per GPU, ``bench.shards``).
+    released DDP ran 2 processes × 256 (attack and regulariser per GPU, ``bench.engine.shards``).
     """
     return {
         "optimizer": "lars",
@@ -165,10 +165,10 @@ class RoCL(Method):
     has_adversarial_views = True
     Params = RoCLParams
     augment = StrongAugment(crop_scale=(0.08, 1.0))
-    synced_batch_norm = True  # released: DDP + SyncBatchNorm, one BN over every GPU's rows (bench.shards)
+    synced_batch_norm = True  # released: DDP + SyncBatchNorm, one BN over every GPU's rows (bench.engine.shards)
     paper = PAPER
     smoke = SMOKE
-    official_quirks = True  # quirks='official': bench.losses.official_rocl_loss
+    official_quirks = True  # quirks='official': bench.engine.losses.official_rocl_loss
 
     @classmethod
     def check_params(cls, params: MethodParams) -> None:

@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import torch
 
-from bench.losses import nt_xent
-from bench.method import Method, Published, StepContext
-from bench.models import ContrastiveModel
-from bench.optim import ACL_LARS
-from bench.registry import register
-from bench.shards import of as shards_of
-from bench.views import StrongAugment
+from bench.engine.losses import nt_xent
+from bench.engine.models import ContrastiveModel
+from bench.engine.optim import ACL_LARS
+from bench.engine.shards import of as shards_of
+from bench.engine.views import StrongAugment
+from bench.methodkit.method import Method, Published, StepContext
+from bench.methodkit.registry import register
 
 PAPER = {  # registered name -> dataset -> settings
     "simclr": {
         "*": Published(
             source="VITA-Group/Adversarial-Contrastive-Learning train_simCLR.py (ACL's LARS schedule, the optimiser of "
-            "the acl row this anchor sits beside; bench.optim.ACL_LARS)",
+            "the acl row this anchor sits beside; bench.engine.optim.ACL_LARS)",
             pretrain=ACL_LARS,
         ),
     },

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from bench import registry
 from bench.config import smoke_preset
-from bench.data import load_digits
-from bench.results import RunDir
-from bench.train import pretrain
+from bench.engine.data import load_digits
+from bench.methodkit import registry
+from bench.runs.train import pretrain
+from bench.store.results import RunDir
 
 METHODS = ("simclr", "acl", "acl-iphn", "rocl", "rocl-iphn", "advcl", "advcl-ip", "advcl-hn")
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402 - after the repository is importable
 
-from bench.results import ResultsStore, RunDir  # noqa: E402
+from bench.store.results import ResultsStore, RunDir  # noqa: E402
 
 KILLS = ("SIGKILL group", "SIGKILL main", "SIGTERM main")
 DAMAGES = ("torn last row", "zero bytes", "random bytes")
@@ -74,7 +74,7 @@ def bench_command(store: Path, plan: dict, resume: bool) -> list[str]:
     command = [
         sys.executable,
         "-m",
-        "bench.cli",
+        "bench.cli.app",
         "run",
         "--methods",
         *plan["methods"],

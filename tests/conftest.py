@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.config import RunConfig, smoke_preset
-from bench.data import load_digits
+from bench.engine.data import load_digits
 
 
 @pytest.fixture(scope="session")

@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from bench import distributed, registry
 from bench.config import smoke_preset
-from bench.data import load_digits
-from bench.losses import nt_xent
-from bench.results import RunDir
-from bench.train import pretrain
+from bench.engine import collective as collectives
+from bench.engine.data import load_digits
+from bench.engine.losses import nt_xent
+from bench.methodkit import registry
+from bench.runs.train import pretrain
+from bench.store.results import RunDir
 
 WORLD = 2
 IMAGES = 128  # 4 steps of 32; checkpoints after steps 2 and 4
@@ -51,7 +52,7 @@ def train(name: str, run_dir: Path, images, *, resume: bool = False, kill_at: in
             return original(model_, batch, ctx)
 
         method.training_step = killed
-    collective = distributed.active()
+    collective = collectives.active()
     if collective is not None and collective.rank != 0:
         assert collective.broadcast_object()["run_id"] == run_dir.name  # what ``follow`` receives
     result = pretrain(method, model, images, tiny_config(WORLD), RunDir(run_dir), torch.device("cpu"), resume=resume)
@@ -75,8 +76,8 @@ def gathered_gradient(collective, out: Path) -> None:
 def main(rank: int, init_file: str, out_dir: str, methods: list[str]) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    collective = distributed.Collective(WORLD, rank, dist.group.WORLD, dist.new_group(backend="gloo"))
-    distributed.attach(collective)
+    collective = collectives.Collective(WORLD, rank, dist.group.WORLD, dist.new_group(backend="gloo"))
+    collectives.attach(collective)
     out = Path(out_dir)
     images = load_digits(16).x_train[:IMAGES]
     gathered_gradient(collective, out)
@@ -85,7 +86,7 @@ def main(rank: int, init_file: str, out_dir: str, methods: list[str]) -> None:
         try:
             train(name, out / f"{name}-B", images, kill_at=KILLED_AT)
             raise AssertionError("the killed run did not stop")
-        except distributed.DistributedRunFailed:
+        except collectives.DistributedRunFailed:
             pass
         model_b, _, result_b = train(name, out / f"{name}-B", images, resume=True)
         if rank == 0:
@@ -102,7 +103,7 @@ def main(rank: int, init_file: str, out_dir: str, methods: list[str]) -> None:
             )
     collective.barrier()
     if rank == 0:
-        distributed.attach(None)
+        collectives.attach(None)
         for name in methods:
             model_c, method_c, result_c = train(name, out / f"{name}-C", images)
             torch.save(

@@ -17,7 +17,7 @@ views and attack noise without storing a single tensor:
   starts (kept inside [0, 1], so the released and our start clamps agree: D10 of the
   fidelity review), the TRADES start noise and the labels.
 - ``acl_name`` / ``advcl_name`` / ``rocl_name``: our key -> the released model's key (the
-  maps ``bench.checkpoints`` documents), used to load the same weights into the released
+  maps ``bench.engine.checkpoints`` documents), used to load the same weights into the released
   models and to read their gradients back under our names.
 - ``checksums``: sum, L2 norm and the dot product with a fixed pattern ("probe"), which
   also catches permutations and sign flips that leave sum and norm unchanged.
@@ -72,7 +72,7 @@ def start_noise(key: str, x: torch.Tensor, epsilon: float) -> torch.Tensor:
     """δ with |δ| ≤ ε, float32-representable, and x + δ in [0, 1] (its sign flipped where needed).
 
     Inside [0, 1] the released starts (unclamped in ACL, AdvCL and RobustSSL, clamped in RoCL)
-    and ours (``bench.attacks.random_start`` clamps) are the same point.
+    and ours (``bench.engine.attacks.random_start`` clamps) are the same point.
     """
     delta = _round32(epsilon * pattern(key, x.shape)).clamp(-epsilon, epsilon)
     outside = ((x + delta) < 0) | ((x + delta) > 1)

@@ -12,7 +12,7 @@ test feeds our step exactly the same weights, views and PGD start without storin
   key in our state dict;
 - ``images``/``start_noise``: views in [0, 1] and PGD starts δ with x + δ inside [0, 1] (so the
   released unclamped start and our clamped one are the same point);
-- ``released_name``: our key -> the released ACL-family key (``bench.checkpoints``' map plus the
+- ``released_name``: our key -> the released ACL-family key (``bench.engine.checkpoints``' map plus the
   projector ``fc.``), to load the same weights into the released model and read its tensors back;
 - ``checksums``: sum, L2 norm and the dot product with a fixed probe pattern.
 The fixture generator (outside the repository) imports this module, so both sides are built
@@ -26,7 +26,7 @@ import weight_patterns
 from torch import nn
 from weight_patterns import SinePattern
 
-from bench.models import IMAGENET_MEAN, IMAGENET_STD, Normalize
+from bench.engine.models import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
 BN_NAMES = ("normal", "pgd")  # released bn_list index <-> our branch
 BATCH, IMAGE_SIZE = 4, 8

@@ -1,4 +1,4 @@
-"""AIR's regularisers (bench.regularizers) and the acl-air / dynacl-air steps, against independent
+"""AIR's regularisers (bench.engine.regularizers) and the acl-air / dynacl-air steps, against independent
 float64 computations written here from the paper's formulas and the released AIR.py arithmetic."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import registry
-from bench.attacks import pgd
 from bench.config import AttackConfig, ConfigError
-from bench.data import to_float
-from bench.method import StepContext
-from bench.regularizers import invariant_regularizers, pairwise_batch_softmax
-from bench.views import StrongAugment
+from bench.engine.attacks import pgd
+from bench.engine.data import to_float
+from bench.engine.regularizers import invariant_regularizers, pairwise_batch_softmax
+from bench.engine.views import StrongAugment
+from bench.methodkit import registry
+from bench.methodkit.method import StepContext
 
 T = 0.5
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.attacks import pgd, pgd_cross_entropy, trades_kl_attack
-from bench.evaluate import clean_accuracy, pgd_accuracy
+from bench.engine.attacks import pgd, pgd_cross_entropy, trades_kl_attack
+from bench.evaluation.evaluate import clean_accuracy, pgd_accuracy
 
 
 def toy_problem(seed: int = 0, n: int = 128, classes: int = 2):

@@ -10,8 +10,8 @@ from test_attacks import toy_problem
 from test_evaluate import Quantised, masked_problem
 from torch import nn
 
-from bench.autoattack_watch import LOGGER_NAME, check_name, watch_autoattack
-from bench.evaluate import autoattack_accuracy
+from bench.evaluation.autoattack_watch import LOGGER_NAME, check_name, watch_autoattack
+from bench.evaluation.evaluate import autoattack_accuracy
 
 
 class Softmaxed(nn.Module):
@@ -139,10 +139,10 @@ def test_a_tripped_check_reaches_the_sanity_record_and_report(problem, tmp_path)
     import pandas as pd
 
     from bench.config import EvalConfig
-    from bench.evaluate import evaluate_classifier
-    from bench.protocol import write_sanity
-    from bench.report.sanity import sanity_rows
-    from bench.results import RunDir
+    from bench.evaluation.evaluate import evaluate_classifier
+    from bench.evaluation.protocol import write_sanity
+    from bench.products.report.sanity import sanity_rows
+    from bench.store.results import RunDir
 
     model, x, y = problem
     settings = EvalConfig(epsilon=0.08, step_size=0.02, attacks=("clean", "apgd-ce"), batch_size=16)
@@ -168,7 +168,7 @@ def _info(progress, planned=("apgd-ce", "apgd-t", "fab-t", "square"), reported=2
 
 
 def test_autoattack_completion_check():
-    from bench.evaluate import autoattack_complete
+    from bench.evaluation.evaluate import autoattack_complete
 
     full = [("apgd-ce", 40.0), ("apgd-t", 30.0), ("fab-t", 30.0), ("square", 25.0)]
     assert autoattack_complete(_info(full))[0]

@@ -16,10 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.atomic import save_torch_atomic
-from bench.checkpoints import CheckpointError, EncoderCheckpoint, load_encoder
-from bench.external import export_classifier, load_robustbench_model
-from bench.models import (
+from bench.engine.checkpoints import CheckpointError, EncoderCheckpoint, load_encoder
+from bench.engine.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Classifier,
@@ -27,6 +25,8 @@ from bench.models import (
     ResNet18,
     build_contrastive_model,
 )
+from bench.runs.external import export_classifier, load_robustbench_model
+from bench.store.atomic import save_torch_atomic
 
 ACL_BN = ("normal", "pgd")  # train_simCLR.py: bn_names = ['normal', 'pgd']
 ADVCL_BN = ("normal", "pgd", "pgd_ce")  # pretraining_advCL.py: bn_names = ['normal', 'pgd', 'pgd_ce']

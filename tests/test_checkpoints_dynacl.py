@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.checkpoints import CheckpointError, load_encoder
+from bench.engine.checkpoints import CheckpointError, load_encoder
 
 DATA = Path(__file__).parent / "data"
 KEYS = json.loads((DATA / "released_keys_dynacl.json").read_text())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.cli import build_parser, main
+from bench.cli.app import build_parser, main
 
 
 def _fails_cleanly(args, tmp_path, capsys, expected):

@@ -1,7 +1,7 @@
 """``bench compare``: paired per-image comparison of two runs from their stored records.
 
 The records are written by the tests (no training); the expected p-value and power are computed
-here from the binomial distribution with ``math.comb``, never with bench.stats.
+here from the binomial distribution with ``math.comb``, never with bench.products.stats.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from bench.cli import main
-from bench.compare import CompareError, compare_runs, find_run
+from bench.cli.app import main
 from bench.config import smoke_preset
-from bench.evaluate import seeded_subset
-from bench.protocol import evaluate_ready_classifier
-from bench.records import read_record, write_record
-from bench.results import ResultsStore, RunDir
+from bench.evaluation.evaluate import seeded_subset
+from bench.evaluation.protocol import evaluate_ready_classifier
+from bench.products.compare import CompareError, compare_runs, find_run
+from bench.store.records import read_record, write_record
+from bench.store.results import ResultsStore, RunDir
 
 # 200 images: both correct 100, only the variant 30, only the base 10, neither 60
 BOTH, VARIANT_ONLY, BASE_ONLY, NEITHER = 100, 30, 10, 60
@@ -69,7 +69,7 @@ def test_paired_counts_give_the_textbook_mcnemar_test(tmp_path):
 
 
 def _power(n: int, difference: float, discordant: float, alpha: float = 0.05) -> float:
-    """Exact power of the exact two-sided McNemar test, by enumeration (independent of bench.stats)."""
+    """Exact power of the exact two-sided McNemar test, by enumeration (independent of bench.products.stats)."""
     share = (discordant + difference) / (2 * discordant)
     total = 0.0
     for m in range(n + 1):

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 from bench.config import ConfigError, preset, set_field, smoke_preset, validate
-from bench.corruption_eval import corrupted_images, corruption_source
-from bench.corruptions import regenerate
-from bench.data import ImageData, to_float
-from bench.evaluate import seeded_subset
-from bench.protocol import evaluate_ready_classifier
-from bench.records import read_record
-from bench.results import RunDir
+from bench.engine.corruptions import regenerate
+from bench.engine.data import ImageData, to_float
+from bench.evaluation.corruption_eval import corrupted_images, corruption_source
+from bench.evaluation.evaluate import seeded_subset
+from bench.evaluation.protocol import evaluate_ready_classifier
+from bench.store.records import read_record
+from bench.store.results import RunDir
 
 
 def _classifier(digits) -> nn.Module:

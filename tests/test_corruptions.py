@@ -1,4 +1,4 @@
-"""Common corruptions: the official-file loader, and the regenerated CIFAR-C recipe (bench.corruptions).
+"""Common corruptions: the official-file loader, and the regenerated CIFAR-C recipe (bench.engine.corruptions).
 
 Severity behaviour was compared once with the released recipe itself (hendrycks/robustness
 make_cifar_c.py run outside this repository with ImageMagick 6.9, OpenCV, scikit-image, fed the
@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from bench import corruption_ops as ops
-from bench.corruptions import CORRUPTIONS, SEVERITIES, corrupt, load_cifar_c, regenerate
-from bench.data import DatasetMissingError, load_digits, to_float
+from bench.engine import corruption_ops as ops
+from bench.engine.corruptions import CORRUPTIONS, SEVERITIES, corrupt, load_cifar_c, regenerate
+from bench.engine.data import DatasetMissingError, load_digits, to_float
 
 # Corruptions without randomness in the recipe.
 DETERMINISTIC = {"defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate", "jpeg_compression"}

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from tiny_run import TINY
 
-import bench.method
-from bench import registry
-from bench.attacks import pgd
+import bench.methodkit.method
 from bench.config import AttackConfig, ConfigError
-from bench.method import StepContext
-from bench.models import ContrastiveModel, ResNet18, build_contrastive_model
+from bench.engine.attacks import pgd
+from bench.engine.models import ContrastiveModel, ResNet18, build_contrastive_model
+from bench.methodkit import registry
+from bench.methodkit.method import StepContext
 from methods.deacl import DeACL, distillation_loss
 
 DEACL_MEAN, DEACL_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)  # resnet_add_normalize.py
@@ -131,7 +131,7 @@ def test_step_attacks_in_eval_mode_and_routes_no_gradient_to_the_teacher(digits,
     method.setup(student, digits.x_train[:16], context())
     teacher_state = {key: value.clone() for key, value in teacher.state_dict().items()}
     recorder = Recorder(student)
-    monkeypatch.setattr(bench.method, "pgd", recorder)
+    monkeypatch.setattr(bench.methodkit.method, "pgd", recorder)
     images = digits.x_train[:16].float() / 255
     student.train()
     loss, logs = method.training_step(student, images, context())
@@ -156,7 +156,7 @@ def test_attack_objective_is_the_negative_cosine_to_the_teacher(digits, monkeypa
     expected = -sum(cosine(s[i].double(), t[i].double()) for i in range(8))
     method.augment = lambda batch, generator: batch  # the view is the images themselves
     recorder = Recorder(student, start=torch.zeros_like(images))
-    monkeypatch.setattr(bench.method, "pgd", recorder)
+    monkeypatch.setattr(bench.methodkit.method, "pgd", recorder)
     method.training_step(student.train(), images, context())
     assert float(recorder.calls[0]["values"][0]) == pytest.approx(float(expected), rel=1e-5)
 
@@ -266,7 +266,7 @@ def our_released_step(monkeypatch):
     method.setup(student, torch.zeros(1, 3, 8, 8, dtype=torch.uint8), ctx)
     method.augment = lambda batch, generator: batch
     recorder = Recorder(student, start=inputs.start_noise("deacl/start"))
-    monkeypatch.setattr(bench.method, "pgd", recorder)
+    monkeypatch.setattr(bench.methodkit.method, "pgd", recorder)
     x = inputs.view("deacl/view")
     student.train()
     loss, _ = method.training_step(student, x, ctx)
@@ -369,8 +369,8 @@ def test_paper_settings_refuse_a_dataset_without_a_released_script():
 def test_bench_run_trains_the_simclr_teacher_first_and_distils_from_it(tmp_path):
     import json
 
-    from bench.cli import main
-    from bench.results import ResultsStore
+    from bench.cli.app import main
+    from bench.store.results import ResultsStore
 
     code = main(
         [

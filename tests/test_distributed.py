@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from bench import distributed
 from bench.config import ConfigError
-from bench.losses import nt_xent
-from bench.models import build_contrastive_model
+from bench.engine import collective
+from bench.engine.losses import nt_xent
+from bench.engine.models import build_contrastive_model
+from bench.runs import distributed
 
 METHODS = ["acl", "advcl-ip"]  # eval-mode attack with gathered negatives; train-mode attack, per-shard BN, CE, α
 
@@ -72,30 +73,30 @@ class FakeCollective:
 
 def test_shards_under_ddp_are_the_world_size_or_one_on_cuda():
     cpu = torch.device("cpu")
-    assert distributed.check_shards(2, FakeCollective(), cpu, synced=False) == "per-shard"
+    assert collective.check_shards(2, FakeCollective(), cpu, synced=False) == "per-shard"
     with pytest.raises(ConfigError, match="pretrain.shards=3 is invalid under 2 processes: allowed 2"):
-        distributed.check_shards(3, FakeCollective(), cpu, synced=False)
+        collective.check_shards(3, FakeCollective(), cpu, synced=False)
     with pytest.raises(ConfigError, match="SyncBatchNorm .* CUDA only"):
-        distributed.check_shards(1, FakeCollective(), cpu, synced=False)
+        collective.check_shards(1, FakeCollective(), cpu, synced=False)
     with pytest.raises(ConfigError, match="released engine"):
-        distributed.check_shards(2, FakeCollective(), cpu, synced=True)  # RoCL: DDP + SyncBatchNorm
-    assert distributed.check_shards(2, FakeCollective(), torch.device("cuda"), synced=True) == "sync"
-    assert distributed.check_shards(1, None, cpu, synced=False) == "whole"
-    assert distributed.check_shards(2, None, cpu, synced=False) == "per-shard"
-    assert distributed.check_shards(2, None, cpu, synced=True) == "whole"
+        collective.check_shards(2, FakeCollective(), cpu, synced=True)  # RoCL: DDP + SyncBatchNorm
+    assert collective.check_shards(2, FakeCollective(), torch.device("cuda"), synced=True) == "sync"
+    assert collective.check_shards(1, None, cpu, synced=False) == "whole"
+    assert collective.check_shards(2, None, cpu, synced=False) == "per-shard"
+    assert collective.check_shards(2, None, cpu, synced=True) == "whole"
 
 
 def test_sync_batch_norm_swaps_every_batch_norm_and_restores_the_originals():
     model = build_contrastive_model("small_cnn", ("normal", "pgd"), "advcl")
     before = {key: value.clone() for key, value in model.state_dict().items()}
     originals = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
-    swapped = distributed.convert_sync_batch_norm(model)
+    swapped = collective.convert_sync_batch_norm(model)
     assert len(swapped) == len(originals) > 0
     synced = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
     assert all(isinstance(module, nn.SyncBatchNorm) for module in synced)
     assert set(model.state_dict()) == set(before)
     assert synced[0].weight is originals[0].weight and synced[0].running_mean is originals[0].running_mean
-    distributed.restore_batch_norm(model, swapped)
+    collective.restore_batch_norm(model, swapped)
     assert [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)] == originals
     assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())
 
@@ -108,7 +109,7 @@ def test_torchrun_pretrains_the_run_of_one_process_with_world_size_shards(tmp_pa
     import sys
     from pathlib import Path
 
-    from bench.plan import RunRequest, build_plan
+    from bench.runs.plan import RunRequest, build_plan
 
     flags = [
         "--methods",
@@ -132,7 +133,7 @@ def test_torchrun_pretrains_the_run_of_one_process_with_world_size_shards(tmp_pa
             "--standalone",
             "--nproc_per_node=2",
             "-m",
-            "bench.cli",
+            "bench.cli.app",
             "pretrain",
             *flags,
         ],
@@ -168,7 +169,7 @@ def test_torchrun_pretrains_the_run_of_one_process_with_world_size_shards(tmp_pa
 def test_under_w_processes_unset_shards_become_w_and_published_or_given_ones_stay():
     """plan_for_world on a plan of seeds × methods with a teacher (deacl distils from simclr): every
     run whose shards neither the paper row nor the user sets is the run of `--set pretrain.shards=W`."""
-    from bench.plan import RunRequest, build_plan
+    from bench.runs.plan import RunRequest, build_plan
 
     request = RunRequest(
         preset="paper",

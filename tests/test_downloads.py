@@ -15,11 +15,11 @@ import pickle
 import numpy as np
 import pytest
 
-import bench.downloads as downloads
-from bench.cli import main
+import bench.methodkit.downloads as downloads
+from bench.cli.app import main
 from bench.config import ConfigError
-from bench.downloads import RELEASED_PSEUDO_LABELS, DownloadError, fetch_verified
-from bench.plan import RunRequest, build_plan
+from bench.methodkit.downloads import RELEASED_PSEUDO_LABELS, DownloadError, fetch_verified
+from bench.runs.plan import RunRequest, build_plan
 
 KS = (2, 10, 50, 100, 500)
 

@@ -9,15 +9,15 @@ import pytest
 import torch
 from test_air import reference_nt_xent
 
-from bench import registry
-from bench.annealing import annealed_augment, augmentation_strength, dynacl_adversarial_weight, reweighting_omega
-from bench.attacks import pgd
 from bench.config import AttackConfig, ConfigError, PretrainConfig, smoke_preset
-from bench.data import to_float
-from bench.method import StepContext
-from bench.models import ContrastiveModel
-from bench.optim import learning_rate
-from bench.views import StrongAugment
+from bench.engine.annealing import annealed_augment, augmentation_strength, dynacl_adversarial_weight, reweighting_omega
+from bench.engine.attacks import pgd
+from bench.engine.data import to_float
+from bench.engine.models import ContrastiveModel
+from bench.engine.optim import learning_rate
+from bench.engine.views import StrongAugment
+from bench.methodkit import registry
+from bench.methodkit.method import StepContext
 from methods.dynacl import KeyEncoderModel
 
 # --------------------------------------------------------------------------- schedules
@@ -237,16 +237,16 @@ def test_dynacl_attacks_in_eval_mode_for_both_encoders(digits, monkeypatch):
 
     method, model = build()
     modes = []
-    import bench.method
+    import bench.methodkit.method
 
-    original = bench.method.pgd  # DynACL attacks through bench.method.pretraining_pgd
+    original = bench.methodkit.method.pgd  # DynACL attacks through bench.methodkit.method.pretraining_pgd
 
     def recording(loss_fn, x, **kwargs):
         return original(
             lambda inputs: modes.append((model.training, model.key.training)) or loss_fn(inputs), x, **kwargs
         )
 
-    monkeypatch.setattr(bench.method, "pgd", recording)
+    monkeypatch.setattr(bench.methodkit.method, "pgd", recording)
     model.train()
     method.training_step(model, to_float(digits.x_train[:8]), context(0))
     assert modes == [(False, False)] * 2 and model.training and model.key.training

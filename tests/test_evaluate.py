@@ -7,7 +7,7 @@ from test_attacks import toy_problem
 from torch import nn
 
 from bench.config import EvalConfig
-from bench.evaluate import autoattack_accuracy, evaluate_classifier, seeded_subset
+from bench.evaluation.evaluate import autoattack_accuracy, evaluate_classifier, seeded_subset
 
 
 class SmallBNNet(nn.Module):

@@ -13,14 +13,14 @@ import pytest
 import torch
 from report_stores import row
 
-from bench import registry
-from bench.atomic import save_torch_atomic
-from bench.checkpoints import CheckpointError, classifier_state
-from bench.cli import main
+from bench.cli.app import main
 from bench.config import ConfigError
-from bench.export import FORMATS, export_run, load_exported, sidecar_path
-from bench.models import Classifier
-from bench.results import ResultRow, ResultsStore
+from bench.engine.checkpoints import CheckpointError, classifier_state
+from bench.engine.models import Classifier
+from bench.methodkit import registry
+from bench.products.export import FORMATS, export_run, load_exported, sidecar_path
+from bench.store.atomic import save_torch_atomic
+from bench.store.results import ResultRow, ResultsStore
 
 RUN_ID = "simclr-smoke-digits-s0-abc"
 

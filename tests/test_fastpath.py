@@ -7,13 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import registry, train
-from bench.attacks import autocast, pgd
 from bench.config import ConfigError
-from bench.evaluate import CPU_BATCH, AutocastLogits, clean_accuracy, eval_batch_size
-from bench.method import Method
-from bench.models import Classifier, build_contrastive_model
-from bench.results import RunDir
+from bench.engine.attacks import autocast, pgd
+from bench.engine.models import Classifier, build_contrastive_model
+from bench.evaluation.evaluate import CPU_BATCH, AutocastLogits, clean_accuracy, eval_batch_size
+from bench.methodkit import registry
+from bench.methodkit.method import Method
+from bench.runs import train
+from bench.store.results import RunDir
 
 
 def _pretrain(name, digits, config, folder, **fields):

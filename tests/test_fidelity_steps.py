@@ -4,7 +4,7 @@ Each fixture in ``tests/data/fidelity/`` holds the figures of one training step 
 code base, run on a CPU in float64 with the weights, views and attack noise of
 ``tests/fidelity_inputs.py``. Each test builds OUR model for the same method, injects the
 same weights, views (``method.augment`` / ``method.weak_augment`` replaced by a replay) and
-PGD starts (``bench.attacks.random_start`` replaced by a replay), runs our step and compares
+PGD starts (``bench.engine.attacks.random_start`` replaced by a replay), runs our step and compares
 loss, adversarial examples, every parameter's gradient and the BN buffers within 1e-5 of the
 tensor's own scale. What the fixture lists under ``excluded`` (documented deviations) is
 not compared, and the list is checked to be exactly the one expected here.
@@ -22,14 +22,14 @@ import fidelity_inputs as fi
 import pytest
 import torch
 
-import bench.attacks
-import bench.finetune
-import bench.method
-from bench import registry
-from bench.checkpoints import load_encoder
+import bench.engine.attacks
+import bench.evaluation.finetune
+import bench.methodkit.method
 from bench.config import AttackConfig, paper_preset
-from bench.finetune import SchemeSettings, build_classifier, scheme_settings
-from bench.method import StepContext
+from bench.engine.checkpoints import load_encoder
+from bench.evaluation.finetune import SchemeSettings, build_classifier, scheme_settings
+from bench.methodkit import registry
+from bench.methodkit.method import StepContext
 
 RTOL = 1e-5
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the released Normalize constants
@@ -71,15 +71,15 @@ class ReplayAugment(Replay):
 
 
 def replay_starts(monkeypatch: pytest.MonkeyPatch, starts: list[torch.Tensor]) -> Replay:
-    """``bench.attacks.random_start`` returns x + δ with the released δ (inside [0, 1] by construction)."""
-    replay = Replay("bench.attacks.random_start", starts)
+    """``bench.engine.attacks.random_start`` returns x + δ with the released δ (inside [0, 1] by construction)."""
+    replay = Replay("bench.engine.attacks.random_start", starts)
 
     def random_start(x: torch.Tensor, epsilon: float, generator: torch.Generator | None = None) -> torch.Tensor:
         delta = replay.next(x.shape)
         assert float(delta.abs().max()) <= epsilon + 1e-12, "prepared start noise exceeds epsilon"
         return x + delta
 
-    monkeypatch.setattr(bench.attacks, "random_start", random_start)
+    monkeypatch.setattr(bench.engine.attacks, "random_start", random_start)
     return replay
 
 
@@ -186,7 +186,7 @@ def test_acl_step_matches_released(monkeypatch):
     start = fi.start_noise("acl/start", torch.cat([x1, x2]), fixture["settings"]["epsilon"])
     monkeypatch.setattr(method, "augment", ReplayAugment("ACL.augment", [x1, x2]))
     starts = replay_starts(monkeypatch, [start])
-    adversarial = spy_function(monkeypatch, bench.method, "pgd")  # ACL attacks through pretraining_pgd
+    adversarial = spy_function(monkeypatch, bench.methodkit.method, "pgd")  # ACL attacks through pretraining_pgd
     loss, _ = method.training_step(model, x1, context(fixture))
     assert not starts.left and len(adversarial) == 1
     a1, a2 = adversarial[0].chunk(2)
@@ -276,7 +276,7 @@ def test_advcl_step_matches_released(monkeypatch, name):
 
 
 # --------------------------------------------------------------------------- finetuning (RobustSSL)
-# The per-step loss of bench.finetune (``_set_mode`` + ``scheme_loss``, what ``finetune`` runs for
+# The per-step loss of bench.evaluation.finetune (``_set_mode`` + ``scheme_loss``, what ``finetune`` runs for
 # each batch) on the released ACL checkpoint format loaded by ``load_encoder``. When the
 # finetuning module is refactored, ``finetune_step`` is the one place to follow it.
 
@@ -332,11 +332,11 @@ def finetune_step(monkeypatch, fixture: dict, scheme: str, dual: bool = False) -
     if scheme == "ALF":
         inputs["start"] = start
         replay_starts(monkeypatch, [start])
-        adversarial = spy_function(monkeypatch, bench.finetune, "pgd_cross_entropy")
+        adversarial = spy_function(monkeypatch, bench.evaluation.finetune, "pgd_cross_entropy")
     if scheme == "AFF":
         inputs["trades"] = noise
         replay_trades_noise(monkeypatch, noise)
-        adversarial = spy_function(monkeypatch, bench.finetune, "trades_kl_attack")
+        adversarial = spy_function(monkeypatch, bench.evaluation.finetune, "trades_kl_attack")
     steps = settings["attack_steps"] if scheme != "SLF" else 0
     step_settings = SchemeSettings(
         scheme=scheme,
@@ -353,9 +353,9 @@ def finetune_step(monkeypatch, fixture: dict, scheme: str, dual: bool = False) -
         step_size=settings["step_size"],
         dual_bn=dual,
     )
-    bench.finetune.check_dual_bn(step_settings, classifier.backbone, classifier.bn)
-    bench.finetune._set_mode(classifier, scheme)
-    loss = bench.finetune.scheme_loss(classifier, step_settings, x, y, torch.Generator().manual_seed(0))
+    bench.evaluation.finetune.check_dual_bn(step_settings, classifier.backbone, classifier.bn)
+    bench.evaluation.finetune._set_mode(classifier, scheme)
+    loss = bench.evaluation.finetune.scheme_loss(classifier, step_settings, x, y, torch.Generator().manual_seed(0))
     examples = {"x_adv": adversarial[0], "x_adv-x": adversarial[0] - x} if adversarial else {}
     figures = step_figures(classifier, loss, examples)
     return figures, inputs

@@ -1,4 +1,4 @@
-"""Numbers and gradient routing of bench.losses, checked against hand loops.
+"""Numbers and gradient routing of bench.engine.losses, checked against hand loops.
 
 Every expected value is computed here with plain Python loops over pairs of views in
 float64 (torch scalars only so that autograd can give the hand gradients), following the
@@ -14,7 +14,14 @@ import math
 import pytest
 import torch
 
-from bench.losses import AdaptiveAlpha, a_infonce, adaptive_alpha, nt_xent, official_advcl_loss, official_rocl_loss
+from bench.engine.losses import (
+    AdaptiveAlpha,
+    a_infonce,
+    adaptive_alpha,
+    nt_xent,
+    official_advcl_loss,
+    official_rocl_loss,
+)
 
 T = 0.5
 ADVCL = (True, False, False, False)

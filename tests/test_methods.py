@@ -17,20 +17,20 @@ import numpy as np
 import pytest
 import torch
 
-import bench.method
-import bench.method as method_module
-import bench.pseudo_labels as pseudo_label_module
+import bench.methodkit.method
+import bench.methodkit.method as method_module
+import bench.methodkit.pseudo_labels as pseudo_label_module
 import methods.advcl as advcl_module
 import methods.rocl as rocl_module
-from bench import registry
-from bench.attacks import pgd
 from bench.config import AttackConfig, ConfigError
-from bench.data import to_float
-from bench.method import Method, Published, StepContext
-from bench.pseudo_labels import PseudoLabelUnpickler, load_pseudo_label_file
-from bench.results import RunDir
-from bench.variants import make_variant
-from bench.views import high_frequency_component
+from bench.engine.attacks import pgd
+from bench.engine.data import to_float
+from bench.engine.views import high_frequency_component
+from bench.methodkit import registry
+from bench.methodkit.method import Method, Published, StepContext
+from bench.methodkit.pseudo_labels import PseudoLabelUnpickler, load_pseudo_label_file
+from bench.methodkit.variants import make_variant
+from bench.store.results import RunDir
 from methods.advcl import AdvCL
 
 EPSILON, STEP_SIZE, PGD_STEPS, BATCH, SMOKE_STEPS = 0.1, 0.025, 2, 64, 20
@@ -89,10 +89,10 @@ class PGDRecorder:
 
 def record_pgd(monkeypatch, method, model) -> PGDRecorder:
     """Record every pretraining attack: a method calls ``pgd`` itself or through
-    ``bench.method.pretraining_pgd``; both are bench.attacks.pgd, so one recorder stands for both."""
+    ``bench.methodkit.method.pretraining_pgd``; both are bench.engine.attacks.pgd, so one recorder stands for both."""
     module = sys.modules[type(method).__module__]
-    recorder = PGDRecorder(model, bench.method.pgd)
-    monkeypatch.setattr(bench.method, "pgd", recorder)
+    recorder = PGDRecorder(model, bench.methodkit.method.pgd)
+    monkeypatch.setattr(bench.methodkit.method, "pgd", recorder)
     if getattr(module, "pgd", None) is not None:
         monkeypatch.setattr(module, "pgd", recorder)
     return recorder

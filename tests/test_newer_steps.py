@@ -16,10 +16,10 @@ import newer_step_inputs as inputs
 import pytest
 import torch
 
-import bench.attacks
-from bench import registry
+import bench.engine.attacks
 from bench.config import AttackConfig
-from bench.method import StepContext
+from bench.methodkit import registry
+from bench.methodkit.method import StepContext
 
 FIXTURE = json.loads((Path(__file__).parent / "data" / "newer_steps.json").read_text())
 TOLERANCE = 1e-5
@@ -29,7 +29,7 @@ def inject(monkeypatch, module, views: list[torch.Tensor], starts: torch.Tensor)
     """The method's two augmentations return the fixture's views; PGD starts at x + δ."""
     queue = list(views)
     monkeypatch.setattr(module, "annealed_augment", lambda strength: lambda images, generator: queue.pop(0))
-    monkeypatch.setattr(bench.attacks, "random_start", lambda x, epsilon, generator=None: x + starts)
+    monkeypatch.setattr(bench.engine.attacks, "random_start", lambda x, epsilon, generator=None: x + starts)
 
 
 def context(epoch: int, epochs: int) -> StepContext:
@@ -59,17 +59,18 @@ def compare_common(case: dict, loss: torch.Tensor, adversarial: torch.Tensor, gr
 
 
 def record_adversarial(monkeypatch, module) -> dict:
-    """The adversarial examples of one step (the newer methods attack through bench.method.pretraining_pgd)."""
-    import bench.method
+    """The adversarial examples of one step (the newer methods attack through
+    bench.methodkit.method.pretraining_pgd)."""
+    import bench.methodkit.method
 
     seen = {}
-    original = bench.method.pgd
+    original = bench.methodkit.method.pgd
 
     def recording(*args, **kwargs):
         seen["out"] = original(*args, **kwargs)
         return seen["out"]
 
-    monkeypatch.setattr(bench.method, "pgd", recording)
+    monkeypatch.setattr(bench.methodkit.method, "pgd", recording)
     return seen
 
 

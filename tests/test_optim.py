@@ -7,7 +7,7 @@ import math
 import torch
 
 from bench.config import PretrainConfig
-from bench.optim import LARS, learning_rate
+from bench.engine.optim import LARS, learning_rate
 
 
 def test_lars_step_matches_formula():

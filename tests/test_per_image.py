@@ -5,12 +5,19 @@ from __future__ import annotations
 import torch
 from test_attacks import toy_problem
 
-from bench.attacks import pgd_cross_entropy
-from bench.evaluate import autoattack_accuracy, clean_accuracy, clean_correct, eval_mode, pgd_accuracy, pgd_correct
+from bench.engine.attacks import pgd_cross_entropy
+from bench.evaluation.evaluate import (
+    autoattack_accuracy,
+    clean_accuracy,
+    clean_correct,
+    eval_mode,
+    pgd_accuracy,
+    pgd_correct,
+)
 
 
 def _clean_accuracy_before(model, x, y, batch_size):
-    """bench.evaluate.clean_accuracy as it was before per-image correctness (commit 33c8d8f)."""
+    """bench.evaluation.evaluate.clean_accuracy as it was before per-image correctness (commit 33c8d8f)."""
     with eval_mode(model), torch.no_grad():
         correct = sum(
             int((model(x[s : s + batch_size]).argmax(1) == y[s : s + batch_size]).sum())
@@ -20,7 +27,7 @@ def _clean_accuracy_before(model, x, y, batch_size):
 
 
 def _pgd_accuracy_before(model, x, y, epsilon, step_size, steps, restarts, batch_size, seed):
-    """bench.evaluate.pgd_accuracy as it was before per-image correctness (commit 33c8d8f)."""
+    """bench.evaluation.evaluate.pgd_accuracy as it was before per-image correctness (commit 33c8d8f)."""
     generator = torch.Generator(device=x.device).manual_seed(seed)
     robust = 0
     with eval_mode(model):

@@ -7,8 +7,8 @@ import json
 
 from tiny_run import TINY
 
-from bench.cli import main
-from bench.results import COLUMNS
+from bench.cli.app import main
+from bench.store.results import COLUMNS
 
 
 def _run(tmp_path, *extra):
@@ -181,8 +181,8 @@ def test_jobs_resolution():
     import torch
 
     from bench.config import ConfigError
-    from bench.device import available_cores
-    from bench.pipeline import resolve_jobs
+    from bench.engine.device import available_cores
+    from bench.runs.pipeline import resolve_jobs
 
     cpu = torch.device("cpu")  # CUDA (one run per GPU): tests/test_workers.py
     assert resolve_jobs(0, cpu, 13) == min(available_cores(), 13)
@@ -265,12 +265,12 @@ def test_transfer_finetunes_and_evaluates_on_another_dataset_at_the_pretraining_
     rows = [r for r in _rows(tmp_path) if r["metric"] == "accuracy"]
     assert {(r["dataset"], r["eval_dataset"]) for r in rows} == {("digits", "shapes")}
     assert {r["n_eval"] for r in rows} == {"16"}  # the whole 2 × 8 test split
-    from bench.checkpoints import load_classifier
+    from bench.engine.checkpoints import load_classifier
 
     classifier = load_classifier(next((tmp_path / "r" / "runs").glob("*/classifier_SLF.pt")))
     assert classifier.head.out_features == 2
-    from bench.pipeline import DataCache
-    from bench.plan import RunRequest, assemble
+    from bench.runs.pipeline import DataCache
+    from bench.runs.plan import RunRequest, assemble
 
     config = assemble(RunRequest(overrides={"data.eval_name": "folder", "data.data_dir": str(root)}))
     loaded = DataCache(torch.device("cpu")).get("folder", config)

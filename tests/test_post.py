@@ -1,4 +1,4 @@
-"""The LP-AFT post-processing stage (bench.post): pseudo-labels, linear probe, TRADES finetuning,
+"""The LP-AFT post-processing stage (bench.methodkit.post): pseudo-labels, linear probe, TRADES finetuning,
 the released attack variants, and what the stage may and may not change in an encoder."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import bench.attacks as attacks
-from bench.attacks import trades_kl_attack
-from bench.data import to_float
-from bench.models import Classifier, build_contrastive_model
-from bench.post import (
+import bench.engine.attacks as attacks
+from bench.engine.attacks import trades_kl_attack
+from bench.engine.data import to_float
+from bench.engine.models import Classifier, build_contrastive_model
+from bench.methodkit.post import (
     PostSettings,
     check_settings,
     encoder_features,

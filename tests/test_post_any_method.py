@@ -1,6 +1,7 @@
-"""``--post pp`` for any method: ``<method>++`` is the method, then DynACL++'s LP-AFT stage (bench.post).
+"""``--post pp`` for any method: ``<method>++`` is the method, then DynACL++'s LP-AFT stage (bench.methodkit.post).
 
-The ``++`` form is derived on demand (bench.registry.derive_post, bench.variants.make_post_method): it
+The ``++`` form is derived on demand (bench.methodkit.registry.derive_post,
+bench.methodkit.variants.make_post_method): it
 adds the stage's parameters, trains the branch the schemes finetune, and pretrains exactly as the method
 itself, so a run of both pretrains once. The stage's arithmetic has its own tests (tests/test_post.py).
 """
@@ -13,12 +14,12 @@ import pickle
 
 import pytest
 
-from bench import registry
-from bench.cli import main
+from bench.cli.app import main
 from bench.config import ConfigError, smoke_preset
-from bench.plan import RunRequest, build_plan
-from bench.post import POST_FIELDS, SMOKE_POST_PARAMS
-from bench.results import ResultsStore, load
+from bench.methodkit import registry
+from bench.methodkit.post import POST_FIELDS, SMOKE_POST_PARAMS
+from bench.runs.plan import RunRequest, build_plan
+from bench.store.results import ResultsStore, load
 
 
 def test_every_method_has_a_plus_plus_form_that_adds_the_stage():

@@ -1,7 +1,7 @@
 """Finetuning protocols (issue 9 §2-3): values against the released scripts, validation, rows, dry runs.
 
 The expected values below are quoted from the released files themselves (file and line in the
-comments), independently of the table in ``bench.protocols`` they check.
+comments), independently of the table in ``bench.evaluation.protocols`` they check.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import pytest
 import torch
 from torch import nn
 
-from bench.attacks import trades_kl_attack
-from bench.checkpoints import load_classifier
-from bench.cli import main
+from bench.cli.app import main
 from bench.config import SCHEMES, ConfigError, paper_preset
-from bench.finetune import scheme_settings
-from bench.plan import RunRequest, build_plan
-from bench.results import COLUMNS, LEGACY_COLUMNS, ResultsStore, read_rows_csv
+from bench.engine.attacks import trades_kl_attack
+from bench.engine.checkpoints import load_classifier
+from bench.evaluation.finetune import scheme_settings
+from bench.runs.plan import RunRequest, build_plan
+from bench.store.results import COLUMNS, LEGACY_COLUMNS, ResultsStore, read_rows_csv
 
 DATA = Path(__file__).parent / "data"
 STEP_2 = 2 / 255
@@ -354,7 +354,7 @@ def run_figures(results: Path) -> dict:
 
 
 def test_unified_smoke_numbers_are_those_before_protocols_existed(tmp_path):
-    """A tiny run gives the figures recorded by the same command before bench.protocols existed."""
+    """A tiny run gives the figures recorded by the same command before bench.evaluation.protocols existed."""
     recorded = json.loads((DATA / "unified_smoke_figures.json").read_text())
     assert recorded["command"][:4] == ["run", "--methods", "simclr", "acl"] and recorded["command"][4:] == TINY_RUN
     results = tmp_path / "results"
@@ -420,8 +420,8 @@ def test_a_stored_encoder_is_finetuned_under_a_protocol_for_its_recorded_method(
     128), zero head, no per-epoch evaluation, and the rows say the protocol."""
     import dataclasses
 
-    import bench.protocol
-    from bench import protocols
+    import bench.evaluation.protocol
+    from bench.evaluation import protocols
 
     results, common = (
         tmp_path / "results",
@@ -468,9 +468,9 @@ def test_a_stored_encoder_is_finetuned_under_a_protocol_for_its_recorded_method(
     monkeypatch.setitem(
         protocols.PROTOCOL_TABLE, "robustssl", dataclasses.replace(robustssl, base={**robustssl.base, "epochs": 1})
     )
-    used, finetune = [], bench.protocol.finetune
+    used, finetune = [], bench.evaluation.protocol.finetune
     monkeypatch.setattr(
-        bench.protocol,
+        bench.evaluation.protocol,
         "finetune",
         lambda settings, *args, **kwargs: (
             used.append((settings, kwargs["epoch_eval"])),
@@ -507,11 +507,13 @@ def test_a_stored_encoder_is_finetuned_under_a_protocol_for_its_recorded_method(
 def test_sweep_jobs_carry_the_protocol_and_a_dry_run_fetches_nothing(tmp_path, capsys, monkeypatch):
     import shlex
 
-    import bench.downloads
-    from bench.cli import build_parser
-    from bench.commands import build_request, selected_methods
+    import bench.methodkit.downloads
+    from bench.cli.app import build_parser
+    from bench.cli.commands import build_request, selected_methods
 
-    monkeypatch.setattr(bench.downloads, "fetch_verified", lambda *args: pytest.fail("a dry run fetched a file"))
+    monkeypatch.setattr(
+        bench.methodkit.downloads, "fetch_verified", lambda *args: pytest.fail("a dry run fetched a file")
+    )
     lines = dry_run_lines(
         capsys,
         [
@@ -545,10 +547,10 @@ def test_sweep_jobs_carry_the_protocol_and_a_dry_run_fetches_nothing(tmp_path, c
 
 
 def test_report_tables_are_per_protocol_and_say_the_pseudo_label_source():
-    from bench.report.common import MethodOrder
-    from bench.report.render import table_csv_rows, table_markdown
-    from bench.report.tables import build_tables
-    from bench.results import load
+    from bench.products.report.common import MethodOrder
+    from bench.products.report.render import table_csv_rows, table_markdown
+    from bench.products.report.tables import build_tables
+    from bench.store.results import load
 
     legacy = load(DATA / "unified_smoke_rows_legacy.csv")  # no protocol column: unified
     assert set(legacy["protocol"]) == {"unified"}
@@ -564,9 +566,9 @@ def test_report_tables_are_per_protocol_and_say_the_pseudo_label_source():
 
 
 def test_paper_table_has_a_section_per_protocol_and_lists_the_pseudo_label_source():
-    from bench.report.common import MethodOrder
-    from bench.report.paper import Sources, paper_markdown, paper_sections
-    from bench.results import load
+    from bench.products.report.common import MethodOrder
+    from bench.products.report.paper import Sources, paper_markdown, paper_sections
+    from bench.store.results import load
 
     legacy = load(DATA / "unified_smoke_rows_legacy.csv")
     paper = legacy.assign(preset="paper", dataset="cifar10", eval_dataset="cifar10", epsilon=8 / 255, method="advcl")
@@ -586,8 +588,8 @@ def test_paper_table_has_a_section_per_protocol_and_lists_the_pseudo_label_sourc
 
 
 def test_dual_bn_aff_refuses_an_encoder_without_a_clean_branch():
-    from bench import registry
-    from bench.finetune import check_dual_bn
+    from bench.evaluation.finetune import check_dual_bn
+    from bench.methodkit import registry
 
     config = paper_preset()
     config.finetune.protocol = "robustssl"

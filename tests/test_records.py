@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.records import FORMAT_VERSION, RecordError, accuracy, paired, read_record, write_record
+from bench.store.records import FORMAT_VERSION, RecordError, accuracy, paired, read_record, write_record
 
 
 def _example(n: int = 13, seed: int = 0):

@@ -7,12 +7,12 @@ import textwrap
 
 import pytest
 
-from bench import registry
-from bench.cli import main
+from bench.cli.app import main
 from bench.config import ConfigError
-from bench.losses import nt_xent
-from bench.method import Method
-from bench.registry import register
+from bench.engine.losses import nt_xent
+from bench.methodkit import registry
+from bench.methodkit.method import Method
+from bench.methodkit.registry import register
 
 TINY = [
     "--epochs",
@@ -140,9 +140,9 @@ def test_dummy_method_is_listed_and_runs(dummy_method, tmp_path, capsys):
 def test_entry_point_plugin_is_discovered(tmp_path, monkeypatch, capsys):
     (tmp_path / "acl_bench_plugin_demo.py").write_text(
         textwrap.dedent("""
-        from bench.losses import nt_xent
-        from bench.method import Method
-        from bench.registry import register
+        from bench.engine.losses import nt_xent
+        from bench.methodkit.method import Method
+        from bench.methodkit.registry import register
 
         @register("plugin-demo")
         class PluginDemo(Method):

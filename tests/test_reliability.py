@@ -17,10 +17,10 @@ import pytest
 import torch
 from tiny_run import TINY
 
-from bench import registry
-from bench.cli import main
-from bench.method import Method
-from bench.results import ResultsStore
+from bench.cli.app import main
+from bench.methodkit import registry
+from bench.methodkit.method import Method
+from bench.store.results import ResultsStore
 
 
 def _bench(tmp_path, *args):
@@ -41,7 +41,7 @@ def test_diverged_finetuning_fails_the_run_and_stores_nothing(tmp_path, capsys):
 
 def test_a_constant_classifier_fails_the_degenerate_check():
     from bench.config import EvalConfig
-    from bench.evaluate import evaluate_classifier
+    from bench.evaluation.evaluate import evaluate_classifier
 
     class Constant(torch.nn.Module):
         def forward(self, x):
@@ -94,7 +94,7 @@ def _slow_run(tmp_path, *extra) -> subprocess.Popen:
     command = [
         sys.executable,
         "-m",
-        "bench.cli",
+        "bench.cli.app",
         "run",
         "--methods",
         "acl",
@@ -287,8 +287,8 @@ def test_status_and_collect_merge_with_conflicts(tmp_path, capsys):
 
 
 def test_resume_restores_the_thread_count_of_the_interrupted_run(digits, tiny_config, tmp_path):
-    from bench.results import RunDir
-    from bench.train import pretrain
+    from bench.runs.train import pretrain
+    from bench.store.results import RunDir
 
     def train(run_dir, threads, crash_at=None, resume=False):
         torch.set_num_threads(threads)

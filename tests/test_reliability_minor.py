@@ -16,12 +16,13 @@ import torch
 from report_stores import row, write_sanity, write_store
 from test_reliability import TINY
 
-from bench import atomic, progress
-from bench.atomic import DiskFullError, atomic_write, save_torch_atomic
-from bench.cli import main
-from bench.plan import RunRequest, build_plan
-from bench.report import write_reports
-from bench.results import ResultsStore
+from bench.cli.app import main
+from bench.engine import progress
+from bench.products.report import write_reports
+from bench.runs.plan import RunRequest, build_plan
+from bench.store import atomic
+from bench.store.atomic import DiskFullError, atomic_write, save_torch_atomic
+from bench.store.results import ResultsStore
 
 
 def _one_line_error(capsys, code: int, expected: int = 2) -> str:
@@ -246,7 +247,7 @@ def test_a_binary_loss_history_costs_its_curve_not_the_report(tmp_path, capsys, 
 
 @pytest.mark.parametrize("content", [b"hello\n", b""])
 def test_a_checkpoint_that_is_no_torch_file_says_so(tmp_path, content):
-    from bench.checkpoints import CheckpointError, load_encoder
+    from bench.engine.checkpoints import CheckpointError, load_encoder
 
     path = tmp_path / "notes.pt"
     path.write_bytes(content)

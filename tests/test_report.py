@@ -20,9 +20,15 @@ from report_stores import synthetic_rows as _rows
 from report_stores import write_reference as _write_reference
 from report_stores import write_store as _write_store
 
-from bench.report import UNSPECIFIED_AINFONCE, epsilon_series, load_reference, write_paper_tables, write_reports
-from bench.results import load
-from bench.stats import minimum_detectable_difference
+from bench.products.report import (
+    UNSPECIFIED_AINFONCE,
+    epsilon_series,
+    load_reference,
+    write_paper_tables,
+    write_reports,
+)
+from bench.products.stats import minimum_detectable_difference
+from bench.store.results import load
 
 CONVERTER = REPO / "results" / "reference" / "convert_leaderboard.py"
 
@@ -349,9 +355,9 @@ def test_sanity_report_lists_methods_in_the_given_order(tmp_path):
 
 def test_bench_report_orders_methods_as_the_registry_plugins_included(tmp_path):
     """`bench report` passes the registry's order: anchors first, each base then its variants, plugins last."""
-    from bench import registry
-    from bench.cli import main
-    from bench.method import Method
+    from bench.cli.app import main
+    from bench.methodkit import registry
+    from bench.methodkit.method import Method
 
     methods = ["aaa-plugin", "rocl-hn", "advcl", "acl-ip", "acl", "simclr"]
     _write_store(tmp_path, [_row(f"{m}-s0", m, "SLF", "clean", 50.0 + i) for i, m in enumerate(methods)])
@@ -398,7 +404,7 @@ def test_selections_that_come_out_empty_stay_empty(tmp_path):
 
 
 def test_loss_history_empty_or_malformed(tmp_path):
-    from bench.report.curves import read_history
+    from bench.products.report.curves import read_history
 
     (tmp_path / "empty.csv").write_text("")
     assert read_history(tmp_path / "empty.csv").empty
@@ -415,7 +421,7 @@ def test_variants_are_marked_where_a_paired_test_finds_a_difference(tmp_path):
     McNemar on their stored per-image records; neither defined: no mark, empty CSV columns."""
     import numpy as np
 
-    from bench.records import write_record
+    from bench.store.records import write_record
 
     seeds = [
         _row(f"{method}-s{seed}", method, "SLF", "clean", value, seed=seed)

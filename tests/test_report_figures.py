@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from report_stores import GOLDEN_ORDER, row, write_full_store, write_store
 
-from bench.report import compute, curves, figures, write_reports
+from bench.products.report import compute, curves, figures, write_reports
 
 FAMILIES = {"simclr": 1, "acl": 4, "rocl": 4, "advcl": 4}
 

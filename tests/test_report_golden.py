@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from report_stores import GOLDEN, GOLDEN_CASES, GOLDEN_ORDER, REPO
 
-from bench.report import write_reports
+from bench.products.report import write_reports
 
 TEXT_SUFFIXES = (".md", ".csv", ".tex")
 FIGURE_SIZES = "figures.json"

@@ -7,9 +7,9 @@ import csv
 import pytest
 
 from bench.config import ConfigError
-from bench.plan import RunRequest
-from bench.reproduce import get_table, reproduce_plan, write_reproduction
-from bench.results import ResultRow, ResultsStore
+from bench.products.reproduce import get_table, reproduce_plan, write_reproduction
+from bench.runs.plan import RunRequest
+from bench.store.results import ResultRow, ResultsStore
 
 REFERENCE_COLUMNS = ("method", "dataset", "eval_dataset", "scheme", "attack", "metric", "value", "source", "note")
 

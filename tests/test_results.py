@@ -6,9 +6,9 @@ import multiprocessing
 
 import pytest
 
-from bench import atomic
-from bench.atomic import write_atomic
-from bench.results import (
+from bench.store import atomic
+from bench.store.atomic import write_atomic
+from bench.store.results import (
     COLUMNS,
     Measurement,
     ResultRow,

@@ -1,4 +1,4 @@
-"""``bench.results.load``: the store as a typed DataFrame, every row checked like ``ResultRow``."""
+"""``bench.store.results.load``: the store as a typed DataFrame, every row checked like ``ResultRow``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import pytest
 
-from bench.results import COLUMNS, Measurement, ResultRow, ResultsStore, RowContext, RowError, load
+from bench.store.results import COLUMNS, Measurement, ResultRow, ResultsStore, RowContext, RowError, load
 
 
 def _context(run_id: str, seed: int | None = 0) -> RowContext:
@@ -120,5 +120,5 @@ def test_load_refuses_a_table_of_another_schema(tmp_path):
 
 
 def test_importing_the_store_loads_neither_pandas_nor_torch():
-    code = "import sys, bench.results; print(sorted({'pandas', 'torch'} & set(sys.modules)))"
+    code = "import sys, bench.store.results; print(sorted({'pandas', 'torch'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"

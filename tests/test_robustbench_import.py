@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from bench.external import alias_autoattack, load_robustbench_model
+from bench.runs.external import alias_autoattack, load_robustbench_model
 
 UTILS = """
 from autoattack import AutoAttack

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from bench import registry
 from bench.config import ConfigError
-from bench.plan import RunRequest, build_plan
-from bench.shards import Shards, join_rows, per_shard_forwards, shard_seed, split_rows
+from bench.engine.shards import Shards, join_rows, per_shard_forwards, shard_seed, split_rows
+from bench.methodkit import registry
+from bench.runs.plan import RunRequest, build_plan
 
 
 def test_a_shard_holds_its_instances_in_every_view_view_major():

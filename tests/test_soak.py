@@ -19,7 +19,7 @@ import pytest
 import torch
 from report_stores import row
 
-from bench.results import ResultRow, ResultsStore, RowError, RunDir
+from bench.store.results import ResultRow, ResultsStore, RowError, RunDir
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
 

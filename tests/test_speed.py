@@ -8,16 +8,16 @@ import copy
 import pytest
 import torch
 
-from bench import registry
-from bench.cli import main
+from bench.cli.app import main
 from bench.config import AttackConfig
-from bench.data import to_float
-from bench.method import StepContext
-from bench.reference_style import ReplayAugment, pil_transform
-from bench.shards import Shards
-from bench.speed import SpeedRow
-from bench.speed_report import SpeedContext, pretraining_hours, ratios, speed_csv, speed_markdown
-from bench.views import StrongAugment, WeakAugment
+from bench.engine.data import to_float
+from bench.engine.shards import Shards
+from bench.engine.views import StrongAugment, WeakAugment
+from bench.methodkit import registry
+from bench.methodkit.method import StepContext
+from bench.products.reference_style import ReplayAugment, pil_transform
+from bench.products.speed import SpeedRow
+from bench.products.speed_report import SpeedContext, pretraining_hours, ratios, speed_csv, speed_markdown
 
 ATTACK = AttackConfig(epsilon=0.1, step_size=0.025, steps=3)
 

@@ -1,9 +1,9 @@
-"""The harness calls the method hooks of the newer methods where they belong (bench.stages, bench.train).
+"""The harness calls the method hooks of the newer methods where they belong (bench.runs.stages, bench.runs.train).
 
 - ``StepContext.epochs``: every step sees the run's total pretraining epochs;
 - ``Method.encoder_for_finetuning``: the encoder the pretraining stage stores (and a donor is
   loaded into) is the hook's, not the trained model (DynACL stores its key encoder);
-- ``Method.post_settings``: a method with a post stage gets ``bench.post.post_process`` on the
+- ``Method.post_settings``: a method with a post stage gets ``bench.methodkit.post.post_process`` on the
   stored encoder, its result is stored apart (``encoder_post.pt``, ``post.json``) and is what
   every scheme finetunes; finetuning before the post stage has finished is a ``StageError``.
 A throw-away method keeps it cheap; ``post_process`` is replaced by a recorder (its own tests
@@ -19,15 +19,15 @@ import pytest
 import torch
 from tiny_run import TINY as TINY_RUN
 
-import bench.stages as stages
-from bench import registry
-from bench.cli import main
-from bench.losses import nt_xent
-from bench.method import Method
-from bench.plan import RunRequest, build_plan
-from bench.post import PostSettings
-from bench.registry import register
-from bench.results import ResultsStore
+import bench.runs.stages as stages
+from bench.cli.app import main
+from bench.engine.losses import nt_xent
+from bench.methodkit import registry
+from bench.methodkit.method import Method
+from bench.methodkit.post import PostSettings
+from bench.methodkit.registry import register
+from bench.runs.plan import RunRequest, build_plan
+from bench.store.results import ResultsStore
 
 TINY = [*TINY_RUN, "--set", "finetune.batch_size=512", "--jobs", "1"]
 HOOK_VALUE, POST_VALUE = 0.25, 0.75

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from bench.stats import (
+from bench.products.stats import (
     compare_paired,
     describe_power,
     format_interval,
@@ -176,7 +176,7 @@ def test_hierarchical_bootstrap_widens_with_seed_to_seed_spread():
 
 
 def _simulated_power(n: int, difference: float, discordant: float, trials: int, seed: int) -> float:
-    """Monte Carlo power with scipy's binomtest (an implementation independent of bench.stats)."""
+    """Monte Carlo power with scipy's binomtest (an implementation independent of bench.products.stats)."""
     rng = np.random.default_rng(seed)
     probabilities = [(discordant + difference) / 2, (discordant - difference) / 2, 1 - discordant]
     draws = rng.multinomial(n, probabilities, size=trials)[:, :2]

@@ -22,12 +22,12 @@ import pytest
 import torch
 from tiny_run import TINY
 
-from bench.cli import build_parser, main
-from bench.collect import MEASURED
-from bench.commands import build_request, selected_methods
+from bench.cli.app import build_parser, main
+from bench.cli.commands import build_request, selected_methods
 from bench.config import ConfigError
-from bench.plan import RunRequest, build_plan
-from bench.results import COLUMNS, ResultsStore
+from bench.runs.collect import MEASURED
+from bench.runs.plan import RunRequest, build_plan
+from bench.store.results import COLUMNS, ResultsStore
 
 
 def _dirs(root: Path) -> list[str]:
@@ -125,7 +125,7 @@ def _masked(path: Path) -> list[list[str]]:
 
 
 def test_stages_run_separately_and_in_any_order_give_the_rows_of_bench_run(tmp_path):
-    from bench.stages import DataCache, StageContext, finetune_stage, finish_stage, pretrain_stage
+    from bench.runs.stages import DataCache, StageContext, finetune_stage, finish_stage, pretrain_stage
 
     torch.set_num_threads(1)  # one thread: cheap on a shared 2-core machine (the conftest fixture restores 2)
     extra = ["--methods", "simclr", "--jobs", "1", "--schemes", "SLF,ALF", "--set", "finetune.alf_steps=1"]
@@ -320,21 +320,24 @@ def test_slurm_submission_builds_arrays_and_task_wise_dependencies(tmp_path, mon
             delayed = pickle_load(jobs_dir / f"{array}_{task}_submitted.pkl")
             submitted[line["job"]] = ("bench", *delayed.args[0])
             assert type(delayed.function).__name__ == "StageJob"
+            assert delayed.function.entry.__module__ == "bench.cli.app"  # the CLI's stage entry, by reference
     submitted["collect"] = ("bench", *pickle_load(jobs_dir / "4003_submitted.pkl").args[0])
     printed = {line["job"]: line["command"] for line in lines}
     assert {key: shlex.join(argv) for key, argv in submitted.items()} == printed
 
 
 def test_a_requeued_forced_job_continues_instead_of_restarting():
-    from bench.sweep import StageJob
+    from bench.cli.app import run_stage_command
+    from bench.runs.sweep import StageJob
 
     argv = ["stage", "pretrain", "--run-id", "x", "--force"]
-    requeued = StageJob().checkpoint(argv)
+    requeued = StageJob(run_stage_command).checkpoint(argv)
     assert requeued.args == (["stage", "pretrain", "--run-id", "x"],) and isinstance(requeued.function, StageJob)
+    assert requeued.function.entry is run_stage_command
 
 
 def test_environment_records_the_scheduler_job_host_and_world_size(monkeypatch):
-    from bench.provenance import environment
+    from bench.store.provenance import environment
 
     for name in (
         "SLURM_JOB_ID",

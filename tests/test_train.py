@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import registry
-from bench.method import Method
-from bench.results import RunDir
-from bench.train import pretrain
+from bench.methodkit import registry
+from bench.methodkit.method import Method
+from bench.runs.train import pretrain
+from bench.store.results import RunDir
 
 
 class Crash(RuntimeError):

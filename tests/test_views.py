@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.views import StrongAugment, WeakAugment, high_frequency_component, random_crop_with_padding
+from bench.engine.views import StrongAugment, WeakAugment, high_frequency_component, random_crop_with_padding
 
 
 def _generator(seed=0):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import pipeline
 from bench.config import ConfigError
-from bench.plan import RunRequest, build_plan
-from bench.results import ResultsStore
+from bench.runs import pipeline
+from bench.runs.plan import RunRequest, build_plan
+from bench.store.results import ResultsStore
 
 
 def test_cuda_runs_one_method_per_gpu(monkeypatch):

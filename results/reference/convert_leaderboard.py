@@ -22,9 +22,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout: the repository's bench/
 
-from bench.atomic import write_atomic  # noqa: E402
+from bench.store.atomic import write_atomic  # noqa: E402
 
-UNSPECIFIED_AINFONCE = "a-infonce (unspecified variant)"  # = bench.report.reference.UNSPECIFIED_AINFONCE
+UNSPECIFIED_AINFONCE = "a-infonce (unspecified variant)"  # = bench.products.report.reference.UNSPECIFIED_AINFONCE
 LEADERBOARD_PAPERS = {  # paper title prefix -> (method, method when the row uses post-processing, note)
     "Robust Pre-Training by Adversarial Contrastive Learning": ("acl", None, "ACL (Jiang et al., NeurIPS 2020)"),
     "Adversarial Self-Supervised Contrastive Learning": ("rocl", None, "RoCL (Kim et al., NeurIPS 2020)"),

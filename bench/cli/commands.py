@@ -1,0 +1,510 @@
+"""What each ``bench`` subcommand does, from its parsed arguments (``bench.cli.app`` builds the parser).
+
+A command turns its arguments into a request (``build_request``), resolves the plan once
+(``bench.runs.plan``) and hands it to the pipeline, the sweep, the report or the exporter; it returns
+the exit status. Errors are raised, not printed: ``bench.cli.app.main`` turns them into one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bench.config import ConfigError, check_directory
+from bench.engine import collective as step_collective
+from bench.engine import progress
+from bench.engine.device import resolve_device
+from bench.methodkit import registry
+from bench.products import speed_report
+from bench.products.compare import compare_runs, find_run, format_results
+from bench.products.export import export_run, sidecar_path
+from bench.products.report import write_reports
+from bench.products.reproduce import get_table, reproduce_plan, write_reproduction
+from bench.products.speed import (
+    QUICK,
+    QUICK_EXTRA,
+    QUICK_EXTRA_METHODS,
+    QUICK_EXTRA_STEPS,
+    QUICK_METHODS,
+    SpeedOptions,
+    run_speed,
+)
+from bench.products.speed_report import SpeedContext, speed_csv, speed_markdown
+from bench.runs import distributed, sweep
+from bench.runs.collect import describe, merge_stores, run_status
+from bench.runs.external import evaluate_external
+from bench.runs.pipeline import run_plan
+from bench.runs.plan import RunRequest, assemble, build_plan
+from bench.store.atomic import write_atomic
+from bench.store.provenance import code_version, now
+from bench.store.results import ResultsStore
+
+SPEED_STAGES = ("pretrain", "eval", "epoch")
+SHORT_FLAGS = {  # flag dest → dotted config field
+    "dataset": "data.name",
+    "eval_dataset": "data.eval_name",
+    "data_dir": "data.data_dir",
+    "image_size": "data.image_size",
+    "arch": "model.arch",
+    "seed": "seed",
+    "device": "device",
+    "jobs": "jobs",
+    "epochs": "pretrain.epochs",
+    "batch_size": "pretrain.batch_size",
+    "lr": "pretrain.lr",
+    "optimizer": "pretrain.optimizer",
+    "finetune_epochs": "finetune.epochs",
+    "schemes": "finetune.schemes",
+    "epsilon": "evaluate.epsilon",
+    "step_size": "evaluate.step_size",
+    "train_epsilon": "attack.epsilon",
+    "train_steps": "attack.steps",
+    "attacks": "evaluate.attacks",
+    "n_eval": "evaluate.n_eval",
+    "results_dir": "results_dir",
+    "reports_dir": "reports_dir",
+    "protocol": "finetune.protocol",
+}
+
+
+def _split_assignment(text: str, flag: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"{flag} {text!r} is invalid: allowed form KEY=VALUE")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def build_request(args: argparse.Namespace, methods: tuple[str, ...]):
+
+    overrides: dict[str, str] = {}
+    for dest, dotted in SHORT_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            overrides[dotted] = value
+    if getattr(args, "download", False):
+        overrides["data.download"] = "true"
+    if getattr(args, "compile", False):
+        overrides["pretrain.compile"] = "true"
+    for item in args.set:
+        key, value = _split_assignment(item, "--set")
+        overrides[key] = value
+    method_params: dict[str, dict[str, str]] = {}
+    for item in args.param:
+        key, value = _split_assignment(item, "--param")
+        scope, _, name = key.rpartition(":")
+        method_params.setdefault(scope or "*", {})[name] = value
+    return RunRequest(
+        preset=args.preset,
+        overrides=overrides,
+        method_params=method_params,
+        methods=methods,
+        force=getattr(args, "force", False),
+        resume=getattr(args, "resume", False),
+        seeds=tuple(getattr(args, "seeds", None) or ()),
+        datasets=tuple(getattr(args, "datasets", None) or ()),
+    )
+
+
+def selected_methods(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--methods`` (space- or comma-separated); with ``--post pp`` each selected method's ``++`` form."""
+    names = tuple(m for m in ",".join(args.methods).split(",") if m)
+    post = getattr(args, "post", "")
+    return tuple(registry.with_post(name, post) for name in registry.resolve(names)) if post else names
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    methods = registry.available()
+    if args.json:
+        for name, cls in methods.items():
+            print(
+                json.dumps(
+                    {
+                        "name": name,
+                        "description": cls.description,
+                        "base": cls.base_name or name,
+                        "bn_branches": list(cls.bn_branches),
+                        "finetune_bn": cls.finetune_bn,
+                        "inferior_positives": cls.inferior_positives,
+                        "hard_negatives": cls.hard_negatives,
+                        "in_all": cls.selected_by_all,
+                    }
+                )
+            )
+        return 0
+    width = max(len(name) for name in methods)
+    for name, cls in methods.items():
+        print(f"{name:<{width}}  {'' if cls.selected_by_all else '° '}{cls.description}")
+    if not all(cls.selected_by_all for cls in methods.values()):
+        print("° not in --methods all (the A-InfoNCE table): select by name or pattern, e.g. --methods 'dynacl*' deacl")
+    print("Every method without a post stage also runs as '<name>++' (then DynACL++'s LP-AFT): --post pp")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
+
+    request = build_request(args, selected_methods(args))
+    if pretrain_only:
+        request.overrides["finetune.schemes"] = ""
+    as_json = getattr(args, "json", False)  # `bench pretrain` has neither --dry-run nor --json
+    request.dry_run = bool(getattr(args, "dry_run", False))  # --json alone: a JSON summary after the run
+    plan = build_plan(request)
+    if request.dry_run:
+        return print_plan(plan, as_json)
+    collective = step_collective.init_from_env(resolve_device(plan.base.device).type)
+    if collective is not None:  # under torchrun: rank 0 runs the plan, the others join its pretraining
+        plan = distributed.plan_for_world(plan, request, collective.world)
+        try:
+            if collective.rank != 0:
+                distributed.follow(plan)
+                return 0
+            outcomes = distributed.lead(plan)
+        except step_collective.DistributedRunFailed as error:
+            print(f"bench: error: {error}", file=sys.stderr)
+            return 1
+    else:
+        outcomes = run_plan(plan)
+    reports = []
+    if not pretrain_only and not args.no_report:
+        reports = _report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet or as_json)
+    status = _summarise(outcomes)
+    if as_json:
+        print(json.dumps(run_summary(plan, outcomes, reports)))
+    return status
+
+
+def run_summary(plan, outcomes, reports: list[Path]) -> dict:
+    """``bench run --json``: what a script needs after a run (each run's id, status and flags, the
+    stored results and the report files), as one JSON object on stdout."""
+    flags = {run.run_id: list(run.flags) for run in plan.runs}
+    runs = [
+        {
+            "run_id": o.run_id,
+            "method": o.method,
+            "status": o.status,
+            "reason": o.reason,
+            "flags": flags.get(o.run_id, []),
+        }
+        for o in outcomes
+    ]
+    return {"runs": runs, "results": str(plan.results_dir / "results.csv"), "reports": [str(path) for path in reports]}
+
+
+def _dry_run(args: argparse.Namespace) -> bool:
+    if getattr(args, "json", False) and not getattr(args, "dry_run", False):
+        raise ConfigError("--json is invalid without --dry-run: allowed --dry-run --json")
+    return bool(getattr(args, "dry_run", False))
+
+
+def print_plan(plan, as_json: bool) -> int:
+    """The resolved plan, nothing loaded or trained: one line (or JSON object) per run and scheme."""
+    for run in plan.runs:
+        if run.pseudo_labels is not None and not as_json:
+            labels = run.pseudo_labels
+            fetch = "" if labels.present else f" (--download fetches it from {labels.url}, sha256 {labels.sha256})"
+            print(f"{run.run_id}  pseudo-labels {labels.source}{': ' + labels.path if labels.path else ''}{fetch}")
+        for described in run.scheme_dicts():
+            if as_json:
+                print(json.dumps(described))
+                continue
+            tune = described["finetune"]
+            if tune is None:
+                print(f"{run.run_id}  pretraining only")
+                continue
+            print(
+                f"{run.run_id}  {described['scheme']}  protocol {tune['protocol']}  epochs {tune['epochs']}  "
+                f"batch {tune['batch_size']}  lr {tune['lr']:g}  milestones {','.join(map(str, tune['milestones']))}"
+                f"  attack steps {tune['train_attack_steps']}  dual-BN {tune['dual_bn']}  head {tune['head_init']}  "
+                f"eval step {tune['eval_step_size']:.5g}  reported {tune['reported_epoch']} epoch"
+            )
+    progress.log(f"dry run: {len(plan.runs)} run(s) resolved; nothing was loaded, fetched or trained")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """A published table's rows under its protocol, then the comparison with Δ (``bench.products.reproduce``)."""
+
+    table = get_table(args.table)
+    request = build_request(args, table.registered_methods())
+    request.dry_run = _dry_run(args)
+    dataset, seed = request.overrides.pop("data.name", None), request.overrides.pop("seed", None)
+    if seed is not None and args.seeds:
+        raise ConfigError("--seed is invalid with --seeds: allowed one of them")
+    datasets = [dataset] if dataset else list(table.datasets)
+    seeds = [_seed(text) for text in ",".join(args.seeds or [seed or "0"]).split(",") if text]
+    plan = reproduce_plan(table, request, datasets, seeds)
+    if request.dry_run:
+        return print_plan(plan, args.json)
+    outcomes = run_plan(plan)
+    written = write_reproduction(table, plan, plan.results_dir / "reference", plan.reports_dir)
+    if not args.quiet:
+        for path in written:
+            if path.suffix == ".md":
+                print(path.read_text())
+    progress.log("reproduction: " + ", ".join(str(path) for path in written))
+    return _summarise(outcomes)
+
+
+def _seed(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ConfigError(f"--seeds {text!r} is invalid: allowed integers >= 0")
+    return int(text)
+
+
+def _summarise(outcomes) -> int:
+    """One line for the whole plan, one per failed run; exit status 1 when any run failed."""
+    failed = [outcome for outcome in outcomes if outcome.status == "failed"]
+    counts = {status: sum(outcome.status == status for outcome in outcomes) for status in ("completed", "skipped")}
+    progress.log(f"done: {counts['completed']} completed, {counts['skipped']} skipped, {len(failed)} failed")
+    for outcome in failed:
+        print(f"bench: run {outcome.run_id} ({outcome.method}) failed: {outcome.reason}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: list[str] | None = None) -> list[Path]:
+    """Write the report in the registry's method order (plugins included): methods without adversarial
+    views (the non-adversarial anchor) first, then each base method followed by its A-InfoNCE variants."""
+
+    methods = registry.available()
+    bases = sorted(
+        (name for name, cls in methods.items() if not cls.base_name),
+        key=lambda name: methods[name].has_adversarial_views,
+    )
+    order = [name for base in bases for name in (base, *(n for n, c in methods.items() if c.base_name == base))]
+    results_dir, reports_dir = dirs
+    check_directory("reports_dir", reports_dir)
+    written = write_reports(
+        results_dir / "results.csv",
+        reports_dir,
+        results_dir / "runs",
+        results_dir / "reference",
+        paper=paper,
+        curve_methods=curve_methods,
+        method_order=order + [name for name in methods if name not in order],
+    )
+    index = next((path for path in written if Path(path).name == "index.md"), reports_dir / "index.md")
+    if not quiet:
+        table = reports_dir / "results.md"
+        if table.exists():
+            print(table.read_text())
+    progress.log(f"report: {index}")
+    return [Path(path) for path in written]
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    methods = [name for name in ",".join(args.curve_methods or []).split(",") if name]
+    written = _report(
+        (Path(args.results_dir), Path(args.reports_dir)),
+        paper=args.paper,
+        quiet=args.quiet or args.json,
+        curve_methods=methods or None,
+    )
+    if args.json:
+        print(json.dumps({"reports": [str(path) for path in written]}))
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Pretraining alone: the runs of ``bench run`` with no finetuning scheme (their encoders are stored)."""
+    return cmd_run(args, pretrain_only=True)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+
+    request = build_request(args, ("all",))
+    run_id = evaluate_external(
+        request,
+        checkpoint=args.checkpoint,
+        checkpoint_format=args.format,
+        branch=args.branch,
+        name=args.name,
+        robustbench_model=args.robustbench_model,
+        force=args.force,
+        pretrain_dataset=args.pretrain_dataset,
+    )
+    if not args.no_report:
+        config = assemble(request)
+        _report((Path(config.results_dir), Path(config.reports_dir)), paper=False, quiet=args.quiet)
+        return 0
+    progress.log(f"done: {run_id}")
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    """Rebuild results.csv from the run directories, after merging other stores (``--from``)."""
+
+    store = ResultsStore(args.results_dir)
+    if args.sources:
+        report = merge_stores(store, [Path(source) for source in args.sources])
+        progress.log(
+            f"merged: {len(report.copied)} run(s) copied, {len(report.identical)} already here, "
+            f"{len(report.incomplete)} incomplete in their store (not copied)"
+        )
+    rows = store.collect()
+    progress.log(f"{store.table}: {rows} rows from {sum(run.is_complete() for run in store.run_dirs())} complete runs")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Per run: complete, failed (why), or the stage it reached; read from the run directories only."""
+
+    statuses = [run_status(run) for run in ResultsStore(args.results_dir).run_dirs()]
+    for status in statuses:
+        print(json.dumps(status) if args.json else f"{status['run_id']}  {describe(status)}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """The plan's runs as scheduler jobs (slurm, submitit-local), the local pool, or the jobs' command lines."""
+    import json
+
+    if args.json and not args.dry_run:
+        raise ConfigError("--json is invalid without --dry-run: allowed --dry-run --json")
+    request = build_request(args, selected_methods(args))
+    request.resume = True  # a sweep continues what an earlier sweep (or a requeued job) left
+    request.dry_run = args.dry_run  # a dry run fetches nothing (AdvCL's pseudo-labels with --download)
+    plan = build_plan(request)
+    options = sweep.ClusterOptions(
+        folder=Path(args.jobs_dir or plan.results_dir / "_jobs").resolve(),
+        **{name: getattr(args, name) for name in sweep.CLUSTER_FLAGS},
+    )
+    jobs = sweep.plan_jobs(plan, request, no_report=args.no_report)
+    if args.dry_run:
+        for job in jobs:
+            print(json.dumps(job.to_json()) if args.json else f"{job.key}  {job.command}")
+        return 0
+    if args.launcher == "local":
+        outcomes = run_plan(plan)
+        if not args.no_report:
+            _report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet)
+        return _summarise(outcomes)
+    if not jobs:
+        progress.log(f"nothing to submit: the {len(plan.runs)} run(s) of the sweep are complete (--force reruns them)")
+        return 0
+    if args.launcher == "slurm":
+        ids = sweep.submit_slurm(jobs, options, args.stage_entry)
+        for job in jobs:
+            progress.log(f"submitted {job.key}: SLURM job {ids[job.key]}")
+        progress.log(
+            f"{len(ids)} jobs submitted (logs in {options.folder}); follow the runs with "
+            f"`bench status --results-dir {plan.results_dir}`"
+        )
+        return 0
+    failures = sweep.run_submitit_local(jobs, options, args.stage_entry)
+    if "collect" in failures:
+        print(f"bench: the collect job failed: {failures['collect']}", file=sys.stderr)
+    return max(_summarise(sweep.outcomes(plan, jobs, failures)), int("collect" in failures))
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    """One stage of the runs the settings select (what a sweep's job runs); continues from what is stored."""
+
+    if args.stage == "collect":
+        config = assemble(build_request(args, ("all",)))
+        sweep.collect_stage(Path(config.results_dir))
+        if not args.no_report:
+            _report((Path(config.results_dir), Path(config.reports_dir)), paper=False, quiet=True)
+        return 0
+    request = build_request(args, selected_methods(args))
+    request.resume = True
+    failed = sweep.run_stage_of_plan(build_plan(request), args.stage, args.scheme, args.run_id)
+    for run_id, method, reason in failed:
+        print(f"bench: run {run_id} ({method}) failed: {reason}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Paired per-image comparison of two evaluated runs (bench.products.compare)."""
+
+    base, variant = find_run(args.base, args.results_dir), find_run(args.variant, args.results_dir)
+    results = compare_runs(base, variant, _listed(args.scheme), _listed(args.attack), names=(args.base, args.variant))
+    print(format_results(results, args.base, args.variant), end="")
+    return 0
+
+
+def _listed(values: list[str] | None) -> list[str]:
+    return [item for item in ",".join(values or []).split(",") if item]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+
+    path = export_run(Path(args.results_dir), args.run_id, args.scheme, Path(args.out), args.format)
+    print(path)
+    progress.log(f"sidecar: {sidecar_path(path)}")
+    return 0
+
+
+def _selected(plan) -> list:
+    """The plan's runs of the selected methods: a teacher run the plan adds (DeACL's SimCLR) is not
+    measured unless selected; ``bench speed`` gives a distilling method an untrained teacher."""
+    names = set(registry.resolve(plan.base.methods))
+    return [run for run in plan.runs if run.method in names]
+
+
+def cmd_speed(args: argparse.Namespace) -> int:
+    """``bench speed``: fast path vs reference-style path, side by side (bench.products.speed); writes speed.csv/md."""
+    import dataclasses
+    import shlex
+
+    methods = tuple(m for m in ",".join(args.methods or (QUICK_METHODS if args.quick else ["all"])).split(",") if m)
+    plan = build_plan(build_request(args, methods))
+    options = dataclasses.replace(QUICK if args.quick else SpeedOptions(), reference=not args.no_reference)
+    if args.no_autoattack:
+        options = dataclasses.replace(options, autoattack="")
+    stages = tuple(stage for stage in ",".join(args.stages).split(",") if stage)
+    for stage in stages:
+        if stage not in SPEED_STAGES:
+            raise ConfigError(f"--stages {stage!r} is invalid: allowed {list(SPEED_STAGES)}")
+    options = dataclasses.replace(options, stages=stages or SPEED_STAGES)
+    for name in ("warmup", "steps", "repeats", "eval_images", "loader_workers"):
+        if getattr(args, name) is not None:
+            options = dataclasses.replace(options, **{name: _count(getattr(args, name), name)})
+    extra = []
+    if args.quick:
+        extra_request = build_request(args, QUICK_EXTRA_METHODS)
+        extra_request.overrides.update(QUICK_EXTRA)
+        extra = _selected(build_plan(extra_request))
+    epoch_runs = _selected(build_plan(build_request(args, tuple(args.epoch)))) if args.epoch else []
+    device = resolve_device(plan.base.device)
+    rows = run_speed(
+        _selected(plan),
+        plan.base,
+        options,
+        device=device,
+        synthetic=_count(args.synthetic or 0, "synthetic"),
+        extra=extra,
+        extra_options=dataclasses.replace(options, steps=QUICK_EXTRA_STEPS),
+        epoch_runs=epoch_runs,
+    )
+    import torch
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    context = SpeedContext(
+        device.type,
+        name,
+        plan.base.preset,
+        plan.base.data.image_size,
+        torch.__version__,
+        torch.get_num_threads(),
+        code_version(),
+        now(),
+        "bench speed " + " ".join(shlex.quote(arg) for arg in args.argv),
+        device.type == "cpu",
+    )
+    csv_path = write_atomic(plan.results_dir / "speed.csv", speed_csv(rows, context))
+    md_path = write_atomic(plan.reports_dir / "speed.md", speed_markdown(rows, context))
+    for key, ratio in speed_report.describe(rows).items():
+        progress.log(f"  {key}: fast/reference-style {ratio:.2f}×")
+    progress.log(f"speed: {csv_path}, {md_path}")
+    return 0
+
+
+def _count(value: str | int, name: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"--{name.replace('_', '-')}={value!r} is invalid: allowed integers >= 0") from None
+    if number < 0:
+        raise ConfigError(f"--{name.replace('_', '-')}={value!r} is invalid: allowed integers >= 0")
+    return number

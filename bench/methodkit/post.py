@@ -1,0 +1,348 @@
+"""The "++" post-processing stage of DynACL (Luo, Wang, Wang, ICLR 2023): LP-AFT on pseudo-labels.
+
+After pretraining, and before the encoder is saved and finetuned, DynACL++ adapts the
+encoder to a classification task without any label:
+1. pseudo-labels: K-means (K clusters, Euclidean) on the pooled encoder features of the
+   un-augmented pretraining set through the ``'normal'`` BN branch, encoder in eval mode
+   (PKU-ML/DYNACL ``assign_label.py``; K = 10 hard-coded there, K = number of classes in
+   GodXuxilie/Enhancing_ACL_via_AIR ``LP-AFF.py``);
+2. linear probing (LP): a zero-initialised linear head on the frozen encoder (eval mode,
+   adversarial BN branch), SGD lr 0.01, momentum 0.9, wd 1e-4, constant lr, 10 epochs;
+3. adversarial full finetuning (AFT): TRADES (β 6, 10 steps of 2/255, ε 8/255; attack in eval
+   mode, loss in train mode) on the whole network from that head, SGD lr 0.1, momentum 0.9,
+   wd 1e-4, ÷10 at epochs 10 and 20, 25 epochs (``LPAFT.py``, ``LPAFT_AFF.py``).
+Batches of 512 with random crop (padding 1/8 of the size) and flip, last partial batch dropped.
+The head is thrown away; the returned encoder goes on to the usual finetuning protocol.
+
+``post_process`` works on any ``ContrastiveModel``, so any method can ask for the stage.
+Only the BN branch ``bn`` (and the shared convolutions) is trained: DYNACL's dual-BN script
+routes both TRADES terms through ``'pgd'``, and its single-BN script trains the ``'pgd'``
+route alone; both are this computation.
+
+Released differences kept behind settings (``PostSettings``), both off by default:
+- ``attack_start='clean'``: DYNACL's ``utils.trades_loss``/``trades_loss_dual`` start the KL
+  attack at x itself (TRADES and AIR's ``LP-AFF.py`` start at x + 0.001·N(0, 1)); at x the KL
+  gradient is rounding noise that ``sign()`` turns into a full step;
+- ``reference_bn='normal'``: AIR's ``finetuning_utils.trades_loss_dual`` computes the attack's
+  clean reference distribution through the ``'normal'`` branch while its loss uses ``'pgd'``.
+Deviations: K-means is scikit-learn's (k-means++ init, ``kmeans_restarts`` runs) where the
+released code uses ``kmeans_pytorch`` (random init, one run); the head has K outputs (the
+released head has as many as the dataset's classes, 100 on CIFAR-100 with K = 10 labels).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.engine.attacks import TRADES_STARTS, trades_kl_attack
+from bench.engine.data import batch_indices, to_float
+from bench.engine.models import Classifier, ContrastiveModel
+from bench.engine.views import WeakAugment
+from bench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bench.config import RunConfig
+
+POST_STAGES = ("", "pp")  # '' = none; 'pp' = DynACL++ LP-AFT (this module)
+
+
+@dataclass
+class PostSettings:
+    """Settings of the LP-AFT stage; defaults are PKU-ML/DYNACL ``LPAFT.py`` and ``assign_label.py``."""
+
+    clusters: int = 10  # K of the K-means pseudo-labels
+    feature_bn: str = "normal"  # branch whose features are clustered (assign_label.py)
+    bn: str = "pgd"  # branch trained by LP and AFT (bnNameCnt 1)
+    head_epochs: int = 10
+    head_lr: float = 0.01
+    epochs: int = 25
+    lr: float = 0.1
+    milestones: tuple[int, ...] = (10, 20)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 512
+    beta: float = 6.0  # TRADES β
+    epsilon: float = 8 / 255
+    step_size: float = 2 / 255
+    attack_steps: int = 10
+    attack_start: str = "noise"  # 'noise' (x + 0.001·N(0, 1)) or 'clean' (x: DYNACL's released TRADES)
+    reference_bn: str = ""  # branch of the attack's clean reference ('' = bn; AIR++ released: 'normal')
+    augment: bool = True  # random crop + flip (the harness turns it off for digits)
+    kmeans_restarts: int = 3
+
+
+def check_settings(settings: PostSettings, branches: tuple[str, ...]) -> None:
+    """One clear line for any impossible setting, before any work."""
+    counts = {"clusters": 2, "head_epochs": 0, "epochs": 0, "batch_size": 2, "attack_steps": 0, "kmeans_restarts": 1}
+    for name, low in counts.items():
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"post {name}={value!r} is invalid: allowed integers >= {low}")
+    for name in ("head_lr", "lr", "momentum", "weight_decay", "beta", "epsilon", "step_size"):
+        value = getattr(settings, name)
+        if not 0 <= value < float("inf"):
+            raise ValueError(f"post {name}={value!r} is invalid: allowed finite numbers >= 0")
+    if settings.attack_start not in TRADES_STARTS:
+        raise ValueError(f"post attack_start={settings.attack_start!r} is invalid: allowed {list(TRADES_STARTS)}")
+    for name in ("feature_bn", "bn", "reference_bn"):
+        value = getattr(settings, name)
+        if value not in branches and not (name == "reference_bn" and value == ""):
+            raise ValueError(f"post {name}={value!r} is invalid: allowed the model's BN branches {list(branches)}")
+
+
+@dataclass
+class PostParams:
+    """The stage's settings a method exposes as parameters (mixed into its ``Params``, so they are
+    part of the run's identity and of its encoder's pretraining key). Defaults: ``LPAFT.py``."""
+
+    post_clusters: int = 10  # K (assign_label.py hard-codes 10; AIR's LP-AFF.py uses the class count)
+    post_head_epochs: int = 10  # --epochs_head
+    post_epochs: int = 25  # --epochs
+    post_milestones: tuple[int, ...] = (10, 20)
+    post_batch_size: int = 512  # --batch_size
+    post_attack_steps: int = 10  # perturb_steps
+
+
+# The smoke preset's stage (8 pretraining epochs on the digits): LP 1 epoch, AFT 2, batch 64, TRADES PGD-2.
+SMOKE_POST_PARAMS = {
+    "post_clusters": 10,
+    "post_head_epochs": 1,
+    "post_epochs": 2,
+    "post_milestones": (),
+    "post_batch_size": 64,
+    "post_attack_steps": 2,
+}
+POST_FIELDS = frozenset(field.name for field in dataclasses.fields(PostParams))
+
+
+def check_post_params(params: PostParams) -> None:
+    """``ConfigError`` on an impossible post-stage parameter (one line, the allowed values)."""
+    for name, low in (
+        ("post_clusters", 2),
+        ("post_head_epochs", 0),
+        ("post_epochs", 0),
+        ("post_batch_size", 2),
+        ("post_attack_steps", 0),
+    ):
+        value = getattr(params, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name}={value!r} is invalid: allowed integers >= {low}")
+    milestones = params.post_milestones
+    if not isinstance(milestones, tuple) or not all(isinstance(m, int) and m >= 0 for m in milestones):
+        raise ConfigError(f"post_milestones={milestones!r} is invalid: allowed a tuple of integers >= 0")
+
+
+class PostStage:
+    """Mixin, first among the bases, of a method with this stage (``post = 'pp'``): its ``post_*``
+    parameters (``PostParams``) are checked with the method's own. ``post_settings`` is the method's."""
+
+    post = "pp"
+
+    @classmethod
+    def check_params(cls, params: Any) -> None:
+        super().check_params(params)  # type: ignore[misc]  # the method's own checks first
+        check_post_params(params)
+
+
+def settings_for(params: PostParams, config: RunConfig, **released: Any) -> PostSettings:
+    """The stage's settings for a run: the method's ``post_*`` parameters, the run's pretraining
+    attack budget (ε, step: 8/255 and 2/255 in the paper preset, as released) and its finetuning
+    augmentation switch; ``released`` sets the per-script fields (attack_start, reference_bn)."""
+    return PostSettings(
+        clusters=params.post_clusters,
+        head_epochs=params.post_head_epochs,
+        epochs=params.post_epochs,
+        milestones=tuple(params.post_milestones),
+        batch_size=params.post_batch_size,
+        attack_steps=params.post_attack_steps,
+        epsilon=config.attack.epsilon,
+        step_size=config.attack.step_size,
+        augment=config.finetune.augment,
+        **released,
+    )
+
+
+# --------------------------------------------------------------------------- pseudo-labels
+
+
+@torch.no_grad()
+def encoder_features(model: ContrastiveModel, images: torch.Tensor, bn: str, batch_size: int = 512) -> np.ndarray:
+    """Pooled features of uint8 ``images`` through branch ``bn``, model in eval mode (mode restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [
+            model.features(to_float(images[start : start + batch_size]), bn).float().cpu()
+            for start in range(0, images.shape[0], batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks).numpy().astype(np.float64)
+
+
+def kmeans_labels(features: np.ndarray, clusters: int, seed: int, restarts: int = 3) -> np.ndarray:
+    """K-means (Euclidean) cluster index of every row; clusters > rows is an error."""
+    from sklearn.cluster import KMeans
+
+    if clusters > features.shape[0]:
+        raise ValueError(
+            f"post clusters={clusters} is invalid: allowed at most the {features.shape[0]} training images"
+        )
+    kmeans = KMeans(n_clusters=clusters, n_init=restarts, random_state=seed)
+    return kmeans.fit_predict(features).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- LP-AFT
+
+
+def _logits(classifier: Classifier, x: torch.Tensor, bn: str) -> torch.Tensor:
+    return classifier.head(classifier.backbone.features(x, bn))
+
+
+def trades_adversary(
+    classifier: Classifier, x: torch.Tensor, settings: PostSettings, generator: torch.Generator
+) -> torch.Tensor:
+    """The TRADES KL attack of the stage, classifier in eval mode (mode restored afterwards).
+
+    Default: ``bench.engine.attacks.trades_kl_attack`` (start x + 0.001·N(0, 1), reference p(x) through
+    the trained branch). ``attack_start='clean'`` / ``reference_bn`` give the released variants.
+    """
+    was_training = classifier.training
+    classifier.eval()
+    try:
+        reference_bn = settings.reference_bn or settings.bn
+        return trades_kl_attack(
+            classifier,
+            x,
+            epsilon=settings.epsilon,
+            step_size=settings.step_size,
+            steps=settings.attack_steps,
+            generator=generator,
+            clean_classifier=None if reference_bn == settings.bn else lambda x: _logits(classifier, x, reference_bn),
+            start=settings.attack_start,
+        )
+    finally:
+        classifier.train(was_training)
+
+
+def trades_loss(
+    classifier: Classifier, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """CE(f(x), y) + β·KL(p(x_adv) ‖ p(x)) / B, gradient through both terms (Zhang et al. 2019)."""
+    logits_clean, logits_adv = classifier(x), classifier(x_adv)
+    robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
+    return F.cross_entropy(logits_clean, y) + beta * robust
+
+
+def _batches(
+    images: torch.Tensor, labels: torch.Tensor, settings: PostSettings, order: torch.Generator, views: torch.Generator
+):
+    """Shuffled batches (last partial one dropped, as released) with crop+flip when ``augment``."""
+    batch = min(settings.batch_size, images.shape[0])
+    augment = WeakAugment()
+    for indices in batch_indices(images.shape[0], batch, order, drop_last=True):
+        indices = indices.to(images.device)
+        x = to_float(images[indices])
+        yield (augment(x, views) if settings.augment else x), labels[indices]
+
+
+def linear_probe(
+    classifier: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    settings: PostSettings,
+    order: torch.Generator,
+    views: torch.Generator,
+) -> list[float]:
+    """LP: the head alone on the frozen encoder in eval mode, constant lr. Returns epoch mean losses."""
+    for parameter in classifier.backbone.parameters():
+        parameter.requires_grad_(False)
+    optimizer = torch.optim.SGD(
+        classifier.head.parameters(),
+        lr=settings.head_lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+    )
+    history = []
+    try:
+        for _ in range(settings.head_epochs):
+            losses = []
+            for x, y in _batches(images, labels, settings, order, views):
+                classifier.eval()
+                loss = F.cross_entropy(_logits(classifier, x, settings.bn), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+            history.append(float(np.mean(losses)) if losses else float("nan"))
+    finally:
+        for parameter in classifier.backbone.parameters():
+            parameter.requires_grad_(True)
+    return history
+
+
+def adversarial_finetune(
+    classifier: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    settings: PostSettings,
+    order: torch.Generator,
+    views: torch.Generator,
+) -> list[float]:
+    """AFT: TRADES on the whole network (attack in eval mode, loss in train mode), step decay."""
+    parameters = [p for p in classifier.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(settings.milestones), gamma=0.1)
+    history = []
+    for _ in range(settings.epochs):
+        losses = []
+        for x, y in _batches(images, labels, settings, order, views):
+            x_adv = trades_adversary(classifier, x, settings, views)
+            classifier.train()
+            loss = trades_loss(classifier, x, x_adv, y, settings.beta)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        scheduler.step()
+        history.append(float(np.mean(losses)) if losses else float("nan"))
+    return history
+
+
+def post_process(
+    model: ContrastiveModel,
+    train_images: torch.Tensor,
+    settings: PostSettings,
+    device: torch.device,
+    generator: torch.Generator,
+) -> ContrastiveModel:
+    """DynACL++'s LP-AFT on K-means pseudo-labels; returns a new encoder (``model`` is not changed).
+
+    ``train_images``: the uint8 pretraining set (labels are never seen). ``generator`` (on
+    ``device``) seeds the views and attack noise; the K-means seed and the batch order derive
+    from one draw of it, so a run is reproducible from the generator's state.
+    """
+    check_settings(settings, tuple(model.bn_names()) or ("normal",))
+    encoder = copy.deepcopy(model).to(device)
+    images = train_images.to(device)
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device).item())
+    features = encoder_features(encoder, images, settings.feature_bn, settings.batch_size)
+    labels = torch.as_tensor(kmeans_labels(features, settings.clusters, seed, settings.kmeans_restarts), device=device)
+    classifier = Classifier(encoder, settings.clusters, settings.bn).to(device)
+    nn.init.zeros_(classifier.head.weight)
+    nn.init.zeros_(classifier.head.bias)
+    order = torch.Generator().manual_seed(seed)
+    linear_probe(classifier, images, labels, settings, order, generator)
+    adversarial_finetune(classifier, images, labels, settings, order, generator)
+    encoder.eval()
+    return encoder

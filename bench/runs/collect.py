@@ -1,0 +1,128 @@
+"""Store-wide operations: rebuild the index, merge stores from other machines, report status.
+
+Each job writes only inside its own run directory, so stores written on machines without a
+shared filesystem merge by copying run directories: ``bench collect --from DIR ...`` copies
+every complete run this store lacks (or has only partly), skips runs whose rows are already
+here, and reports a run id whose numbers differ between two stores as a conflict, never
+overwriting either. ``bench status`` reads the run directories only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.runs.stages import finish_stage
+from bench.store.results import ResultRow, ResultsStore, RowError, RunDir, StoreError
+
+# What a run measured; the rest of a row (time stamp, wall time, device, code version) may
+# differ between two executions of the same run id without the results differing.
+MEASURED = ("method", "dataset", "eval_dataset", "scheme", "attack", "metric", "value", "epsilon", "n_eval", "seed")
+
+
+@dataclass
+class MergeReport:
+    copied: list[str] = field(default_factory=list)
+    identical: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)  # incomplete in the source: not copied
+    conflicts: list[str] = field(default_factory=list)  # "run_id: why"
+
+
+def measured(rows: list[ResultRow]) -> list[tuple[Any, ...]]:
+    return sorted(tuple(getattr(row, column) for column in MEASURED) for row in rows)
+
+
+def merge_stores(target: ResultsStore, sources: list[Path]) -> MergeReport:
+    """Copy the complete runs of ``sources`` into ``target``, then rebuild its index once.
+
+    Raises ``StoreError`` (after copying everything that is not in conflict) when a run id has
+    different measured rows in two places."""
+    report = MergeReport()
+    for source_root in sources:
+        source = ResultsStore(source_root)
+        if not source.runs.is_dir():
+            raise StoreError(f"--from {source_root} is invalid: it has no runs/ directory (not a results store)")
+        for run in source.run_dirs():
+            _merge_run(run, target, report)
+    target.collect()
+    if report.conflicts:
+        raise StoreError(
+            f"{len(report.conflicts)} conflicting run(s), kept as they were: " + "; ".join(report.conflicts)
+        )
+    return report
+
+
+def _merge_run(run: RunDir, target: ResultsStore, report: MergeReport) -> None:
+    if not run.is_complete():
+        report.incomplete.append(run.run_id)
+        return
+    here = target.run(run.run_id)
+    if here.is_complete():
+        try:
+            same = measured(here.read_rows()) == measured(run.read_rows())
+        except (RowError, OSError) as error:
+            report.conflicts.append(f"{run.run_id}: rows unreadable ({error})")
+            return
+        (report.identical if same else report.conflicts).append(
+            run.run_id if same else f"{run.run_id}: different rows in {here.path} and {run.path}"
+        )
+        return
+    copy_run(run, here)
+    report.copied.append(run.run_id)
+
+
+def copy_run(source: RunDir, destination: RunDir) -> None:
+    """Copy a run directory whole: into a temp directory beside the destination, then renamed in."""
+    destination.path.parent.mkdir(parents=True, exist_ok=True)
+    staging = destination.path.parent / f".{destination.run_id}.{os.getpid()}.incoming"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source.path, staging)
+    shutil.rmtree(destination.path, ignore_errors=True)  # an incomplete attempt here: the complete one wins
+    os.replace(staging, destination.path)
+
+
+def finish_ready(store: ResultsStore) -> list[str]:
+    """Complete every run whose stages have all finished (``bench.runs.stages.finish_stage``); the ids finished.
+
+    A sweep's last job calls this before ``collect``: a run's last finetune job normally finishes
+    it, but not when two of them end at once on different nodes or the job died just after its rows."""
+
+    finished = []
+    for run in store.run_dirs():
+        try:
+            if finish_stage(run):
+                finished.append(run.run_id)
+        except (OSError, ValueError, KeyError) as error:  # one damaged run must not keep the others incomplete
+            run.mark_failed(f"finish: {type(error).__name__}: {error}")
+    return finished
+
+
+def run_status(run: RunDir) -> dict[str, Any]:
+    """One run's state from its directory alone: complete, failed (why), or the stage it reached."""
+    status: dict[str, Any] = {"run_id": run.run_id}
+    if run.is_complete():
+        return {**status, "state": "complete"}
+    failure = run.failure()
+    if failure is not None:
+        return {**status, "state": "failed", "reason": failure}
+    progress = run.read_json_or_none(run.progress)
+    if not isinstance(progress, dict):
+        return {**status, "state": "started" if run.config.exists() else "empty"}
+    stage = progress.get("stage", "unknown")
+    if stage == "pretraining":
+        return {**status, "state": "pretraining", "step": progress.get("step"), "steps": progress.get("steps")}
+    return {**status, "state": stage, **{key: value for key, value in progress.items() if key not in ("stage",)}}
+
+
+def describe(status: dict[str, Any]) -> str:
+    state = status["state"]
+    if state == "pretraining":
+        return f"pretraining step {status['step']} of {status['steps']}"
+    if state == "finetuning":
+        return f"finetuning {status.get('scheme', '?')}"
+    if state == "failed":
+        return f"failed: {status['reason']}"
+    return state

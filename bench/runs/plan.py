@@ -1,0 +1,363 @@
+"""The run plan: every method run of a request, resolved once, before any work.
+
+``build_plan(request)`` turns what the user asked for (a preset, dotted overrides, method
+parameters, methods, optionally several seeds and datasets) into a list of ``MethodRun``: for
+each seed × dataset × method, its fully resolved and validated config, its hyperparameters, its
+run id and its hashes. A product is expanded into single-seed, single-dataset requests first, so
+a run's id is the same whether it was asked for alone or in a product. Everything downstream
+(the pipeline, the worker processes, ``bench evaluate``, ``--dry-run``, the report's
+directories) takes the plan and never rebuilds a config from strings.
+
+Config precedence, lowest first: the preset, the method's published settings for the
+preset and dataset (``Method.published``), then the user's overrides. Method parameters:
+published < the protocol's (``bench.evaluation.protocols``: ``ainfonce`` sets the released losses) <
+``--param``; AdvCL's pseudo-labels are resolved (and, with ``--download``, fetched and
+verified) here, by ``bench.methodkit.downloads.resolve_pseudo_labels``. Under a protocol other than
+``unified`` the finetuning settings are the protocol's, and overriding one is an error. The run id is
+``<method>-<preset>-<dataset>-s<seed>-<hash>``; the hash covers the whole resolved config
+and the method's parameters, but not the seed (so the seeds of one configuration share it,
+and the report averages exactly those) and not where or how the run executes (device,
+jobs, directories).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.config import (
+    ConfigError,
+    RunConfig,
+    config_hash,
+    field_types,
+    preset,
+    set_field,
+    to_dict,
+    validate,
+)
+from bench.evaluation import protocols
+from bench.evaluation.finetune import scheme_settings
+from bench.methodkit import registry
+from bench.methodkit.downloads import PseudoLabelSource, resolve_pseudo_labels
+from bench.methodkit.method import Method, MethodParams
+from bench.methodkit.post import POST_FIELDS
+
+# Fields that say where and how a run executes, not what it computes: outside the identity.
+VOLATILE_FIELDS = ("methods", "device", "jobs", "results_dir", "reports_dir")
+# Config sections that decide the pretrained encoder; finetuning and evaluation settings do not.
+PRETRAINING_FIELDS = ("preset", "seed", "model", "attack", "pretrain", "method", "method_params")
+
+
+@dataclass
+class RunRequest:
+    """What the user asked for, as given: a preset, dotted overrides, method parameters, methods."""
+
+    preset: str = "smoke"
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted field → raw value
+    method_params: dict[str, dict[str, str]] = field(default_factory=dict)  # method or '*' → {key: raw value}
+    methods: tuple[str, ...] = ("all",)
+    force: bool = False
+    resume: bool = False
+    dry_run: bool = False  # resolve and validate only: nothing is fetched or written
+    seeds: tuple[str, ...] = ()  # several seeds (raw values): the plan is seeds × datasets × methods
+    datasets: tuple[str, ...] = ()  # several pretraining datasets
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """One method run, fully resolved: what the pipeline, a worker or a scheduler needs."""
+
+    method: str
+    config: RunConfig
+    params: MethodParams
+    run_id: str
+    config_hash: str  # of the identity without the seed
+    pretrain_key: str  # of the identity's pretraining part: runs sharing it share an encoder
+    identity: dict[str, Any]  # what the hashes cover (JSON-serialisable)
+    flags: tuple[str, ...] = ()  # carried by every row of the run (e.g. pseudo_labels:released-b28763e)
+    pseudo_labels: PseudoLabelSource | None = None  # the AdvCL family's labels (bench.methodkit.downloads)
+    teacher: str = ""  # run id of the run whose encoder this one distils from (DeACL), '' for none
+
+    @property
+    def method_class(self) -> type[Method]:
+        return registry.get(self.method)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable description (``--dry-run --json`` prints one per line and scheme)."""
+        return {
+            "run_id": self.run_id,
+            "method": self.method,
+            "preset": self.config.preset,
+            "dataset": self.config.data.name,
+            "eval_dataset": self.config.data.eval_name or self.config.data.name,
+            "seed": self.config.seed,
+            "protocol": self.config.finetune.protocol,
+            "config_hash": self.config_hash,
+            "pretrain_key": self.pretrain_key,
+            "config": to_dict(self.config),
+            "params": dataclasses.asdict(self.params),
+            "flags": list(self.flags),
+            "pseudo_labels": self.pseudo_labels.to_dict() if self.pseudo_labels else None,
+        }
+
+    def scheme_dicts(self) -> list[dict[str, Any]]:
+        """One description per finetuning scheme, with its resolved settings (``--dry-run``); one with
+        ``scheme`` None when the run only pretrains."""
+
+        run = self.to_dict()
+        described = []
+        for scheme in self.config.finetune.schemes or (None,):
+            settings = scheme_settings(self.config, scheme, self.method) if scheme else None
+            evaluate = self.config.evaluate
+            step = settings.eval_step_size if settings and settings.eval_step_size is not None else evaluate.step_size
+            described.append(
+                {
+                    **run,
+                    "scheme": scheme,
+                    "finetune": settings.to_dict() if settings else None,
+                    "evaluate": {
+                        "epsilon": evaluate.epsilon,
+                        "attacks": list(evaluate.attacks),
+                        "pgd_steps": evaluate.pgd_steps,
+                        "n_eval": evaluate.n_eval,
+                        "pgd_step_size": step,
+                    },
+                }
+            )
+        return described
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The resolved request: its method runs plus the settings shared by all of them."""
+
+    base: RunConfig  # preset + overrides (first seed, dataset), no method's settings: directories, device, jobs
+    runs: tuple[MethodRun, ...]
+    force: bool = False
+    resume: bool = False
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.base.results_dir)
+
+    @property
+    def reports_dir(self) -> Path:
+        return Path(self.base.reports_dir)
+
+
+def assemble(request: RunRequest, pretrain_settings: dict[str, Any] | None = None) -> RunConfig:
+    """The preset, then a method's published pretraining settings, then the user's overrides; validated."""
+    config = preset(request.preset)
+    for key, value in (pretrain_settings or {}).items():
+        set_field(config, f"pretrain.{key}", value)
+    for dotted, value in request.overrides.items():
+        set_field(config, dotted, value)
+    config.methods = tuple(request.methods)
+    return validate(config)
+
+
+def method_values(method: type[Method], config: RunConfig, request: RunRequest) -> dict[str, Any]:
+    """Raw parameter values: published settings < the protocol's (ainfonce: the released losses) < ``--param``."""
+    values = dict(method.published(config.preset, config.data.name).params)
+    values.update(protocols.method_params(config.finetune.protocol, method.name))
+    unread = method.unread_params()
+    # An unscoped --param reaches the methods that read it (acl's id is the same with or without alpha=).
+    values.update({key: value for key, value in request.method_params.get("*", {}).items() if key not in unread})
+    for key, value in request.method_params.get(method.name, {}).items():
+        if key in unread:
+            raise ConfigError(
+                f"--param {method.name}:{key}={value} is invalid: {method.name} never reads {key!r}; "
+                f"allowed {sorted(set(field_types(method.Params)) - unread)}"
+            )
+        values[key] = value
+    return values
+
+
+def resolve_params(method: type[Method], config: RunConfig, request: RunRequest) -> MethodParams:
+    """The method's hyperparameters: Params defaults < published settings < protocol < the user's ``--param``."""
+    return method.make_params(method_values(method, config, request))
+
+
+def check_protocol(method: type[Method], config: RunConfig) -> None:
+    """Every scheme's settings resolve under the run's protocol (the method is covered; dual-BN AFF has its
+    branches), so a plan that would fail in finetuning fails here."""
+
+    for scheme in config.finetune.schemes:
+        settings = scheme_settings(config, scheme, method.name)
+        if settings.dual_bn and (method.finetune_bn == "normal" or "normal" not in method.bn_branches):
+            raise ConfigError(
+                f"protocol {settings.protocol!r} is invalid for {method.name}: its {scheme} needs BN "
+                f"branches 'normal' and a finetuning branch, the method has {list(method.bn_branches)}"
+            )
+
+
+def check_unscoped_params(request: RunRequest, names: list[str]) -> None:
+    """An unscoped ``--param KEY=V`` must be read by at least one selected method (else it is a typo
+    or a knob of a variant that was not selected, and would silently change nothing)."""
+    methods = [registry.get(name) for name in names]
+    for key, value in request.method_params.get("*", {}).items():
+        readers = [cls for cls in methods if key in field_types(cls.Params) and key not in cls.unread_params()]
+        if not readers and any(key in field_types(cls.Params) for cls in methods):
+            read = sorted({name for cls in methods for name in set(field_types(cls.Params)) - cls.unread_params()})
+            raise ConfigError(
+                f"--param {key}={value} is invalid: no selected method reads {key!r} "
+                f"(e.g. alpha is read by the -ip variants only); allowed {read}"
+            )
+
+
+def identity(method: type[Method], config: RunConfig, params: MethodParams) -> dict[str, Any]:
+    """Everything that decides a run's numbers (the hashed payload)."""
+    payload = to_dict(config)
+    for volatile in VOLATILE_FIELDS:
+        payload.pop(volatile)
+    payload["data"].pop("download")  # whether missing files may be fetched: how, not what (they are verified)
+    payload["method"] = method.name
+    payload["method_params"] = dataclasses.asdict(params)
+    return payload
+
+
+def pretraining_key(payload: dict[str, Any]) -> str:
+    """Hash of everything that decides a pretrained encoder: runs that differ only in finetuning
+    or evaluation settings (ε, attacks, n_eval, schemes…) share it, and share the encoder."""
+    data = payload["data"]
+    return config_hash(
+        {
+            **{name: payload[name] for name in PRETRAINING_FIELDS},
+            "data": {"name": data["name"], "image_size": data["image_size"]},
+        }
+    )
+
+
+def pretraining_payload(method: type[Method], payload: dict[str, Any]) -> dict[str, Any]:
+    """The identity as pretraining sees it: a method that pretrains as another (``Method.pretrains_as``:
+    ``dynacl++`` as ``dynacl``, any ``<name>++`` as ``<name>``) under that name and without its post
+    stage's parameters, so that runs of both share one encoder."""
+    if not method.pretrains_as:
+        return payload
+    params = {name: value for name, value in payload["method_params"].items() if name not in POST_FIELDS}
+    return {**payload, "method": method.pretrains_as, "method_params": params}
+
+
+def resolve_run(
+    method: type[Method], request: RunRequest, base: RunConfig, teacher: MethodRun | None = None
+) -> MethodRun:
+    """One method's config (its published pretraining settings in place), params, id and hashes.
+
+    A distilling method's identity includes what it distils from (the teacher run's pretraining
+    key, or the digest of a ``teacher=`` file), so another teacher gives another run id."""
+    config = assemble(request, dict(method.published(base.preset, base.data.name).pretrain))
+    check_protocol(method, config)
+    values, labels = resolve_pseudo_labels(
+        method.name, method.Params, config, method_values(method, config, request), fetch=not request.dry_run
+    )
+    params = method.make_params(values)
+    payload = identity(method, config, params)
+    if teacher is not None:
+        payload["teacher"] = {"method": teacher.method, "pretrain_key": teacher.pretrain_key}
+    elif method.requires_teacher and getattr(params, "teacher", ""):
+        payload["teacher"] = {"file_sha256": file_digest(Path(params.teacher).expanduser())}
+    digest = config_hash({key: value for key, value in payload.items() if key != "seed"})
+    run_id = f"{method.name}-{config.preset}-{config.data.name}-s{config.seed}-{digest}"
+    return MethodRun(
+        method.name,
+        config,
+        params,
+        run_id,
+        digest,
+        pretraining_key(pretraining_payload(method, payload)),
+        payload,
+        flags=(labels.flag,) if labels else (),
+        pseudo_labels=labels,
+        teacher=teacher.run_id if teacher is not None else "",
+    )
+
+
+def teacher_run(student: type[Method], request: RunRequest, base: RunConfig) -> MethodRun:
+    """The run a distilling method's teacher comes from: its ``teacher_method`` under the same
+    preset, data, overrides and seed (the user's ``--param`` for that method, and the '*' ones it has)."""
+    teacher = registry.get(student.teacher_method)
+    known = field_types(teacher.Params)
+    params = {
+        "*": {key: value for key, value in request.method_params.get("*", {}).items() if key in known},
+        teacher.name: request.method_params.get(teacher.name, {}),
+    }
+    return resolve_run(teacher, dataclasses.replace(request, method_params=params), base)
+
+
+def resolve_method(method: type[Method], request: RunRequest, base: RunConfig) -> list[MethodRun]:
+    """The method's run, preceded by its teacher's run when it distils from one and no teacher file is given."""
+    run = resolve_run(method, request, base)
+    if not method.requires_teacher or getattr(run.params, "teacher", ""):
+        return [run]
+    teacher = teacher_run(method, request, base)
+    return [teacher, resolve_run(method, request, base, teacher)]
+
+
+def file_digest(path: Path) -> str:
+    """Short sha256 of a file's bytes (a missing file is a one-line error naming it)."""
+    if not path.is_file():
+        raise ConfigError(f"teacher={str(path)!r} is invalid: allowed an existing encoder file")
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def expand(request: RunRequest) -> list[RunRequest]:
+    """One single-seed, single-dataset request per (seed, dataset) of ``request.seeds × request.datasets``.
+
+    Each is what ``--seed S --dataset D`` alone would give (the same overrides), so a run's id
+    does not depend on whether it was asked for alone or as part of a product."""
+    products = []
+    for flag, field_name, values in (("--seeds", "seed", request.seeds), ("--datasets", "data.name", request.datasets)):
+        if values and field_name in request.overrides:
+            raise ConfigError(
+                f"{flag} {' '.join(map(str, values))} is invalid together with "
+                f"{field_name}={request.overrides[field_name]!r}: allowed one of the two forms"
+            )
+        products.append([(field_name, value) for value in values] or [None])
+    requests = []
+    for seed in products[0]:
+        for dataset in products[1]:
+            overrides = dict(request.overrides)
+            overrides.update(dict(item for item in (seed, dataset) if item is not None))
+            requests.append(dataclasses.replace(request, overrides=overrides, seeds=(), datasets=()))
+    return requests
+
+
+def build_plan(request: RunRequest) -> RunPlan:
+    """Resolve and check every method run of ``request`` (seeds × datasets × methods, in that order);
+    any bad value fails here, before any work."""
+    singles = expand(request)
+    base = assemble(singles[0])
+    protocols.check_overrides(base.finetune.protocol, list(request.overrides))
+    names = registry.resolve(base.methods)
+    unknown_scopes = sorted(scope for scope in request.method_params if scope != "*" and scope not in names)
+    if unknown_scopes:
+        raise ConfigError(
+            f"--param scope {unknown_scopes[0]!r} is invalid: it names no selected method; allowed {names}"
+        )
+    check_unscoped_params(request, names)
+    runs, teachers = [], []
+    for single in singles:
+        single_base = assemble(single)
+        for name in names:
+            *needed, run = resolve_method(registry.get(name), single, single_base)
+            runs.append(run)
+            teachers += needed
+    repeated = sorted({run.run_id for run in runs if sum(other.run_id == run.run_id for other in runs) > 1})
+    if repeated:
+        given = [
+            f"{flag} {' '.join(map(str, values))}"
+            for flag, values in (("--seeds", request.seeds), ("--datasets", request.datasets))
+            if values
+        ]
+        raise ConfigError(f"{' '.join(given)} is invalid: run {repeated[0]} comes twice; allowed distinct values")
+    # Teachers first (a student waits for its teacher's encoder), each once, even when also selected.
+    ordered = {run.run_id: run for run in teachers}
+    ordered.update({run.run_id: run for run in runs if run.run_id not in ordered})
+    return RunPlan(base, tuple(ordered.values()), force=request.force, resume=request.resume)

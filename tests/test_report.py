@@ -416,9 +416,10 @@ def test_loss_history_empty_or_malformed(tmp_path):
     assert list(history.columns) == ["epoch", "step", "loss"] and history["loss"].isna().tolist() == [False, True]
 
 
-def test_variants_are_marked_where_a_paired_test_finds_a_difference(tmp_path):
-    """Over 3 shared seeds: the paired t-test (df 2, closed form p = 1 − t/√(t² + 2)); single runs: exact
-    McNemar on their stored per-image records; neither defined: no mark, empty CSV columns."""
+def test_only_method_level_tests_mark_variants_and_single_runs_get_no_method_verdict(tmp_path):
+    """Over 3 shared seeds without records: the method-level test is the paired t-test (df 2, closed form
+    p = 1 − t/√(t² + 2)) and marks; single runs: exact McNemar on their per-image records, labelled as a
+    comparison of two classifiers, with no mark; neither defined: no mark, empty CSV columns."""
     import numpy as np
 
     from bench.store.records import write_record
@@ -447,32 +448,93 @@ def test_variants_are_marked_where_a_paired_test_finds_a_difference(tmp_path):
     section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
     assert _table_line(section, "acl-ip")[1] == "62.0 ±6.6▲"  # t(0.975, 2) 4.303 × 2.646 / √3 = 6.57
     assert _table_line(section, "acl-hn")[1] == "52.0 ±2.5" and _table_line(section, "acl")[1] == "52.0 ±5.0"
-    assert _table_line(section, "rocl-ip")[1].endswith("▲") and not _table_line(section, "rocl-ip")[2].endswith("▲")
-    assert "▲/▼: the variant is significantly better/worse than its base method" in section
+    assert "▲" not in _table_line(section, "rocl-ip")[1]  # p = 2e-6 on the images: classifiers, not the method
+    assert "▲/▼: method verdict: the variant method is significantly better/worse" in section
+    assert "single runs (one seed): no method verdict and no mark" in section
     rows = {(r["method"], r["attack"]): r for r in _read_csv(tmp_path / "rep" / "results.csv") if r["scheme"] == "SLF"}
     t = 10 / (1 / math.sqrt(3))
     assert abs(float(rows["acl-ip", "clean"]["vs_base_p"]) - (1 - t / math.sqrt(t * t + 2))) < 1e-4
-    assert rows["acl-ip", "clean"]["vs_base_test"] == "paired-t-over-seeds"
+    assert rows["acl-ip", "clean"]["vs_base_test"] == "paired-t"
+    assert rows["acl-ip", "clean"]["vs_base_level"] == "method (3 seeds)"
     assert rows["acl-hn", "clean"]["vs_base_verdict"] == "no detectable difference"
     mcnemar = 2 * sum(math.comb(40, k) for k in range(11)) / 2**40
     assert abs(float(rows["rocl-ip", "clean"]["vs_base_p"]) - mcnemar) < 1e-6
     assert rows["rocl-ip", "clean"]["vs_base_test"] == "mcnemar-exact"
+    assert rows["rocl-ip", "clean"]["vs_base_level"] == "classifiers (one seed)"
+    assert rows["rocl-ip", "clean"]["vs_base_verdict"] == "classifiers differ"
     assert rows["rocl-ip", "pgd20"]["vs_base_p"] == "" and rows["acl", "clean"]["vs_base_p"] == ""  # not defined
     tex = (tmp_path / "rep" / "results.tex").read_text()
     assert "$^\\uparrow$" in tex and "▲" not in tex
+    assert "$\\uparrow$/$\\downarrow$: the variant method is significantly better/worse than its base method" in tex
     help_md = (tmp_path / "rep" / "variant_help.md").read_text()
-    assert (
-        "| acl-ip | acl | SLF | clean | 3 | +10.0 [" in help_md
-        and "| paired-t-over-seeds | variant better |" in help_md
-    )
-    assert "| acl-hn | acl | SLF | clean | 3 | +0.0 [" in help_md and "no detectable difference" in help_md
-    assert (
-        "| rocl-ip | rocl | SLF | clean | 200 | +10.0 [" in help_md and "| mcnemar-exact | variant better |" in help_md
-    )
+    assert "| acl-ip | acl | SLF | clean | method (3 seeds) | – | +10.0 [" in help_md
+    assert "| paired-t | variant better |" in help_md
+    assert "| acl-hn | acl | SLF | clean | method (3 seeds) | – | +0.0 [" in help_md
+    assert "| rocl-ip | rocl | SLF | clean | classifiers (one seed) | 200 | +10.0 [" in help_md
+    assert "| mcnemar-exact | classifiers differ |" in help_md and "variant better | 20.0" not in help_md
     # 40 of 200 images discordant: ψ 20 %, and the MDD the exact McNemar test has at that n and ψ
     detectable = 100 * minimum_detectable_difference(200, 0.2)
-    assert f"| variant better | 20.0 | {detectable:.1f} |" in help_md and 5 < detectable < 15
+    assert f"| classifiers differ | 20.0 | {detectable:.1f} | – | needs ≥ 2 seeds to estimate |" in help_md
+    assert 5 < detectable < 15 and "the default one-seed run gives none" in help_md
     assert len(_read_csv(tmp_path / "rep" / "variant_help.csv")) == 3
+
+
+def test_a_single_seed_report_has_no_method_verdict(tmp_path):
+    """One seed per method (the default `bench run`), records stored: no ▲/▼ anywhere, the caption says why."""
+    import numpy as np
+
+    from bench.store.records import write_record
+
+    rows = [_row("acl-s0", "acl", "SLF", "pgd20", 30.0), _row("acl-ip-s0", "acl-ip", "SLF", "pgd20", 45.0)]
+    runs = tmp_path / "results" / "runs"
+    results_csv = _write_store(tmp_path, rows)
+    for run_id, share in (("acl-s0", 0.30), ("acl-ip-s0", 0.45)):  # 15 points apart: McNemar rejects
+        (runs / run_id).mkdir(parents=True, exist_ok=True)
+        write_record(runs / run_id / "correct_SLF.npz", np.arange(200), {"pgd20": np.arange(200) < 200 * share})
+    write_reports(results_csv, tmp_path / "rep", runs, None, method_order=GOLDEN_ORDER)
+    section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
+    assert "▲" not in section and "▼" not in section  # neither in a cell nor in a note
+    tex = (tmp_path / "rep" / "results.tex").read_text()
+    assert "uparrow" not in tex and "downarrow" not in tex
+    help_md = (tmp_path / "rep" / "variant_help.md").read_text()
+    help_lines = [line for line in help_md.splitlines() if "| acl-ip |" in line]
+    assert len(help_lines) == 1 and "| classifiers differ |" in help_lines[0] and "variant better" not in help_lines[0]
+    verdicts = {row["vs_base_verdict"] for row in _read_csv(tmp_path / "rep" / "results.csv")}
+    assert verdicts == {"", "classifiers differ"}
+    assert "No method verdict: one seed per method" in (tmp_path / "rep" / "results.tex").read_text()
+    (help_row,) = _read_csv(tmp_path / "rep" / "variant_help.csv")
+    assert help_row["level"] == "classifiers (one seed)" and help_row["verdict"] == "classifiers differ"
+    assert help_row["seeds"] == "1" and help_row["seeds_needed"] == ""
+
+
+def test_multi_seed_verdicts_come_from_the_method_level_test_on_the_records(tmp_path):
+    """3 seeds with per-image records: the report's verdict is compare_methods' (HKSJ) on those records."""
+    import numpy as np
+
+    from bench.products.method_level import compare_methods
+    from bench.store.records import write_record
+
+    generator = np.random.default_rng(0)
+    runs, rows, arrays = tmp_path / "results" / "runs", [], {}
+    for method, accuracy in (("acl", 0.40), ("acl-ip", 0.50)):
+        for seed in range(3):
+            correct = generator.random(300) < accuracy + 0.02 * seed
+            arrays[method, seed] = correct
+            rows.append(_row(f"{method}-s{seed}", method, "SLF", "pgd20", 100 * correct.mean(), seed=seed))
+            (runs / f"{method}-s{seed}").mkdir(parents=True, exist_ok=True)
+            write_record(runs / f"{method}-s{seed}" / "correct_SLF.npz", np.arange(300), {"pgd20": correct})
+    write_reports(_write_store(tmp_path, rows), tmp_path / "rep", runs, None, method_order=GOLDEN_ORDER)
+    expected = compare_methods([arrays["acl", s] for s in range(3)], [arrays["acl-ip", s] for s in range(3)])
+    (help_row,) = _read_csv(tmp_path / "rep" / "variant_help.csv")
+    assert help_row["level"] == "method (3 seeds)" and help_row["test"] == "hksj-random-effects"
+    assert help_row["n"] == "300" and help_row["seeds"] == "3"
+    assert float(help_row["difference"]) == pytest.approx(expected.difference, abs=1e-4)
+    assert float(help_row["p_value"]) == pytest.approx(expected.p_value, rel=1e-3)
+    assert help_row["verdict"] == expected.verdict
+    assert help_row["seeds_needed"] == str(expected.seeds_needed())
+    assert float(help_row["between_seed_sd"]) == pytest.approx(expected.between_seed_sd, abs=0.01)
+    section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
+    assert expected.verdict == "variant better" and _table_line(section, "acl-ip")[2].endswith("▲")
 
 
 def test_corruption_table_has_severity_means_per_method_and_scheme(tmp_path):

@@ -58,11 +58,13 @@ TABLE_CSV_COLUMNS = (
     "values",
     "best",
     "flags",
+    "vs_base_level",
     "vs_base_difference",
     "vs_base_p",
     "vs_base_test",
     "vs_base_verdict",
 )
+VERSUS_BASE_COLUMNS = TABLE_CSV_COLUMNS[-5:]
 INTERVAL_NAMES = {
     "wilson": "Wilson score interval over the n_eval test images (one run)",
     "t": "Student-t interval of the mean over seeds",
@@ -71,7 +73,8 @@ INTERVAL_NAMES = {
 
 def cell_text(cell: Cell | None, best: bool, style: str = "md", significance: str = "") -> str:
     """``mean ±h`` (h: half-width of the 95 % interval; the mean alone without one), bold when best,
-    ``▲``/``▼`` when significantly better/worse than its base method, ``†`` when suspect; ``–`` when missing."""
+    ``▲``/``▼`` when the method-level test over seeds finds the variant better/worse than its base method, ``†`` when
+    suspect; ``–`` when missing."""
     if cell is None:
         return "--" if style == "tex" else MISSING
     plus_minus = " $\\pm$" if style == "tex" else " ±"
@@ -101,13 +104,7 @@ def table_notes(table: Table) -> list[str]:
     seeds = {method: max(cell.n for (m, _, _), cell in table.cells.items() if m == method) for method in table.methods}
     notes = ["Bold: best in its column. " + MISSING + ": not measured (never filled in)."]
     notes.append(interval_note(table.cells.values()))
-    if table.versus_base:
-        notes.append(
-            f"{BETTER}/{WORSE}: the variant is significantly better/worse than its base method in that column "
-            "(α = 0.05; paired t-test over shared seeds, or exact McNemar on the per-image records of single "
-            "runs); no mark: no detectable difference, or no paired test possible. "
-            "The CSV has each test's difference and p-value."
-        )
+    notes += versus_base_notes(table)
     several = [f"{method} n={n}" for method, n in seeds.items() if n > 1]
     if several:
         notes.append(
@@ -124,6 +121,39 @@ def table_notes(table: Table) -> list[str]:
     if n_eval:
         notes.append("evaluated on n_eval = " + ", ".join(map(str, n_eval)) + " test images.")
     return notes
+
+
+def versus_base_notes(table: Table) -> list[str]:
+    """What the variant-vs-base comparisons of this table answer: ▲/▼ only from a method-level test."""
+    levels = [comparison.is_method_level for comparison in table.versus_base.values()]
+    notes = []
+    if any(levels):
+        notes.append(
+            f"{BETTER}/{WORSE}: method verdict: the variant method is significantly better/worse than its base "
+            "method in that column over the seeds both have (α = 0.05; random-effects test over the paired "
+            "per-seed differences, seeds as the unit); no mark: no detectable difference, or no method-level "
+            "test possible. variant_help.md has each test and the seeds a verdict would need."
+        )
+    if not all(levels):
+        notes.append(
+            "single runs (one seed): no method verdict and no mark. The exact McNemar test on their images "
+            "(variant_help.md, level 'classifiers (one seed)') compares two trained classifiers, which "
+            "another seed can overturn; a method verdict needs >= 2 seeds of each (bench run --seeds 0 1 2)."
+        )
+    return notes
+
+
+def marks_caption(table: Table) -> str:
+    """The LaTeX caption's sentence on which question its marks answer ('' without comparisons)."""
+    levels = {comparison.is_method_level for comparison in table.versus_base.values()}
+    if not levels:
+        return ""
+    if levels == {False}:
+        return " No method verdict: one seed per method compares two trained classifiers, not the methods."
+    return (
+        f" {BETTER}/{WORSE}: the variant method is significantly better/worse than its base method over seeds "
+        "(method level, random-effects test, α = 0.05); single runs get no mark."
+    )
 
 
 def interval_note(cells) -> str:
@@ -170,7 +200,7 @@ def table_markdown(table: Table, heading: str = "") -> str:
 def table_latex(table: Table, heading: str = "") -> str:
     """One booktabs table; the caption carries data, preset, protocol, ε and the non-paper banner."""
     banner = preset_banner(table.key.preset)
-    caption = latex_escape(heading + table.key.title() + (f". {banner}." if banner else ""))
+    caption = latex_escape(heading + table.key.title() + (f". {banner}." if banner else "") + marks_caption(table))
     columns = len(table.attacks)
     lines = [
         "\\begin{table}[t]",
@@ -239,8 +269,9 @@ def versus_base_columns(table: Table, key: tuple[str, str, str]) -> dict[str, An
     """The CSV's variant-vs-base test of one cell (empty where none is defined)."""
     comparison = table.versus_base.get(key)
     if comparison is None:
-        return {"vs_base_difference": "", "vs_base_p": "", "vs_base_test": "", "vs_base_verdict": ""}
+        return dict.fromkeys(VERSUS_BASE_COLUMNS, "")
     return {
+        "vs_base_level": comparison.level,
         "vs_base_difference": round(comparison.difference, 4),
         "vs_base_p": f"{comparison.p_value:.4g}",
         "vs_base_test": comparison.test,
@@ -273,7 +304,7 @@ def _other_attacks_note(results: pd.DataFrame) -> str:
 
 def variant_help_artifact(tables: list[Table], reports_dir: Path) -> Artifact:
     """``variant_help.{md,csv}``: every defined variant-vs-base comparison, or why there is none."""
-    title = "Does the variant help? (paired tests against the base method)"
+    title = "Does the variant help? (method level over seeds; classifier level for single runs)"
     rows = variant_help_rows(tables)
     if not rows:
         return Artifact(
@@ -281,7 +312,7 @@ def variant_help_artifact(tables: list[Table], reports_dir: Path) -> Artifact:
             title,
             [],
             "no variant with its base method in a table where a paired test is "
-            "defined (>= 2 shared seeds, or per-image records of single runs)",
+            "defined (>= 2 shared seeds: method level; per-image records of single runs: classifier level)",
         )
     paths = [
         write_atomic(reports_dir / "variant_help.md", variant_help_markdown(rows)),

@@ -20,7 +20,7 @@ import pandas as pd
 
 from bench.config import SCHEMES
 from bench.products.report.common import MethodOrder, epsilon_slug, format_epsilon, round_epsilon, slug, tags
-from bench.products.stats import Comparison, seed_summary, wilson_interval
+from bench.products.stats import seed_summary, wilson_interval
 
 SUPERVISED_AT = "AT"  # RobustBench zoo models (`bench evaluate --robustbench-model`): no finetuning
 BASE_ATTACKS = (("clean", "SA"), ("pgd20", "PGD-20"))
@@ -100,6 +100,38 @@ class Cell:
         return None
 
 
+CLASSIFIER_LEVEL = "classifiers (one seed)"
+
+
+@dataclass(frozen=True)
+class VersusBase:
+    """A variant cell against its base method's cell, and which question it answers (issue 20 §1).
+
+    ``level`` is ``CLASSIFIER_LEVEL`` for two single runs (exact McNemar on their images: do these two
+    trained classifiers differ? verdict "classifiers differ", never a method verdict) or
+    ``method (k seeds)`` for ≥ 2 shared seeds (bench.products.method_level: does the method differ?)."""
+
+    level: str
+    seeds: int
+    n: int | None  # test images per seed; None without per-image records
+    base: float  # accuracy %, mean over the compared seeds
+    variant: float
+    difference: float  # points, variant − base
+    low: float
+    high: float
+    p_value: float
+    test: str
+    verdict: str
+    discordant: float | None = None  # ψ, share of images the two classify differently (mean over seeds)
+    detectable: float | None = None  # image-level MDD of one seed (points), exact McNemar, 80 % power
+    between_seed_sd: float = float("nan")  # points; method level with per-image records only
+    seeds_needed: int | None = None  # seeds to detect 3 points with 80 % power (method level; None: unknown)
+
+    @property
+    def is_method_level(self) -> bool:
+        return self.level != CLASSIFIER_LEVEL
+
+
 @dataclass
 class Table:
     """Methods × (scheme, attack) cells for one :class:`TableKey`; ``rows`` are all rows behind it."""
@@ -109,7 +141,7 @@ class Table:
     cells: dict[tuple[str, str, str], Cell]
     rows: pd.DataFrame
     # variant cell key → its paired test against the base method's cell (bench.products.report.significance)
-    versus_base: dict[tuple[str, str, str], Comparison] = field(default_factory=dict)
+    versus_base: dict[tuple[str, str, str], VersusBase] = field(default_factory=dict)
 
     @property
     def attacks(self) -> tuple[tuple[str, str], ...]:

@@ -100,8 +100,9 @@ def test_cli_prints_the_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     line = next(line for line in out.splitlines() if line.startswith("| SLF | clean |"))
-    assert "| 200 | 55.0 | 65.0 | +10.0 [" in line and "| variant better |" in line
-    assert "pgd20" not in out and "exact McNemar" in out
+    assert "| 200 | 55.0 | 65.0 | +10.0 [" in line and "| classifiers differ |" in line
+    assert "pgd20" not in out and "exact McNemar" in out and "variant better" not in out
+    assert out.startswith("# Classifier level (one run each): do the trained classifiers acl-ip-s0 and acl-s0 differ?")
 
 
 def _fails_with_one_line(args, capsys, expected):
@@ -113,7 +114,7 @@ def _fails_with_one_line(args, capsys, expected):
 def test_bad_requests_fail_with_one_line(tmp_path, capsys):
     store = _store(tmp_path)
     root = ["--results-dir", str(store.root)]
-    _fails_with_one_line(["acl-s0", "nope", *root], capsys, "run='nope' is invalid: allowed a run id in")
+    _fails_with_one_line(["acl-s0", "nope", *root], capsys, "'nope' is invalid: allowed a run id in")
     _fails_with_one_line(
         ["acl-s0", "acl-ip-s0", "--scheme", "ALF", *root], capsys, "scheme='ALF' is invalid: allowed ['SLF']"
     )
@@ -159,3 +160,52 @@ def test_every_evaluation_stores_its_per_image_record(tmp_path, digits):
     assert set(record.correct) == {"clean", "pgd20"} and record.meta["epsilon"] == config.evaluate.epsilon
     clean_row = next(row for row in rows if row.attack == "clean")
     assert clean_row.value == 100.0 * record.correct["clean"].mean()
+
+
+def _method_store(tmp_path, seeds=(0, 1, 2)):
+    """acl and acl-ip, one run per seed, rows in results.csv and per-image records of SLF pgd20 (300 images)."""
+    from report_stores import row, write_csv
+
+    store, generator, rows, arrays = ResultsStore(tmp_path / "r"), np.random.default_rng(1), [], {}
+    for method, accuracy in (("acl", 0.40), ("acl-ip", 0.46)):
+        for seed in seeds:
+            correct = generator.random(300) < accuracy + 0.03 * seed
+            run_id = f"{method}-s{seed}"
+            arrays[method, seed] = correct
+            write_record(
+                store.run(run_id).create().correct("SLF"), np.arange(300), {"pgd20": correct}, {"epsilon": 0.1}
+            )
+            rows.append(row(run_id, method, "SLF", "pgd20", 100 * correct.mean(), seed=seed))
+    write_csv(store.table, rows)
+    return store, arrays
+
+
+def test_method_names_are_compared_over_their_seeds(tmp_path, capsys):
+    from bench.products.method_level import compare_methods
+
+    store, arrays = _method_store(tmp_path)
+    assert main(["compare", "acl", "acl-ip", "--results-dir", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# Method level (3 seeds): does the method acl-ip differ from acl? (seeds 0, 1, 2")
+    expected = compare_methods([arrays["acl", s] for s in range(3)], [arrays["acl-ip", s] for s in range(3)])
+    line = next(line for line in out.splitlines() if line.startswith("| SLF | pgd20 |"))
+    interval = f"{expected.difference:+.1f} [{expected.low:+.1f}, {expected.high:+.1f}]"
+    assert "| 3 | 300 | " in line and interval in line and f"| {expected.p_value:.3g} | {expected.verdict} |" in line
+    assert f"| {expected.seeds_needed()} |" in line and "Runs (seed: base, variant): 0: acl-s0, acl-ip-s0" in out
+
+
+def test_one_seed_of_each_method_gives_no_method_verdict(tmp_path, capsys):
+    store, _ = _method_store(tmp_path, seeds=(0,))
+    assert main(["compare", "acl", "acl-ip", "--results-dir", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# Method level (1 seeds)") and "| needs seeds |" in out
+    assert "needs ≥ 2 seeds to estimate" in out and "variant better" not in out
+
+
+def test_bad_method_requests_fail_with_one_line(tmp_path, capsys):
+    store, _ = _method_store(tmp_path)
+    root = ["--results-dir", str(store.root)]
+    _fails_with_one_line(["acl", "rocl", *root], capsys, "or a method with seeded results in")
+    _fails_with_one_line(["acl", "rocl", *root], capsys, "['acl', 'acl-ip']")
+    _fails_with_one_line(["acl", "acl-ip-s0", *root], capsys, "allowed two run ids (classifier level) or two method")
+    _fails_with_one_line(["acl", "acl-ip", "--attack", "clean", *root], capsys, "attack='clean' is invalid")

@@ -270,10 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmp = sub.add_parser(
         "compare",
-        help="paired per-image test (McNemar) of two runs' accuracies, with the minimum detectable difference",
+        help="run ids: do two trained classifiers differ (McNemar, MDD)? methods: does the method differ (seeds)?",
     )
-    cmp.add_argument("base", help="a run id (or run directory): the base method")
-    cmp.add_argument("variant", help="a run id (or run directory): the variant")
+    cmp.add_argument("base", help="a run id or run directory (classifier level), or a method name (method level)")
+    cmp.add_argument("variant", help="the variant: a run id or run directory, or a method name")
     cmp.add_argument("--scheme", action="append", metavar="SCHEME", help="only these schemes (default: all shared)")
     cmp.add_argument("--attack", action="append", metavar="ATTACK", help="only these attacks (default: all shared)")
     cmp.add_argument("--results-dir", default="results", help="results store (default results/)")

@@ -18,7 +18,7 @@ from bench.engine import progress
 from bench.engine.device import resolve_device
 from bench.methodkit import registry
 from bench.products import speed_report
-from bench.products.compare import compare_runs, find_run, format_results
+from bench.products.compare import compare_command
 from bench.products.export import export_run, sidecar_path
 from bench.products.report import write_reports
 from bench.products.reproduce import get_table, reproduce_plan, write_reproduction
@@ -415,11 +415,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Paired per-image comparison of two evaluated runs (bench.products.compare)."""
-
-    base, variant = find_run(args.base, args.results_dir), find_run(args.variant, args.results_dir)
-    results = compare_runs(base, variant, _listed(args.scheme), _listed(args.attack), names=(args.base, args.variant))
-    print(format_results(results, args.base, args.variant), end="")
+    """Two runs at the classifier level, or two methods over seeds at the method level (bench.products.compare)."""
+    schemes, attacks = _listed(args.scheme), _listed(args.attack)
+    print(compare_command(args.base, args.variant, args.results_dir, schemes, attacks), end="")
     return 0
 
 

@@ -1,6 +1,13 @@
-"""``bench compare BASE VARIANT``: does the variant classify the test images differently from the base?
+"""``bench compare BASE VARIANT``: two trained classifiers (run ids), or two methods (method names) over seeds.
 
-Issue 13 §1. Two runs evaluated on the same test images (``evaluate.subset_seed`` fixes the subset
+Two questions, named apart (issue 20 §1). With two **run ids**, the question is "do these two trained
+classifiers differ?" (classifier level, below); another seed can overturn its answer, so its verdict
+reads "classifiers differ", never "variant better". With two **method names**, the question is "does
+the method differ?" (method level): every stored seed of each, in the one setting both were run in
+(data, preset, protocol, epochs), paired by seed, tested over seeds with their per-image records
+nested in them (bench.products.method_level.compare_methods). The output's first line names the level.
+
+Classifier level (issue 13 §1). Two runs evaluated on the same test images (``evaluate.subset_seed`` fixes the subset
 for every method and seed) are compared *paired*, image by image, from the per-image records every
 evaluation stores (``RunDir.correct``, bench.store.records). Per scheme both runs evaluated and per
 attack both records hold, on the test indices both evaluated:
@@ -25,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import ConfigError
+from bench.products.method_level import DIFFERENCE_OF_INTEREST, MethodComparison, compare_methods
 from bench.products.stats import ALPHA, Comparison, compare_paired, minimum_detectable_difference
 from bench.store.records import Record, RecordError, paired, read_record
 from bench.store.results import ResultsStore, RunDir
@@ -50,13 +58,19 @@ class PairedResult:
 
 def find_run(name: str, results_dir: str | Path) -> RunDir:
     """A run by id (in ``results_dir/runs``) or by the path of its directory."""
-    candidates = [ResultsStore(results_dir).run(name), RunDir(Path(name))]
-    for run in candidates:
+    run = find_run_or_none(name, results_dir)
+    if run is None:
+        raise CompareError(
+            f"run={name!r} is invalid: allowed a run id in {ResultsStore(results_dir).runs} or a run directory"
+        )
+    return run
+
+
+def find_run_or_none(name: str, results_dir: str | Path) -> RunDir | None:
+    for run in (ResultsStore(results_dir).run(name), RunDir(Path(name))):
         if run.path.is_dir():
             return run
-    raise CompareError(
-        f"run={name!r} is invalid: allowed a run id in {ResultsStore(results_dir).runs} or a run directory"
-    )
+    return None
 
 
 def load_records(run: RunDir, name: str) -> dict[str, Record]:
@@ -129,10 +143,16 @@ def compare_runs(
     return results
 
 
+def classifier_verdict(comparison: Comparison) -> str:
+    """'classifiers differ' where the exact McNemar test rejects: a statement about two trained classifiers."""
+    return "classifiers differ" if comparison.p_value < ALPHA else "no detectable difference"
+
+
 def format_results(results: Sequence[PairedResult], base: str, variant: str) -> str:
     """A Markdown table of the comparisons and a line on how to read it."""
     lines = [
-        f"# {variant} vs {base} (paired on the same test images)",
+        f"# Classifier level (one run each): do the trained classifiers {variant} and {base} differ? "
+        "(paired on the same test images; not a method verdict: compare method names over seeds for that)",
         "",
         "| Scheme | Attack | n | Base % | Variant % | Δ (points) [95 % CI] | McNemar p | Verdict | MDD |",
         "|---|---|---:|---:|---:|---|---:|---|---:|",
@@ -142,7 +162,7 @@ def format_results(results: Sequence[PairedResult], base: str, variant: str) -> 
         detectable = "none" if result.detectable is None else f"{result.detectable:.1f}"
         lines.append(
             f"| {result.scheme} | {result.attack} | {c.n} | {c.base:.1f} | {c.variant:.1f} | "
-            f"{c.difference:+.1f} [{c.low:+.1f}, {c.high:+.1f}] | {c.p_value:.3g} | {c.verdict} | "
+            f"{c.difference:+.1f} [{c.low:+.1f}, {c.high:+.1f}] | {c.p_value:.3g} | {classifier_verdict(c)} | "
             f"{detectable} |"
         )
     lines += [
@@ -153,3 +173,149 @@ def format_results(results: Sequence[PairedResult], base: str, variant: str) -> 
         "discordance is not detectable).",
     ]
     return "\n".join(lines) + "\n"
+
+
+SETTING = ("dataset", "eval_dataset", "preset", "protocol", "pretrain_epochs", "finetune_epochs")
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """One scheme × attack of two methods over their shared seeds (method level)."""
+
+    scheme: str
+    attack: str
+    n: int  # test images per seed (the fewest of any seed's pair)
+    base: float  # accuracy %, mean over the seeds
+    variant: float
+    comparison: MethodComparison
+
+
+@dataclass(frozen=True)
+class SeedPairs:
+    """Two methods' runs in one setting, paired by seed: seed → (base run id, variant run id)."""
+
+    setting: tuple
+    runs: dict[int, tuple[str, str]]
+
+
+def stored_methods(results_dir: str | Path) -> dict[str, dict[tuple, dict[int, str]]]:
+    """method → setting → seed → run id, from ``results.csv`` (the latest run of a seed in a setting wins;
+    rows without a seed cannot be paired and are left out)."""
+    rows = sorted(ResultsStore(results_dir).read_rows(), key=lambda row: row.timestamp)
+    out: dict[str, dict[tuple, dict[int, str]]] = {}
+    for row in rows:
+        if row.seed is not None:
+            setting = tuple(getattr(row, column) for column in SETTING)
+            out.setdefault(row.method, {}).setdefault(setting, {})[row.seed] = row.run_id
+    return out
+
+
+def pair_seeds(base: str, variant: str, methods: dict[str, dict[tuple, dict[int, str]]]) -> SeedPairs:
+    """The one setting both methods were run in, and their runs there paired by seed."""
+    shared = sorted(set(methods[base]) & set(methods[variant]), key=str)
+    if len(shared) != 1:
+        allowed = [dict(zip(SETTING, setting)) for setting in shared]
+        raise CompareError(
+            f"methods {base!r} and {variant!r} share {len(shared)} settings ({', '.join(SETTING)}): "
+            f"allowed exactly one; compare run ids instead ({allowed or 'none shared'})"
+        )
+    base_runs, variant_runs = methods[base][shared[0]], methods[variant][shared[0]]
+    seeds = sorted(set(base_runs) & set(variant_runs))
+    if not seeds:
+        raise CompareError(
+            f"methods {base!r} (seeds {sorted(base_runs)}) and {variant!r} (seeds {sorted(variant_runs)}) "
+            "share no seed: allowed methods run with the same seeds (bench run --seeds ...)"
+        )
+    return SeedPairs(shared[0], {seed: (base_runs[seed], variant_runs[seed]) for seed in seeds})
+
+
+def compare_method_names(
+    pairs: SeedPairs, results_dir: str | Path, schemes: Sequence[str] = (), attacks: Sequence[str] = ()
+) -> list[MethodResult]:
+    """Every requested (default: every shared) scheme × attack, tested over the paired seeds."""
+    store = ResultsStore(results_dir)
+    records = [
+        (load_records(store.run(base_run), base_run), load_records(store.run(variant_run), variant_run))
+        for base_run, variant_run in pairs.runs.values()
+    ]
+    shared = sorted(set.intersection(*(set(base) & set(variant) for base, variant in records)))
+    results = []
+    for scheme in _chosen("scheme", schemes, shared, "schemes every seed of both methods has records of"):
+        seeds = [(base[scheme], variant[scheme]) for base, variant in records]
+        for base_record, variant_record in seeds:
+            _check_comparable(scheme, base_record, variant_record)
+        common = sorted(set.intersection(*(set(b.correct) & set(v.correct) for b, v in seeds)))
+        for attack in _chosen("attack", attacks, common, f"{scheme}: attacks every seed of both has"):
+            try:
+                arrays = [paired(base_record, variant_record, attack)[1:] for base_record, variant_record in seeds]
+            except ValueError as error:  # no common test index
+                raise CompareError(f"{scheme}: {error}") from None
+            results.append(
+                MethodResult(
+                    scheme,
+                    attack,
+                    min(base.size for base, _ in arrays),
+                    100.0 * sum(float(base.mean()) for base, _ in arrays) / len(arrays),
+                    100.0 * sum(float(variant.mean()) for _, variant in arrays) / len(arrays),
+                    compare_methods([base for base, _ in arrays], [variant for _, variant in arrays]),
+                )
+            )
+    return results
+
+
+def format_method_results(results: Sequence[MethodResult], base: str, variant: str, pairs: SeedPairs) -> str:
+    """A Markdown table of the method-level comparisons, the seeds and runs behind them, and how to read it."""
+    seeds = list(pairs.runs)
+    d = f"{DIFFERENCE_OF_INTEREST:g}"
+    lines = [
+        f"# Method level ({len(seeds)} seeds): does the method {variant} differ from {base}? "
+        f"(seeds {', '.join(map(str, seeds))}, paired by seed; per-image records nested in each seed)",
+        "",
+        "| Scheme | Attack | Seeds | n | Base % | Variant % | Δ (points) [95 % CI] | p | Verdict | "
+        f"SD between seeds | Seeds for {d} pts |",
+        "|---|---|---:|---:|---:|---:|---|---:|---|---:|---:|",
+    ]
+    for result in results:
+        c = result.comparison
+        interval = f"{c.difference:+.1f}" + ("" if c.seeds < 2 else f" [{c.low:+.1f}, {c.high:+.1f}]")
+        needed = c.seeds_needed()
+        lines.append(
+            f"| {result.scheme} | {result.attack} | {c.seeds} | {result.n} | "
+            f"{result.base:.1f} | {result.variant:.1f} | "
+            f"{interval} | {'–' if c.seeds < 2 else f'{c.p_value:.3g}'} | {c.verdict} | "
+            f"{'–' if c.seeds < 2 else f'{c.between_seed_sd:.1f}'} | "
+            f"{'needs ≥ 2 seeds to estimate' if c.seeds < 2 else needed or '> 100'} |"
+        )
+    lines += [
+        "",
+        f"Δ = variant − base, weighted mean over seeds; test: random-effects meta-analysis of the per-seed "
+        f"paired differences with the Hartung-Knapp-Sidik-Jonkman variance, t(seeds − 1), α = {ALPHA}. "
+        f"Seeds for {d} pts: seeds of each method needed to detect a {d}-point difference with 80 % power at "
+        "the observed per-seed SD (a planning figure). One seed: no method verdict.",
+        "Runs (seed: base, variant): "
+        + "; ".join(f"{seed}: {base_run}, {variant_run}" for seed, (base_run, variant_run) in pairs.runs.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def compare_command(
+    base: str, variant: str, results_dir: str | Path, schemes: Sequence[str] = (), attacks: Sequence[str] = ()
+) -> str:
+    """``bench compare``'s text: run ids (or run directories) → classifier level; method names → method level."""
+    runs = [find_run_or_none(name, results_dir) for name in (base, variant)]
+    if all(run is not None for run in runs):
+        return format_results(compare_runs(*runs, schemes, attacks, names=(base, variant)), base, variant)
+    methods = stored_methods(results_dir)
+    for name, run in zip((base, variant), runs):
+        if run is None and name not in methods:
+            raise CompareError(
+                f"{name!r} is invalid: allowed a run id in {ResultsStore(results_dir).runs}, a run directory, "
+                f"or a method with seeded results in {ResultsStore(results_dir).table}: {sorted(methods)}"
+            )
+    if any(run is not None for run in runs):
+        raise CompareError(
+            f"base={base!r}, variant={variant!r} is invalid: allowed two run ids (classifier level) "
+            "or two method names (method level), not one of each"
+        )
+    pairs = pair_seeds(base, variant, methods)
+    return format_method_results(compare_method_names(pairs, results_dir, schemes, attacks), base, variant, pairs)

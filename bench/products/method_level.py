@@ -22,8 +22,13 @@ checks the level and the power by simulation at 3 and 5 seeds. Per seed s (k see
 - w_s = 1 / (v_s + τ²); d = Σ w_s d_s / Σ w_s;
 - HKSJ: q = Σ w_s (d_s − d)² / (k − 1), SE = √(q / Σ w_s); interval d ± t_{k−1} SE, p from t = d / SE.
 
-With equal v_s the weights are equal and this is exactly the paired t-test over seeds on the per-seed
-accuracies; with per-seed accuracies only (no records) that is what ``compare_method_means`` runs.
+We keep q as it is, not the ad hoc max(1, q) of Röver, Knapp & Friede (2015, BMC Med. Res. Methodol.
+15:99), which guards against q < 1 when studies differ much in size: the seeds of a comparison are
+evaluated on the same images, so their v_s are alike, and the simulation (τ = 0 included, where q < 1
+is most frequent) shows the plain version at its level; the modification would also break the
+identity with the paired t-test below. With equal v_s the weights are equal and this is exactly the
+paired t-test over seeds on the per-seed accuracies; with per-seed accuracies only (no records) that
+is what ``compare_method_means`` runs.
 One seed gives no method verdict ("needs seeds"), never a p-value that reads as one.
 
 Seed power (``seeds_for_power``): the smallest k at which a two-sided one-sample t-test over k

@@ -16,10 +16,12 @@ Accuracies are in percent, differences in percentage points, always *variant −
   (method 10) interval for a difference of paired proportions (Newcombe 1998, Stat. Med.
   17:2635-2650), built from the two Wilson intervals with a correlation correction φ. Interval
   and test are different procedures and can disagree at the margin; the verdict uses the test.
-- Several seeds, paired: a paired t-test over the per-seed accuracies (the verdict), and a
+- Several seeds, paired: a paired t-test over the per-seed accuracies, and a
   seeded hierarchical bootstrap over seeds and then images within a seed, which carries both
   seed-to-seed and image sampling noise into one interval (with 3 seeds it cannot estimate the
-  seed variance well: it is reported, not used for the verdict).
+  seed variance well: it is reported, not used for the verdict). The report's and ``bench compare``'s
+  method verdicts come from bench.products.method_level (random-effects HKSJ over seeds, per-image
+  records nested); the McNemar test above answers only whether two trained classifiers differ.
 - Many comparisons: Holm's step-down adjustment of their p-values (family-wise error at α).
 - Planning: the exact power of the exact McNemar test for n images, a true difference δ and a
   discordance rate ψ (the share of images on which the two classifiers disagree), and the

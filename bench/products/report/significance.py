@@ -32,6 +32,7 @@ from bench.products.method_level import (
     MethodComparison,
     compare_method_means,
     compare_methods,
+    seeds_for_power,
 )
 from bench.products.report.common import MISSING, VARIANT_SUFFIXES
 from bench.products.report.tables import CLASSIFIER_LEVEL, Cell, Table, VersusBase
@@ -125,6 +126,8 @@ def paired_on_images(base: Cell, variant: Cell, scheme: str, attack: str, runs_d
     except (RecordError, ValueError):  # no record, or the attack or the images are not shared
         return None
     c = result.comparison
+    within_sd = math.sqrt(max(0.0, 1e4 * (result.discordant - (c.difference / 100) ** 2) / max(1, c.n - 1)))
+    at_least = seeds_for_power(within_sd, DIFFERENCE_OF_INTEREST, POWER, ALPHA)
     return VersusBase(
         CLASSIFIER_LEVEL,
         1,
@@ -139,6 +142,7 @@ def paired_on_images(base: Cell, variant: Cell, scheme: str, attack: str, runs_d
         CLASSIFIERS_DIFFER if c.p_value < ALPHA else "no detectable difference",
         result.discordant,
         result.detectable,
+        seeds_needed_at_least=at_least,
     )
 
 
@@ -188,6 +192,7 @@ VARIANT_HELP_COLUMNS = (
     "detectable",
     "between_seed_sd",
     "seeds_needed",
+    "seeds_needed_at_least",
 )
 
 
@@ -224,6 +229,7 @@ def variant_help_rows(tables: list[Table]) -> list[dict]:
                 "detectable": _rounded(c.detectable, 2),
                 "between_seed_sd": _rounded(c.between_seed_sd, 2),
                 "seeds_needed": "" if c.seeds_needed is None else c.seeds_needed,
+                "seeds_needed_at_least": "" if c.seeds_needed_at_least is None else c.seeds_needed_at_least,
             }
         )
     return rows
@@ -242,7 +248,10 @@ def _interval(row: dict) -> str:
 def _seeds_needed(row: dict) -> str:
     if row["seeds_needed"] != "":
         return str(row["seeds_needed"])
-    return "needs ≥ 2 seeds to estimate" if row["seeds"] < 2 else "> 100"
+    if row["seeds"] >= 2:
+        return "> 100"
+    at_least = row["seeds_needed_at_least"]
+    return "needs ≥ 2 seeds to estimate" + ("" if at_least == "" else f" (≥ {at_least} from image noise alone)")
 
 
 def variant_help_markdown(rows: list[dict]) -> str:
@@ -271,7 +280,9 @@ def variant_help_markdown(rows: list[dict]) -> str:
         "(–: none is): the image-level noise only. SD between seeds: √τ², the seed-to-seed spread of the "
         f"difference beyond the image noise. Seeds for {d} pts: the seeds of each method a method-level test "
         f"needs to detect a {d}-point difference with 80 % power at the observed per-seed SD √(τ² + v) (a "
-        "planning figure: 2-3 seeds estimate that SD poorly). 'No detectable difference' with an MDD or a "
+        "planning figure: 2-3 seeds estimate that SD poorly); for one seed the spread between seeds is unknown, "
+        "and the count from the image noise alone (τ = 0) is a lower bound. 'No detectable difference' with an "
+        "MDD or a "
         "seed count above what you have means the comparison was too small to tell, not that the variant "
         "does not help.",
         "",

@@ -126,6 +126,8 @@ class VersusBase:
     detectable: float | None = None  # image-level MDD of one seed (points), exact McNemar, 80 % power
     between_seed_sd: float = float("nan")  # points; method level with per-image records only
     seeds_needed: int | None = None  # seeds to detect 3 points with 80 % power (method level; None: unknown)
+    # one seed: the seeds a method verdict would need if the seeds varied by image noise alone (τ = 0): a lower bound
+    seeds_needed_at_least: int | None = None
 
     @property
     def is_method_level(self) -> bool:

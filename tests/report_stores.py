@@ -235,7 +235,34 @@ def golden_smoke(root: Path) -> dict:
     }
 
 
+def golden_verdicts(root: Path) -> dict:
+    """Both levels of variant-vs-base comparison (issue 20): acl, acl-ip and acl-hn over seeds 0-2 with per-image
+    records (method level, HKSJ), rocl and rocl-ip one seed each with records (classifier level, no mark)."""
+    import numpy as np
+
+    from bench.store.records import write_record
+
+    generator, rows, runs = np.random.default_rng(20), [], root / "results" / "runs"
+    difficulty = {attack: generator.random(300) for attack in ("clean", "pgd20")}  # shared by every run: pairing
+    plan = [("acl", 0.40, (0, 1, 2)), ("acl-ip", 0.52, (0, 1, 2)), ("acl-hn", 0.41, (0, 1, 2))]
+    plan += [("rocl", 0.35, (0,)), ("rocl-ip", 0.45, (0,))]
+    for method, robust, seeds in plan:
+        for seed in seeds:
+            run_id = f"{method}-s{seed}"
+            accuracy = {"clean": 0.85, "pgd20": robust + 0.015 * generator.standard_normal()}  # seed effect
+            correct = {  # an image is correct below its run's accuracy, 5 % of them flipped (run noise)
+                attack: (difficulty[attack] < accuracy[attack]) ^ (generator.random(300) < 0.05) for attack in accuracy
+            }
+            (runs / run_id).mkdir(parents=True, exist_ok=True)
+            write_record(runs / run_id / "correct_SLF.npz", np.arange(300), correct, {"epsilon": EPS_SMOKE})
+            for attack, values in correct.items():
+                rows.append(row(run_id, method, "SLF", attack, round(100 * float(values.mean()), 4), seed=seed))
+                rows[-1]["n_eval"] = 300
+    return {"results_csv": write_store(root, rows), "runs_dir": runs, "reference_dir": None}
+
+
 GOLDEN_CASES = {
+    "verdicts": golden_verdicts,
     "synthetic": golden_synthetic,
     "configurations": golden_configurations,
     "supervised": golden_supervised,

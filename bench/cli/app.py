@@ -1,9 +1,8 @@
-"""The ``bench`` command: run, list, pretrain, finetune, evaluate, report, reproduce, compare, export, collect,
-status, sweep, stage, speed.
+"""The ``bench`` command: run, list, pretrain, finetune, evaluate, report, reproduce, compare, study, export,
+collect, status, sweep, stage, speed.
 
-Every configuration field can be overridden (``--set pretrain.lr=0.5``); the common ones
-have short flags. All checking happens before any work: a bad value exits with status 2
-and one line naming the value and the allowed ones, and nothing is written.
+Every configuration field can be overridden (``--set pretrain.lr=0.5``), the common ones by short flags. A bad
+value exits with status 2 and one line naming it and the allowed ones, before any work: nothing is written.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from bench.cli.commands import (
     cmd_status,
     cmd_sweep,
 )
+from bench.cli.study import add_study_parser
 from bench.config import ATTACKS, DEVICES, PRESETS, SCHEMES, ConfigError
 from bench.engine import progress
 from bench.engine.checkpoints import FORMATS, CheckpointError
@@ -278,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--attack", action="append", metavar="ATTACK", help="only these attacks (default: all shared)")
     cmp.add_argument("--results-dir", default="results", help="results store (default results/)")
     cmp.set_defaults(handler=cmd_compare)
+    add_study_parser(sub, _add_config_flags)
 
     exp = sub.add_parser(
         "export",
@@ -320,7 +321,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_sweep_parser(sub) -> None:
-
     sweep = sub.add_parser(
         "sweep",
         help="seeds × datasets × methods as scheduler jobs (SLURM via submitit) or locally",

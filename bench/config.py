@@ -10,17 +10,15 @@ their published settings per preset and dataset (``Method.published``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import math
-import types
 import typing
 from dataclasses import dataclass, field
-from numbers import Integral, Real
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from bench.coercion import coerce, field_types, invalid
 from bench.engine.corruptions import CORRUPTIONS, SEVERITIES
 from bench.engine.data import CORRUPTED_DATASETS, DATASETS
 from bench.engine.models import ENCODERS
@@ -228,10 +226,6 @@ def preset(name: str) -> RunConfig:
     return smoke_preset() if name == "smoke" else paper_preset()
 
 
-def _fail(name: str, value: Any, allowed: str) -> NoReturn:
-    raise ConfigError(f"{name}={value!r} is invalid: allowed {allowed}")
-
-
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -303,30 +297,30 @@ def validate(config: RunConfig) -> RunConfig:
     ]
     for name, value, allowed in choices:
         if value not in allowed:
-            _fail(name, value, str(list(allowed)))
+            invalid(name, value, str(list(allowed)))
     for name, minimum in INTEGER_AT_LEAST.items():
         value = _get(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            _fail(name, value, f"integers >= {minimum}")
+            invalid(name, value, f"integers >= {minimum}")
     if config.data.image_size > MAX_IMAGE_SIZE:
-        _fail("data.image_size", config.data.image_size, f"integers in [8, {MAX_IMAGE_SIZE}]")
+        invalid("data.image_size", config.data.image_size, f"integers in [8, {MAX_IMAGE_SIZE}]")
     for name, (check, allowed) in NUMBER_IN.items():
         if not check(_get(config, name)):
-            _fail(name, _get(config, name), allowed)
+            invalid(name, _get(config, name), allowed)
     for value in config.evaluate.epsilon_curve:
         if not _in(0, 1)(value):
-            _fail("evaluate.epsilon_curve", value, "numbers in [0, 1] (pixel scale)")
+            invalid("evaluate.epsilon_curve", value, "numbers in [0, 1] (pixel scale)")
     for milestone in config.finetune.milestones:
         if isinstance(milestone, bool) or not isinstance(milestone, int) or milestone < 0:
-            _fail("finetune.milestones", milestone, "integers >= 0")
+            invalid("finetune.milestones", milestone, "integers >= 0")
     for scheme in config.finetune.schemes:
         if scheme not in SCHEMES:
-            _fail("finetune.schemes", scheme, str(list(SCHEMES)))
+            invalid("finetune.schemes", scheme, str(list(SCHEMES)))
     for attack in config.evaluate.attacks:
         if attack not in ATTACKS:
-            _fail("evaluate.attacks", attack, str(list(ATTACKS)))
+            invalid("evaluate.attacks", attack, str(list(ATTACKS)))
     if config.pretrain.batch_size % config.pretrain.shards:
-        _fail(
+        invalid(
             "pretrain.batch_size",
             config.pretrain.batch_size,
             f"multiples of pretrain.shards={config.pretrain.shards} (each shard holds an equal part of the batch)",
@@ -334,7 +328,7 @@ def validate(config: RunConfig) -> RunConfig:
     _validate_corruptions(config)
     for name in ("results_dir", "reports_dir"):
         if not str(getattr(config, name)).strip():
-            _fail(name, getattr(config, name), "a directory path (not empty)")
+            invalid(name, getattr(config, name), "a directory path (not empty)")
         check_directory(name, getattr(config, name))
     if {config.data.name, config.data.eval_name} - {"", "digits"}:  # the embedded digits need no data_dir
         check_directory("data.data_dir", config.data.data_dir)
@@ -346,23 +340,23 @@ def check_directory(name: str, path: str | Path) -> None:
     but an existing file there would fail late with an OS traceback: refuse it up front."""
     target = Path(path).expanduser()
     if target.exists() and not target.is_dir():
-        _fail(name, str(path), "a directory (this path is a file)")
+        invalid(name, str(path), "a directory (this path is a file)")
 
 
 def _validate_corruptions(config: RunConfig) -> None:
     """The corruption settings, and which datasets may be used where (the -C datasets only evaluate)."""
     settings = config.evaluate
     if config.data.name in CORRUPTED_DATASETS:
-        _fail(
+        invalid(
             "data.name",
             config.data.name,
             f"a pretraining dataset, not {sorted(CORRUPTED_DATASETS)} (evaluation only: --eval-dataset)",
         )
     if settings.corruptions not in CORRUPTION_SOURCES:
-        _fail("evaluate.corruptions", settings.corruptions, str(list(CORRUPTION_SOURCES)))
+        invalid("evaluate.corruptions", settings.corruptions, str(list(CORRUPTION_SOURCES)))
     eval_name = config.data.eval_name or config.data.name
     if settings.corruptions == "official" and eval_name not in CORRUPTED_DATASETS:
-        _fail(
+        invalid(
             "evaluate.corruptions",
             "official",
             f"with --eval-dataset {' or '.join(sorted(CORRUPTED_DATASETS))} "
@@ -370,116 +364,22 @@ def _validate_corruptions(config: RunConfig) -> None:
         )
     for name in settings.corruption_names:
         if name not in CORRUPTIONS:
-            _fail("evaluate.corruption_names", name, str(list(CORRUPTIONS)))
+            invalid("evaluate.corruption_names", name, str(list(CORRUPTIONS)))
     if len(set(settings.corruption_names)) != len(settings.corruption_names):
-        _fail("evaluate.corruption_names", ",".join(settings.corruption_names), "distinct names")
+        invalid("evaluate.corruption_names", ",".join(settings.corruption_names), "distinct names")
     if not settings.corruption_severities or len(set(settings.corruption_severities)) != len(
         settings.corruption_severities
     ):
-        _fail("evaluate.corruption_severities", settings.corruption_severities, "distinct severities, at least one")
+        invalid("evaluate.corruption_severities", settings.corruption_severities, "distinct severities, at least one")
     for severity in settings.corruption_severities:
         if severity not in SEVERITIES:
-            _fail("evaluate.corruption_severities", severity, str(list(SEVERITIES)))
+            invalid("evaluate.corruption_severities", severity, str(list(SEVERITIES)))
     for scheme in settings.corruption_schemes:
         if scheme not in SCHEMES:
-            _fail("evaluate.corruption_schemes", scheme, str(list(SCHEMES)))
+            invalid("evaluate.corruption_schemes", scheme, str(list(SCHEMES)))
 
 
 # ------------------------------------------------------------------ overrides and hashing
-
-
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off")
-NONE_WORDS = ("", "none")
-
-
-def coerce(hint: Any, raw: Any, name: str) -> Any:
-    """``raw`` as a value of the type ``hint`` (a field's annotation from ``typing.get_type_hints``).
-
-    Strings (CLI ``--set``/``--param`` values) are parsed: bool from true/false words, int,
-    float (also ``8/255``), str, ``tuple[X, ...]`` from comma-separated items, ``X | None``
-    from ``none`` or the empty string. Other values (settings tables, Python callers) are
-    checked against the same type: an int for a float field becomes a float. Floats must be
-    finite. Anything else raises ``ConfigError`` naming the field, the value and what is allowed.
-    """
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        inner = [arg for arg in args if arg is not type(None)]
-        if len(inner) != 1 or len(args) != 2:
-            raise TypeError(f"{name}: annotation {hint} is not supported: allowed X or X | None")
-        if raw is None or (isinstance(raw, str) and raw.strip().lower() in NONE_WORDS):
-            return None
-        return coerce(inner[0], raw, name)
-    if origin is tuple:
-        if len(args) != 2 or args[1] is not Ellipsis:
-            raise TypeError(f"{name}: annotation {hint} is not supported: allowed tuple[X, ...]")
-        items = [item for item in raw.split(",") if item] if isinstance(raw, str) else raw
-        if not isinstance(items, (list, tuple)):
-            _fail(name, raw, f"comma-separated {args[0].__name__} values")
-        return tuple(coerce(args[0], item, name) for item in items)
-    if hint is bool:
-        return _coerce_bool(raw, name)
-    if hint is int:
-        return _coerce_int(raw, name)
-    if hint is float:
-        return _coerce_float(raw, name)
-    if hint is str:
-        if not isinstance(raw, str):
-            _fail(name, raw, "strings")
-        return raw
-    if hint is Any:
-        return raw
-    raise TypeError(f"{name}: annotation {hint} is not supported by bench.config.coerce")
-
-
-def _coerce_bool(raw: Any, name: str) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    if isinstance(raw, str) and raw.strip().lower() in TRUE_WORDS + FALSE_WORDS:
-        return raw.strip().lower() in TRUE_WORDS
-    _fail(name, raw, "true/false")
-
-
-def _coerce_int(raw: Any, name: str) -> int:
-    if isinstance(raw, Integral) and not isinstance(raw, bool):
-        return int(raw)
-    if isinstance(raw, str):
-        try:
-            return int(raw)
-        except ValueError:
-            pass
-    _fail(name, raw, "int values")
-
-
-def _coerce_float(raw: Any, name: str) -> float:
-    value = None
-    if isinstance(raw, Real) and not isinstance(raw, bool):
-        value = float(raw)
-    elif isinstance(raw, str):
-        try:
-            value = eval_fraction(raw)
-        except (ValueError, ZeroDivisionError):
-            _fail(name, raw, "float values (also fractions such as 8/255)")
-    if value is None:
-        _fail(name, raw, "float values (also fractions such as 8/255)")
-    if not math.isfinite(value):
-        _fail(name, raw, "finite numbers")
-    return value
-
-
-def eval_fraction(text: str) -> float:
-    """Accept '8/255' as well as '0.0313' for pixel-scale numbers."""
-    if "/" in text:
-        numerator, denominator = text.split("/", 1)
-        return float(numerator) / float(denominator)
-    return float(text)
-
-
-@functools.cache
-def field_types(cls: type) -> dict[str, Any]:
-    """The annotations of a dataclass's fields, evaluated (``X | None``, ``tuple[int, ...]``)."""
-    hints = typing.get_type_hints(cls)
-    return {item.name: hints[item.name] for item in dataclasses.fields(cls)}
 
 
 def set_field(config: RunConfig, dotted: str, raw: Any) -> None:
@@ -488,13 +388,13 @@ def set_field(config: RunConfig, dotted: str, raw: Any) -> None:
     target: Any = config
     for part in parts[:-1]:
         if not dataclasses.is_dataclass(target) or part not in field_types(type(target)):
-            _fail("field", dotted, "dotted names of RunConfig fields (see `bench run --help`)")
+            invalid("field", dotted, "dotted names of RunConfig fields (see `bench run --help`)")
         target = getattr(target, part)
     if not dataclasses.is_dataclass(target) or parts[-1] not in field_types(type(target)):
-        _fail("field", dotted, "dotted names of RunConfig fields (see `bench run --help`)")
+        invalid("field", dotted, "dotted names of RunConfig fields (see `bench run --help`)")
     hint = field_types(type(target))[parts[-1]]
     if dataclasses.is_dataclass(hint) or typing.get_origin(hint) is dict:
-        _fail("field", dotted, "dotted names of single RunConfig fields, not of a section")
+        invalid("field", dotted, "dotted names of single RunConfig fields, not of a section")
     setattr(target, parts[-1], coerce(hint, raw, dotted))
 
 

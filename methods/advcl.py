@@ -46,8 +46,9 @@ from torch import nn
 
 from bench.config import ConfigError
 from bench.engine.attacks import pgd, project
-from bench.engine.losses import a_infonce, official_advcl_loss
+from bench.engine.losses import a_infonce
 from bench.engine.models import ContrastiveModel, model_mode
+from bench.engine.released_losses import official_advcl_loss
 from bench.engine.shards import Shards
 from bench.engine.shards import of as shards_of
 from bench.engine.views import StrongAugment, WeakAugment, high_frequency_component
@@ -181,7 +182,7 @@ class AdvCL(Method):
     weak_augment = WeakAugment()
     paper = PAPER
     smoke = SMOKE
-    official_quirks = True  # quirks='official': bench.engine.losses.official_advcl_loss
+    official_quirks = True  # quirks='official': bench.engine.released_losses.official_advcl_loss
 
     def __init__(self, params: MethodParams | None = None):
         super().__init__(params)

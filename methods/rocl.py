@@ -35,8 +35,9 @@ import torch
 
 from bench.config import ConfigError
 from bench.engine.attacks import pgd
-from bench.engine.losses import a_infonce, official_rocl_loss
+from bench.engine.losses import a_infonce
 from bench.engine.models import ContrastiveModel, model_mode
+from bench.engine.released_losses import official_rocl_loss
 from bench.engine.shards import of as shards_of
 from bench.engine.views import StrongAugment
 from bench.methodkit.method import Method, MethodParams, Published, StepContext
@@ -168,7 +169,7 @@ class RoCL(Method):
     synced_batch_norm = True  # released: DDP + SyncBatchNorm, one BN over every GPU's rows (bench.engine.shards)
     paper = PAPER
     smoke = SMOKE
-    official_quirks = True  # quirks='official': bench.engine.losses.official_rocl_loss
+    official_quirks = True  # quirks='official': bench.engine.released_losses.official_rocl_loss
 
     @classmethod
     def check_params(cls, params: MethodParams) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 # Lowest first. ``methods`` (built-in methods; plugins sit at the same place) build on the method kit.
 LEVELS = (
-    ("bench", "bench.errors"),
+    ("bench", "bench.errors", "bench.coercion"),
     ("bench.engine",),
     ("bench.config",),
     ("bench.store",),

@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from bench.store.results import COLUMNS
+from bench.store.rows import COLUMNS
 
 EPS_SMOKE, EPS_PAPER = 0.1, 0.0313725
 REPO = Path(__file__).resolve().parent.parent

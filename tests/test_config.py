@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from bench.config import ConfigError, coerce, preset, set_field
+from bench.coercion import coerce
+from bench.config import ConfigError, preset, set_field
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,8 @@ from bench.engine.models import Classifier
 from bench.methodkit import registry
 from bench.products.export import FORMATS, export_run, load_exported, sidecar_path
 from bench.store.atomic import save_torch_atomic
-from bench.store.results import ResultRow, ResultsStore
+from bench.store.results import ResultsStore
+from bench.store.rows import ResultRow
 
 RUN_ID = "simclr-smoke-digits-s0-abc"
 

@@ -19,9 +19,8 @@ from bench.engine.losses import (
     a_infonce,
     adaptive_alpha,
     nt_xent,
-    official_advcl_loss,
-    official_rocl_loss,
 )
+from bench.engine.released_losses import official_advcl_loss, official_rocl_loss
 
 T = 0.5
 ADVCL = (True, False, False, False)

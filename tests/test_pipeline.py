@@ -8,7 +8,7 @@ import json
 from tiny_run import TINY
 
 from bench.cli.app import main
-from bench.store.results import COLUMNS
+from bench.store.rows import COLUMNS
 
 
 def _run(tmp_path, *extra):

@@ -19,7 +19,8 @@ from bench.config import ConfigError, smoke_preset
 from bench.methodkit import registry
 from bench.methodkit.post import POST_FIELDS, SMOKE_POST_PARAMS
 from bench.runs.plan import RunRequest, build_plan
-from bench.store.results import ResultsStore, load
+from bench.store.results import ResultsStore
+from bench.store.rows import load
 
 
 def test_every_method_has_a_plus_plus_form_that_adds_the_stage():

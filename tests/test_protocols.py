@@ -22,7 +22,8 @@ from bench.engine.attacks import trades_kl_attack
 from bench.engine.checkpoints import load_classifier
 from bench.evaluation.finetune import scheme_settings
 from bench.runs.plan import RunRequest, build_plan
-from bench.store.results import COLUMNS, LEGACY_COLUMNS, ResultsStore, read_rows_csv
+from bench.store.results import ResultsStore
+from bench.store.rows import COLUMNS, LEGACY_COLUMNS, read_rows_csv
 
 DATA = Path(__file__).parent / "data"
 STEP_2 = 2 / 255
@@ -550,7 +551,7 @@ def test_report_tables_are_per_protocol_and_say_the_pseudo_label_source():
     from bench.products.report.common import MethodOrder
     from bench.products.report.render import table_csv_rows, table_markdown
     from bench.products.report.tables import build_tables
-    from bench.store.results import load
+    from bench.store.rows import load
 
     legacy = load(DATA / "unified_smoke_rows_legacy.csv")  # no protocol column: unified
     assert set(legacy["protocol"]) == {"unified"}
@@ -568,7 +569,7 @@ def test_report_tables_are_per_protocol_and_say_the_pseudo_label_source():
 def test_paper_table_has_a_section_per_protocol_and_lists_the_pseudo_label_source():
     from bench.products.report.common import MethodOrder
     from bench.products.report.paper import Sources, paper_markdown, paper_sections
-    from bench.store.results import load
+    from bench.store.rows import load
 
     legacy = load(DATA / "unified_smoke_rows_legacy.csv")
     paper = legacy.assign(preset="paper", dataset="cifar10", eval_dataset="cifar10", epsilon=8 / 255, method="advcl")

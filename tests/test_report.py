@@ -28,7 +28,7 @@ from bench.products.report import (
     write_reports,
 )
 from bench.products.stats import minimum_detectable_difference
-from bench.store.results import load
+from bench.store.rows import load
 
 CONVERTER = REPO / "results" / "reference" / "convert_leaderboard.py"
 

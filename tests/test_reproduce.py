@@ -9,7 +9,8 @@ import pytest
 from bench.config import ConfigError
 from bench.products.reproduce import get_table, reproduce_plan, write_reproduction
 from bench.runs.plan import RunRequest
-from bench.store.results import ResultRow, ResultsStore
+from bench.store.results import ResultsStore
+from bench.store.rows import ResultRow
 
 REFERENCE_COLUMNS = ("method", "dataset", "eval_dataset", "scheme", "attack", "metric", "value", "source", "note")
 

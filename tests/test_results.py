@@ -8,16 +8,8 @@ import pytest
 
 from bench.store import atomic
 from bench.store.atomic import write_atomic
-from bench.store.results import (
-    COLUMNS,
-    Measurement,
-    ResultRow,
-    ResultsStore,
-    RowContext,
-    RowError,
-    StoreError,
-    rows_csv,
-)
+from bench.store.results import ResultsStore, StoreError
+from bench.store.rows import COLUMNS, Measurement, ResultRow, RowContext, RowError, rows_csv
 
 
 def _row(run_id, value, scheme="SLF"):

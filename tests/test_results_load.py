@@ -1,4 +1,4 @@
-"""``bench.store.results.load``: the store as a typed DataFrame, every row checked like ``ResultRow``."""
+"""``bench.store.rows.load``: the store as a typed DataFrame, every row checked like ``ResultRow``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import sys
 import pandas as pd
 import pytest
 
-from bench.store.results import COLUMNS, Measurement, ResultRow, ResultsStore, RowContext, RowError, load
+from bench.store.results import ResultsStore
+from bench.store.rows import COLUMNS, Measurement, ResultRow, RowContext, RowError, load
 
 
 def _context(run_id: str, seed: int | None = 0) -> RowContext:

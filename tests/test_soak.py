@@ -19,7 +19,8 @@ import pytest
 import torch
 from report_stores import row
 
-from bench.store.results import ResultRow, ResultsStore, RowError, RunDir
+from bench.store.results import ResultsStore, RunDir
+from bench.store.rows import ResultRow, RowError
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
 

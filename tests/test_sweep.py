@@ -27,7 +27,8 @@ from bench.cli.commands import build_request, selected_methods
 from bench.config import ConfigError
 from bench.runs.collect import MEASURED
 from bench.runs.plan import RunRequest, build_plan
-from bench.store.results import COLUMNS, ResultsStore
+from bench.store.results import ResultsStore
+from bench.store.rows import COLUMNS
 
 
 def _dirs(root: Path) -> list[str]:

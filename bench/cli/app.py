@@ -40,7 +40,8 @@ from bench.methodkit.post import POST_STAGES
 from bench.runs.sweep import LAUNCHERS
 from bench.store.atomic import DiskFullError
 from bench.store.provenance import code_version
-from bench.store.results import RowError, StoreError
+from bench.store.results import StoreError
+from bench.store.rows import RowError
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:

@@ -35,62 +35,8 @@ pipeline writes it as a run's ``encoder.pt``. ``arch`` is a key of ``bench.engin
 DeACL encoder never loads into a padding-1 stem. The projector is loaded too; extra heads
 (AdvCL's pseudo-label heads) are rebuilt as ``nn.Linear`` from their weight shapes.
 
-Released formats (key maps; verified against the repositories' code)
--------------------------------------------------------------------
-Our encoder keys are ``encoder.<path>`` with BN tensors at ``<bn>.branches.<name>.<t>``
-(t = weight, bias, running_mean, running_var, num_batches_tracked).
-
-acl (VITA-Group/Adversarial-Contrastive-Learning, models/resnet_multi_bn.py; train_simCLR.py
-saves ``{'epoch', 'state_dict', 'optim'}`` without DataParallel; DynACL saves the same names
-under ``encoder_q.`` / ``encoder_k.``)
-    <bn>.bn_list.<i>.<t>               -> <bn>.branches.<name_i>.<t>, i: 0 = normal, 1 = pgd
-    layerN.0.downsample.conv.weight    -> layerN.0.shortcut.0.weight
-    layerN.0.downsample.bn.bn_list.<i> -> layerN.0.shortcut.1.branches.<name_i>
-    normalize.mean / normalize.std     -> normalize.mean / std (shape [3] -> [1, 3, 1, 1];
-                                          ImageNet statistics in the released code)
-    ignored: ``fc.*`` (proj_head fc.fc1-3 / fc.bn1-3, or a linear head) and, for DynACL,
-    ``encoder_q.*`` (the momentum key encoder ``encoder_k.*`` is the one DynACL evaluates;
-    ``encoder_q.`` is used only when there is no ``encoder_k.``).
-advcl (LijieFan/AdvCL and yqy2001/A-InfoNCE Asym-AdvCL, models/resnet_cifar_multibn_ensembleFC.py;
-pretraining_advCL.py saves ``{'model', 'epoch', 'rng_state'}`` of an nn.DataParallel, so every
-key starts with ``module.``, stripped here)
-    the same names as acl, i: 0 = normal, 1 = pgd, 2 = pgd_ce; no normalisation layer.
-    ignored: ``head_proj.*``, ``head_pred.*``, ``head_ce.*``, ``fc_002.*``, ``fc_010.*``,
-    ``fc_050.*``, ``fc_100.*``, ``fc_500.*`` (projector, predictor and pseudo-label heads).
-rocl (Kim-Minseon/RoCL src/models/resnet.py, kuangliu-style; rocl_train.py saves
-``{'epoch', 'acc', 'model', 'optimizer_state', 'rng_state'}`` of a DDP model: ``module.``;
-the projector goes to a separate ``*_projector`` file)
-    <bn>.<t> -> <bn>.branches.normal.<t> (bn1, bn2, shortcut.1); every other name is ours;
-    one BN set, no normalisation layer. ``avg_pool2d(4)`` = our global pool at 32×32.
-    ignored: ``linear.*`` (the classifier of contrastive_learning=False), ``linear_1.*``,
-    ``linear_2.*`` (the Projector, should it be merged in).
-dynacl (PKU-ML/DYNACL train_DynACL.py: ``model_encoder_k.pt`` = ``{'epoch', 'state_dict'}`` of the
-key encoder alone, ACL's names; ``model.pt`` = the momentum pair under ``encoder_q.`` / ``encoder_k.``)
-    acl's key map and ignored prefixes; ``encoder_k.`` preferred, ``encoder_q.*`` ignored.
-dynacl++ (LPAFT.py's ``model.pt``: single-BN models/resnet.py ResNet-18, torchvision names, the
-adversarial route's statistics (bnNameCnt 1), a pseudo-label linear head ``fc``)
-    <bn>.<t> -> <bn>.branches.<branch>.<t>; layerN.0.downsample.0 / .1 -> layerN.0.shortcut.0 / .1;
-    its one BN set is reported as branch 'pgd'; normalize.mean / std as acl; ignored: ``fc.*``.
-dynacl++-dual (LPAFT_AFF.py's ``model.pt``: dual-BN ResNet-18 with a linear head ``fc``)
-    acl's key map, i: 0 = normal, 1 = pgd; ignored: ``fc.*``.
-robustssl (GodXuxilie/RobustSSL_Benchmark, Vanilla_Finetuning/utils.py ``get_model``: the state
-dict is under ``state_dict_dual``, ``state_dict`` or ``model``, else the file itself; the
-encoders it releases keep their authors' names). The family is detected from the keys:
-``bn_list.2`` or AdvCL heads -> advcl; ``encoder_k.``/``bn_list``/``normalize.`` -> acl;
-kuangliu ``shortcut.`` -> rocl; single-BN ``downsample.0.`` with ``normalize.`` -> dynacl++;
-solo-learn ``backbone.`` -> deacl, loaded into DeACL's padding-2
-stem (RobustSSL loads it into a padding-1 stem silently: the pitfall behind its DeACL cells).
-deacl (pantheon5100/DeACL: a Lightning checkpoint ``{'state_dict': ...}`` of ``mocov2_kd_at``; its
-``adv_finetune.py`` keeps the ``backbone.`` keys and loads them strictly into its padding-2 model)
-    backbone.<path> -> <path> in DeACL's ResNet-18 (arch ``resnet18_deacl``): torchvision names,
-    layerN.0.downsample.0/1 -> layerN.0.shortcut.0/1, <bn>.<t> -> <bn>.branches.normal.<t>;
-    backbone.normalize.mean / std -> normalize (CIFAR-10 statistics in the released model class).
-    ignored: ``momentum_backbone.*`` (the frozen SimCLR teacher), ``classifier.*``,
-    ``classifier_adv.*`` (online linear probes on detached features).
-deacl-teacher (the solo-learn SimCLR checkpoint DeACL distils from, e.g. ``simclr-cifar10-b30xch14-ep=999.ckpt``)
-    the same ``backbone.`` names without normalisation buffers: DeACL's model class supplies
-    CIFAR-10 statistics in the model, and so does this format. ignored: ``projector.*``,
-    ``classifier.*``, ``momentum_*`` (a MoCo teacher's EMA copies).
+The released formats (their key maps and what each drops) are ``bench.engine.checkpoint_formats``;
+reading files and choosing branches is ``bench.engine.checkpoint_read``.
 
 Every format: nn.DataParallel / DDP's ``module.`` prefix is stripped (wrapping is not part
 of a format); every error is a ``CheckpointError`` (a ValueError) whose first line
@@ -111,18 +57,38 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from bench.engine.checkpoint_keys import LAYOUTS, LIST_LIMIT, CheckpointError, expected_keys, key_list, load_strict
+from bench.engine.checkpoint_formats import (
+    ACL,
+    ADVCL,
+    ARCH_NOTES,
+    DEACL,
+    DYNACL_PLUS_PLUS,
+    EXTERNAL,
+    ROBUSTSSL_CONTAINERS,
+    ROCL,
+    ExternalFormat,
+)
+from bench.engine.checkpoint_keys import LAYOUTS, LIST_LIMIT, CheckpointError, expected_keys, load_strict
+from bench.engine.checkpoint_read import (
+    ALL_BRANCHES,
+    branch_renames,
+    first_line,
+    normalization_label,
+    read_state,
+    resolve_branches,
+    routing,
+    select_submodel,
+    strip_data_parallel,
+    unwrap,
+)
 from bench.engine.models import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
     NORMALIZATIONS,
@@ -146,261 +112,14 @@ FORMATS = (
     "deacl",
     "deacl-teacher",
 )
-ALL_BRANCHES = "all"
 BENCH_MARKER = "acl-bench"
-DATA_PARALLEL_PREFIX = "module."
 _BN_LIST_INDEX = re.compile(r"\.bn_list\.(\d+)\.")
-ARCH_NOTES = {
-    "resnet18": "our CIFAR ResNet-18 (3×3 stride-1 padding-1 stem, no max-pool, widths 64-512)",
-    "resnet18_deacl": "DeACL's CIFAR ResNet-18 (3×3 stride-1 padding-2 stem, no max-pool, widths 64-512)",
-}
-
-
-@dataclass(frozen=True)
-class ExternalFormat:
-    """How one released code base names a CIFAR ResNet-18 encoder (see the module docstring)."""
-
-    name: str
-    containers: tuple[str, ...]  # dict keys that may hold the state dict, tried in order
-    bn_names: tuple[str, ...]  # bn_list index -> our branch name
-    default_branch: str
-    layout: str  # 'multi_bn' (torchvision + bn_list) | 'kuangliu' (one plain BN) | 'torchvision' (one plain BN)
-    normalized: bool  # the checkpoint carries normalize.mean / normalize.std buffers
-    ignored: tuple[str, ...]  # key prefixes dropped on purpose
-    encoder_prefixes: tuple[str, ...] = ()  # alternative sub-model prefixes, preferred first
-    arch: str = "resnet18"  # the bench.engine.models encoder it was trained as (the stem is part of it)
-    fixed_normalization: str = ""  # bench.engine.models.NORMALIZATIONS key the released model class adds itself
-
-
-ACL = ExternalFormat(
-    name="acl",
-    containers=("state_dict", "P_state"),
-    bn_names=("normal", "pgd"),
-    default_branch="pgd",
-    layout="multi_bn",
-    normalized=True,
-    ignored=("fc.",),
-    encoder_prefixes=("encoder_k.", "encoder_q."),
-)
-ADVCL = ExternalFormat(
-    name="advcl",
-    containers=("model", "state_dict"),
-    bn_names=("normal", "pgd", "pgd_ce"),
-    default_branch="pgd",
-    layout="multi_bn",
-    normalized=False,
-    ignored=("head_proj.", "head_pred.", "head_ce.", "fc_002.", "fc_010.", "fc_050.", "fc_100.", "fc_500."),
-)
-ROCL = ExternalFormat(
-    name="rocl",
-    containers=("model",),
-    bn_names=("normal",),
-    default_branch="normal",
-    layout="kuangliu",
-    normalized=False,
-    ignored=("linear.", "linear_1.", "linear_2."),
-)
-DYNACL = ExternalFormat(
-    name="dynacl",
-    containers=("state_dict",),
-    bn_names=("normal", "pgd"),
-    default_branch="pgd",
-    layout="multi_bn",
-    normalized=True,
-    ignored=("fc.",),
-    encoder_prefixes=("encoder_k.", "encoder_q."),
-)
-DYNACL_PLUS_PLUS = ExternalFormat(
-    name="dynacl++",
-    containers=("state_dict",),
-    bn_names=("pgd",),
-    default_branch="pgd",
-    layout="torchvision",
-    normalized=True,
-    ignored=("fc.",),
-)
-DYNACL_PLUS_PLUS_DUAL = ExternalFormat(
-    name="dynacl++-dual",
-    containers=("state_dict",),
-    bn_names=("normal", "pgd"),
-    default_branch="pgd",
-    layout="multi_bn",
-    normalized=True,
-    ignored=("fc.",),
-)
-DEACL = ExternalFormat(
-    name="deacl",
-    containers=("state_dict",),
-    bn_names=("normal",),
-    default_branch="normal",
-    layout="torchvision",
-    normalized=True,
-    ignored=("momentum_backbone.", "classifier.", "classifier_adv."),
-    encoder_prefixes=("backbone.",),
-    arch="resnet18_deacl",
-)
-DEACL_TEACHER = ExternalFormat(
-    name="deacl-teacher",
-    containers=("state_dict",),
-    bn_names=("normal",),
-    default_branch="normal",
-    layout="torchvision",
-    normalized=False,
-    ignored=("projector.", "classifier.", "momentum_"),
-    encoder_prefixes=("backbone.",),
-    arch="resnet18_deacl",
-    fixed_normalization="cifar10",
-)
-EXTERNAL = {
-    spec.name: spec
-    for spec in (ACL, ADVCL, ROCL, DYNACL, DYNACL_PLUS_PLUS, DYNACL_PLUS_PLUS_DUAL, DEACL, DEACL_TEACHER)
-}
-ROBUSTSSL_CONTAINERS = ("state_dict_dual", "state_dict", "model")
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def _read(path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
-    """The checkpoint object and a label for messages; files load with the weights-only unpickler.
-
-    Released checkpoints come from the internet: a full unpickler would run arbitrary code.
-    Every format here is tensors, numbers and strings, which the safe unpickler reads.
-    """
-    if isinstance(path_or_state_dict, Mapping):
-        return path_or_state_dict, "<state dict>"
-    path = Path(path_or_state_dict)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # the unpickler raises several types; all mean the same here
-        if not _looks_like_torch_file(path):
-            raise CheckpointError(
-                f"checkpoint {path} is not a torch.save file (neither a zip archive nor a "
-                "pickle): allowed files written by torch.save"
-            ) from error
-        raise CheckpointError(
-            f"checkpoint {path} could not be read with torch.load(weights_only=True): {_first_line(error)}. "
-            "If you trust the file, load it yourself with weights_only=False and pass the dict to load_encoder."
-        ) from error
-    if not isinstance(loaded, Mapping):
-        raise CheckpointError(f"checkpoint {path} holds a {type(loaded).__name__}, not a dict or state dict")
-    return loaded, str(path)
-
-
-def _looks_like_torch_file(path: Path) -> bool:
-    """torch.save writes a zip archive (``PK``) or, in the legacy format, a pickle (protocol byte ``0x80``).
-    Anything else (a text file, an empty file) gets a plain reason instead of the unpickler's (e.g. '101')."""
-    with open(path, "rb") as stream:
-        head = stream.read(2)
-    return head == b"PK" or head[:1] == b"\x80"
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
-def _unwrap(checkpoint: Mapping[str, Any], containers: Sequence[str], label: str) -> tuple[dict, dict]:
-    """(state dict, scalar metadata): the first container key present, else a flat tensor dict."""
-    for key in containers:
-        if isinstance(checkpoint.get(key), Mapping):
-            meta = {name: value for name, value in checkpoint.items() if isinstance(value, (int, float, str))}
-            return dict(checkpoint[key]), meta
-    if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
-        return dict(checkpoint), {}
-    raise CheckpointError(
-        f"{label}: no state dict found: expected one of the keys {list(containers)} or a flat dict of tensors; "
-        f"found keys {sorted(map(str, checkpoint))[:LIST_LIMIT]}"
-    )
-
-
-def _renamed(pairs: Iterable[tuple[str, torch.Tensor]], label: str) -> dict[str, torch.Tensor]:
-    """A dict from renamed pairs; two tensors landing on one name would silently drop one."""
-    renamed: dict[str, torch.Tensor] = {}
-    for key, value in pairs:
-        if key in renamed:
-            raise CheckpointError(f"{label}: two tensors map to {key!r} once prefixes are removed")
-        renamed[key] = value
-    return renamed
-
-
-def _strip_data_parallel(state: dict[str, torch.Tensor], label: str) -> tuple[dict[str, torch.Tensor], str]:
-    """Drop nn.DataParallel / DDP's ``module.`` prefix: wrapping is never part of a format."""
-    if not any(key.startswith(DATA_PARALLEL_PREFIX) for key in state):
-        return state, ""
-    pairs = ((key.removeprefix(DATA_PARALLEL_PREFIX), value) for key, value in state.items())
-    return _renamed(pairs, label), DATA_PARALLEL_PREFIX
-
-
-def _select_submodel(
-    state: dict, prefixes: Sequence[str], ignored_prefixes: Sequence[str], label: str, shown_prefix: str
-) -> tuple[dict, str, list[str]]:
-    """Keep the preferred sub-model (DynACL's ``encoder_k.``, DeACL's ``backbone.``), prefix removed.
-
-    Keys outside it are ignored when they belong to another sub-model or start with an ignored
-    prefix (DeACL's teacher ``momentum_backbone.``); any other key outside it is an error.
-    """
-    present = [prefix for prefix in prefixes if any(key.startswith(prefix) for key in state)]
-    if not present:
-        return state, "", []
-    chosen = present[0]
-    outside = [key for key in state if not key.startswith(chosen)]
-    stray = [key for key in outside if not key.startswith((*prefixes, *ignored_prefixes))]
-    if stray:
-        raise CheckpointError(
-            "\n".join(
-                [
-                    f"{label}: {len(stray)} keys outside the encoder {chosen!r} are not known",
-                    *key_list("unexpected", [shown_prefix + key for key in stray]),
-                ]
-            )
-        )
-    kept = ((key.removeprefix(chosen), value) for key, value in state.items() if key.startswith(chosen))
-    return _renamed(kept, label), chosen, outside
-
-
 # --------------------------------------------------------------------------- branches
-
-
-def _resolve_branches(requested: str | None, available: Sequence[str], default: str, label: str) -> list[str]:
-    """The checkpoint branches to load: the requested one, the default, or all of them."""
-    if requested == ALL_BRANCHES:
-        return list(available)
-    if requested is None:
-        if default in available:
-            return [default]
-        if len(available) == 1:
-            return list(available)
-        raise CheckpointError(f"{label}: default branch {default!r} is absent: pass branch= one of {list(available)}")
-    if requested not in available:
-        raise CheckpointError(
-            f"{label}: branch={requested!r} is not in this checkpoint: allowed {[*available, ALL_BRANCHES]}"
-        )
-    return [requested]
-
-
-def _branch_map(selected: Sequence[str], keep_names: bool) -> dict[str, str]:
-    """Returned-model branch -> checkpoint branch: one branch becomes 'normal', 'all' keeps names."""
-    return {name: name for name in selected} if keep_names else {"normal": selected[0]}
-
-
-def _routing(selected: Sequence[str], default: str, keep_names: bool) -> tuple[str, str]:
-    """(branch to route with in the returned model, the checkpoint's name for it)."""
-    if not keep_names:
-        return "normal", selected[0]
-    chosen = default if default in selected else selected[0]
-    return chosen, chosen
-
-
-def _normalization_label(mean: torch.Tensor, std: torch.Tensor) -> str:
-    imagenet = torch.allclose(mean.flatten(), torch.tensor(IMAGENET_MEAN), atol=1e-4) and torch.allclose(
-        std.flatten(), torch.tensor(IMAGENET_STD), atol=1e-4
-    )
-    cifar10 = torch.allclose(mean.flatten(), torch.tensor(CIFAR10_MEAN), atol=1e-4) and torch.allclose(
-        std.flatten(), torch.tensor(CIFAR10_STD), atol=1e-4
-    )
-    return "imagenet" if imagenet else "cifar10" if cifar10 else "custom"
 
 
 # --------------------------------------------------------------------------- external formats
@@ -461,10 +180,10 @@ def _load_external(
     spec: ExternalFormat, state: dict, meta: dict, label: str, branch: str | None, fmt: str, prefix: str
 ) -> tuple[ContrastiveModel, dict[str, Any]]:
     where = f"{fmt} checkpoint {label}"
-    state, encoder_prefix, prefix_ignored = _select_submodel(state, spec.encoder_prefixes, spec.ignored, where, prefix)
+    state, encoder_prefix, prefix_ignored = select_submodel(state, spec.encoder_prefixes, spec.ignored, where, prefix)
     available = _available_external_branches(spec, state)
-    selected = _resolve_branches(branch, available, spec.default_branch, where)
-    branch_map = _branch_map(selected, keep_names=branch == ALL_BRANCHES)
+    selected = resolve_branches(branch, available, spec.default_branch, where)
+    branch_map = branch_renames(selected, keep_names=branch == ALL_BRANCHES)
     model = _build_external_model(spec, list(branch_map), state)
     naming = LAYOUTS[spec.layout]
     indices = {name: index for index, name in enumerate(spec.bn_names)}
@@ -481,8 +200,8 @@ def _load_external(
         model.normalize = Normalize(*NORMALIZATIONS[spec.fixed_normalization])
     normalization = "none"
     if isinstance(model.normalize, Normalize):
-        normalization = _normalization_label(model.normalize.mean, model.normalize.std)
-    routed, source_branch = _routing(selected, spec.default_branch, keep_names=branch == ALL_BRANCHES)
+        normalization = normalization_label(model.normalize.mean, model.normalize.std)
+    routed, source_branch = routing(selected, spec.default_branch, keep_names=branch == ALL_BRANCHES)
     info = {
         "format": fmt,
         "family": spec.name,
@@ -560,7 +279,7 @@ def classifier_state(classifier: Classifier) -> dict[str, Any]:
 
 def load_classifier(path: str | os.PathLike) -> Classifier:
     """A classifier written from ``classifier_state``, rebuilt and loaded strictly (eval mode)."""
-    stored, label = _read(path)
+    stored, label = read_state(path)
     missing = [name for name in ("model_spec", "bn", "num_classes", "state") if name not in stored]
     if stored.get("format") != CLASSIFIER_MARKER or missing:
         raise CheckpointError(
@@ -578,7 +297,7 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
         classifier.load_state_dict(state)
     except (KeyError, ValueError, RuntimeError) as error:
         raise CheckpointError(
-            f"classifier {label} does not match its recorded architecture: {_first_line(error)}"
+            f"classifier {label} does not match its recorded architecture: {first_line(error)}"
         ) from None
     return classifier.eval()
 
@@ -611,11 +330,11 @@ def _load_bench(
         raise CheckpointError(f"bench checkpoint {label} is a {checkpoint['arch']!r} encoder, not arch={arch!r}")
     if not isinstance(checkpoint["model"], Mapping):
         raise CheckpointError(f"bench checkpoint {label}: 'model' is not a state dict")
-    state, prefix = _strip_data_parallel(dict(checkpoint["model"]), label)
+    state, prefix = strip_data_parallel(dict(checkpoint["model"]), label)
     available = list(checkpoint["bn_branches"])
     default = checkpoint.get("finetune_bn") or available[0]
-    selected = _resolve_branches(branch, available, default, f"bench checkpoint {label}")
-    branch_map = _branch_map(selected, keep_names=branch == ALL_BRANCHES)
+    selected = resolve_branches(branch, available, default, f"bench checkpoint {label}")
+    branch_map = branch_renames(selected, keep_names=branch == ALL_BRANCHES)
     spec = {
         "arch": checkpoint["arch"],
         "branches": list(branch_map),
@@ -643,7 +362,7 @@ def _load_bench(
         f"the {checkpoint['arch']!r} model its fields describe",
         prefix,
     )
-    routed, source_branch = _routing(selected, default, keep_names=branch == ALL_BRANCHES)
+    routed, source_branch = routing(selected, default, keep_names=branch == ALL_BRANCHES)
     info = {
         "format": "bench",
         "family": "bench",
@@ -689,12 +408,12 @@ def load_encoder(
     """
     if format not in FORMATS:
         raise CheckpointError(f"checkpoint format {format!r} is unknown: allowed {list(FORMATS)}")
-    checkpoint, label = _read(path_or_state_dict)
+    checkpoint, label = read_state(path_or_state_dict)
     if format == "bench":
         return _load_bench(checkpoint, label, branch, arch)
     containers = ROBUSTSSL_CONTAINERS if format == "robustssl" else EXTERNAL[format].containers
-    state, meta = _unwrap(checkpoint, containers, f"{format} checkpoint {label}")
-    state, prefix = _strip_data_parallel(state, f"{format} checkpoint {label}")
+    state, meta = unwrap(checkpoint, containers, f"{format} checkpoint {label}")
+    state, prefix = strip_data_parallel(state, f"{format} checkpoint {label}")
     spec = _detect_robustssl_family(state, label) if format == "robustssl" else EXTERNAL[format]
     if arch not in (None, spec.arch):
         raise CheckpointError(

@@ -32,7 +32,8 @@ from bench.evaluation.evaluate import EvalReport, clean_accuracy, evaluate_class
 from bench.evaluation.finetune import SchemeSettings, finetune, scheme_settings
 from bench.store.atomic import save_torch_atomic
 from bench.store.records import write_record
-from bench.store.results import Measurement, RunDir
+from bench.store.results import RunDir
+from bench.store.rows import Measurement
 
 PAPER_STEP_RATIO = 0.25  # PGD step / ε of the papers (2/255 for 8/255), for ε-curve points when the main ε is 0
 BEST_EPOCH_METRIC = "accuracy_best_epoch"

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from bench.config import PRESETS, AttackConfig, ConfigError, coerce, field_types
+from bench.coercion import coerce, field_types
+from bench.config import PRESETS, AttackConfig, ConfigError
 from bench.engine.attacks import pgd
 from bench.engine.losses import AdaptiveAlpha, a_infonce
 from bench.engine.models import ContrastiveModel, build_contrastive_model, model_mode

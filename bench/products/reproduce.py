@@ -30,7 +30,8 @@ from bench.evaluation.finetune import scheme_settings
 from bench.methodkit import registry
 from bench.runs.plan import MethodRun, RunPlan, RunRequest, build_plan
 from bench.store.atomic import write_atomic
-from bench.store.results import ResultRow, ResultsStore
+from bench.store.results import ResultsStore
+from bench.store.rows import ResultRow
 
 ATTACKS = ("clean", "pgd20", "autoattack")
 SCHEME_ORDER = ("SLF", "ALF", "AFF")

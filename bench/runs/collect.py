@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.runs.stages import finish_stage
-from bench.store.results import ResultRow, ResultsStore, RowError, RunDir, StoreError
+from bench.store.results import ResultsStore, RunDir, StoreError
+from bench.store.rows import ResultRow, RowError
 
 # What a run measured; the rest of a row (time stamp, wall time, device, code version) may
 # differ between two executions of the same run id without the results differing.

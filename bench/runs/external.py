@@ -36,7 +36,8 @@ from bench.runs.pipeline import DataCache
 from bench.runs.plan import RunRequest, assemble
 from bench.store.atomic import atomic_write
 from bench.store.provenance import environment, now
-from bench.store.results import ResultRow, ResultsStore, RowContext
+from bench.store.results import ResultsStore
+from bench.store.rows import ResultRow, RowContext
 
 ROBUSTBENCH_DATASETS = ("cifar10", "cifar100")
 

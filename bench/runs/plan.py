@@ -28,16 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import (
-    ConfigError,
-    RunConfig,
-    config_hash,
-    field_types,
-    preset,
-    set_field,
-    to_dict,
-    validate,
-)
+from bench.coercion import field_types
+from bench.config import ConfigError, RunConfig, config_hash, preset, set_field, to_dict, validate
 from bench.evaluation import protocols
 from bench.evaluation.finetune import scheme_settings
 from bench.methodkit import registry

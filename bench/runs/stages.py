@@ -47,7 +47,8 @@ from bench.runs.plan import MethodRun
 from bench.runs.train import pretrain
 from bench.store.atomic import DiskFullError, save_torch_atomic, write_atomic
 from bench.store.provenance import environment, now
-from bench.store.results import ResultRow, ResultsStore, RowContext, RunDir
+from bench.store.results import ResultsStore, RunDir
+from bench.store.rows import ResultRow, RowContext
 
 STAGES = ("pretrain", "post", "finetune", "finish")
 

@@ -1,6 +1,6 @@
 """Tables and figures from the results store only (docs/design.md §5): a report never trains.
 
-``results/results.csv`` holds one row per measured number (``bench.store.results.load`` reads it into a
+``results/results.csv`` holds one row per measured number (``bench.store.rows.load`` reads it into a
 typed DataFrame). From it, under the reports directory:
 
 - ``results.{md,csv,tex}``: per (dataset, eval_dataset, preset, ε), methods × {SLF, ALF, AFF} ×
@@ -35,7 +35,7 @@ from bench.products.report.paper import PAPER_DATASETS, write_paper_tables
 from bench.products.report.reference import UNSPECIFIED_AINFONCE, load_reference
 from bench.products.report.render import table_artifacts
 from bench.products.report.sanity import write_sanity_report
-from bench.store.results import load
+from bench.store.rows import load
 
 __all__ = [
     "UNSPECIFIED_AINFONCE",

@@ -21,11 +21,7 @@ def invalid(name: str, value: Any, allowed: str) -> NoReturn:
 
 
 TRUE_WORDS = ("1", "true", "yes", "on")
-
-
 FALSE_WORDS = ("0", "false", "no", "off")
-
-
 NONE_WORDS = ("", "none")
 
 

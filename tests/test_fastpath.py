@@ -10,7 +10,8 @@ import torch
 from bench.config import ConfigError
 from bench.engine.attacks import autocast, pgd
 from bench.engine.models import Classifier, build_contrastive_model
-from bench.evaluation.evaluate import CPU_BATCH, AutocastLogits, clean_accuracy, eval_batch_size
+from bench.evaluation.batching import CPU_BATCH, AutocastLogits, eval_batch_size
+from bench.evaluation.evaluate import clean_accuracy
 from bench.methodkit import registry
 from bench.methodkit.method import Method
 from bench.runs import train

@@ -6,14 +6,8 @@ import torch
 from test_attacks import toy_problem
 
 from bench.engine.attacks import pgd_cross_entropy
-from bench.evaluation.evaluate import (
-    autoattack_accuracy,
-    clean_accuracy,
-    clean_correct,
-    eval_mode,
-    pgd_accuracy,
-    pgd_correct,
-)
+from bench.evaluation.batching import eval_mode
+from bench.evaluation.evaluate import autoattack_accuracy, clean_accuracy, clean_correct, pgd_accuracy, pgd_correct
 
 
 def _clean_accuracy_before(model, x, y, batch_size):

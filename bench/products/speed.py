@@ -43,7 +43,8 @@ from bench.engine.device import available_cores
 from bench.engine.models import Classifier, build_contrastive_model
 from bench.engine.optim import build_optimizer
 from bench.engine.shards import Shards, shard_generators
-from bench.evaluation.evaluate import CPU_BATCH, attack_copy, autoattack_accuracy, eval_batch_size, pgd_accuracy
+from bench.evaluation.batching import CPU_BATCH, eval_batch_size
+from bench.evaluation.evaluate import attack_copy, autoattack_accuracy, pgd_accuracy
 from bench.methodkit import registry
 from bench.methodkit.method import Method, StepContext
 from bench.products.reference_style import ReplayAugment, reference_batches

@@ -172,11 +172,7 @@ COLUMNS = tuple(field.name for field in dataclasses.fields(ResultRow))
 # Columns added after stores were written, with the value every older row means: their rows files
 # (header without the column) stay readable and are rewritten with it by the next ``collect``.
 ADDED_COLUMNS = {"protocol": "unified"}
-
-
 LEGACY_COLUMNS = tuple(column for column in COLUMNS if column not in ADDED_COLUMNS)
-
-
 _COLUMN_TYPES = {
     **{column: str for column in COLUMNS},
     "value": float,
@@ -240,8 +236,6 @@ def rows_csv(rows: Iterable[ResultRow]) -> str:
 
 
 FLOAT_COLUMNS = tuple(column for column in COLUMNS if _COLUMN_TYPES[column] is float)
-
-
 INT_COLUMNS = tuple(column for column in COLUMNS if _COLUMN_TYPES[column] is int)
 
 

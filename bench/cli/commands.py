@@ -139,6 +139,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not all(cls.selected_by_all for cls in methods.values()):
         print("° not in --methods all (the A-InfoNCE table): select by name or pattern, e.g. --methods 'dynacl*' deacl")
     print("Every method without a post stage also runs as '<name>++' (then DynACL++'s LP-AFT): --post pp")
+    for line in registry.broken_plugins():
+        print(f"not listed: {line}")
     return 0
 
 
@@ -198,8 +200,19 @@ def _dry_run(args: argparse.Namespace) -> bool:
 
 
 def print_plan(plan, as_json: bool) -> int:
-    """The resolved plan, nothing loaded or trained: one line (or JSON object) per run and scheme."""
+    """The resolved plan, nothing loaded or trained: one line (or JSON object) per run and scheme, and a
+    line for each run whose method has no published row for its preset (a plugin without ``PAPER``):
+    it runs under the harness's defaults, which may be far from its paper's (on stderr with --json)."""
     for run in plan.runs:
+        config = run.config
+        if not run.method_class.published(config.preset, config.data.name).source:
+            settings = config.pretrain
+            line = (
+                f"{run.run_id}  {run.method} has no published {config.preset} settings: it runs under the harness "
+                f"defaults and your flags (optimizer {settings.optimizer} lr {settings.lr:g}, "
+                f"{settings.epochs} epochs, batch {settings.batch_size})"
+            )
+            (progress.log if as_json else print)(line)
         if run.pseudo_labels is not None and not as_json:
             labels = run.pseudo_labels
             fetch = "" if labels.present else f" (--download fetches it from {labels.url}, sha256 {labels.sha256})"

@@ -152,9 +152,13 @@ class Method:
     smoke: ClassVar[Mapping[str, Published]] = {}
     # True when quirks='official' reproduces the released code's arithmetic (bench.engine.losses.official_*).
     official_quirks: ClassVar[bool] = False
-    # Which views of ``contrastive_loss`` are adversarial decides what -ip/-hn change;
-    # a method with adversarial views (``has_adversarial_views``) gets the three variants.
+    # Which views of ``contrastive_loss`` are adversarial decides what -ip/-hn change; a method with
+    # adversarial views (``has_adversarial_views``) whose loss goes through ``contrastive_loss``
+    # (``uses_contrastive_loss``; False for e.g. BYOL's regression loss) gets the three variants. A variant
+    # whose first step never reached ``contrastive_loss``/``asymmetry`` fails in one line (variants.py).
+    # ``has_adversarial_views`` also puts the method after the non-adversarial anchors in reports.
     has_adversarial_views: ClassVar[bool] = False
+    uses_contrastive_loss: ClassVar[bool] = True
     inferior_positives: ClassVar[bool] = False
     hard_negatives: ClassVar[bool] = False
     base_name: ClassVar[str] = ""
@@ -164,9 +168,9 @@ class Method:
     # plus plugins; the newer methods (DeACL, DynACL, AIR families) are selected by name or pattern.
     selected_by_all: ClassVar[bool] = True
     # Distillation (DeACL): this method learns from a frozen, pretrained encoder of the method
-    # named ``teacher_method``. When ``needs_teacher()`` is true the harness pretrains or reuses
-    # that method's run (same preset, data, model and seed), loads its encoder and calls
-    # ``set_teacher`` before ``setup``; a teacher file named in the parameters is the method's own.
+    # named ``teacher_method``. When it is true and the parameters name no ``teacher`` file, the harness
+    # pretrains or reuses that method's run (same preset, data, model and seed), loads its encoder and
+    # calls the method's ``set_teacher(model, info)`` before ``setup`` (methods/deacl.py).
     requires_teacher: ClassVar[bool] = False
     teacher_method: ClassVar[str] = ""
     # The label of its stage between pretraining and finetuning (bench.methodkit.post.POST_STAGES): '' none, 'pp'
@@ -263,20 +267,17 @@ class Method:
             conv_init=self.conv_init,
         )
 
-    def needs_teacher(self) -> bool:
-        """Whether the harness must supply a teacher through ``set_teacher`` before ``setup``."""
-        return False
-
-    def set_teacher(self, teacher: ContrastiveModel, info: dict[str, Any] | None = None) -> None:
-        """Receive the teacher encoder (``info``: ``bench.engine.checkpoints.load_encoder``'s description)."""
-        raise TypeError(f"method {self.name!r} does not distil from a teacher (requires_teacher is False)")
-
     def setup(self, model: ContrastiveModel, train_images: torch.Tensor, ctx: StepContext) -> None:
         """One-off preparation before the first step (e.g. AdvCL's pseudo-labels)."""
 
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
         """Return ``(loss, logs)`` for one batch of images in [0, 1]."""
         raise NotImplementedError
+
+    def after_step(self, model: ContrastiveModel, ctx: StepContext) -> None:
+        """Called by the harness after every optimiser step (never for a step it did not take), with the
+        trained module itself (not its compiled wrapper) and the step's context: where a method moves
+        what the optimiser does not, e.g. a momentum target (``bench.methodkit.momentum``)."""
 
     # ------------------------------------------------------------------ after pretraining
     def encoder_for_finetuning(self, model: ContrastiveModel) -> ContrastiveModel:

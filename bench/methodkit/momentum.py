@@ -84,7 +84,9 @@ class MomentumModel(ContrastiveModel):
 
     @property
     def target(self) -> ContrastiveModel:
-        return getattr(self, self.target_name)
+        if self.target_name not in self._modules:  # during __init__, before it is registered
+            raise AttributeError(f"{type(self).__name__} has no target network yet")
+        return self._modules[self.target_name]
 
     def online(self) -> ContrastiveModel:
         """The online encoder + projector as a plain ``ContrastiveModel`` (modules shared, not copied)."""

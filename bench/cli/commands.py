@@ -145,7 +145,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
-
     request = build_request(args, selected_methods(args))
     if pretrain_only:
         request.overrides["finetune.schemes"] = ""
@@ -200,19 +199,10 @@ def _dry_run(args: argparse.Namespace) -> bool:
 
 
 def print_plan(plan, as_json: bool) -> int:
-    """The resolved plan, nothing loaded or trained: one line (or JSON object) per run and scheme, and a
-    line for each run whose method has no published row for its preset (a plugin without ``PAPER``):
-    it runs under the harness's defaults, which may be far from its paper's (on stderr with --json)."""
+    """The resolved plan, nothing loaded or trained: one line (or JSON object) per run and scheme, and notes."""
     for run in plan.runs:
-        config = run.config
-        if not run.method_class.published(config.preset, config.data.name).source:
-            settings = config.pretrain
-            line = (
-                f"{run.run_id}  {run.method} has no published {config.preset} settings: it runs under the harness "
-                f"defaults and your flags (optimizer {settings.optimizer} lr {settings.lr:g}, "
-                f"{settings.epochs} epochs, batch {settings.batch_size})"
-            )
-            (progress.log if as_json else print)(line)
+        if run.settings_note():
+            (progress.log if as_json else print)(run.settings_note())
         if run.pseudo_labels is not None and not as_json:
             labels = run.pseudo_labels
             fetch = "" if labels.present else f" (--download fetches it from {labels.url}, sha256 {labels.sha256})"
@@ -237,7 +227,6 @@ def print_plan(plan, as_json: bool) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """A published table's rows under its protocol, then the comparison with Δ (``bench.products.reproduce``)."""
-
     table = get_table(args.table)
     request = build_request(args, table.registered_methods())
     request.dry_run = _dry_run(args)
@@ -324,7 +313,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-
     request = build_request(args, ("all",))
     run_id = evaluate_external(
         request,
@@ -441,7 +429,6 @@ def _listed(values: list[str] | None) -> list[str]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-
     path = export_run(Path(args.results_dir), args.run_id, args.scheme, Path(args.out), args.format)
     print(path)
     progress.log(f"sidecar: {sidecar_path(path)}")

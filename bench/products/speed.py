@@ -299,7 +299,6 @@ def untrained_teacher(method: Method, arch: str, in_channels: int) -> torch.nn.M
     """A distilling method's teacher (DeACL's SimCLR encoder) at its initial weights: the step
     forwards it frozen, so its cost does not depend on its weights, and pretraining it first
     would only lengthen the benchmark."""
-
     teacher = registry.get(method.teacher_method)
     return teacher(teacher.make_params({})).build_model(arch, in_channels)
 

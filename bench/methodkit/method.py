@@ -311,17 +311,14 @@ class Method:
 
     def asymmetry(self) -> dict[str, Any]:
         """This variant's A-InfoNCE arguments: α and w when adversarial views are inferior
-        positives, (β, τ⁺) when they are hard negatives. ``contrastive_loss`` passes them to
-        ``a_infonce``; a method's official reproduction (``bench.engine.losses.official_*``) takes the same."""
+        positives, (β, τ⁺) when they are hard negatives (a method may map its paper's w: RoCL's override).
+        ``contrastive_loss`` passes them to ``a_infonce``; a method's official reproduction
+        (``bench.engine.losses.official_*``) takes the same."""
         return {
             "alpha": self._alpha if self.inferior_positives else None,
-            "adv_weight": self.ip_adv_weight() if self.inferior_positives else 1.0,
+            "adv_weight": self.params.adv_weight if self.inferior_positives else 1.0,
             "hard_negatives": (self.params.beta, self.params.tau_plus) if self.hard_negatives else None,
         }
-
-    def ip_adv_weight(self) -> float:
-        """w passed to the loss for inferior positives (a method may map its paper's meaning)."""
-        return self.params.adv_weight
 
     @torch.no_grad()
     def update_alpha(

@@ -184,6 +184,7 @@ class DeACL(Method):
 
     # ------------------------------------------------------------------ teacher
     def needs_teacher(self) -> bool:
+        """Whether the harness (or a test) must call ``set_teacher`` before ``setup``: no teacher yet, no file."""
         return self.teacher is None and not self.params.teacher
 
     def set_teacher(self, teacher: ContrastiveModel, info: dict[str, Any] | None = None) -> None:

@@ -37,7 +37,6 @@ key encoder stay, the w_e reweighting (which has no counterpart in one joint los
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +53,8 @@ from bench.engine.annealing import (
 )
 from bench.engine.losses import nt_xent
 from bench.engine.models import ContrastiveModel
-from bench.methodkit.method import Method, MethodParams, Published, StepContext, pretraining_pgd
+from bench.methodkit.method import MethodParams, Published, StepContext, pretraining_pgd
+from bench.methodkit.momentum import MomentumMethod, MomentumModel
 from bench.methodkit.post import SMOKE_POST_PARAMS, PostParams, PostStage, settings_for
 from bench.methodkit.registry import register
 
@@ -129,40 +129,30 @@ class DynACLPlusPlusParams(DynACLParams, PostParams):
     """DynACL's parameters and the post stage's (``bench.methodkit.post.PostParams``)."""
 
 
-class KeyEncoderModel(ContrastiveModel):
+class KeyEncoderModel(MomentumModel):
     """A ContrastiveModel (the query, trained) plus ``key``, its EMA copy (released ``resnet18_momentum``).
 
-    The key starts as a copy of the query, never receives gradients (``requires_grad`` off, so
-    the optimiser skips it) and keeps its own BN statistics; ``update_key`` averages parameters only.
-    It is part of ``state_dict``, so checkpoints and resume carry it.
+    ``bench.methodkit.momentum.MomentumModel`` with the target under its released name ``key`` (so
+    checkpoints keep their ``key.*`` entries): the key starts as a copy of the query, never receives
+    gradients and keeps its own BN statistics; ``update_key`` averages parameters only.
     """
 
-    def __init__(self, model: ContrastiveModel, momentum: float):
-        super().__init__(model.encoder, model.projector, model.normalize, model.heads, spec=model.spec)
-        self.key = copy.deepcopy(model)
-        self.key.requires_grad_(False)
-        self.momentum = float(momentum)
+    target_name = "key"
 
     def query_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
-        return [(name, p) for name, p in self.named_parameters() if not name.startswith("key.")]
+        return self.online_parameters()
 
-    @torch.no_grad()
     def update_key(self) -> None:
         """key ← m·key + (1 − m)·query, parameter by parameter (buffers untouched)."""
-        for (name, query), (key_name, key) in zip(self.query_parameters(), self.key.named_parameters()):
-            if name != key_name:
-                raise RuntimeError(f"key encoder parameter {key_name!r} does not pair with {name!r}")
-            key.mul_(self.momentum).add_(query.detach(), alpha=1.0 - self.momentum)
+        self.update_target(self.momentum)
 
     def key_encoder(self) -> ContrastiveModel:
         """A trainable copy of the key: what is post-processed, saved and finetuned."""
-        encoder = copy.deepcopy(self.key)
-        encoder.requires_grad_(True)
-        return encoder
+        return self.finetuning_copy("target")
 
 
 @register("dynacl")
-class DynACL(Method):
+class DynACL(MomentumMethod):
     description = (
         "DynACL (Luo et al. 2023): annealed augmentation, reweighted clean/adversarial NT-Xent, "
         "EMA key encoder (evaluated)"
@@ -178,6 +168,10 @@ class DynACL(Method):
     selected_by_all = False  # outside the A-InfoNCE table: --methods 'dynacl*' (bench.methodkit.method)
     paper = PAPER
     smoke = SMOKE
+    # The released order (train_DynACL.py): the key moves after the forwards and before the optimiser
+    # step, inside ``training_step``, by the constant ``key_momentum``; the key is what is finetuned.
+    update_timing = "in_step"
+    finetune_network = "target"
 
     # ------------------------------------------------------------------ configuration
     @classmethod
@@ -197,9 +191,9 @@ class DynACL(Method):
         model = super().build_model(arch, in_channels)
         return KeyEncoderModel(model, self.params.key_momentum) if self.params.form == "dynacl" else model
 
-    def encoder_for_finetuning(self, model: ContrastiveModel) -> ContrastiveModel:
-        """The key (EMA) encoder for form 'dynacl' (released ``model_encoder_k.pt``), else ``model``."""
-        return model.key_encoder() if isinstance(model, KeyEncoderModel) else model
+    def base_momentum(self) -> float:
+        """m of the key encoder (``key_momentum``), constant over the run as released."""
+        return float(self.params.key_momentum)
 
     # ------------------------------------------------------------------ schedule
     def schedule(self, ctx: StepContext) -> tuple[float, float]:
@@ -239,8 +233,7 @@ class DynACL(Method):
         alpha = self.update_alpha(model, clean, adversarial, ctx)
         z_adv = self.embed_pair(model, adversarial, "pgd")
         z_clean = self.embed_pair(model, clean, "normal")
-        if isinstance(model, KeyEncoderModel):
-            model.update_key()
+        self.update_target(model, ctx)  # the key, before the optimiser step (released order)
         logs: dict[str, Any] = {"strength": strength, "adv_weight": weight}
         if not (self.inferior_positives or self.hard_negatives):
             loss_clean = nt_xent(*z_clean, self.params.temperature)

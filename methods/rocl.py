@@ -181,15 +181,18 @@ class RoCL(Method):
         if params.regularizer_lambda <= 0:
             raise ConfigError(f"regularizer_lambda={params.regularizer_lambda!r} is invalid: allowed numbers > 0")
 
-    def ip_adv_weight(self) -> float:
-        """w as the released RoCL-IP means it: the clean/adversarial pair counted once.
+    def asymmetry(self) -> dict:
+        """The A-InfoNCE arguments, with w as the released RoCL-IP means it: the clean/adversarial pair counted once.
 
         Released: w·[α·ℓ(x→a) + (1−α)·ℓ(a→x)] per pair, where the symmetric baseline counts
         ℓ(x→a) + ℓ(a→x); docs/design.md §3's c(a, v) = c(v, a) counts the IP term in both directions,
         so the formula path gets w/2 (total adversarial weight halves, as released). The
         'official' path implements the released sum itself and gets w unchanged.
         """
-        return self.params.adv_weight if self.params.quirks == "official" else self.params.adv_weight / 2
+        arguments = super().asymmetry()
+        if self.inferior_positives and self.params.quirks != "official":
+            arguments["adv_weight"] = self.params.adv_weight / 2
+        return arguments
 
     def contrastive_term(self, features: torch.Tensor) -> torch.Tensor:
         """Step 3 over [x1, x2, a] with this variant's asymmetry, every column detached.

@@ -139,11 +139,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not all(cls.selected_by_all for cls in methods.values()):
         print("° not in --methods all (the A-InfoNCE table): select by name or pattern, e.g. --methods 'dynacl*' deacl")
     print("Every method without a post stage also runs as '<name>++' (then DynACL++'s LP-AFT): --post pp")
+    for line in registry.broken_plugins():
+        print(f"not listed: {line}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
-
     request = build_request(args, selected_methods(args))
     if pretrain_only:
         request.overrides["finetune.schemes"] = ""
@@ -198,8 +199,10 @@ def _dry_run(args: argparse.Namespace) -> bool:
 
 
 def print_plan(plan, as_json: bool) -> int:
-    """The resolved plan, nothing loaded or trained: one line (or JSON object) per run and scheme."""
+    """The resolved plan, nothing loaded or trained: one line (or JSON object) per run and scheme, and notes."""
     for run in plan.runs:
+        if run.settings_note():
+            (progress.log if as_json else print)(run.settings_note())
         if run.pseudo_labels is not None and not as_json:
             labels = run.pseudo_labels
             fetch = "" if labels.present else f" (--download fetches it from {labels.url}, sha256 {labels.sha256})"
@@ -224,7 +227,6 @@ def print_plan(plan, as_json: bool) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """A published table's rows under its protocol, then the comparison with Δ (``bench.products.reproduce``)."""
-
     table = get_table(args.table)
     request = build_request(args, table.registered_methods())
     request.dry_run = _dry_run(args)
@@ -311,7 +313,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-
     request = build_request(args, ("all",))
     run_id = evaluate_external(
         request,
@@ -426,7 +427,6 @@ def _listed(values: list[str] | None) -> list[str]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-
     path = export_run(Path(args.results_dir), args.run_id, args.scheme, Path(args.out), args.format)
     print(path)
     progress.log(f"sidecar: {sidecar_path(path)}")

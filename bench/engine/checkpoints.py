@@ -267,14 +267,11 @@ def classifier_state(classifier: Classifier) -> dict[str, Any]:
     the architecture description its encoder was built from, the BN branch and the class count.
 
     Nothing here is a pickled module, so ``load_classifier`` reads it with the weights-only
-    unpickler: a classifier file copied from someone else's store cannot run code."""
-    return {
-        "format": CLASSIFIER_MARKER,
-        "model_spec": dict(classifier.backbone.spec),
-        "bn": classifier.bn,
-        "num_classes": classifier.head.out_features,
-        "state": classifier.state_dict(),
-    }
+    unpickler: a classifier file copied from someone else's store cannot run code. The backbone's extra
+    heads are left out: no logit passes through them, and a plugin's MLP head could not be rebuilt."""
+    state = {key: value for key, value in classifier.state_dict().items() if not key.startswith("backbone.heads.")}
+    spec, bn, classes = dict(classifier.backbone.spec), classifier.bn, classifier.head.out_features
+    return {"format": CLASSIFIER_MARKER, "model_spec": spec, "bn": bn, "num_classes": classes, "state": state}
 
 
 def load_classifier(path: str | os.PathLike) -> Classifier:

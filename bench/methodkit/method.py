@@ -153,9 +153,13 @@ class Method:
     smoke: ClassVar[Mapping[str, Published]] = {}
     # True when quirks='official' reproduces the released code's arithmetic (bench.engine.losses.official_*).
     official_quirks: ClassVar[bool] = False
-    # Which views of ``contrastive_loss`` are adversarial decides what -ip/-hn change;
-    # a method with adversarial views (``has_adversarial_views``) gets the three variants.
+    # Which views of ``contrastive_loss`` are adversarial decides what -ip/-hn change; a method with
+    # adversarial views (``has_adversarial_views``) whose loss goes through ``contrastive_loss``
+    # (``uses_contrastive_loss``; False for e.g. BYOL's regression loss) gets the three variants. A variant
+    # whose first step never reached ``contrastive_loss``/``asymmetry`` fails in one line (variants.py).
+    # ``has_adversarial_views`` also puts the method after the non-adversarial anchors in reports.
     has_adversarial_views: ClassVar[bool] = False
+    uses_contrastive_loss: ClassVar[bool] = True
     inferior_positives: ClassVar[bool] = False
     hard_negatives: ClassVar[bool] = False
     base_name: ClassVar[str] = ""
@@ -165,9 +169,9 @@ class Method:
     # plus plugins; the newer methods (DeACL, DynACL, AIR families) are selected by name or pattern.
     selected_by_all: ClassVar[bool] = True
     # Distillation (DeACL): this method learns from a frozen, pretrained encoder of the method
-    # named ``teacher_method``. When ``needs_teacher()`` is true the harness pretrains or reuses
-    # that method's run (same preset, data, model and seed), loads its encoder and calls
-    # ``set_teacher`` before ``setup``; a teacher file named in the parameters is the method's own.
+    # named ``teacher_method``. When it is true and the parameters name no ``teacher`` file, the harness
+    # pretrains or reuses that method's run (same preset, data, model and seed), loads its encoder and
+    # calls the method's ``set_teacher(model, info)`` before ``setup`` (methods/deacl.py).
     requires_teacher: ClassVar[bool] = False
     teacher_method: ClassVar[str] = ""
     # The label of its stage between pretraining and finetuning (bench.methodkit.post.POST_STAGES): '' none, 'pp'
@@ -264,20 +268,17 @@ class Method:
             conv_init=self.conv_init,
         )
 
-    def needs_teacher(self) -> bool:
-        """Whether the harness must supply a teacher through ``set_teacher`` before ``setup``."""
-        return False
-
-    def set_teacher(self, teacher: ContrastiveModel, info: dict[str, Any] | None = None) -> None:
-        """Receive the teacher encoder (``info``: ``bench.engine.checkpoints.load_encoder``'s description)."""
-        raise TypeError(f"method {self.name!r} does not distil from a teacher (requires_teacher is False)")
-
     def setup(self, model: ContrastiveModel, train_images: torch.Tensor, ctx: StepContext) -> None:
         """One-off preparation before the first step (e.g. AdvCL's pseudo-labels)."""
 
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
         """Return ``(loss, logs)`` for one batch of images in [0, 1]."""
         raise NotImplementedError
+
+    def after_step(self, model: ContrastiveModel, ctx: StepContext) -> None:
+        """Called by the harness after every optimiser step (never for a step it did not take), with the
+        trained module itself (not its compiled wrapper) and the step's context: where a method moves
+        what the optimiser does not, e.g. a momentum target (``bench.methodkit.momentum``)."""
 
     # ------------------------------------------------------------------ after pretraining
     def encoder_for_finetuning(self, model: ContrastiveModel) -> ContrastiveModel:
@@ -311,17 +312,14 @@ class Method:
 
     def asymmetry(self) -> dict[str, Any]:
         """This variant's A-InfoNCE arguments: α and w when adversarial views are inferior
-        positives, (β, τ⁺) when they are hard negatives. ``contrastive_loss`` passes them to
-        ``a_infonce``; a method's official reproduction (``bench.engine.losses.official_*``) takes the same."""
+        positives, (β, τ⁺) when they are hard negatives (a method may map its paper's w: RoCL's override).
+        ``contrastive_loss`` passes them to ``a_infonce``; a method's official reproduction
+        (``bench.engine.losses.official_*``) takes the same."""
         return {
             "alpha": self._alpha if self.inferior_positives else None,
-            "adv_weight": self.ip_adv_weight() if self.inferior_positives else 1.0,
+            "adv_weight": self.params.adv_weight if self.inferior_positives else 1.0,
             "hard_negatives": (self.params.beta, self.params.tau_plus) if self.hard_negatives else None,
         }
-
-    def ip_adv_weight(self) -> float:
-        """w passed to the loss for inferior positives (a method may map its paper's meaning)."""
-        return self.params.adv_weight
 
     @torch.no_grad()
     def update_alpha(

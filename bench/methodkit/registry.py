@@ -1,7 +1,9 @@
 """Method registry: ``@register(name)``, discovery of ``methods/*`` and of plugins.
 
 Plugins register through the entry-point group ``acl_bench.methods``: each entry point
-names a module (or object) whose import runs its ``@register`` decorators. After discovery,
+names a module (or object) whose import runs its ``@register`` decorators. A plugin that fails to
+import is named in one line on stderr and by ``broken_plugins`` (``bench list`` repeats it, an unknown
+name's error adds it); the other methods, built-in or plugged in, still work. After discovery,
 every registered method that has adversarial views gets its A-InfoNCE variants
 (``-ip``, ``-hn``, ``-iphn``, built by ``bench.methodkit.variants``) unless it registered them itself;
 ``<method>++`` (the method, then the post stage) is derived the first time its name is asked for.
@@ -16,10 +18,12 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import pkgutil
+import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
+from bench.engine.progress import error_line
 from bench.errors import ConfigError
 from bench.methodkit.method import Method
 from bench.methodkit.variants import POST_SUFFIX, make_post_method, make_variant, post_name, variant_names
@@ -28,6 +32,7 @@ ENTRY_POINT_GROUP = "acl_bench.methods"
 
 _REGISTRY: dict[str, type[Method]] = {}
 _ON_DEMAND: set[str] = set()  # ``++`` forms registered because their name was asked for (``derive_post``)
+_BROKEN: dict[str, str] = {}  # entry-point name -> why its plugin failed to import (``broken_plugins``)
 _discovered = False
 
 
@@ -61,10 +66,29 @@ def discover() -> None:
     builtin = [f"methods.{module.name}" for module in pkgutil.iter_modules(methods.__path__)]
     for module in builtin:
         importlib.import_module(module)
+    _BROKEN.clear()
     for entry in entry_points(group=ENTRY_POINT_GROUP):
-        entry.load()
+        try:
+            entry.load()
+        except Exception as error:  # a third party's bug: name it, and let the other methods work
+            _BROKEN[entry.name] = error_line(error)
+            print(f"bench: error: {broken_plugins()[-1]}", file=sys.stderr)
     derive_variants()
     _order_builtin_first(builtin)
+
+
+def broken_plugins() -> list[str]:
+    """One line per plugin whose import failed at discovery (its methods are not registered; every
+    other method works): ``plugin 'X' (entry point acl_bench.methods) failed to import: <reason>``."""
+    return [
+        f"plugin {name!r} (entry point {ENTRY_POINT_GROUP}) failed to import: {reason}"
+        for name, reason in _BROKEN.items()
+    ]
+
+
+def _unregistered(message: str) -> ConfigError:
+    """A name-not-found error, naming the broken plugins that may have meant to register it."""
+    return ConfigError("; ".join([message, *broken_plugins()]))
 
 
 def _order_builtin_first(builtin: list[str]) -> None:
@@ -77,10 +101,12 @@ def _order_builtin_first(builtin: list[str]) -> None:
 
 
 def derive_variants() -> None:
-    """Register ``<base>-ip``, ``-hn`` and ``-iphn`` for every base method with adversarial views,
-    unless a name is already registered (a method may register its own variant)."""
+    """Register ``<base>-ip``, ``-hn`` and ``-iphn`` for every base method with adversarial views whose
+    loss goes through ``contrastive_loss`` (``uses_contrastive_loss``), unless a name is already
+    registered (a method may register its own variant)."""
     for base, cls in list(_REGISTRY.items()):
-        if cls.has_adversarial_views and not cls.base_name and base not in _ON_DEMAND:  # acl-ip++, not acl++-ip
+        variants = cls.has_adversarial_views and cls.uses_contrastive_loss
+        if variants and not cls.base_name and base not in _ON_DEMAND:  # acl-ip++, not acl++-ip
             for name, suffix in variant_names(cls).items():
                 if not is_registered(name):
                     register(name)(make_variant(cls, suffix))
@@ -135,7 +161,7 @@ def get(name: str) -> type[Method]:
     derive_post(name)
     methods_by_name = available()
     if name not in methods_by_name:
-        raise ConfigError(f"method {name!r} is not registered: allowed {sorted(_listed(methods_by_name))}")
+        raise _unregistered(f"method {name!r} is not registered: allowed {sorted(_listed(methods_by_name))}")
     return methods_by_name[name]
 
 
@@ -157,7 +183,7 @@ def resolve(names: tuple[str, ...] | list[str]) -> list[str]:
             # never the ++ forms asked for earlier in this process: a pattern means the same each time
             chosen = [candidate for candidate in _listed(registered) if fnmatch.fnmatchcase(candidate, name)]
             if not chosen:
-                raise ConfigError(
+                raise _unregistered(
                     f"methods={name!r} matches no registered method: allowed {sorted(_listed(registered))}"
                 )
         else:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bench.errors import ConfigError
 from bench.methodkit.method import Method, Published
 from bench.methodkit.post import POST_STAGES, SMOKE_POST_PARAMS, PostParams, PostStage, settings_for
 
@@ -33,9 +34,33 @@ VARIANTS = {
 
 
 def make_variant(base: type[Method], suffix: str) -> type[Method]:
-    """A subclass of ``base`` with the A-InfoNCE flags of ``suffix`` set."""
+    """A subclass of ``base`` with the A-InfoNCE flags of ``suffix`` set.
+
+    The flags act only through ``Method.asymmetry`` (which ``contrastive_loss`` and the official losses
+    call). A base whose step never asks for it would give a variant that trains exactly like the base,
+    a silent copy in every table; so the variant's first step checks that it did and otherwise fails in
+    one line naming the fix (``uses_contrastive_loss = False`` on the base: no variants)."""
     inferior, hard, summary = VARIANTS[suffix]
     note = f" [{base.variant_note}]" if getattr(base, "variant_note", "") else ""
+
+    def asymmetry(self) -> dict[str, Any]:
+        self.asymmetry_calls = getattr(self, "asymmetry_calls", 0) + 1
+        return base.asymmetry(self)
+
+    def training_step(self, model, images, ctx):
+        before = getattr(self, "asymmetry_calls", 0)
+        result = base.training_step(self, model, images, ctx)
+        if not getattr(self, "variant_checked", False):
+            if getattr(self, "asymmetry_calls", 0) == before:
+                raise ConfigError(
+                    f"method {self.name!r} would train exactly like {base.name!r}: {base.name}.training_step "
+                    "never calls self.contrastive_loss (nor self.asymmetry), through which the -ip/-hn/-iphn "
+                    f"variants act; allowed: a loss through self.contrastive_loss, or uses_contrastive_loss = False "
+                    f"on {base.__name__} (no variants)"
+                )
+            self.variant_checked = True
+        return result
+
     return type(
         f"{base.__name__}_{suffix.upper()}",
         (base,),
@@ -46,6 +71,8 @@ def make_variant(base: type[Method], suffix: str) -> type[Method]:
             "inferior_positives": inferior,
             "hard_negatives": hard,
             "base_name": base.name,
+            "asymmetry": asymmetry,
+            "training_step": training_step,
         },
     )
 

@@ -207,6 +207,7 @@ class PathRun:
                 )
                 loss, _ = train_step(self.method, step_model, images, context, self.settings, self.batch_norm)
                 update(self.model, self.optimizer, loss, None)
+                self.method.after_step(self.model, context)
                 self.step += 1
 
 
@@ -299,7 +300,6 @@ def untrained_teacher(method: Method, arch: str, in_channels: int) -> torch.nn.M
     """A distilling method's teacher (DeACL's SimCLR encoder) at its initial weights: the step
     forwards it frozen, so its cost does not depend on its weights, and pretraining it first
     would only lengthen the benchmark."""
-
     teacher = registry.get(method.teacher_method)
     return teacher(teacher.make_params({})).build_model(arch, in_channels)
 
@@ -309,7 +309,7 @@ def build_method(run: MethodRun, in_channels: int, folder: Path, train_images: t
     config = run.config
     method = run.method_class(random_pseudo_labels(run.params, train_images.shape[0], folder, config.seed))
     torch.manual_seed(config.seed)
-    if method.needs_teacher():
+    if method.requires_teacher and not getattr(run.params, "teacher", ""):
         method.set_teacher(untrained_teacher(method, config.model.arch, in_channels), {"source": "bench speed"})
     model = method.build_model(config.model.arch, in_channels).to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)

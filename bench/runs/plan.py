@@ -77,6 +77,18 @@ class MethodRun:
     def method_class(self) -> type[Method]:
         return registry.get(self.method)
 
+    def settings_note(self) -> str:
+        """'' when its method has a published row for the preset, else the line ``--dry-run`` prints: it runs
+        under the harness defaults and the user's flags, which may be far from its paper's (a plugin without PAPER)."""
+        config, pretrain = self.config, self.config.pretrain
+        if self.method_class.published(config.preset, config.data.name).source:
+            return ""
+        return (
+            f"{self.run_id}  {self.method} has no published {config.preset} settings: it runs under the harness "
+            f"defaults and your flags (optimizer {pretrain.optimizer} lr {pretrain.lr:g}, {pretrain.epochs} epochs, "
+            f"batch {pretrain.batch_size})"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable description (``--dry-run --json`` prints one per line and scheme)."""
         return {

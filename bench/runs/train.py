@@ -353,11 +353,13 @@ def _pretrain(method, model, train_images, config, run_dir, device, resume, coll
                     group["lr"] = lr
                 if collective is not None and batch_norm == "per-shard":
                     collective.broadcast_state(model, parameters=False)  # rank 0's running statistics
-                loss, logs = train_step(method, step_model, images, context(epoch, step, indices), settings, batch_norm)
+                step_context = context(epoch, step, indices)
+                loss, logs = train_step(method, step_model, images, step_context, settings, batch_norm)
                 history.add({"epoch": epoch, "step": step, "loss": None, "lr": lr}, loss, logs)
                 checkpointing = (step + 1) % settings.checkpoint_every == 0 or step + 1 == total
                 last = history.flush() if (step + 1) % every == 0 or checkpointing else None
                 update(model, optimizer, loss, collective)
+                method.after_step(model, step_context)  # e.g. a momentum target's EMA (bench.methodkit.momentum)
                 bar.advance(1, **({"info": f"loss {last:.3f}"} if last is not None else {}))
                 if checkpointing:
                     _save(model, optimizer, method, shards, collective, step + 1, result.history, run_dir, total)

@@ -16,7 +16,7 @@ from bench.engine.views import StrongAugment, WeakAugment
 from bench.methodkit import registry
 from bench.methodkit.method import StepContext
 from bench.products.reference_style import ReplayAugment, pil_transform
-from bench.products.speed import SpeedRow
+from bench.products.speed_measure import SpeedRow
 from bench.products.speed_report import SpeedContext, pretraining_hours, ratios, speed_csv, speed_markdown
 
 ATTACK = AttackConfig(epsilon=0.1, step_size=0.025, steps=3)

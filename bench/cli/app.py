@@ -14,7 +14,6 @@ import sys
 import traceback
 
 from bench.cli.commands import (
-    SPEED_STAGES,
     cmd_collect,
     cmd_compare,
     cmd_evaluate,
@@ -24,114 +23,23 @@ from bench.cli.commands import (
     cmd_report,
     cmd_reproduce,
     cmd_run,
-    cmd_speed,
     cmd_stage,
     cmd_status,
     cmd_sweep,
 )
+from bench.cli.flags import add_config_flags, add_dry_run_flags, add_method_flags, add_product_flags
+from bench.cli.speed import SPEED_STAGES, cmd_speed
 from bench.cli.study import add_study_parser
-from bench.config import ATTACKS, DEVICES, PRESETS, SCHEMES, ConfigError
+from bench.config import SCHEMES, ConfigError
 from bench.engine import progress
 from bench.engine.checkpoints import FORMATS, CheckpointError
-from bench.engine.data import DATASETS, DatasetMissingError
-from bench.evaluation.protocols import PROTOCOLS
+from bench.engine.data import DatasetMissingError
 from bench.methodkit.downloads import DownloadError
-from bench.methodkit.post import POST_STAGES
 from bench.runs.sweep import LAUNCHERS
 from bench.store.atomic import DiskFullError
 from bench.store.provenance import code_version
 from bench.store.results import StoreError
 from bench.store.rows import RowError
-
-
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("configuration (each overrides one field of the preset)")
-    group.add_argument("--preset", default="smoke", help=f"settings bundle: {', '.join(PRESETS)} (default smoke)")
-    group.add_argument(
-        "--protocol", help=f"finetuning protocol: {', '.join(PROTOCOLS)} (default unified; docs/protocols.md)"
-    )
-    group.add_argument("--dataset", help=f"pretraining dataset: {', '.join(DATASETS)}")
-    group.add_argument("--eval-dataset", help="finetune/evaluate on another dataset (transfer), e.g. stl10")
-    group.add_argument("--data-dir", help="where datasets live (default ~/data)")
-    group.add_argument(
-        "--download",
-        action="store_true",
-        help="download missing torchvision datasets and AdvCL's released pseudo-labels (sha256-checked)",
-    )
-    group.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the model's forward in pretraining (pretrain.compile; the PGD inner loops)",
-    )
-    group.add_argument("--image-size", help="resolution images are resized to")
-    group.add_argument("--arch", help="encoder: small_cnn | resnet18")
-    group.add_argument("--seed", help="random seed (integer >= 0)")
-    group.add_argument("--device", help=f"{' | '.join(DEVICES)} (auto: CUDA when available)")
-    group.add_argument("--jobs", help="method runs in parallel: 0 = auto (one per core on CPU, 1 on CUDA)")
-    group.add_argument("--epochs", help="pretraining epochs")
-    group.add_argument("--batch-size", help="pretraining batch size")
-    group.add_argument("--lr", help="pretraining peak learning rate")
-    group.add_argument("--optimizer", help="pretraining optimiser: sgd | lars")
-    group.add_argument("--train-epsilon", help="ε of the attack inside pretraining (e.g. 8/255)")
-    group.add_argument("--train-steps", help="PGD steps inside pretraining")
-    group.add_argument("--finetune-epochs", help="finetuning epochs")
-    group.add_argument("--schemes", help=f"comma-separated subset of {','.join(SCHEMES)}")
-    group.add_argument("--epsilon", help="evaluation ε (e.g. 8/255)")
-    group.add_argument("--step-size", help="evaluation PGD step size")
-    group.add_argument("--attacks", help=f"comma-separated subset of {','.join(ATTACKS)}")
-    group.add_argument("--n-eval", help="evaluate a fixed seeded subset of N test images (0 = all)")
-    group.add_argument("--results-dir", help="results store (default results/)")
-    group.add_argument("--reports-dir", help="report output (default reports/)")
-    group.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override any config field by dotted name, e.g. pretrain.warmup_epochs=2",
-    )
-    group.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="[METHOD:]KEY=VALUE",
-        help="method hyperparameter, e.g. alpha=0.3 or advcl-ip:adaptive_epochs=5",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
-
-
-def _add_method_flags(parser: argparse.ArgumentParser, methods_help: str = "method names or 'all'") -> None:
-    parser.add_argument("--methods", nargs="+", default=["all"], help=methods_help)
-    parser.add_argument(
-        "--post",
-        choices=POST_STAGES[1:],
-        default="",
-        help="pp: each method, then DynACL++'s LP-AFT on K-means pseudo-labels before finetuning "
-        "(runs as '<method>++', sharing the method's encoder; bench.methodkit.post)",
-    )
-
-
-def _add_dry_run_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="resolve and validate the plan, print it and stop (nothing is loaded, fetched or trained)",
-    )
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        help="with --dry-run: one JSON object per run and scheme; alone (bench run): one JSON summary at the end",
-    )
-
-
-def _add_product_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("several runs (the plan is seeds × datasets × methods)")
-    group.add_argument("--seeds", nargs="+", metavar="SEED", help="several seeds, e.g. --seeds 0 1 2 (not with --seed)")
-    group.add_argument(
-        "--datasets",
-        nargs="+",
-        metavar="DATASET",
-        help="several pretraining datasets, e.g. --datasets cifar10 cifar100 (not with --dataset)",
-    )
 
 
 def run_stage_command(argv: list[str]) -> int:
@@ -157,13 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="pretrain, finetune and evaluate methods, then write the report")
-    _add_method_flags(run, "method names or 'all' (see `bench list`)")
+    add_method_flags(run, "method names or 'all' (see `bench list`)")
     run.add_argument("--force", action="store_true", help="rerun runs that are already complete")
     run.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
     run.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
-    _add_dry_run_flags(run)
-    _add_config_flags(run)
-    _add_product_flags(run)
+    add_dry_run_flags(run)
+    add_config_flags(run)
+    add_product_flags(run)
     run.set_defaults(handler=cmd_run)
 
     repro = sub.add_parser(
@@ -175,16 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--seeds", nargs="+", metavar="SEED", help="seeds to run, e.g. --seeds 0 1 2 (default 0)")
     repro.add_argument("--force", action="store_true", help="rerun runs that are already complete")
     repro.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
-    _add_dry_run_flags(repro)
-    _add_config_flags(repro)
+    add_dry_run_flags(repro)
+    add_config_flags(repro)
     repro.set_defaults(handler=cmd_reproduce, preset="paper")
 
     pre = sub.add_parser("pretrain", help="pretrain methods and store their encoders (no finetuning)")
-    _add_method_flags(pre)
+    add_method_flags(pre)
     pre.add_argument("--force", action="store_true", help="rerun runs that are already complete")
     pre.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
-    _add_config_flags(pre)
-    _add_product_flags(pre)
+    add_config_flags(pre)
+    add_product_flags(pre)
     pre.set_defaults(handler=cmd_pretrain)
 
     _add_sweep_parser(sub)
@@ -214,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         ev.add_argument("--force", action="store_true", help="re-evaluate even if stored")
         ev.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
-        _add_config_flags(ev)
+        add_config_flags(ev)
         ev.set_defaults(handler=cmd_evaluate)
 
     rep = sub.add_parser("report", help="write tables and plots from results/results.csv (never trains)")
@@ -262,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     speed.add_argument("--no-reference", action="store_true", help="measure the fast path only")
     speed.add_argument("--no-autoattack", action="store_true", help="skip the AutoAttack measurement")
-    _add_config_flags(speed)
+    add_config_flags(speed)
     speed.set_defaults(handler=cmd_speed)
 
     lst = sub.add_parser("list", help="list the registered methods with a one-line description")
@@ -279,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--attack", action="append", metavar="ATTACK", help="only these attacks (default: all shared)")
     cmp.add_argument("--results-dir", default="results", help="results store (default results/)")
     cmp.set_defaults(handler=cmd_compare)
-    add_study_parser(sub, _add_config_flags)
+    add_study_parser(sub)
 
     exp = sub.add_parser(
         "export",
@@ -328,7 +236,7 @@ def _add_sweep_parser(sub) -> None:
         description="Run a plan's stages (pretrain, then one finetune-and-evaluate job per scheme, "
         "then collect + report) as jobs. Complete runs are skipped; interrupted ones continue.",
     )
-    _add_method_flags(sweep)
+    add_method_flags(sweep)
     sweep.add_argument(
         "--launcher",
         choices=LAUNCHERS,
@@ -340,8 +248,8 @@ def _add_sweep_parser(sub) -> None:
     sweep.add_argument("--json", action="store_true", help="with --dry-run: one JSON object per job")
     sweep.add_argument("--force", action="store_true", help="rerun runs that are already complete")
     sweep.add_argument("--no-report", action="store_true", help="do not write the report at the end")
-    _add_config_flags(sweep)
-    _add_product_flags(sweep)
+    add_config_flags(sweep)
+    add_product_flags(sweep)
     cluster = sweep.add_argument_group("scheduler (slurm, submitit-local)")
     cluster.add_argument(
         "--jobs-dir", help="submitit's logs and job files (default RESULTS_DIR/_jobs; shared filesystem on a cluster)"
@@ -382,10 +290,10 @@ def _add_stage_parser(sub) -> None:
     stage.add_argument("stage", choices=("pretrain", "finetune", "collect"))
     stage.add_argument("--scheme", choices=SCHEMES, help="the finetune stage's scheme")
     stage.add_argument("--run-id", help="the run these settings must give (refused if they give another)")
-    _add_method_flags(stage)
+    add_method_flags(stage)
     stage.add_argument("--force", action="store_true", help="pretrain: start the run afresh even if it is complete")
     stage.add_argument("--no-report", action="store_true", help="collect: do not write the report")
-    _add_config_flags(stage)
+    add_config_flags(stage)
     stage.set_defaults(handler=cmd_stage)
 
 

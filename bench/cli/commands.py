@@ -17,31 +17,17 @@ from bench.engine import collective as step_collective
 from bench.engine import progress
 from bench.engine.device import resolve_device
 from bench.methodkit import registry
-from bench.products import speed_report
 from bench.products.compare import compare_command
 from bench.products.export import export_run, sidecar_path
 from bench.products.report import write_reports
 from bench.products.reproduce import get_table, reproduce_plan, write_reproduction
-from bench.products.speed import (
-    QUICK,
-    QUICK_EXTRA,
-    QUICK_EXTRA_METHODS,
-    QUICK_EXTRA_STEPS,
-    QUICK_METHODS,
-    SpeedOptions,
-    run_speed,
-)
-from bench.products.speed_report import SpeedContext, speed_csv, speed_markdown
 from bench.runs import distributed, sweep
 from bench.runs.collect import describe, merge_stores, run_status
 from bench.runs.external import evaluate_external
 from bench.runs.pipeline import run_plan
 from bench.runs.plan import RunRequest, assemble, build_plan
-from bench.store.atomic import write_atomic
-from bench.store.provenance import code_version, now
 from bench.store.results import ResultsStore
 
-SPEED_STAGES = ("pretrain", "eval", "epoch")
 SHORT_FLAGS = {  # flag dest → dotted config field
     "dataset": "data.name",
     "eval_dataset": "data.eval_name",
@@ -192,7 +178,7 @@ def run_summary(plan, outcomes, reports: list[Path]) -> dict:
     return {"runs": runs, "results": str(plan.results_dir / "results.csv"), "reports": [str(path) for path in reports]}
 
 
-def _dry_run(args: argparse.Namespace) -> bool:
+def dry_run_requested(args: argparse.Namespace) -> bool:
     if getattr(args, "json", False) and not getattr(args, "dry_run", False):
         raise ConfigError("--json is invalid without --dry-run: allowed --dry-run --json")
     return bool(getattr(args, "dry_run", False))
@@ -229,7 +215,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     """A published table's rows under its protocol, then the comparison with Δ (``bench.products.reproduce``)."""
     table = get_table(args.table)
     request = build_request(args, table.registered_methods())
-    request.dry_run = _dry_run(args)
+    request.dry_run = dry_run_requested(args)
     dataset, seed = request.overrides.pop("data.name", None), request.overrides.pop("seed", None)
     if seed is not None and args.seeds:
         raise ConfigError("--seed is invalid with --seeds: allowed one of them")
@@ -431,78 +417,3 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(path)
     progress.log(f"sidecar: {sidecar_path(path)}")
     return 0
-
-
-def _selected(plan) -> list:
-    """The plan's runs of the selected methods: a teacher run the plan adds (DeACL's SimCLR) is not
-    measured unless selected; ``bench speed`` gives a distilling method an untrained teacher."""
-    names = set(registry.resolve(plan.base.methods))
-    return [run for run in plan.runs if run.method in names]
-
-
-def cmd_speed(args: argparse.Namespace) -> int:
-    """``bench speed``: fast path vs reference-style path, side by side (bench.products.speed); writes speed.csv/md."""
-    import dataclasses
-    import shlex
-
-    methods = tuple(m for m in ",".join(args.methods or (QUICK_METHODS if args.quick else ["all"])).split(",") if m)
-    plan = build_plan(build_request(args, methods))
-    options = dataclasses.replace(QUICK if args.quick else SpeedOptions(), reference=not args.no_reference)
-    if args.no_autoattack:
-        options = dataclasses.replace(options, autoattack="")
-    stages = tuple(stage for stage in ",".join(args.stages).split(",") if stage)
-    for stage in stages:
-        if stage not in SPEED_STAGES:
-            raise ConfigError(f"--stages {stage!r} is invalid: allowed {list(SPEED_STAGES)}")
-    options = dataclasses.replace(options, stages=stages or SPEED_STAGES)
-    for name in ("warmup", "steps", "repeats", "eval_images", "loader_workers"):
-        if getattr(args, name) is not None:
-            options = dataclasses.replace(options, **{name: _count(getattr(args, name), name)})
-    extra = []
-    if args.quick:
-        extra_request = build_request(args, QUICK_EXTRA_METHODS)
-        extra_request.overrides.update(QUICK_EXTRA)
-        extra = _selected(build_plan(extra_request))
-    epoch_runs = _selected(build_plan(build_request(args, tuple(args.epoch)))) if args.epoch else []
-    device = resolve_device(plan.base.device)
-    rows = run_speed(
-        _selected(plan),
-        plan.base,
-        options,
-        device=device,
-        synthetic=_count(args.synthetic or 0, "synthetic"),
-        extra=extra,
-        extra_options=dataclasses.replace(options, steps=QUICK_EXTRA_STEPS),
-        epoch_runs=epoch_runs,
-    )
-    import torch
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    context = SpeedContext(
-        device.type,
-        name,
-        plan.base.preset,
-        plan.base.data.image_size,
-        torch.__version__,
-        torch.get_num_threads(),
-        code_version(),
-        now(),
-        "bench speed " + " ".join(shlex.quote(arg) for arg in args.argv),
-        device.type == "cpu",
-    )
-    csv_path = write_atomic(plan.results_dir / "speed.csv", speed_csv(rows, context))
-    md_path = write_atomic(plan.reports_dir / "speed.md", speed_markdown(rows, context))
-    for key, ratio in speed_report.describe(rows).items():
-        progress.log(f"  {key}: fast/reference-style {ratio:.2f}×")
-    progress.log(f"speed: {csv_path}, {md_path}")
-    return 0
-
-
-def _count(value: str | int, name: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise ConfigError(f"--{name.replace('_', '-')}={value!r} is invalid: allowed integers >= 0") from None
-    if number < 0:
-        raise ConfigError(f"--{name.replace('_', '-')}={value!r} is invalid: allowed integers >= 0")
-    return number

@@ -1,7 +1,7 @@
 """``bench study BASE VARIANT [VARIANT ...]``: its parser and what it does (bench.products.study).
 
 Kept apart from ``bench.cli.app``/``bench.cli.commands`` so that neither grows past its size; ``app``
-adds this parser (with the shared configuration flags it hands in) to its subcommands.
+adds this parser to its subcommands.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-from collections.abc import Callable
 from pathlib import Path
 
-from bench.cli.commands import _dry_run, build_request, print_plan
+from bench.cli.commands import build_request, dry_run_requested, print_plan
+from bench.cli.flags import add_config_flags
 from bench.config import ConfigError, check_directory
 from bench.engine import progress
 from bench.products.study import look_plan, new_study, run_study
@@ -20,7 +20,7 @@ from bench.products.study_report import write_study
 from bench.runs.plan import assemble
 
 
-def add_study_parser(sub, add_config_flags: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_study_parser(sub) -> None:
     study = sub.add_parser(
         "study",
         help="add seeds until each variant's method-level comparison with the base is decided "
@@ -65,7 +65,7 @@ def _real(args: argparse.Namespace, name: str) -> float:
 
 def cmd_study(args: argparse.Namespace) -> int:
     """Resolve and check the whole study, print it (``--dry-run``) or run it look by look."""
-    dry_run = _dry_run(args)
+    dry_run = dry_run_requested(args)
     request = build_request(args, (args.base, *args.variants))
     study = new_study(
         request,

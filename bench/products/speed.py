@@ -24,12 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import statistics
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,111 +35,17 @@ from bench.config import PretrainConfig, RunConfig
 from bench.engine import progress
 from bench.engine.data import ImageData, load_dataset, to_float
 from bench.engine.device import available_cores
-from bench.engine.models import Classifier, build_contrastive_model
 from bench.engine.optim import build_optimizer
 from bench.engine.shards import Shards, shard_generators
-from bench.evaluation.batching import CPU_BATCH, eval_batch_size
-from bench.evaluation.evaluate import attack_copy, autoattack_accuracy, pgd_accuracy
 from bench.methodkit import registry
 from bench.methodkit.method import Method, StepContext
 from bench.products.reference_style import ReplayAugment, reference_batches
+from bench.products.speed_measure import SpeedOptions, SpeedRow, measure, measure_evaluation, summarise
 from bench.runs.plan import MethodRun
 from bench.runs.train import epoch_order, fast_path, pretrain, train_step, update
 from bench.store.results import RunDir
 
-
-@dataclass
-class SpeedOptions:
-    """What to measure and how often (``bench speed`` flags)."""
-
-    warmup: int = 2  # steps before timing (cuDNN autotuning, compilation, loader start)
-    steps: int = 3  # steps per timed repeat
-    repeats: int = 3  # timed repeats per path; the median is reported
-    loader_workers: int = 0  # reference-style DataLoader workers; 0 = min(8, cores)
-    eval_images: int = 256  # images of the PGD-20 / AutoAttack measurement (0 = skip evaluation)
-    autoattack: str = "standard"  # 'standard', 'apgd-ce' (its first attack: 100 iterations on every image) or ''
-    reference: bool = True
-    stages: tuple[str, ...] = ("pretrain", "eval", "epoch")  # what to measure (epoch: only for epoch_runs)
-
-
-@dataclass
-class SpeedRow:
-    """One measured path: the median throughput and peak memory over the repeats."""
-
-    stage: str  # pretrain | pgd20 | autoattack | epoch
-    method: str
-    path: str  # fast | reference
-    arch: str
-    batch: int
-    images_per_s: float
-    spread: tuple[float, float]  # min and max over repeats
-    peak_mb: float | None
-    repeats: int
-    settings: dict[str, Any] = field(default_factory=dict)
-    note: str = ""
-
-
 # --------------------------------------------------------------------------- memory and timing
-
-
-class PeakMemory:
-    """Peak memory of a block: CUDA's allocator peak, or on Linux this process's peak resident set
-    (VmHWM, reset through /proc/self/clear_refs before the block; DataLoader workers are other
-    processes and not counted); None where neither is available. No sampling thread: one would
-    contend for the GIL with the step's Python and slow the very thing measured."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.peak_mb = device, None
-
-    @contextmanager
-    def measure(self) -> Iterator[None]:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            yield
-            torch.cuda.synchronize(self.device)
-            self._keep(torch.cuda.max_memory_allocated(self.device) / 2**20)
-            return
-        reset = _reset_resident_peak()
-        yield
-        self._keep(_resident_peak_mb() if reset else None)
-
-    def _keep(self, value: float | None) -> None:
-        if value is not None:
-            self.peak_mb = value if self.peak_mb is None else max(self.peak_mb, value)
-
-
-def _reset_resident_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _resident_peak_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(run: Callable[[], None], device: torch.device) -> float:
-    synchronize(device)
-    began = time.perf_counter()
-    run()
-    synchronize(device)
-    return time.perf_counter() - began
 
 
 # --------------------------------------------------------------------------- one path of one method
@@ -221,48 +122,6 @@ def path_settings(config: RunConfig, fast: bool) -> PretrainConfig:
         return dataclasses.replace(config.pretrain, amp=True, tf32=True)
     return dataclasses.replace(
         config.pretrain, amp=False, channels_last="never", tf32=False, cudnn_benchmark=True, compile=False
-    )
-
-
-def measure(
-    paths: list[PathRun], options: SpeedOptions, device: torch.device
-) -> dict[str, tuple[list[float], PeakMemory]]:
-    """Warm every path up, then alternate timed repeats between them; images/s of each repeat."""
-    results = {path.name: ([], PeakMemory(device)) for path in paths}
-    for path in paths:
-        path.run(options.warmup)
-    for _ in range(options.repeats):
-        for path in paths:
-            rates, memory = results[path.name]
-            with memory.measure():
-                seconds = timed(lambda path=path: path.run(options.steps), device)
-            rates.append(options.steps * path.batch / seconds)
-    return results
-
-
-def summarise(
-    stage: str,
-    method: str,
-    path: str,
-    arch: str,
-    batch: int,
-    rates: list[float],
-    memory: PeakMemory,
-    settings: dict[str, Any],
-    note: str = "",
-) -> SpeedRow:
-    return SpeedRow(
-        stage,
-        method,
-        path,
-        arch,
-        batch,
-        statistics.median(rates),
-        (min(rates), max(rates)),
-        memory.peak_mb,
-        len(rates),
-        settings,
-        note,
     )
 
 
@@ -359,85 +218,6 @@ def measure_method(
 
 
 # --------------------------------------------------------------------------- evaluation attacks
-
-
-@contextmanager
-def matmul_precision(device: torch.device, tf32: bool) -> Iterator[None]:
-    if device.type != "cuda":
-        yield
-        return
-    backends = torch.backends
-    saved = (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32)
-    backends.cuda.matmul.allow_tf32 = backends.cudnn.allow_tf32 = tf32
-    try:
-        yield
-    finally:
-        backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32 = saved
-
-
-def measure_evaluation(
-    config: RunConfig, images: torch.Tensor, options: SpeedOptions, device: torch.device
-) -> list[SpeedRow]:
-    """PGD-20 and AutoAttack: fast (channels-last copy, bf16 autocast and TF32 on CUDA, the auto batch)
-    against reference-style (fp32 contiguous copy, batch 256). The labels are the classifier's own
-    predictions, so every image is attacked and both paths do the same work."""
-
-    torch.manual_seed(config.seed)
-    encoder = build_contrastive_model(config.model.arch, ("normal",), "none", in_channels=images.shape[1])
-    classifier = Classifier(encoder, 10, "normal").to(device).eval()
-    x = to_float(images[: options.eval_images].to(device))
-    with torch.no_grad():
-        y = classifier(x).argmax(1)
-    settings = config.evaluate
-    paths = {
-        "fast": (attack_copy(classifier, device, amp=True), True),
-        "reference": (copy.deepcopy(classifier).to(device), False),
-    }
-    if not options.reference:
-        paths.pop("reference")
-    batches = {name: eval_batch_size(model, x, 0) if fast else CPU_BATCH for name, (model, fast) in paths.items()}
-    attacks: dict[str, Callable[[Any, int], Any]] = {
-        "pgd20": lambda model, batch: pgd_accuracy(
-            model, x, y, settings.epsilon, settings.step_size, 20, batch_size=batch, seed=config.seed
-        )
-    }
-    if options.autoattack:
-        stage = "autoattack" if options.autoattack == "standard" else options.autoattack
-        attacks[stage] = lambda model, batch: autoattack_accuracy(
-            model, x, y, settings.epsilon, options.autoattack, batch, config.seed, device
-        )
-    rows = []
-    for stage, attack in attacks.items():
-        results = {name: ([], PeakMemory(device)) for name in paths}
-        for name, (model, fast) in paths.items():  # warm-up
-            with matmul_precision(device, fast):
-                attack(model, batches[name])
-        for _ in range(options.repeats):
-            for name, (model, fast) in paths.items():
-                rates, memory = results[name]
-                with matmul_precision(device, fast), memory.measure():
-                    seconds = timed(lambda attack=attack, model=model, name=name: attack(model, batches[name]), device)
-                rates.append(x.shape[0] / seconds)
-        for name, (rates, memory) in results.items():
-            fast = paths[name][1]
-            rows.append(
-                summarise(
-                    stage,
-                    "classifier",
-                    name,
-                    config.model.arch,
-                    batches[name],
-                    rates,
-                    memory,
-                    {
-                        "amp": fast and device.type == "cuda",
-                        "channels_last": fast,
-                        "tf32": fast and device.type == "cuda",
-                    },
-                    "untrained classifier, labels = its predictions (every image attacked)",
-                )
-            )
-    return rows
 
 
 # --------------------------------------------------------------------------- one whole epoch

@@ -1,0 +1,96 @@
+"""Probes of the second reliability review (``../shared/reviews/reliability-2.md``), one test each.
+
+Each test replays the review's repro at the smallest size that still shows the defect: a stored
+classifier built by hand (no training), stores made of a few files, configs validated without a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from typing import Tuple  # noqa: UP035 (TorchScript reads typing.Tuple)
+
+import pytest
+import torch
+from test_export import RUN_ID, stored  # noqa: F401  (the fixture: a store holding one SLF classifier)
+
+from bench.engine.checkpoints import CheckpointError
+from bench.products.export import export_run, load_exported, sidecar_path
+
+
+class _WritesAtLoad(torch.nn.Module):
+    """The review's D1 module: its TorchScript ``__setstate__`` creates the file PWNED when loaded."""
+
+    def __init__(self):
+        super().__init__()
+        self.b = torch.zeros(1)
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[torch.Tensor, bool]:  # noqa: UP006
+        return (self.b, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[torch.Tensor, bool]) -> None:  # noqa: UP006
+        t = torch.from_file("PWNED", True, 16, dtype=torch.uint8)
+        t.fill_(67)
+        self.b = state[0] + t.sum() * 0
+        self.training = state[1]
+
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.parametrize("claimed", ["torchscript", "safetensors", "robustbench"])
+def test_a_torchscript_file_never_runs_whatever_its_sidecar_says(tmp_path, monkeypatch, claimed):
+    """D1: the sidecar alone picked ``torch.jit.load``; the file's own bytes decide now, and TorchScript
+    loads only when the caller asks for it. The sidecar even carries the file's true sha256."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "m.safetensors"
+    torch.jit.script(_WritesAtLoad()).save(str(out))
+    sidecar = {
+        "format": "acl-bench-export",
+        "weights_format": claimed,
+        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+    }
+    sidecar_path(out).write_text(json.dumps(sidecar))
+    with pytest.raises(CheckpointError, match="TorchScript") as refused:
+        load_exported(out)
+    assert len(str(refused.value).splitlines()) == 1
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_torchscript_loads_only_when_asked(stored, tmp_path):  # noqa: F811
+    results, classifier = stored
+    out = export_run(results, RUN_ID, "SLF", tmp_path / "model.pt", "torchscript")
+    with pytest.raises(CheckpointError, match="allow_torchscript=True"):
+        load_exported(out)
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(load_exported(out, allow_torchscript=True)(images), classifier(images), atol=1e-6)
+
+
+def test_weights_that_do_not_match_the_sidecar_hash_are_refused(stored, tmp_path):  # noqa: F811
+    """D11: an export killed after its weights' rename, before its sidecar's, left another run's weights
+    under the old sidecar (the review's ``cp b.pt a.pt``); they loaded silently."""
+    results, classifier = stored
+    a = export_run(results, RUN_ID, "SLF", tmp_path / "a.pt", "robustbench")
+    checkpoint = torch.load(a, weights_only=True)
+    state = checkpoint["state_dict"]
+    checkpoint["state_dict"] = {key: value + 1 if value.is_floating_point() else value for key, value in state.items()}
+    b = tmp_path / "b.pt"
+    torch.save(checkpoint, b)
+    shutil.copyfile(b, a)
+    with pytest.raises(CheckpointError, match=r"sha256 .* differs from its sidecar"):
+        load_exported(a)
+
+
+def test_a_torchscript_file_as_a_checkpoint_is_refused_before_loading(tmp_path, monkeypatch):
+    """The same policy for every checkpoint the suite reads (``--checkpoint``, store files)."""
+    from bench.engine.checkpoint_read import read_state
+
+    monkeypatch.chdir(tmp_path)
+    torch.jit.script(_WritesAtLoad()).save(str(tmp_path / "encoder.pt"))
+    with pytest.raises(CheckpointError, match="is a TorchScript archive: loading it runs the code"):
+        read_state(tmp_path / "encoder.pt")
+    assert not (tmp_path / "PWNED").exists()

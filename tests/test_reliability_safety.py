@@ -94,3 +94,59 @@ def test_a_torchscript_file_as_a_checkpoint_is_refused_before_loading(tmp_path, 
     with pytest.raises(CheckpointError, match="is a TorchScript archive: loading it runs the code"):
         read_state(tmp_path / "encoder.pt")
     assert not (tmp_path / "PWNED").exists()
+
+
+def _store_with_a_run(root, run_id=RUN_ID, value=40.0):
+    """A store holding one complete run (rows and completion mark only: all that merging reads)."""
+    from report_stores import row
+
+    from bench.store.results import ResultsStore
+    from bench.store.rows import ResultRow
+
+    store = ResultsStore(root)
+    store.run(run_id).create()
+    rows = [ResultRow.from_csv({key: str(v) for key, v in row(run_id, "simclr", "SLF", "pgd20", value).items()})]
+    store.record(run_id, rows, {"finished": True})
+    return store
+
+
+@pytest.mark.parametrize(
+    "planted", ["link to a file outside", "link to /dev/zero", "rows.csv to /dev/zero", "fifo", "linked run directory"]
+)
+def test_collect_from_never_follows_symlinks_nor_reads_special_files(tmp_path, planted, capsys):
+    """D8: ``collect --from`` copied through symlinks (a file from outside the source store came in; a link
+    to /dev/zero filled the disk). A run holding a link or a special file is refused with one line, the
+    store's other runs are copied, and nothing outside the source is read."""
+    import os
+
+    from bench.cli.app import main
+
+    source = _store_with_a_run(tmp_path / "src")
+    _store_with_a_run(tmp_path / "src", "acl-smoke-digits-s0-ok")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s\n")
+    run = source.run(RUN_ID).path
+    if planted == "link to a file outside":
+        (run / "n.txt").symlink_to(os.path.relpath(secret, run))
+    elif planted == "link to /dev/zero":
+        (run / "zero.pt").symlink_to("/dev/zero")
+    elif planted == "rows.csv to /dev/zero":  # read before any copy, to compare with the target's rows
+        _store_with_a_run(tmp_path / "t", RUN_ID)  # the target has the run: rows are compared
+        (run / "rows.csv").unlink()
+        (run / "rows.csv").symlink_to("/dev/zero")
+    elif planted == "fifo":
+        os.mkfifo(run / "pipe")
+    else:  # the run directory itself is a link to a directory outside the store
+        outside = tmp_path / "outside"
+        shutil.move(run, outside)
+        run.symlink_to(outside, target_is_directory=True)
+    target = tmp_path / "t"
+    capsys.readouterr()
+    assert main(["collect", "--results-dir", str(target), "--from", str(tmp_path / "src")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and RUN_ID in err[0] and ("symbolic link" in err[0] or "not a regular file" in err[0]), err
+    assert (target / "runs" / RUN_ID).exists() == (planted == "rows.csv to /dev/zero")  # there: the target's own
+    assert (target / "runs" / "acl-smoke-digits-s0-ok").is_dir()
+    copied = [path for path in target.rglob("*") if not path.is_dir()]
+    assert all(not path.is_symlink() and path.read_bytes() != b"s\n" for path in copied)
+    assert not [path for path in (target / "runs").iterdir() if path.name.startswith(".")]  # no staging left

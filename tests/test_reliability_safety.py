@@ -150,3 +150,26 @@ def test_collect_from_never_follows_symlinks_nor_reads_special_files(tmp_path, p
     copied = [path for path in target.rglob("*") if not path.is_dir()]
     assert all(not path.is_symlink() and path.read_bytes() != b"s\n" for path in copied)
     assert not [path for path in (target / "runs").iterdir() if path.name.startswith(".")]  # no staging left
+
+
+def test_status_lines_print_brackets_verbatim(tmp_path, capsys):
+    """D2: status lines went through rich markup, so ``[/…]`` (a gloo error's file name, a path) raised
+    MarkupError and ``[…]`` vanished. A recorded failure with one made every later run abort."""
+    import types
+
+    from bench.cli.app import main
+    from bench.engine import progress
+    from bench.runs.stages import prepare_run_dir
+    from bench.store.results import ResultsStore
+
+    reason = "RuntimeError: [/__w/gloo/pair.cc:545] reset [bold]x[/bold]"
+    progress.log(reason)
+    assert capsys.readouterr().err.strip() == reason
+    run = ResultsStore(tmp_path / "r").run(RUN_ID).create()
+    run.failed.write_text(json.dumps({"reason": reason, "resumable": False}))
+    context = types.SimpleNamespace(force=False, resume=False)
+    prepare_run_dir(run, context, "simclr")  # the line that logs the recorded failure
+    assert reason in capsys.readouterr().err and not run.failed.exists()
+    odd = tmp_path / "x[/y]"
+    assert main(["collect", "--results-dir", str(odd)]) == 0
+    assert f"{odd / 'results.csv'}: 0 rows" in capsys.readouterr().err

@@ -173,3 +173,30 @@ def test_status_lines_print_brackets_verbatim(tmp_path, capsys):
     odd = tmp_path / "x[/y]"
     assert main(["collect", "--results-dir", str(odd)]) == 0
     assert f"{odd / 'results.csv'}: 0 rows" in capsys.readouterr().err
+
+
+def test_only_real_runs_are_indexed_not_copies_nor_incoming_folders(tmp_path, capsys):
+    """D5: every directory under runs/ was indexed: a backup copy (``cp -r runs/X runs/X.bak``, one value
+    edited) doubled the rows and the report could show the copy's number, and so did the
+    ``.X.<pid>.incoming`` a killed ``collect --from`` leaves. A run is a directory whose name is its
+    recorded run id (config.json, rows.csv) and does not start with a dot."""
+    from bench.cli.app import main
+    from bench.store.results import ResultsStore
+
+    store = _store_with_a_run(tmp_path / "r")
+    run = store.run(RUN_ID)
+    run.write_json(run.config, {"method": "simclr", "run_id": RUN_ID})
+    backup = store.runs / f"{RUN_ID}.bak"
+    shutil.copytree(run.path, backup)
+    (backup / "rows.csv").write_text((backup / "rows.csv").read_text().replace(",40.0,", ",99.0,"))
+    shutil.copytree(run.path, store.runs / f".{RUN_ID}.4242.incoming")
+    renamed = store.runs / "renamed-run"  # rows recorded under another id, no config.json
+    shutil.copytree(run.path, renamed)
+    (renamed / "config.json").unlink()
+    assert main(["collect", "--results-dir", str(store.root)]) == 0
+    rows = ResultsStore(store.root).read_rows()
+    assert [(row.run_id, row.value) for row in rows] == [(RUN_ID, 40.0)]
+    assert [run.run_id for run in store.run_dirs()] == [RUN_ID]
+    capsys.readouterr()
+    assert main(["status", "--results-dir", str(store.root)]) == 0
+    assert capsys.readouterr().out.split() == [RUN_ID, "complete"]

@@ -200,3 +200,22 @@ def test_only_real_runs_are_indexed_not_copies_nor_incoming_folders(tmp_path, ca
     capsys.readouterr()
     assert main(["status", "--results-dir", str(store.root)]) == 0
     assert capsys.readouterr().out.split() == [RUN_ID, "complete"]
+
+
+@pytest.mark.parametrize("field", ["seed", "evaluate.subset_seed", "evaluate.corruption_seed"])
+def test_a_seed_beyond_what_the_generators_take_is_refused_in_one_line(field):
+    """D14: ``--seed 9223372036854775807`` passed validation, wrote the run, then failed (exit 1) where
+    the epoch order derives ``seed * 1_000_003 + epoch``. Seeds are bounded to [0, 2**32 - 1], what
+    numpy's legacy ``seed`` takes, and every derived seed then fits torch's 64 bits."""
+    from bench.config import ConfigError, preset, set_field, validate
+    from bench.runs.train import epoch_order
+
+    config = preset("smoke")
+    set_field(config, field, str(2**63 - 1))
+    with pytest.raises(
+        ConfigError, match=rf"{field}=9223372036854775807 is invalid: allowed integers in \[0, 4294967295\]"
+    ):
+        validate(config)
+    set_field(config, field, str(2**32 - 1))
+    validate(config)
+    assert len(epoch_order(5, 2**32 - 1, 10**6)) == 5  # the largest seed, a late epoch: the generator takes it

@@ -219,3 +219,29 @@ def test_a_seed_beyond_what_the_generators_take_is_refused_in_one_line(field):
     set_field(config, field, str(2**32 - 1))
     validate(config)
     assert len(epoch_order(5, 2**32 - 1, 10**6)) == 5  # the largest seed, a late epoch: the generator takes it
+
+
+def test_collect_from_removes_what_a_killed_collect_left_here_and_only_that(tmp_path):
+    """D5's other half: the ``.incoming`` folder of a ``collect --from`` killed mid-copy was never removed.
+    The next merge removes those of this host whose process is gone, and keeps a live one's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from bench.runs.collect import merge_stores
+
+    _store_with_a_run(tmp_path / "src")
+    target = _store_with_a_run(tmp_path / "t", "acl-smoke-digits-s0-ok")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    killed = target.runs / f".{RUN_ID}.{host}.{dead.pid}.incoming"
+    running = target.runs / f".{RUN_ID}.{host}.{os.getppid()}.incoming"
+    elsewhere = target.runs / f".{RUN_ID}.another-host.{dead.pid}.incoming"
+    for folder in (killed, running, elsewhere):
+        folder.mkdir()
+        (folder / "rows.csv").write_text("partial")
+    merge_stores(target, [tmp_path / "src"])
+    assert not killed.exists() and running.exists() and elsewhere.exists()
+    assert sorted(run.run_id for run in target.run_dirs()) == ["acl-smoke-digits-s0-ok", RUN_ID]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ def merge_stores(target: ResultsStore, sources: list[Path]) -> MergeReport:
     Raises ``StoreError`` (after copying everything that is not in conflict) when a run id has
     different measured rows in two places."""
     report = MergeReport()
+    remove_stale_staging(target)
     for source_root in sources:
         source = ResultsStore(source_root)
         if not source.runs.is_dir():
@@ -113,7 +115,7 @@ def copy_run(source: RunDir, destination: RunDir) -> None:
     if foreign:
         raise StoreError(f"{foreign[0]}: a run directory holds regular files only; nothing of it was copied")
     destination.path.parent.mkdir(parents=True, exist_ok=True)
-    staging = destination.path.parent / f".{destination.run_id}.{os.getpid()}.incoming"
+    staging = destination.path.parent / f".{destination.run_id}.{socket.gethostname()}.{os.getpid()}.incoming"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         shutil.copytree(source.path, staging, symlinks=True, ignore=_special_entries)
@@ -122,6 +124,32 @@ def copy_run(source: RunDir, destination: RunDir) -> None:
         raise
     shutil.rmtree(destination.path, ignore_errors=True)  # an incomplete attempt here: the complete one wins
     os.replace(staging, destination.path)
+
+
+def remove_stale_staging(store: ResultsStore) -> list[Path]:
+    """Remove the ``.<run id>.<host>.<pid>.incoming`` folders that a killed ``copy_run`` of this host left.
+
+    Only this host's, and only where that process is gone: on a shared filesystem another machine's
+    merge may be copying right now, and its process ids mean nothing here. Never indexed either way
+    (``RunDir.is_run``); removed so that a killed merge leaves nothing behind once merging resumes."""
+    removed = []
+    host = socket.gethostname()
+    for folder in store.runs.glob(f".*.{host}.*.incoming") if store.runs.is_dir() else []:
+        pid = folder.name.removesuffix(".incoming").rsplit(".", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _special_entries(folder: str, names: list[str]) -> list[str]:

@@ -113,7 +113,7 @@ class RunDir:
         run id it records (``config.json``'s ``run_id``; every row of ``rows.csv``).
 
         Everything else under ``runs/`` is ignored by the index, status and merges: the
-        ``.<id>.<pid>.incoming`` a killed ``collect --from`` leaves, and a backup copy
+        ``.<id>.<host>.<pid>.incoming`` a killed ``collect --from`` leaves, and a backup copy
         (``cp -r runs/X runs/X.bak``), whose rows would otherwise be indexed twice (review 2, D5).
         Rows that cannot be read do not decide here: ``collect`` names the damaged file. Only regular
         files are read (a link to /dev/zero in a store to merge must not be read before it is refused)."""

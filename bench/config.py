@@ -272,6 +272,9 @@ NUMBER_IN = {  # field → (check, allowed text)
     "evaluate.epsilon": (_in(0, 1), "numbers in [0, 1] (pixel scale)"),
     "evaluate.step_size": (_in(0, 1), "numbers in [0, 1] (pixel scale)"),
 }
+# numpy's legacy seed takes [0, 2**32 - 1]; torch takes 64 bits, and the seeds derived from a run's
+# seed (``epoch_order``: seed * 1_000_003 + epoch) stay far below that from this bound
+SEED_FIELDS, MAX_SEED = ("seed", "evaluate.subset_seed", "evaluate.corruption_seed"), 2**32 - 1
 MAX_IMAGE_SIZE = 1024  # larger images are a typo, not a benchmark (they exhaust memory before training)
 
 
@@ -302,6 +305,9 @@ def validate(config: RunConfig) -> RunConfig:
         value = _get(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             invalid(name, value, f"integers >= {minimum}")
+    for name in SEED_FIELDS:
+        if _get(config, name) > MAX_SEED:
+            invalid(name, _get(config, name), f"integers in [0, {MAX_SEED}]")
     if config.data.image_size > MAX_IMAGE_SIZE:
         invalid("data.image_size", config.data.image_size, f"integers in [8, {MAX_IMAGE_SIZE}]")
     for name, (check, allowed) in NUMBER_IN.items():

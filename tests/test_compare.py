@@ -33,11 +33,11 @@ def _tables() -> tuple[np.ndarray, np.ndarray]:
     return base[order], variant[order]
 
 
-def _store(tmp_path, variant_meta=None):
+def _store(tmp_path, variant_meta=None, base_meta=None):
     store = ResultsStore(tmp_path / "r")
     base, variant = _tables()
     indices = np.arange(1000, 1000 + N)
-    meta = {"epsilon": 0.1, "eval_dataset": "digits", "subset_seed": 0}
+    meta = {"epsilon": 0.1, "eval_dataset": "digits", "subset_seed": 0, **(base_meta or {})}
     write_record(store.run("acl-s0").create().correct("SLF"), indices, {"clean": base, "pgd20": base}, meta)
     write_record(
         store.run("acl-ip-s0").create().correct("SLF"),
@@ -135,6 +135,18 @@ def test_runs_evaluated_differently_are_refused(tmp_path):
         compare_runs(store.run("acl-s0"), store.run("acl-ip-s0"))
 
 
+@pytest.mark.parametrize(
+    "differing, base, variant", [("step_size", 0.015, 0.0001), ("pgd_steps", 20, 5), ("image_size", 16, 24)]
+)
+def test_runs_attacked_or_sized_differently_are_refused(tmp_path, differing, base, variant):
+    """Review 2, D9: runs evaluated with PGD step 1e-4 and 0.015 (or at image size 16 and 24) were paired,
+    and the weaker attack showed as +18.8 points. Each setting of the attack and the resolution must match."""
+    meta = {"step_size": 0.015, "pgd_steps": 20, "image_size": 16}
+    store = _store(tmp_path, base_meta={**meta, differing: base}, variant_meta={**meta, differing: variant})
+    with pytest.raises(CompareError, match=rf"^{differing} differs for SLF: base {base}, variant {variant}; [^\n]*$"):
+        compare_runs(store.run("acl-s0"), store.run("acl-ip-s0"))
+
+
 def test_a_run_is_found_by_id_or_directory(tmp_path):
     store = _store(tmp_path)
     assert find_run("acl-s0", store.root).path == store.run("acl-s0").path
@@ -158,6 +170,10 @@ def test_every_evaluation_stores_its_per_image_record(tmp_path, digits):
         predictions = classifier(x).argmax(1)
     assert np.array_equal(record.correct["clean"], (predictions == digits.y_test[expected_indices]).numpy())
     assert set(record.correct) == {"clean", "pgd20"} and record.meta["epsilon"] == config.evaluate.epsilon
+    assert (
+        record.meta["step_size"] == config.evaluate.step_size and record.meta["pgd_steps"] == config.evaluate.pgd_steps
+    )
+    assert record.meta["image_size"] == digits.x_test.shape[-1]
     clean_row = next(row for row in rows if row.attack == "clean")
     assert clean_row.value == 100.0 * record.correct["clean"].mean()
 

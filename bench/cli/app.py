@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("torchscript", "robustbench", "safetensors"),
         help="torchscript: self-contained module (torch only); robustbench: {'state_dict': ...} as "
         "robustbench.utils.load_model reads; safetensors: tensors only (needs acl-bench[export]). "
-        "Load any of them with bench.products.export.load_exported(path)",
+        "Load with bench.products.export.load_exported(path) (torchscript: allow_torchscript=True, it runs code)",
     )
     exp.add_argument("--results-dir", default="results", help="results store (default results/)")
     exp.set_defaults(handler=cmd_export)

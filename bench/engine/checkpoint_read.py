@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import struct
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ def read_state(path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -> tup
     path = Path(path_or_state_dict)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if file_format(path) == TORCHSCRIPT:
+        raise CheckpointError(refuse_torchscript(path))
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # the unpickler raises several types; all mean the same here
@@ -45,12 +49,48 @@ def read_state(path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -> tup
     return loaded, str(path)
 
 
+# What a file is, from its own bytes (never from its name or a sidecar): the one loader policy.
+TORCH_ZIP, TORCHSCRIPT, PICKLE = "torch.save zip", "TorchScript", "pickle"
+SAFETENSORS, UNKNOWN = "safetensors", "unknown"
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """The format a weights file really has, read from its first bytes (and a zip's member names).
+
+    A loader chosen from a file name or a sidecar can be lied to: a TorchScript archive named
+    ``m.safetensors`` with a sidecar saying ``torchscript`` ran its ``__setstate__`` code when loaded
+    (review 2, D1). Callers pick their loader from this answer and refuse ``TORCHSCRIPT`` unless told."""
+    with open(path, "rb") as stream:
+        head = stream.read(9)
+    if head[:2] == b"PK":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):  # a damaged torch.save file: torch.load names the damage
+            return TORCH_ZIP
+        # torch.jit.save's archive holds code/ and constants.pkl under its root folder; torch.save's never does
+        inner = {name.split("/", 2)[1] for name in names if name.count("/") >= 1}
+        return TORCHSCRIPT if inner & {"code", "constants.pkl"} else TORCH_ZIP
+    if head[:1] == b"\x80":
+        return PICKLE
+    if len(head) == 9 and head[8:9] == b"{":  # safetensors: u64 little-endian header length, then its JSON
+        (header_length,) = struct.unpack("<Q", head[:8])
+        if 0 < header_length <= os.path.getsize(path) - 8:
+            return SAFETENSORS
+    return UNKNOWN
+
+
+def refuse_torchscript(path: str | os.PathLike) -> str:
+    return (
+        f"{path} is a TorchScript archive: loading it runs the code inside it, so it is refused "
+        "(pass allow_torchscript=True only for a file you trust)"
+    )
+
+
 def looks_like_torch_file(path: Path) -> bool:
     """torch.save writes a zip archive (``PK``) or, in the legacy format, a pickle (protocol byte ``0x80``).
     Anything else (a text file, an empty file) gets a plain reason instead of the unpickler's (e.g. '101')."""
-    with open(path, "rb") as stream:
-        head = stream.read(2)
-    return head == b"PK" or head[:1] == b"\x80"
+    return file_format(path) in (TORCH_ZIP, PICKLE)
 
 
 def first_line(error: BaseException) -> str:

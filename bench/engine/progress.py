@@ -1,4 +1,8 @@
-"""The one progress-bar helper: rich bars with ETA, silent when quiet or not a TTY."""
+"""The one progress-bar helper: rich bars with ETA, silent when quiet or not a TTY.
+
+Every text printed here is plain, never rich markup: status lines carry paths, run ids and recorded
+failure reasons, and a ``[/…]`` in one (a gloo error names ``[/__w/…/pair.cc:545]``) raised
+``MarkupError``, while ``[…]`` vanished (review 2, D2)."""
 
 from __future__ import annotations
 
@@ -49,10 +53,10 @@ def task(description: str, total: int) -> Iterator[_Task]:
         yield _Task(None, None)
         return
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[info]}", markup=False),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
@@ -63,7 +67,7 @@ def task(description: str, total: int) -> Iterator[_Task]:
 def log(message: str) -> None:
     """A status line (stderr), suppressed by --quiet."""
     if not _quiet:
-        console.print(message, highlight=False, soft_wrap=True)
+        console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def error_line(error: BaseException) -> str:

@@ -116,7 +116,8 @@ def finetune_and_evaluate_scheme(
     write_sanity(run_dir, scheme, report)
     measurements = report_measurements(scheme, report, settings.epsilon, finetune_s + report.wall_s)
     on = scheme in settings.corruption_schemes
-    measurements += corruption_measurements(tuned.classifier, data, config, device, run_dir, scheme, report, on)
+    scheme_config = dataclasses.replace(config, evaluate=settings)  # its record names the PGD step this scheme used
+    measurements += corruption_measurements(tuned.classifier, data, scheme_config, device, run_dir, scheme, report, on)
     measurements += epsilon_curve(
         tuned.classifier, x_eval, y_eval, dataclasses.replace(config, evaluate=settings), scheme, report.n_eval
     )
@@ -206,6 +207,9 @@ def write_evaluation_record(
             "seed": config.seed,
             "subset_seed": settings.subset_seed,
             "epsilon": settings.epsilon,
+            "step_size": settings.step_size,
+            "pgd_steps": settings.pgd_steps,
+            "image_size": int(data.x_test.shape[-1]),
             "eval_dataset": data.name,
             "n_test": int(data.x_test.shape[0]),
         },

@@ -38,7 +38,9 @@ from bench.store.records import Record, RecordError, paired, read_record
 from bench.store.results import ResultsStore, RunDir
 
 POWER = 0.8
-MUST_MATCH = ("epsilon", "eval_dataset", "subset_seed")  # record meta that makes two evaluations comparable
+# Record meta that makes two evaluations comparable: the same images, the same attack (a smaller PGD step
+# or fewer steps is a weaker attack), the same resolution. Records written before a key existed lack it.
+MUST_MATCH = ("epsilon", "eval_dataset", "subset_seed", "step_size", "pgd_steps", "image_size")
 
 
 class CompareError(ConfigError):

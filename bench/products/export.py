@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from bench.config import SCHEMES, ConfigError
+from bench.engine.checkpoint_read import PICKLE, SAFETENSORS, TORCH_ZIP, TORCHSCRIPT, file_format, refuse_torchscript
 from bench.engine.checkpoints import CLASSIFIER_MARKER, CheckpointError, classifier_state, load_classifier
 from bench.runs.external import export_classifier
 from bench.store.atomic import atomic_write, write_atomic
@@ -36,6 +37,8 @@ from bench.store.provenance import code_version
 from bench.store.results import ResultsStore, RunDir
 
 FORMATS = ("torchscript", "robustbench", "safetensors")
+# The bytes each export format is written as (``bench.engine.checkpoint_read.file_format``)
+FILE_FORMATS = {"torchscript": (TORCHSCRIPT,), "robustbench": (TORCH_ZIP, PICKLE), "safetensors": (SAFETENSORS,)}
 SIDECAR_FORMAT = "acl-bench-export"
 
 
@@ -136,11 +139,15 @@ def _safetensors():
     return safetensors.torch
 
 
-def load_exported(path: str | Path) -> nn.Module:
+def load_exported(path: str | Path, *, allow_torchscript: bool = False) -> nn.Module:
     """The classifier of an export (any format), from the file and its sidecar; eval mode, CPU.
 
-    TorchScript files load with ``torch.jit.load``; the other two are plain tensors (read with the
-    weights-only unpickler, or safetensors) put into the module the sidecar's ``model_spec`` builds."""
+    The loader follows the file's own bytes, never the sidecar's word alone: a robustbench or
+    safetensors file is plain tensors (weights-only unpickler, or safetensors) put into the module the
+    sidecar's ``model_spec`` builds. A TorchScript file is a program, and loading it runs its code
+    (``__setstate__``), so it loads only with ``allow_torchscript=True``: pass it only for a file you
+    trust. The file must have the sha256 its sidecar records: an export killed between the weights and
+    the sidecar would otherwise load one run's weights under another run's description."""
     path = Path(path)
     sidecar_file = sidecar_path(path)
     if not sidecar_file.exists():
@@ -150,13 +157,34 @@ def load_exported(path: str | Path) -> nn.Module:
         raise CheckpointError(
             f"{sidecar_file} is not an acl-bench export sidecar: allowed files written by bench export"
         )
+    actual = file_format(path)
+    if actual == TORCHSCRIPT and not allow_torchscript:
+        raise CheckpointError(refuse_torchscript(path))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != sidecar.get("sha256"):
+        raise CheckpointError(
+            f"{path}: its sha256 {digest[:12]}… differs from its sidecar's {str(sidecar.get('sha256'))[:12]}… "
+            "(an interrupted or overwritten export?): export it again"
+        )
     if sidecar["weights_format"] == "torchscript":
+        if actual != TORCHSCRIPT:
+            raise CheckpointError(f"{path} is a {actual} file, not the TorchScript archive its sidecar names")
         return torch.jit.load(str(path), map_location="cpu").eval()
     return load_weights(path, sidecar)
 
 
 def load_weights(path: Path, sidecar: dict[str, Any]) -> nn.Module:
-    """A robustbench- or safetensors-format file's tensors in the module the sidecar describes."""
+    """A robustbench- or safetensors-format file's tensors in the module the sidecar describes.
+
+    The file's bytes must be the format the sidecar names, so no loader meets a file it was not built for."""
+    actual = file_format(path)
+    if actual not in FILE_FORMATS[sidecar["weights_format"]]:
+        if actual == TORCHSCRIPT:
+            raise CheckpointError(refuse_torchscript(path))
+        raise CheckpointError(
+            f"{path} is a {actual} file, but its sidecar says {sidecar['weights_format']!r}: "
+            f"allowed {' or '.join(FILE_FORMATS[sidecar['weights_format']])} bytes for that format"
+        )
     if sidecar["weights_format"] == "safetensors":
         state = _safetensors().load_file(str(path), device="cpu")
     else:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ class MergeReport:
     identical: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)  # incomplete in the source: not copied
     conflicts: list[str] = field(default_factory=list)  # "run_id: why"
+    refused: list[str] = field(default_factory=list)  # "run_id: why": a link or special file in the source run
 
 
 def measured(rows: list[ResultRow]) -> list[tuple[Any, ...]]:
@@ -42,6 +45,7 @@ def merge_stores(target: ResultsStore, sources: list[Path]) -> MergeReport:
     Raises ``StoreError`` (after copying everything that is not in conflict) when a run id has
     different measured rows in two places."""
     report = MergeReport()
+    remove_stale_staging(target)
     for source_root in sources:
         source = ResultsStore(source_root)
         if not source.runs.is_dir():
@@ -49,14 +53,23 @@ def merge_stores(target: ResultsStore, sources: list[Path]) -> MergeReport:
         for run in source.run_dirs():
             _merge_run(run, target, report)
     target.collect()
+    problems = []
+    if report.refused:
+        problems.append(f"{len(report.refused)} run(s) refused, not copied: " + "; ".join(report.refused))
     if report.conflicts:
-        raise StoreError(
+        problems.append(
             f"{len(report.conflicts)} conflicting run(s), kept as they were: " + "; ".join(report.conflicts)
         )
+    if problems:
+        raise StoreError("; ".join(problems))
     return report
 
 
 def _merge_run(run: RunDir, target: ResultsStore, report: MergeReport) -> None:
+    foreign = foreign_entries(run.path)  # before reading any of its files: done.json may be a link to /dev/zero
+    if foreign:
+        report.refused.append(f"{run.run_id}: {foreign[0]}: a run directory holds regular files only")
+        return
     if not run.is_complete():
         report.incomplete.append(run.run_id)
         return
@@ -71,18 +84,78 @@ def _merge_run(run: RunDir, target: ResultsStore, report: MergeReport) -> None:
             run.run_id if same else f"{run.run_id}: different rows in {here.path} and {run.path}"
         )
         return
-    copy_run(run, here)
+    try:
+        copy_run(run, here)
+    except StoreError as error:
+        report.refused.append(f"{run.run_id}: {error}")
+        return
     report.copied.append(run.run_id)
 
 
+def foreign_entries(root: Path) -> list[str]:
+    """Entries under ``root`` (itself included) that are not plain directories or regular files, as
+    "path (what)". A run directory holds regular files only; copying through a symbolic link would read
+    a file outside the store (or /dev/zero, without end), and a FIFO or device blocks or never ends."""
+    found = []
+    for path in [root, *sorted(root.rglob("*"))] if not root.is_symlink() else [root]:
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            found.append(f"{path} (a symbolic link)")
+        elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            found.append(f"{path} (not a regular file)")
+    return found
+
+
 def copy_run(source: RunDir, destination: RunDir) -> None:
-    """Copy a run directory whole: into a temp directory beside the destination, then renamed in."""
+    """Copy a run directory whole: into a temp directory beside the destination, then renamed in.
+
+    Refused (``StoreError``, nothing copied) when the run holds a symbolic link or a special file
+    (``foreign_entries``); links are never followed, even one planted while the copy runs."""
+    foreign = foreign_entries(source.path)
+    if foreign:
+        raise StoreError(f"{foreign[0]}: a run directory holds regular files only; nothing of it was copied")
     destination.path.parent.mkdir(parents=True, exist_ok=True)
-    staging = destination.path.parent / f".{destination.run_id}.{os.getpid()}.incoming"
+    staging = destination.path.parent / f".{destination.run_id}.{socket.gethostname()}.{os.getpid()}.incoming"
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source.path, staging)
+    try:
+        shutil.copytree(source.path, staging, symlinks=True, ignore=_special_entries)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     shutil.rmtree(destination.path, ignore_errors=True)  # an incomplete attempt here: the complete one wins
     os.replace(staging, destination.path)
+
+
+def remove_stale_staging(store: ResultsStore) -> list[Path]:
+    """Remove the ``.<run id>.<host>.<pid>.incoming`` folders that a killed ``copy_run`` of this host left.
+
+    Only this host's, and only where that process is gone: on a shared filesystem another machine's
+    merge may be copying right now, and its process ids mean nothing here. Never indexed either way
+    (``RunDir.is_run``); removed so that a killed merge leaves nothing behind once merging resumes."""
+    removed = []
+    host = socket.gethostname()
+    for folder in store.runs.glob(f".*.{host}.*.incoming") if store.runs.is_dir() else []:
+        pid = folder.name.removesuffix(".incoming").rsplit(".", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _special_entries(folder: str, names: list[str]) -> list[str]:
+    """``copytree``'s ignore: links and special files that appeared after ``foreign_entries`` looked."""
+    modes = {name: os.lstat(os.path.join(folder, name)).st_mode for name in names}
+    return [name for name, mode in modes.items() if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))]
 
 
 def finish_ready(store: ResultsStore) -> list[str]:

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,6 +107,25 @@ class RunDir:
         """Remove everything a previous attempt left, then recreate the empty directory."""
         shutil.rmtree(self.path, ignore_errors=True)
         return self.create()
+
+    def is_run(self) -> bool:
+        """The one rule for what counts as a run: a directory not starting with a dot whose name is the
+        run id it records (``config.json``'s ``run_id``; every row of ``rows.csv``).
+
+        Everything else under ``runs/`` is ignored by the index, status and merges: the
+        ``.<id>.<host>.<pid>.incoming`` a killed ``collect --from`` leaves, and a backup copy
+        (``cp -r runs/X runs/X.bak``), whose rows would otherwise be indexed twice (review 2, D5).
+        Rows that cannot be read do not decide here: ``collect`` names the damaged file. Only regular
+        files are read (a link to /dev/zero in a store to merge must not be read before it is refused)."""
+        if self.path.name.startswith(".") or not self.path.is_dir():
+            return False
+        recorded = self.read_json_or_none(self.config) if _regular(self.config) else None
+        if isinstance(recorded, dict) and recorded.get("run_id", self.run_id) != self.run_id:
+            return False
+        try:
+            return all(row.run_id == self.run_id for row in self.read_rows()) if _regular(self.rows) else True
+        except (RowError, UnicodeDecodeError, OSError):
+            return True
 
     def is_complete(self) -> bool:
         """Complete = a readable completion mark (an unreadable one is a run to redo, not a result)."""
@@ -218,7 +238,10 @@ class ResultsStore:
         return RunDir(self.runs / run_id)
 
     def run_dirs(self) -> list[RunDir]:
-        return [RunDir(path) for path in sorted(self.runs.iterdir()) if path.is_dir()] if self.runs.is_dir() else []
+        """The runs of this store, by id: the directories under ``runs/`` that ``RunDir.is_run`` accepts."""
+        if not self.runs.is_dir():
+            return []
+        return [run for run in map(RunDir, sorted(self.runs.iterdir())) if run.is_run()]
 
     def read_rows(self) -> list[ResultRow]:
         """The index, validated row by row (``RowError`` names the file and line)."""
@@ -256,6 +279,14 @@ class ResultsStore:
             ) from None
         for run in legacy:
             run.write_rows([row for row in indexed if row.run_id == run.run_id])
+
+
+def _regular(path: Path) -> bool:
+    """A regular file itself, not a link to one (nor a FIFO or device, which could block or never end)."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 @contextmanager

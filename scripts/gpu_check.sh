@@ -48,7 +48,7 @@ stage() {  # name, seconds, bench speed flags...
   local name=$1 seconds=$2; shift 2
   echo "=== $name (at most ${seconds}s): bench speed ${COMMON[*]} $*" | tee -a "$LOG"
   local began=$SECONDS
-  timeout "$seconds" $PY -m bench.cli.app speed "${COMMON[@]}" "$@" \
+  timeout "$seconds" $PY -m bench.cli speed "${COMMON[@]}" "$@" \
     --results-dir "$OUT/$name" --reports-dir "$OUT/$name" 2>&1 | tee -a "$LOG"
   echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - began))s" | tee -a "$LOG"
 }

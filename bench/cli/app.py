@@ -341,7 +341,3 @@ def _error(args: argparse.Namespace, error: Exception, status: int) -> int:
         hint = "" if isinstance(error, EXPECTED) else " (--debug shows the traceback)"
         print(f"bench: error: {message}{hint}", file=sys.stderr)
     return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

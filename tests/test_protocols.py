@@ -505,3 +505,24 @@ def test_dual_bn_aff_refuses_an_encoder_without_a_clean_branch():
     with pytest.raises(ConfigError, match="needs the clean BN branch 'normal'.*--branch all"):
         check_dual_bn(settings, single, "normal")
     check_dual_bn(settings, registry.get("acl")().build_model("small_cnn"), "pgd")  # ACL's own branches: fine
+
+
+def test_reproduce_dry_run_on_a_fresh_machine_says_what_it_would_download(tmp_path, capsys, monkeypatch):
+    """Without the pseudo-label file and without --download the dry run still resolves (fidelity audit 2: it
+    stopped with exit 2); it names the file a run would download and that the run needs --download."""
+    import bench.methodkit.downloads
+
+    monkeypatch.setattr(
+        bench.methodkit.downloads, "fetch_verified", lambda *args: pytest.fail("a dry run fetched a file")
+    )
+    common = ["--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "r")]
+    assert main(["reproduce", "ainfonce-table1", "--dry-run", *common]) == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert "would download https://raw.githubusercontent.com/yqy2001/A-InfoNCE/" in text
+    assert "a run needs --download" in text
+    lines = dry_run_lines(capsys, ["reproduce", "ainfonce-table1", "--dry-run", "--json", *common])
+    labels = [line["pseudo_labels"] for line in lines if line["method"].startswith("advcl")]
+    assert labels and not any(label["present"] for label in labels)
+    assert not (tmp_path / "data").exists()
+    with pytest.raises(ConfigError, match="pass --download to fetch"):  # a real run still stops before any work
+        build_plan(RunRequest(preset="paper", methods=("advcl",), overrides={"data.data_dir": str(tmp_path / "d")}))

@@ -30,8 +30,7 @@ DEFAULTS = {
     # bench.methodkit.method.MethodParams: the A-InfoNCE knobs, shared by every method
     ("MethodParams", "temperature"): (
         0.5,
-        ADVCL
-        + " l.50 (-t/--nce_t 0.5); Asym-RoCL/argument.py l.130 (parser(), read by rocl_train.py l.25: --temperature 0.5)",
+        ADVCL + " l.50 (-t/--nce_t 0.5); Asym-RoCL/argument.py l.130 (parser() of rocl_train.py: --temperature 0.5)",
     ),
     ("MethodParams", "alpha"): (0.2, AINFONCE + "Asym-AdvCL/shell/cifar10/advcl-IP-cifar10.sh l.3 (--stpg_degree 0.2)"),
     ("MethodParams", "adv_weight"): (1.0, ADVCL + " l.80 (--adv_weight 1)"),

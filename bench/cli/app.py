@@ -113,8 +113,7 @@ def _add_dry_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="resolve and validate the plan, print it and stop (nothing is loaded, fetched or trained; a file "
-        "the run would download is listed, present or not)",
+        help="resolve, validate and print the plan, then stop (nothing loaded, fetched or trained; downloads listed)",
     )
     parser.add_argument(
         "--json",

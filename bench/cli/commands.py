@@ -200,15 +200,9 @@ def _dry_run(args: argparse.Namespace) -> bool:
 def print_plan(plan, as_json: bool) -> int:
     """The resolved plan, nothing loaded or trained: one line (or JSON object) per run and scheme."""
     for run in plan.runs:
-        if run.pseudo_labels is not None and not as_json:
-            labels = run.pseudo_labels
-            fetch = (
-                ""
-                if labels.present
-                else f" (would download {labels.url}, sha256 {labels.sha256}"
-                + ("" if run.config.data.download else "; a run needs --download")
-                + ")"
-            )
+        if (labels := run.pseudo_labels) is not None and not as_json:
+            need = "" if run.config.data.download else "; a run needs --download"
+            fetch = "" if labels.present else f" (would download {labels.url}, sha256 {labels.sha256}{need})"
             print(f"{run.run_id}  pseudo-labels {labels.source}{': ' + labels.path if labels.path else ''}{fetch}")
         for described in run.scheme_dicts():
             if as_json:

@@ -260,8 +260,19 @@ def run_figures(results: Path) -> dict:
     return figures
 
 
+# What another CPU's float32 rounding may move (docs/testing.md): an accuracy on 32 images after PGD sign
+# steps by a few images (fidelity audit 2 saw two: ALF pgd2 28.125 against 21.875), a head trained on PGD
+# examples by more than one untouched by PGD. Differences of settings move these figures by far more.
+IMAGE = 100 / 32  # one of the 32 evaluated images, in points
+ACCURACY_IMAGES = 3  # allowed images of difference per accuracy
+HEAD_REL = {"head_SLF": 1e-4, "head_ALF": 1e-2, "head_AFF": 1e-2}  # SLF trains on clean inputs only
+
+
 def test_unified_smoke_numbers_are_those_before_protocols_existed(tmp_path):
-    """A tiny run gives the figures recorded by the same command before bench.evaluation.protocols existed."""
+    """A tiny run gives the figures recorded by the same command before bench.evaluation.protocols existed,
+    within what another CPU's rounding moves (the settings themselves are compared exactly, at run time, in
+    tests/test_settings_applied.py): the same rows, each a whole number of the 32 images, within
+    ``ACCURACY_IMAGES`` of the record, PGD never above clean; the heads and the pretraining loss close."""
     recorded = json.loads((DATA / "unified_smoke_figures.json").read_text())
     assert recorded["command"][:4] == ["run", "--methods", "simclr", "acl"] and recorded["command"][4:] == TINY_RUN
     results = tmp_path / "results"
@@ -269,11 +280,19 @@ def test_unified_smoke_numbers_are_those_before_protocols_existed(tmp_path):
     figures = run_figures(results)
     assert figures.keys() == recorded["methods"].keys()
     for method, expected in recorded["methods"].items():
-        assert figures[method]["values"] == expected["values"], method
-        for key in ("head_SLF", "head_ALF", "head_AFF"):
-            for stat in ("sum", "norm"):  # float32 training: allow another CPU's rounding, nothing more
-                assert figures[method][key][stat] == pytest.approx(expected[key][stat], rel=1e-4, abs=1e-5), key
-        assert figures[method]["last_loss"] == pytest.approx(expected["last_loss"], rel=1e-5)
+        values = figures[method]["values"]
+        assert values.keys() == expected["values"].keys(), method
+        for key, value in values.items():
+            assert value / IMAGE == pytest.approx(round(value / IMAGE), abs=1e-6), (method, key, value)
+            assert abs(value - expected["values"][key]) <= ACCURACY_IMAGES * IMAGE + 1e-9, (method, key, value)
+        for scheme in ("SLF", "ALF", "AFF"):
+            assert values[f"{scheme}/pgd2/accuracy"] <= values[f"{scheme}/clean/accuracy"], (method, scheme)
+        for key, rel in HEAD_REL.items():
+            for stat in ("sum", "norm"):
+                assert figures[method][key][stat] == pytest.approx(expected[key][stat], rel=rel, abs=1e-5), key
+        assert figures[method]["last_loss"] == pytest.approx(
+            expected["last_loss"], rel=1e-5
+        )  # one step, before PGD drifts
     assert {row.protocol for row in ResultsStore(results).read_rows()} == {"unified"}
 
 

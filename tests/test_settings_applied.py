@@ -163,7 +163,7 @@ def install_spies(monkeypatch, seen: Seen) -> None:
         seen.batches += 1
         loss = real_loss(classifier, settings, x, y, generator)
         if settings.scheme == "AFF":
-            seen.betas.append(float(loss) - seen.last_ce[-1])
+            seen.betas.append(float(loss.detach()) - seen.last_ce[-1])
         return loss
 
     monkeypatch.setattr(module, "scheme_loss", scheme_loss)

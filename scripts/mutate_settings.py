@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.evaluation.protocols import PROTOCOL_FIELDS  # the table's field names
+
 CHOICES = {  # a string setting and the value it is swapped for
     "noise": "clean",
     "clean": "noise",
@@ -123,8 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tests", nargs="+", required=True, help="the targeted test files (never the whole suite)")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
     args = parser.parse_args(argv)
-    from bench.evaluation.protocols import PROTOCOL_FIELDS  # the table's field names (scripts/ is outside bench/)
-
     fields = set(PROTOCOL_FIELDS)
     killed = total = 0
     survivors = []

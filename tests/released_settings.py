@@ -106,21 +106,37 @@ RSSL = dict(
     reported_epoch="last",
     eval_step_size=STEP_2,
 )
-RSSL_ACL_LINEAR = dict(epochs=25, batch_size=512, milestones=[10, 20], dual_bn=False)
-RSSL_ACL_AFF = dict(epochs=100, batch_size=128, lr=0.1, milestones=[40, 60], dual_bn=True, train_attack_steps=10)
-RSSL_ADVCL_LINEAR = dict(epochs=25, batch_size=512, lr=0.01, milestones=[15, 20], dual_bn=False)
-RSSL_ADVCL_AFF = dict(epochs=25, batch_size=128, lr=0.1, milestones=[15, 20], dual_bn=False, train_attack_steps=10)
-RSSL_DEFAULT = dict(epochs=25, batch_size=128, lr=0.1, milestones=[15, 20], dual_bn=False)
+# setup_hyperparameter (utils.py l.803-884), per --pretraining: ACL and DynACL SLF/ALF (l.806-819, l.829-842):
+# batch and lr by dataset (cifar10 512/0.01, cifar100 512/0.05, stl10 at --resize 96 512/0.1, at 32 128/0.01;
+# any other dataset keeps the defaults 128/0.1), '10,20'; ACL AFF (l.820-824) 0.1, 128, 100 epochs, '40,60';
+# DynACL AFF (l.843-849) '10,20' on stl10 at 96 px, else '15,20', 128, 0.1; AdvCL, A-InfoNCE and DeACL
+# (l.854-884) SLF/ALF '15,20', 512, 0.01 and AFF 128, '15,20', 0.1. Dual BN: --dualBN 1 by default, 0 for
+# AdvCL, A-InfoNCE and DeACL (run_vanilla_tune.sh l.4-6); it only matters in AFF's trades_loss_dual.
+RSSL_LINEAR_BY_DATA = {("cifar10", 32): (512, 0.01), ("cifar100", 32): (512, 0.05), ("stl10", 96): (512, 0.1)}
+RSSL_LINEAR_BY_DATA[("stl10", 32)] = (128, 0.01)
+RSSL_FAMILIES = {  # the suite's methods -> setup_hyperparameter's --pretraining branch
+    "ACL": ("acl", "acl-ip", "acl-hn", "acl-iphn"),
+    "DynACL": ("dynacl", "dynacl++"),
+    "AdvCL": ("advcl",),
+    "A-InfoNCE": ("advcl-ip", "advcl-hn", "advcl-iphn"),
+    "DeACL": ("deacl",),
+}
 
 
-def expected_robustssl(method: str, dataset: str, scheme: str) -> dict:
-    steps = {"SLF": 0, "ALF": 10, "AFF": 10}[scheme]
-    if method == "acl":
-        linear = {**RSSL_ACL_LINEAR, "lr": 0.01 if dataset == "cifar10" else 0.05, "train_attack_steps": steps}
-        return {**RSSL, **(RSSL_ACL_AFF if scheme == "AFF" else linear)}
-    if method == "advcl":
-        return {**RSSL, **(RSSL_ADVCL_AFF if scheme == "AFF" else {**RSSL_ADVCL_LINEAR, "train_attack_steps": steps})}
-    return {**RSSL, **RSSL_DEFAULT, "train_attack_steps": steps}
+def expected_robustssl(method: str, dataset: str, scheme: str, image_size: int = 32) -> dict:
+    family = next((name for name, methods in RSSL_FAMILIES.items() if method in methods), "else")
+    values = {**RSSL, "epochs": 25, "batch_size": 128, "lr": 0.1, "milestones": [15, 20], "dual_bn": False}
+    values["train_attack_steps"] = {"SLF": 0, "ALF": 10, "AFF": 10}[scheme]
+    if family in ("ACL", "DynACL") and scheme != "AFF":
+        batch, lr = RSSL_LINEAR_BY_DATA.get((dataset, image_size), (128, 0.1))
+        values.update(batch_size=batch, lr=lr, milestones=[10, 20])
+    elif family == "ACL":
+        values.update(epochs=100, milestones=[40, 60], dual_bn=True)
+    elif family == "DynACL":
+        values.update(milestones=[10, 20] if (dataset, image_size) == ("stl10", 96) else [15, 20], dual_bn=True)
+    elif family in ("AdvCL", "A-InfoNCE", "DeACL") and scheme != "AFF":
+        values.update(batch_size=512, lr=0.01)
+    return values
 
 
 # ------------------------------------------------------------------ dynacl: PKU-ML/DYNACL@7d143db

@@ -87,14 +87,28 @@ def test_robustssl_dry_run_equals_the_released_setup_hyperparameter(tmp_path, ca
         ],
     )
     methods = {line["method"] for line in lines}
-    assert {"acl", "rocl", "advcl"} <= methods
+    assert {"acl", "rocl", "advcl", "dynacl", "deacl"} <= methods
     for line in lines:
-        if line["method"] not in ("acl", "rocl", "advcl"):
-            continue  # leaderboard methods added by other modules (dynacl, deacl) are checked where they live
         where = f"{line['method']} {line['dataset']} {line['scheme']}"
         assert line["protocol"] == "robustssl"
         check_against(expected_robustssl(line["method"], line["dataset"], line["scheme"]), line["finetune"], where)
         assert line["params"]["quirks"] == "none" and line["evaluate"]["pgd_step_size"] == pytest.approx(STEP_2)
+
+
+@pytest.mark.parametrize(
+    ("method", "dataset", "image_size"),
+    [(m, d, s) for m in ("acl", "dynacl", "advcl-ip", "deacl", "rocl") for d, s in (("stl10", 96), ("stl10", 32))]
+    + [("acl", "digits", 16), ("dynacl", "digits", 16), ("advcl-ip", "cifar100", 32), ("deacl", "cifar10", 32)],
+)
+def test_robustssl_settings_per_family_dataset_and_resize(method, dataset, image_size):
+    """Every branch of setup_hyperparameter, including the datasets and sizes no reproduce table runs."""
+    config = paper_preset()
+    config.finetune.protocol = "robustssl"
+    config.data.name, config.data.image_size = dataset, image_size
+    for scheme in SCHEMES:
+        settings = scheme_settings(config, scheme, method).to_dict()
+        where = f"{method} {dataset}@{image_size} {scheme}"
+        check_against(expected_robustssl(method, dataset, scheme, image_size), settings, where)
 
 
 def test_run_dry_run_prints_one_line_per_run_and_scheme_and_writes_nothing(tmp_path, capsys):

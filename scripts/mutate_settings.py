@@ -71,20 +71,25 @@ def literals(node: ast.AST) -> list[ast.Constant]:
     return []
 
 
-def targets(tree: ast.AST, fields: set[str]) -> list[tuple[ast.Constant, str]]:
-    """(constant, what it sets) for each setting of the module."""
+KINDS = ("tables", "params", "presets")
+
+
+def targets(tree: ast.AST, fields: set[str], kinds: tuple[str, ...] = KINDS) -> list[tuple[ast.Constant, str]]:
+    """(constant, what it sets) for each setting of the module: ``tables``, a dict entry named by a protocol
+    field; ``params``, a default of a ``*Params`` or ``*Config`` dataclass; ``presets``, a keyword of a preset's
+    ``*Config(...)`` call."""
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Dict):  # a protocol table: {"lr": 0.1, ...}
+        if isinstance(node, ast.Dict) and "tables" in kinds:  # a protocol table: {"lr": 0.1, ...}
             for key, value in zip(node.keys, node.values):
                 if isinstance(key, ast.Constant) and key.value in fields:
                     found += [(constant, str(key.value)) for constant in literals(value)]
-        elif isinstance(node, ast.ClassDef):  # a dataclass field's default
+        elif isinstance(node, ast.ClassDef) and "params" in kinds and node.name.endswith(("Params", "Config")):
             for statement in node.body:
                 if isinstance(statement, ast.AnnAssign) and statement.value is not None:
                     name = f"{node.name}.{ast.unparse(statement.target)}"
                     found += [(constant, name) for constant in literals(statement.value)]
-        elif isinstance(node, ast.Call) and ast.unparse(node.func).endswith("Config"):  # a preset's section
+        elif isinstance(node, ast.Call) and "presets" in kinds and ast.unparse(node.func).endswith("Config"):
             found += [
                 (constant, f"{ast.unparse(node.func)}.{keyword.arg}")
                 for keyword in node.keywords
@@ -93,10 +98,10 @@ def targets(tree: ast.AST, fields: set[str]) -> list[tuple[ast.Constant, str]]:
     return found
 
 
-def mutants(path: Path, fields: set[str]) -> list[Mutant]:
+def mutants(path: Path, fields: set[str], kinds: tuple[str, ...] = KINDS) -> list[Mutant]:
     text = path.read_text()
     made = {}
-    for constant, where in targets(ast.parse(text), fields):
+    for constant, where in targets(ast.parse(text), fields, kinds):
         new = changed(constant)
         if new is None or constant.lineno != constant.end_lineno:
             continue
@@ -123,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", type=Path, help="modules whose settings are mutated")
     parser.add_argument("--tests", nargs="+", required=True, help="the targeted test files (never the whole suite)")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="which settings to mutate")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
     args = parser.parse_args(argv)
     fields = set(PROTOCOL_FIELDS)
@@ -130,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     survivors = []
     for path in args.files:
         original = path.read_text()
-        for mutant in mutants(path, fields):
+        for mutant in mutants(path, fields, tuple(args.kinds)):
             label = f"{path}:{mutant.line} {mutant.where} {mutant.old} -> {mutant.new}"
             if args.list:
                 print(label)

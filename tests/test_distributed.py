@@ -42,16 +42,24 @@ def test_gathered_contrastive_gradient_equals_the_single_process_gradient(ranks_
 def test_two_ranks_train_the_weights_of_one_process_with_two_shards(name, ranks_output):
     ddp = torch.load(ranks_output / f"{name}-ddp.pt", weights_only=True)
     single = torch.load(ranks_output / f"{name}-single.pt", weights_only=True)
+    # The first steps' losses are tight: a semantic difference (negatives not gathered, BN over the whole batch
+    # instead of per shard) moves them by 1e-2 or more, float32 reduction order by ~5e-7. Later steps and the
+    # weights inherit PGD's sign steps, which amplify that rounding (1e-2 by step six on another CPU,
+    # docs/testing.md): they are compared within a tolerance that rounding respects.
+    ddp_losses = [row["loss"] for row in ddp["A_history"]]
+    single_losses = [row["loss"] for row in single["C_history"]]
+    assert len(ddp_losses) == len(single_losses) == 4
+    assert ddp_losses[:2] == pytest.approx(single_losses[:2], abs=1e-5), name
+    assert ddp_losses == pytest.approx(single_losses, rel=5e-2), name
+    assert single["C"].keys() == ddp["A"].keys()
     for key, value in single["C"].items():
         other = ddp["A"][key]
         if value.is_floating_point():
-            difference = (other - value).abs().max()
-            assert torch.allclose(other, value, atol=1e-5, rtol=0), f"{name}: {key} differs by {difference}"
+            difference = float((other - value).abs().max()) if value.numel() else 0.0
+            scale = float(value.abs().max()) if value.numel() else 0.0
+            assert difference <= 1e-2 * scale + 1e-5, f"{name}: {key} differs by {difference} (scale {scale})"
         else:
             assert torch.equal(other, value), key
-    assert [row["loss"] for row in ddp["A_history"]] == pytest.approx(
-        [row["loss"] for row in single["C_history"]], abs=1e-5
-    )
     adaptive = single["C_method"]["adaptive"]  # advcl-ip: D̄ accumulated over the whole batch on every rank
     if adaptive is not None:
         assert ddp["A_method"]["adaptive"]["count"] == adaptive["count"] == 4 * 32

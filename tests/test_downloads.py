@@ -68,25 +68,18 @@ def test_pinned_files_are_the_released_ones():
 
 
 def test_a_paper_run_without_labels_stops_at_plan_time_with_one_line(tmp_path, capsys):
+    """A run stops before any work; its dry run resolves and says what the run would download (issue 24 §5)."""
     with pytest.raises(ConfigError, match="--download.*--param pseudo_labels=FILE"):
         build_plan(paper_request(tmp_path))
-    code = main(
-        [
-            "run",
-            "--preset",
-            "paper",
-            "--methods",
-            "advcl",
-            "--dry-run",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--results-dir",
-            str(tmp_path / "r"),
-        ]
-    )
+    args = ["run", "--preset", "paper", "--methods", "advcl", "--data-dir", str(tmp_path / "data")]
+    code = main([*args, "--results-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "--download" in err and "--param pseudo_labels=FILE" in err and "imagenet_clPretrain" in err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "data").exists()
+    assert main([*args, "--dry-run", "--results-dir", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "would download" in out and "imagenet_clPretrain" in out and "a run needs --download" in out
     assert not (tmp_path / "r").exists() and not (tmp_path / "data").exists()
 
 

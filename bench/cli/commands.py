@@ -189,9 +189,9 @@ def print_plan(plan, as_json: bool) -> int:
     for run in plan.runs:
         if run.settings_note():
             (progress.log if as_json else print)(run.settings_note())
-        if run.pseudo_labels is not None and not as_json:
-            labels = run.pseudo_labels
-            fetch = "" if labels.present else f" (--download fetches it from {labels.url}, sha256 {labels.sha256})"
+        if (labels := run.pseudo_labels) is not None and not as_json:
+            need = "" if run.config.data.download else "; a run needs --download"
+            fetch = "" if labels.present else f" (would download {labels.url}, sha256 {labels.sha256}{need})"
             print(f"{run.run_id}  pseudo-labels {labels.source}{': ' + labels.path if labels.path else ''}{fetch}")
         for described in run.scheme_dicts():
             if as_json:
@@ -205,7 +205,7 @@ def print_plan(plan, as_json: bool) -> int:
                 f"{run.run_id}  {described['scheme']}  protocol {tune['protocol']}  epochs {tune['epochs']}  "
                 f"batch {tune['batch_size']}  lr {tune['lr']:g}  milestones {','.join(map(str, tune['milestones']))}"
                 f"  attack steps {tune['train_attack_steps']}  dual-BN {tune['dual_bn']}  head {tune['head_init']}  "
-                f"eval step {tune['eval_step_size']:.5g}  reported {tune['reported_epoch']} epoch"
+                f"eval step {described['evaluate']['pgd_step_size']:.5g}  reported {tune['reported_epoch']} epoch"
             )
     progress.log(f"dry run: {len(plan.runs)} run(s) resolved; nothing was loaded, fetched or trained")
     return 0

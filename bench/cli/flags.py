@@ -81,7 +81,7 @@ def add_dry_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="resolve and validate the plan, print it and stop (nothing is loaded, fetched or trained)",
+        help="resolve, validate and print the plan, then stop (nothing loaded, fetched or trained; downloads listed)",
     )
     parser.add_argument(
         "--json",

@@ -363,7 +363,7 @@ DYNACL_PROTOCOL = Protocol(
     base_source=(
         _DYNACL_LF + " l.29-40 (batch 512, 25 epochs, wd 2e-4, lr 0.01, momentum 0.9), l.62 (lr ÷10 at 10, 20), "
         "l.71 (--test_frequency 0: last epoch), l.91-92 (crop+flip), l.140 and l.161 (encoder in eval mode), "
-        "l.208-211 (zero head), l.232-233 (PGD-20 at 8/255, 2/255)"
+        "l.333-335 (zero head, in the --cvt_state_dict branch run), l.277-279 (final PGD-20 at 8/255, 2/255)"
     ),
     families={
         # test_AFF.py builds a dual-BN model (l.239); single-BN encoders get the same TRADES through their branch

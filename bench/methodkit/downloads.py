@@ -168,7 +168,9 @@ def _user_file(method: str, config: RunConfig, raw: str) -> PseudoLabelSource:
 
 def _released_file(method: str, config: RunConfig, fetch: bool) -> PseudoLabelSource:
     """The paper preset's labels: the released file of the dataset, already in the data directory or
-    fetched with ``--download`` (only when ``fetch``: a dry run shows what it would fetch)."""
+    fetched with ``--download``. With ``fetch`` False (a dry run) an absent file is described, never an error,
+    so ``--dry-run`` works on a fresh machine: the plan says it would download it (or that a run needs
+    ``--download``)."""
     dataset, data_dir = config.data.name, Path(config.data.data_dir).expanduser()
     pinned = RELEASED_PSEUDO_LABELS.get(dataset)
     if pinned is None:
@@ -180,6 +182,8 @@ def _released_file(method: str, config: RunConfig, fetch: bool) -> PseudoLabelSo
     described = PseudoLabelSource(pinned.source, str(destination), pinned.url, pinned.sha256)
     if destination.is_file() and sha256_of(destination) == pinned.sha256:
         return described
+    if not fetch:  # a dry run says what the run would download (or need), on a fresh machine too
+        return dataclasses.replace(described, present=False)
     if not config.data.download:
         what = "is not the released file (sha256 differs)" if destination.exists() else "is missing"
         raise ConfigError(
@@ -187,8 +191,6 @@ def _released_file(method: str, config: RunConfig, fetch: bool) -> PseudoLabelSo
             f"pass --download to fetch {pinned.name} from {pinned.repository}@{pinned.commit[:7]}, "
             "or --param pseudo_labels=FILE"
         )
-    if not fetch:
-        return dataclasses.replace(described, present=False)
     fetch_verified(pinned, destination)
     return described
 

@@ -32,6 +32,7 @@ from bench.coercion import field_types
 from bench.config import ConfigError, RunConfig, config_hash, preset, set_field, to_dict, validate
 from bench.evaluation import protocols
 from bench.evaluation.finetune import scheme_settings
+from bench.evaluation.protocol import scheme_evaluation
 from bench.methodkit import registry
 from bench.methodkit.downloads import PseudoLabelSource, resolve_pseudo_labels
 from bench.methodkit.method import Method, MethodParams
@@ -115,8 +116,8 @@ class MethodRun:
         described = []
         for scheme in self.config.finetune.schemes or (None,):
             settings = scheme_settings(self.config, scheme, self.method) if scheme else None
-            evaluate = self.config.evaluate
-            step = settings.eval_step_size if settings and settings.eval_step_size is not None else evaluate.step_size
+            # the evaluation settings the run will use (bench.evaluation.protocol.scheme_evaluation), not a copy
+            evaluate = scheme_evaluation(self.config.evaluate, settings) if settings else self.config.evaluate
             described.append(
                 {
                     **run,
@@ -127,7 +128,7 @@ class MethodRun:
                         "attacks": list(evaluate.attacks),
                         "pgd_steps": evaluate.pgd_steps,
                         "n_eval": evaluate.n_eval,
-                        "pgd_step_size": step,
+                        "pgd_step_size": evaluate.step_size,
                     },
                 }
             )

@@ -28,10 +28,8 @@ LEVELS = (
     ("bench.cli",),
 )
 MAX_LINES = 420  # "no module over ~400 lines"
-# Modules still over MAX_LINES, at their size when the levels were drawn: each may shrink, none may grow.
-OVER_TODAY = {
-    "bench.evaluation.protocols": 484,  # data: one Rule per published setting, each citing its source
-}
+# Modules allowed over MAX_LINES, at their recorded size (none today): each may shrink, none may grow.
+OVER_TODAY: dict[str, int] = {}
 
 
 def level_of(module: str) -> int | None:

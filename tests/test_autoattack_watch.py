@@ -140,7 +140,7 @@ def test_a_tripped_check_reaches_the_sanity_record_and_report(problem, tmp_path)
 
     from bench.config import EvalConfig
     from bench.evaluation.evaluate import evaluate_classifier
-    from bench.evaluation.protocol import write_sanity
+    from bench.evaluation.scheme_run import write_sanity
     from bench.products.report.sanity import sanity_rows
     from bench.store.results import RunDir
 

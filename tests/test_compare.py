@@ -16,7 +16,7 @@ from torch import nn
 from bench.cli.app import main
 from bench.config import smoke_preset
 from bench.evaluation.evaluate import seeded_subset
-from bench.evaluation.protocol import evaluate_ready_classifier
+from bench.evaluation.scheme_run import evaluate_ready_classifier
 from bench.products.compare import CompareError, compare_runs, find_run
 from bench.store.records import read_record, write_record
 from bench.store.results import ResultsStore, RunDir

@@ -16,7 +16,7 @@ from bench.engine.corruptions import regenerate
 from bench.engine.data import ImageData, to_float
 from bench.evaluation.corruption_eval import corrupted_images, corruption_source
 from bench.evaluation.evaluate import seeded_subset
-from bench.evaluation.protocol import evaluate_ready_classifier
+from bench.evaluation.scheme_run import evaluate_ready_classifier
 from bench.store.records import read_record
 from bench.store.results import RunDir
 

@@ -361,7 +361,7 @@ def test_a_stored_encoder_is_finetuned_under_a_protocol_for_its_recorded_method(
     128), zero head, no per-epoch evaluation, and the rows say the protocol."""
     import dataclasses
 
-    import bench.evaluation.protocol
+    import bench.evaluation.scheme_run
     from bench.evaluation import protocols
 
     results, common = (
@@ -409,9 +409,9 @@ def test_a_stored_encoder_is_finetuned_under_a_protocol_for_its_recorded_method(
     monkeypatch.setitem(
         protocols.PROTOCOL_TABLE, "robustssl", dataclasses.replace(robustssl, base={**robustssl.base, "epochs": 1})
     )
-    used, finetune = [], bench.evaluation.protocol.finetune
+    used, finetune = [], bench.evaluation.scheme_run.finetune
     monkeypatch.setattr(
-        bench.evaluation.protocol,
+        bench.evaluation.scheme_run,
         "finetune",
         lambda settings, *args, **kwargs: (
             used.append((settings, kwargs["epoch_eval"])),

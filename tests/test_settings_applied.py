@@ -25,10 +25,10 @@ from released_settings import STEP_2, check_against, expected_ainfonce, expected
 
 import bench.evaluation.evaluate
 import bench.evaluation.finetune
-import bench.evaluation.protocol
+import bench.evaluation.scheme_run
 from bench.config import SCHEMES, paper_preset
 from bench.engine.data import ImageData
-from bench.evaluation.protocol import BEST_EPOCH_METRIC, finetune_and_evaluate_scheme
+from bench.evaluation.scheme_run import BEST_EPOCH_METRIC, finetune_and_evaluate_scheme
 from bench.methodkit import registry
 from bench.store.results import RunDir
 
@@ -167,13 +167,13 @@ def install_spies(monkeypatch, seen: Seen) -> None:
         return loss
 
     monkeypatch.setattr(module, "scheme_loss", scheme_loss)
-    real_finetune = bench.evaluation.protocol.finetune
+    real_finetune = bench.evaluation.scheme_run.finetune
 
     def finetune(settings, *args, **kwargs):
         seen.settings.append(settings)
         return real_finetune(settings, *args, **kwargs)
 
-    monkeypatch.setattr(bench.evaluation.protocol, "finetune", finetune)
+    monkeypatch.setattr(bench.evaluation.scheme_run, "finetune", finetune)
 
     def pgd_eval(model, x, y, *, epsilon, step_size, steps, generator):
         seen.eval_attacks.append(dict(epsilon=epsilon, step_size=step_size, steps=steps))

@@ -30,7 +30,7 @@ from bench.engine.attacks import pgd_cross_entropy, trades_kl_attack
 from bench.engine.data import ImageData, batch_indices, to_float
 from bench.engine.models import Classifier, ContrastiveModel
 from bench.engine.views import WeakAugment
-from bench.evaluation import protocols
+from bench.evaluation import protocol_resolution, protocols
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def scheme_settings(config: RunConfig, scheme: str, method: str | None = None) -
     if not method:
         raise ValueError(f"protocol {protocol!r} sets finetuning per method: scheme_settings needs the method name")
     data = config.data
-    resolved = protocols.resolve(protocol, method, data.eval_name or data.name, data.image_size, scheme)
+    resolved = protocol_resolution.resolve(protocol, method, data.eval_name or data.name, data.image_size, scheme)
     values = dict(resolved.values)
     ratio = values.pop("eval_step_ratio")
     return SchemeSettings(

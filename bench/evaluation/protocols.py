@@ -20,7 +20,8 @@ Each protocol is a table: a ``base`` (the source's defaults), the method familie
 finetuning dataset and some schemes, each citing file and lines at a pinned commit. Values
 are absolute, as in the source, whatever the preset; the threat model (ε and the training
 attack's step) stays the run's (``evaluate.epsilon``/``step_size``): both sources use 8/255
-and 2/255, the paper preset's. ``resolve`` applies base then matching rules in table order.
+and 2/255, the paper preset's. ``bench.evaluation.protocol_resolution.resolve`` applies base then
+matching rules in table order.
 
 Milestones are ``torch.optim.lr_scheduler.MultiStepLR`` milestones over 0-based epochs (the
 lr is divided from that epoch on). The RoCL half sets its lr *after* each epoch from that
@@ -31,12 +32,11 @@ epochs 31/51/101 and its "15/20" from 16/21; the AdvCL half sets it before each 
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.config import PROTOCOLS, SCHEMES, ConfigError  # the names live in the config, which validates them
+from bench.config import SCHEMES  # the names live in the config, which validates them
 
 # SchemeSettings fields a protocol other than 'unified' decides (the FinetuneConfig fields behind them
 # may not be overridden by the user under such a protocol: see ``PROTOCOL_CONFIG_FIELDS``).
@@ -407,78 +407,3 @@ PROTOCOL_TABLE: dict[str, Protocol] = {
 
 
 # --------------------------------------------------------------------------- resolution
-
-
-def get_protocol(name: str) -> Protocol:
-    if name not in PROTOCOL_TABLE:
-        raise ConfigError(f"protocol={name!r} is invalid: allowed {list(PROTOCOLS)}")
-    return PROTOCOL_TABLE[name]
-
-
-def family_of(protocol: Protocol, method: str) -> str:
-    """The family of ``protocol`` that covers ``method`` (first match); one line naming the covered ones if none."""
-    for family, patterns in protocol.families.items():
-        if any(fnmatch.fnmatchcase(method, pattern) for pattern in patterns):
-            return family
-    covered = [pattern for patterns in protocol.families.values() for pattern in patterns]
-    raise ConfigError(
-        f"method={method!r} is invalid for protocol {protocol.name!r} (its source has no settings "
-        f"for it): allowed {covered}, or --protocol unified"
-    )
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """A protocol's values for one (method, dataset, scheme), with the family and every source used."""
-
-    protocol: str
-    family: str
-    values: dict[str, Any]
-    sources: tuple[str, ...]
-
-
-def _applies(rule: Rule, family: str, dataset: str, image_size: int | None, scheme: str) -> bool:
-    return (
-        rule.family in ("*", family)
-        and scheme in rule.schemes
-        and rule.dataset in ("*", dataset)
-        and (rule.image_size is None or rule.image_size == image_size)
-    )
-
-
-def resolve(name: str, method: str, dataset: str, image_size: int | None, scheme: str) -> Resolved:
-    """The settings of protocol ``name`` (not 'unified') for ``method`` finetuned on ``dataset`` with ``scheme``."""
-    protocol = get_protocol(name)
-    if scheme not in SCHEMES:
-        raise ConfigError(f"scheme={scheme!r} is invalid: allowed {list(SCHEMES)}")
-    family = family_of(protocol, method)
-    values, sources = dict(protocol.base), [protocol.base_source]
-    for rule in protocol.rules:
-        if _applies(rule, family, dataset, image_size, scheme):
-            values.update(rule.values)
-            sources.append(rule.source)
-    missing = [name for name in PROTOCOL_FIELDS if name not in values]
-    if missing:  # a gap in the table is a bug of this module, never a silent default
-        raise ConfigError(f"protocol {protocol.name!r} has no value for {missing} of {method} {scheme} on {dataset}")
-    return Resolved(protocol.name, family, {name: values[name] for name in PROTOCOL_FIELDS}, tuple(sources))
-
-
-def method_params(name: str, method: str) -> dict[str, Any]:
-    """Method parameters a protocol sets (e.g. ainfonce: the released losses); {} for 'unified'."""
-    protocol = get_protocol(name)
-    if not protocol.params:
-        return {}
-    return dict(protocol.params.get(family_of(protocol, method), {}))
-
-
-def check_overrides(name: str, overridden: list[str] | tuple[str, ...]) -> None:
-    """Under a protocol other than 'unified' the finetuning settings are the protocol's: a user override of
-    one would be silently ignored, so it is refused with one line."""
-    if name == "unified":
-        return
-    clashing = [field_name for field_name in overridden if field_name in PROTOCOL_CONFIG_FIELDS]
-    if clashing:
-        raise ConfigError(
-            f"{clashing[0]} is invalid with --protocol {name}: the protocol sets the finetuning "
-            f"settings per method and scheme; allowed --protocol unified to choose them"
-        )

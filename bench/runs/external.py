@@ -2,7 +2,7 @@
 
 ``bench finetune/evaluate --checkpoint`` puts a released encoder (the original repos', the
 RobustSSL benchmark's, or one of ours) through exactly the protocol of ``bench run``
-(``bench.evaluation.protocol``), so its numbers sit in the same table. ``--robustbench-model``
+(``bench.evaluation.scheme_run``), so its numbers sit in the same table. ``--robustbench-model``
 evaluates a supervised adversarial-training classifier under the same attacks (scheme ``AT``:
 no finetuning). ``export_classifier`` writes a classifier as a portable TorchScript file (``bench export``,
 ``bench.products.export``).
@@ -28,9 +28,9 @@ from bench.config import ConfigError, config_hash, to_dict
 from bench.engine import progress
 from bench.engine.checkpoints import load_encoder
 from bench.engine.device import resolve_device
-from bench.evaluation import protocols
+from bench.evaluation import protocol_resolution
 from bench.evaluation.finetune import check_dual_bn, scheme_settings
-from bench.evaluation.protocol import evaluate_ready_classifier, finetune_and_evaluate
+from bench.evaluation.scheme_run import evaluate_ready_classifier, finetune_and_evaluate
 from bench.methodkit import registry
 from bench.runs.pipeline import DataCache
 from bench.runs.plan import RunRequest, assemble
@@ -69,7 +69,7 @@ def evaluate_external(
     not given: it is never guessed).
     """
     config = assemble(request)
-    protocols.check_overrides(config.finetune.protocol, list(request.overrides))
+    protocol_resolution.check_overrides(config.finetune.protocol, list(request.overrides))
     device = resolve_device(config.device)
     store = ResultsStore(config.results_dir)
     data_name = config.data.eval_name or config.data.name

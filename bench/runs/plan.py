@@ -30,9 +30,9 @@ from typing import Any
 
 from bench.coercion import field_types
 from bench.config import ConfigError, RunConfig, config_hash, preset, set_field, to_dict, validate
-from bench.evaluation import protocols
+from bench.evaluation import protocol_resolution
 from bench.evaluation.finetune import scheme_settings
-from bench.evaluation.protocol import scheme_evaluation
+from bench.evaluation.scheme_run import scheme_evaluation
 from bench.methodkit import registry
 from bench.methodkit.downloads import PseudoLabelSource, resolve_pseudo_labels
 from bench.methodkit.method import Method, MethodParams
@@ -116,7 +116,7 @@ class MethodRun:
         described = []
         for scheme in self.config.finetune.schemes or (None,):
             settings = scheme_settings(self.config, scheme, self.method) if scheme else None
-            # the evaluation settings the run will use (bench.evaluation.protocol.scheme_evaluation), not a copy
+            # the evaluation settings the run will use (bench.evaluation.scheme_run.scheme_evaluation), not a copy
             evaluate = scheme_evaluation(self.config.evaluate, settings) if settings else self.config.evaluate
             described.append(
                 {
@@ -167,7 +167,7 @@ def assemble(request: RunRequest, pretrain_settings: dict[str, Any] | None = Non
 def method_values(method: type[Method], config: RunConfig, request: RunRequest) -> dict[str, Any]:
     """Raw parameter values: published settings < the protocol's (ainfonce: the released losses) < ``--param``."""
     values = dict(method.published(config.preset, config.data.name).params)
-    values.update(protocols.method_params(config.finetune.protocol, method.name))
+    values.update(protocol_resolution.method_params(config.finetune.protocol, method.name))
     unread = method.unread_params()
     # An unscoped --param reaches the methods that read it (acl's id is the same with or without alpha=).
     values.update({key: value for key, value in request.method_params.get("*", {}).items() if key not in unread})
@@ -339,7 +339,7 @@ def build_plan(request: RunRequest) -> RunPlan:
     any bad value fails here, before any work."""
     singles = expand(request)
     base = assemble(singles[0])
-    protocols.check_overrides(base.finetune.protocol, list(request.overrides))
+    protocol_resolution.check_overrides(base.finetune.protocol, list(request.overrides))
     names = registry.resolve(base.methods)
     unknown_scopes = sorted(scope for scope in request.method_params if scope != "*" and scope not in names)
     if unknown_scopes:

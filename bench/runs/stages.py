@@ -15,7 +15,7 @@ writes only there, so a stage can run on any node, and twice:
   K-means pseudo-labels of the pretraining set (``bench.methodkit.post``) from ``encoder.pt`` to
   ``encoder_post.pt``, then ``post.json``. A sweep runs it in the pretrain job (``run_stage``).
 - finetune (per scheme): loads the stored encoder (the post stage's when there is one),
-  finetunes and evaluates with one scheme (``bench.evaluation.protocol``), writes that scheme's rows to
+  finetunes and evaluates with one scheme (``bench.evaluation.scheme_run``), writes that scheme's rows to
   ``rows_<scheme>.csv``.
 - finish: assembles ``rows.csv`` from the schemes' rows in the config's scheme order, then
   the completion mark ``done.json``.
@@ -40,7 +40,7 @@ from bench.config import RunConfig
 from bench.engine import progress
 from bench.engine.checkpoints import CheckpointError, EncoderCheckpoint, load_encoder
 from bench.engine.data import ImageData, load_dataset
-from bench.evaluation.protocol import finetune_and_evaluate_scheme
+from bench.evaluation.scheme_run import finetune_and_evaluate_scheme
 from bench.methodkit.method import Method
 from bench.methodkit.post import post_process
 from bench.runs.plan import MethodRun

@@ -74,7 +74,7 @@ def bench_command(store: Path, plan: dict, resume: bool) -> list[str]:
     command = [
         sys.executable,
         "-m",
-        "bench.cli.app",
+        "bench.cli",
         "run",
         "--methods",
         *plan["methods"],

@@ -141,7 +141,7 @@ def test_torchrun_pretrains_the_run_of_one_process_with_world_size_shards(tmp_pa
             "--standalone",
             "--nproc_per_node=2",
             "-m",
-            "bench.cli.app",
+            "bench.cli",
             "pretrain",
             *flags,
         ],

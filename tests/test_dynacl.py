@@ -220,8 +220,8 @@ def test_variant_contrasts_four_views_with_the_second_through_the_key(digits, mo
     method, model = build("dynacl-ip")
     seen = {}
 
-    def capture(features, adversarial, **kwargs):
-        seen["features"], seen["adversarial"] = features.detach(), tuple(adversarial)
+    def capture(features, adversarial, **kwargs):  # as contrastive_loss, it asks for the variant's flags
+        seen["features"], seen["adversarial"], seen["flags"] = features.detach(), tuple(adversarial), method.asymmetry()
         return features.sum() * 0
 
     monkeypatch.setattr(method, "contrastive_loss", capture)

@@ -73,6 +73,6 @@ def test_a_byol_style_plugin_runs_reports_and_exports(tmp_path, monkeypatch, cap
         stored = load_classifier(results / "runs" / run_id / "classifier_SLF.pt")
         images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
-            assert torch.equal(load_exported(out)(images), stored(images))
+            assert torch.equal(load_exported(out, allow_torchscript=True)(images), stored(images))  # our own export
     finally:
         registry.unregister("byorl")

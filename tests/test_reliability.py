@@ -94,7 +94,7 @@ def _slow_run(tmp_path, *extra) -> subprocess.Popen:
     command = [
         sys.executable,
         "-m",
-        "bench.cli.app",
+        "bench.cli",
         "run",
         "--methods",
         "acl",

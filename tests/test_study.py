@@ -193,10 +193,12 @@ def test_each_look_tests_at_its_own_level(tmp_path):
 
 
 def test_tiny_real_study_end_to_end(tmp_path, capsys):
-    """The real pipeline: two seeds of two methods, one look; rerun trains nothing."""
+    """The real pipeline through submitit's local executor (``--launcher submitit-local``: each look's runs as
+    ``bench stage`` jobs, as ``bench sweep`` submits them): two seeds of two methods, one look; rerun trains
+    nothing. The local pool (``--launcher local``, the default) is ``run_plan``, tested with ``bench run``."""
     from tiny_run import TINY
 
-    argv = ["study", "acl", "acl-ip", "--first-seeds", "2", "--max-seeds", "2", "--jobs", "2", *TINY]
+    argv = ["study", "acl", "acl-ip", "--first-seeds", "2", "--max-seeds", "2", "--launcher", "submitit-local", *TINY]
     argv += ["--results-dir", str(tmp_path / "results"), "--reports-dir", str(tmp_path / "reports")]
     assert main(argv) == 0
     runs = sorted(path.name for path in (tmp_path / "results" / "runs").iterdir())
@@ -204,6 +206,7 @@ def test_tiny_real_study_end_to_end(tmp_path, capsys):
     rows = list(csv.DictReader((tmp_path / "reports" / "study.csv").open()))
     assert {(row["scheme"], row["attack"]) for row in rows} == {("SLF", "clean"), ("SLF", "pgd20")}
     assert all(row["decision"] for row in rows)  # one look: each comparison ends there
+    assert list((tmp_path / "results" / "_jobs").glob("*_result.pkl"))  # the runs went through submitit jobs
     stamps = {run: (tmp_path / "results" / "runs" / run / "done.json").stat().st_mtime_ns for run in runs}
     assert main(argv) == 0
     assert stamps == {run: (tmp_path / "results" / "runs" / run / "done.json").stat().st_mtime_ns for run in runs}

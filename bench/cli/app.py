@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--attack", action="append", metavar="ATTACK", help="only these attacks (default: all shared)")
     cmp.add_argument("--results-dir", default="results", help="results store (default results/)")
     cmp.set_defaults(handler=cmd_compare)
-    add_study_parser(sub)
+    add_study_parser(sub, stage_entry=run_stage_command)  # submitit jobs re-enter the CLI's stage entry
 
     exp = sub.add_parser(
         "export",

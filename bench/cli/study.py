@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.cli.commands import build_request, dry_run_requested, print_plan
@@ -17,10 +18,14 @@ from bench.config import ConfigError, check_directory
 from bench.engine import progress
 from bench.products.study import look_plan, new_study, run_study
 from bench.products.study_report import write_study
+from bench.runs import sweep
+from bench.runs.pipeline import run_plan
 from bench.runs.plan import assemble
 
+STUDY_LAUNCHERS = ("local", "submitit-local")
 
-def add_study_parser(sub) -> None:
+
+def add_study_parser(sub, stage_entry: Callable[[list[str]], int]) -> None:
     study = sub.add_parser(
         "study",
         help="add seeds until each variant's method-level comparison with the base is decided "
@@ -43,8 +48,16 @@ def add_study_parser(sub) -> None:
         "--dry-run", action="store_true", help="print the design and the first look's plan; train nothing"
     )
     study.add_argument("--json", action="store_true", help="with --dry-run: the design, then one object per run")
+    study.add_argument(
+        "--launcher",
+        choices=STUDY_LAUNCHERS,
+        default="local",
+        help="local: bench run's pool (--jobs); submitit-local: each look's runs as submitit jobs on this machine, "
+        "as bench sweep --launcher submitit-local (logs in <results>/_jobs). A look needs its results before the "
+        "next, so SLURM is not offered: run the study on a node, or sweep the seeds and study the stored ones",
+    )
     add_config_flags(study)
-    study.set_defaults(handler=cmd_study)
+    study.set_defaults(handler=cmd_study, stage_entry=stage_entry)
 
 
 def _integer(args: argparse.Namespace, name: str) -> int:
@@ -89,7 +102,11 @@ def cmd_study(args: argparse.Namespace) -> int:
         return print_plan(plan, args.json)
     reports_dir = Path(assemble(request).reports_dir)
     check_directory("reports_dir", reports_dir)
-    run_study(study, request, after_look=lambda current: write_study(current, reports_dir))
+    runner = run_plan
+    if args.launcher == "submitit-local":
+        options = sweep.ClusterOptions(folder=(Path(assemble(request).results_dir) / "_jobs").resolve())
+        runner = sweep.submitit_local_runner(request, options, args.stage_entry)
+    run_study(study, request, runner=runner, after_look=lambda current: write_study(current, reports_dir))
     written = write_study(study, reports_dir)
     for track in study.tracks:
         progress.log(

@@ -364,6 +364,24 @@ def outcomes(plan: RunPlan, jobs: list[SweepJob], failures: dict[str, str]) -> l
     return ended
 
 
+def submitit_local_runner(
+    request: RunRequest,
+    options: ClusterOptions,
+    entry: Callable[[list[str]], int],
+    executor: Callable[..., Any] = make_executor,
+) -> Callable[[RunPlan], list[Any]]:
+    """A plan runner through submitit's local executor, for callers that need each plan's outcomes before
+    they go on (``bench study``'s looks): the pending runs' stages as jobs, waited for, then the runs'
+    outcomes as ``run_plan`` gives them. The collect job rebuilds the index without writing a report."""
+
+    def run(plan: RunPlan) -> list[Any]:
+        jobs = plan_jobs(plan, request, no_report=True)
+        failures = run_submitit_local(jobs, options, entry, executor) if jobs else {}
+        return outcomes(plan, jobs, failures)
+
+    return run
+
+
 # --------------------------------------------------------------------------- `bench stage`
 
 

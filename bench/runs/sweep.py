@@ -3,9 +3,8 @@
 A plan (seeds × datasets × methods, ``bench.runs.plan``) becomes jobs, one per stage of each
 incomplete run (``bench.runs.stages``): ``pretrain`` (with the post stage of a method that has one),
 then one ``finetune`` job per scheme that needs only that run's encoder, then one ``collect`` job
-(finish ready runs, rebuild ``results.csv``, write the report). Every job is a ``bench stage ...`` command line that
-rebuilds its run from the same request (so the run id is the same, and checked), which is
-what ``--dry-run --json`` prints for users who bring their own scheduler.
+(finish ready runs, rebuild ``results.csv``, write the report). Every job is a ``bench stage ...`` command
+line that rebuilds its run from the same request (the same run id, checked): what ``--dry-run --json`` prints.
 
 - ``slurm``: submitit's ``AutoExecutor``; one job array per stage (``map_array``): the
   pretrain array, one array per scheme whose task i depends on pretrain task i
@@ -16,10 +15,9 @@ what ``--dry-run --json`` prints for users who bring their own scheduler.
   local executor has no dependencies, so the stages run in phases (pretrain, then schemes,
   then collect), at most ``array_parallelism`` jobs at a time, and the call waits.
 
-The job callable (``StageJob``) is ``submitit.helpers.Checkpointable``: on preemption or
-timeout submitit requeues it and the rerun continues from the run's ``pretrain.ckpt``
-(stage commands always resume). A job killed outright (SIGKILL, OOM) is recorded as a
-resumable failure, so the next sweep resumes it too.
+The job callable (``StageJob``) is ``submitit.helpers.Checkpointable``: on preemption or timeout submitit
+requeues it and the rerun continues from the run's ``pretrain.ckpt``; a job killed outright (SIGKILL, OOM)
+is recorded as a resumable failure, so the next sweep resumes it too.
 """
 
 from __future__ import annotations
@@ -370,14 +368,12 @@ def submitit_local_runner(
     entry: Callable[[list[str]], int],
     executor: Callable[..., Any] = make_executor,
 ) -> Callable[[RunPlan], list[Any]]:
-    """A plan runner through submitit's local executor, for callers that need each plan's outcomes before
-    they go on (``bench study``'s looks): the pending runs' stages as jobs, waited for, then the runs'
-    outcomes as ``run_plan`` gives them. The collect job rebuilds the index without writing a report."""
+    """``run_plan`` through submitit's local executor, for callers that need a plan's outcomes before going on
+    (``bench study``'s looks): the pending runs' stage jobs, waited for; the collect job writes no report."""
 
     def run(plan: RunPlan) -> list[Any]:
         jobs = plan_jobs(plan, request, no_report=True)
-        failures = run_submitit_local(jobs, options, entry, executor) if jobs else {}
-        return outcomes(plan, jobs, failures)
+        return outcomes(plan, jobs, run_submitit_local(jobs, options, entry, executor) if jobs else {})
 
     return run
 

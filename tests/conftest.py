@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -31,7 +33,11 @@ def tiny_config(tmp_path) -> RunConfig:
     return config
 
 
+# Two threads, as CI's two cores; one per worker under pytest-xdist (-n 2), so workers do not oversubscribe.
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     yield

@@ -154,6 +154,7 @@ def make_context(epoch: int, epochs: int, seed: int = 3) -> StepContext:
     )
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "name, epoch, epochs, strength, omega, quirks",
     [

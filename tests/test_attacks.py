@@ -26,6 +26,7 @@ def toy_problem(seed: int = 0, n: int = 128, classes: int = 2):
     return model.eval(), x, y
 
 
+@pytest.mark.e2e
 def test_epsilon_zero_gives_clean_accuracy():
     model, x, y = toy_problem()
     assert pgd_accuracy(model, x, y, epsilon=0.0, step_size=0.01, steps=10) == clean_accuracy(model, x, y)

@@ -182,6 +182,7 @@ def test_dynacl_key_encoder_is_loaded_and_query_encoder_ignored():
 # --------------------------------------------------------------------------- AdvCL / A-InfoNCE
 
 
+@pytest.mark.e2e
 def test_advcl_strips_module_and_maps_three_branches(tmp_path):
     reference, state = advcl_state()
     assert "module.layer2.0.downsample.bn.bn_list.2.running_mean" in state
@@ -258,6 +259,7 @@ def bench_checkpoint(arch: str = "resnet18") -> tuple[nn.Module, dict]:
     ).to_state()
 
 
+@pytest.mark.e2e
 def test_bench_roundtrip_selects_finetune_branch_everywhere(tmp_path):
     original, checkpoint = bench_checkpoint()
     path = save_torch_atomic(checkpoint, tmp_path / "encoder.pt")
@@ -406,6 +408,7 @@ def test_interrupted_save_keeps_previous_file(tmp_path):
 # --------------------------------------------------------------------------- export
 
 
+@pytest.mark.e2e
 @pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")
 def test_export_reloads_with_identical_logits(tmp_path):
     torch.manual_seed(6)
@@ -514,6 +517,7 @@ def test_deacl_released_keys_load_strictly_into_the_padding_two_stem(tmp_path):
     assert {"momentum_backbone.conv1.weight", "classifier.weight", "classifier_adv.bias"} <= set(info["ignored_keys"])
 
 
+@pytest.mark.e2e
 def test_deacl_refuses_a_padding_one_stem_and_needs_its_normalisation():
     state = released_state("deacl")
     with pytest.raises(CheckpointError, match=r"padding-2 stem.*arch='resnet18' is invalid"):

@@ -58,6 +58,7 @@ def test_every_subcommand_has_help(command, capsys):
     assert "usage: bench" in out and len(out.splitlines()) > 3
 
 
+@pytest.mark.e2e
 def test_run_and_report_print_json_for_scripts(tmp_path, capsys):
     """`bench run --json` ends with one JSON object (each run's id, status and flags, the results and the
     report files) and nothing else on stdout; `bench report --json` lists the files it wrote."""

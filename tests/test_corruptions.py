@@ -137,6 +137,7 @@ def test_regenerate_is_fixed_by_seed_and_batch_size(digits16):
 NOT_MONOTONE_IN_DISTORTION = {"glass_blur", "motion_blur", "elastic_transform", "frost"}
 
 
+@pytest.mark.e2e
 def test_mean_distortion_grows_with_severity(images32):
     distortion = {}
     for name in CORRUPTIONS:
@@ -181,6 +182,7 @@ TOLERANCE = {"shot_noise": 2, "defocus_blur": 1, "jpeg_compression": 1}
 NOT_MONOTONE_IN_ACCURACY = {"glass_blur", "elastic_transform", "pixelate"}
 
 
+@pytest.mark.e2e
 def test_accuracy_of_a_fixed_model_falls_with_severity(digits16, ridge_classifier):
     clean = ridge_classifier(digits16.x_test)
     accuracy = {

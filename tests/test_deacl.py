@@ -276,6 +276,7 @@ def our_released_step(monkeypatch):
     return student, loss, target, recorder.calls[0]["out"], x
 
 
+@pytest.mark.e2e
 def test_our_step_reproduces_the_released_step(monkeypatch):
     student, loss, target, adversarial, x = our_released_step(monkeypatch)
     assert loss.item() == pytest.approx(FIXTURE["loss"], rel=1e-5)
@@ -366,6 +367,7 @@ def test_paper_settings_refuse_a_dataset_without_a_released_script():
     assert dict(smoke.params) == {} and dict(smoke.pretrain) == {}
 
 
+@pytest.mark.e2e
 def test_bench_run_trains_the_simclr_teacher_first_and_distils_from_it(tmp_path):
     import json
 

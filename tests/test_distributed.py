@@ -26,6 +26,7 @@ def ranks_output(tmp_path_factory):
     return out
 
 
+@pytest.mark.e2e
 def test_gathered_contrastive_gradient_equals_the_single_process_gradient(ranks_output):
     ranks = torch.load(ranks_output / "gather.pt", weights_only=True)
     torch.manual_seed(0)
@@ -38,6 +39,7 @@ def test_gathered_contrastive_gradient_equals_the_single_process_gradient(ranks_
     assert torch.allclose(ranks["grad"], weight.grad, atol=1e-6)  # not W× it: each rank's loss is the whole batch's
 
 
+@pytest.mark.e2e  # the 2-rank DDP spawn is a module fixture (~20 s)
 @pytest.mark.parametrize("name", METHODS)
 def test_two_ranks_train_the_weights_of_one_process_with_two_shards(name, ranks_output):
     ddp = torch.load(ranks_output / f"{name}-ddp.pt", weights_only=True)
@@ -66,6 +68,7 @@ def test_two_ranks_train_the_weights_of_one_process_with_two_shards(name, ranks_
         assert ddp["A_method"]["adaptive"]["total"] == pytest.approx(adaptive["total"], rel=1e-5)
 
 
+@pytest.mark.e2e  # the 2-rank DDP spawn is a module fixture (~20 s)
 @pytest.mark.parametrize("name", METHODS)
 def test_two_ranks_killed_and_resumed_end_where_an_uninterrupted_run_does(name, ranks_output):
     ddp = torch.load(ranks_output / f"{name}-ddp.pt", weights_only=True)
@@ -109,6 +112,7 @@ def test_sync_batch_norm_swaps_every_batch_norm_and_restores_the_originals():
     assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())
 
 
+@pytest.mark.e2e
 def test_torchrun_pretrains_the_run_of_one_process_with_world_size_shards(tmp_path):
     """`torchrun --nproc_per_node=2 bench pretrain` on CPU (gloo): one run, its id that of `--set
     pretrain.shards=2` in one process, its encoder and history written once, by rank 0."""

@@ -162,6 +162,7 @@ def reference_views(images: torch.Tensor, strength: float, generator: torch.Gene
     return torch.cat([view(images, generator), view(images, generator)])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("epoch, strength, weight", [(0, 1.0, 1.0), (5, 0.5, 1 + 3 * (2 / 8) * (2 / 3))])
 def test_dynacl_step_matches_an_independent_recomputation(digits, epoch, strength, weight):
     """8 epochs, P = 2: epoch 5 (1-indexed 6) has s = 1 - 2·2/8 and w = 1 + ⌊6/2⌋·(2/8)·(2/3)."""
@@ -233,6 +234,7 @@ def test_variant_contrasts_four_views_with_the_second_through_the_key(digits, mo
     assert calls == ["pgd", "pgd", "pgd", "normal"]  # 2 attack steps, the adversarial and the clean stream
 
 
+@pytest.mark.e2e
 def test_dynacl_attacks_in_eval_mode_for_both_encoders(digits, monkeypatch):
 
     method, model = build()

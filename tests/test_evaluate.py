@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from test_attacks import toy_problem
 from torch import nn
@@ -54,6 +55,7 @@ def test_seeded_subset_is_fixed_and_sorted():
     assert len(seeded_subset(100, 0, 3)) == 100
 
 
+@pytest.mark.e2e
 def test_evaluation_runs_in_eval_mode_restores_mode_and_keeps_bn_statistics():
     torch.manual_seed(0)
     model = SmallBNNet().train()
@@ -67,6 +69,7 @@ def test_evaluation_runs_in_eval_mode_restores_mode_and_keeps_bn_statistics():
     assert report.sanity["eval-mode"][0]
 
 
+@pytest.mark.e2e
 def test_autoattack_apgd_ce_on_cpu_is_below_pgd_and_clean():
     model, x, y = toy_problem()
     x, y = x[:48], y[:48]
@@ -78,6 +81,7 @@ def test_autoattack_apgd_ce_on_cpu_is_below_pgd_and_clean():
     assert not report.flags, report.sanity
 
 
+@pytest.mark.e2e
 def test_autoattack_standard_on_a_few_samples():
     model, x, y = toy_problem(seed=2, classes=10)
     accuracy, info = autoattack_accuracy(model, x[:16], y[:16], epsilon=0.08, version="standard")
@@ -87,6 +91,7 @@ def test_autoattack_standard_on_a_few_samples():
     assert info["max_perturbation"] <= 0.08 + 1e-6
 
 
+@pytest.mark.e2e
 def test_gradient_masked_model_is_flagged_suspect():
     model = Quantised().eval()
     x, y = masked_problem()
@@ -97,6 +102,7 @@ def test_gradient_masked_model_is_flagged_suspect():
     assert "suspect:gradient-masking" in report.flags
 
 
+@pytest.mark.e2e
 def test_healthy_model_has_no_suspect_flag():
     model, x, y = toy_problem(seed=4)
     settings = EvalConfig(epsilon=0.05, step_size=0.0125, attacks=("clean", "pgd20", "apgd-ce"))
@@ -139,6 +145,7 @@ def test_randomised_predictions_fail_the_eps0_check():
     assert "suspect:eps0" in report.flags, report.sanity
 
 
+@pytest.mark.e2e
 def test_sanity_checks_run_without_pgd20():
     model, x, y = toy_problem(seed=4)
     settings = EvalConfig(epsilon=0.05, step_size=0.0125, attacks=("clean", "apgd-ce"))

@@ -51,6 +51,7 @@ def stored(tmp_path):
     return results, classifier
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_each_format_round_trips_to_the_same_logits(stored, tmp_path, fmt):
     results, classifier = stored
@@ -63,6 +64,7 @@ def test_each_format_round_trips_to_the_same_logits(stored, tmp_path, fmt):
         assert torch.equal(got, expected)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_the_sidecar_describes_the_run(stored, tmp_path, fmt):
     results, _ = stored

@@ -28,6 +28,7 @@ def _pretrain(name, digits, config, folder, **fields):
     return model, train.pretrain(method, model, digits.x_train[:128], config, RunDir(folder), torch.device("cpu"))
 
 
+@pytest.mark.e2e
 def test_reading_the_logged_numbers_every_few_steps_keeps_the_history(digits, tiny_config, tmp_path, monkeypatch):
     _, every_step = _pretrain("acl", digits, tiny_config, tmp_path / "a")
     monkeypatch.setattr(train, "sync_interval", lambda device: 3)
@@ -58,6 +59,7 @@ def test_a_deferred_read_still_names_the_step_of_a_non_finite_loss(digits, tiny_
     assert not RunDir(tmp_path).checkpoint.exists()  # read before the step-5 checkpoint: nothing stored
 
 
+@pytest.mark.e2e
 def test_compile_wraps_the_model_the_step_calls_and_keeps_the_state_dict(digits, tiny_config, tmp_path, monkeypatch):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda module, **kwargs: compiled.append((module, kwargs)) or module)

@@ -178,6 +178,7 @@ def assert_agrees(fixture: dict, figures: dict, inputs: dict[str, torch.Tensor],
 # --------------------------------------------------------------------------- ACL
 
 
+@pytest.mark.e2e
 def test_acl_step_matches_released(monkeypatch):
     """VITA-Group ACL train_simCLR.py --ACL_DS: PGD on both views (eval, BN pgd), ½[clean + adv NT-Xent]."""
     fixture = fi.load_fixture("acl")
@@ -202,6 +203,7 @@ def test_acl_step_matches_released(monkeypatch):
 # --------------------------------------------------------------------------- RoCL (Asym-RoCL)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["rocl", "rocl-ip", "rocl-hn"])
 def test_rocl_step_matches_released(monkeypatch, name):
     """Asym-RoCL rocl_train.py train(): PGD on x1 towards x2 (eval), one forward of [x1; x2; a], regulariser."""
@@ -227,6 +229,7 @@ def test_rocl_step_matches_released(monkeypatch, name):
 # --------------------------------------------------------------------------- AdvCL (Asym-AdvCL)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["advcl", "advcl-ip", "advcl-hn"])
 def test_advcl_step_matches_released(monkeypatch, name):
     """Asym-AdvCL pretraining_advCL.py train(): x_adv and x_ce PGD in train mode, [x_adv, x1, x2, HFC] + 0.2·CE."""
@@ -376,6 +379,7 @@ def replay_trades_noise(monkeypatch: pytest.MonkeyPatch, noise: torch.Tensor) ->
     return replay
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "case, scheme, excluded",
     [
@@ -391,6 +395,7 @@ def test_finetune_step_matches_robustssl(monkeypatch, case, scheme, excluded):
     assert_agrees(fixture, figures, inputs, excluded)
 
 
+@pytest.mark.e2e
 def test_finetune_dual_bn_trades_matches_robustssl(monkeypatch):
     """RobustSSL's ACL AFF step (--dualBN 1, trades_loss_dual): clean through 'normal', adversarial through 'pgd'."""
     assert robustssl_settings("AFF").dual_bn, "the robustssl protocol must use dual-BN TRADES for ACL's AFF"

@@ -124,6 +124,7 @@ def _rejections(base, variant) -> int:
     return sum(compare_methods(list(b), list(v)).p_value < 0.05 for b, v in zip(base, variant))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("seeds", "tau"), [(3, 0.0), (3, 2.0), (3, 4.0), (5, 3.0)])
 def test_false_positive_rate_is_at_most_alpha_on_null_data(seeds, tau):
     replicates = 2000
@@ -134,6 +135,7 @@ def test_false_positive_rate_is_at_most_alpha_on_null_data(seeds, tau):
     assert rejected >= 0.02 * replicates, rejected / replicates
 
 
+@pytest.mark.e2e
 def test_power_on_a_planted_effect_matches_the_planned_seeds():
     difference, tau, discordant = 4.0, 3.0, 0.3
     within = 1e4 * (discordant - (difference / 100) ** 2) / IMAGES  # image-level variance of one seed's d

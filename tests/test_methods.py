@@ -104,6 +104,7 @@ def batch(digits):
     return digits.x_train[:BATCH], indices
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_smoke_steps_lower_the_loss_and_keep_adversaries_in_the_ball(name, batch, monkeypatch):
     images_uint8, indices = batch
@@ -178,6 +179,7 @@ def test_advcl_attacks_in_train_mode(batch, monkeypatch):
     assert not model.training
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["advcl", "advcl-ip"])
 def test_advcl_cached_clean_embeddings_give_the_released_adversary(name, batch):
     """Reusing x1/x2/HFC embeddings in every PGD step = recomputing them (released code)."""
@@ -219,6 +221,7 @@ def test_advcl_hfc_radius_scales_with_image_size():
 # --------------------------------------------------------------------------- pseudo-labels
 
 
+@pytest.mark.e2e
 def test_advcl_pixel_pseudo_labels_have_the_right_shapes_and_are_cached(digits, tmp_path, monkeypatch):
     images = digits.x_train[:300]
     ks = (2, 10, 50, 500)

@@ -74,6 +74,7 @@ def record_adversarial(monkeypatch, module) -> dict:
     return seen
 
 
+@pytest.mark.e2e
 def test_dynacl_step_matches_the_released_step(monkeypatch):
     import methods.dynacl as module
 
@@ -105,6 +106,7 @@ def test_dynacl_step_matches_the_released_step(monkeypatch):
             assert_close(f"{side} {our_name}", inputs.checksums(our_name, buffer), released)
 
 
+@pytest.mark.e2e
 def test_dynacl_air_official_step_matches_the_released_step(monkeypatch):
     import methods.air as module
 

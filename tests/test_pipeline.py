@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 from tiny_run import TINY
 
 from bench.cli.app import main
@@ -51,6 +52,7 @@ def _rows(tmp_path):
         return list(csv.DictReader(stream))
 
 
+@pytest.mark.e2e
 def test_run_stores_every_scheme_and_attack_then_skips_reruns(tmp_path):
     assert _run(tmp_path) == 0
     rows = _rows(tmp_path)
@@ -81,6 +83,7 @@ def test_run_stores_every_scheme_and_attack_then_skips_reruns(tmp_path):
     assert len(_rows(tmp_path)) == 2 * len(rows)
 
 
+@pytest.mark.e2e
 def test_stored_encoder_can_be_finetuned_again_and_exported(tmp_path):
     code = main(["run", "--methods", "acl", *_dirs(tmp_path), *TINY, "--set", "finetune.batch_size=512"])
     assert code == 0
@@ -133,6 +136,7 @@ def test_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_parallel_and_sequential_runs_store_the_same_runs(tmp_path):
     for jobs in ("1", "2"):
         assert (
@@ -197,6 +201,7 @@ def _tiny(tmp_path, *extra):
     return main(["run", "--methods", "acl", *_dirs(tmp_path), *TINY, *extra])
 
 
+@pytest.mark.e2e
 def test_changing_only_evaluation_settings_reuses_the_encoder(tmp_path):
     import torch
 
@@ -218,6 +223,7 @@ def test_changing_only_evaluation_settings_reuses_the_encoder(tmp_path):
     assert json.loads(newest.read_text())["encoder_from"] == newest.parent.name
 
 
+@pytest.mark.e2e
 def test_evaluate_labels_from_the_checkpoint_and_writes_nothing_on_bad_input(tmp_path, capsys):
     assert _tiny(tmp_path) == 0
     encoder = next((tmp_path / "r" / "runs").glob("*/encoder.pt"))
@@ -248,6 +254,7 @@ def test_evaluate_labels_from_the_checkpoint_and_writes_nothing_on_bad_input(tmp
     assert reloaded and {r["dataset"] for r in reloaded} == {"digits"} and reloaded[0]["pretrain_epochs"] == "1"
 
 
+@pytest.mark.e2e
 def test_transfer_finetunes_and_evaluates_on_another_dataset_at_the_pretraining_size(tmp_path):
     import numpy as np
     import torch

@@ -12,6 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from tiny_run import TINY
 
@@ -43,6 +44,7 @@ def install(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(registry, "_discovered", False)
 
 
+@pytest.mark.e2e
 def test_a_byol_style_plugin_runs_reports_and_exports(tmp_path, monkeypatch, capsys):
     install(tmp_path, monkeypatch)
     results, reports = tmp_path / "r", tmp_path / "rep"

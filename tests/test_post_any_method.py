@@ -76,6 +76,7 @@ def test_post_flag_selects_the_plus_plus_forms_and_refuses_a_method_with_its_own
     assert "own post stage" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_a_post_run_reuses_the_method_encoder_and_finetunes_the_processed_one(tmp_path):
     results = tmp_path / "results"
     tiny = ["--epochs", "1", "--finetune-epochs", "1", "--n-eval", "16", "--schemes", "SLF", "--attacks", "clean"]

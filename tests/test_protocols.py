@@ -283,6 +283,7 @@ ACCURACY_IMAGES = 3  # allowed images of difference per accuracy
 HEAD_REL = {"head_SLF": 1e-4, "head_ALF": 1e-2, "head_AFF": 1e-2}  # SLF trains on clean inputs only
 
 
+@pytest.mark.e2e
 def test_unified_smoke_numbers_are_those_before_protocols_existed(tmp_path):
     """A tiny run gives the figures recorded by the same command before bench.evaluation.protocols existed,
     within what another CPU's rounding moves (the settings themselves are compared exactly, at run time, in
@@ -311,6 +312,7 @@ def test_unified_smoke_numbers_are_those_before_protocols_existed(tmp_path):
     assert {row.protocol for row in ResultsStore(results).read_rows()} == {"unified"}
 
 
+@pytest.mark.e2e
 def test_robustssl_run_records_its_protocol_zero_head_and_pseudo_label_source(tmp_path):
     """RobustSSL's SLF for AdvCL: lr 0.01, batch 512, zero head, last epoch only (no best-epoch rows)."""
     results = tmp_path / "results"
@@ -355,6 +357,7 @@ def test_robustssl_run_records_its_protocol_zero_head_and_pseudo_label_source(tm
     assert torch.isfinite(head.weight).all() and math.isfinite(float(head.bias.detach().sum()))
 
 
+@pytest.mark.e2e
 def test_a_stored_encoder_is_finetuned_under_a_protocol_for_its_recorded_method(tmp_path, monkeypatch):
     """``bench finetune --protocol robustssl``: the settings of the checkpoint's recorded method (ACL's SLF
     milestones 10/20; on a dataset outside the source's cifar10/cifar100/stl10 rows, the base lr 0.1 and batch

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from tiny_run import TINY
 
 from bench.cli.app import main
@@ -13,6 +14,7 @@ from bench.methodkit import registry
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+@pytest.mark.e2e
 def test_readme_method_example_registers_and_runs(tmp_path, capsys):
     text = README.read_text()
     block = re.search(r"```python\n# methods/my_method.py\n(.*?)```", text, re.S).group(1)

@@ -115,6 +115,7 @@ def dummy_method():
     registry.unregister("dummy-test")
 
 
+@pytest.mark.e2e
 def test_dummy_method_is_listed_and_runs(dummy_method, tmp_path, capsys):
     assert main(["list"]) == 0
     assert "dummy-test" in capsys.readouterr().out
@@ -137,6 +138,7 @@ def test_dummy_method_is_listed_and_runs(dummy_method, tmp_path, capsys):
     assert "dummy-test" in table and "pgd20" in table
 
 
+@pytest.mark.e2e
 def test_entry_point_plugin_is_discovered(tmp_path, monkeypatch, capsys):
     (tmp_path / "acl_bench_plugin_demo.py").write_text(
         textwrap.dedent("""

@@ -31,6 +31,7 @@ def _store(tmp_path) -> ResultsStore:
     return ResultsStore(tmp_path / "r")
 
 
+@pytest.mark.e2e
 def test_diverged_finetuning_fails_the_run_and_stores_nothing(tmp_path, capsys):
     assert _bench(tmp_path, "--methods", "simclr", "--jobs", "1", "--set", "finetune.lr=1e12") == 1
     (run,) = _store(tmp_path).run_dirs()
@@ -52,6 +53,7 @@ def test_a_constant_classifier_fails_the_degenerate_check():
     assert report.sanity["degenerate"][0] is False and "suspect:degenerate" in report.flags
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_one_failing_method_keeps_the_others_results(tmp_path, capsys, jobs):
     code = _bench(tmp_path, "--methods", "acl-ip", "simclr", "--jobs", jobs, "--param", "acl-ip:adv_weight=1e39")
@@ -71,6 +73,7 @@ class _Killed(Method):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+@pytest.mark.e2e
 def test_a_killed_worker_is_a_failed_run_and_the_other_finishes(tmp_path):
     registry.register("killed-test")(_Killed)
     try:
@@ -83,6 +86,7 @@ def test_a_killed_worker_is_a_failed_run_and_the_other_finishes(tmp_path):
     assert "killed by signal 9" in failed.failure()
 
 
+@pytest.mark.e2e
 def test_a_failed_run_is_started_afresh_and_then_completes(tmp_path):
     assert _bench(tmp_path, "--methods", "simclr", "--jobs", "1", "--set", "finetune.lr=1e12") == 1
     assert _bench(tmp_path, "--methods", "simclr", "--jobs", "1", "--set", "finetune.lr=1e12", "--resume") == 1
@@ -150,6 +154,7 @@ def _state(pid: int) -> str:
         return "zombie"
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc").exists(), reason="needs /proc to find the workers")
 def test_workers_die_with_their_killed_parent(tmp_path):
     process = _slow_run(tmp_path)
@@ -159,6 +164,7 @@ def test_workers_die_with_their_killed_parent(tmp_path):
     assert _all_gone(workers), "orphaned workers kept running"
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc").exists(), reason="needs /proc to find the workers")
 def test_sigterm_stops_a_parallel_run_like_ctrl_c(tmp_path):
     process = _slow_run(tmp_path)
@@ -179,6 +185,7 @@ def _plant(path: Path) -> None:
     torch.save({"model": _Pwned()}, path)
 
 
+@pytest.mark.e2e
 def test_planted_pickles_in_the_store_never_run(tmp_path, monkeypatch, capsys):
     mark = tmp_path / "PWNED"
     monkeypatch.setenv("PWNED_MARK", str(mark))
@@ -250,6 +257,7 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1 and "device='cuda' is invalid" in err
 
 
+@pytest.mark.e2e
 def test_status_and_collect_merge_with_conflicts(tmp_path, capsys):
     assert _bench(tmp_path / "a", "--methods", "simclr", "--jobs", "1") == 0
     assert _bench(tmp_path / "b", "--methods", "simclr", "--jobs", "1", "--seed", "1") == 0
@@ -286,6 +294,7 @@ def test_status_and_collect_merge_with_conflicts(tmp_path, capsys):
     assert (merged / "results.csv").read_bytes() == index
 
 
+@pytest.mark.e2e
 def test_resume_restores_the_thread_count_of_the_interrupted_run(digits, tiny_config, tmp_path):
     from bench.runs.train import pretrain
     from bench.store.results import RunDir

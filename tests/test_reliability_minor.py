@@ -114,6 +114,7 @@ def test_data_dir_that_is_a_file_with_download_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "r").exists() and (tmp_path / "afile").read_text() == "x"
 
 
+@pytest.mark.e2e
 def test_export_into_a_directory_writes_the_run_file_there(stored_run, tmp_path, capsys):
     root, run = stored_run
     out = tmp_path / "exported"
@@ -147,6 +148,7 @@ def test_curve_methods_typo_is_one_line_naming_the_stored_methods(tmp_path, caps
     assert not (tmp_path / "rep").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("damage", [b"\xff\xfe\x00garbage", b'{"order": ', b"[1, 2]"])
 def test_a_corrupt_sanity_file_is_a_failed_check_not_a_silent_gap(tmp_path, capsys, monkeypatch, damage):
     monkeypatch.setattr(progress, "_quiet", False)  # an earlier --quiet command may have left it on
@@ -190,6 +192,7 @@ def test_the_disk_full_error_survives_pickling(tmp_path):
     assert str(error).startswith(f"no space left on the device while writing {tmp_path / 'results.csv'}")
 
 
+@pytest.mark.e2e
 def test_a_full_disk_mid_run_is_one_line_and_resume_gives_the_clean_rows(stored_run, tmp_path, capsys, monkeypatch):
     """ENOSPC on the 3rd stored write of a run (inside pretraining): exit 1 with one line; the run
     is resumable; after space is freed, --resume records the same rows as a run that never failed."""
@@ -230,6 +233,7 @@ def test_a_full_disk_mid_run_is_one_line_and_resume_gives_the_clean_rows(stored_
 
 
 # ------------------------------------------------------------------ damaged files read by the report and by import
+@pytest.mark.e2e
 def test_a_binary_loss_history_costs_its_curve_not_the_report(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(progress, "_quiet", False)
     results_csv = write_store(

@@ -70,6 +70,7 @@ def test_torchscript_loads_only_when_asked(stored, tmp_path):  # noqa: F811
         assert torch.allclose(load_exported(out, allow_torchscript=True)(images), classifier(images), atol=1e-6)
 
 
+@pytest.mark.e2e
 def test_weights_that_do_not_match_the_sidecar_hash_are_refused(stored, tmp_path):  # noqa: F811
     """D11: an export killed after its weights' rename, before its sidecar's, left another run's weights
     under the old sidecar (the review's ``cp b.pt a.pt``); they loaded silently."""

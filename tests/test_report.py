@@ -72,6 +72,7 @@ def test_missing_results_file_is_a_clear_error(tmp_path):
     assert not (tmp_path / "reports").exists()
 
 
+@pytest.mark.e2e
 def test_markdown_table_content(report):
     text = (report[0] / "results.md").read_text()
     smoke = _markdown_section(text, "digits → digits · preset smoke · protocol unified · ε = 0.1 ")
@@ -272,6 +273,7 @@ def test_single_run_cells_carry_the_wilson_interval_of_their_test_images(tmp_pat
     assert abs(float(cell["high"]) - 59.617) < 1e-3
 
 
+@pytest.mark.e2e
 def test_supervised_at_rows_get_their_own_columns(tmp_path):
     rows = [
         _row("a0", "acl", "SLF", "clean", 80.0),
@@ -287,6 +289,7 @@ def test_supervised_at_rows_get_their_own_columns(tmp_path):
     ]
 
 
+@pytest.mark.e2e
 def test_sanity_report_lists_passed_and_failed_checks(tmp_path):
     results_csv = _write_store(tmp_path, _rows())
     run_dir = tmp_path / "results" / "runs" / "acl-s0"
@@ -341,6 +344,7 @@ def test_epsilon_curve_uses_the_curve_rows_of_selected_methods(tmp_path):
     assert set(epsilon_series(rows, ["rocl"])[("digits", "digits", "smoke", "unified")]) == {("rocl", "SLF")}
 
 
+@pytest.mark.e2e
 def test_sanity_report_lists_methods_in_the_given_order(tmp_path):
     results_csv = _write_store(tmp_path, _rows())
     for run_id in ("acl-s0", "simclr-s0"):
@@ -353,6 +357,7 @@ def test_sanity_report_lists_methods_in_the_given_order(tmp_path):
     assert text.index("| acl |") < text.index("| simclr |")  # no order given: alphabetical
 
 
+@pytest.mark.e2e
 def test_bench_report_orders_methods_as_the_registry_plugins_included(tmp_path):
     """`bench report` passes the registry's order: anchors first, each base then its variants, plugins last."""
     from bench.cli.app import main
@@ -416,6 +421,7 @@ def test_loss_history_empty_or_malformed(tmp_path):
     assert list(history.columns) == ["epoch", "step", "loss"] and history["loss"].isna().tolist() == [False, True]
 
 
+@pytest.mark.e2e
 def test_only_method_level_tests_mark_variants_and_single_runs_get_no_method_verdict(tmp_path):
     """Over 3 shared seeds without records: the method-level test is the paired t-test (df 2, closed form
     p = 1 − t/√(t² + 2)) and marks; single runs: exact McNemar on their per-image records, labelled as a
@@ -482,6 +488,7 @@ def test_only_method_level_tests_mark_variants_and_single_runs_get_no_method_ver
     assert len(_read_csv(tmp_path / "rep" / "variant_help.csv")) == 3
 
 
+@pytest.mark.e2e
 def test_a_single_seed_report_has_no_method_verdict(tmp_path):
     """One seed per method (the default `bench run`), records stored: no ▲/▼ anywhere, the caption says why."""
     import numpy as np
@@ -510,6 +517,7 @@ def test_a_single_seed_report_has_no_method_verdict(tmp_path):
     assert help_row["seeds"] == "1" and help_row["seeds_needed"] == "" and int(help_row["seeds_needed_at_least"]) >= 2
 
 
+@pytest.mark.e2e
 def test_multi_seed_verdicts_come_from_the_method_level_test_on_the_records(tmp_path):
     """3 seeds with per-image records: the report's verdict is compare_methods' (HKSJ) on those records."""
     import numpy as np
@@ -540,6 +548,7 @@ def test_multi_seed_verdicts_come_from_the_method_level_test_on_the_records(tmp_
     assert expected.verdict == "variant better" and _table_line(section, "acl-ip")[2].endswith("▲")
 
 
+@pytest.mark.e2e
 def test_corruption_table_has_severity_means_per_method_and_scheme(tmp_path):
     rows = [_row("a0", "acl", "SLF", "clean", 80.0)]
     for seed, offset in ((0, 0.0), (1, 2.0)):

@@ -65,6 +65,7 @@ def _legend_clear_of_axes(figure, legend) -> None:
         assert box.x0 >= area.x1 - 1 or box.x1 <= area.x0 + 1 or box.y1 <= area.y0 + 1 or box.y0 >= area.y1 - 1
 
 
+@pytest.mark.e2e
 def test_every_figure_kind_is_written_at_full_size(full):
     names = {Path(path).name for path in full["written"]}
     for kind in ("tradeoff", "bars", "compute", "loss", "epsilon"):
@@ -89,6 +90,7 @@ def test_loss_one_line_per_method_with_seed_band_per_family_panel(full):
     assert "shaded min–max of 3" in figure._suptitle.get_text()
 
 
+@pytest.mark.e2e
 def test_tradeoff_has_a_legend_not_labels_and_joins_pgd_and_aa(full):
     figure = full["figures"]["tradeoff"]
     (legend,) = figure.legends
@@ -136,6 +138,7 @@ def test_compute_figure_in_gpu_hours_from_done_and_wall_time(full):
     assert axis.get_ylabel() == "AA accuracy (%)"
 
 
+@pytest.mark.e2e
 def test_one_seed_gets_no_error_bar_and_reused_encoders_are_charged_the_donor(tmp_path, monkeypatch):
     rows = [
         row(run_id, method, "SLF", attack, value, seed=seed)

@@ -48,6 +48,7 @@ def _write_golden(directory: Path, texts: dict[str, str], figures: dict[str, int
     (directory / FIGURE_SIZES).write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", sorted(GOLDEN_CASES))
 def test_reports_match_golden_files(case, tmp_path):
     spec = GOLDEN_CASES[case](tmp_path)

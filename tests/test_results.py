@@ -139,6 +139,7 @@ def _collect_many(root):
         ResultsStore(root).collect()
 
 
+@pytest.mark.e2e
 def test_concurrent_writers_and_collects_never_tear_the_index(tmp_path):
     context = multiprocessing.get_context("fork")
     workers = [context.Process(target=_record_many, args=(tmp_path, prefix)) for prefix in ("p", "q")]

@@ -249,6 +249,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("protocol", "method"), CASES)
 @pytest.mark.usefixtures("one_thread")
 def test_each_scheme_applies_the_released_settings_at_run_time(tmp_path, monkeypatch, protocol, method):

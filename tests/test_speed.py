@@ -138,6 +138,7 @@ def test_ratios_pair_each_fast_row_with_its_reference():
     assert "fast ≥ 1.2× reference-style" in text and "**met**" in text and "shared with other engineers" in text
 
 
+@pytest.mark.e2e
 def test_speed_command_writes_its_csv_and_markdown(tmp_path):
     status = main(
         [
@@ -176,6 +177,7 @@ def test_speed_command_writes_its_csv_and_markdown(tmp_path):
     assert "## Projections" in (tmp_path / "reports" / "speed.md").read_text()
 
 
+@pytest.mark.e2e
 def test_a_distilling_method_is_measured_with_an_untrained_teacher_and_its_teacher_run_is_not(tmp_path):
     """`bench speed --methods deacl`: the plan adds deacl's SimCLR teacher run, which is not selected,
     so only deacl's rows are written (its step forwards a frozen teacher built here, not pretrained)."""

@@ -75,6 +75,7 @@ def projector_values(state: dict) -> set[float]:
     }
 
 
+@pytest.mark.e2e
 def test_stages_store_the_finetuning_encoder_post_process_it_and_finetune_the_result(
     hook_method, tmp_path, monkeypatch
 ):

@@ -189,6 +189,7 @@ def _simulated_power(n: int, difference: float, discordant: float, trials: int, 
     return rejected / trials
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("n", "difference", "discordant"), [(64, 0.1, 0.2), (500, 0.04, 0.1), (300, 0.0, 0.3)])
 def test_mcnemar_power_matches_simulation(n, difference, discordant):
     exact = mcnemar_power(n, difference, discordant)

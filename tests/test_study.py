@@ -123,6 +123,7 @@ def test_a_failed_run_stops_the_study_with_one_line(tmp_path):
         run_study(new_study(request, "acl", ["acl-ip"]), request, runner=failing)
 
 
+@pytest.mark.e2e
 def test_report_files(tmp_path):
     request = _request(tmp_path)
     study = run_study(new_study(request, "acl", ["acl-ip", "rocl"], max_seeds=5), request, runner=FakeRunner(ACCURACY))
@@ -192,13 +193,12 @@ def test_each_look_tests_at_its_own_level(tmp_path):
     assert asked == [(k, a, pytest.approx(1 - a)) for k, a in zip(study.design.looks, study.design.alphas)]
 
 
+@pytest.mark.e2e
 def test_tiny_real_study_end_to_end(tmp_path, capsys):
-    """The real pipeline through submitit's local executor (``--launcher submitit-local``: each look's runs as
-    ``bench stage`` jobs, as ``bench sweep`` submits them): two seeds of two methods, one look; rerun trains
-    nothing. The local pool (``--launcher local``, the default) is ``run_plan``, tested with ``bench run``."""
+    """The real pipeline (the local pool): two seeds of two methods, one look; rerun trains nothing."""
     from tiny_run import TINY
 
-    argv = ["study", "acl", "acl-ip", "--first-seeds", "2", "--max-seeds", "2", "--launcher", "submitit-local", *TINY]
+    argv = ["study", "acl", "acl-ip", "--first-seeds", "2", "--max-seeds", "2", "--jobs", "2", *TINY]
     argv += ["--results-dir", str(tmp_path / "results"), "--reports-dir", str(tmp_path / "reports")]
     assert main(argv) == 0
     runs = sorted(path.name for path in (tmp_path / "results" / "runs").iterdir())
@@ -206,7 +206,35 @@ def test_tiny_real_study_end_to_end(tmp_path, capsys):
     rows = list(csv.DictReader((tmp_path / "reports" / "study.csv").open()))
     assert {(row["scheme"], row["attack"]) for row in rows} == {("SLF", "clean"), ("SLF", "pgd20")}
     assert all(row["decision"] for row in rows)  # one look: each comparison ends there
-    assert list((tmp_path / "results" / "_jobs").glob("*_result.pkl"))  # the runs went through submitit jobs
     stamps = {run: (tmp_path / "results" / "runs" / run / "done.json").stat().st_mtime_ns for run in runs}
     assert main(argv) == 0
     assert stamps == {run: (tmp_path / "results" / "runs" / run / "done.json").stat().st_mtime_ns for run in runs}
+
+
+@pytest.mark.e2e
+def test_submitit_local_launcher_runs_each_look_as_the_sweeps_stage_jobs(tmp_path, monkeypatch):
+    """``--launcher submitit-local``: each look's pending runs become ``bench sweep``'s stage jobs, run through the
+    CLI's stage entry (here in this process, in submission order; submitit's own executor is tested in
+    tests/test_sweep.py), then the look is tested on what they stored."""
+    from tiny_run import TINY
+
+    from bench.runs import sweep
+
+    stages = []
+
+    def in_process(jobs, options, entry, executor=None):
+        failures = {}
+        for job in jobs:
+            stages.append(job.stage)
+            if entry(list(job.argv)) != 0:
+                failures[job.key] = "failed"
+        return failures
+
+    monkeypatch.setattr(sweep, "run_submitit_local", in_process)
+    argv = ["study", "acl", "acl-ip", "--first-seeds", "2", "--max-seeds", "2", "--launcher", "submitit-local", *TINY]
+    argv += ["--results-dir", str(tmp_path / "results"), "--reports-dir", str(tmp_path / "reports")]
+    assert main(argv) == 0
+    assert stages == ["pretrain", "finetune"] * 4 + ["collect"]  # 2 seeds × 2 methods, SLF, then the index
+    rows = list(csv.DictReader((tmp_path / "reports" / "study.csv").open()))
+    assert rows and all(row["decision"] for row in rows)
+    assert main(argv) == 0 and len(stages) == 9  # rerun: every run stored, no job

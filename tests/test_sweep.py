@@ -125,6 +125,7 @@ def _masked(path: Path) -> list[list[str]]:
     ]
 
 
+@pytest.mark.e2e
 def test_stages_run_separately_and_in_any_order_give_the_rows_of_bench_run(tmp_path):
     from bench.runs.stages import DataCache, StageContext, finetune_stage, finish_stage, pretrain_stage
 
@@ -171,6 +172,7 @@ def _signal_when_pretraining(store: ResultsStore, signals: dict[str, int], step:
     return thread
 
 
+@pytest.mark.e2e
 def test_submitit_local_sweep_gives_the_rows_of_bench_run_and_a_second_submits_nothing(tmp_path, capsys):
     product = ["--methods", "simclr", "acl", "--seeds", "0", "1"]
     assert main(["run", *_dirs(tmp_path / "run"), *TINY, "--no-report", "--jobs", "2", *product]) == 0
@@ -194,6 +196,7 @@ def test_submitit_local_sweep_gives_the_rows_of_bench_run_and_a_second_submits_n
     assert sorted((tmp_path / "sweep" / "r" / "_jobs").iterdir()) == jobs  # nothing was submitted
 
 
+@pytest.mark.e2e
 def test_a_killed_job_is_reported_and_resumed_and_a_preempted_one_requeues(tmp_path, capsys):
     """simclr's pretraining job is killed (SIGKILL) mid-way: the sweep reports it; acl's is preempted
     (SIGUSR2, submitit's signal): it requeues itself and continues from its checkpoint in the same sweep.

@@ -33,6 +33,7 @@ def _train(method_name, digits, config, run_dir, *, crash_at=None, resume=False)
     return model, result
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method_name", ["simclr", "acl"])
 def test_kill_and_resume_is_bit_exact(method_name, digits, tiny_config, tmp_path):
     tiny_config.pretrain.epochs = 2  # 256 / 32 = 8 steps per epoch, 16 steps, checkpoints every 5

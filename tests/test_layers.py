@@ -40,7 +40,7 @@ def test_bench_imports_inside_functions_are_none():
 
 
 def test_modules_stay_near_400_lines():
-    """No module passes ``MAX_LINES``; the few that did when the levels were drawn may only shrink."""
+    """No module passes ``MAX_LINES`` (split a module by job before it does)."""
     assert layers.over_size(GRAPH) == {}
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import copy
 import math
-import textwrap
 
 import pytest
 import torch
+from fake_plugin import install_plugin
 from report_stores import row
 from torch import nn
 
@@ -202,17 +202,8 @@ def test_an_mlp_head_does_not_break_export(tmp_path):
 
 
 def test_a_broken_plugin_is_named_in_one_line_and_breaks_nothing_else(tmp_path, monkeypatch, capsys):
-    (tmp_path / "acl_bench_broken_demo.py").write_text(
-        textwrap.dedent("""
-        from bench.engine.views import StrongAugmentTypo
-    """)
-    )
-    dist = tmp_path / "acl_bench_broken_demo-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acl-bench-broken-demo\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[acl_bench.methods]\nbroken = acl_bench_broken_demo\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_discovered", False)
+    source = "from bench.engine.views import StrongAugmentTypo\n"
+    install_plugin(tmp_path, "acl_bench_broken_demo", source, "broken", monkeypatch)
     monkeypatch.setattr(registry, "_BROKEN", {})
     line = "plugin 'broken' (entry point acl_bench.methods) failed to import: ImportError: cannot import name"
     assert main(["list"]) == 0

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_plugin import install_plugin
 from tiny_run import TINY
 
 from bench.cli.app import main
@@ -33,15 +34,7 @@ def test_the_doc_shows_the_tested_plugin_verbatim():
 
 def install(tmp_path: Path, monkeypatch) -> None:
     """What ``pip install`` of the doc's package leaves on sys.path: the module and its entry point."""
-    site = tmp_path / "site"
-    site.mkdir()
-    shutil.copy(PLUGIN, site / PLUGIN.name)
-    dist = site / "acl_bench_byorl-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acl-bench-byorl\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[acl_bench.methods]\nbyorl = acl_bench_byorl\n")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setattr(registry, "_discovered", False)
+    install_plugin(tmp_path / "site", PLUGIN.stem, PLUGIN.read_text(), "byorl", monkeypatch)
 
 
 @pytest.mark.e2e

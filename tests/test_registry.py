@@ -6,6 +6,7 @@ import json
 import textwrap
 
 import pytest
+from fake_plugin import install_plugin
 
 from bench.cli.app import main
 from bench.config import ConfigError
@@ -140,8 +141,7 @@ def test_dummy_method_is_listed_and_runs(dummy_method, tmp_path, capsys):
 
 @pytest.mark.e2e
 def test_entry_point_plugin_is_discovered(tmp_path, monkeypatch, capsys):
-    (tmp_path / "acl_bench_plugin_demo.py").write_text(
-        textwrap.dedent("""
+    source = textwrap.dedent("""
         from bench.engine.losses import nt_xent
         from bench.methodkit.method import Method
         from bench.methodkit.registry import register
@@ -154,13 +154,7 @@ def test_entry_point_plugin_is_discovered(tmp_path, monkeypatch, capsys):
                 z1, z2 = model(images).chunk(2)
                 return nt_xent(z1, z2), {}
     """)
-    )
-    dist = tmp_path / "acl_bench_plugin_demo-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acl-bench-plugin-demo\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[acl_bench.methods]\ndemo = acl_bench_plugin_demo\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_discovered", False)
+    install_plugin(tmp_path, "acl_bench_plugin_demo", source, "demo", monkeypatch)
     try:
         assert main(["list"]) == 0
         assert "plugin-demo" in capsys.readouterr().out

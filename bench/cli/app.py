@@ -27,6 +27,7 @@ from bench.cli.commands import (
     cmd_status,
     cmd_sweep,
 )
+from bench.cli.experiment import add_experiment_flags, with_experiment
 from bench.cli.flags import add_config_flags, add_dry_run_flags, add_method_flags, add_product_flags
 from bench.cli.speed import SPEED_STAGES, cmd_speed
 from bench.cli.study import add_study_parser
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
     run.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
     add_dry_run_flags(run)
+    add_experiment_flags(run)
     add_config_flags(run)
     add_product_flags(run)
     run.set_defaults(handler=cmd_run)
@@ -248,6 +250,7 @@ def _add_sweep_parser(sub) -> None:
     sweep.add_argument("--json", action="store_true", help="with --dry-run: one JSON object per job")
     sweep.add_argument("--force", action="store_true", help="rerun runs that are already complete")
     sweep.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    add_experiment_flags(sweep)
     add_config_flags(sweep)
     add_product_flags(sweep)
     cluster = sweep.add_argument_group("scheduler (slurm, submitit-local)")
@@ -306,11 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit status: 0 done, 1 a run or the store failed, 2 bad input, 130 interrupted.
 
     Expected failures print one ``bench: error:`` line; ``--debug`` shows the traceback instead."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)[1:]
     progress.set_quiet(getattr(args, "quiet", False))
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        args = with_experiment(parser, argv, args)  # --config FILE: its keys under the flags given here
+        progress.set_quiet(getattr(args, "quiet", False))
         return args.handler(args)
     except KeyboardInterrupt:
         print("bench: interrupted (completed runs and checkpoints are kept; rerun with --resume)", file=sys.stderr)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.cli.commands import build_request, dry_run_requested, print_plan
+from bench.cli.experiment import add_experiment_flags
 from bench.cli.flags import add_config_flags
 from bench.config import ConfigError, check_directory
 from bench.engine import progress
@@ -35,8 +36,9 @@ def add_study_parser(sub, stage_entry: Callable[[list[str]], int]) -> None:
         "the same command is rerun. Each comparison (variant × scheme × attack) stops when its method-level "
         "interval excludes 0, lies inside ±--difference, or the seed budget is spent.",
     )
-    study.add_argument("base", help="the base method, e.g. acl")
-    study.add_argument("variants", nargs="+", metavar="VARIANT", help="the variants compared with it, e.g. acl-ip")
+    # optional here so that an experiment file (--config) may hold them; cmd_study requires them
+    study.add_argument("base", nargs="?", help="the base method, e.g. acl")
+    study.add_argument("variants", nargs="*", metavar="VARIANT", help="the variants compared with it, e.g. acl-ip")
     study.add_argument("--max-seeds", default="10", help="seed budget: the last look's seeds (default 10)")
     study.add_argument("--first-seeds", default="3", help="seeds of the first look (default 3, at least 2)")
     study.add_argument("--seeds-per-look", default="2", help="seeds added at each later look (default 2)")
@@ -56,6 +58,7 @@ def add_study_parser(sub, stage_entry: Callable[[list[str]], int]) -> None:
         "as bench sweep --launcher submitit-local (logs in <results>/_jobs). A look needs its results before the "
         "next, so SLURM is not offered: run the study on a node, or sweep the seeds and study the stored ones",
     )
+    add_experiment_flags(study)
     add_config_flags(study)
     study.set_defaults(handler=cmd_study, stage_entry=stage_entry)
 
@@ -78,6 +81,10 @@ def _real(args: argparse.Namespace, name: str) -> float:
 
 def cmd_study(args: argparse.Namespace) -> int:
     """Resolve and check the whole study, print it (``--dry-run``) or run it look by look."""
+    if not args.base or not args.variants:
+        raise ConfigError(
+            "bench study needs BASE and VARIANT...: allowed on the command line or as base:/variants: in --config"
+        )
     dry_run = dry_run_requested(args)
     request = build_request(args, (args.base, *args.variants))
     study = new_study(

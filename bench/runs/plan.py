@@ -73,6 +73,8 @@ class MethodRun:
     flags: tuple[str, ...] = ()  # carried by every row of the run (e.g. pseudo_labels:released-b28763e)
     pseudo_labels: PseudoLabelSource | None = None  # the AdvCL family's labels (bench.methodkit.downloads)
     teacher: str = ""  # run id of the run whose encoder this one distils from (DeACL), '' for none
+    # the single-seed, single-dataset request it was resolved from (its config.yaml: bench.runs.experiment_file)
+    request: RunRequest | None = field(default=None, compare=False, repr=False)
 
     @property
     def method_class(self) -> type[Method]:
@@ -277,6 +279,7 @@ def resolve_run(
         flags=(labels.flag,) if labels else (),
         pseudo_labels=labels,
         teacher=teacher.run_id if teacher is not None else "",
+        request=request,
     )
 
 

@@ -6,7 +6,7 @@ runs each as its own scheduler job (``bench.runs.sweep``), the schemes of one en
 Each stage reads what the stages before it stored in the run directory (``RunDir``) and
 writes only there, so a stage can run on any node, and twice:
 
-- pretrain: ``config.json``, the pretraining curve, ``encoder.pt``, then ``pretrain.json``
+- pretrain: ``config.json`` and ``config.yaml``, the pretraining curve, ``encoder.pt``, then ``pretrain.json``
   (the stage's record: it is done). Resumes from ``pretrain.ckpt``; reuses the finished
   encoder of another run with the same pretraining settings and seed instead of training.
   The stored encoder is ``Method.encoder_for_finetuning`` of the trained model (DynACL's
@@ -43,6 +43,7 @@ from bench.engine.data import ImageData, load_dataset
 from bench.evaluation.scheme_run import finetune_and_evaluate_scheme
 from bench.methodkit.method import Method
 from bench.methodkit.post import post_process
+from bench.runs.experiment_file import write_run_experiment
 from bench.runs.plan import MethodRun
 from bench.runs.train import pretrain
 from bench.store.atomic import DiskFullError, save_torch_atomic, write_atomic
@@ -186,6 +187,7 @@ def pretrain_stage(run: MethodRun, ctx: StageContext) -> bool:
             "started": now(),
         },
     )
+    write_run_experiment(run_dir, run)  # config.yaml: `bench run --config` on it gives this run id
     torch.manual_seed(config.seed)
     data = ctx.cache.get(config.data.name, config)
     method = run.method_class(run.params)

@@ -51,6 +51,7 @@ class RunDir:
     """``results/runs/<run_id>/``: every file a run writes, by role rather than by literal name."""
 
     config = RunFile("config.json")  # the resolved config, identity hashes and environment (written first)
+    experiment = RunFile("config.yaml")  # the experiment that resolves to this run (bench run --config; after config)
     done = RunFile("done.json")  # the completion mark (written last)
     checkpoint = RunFile("pretrain.ckpt")  # the resumable pretraining state
     encoder = RunFile("encoder.pt")  # the finished encoder (bench.engine.checkpoints.EncoderCheckpoint)

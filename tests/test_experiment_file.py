@@ -135,6 +135,16 @@ def test_flags_given_on_the_command_line_beat_the_file(tmp_path, capsys):
     assert run_id.startswith("acl-ip-smoke-digits-s2-") and [run_id] == _run_ids([*same, *_dirs(tmp_path)], capsys)
 
 
+def test_a_run_file_sweeps_and_a_study_file_is_refused_by_run(tmp_path, capsys):
+    smoke = next(path for path in EXAMPLES if path.name == "smoke.yaml")
+    capsys.readouterr()
+    assert main(["sweep", "--config", str(smoke), "--methods", "acl", "--dry-run", "--json", *_dirs(tmp_path)]) == 0
+    (job,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"pretrain"' in line]
+    assert job["run_id"] == _run_ids(["run", "--methods", "acl", *_dirs(tmp_path)], capsys)[0]
+    study = next(path for path in EXAMPLES if path.name == "study.yaml")
+    _fails(["sweep", "--config", str(study)], capsys, f"{study}: key 'command' is 'study': allowed 'sweep'")
+
+
 def test_write_config_gives_the_resolved_experiment_back(tmp_path, capsys):
     path = _write(tmp_path, {"methods": ["acl*"], "epochs": 2, "params": {"*": {"alpha": 0.3}}})
     out = tmp_path / "resolved.yaml"

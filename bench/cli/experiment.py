@@ -28,6 +28,7 @@ from bench.runs.plan import RunRequest, assemble
 
 NOT_SETTINGS = ("help", "config", "write_config", "dry_run", "json", "debug")  # how to run, not what
 EXCLUSIVE = (("seed", "seeds"), ("dataset", "datasets"))  # a flag given for one drops the file's other
+SAME_PLAN = {"run": ("run", "sweep"), "sweep": ("run", "sweep")}  # one plan, run here or as jobs: either file
 RENAMED = {"param": "params"}  # the flag is given once per parameter; the key holds them all
 
 
@@ -95,7 +96,7 @@ def file_defaults(
     """The file's keys as argparse defaults (dest → what the flag would hold), each value checked; ``args``
     is the command line parsed without the file."""
     keys, name, typed = settings(command), args.command, given(command, args.argv)
-    if mapping.get("command", name) != name:
+    if mapping.get("command", name) not in SAME_PLAN.get(name, (name,)):
         raise ConfigError(
             f"{path}: key 'command' is {mapping['command']!r}: allowed {name!r} (run it with "
             f"`bench {mapping['command']} --config {path}`)"

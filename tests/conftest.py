@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 
 import pytest
 import torch
@@ -41,3 +43,34 @@ THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
 def _few_threads():
     torch.set_num_threads(THREADS)
     yield
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory):
+    """``shared_run(*argv)``: the store of ``bench run *argv`` made once per test session and shared by every
+    test and pytest-xdist worker that asks for the same argv (a file lock in the session's common temp folder).
+
+    Many end-to-end tests start from the same tiny run; making it once is most of what keeps the suite
+    within its time. The returned folder (``r/`` results, ``rep/`` reports) is read-only by contract:
+    a test that writes copies it first (``tiny_run.copy_store``)."""
+    from filelock import FileLock
+
+    from bench.cli.app import main
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-runs"
+    root.mkdir(exist_ok=True)
+
+    def make(*argv: str):
+        key = hashlib.sha256("\0".join(argv).encode()).hexdigest()[:16]
+        target = root / key
+        with FileLock(str(root / f"{key}.lock")):
+            if not (target / "made").exists():
+                shutil.rmtree(target, ignore_errors=True)
+                dirs = ["--results-dir", str(target / "r"), "--reports-dir", str(target / "rep")]
+                assert main(["run", *argv, *dirs]) == 0, argv
+                (target / "made").touch()
+        return target
+
+    return make
+

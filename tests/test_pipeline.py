@@ -6,7 +6,7 @@ import csv
 import json
 
 import pytest
-from tiny_run import TINY
+from tiny_run import TINY, copy_store
 
 from bench.cli.app import main
 from bench.store.rows import COLUMNS
@@ -77,10 +77,12 @@ def test_run_stores_every_scheme_and_attack_then_skips_reruns(tmp_path):
 
     assert _run(tmp_path) == 0  # same config and seed: skipped, nothing added
     assert len(_rows(tmp_path)) == len(rows)
-    assert _run(tmp_path, "--force") == 0  # rerun replaces, never duplicates
+    simclr = [row for row in rows if row["method"] == "simclr"]
+    assert _run(tmp_path, "--methods", "simclr", "--force") == 0  # rerun replaces, never duplicates
     assert len(_rows(tmp_path)) == len(rows)
-    assert _run(tmp_path, "--seed", "1") == 0  # another seed is another run
-    assert len(_rows(tmp_path)) == 2 * len(rows)
+    assert {row["run_id"] for row in _rows(tmp_path)} == {row["run_id"] for row in rows}
+    assert _run(tmp_path, "--methods", "simclr", "--seed", "1") == 0  # another seed is another run
+    assert len(_rows(tmp_path)) == len(rows) + len(simclr)
 
 
 @pytest.mark.e2e
@@ -202,10 +204,10 @@ def _tiny(tmp_path, *extra):
 
 
 @pytest.mark.e2e
-def test_changing_only_evaluation_settings_reuses_the_encoder(tmp_path):
+def test_changing_only_evaluation_settings_reuses_the_encoder(tmp_path, shared_run):
     import torch
 
-    assert _tiny(tmp_path) == 0
+    copy_store(shared_run("--methods", "acl", *TINY), tmp_path)  # = _tiny(tmp_path), made once per session
     assert _tiny(tmp_path, "--epsilon", "0.05", "--set", "evaluate.epsilon_curve=0.01,0.05") == 0
     runs = {
         json.loads((path.parent / "config.json").read_text())["evaluate"]["epsilon"]: path.parent
@@ -224,8 +226,8 @@ def test_changing_only_evaluation_settings_reuses_the_encoder(tmp_path):
 
 
 @pytest.mark.e2e
-def test_evaluate_labels_from_the_checkpoint_and_writes_nothing_on_bad_input(tmp_path, capsys):
-    assert _tiny(tmp_path) == 0
+def test_evaluate_labels_from_the_checkpoint_and_writes_nothing_on_bad_input(tmp_path, capsys, shared_run):
+    copy_store(shared_run("--methods", "acl", *TINY), tmp_path)  # = _tiny(tmp_path), made once per session
     encoder = next((tmp_path / "r" / "runs").glob("*/encoder.pt"))
     before = sorted((tmp_path / "r" / "runs").iterdir())
     common = [

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_run import TINY
+from tiny_run import TINY, copy_store
 
 from bench.cli.app import main
 from bench.methodkit import registry
@@ -186,10 +186,10 @@ def _plant(path: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_planted_pickles_in_the_store_never_run(tmp_path, monkeypatch, capsys):
+def test_planted_pickles_in_the_store_never_run(tmp_path, monkeypatch, capsys, shared_run):
     mark = tmp_path / "PWNED"
     monkeypatch.setenv("PWNED_MARK", str(mark))
-    assert _bench(tmp_path, "--methods", "acl", "--jobs", "1") == 0
+    copy_store(shared_run("--methods", "acl", *TINY), tmp_path)  # = _bench(tmp_path, "--methods", "acl")
     store = _store(tmp_path)
     (run,) = store.run_dirs()
     _plant(run.classifier("SLF"))  # bench export
@@ -258,8 +258,8 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.e2e
-def test_status_and_collect_merge_with_conflicts(tmp_path, capsys):
-    assert _bench(tmp_path / "a", "--methods", "simclr", "--jobs", "1") == 0
+def test_status_and_collect_merge_with_conflicts(tmp_path, capsys, shared_run):
+    copy_store(shared_run("--methods", "simclr", *TINY), tmp_path / "a")  # = _bench(tmp_path / "a", ...simclr)
     assert _bench(tmp_path / "b", "--methods", "simclr", "--jobs", "1", "--seed", "1") == 0
     assert _bench(tmp_path / "b", "--methods", "simclr", "--jobs", "1", "--set", "finetune.lr=1e12") == 1
     capsys.readouterr()

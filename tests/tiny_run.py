@@ -3,6 +3,8 @@
 Shared by the tests that run the CLI end to end, so a change to what "tiny" means is made once.
 """
 
+import shutil
+
 TINY = [
     "--epochs",
     "1",
@@ -22,3 +24,11 @@ TINY = [
     "cpu",
     "--quiet",
 ]
+
+
+def copy_store(shared, destination):
+    """A writable copy of a shared run's folders (``r/``, ``rep/``) under ``destination``."""
+    for name in ("r", "rep"):
+        if (shared / name).exists():
+            shutil.copytree(shared / name, destination / name, symlinks=True)
+    return destination

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.config import ATTACKS, DEVICES, PRESETS, PROTOCOLS, SCHEMES
-from bench.engine.data import DATASETS
-from bench.methodkit.post import POST_STAGES
+from bench.choices import ATTACKS, DATASETS, DEVICES, POST_STAGES, PRESETS, PROTOCOLS, SCHEMES
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:

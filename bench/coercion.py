@@ -9,15 +9,17 @@ import functools
 import math
 import types
 import typing
+from collections.abc import Iterable
 from numbers import Integral, Real
 from typing import Any, NoReturn
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, did_you_mean
 
 
-def invalid(name: str, value: Any, allowed: str) -> NoReturn:
-    """The one-line error of a bad setting."""
-    raise ConfigError(f"{name}={value!r} is invalid: allowed {allowed}")
+def invalid(name: str, value: Any, allowed: str, choices: Iterable[Any] = ()) -> NoReturn:
+    """The one-line error of a bad setting; given the ``choices`` of a closed set, a near miss
+    (``slf``, ``pgd-20``) is named before the list: ``(did you mean 'SLF'?)``."""
+    raise ConfigError(f"{name}={value!r} is invalid{did_you_mean(value, choices)}: allowed {allowed}")
 
 
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -112,3 +114,12 @@ def field_types(cls: type) -> dict[str, Any]:
     """The annotations of a dataclass's fields, evaluated (``X | None``, ``tuple[int, ...]``)."""
     hints = typing.get_type_hints(cls)
     return {item.name: hints[item.name] for item in dataclasses.fields(cls)}
+
+
+def dotted_names(cls: type, prefix: str = "") -> list[str]:
+    """Every leaf field of a dataclass tree by dotted name (``pretrain.lr``): what ``--set`` takes."""
+    names = []
+    for name, hint in field_types(cls).items():
+        nested = dataclasses.is_dataclass(hint)
+        names.extend(dotted_names(hint, f"{prefix}{name}.") if nested else [prefix + name])
+    return names

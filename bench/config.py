@@ -18,19 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.coercion import coerce, field_types, invalid
+from bench.choices import ATTACKS, DEVICES, PRESETS, PROTOCOLS, SCHEMES
+from bench.coercion import coerce, dotted_names, field_types, invalid
 from bench.engine.corruptions import CORRUPTIONS, SEVERITIES
 from bench.engine.data import CORRUPTED_DATASETS, DATASETS
 from bench.engine.models import ENCODERS
-from bench.errors import ConfigError
+from bench.errors import ConfigError  # noqa: F401  (re-exported: many modules import it from here)
 
-PRESETS = ("smoke", "paper")
-SCHEMES = ("SLF", "ALF", "AFF")
-ATTACKS = ("clean", "pgd20", "autoattack", "apgd-ce")
-DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("sgd", "lars", "lars-acl")  # see bench.engine.optim for the two LARS forms
 CHANNELS_LAST = ("cuda", "always", "never")
-PROTOCOLS = ("unified", "robustssl", "ainfonce", "dynacl")  # their settings: bench.evaluation.protocols
 CORRUPTION_SOURCES = ("auto", "none", "regenerated", "official")  # see EvalConfig.corruptions
 
 
@@ -157,6 +153,9 @@ class RunConfig:
     reports_dir: str = "reports"
 
 
+FIELD_NAMES = dotted_names(RunConfig)  # what --set takes, for the "did you mean" of a mistyped one
+
+
 def smoke_preset() -> RunConfig:
     """Small CNN on the embedded digits: every code path, minutes on a laptop CPU.
 
@@ -222,7 +221,7 @@ def paper_preset() -> RunConfig:
 
 def preset(name: str) -> RunConfig:
     if name not in PRESETS:
-        raise ConfigError(f"preset={name!r} is invalid: allowed {list(PRESETS)}")
+        invalid("preset", name, str(list(PRESETS)), PRESETS)
     return smoke_preset() if name == "smoke" else paper_preset()
 
 
@@ -300,7 +299,7 @@ def validate(config: RunConfig) -> RunConfig:
     ]
     for name, value, allowed in choices:
         if value not in allowed:
-            invalid(name, value, str(list(allowed)))
+            invalid(name, value, str(list(allowed)), allowed)
     for name, minimum in INTEGER_AT_LEAST.items():
         value = _get(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -321,10 +320,10 @@ def validate(config: RunConfig) -> RunConfig:
             invalid("finetune.milestones", milestone, "integers >= 0")
     for scheme in config.finetune.schemes:
         if scheme not in SCHEMES:
-            invalid("finetune.schemes", scheme, str(list(SCHEMES)))
+            invalid("finetune.schemes", scheme, str(list(SCHEMES)), SCHEMES)
     for attack in config.evaluate.attacks:
         if attack not in ATTACKS:
-            invalid("evaluate.attacks", attack, str(list(ATTACKS)))
+            invalid("evaluate.attacks", attack, str(list(ATTACKS)), ATTACKS)
     if config.pretrain.batch_size % config.pretrain.shards:
         invalid(
             "pretrain.batch_size",
@@ -359,7 +358,7 @@ def _validate_corruptions(config: RunConfig) -> None:
             f"a pretraining dataset, not {sorted(CORRUPTED_DATASETS)} (evaluation only: --eval-dataset)",
         )
     if settings.corruptions not in CORRUPTION_SOURCES:
-        invalid("evaluate.corruptions", settings.corruptions, str(list(CORRUPTION_SOURCES)))
+        invalid("evaluate.corruptions", settings.corruptions, str(list(CORRUPTION_SOURCES)), CORRUPTION_SOURCES)
     eval_name = config.data.eval_name or config.data.name
     if settings.corruptions == "official" and eval_name not in CORRUPTED_DATASETS:
         invalid(
@@ -370,7 +369,7 @@ def _validate_corruptions(config: RunConfig) -> None:
         )
     for name in settings.corruption_names:
         if name not in CORRUPTIONS:
-            invalid("evaluate.corruption_names", name, str(list(CORRUPTIONS)))
+            invalid("evaluate.corruption_names", name, str(list(CORRUPTIONS)), CORRUPTIONS)
     if len(set(settings.corruption_names)) != len(settings.corruption_names):
         invalid("evaluate.corruption_names", ",".join(settings.corruption_names), "distinct names")
     if not settings.corruption_severities or len(set(settings.corruption_severities)) != len(
@@ -382,7 +381,7 @@ def _validate_corruptions(config: RunConfig) -> None:
             invalid("evaluate.corruption_severities", severity, str(list(SEVERITIES)))
     for scheme in settings.corruption_schemes:
         if scheme not in SCHEMES:
-            invalid("evaluate.corruption_schemes", scheme, str(list(SCHEMES)))
+            invalid("evaluate.corruption_schemes", scheme, str(list(SCHEMES)), SCHEMES)
 
 
 # ------------------------------------------------------------------ overrides and hashing
@@ -394,10 +393,10 @@ def set_field(config: RunConfig, dotted: str, raw: Any) -> None:
     target: Any = config
     for part in parts[:-1]:
         if not dataclasses.is_dataclass(target) or part not in field_types(type(target)):
-            invalid("field", dotted, "dotted names of RunConfig fields (see `bench run --help`)")
+            invalid("field", dotted, "dotted names of RunConfig fields (see `bench run --help`)", FIELD_NAMES)
         target = getattr(target, part)
     if not dataclasses.is_dataclass(target) or parts[-1] not in field_types(type(target)):
-        invalid("field", dotted, "dotted names of RunConfig fields (see `bench run --help`)")
+        invalid("field", dotted, "dotted names of RunConfig fields (see `bench run --help`)", FIELD_NAMES)
     hint = field_types(type(target))[parts[-1]]
     if dataclasses.is_dataclass(hint) or typing.get_origin(hint) is dict:
         invalid("field", dotted, "dotted names of single RunConfig fields, not of a section")

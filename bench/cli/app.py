@@ -12,35 +12,28 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 
-from bench.cli.commands import (
-    cmd_collect,
-    cmd_compare,
-    cmd_evaluate,
-    cmd_export,
-    cmd_list,
-    cmd_pretrain,
-    cmd_report,
-    cmd_reproduce,
-    cmd_run,
-    cmd_stage,
-    cmd_status,
-    cmd_sweep,
+from bench.choices import CHECKPOINT_FORMATS, LAUNCHERS, SCHEMES, SPEED_STAGES
+from bench.cli.flags import (
+    add_config_flags,
+    add_dry_run_flags,
+    add_experiment_flags,
+    add_method_flags,
+    add_product_flags,
 )
-from bench.cli.experiment import add_experiment_flags, with_experiment
-from bench.cli.flags import add_config_flags, add_dry_run_flags, add_method_flags, add_product_flags
-from bench.cli.speed import SPEED_STAGES, cmd_speed
 from bench.cli.study import add_study_parser
-from bench.config import SCHEMES, ConfigError
-from bench.engine import progress
-from bench.engine.checkpoints import FORMATS, CheckpointError
-from bench.engine.data import DatasetMissingError
-from bench.methodkit.downloads import DownloadError
-from bench.runs.sweep import LAUNCHERS
-from bench.store.atomic import DiskFullError
+from bench.errors import (
+    CheckpointError,
+    ConfigError,
+    DatasetMissingError,
+    DiskFullError,
+    DownloadError,
+    RowError,
+    StoreError,
+    did_you_mean,
+)
 from bench.store.provenance import code_version
-from bench.store.results import StoreError
-from bench.store.rows import RowError
 
 
 def run_stage_command(argv: list[str]) -> int:
@@ -49,20 +42,78 @@ def run_stage_command(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "stage":
         raise ConfigError(f"command {args.command!r} is invalid inside a sweep job: allowed 'stage'")
+    progress = _progress()
     progress.set_quiet(args.quiet)
     progress.set_bars(False)
     return args.handler(args)
 
 
+def _with_experiment(parser: argparse.ArgumentParser, argv: list[str] | None, args: argparse.Namespace):
+    from bench.cli.experiment import with_experiment  # deferred: torch (an experiment file resolves to a plan)
+
+    return with_experiment(parser, argv, args)
+
+
+def _progress():
+    """``bench.engine.progress``, once a command runs: it loads rich, half of a bare ``--help``'s time."""
+    from bench.engine import progress  # deferred: rich
+
+    return progress
+
+
+class _Version(argparse.Action):
+    """``--version``: asks git for the commit only when the flag is given (argparse's own action
+    needs the text while the parser is built, i.e. two git calls on every command)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"acl-bench {code_version()}")  # stdout, as argparse's own version action
+        parser.exit()
+
+
+def _command(name: str) -> Callable[[argparse.Namespace], int]:
+    """A subcommand's handler that imports the command's module when the command runs, not when the
+    parser is built: those modules load torch, pandas and the method zoo, and ``bench --help``, ``bench
+    --version`` and ``bench <cmd> --help`` answer without them (issue #22)."""
+
+    def handler(args: argparse.Namespace) -> int:
+        return _implementation(name)(args)
+
+    handler.__name__ = handler.__qualname__ = name
+    return handler
+
+
+def _implementation(name: str) -> Callable[[argparse.Namespace], int]:
+    """The function ``name`` of the module that implements it; a missing one is a bug, not bad input."""
+    if name == "cmd_speed":
+        from bench.cli.speed import cmd_speed  # deferred: torch (the measuring, bench.products.speed)
+
+        return cmd_speed
+    import bench.cli.commands as commands  # deferred: torch, pandas, scipy and the method zoo
+
+    return getattr(commands, name)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with a "did you mean" in its unknown-choice error (``bench compar``, ``--scheme
+    slf``, ``--launcher slurn``); the subcommands' parsers are of the same class (``add_subparsers``)."""
+
+    def _check_value(self, action, value):  # argparse's one check of ``choices`` (3.10 to 3.13)
+        if action.choices is not None and value not in action.choices:
+            hint = did_you_mean(value, action.choices)
+            choices = ", ".join(map(repr, action.choices))
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r}{hint} (choose from {choices})")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bench",
         description="acl-bench: pretrain, finetune (SLF/ALF/AFF), attack (PGD-20, AutoAttack) and report "
         "adversarial contrastive learning methods in one harness.",
     )
-    parser.add_argument(
-        "--version", action="version", version=f"acl-bench {code_version()}", help="package version and git commit"
-    )
+    parser.add_argument("--version", action=_Version, help="package version and git commit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="pretrain, finetune and evaluate methods, then write the report")
@@ -74,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_experiment_flags(run)
     add_config_flags(run)
     add_product_flags(run)
-    run.set_defaults(handler=cmd_run)
+    run.set_defaults(handler=_command("cmd_run"))
 
     repro = sub.add_parser(
         "reproduce",
@@ -87,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
     add_dry_run_flags(repro)
     add_config_flags(repro)
-    repro.set_defaults(handler=cmd_reproduce, preset="paper")
+    repro.set_defaults(handler=_command("cmd_reproduce"), preset="paper")
 
     pre = sub.add_parser("pretrain", help="pretrain methods and store their encoders (no finetuning)")
     add_method_flags(pre)
@@ -95,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
     add_config_flags(pre)
     add_product_flags(pre)
-    pre.set_defaults(handler=cmd_pretrain)
+    pre.set_defaults(handler=_command("cmd_pretrain"))
 
     _add_sweep_parser(sub)
     _add_stage_parser(sub)
@@ -108,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         source = ev.add_mutually_exclusive_group(required=True)
         source.add_argument("--checkpoint", help="encoder checkpoint file")
         source.add_argument("--robustbench-model", help="RobustBench model name (needs acl-bench[robustbench])")
-        ev.add_argument("--format", default="bench", help="checkpoint format: " + ", ".join(FORMATS))
+        ev.add_argument("--format", default="bench", help="checkpoint format: " + ", ".join(CHECKPOINT_FORMATS))
         ev.add_argument(
             "--branch", help="BN branch to load from a multi-BN checkpoint (default: the format's adversarial one)"
         )
@@ -125,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         ev.add_argument("--force", action="store_true", help="re-evaluate even if stored")
         ev.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
         add_config_flags(ev)
-        ev.set_defaults(handler=cmd_evaluate)
+        ev.set_defaults(handler=_command("cmd_evaluate"))
 
     rep = sub.add_parser("report", help="write tables and plots from results/results.csv (never trains)")
     rep.add_argument("--paper", action="store_true", help="also lay out the A-InfoNCE paper's Table 1 with references")
@@ -139,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--quiet", action="store_true", help="do not print the table")
     rep.add_argument("--json", action="store_true", help="print the written files as one JSON object (no table)")
-    rep.set_defaults(handler=cmd_report)
+    rep.set_defaults(handler=_command("cmd_report"))
 
     speed = sub.add_parser("speed", help="throughput of the fast path vs a reference-style path (speed.csv, speed.md)")
     speed.add_argument(
@@ -173,11 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--no-reference", action="store_true", help="measure the fast path only")
     speed.add_argument("--no-autoattack", action="store_true", help="skip the AutoAttack measurement")
     add_config_flags(speed)
-    speed.set_defaults(handler=cmd_speed)
+    speed.set_defaults(handler=_command("cmd_speed"))
 
     lst = sub.add_parser("list", help="list the registered methods with a one-line description")
     lst.add_argument("--json", action="store_true", help="one JSON object per method")
-    lst.set_defaults(handler=cmd_list)
+    lst.set_defaults(handler=_command("cmd_list"))
 
     cmp = sub.add_parser(
         "compare",
@@ -188,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--scheme", action="append", metavar="SCHEME", help="only these schemes (default: all shared)")
     cmp.add_argument("--attack", action="append", metavar="ATTACK", help="only these attacks (default: all shared)")
     cmp.add_argument("--results-dir", default="results", help="results store (default results/)")
-    cmp.set_defaults(handler=cmd_compare)
+    cmp.set_defaults(handler=_command("cmd_compare"))
     add_study_parser(sub, stage_entry=run_stage_command)  # submitit jobs re-enter the CLI's stage entry
 
     exp = sub.add_parser(
@@ -208,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Load with bench.products.export.load_exported(path) (torchscript: allow_torchscript=True, it runs code)",
     )
     exp.add_argument("--results-dir", default="results", help="results store (default results/)")
-    exp.set_defaults(handler=cmd_export)
+    exp.set_defaults(handler=_command("cmd_export"))
 
     col = sub.add_parser("collect", help="rebuild results/results.csv from the run directories (and merge stores)")
     col.add_argument("--results-dir", default="results", help="results store (default results/)")
@@ -220,12 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="other results stores to merge in first (their complete runs are copied)",
     )
     col.add_argument("--quiet", action="store_true", help="no status lines")
-    col.set_defaults(handler=cmd_collect)
+    col.set_defaults(handler=_command("cmd_collect"))
 
     stat = sub.add_parser("status", help="state of every run in the store (complete, failed, stage reached)")
     stat.add_argument("--results-dir", default="results", help="results store (default results/)")
     stat.add_argument("--json", action="store_true", help="one JSON object per run")
-    stat.set_defaults(handler=cmd_status)
+    stat.set_defaults(handler=_command("cmd_status"))
     for command in sub.choices.values():
         command.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
@@ -279,7 +330,8 @@ def _add_sweep_parser(sub) -> None:
         default=0,
         help="jobs of one array running at once (0: SLURM's limit; locally one per core)",
     )
-    sweep.set_defaults(handler=cmd_sweep, stage_entry=run_stage_command)  # the jobs' entry, handed to the runs level
+    # the jobs' entry, handed to the runs level
+    sweep.set_defaults(handler=_command("cmd_sweep"), stage_entry=run_stage_command)
 
 
 def _add_stage_parser(sub) -> None:
@@ -297,7 +349,7 @@ def _add_stage_parser(sub) -> None:
     stage.add_argument("--force", action="store_true", help="pretrain: start the run afresh even if it is complete")
     stage.add_argument("--no-report", action="store_true", help="collect: do not write the report")
     add_config_flags(stage)
-    stage.set_defaults(handler=cmd_stage)
+    stage.set_defaults(handler=_command("cmd_stage"))
 
 
 def _interrupt(signum, frame) -> None:
@@ -312,11 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)[1:]
-    progress.set_quiet(getattr(args, "quiet", False))
+    _progress().set_quiet(getattr(args, "quiet", False))
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        args = with_experiment(parser, argv, args)  # --config FILE: its keys under the flags given here
-        progress.set_quiet(getattr(args, "quiet", False))
+        if getattr(args, "config", None) or getattr(args, "write_config", None):
+            args = _with_experiment(parser, argv, args)  # --config FILE: its keys under the flags given here
+            _progress().set_quiet(getattr(args, "quiet", False))
         return args.handler(args)
     except KeyboardInterrupt:
         print("bench: interrupted (completed runs and checkpoints are kept; rerun with --resume)", file=sys.stderr)
@@ -343,7 +396,7 @@ def _error(args: argparse.Namespace, error: Exception, status: int) -> int:
         traceback.print_exc()
     else:
         text = str(error).strip().splitlines()
-        message = text[0] if text and isinstance(error, EXPECTED) else progress.error_line(error)
+        message = text[0] if text and isinstance(error, EXPECTED) else _progress().error_line(error)
         hint = "" if isinstance(error, EXPECTED) else " (--debug shows the traceback)"
         print(f"bench: error: {message}{hint}", file=sys.stderr)
     return status

@@ -32,19 +32,6 @@ SAME_PLAN = {"run": ("run", "sweep"), "sweep": ("run", "sweep")}  # one plan, ru
 RENAMED = {"param": "params"}  # the flag is given once per parameter; the key holds them all
 
 
-def add_experiment_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="experiment file (YAML) holding these flags as keys (examples/*.yaml); flags given here win",
-    )
-    parser.add_argument(
-        "--write-config",
-        metavar="FILE",
-        help="with --dry-run: write the resolved experiment (the file and the flags, methods expanded) as YAML",
-    )
-
-
 def with_experiment(parser: argparse.ArgumentParser, argv: list[str] | None, args: argparse.Namespace):
     """``args`` with the ``--config`` file's keys under the command line's flags (``args`` itself without one);
     with ``--write-config``, a handler that writes the resolved experiment after a successful dry run."""

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.config import ATTACKS, DEVICES, PRESETS, PROTOCOLS, SCHEMES
-from bench.engine.data import DATASETS
-from bench.methodkit.post import POST_STAGES
+from bench.choices import ATTACKS, DATASETS, DEVICES, POST_STAGES, PRESETS, PROTOCOLS, SCHEMES
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -98,4 +96,17 @@ def add_product_flags(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="DATASET",
         help="several pretraining datasets, e.g. --datasets cifar10 cifar100 (not with --dataset)",
+    )
+
+
+def add_experiment_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="experiment file (YAML) holding these flags as keys (examples/*.yaml); flags given here win",
+    )
+    parser.add_argument(
+        "--write-config",
+        metavar="FILE",
+        help="with --dry-run: write the resolved experiment (the file and the flags, methods expanded) as YAML",
     )

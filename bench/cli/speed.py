@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 
+from bench.choices import SPEED_STAGES
 from bench.cli.commands import build_request
 from bench.engine import progress
 from bench.engine.device import resolve_device
-from bench.errors import ConfigError
+from bench.errors import ConfigError, did_you_mean
 from bench.methodkit import registry
 from bench.products import speed_report
 from bench.products.speed import QUICK, QUICK_EXTRA, QUICK_EXTRA_METHODS, QUICK_EXTRA_STEPS, QUICK_METHODS, run_speed
@@ -17,8 +18,6 @@ from bench.products.speed_report import SpeedContext, speed_csv, speed_markdown
 from bench.runs.plan import build_plan
 from bench.store.atomic import write_atomic
 from bench.store.provenance import code_version, now
-
-SPEED_STAGES = ("pretrain", "eval", "epoch")
 
 
 def _selected(plan) -> list:
@@ -41,7 +40,8 @@ def cmd_speed(args: argparse.Namespace) -> int:
     stages = tuple(stage for stage in ",".join(args.stages).split(",") if stage)
     for stage in stages:
         if stage not in SPEED_STAGES:
-            raise ConfigError(f"--stages {stage!r} is invalid: allowed {list(SPEED_STAGES)}")
+            hint = did_you_mean(stage, SPEED_STAGES)
+            raise ConfigError(f"--stages {stage!r} is invalid{hint}: allowed {list(SPEED_STAGES)}")
     options = dataclasses.replace(options, stages=stages or SPEED_STAGES)
     for name in ("warmup", "steps", "repeats", "eval_images", "loader_workers"):
         if getattr(args, name) is not None:

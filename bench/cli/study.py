@@ -1,7 +1,7 @@
 """``bench study BASE VARIANT [VARIANT ...]``: its parser and what it does (bench.products.study).
 
 Kept apart from ``bench.cli.app``/``bench.cli.commands`` so that neither grows past its size; ``app``
-adds this parser to its subcommands.
+adds this parser to its subcommands, so this module imports only light modules at its top.
 """
 
 from __future__ import annotations
@@ -12,16 +12,8 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.cli.commands import build_request, dry_run_requested, print_plan
-from bench.cli.experiment import add_experiment_flags
-from bench.cli.flags import add_config_flags
-from bench.config import ConfigError, check_directory
-from bench.engine import progress
-from bench.products.study import look_plan, new_study, run_study
-from bench.products.study_report import write_study
-from bench.runs import sweep
-from bench.runs.pipeline import run_plan
-from bench.runs.plan import assemble
+from bench.cli.flags import add_config_flags, add_experiment_flags
+from bench.errors import ConfigError
 
 STUDY_LAUNCHERS = ("local", "submitit-local")
 
@@ -80,11 +72,19 @@ def _real(args: argparse.Namespace, name: str) -> float:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    """Resolve and check the whole study, print it (``--dry-run``) or run it look by look."""
-    if not args.base or not args.variants:
-        raise ConfigError(
-            "bench study needs BASE and VARIANT...: allowed on the command line or as base:/variants: in --config"
-        )
+    """Resolve and check the whole study, print it (``--dry-run``) or run it look by look.
+
+    Its modules are imported here, when the command runs: ``app`` builds its parser from this module,
+    and ``bench --help`` must not load torch (issue #22)."""
+    from bench.cli.commands import build_request, dry_run_requested, print_plan  # deferred: torch (the plan)
+    from bench.config import check_directory  # deferred: torch (the config's engine tables)
+    from bench.engine import progress  # deferred: rich
+    from bench.products.study import look_plan, new_study, run_study  # deferred: torch, scipy
+    from bench.products.study_report import write_study  # deferred: torch, pandas
+    from bench.runs import sweep  # deferred: torch, submitit
+    from bench.runs.pipeline import run_plan  # deferred: torch
+    from bench.runs.plan import assemble  # deferred: torch
+
     dry_run = dry_run_requested(args)
     request = build_request(args, (args.base, *args.variants))
     study = new_study(

@@ -15,12 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from bench.errors import CheckpointError
+
 BRANCH_KEY = re.compile(r"\.branches\.([^.]+)\.")
 LIST_LIMIT = 40  # keys shown in an error message
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not hold what its format promises (keys, shapes, fields)."""
 
 
 def multi_bn_name(placeholder_key: str, branch_index: int | None) -> str:

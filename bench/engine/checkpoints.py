@@ -64,6 +64,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.choices import CHECKPOINT_FORMATS
 from bench.engine.checkpoint_formats import (
     ACL,
     ADVCL,
@@ -100,18 +101,7 @@ from bench.engine.models import (
     rebuild_contrastive_model,
 )
 
-FORMATS = (
-    "bench",
-    "robustssl",
-    "advcl",
-    "rocl",
-    "acl",
-    "dynacl",
-    "dynacl++",
-    "dynacl++-dual",
-    "deacl",
-    "deacl-teacher",
-)
+FORMATS = CHECKPOINT_FORMATS  # the names live in bench.choices, torch-free, for the command's parser
 BENCH_MARKER = "acl-bench"
 _BN_LIST_INDEX = re.compile(r"\.bn_list\.(\d+)\.")
 

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-class DatasetMissingError(RuntimeError):
-    """A dataset is not on disk; the message names the directory and the flag to fix it."""
+from bench.choices import DATASETS
+from bench.errors import DatasetMissingError
 
 
 @dataclass
@@ -141,16 +140,6 @@ def load_image_folder(root: Path, image_size: int) -> ImageData:
 # which bench.evaluation.corruption_eval reads; never downloaded here.
 CORRUPTED_DATASETS = {"cifar10c": "cifar10", "cifar100c": "cifar100"}
 CORRUPTED_FOLDERS = {"cifar10c": "CIFAR-10-C", "cifar100c": "CIFAR-100-C"}
-
-DATASETS: dict[str, str] = {
-    "digits": "scikit-learn's handwritten digits (embedded, no download), 10 classes",
-    "cifar10": "CIFAR-10 via torchvision (--download to fetch)",
-    "cifar100": "CIFAR-100 via torchvision (--download to fetch)",
-    "cifar10c": "evaluation only: CIFAR-10, plus the official CIFAR-10-C files (DATA_DIR/CIFAR-10-C/*.npy)",
-    "cifar100c": "evaluation only: CIFAR-100, plus the official CIFAR-100-C files (DATA_DIR/CIFAR-100-C/*.npy)",
-    "stl10": "STL-10 labelled splits via torchvision, resized to the run's resolution",
-    "folder": "local image folder with train/ and test/ sub-folders (--data-dir)",
-}
 
 
 def load_dataset(name: str, data_dir: str | Path, download: bool = False, image_size: int | None = None) -> ImageData:

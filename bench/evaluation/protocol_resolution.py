@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.config import PROTOCOLS, SCHEMES
-from bench.errors import ConfigError
+from bench.errors import ConfigError, did_you_mean
 from bench.evaluation.protocols import PROTOCOL_CONFIG_FIELDS, PROTOCOL_FIELDS, PROTOCOL_TABLE, Protocol, Rule
 
 
 def get_protocol(name: str) -> Protocol:
     if name not in PROTOCOL_TABLE:
-        raise ConfigError(f"protocol={name!r} is invalid: allowed {list(PROTOCOLS)}")
+        raise ConfigError(f"protocol={name!r} is invalid{did_you_mean(name, PROTOCOLS)}: allowed {list(PROTOCOLS)}")
     return PROTOCOL_TABLE[name]
 
 
@@ -56,7 +56,7 @@ def resolve(name: str, method: str, dataset: str, image_size: int | None, scheme
     """The settings of protocol ``name`` (not 'unified') for ``method`` finetuned on ``dataset`` with ``scheme``."""
     protocol = get_protocol(name)
     if scheme not in SCHEMES:
-        raise ConfigError(f"scheme={scheme!r} is invalid: allowed {list(SCHEMES)}")
+        raise ConfigError(f"scheme={scheme!r} is invalid{did_you_mean(scheme, SCHEMES)}: allowed {list(SCHEMES)}")
     family = family_of(protocol, method)
     values, sources = dict(protocol.base), [protocol.base_source]
     for rule in protocol.rules:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from bench.config import ConfigError, RunConfig
+from bench.errors import DownloadError
 from bench.store.atomic import atomic_write
 
 AINFONCE_COMMIT = "b28763e8554a4788f3e6e4fe99d2d0f19e242dc4"
@@ -79,10 +80,6 @@ RELEASED_PSEUDO_LABELS: dict[str, PinnedFile] = {
         "c500f0bec3da902f857294f20060cd9a21960fa0037daaf83992b40c2cb1d6b1",
     ),
 }
-
-
-class DownloadError(RuntimeError):
-    """A pinned file could not be fetched or is not the pinned file; nothing was kept."""
 
 
 def sha256_of(path: Path) -> str:

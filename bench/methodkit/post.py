@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.choices import POST_STAGES  # noqa: F401  (re-exported; the names live in bench.choices)
 from bench.engine.attacks import TRADES_STARTS, trades_kl_attack
 from bench.engine.data import batch_indices, to_float
 from bench.engine.models import Classifier, ContrastiveModel
@@ -50,8 +51,6 @@ from bench.errors import ConfigError
 
 if TYPE_CHECKING:
     from bench.config import RunConfig
-
-POST_STAGES = ("", "pp")  # '' = none; 'pp' = DynACL++ LP-AFT (this module)
 
 
 @dataclass

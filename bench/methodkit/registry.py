@@ -24,7 +24,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from bench.engine.progress import error_line
-from bench.errors import ConfigError
+from bench.errors import ConfigError, did_you_mean
 from bench.methodkit.method import Method
 from bench.methodkit.variants import POST_SUFFIX, make_post_method, make_variant, post_name, variant_names
 
@@ -161,7 +161,8 @@ def get(name: str) -> type[Method]:
     derive_post(name)
     methods_by_name = available()
     if name not in methods_by_name:
-        raise _unregistered(f"method {name!r} is not registered: allowed {sorted(_listed(methods_by_name))}")
+        listed = sorted(_listed(methods_by_name))
+        raise _unregistered(f"method {name!r} is not registered{did_you_mean(name, listed)}: allowed {listed}")
     return methods_by_name[name]
 
 

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, did_you_mean
 from bench.products.method_level import DIFFERENCE_OF_INTEREST, MethodComparison, compare_methods
 from bench.products.stats import ALPHA, Comparison, compare_paired, minimum_detectable_difference
 from bench.store.records import Record, RecordError, paired, read_record
@@ -62,8 +62,9 @@ def find_run(name: str, results_dir: str | Path) -> RunDir:
     """A run by id (in ``results_dir/runs``) or by the path of its directory."""
     run = find_run_or_none(name, results_dir)
     if run is None:
+        store = ResultsStore(results_dir)
         raise CompareError(
-            f"run={name!r} is invalid: allowed a run id in {ResultsStore(results_dir).runs} or a run directory"
+            f"run={name!r} is invalid: allowed a run id in {store.runs} ({store.near(name)}) or a run directory"
         )
     return run
 
@@ -94,7 +95,8 @@ def _chosen(kind: str, wanted: Sequence[str], available: Sequence[str], where: s
         raise CompareError(f"the two runs share no {kind}: {where}")
     for item in wanted:
         if item not in available:
-            raise CompareError(f"{kind}={item!r} is invalid: allowed {sorted(available)} ({where})")
+            hint = did_you_mean(item, available)
+            raise CompareError(f"{kind}={item!r} is invalid{hint}: allowed {sorted(available)} ({where})")
     return list(wanted) or sorted(available)
 
 
@@ -310,9 +312,11 @@ def compare_command(
     methods = stored_methods(results_dir)
     for name, run in zip((base, variant), runs):
         if run is None and name not in methods:
+            store = ResultsStore(results_dir)
             raise CompareError(
-                f"{name!r} is invalid: allowed a run id in {ResultsStore(results_dir).runs}, a run directory, "
-                f"or a method with seeded results in {ResultsStore(results_dir).table}: {sorted(methods)}"
+                f"{name!r} is invalid{did_you_mean(name, methods)}: allowed a run id in {store.runs} "
+                f"({store.near(name)}), a run directory, or a method with seeded results in {store.table}: "
+                f"{sorted(methods)}"
             )
     if any(run is not None for run in runs):
         raise CompareError(

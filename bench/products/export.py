@@ -31,6 +31,7 @@ from torch import nn
 from bench.config import SCHEMES, ConfigError
 from bench.engine.checkpoint_read import PICKLE, SAFETENSORS, TORCH_ZIP, TORCHSCRIPT, file_format, refuse_torchscript
 from bench.engine.checkpoints import CLASSIFIER_MARKER, CheckpointError, classifier_state, load_classifier
+from bench.errors import did_you_mean
 from bench.runs.external import export_classifier
 from bench.store.atomic import atomic_write, write_atomic
 from bench.store.provenance import code_version
@@ -50,10 +51,13 @@ def export_run(results_dir: Path, run_id: str, scheme: str, out: Path, fmt: str 
     """Write the ``scheme`` classifier of a stored run as ``fmt`` to ``out`` (a directory receives
     ``<run id>-<scheme>.<ext>``), then its sidecar; returns the weights file's path."""
     if fmt not in FORMATS:
-        raise ConfigError(f"format={fmt!r} is invalid: allowed {list(FORMATS)}")
+        raise ConfigError(f"format={fmt!r} is invalid{did_you_mean(fmt, FORMATS)}: allowed {list(FORMATS)}")
     if scheme not in SCHEMES:
-        raise ConfigError(f"scheme={scheme!r} is invalid: allowed {list(SCHEMES)}")
-    run = ResultsStore(results_dir).run(run_id)
+        raise ConfigError(f"scheme={scheme!r} is invalid{did_you_mean(scheme, SCHEMES)}: allowed {list(SCHEMES)}")
+    store = ResultsStore(results_dir)
+    run = store.run(run_id)
+    if not run.path.is_dir():
+        raise ConfigError(f"run_id={run_id!r} is invalid: allowed a run id in {store.runs} ({store.near(run_id)})")
     source = run.classifier(scheme)
     if not source.exists():
         raise FileNotFoundError(f"no {scheme} classifier stored for run {run_id!r} (looked for {source})")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, did_you_mean
 from bench.evaluation.finetune import scheme_settings
 from bench.methodkit import registry
 from bench.runs.plan import MethodRun, RunPlan, RunRequest, build_plan
@@ -82,7 +82,7 @@ TABLES = {
 
 def get_table(name: str) -> ReproduceTable:
     if name not in TABLES:
-        raise ConfigError(f"table={name!r} is invalid: allowed {sorted(TABLES)}")
+        raise ConfigError(f"table={name!r} is invalid{did_you_mean(name, TABLES)}: allowed {sorted(TABLES)}")
     return TABLES[name]
 
 

@@ -34,6 +34,7 @@ import submitit
 import torch
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
+from bench.choices import LAUNCHERS  # noqa: F401  (re-exported; the names live in bench.choices)
 from bench.config import SCHEMES, ConfigError
 from bench.engine import progress
 from bench.engine.device import available_cores, resolve_device
@@ -43,7 +44,6 @@ from bench.runs.plan import MethodRun, RunPlan, RunRequest
 from bench.runs.stages import DataCache, StageContext, run_stage
 from bench.store.results import ResultsStore
 
-LAUNCHERS = ("local", "submitit-local", "slurm")
 JOB_STAGES = ("pretrain", "finetune", "collect")
 # ClusterOptions fields that `bench sweep` sets from flags of the same name (--timeout-min, ...)
 CLUSTER_FLAGS = (

@@ -15,22 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-
-class DiskFullError(OSError):
-    """No space left on the device while writing a stored file. The temp file is removed and the
-    previous file is untouched (the rename never happened), so the store stays consistent."""
-
-    def __init__(self, path: Path):
-        super().__init__(errno.ENOSPC, "no space left on the device", str(path))
-
-    def __reduce__(self):  # pickles (a worker's or a scheduler job's exception) as its path alone
-        return (type(self), (Path(self.filename),))
-
-    def __str__(self) -> str:
-        return (
-            f"no space left on the device while writing {self.filename} (the previous file is intact; "
-            "free some space, then rerun with --resume)"
-        )
+from bench.errors import DiskFullError
 
 
 def _fsync_directory(directory: Path) -> None:

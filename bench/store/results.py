@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.errors import StoreError, closest
 from bench.store.atomic import write_atomic
 from bench.store.provenance import now
 from bench.store.rows import ResultRow, RowError, read_rows_csv, rows_csv
@@ -214,10 +215,6 @@ class RunDir:
 # --------------------------------------------------------------------------- the store
 
 
-class StoreError(RuntimeError):
-    """The store cannot be read or rebuilt safely; the message says which file and what to do."""
-
-
 class ResultsStore:
     """``root/runs/<run_id>/`` (one ``RunDir`` per run, each with its own ``rows.csv``) and
     ``root/results.csv``, the index of the rows of every complete run.
@@ -243,6 +240,18 @@ class ResultsStore:
         if not self.runs.is_dir():
             return []
         return [run for run in map(RunDir, sorted(self.runs.iterdir())) if run.is_run()]
+
+    def near(self, run_id: str, n: int = 5) -> str:
+        """What an error about a run id that is not stored offers instead: up to ``n`` stored ids
+        nearest to ``run_id`` (a typo, a truncated id), else the ``n`` newest, else that there are none."""
+        runs = self.run_dirs()
+        if not runs:
+            return f"{self.runs} holds no runs"
+        found = closest(run_id, [run.path.name for run in runs], n=n, cutoff=0.5)
+        if found:
+            return "closest stored: " + ", ".join(found)
+        newest = sorted(runs, key=lambda run: (run.path.stat().st_mtime, run.path.name), reverse=True)[:n]
+        return "newest stored: " + ", ".join(run.path.name for run in newest)
 
     def read_rows(self) -> list[ResultRow]:
         """The index, validated row by row (``RowError`` names the file and line)."""

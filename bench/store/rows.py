@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.errors import RowError
 from bench.store.provenance import now
 
 if TYPE_CHECKING:  # pandas is imported inside ``load`` only; the config (torch) is a type only
@@ -160,10 +161,6 @@ class ResultRow:
             else:
                 values[column] = _number(text, kind, column, where)
         return cls(**values)
-
-
-class RowError(ValueError):
-    """A stored row that cannot be read back as a ``ResultRow``; the message names file and line."""
 
 
 COLUMNS = tuple(field.name for field in dataclasses.fields(ResultRow))

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, did_you_mean
 from bench.products.report.common import Artifact, MethodOrder
 from bench.products.report.compute import plot_robustness_vs_compute
 from bench.products.report.corruptions import write_corruption_report
@@ -65,7 +65,8 @@ def write_reports(
     stored = sorted(results["method"].unique())
     for name in curve_methods or ():
         if name not in stored:
-            raise ConfigError(f"--curve-methods {name!r} is invalid: allowed methods in {results_csv}: {stored}")
+            hint = did_you_mean(name, stored)
+            raise ConfigError(f"--curve-methods {name!r} is invalid{hint}: allowed methods in {results_csv}: {stored}")
     order = MethodOrder(tuple(method_order))
     reports_dir, figures_dir = Path(reports_dir), Path(reports_dir) / "figures"
     tables, artifacts = table_artifacts(results, reports_dir, order, Path(runs_dir))

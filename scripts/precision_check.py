@@ -71,7 +71,14 @@ def run_arguments(args: argparse.Namespace, size: dict, amp: bool, folder: Path)
         "evaluate.n_eval": args.n_eval,
     }
     argv = ["run", "--preset", "smoke", "--methods", *args.methods, "--device", args.device, "--jobs", "1"]
-    argv += ["--seed", str(args.seed), "--results-dir", str(folder / "results"), "--reports-dir", str(folder / "reports")]
+    argv += [
+        "--seed",
+        str(args.seed),
+        "--results-dir",
+        str(folder / "results"),
+        "--reports-dir",
+        str(folder / "reports"),
+    ]
     for key, value in settings.items():
         argv += ["--set", f"{key}={value}"]
     return argv + ["--quiet"]
@@ -131,7 +138,9 @@ def adversary_agreement(run, data: torch.Tensor, device: torch.device, folder: P
 def _fmt_agreement(values: list[float]) -> str:
     if not values:
         return "no PGD step"
-    return f"mean {sum(values) / len(values):.4f}, first {values[0]:.4f}, min {min(values):.4f} over {len(values)} steps"
+    return (
+        f"mean {sum(values) / len(values):.4f}, first {values[0]:.4f}, min {min(values):.4f} over {len(values)} steps"
+    )
 
 
 def check(args: argparse.Namespace) -> dict:
@@ -145,7 +154,9 @@ def check(args: argparse.Namespace) -> dict:
         if status != 0:
             raise SystemExit(f"precision check: the {name} runs failed (exit {status}); see the output above")
     arms = {name: runs_by_method(out / name) for name, _ in ARMS}
-    plan = build_plan(build_request(build_parser().parse_args(run_arguments(args, size, False, out / "fp32")), tuple(args.methods)))
+    plan = build_plan(
+        build_request(build_parser().parse_args(run_arguments(args, size, False, out / "fp32")), tuple(args.methods))
+    )
     data = load_dataset("digits", "~/data", False, size["image_size"]).x_train.to(device)
     report: dict = {"device": str(device), "settings": size, "seed": args.seed, "methods": {}}
     for run in plan.runs:

@@ -5,10 +5,10 @@ BatchNorm running statistics, except AdvCL's expected difference.
 
 AdvCL's expected difference: the released attack forwards x1, x2 and the high-frequency view through
 the 'normal' BatchNorm branch and the projector at every PGD step, in train mode, so those running
-statistics move 3·K more times per step than on the fast path (K PGD steps; the projector's more), which forwards each view once (same
-values, since the views and weights do not change within a step). Nothing else differs: the 'pgd'
-branch, which the released finetuning loads (Asym-AdvCL/utils.py ``load_BN_checkpoint``), matches
-exactly, as does every parameter and gradient."""
+statistics move 3·K more times per step (K PGD steps; the projector's more) than on the fast path,
+which forwards each view once (same values: the views and weights do not change within a step).
+Nothing else differs: the 'pgd' and 'pgd_ce' branches, which the released finetuning loads
+(Asym-AdvCL/utils.py ``load_BN_checkpoint``), match exactly, as does every parameter and gradient."""
 
 from __future__ import annotations
 

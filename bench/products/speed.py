@@ -263,8 +263,6 @@ def _run_uncompiled(path: PathRun) -> None:
         path.settings = saved
 
 
-
-
 # --------------------------------------------------------------------------- one whole epoch
 
 

@@ -258,7 +258,9 @@ def target_lines(rows: list, context: SpeedContext, table1: float | None) -> lis
     lines = []
     for kind, method, path, bound, text in TARGETS:
         if kind == "epoch":
-            epochs = [r.settings.get("epoch_s") for r in rows if r.stage == "epoch" and r.method == method and r.path == path]
+            epochs = [
+                r.settings.get("epoch_s") for r in rows if r.stage == "epoch" and r.method == method and r.path == path
+            ]
             value = epochs[0] if epochs else None
             shown = f"{value:.1f} s" if value is not None else "not measured"
         else:

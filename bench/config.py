@@ -27,6 +27,7 @@ from bench.errors import ConfigError  # noqa: F401  (re-exported: many modules i
 
 OPTIMIZERS = ("sgd", "lars", "lars-acl")  # see bench.engine.optim for the two LARS forms
 CHANNELS_LAST = ("cuda", "always", "never")
+HOST_SYNC = ("auto", "step", "epoch")  # pretrain.host_sync (bench.runs.train.sync_interval)
 CORRUPTION_SOURCES = ("auto", "none", "regenerated", "official")  # see EvalConfig.corruptions
 
 
@@ -78,6 +79,8 @@ class PretrainConfig:
     cudnn_benchmark: bool = True
     tf32: bool = True
     compile: bool = False
+    compile_attack: bool = False  # CUDA graphs of the PGD inner loop's forwards (torch.compile 'reduce-overhead')
+    host_sync: str = "auto"  # reads of the logged numbers: auto (step on CPU, 10 steps on GPU) | step | epoch
 
 
 @dataclass
@@ -295,6 +298,7 @@ def validate(config: RunConfig) -> RunConfig:
         ("model.arch", config.model.arch, tuple(sorted(ENCODERS))),
         ("pretrain.optimizer", config.pretrain.optimizer, OPTIMIZERS),
         ("pretrain.channels_last", config.pretrain.channels_last, CHANNELS_LAST),
+        ("pretrain.host_sync", config.pretrain.host_sync, HOST_SYNC),
         ("finetune.protocol", config.finetune.protocol, PROTOCOLS),
     ]
     for name, value, allowed in choices:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 10 in one call (about 8 minutes of an H100/H200; nothing is downloaded there).
+# The GPU check of issues 10 and 23 in one call (at most ~9 minutes of an H100/H200; nothing is downloaded there).
 #
 #   bash scripts/gpu_check.sh            # from the repository root; outputs under $OUT (default ./gpu_check_out)
 #
@@ -12,15 +12,19 @@
 # Without pyautoattack the AutoAttack timing is skipped (the log says so). `bench speed` needs none of
 # pandas, filelock or scipy (checked on CPU with those three and pyautoattack made unimportable).
 #
-# CIFAR-10 cannot be downloaded on the device machine, so every stage uses a synthetic CIFAR-shaped
+# CIFAR-10 cannot be downloaded on the device machine, so the speed stages use a synthetic CIFAR-shaped
 # dataset: 50,000 random 32x32 RGB images (`bench speed --synthetic 50000`); a step costs the same on
-# random pixels. Stages (each bounded by `timeout`, each writing its own speed.csv and speed.md):
-#   main/    fast vs reference-style pretraining steps of paper-preset advcl-ip and rocl at batch 512
-#            (target: advcl-ip fast >= 3x), PGD-20 on 1,024 images, one whole epoch of paper-preset
-#            advcl-ip (target <= 25 s) and the projected ainfonce-table1 CIFAR-10 pretraining
-#            (target <= 36 GPU-hours; the other A-InfoNCE variants use their family's measured rate)
-#   aa/      AutoAttack (standard) on 256 images, fast vs reference-style
-#   compile/ rocl's fast path with torch.compile (--compile), to compare with main/
+# random pixels. Stages (each bounded by `timeout`, the sum <= 520 s; each writes its own files):
+#   main/      paper-preset advcl-ip and rocl at batch 512 on four paths: reference (released precision:
+#              fp32 with default TF32 convs), reference-strict (TF32 off), fast (TF32, pretrain.amp false)
+#              and fast-bf16; each ratio beside its FLOP ceiling and MFU; PGD-20 on 1,024 images; one
+#              epoch of paper-preset advcl-ip on each fast path (targets: <= 10 s bf16, <= 25 s TF32) and
+#              the projected ainfonce-table1 pretraining (target <= 15 GPU-hours in bf16)
+#   precision/ scripts/precision_check.py: acl, rocl, advcl on the embedded digits at 32 px, ResNet-18,
+#              pretrained in fp32 and bf16 with the same seed, SLF, clean and PGD-20 paired per image,
+#              per-step losses and PGD sign agreement (precision.md; exit 1 when bf16 differs detectably)
+#   compile/   rocl's fast path with torch.compile (--compile) and with pretrain.compile_attack (CUDA graphs)
+#   aa/        AutoAttack (standard) on 256 images, only with GPU_CHECK_AA=1 (it does not fit the 9 minutes)
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu_check_out}
 mkdir -p "$OUT"
@@ -53,18 +57,25 @@ stage() {  # name, seconds, bench speed flags...
   echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - began))s" | tee -a "$LOG"
 }
 
-stage main 290 --methods advcl-ip rocl --warmup 3 --steps 5 --repeats 3 --eval-images 1024 --no-autoattack \
-  --epoch advcl-ip
-if [ "$AA" = 1 ]; then
+stage main 240 --methods advcl-ip rocl --warmup 2 --steps 3 --repeats 3 --max-repeats 6 --eval-images 1024 \
+  --no-autoattack --epoch advcl-ip
+echo "=== precision (at most 170s): scripts/precision_check.py" | tee -a "$LOG"
+began=$SECONDS
+timeout 170 $PY scripts/precision_check.py --out "$OUT/precision" --device cuda 2>&1 | tail -n 30 | tee -a "$LOG"
+echo "=== precision: exit ${PIPESTATUS[0]} after $((SECONDS - began))s" | tee -a "$LOG"
+stage compile 55 --methods rocl --compile --no-reference --stages pretrain --warmup 3 --steps 3 --repeats 3
+stage compile_attack 55 --methods rocl --set pretrain.compile_attack=true --no-reference --stages pretrain \
+  --warmup 3 --steps 3 --repeats 3
+if [ "$AA" = 1 ] && [ "${GPU_CHECK_AA:-0}" = 1 ]; then
   stage aa 100 --methods advcl-ip --stages eval --eval-images 256 --repeats 1
 else
-  echo "=== aa: skipped (no pyautoattack wheel in .whl/: see the header of this script)" | tee -a "$LOG"
+  echo "=== aa: skipped (set GPU_CHECK_AA=1 with the pyautoattack wheel in .whl/; see the header)" | tee -a "$LOG"
 fi
-stage compile 90 --methods rocl --compile --no-reference --stages pretrain --warmup 3 --steps 5 --repeats 3
 
 echo "=== summary" | tee -a "$LOG"
-for name in main aa compile; do
+for name in main compile compile_attack aa; do
   [ -f "$OUT/$name/speed.md" ] || continue
   echo "--- $name" | tee -a "$LOG"
   grep -E "^\| (advcl-ip|rocl|classifier) |^Total|^- |met\*\*|MISSED" "$OUT/$name/speed.md" | tee -a "$LOG"
 done
+[ -f "$OUT/precision/precision.md" ] && grep -E "^\| |Verdict" "$OUT/precision/precision.md" | tee -a "$LOG"

@@ -31,14 +31,14 @@ def _pretrain(name, digits, config, folder, **fields):
 @pytest.mark.e2e
 def test_reading_the_logged_numbers_every_few_steps_keeps_the_history(digits, tiny_config, tmp_path, monkeypatch):
     _, every_step = _pretrain("acl", digits, tiny_config, tmp_path / "a")
-    monkeypatch.setattr(train, "sync_interval", lambda device: 3)
+    monkeypatch.setattr(train, "sync_interval", lambda device, *rest: 3)
     _, deferred = _pretrain("acl", digits, tiny_config, tmp_path / "b")
     assert deferred.history == every_step.history
     assert list(deferred.history[0]) == ["epoch", "step", "loss", "lr", "loss_clean", "loss_adv"]
 
 
 def test_a_deferred_read_still_names_the_step_of_a_non_finite_loss(digits, tiny_config, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "sync_interval", lambda device: 3)
+    monkeypatch.setattr(train, "sync_interval", lambda device, *rest: 3)
 
     class BreaksAtTwo(Method):
         name = "breaks"

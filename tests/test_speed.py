@@ -110,8 +110,8 @@ def test_pil_transforms_follow_the_view_recipes():
     assert pil_transform(object(), 32) is None
 
 
-def _row(stage, method, path, rate, arch="resnet18", batch=512):
-    return SpeedRow(stage, method, path, arch, batch, rate, (rate, rate), None, 3)
+def _row(stage, method, path, rate, arch="resnet18", batch=512, **extra):
+    return SpeedRow(stage, method, path, arch, batch, rate, (rate, rate), None, 3, rates=(rate,) * 3, **extra)
 
 
 def test_table1_projection_uses_the_paper_schedules():
@@ -124,18 +124,26 @@ def test_table1_projection_uses_the_paper_schedules():
     assert pretraining_hours(rows, ("acl",), "resnet18")[0] is None  # nothing of ACL's family measured
 
 
-def test_ratios_pair_each_fast_row_with_its_reference():
+def test_ratios_pair_each_fast_row_with_its_reference_beside_the_flop_ceiling():
     rows = [
-        _row("pretrain", "acl", "fast", 300.0, "small_cnn", 64),
-        _row("pretrain", "acl", "reference", 200.0, "small_cnn", 64),
+        _row("pretrain", "acl", "fast", 300.0, "small_cnn", 64, flops_per_image=4e9, precision="fp32 (cpu)"),
+        _row("pretrain", "acl", "reference", 200.0, "small_cnn", 64, flops_per_image=5e9, precision="fp32 (cpu)"),
         _row("pgd20", "classifier", "fast", 90.0, batch=4096),
         _row("pgd20", "classifier", "reference", 30.0, batch=256),
     ]
-    assert ratios(rows) == {("pretrain", "acl", "small_cnn", 64): 1.5, ("pgd20", "classifier", "resnet18", 4096): 3.0}
+    found = ratios(rows)
+    assert set(found) == {
+        ("pretrain", "acl", "small_cnn", 64, "fast", "reference"),
+        ("pgd20", "classifier", "resnet18", 4096, "fast", "reference"),
+    }
+    acl = found[("pretrain", "acl", "small_cnn", 64, "fast", "reference")]
+    assert acl.summary.median == 1.5 and acl.ceiling == 1.25 and acl.above_ceiling
+    assert found[("pgd20", "classifier", "resnet18", 4096, "fast", "reference")].summary.median == 3.0
     context = SpeedContext("cpu", "CPU", "smoke", 16, "2", 2, "v", "t", "bench speed --quick", True)
-    assert "1.500" in speed_csv(rows, context)
+    assert "1.500,1.500,1.500,0.750,1.250,stable" in speed_csv(rows, context)
     text = speed_markdown(rows, context)
-    assert "fast ≥ 1.2× reference-style" in text and "**met**" in text and "shared with other engineers" in text
+    assert "| 1.50× | [1.50, 1.50] [75%] | 1.25× | 3 | stable (above the FLOP ceiling" in text
+    assert "fp32 (cpu)" in text and "## Targets" not in text  # no target is a CPU figure
 
 
 @pytest.mark.e2e
@@ -150,6 +158,8 @@ def test_speed_command_writes_its_csv_and_markdown(tmp_path):
             "--steps",
             "1",
             "--repeats",
+            "1",
+            "--max-repeats",
             "1",
             "--eval-images",
             "8",
@@ -167,7 +177,7 @@ def test_speed_command_writes_its_csv_and_markdown(tmp_path):
     )
     assert status == 0
     lines = (tmp_path / "results" / "speed.csv").read_text().splitlines()
-    assert lines[0].startswith("stage,method,path,arch,batch,images_per_s")
+    assert lines[0].startswith("stage,method,path,precision,arch,batch,images_per_s")
     assert {line.split(",")[0] + ":" + line.split(",")[2] for line in lines[1:]} == {
         "pretrain:fast",
         "pretrain:reference",
@@ -191,6 +201,8 @@ def test_a_distilling_method_is_measured_with_an_untrained_teacher_and_its_teach
             "--steps",
             "1",
             "--repeats",
+            "1",
+            "--max-repeats",
             "1",
             "--eval-images",
             "0",

@@ -206,7 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     speed.add_argument("--warmup", help="untimed steps before the repeats (default 2)")
     speed.add_argument("--steps", help="steps per timed repeat (default 3)")
-    speed.add_argument("--repeats", help="timed repeats per path; the median is reported (default 3)")
+    speed.add_argument("--repeats", help="timed rounds of every path, alternating (default 3)")
+    speed.add_argument(
+        "--max-repeats", help="more rounds, up to this many, while a fast/reference ratio is unstable (default 12)"
+    )
     speed.add_argument("--eval-images", help="images of the PGD-20/AutoAttack measurement, 0 = skip (default 256)")
     speed.add_argument(
         "--loader-workers", help="DataLoader workers of the reference-style path (default min(8, cores))"

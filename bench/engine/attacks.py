@@ -7,22 +7,57 @@ mode, ACL and RoCL in eval mode, evaluation always in eval mode).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
 
 LossOfInputs = Callable[[torch.Tensor], torch.Tensor]
 
+# Process-wide switches of the precision check (scripts/precision_check.py), off by default:
+# bf16 autocast on CPU too (so the check's code runs in a CPU test), and a list that collects every
+# PGD sign step (so fp32 and bf16 adversaries can be compared step by step).
+_STATE: dict[str, object] = {"cpu_autocast": False, "signs": None}
+
+
+def autocast_applies(device: torch.device | str) -> bool:
+    """Whether ``amp`` switches bf16 autocast on for ``device``: CUDA, or CPU inside ``cpu_autocast``."""
+    kind = torch.device(device).type
+    return kind == "cuda" or (kind == "cpu" and bool(_STATE["cpu_autocast"]))
+
+
+@contextmanager
+def cpu_autocast() -> Iterator[None]:
+    """bf16 autocast on CPU where ``amp`` asks for it, for the block (the precision check's CPU test;
+    never on by default: CPU runs stay fp32 and bit-identical to a plain loop)."""
+    saved, _STATE["cpu_autocast"] = _STATE["cpu_autocast"], True
+    try:
+        yield
+    finally:
+        _STATE["cpu_autocast"] = saved
+
+
+@contextmanager
+def recording_sign_steps() -> Iterator[list[torch.Tensor]]:
+    """Every PGD sign step taken in the block, in order, as int8 tensors (the precision check's
+    adversary agreement: the share of sign entries fp32 and bf16 attacks agree on)."""
+    saved, signs = _STATE["signs"], []
+    _STATE["signs"] = signs
+    try:
+        yield signs
+    finally:
+        _STATE["signs"] = saved
+
 
 def autocast(device: torch.device | str, enabled: bool):
-    """bf16 autocast on CUDA (bf16 needs no loss scaling); a no-op elsewhere, so CPU numbers are fp32.
+    """bf16 autocast on CUDA (bf16 needs no loss scaling); a no-op elsewhere, so CPU numbers are fp32
+    (unless inside ``cpu_autocast``).
 
     Inside it the model's matrix products and convolutions run in bf16; ``pgd`` keeps its iterate,
     the gradient sign, the projection and the clamp in the input's dtype (fp32)."""
-    if enabled and torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if enabled and autocast_applies(device):
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -87,7 +122,10 @@ def pgd(
             grad = x_adv.grad
         else:
             (grad,) = torch.autograd.grad(loss, x_adv)
-        x_adv = project(x_adv.detach() + step_size * grad.sign(), x, epsilon)
+        sign = grad.sign()
+        if _STATE["signs"] is not None:
+            _STATE["signs"].append(sign.detach().to(torch.int8))
+        x_adv = project(x_adv.detach() + step_size * sign, x, epsilon)
     return x_adv.detach()
 
 

@@ -41,6 +41,7 @@ from bench.methodkit import registry
 from bench.methodkit.method import Method, StepContext
 from bench.products.reference_style import ReplayAugment, reference_batches
 from bench.products.speed_measure import SpeedOptions, SpeedRow, measure, measure_evaluation, summarise
+from bench.products.speed_stats import count_flops, precision_class, precision_label
 from bench.runs.plan import MethodRun
 from bench.runs.train import epoch_order, fast_path, pretrain, train_step, update
 from bench.store.results import RunDir
@@ -112,16 +113,42 @@ class PathRun:
                 self.step += 1
 
 
-def path_settings(config: RunConfig, fast: bool) -> PretrainConfig:
-    """Fast: the config's switches with bf16 autocast and TF32 on (both CUDA only; channels-last as
-    configured: on CUDA by default, where tensor cores want it; on CPU it speeds the smoke CNN's
-    pooling up but slows ResNet-18 down, and changes rounding, so it stays the user's choice there);
-    reference-style: fp32, no TF32, contiguous memory, no compilation (cuDNN autotuning stays on,
-    as AdvCL, RoCL and ACL set it)."""
+# The paths of a pretraining measurement (name → (fast?, bf16 autocast?, TF32?)). On CUDA: the
+# released-style pipeline at the released precision (fp32, PyTorch's default TF32 convolutions: the
+# released scripts never switch it off), the same in strict fp32, the suite's fast path at the
+# configured precision (paper default: fp32 with TF32, `pretrain.amp` false) and with bf16 autocast.
+# On CPU TF32 and bf16 autocast do not apply: one reference and one fast row, both fp32.
+CUDA_PATHS = {
+    "reference": (False, False, True),
+    "reference-strict": (False, False, False),
+    "fast": (True, False, True),
+    "fast-bf16": (True, True, True),
+}
+CPU_PATHS = {"reference": (False, False, False), "fast": (True, False, False)}
+
+
+def path_kinds(device: torch.device) -> dict[str, tuple[bool, bool, bool]]:
+    return CUDA_PATHS if device.type == "cuda" else CPU_PATHS
+
+
+def path_settings(config: RunConfig, fast: bool, amp: bool = True, tf32: bool = True) -> PretrainConfig:
+    """Fast: the config's switches (channels-last as configured: on CUDA by default, where tensor
+    cores want it; on CPU it speeds the smoke CNN's pooling up but slows ResNet-18 down, and changes
+    rounding, so it stays the user's choice there) with bf16 autocast and TF32 as given;
+    reference-style: fp32 (TF32 as given), contiguous memory, no compilation, every read of the
+    logged numbers as the released loops' ``loss.item()`` (cuDNN autotuning stays on, as AdvCL, RoCL
+    and ACL set it)."""
     if fast:
-        return dataclasses.replace(config.pretrain, amp=True, tf32=True)
+        return dataclasses.replace(config.pretrain, amp=amp, tf32=tf32)
     return dataclasses.replace(
-        config.pretrain, amp=False, channels_last="never", tf32=False, cudnn_benchmark=True, compile=False
+        config.pretrain,
+        amp=False,
+        channels_last="never",
+        tf32=tf32,
+        cudnn_benchmark=True,
+        compile=False,
+        compile_attack=False,
+        host_sync="step",
     )
 
 
@@ -133,6 +160,8 @@ def switches(settings: PretrainConfig, device: torch.device, workers: int | None
         "channels_last": channels_last,
         "tf32": settings.tf32 and cuda,
         "compile": settings.compile,
+        "compile_attack": settings.compile_attack,
+        "host_sync": settings.host_sync,
         "shards": settings.shards,
     }
     if workers is not None:
@@ -179,28 +208,31 @@ def build_method(run: MethodRun, in_channels: int, folder: Path, train_images: t
 def measure_method(
     run: MethodRun, data: torch.Tensor, options: SpeedOptions, device: torch.device, workers: int, folder: Path
 ) -> list[SpeedRow]:
-    """Fast and reference-style pretraining steps of one method run, side by side."""
+    """The pretraining step of one method run on every path (``path_kinds``), side by side: each path
+    starts from the same method state and weights, its FLOPs are counted on one real step (which is
+    also a warm-up step), then the timed rounds alternate."""
     name, config = run.method, run.config
     method, model = build_method(run, data.shape[1], folder, data, device)
-    fast_settings = path_settings(config, True)
-    paths = [PathRun("fast", method, model, fast_settings, config, data, device)]
-    note = ""
-    if options.reference:
-        reference_method, reference_model = copy.deepcopy(method), copy.deepcopy(model)
-        settings = path_settings(config, False)
-        batches = reference_batches(
-            data, reference_method, min(settings.batch_size, data.shape[0]), workers, device, config.seed
-        )
-        if batches is None:
-            note = "no reference-style path: the method's views have no released PIL counterpart"
-        else:
-            paths.append(
-                PathRun("reference", reference_method, reference_model, settings, config, data, device, batches)
-            )
+    paths, note = [], ""
+    for path_name, (fast, amp, tf32) in path_kinds(device).items():
+        if not fast and not options.reference:
+            continue
+        settings = path_settings(config, fast, amp, tf32)
+        path_method, path_model = copy.deepcopy(method), copy.deepcopy(model)
+        batches = None
+        if not fast:
+            batch = min(settings.batch_size, data.shape[0])
+            batches = reference_batches(data, path_method, batch, workers, device, config.seed)
+            if batches is None:
+                note = "no reference-style path: the method's views have no released PIL counterpart"
+                continue
+        paths.append(PathRun(path_name, path_method, path_model, settings, config, data, device, batches))
+    flops = {path.name: count_flops(lambda path=path: _run_uncompiled(path)) / path.batch for path in paths}
     results = measure(paths, options, device)
     rows = []
     for path in paths:
         rates, memory = results[path.name]
+        s = path.settings
         rows.append(
             summarise(
                 "pretrain",
@@ -210,42 +242,66 @@ def measure_method(
                 path.batch,
                 rates,
                 memory,
-                switches(path.settings, device, workers if path.batches is not None else None),
+                switches(s, device, workers if path.batches is not None else None),
                 note,
+                precision=precision_label(s.amp, s.tf32, device),
+                precision_class=precision_class(s.amp, s.tf32, device),
+                flops_per_image=flops[path.name],
             )
         )
     return rows
 
 
-# --------------------------------------------------------------------------- evaluation attacks
+def _run_uncompiled(path: PathRun) -> None:
+    """One step of ``path`` without the compiler (it changes how, not what, is computed, and the FLOP
+    counter cannot see inside a compiled graph)."""
+    saved = path.settings
+    path.settings = dataclasses.replace(saved, compile=False, compile_attack=False)
+    try:
+        path.run(1)
+    finally:
+        path.settings = saved
 
 
 # --------------------------------------------------------------------------- one whole epoch
 
 
-def measure_epoch(run: MethodRun, data: torch.Tensor, device: torch.device, folder: Path) -> SpeedRow:
-    """One epoch of ``bench.runs.train.pretrain`` (fast path) over ``data``: its loop time, setup excluded."""
-
-    name, config = run.method, run.config
-    run_config = copy.deepcopy(config)
-    run_config.pretrain = path_settings(config, True)
-    run_config.pretrain.epochs = 1
-    run_config.pretrain.checkpoint_every = 10**9  # only the final checkpoint
-    method, model = build_method(dataclasses.replace(run, config=run_config), data.shape[1], folder, data, device)
-    result = pretrain(method, model, data, run_config, RunDir(folder / f"epoch-{name}"), device, resume=False)
-    images = result.steps * min(run_config.pretrain.batch_size, data.shape[0])
-    return SpeedRow(
-        "epoch",
-        name,
-        "fast",
-        config.model.arch,
-        min(run_config.pretrain.batch_size, data.shape[0]),
-        images / result.wall_s,
-        (images / result.wall_s,) * 2,
-        None,
-        1,
-        {**switches(run_config.pretrain, device), "epoch_s": round(result.wall_s, 2), "images": data.shape[0]},
-    )
+def measure_epoch(run: MethodRun, data: torch.Tensor, device: torch.device, folder: Path) -> list[SpeedRow]:
+    """One epoch of ``bench.runs.train.pretrain`` over ``data`` on each fast path of the device (CUDA:
+    the configured precision and bf16 autocast): its loop time, setup excluded."""
+    rows = []
+    for path_name, (fast, amp, tf32) in path_kinds(device).items():
+        if not fast:
+            continue
+        name, config = run.method, run.config
+        run_config = copy.deepcopy(config)
+        run_config.pretrain = path_settings(config, True, amp, tf32)
+        run_config.pretrain.epochs = 1
+        run_config.pretrain.checkpoint_every = 10**9  # only the final checkpoint
+        method, model = build_method(dataclasses.replace(run, config=run_config), data.shape[1], folder, data, device)
+        run_dir = RunDir(folder / f"epoch-{name}-{path_name}")
+        result = pretrain(method, model, data, run_config, run_dir, device, resume=False)
+        batch = min(run_config.pretrain.batch_size, data.shape[0])
+        rate = result.steps * batch / result.wall_s
+        s = run_config.pretrain
+        rows.append(
+            SpeedRow(
+                "epoch",
+                name,
+                path_name,
+                config.model.arch,
+                batch,
+                rate,
+                (rate, rate),
+                None,
+                1,
+                {**switches(s, device), "epoch_s": round(result.wall_s, 2), "images": data.shape[0]},
+                precision=precision_label(s.amp, s.tf32, device),
+                precision_class=precision_class(s.amp, s.tf32, device),
+                rates=(rate,),
+            )
+        )
+    return rows
 
 
 # --------------------------------------------------------------------------- the command
@@ -254,7 +310,7 @@ def measure_epoch(run: MethodRun, data: torch.Tensor, device: torch.device, fold
 # `--quick`: one method per family (the A-InfoNCE variants change the loss, not the forwards; the
 # targets name acl and advcl-ip), APGD-CE for AutoAttack (a fixed 100 iterations per image), and
 # ResNet-18 at batch 32 for acl and advcl-ip with one step per repeat.
-QUICK = SpeedOptions(warmup=1, steps=2, repeats=3, eval_images=32, autoattack="apgd-ce")
+QUICK = SpeedOptions(warmup=1, steps=2, repeats=3, max_repeats=6, eval_images=32, autoattack="apgd-ce")
 QUICK_METHODS = ("simclr", "acl", "rocl", "advcl-ip")
 QUICK_EXTRA = {"model.arch": "resnet18", "pretrain.batch_size": "32"}
 QUICK_EXTRA_METHODS = ("acl", "advcl-ip")
@@ -306,7 +362,7 @@ def run_speed(
             rows += measure_evaluation(base, data, options, device)
         for run in epoch_runs if "epoch" in options.stages else []:
             progress.log(f"speed: one epoch of {run.method} on {len(data)} images")
-            rows.append(measure_epoch(run, data, device, Path(folder)))
+            rows += measure_epoch(run, data, device, Path(folder))
     return rows
 
 

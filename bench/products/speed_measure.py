@@ -19,6 +19,7 @@ from bench.engine.data import to_float
 from bench.engine.models import Classifier, build_contrastive_model
 from bench.evaluation.batching import CPU_BATCH, eval_batch_size
 from bench.evaluation.evaluate import attack_copy, autoattack_accuracy, pgd_accuracy
+from bench.products.speed_stats import precision_label, summarise_ratio
 
 if TYPE_CHECKING:  # a type only: speed builds the paths this module times
     from bench.products.speed import PathRun
@@ -30,7 +31,8 @@ class SpeedOptions:
 
     warmup: int = 2  # steps before timing (cuDNN autotuning, compilation, loader start)
     steps: int = 3  # steps per timed repeat
-    repeats: int = 3  # timed repeats per path; the median is reported
+    repeats: int = 3  # timed rounds of every path (at least)
+    max_repeats: int = 12  # cap on the rounds while a paired ratio is unstable (speed_stats.SCATTER_LIMIT)
     loader_workers: int = 0  # reference-style DataLoader workers; 0 = min(8, cores)
     eval_images: int = 256  # images of the PGD-20 / AutoAttack measurement (0 = skip evaluation)
     autoattack: str = "standard"  # 'standard', 'apgd-ce' (its first attack: 100 iterations on every image) or ''
@@ -40,7 +42,8 @@ class SpeedOptions:
 
 @dataclass
 class SpeedRow:
-    """One measured path: the median throughput and peak memory over the repeats."""
+    """One measured path: the median throughput and peak memory over the repeats; ``rates`` keeps every
+    round's images/s in round order, so the report pairs them with another path's same rounds."""
 
     stage: str  # pretrain | pgd20 | autoattack | epoch
     method: str
@@ -53,6 +56,10 @@ class SpeedRow:
     repeats: int
     settings: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    precision: str = ""  # in words (speed_stats.precision_label)
+    rates: tuple[float, ...] = ()
+    flops_per_image: float | None = None  # counted on one real step (speed_stats.count_flops)
+    precision_class: str = "fp32"  # which peak its MFU is a share of: bf16 | tf32 | fp32
 
 
 class PeakMemory:
@@ -115,20 +122,50 @@ def timed(run: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - began
 
 
+def fast_reference_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """Every (fast…, reference…) pair of path names: the ratios a measurement reports."""
+    return [(f, r) for f in names if f.startswith("fast") for r in names if r.startswith("reference")]
+
+
+def alternate(
+    names: list[str], run_once: Callable[[str], int], options: SpeedOptions, device: torch.device
+) -> dict[str, tuple[list[float], PeakMemory]]:
+    """Timed rounds of every path, forward order then reverse (ref, fast, fast, ref, …), so drift in
+    the machine's load hits both alike; at least ``options.repeats`` rounds, more (up to
+    ``options.max_repeats``) while any fast/reference paired ratio is unstable. ``run_once(name)``
+    runs one repeat of a path and returns the images it processed."""
+    results = {name: ([], PeakMemory(device)) for name in names}
+    pairs = fast_reference_pairs(names)
+    cap = max(options.repeats, options.max_repeats)
+
+    def scattered() -> bool:
+        return any(summarise_ratio(results[f][0], results[r][0]).unstable for f, r in pairs)
+
+    rounds = 0
+    while rounds < options.repeats or (rounds < cap and scattered()):
+        for name in names if rounds % 2 == 0 else names[::-1]:
+            rates, memory = results[name]
+            with memory.measure():
+                images = [0]
+                seconds = timed(lambda name=name, images=images: images.__setitem__(0, run_once(name)), device)
+            rates.append(images[0] / seconds)
+        rounds += 1
+    return results
+
+
 def measure(
     paths: list[PathRun], options: SpeedOptions, device: torch.device
 ) -> dict[str, tuple[list[float], PeakMemory]]:
     """Warm every path up, then alternate timed repeats between them; images/s of each repeat."""
-    results = {path.name: ([], PeakMemory(device)) for path in paths}
+    by_name = {path.name: path for path in paths}
     for path in paths:
         path.run(options.warmup)
-    for _ in range(options.repeats):
-        for path in paths:
-            rates, memory = results[path.name]
-            with memory.measure():
-                seconds = timed(lambda path=path: path.run(options.steps), device)
-            rates.append(options.steps * path.batch / seconds)
-    return results
+
+    def run_once(name: str) -> int:
+        by_name[name].run(options.steps)
+        return options.steps * by_name[name].batch
+
+    return alternate(list(by_name), run_once, options, device)
 
 
 def summarise(
@@ -141,6 +178,7 @@ def summarise(
     memory: PeakMemory,
     settings: dict[str, Any],
     note: str = "",
+    **extra: Any,
 ) -> SpeedRow:
     return SpeedRow(
         stage,
@@ -154,6 +192,8 @@ def summarise(
         len(rates),
         settings,
         note,
+        rates=tuple(rates),
+        **extra,
     )
 
 
@@ -204,18 +244,20 @@ def measure_evaluation(
         )
     rows = []
     for stage, attack in attacks.items():
-        results = {name: ([], PeakMemory(device)) for name in paths}
         for name, (model, fast) in paths.items():  # warm-up
             with matmul_precision(device, fast):
                 attack(model, batches[name])
-        for _ in range(options.repeats):
-            for name, (model, fast) in paths.items():
-                rates, memory = results[name]
-                with matmul_precision(device, fast), memory.measure():
-                    seconds = timed(lambda attack=attack, model=model, name=name: attack(model, batches[name]), device)
-                rates.append(x.shape[0] / seconds)
+
+        def run_once(name: str, attack=attack) -> int:
+            model, fast = paths[name]
+            with matmul_precision(device, fast):
+                attack(model, batches[name])
+            return x.shape[0]
+
+        results = alternate(list(paths), run_once, options, device)
         for name, (rates, memory) in results.items():
             fast = paths[name][1]
+            cuda = device.type == "cuda"
             rows.append(
                 summarise(
                     stage,
@@ -225,12 +267,10 @@ def measure_evaluation(
                     batches[name],
                     rates,
                     memory,
-                    {
-                        "amp": fast and device.type == "cuda",
-                        "channels_last": fast,
-                        "tf32": fast and device.type == "cuda",
-                    },
+                    {"amp": fast and cuda, "channels_last": fast, "tf32": fast and cuda},
                     "untrained classifier, labels = its predictions (every image attacked)",
+                    precision=precision_label(fast, fast, device),
+                    precision_class="bf16" if fast and cuda else "fp32",
                 )
             )
     return rows

@@ -221,6 +221,9 @@ def identity(method: type[Method], config: RunConfig, params: MethodParams) -> d
     for volatile in VOLATILE_FIELDS:
         payload.pop(volatile)
     payload["data"].pop("download")  # whether missing files may be fetched: how, not what (they are verified)
+    payload["pretrain"].pop("host_sync")  # when the loop reads its logged numbers: how, not what (same numbers)
+    if not payload["pretrain"]["compile_attack"]:  # off: the ids of every run before the switch existed
+        payload["pretrain"].pop("compile_attack")
     payload["method"] = method.name
     payload["method_params"] = dataclasses.asdict(params)
     return payload

@@ -33,7 +33,7 @@ import torch
 from bench.config import ConfigError, PretrainConfig, RunConfig
 from bench.engine import collective as distributed_step
 from bench.engine import progress
-from bench.engine.attacks import autocast
+from bench.engine.attacks import autocast, autocast_applies
 from bench.engine.checkpoints import CheckpointError
 from bench.engine.data import steps_per_epoch, to_float
 from bench.engine.models import ContrastiveModel
@@ -64,10 +64,17 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
-def sync_interval(device: torch.device) -> int:
-    """Steps per read of the logged numbers: every step on CPU (a read costs nothing there, and a
-    non-finite loss stops the run before its update), every 10 on an accelerator."""
-    return 1 if device.type == "cpu" else SYNC_INTERVAL_ACCELERATOR
+def sync_interval(device: torch.device, host_sync: str = "auto", per_epoch: int = 1) -> int:
+    """Steps per read of the logged numbers (``pretrain.host_sync``). 'auto': every step on CPU (a
+    read costs nothing there, and a non-finite loss stops the run before its update), every 10 on
+    an accelerator; 'step': every step; 'epoch': once per epoch, so the loop itself never waits for
+    the device inside an epoch (checkpoints still read first, so a non-finite loss never reaches one).
+    Reading changes no number: the losses and weights are the same under every choice."""
+    if host_sync == "epoch":
+        return max(1, per_epoch)
+    if host_sync == "step" or device.type == "cpu":
+        return 1
+    return SYNC_INTERVAL_ACCELERATOR
 
 
 def _rng_state(generators: list[torch.Generator], collective) -> dict[str, Any]:
@@ -131,6 +138,7 @@ def fast_path(model: ContrastiveModel, settings: PretrainConfig, device: torch.d
     channels_last = settings.channels_last == "always" or (settings.channels_last == "cuda" and device.type == "cuda")
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    check_switches(settings, device)
     try:
         yield _compiled(model, settings)
     finally:
@@ -139,9 +147,22 @@ def fast_path(model: ContrastiveModel, settings: PretrainConfig, device: torch.d
             model.to(memory_format=torch.contiguous_format)
 
 
+def check_switches(settings: PretrainConfig, device: torch.device) -> None:
+    """``compile_attack`` captures CUDA graphs, which exist on CUDA only: one line elsewhere."""
+    if settings.compile_attack and device.type != "cuda":
+        raise ConfigError(
+            f"pretrain.compile_attack=True is invalid on device {device.type!r}: allowed on 'cuda' only "
+            "(it captures the PGD inner loop's forwards as CUDA graphs); use pretrain.compile elsewhere"
+        )
+
+
 def _compiled(model: ContrastiveModel, settings: PretrainConfig) -> torch.nn.Module:
     """``torch.compile`` of the model's forward (every PGD inner loop calls it); ``features`` and the
-    heads stay eager. The harness keeps the original module for state dicts and the optimiser."""
+    heads stay eager. The harness keeps the original module for state dicts and the optimiser.
+    ``compile_attack`` compiles with static shapes and CUDA-graph capture (mode 'reduce-overhead'):
+    a PGD inner loop at 32 px is many small kernels, whose launches a graph replays at once."""
+    if settings.compile_attack:
+        return torch.compile(model, dynamic=False, mode="reduce-overhead")
     return torch.compile(model, dynamic=False) if settings.compile else model
 
 
@@ -150,7 +171,7 @@ def autocast_calls(model: torch.nn.Module, device: torch.device, enabled: bool) 
     """bf16 autocast around the model's entry points only (``forward``, ``features``, ``project``),
     their outputs back in fp32: the network runs in bf16 while the losses (autocast would run their
     similarity matrices in bf16 too), PGD's sign steps, projections and clamps stay fp32."""
-    if not (enabled and device.type == "cuda"):
+    if not (enabled and autocast_applies(device)):
         yield
         return
 
@@ -273,11 +294,13 @@ def pretrain(
     batch_norm = distributed_step.check_shards(
         config.pretrain.shards, collective, device, bool(getattr(method, "synced_batch_norm", False))
     )
-    if batch_norm == "per-shard" and collective is None and config.pretrain.compile:
+    check_switches(config.pretrain, device)
+    compiled = "compile_attack" if config.pretrain.compile_attack else "compile"
+    if batch_norm == "per-shard" and collective is None and (config.pretrain.compile or config.pretrain.compile_attack):
         raise ConfigError(
-            f"pretrain.compile=True is invalid with pretrain.shards={config.pretrain.shards} in one "
+            f"pretrain.{compiled}=True is invalid with pretrain.shards={config.pretrain.shards} in one "
             "process (per-shard forwards patch the model the compiler would trace): allowed "
-            "pretrain.compile=false, pretrain.shards=1, or one process per shard under torchrun"
+            f"pretrain.{compiled}=false, pretrain.shards=1, or one process per shard under torchrun"
         )
     try:
         return _pretrain(method, model, train_images, config, run_dir, device, resume, collective, batch_norm)
@@ -336,7 +359,7 @@ def _pretrain(method, model, train_images, config, run_dir, device, resume, coll
         collective.broadcast_state(model, parameters=True)
     swapped = distributed_step.convert_sync_batch_norm(model) if batch_norm == "sync" else []
     history = _History(result.history, collective, method.name)
-    every = sync_interval(device)
+    every = sync_interval(device, settings.host_sync, per_epoch)
     began = time.perf_counter()
     order = None
     try:

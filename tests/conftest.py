@@ -73,4 +73,3 @@ def shared_run(tmp_path_factory):
         return target
 
     return make
-

@@ -33,7 +33,7 @@ from bench.runs.stages import (
     pretrain_stage,
     record_failure,
 )
-from bench.store.results import ResultsStore
+from bench.store.results import ResultsStore, warn
 
 __all__ = ["DataCache", "RunOutcome", "execute", "resolve_jobs", "run_method", "run_plan"]
 
@@ -115,7 +115,7 @@ def collect_between(store: ResultsStore) -> None:
     try:
         store.collect()
     except Exception as error:  # noqa: BLE001 - the plan's last collect raises it again if it persists
-        progress.log(f"the index was not rebuilt ({progress.error_line(error)}); the runs go on")
+        warn(f"the index was not rebuilt ({progress.error_line(error)}); the runs go on")
 
 
 # ------------------------------------------------------------------ parallel runs (CPU cores, GPUs)

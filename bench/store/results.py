@@ -24,6 +24,7 @@ import shutil
 import socket
 import stat
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -311,13 +312,14 @@ class ResultsStore:
         return len(rows)
 
     def index_is_current(self) -> bool:
-        """Whether ``results.csv`` holds exactly what ``collect`` would write now (nothing is changed).
+        """Whether ``results.csv`` holds every row the complete runs give (nothing is changed).
 
         The index is derived from the run directories, so one cut at a row boundary or left with its
-        header alone is valid CSV but wrong (review 2, D16); the report checks this before trusting it."""
+        header alone is valid CSV but wrong (review 2, D16); the report checks this before trusting it.
+        Rows of runs that are not here (an index assembled elsewhere) do not make it stale."""
         try:
-            expected = rows_csv(self._index_rows(fix=False))
-            return self.table.is_file() and self.table.read_bytes() == expected.encode()
+            expected = Counter(rows_csv(self._index_rows(fix=False)).encode().splitlines())
+            return self.table.is_file() and not expected - Counter(self.table.read_bytes().splitlines())
         except (RowError, UnicodeDecodeError, OSError, StoreError):
             return False
 

@@ -260,7 +260,9 @@ NUMBER_IN = {  # field → (check, allowed text)
     "pretrain.lr": (_in(0, math.inf, low_open=True), "finite numbers > 0"),
     "pretrain.momentum": (_in(0, 1), "numbers in [0, 1]"),
     "pretrain.weight_decay": (_in(0, math.inf), "finite numbers >= 0"),
-    "pretrain.warmup_epochs": (_in(0, math.inf), "finite numbers >= 0"),
+    # bounded: the schedule turns it into a step count, and 1e308 epochs overflowed there after the run
+    # was written (review 2, D14)
+    "pretrain.warmup_epochs": (_in(0, 1e6), "numbers in [0, 1000000]"),
     "pretrain.warmup_start_lr": (_in(0, 1), "numbers in [0, 1] (a fraction of lr)"),
     "pretrain.min_lr_fraction": (_in(0, 1), "numbers in [0, 1] (a fraction of lr)"),
     "pretrain.lars_trust": (_in(0, math.inf, low_open=True), "finite numbers > 0"),

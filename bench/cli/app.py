@@ -98,13 +98,29 @@ def _implementation(name: str) -> Callable[[argparse.Namespace], int]:
 
 class _Parser(argparse.ArgumentParser):
     """argparse's parser with a "did you mean" in its unknown-choice error (``bench compar``, ``--scheme
-    slf``, ``--launcher slurn``); the subcommands' parsers are of the same class (``add_subparsers``)."""
+    slf``, ``--launcher slurn``), and every usage error one line and exit 2, like every other bad input
+    (argparse printed the whole usage, 17 to 24 lines, before its message). The subcommands' parsers
+    are of the same class (``add_subparsers``)."""
 
     def _check_value(self, action, value):  # argparse's one check of ``choices`` (3.10 to 3.13)
         if action.choices is not None and value not in action.choices:
             hint = did_you_mean(value, action.choices)
             choices = ", ".join(map(repr, action.choices))
             raise argparse.ArgumentError(action, f"invalid choice: {value!r}{hint} (choose from {choices})")
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """As argparse's, but an unknown flag is the subcommand's error (``bench run: error: …``): argparse
+        hands a subcommand's leftovers up and reports them as the top parser's."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            commands = [action for action in self._actions if isinstance(action, argparse._SubParsersAction)]
+            owner = commands[0].choices.get(getattr(parsed, commands[0].dest, None)) if commands else None
+            (owner or self).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             _progress().set_quiet(getattr(args, "quiet", False))
         return args.handler(args)
     except KeyboardInterrupt:
-        print("bench: interrupted (completed runs and checkpoints are kept; rerun with --resume)", file=sys.stderr)
+        print(f"bench: interrupted (completed runs and checkpoints are kept; {_resume_hint(args)})", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -394,12 +410,19 @@ BAD_INPUT = (ConfigError, DatasetMissingError, CheckpointError, FileNotFoundErro
 EXPECTED = (*BAD_INPUT, StoreError, RowError, DownloadError, DiskFullError)
 
 
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to continue: ``--resume`` where the command has it; a sweep (or a stage, a study) resumes by
+    itself and refuses the flag, so it is told to rerun the same command (review 2, D15)."""
+    return "rerun with --resume" if hasattr(args, "resume") else "rerun the same command: it continues them"
+
+
 def _error(args: argparse.Namespace, error: Exception, status: int) -> int:
     if getattr(args, "debug", False):
         traceback.print_exc()
     else:
         text = str(error).strip().splitlines()
         message = text[0] if text and isinstance(error, EXPECTED) else _progress().error_line(error)
+        message = message.replace("rerun with --resume", _resume_hint(args))
         hint = "" if isinstance(error, EXPECTED) else " (--debug shows the traceback)"
         print(f"bench: error: {message}{hint}", file=sys.stderr)
     return status

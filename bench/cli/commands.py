@@ -22,7 +22,7 @@ from bench.products.export import export_run, sidecar_path
 from bench.products.report import write_reports
 from bench.products.reproduce import get_table, reproduce_plan, write_reproduction
 from bench.runs import distributed, sweep
-from bench.runs.collect import describe, merge_stores, run_status
+from bench.runs.collect import describe, existing_store, merge_stores, refresh_index, run_status
 from bench.runs.external import evaluate_external
 from bench.runs.pipeline import run_plan
 from bench.runs.plan import RunRequest, assemble, build_plan
@@ -165,16 +165,8 @@ def run_summary(plan, outcomes, reports: list[Path]) -> dict:
     """``bench run --json``: what a script needs after a run (each run's id, status and flags, the
     stored results and the report files), as one JSON object on stdout."""
     flags = {run.run_id: list(run.flags) for run in plan.runs}
-    runs = [
-        {
-            "run_id": o.run_id,
-            "method": o.method,
-            "status": o.status,
-            "reason": o.reason,
-            "flags": flags.get(o.run_id, []),
-        }
-        for o in outcomes
-    ]
+    keys = ("run_id", "method", "status", "reason")
+    runs = [{**{key: getattr(o, key) for key in keys}, "flags": flags.get(o.run_id, [])} for o in outcomes]
     return {"runs": runs, "results": str(plan.results_dir / "results.csv"), "reports": [str(path) for path in reports]}
 
 
@@ -240,13 +232,15 @@ def _seed(text: str) -> int:
     return int(text)
 
 
-def _summarise(outcomes) -> int:
-    """One line for the whole plan, one per failed run; exit status 1 when any run failed."""
+def _summarise(outcomes, resume: str = "rerun with --resume") -> int:
+    """One line for the whole plan, one per failed run; exit status 1 when any run failed. ``resume``:
+    how this command continues a run (a sweep refuses --resume: it resumes by itself)."""
     failed = [outcome for outcome in outcomes if outcome.status == "failed"]
     counts = {status: sum(outcome.status == status for outcome in outcomes) for status in ("completed", "skipped")}
     progress.log(f"done: {counts['completed']} completed, {counts['skipped']} skipped, {len(failed)} failed")
     for outcome in failed:
-        print(f"bench: run {outcome.run_id} ({outcome.method}) failed: {outcome.reason}", file=sys.stderr)
+        reason = outcome.reason.replace("rerun with --resume", resume)
+        print(f"bench: run {outcome.run_id} ({outcome.method}) failed: {reason}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -282,6 +276,7 @@ def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: li
 
 def cmd_report(args: argparse.Namespace) -> int:
     methods = [name for name in ",".join(args.curve_methods or []).split(",") if name]
+    refresh_index(Path(args.results_dir))  # a row-cut or header-only index is rebuilt, not reported
     written = _report(
         (Path(args.results_dir), Path(args.reports_dir)),
         paper=args.paper,
@@ -336,7 +331,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """Per run: complete, failed (why), or the stage it reached; read from the run directories only."""
 
-    statuses = [run_status(run) for run in ResultsStore(args.results_dir).run_dirs()]
+    statuses = [run_status(run) for run in existing_store(args.results_dir).run_dirs()]
     for status in statuses:
         print(json.dumps(status) if args.json else f"{status['run_id']}  {describe(status)}")
     return 0
@@ -344,10 +339,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """The plan's runs as scheduler jobs (slurm, submitit-local), the local pool, or the jobs' command lines."""
-    import json
-
     if args.json and not args.dry_run:
         raise ConfigError("--json is invalid without --dry-run: allowed --dry-run --json")
+    check_directory("--jobs-dir", args.jobs_dir or ".")  # a file there failed late, exit 1 (review 2, D15)
     request = build_request(args, selected_methods(args))
     request.resume = True  # a sweep continues what an earlier sweep (or a requeued job) left
     request.dry_run = args.dry_run  # a dry run fetches nothing (AdvCL's pseudo-labels with --download)
@@ -365,7 +359,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         outcomes = run_plan(plan)
         if not args.no_report:
             _report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet)
-        return _summarise(outcomes)
+        return _summarise(outcomes, SWEEP_RESUMES)
     if not jobs:
         progress.log(f"nothing to submit: the {len(plan.runs)} run(s) of the sweep are complete (--force reruns them)")
         return 0
@@ -380,8 +374,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     failures = sweep.run_submitit_local(jobs, options, args.stage_entry)
     if "collect" in failures:
-        print(f"bench: the collect job failed: {failures['collect']}", file=sys.stderr)
-    return max(_summarise(sweep.outcomes(plan, jobs, failures)), int("collect" in failures))
+        reason = failures["collect"].replace("rerun with --resume", SWEEP_RESUMES)
+        print(f"bench: the collect job failed: {reason}", file=sys.stderr)
+    return max(_summarise(sweep.outcomes(plan, jobs, failures), SWEEP_RESUMES), int("collect" in failures))
+
+
+SWEEP_RESUMES = "rerun the same bench sweep: it continues them"
 
 
 def cmd_stage(args: argparse.Namespace) -> int:

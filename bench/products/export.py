@@ -61,8 +61,9 @@ def export_run(results_dir: Path, run_id: str, scheme: str, out: Path, fmt: str 
     source = run.classifier(scheme)
     if not source.exists():
         raise FileNotFoundError(f"no {scheme} classifier stored for run {run_id!r} (looked for {source})")
-    if out.is_dir():  # like cp: a directory receives the file under the run's name
-        out = out / f"{run_id}-{scheme}{'.safetensors' if fmt == 'safetensors' else '.pt'}"
+    if out.is_dir():  # like cp: a directory receives the file under the run's name (its last part only:
+        # a run given as a path, `../../x/runs/ID`, once put the file outside the directory, review 2 D15)
+        out = out / f"{run.run_id}-{scheme}{'.safetensors' if fmt == 'safetensors' else '.pt'}"
     classifier = load_classifier(source)
     stored = classifier_state(classifier)
     sidecar = describe(run, scheme, stored, fmt)

@@ -17,13 +17,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.config import SCHEMES
+from bench.errors import ConfigError
 from bench.runs.stages import finish_stage
-from bench.store.results import ResultsStore, RunDir, StoreError
+from bench.store.results import ResultsStore, RunDir, RunLocked, StoreError, warn
 from bench.store.rows import ResultRow, RowError
 
 # What a run measured; the rest of a row (time stamp, wall time, device, code version) may
 # differ between two executions of the same run id without the results differing.
-MEASURED = ("method", "dataset", "eval_dataset", "scheme", "attack", "metric", "value", "epsilon", "n_eval", "seed")
+# ``flags`` too: two stores that measured the same numbers under different flags (a suspect run, another
+# pseudo-label source) disagree about what the numbers mean (review 2, D13).
+MEASURED = (
+    "method",
+    "dataset",
+    "eval_dataset",
+    "scheme",
+    "attack",
+    "metric",
+    "value",
+    "epsilon",
+    "n_eval",
+    "seed",
+    "flags",
+)
 
 
 @dataclass
@@ -35,6 +51,31 @@ class MergeReport:
     refused: list[str] = field(default_factory=list)  # "run_id: why": a link or special file in the source run
 
 
+def existing_store(results_dir: str | Path) -> ResultsStore:
+    """A store a command reads (``status``): a missing directory is a typo, not an empty store (review 2,
+    D15: ``status --results-dir typo`` printed nothing and exit 0)."""
+    if not Path(results_dir).is_dir():
+        raise ConfigError(f"--results-dir {str(results_dir)!r} is invalid: no results store at {results_dir}")
+    return ResultsStore(results_dir)
+
+
+def refresh_index(results_dir: Path) -> None:
+    """Before a report: ``results.csv`` is derived from the run directories, and one cut at a row boundary
+    or left with its header alone is valid CSV but wrong (review 2, D16: the report showed partial tables,
+    exit 0). When it differs from what the runs give, it is rebuilt from them, with one warning line."""
+    store = ResultsStore(results_dir)
+    if not store.runs.is_dir() or store.index_is_current():
+        return
+    try:
+        rows = store.collect()
+    except OSError as error:
+        raise StoreError(
+            f"{store.table} does not match the run directories and cannot be rebuilt here ({error}): "
+            "run `bench collect` where the store is writable"
+        ) from None
+    warn(f"{store.table} did not match the run directories; rebuilt from them ({rows} rows)")
+
+
 def measured(rows: list[ResultRow]) -> list[tuple[Any, ...]]:
     return sorted(tuple(getattr(row, column) for column in MEASURED) for row in rows)
 
@@ -43,15 +84,18 @@ def merge_stores(target: ResultsStore, sources: list[Path]) -> MergeReport:
     """Copy the complete runs of ``sources`` into ``target``, then rebuild its index once.
 
     Raises ``StoreError`` (after copying everything that is not in conflict) when a run id has
-    different measured rows in two places."""
+    different measured rows in two places, or a run was refused; ``ConfigError`` before anything is
+    copied when a source is not a results store."""
+    for source_root in sources:
+        if not ResultsStore(source_root).runs.is_dir():
+            what = "it does not exist" if not Path(source_root).exists() else "it has no runs/ directory"
+            raise ConfigError(f"--from {str(source_root)!r} is invalid: {what}; allowed a results store")
     report = MergeReport()
     remove_stale_staging(target)
     for source_root in sources:
         source = ResultsStore(source_root)
-        if not source.runs.is_dir():
-            raise StoreError(f"--from {source_root} is invalid: it has no runs/ directory (not a results store)")
         for run in source.run_dirs():
-            _merge_run(run, target, report)
+            _merge_run(run, source, target, report)
     target.collect()
     problems = []
     if report.refused:
@@ -65,7 +109,7 @@ def merge_stores(target: ResultsStore, sources: list[Path]) -> MergeReport:
     return report
 
 
-def _merge_run(run: RunDir, target: ResultsStore, report: MergeReport) -> None:
+def _merge_run(run: RunDir, source: ResultsStore, target: ResultsStore, report: MergeReport) -> None:
     foreign = foreign_entries(run.path)  # before reading any of its files: done.json may be a link to /dev/zero
     if foreign:
         report.refused.append(f"{run.run_id}: {foreign[0]}: a run directory holds regular files only")
@@ -73,10 +117,26 @@ def _merge_run(run: RunDir, target: ResultsStore, report: MergeReport) -> None:
     if not run.is_complete():
         report.incomplete.append(run.run_id)
         return
+    try:  # a torn rows.csv once came in unchecked and wedged the target (review 2, D3)
+        rows = run.read_rows() if run.rows.exists() else source.legacy_rows(run)
+    except (RowError, UnicodeDecodeError, OSError) as error:
+        report.refused.append(f"{run.run_id}: its rows do not validate ({str(error).splitlines()[0]})")
+        return
+    if rows is None:  # completed before rows.csv, and its rows are nowhere in its store (review 2, D4)
+        report.refused.append(f"{run.run_id}: no rows.csv, and its rows are neither in its files nor in {source.table}")
+        return
     here = target.run(run.run_id)
+    try:  # never beside a writer of the same run here (review 2, D6)
+        with here.lock(("", *SCHEMES), wait=False):
+            _merge_into(run, rows, here, report)
+    except (RunLocked, StoreError) as error:
+        report.refused.append(f"{run.run_id}: {error}")
+
+
+def _merge_into(run: RunDir, rows: list[ResultRow], here: RunDir, report: MergeReport) -> None:
     if here.is_complete():
         try:
-            same = measured(here.read_rows()) == measured(run.read_rows())
+            same = measured(here.read_rows()) == measured(rows)
         except (RowError, OSError) as error:
             report.conflicts.append(f"{run.run_id}: rows unreadable ({error})")
             return
@@ -84,11 +144,7 @@ def _merge_run(run: RunDir, target: ResultsStore, report: MergeReport) -> None:
             run.run_id if same else f"{run.run_id}: different rows in {here.path} and {run.path}"
         )
         return
-    try:
-        copy_run(run, here)
-    except StoreError as error:
-        report.refused.append(f"{run.run_id}: {error}")
-        return
+    copy_run(run, here, rows if not run.rows.exists() else None)
     report.copied.append(run.run_id)
 
 
@@ -106,8 +162,9 @@ def foreign_entries(root: Path) -> list[str]:
     return found
 
 
-def copy_run(source: RunDir, destination: RunDir) -> None:
+def copy_run(source: RunDir, destination: RunDir, rows: list[ResultRow] | None = None) -> None:
     """Copy a run directory whole: into a temp directory beside the destination, then renamed in.
+    ``rows``: the ``rows.csv`` to give a run completed before that file existed (written before the rename).
 
     Refused (``StoreError``, nothing copied) when the run holds a symbolic link or a special file
     (``foreign_entries``); links are never followed, even one planted while the copy runs."""
@@ -119,6 +176,8 @@ def copy_run(source: RunDir, destination: RunDir) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         shutil.copytree(source.path, staging, symlinks=True, ignore=_special_entries)
+        if rows is not None:
+            RunDir(staging).write_rows(rows)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

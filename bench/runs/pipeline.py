@@ -33,7 +33,7 @@ from bench.runs.stages import (
     pretrain_stage,
     record_failure,
 )
-from bench.store.results import ResultsStore
+from bench.store.results import ResultsStore, warn
 
 __all__ = ["DataCache", "RunOutcome", "execute", "resolve_jobs", "run_method", "run_plan"]
 
@@ -52,16 +52,19 @@ def run_method(
     run: MethodRun, plan: RunPlan, store: ResultsStore, cache: DataCache, device: torch.device
 ) -> RunOutcome:
     """Pretrain (or reuse an encoder), finetune and evaluate one method: its stages (``bench.runs.stages``)
-    in sequence, in this process; writes only inside its run directory."""
-    if store.run(run.run_id).is_complete() and not plan.force:
-        progress.log(f"{run.method}: skipped, run {run.run_id} is complete (use --force to rerun)")
-        return RunOutcome(run.run_id, run.method, "skipped")
-    context = StageContext(store, device, cache, force=plan.force, resume=plan.resume)
-    pretrain_stage(run, context)
-    post_stage(run, context)
-    for scheme in run.config.finetune.schemes:
-        finetune_stage(run, scheme, context)
-    finish_stage(store.run(run.run_id), required=True)
+    in sequence, in this process; writes only inside its run directory, holding the run's lock (a second
+    writer of the same run waits, then finds it complete)."""
+    run_dir = store.run(run.run_id)
+    with run_dir.lock(("", *run.config.finetune.schemes), who=run.method):
+        if store.verified_complete(run_dir) and not plan.force:  # a complete run with damaged rows is redone
+            progress.log(f"{run.method}: skipped, run {run.run_id} is complete (use --force to rerun)")
+            return RunOutcome(run.run_id, run.method, "skipped")
+        context = StageContext(store, device, cache, force=plan.force, resume=plan.resume)
+        pretrain_stage(run, context)
+        post_stage(run, context)
+        for scheme in run.config.finetune.schemes:
+            finetune_stage(run, scheme, context)
+        finish_stage(run_dir, required=True)
     return RunOutcome(run.run_id, run.method, "completed")
 
 
@@ -98,9 +101,21 @@ def run_plan(plan: RunPlan) -> list[RunOutcome]:
         outcomes = []
         for run in plan.runs:
             outcomes.append(execute(run, plan, store, cache, device))
-            store.collect()
-        return outcomes
-    return run_in_workers(plan, store, device, jobs)
+            collect_between(store)
+    else:
+        outcomes = run_in_workers(plan, store, device, jobs)
+    store.collect()  # the last rebuild: a store that cannot be indexed is the plan's failure, after its runs
+    return outcomes
+
+
+def collect_between(store: ResultsStore) -> None:
+    """Rebuild the index after one run while others are still to run or running: a failure here (an
+    unreadable legacy index, a full disk) is one line, never the end of the plan or of a running
+    sibling (review 2, D3: the parent's failed collect terminated the other worker)."""
+    try:
+        store.collect()
+    except Exception as error:  # noqa: BLE001 - the plan's last collect raises it again if it persists
+        warn(f"the index was not rebuilt ({progress.error_line(error)}); the runs go on")
 
 
 # ------------------------------------------------------------------ parallel runs (CPU cores, GPUs)
@@ -221,7 +236,7 @@ def run_in_workers(
                 active.remove(worker)
                 free.append(worker.device)
                 outcomes[worker.run.run_id] = _collect_outcome(worker, store)
-                store.collect()
+                collect_between(store)
     except BaseException:
         for worker in active:
             worker.process.terminate()

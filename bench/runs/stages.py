@@ -395,15 +395,18 @@ def run_stage(stage: str, run: MethodRun, ctx: StageContext, scheme: str | None 
     stage that stores the last missing piece also finishes the run."""
     run_dir = ctx.store.run(run.run_id)
     threads = torch.get_num_threads()  # a resumed run may switch to the count it was started with
+    # a finetune job locks its scheme's files only, so one encoder's schemes run in parallel (RunDir.lock)
+    parts = (scheme or "",) if stage == "finetune" else ("", *run.config.finetune.schemes)
     try:
-        if stage == "pretrain":  # a sweep's pretrain job runs the post stage too (no job of its own)
-            worked = pretrain_stage(run, ctx)
-            worked = post_stage(run, ctx) or worked
-        elif stage == "finetune":
-            worked = finetune_stage(run, scheme, ctx)
-        else:
-            worked = False
-        finished = finish_stage(run_dir)
+        with run_dir.lock(parts, who=run.method):
+            if stage == "pretrain":  # a sweep's pretrain job runs the post stage too (no job of its own)
+                worked = pretrain_stage(run, ctx)
+                worked = post_stage(run, ctx) or worked
+            elif stage == "finetune":
+                worked = finetune_stage(run, scheme, ctx)
+            else:
+                worked = False
+            finished = finish_stage(run_dir)
     except Exception as error:  # noqa: BLE001 - a failed stage is recorded; the scheduler sees the job fail
         reason = f"{stage}{f' {scheme}' if scheme else ''}: {progress.error_line(error)}"
         record_failure(run_dir, reason, error)

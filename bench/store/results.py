@@ -23,6 +23,8 @@ import os
 import shutil
 import socket
 import stat
+import sys
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.errors import StoreError, closest
 from bench.store.atomic import write_atomic
+from bench.store.locks import Busy, exclusive, hold_all
 from bench.store.provenance import now
 from bench.store.rows import ResultRow, RowError, read_rows_csv, rows_csv
 
@@ -189,6 +192,40 @@ class RunDir:
         """The run's stored rows, validated (``RowError`` names the file and line)."""
         return read_rows_csv(self.rows)
 
+    def rows_from_schemes(self) -> list[ResultRow] | None:
+        """The rows its schemes stored (``rows_<scheme>.csv``, in its config's scheme order), as the
+        finish stage assembles them; None when its config or one scheme's rows are missing. What a run
+        completed before ``rows.csv`` existed is rebuilt from (review 2, D4)."""
+        config = self.read_json_or_none(self.config) if _regular(self.config) else None
+        schemes = config.get("finetune", {}).get("schemes") if isinstance(config, dict) else None
+        if not isinstance(schemes, list) or not all(_regular(self.scheme_rows(str(s))) for s in schemes):
+            return None
+        return [row for scheme in schemes for row in self.read_scheme_rows(str(scheme))]
+
+    def lock_file(self, part: str = "") -> Path:
+        """``<store>/.locks/<run id>[.<part>].lock``: outside the run directory, so clearing or replacing it
+        never removes a lock a writer holds, and outside ``runs/``, which lists runs only."""
+        return self.path.parent.parent / ".locks" / f"{self.run_id}{'.' + part if part else ''}.lock"
+
+    @contextmanager
+    def lock(self, parts: tuple[str, ...] = ("",), *, wait: bool = True, who: str = "") -> Iterator[None]:
+        """Hold the run's write locks (review 2, D6: two writers of one run interleaved, and a classifier
+        was left that the stored encoder did not give).
+
+        ``parts``: ``""`` is the whole run; a scheme's name is that scheme's files. A writer of the whole
+        run (``bench run``, a pretrain job, a merge) takes ``""`` and every scheme's; a sweep's finetune job
+        only its scheme's, so the schemes of one encoder still run in parallel and never beside a whole-run
+        writer. Always taken in the same order, so two writers never deadlock. ``wait``: block (saying so
+        in one line) or raise ``RunLocked`` at once."""
+        self.lock_file().parent.mkdir(parents=True, exist_ok=True)
+        order = sorted(set(parts), key=lambda name: (name != "", name))
+        say = f"{who or self.run_id}: waiting for another process writing run {self.run_id}"
+        try:
+            with hold_all([self.lock_file(part) for part in order], wait=wait, on_wait=lambda _: warn(say)):
+                yield
+        except Busy as busy:
+            raise RunLocked(f"run {self.run_id} is being written by another process (it holds {busy.path})") from None
+
     def write_scheme_rows(self, scheme: str, rows: list[ResultRow]) -> Path:
         self.create()
         return write_atomic(self.scheme_rows(scheme), rows_csv(rows))
@@ -213,6 +250,15 @@ class RunDir:
 
 
 # --------------------------------------------------------------------------- the store
+
+
+class RunLocked(StoreError):
+    """Another process is writing this run (``RunDir.lock`` without waiting)."""
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr, even under --quiet: the store changed something the user should know."""
+    print(f"bench: warning: {message}", file=sys.stderr, flush=True)
 
 
 class ResultsStore:
@@ -265,30 +311,95 @@ class ResultsStore:
     def collect(self) -> int:
         """Rebuild ``results.csv`` from every complete run's ``rows.csv``; returns the number of rows.
 
-        Runs completed by older versions (a completion mark, no ``rows.csv``) get their rows from
-        the current index, which must then validate; otherwise nothing is written."""
+        A complete run whose ``rows.csv`` does not validate is left out and quarantined (``quarantine``),
+        never the whole store: one torn file once wedged every later collect (review 2, D3). Runs
+        completed by older versions (a completion mark, no ``rows.csv``) get their rows rebuilt
+        (``legacy_rows``); when the current index they may come from cannot be read, nothing is written."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with _file_lock(self.lock_path):
-            complete = [run for run in self.run_dirs() if run.is_complete()]
-            legacy = [run for run in complete if not run.rows.exists()]
-            if legacy:
-                self._migrate(legacy)
-            rows = [row for run in complete for row in run.read_rows()]
+        with exclusive(self.lock_path):
+            rows = self._index_rows(fix=True)
             write_atomic(self.table, rows_csv(rows))
         return len(rows)
 
-    def _migrate(self, legacy: list[RunDir]) -> None:
-        """Give each legacy complete run its own ``rows.csv`` from the old index."""
+    def index_is_current(self) -> bool:
+        """Whether ``results.csv`` holds every row the complete runs give (nothing is changed).
+
+        The index is derived from the run directories, so one cut at a row boundary or left with its
+        header alone is valid CSV but wrong (review 2, D16); the report checks this before trusting it.
+        Rows of runs that are not here (an index assembled elsewhere) do not make it stale."""
         try:
-            indexed = self.read_rows()
-        except (RowError, UnicodeDecodeError) as error:
-            names = ", ".join(run.run_id for run in legacy[:3])
-            raise StoreError(
-                f"{self.table} cannot be read ({error}) and complete runs ({names}…) have no rows.csv: "
-                "restore the file or delete those runs' done.json to redo them"
-            ) from None
+            expected = Counter(rows_csv(self._index_rows(fix=False)).encode().splitlines())
+            return self.table.is_file() and not expected - Counter(self.table.read_bytes().splitlines())
+        except (RowError, UnicodeDecodeError, OSError, StoreError):
+            return False
+
+    def _index_rows(self, *, fix: bool) -> list[ResultRow]:
+        """The complete runs' rows, by run id. ``fix``: give legacy runs their ``rows.csv`` and quarantine
+        damaged runs; without it nothing is written and a damaged run raises ``StoreError``."""
+        complete = [run for run in self.run_dirs() if run.is_complete()]
+        if fix:
+            self._migrate([run for run in complete if not run.rows.exists()])
+        rows: list[ResultRow] = []
+        for run in filter(RunDir.is_complete, complete):  # a migration may have quarantined some
+            try:
+                found = run.read_rows() if run.rows.exists() else self.legacy_rows(run)
+            except (RowError, UnicodeDecodeError, OSError) as error:
+                if not fix:
+                    raise StoreError(str(error)) from None
+                self.quarantine(run, f"its rows.csv does not validate ({str(error).splitlines()[0]})")
+                continue
+            if found is None:
+                raise StoreError(f"run {run.run_id} is complete and its rows are nowhere")
+            rows.extend(found)
+        return rows
+
+    def quarantine(self, run: RunDir, why: str) -> None:
+        """Take a complete run whose rows cannot be trusted out of the results: it is marked failed (not
+        resumable, so the next ``bench run`` starts it afresh) and its completion mark removed, with one
+        warning line. The failure is written first: a kill in between leaves a complete run with a failure
+        recorded, which the next collect quarantines again."""
+        run.mark_failed(f"quarantined: {why}")
+        run.done.unlink(missing_ok=True)
+        warn(f"run {run.run_id} left out of {self.table}: {why}; marked incomplete, so the next run redoes it")
+
+    def verified_complete(self, run: RunDir) -> bool:
+        """Complete and its rows validate; a complete run whose rows do not is quarantined (False)."""
+        if not run.is_complete() or not run.rows.exists():  # a legacy run: collect gives it its rows
+            return run.is_complete()
+        try:
+            run.read_rows()
+        except (RowError, UnicodeDecodeError, OSError) as error:
+            self.quarantine(run, f"its rows.csv does not validate ({str(error).splitlines()[0]})")
+            return False
+        return True
+
+    def legacy_rows(self, run: RunDir) -> list[ResultRow] | None:
+        """The rows of a run completed before ``rows.csv`` existed: from its own scheme files, else its
+        rows in this store's index; None when neither has them (``RowError`` when the index is damaged).
+        Never an empty list for a run that measured something (review 2, D4: merged runs were "complete"
+        with 0 rows)."""
+        rebuilt = run.rows_from_schemes()
+        if rebuilt is not None:
+            return rebuilt
+        indexed = [row for row in self.read_rows() if row.run_id == run.run_id]
+        return indexed or None
+
+    def _migrate(self, legacy: list[RunDir]) -> None:
+        """Give each legacy complete run its own ``rows.csv`` (``legacy_rows``); quarantine the ones whose
+        rows are nowhere."""
         for run in legacy:
-            run.write_rows([row for row in indexed if row.run_id == run.run_id])
+            try:
+                rows = self.legacy_rows(run)
+            except (RowError, UnicodeDecodeError) as error:
+                names = ", ".join(r.run_id for r in legacy[:3])
+                raise StoreError(
+                    f"{self.table} cannot be read ({error}) and complete runs ({names}…) have no rows.csv: "
+                    "restore the file or delete those runs' done.json to redo them"
+                ) from None
+            if rows is None:
+                self.quarantine(run, "it has no rows.csv, and neither its scheme files nor the index hold its rows")
+            else:
+                run.write_rows(rows)
 
 
 def _regular(path: Path) -> bool:
@@ -297,12 +408,3 @@ def _regular(path: Path) -> bool:
         return stat.S_ISREG(path.lstat().st_mode)
     except OSError:
         return False
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock shared by every process on this host (``filelock``)."""
-    from filelock import FileLock
-
-    with FileLock(str(path)):
-        yield

@@ -28,7 +28,7 @@ from bench.cli.commands import (
     cmd_sweep,
 )
 from bench.cli.experiment import add_experiment_flags, with_experiment
-from bench.cli.flags import add_config_flags, add_dry_run_flags, add_method_flags, add_product_flags
+from bench.cli.flags import add_config_flags, add_dry_run_flags, add_method_flags, add_product_flags, add_track_flag
 from bench.cli.speed import SPEED_STAGES, cmd_speed
 from bench.cli.study import add_study_parser
 from bench.config import SCHEMES, ConfigError
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dry_run_flags(run)
     add_experiment_flags(run)
     add_config_flags(run)
+    add_track_flag(run)
     add_product_flags(run)
     run.set_defaults(handler=cmd_run)
 
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
     add_dry_run_flags(repro)
     add_config_flags(repro)
+    add_track_flag(repro)
     repro.set_defaults(handler=cmd_reproduce, preset="paper")
 
     pre = sub.add_parser("pretrain", help="pretrain methods and store their encoders (no finetuning)")
@@ -94,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--force", action="store_true", help="rerun runs that are already complete")
     pre.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
     add_config_flags(pre)
+    add_track_flag(pre)
     add_product_flags(pre)
     pre.set_defaults(handler=cmd_pretrain)
 

@@ -26,6 +26,7 @@ from bench.runs.collect import describe, merge_stores, run_status
 from bench.runs.external import evaluate_external
 from bench.runs.pipeline import run_plan
 from bench.runs.plan import RunRequest, assemble, build_plan
+from bench.runs.tracking import log_report, resolve_track
 from bench.store.results import ResultsStore
 
 SHORT_FLAGS = {  # flag dest → dotted config field
@@ -63,7 +64,6 @@ def _split_assignment(text: str, flag: str) -> tuple[str, str]:
 
 
 def build_request(args: argparse.Namespace, methods: tuple[str, ...]):
-
     overrides: dict[str, str] = {}
     for dest, dotted in SHORT_FLAGS.items():
         value = getattr(args, dest, None)
@@ -90,6 +90,7 @@ def build_request(args: argparse.Namespace, methods: tuple[str, ...]):
         resume=getattr(args, "resume", False),
         seeds=tuple(getattr(args, "seeds", None) or ()),
         datasets=tuple(getattr(args, "datasets", None) or ()),
+        track=resolve_track(getattr(args, "track", None)),
     )
 
 
@@ -155,6 +156,12 @@ def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
     reports = []
     if not pretrain_only and not args.no_report:
         reports = _report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet or as_json)
+        log_report(
+            plan.track,
+            plan.reports_dir,
+            reports,
+            {"results_dir": str(plan.results_dir), "runs": [r.run_id for r in plan.runs]},
+        )
     status = _summarise(outcomes)
     if as_json:
         print(json.dumps(run_summary(plan, outcomes, reports)))
@@ -165,16 +172,8 @@ def run_summary(plan, outcomes, reports: list[Path]) -> dict:
     """``bench run --json``: what a script needs after a run (each run's id, status and flags, the
     stored results and the report files), as one JSON object on stdout."""
     flags = {run.run_id: list(run.flags) for run in plan.runs}
-    runs = [
-        {
-            "run_id": o.run_id,
-            "method": o.method,
-            "status": o.status,
-            "reason": o.reason,
-            "flags": flags.get(o.run_id, []),
-        }
-        for o in outcomes
-    ]
+    keys = ("run_id", "method", "status", "reason")
+    runs = [{**{key: getattr(o, key) for key in keys}, "flags": flags.get(o.run_id, [])} for o in outcomes]
     return {"runs": runs, "results": str(plan.results_dir / "results.csv"), "reports": [str(path) for path in reports]}
 
 

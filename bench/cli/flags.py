@@ -9,6 +9,7 @@ import argparse
 from bench.config import ATTACKS, DEVICES, PRESETS, PROTOCOLS, SCHEMES
 from bench.engine.data import DATASETS
 from bench.methodkit.post import POST_STAGES
+from bench.runs.tracking import CHOICES as TRACKERS
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -98,4 +99,15 @@ def add_product_flags(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="DATASET",
         help="several pretraining datasets, e.g. --datasets cifar10 cifar100 (not with --dataset)",
+    )
+
+
+def add_track_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--track",
+        action="append",
+        choices=TRACKERS,
+        metavar="TRACKER",
+        help="live tracking, repeatable: tensorboard, mlflow, wandb (each optional: pip install -e '.[track]'), "
+        "besides the default local log runs/<id>/metrics.jsonl; 'none' for no tracking (README 'Live tracking')",
     )

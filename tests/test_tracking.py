@@ -20,7 +20,9 @@ import pytest
 import torch
 from tiny_run import TINY
 
-from bench.cli.app import main
+from bench.cli.app import build_parser, main
+from bench.cli.commands import build_request, selected_methods
+from bench.cli.experiment import with_experiment
 from bench.config import ConfigError
 from bench.engine import progress
 from bench.methodkit import registry
@@ -44,6 +46,20 @@ def test_track_values_resolve_to_local_plus_the_backends_named():
         resolve_track(["none", "mlflow"])
     with pytest.raises(ConfigError, match="'comet' is invalid: allowed local, tensorboard"):
         resolve_track(["comet"])
+
+
+def test_track_is_an_experiment_file_key_and_the_command_line_wins(tmp_path, capsys):
+    path = tmp_path / "exp.yaml"
+    path.write_text("methods: [simclr]\ntrack: [mlflow, wandb]\n")
+    for extra, expected in (([], ("local", "mlflow", "wandb")), (["--track", "none"], ())):
+        parser, argv = build_parser(), ["run", "--config", str(path), *extra]  # the file sets the parser's defaults
+        args = parser.parse_args(argv)
+        args.argv = argv[1:]
+        args = with_experiment(parser, argv, args)
+        assert build_request(args, selected_methods(args)).track == expected
+    path.write_text("methods: [simclr]\ntrack: [comet]\n")
+    assert main(["run", "--config", str(path), "--dry-run"]) == 2
+    assert f"{path}: key 'track' holds 'comet': allowed" in capsys.readouterr().err
 
 
 class Recorder(Tracker):

@@ -105,9 +105,11 @@ def add_product_flags(parser: argparse.ArgumentParser) -> None:
 def add_track_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--track",
-        action="append",
+        action="extend",  # --track a b or --track a --track b; an experiment file's `track: [a, b]` (nargs "+")
+        nargs="+",
         choices=TRACKERS,
         metavar="TRACKER",
-        help="live tracking, repeatable: tensorboard, mlflow, wandb (each optional: pip install -e '.[track]'), "
-        "besides the default local log runs/<id>/metrics.jsonl; 'none' for no tracking (README 'Live tracking')",
+        help="live tracking, one or more (repeatable): tensorboard, mlflow, wandb (each optional: "
+        "pip install -e '.[track]'), besides the default local log runs/<id>/metrics.jsonl; 'none' for no "
+        "tracking (README 'Live tracking')",
     )

@@ -41,3 +41,4 @@ CHECKPOINT_FORMATS = (
 LAUNCHERS = ("local", "submitit-local", "slurm")  # bench.runs.sweep
 POST_STAGES = ("", "pp")  # '' = none; 'pp' = DynACL++ LP-AFT (bench.methodkit.post)
 SPEED_STAGES = ("pretrain", "eval", "epoch")  # what `bench speed` measures (bench.cli.speed)
+TRACKERS = ("local", "tensorboard", "mlflow", "wandb", "none")  # --track: bench.runs.tracking

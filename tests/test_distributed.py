@@ -13,6 +13,7 @@ from bench.engine import collective
 from bench.engine.losses import nt_xent
 from bench.engine.models import build_contrastive_model
 from bench.runs import distributed
+from bench.runs.tracking import read_local
 
 METHODS = ["acl", "advcl-ip"]  # eval-mode attack with gathered negatives; train-mode attack, per-shard BN, CE, α
 
@@ -176,6 +177,8 @@ def test_torchrun_pretrains_the_run_of_one_process_with_world_size_shards(tmp_pa
     run_dir = tmp_path / "r" / "runs" / expected
     assert (run_dir / "encoder.pt").exists() and (run_dir / "done.json").exists()
     assert len((run_dir / "pretrain_history.csv").read_text().splitlines()) == 1 + 1437 // 256
+    # the local tracker: rank 0 alone logs each step, once (bench.runs.tracking)
+    assert [line["step"] for line in read_local(run_dir / "metrics.jsonl")] == list(range(1437 // 256))
 
 
 def test_under_w_processes_unset_shards_become_w_and_published_or_given_ones_stay():

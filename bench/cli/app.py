@@ -21,6 +21,7 @@ from bench.cli.flags import (
     add_experiment_flags,
     add_method_flags,
     add_product_flags,
+    add_track_flag,
 )
 from bench.cli.study import add_study_parser
 from bench.errors import (
@@ -122,7 +123,6 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bench",
@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dry_run_flags(run)
     add_experiment_flags(run)
     add_config_flags(run)
+    add_track_flag(run)
     add_product_flags(run)
     run.set_defaults(handler=_command("cmd_run"))
 
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
     add_dry_run_flags(repro)
     add_config_flags(repro)
+    add_track_flag(repro)
     repro.set_defaults(handler=_command("cmd_reproduce"), preset="paper")
 
     pre = sub.add_parser("pretrain", help="pretrain methods and store their encoders (no finetuning)")
@@ -161,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--force", action="store_true", help="rerun runs that are already complete")
     pre.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
     add_config_flags(pre)
+    add_track_flag(pre)
     add_product_flags(pre)
     pre.set_defaults(handler=_command("cmd_pretrain"))
 

@@ -26,6 +26,7 @@ from bench.runs.collect import describe, existing_store, merge_stores, refresh_i
 from bench.runs.external import evaluate_external
 from bench.runs.pipeline import run_plan
 from bench.runs.plan import RunRequest, assemble, build_plan
+from bench.runs.tracking import log_report, resolve_track
 from bench.store.results import ResultsStore
 
 SHORT_FLAGS = {  # flag dest → dotted config field
@@ -63,7 +64,6 @@ def _split_assignment(text: str, flag: str) -> tuple[str, str]:
 
 
 def build_request(args: argparse.Namespace, methods: tuple[str, ...]):
-
     overrides: dict[str, str] = {}
     for dest, dotted in SHORT_FLAGS.items():
         value = getattr(args, dest, None)
@@ -90,6 +90,7 @@ def build_request(args: argparse.Namespace, methods: tuple[str, ...]):
         resume=getattr(args, "resume", False),
         seeds=tuple(getattr(args, "seeds", None) or ()),
         datasets=tuple(getattr(args, "datasets", None) or ()),
+        track=resolve_track(getattr(args, "track", None)),
     )
 
 
@@ -155,6 +156,12 @@ def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
     reports = []
     if not pretrain_only and not args.no_report:
         reports = _report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet or as_json)
+        log_report(
+            plan.track,
+            plan.reports_dir,
+            reports,
+            {"results_dir": str(plan.results_dir), "runs": [r.run_id for r in plan.runs]},
+        )
     status = _summarise(outcomes)
     if as_json:
         print(json.dumps(run_summary(plan, outcomes, reports)))

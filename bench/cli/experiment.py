@@ -154,7 +154,11 @@ def _flag_value(path: Path, key: str, action: argparse.Action, value: Any) -> An
             raise ConfigError(f"{path}: key {key!r} is {value!r}: allowed true or false")
         return value
     if action.nargs in ("+", "*"):
-        return [_text(path, key, item) for item in _items(path, key, value)]
+        texts = [_text(path, key, item) for item in _items(path, key, value)]
+        for text in texts if action.choices is not None else ():
+            if text not in action.choices:
+                raise ConfigError(f"{path}: key {key!r} holds {text!r}: allowed {list(action.choices)}")
+        return texts
     text = _text(path, key, value)
     if action.choices is not None and text not in action.choices:
         raise ConfigError(f"{path}: key {key!r} is {text!r}: allowed {list(action.choices)}")

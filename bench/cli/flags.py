@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.choices import ATTACKS, DATASETS, DEVICES, POST_STAGES, PRESETS, PROTOCOLS, SCHEMES
+from bench.choices import ATTACKS, DATASETS, DEVICES, POST_STAGES, PRESETS, PROTOCOLS, SCHEMES, TRACKERS
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -109,4 +109,17 @@ def add_experiment_flags(parser: argparse.ArgumentParser) -> None:
         "--write-config",
         metavar="FILE",
         help="with --dry-run: write the resolved experiment (the file and the flags, methods expanded) as YAML",
+    )
+
+
+def add_track_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--track",
+        action="extend",  # --track a b or --track a --track b; an experiment file's `track: [a, b]` (nargs "+")
+        nargs="+",
+        choices=TRACKERS,
+        metavar="TRACKER",
+        help="live tracking, one or more (repeatable): tensorboard, mlflow, wandb (each optional: "
+        "pip install -e '.[track]'), besides the default local log runs/<id>/metrics.jsonl; 'none' for no "
+        "tracking (README 'Live tracking')",
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -16,6 +17,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 _quiet = False
 _bars = True
 console = Console(stderr=True)
+
+
+class MetricSink(Protocol):
+    """Where a run's per-step numbers go: the run's tracker (``bench.runs.tracking``)."""
+
+    def log_step(self, step: int, metrics: dict[str, float]) -> None: ...
+
+
+_sink: MetricSink | None = None
 
 
 def set_quiet(quiet: bool) -> None:
@@ -74,3 +84,27 @@ def error_line(error: BaseException) -> str:
     """One line naming an error: its type and the first line of its message."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def warn(message: str) -> None:
+    """A line that must be seen even under --quiet (stderr): something the user asked for did not happen."""
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def metrics_to(sink: MetricSink) -> Iterator[None]:
+    """Send ``metrics`` to ``sink`` for the duration (one run's tracker). The loops report their numbers
+    here, as they report progress to the bars, so they never know which trackers are on (or any)."""
+    global _sink
+    saved, _sink = _sink, sink
+    try:
+        yield
+    finally:
+        _sink = saved
+
+
+def metrics(step: int, values: dict[str, float]) -> None:
+    """One step's numbers (keys ``<stage>/<name>``, e.g. ``pretrain/loss``, ``finetune/SLF/loss``) to the
+    current run's tracker; nothing when none is installed (a bare loop, a follower rank under DDP)."""
+    if _sink is not None:
+        _sink.log_step(step, values)

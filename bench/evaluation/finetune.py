@@ -256,6 +256,7 @@ def finetune(
     result = FinetuneResult(classifier)
     x_train, y_train = data.x_train, data.y_train
     batches = -(-x_train.shape[0] // settings.batch_size)
+    step = 0  # the tracker's x axis (progress.metrics): batches so far, over epochs
     with progress.task(f"  {scheme}", settings.epochs * batches) as bar:
         for epoch in range(settings.epochs):
             for indices in batch_indices(x_train.shape[0], settings.batch_size, order_generator, drop_last=False):
@@ -272,6 +273,9 @@ def finetune(
                         f"{scheme} finetuning: loss became {value} at epoch {epoch} "
                         f"(lr {optimizer.param_groups[0]['lr']:.4g})"
                     )
+                lr = optimizer.param_groups[0]["lr"]
+                progress.metrics(step, {f"finetune/{scheme}/loss": value, f"finetune/{scheme}/lr": lr})
+                step += 1
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -115,7 +115,7 @@ def reproduce_plan(
                 )
             )
     runs = tuple(run for plan in plans for run in plan.runs)
-    return RunPlan(plans[0].base, runs, force=request.force, resume=request.resume)
+    return RunPlan(plans[0].base, runs, force=request.force, resume=request.resume, track=request.track)
 
 
 # --------------------------------------------------------------------------- the comparison

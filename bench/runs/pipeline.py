@@ -33,6 +33,7 @@ from bench.runs.stages import (
     pretrain_stage,
     record_failure,
 )
+from bench.runs.tracking import tracked
 from bench.store.results import ResultsStore, warn
 
 __all__ = ["DataCache", "RunOutcome", "execute", "resolve_jobs", "run_method", "run_plan"]
@@ -60,11 +61,13 @@ def run_method(
             progress.log(f"{run.method}: skipped, run {run.run_id} is complete (use --force to rerun)")
             return RunOutcome(run.run_id, run.method, "skipped")
         context = StageContext(store, device, cache, force=plan.force, resume=plan.resume)
-        pretrain_stage(run, context)
-        post_stage(run, context)
-        for scheme in run.config.finetune.schemes:
-            finetune_stage(run, scheme, context)
-        finish_stage(run_dir, required=True)
+        with tracked(plan.track, run, run_dir) as tracker:  # the loops report to it (progress.metrics)
+            pretrain_stage(run, context)
+            post_stage(run, context)
+            for scheme in run.config.finetune.schemes:
+                finetune_stage(run, scheme, context)
+            finish_stage(run_dir, required=True)
+            tracker.log_rows(run_dir.read_rows())
     return RunOutcome(run.run_id, run.method, "completed")
 
 

@@ -57,6 +57,7 @@ class RunRequest:
     dry_run: bool = False  # resolve and validate only: nothing is fetched or written
     seeds: tuple[str, ...] = ()  # several seeds (raw values): the plan is seeds × datasets × methods
     datasets: tuple[str, ...] = ()  # several pretraining datasets
+    track: tuple[str, ...] = ("local",)  # live trackers (bench.runs.tracking; not part of any run's identity)
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class RunPlan:
     runs: tuple[MethodRun, ...]
     force: bool = False
     resume: bool = False
+    track: tuple[str, ...] = ("local",)  # the trackers each run reports to (bench.runs.tracking)
 
     @property
     def results_dir(self) -> Path:
@@ -371,4 +373,4 @@ def build_plan(request: RunRequest) -> RunPlan:
     # Teachers first (a student waits for its teacher's encoder), each once, even when also selected.
     ordered = {run.run_id: run for run in teachers}
     ordered.update({run.run_id: run for run in runs if run.run_id not in ordered})
-    return RunPlan(base, tuple(ordered.values()), force=request.force, resume=request.resume)
+    return RunPlan(base, tuple(ordered.values()), force=request.force, resume=request.resume, track=request.track)

@@ -67,6 +67,8 @@ class RunDir:
     post_summary = RunFile("post.json")  # the post stage's record (written after post_encoder)
     failed = RunFile("failed.json")  # why the last attempt failed (a later run starts afresh, or resumes after a kill)
     progress = RunFile("progress.json")  # the stage reached (pretraining step k of n, finetuning scheme)
+    metrics = RunFile("metrics.jsonl")  # the live per-step log (the local tracker, bench.runs.tracking)
+    tensorboard = RunFile("tensorboard")  # TensorBoard's event files (--track tensorboard)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

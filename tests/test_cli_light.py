@@ -21,7 +21,7 @@ import bench.config
 import bench.engine.checkpoints
 import bench.engine.data
 import bench.errors
-from bench.cli import app
+from bench.cli import app, parsing
 from bench.coercion import invalid
 from bench.config import RunConfig, preset, set_field
 from bench.errors import ConfigError, closest, did_you_mean
@@ -81,7 +81,9 @@ def test_every_subcommand_resolves_to_its_function():
     parser = app.build_parser()
     for name, sub in parser._subparsers._group_actions[0].choices.items():
         handler = sub.get_default("handler")
-        implementation = app._implementation(handler.__name__) if handler.__module__ == app.__name__ else handler
+        implementation = (
+            parsing._implementation(handler.__name__) if handler.__module__ == parsing.__name__ else handler
+        )
         assert callable(implementation) and implementation.__name__.startswith("cmd_"), name
 
 

@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable
 
 from bench.choices import CHECKPOINT_FORMATS, LAUNCHERS, SCHEMES, SPEED_STAGES
 from bench.cli.flags import (
@@ -23,6 +22,7 @@ from bench.cli.flags import (
     add_product_flags,
     add_track_flag,
 )
+from bench.cli.parsing import OneLineParser, VersionAction, command_handler
 from bench.cli.study import add_study_parser
 from bench.errors import (
     CheckpointError,
@@ -32,9 +32,7 @@ from bench.errors import (
     DownloadError,
     RowError,
     StoreError,
-    did_you_mean,
 )
-from bench.store.provenance import code_version
 
 
 def run_stage_command(argv: list[str]) -> int:
@@ -62,74 +60,13 @@ def _progress():
     return progress
 
 
-class _Version(argparse.Action):
-    """``--version``: asks git for the commit only when the flag is given (argparse's own action
-    needs the text while the parser is built, i.e. two git calls on every command)."""
-
-    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
-        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(f"acl-bench {code_version()}")  # stdout, as argparse's own version action
-        parser.exit()
-
-
-def _command(name: str) -> Callable[[argparse.Namespace], int]:
-    """A subcommand's handler that imports the command's module when the command runs, not when the
-    parser is built: those modules load torch, pandas and the method zoo, and ``bench --help``, ``bench
-    --version`` and ``bench <cmd> --help`` answer without them (issue #22)."""
-
-    def handler(args: argparse.Namespace) -> int:
-        return _implementation(name)(args)
-
-    handler.__name__ = handler.__qualname__ = name
-    return handler
-
-
-def _implementation(name: str) -> Callable[[argparse.Namespace], int]:
-    """The function ``name`` of the module that implements it; a missing one is a bug, not bad input."""
-    if name == "cmd_speed":
-        from bench.cli.speed import cmd_speed  # deferred: torch (the measuring, bench.products.speed)
-
-        return cmd_speed
-    import bench.cli.commands as commands  # deferred: torch, pandas, scipy and the method zoo
-
-    return getattr(commands, name)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse's parser with a "did you mean" in its unknown-choice error (``bench compar``, ``--scheme
-    slf``, ``--launcher slurn``), and every usage error one line and exit 2, like every other bad input
-    (argparse printed the whole usage, 17 to 24 lines, before its message). The subcommands' parsers
-    are of the same class (``add_subparsers``)."""
-
-    def _check_value(self, action, value):  # argparse's one check of ``choices`` (3.10 to 3.13)
-        if action.choices is not None and value not in action.choices:
-            hint = did_you_mean(value, action.choices)
-            choices = ", ".join(map(repr, action.choices))
-            raise argparse.ArgumentError(action, f"invalid choice: {value!r}{hint} (choose from {choices})")
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
-        """As argparse's, but an unknown flag is the subcommand's error (``bench run: error: …``): argparse
-        hands a subcommand's leftovers up and reports them as the top parser's."""
-        parsed, extras = self.parse_known_args(args, namespace)
-        if extras:
-            commands = [action for action in self._actions if isinstance(action, argparse._SubParsersAction)]
-            owner = commands[0].choices.get(getattr(parsed, commands[0].dest, None)) if commands else None
-            (owner or self).error(f"unrecognized arguments: {' '.join(extras)}")
-        return parsed
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="bench",
         description="acl-bench: pretrain, finetune (SLF/ALF/AFF), attack (PGD-20, AutoAttack) and report "
         "adversarial contrastive learning methods in one harness.",
     )
-    parser.add_argument("--version", action=_Version, help="package version and git commit")
+    parser.add_argument("--version", action=VersionAction, help="package version and git commit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="pretrain, finetune and evaluate methods, then write the report")
@@ -142,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(run)
     add_track_flag(run)
     add_product_flags(run)
-    run.set_defaults(handler=_command("cmd_run"))
+    run.set_defaults(handler=command_handler("cmd_run"))
 
     repro = sub.add_parser(
         "reproduce",
@@ -156,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dry_run_flags(repro)
     add_config_flags(repro)
     add_track_flag(repro)
-    repro.set_defaults(handler=_command("cmd_reproduce"), preset="paper")
+    repro.set_defaults(handler=command_handler("cmd_reproduce"), preset="paper")
 
     pre = sub.add_parser("pretrain", help="pretrain methods and store their encoders (no finetuning)")
     add_method_flags(pre)
@@ -165,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(pre)
     add_track_flag(pre)
     add_product_flags(pre)
-    pre.set_defaults(handler=_command("cmd_pretrain"))
+    pre.set_defaults(handler=command_handler("cmd_pretrain"))
 
     _add_sweep_parser(sub)
     _add_stage_parser(sub)
@@ -195,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         ev.add_argument("--force", action="store_true", help="re-evaluate even if stored")
         ev.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
         add_config_flags(ev)
-        ev.set_defaults(handler=_command("cmd_evaluate"))
+        ev.set_defaults(handler=command_handler("cmd_evaluate"))
 
     rep = sub.add_parser("report", help="write tables and plots from results/results.csv (never trains)")
     rep.add_argument("--paper", action="store_true", help="also lay out the A-InfoNCE paper's Table 1 with references")
@@ -209,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--quiet", action="store_true", help="do not print the table")
     rep.add_argument("--json", action="store_true", help="print the written files as one JSON object (no table)")
-    rep.set_defaults(handler=_command("cmd_report"))
+    rep.set_defaults(handler=command_handler("cmd_report"))
 
     speed = sub.add_parser("speed", help="throughput of the fast path vs a reference-style path (speed.csv, speed.md)")
     speed.add_argument(
@@ -246,11 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--no-reference", action="store_true", help="measure the fast path only")
     speed.add_argument("--no-autoattack", action="store_true", help="skip the AutoAttack measurement")
     add_config_flags(speed)
-    speed.set_defaults(handler=_command("cmd_speed"))
+    speed.set_defaults(handler=command_handler("cmd_speed"))
 
     lst = sub.add_parser("list", help="list the registered methods with a one-line description")
     lst.add_argument("--json", action="store_true", help="one JSON object per method")
-    lst.set_defaults(handler=_command("cmd_list"))
+    lst.set_defaults(handler=command_handler("cmd_list"))
 
     cmp = sub.add_parser(
         "compare",
@@ -261,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--scheme", action="append", metavar="SCHEME", help="only these schemes (default: all shared)")
     cmp.add_argument("--attack", action="append", metavar="ATTACK", help="only these attacks (default: all shared)")
     cmp.add_argument("--results-dir", default="results", help="results store (default results/)")
-    cmp.set_defaults(handler=_command("cmd_compare"))
+    cmp.set_defaults(handler=command_handler("cmd_compare"))
     add_study_parser(sub, stage_entry=run_stage_command)  # submitit jobs re-enter the CLI's stage entry
 
     exp = sub.add_parser(
@@ -281,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Load with bench.products.export.load_exported(path) (torchscript: allow_torchscript=True, it runs code)",
     )
     exp.add_argument("--results-dir", default="results", help="results store (default results/)")
-    exp.set_defaults(handler=_command("cmd_export"))
+    exp.set_defaults(handler=command_handler("cmd_export"))
 
     col = sub.add_parser("collect", help="rebuild results/results.csv from the run directories (and merge stores)")
     col.add_argument("--results-dir", default="results", help="results store (default results/)")
@@ -293,12 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="other results stores to merge in first (their complete runs are copied)",
     )
     col.add_argument("--quiet", action="store_true", help="no status lines")
-    col.set_defaults(handler=_command("cmd_collect"))
+    col.set_defaults(handler=command_handler("cmd_collect"))
 
     stat = sub.add_parser("status", help="state of every run in the store (complete, failed, stage reached)")
     stat.add_argument("--results-dir", default="results", help="results store (default results/)")
     stat.add_argument("--json", action="store_true", help="one JSON object per run")
-    stat.set_defaults(handler=_command("cmd_status"))
+    stat.set_defaults(handler=command_handler("cmd_status"))
     for command in sub.choices.values():
         command.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
@@ -353,7 +290,7 @@ def _add_sweep_parser(sub) -> None:
         help="jobs of one array running at once (0: SLURM's limit; locally one per core)",
     )
     # the jobs' entry, handed to the runs level
-    sweep.set_defaults(handler=_command("cmd_sweep"), stage_entry=run_stage_command)
+    sweep.set_defaults(handler=command_handler("cmd_sweep"), stage_entry=run_stage_command)
 
 
 def _add_stage_parser(sub) -> None:
@@ -371,7 +308,7 @@ def _add_stage_parser(sub) -> None:
     stage.add_argument("--force", action="store_true", help="pretrain: start the run afresh even if it is complete")
     stage.add_argument("--no-report", action="store_true", help="collect: do not write the report")
     add_config_flags(stage)
-    stage.set_defaults(handler=_command("cmd_stage"))
+    stage.set_defaults(handler=command_handler("cmd_stage"))
 
 
 def _interrupt(signum, frame) -> None:

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from bench.cli.request import SHORT_FLAGS, build_request, selected_methods  # noqa: F401  (also the sweep's, study's)
 from bench.config import ConfigError, check_directory
 from bench.engine import collective as step_collective
 from bench.engine import progress
@@ -25,80 +26,9 @@ from bench.runs import distributed, sweep
 from bench.runs.collect import describe, existing_store, merge_stores, refresh_index, run_status
 from bench.runs.external import evaluate_external
 from bench.runs.pipeline import run_plan
-from bench.runs.plan import RunRequest, assemble, build_plan
-from bench.runs.tracking import log_report, resolve_track
+from bench.runs.plan import assemble, build_plan
+from bench.runs.tracking import log_report
 from bench.store.results import ResultsStore
-
-SHORT_FLAGS = {  # flag dest → dotted config field
-    "dataset": "data.name",
-    "eval_dataset": "data.eval_name",
-    "data_dir": "data.data_dir",
-    "image_size": "data.image_size",
-    "arch": "model.arch",
-    "seed": "seed",
-    "device": "device",
-    "jobs": "jobs",
-    "epochs": "pretrain.epochs",
-    "batch_size": "pretrain.batch_size",
-    "lr": "pretrain.lr",
-    "optimizer": "pretrain.optimizer",
-    "finetune_epochs": "finetune.epochs",
-    "schemes": "finetune.schemes",
-    "epsilon": "evaluate.epsilon",
-    "step_size": "evaluate.step_size",
-    "train_epsilon": "attack.epsilon",
-    "train_steps": "attack.steps",
-    "attacks": "evaluate.attacks",
-    "n_eval": "evaluate.n_eval",
-    "results_dir": "results_dir",
-    "reports_dir": "reports_dir",
-    "protocol": "finetune.protocol",
-}
-
-
-def _split_assignment(text: str, flag: str) -> tuple[str, str]:
-    if "=" not in text:
-        raise ConfigError(f"{flag} {text!r} is invalid: allowed form KEY=VALUE")
-    key, value = text.split("=", 1)
-    return key.strip(), value.strip()
-
-
-def build_request(args: argparse.Namespace, methods: tuple[str, ...]):
-    overrides: dict[str, str] = {}
-    for dest, dotted in SHORT_FLAGS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            overrides[dotted] = value
-    if getattr(args, "download", False):
-        overrides["data.download"] = "true"
-    if getattr(args, "compile", False):
-        overrides["pretrain.compile"] = "true"
-    for item in args.set:
-        key, value = _split_assignment(item, "--set")
-        overrides[key] = value
-    method_params: dict[str, dict[str, str]] = {}
-    for item in args.param:
-        key, value = _split_assignment(item, "--param")
-        scope, _, name = key.rpartition(":")
-        method_params.setdefault(scope or "*", {})[name] = value
-    return RunRequest(
-        preset=args.preset,
-        overrides=overrides,
-        method_params=method_params,
-        methods=methods,
-        force=getattr(args, "force", False),
-        resume=getattr(args, "resume", False),
-        seeds=tuple(getattr(args, "seeds", None) or ()),
-        datasets=tuple(getattr(args, "datasets", None) or ()),
-        track=resolve_track(getattr(args, "track", None)),
-    )
-
-
-def selected_methods(args: argparse.Namespace) -> tuple[str, ...]:
-    """``--methods`` (space- or comma-separated); with ``--post pp`` each selected method's ``++`` form."""
-    names = tuple(m for m in ",".join(args.methods).split(",") if m)
-    post = getattr(args, "post", "")
-    return tuple(registry.with_post(name, post) for name in registry.resolve(names)) if post else names
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -67,7 +67,7 @@ def test_the_rows_are_the_measured_cells_with_the_markdown_text(tmp_path):
         assert shown in method_line, (shown, method_line)
     acl = next(r for r in rows if [r["cells"][k][0] for k in ("method", "scheme", "attack")] == ["acl", "SLF", "SA"])
     assert acl["cells"]["accuracy"] == ["91.0 ±12.7", 91.0] and acl["best"]  # 2 seeds: t-interval, bold
-    assert acl["cells"]["interval"] == ["[78.3, 103.7] t", 91.0]  # an interval sorts by its point estimate
+    assert acl["cells"]["interval"] == ["[78.3, 103.7] t, seeds", 91.0]  # an interval sorts by its point estimate
     assert acl["cells"]["seeds"] == ["2", 2] and acl["cells"]["data"][0] == "digits → digits"
     rocl = next(r for r in rows if r["cells"]["method"][0] == "rocl" and r["cells"]["attack"][0] == "PGD-20")
     assert rocl["cells"]["accuracy"][0] == "45.0 ±6.1†" and rocl["cells"]["flags"][0] == "suspect:aa>pgd20"

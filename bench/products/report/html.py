@@ -33,7 +33,7 @@ from bench.products.report.html_sections import figures_section, methods_section
 from bench.products.report.index import provenance
 from bench.products.report.render import cell_text, table_notes
 from bench.products.report.significance import mark
-from bench.products.report.tables import Table, VersusBase
+from bench.products.report.tables import Cell, Table, VersusBase
 from bench.store.atomic import write_atomic
 
 PAGE = "index.html"
@@ -53,6 +53,7 @@ COLUMNS = (
     ("versus_base", "Variant − base"),
     ("flags", "Flags"),
 )
+INTERVALS = {"wilson": "Wilson, images", "t": "t, seeds"}  # render.INTERVAL_NAMES, short
 FILTERS = ("method", "scheme", "attack", "data", "protocol")  # a select box each; the text box searches all
 # the script may not see a tag open or close inside its JSON: '<', '>' and '&' become JSON escapes
 _SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
@@ -78,6 +79,11 @@ def _versus_base_text(comparison: VersusBase | None) -> list[Any]:
     return [text, _number(comparison.difference)]
 
 
+def _interval_text(cell: Cell) -> str:
+    interval = cell.interval
+    return "" if interval is None else f"[{interval.low:.1f}, {interval.high:.1f}] {INTERVALS[interval.method]}"
+
+
 def result_rows(tables: Sequence[Table]) -> list[dict[str, Any]]:
     """One row per measured cell of the tables (an unmeasured cell, ``–`` in Markdown, is no row), each
     column as [text, sort key]: the accuracy and its interval sort by the point estimate."""
@@ -91,7 +97,6 @@ def result_rows(tables: Sequence[Table]) -> list[dict[str, Any]]:
                     if cell is None:
                         continue
                     comparison = table.versus_base.get((method, scheme, attack))
-                    interval = cell.interval
                     columns = {
                         "method": [method, method],
                         "data": [f"{key.dataset} → {key.eval_dataset}"] * 2,
@@ -101,10 +106,7 @@ def result_rows(tables: Sequence[Table]) -> list[dict[str, Any]]:
                         "scheme": [scheme, scheme],
                         "attack": [label, label],
                         "accuracy": [cell_text(cell, False, "md", mark(comparison)), _number(cell.mean)],
-                        "interval": [
-                            "" if interval is None else f"[{interval.low:.1f}, {interval.high:.1f}] {interval.method}",
-                            _number(cell.mean),
-                        ],
+                        "interval": [_interval_text(cell), _number(cell.mean)],
                         "seeds": [str(cell.n), cell.n],
                         "versus_base": _versus_base_text(comparison),
                         "flags": ["; ".join(cell.flags)] * 2,

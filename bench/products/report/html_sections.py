@@ -145,7 +145,9 @@ def _method_details(method: str, results: pd.DataFrame, runs_dir: Path) -> str:
         f"<summary><strong>{html.escape(method)}</strong>: {len(runs)} run(s), seeds {seeds}; "
         f"config {html.escape(', '.join(sorted(map(str, runs['config_hash'].unique()))))}</summary>"
     )
-    return f'<details class="method">{summary}<h4>Runs</h4>{_table(header, table, "runs")}{"".join(settings)}</details>'
+    runs_table = _table(header, table, "runs")
+    opening = f'<details class="method" data-method="{html.escape(method)}">'
+    return f"{opening}{summary}<h4>Runs</h4>{runs_table}{''.join(settings)}</details>"
 
 
 def methods_section(results: pd.DataFrame, runs_dir: Path, order: MethodOrder) -> str:

@@ -9,7 +9,7 @@
   const body = table.tBodies[0];
   const count = document.getElementById("row-count");
   const filterBox = document.getElementById("filters");
-  const numeric = new Set(["epsilon", "accuracy", "interval", "seeds", "versus_base"]);
+  const numeric = new Set(["epsilon", "accuracy", "interval", "seeds"]); // right-aligned
   const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
   const rows = data.rows.map((row, index) => Object.assign({ index: index }, row));
   const selects = [];

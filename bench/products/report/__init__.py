@@ -13,6 +13,8 @@ typed DataFrame). From it, under the reports directory:
 - ``sanity.{md,csv}``: every sanity check of every evaluation (``sanity``);
 - ``paper_table1.{md,csv,tex}``: the A-InfoNCE Table 1 layout beside published numbers (``paper``,
   ``reference``);
+- ``index.html``: all of it in one self-contained page that opens from disk: the results table sortable and
+  filterable, the figures inline, the sanity summary, per method its config, provenance and run ids (``html``);
 - ``index.md``: a table of contents, one line per table or figure, provenance once (``index``).
 
 The method order is the caller's (``bench report`` passes the registry's, plugins included).
@@ -30,11 +32,12 @@ from bench.products.report.compute import plot_robustness_vs_compute
 from bench.products.report.corruptions import write_corruption_report
 from bench.products.report.curves import epsilon_series, loss_curve_artifacts, plot_epsilon_curves
 from bench.products.report.figures import plot_bars, plot_robust_vs_clean
+from bench.products.report.html import write_html_report
 from bench.products.report.index import write_index
 from bench.products.report.paper import PAPER_DATASETS, write_paper_tables
 from bench.products.report.reference import UNSPECIFIED_AINFONCE, load_reference
 from bench.products.report.render import table_artifacts
-from bench.products.report.sanity import write_sanity_report
+from bench.products.report.sanity import sanity_rows, write_sanity_report
 from bench.store.rows import load
 
 __all__ = [
@@ -56,7 +59,7 @@ def write_reports(
     curve_methods: Sequence[str] | None = None,
     method_order: Sequence[str] = (),
 ) -> list[Path]:
-    """Write every table, figure and ``index.md`` from the stored results; returns the paths written.
+    """Write every table, figure, ``index.html`` and ``index.md`` from the stored results; returns the paths written.
 
     ``method_order`` orders rows, legends and lists (methods not in it follow alphabetically). The
     paper table is written when ``paper`` is set or when the results hold CIFAR-10/100 rows.
@@ -78,7 +81,8 @@ def write_reports(
         ]
     artifacts += loss_curve_artifacts(tables, Path(runs_dir), figures_dir, order)
     artifacts += write_corruption_report(results, reports_dir, order, figures_dir)
-    artifacts.append(write_sanity_report(results, Path(runs_dir), reports_dir, order))
+    sanity = sanity_rows(results, Path(runs_dir))
+    artifacts.append(write_sanity_report(sanity, reports_dir, order))
     artifacts += plot_epsilon_curves(results, figures_dir, order, curve_methods)
     if paper or results["dataset"].isin([dataset for dataset, _ in PAPER_DATASETS]).any():
         artifacts.append(
@@ -88,5 +92,8 @@ def write_reports(
                 write_paper_tables(results, reference_dir, reports_dir, order),
             )
         )
+    artifacts.append(
+        write_html_report(tables, sanity, artifacts, results, Path(results_csv), Path(runs_dir), reports_dir, order)
+    )
     index = write_index(artifacts, reports_dir, Path(results_csv), results, order)
     return [path for artifact in artifacts for path in artifact.paths] + [index]

@@ -14,7 +14,7 @@ import pandas as pd
 from bench.products.report.common import MISSING, Artifact, MethodOrder, preset_banner
 from bench.store.atomic import write_atomic
 
-SECTIONS = (("table", "Tables"), ("paper", "Paper comparison"), ("figure", "Figures"))
+SECTIONS = (("page", "In a browser"), ("table", "Tables"), ("paper", "Paper comparison"), ("figure", "Figures"))
 
 
 def _values(frame: pd.DataFrame, column: str) -> str:

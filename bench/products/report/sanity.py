@@ -47,10 +47,10 @@ def read_checks(path: Path) -> dict[str, dict]:
     return checks
 
 
-def write_sanity_report(results: pd.DataFrame, runs_dir: Path, reports_dir: Path, order: MethodOrder) -> Artifact:
-    """``sanity.md`` / ``sanity.csv``: each check of each evaluation, passed or failed, with its numbers."""
+def write_sanity_report(rows: pd.DataFrame, reports_dir: Path, order: MethodOrder) -> Artifact:
+    """``sanity.md`` / ``sanity.csv``: each check of each evaluation (``sanity_rows``, read once per report and
+    shared with index.html), passed or failed, with its numbers."""
     title = "Sanity checks of every evaluation (passed and failed)"
-    rows = sanity_rows(results, runs_dir)
     if rows.empty:
         return Artifact("table", title, [], "no sanity_<scheme>.json in the run directories")
     failed = int((~rows["passed"]).sum())

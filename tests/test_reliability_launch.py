@@ -135,11 +135,12 @@ def test_a_killed_local_sweep_leaves_no_job_training_and_a_rerun_resumes_it(tmp_
     jobs = _descendants(launcher.pid)  # submitit's controller and its task
     assert len(jobs) >= 2, jobs
     os.kill(launcher.pid, kill)
-    _, err = launcher.communicate(timeout=60)
+    launcher.wait(timeout=60)  # not communicate(): orphaned jobs would hold its pipes open
     try:
         assert _all_gone(jobs, 20), f"jobs still running after {kill!r} of their sweep"
     finally:
         _kill_left(jobs)
+    err = launcher.stderr.read()
     if kill == signal.SIGTERM:
         assert launcher.returncode == 130 and "interrupted" in err.decode(), err.decode()[-2000:]
     rerun = _bench(*argv)
@@ -303,7 +304,7 @@ def test_kill_9_of_torchrun_leaves_no_rank_running(tmp_path):
     _wait_until(lambda: _training(results), 240, "the first checkpoint")
     ranks = _wait_until(lambda: len(_ranks(torchrun.pid)) == 2 and _ranks(torchrun.pid), 30, "both ranks")
     torchrun.kill()
-    torchrun.communicate(timeout=60)
+    torchrun.wait(timeout=60)  # not communicate(): orphaned ranks would hold its pipes open
     try:
         assert _all_gone(list(ranks.values()), 20), "ranks still running after kill -9 of torchrun"
     finally:

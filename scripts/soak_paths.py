@@ -149,7 +149,7 @@ def attempt(path: str, argv: list[str], delay_s: float, kill: str, rng: random.R
 
 def plant(store: Path, kind: str, work: Path) -> str:
     """A backup copy of a run directory (one value changed) or a link out of the store, in ``store``."""
-    runs = [run for run in ResultsStore(store).run_dirs() if run.config.exists()]
+    runs = ResultsStore(store).run_dirs() if (store / "runs").is_dir() else []
     if not runs:
         return "none (no run yet)"
     run = runs[0]

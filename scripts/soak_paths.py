@@ -120,11 +120,11 @@ def attempt(path: str, argv: list[str], delay_s: float, kill: str, rng: random.R
                 process.kill()
             else:
                 os.kill(victim, signal.SIGKILL)
-    try:
-        _, err = process.communicate(timeout=900)
+    try:  # wait, not communicate: orphans would hold the pipe open
+        process.wait(timeout=900)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        _, err = process.communicate()
+        process.wait()
     gone = soak.wait_for_group(process.pid, 60)
     deadline = time.time() + 60
     while time.time() < deadline and any(process_alive(pid) for pid in seen):
@@ -134,6 +134,7 @@ def attempt(path: str, argv: list[str], delay_s: float, kill: str, rng: random.R
         os.kill(pid, signal.SIGKILL)
     if not gone:
         os.killpg(process.pid, signal.SIGKILL)
+    _, err = process.communicate()
     return {
         "delay_s": round(delay_s, 2),
         "kill": "none (finished first)" if finished else hit,

@@ -153,6 +153,7 @@ def test_a_killed_local_sweep_leaves_no_job_training_and_a_rerun_resumes_it(tmp_
     assert "resumed acl from step" in log
 
 
+@pytest.mark.e2e  # spawns processes
 def test_a_stage_lock_waits_for_a_live_holder_and_never_for_a_dead_one(tmp_path):
     """D7, the rerun: a second job of the same (run, stage) waits while the first holds the lock and
     gets it the moment the holder dies, even by SIGKILL (the kernel drops an ``flock``)."""
@@ -191,6 +192,7 @@ def test_a_stage_lock_waits_for_a_live_holder_and_never_for_a_dead_one(tmp_path)
         holder.wait()
 
 
+@pytest.mark.e2e  # spawns processes
 def test_a_job_ends_itself_when_its_launcher_is_gone(tmp_path):
     """D7, ``kill -9``: a job's parent is submitit's controller, not the sweep; the watchdog on the
     sweep's pid ends the job within moments of the sweep's death, with one line saying why."""
@@ -352,18 +354,19 @@ def test_the_process_group_lives_once_barrier_on_success_destroyed_exactly_once(
         collective.attach(job)
         return job
 
+    monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(collective, "init_from_env", join)
-    monkeypatch.setattr(collective.lifetime, "die_with_parent", lambda: calls.append("death-signal"))
+    monkeypatch.setattr(collective.lifetime, "die_with_parent", lambda **marks: calls.append("death-signal"))
     monkeypatch.setattr(collective.dist, "is_initialized", lambda: True)
     monkeypatch.setattr(collective.dist, "barrier", lambda group=None: calls.append("barrier"))
     monkeypatch.setattr(collective.dist, "destroy_process_group", lambda: calls.append("destroy"))
     with collective.session("cpu") as joined:
         assert joined is job and collective.active() is job
-    assert calls == ["init", "death-signal", "barrier", "destroy"] and collective.active() is None
+    assert calls == ["death-signal", "init", "barrier", "destroy"] and collective.active() is None
     calls.clear()
     with pytest.raises(collective.DistributedRunFailed), collective.session("cpu"):
         raise collective.DistributedRunFailed("rank 1: lost")
-    assert calls == ["init", "death-signal", "destroy"]  # no barrier: a peer may be gone
+    assert calls == ["death-signal", "init", "destroy"]  # no barrier: a peer may be gone
     calls.clear()
     collective.close()
     assert calls == []
@@ -406,3 +409,25 @@ def test_a_failed_collective_is_a_lost_peer_and_the_run_is_recorded_resumable(tm
 class _Config:
     class pretrain:  # noqa: N801 - stands in for RunConfig.pretrain
         shards, compile = 2, False
+
+
+@pytest.mark.e2e  # spawns processes
+@pytest.mark.skipif(not LINUX, reason="the parent-death signal is Linux's")
+def test_a_rank_whose_torchrun_died_while_it_started_kills_itself(tmp_path):
+    """D7, found by the soak: torchrun killed while its ranks were still importing; the ranks, handed
+    to init before they asked for the death signal, waited in the rendezvous. A process adopted by an
+    init that is not its launcher now counts its launcher as gone."""
+    code = (
+        "import os, subprocess, sys\n"
+        "child = ('import os, sys, time; time.sleep(1.5); print(os.getppid(), flush=True); '\n"
+        "         'from bench.engine.lifetime import die_with_parent; '\n"
+        '         \'die_with_parent(launcher_marks=(b"torchrun",)); print("survived", flush=True)\')\n'
+        "subprocess.Popen([sys.executable, '-c', child])\n"  # the parent exits at once: the child is orphaned
+    )
+    out = subprocess.run(  # reads until the orphan, which holds the pipe too, has exited
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=60
+    )
+    lines = out.stdout.decode().split()
+    if lines[:1] != ["1"]:
+        pytest.skip(f"orphans go to a subreaper here (pid {lines[:1]}), not init")
+    assert lines == ["1"], out.stderr.decode()[-1000:]  # killed before it could say it survived

@@ -40,6 +40,7 @@ TRAINING_TIMEOUT = datetime.timedelta(minutes=30)  # one collective of a step
 CONTROL_TIMEOUT = datetime.timedelta(days=7)  # other ranks wait while rank 0 finetunes and evaluates
 
 _ACTIVE: Collective | None = None
+TORCHRUN_MARKS = (b"torchrun", b"torch.distributed.run")  # in torchrun's command line (`torchrun`, `python -m …`)
 
 
 class DistributedRunFailed(BaseException):
@@ -189,11 +190,12 @@ def session(device: str) -> Iterator[Collective | None]:
 
     A rank dies with torchrun (``lifetime.die_with_parent``): torchrun starts its ranks in sessions
     of their own, so a ``kill -9`` of torchrun otherwise orphans them (D7)."""
-    collective = init_from_env(device)
-    if collective is None:
+    if requested_world() <= 1:
         yield None
         return
-    lifetime.die_with_parent()
+    # before the rendezvous, which would wait for a torchrun killed while this rank was starting
+    lifetime.die_with_parent(launcher_marks=TORCHRUN_MARKS if "TORCHELASTIC_RUN_ID" in os.environ else ())
+    collective = init_from_env(device)
     finished = False
     try:
         yield collective

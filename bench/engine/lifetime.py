@@ -34,10 +34,14 @@ from pathlib import Path
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def die_with_parent(sig: int = signal.SIGKILL) -> bool:
+def die_with_parent(sig: int = signal.SIGKILL, *, launcher_marks: tuple[bytes, ...] = ()) -> bool:
     """Ask the kernel to send ``sig`` to this process when its parent exits (Linux; elsewhere a no-op,
-    returns False). A parent that is already gone when this is called counts as gone: the signal is
-    sent at once. SIGKILL by default: a rank blocked in a collective never runs a Python handler."""
+    returns False). SIGKILL by default: a rank blocked in a collective never runs a Python handler.
+
+    A parent already gone counts as gone: the signal is sent at once. The kernel cannot say so, so
+    this process judges: its parent changed while the call ran, or (with ``launcher_marks``, words of
+    the launcher's command line) it was handed to init (pid 1) and init is not that launcher. That
+    closes the gap of a launcher killed while this process was still starting (soak, issue 21)."""
     if not sys.platform.startswith("linux"):
         return False
     parent = os.getppid()
@@ -45,9 +49,18 @@ def die_with_parent(sig: int = signal.SIGKILL) -> bool:
     if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
         error = ctypes.get_errno()
         raise OSError(error, f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(error)}")
-    if os.getppid() != parent:  # the parent died between the two calls: the kernel will not tell us
+    adopted = parent == 1 and bool(launcher_marks) and not any(mark in _cmdline(1) for mark in launcher_marks)
+    if os.getppid() != parent or adopted:
         os.kill(os.getpid(), sig)
     return True
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read()
+    except OSError:
+        return b""
 
 
 def process_alive(pid: int) -> bool:

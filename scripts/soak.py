@@ -178,7 +178,7 @@ def check_store(store: Path) -> list[str]:
                 elif path.suffix == ".json":
                     json.loads(path.read_text(encoding="utf-8"))
                 elif path.name == RunDir.rows.name:
-                    if not run.read_rows() and run.is_complete():
+                    if not run.read_rows() and run.is_complete() and _schemes(run) != []:  # pretrain-only: no rows
                         problems.append(f"{path}: a complete run without rows")
                 elif path.name.startswith("rows_") and path.suffix == ".csv":
                     run.read_scheme_rows(path.stem.removeprefix("rows_"))
@@ -187,6 +187,13 @@ def check_store(store: Path) -> list[str]:
         if run.is_complete() and not run.rows.exists():
             problems.append(f"{run.path}: complete, but rows.csv is missing")
     return problems
+
+
+def _schemes(run: RunDir) -> list | None:
+    """The finetuning schemes the run's config names (``[]``: ``bench pretrain``), None when unreadable."""
+    recorded = run.read_json_or_none(run.config)
+    finetune = recorded.get("finetune") if isinstance(recorded, dict) else None
+    return finetune.get("schemes") if isinstance(finetune, dict) else None
 
 
 def comparable_rows(store: Path) -> list[tuple]:

@@ -20,6 +20,10 @@ wall time) and encoders must equal the reference's; the next attempt then starts
 This is a script, not a CI test (minutes of CPU): ``python scripts/soak.py --iterations 20``.
 ``--fast`` shrinks the plan (one method, one scheme, in-process) for a quick check;
 ``tests/test_soak.py`` runs it for one attempt.
+
+``--path sweep|collect|torchrun`` soaks the launchers added since (issue 21) the same way: the
+submitit-local sweep, ``collect --from`` and 2-rank torchrun, with kills of the launcher, a job, a
+rank or a collect, copies and links planted in the store (``scripts/soak_paths.py``).
 """
 
 from __future__ import annotations
@@ -174,7 +178,7 @@ def check_store(store: Path) -> list[str]:
                 elif path.suffix == ".json":
                     json.loads(path.read_text(encoding="utf-8"))
                 elif path.name == RunDir.rows.name:
-                    if not run.read_rows() and run.is_complete():
+                    if not run.read_rows() and run.is_complete() and _schemes(run) != []:  # pretrain-only: no rows
                         problems.append(f"{path}: a complete run without rows")
                 elif path.name.startswith("rows_") and path.suffix == ".csv":
                     run.read_scheme_rows(path.stem.removeprefix("rows_"))
@@ -183,6 +187,13 @@ def check_store(store: Path) -> list[str]:
         if run.is_complete() and not run.rows.exists():
             problems.append(f"{run.path}: complete, but rows.csv is missing")
     return problems
+
+
+def _schemes(run: RunDir) -> list | None:
+    """The finetuning schemes the run's config names (``[]``: ``bench pretrain``), None when unreadable."""
+    recorded = run.read_json_or_none(run.config)
+    finetune = recorded.get("finetune") if isinstance(recorded, dict) else None
+    return finetune.get("schemes") if isinstance(finetune, dict) else None
 
 
 def comparable_rows(store: Path) -> list[tuple]:
@@ -307,21 +318,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments, signals and damage")
     parser.add_argument("--workdir", help="where the two stores go (default: a new temporary directory, kept)")
     parser.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
+    parser.add_argument(
+        "--path", choices=("run", "sweep", "collect", "torchrun"), default="run", help="what to soak (default: run)"
+    )
     args = parser.parse_args(argv)
     if args.iterations < 0:
         parser.error(f"--iterations={args.iterations} is invalid: allowed integers >= 0")
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="acl-bench-soak-"))
     if (work / "reference").exists() or any(work.glob("soaked-*")):
         parser.error(f"--workdir={str(work)!r} is invalid: allowed a directory without reference/ and soaked-*/")
-    verdict = soak(
-        work, args.iterations, args.fast, args.damage, args.seed, log=(lambda _: None) if args.json else print
-    )
+    log = (lambda _: None) if args.json else print
+    if args.path == "run":
+        verdict = soak(work, args.iterations, args.fast, args.damage, args.seed, log=log)
+    else:
+        import soak_paths  # here, not at the top: soak_paths imports this module's helpers
+
+        verdict = soak_paths.soak_path(args.path, work, args.iterations, args.fast, args.seed, log=log)
     verdict["workdir"] = str(work)
     if args.json:
         print(json.dumps(verdict))
     else:
         print(
-            f"{'OK' if verdict['ok'] else 'FAILED'}: {verdict['iterations']} attempts {verdict['kills']}, "
+            f"{'OK' if verdict['ok'] else 'FAILED'}: {args.path}: {verdict['iterations']} attempts {verdict['kills']}, "
             f"{verdict['rounds_compared']} finished store(s) compared, {verdict['rows']} rows, "
             f"{len(verdict['temp_files_left'])} temp file(s) left, "
             f"{verdict['total_s']} s (stores in {work})"

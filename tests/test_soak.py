@@ -102,3 +102,45 @@ def test_comparable_rows_ignore_only_timestamp_wall_time_and_code_version(soak, 
 def test_one_killed_attempt_ends_in_the_uninterrupted_rows(soak, tmp_path):
     verdict = soak.soak(tmp_path, iterations=1, fast=True, damage=True, seed=3, log=lambda _: None)
     assert verdict["ok"], json.dumps(verdict)
+
+
+# --------------------------------------------------------------------------- the launchers' soak (--path)
+
+
+@pytest.fixture(scope="module")
+def paths(soak):
+    sys.path.insert(0, str(SCRIPT.parent))  # soak_paths imports its sibling soak.py
+    spec = importlib.util.spec_from_file_location("soak_paths", SCRIPT.parent / "soak_paths.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_collect_source_is_refused_for_its_link_and_its_copy_is_no_run(paths, tmp_path):
+    """The merge source the collect soak kills copies of: six complete runs, one holding a link out
+    of the store (refused by ``collect --from``), a backup copy that is not a run."""
+    (tmp_path / "secret.txt").write_text(paths.SECRET)
+    source = ResultsStore(paths.collect_source(tmp_path, runs=3, megabytes=1))
+    assert [run.run_id for run in source.run_dirs()] == [f"simclr-soak-s{index}" for index in range(3)]
+    assert (source.runs / "simclr-soak-s0.bak").is_dir() and (source.runs / "simclr-soak-s0" / "notes.txt").is_symlink()
+
+
+def test_the_launchers_soak_finds_links_copied_in_stray_staging_and_outside_files(paths, tmp_path):
+    """Each check of a finished store can fail: a link, a file from outside, a stray ``.incoming``,
+    a copied run's changed value; an identical store has no problem."""
+    (tmp_path / "secret.txt").write_text(paths.SECRET)
+    reference, store = tmp_path / "reference", tmp_path / "store"
+    for root in (reference, store):
+        _complete_run(root)
+    assert paths.store_problems("collect", store, reference) == []
+    run = ResultsStore(store).run("acl-s0")
+    assert paths.plant(store, "backup copy", tmp_path).startswith("backup copy")
+    ResultsStore(store).collect()
+    assert paths.store_problems("sweep", store, reference) == []  # the copy is not a run: never indexed
+    paths.plant(store, "link out of the store", tmp_path)
+    (store / "runs" / ".acl-s0.host.1.incoming").mkdir()
+    (run.path / "copied.txt").write_text(paths.SECRET)
+    problems = paths.store_problems("collect", store, reference)
+    assert any("a link copied in" in problem for problem in problems)
+    assert any("stray staging folder" in problem for problem in problems)
+    assert any("copied.txt: a file from outside" in problem for problem in problems)

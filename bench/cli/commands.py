@@ -22,7 +22,7 @@ from bench.products.compare import compare_command
 from bench.products.export import export_run, sidecar_path
 from bench.products.report import write_reports
 from bench.products.reproduce import get_table, reproduce_plan, write_reproduction
-from bench.runs import distributed, sweep
+from bench.runs import distributed, stage_command, sweep
 from bench.runs.collect import describe, existing_store, merge_stores, refresh_index, run_status
 from bench.runs.external import evaluate_external
 from bench.runs.pipeline import run_plan
@@ -70,19 +70,19 @@ def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
     plan = build_plan(request)
     if request.dry_run:
         return print_plan(plan, as_json)
-    collective = step_collective.init_from_env(resolve_device(plan.base.device).type)
-    if collective is not None:  # under torchrun: rank 0 runs the plan, the others join its pretraining
-        plan = distributed.plan_for_world(plan, request, collective.world)
-        try:
-            if collective.rank != 0:
-                distributed.follow(plan)
-                return 0
-            outcomes = distributed.lead(plan)
-        except step_collective.DistributedRunFailed as error:
-            print(f"bench: error: {error}", file=sys.stderr)
-            return 1
-    else:
-        outcomes = run_plan(plan)
+    try:
+        with step_collective.session(resolve_device(plan.base.device).type) as collective:
+            if collective is None:
+                outcomes = run_plan(plan)
+            else:  # under torchrun: rank 0 runs the plan, the others join its pretraining
+                plan = distributed.plan_for_world(plan, request, collective.world)
+                if collective.rank != 0:
+                    distributed.follow(plan)
+                    return 0
+                outcomes = distributed.lead(plan)
+    except step_collective.DistributedRunFailed as error:  # the groups are gone: no barrier
+        print(f"bench: error: {error}", file=sys.stderr)
+        return 1
     reports = []
     if not pretrain_only and not args.no_report:
         reports = _report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet or as_json)
@@ -324,13 +324,13 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     if args.stage == "collect":
         config = assemble(build_request(args, ("all",)))
-        sweep.collect_stage(Path(config.results_dir))
+        stage_command.collect_stage(Path(config.results_dir))
         if not args.no_report:
             _report((Path(config.results_dir), Path(config.reports_dir)), paper=False, quiet=True)
         return 0
     request = build_request(args, selected_methods(args))
     request.resume = True
-    failed = sweep.run_stage_of_plan(build_plan(request), args.stage, args.scheme, args.run_id)
+    failed = stage_command.run_stage_of_plan(build_plan(request), args.stage, args.scheme, args.run_id)
     for run_id, method, reason in failed:
         print(f"bench: run {run_id} ({method}) failed: {reason}", file=sys.stderr)
     return 1 if failed else 0

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,18 +33,38 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from bench.engine import lifetime
 from bench.errors import ConfigError
 
 TRAINING_TIMEOUT = datetime.timedelta(minutes=30)  # one collective of a step
 CONTROL_TIMEOUT = datetime.timedelta(days=7)  # other ranks wait while rank 0 finetunes and evaluates
 
 _ACTIVE: Collective | None = None
+TORCHRUN_MARKS = (b"torchrun", b"torch.distributed.run")  # in torchrun's command line (`torchrun`, `python -m …`)
 
 
 class DistributedRunFailed(BaseException):
     """A run failed under torchrun: the whole job stops (a collective cannot skip one rank).
 
     A BaseException so that the pipeline's per-run failure handling does not swallow it."""
+
+
+class PeerLost(RuntimeError):
+    """A collective failed: another rank of the job is gone (killed, OOM, its node lost). Not a fault
+    of the run: every rank's checkpoint is intact, so the run is recorded resumable (review 2, D7)."""
+
+
+@contextmanager
+def _peers() -> Iterator[None]:
+    """Around every collective: a failure of the backend (gloo's ``Connection closed by peer``,
+    NCCL's ``DistBackendError``, both RuntimeErrors) becomes ``PeerLost``."""
+    try:
+        yield
+    except PeerLost:
+        raise
+    except RuntimeError as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise PeerLost(f"a collective failed, another rank is gone ({first})") from error
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -53,13 +74,15 @@ class _GatherWithGrad(torch.autograd.Function):
     def forward(ctx, tensor: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
         ctx.group = group
         parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(parts, tensor.contiguous(), group=group)
+        with _peers():
+            dist.all_gather(parts, tensor.contiguous(), group=group)
         return torch.cat(parts)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad, group=ctx.group)
+        with _peers():
+            dist.all_reduce(grad, group=ctx.group)
         rows = grad.shape[0] // dist.get_world_size(ctx.group)
         rank = dist.get_rank(ctx.group)
         return grad[rank * rows : (rank + 1) * rows], None
@@ -78,12 +101,14 @@ class Collective:
         if tensor.requires_grad:
             return _GatherWithGrad.apply(tensor, self.group)
         parts = [torch.empty_like(tensor) for _ in range(self.world)]
-        dist.all_gather(parts, tensor.contiguous(), group=self.group)
+        with _peers():
+            dist.all_gather(parts, tensor.contiguous(), group=self.group)
         return torch.cat(parts)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         total = value.detach().clone()
-        dist.all_reduce(total, group=self.group)
+        with _peers():
+            dist.all_reduce(total, group=self.group)
         return total / self.world
 
     def average_gradients(self, parameters: Iterable[nn.Parameter]) -> None:
@@ -92,7 +117,8 @@ class Collective:
         if not grads:
             return
         flat = torch.cat([grad.reshape(-1) for grad in grads])
-        dist.all_reduce(flat, group=self.group)
+        with _peers():
+            dist.all_reduce(flat, group=self.group)
         flat /= self.world
         offset = 0
         for grad in grads:
@@ -102,21 +128,25 @@ class Collective:
     def broadcast_state(self, module: nn.Module, *, parameters: bool) -> None:
         """Rank 0's buffers (and parameters) on every rank."""
         tensors = list(module.buffers()) + (list(module.parameters()) if parameters else [])
-        for tensor in tensors:
-            dist.broadcast(tensor.data, src=0, group=self.group)
+        with _peers():
+            for tensor in tensors:
+                dist.broadcast(tensor.data, src=0, group=self.group)
 
     def gather_objects(self, value: Any) -> list[Any]:
         values: list[Any] = [None] * self.world
-        dist.all_gather_object(values, value, group=self.control)
+        with _peers():
+            dist.all_gather_object(values, value, group=self.control)
         return values
 
     def broadcast_object(self, value: Any = None) -> Any:
         box = [value]
-        dist.broadcast_object_list(box, src=0, group=self.control)
+        with _peers():
+            dist.broadcast_object_list(box, src=0, group=self.control)
         return box[0]
 
     def barrier(self) -> None:
-        dist.barrier(group=self.control)
+        with _peers():
+            dist.barrier(group=self.control)
 
 
 def active() -> Collective | None:
@@ -148,6 +178,44 @@ def init_from_env(device: str) -> Collective | None:
     control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
     _ACTIVE = Collective(dist.get_world_size(), dist.get_rank(), dist.group.WORLD, control)
     return _ACTIVE
+
+
+@contextmanager
+def session(device: str) -> Iterator[Collective | None]:
+    """The one process-group lifetime of a torchrun job (review 2, D17): join once (``init_from_env``),
+    yield the collective (None in a single process), then, on success, a barrier (no rank tears its
+    groups down while another still uses them) and, however the block ends, ``destroy_process_group``
+    exactly once. Groups left to the interpreter's exit were torn down with gloo's threads still
+    joinable: rank 0 aborted (``terminate called without an active exception``) once in four runs.
+
+    A rank dies with torchrun (``lifetime.die_with_parent``): torchrun starts its ranks in sessions
+    of their own, so a ``kill -9`` of torchrun otherwise orphans them (D7)."""
+    if requested_world() <= 1:
+        yield None
+        return
+    # before the rendezvous, which would wait for a torchrun killed while this rank was starting
+    lifetime.die_with_parent(launcher_marks=TORCHRUN_MARKS if "TORCHELASTIC_RUN_ID" in os.environ else ())
+    collective = init_from_env(device)
+    finished = False
+    try:
+        yield collective
+        finished = True
+    finally:
+        close(barrier=finished)
+
+
+def close(*, barrier: bool = True) -> None:
+    """End the job's process groups: a barrier first when ``barrier`` (every rank got here), then
+    ``destroy_process_group`` (all groups), once; later calls do nothing."""
+    global _ACTIVE
+    active, _ACTIVE = _ACTIVE, None
+    if active is None or not dist.is_initialized():
+        return
+    try:
+        if barrier:
+            active.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def attach(collective: Collective | None) -> None:

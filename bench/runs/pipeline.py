@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from bench.engine import progress
+from bench.engine import lifetime, progress
 from bench.engine.device import available_cores, resolve_device
 from bench.errors import ConfigError
 from bench.runs.plan import MethodRun, RunPlan
@@ -157,7 +157,8 @@ def resolve_jobs(jobs: int, device: torch.device, runs: int) -> int:
 
 def _worker(connection, run: MethodRun, plan: RunPlan, device: torch.device, threads: int, quiet: bool = False) -> None:
     """One run in a worker process (forked on CPU, spawned and pinned to its GPU on CUDA); it dies
-    with its parent and reports its outcome on ``connection``."""
+    with its parent and reports its outcome on ``connection``; interrupts are the parent's to handle."""
+    lifetime.leave_interrupts_to_parent()
     torch.set_num_threads(threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -229,7 +230,8 @@ def run_in_workers(
                 process = context.Process(
                     target=_worker, args=(sender, run, plan, slot, threads, progress.is_quiet()), daemon=True
                 )
-                process.start()
+                with lifetime.stop_signals_held():
+                    process.start()
                 sender.close()
                 active.append(_Worker(process, receiver, run, slot))
             if not active:  # every pending run waits for a teacher that is not in the plan: cannot happen

@@ -45,7 +45,7 @@ from bench.methodkit.method import Method
 from bench.methodkit.post import post_process
 from bench.runs.experiment_file import write_run_experiment
 from bench.runs.plan import MethodRun
-from bench.runs.train import pretrain
+from bench.runs.train import pretrain, restore_threads
 from bench.store.atomic import DiskFullError, save_torch_atomic, write_atomic
 from bench.store.provenance import environment, now
 from bench.store.results import ResultsStore, RunDir
@@ -216,6 +216,7 @@ def pretrain_stage(run: MethodRun, ctx: StageContext) -> bool:
             "dataset": data.name,
             "encoder_from": donor.run_id if donor is not None else run.run_id,
             "environment": env,
+            "threads": torch.get_num_threads(),  # the run's count (a resumed pretraining restored it): D12
         },
     )
     run_dir.set_progress("pretrained")
@@ -242,6 +243,8 @@ def post_stage(run: MethodRun, ctx: StageContext) -> bool:
             f"run {run.run_id}: the post stage needs the encoder, and the pretraining stage "
             "has not finished (run it first)"
         )
+    if ctx.resume:
+        restore_threads(run_dir.read_json(run_dir.pretrain_summary).get("threads"), f"{run.method} post")
     _, model = load_run_encoder(run, run_dir, run_dir.encoder)
     data = ctx.cache.get(config.data.name, config)
     run_dir.set_progress("post", post=method.post)
@@ -311,6 +314,8 @@ def finetune_stage(run: MethodRun, scheme: str, ctx: StageContext) -> bool:
             f"run {run.run_id}: scheme {scheme} needs the encoder, and the pretraining stage "
             "has not finished (run it first)"
         )
+    if ctx.resume:  # finetuning sums in a thread-dependent order too: resume at the run's count (D12)
+        restore_threads(summary.get("threads"), f"{run.method} {scheme}")
     env = environment(ctx.device)
     method, model = load_run_encoder(run, run_dir)
     eval_data = ctx.cache.get(config.data.eval_name or config.data.name, config)

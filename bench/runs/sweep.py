@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 import os
 import shlex
+import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +38,10 @@ from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from bench.choices import LAUNCHERS  # noqa: F401  (re-exported; the names live in bench.choices)
 from bench.config import SCHEMES, ConfigError
-from bench.engine import progress
-from bench.engine.device import available_cores, resolve_device
-from bench.runs.collect import finish_ready
+from bench.engine import lifetime
+from bench.engine.device import available_cores
 from bench.runs.pipeline import RunOutcome
 from bench.runs.plan import MethodRun, RunPlan, RunRequest
-from bench.runs.stages import DataCache, StageContext, run_stage
 from bench.store.results import ResultsStore
 
 JOB_STAGES = ("pretrain", "finetune", "collect")
@@ -208,13 +208,25 @@ class StageJob(submitit.helpers.Checkpointable):
     It runs the command in the job's process without installing signal handlers of its own,
     so submitit's stay: on preemption or timeout submitit calls ``checkpoint``, requeues the
     job, and the rerun continues the run from its checkpoint. ``threads`` (else SLURM's
-    ``SLURM_CPUS_PER_TASK``) caps torch's CPU threads, so parallel jobs do not oversubscribe."""
+    ``SLURM_CPUS_PER_TASK``) caps torch's CPU threads, so parallel jobs do not oversubscribe.
 
-    def __init__(self, entry: Callable[[list[str]], int], threads: int = 0):
+    ``launcher``: the pid of the ``bench sweep`` that waits for the job (submitit-local; 0 on SLURM,
+    whose jobs outlive their submitter by design). The job ends itself as soon as that process is
+    gone, and with its own parent (submitit's controller), so a killed sweep (even ``kill -9``)
+    leaves no job training on (review 2, D7)."""
+
+    def __init__(self, entry: Callable[[list[str]], int], threads: int = 0, launcher: int = 0):
         self.entry = entry  # the CLI's ``run_stage_command``, handed down: this level never imports the CLI
         self.threads = threads
+        self.launcher = launcher
 
     def __call__(self, argv: Sequence[str]) -> str:
+        launcher = getattr(self, "launcher", 0)  # a job pickled by an older version has none
+        if launcher and launcher != os.getpid():  # not when a test calls the job in its own process
+            lifetime.die_with_parent()
+            lifetime.exit_when_gone(
+                launcher, f"the sweep that started this job (pid {launcher}) has ended: job stopped"
+            )
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0)
         if threads:
             torch.set_num_threads(threads)
@@ -305,24 +317,49 @@ def run_submitit_local(
     executor: Callable[..., Any] = make_executor,
 ) -> dict[str, str]:
     """Run the sweep with submitit's local executor, stage by stage; returns each failed job's key →
-    why (an empty dict when every job succeeded). A run whose pretraining failed gets no finetuning job."""
+    why (an empty dict when every job succeeded). A run whose pretraining failed gets no finetuning job.
+
+    Interrupted (Ctrl-C, SIGTERM), it stops the running jobs before the interrupt propagates; killed
+    outright, its jobs stop themselves (``StageJob``'s ``launcher``)."""
     cores = available_cores()
     parallel = max(1, options.array_parallelism or cores)
     threads = max(1, cores // parallel)
     failures: dict[str, str] = {}
-    for stage in JOB_STAGES:
-        failed_runs = {job.run_id for job in jobs if job.key in failures}
-        ready = [job for job in jobs if job.stage == stage and job.run_id not in failed_runs]
-        for start in range(0, len(ready), parallel):
-            chunk = ready[start : start + parallel]
-            handles = executor("local", options, stage).map_array(
-                StageJob(entry, threads), [list(job.argv) for job in chunk]
-            )
-            for job, handle in zip(chunk, handles):
-                error = _job_error(handle)
-                if error:
-                    failures[job.key] = error
+    handles: list[Any] = []
+    try:
+        for stage in JOB_STAGES:
+            failed_runs = {job.run_id for job in jobs if job.key in failures}
+            ready = [job for job in jobs if job.stage == stage and job.run_id not in failed_runs]
+            for start in range(0, len(ready), parallel):
+                chunk = ready[start : start + parallel]
+                handles = executor("local", options, stage).map_array(
+                    StageJob(entry, threads, os.getpid()), [list(job.argv) for job in chunk]
+                )
+                for job, handle in zip(chunk, handles):
+                    error = _job_error(handle)
+                    if error:
+                        failures[job.key] = error
+    except BaseException:
+        stop_jobs(handles)
+        raise
     return failures
+
+
+def stop_jobs(handles: list[Any], timeout_s: float = 10.0) -> None:
+    """Stop the running local jobs and wait for them: SIGKILL of each job's controller (a local job's id
+    is its controller's pid), whose task dies with it (``StageJob``: its parent-death signal), silently
+    (submitit's own cancel, SIGINT, prints the controller's traceback on this terminal). Nothing is lost:
+    every stored write is atomic and the next sweep resumes from the checkpoints."""
+    running = [handle for handle in handles if not handle.done()]
+    for handle in running:
+        try:
+            os.kill(int(handle.job_id), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    deadline = time.monotonic() + timeout_s
+    while running and time.monotonic() < deadline:
+        running = [handle for handle in running if not handle.done()]
+        time.sleep(0.05)
 
 
 def _job_error(handle: Any) -> str:
@@ -376,45 +413,3 @@ def submitit_local_runner(
         return outcomes(plan, jobs, run_submitit_local(jobs, options, entry, executor) if jobs else {})
 
     return run
-
-
-# --------------------------------------------------------------------------- `bench stage`
-
-
-def run_stage_of_plan(plan: RunPlan, stage: str, scheme: str | None, run_id: str | None) -> list[tuple[str, str, str]]:
-    """Run one stage (pretrain or finetune) of the plan's runs (of ``run_id`` alone when given, which the
-    plan must contain); returns (run id, method, reason) of each run whose stage failed."""
-
-    if stage == "finetune" and scheme is None:
-        raise ConfigError(f"--scheme is missing: the finetune stage needs one of {list(SCHEMES)}")
-    runs = [run for run in plan.runs if run_id in (None, run.run_id)]
-    if not runs:
-        raise ConfigError(
-            f"--run-id {run_id} is invalid: these settings give {[run.run_id for run in plan.runs]} "
-            "(did the code or the settings change since the job was planned?)"
-        )
-    for run in runs:
-        if stage == "finetune" and scheme not in run.config.finetune.schemes:
-            raise ConfigError(
-                f"--scheme {scheme} is invalid for the finetune stage of {run.run_id}: "
-                f"allowed {list(run.config.finetune.schemes)}"
-            )
-    device = resolve_device(plan.base.device)
-    context = StageContext(ResultsStore(plan.results_dir), device, DataCache(device), force=plan.force, resume=True)
-    failed = []
-    for run in runs:
-        status = run_stage(stage, run, context, scheme if stage == "finetune" else None)
-        progress.log(f"{run.method}: stage {stage}{f' {scheme}' if stage == 'finetune' else ''}: {status}")
-        if status == "failed":
-            failed.append((run.run_id, run.method, context.store.run(run.run_id).failure() or "unknown"))
-    return failed
-
-
-def collect_stage(results_dir: Path) -> int:
-    """The sweep's last job: finish every run whose stages are all done, then rebuild ``results.csv``."""
-
-    store = ResultsStore(results_dir)
-    finished = finish_ready(store)
-    rows = store.collect()
-    progress.log(f"{store.table}: {rows} rows ({len(finished)} run(s) finished now)")
-    return rows

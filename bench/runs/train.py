@@ -274,8 +274,9 @@ def pretrain(
     except Exception as error:
         if collective is None:
             raise
-        if collective.rank == 0:
-            run_dir.mark_failed(progress.error_line(error), traceback.format_exc())
+        if collective.rank == 0:  # a lost peer is a kill from outside: the checkpoint resumes (D7)
+            lost = isinstance(error, distributed_step.PeerLost)
+            run_dir.mark_failed(progress.error_line(error), traceback.format_exc(), resumable=lost)
         raise distributed_step.DistributedRunFailed(f"rank {collective.rank}: {progress.error_line(error)}") from error
 
 

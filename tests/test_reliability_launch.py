@@ -161,7 +161,7 @@ def test_a_stage_lock_waits_for_a_live_holder_and_never_for_a_dead_one(tmp_path)
     from bench.store.results import ResultsStore
 
     store = ResultsStore(tmp_path)
-    path = tmp_path / ".locks" / "acl-x.pretrain.lock"
+    path = tmp_path / ".locks" / "acl-x.stage-pretrain.lock"
     code = (
         "import time; from pathlib import Path; from bench.engine.lifetime import exclusive\n"
         f"with exclusive(Path({str(path)!r})):\n    print('held', flush=True); time.sleep(60)"

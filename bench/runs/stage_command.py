@@ -25,9 +25,12 @@ LOCKS = ".locks"  # under the store's root: a dot directory, never a run nor ind
 
 @contextmanager
 def stage_lock(store: ResultsStore, run_id: str, job: str) -> Iterator[None]:
-    """The one place a stage job takes its lock: ``<results>/.locks/<run_id>.<job>.lock`` (``job``:
-    ``pretrain`` or a scheme), held until the stage ends, released by the kernel if its holder dies."""
-    path = Path(store.root) / LOCKS / f"{run_id}.{job}.lock"
+    """The one place a stage job takes its job lock: ``<results>/.locks/<run_id>.stage-<job>.lock`` (``job``:
+    ``pretrain`` or a scheme), held until the stage ends, released by the kernel if its holder dies.
+
+    Its own file, not one of the run's write locks (``RunDir.lock``, which ``run_stage`` takes inside
+    it): an ``flock`` taken twice in one process through two descriptors would wait for itself."""
+    path = Path(store.root) / LOCKS / f"{run_id}.stage-{job}.lock"
 
     def waiting(holder: str) -> None:
         progress.log(f"run {run_id}: its {job} stage is running in another process ({holder}); waiting for it")

@@ -7,8 +7,8 @@ Each stage reads what the stages before it stored in the run directory (``RunDir
 writes only there, so a stage can run on any node, and twice:
 
 - pretrain: ``config.json`` and ``config.yaml``, the pretraining curve, ``encoder.pt``, then ``pretrain.json``
-  (the stage's record: it is done). Resumes from ``pretrain.ckpt``; reuses the finished
-  encoder of another run with the same pretraining settings and seed instead of training.
+  (the stage's record: it is done). Resumes from ``pretrain.ckpt``; reuses the finished encoder of
+  another run with the same pretraining settings and seed instead of training.
   The stored encoder is ``Method.encoder_for_finetuning`` of the trained model (DynACL's
   momentum key encoder; the model itself for every other method).
 - post (methods whose ``post_settings`` are not None: DynACL++, DynACL-AIR++): LP-AFT on
@@ -20,9 +20,8 @@ writes only there, so a stage can run on any node, and twice:
 - finish: assembles ``rows.csv`` from the schemes' rows in the config's scheme order, then
   the completion mark ``done.json``.
 
-A scheme's numbers depend only on the stored encoder, the settings and the seed
-(``protocol.finetune_and_evaluate_scheme`` seeds each scheme), so the stages in separate
-processes give the numbers of the sequence in one.
+A scheme's numbers depend only on the stored encoder, the settings and the seed (``scheme_run`` seeds each
+scheme), so the stages in separate processes give the numbers of the sequence in one.
 """
 
 from __future__ import annotations

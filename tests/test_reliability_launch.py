@@ -408,7 +408,7 @@ def test_a_failed_collective_is_a_lost_peer_and_the_run_is_recorded_resumable(tm
 
 class _Config:
     class pretrain:  # noqa: N801 - stands in for RunConfig.pretrain
-        shards, compile = 2, False
+        shards, compile, compile_attack = 2, False, False
 
 
 @pytest.mark.e2e  # spawns processes

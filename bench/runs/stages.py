@@ -377,9 +377,6 @@ def finish_stage(run_dir: RunDir, *, required: bool = False) -> bool:
     return True
 
 
-# --------------------------------------------------------------------------- one stage, failures recorded
-
-
 def record_failure(run_dir: RunDir, reason: str, error: BaseException) -> None:
     """``failed.json`` for a run whose attempt raised ``error`` (called inside its ``except``).
 

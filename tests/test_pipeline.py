@@ -52,6 +52,7 @@ def _rows(tmp_path):
         return list(csv.DictReader(stream))
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_run_stores_every_scheme_and_attack_then_skips_reruns(tmp_path):
     assert _run(tmp_path) == 0

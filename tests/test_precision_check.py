@@ -31,6 +31,7 @@ def test_sign_agreement_and_loss_comparison():
     assert losses["max_relative"] == pytest.approx(0.1) and losses["mean_relative"] == pytest.approx(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_precision_check_runs_both_arms_on_cpu(tmp_path):
     report = _script().run(["--out", str(tmp_path), "--tiny", "--device", "cpu", "--methods", "acl", "--n-eval", "16"])

@@ -120,6 +120,7 @@ def _training(results: Path) -> bool:
     return run is not None and (run / "pretrain.ckpt").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.skipif(not LINUX, reason="needs /proc and pgrep to follow the jobs")
 @pytest.mark.parametrize("kill", [signal.SIGTERM, signal.SIGKILL], ids=["kill", "kill-9"])
@@ -296,6 +297,7 @@ def _ranks(torchrun: int) -> dict[int, int]:
     return ranks
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.skipif(not LINUX, reason="needs /proc to find the ranks")
 def test_kill_9_of_torchrun_leaves_no_rank_running(tmp_path):
@@ -313,6 +315,7 @@ def test_kill_9_of_torchrun_leaves_no_rank_running(tmp_path):
         _kill_left(list(ranks.values()))
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.skipif(not LINUX, reason="needs /proc to find the ranks")
 def test_a_killed_peer_rank_is_resumable_and_resume_continues_from_the_checkpoint(tmp_path):

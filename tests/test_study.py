@@ -211,6 +211,7 @@ def test_tiny_real_study_end_to_end(tmp_path, capsys):
     assert stamps == {run: (tmp_path / "results" / "runs" / run / "done.json").stat().st_mtime_ns for run in runs}
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_submitit_local_launcher_runs_each_look_as_the_sweeps_stage_jobs(tmp_path, monkeypatch):
     """``--launcher submitit-local``: each look's pending runs become ``bench sweep``'s stage jobs, run through the

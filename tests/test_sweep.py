@@ -172,6 +172,7 @@ def _signal_when_pretraining(store: ResultsStore, signals: dict[str, int], step:
     return thread
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_submitit_local_sweep_gives_the_rows_of_bench_run_and_a_second_submits_nothing(tmp_path, capsys, shared_run):
     product = ["--methods", "simclr", "acl"]
@@ -196,6 +197,7 @@ def test_submitit_local_sweep_gives_the_rows_of_bench_run_and_a_second_submits_n
     assert sorted((tmp_path / "sweep" / "r" / "_jobs").iterdir()) == jobs  # nothing was submitted
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_a_killed_job_is_reported_and_resumed_and_a_preempted_one_requeues(tmp_path, capsys):
     """simclr's pretraining job is killed (SIGKILL) mid-way: the sweep reports it; acl's is preempted

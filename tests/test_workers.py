@@ -24,6 +24,7 @@ def test_cuda_runs_one_method_per_gpu(monkeypatch):
     assert pipeline.worker_devices(torch.device("cpu"), 2) == [torch.device("cpu")] * 2
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_spawned_workers_run_each_method_and_store_its_rows(tmp_path):
     overrides = {

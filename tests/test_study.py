@@ -193,6 +193,7 @@ def test_each_look_tests_at_its_own_level(tmp_path):
     assert asked == [(k, a, pytest.approx(1 - a)) for k, a in zip(study.design.looks, study.design.alphas)]
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_tiny_real_study_end_to_end(tmp_path, capsys):
     """The real pipeline (the local pool): two seeds of two methods, one look; rerun trains nothing."""

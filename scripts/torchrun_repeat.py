@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from soak import group_alive  # scripts/ is this script's own folder, first on sys.path
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -33,16 +35,6 @@ def command(results: Path) -> list[str]:
         "-m", "bench.cli", "pretrain", "--methods", "acl", "--device", "cpu", "--epochs", "1",
         "--set", "pretrain.batch_size=256", "--quiet", "--results-dir", str(results),
     ]  # fmt: skip
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def one_try(results: Path, timeout_s: float) -> dict:

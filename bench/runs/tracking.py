@@ -39,9 +39,8 @@ from bench.store.rows import ResultRow
 
 __all__ = ["FanOut", "LocalTracker", "Target", "Tracker", "log_report", "resolve_track", "tracked"]
 
-LOCAL = "local"
-BACKENDS = ("tensorboard", "mlflow", "wandb")
-assert CHOICES == (LOCAL, *BACKENDS, "none"), CHOICES
+LOCAL, OFF = "local", "none"
+BACKENDS = tuple(name for name in CHOICES if name not in (LOCAL, OFF))  # tensorboard, mlflow, wandb
 
 
 def resolve_track(values: Sequence[str] | None) -> tuple[str, ...]:
@@ -51,7 +50,7 @@ def resolve_track(values: Sequence[str] | None) -> tuple[str, ...]:
     for value in values:
         if value not in CHOICES:
             raise ConfigError(f"--track {value!r} is invalid: allowed {', '.join(CHOICES)}")
-    if "none" in values:
+    if OFF in values:
         if len(set(values)) > 1:
             raise ConfigError(f"--track none is invalid with {sorted(set(values) - {'none'})}: allowed none alone")
         return ()

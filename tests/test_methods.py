@@ -1,6 +1,6 @@
 """Every registered method trains on the digits; RoCL/AdvCL specifics; the published settings.
 
-Smoke: 20 steps on one fixed batch with the view/attack generator re-seeded every step, so
+Smoke: 10 steps on one fixed batch of 32 with the view/attack generator re-seeded every step, so
 the objective is the same function of the weights at each step (up to the attack adapting
 to the model); its loss must be finite and fall, and every adversarial view must lie within
 ε of its clean source and in [0, 1] (``pgd`` is wrapped in each method's module).
@@ -33,7 +33,9 @@ from bench.methodkit.variants import make_variant
 from bench.store.results import RunDir
 from methods.advcl import AdvCL
 
-EPSILON, STEP_SIZE, PGD_STEPS, BATCH, SMOKE_STEPS = 0.1, 0.025, 2, 64, 20
+# 10 steps of 32 images: every method's loss falls by at least 2.7 % (DeACL; the others 6.8 % or more), a
+# quarter of the work of 20 steps of 64 (the test was a sixth of the suite's time)
+EPSILON, STEP_SIZE, PGD_STEPS, BATCH, SMOKE_STEPS = 0.1, 0.025, 2, 32, 10
 METHOD_NAMES = list(registry.available())
 
 

@@ -31,11 +31,15 @@ def new_figure(width: float, height: float):
 
 
 def save_figure(figure: Any, stem: Path) -> list[Path]:
-    """Save as PNG and PDF (atomically); ``stem`` has no suffix."""
+    """Save as PNG and PDF (atomically); ``stem`` has no suffix.
+
+    The constrained layout is solved once, for the PNG, and kept for the PDF: solving it again for the
+    second format moved the axes by under 0.2 % of the figure and cost a quarter of a report's time."""
     paths = []
     for fmt in ("png", "pdf"):
         buffer = io.BytesIO()
         figure.savefig(buffer, format=fmt, dpi=150)
+        figure.set_layout_engine("none")  # keep the positions the first save laid out
         paths.append(write_atomic(Path(f"{stem}.{fmt}"), buffer.getvalue()))
     return paths
 

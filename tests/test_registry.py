@@ -131,6 +131,7 @@ def test_dummy_method_is_listed_and_runs(dummy_method, tmp_path, capsys):
             str(tmp_path / "rep"),
             "--schemes",
             "SLF",
+            "--no-report",
             *TINY,
         ]
     )
@@ -169,6 +170,7 @@ def test_entry_point_plugin_is_discovered(tmp_path, monkeypatch, capsys):
                 str(tmp_path / "rep"),
                 "--schemes",
                 "SLF",
+                "--no-report",
                 *TINY,
             ]
         )

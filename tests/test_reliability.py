@@ -24,7 +24,7 @@ from bench.store.results import ResultsStore
 
 
 def _bench(tmp_path, *args):
-    return main(["run", "--results-dir", str(tmp_path / "r"), "--reports-dir", str(tmp_path / "rep"), *TINY, *args])
+    return main(["run", "--results-dir", str(tmp_path / "r"), "--no-report", *TINY, *args])  # no test here reads a report
 
 
 def _store(tmp_path) -> ResultsStore:

@@ -22,7 +22,7 @@ from bench.products.compare import compare_command
 from bench.products.export import export_run, sidecar_path
 from bench.products.report import write_reports
 from bench.products.reproduce import get_table, reproduce_plan, write_reproduction
-from bench.runs import distributed, stage_command, sweep
+from bench.runs import distributed, sweep
 from bench.runs.collect import describe, existing_store, merge_stores, refresh_index, run_status
 from bench.runs.external import evaluate_external
 from bench.runs.pipeline import run_plan
@@ -85,7 +85,7 @@ def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
         return 1
     reports = []
     if not pretrain_only and not args.no_report:
-        reports = _report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet or as_json)
+        reports = write_report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet or as_json)
         log_report(
             plan.track,
             plan.reports_dir,
@@ -181,7 +181,9 @@ def _summarise(outcomes, resume: str = "rerun with --resume") -> int:
     return 1 if failed else 0
 
 
-def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: list[str] | None = None) -> list[Path]:
+def write_report(
+    dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: list[str] | None = None
+) -> list[Path]:
     """Write the report in the registry's method order (plugins included): methods without adversarial
     views (the non-adversarial anchor) first, then each base method followed by its A-InfoNCE variants."""
 
@@ -214,7 +216,7 @@ def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: li
 def cmd_report(args: argparse.Namespace) -> int:
     methods = [name for name in ",".join(args.curve_methods or []).split(",") if name]
     refresh_index(Path(args.results_dir))  # a row-cut or header-only index is rebuilt, not reported
-    written = _report(
+    written = write_report(
         (Path(args.results_dir), Path(args.reports_dir)),
         paper=args.paper,
         quiet=args.quiet or args.json,
@@ -244,7 +246,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if not args.no_report:
         config = assemble(request)
-        _report((Path(config.results_dir), Path(config.reports_dir)), paper=False, quiet=args.quiet)
+        write_report((Path(config.results_dir), Path(config.reports_dir)), paper=False, quiet=args.quiet)
         return 0
     progress.log(f"done: {run_id}")
     return 0
@@ -295,7 +297,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.launcher == "local":
         outcomes = run_plan(plan)
         if not args.no_report:
-            _report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet)
+            write_report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet)
         return _summarise(outcomes, SWEEP_RESUMES)
     if not jobs:
         progress.log(f"nothing to submit: the {len(plan.runs)} run(s) of the sweep are complete (--force reruns them)")
@@ -317,23 +319,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 SWEEP_RESUMES = "rerun the same bench sweep: it continues them"
-
-
-def cmd_stage(args: argparse.Namespace) -> int:
-    """One stage of the runs the settings select (what a sweep's job runs); continues from what is stored."""
-
-    if args.stage == "collect":
-        config = assemble(build_request(args, ("all",)))
-        stage_command.collect_stage(Path(config.results_dir))
-        if not args.no_report:
-            _report((Path(config.results_dir), Path(config.reports_dir)), paper=False, quiet=True)
-        return 0
-    request = build_request(args, selected_methods(args))
-    request.resume = True
-    failed = stage_command.run_stage_of_plan(build_plan(request), args.stage, args.scheme, args.run_id)
-    for run_id, method, reason in failed:
-        print(f"bench: run {run_id} ({method}) failed: {reason}", file=sys.stderr)
-    return 1 if failed else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

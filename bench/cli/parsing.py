@@ -41,6 +41,10 @@ def _implementation(name: str) -> Callable[[argparse.Namespace], int]:
         from bench.cli.speed import cmd_speed  # deferred: torch (the measuring, bench.products.speed)
 
         return cmd_speed
+    if name == "cmd_stage":
+        from bench.cli.stage import cmd_stage  # deferred: torch and the run machinery (a sweep's job)
+
+        return cmd_stage
     import bench.cli.commands as commands  # deferred: torch, pandas, scipy and the method zoo
 
     return getattr(commands, name)

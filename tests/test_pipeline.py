@@ -76,21 +76,20 @@ def test_run_stores_every_scheme_and_attack_then_skips_reruns(tmp_path):
     assert (run_dir / "encoder.pt").exists() and (run_dir / "pretrain_history.csv").exists()
     assert (tmp_path / "rep" / "index.md").exists()
 
-    assert _run(tmp_path) == 0  # same config and seed: skipped, nothing added
+    assert _run(tmp_path, "--no-report") == 0  # same config and seed: skipped, nothing added
     assert len(_rows(tmp_path)) == len(rows)
     simclr = [row for row in rows if row["method"] == "simclr"]
-    assert _run(tmp_path, "--methods", "simclr", "--force") == 0  # rerun replaces, never duplicates
+    assert _run(tmp_path, "--methods", "simclr", "--force", "--no-report") == 0  # rerun replaces, never duplicates
     assert len(_rows(tmp_path)) == len(rows)
     assert {row["run_id"] for row in _rows(tmp_path)} == {row["run_id"] for row in rows}
-    assert _run(tmp_path, "--methods", "simclr", "--seed", "1") == 0  # another seed is another run
+    assert _run(tmp_path, "--methods", "simclr", "--seed", "1", "--no-report") == 0  # another seed: another run
     assert len(_rows(tmp_path)) == len(rows) + len(simclr)
 
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_stored_encoder_can_be_finetuned_again_and_exported(tmp_path):
-    code = main(["run", "--methods", "acl", *_dirs(tmp_path), *TINY, "--set", "finetune.batch_size=512"])
-    assert code == 0
+def test_stored_encoder_can_be_finetuned_again_and_exported(tmp_path, shared_run):
+    copy_store(shared_run("--methods", "acl", *TINY), tmp_path)  # made once per session
     run_id = _rows(tmp_path)[0]["run_id"]
     encoder = tmp_path / "r" / "runs" / run_id / "encoder.pt"
     code = main(
@@ -119,6 +118,7 @@ def test_stored_encoder_can_be_finetuned_again_and_exported(tmp_path):
             "clean,pgd20",
             "--schemes",
             "SLF",
+            "--no-report",
         ]
     )
     assert code == 0
@@ -203,7 +203,7 @@ def test_jobs_resolution():
 
 
 def _tiny(tmp_path, *extra):
-    return main(["run", "--methods", "acl", *_dirs(tmp_path), *TINY, *extra])
+    return main(["run", "--methods", "acl", *_dirs(tmp_path), *TINY, "--no-report", *extra])  # none reads a report
 
 
 @pytest.mark.slow

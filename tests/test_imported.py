@@ -36,7 +36,7 @@ TINY = {
 }
 
 
-def encoder_file(path, epochs: int | None = 3):
+def encoder_file(path, epochs: int | None = 7):
     """A small-CNN encoder in our format, recording its method, dataset and pretraining epochs."""
     torch.manual_seed(0)
     model = build_contrastive_model("small_cnn", ("normal",), "simclr", normalization="none")
@@ -75,7 +75,7 @@ def test_the_run_keeps_the_identity_and_id_external_runs_always_had(tmp_path):
     }
     assert run.identity == identity
     assert run.run_id == f"simclr-enc-external-s0-{config_hash(identity)}" and run.config_hash == config_hash(identity)
-    assert run.method == "simclr:enc" and run.imported.pretrain_epochs == 3 and run.imported.protocol_method == "simclr"
+    assert run.method == "simclr:enc" and run.imported.pretrain_epochs == 7 and run.imported.protocol_method == "simclr"
     (named,) = plan_of(tmp_path, path, name="mine", pretrain_dataset="cifar10").runs
     assert named.run_id.startswith("mine-external-s0-") and named.identity["pretrain_dataset"] == "cifar10"
 
@@ -89,15 +89,19 @@ def test_an_imported_run_is_skipped_forced_and_finished_by_the_pipeline(tmp_path
     run_dir = ResultsStore(tmp_path / "r").run(run.run_id)
     rows = run_dir.read_rows()
     assert {(row.method, row.dataset, row.pretrain_epochs, row.scheme) for row in rows} == {
-        ("simclr:enc", "digits", 3, "SLF")
+        ("simclr:enc", "digits", 7, "SLF")
     }
     recorded = json.loads(run_dir.config.read_text())
     assert {key: recorded[key] for key in run.identity} == run.identity and recorded["schemes"] == ["SLF"]
     assert json.loads(run_dir.pretrain_summary.read_text())["imported"]["file"] == file_digest(path)
     assert not run_dir.encoder.exists()  # the file is read where it is, never copied
     assert [outcome.status for outcome in run_plan(plan)] == ["skipped"]
+    run_dir.done.unlink()  # killed after its scheme stored its rows, before the finish stage
+    stored = run_dir.scheme_rows("SLF").read_bytes()
+    assert [outcome.status for outcome in run_plan(dataclasses.replace(plan, resume=True))] == ["completed"]
+    assert run_dir.scheme_rows("SLF").read_bytes() == stored and run_dir.read_rows() == rows  # not measured again
     forced = dataclasses.replace(plan, force=True)
-    encoder_file(path, epochs=4)  # the file changed since it was planned: its run must not measure it
+    encoder_file(path, epochs=8)  # the file changed since it was planned: its run must not measure it
     (outcome,) = run_plan(forced)
     assert outcome.status == "failed" and "changed since its run was planned" in outcome.reason
     assert not run_dir.is_complete() and not run_dir.rows.exists()  # --force cleared the old result

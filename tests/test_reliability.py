@@ -23,8 +23,8 @@ from bench.methodkit.method import Method
 from bench.store.results import ResultsStore
 
 
-def _bench(tmp_path, *args):
-    return main(["run", "--results-dir", str(tmp_path / "r"), "--no-report", *TINY, *args])  # no test here reads a report
+def _bench(tmp_path, *args):  # no test here reads a report
+    return main(["run", "--results-dir", str(tmp_path / "r"), "--no-report", *TINY, *args])
 
 
 def _store(tmp_path) -> ResultsStore:

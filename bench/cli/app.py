@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
             "recorded in acl-bench checkpoints, else 'unknown')",
         )
         ev.add_argument("--force", action="store_true", help="re-evaluate even if stored")
+        ev.add_argument("--resume", action="store_true", help="keep the schemes an interrupted run finished")
         ev.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
         add_config_flags(ev)
         ev.set_defaults(handler=command_handler("cmd_evaluate"))

@@ -24,9 +24,9 @@ from bench.products.report import write_reports
 from bench.products.reproduce import get_table, reproduce_plan, write_reproduction
 from bench.runs import distributed, sweep
 from bench.runs.collect import describe, existing_store, merge_stores, refresh_index, run_status
-from bench.runs.external import evaluate_external
+from bench.runs.external import imported_plan
 from bench.runs.pipeline import run_plan
-from bench.runs.plan import assemble, build_plan
+from bench.runs.plan import build_plan
 from bench.runs.tracking import log_report
 from bench.store.results import ResultsStore
 
@@ -233,23 +233,20 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    request = build_request(args, ("all",))
-    run_id = evaluate_external(
-        request,
+    """``bench finetune/evaluate``: a plan of one run whose encoder is imported, run by the pipeline."""
+    plan = imported_plan(
+        build_request(args, ("all",)),
         checkpoint=args.checkpoint,
         checkpoint_format=args.format,
         branch=args.branch,
         name=args.name,
         robustbench_model=args.robustbench_model,
-        force=args.force,
         pretrain_dataset=args.pretrain_dataset,
     )
+    outcomes = run_plan(plan)
     if not args.no_report:
-        config = assemble(request)
-        write_report((Path(config.results_dir), Path(config.reports_dir)), paper=False, quiet=args.quiet)
-        return 0
-    progress.log(f"done: {run_id}")
-    return 0
+        write_report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet)
+    return _summarise(outcomes)
 
 
 def cmd_collect(args: argparse.Namespace) -> int:

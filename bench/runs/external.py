@@ -1,17 +1,18 @@
 """Encoders and classifiers from outside a ``bench run``: released checkpoints, RobustBench, export.
 
 ``bench finetune/evaluate --checkpoint`` puts a released encoder (the original repos', the
-RobustSSL benchmark's, or one of ours) through exactly the protocol of ``bench run``
-(``bench.evaluation.scheme_run``), so its numbers sit in the same table. ``--robustbench-model``
+RobustSSL benchmark's, or one of ours) through exactly the protocol and the pipeline of ``bench run``:
+``imported_plan`` makes it a run of a plan whose pretraining stage imports the file
+(``bench.runs.imported``), so its numbers sit in the same table. ``--robustbench-model``
 evaluates a supervised adversarial-training classifier under the same attacks (scheme ``AT``:
-no finetuning). ``export_classifier`` writes a classifier as a portable TorchScript file (``bench export``,
-``bench.products.export``).
+no finetuning; the same run, its one scheme evaluating the classifier). ``export_classifier`` writes a
+classifier as a portable TorchScript file (``bench export``, ``bench.products.export``).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -27,30 +28,18 @@ from torch import nn
 from bench.config import ConfigError, config_hash, to_dict
 from bench.engine import progress
 from bench.engine.checkpoints import load_encoder
-from bench.engine.device import resolve_device
 from bench.evaluation import protocol_resolution
 from bench.evaluation.finetune import check_dual_bn, scheme_settings
-from bench.evaluation.scheme_run import evaluate_ready_classifier, finetune_and_evaluate
 from bench.methodkit import registry
-from bench.runs.pipeline import DataCache
-from bench.runs.plan import RunRequest, assemble
+from bench.methodkit.method import MethodParams
+from bench.runs.imported import ImportedEncoder, file_digest
+from bench.runs.plan import MethodRun, RunPlan, RunRequest, assemble
 from bench.store.atomic import atomic_write
-from bench.store.provenance import environment, now
-from bench.store.results import ResultsStore
-from bench.store.rows import ResultRow, RowContext
 
 ROBUSTBENCH_DATASETS = ("cifar10", "cifar100")
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
-
-
-def evaluate_external(
+def imported_plan(
     request: RunRequest,
     *,
     checkpoint: str | None,
@@ -58,20 +47,19 @@ def evaluate_external(
     branch: str | None,
     name: str | None,
     robustbench_model: str | None,
-    force: bool,
     pretrain_dataset: str | None = None,
-) -> str:
-    """Finetune (SLF/ALF/AFF) and evaluate a checkpoint, or evaluate a RobustBench model.
+) -> RunPlan:
+    """The plan of ``bench finetune/evaluate``: one run whose pretraining stage imports the encoder
+    (``MethodRun.imported``, ``bench.runs.imported``) and whose other stages are ``bench run``'s.
 
-    Everything is loaded and checked before anything is written. Rows are labelled with the
-    checkpoint's own method and pretraining dataset when it records them (acl-bench
-    checkpoints), else with ``<format>:<file stem>`` and ``pretrain_dataset`` ('unknown' when
-    not given: it is never guessed).
+    Everything is loaded and checked here, before the pipeline writes anything. Rows are labelled
+    with the checkpoint's own method and pretraining dataset when it records them (acl-bench
+    checkpoints), else with ``<format>:<file stem>`` and ``pretrain_dataset`` ('unknown' when not
+    given: it is never guessed). The run id and identity are those external runs always had:
+    ``<method>-external-s<seed>-<hash>``, the hash over the whole config, the file's digest and format.
     """
     config = assemble(request)
     protocol_resolution.check_overrides(config.finetune.protocol, list(request.overrides))
-    device = resolve_device(config.device)
-    store = ResultsStore(config.results_dir)
     data_name = config.data.eval_name or config.data.name
     if robustbench_model:
         if data_name not in ROBUSTBENCH_DATASETS or config.data.image_size != 32:
@@ -79,9 +67,20 @@ def evaluate_external(
                 f"data={data_name!r} at image_size={config.data.image_size} is invalid for a RobustBench "
                 f"model: allowed {list(ROBUSTBENCH_DATASETS)} at 32 (e.g. --preset paper)"
             )
-        classifier = load_robustbench_model(robustbench_model, dataset=data_name).to(device)
-        label, dataset, source = f"robustbench:{robustbench_model}", data_name, robustbench_model
-        file_digest, pretrain_epochs = robustbench_model, None
+        classifier = load_robustbench_model(robustbench_model, dataset=data_name)
+        label, file = f"robustbench:{robustbench_model}", robustbench_model
+        imported = ImportedEncoder(
+            source=robustbench_model,
+            format=checkpoint_format,
+            branch=branch,
+            arch=None,
+            digest="",
+            dataset=data_name,
+            pretrain_epochs=None,
+            protocol_method=protocol_name(name, None, None),
+            classifier=classifier,
+        )
+        schemes = ("AT",)  # a finished classifier: evaluated, not finetuned
     else:
         path = Path(checkpoint)
         if not path.exists():
@@ -89,61 +88,34 @@ def evaluate_external(
         explicit_arch = config.model.arch if "model.arch" in request.overrides else None
         model, info = load_encoder(checkpoint, checkpoint_format, branch=branch, arch=explicit_arch)
         recorded = info.get("method") if checkpoint_format == "bench" else None
-        label = f"{recorded or checkpoint_format}:{path.stem}"
-        dataset = pretrain_dataset or info.get("dataset") or "unknown"
-        source, file_digest = str(path.resolve()), _file_digest(path)
-        pretrain_epochs = info.get("pretrain_epochs")
-    method = name or label
-    protocol_method = protocol_name(
-        name, recorded if not robustbench_model else None, None if robustbench_model else info.get("family")
-    )
-    if not robustbench_model:
+        label, file = f"{recorded or checkpoint_format}:{path.stem}", file_digest(path)
+        protocol_method = protocol_name(name, recorded, info.get("family"))
         check_schemes(config, protocol_method, model, info.get("branch", "normal"))
+        imported = ImportedEncoder(
+            source=str(path.resolve()),
+            format=checkpoint_format,
+            branch=branch,
+            arch=explicit_arch,
+            digest=file,
+            dataset=pretrain_dataset or info.get("dataset") or "unknown",
+            pretrain_epochs=info.get("pretrain_epochs"),
+            protocol_method=protocol_method,
+        )
+        schemes = config.finetune.schemes
+    method = name or label
     identity = {
         "config": to_dict(config),
-        "source": source,
+        "source": imported.source,
         "format": checkpoint_format,
         "branch": branch,
-        "file": file_digest,
-        "pretrain_dataset": dataset,
+        "file": file,
+        "pretrain_dataset": imported.dataset,
     }
     digest = config_hash(identity)
     run_id = f"{method.replace(':', '-').replace('/', '-')}-external-s{config.seed}-{digest}"
-    run_dir = store.run(run_id)
-    if run_dir.is_complete() and not force:
-        progress.log(f"{method}: skipped, run {run_id} is complete (use --force to rerun)")
-        return run_id
-    data = DataCache(device).get(data_name, config)
-    env = environment()
-    run_dir.write_json(run_dir.config, {**identity, "run_id": run_id, "environment": env, "started": now()})
-    if robustbench_model:
-        measurements = evaluate_ready_classifier(classifier, data, config, device, run_dir)
-    else:
-        bn = info.get("branch", "normal")
-        measurements = finetune_and_evaluate(
-            model.to(device),
-            bn if bn in model.bn_names() or not model.bn_names() else "normal",
-            data,
-            config,
-            device,
-            run_dir,
-            label=method,
-            method=protocol_method,
-        )
-    context = RowContext.of(
-        run_id,
-        config,
-        env,
-        device,
-        method=method,
-        dataset=dataset,
-        eval_dataset=data.name,
-        config_hash=digest,
-        pretrain_epochs=pretrain_epochs,
-    )
-    rows = [ResultRow.of(context, measurement) for measurement in measurements]
-    store.record(run_id, rows, {"finished": now(), "rows": len(rows)})
-    return run_id
+    executed = dataclasses.replace(config, finetune=dataclasses.replace(config.finetune, schemes=schemes))
+    run = MethodRun(method, executed, MethodParams(), run_id, digest, "", identity, imported=imported, request=request)
+    return RunPlan(config, (run,), force=request.force, resume=request.resume, track=request.track)
 
 
 def protocol_name(name: str | None, recorded: str | None, family: str | None) -> str:

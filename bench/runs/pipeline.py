@@ -97,8 +97,8 @@ def run_plan(plan: RunPlan) -> list[RunOutcome]:
     jobs = resolve_jobs(plan.base.jobs, device, len(plan.runs))
     store = ResultsStore(plan.results_dir)
     cache = DataCache(device)
-    for run in plan.runs:  # a missing dataset fails here, before any training
-        for name in filter(None, (run.config.data.name, run.config.data.eval_name)):
+    for run in plan.runs:  # a missing dataset fails here, before any training (an imported encoder's: no pretraining)
+        for name in filter(None, (None if run.imported else run.config.data.name, run.config.data.eval_name)):
             cache.get(name, run.config)
     if jobs == 1:
         outcomes = []

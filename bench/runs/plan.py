@@ -37,6 +37,7 @@ from bench.methodkit import registry
 from bench.methodkit.downloads import PseudoLabelSource, resolve_pseudo_labels
 from bench.methodkit.method import Method, MethodParams
 from bench.methodkit.post import POST_FIELDS
+from bench.runs.imported import ImportedEncoder
 
 # Fields that say where and how a run executes, not what it computes: outside the identity.
 VOLATILE_FIELDS = ("methods", "device", "jobs", "results_dir", "reports_dir")
@@ -74,6 +75,7 @@ class MethodRun:
     flags: tuple[str, ...] = ()  # carried by every row of the run (e.g. pseudo_labels:released-b28763e)
     pseudo_labels: PseudoLabelSource | None = None  # the AdvCL family's labels (bench.methodkit.downloads)
     teacher: str = ""  # run id of the run whose encoder this one distils from (DeACL), '' for none
+    imported: ImportedEncoder | None = None  # bench evaluate --checkpoint: no training (bench.runs.imported)
     # the single-seed, single-dataset request it was resolved from (its config.yaml: bench.runs.experiment_file)
     request: RunRequest | None = field(default=None, compare=False, repr=False)
 

@@ -8,7 +8,8 @@ writes only there, so a stage can run on any node, and twice:
 
 - pretrain: ``config.json`` and ``config.yaml``, the pretraining curve, ``encoder.pt``, then ``pretrain.json``
   (the stage's record: it is done). Resumes from ``pretrain.ckpt``; reuses the finished encoder of
-  another run with the same pretraining settings and seed instead of training.
+  another run with the same pretraining settings and seed instead of training. An imported encoder's
+  run (``bench evaluate --checkpoint``) records the import instead (``bench.runs.imported``).
   The stored encoder is ``Method.encoder_for_finetuning`` of the trained model (DynACL's
   momentum key encoder; the model itself for every other method).
 - post (methods whose ``post_settings`` are not None: DynACL++, DynACL-AIR++): LP-AFT on
@@ -42,6 +43,7 @@ from bench.engine.data import ImageData, load_dataset
 from bench.evaluation.scheme_run import finetune_and_evaluate_scheme
 from bench.methodkit.method import Method
 from bench.methodkit.post import post_process
+from bench.runs.donors import find_encoder, load_donor
 from bench.runs.experiment_file import write_run_experiment
 from bench.runs.plan import MethodRun
 from bench.runs.train import pretrain, restore_threads
@@ -84,39 +86,6 @@ class StageContext:
 
 
 # --------------------------------------------------------------------------- pretrain
-
-
-def find_encoder(store: ResultsStore, key: str, exclude: str) -> RunDir | None:
-    """A stored run whose finished encoder has pretraining key ``key`` (newest first)."""
-    candidates = sorted(
-        (run for run in store.run_dirs() if run.encoder.exists()),
-        key=lambda run: run.encoder.stat().st_mtime,
-        reverse=True,
-    )
-    for run in candidates:
-        if run.run_id == exclude or not run.history.exists():
-            continue
-        try:
-            recorded = run.read_json(run.config).get("pretrain_key")
-        except (OSError, ValueError):
-            continue
-        if recorded == key:
-            return run
-    return None
-
-
-def load_donor(model, donor: RunDir, name: str) -> bool:
-    """Load another run's finished encoder (weights only); an unreadable one is skipped, said, never fatal."""
-    try:
-        model.load_state_dict(torch.load(donor.encoder, map_location="cpu", weights_only=True)["model"])
-    except Exception as error:  # a damaged donor must not block every run with these settings
-        progress.log(
-            f"{name}: the encoder of run {donor.run_id} cannot be read ({progress.error_line(error)}); "
-            "pretraining instead"
-        )
-        return False
-    progress.log(f"{name}: reusing the encoder of run {donor.run_id} (same pretraining settings and seed)")
-    return True
 
 
 def encoder_checkpoint(method: Method, model, run: MethodRun, in_channels: int) -> EncoderCheckpoint:
@@ -172,6 +141,8 @@ def pretrain_stage(run: MethodRun, ctx: StageContext) -> bool:
     prepare_run_dir(run_dir, ctx, name)
     if run_dir.pretrain_summary.exists():
         return False
+    if run.imported is not None:  # an encoder from a file or RobustBench, not trained (bench.runs.imported)
+        return run.imported.record(run, run_dir, ctx.device)
     env = environment(ctx.device)
     run_dir.write_json(
         run_dir.config,
@@ -233,6 +204,8 @@ def post_stage(run: MethodRun, ctx: StageContext) -> bool:
     Seeded with the run's seed (global RNG and the stage's generator), so the encoder it gives
     depends only on the stored encoder, the settings and the seed, wherever the stage runs."""
     config, run_dir = run.config, ctx.store.run(run.run_id)
+    if run.imported is not None:  # an imported encoder is evaluated as it is
+        return False
     method = run.method_class(run.params)
     settings = method.post_settings(config)
     if settings is None or run_dir.is_complete() or run_dir.post_summary.exists():
@@ -316,11 +289,22 @@ def finetune_stage(run: MethodRun, scheme: str, ctx: StageContext) -> bool:
     if ctx.resume:  # finetuning sums in a thread-dependent order too: resume at the run's count (D12)
         restore_threads(summary.get("threads"), f"{run.method} {scheme}")
     env = environment(ctx.device)
-    method, model = load_run_encoder(run, run_dir)
     eval_data = ctx.cache.get(config.data.eval_name or config.data.name, config)
-    measurements = finetune_and_evaluate_scheme(
-        model, method.finetune_bn, eval_data, config, ctx.device, run_dir, scheme, label=run.method, method=run.method
-    )
+    if run.imported is not None:  # bench evaluate --checkpoint: the file's encoder (bench.runs.imported)
+        measurements = run.imported.measure(scheme, eval_data, config, ctx.device, run_dir, run.method)
+    else:
+        method, model = load_run_encoder(run, run_dir)
+        measurements = finetune_and_evaluate_scheme(
+            model,
+            method.finetune_bn,
+            eval_data,
+            config,
+            ctx.device,
+            run_dir,
+            scheme,
+            label=run.method,
+            method=run.method,
+        )
     context = RowContext.of(
         run.run_id,
         config,
@@ -330,7 +314,7 @@ def finetune_stage(run: MethodRun, scheme: str, ctx: StageContext) -> bool:
         dataset=summary["dataset"],
         eval_dataset=eval_data.name,
         config_hash=run.config_hash,
-        pretrain_epochs=config.pretrain.epochs,
+        pretrain_epochs=summary.get("pretrain_epochs", config.pretrain.epochs),  # an imported encoder's own
     )
     # the run's own flags (e.g. where the AdvCL family's pseudo-labels came from) go on every row
     rows = [
@@ -345,8 +329,9 @@ def finetune_stage(run: MethodRun, scheme: str, ctx: StageContext) -> bool:
 
 
 def run_schemes(run_dir: RunDir) -> list[str]:
-    """The run's schemes, from its stored config (so finishing needs no plan)."""
-    return list(run_dir.read_json(run_dir.config)["finetune"]["schemes"])
+    """The run's schemes, from its stored config (so finishing needs no plan; an imported run records them)."""
+    recorded = run_dir.read_json(run_dir.config)
+    return list(recorded["schemes"] if "schemes" in recorded else recorded["finetune"]["schemes"])
 
 
 def finish_stage(run_dir: RunDir, *, required: bool = False) -> bool:

@@ -28,7 +28,8 @@ def pretrain_seconds(run_ids: list[str], runs_dir: Path) -> pd.Series:
         donor = done.get("encoder_from", run_id)
         if donor != run_id and hops:
             return seconds(donor, hops - 1)
-        return float(done.get("pretrain_wall_s", np.nan))
+        wall_s = done.get("pretrain_wall_s")  # None: an imported encoder, trained elsewhere (bench.runs.imported)
+        return np.nan if wall_s is None else float(wall_s)
 
     return pd.Series({run_id: seconds(run_id) for run_id in run_ids}, dtype=float)
 

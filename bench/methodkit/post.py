@@ -14,7 +14,9 @@ encoder to a classification task without any label:
 Batches of 512 with random crop (padding 1/8 of the size) and flip, last partial batch dropped.
 The head is thrown away; the returned encoder goes on to the usual finetuning protocol.
 
-``post_process`` works on any ``ContrastiveModel``, so any method can ask for the stage.
+This module holds what the stage is (its settings, the parameters a run sets, their checks), low
+enough for methods and the plan to name; ``bench.evaluation.post.post_process`` runs it on the
+finetuning and clustering code, and works on any ``ContrastiveModel``, so any method can ask for it.
 Only the BN branch ``bn`` (and the shared convolutions) is trained: DYNACL's dual-BN script
 routes both TRADES terms through ``'pgd'``, and its single-BN script trains the ``'pgd'``
 route alone; both are this computation.
@@ -32,21 +34,12 @@ released head has as many as the dataset's classes, 100 on CIFAR-100 with K = 10
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from bench.choices import POST_STAGES  # noqa: F401  (re-exported; the names live in bench.choices)
-from bench.engine.attacks import TRADES_STARTS, trades_kl_attack
-from bench.engine.data import batch_indices, to_float
-from bench.engine.models import Classifier, ContrastiveModel
-from bench.engine.views import WeakAugment
+from bench.engine.attacks import TRADES_STARTS
 from bench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -167,181 +160,3 @@ def settings_for(params: PostParams, config: RunConfig, **released: Any) -> Post
         augment=config.finetune.augment,
         **released,
     )
-
-
-# --------------------------------------------------------------------------- pseudo-labels
-
-
-@torch.no_grad()
-def encoder_features(model: ContrastiveModel, images: torch.Tensor, bn: str, batch_size: int = 512) -> np.ndarray:
-    """Pooled features of uint8 ``images`` through branch ``bn``, model in eval mode (mode restored)."""
-    was_training = model.training
-    model.eval()
-    try:
-        chunks = [
-            model.features(to_float(images[start : start + batch_size]), bn).float().cpu()
-            for start in range(0, images.shape[0], batch_size)
-        ]
-    finally:
-        model.train(was_training)
-    return torch.cat(chunks).numpy().astype(np.float64)
-
-
-def kmeans_labels(features: np.ndarray, clusters: int, seed: int, restarts: int = 3) -> np.ndarray:
-    """K-means (Euclidean) cluster index of every row; clusters > rows is an error."""
-    from sklearn.cluster import KMeans
-
-    if clusters > features.shape[0]:
-        raise ValueError(
-            f"post clusters={clusters} is invalid: allowed at most the {features.shape[0]} training images"
-        )
-    kmeans = KMeans(n_clusters=clusters, n_init=restarts, random_state=seed)
-    return kmeans.fit_predict(features).astype(np.int64)
-
-
-# --------------------------------------------------------------------------- LP-AFT
-
-
-def _logits(classifier: Classifier, x: torch.Tensor, bn: str) -> torch.Tensor:
-    return classifier.head(classifier.backbone.features(x, bn))
-
-
-def trades_adversary(
-    classifier: Classifier, x: torch.Tensor, settings: PostSettings, generator: torch.Generator
-) -> torch.Tensor:
-    """The TRADES KL attack of the stage, classifier in eval mode (mode restored afterwards).
-
-    Default: ``bench.engine.attacks.trades_kl_attack`` (start x + 0.001·N(0, 1), reference p(x) through
-    the trained branch). ``attack_start='clean'`` / ``reference_bn`` give the released variants.
-    """
-    was_training = classifier.training
-    classifier.eval()
-    try:
-        reference_bn = settings.reference_bn or settings.bn
-        return trades_kl_attack(
-            classifier,
-            x,
-            epsilon=settings.epsilon,
-            step_size=settings.step_size,
-            steps=settings.attack_steps,
-            generator=generator,
-            clean_classifier=None if reference_bn == settings.bn else lambda x: _logits(classifier, x, reference_bn),
-            start=settings.attack_start,
-        )
-    finally:
-        classifier.train(was_training)
-
-
-def trades_loss(
-    classifier: Classifier, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, beta: float
-) -> torch.Tensor:
-    """CE(f(x), y) + β·KL(p(x_adv) ‖ p(x)) / B, gradient through both terms (Zhang et al. 2019)."""
-    logits_clean, logits_adv = classifier(x), classifier(x_adv)
-    robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
-    return F.cross_entropy(logits_clean, y) + beta * robust
-
-
-def _batches(
-    images: torch.Tensor, labels: torch.Tensor, settings: PostSettings, order: torch.Generator, views: torch.Generator
-):
-    """Shuffled batches (last partial one dropped, as released) with crop+flip when ``augment``."""
-    batch = min(settings.batch_size, images.shape[0])
-    augment = WeakAugment()
-    for indices in batch_indices(images.shape[0], batch, order, drop_last=True):
-        indices = indices.to(images.device)
-        x = to_float(images[indices])
-        yield (augment(x, views) if settings.augment else x), labels[indices]
-
-
-def linear_probe(
-    classifier: Classifier,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    settings: PostSettings,
-    order: torch.Generator,
-    views: torch.Generator,
-) -> list[float]:
-    """LP: the head alone on the frozen encoder in eval mode, constant lr. Returns epoch mean losses."""
-    for parameter in classifier.backbone.parameters():
-        parameter.requires_grad_(False)
-    optimizer = torch.optim.SGD(
-        classifier.head.parameters(),
-        lr=settings.head_lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-    )
-    history = []
-    try:
-        for _ in range(settings.head_epochs):
-            losses = []
-            for x, y in _batches(images, labels, settings, order, views):
-                classifier.eval()
-                loss = F.cross_entropy(_logits(classifier, x, settings.bn), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-            history.append(float(np.mean(losses)) if losses else float("nan"))
-    finally:
-        for parameter in classifier.backbone.parameters():
-            parameter.requires_grad_(True)
-    return history
-
-
-def adversarial_finetune(
-    classifier: Classifier,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    settings: PostSettings,
-    order: torch.Generator,
-    views: torch.Generator,
-) -> list[float]:
-    """AFT: TRADES on the whole network (attack in eval mode, loss in train mode), step decay."""
-    parameters = [p for p in classifier.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(settings.milestones), gamma=0.1)
-    history = []
-    for _ in range(settings.epochs):
-        losses = []
-        for x, y in _batches(images, labels, settings, order, views):
-            x_adv = trades_adversary(classifier, x, settings, views)
-            classifier.train()
-            loss = trades_loss(classifier, x, x_adv, y, settings.beta)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        scheduler.step()
-        history.append(float(np.mean(losses)) if losses else float("nan"))
-    return history
-
-
-def post_process(
-    model: ContrastiveModel,
-    train_images: torch.Tensor,
-    settings: PostSettings,
-    device: torch.device,
-    generator: torch.Generator,
-) -> ContrastiveModel:
-    """DynACL++'s LP-AFT on K-means pseudo-labels; returns a new encoder (``model`` is not changed).
-
-    ``train_images``: the uint8 pretraining set (labels are never seen). ``generator`` (on
-    ``device``) seeds the views and attack noise; the K-means seed and the batch order derive
-    from one draw of it, so a run is reproducible from the generator's state.
-    """
-    check_settings(settings, tuple(model.bn_names()) or ("normal",))
-    encoder = copy.deepcopy(model).to(device)
-    images = train_images.to(device)
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device).item())
-    features = encoder_features(encoder, images, settings.feature_bn, settings.batch_size)
-    labels = torch.as_tensor(kmeans_labels(features, settings.clusters, seed, settings.kmeans_restarts), device=device)
-    classifier = Classifier(encoder, settings.clusters, settings.bn).to(device)
-    nn.init.zeros_(classifier.head.weight)
-    nn.init.zeros_(classifier.head.bias)
-    order = torch.Generator().manual_seed(seed)
-    linear_probe(classifier, images, labels, settings, order, generator)
-    adversarial_finetune(classifier, images, labels, settings, order, generator)
-    encoder.eval()
-    return encoder

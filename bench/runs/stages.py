@@ -39,9 +39,9 @@ from bench.config import RunConfig
 from bench.engine import progress
 from bench.engine.checkpoints import CheckpointError, EncoderCheckpoint, load_encoder
 from bench.engine.data import ImageData, load_dataset
+from bench.evaluation.post import post_process
 from bench.evaluation.scheme_run import finetune_and_evaluate_scheme
 from bench.methodkit.method import Method
-from bench.methodkit.post import post_process
 from bench.runs.experiment_file import write_run_experiment
 from bench.runs.plan import MethodRun
 from bench.runs.train import pretrain, restore_threads

@@ -35,12 +35,16 @@ released head has as many as the dataset's classes, 100 on CIFAR-100 with K = 10
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bench.choices import POST_STAGES  # noqa: F401  (re-exported; the names live in bench.choices)
+from bench.coercion import coerce, field_types
 from bench.engine.attacks import TRADES_STARTS
 from bench.errors import ConfigError
+from bench.methodkit.method import Method, MethodParams, Published
+from bench.methodkit.registry import Spelling
 
 if TYPE_CHECKING:
     from bench.config import RunConfig
@@ -132,16 +136,53 @@ def check_post_params(params: PostParams) -> None:
         raise ConfigError(f"post_milestones={milestones!r} is invalid: allowed a tuple of integers >= 0")
 
 
-class PostStage:
-    """Mixin, first among the bases, of a method with this stage (``post = 'pp'``): its ``post_*``
-    parameters (``PostParams``) are checked with the method's own. ``post_settings`` is the method's."""
+@dataclass(frozen=True)
+class PostForm:
+    """A post stage a method's paper publishes under its own name (DynACL++, DynACL-AIR++): the method
+    lists it in ``Method.post_forms`` (post label -> ``PostForm``), so ``<name>++`` and its A-InfoNCE
+    variants' ``<name>++-ip``... are listed by ``bench list`` and picked by patterns, and their settings
+    are the rows the method's ``paper``/``smoke`` tables hold under that name (the stage's included).
 
-    post = "pp"
+    description: the line ``bench list`` prints for ``<name>++``.
+    official: ``PostSettings`` fields under ``quirks='official'`` (the released script's differences);
+        a published form with some accepts ``quirks='official'`` even where the method alone does not.
+    """
 
-    @classmethod
-    def check_params(cls, params: Any) -> None:
-        super().check_params(params)  # type: ignore[misc]  # the method's own checks first
-        check_post_params(params)
+    description: str
+    official: Mapping[str, Any] = field(default_factory=dict)
+
+
+def post_published(method: type[Method], label: str, form: str, preset: str, dataset: str) -> Published:
+    """The published settings of ``label`` (``method`` with the post stage). ``form``: the published post
+    form it spells (``dynacl++`` for ``dynacl++`` and ``dynacl++-ip``): its rows, under ``label`` or
+    ``form``, from the method's tables. '' (any other method's ``<name>++``): the method's own row, and in
+    the smoke preset the smoke stage ``SMOKE_POST_PARAMS``; the stage's other settings are its defaults."""
+    if form:
+        names = list(dict.fromkeys((label, form)))
+        if preset == "smoke":
+            return next((method.smoke[name] for name in names if name in method.smoke), Published())
+        for name in names:
+            if name in method.paper:
+                row = method.paper[name]
+                if dataset in row or "*" in row:
+                    return row[dataset] if dataset in row else row["*"]
+                raise ConfigError(
+                    f"dataset={dataset!r} is invalid for the paper settings of {label!r}: allowed {sorted(row)}"
+                )
+        return Published()
+    row = method.published(preset, dataset)
+    stage = SMOKE_POST_PARAMS if preset == "smoke" else {}
+    note = "post stage: LP 1 + AFT 2 epochs, batch 64, PGD-2" if stage else "post stage: PKU-ML/DYNACL LPAFT.py"
+    source = "; ".join(filter(None, (row.source, note)))
+    return Published(source=source, pretrain=row.pretrain, params={**row.params, **stage})
+
+
+def make_post_params(values: Mapping[str, Any], label: str) -> PostParams:
+    """``PostParams`` from raw values (strings are coerced, as ``Method.make_params`` does), checked."""
+    types = field_types(PostParams)
+    params = PostParams(**{key: coerce(types[key], raw, f"{label}.{key}") for key, raw in values.items()})
+    check_post_params(params)
+    return params
 
 
 def settings_for(params: PostParams, config: RunConfig, **released: Any) -> PostSettings:
@@ -160,3 +201,49 @@ def settings_for(params: PostParams, config: RunConfig, **released: Any) -> Post
         augment=config.finetune.augment,
         **released,
     )
+
+
+# --------------------------------------------------------------------------- a run's stage (bench.runs.plan)
+
+
+def published(method: type[Method], spelled: Spelling, preset: str, dataset: str):
+    """The published settings of the run ``spelled`` asks for: the method's, or with the post stage
+    ``post_published`` (a published form's rows, or the method's plus the smoke stage)."""
+    if spelled.post:
+        return post_published(method, spelled.name, spelled.form, preset, dataset)
+    return method.published(preset, dataset)
+
+
+def run_params(
+    method: type[Method], spelled: Spelling, values: dict[str, Any]
+) -> tuple[MethodParams, PostParams | None]:
+    """The method's ``Params`` and, for a run with the post stage, its ``PostParams``, from raw values.
+
+    A published post form with released differences (``PostForm.official``) accepts ``quirks='official'``
+    for its stage even where the method alone does not (DynACL's pretraining has no released quirk)."""
+    if not spelled.post:
+        return method.make_params(values), None
+    known = set(field_types(method.Params))
+    unknown = sorted(key for key in values if key not in known and key not in POST_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"method parameter {unknown[0]!r} of {spelled.name!r} is unknown: allowed {sorted(known | POST_FIELDS)}"
+        )
+    own = {key: value for key, value in values.items() if key not in POST_FIELDS}
+    post = make_post_params({key: value for key, value in values.items() if key in POST_FIELDS}, spelled.name)
+    form = method.post_forms.get(spelled.post) if spelled.form else None
+    if form is not None and form.official and not method.official_quirks and own.get("quirks") == "official":
+        return dataclasses.replace(method.make_params({**own, "quirks": "none"}), quirks="official"), post
+    return method.make_params(own), post
+
+
+def stage_settings(
+    method: type[Method], spelled: Spelling, config: RunConfig, params: MethodParams, post: PostParams | None
+) -> PostSettings | None:
+    """The post stage's settings: its parameters, the run's attack budget and augmentation switch, the branch the
+    schemes finetune, and under ``quirks='official'`` a published form's released differences."""
+    if post is None:
+        return None
+    form = method.post_forms.get(spelled.post) if spelled.form else None
+    official = dict(form.official) if form is not None and params.quirks == "official" else {}
+    return settings_for(post, config, bn=method.finetune_bn, **official)

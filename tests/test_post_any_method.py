@@ -96,3 +96,26 @@ def test_a_post_run_reuses_the_method_encoder_and_finetunes_the_processed_one(tm
     assert json.loads(post.pretrain_summary.read_text())["encoder_from"] == plain.path.name
     assert post.post_encoder.exists() and json.loads(post.post_summary.read_text())["post"] == "pp"
     assert post.is_complete() and set(load(results / "results.csv")["method"]) == {"simclr", "simclr++"}
+
+
+def test_post_is_a_request_option_with_the_ids_of_the_plus_plus_spelling():
+    """``--post pp`` is ``RunRequest.post``: the plan gives each selected method the stage, and the runs are
+    those the ``<name>++`` spelling gives (same ids, pretraining keys, stage parameters and settings)."""
+    option = build_plan(RunRequest(methods=("acl", "dynacl-ip"), post="pp", method_params={"*": {"post_epochs": "3"}}))
+    spelled = build_plan(RunRequest(methods=("acl++", "dynacl-ip++"), method_params={"*": {"post_epochs": "3"}}))
+    assert [run.run_id for run in option.runs] == [run.run_id for run in spelled.runs]
+    for ours, theirs in zip(option.runs, spelled.runs, strict=True):
+        assert (ours.post, ours.post_params, ours.post_settings) == (
+            theirs.post,
+            theirs.post_params,
+            theirs.post_settings,
+        )
+        assert ours.post_settings.epochs == 3 and ours.pretrain_key == theirs.pretrain_key
+
+
+def test_a_published_forms_variant_pretrains_as_the_variant():
+    """``dynacl++-ip`` is DynACL-IP with DynACL++'s stage: it shares DynACL-IP's encoder, never DynACL's."""
+    runs = {run.method: run for run in build_plan(RunRequest(methods=("dynacl", "dynacl-ip", "dynacl++-ip"))).runs}
+    assert runs["dynacl++-ip"].registered == "dynacl-ip" and runs["dynacl++-ip"].post == "pp"
+    assert runs["dynacl++-ip"].pretrain_key == runs["dynacl-ip"].pretrain_key != runs["dynacl"].pretrain_key
+    assert registry.spelling("dynacl++-ip").form == "dynacl++"  # DynACL++'s rows and released quirk apply

@@ -119,3 +119,15 @@ def test_a_published_forms_variant_pretrains_as_the_variant():
     assert runs["dynacl++-ip"].registered == "dynacl-ip" and runs["dynacl++-ip"].post == "pp"
     assert runs["dynacl++-ip"].pretrain_key == runs["dynacl-ip"].pretrain_key != runs["dynacl"].pretrain_key
     assert registry.spelling("dynacl++-ip").form == "dynacl++"  # DynACL++'s rows and released quirk apply
+
+
+def test_a_method_declaring_the_old_post_members_is_refused():
+    """``post``/``pretrains_as``/``post_settings`` would now change nothing: registering one is a one-line error."""
+
+    class OldPlusPlus(registry.get("simclr")):
+        def post_settings(self, config):
+            return None
+
+    with pytest.raises(ValueError, match=r"declares \['post_settings'\], which no longer exist.*'old\+\+' or --post"):
+        registry.register("old++")(OldPlusPlus)
+    assert not registry.is_registered("old++")

@@ -33,6 +33,8 @@ from bench.methodkit.method import Method
 from bench.methodkit.variants import POST_SUFFIX, VARIANTS, make_variant, post_name, variant_names
 
 ENTRY_POINT_GROUP = "acl_bench.methods"
+# Members of the post stage when it was a method (a '<name>++' class): a class declaring one is refused.
+REMOVED_POST_MEMBERS = ("post", "pretrains_as", "post_settings")
 
 _REGISTRY: dict[str, type[Method]] = {}
 _BROKEN: dict[str, str] = {}  # entry-point name -> why its plugin failed to import (``broken_plugins``)
@@ -43,6 +45,13 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
     """Class decorator: make a Method available as ``name`` (unique)."""
 
     def decorate(cls: type[Method]) -> type[Method]:
+        removed = [member for member in REMOVED_POST_MEMBERS if hasattr(cls, member)]
+        if removed:  # they would now change nothing: say so instead of running without the stage
+            raise ValueError(
+                f"method {name!r} declares {removed}, which no longer exist: the post stage is a run option "
+                f"('{name.removesuffix(POST_SUFFIX)}{POST_SUFFIX}' or --post pp, bench.runs.plan); allowed instead: "
+                "Method.post_forms for a stage the method's paper publishes (methods/dynacl.py)"
+            )
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"method name {name!r} is already registered by {_REGISTRY[name].__module__}")
         cls.name = name

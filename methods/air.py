@@ -12,8 +12,9 @@ One step, as in GodXuxilie/Enhancing_ACL_via_AIR ``pretraining.py`` (``--ACL_DS`
    batch distributions of the two views by default, the released ``kl_div`` arithmetic (a
    probability passed where a log-probability belongs) under ``quirks="official"``.
 DynACL-AIR has no momentum key encoder (that is DYNACL's own code, ``methods/dynacl.py``).
-DynACL-AIR++ adds the LP-AFT stage of AIR's ``LP-AFF.py`` (``bench.methodkit.post``), with K = the number
-of classes and its TRADES attack reference through BN ``normal`` under ``quirks="official"``.
+DynACL-AIR++ adds the LP-AFT stage of AIR's ``LP-AFF.py`` (``bench.methodkit.post``; a run option that
+DynACL-AIR lists in ``post_forms``), with K = the number of classes (rows ``dynacl-air++``) and its TRADES
+attack reference through BN ``normal`` under ``quirks="official"``.
 
 Deviations (small, documented in docs/methods-newer.md): views on the device (bilinear crop
 where AIR uses bicubic), PGD random start clamped before the first step, last partial batch
@@ -45,7 +46,7 @@ from bench.engine.models import ContrastiveModel
 from bench.engine.optim import ACL_LARS
 from bench.engine.regularizers import invariant_regularizers
 from bench.methodkit.method import Method, MethodParams, Published, StepContext, pretraining_pgd
-from bench.methodkit.post import SMOKE_POST_PARAMS, PostParams, PostStage, settings_for
+from bench.methodkit.post import SMOKE_POST_PARAMS, PostForm
 from bench.methodkit.registry import register
 
 AIR_SOURCE = "GodXuxilie/Enhancing_ACL_via_AIR pretraining.py (argparse defaults: --ACL_DS, lambda1 = lambda2 = 0.5)"
@@ -104,11 +105,6 @@ class DynamicAIRParams(AIRParams):
 
     anneal_lambda: float = ANNEAL_LAMBDA
     anneal_period: int = ANNEAL_PERIOD
-
-
-@dataclass
-class DynamicAIRPlusPlusParams(DynamicAIRParams, PostParams):
-    """DynACL-AIR's parameters and the post stage's (``bench.methodkit.post.PostParams``)."""
 
 
 @register("acl-air")
@@ -186,15 +182,11 @@ class DynACLAIR(ACLAIR):
     description = "DynACL-AIR (Xu et al. 2023): AIR with DynACL's annealed augmentation and ω reweighting (--DynAug)"
     Params = DynamicAIRParams
     annealed = True
-
-
-@register("dynacl-air++")
-class DynACLAIRPlusPlus(PostStage, DynACLAIR):
-    description = "DynACL-AIR++ (Xu et al. 2023): DynACL-AIR, then LP-AFT on K-means pseudo-labels (K = classes)"
-    Params = DynamicAIRPlusPlusParams
-    pretrains_as = "dynacl-air"  # the same pretraining: a run of both shares the encoder
-
-    def post_settings(self, config):
-        """LP-AFF.py's stage; quirks='official' takes the TRADES attack's reference through BN 'normal'."""
-        reference = "normal" if self.params.quirks == "official" else ""
-        return settings_for(self.params, config, reference_bn=reference)
+    # DynACL-AIR++: AIR's LP-AFF.py stage (rows 'dynacl-air++' above: K = the number of classes);
+    # quirks='official' takes the TRADES attack's reference through BN 'normal', as its trades_loss_dual.
+    post_forms = {
+        "pp": PostForm(
+            "DynACL-AIR++ (Xu et al. 2023): DynACL-AIR, then LP-AFT on K-means pseudo-labels (K = classes)",
+            official={"reference_bn": "normal"},
+        )
+    }

@@ -22,7 +22,9 @@ encoder (both views through the trained model, one BN batch), and w = 1 + ω wit
 ω = λ·(1 − s_e), which steps with the strength, one epoch after the released w. The RCS loss is
 this one; AIR's lacks the ½ (a scale that LARS's trust ratio mostly absorbs).
 
-DynACL++ = DynACL followed by the LP-AFT post-processing stage (``bench.methodkit.post``; ``post = "pp"``).
+DynACL++ = DynACL followed by the LP-AFT post-processing stage (``bench.methodkit.post``): a run option
+(``dynacl++`` or ``--post pp``), which DynACL lists in ``post_forms`` because its paper publishes it;
+its settings are the ``dynacl++`` rows below, and ``quirks='official'`` starts its TRADES attack at x.
 
 Deviations from the released code (all small, documented in docs/methods-newer.md): views are
 augmented on the device (bilinear resized crop, fixed jitter order); the PGD random start is
@@ -55,7 +57,7 @@ from bench.engine.losses import nt_xent
 from bench.engine.models import ContrastiveModel
 from bench.methodkit.method import MethodParams, Published, StepContext, pretraining_pgd
 from bench.methodkit.momentum import MomentumMethod, MomentumModel
-from bench.methodkit.post import SMOKE_POST_PARAMS, PostParams, PostStage, settings_for
+from bench.methodkit.post import SMOKE_POST_PARAMS, PostForm
 from bench.methodkit.registry import register
 
 FORMS = ("dynacl", "air-rcs")
@@ -124,11 +126,6 @@ class DynACLParams(MethodParams):
     anneal_period: int = ANNEAL_PERIOD
 
 
-@dataclass
-class DynACLPlusPlusParams(DynACLParams, PostParams):
-    """DynACL's parameters and the post stage's (``bench.methodkit.post.PostParams``)."""
-
-
 class KeyEncoderModel(MomentumModel):
     """A ContrastiveModel (the query, trained) plus ``key``, its EMA copy (released ``resnet18_momentum``).
 
@@ -172,6 +169,15 @@ class DynACL(MomentumMethod):
     # step, inside ``training_step``, by the constant ``key_momentum``; the key is what is finetuned.
     update_timing = "in_step"
     finetune_network = "target"
+    # DynACL++: the post stage as PKU-ML/DYNACL releases it (rows 'dynacl++' above); quirks='official' starts
+    # its TRADES attack at x, as DYNACL's utils.trades_loss does.
+    post_forms = {
+        "pp": PostForm(
+            "DynACL++ (Luo et al. 2023): DynACL, then LP-AFT on K-means pseudo-labels "
+            "(linear probe, TRADES full finetuning)",
+            official={"attack_start": "clean"},
+        )
+    }
 
     # ------------------------------------------------------------------ configuration
     @classmethod
@@ -243,19 +249,3 @@ class DynACL(MomentumMethod):
         features = torch.stack([*z_clean, *z_adv], dim=1)  # [B, 4, D]: x1, x2, a1, a2
         logs["alpha"] = alpha
         return self.contrastive_loss(features, (False, False, True, True)), logs
-
-
-@register("dynacl++")
-class DynACLPlusPlus(PostStage, DynACL):
-    description = (
-        "DynACL++ (Luo et al. 2023): DynACL, then LP-AFT on K-means pseudo-labels "
-        "(linear probe, TRADES full finetuning)"
-    )
-    Params = DynACLPlusPlusParams
-    pretrains_as = "dynacl"  # the same pretraining: a run of both shares the encoder
-    official_quirks = True  # quirks='official': the post stage's released TRADES start
-
-    def post_settings(self, config):
-        """LPAFT.py's stage; quirks='official' starts the TRADES attack at x, as DYNACL's utils.trades_loss."""
-        start = "clean" if self.params.quirks == "official" else "noise"
-        return settings_for(self.params, config, attack_start=start)

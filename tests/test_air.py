@@ -18,6 +18,7 @@ from bench.engine.regularizers import invariant_regularizers, pairwise_batch_sof
 from bench.engine.views import StrongAugment
 from bench.methodkit import registry
 from bench.methodkit.method import StepContext
+from bench.methodkit.post import published
 
 T = 0.5
 
@@ -214,10 +215,11 @@ def test_air_parameters_are_checked_and_published():
     assert (pretrain["lr"], pretrain["epochs"], pretrain["batch_size"]) == (5.0, 1000, 512)
     assert pretrain["weight_decay"] == 1e-6
     # run.sh: --DynAug; LP-AFF.py clusters into as many groups as the dataset has classes.
-    dynamic = registry.get("dynacl-air++")
-    assert dynamic.published("paper", "cifar100").params["post_clusters"] == 100
-    assert dynamic.published("paper", "cifar10").params["post_clusters"] == 10
-    assert dynamic.published("paper", "cifar10").params["anneal_lambda"] == pytest.approx(2 / 3)
+    dynamic, spelled = registry.get("dynacl-air++"), registry.spelling("dynacl-air++")
+    assert published(dynamic, spelled, "paper", "cifar100").params["post_clusters"] == 100
+    assert published(dynamic, spelled, "paper", "cifar10").params["post_clusters"] == 10
+    assert published(dynamic, spelled, "paper", "cifar10").params["anneal_lambda"] == pytest.approx(2 / 3)
     with pytest.raises(ConfigError, match="dataset='stl10' is invalid for the paper settings of 'dynacl-air\\+\\+'"):
-        dynamic.published("paper", "stl10")
-    assert registry.get("dynacl-air++-ip").published("paper", "cifar100").params["post_clusters"] == 100
+        published(dynamic, spelled, "paper", "stl10")
+    variant = registry.spelling("dynacl-air++-ip")
+    assert published(registry.get("dynacl-air++-ip"), variant, "paper", "cifar100").params["post_clusters"] == 100

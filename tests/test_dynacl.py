@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_air import reference_nt_xent
 
-from bench.config import AttackConfig, ConfigError, PretrainConfig, smoke_preset
+from bench.config import AttackConfig, ConfigError, PretrainConfig
 from bench.engine.annealing import annealed_augment, augmentation_strength, dynacl_adversarial_weight, reweighting_omega
 from bench.engine.attacks import pgd
 from bench.engine.data import to_float
@@ -18,6 +18,8 @@ from bench.engine.optim import learning_rate
 from bench.engine.views import StrongAugment
 from bench.methodkit import registry
 from bench.methodkit.method import StepContext
+from bench.methodkit.post import published
+from bench.runs.plan import RunRequest, build_plan
 from methods.dynacl import KeyEncoderModel
 
 # --------------------------------------------------------------------------- schedules
@@ -264,7 +266,7 @@ def test_dynacl_parameters_are_checked():
     with pytest.raises(ConfigError, match="anneal_period=0 is invalid: allowed integers >= 1"):
         cls.make_params({"anneal_period": 0})
     with pytest.raises(ConfigError, match="post_clusters=1 is invalid: allowed integers >= 2"):
-        registry.get("dynacl++").make_params({"post_clusters": 1})
+        build_plan(RunRequest(methods=("dynacl++",), method_params={"dynacl++": {"post_clusters": "1"}}))
 
 
 def test_paper_presets_quote_train_dynacl():
@@ -283,7 +285,7 @@ def test_paper_presets_quote_train_dynacl():
     for epoch in range(10):
         assert learning_rate(epoch * per_epoch, total, warmup, config) == pytest.approx(5.0 * (epoch + 1) / 10)
     assert learning_rate(total - 1, total, warmup, config) == pytest.approx(1e-6, abs=1e-4)
-    plus = registry.get("dynacl++").published("paper", "cifar100").params
+    plus = published(cls, registry.spelling("dynacl++"), "paper", "cifar100").params
     assert plus["post_clusters"] == 10  # assign_label.py: for num_clusters in [10], whatever the dataset
     assert (plus["post_head_epochs"], plus["post_epochs"], plus["post_batch_size"]) == (10, 25, 512)
     assert tuple(plus["post_milestones"]) == (10, 20) and plus["post_attack_steps"] == 10
@@ -291,14 +293,18 @@ def test_paper_presets_quote_train_dynacl():
 
 
 def test_post_settings_follow_the_run_and_the_released_script():
-    config = smoke_preset()
-    cls = registry.get("dynacl++")
-    settings = cls(cls.make_params(cls.published("smoke", "digits").params)).post_settings(config)
+    def stage(name, **params):
+        (run,) = build_plan(RunRequest(methods=(name,), method_params={name: params} if params else {})).runs
+        return run
+
+    settings = stage("dynacl++").post_settings
     assert (settings.epsilon, settings.step_size, settings.augment) == (0.06, 0.015, False)
     assert (settings.clusters, settings.epochs, settings.attack_start, settings.reference_bn) == (10, 2, "noise", "")
-    official = cls(cls.make_params({"quirks": "official"})).post_settings(config)
-    assert official.attack_start == "clean" and official.epochs == 25
-    air = registry.get("dynacl-air++")
-    assert air(air.make_params({"quirks": "official"})).post_settings(config).reference_bn == "normal"
-    assert registry.get("dynacl").post == "" and registry.get("dynacl++").post == "pp"
-    assert registry.get("dynacl")().post_settings(config) is None
+    official = stage("dynacl++", quirks="official")
+    assert official.post_settings.attack_start == "clean" and official.params.quirks == "official"
+    assert stage("dynacl-air++", quirks="official").post_settings.reference_bn == "normal"
+    assert stage("dynacl").post == "" and stage("dynacl").post_settings is None and stage("dynacl++").post == "pp"
+    with pytest.raises(ConfigError, match="quirks='official' is invalid for 'dynacl'"):  # DynACL alone has none
+        stage("dynacl", quirks="official")
+    with pytest.raises(ConfigError, match="quirks='official' is invalid for 'dynacl-ip'"):  # nor the generic stage
+        stage("dynacl-ip++", quirks="official")

@@ -1,5 +1,6 @@
-"""The LP-AFT post-processing stage (bench.methodkit.post): pseudo-labels, linear probe, TRADES finetuning,
-the released attack variants, and what the stage may and may not change in an encoder."""
+"""The LP-AFT post-processing stage (settings: bench.methodkit.post; driver: bench.evaluation.post, on the
+finetuning and clustering code): pseudo-labels, linear probe, TRADES finetuning, the released attack
+variants, and what the stage may and may not change in an encoder."""
 
 from __future__ import annotations
 
@@ -15,16 +16,10 @@ import bench.engine.attacks as attacks
 from bench.engine.attacks import trades_kl_attack
 from bench.engine.data import to_float
 from bench.engine.models import Classifier, build_contrastive_model
-from bench.methodkit.post import (
-    PostSettings,
-    check_settings,
-    encoder_features,
-    kmeans_labels,
-    linear_probe,
-    post_process,
-    trades_adversary,
-    trades_loss,
-)
+from bench.evaluation.finetune import scheme_loss, trades_loss, train_classifier
+from bench.evaluation.post import finetune_settings, post_process, probe_settings, pseudo_labels
+from bench.methodkit.post import PostSettings, check_settings
+from bench.methodkit.pseudo_labels import kmeans_labels, model_features
 
 SMALL = dict(
     clusters=4,
@@ -51,8 +46,11 @@ def test_kmeans_labels_recover_separated_blobs():
     labels = kmeans_labels(points, 3, seed=0)
     truth = np.repeat(np.arange(3), 20)
     assert all(len(set(labels[truth == k])) == 1 for k in range(3)) and len(set(labels)) == 3
+
+
+def test_more_clusters_than_images_is_refused(digits):
     with pytest.raises(ValueError, match="post clusters=100 is invalid: allowed at most the 60 training images"):
-        kmeans_labels(points, 100, seed=0)
+        pseudo_labels(dual_bn_model(), digits.x_train[:60], PostSettings(**{**SMALL, "clusters": 100}), seed=0)
 
 
 def test_features_come_from_the_requested_branch_in_eval_mode(digits):
@@ -61,7 +59,7 @@ def test_features_come_from_the_requested_branch_in_eval_mode(digits):
         model.encoder.bns[0].branches["pgd"].running_mean.fill_(0.5)
     model.train()
     images = digits.x_train[:10]
-    normal, adversarial = encoder_features(model, images, "normal"), encoder_features(model, images, "pgd")
+    normal, adversarial = model_features(model, images, "normal"), model_features(model, images, "pgd")
     assert model.training and not np.allclose(normal, adversarial)
     model.eval()
     with torch.no_grad():
@@ -75,34 +73,26 @@ def test_linear_probe_trains_the_zero_head_only(digits):
     torch.nn.init.zeros_(classifier.head.bias)
     encoder_state = copy.deepcopy(model.state_dict())
     images, labels = digits.x_train[:64], torch.arange(64) % 4
-    history = linear_probe(
-        classifier,
-        images,
-        labels,
-        PostSettings(**{**SMALL, "head_lr": 0.0}),
-        torch.Generator().manual_seed(0),
-        torch.Generator().manual_seed(0),
-    )
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+
+    def probe(settings):
+        generators = dict(generator=torch.Generator().manual_seed(0), order=torch.Generator().manual_seed(0))
+        loop = dict(device=torch.device("cpu"), drop_last=True, **generators)
+        return train_classifier(classifier, probe_settings(settings, 64), images, labels, **loop)
+
+    history = probe(PostSettings(**{**SMALL, "head_lr": 0.0}))
     assert history[0] == pytest.approx(math.log(4), abs=1e-6)  # zero logits: CE = log K exactly
-    linear_probe(
-        classifier,
-        images,
-        labels,
-        PostSettings(**SMALL),
-        torch.Generator().manual_seed(0),
-        torch.Generator().manual_seed(0),
-    )
+    probe(PostSettings(**SMALL))
     assert torch.count_nonzero(classifier.head.weight) > 0
     assert all(torch.equal(v, encoder_state[k]) for k, v in model.state_dict().items())  # BN stats too (eval mode)
-    assert all(p.requires_grad for p in model.parameters())
 
 
 def test_trades_loss_matches_the_formula():
     torch.manual_seed(1)
     head = torch.nn.Linear(3, 4).double()
     x, x_adv, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64), torch.arange(5) % 4
-    classifier = lambda inputs: head(inputs)  # noqa: E731 - a plain callable stands in for a Classifier
-    ours = trades_loss(classifier, x, x_adv, y, beta=6.0)
+    ours = trades_loss(head(x), head(x_adv), y, beta=6.0)
     p, q = torch.softmax(head(x), 1), torch.softmax(head(x_adv), 1)
     ce = -torch.log(p[torch.arange(5), y]).mean()
     expected = ce + 6.0 * (p * (p.log() - q.log())).sum() / 5
@@ -112,16 +102,31 @@ def test_trades_loss_matches_the_formula():
     assert torch.allclose(weight_grad, expected_grad, atol=1e-12)
 
 
-def test_default_attack_is_bench_trades_kl_attack(digits):
+def aft_loss(classifier, x, settings: PostSettings, seed: int = 0, reference_bn: str = "") -> torch.Tensor:
+    """The post stage's AFT loss on one batch, as ``bench.evaluation.post`` asks the finetuning code for it."""
+    aft = finetune_settings(settings, x.shape[0])
+    y = torch.arange(x.shape[0]) % 4
+    return scheme_loss(classifier, aft, x, y, torch.Generator().manual_seed(seed), reference_bn)
+
+
+def test_default_attack_is_bench_trades_kl_attack(digits, monkeypatch):
     classifier = Classifier(dual_bn_model(), 4, "pgd")
     x = to_float(digits.x_train[:8])
-    settings = PostSettings(**SMALL)
-    ours = trades_adversary(classifier, x, settings, torch.Generator().manual_seed(2))
-    classifier.eval()
     reference = trades_kl_attack(
-        classifier, x, epsilon=0.06, step_size=0.015, steps=2, generator=torch.Generator().manual_seed(2)
+        copy.deepcopy(classifier).eval(),
+        x,
+        epsilon=0.06,
+        step_size=0.015,
+        steps=2,
+        generator=torch.Generator().manual_seed(2),
     )
-    assert torch.equal(ours, reference) and (ours - x).abs().max() <= 0.06 + 1e-7
+    seen = []
+    real = attacks.trades_kl_attack
+    monkeypatch.setattr(
+        "bench.evaluation.finetune.trades_kl_attack", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1]
+    )
+    aft_loss(classifier, x, PostSettings(**SMALL), seed=2)
+    assert torch.equal(seen[0], reference) and (seen[0] - x).abs().max() <= 0.06 + 1e-7
 
 
 def test_released_attack_variants(digits, monkeypatch):
@@ -132,9 +137,9 @@ def test_released_attack_variants(digits, monkeypatch):
     x = to_float(digits.x_train[:8])
     calls = []
     monkeypatch.setattr(attacks, "pgd", lambda loss_fn, x, **kw: calls.append((loss_fn, kw)) or x)
-    trades_adversary(classifier, x, PostSettings(**SMALL, attack_start="clean"), torch.Generator().manual_seed(0))
+    aft_loss(classifier, x, PostSettings(**SMALL, attack_start="clean"))
     assert torch.equal(calls[-1][1]["start"], x)
-    trades_adversary(classifier, x, PostSettings(**SMALL, reference_bn="normal"), torch.Generator().manual_seed(0))
+    aft_loss(classifier, x, PostSettings(**SMALL), reference_bn="normal")
     loss_fn, kwargs = calls[-1]
     assert 0 < (kwargs["start"] - x).abs().max() < 0.01  # x + 0.001·N(0, 1)
     classifier.eval()

@@ -1,9 +1,9 @@
 """``--post pp`` for any method: ``<method>++`` is the method, then DynACL++'s LP-AFT stage (bench.methodkit.post).
 
-The ``++`` form is derived on demand (bench.methodkit.registry.derive_post,
-bench.methodkit.variants.make_post_method): it
-adds the stage's parameters, trains the branch the schemes finetune, and pretrains exactly as the method
-itself, so a run of both pretrains once. The stage's arithmetic has its own tests (tests/test_post.py).
+The post stage is a run option carried by the plan (``MethodRun.post``, ``post_params``, ``post_settings``),
+never a class: ``<method>++`` spells the method with it (bench.methodkit.registry.spelling). The run adds the
+stage's parameters, trains the branch the schemes finetune, and pretrains exactly as the method itself, so a
+run of both pretrains once. The stage's arithmetic has its own tests (tests/test_post.py).
 """
 
 from __future__ import annotations
@@ -15,28 +15,33 @@ import pickle
 import pytest
 
 from bench.cli.app import main
-from bench.config import ConfigError, smoke_preset
+from bench.config import ConfigError
 from bench.methodkit import registry
-from bench.methodkit.post import POST_FIELDS, SMOKE_POST_PARAMS
+from bench.methodkit.post import POST_FIELDS, SMOKE_POST_PARAMS, published
 from bench.runs.plan import RunRequest, build_plan
 from bench.store.results import ResultsStore
 from bench.store.rows import load
 
 
 def test_every_method_has_a_plus_plus_form_that_adds_the_stage():
+    listed = dict(registry.available())
     for name, branch in (("acl", "pgd"), ("rocl-ip", "normal"), ("simclr", "normal")):
-        derived = registry.get(f"{name}++")
-        base = registry.get(name)
-        assert issubclass(derived, base) and derived.post == "pp" and derived.pretrains_as == name
-        fields = {field.name for field in dataclasses.fields(derived.Params)}
-        assert fields == {field.name for field in dataclasses.fields(base.Params)} | POST_FIELDS
-        settings = derived(derived.make_params({})).post_settings(smoke_preset())
-        assert settings.bn == branch == base.finetune_bn and settings.feature_bn == "normal"
-        assert derived.published("smoke", "digits").params == {
+        spelled, base = registry.spelling(f"{name}++"), registry.get(name)
+        assert (spelled.method, spelled.post, spelled.form, spelled.listed) == (name, "pp", "", False)
+        assert registry.get(f"{name}++") is base  # the method's own class: none is made for the stage
+        (run,) = build_plan(RunRequest(methods=(f"{name}++",))).runs
+        assert (run.method, run.registered, run.post, type(run.params)) == (f"{name}++", name, "pp", base.Params)
+        fields = {field.name for field in dataclasses.fields(base.Params)}
+        assert (
+            set(run.all_params()) == fields | POST_FIELDS and set(run.identity["method_params"]) == fields | POST_FIELDS
+        )
+        assert run.post_settings.bn == branch == base.finetune_bn and run.post_settings.feature_bn == "normal"
+        assert published(base, spelled, "smoke", "digits").params == {
             **base.published("smoke", "digits").params,
             **SMOKE_POST_PARAMS,
         }
-        assert not derived.selected_by_all
+        assert f"{name}++" not in registry.resolve(["all"])
+    assert registry.available() == listed  # asking for a ++ form registers nothing
 
 
 def test_patterns_and_all_never_pick_up_derived_forms():
@@ -62,7 +67,8 @@ def test_a_plus_plus_run_pickles_for_spawned_workers():
     """CUDA workers are spawned and get their run by pickle: the derived Params class must survive it."""
     (run,) = build_plan(RunRequest(methods=("acl++",), method_params={"*": {"post_epochs": "3"}})).runs
     copy = pickle.loads(pickle.dumps(run))
-    assert copy.params == run.params and type(copy.params) is type(run.params) and copy.params.post_epochs == 3
+    assert copy.params == run.params and copy.post_params == run.post_params and copy.post_params.post_epochs == 3
+    assert copy.post_settings == run.post_settings and copy.post_settings.epochs == 3
 
 
 def test_post_flag_selects_the_plus_plus_forms_and_refuses_a_method_with_its_own(capsys):
@@ -90,3 +96,38 @@ def test_a_post_run_reuses_the_method_encoder_and_finetunes_the_processed_one(tm
     assert json.loads(post.pretrain_summary.read_text())["encoder_from"] == plain.path.name
     assert post.post_encoder.exists() and json.loads(post.post_summary.read_text())["post"] == "pp"
     assert post.is_complete() and set(load(results / "results.csv")["method"]) == {"simclr", "simclr++"}
+
+
+def test_post_is_a_request_option_with_the_ids_of_the_plus_plus_spelling():
+    """``--post pp`` is ``RunRequest.post``: the plan gives each selected method the stage, and the runs are
+    those the ``<name>++`` spelling gives (same ids, pretraining keys, stage parameters and settings)."""
+    option = build_plan(RunRequest(methods=("acl", "dynacl-ip"), post="pp", method_params={"*": {"post_epochs": "3"}}))
+    spelled = build_plan(RunRequest(methods=("acl++", "dynacl-ip++"), method_params={"*": {"post_epochs": "3"}}))
+    assert [run.run_id for run in option.runs] == [run.run_id for run in spelled.runs]
+    for ours, theirs in zip(option.runs, spelled.runs, strict=True):
+        assert (ours.post, ours.post_params, ours.post_settings) == (
+            theirs.post,
+            theirs.post_params,
+            theirs.post_settings,
+        )
+        assert ours.post_settings.epochs == 3 and ours.pretrain_key == theirs.pretrain_key
+
+
+def test_a_published_forms_variant_pretrains_as_the_variant():
+    """``dynacl++-ip`` is DynACL-IP with DynACL++'s stage: it shares DynACL-IP's encoder, never DynACL's."""
+    runs = {run.method: run for run in build_plan(RunRequest(methods=("dynacl", "dynacl-ip", "dynacl++-ip"))).runs}
+    assert runs["dynacl++-ip"].registered == "dynacl-ip" and runs["dynacl++-ip"].post == "pp"
+    assert runs["dynacl++-ip"].pretrain_key == runs["dynacl-ip"].pretrain_key != runs["dynacl"].pretrain_key
+    assert registry.spelling("dynacl++-ip").form == "dynacl++"  # DynACL++'s rows and released quirk apply
+
+
+def test_a_method_declaring_the_old_post_members_is_refused():
+    """``post``/``pretrains_as``/``post_settings`` would now change nothing: registering one is a one-line error."""
+
+    class OldPlusPlus(registry.get("simclr")):
+        def post_settings(self, config):
+            return None
+
+    with pytest.raises(ValueError, match=r"declares \['post_settings'\], which no longer exist.*'old\+\+' or --post"):
+        registry.register("old++")(OldPlusPlus)
+    assert not registry.is_registered("old++")

@@ -3,9 +3,10 @@
 - ``StepContext.epochs``: every step sees the run's total pretraining epochs;
 - ``Method.encoder_for_finetuning``: the encoder the pretraining stage stores (and a donor is
   loaded into) is the hook's, not the trained model (DynACL stores its key encoder);
-- ``Method.post_settings``: a method with a post stage gets ``bench.methodkit.post.post_process`` on the
-  stored encoder, its result is stored apart (``encoder_post.pt``, ``post.json``) and is what
-  every scheme finetunes; finetuning before the post stage has finished is a ``StageError``.
+- the post stage (``--post pp``, ``MethodRun.post_settings``): a run with it gets
+  ``bench.evaluation.post.post_process`` on the stored encoder, its result is stored apart (``encoder_post.pt``,
+  ``post.json``) and is what every scheme finetunes; finetuning before the post stage has finished is a
+  ``StageError``.
 A throw-away method keeps it cheap; ``post_process`` is replaced by a recorder (its own tests
 are tests/test_post.py).
 """
@@ -24,12 +25,12 @@ from bench.cli.app import main
 from bench.engine.losses import nt_xent
 from bench.methodkit import registry
 from bench.methodkit.method import Method
-from bench.methodkit.post import PostSettings
 from bench.methodkit.registry import register
 from bench.runs.plan import RunRequest, build_plan
 from bench.store.results import ResultsStore
 
 TINY = [*TINY_RUN, "--set", "finetune.batch_size=512", "--jobs", "1"]
+STAGE = {"post_clusters": "2", "post_head_epochs": "0", "post_epochs": "0", "post_batch_size": "64"}
 HOOK_VALUE, POST_VALUE = 0.25, 0.75
 
 
@@ -58,9 +59,6 @@ def hook_method():
 
         def encoder_for_finetuning(self, model):
             return filled_copy(model, HOOK_VALUE)
-
-        def post_settings(self, config):
-            return PostSettings(clusters=2, head_epochs=0, epochs=0, batch_size=64)
 
     yield HookMethod, seen
     registry.unregister("hook-test")
@@ -97,7 +95,9 @@ def test_stages_store_the_finetuning_encoder_post_process_it_and_finetune_the_re
     monkeypatch.setattr(stages, "post_process", fake_post_process)
     monkeypatch.setattr(stages, "finetune_and_evaluate_scheme", recording_finetune)
     results = tmp_path / "r"
-    assert main(["run", "--methods", "hook-test", "--results-dir", str(results), "--no-report", *TINY]) == 0
+    stage = [item for key, value in STAGE.items() for item in ("--param", f"{key}={value}")]
+    command = ["run", "--methods", "hook-test", "--post", "pp", *stage, "--results-dir", str(results), "--no-report"]
+    assert main([*command, *TINY]) == 0
     assert seen["epochs"] == {1}  # StepContext.epochs = pretrain.epochs on every step
     (run_dir,) = ResultsStore(results).run_dirs()
     stored = torch.load(run_dir.encoder, weights_only=True)["model"]
@@ -112,7 +112,8 @@ def test_stages_store_the_finetuning_encoder_post_process_it_and_finetune_the_re
 
 
 def test_finetuning_before_the_post_stage_is_a_stage_error(hook_method, tmp_path):
-    (run,) = build_plan(RunRequest(overrides={"pretrain.epochs": 1}, methods=("hook-test",))).runs
+    request = RunRequest(overrides={"pretrain.epochs": 1}, methods=("hook-test++",), method_params={"*": STAGE})
+    (run,) = build_plan(request).runs
     run_dir = ResultsStore(tmp_path).run(run.run_id)
     with pytest.raises(stages.StageError, match="the post stage has not finished"):
         stages.finetuning_encoder(run, run_dir)

@@ -32,15 +32,16 @@ from bench.store.results import ResultsStore
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    methods = registry.available()
+    methods = registry.available()  # the methods and the published post forms (dynacl++), each with its runner
+    spelled = {name: registry.spelling(name) for name in methods}
     if args.json:
         for name, cls in methods.items():
             print(
                 json.dumps(
                     {
                         "name": name,
-                        "description": cls.description,
-                        "base": cls.base_name or name,
+                        "description": spelled[name].description,
+                        "base": spelled[name].base or name,
                         "bn_branches": list(cls.bn_branches),
                         "finetune_bn": cls.finetune_bn,
                         "inferior_positives": cls.inferior_positives,
@@ -52,7 +53,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     width = max(len(name) for name in methods)
     for name, cls in methods.items():
-        print(f"{name:<{width}}  {'' if cls.selected_by_all else '° '}{cls.description}")
+        print(f"{name:<{width}}  {'' if cls.selected_by_all else '° '}{spelled[name].description}")
     if not all(cls.selected_by_all for cls in methods.values()):
         print("° not in --methods all (the A-InfoNCE table): select by name or pattern, e.g. --methods 'dynacl*' deacl")
     print("Every method without a post stage also runs as '<name>++' (then DynACL++'s LP-AFT): --post pp")
@@ -188,11 +189,9 @@ def write_report(
     views (the non-adversarial anchor) first, then each base method followed by its A-InfoNCE variants."""
 
     methods = registry.available()
-    bases = sorted(
-        (name for name, cls in methods.items() if not cls.base_name),
-        key=lambda name: methods[name].has_adversarial_views,
-    )
-    order = [name for base in bases for name in (base, *(n for n, c in methods.items() if c.base_name == base))]
+    of = {name: registry.spelling(name).base for name in methods}  # the listed name each is a variant of
+    bases = sorted((name for name in methods if not of[name]), key=lambda name: methods[name].has_adversarial_views)
+    order = [name for base in bases for name in (base, *(n for n in methods if of[n] == base))]
     results_dir, reports_dir = dirs
     check_directory("reports_dir", reports_dir)
     written = write_reports(

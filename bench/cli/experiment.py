@@ -23,6 +23,7 @@ from bench.cli.commands import SHORT_FLAGS
 from bench.config import ConfigError, preset
 from bench.engine import progress
 from bench.methodkit import registry
+from bench.methodkit.post import POST_FIELDS, make_post_params
 from bench.runs.experiment_file import plain, read_experiment, write_experiment
 from bench.runs.plan import RunRequest, assemble
 
@@ -196,8 +197,12 @@ def check_values(path: Path, defaults: dict[str, Any], keys: dict[str, argparse.
         scoped, _, raw = item.partition("=")
         scope, _, parameter = scoped.rpartition(":")
         if scope:
-            method = _blame(path, f"params.{scope}", registry.get, scope)
-            _blame(path, f"params.{scope}.{parameter}", method.make_params, {parameter: raw})
+            spelled = _blame(path, f"params.{scope}", registry.spelling, scope)
+            method = registry.get(scope)
+            if spelled.post and parameter in POST_FIELDS:  # acl++: the post stage's own parameters
+                _blame(path, f"params.{scope}.{parameter}", make_post_params, {parameter: raw}, scope)
+            else:
+                _blame(path, f"params.{scope}.{parameter}", method.make_params, {parameter: raw})
 
 
 def _blame(path: Path, key: str, check: Callable[..., Any], *arguments: Any) -> Any:

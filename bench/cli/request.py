@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from bench.config import ConfigError
-from bench.methodkit import registry
 from bench.runs.plan import RunRequest
 from bench.runs.tracking import resolve_track
 
@@ -71,11 +70,10 @@ def build_request(args: argparse.Namespace, methods: tuple[str, ...]):
         seeds=tuple(getattr(args, "seeds", None) or ()),
         datasets=tuple(getattr(args, "datasets", None) or ()),
         track=resolve_track(getattr(args, "track", None)),
+        post=getattr(args, "post", None) or "",
     )
 
 
 def selected_methods(args: argparse.Namespace) -> tuple[str, ...]:
-    """``--methods`` (space- or comma-separated); with ``--post pp`` each selected method's ``++`` form."""
-    names = tuple(m for m in ",".join(args.methods).split(",") if m)
-    post = getattr(args, "post", "")
-    return tuple(registry.with_post(name, post) for name in registry.resolve(names)) if post else names
+    """``--methods`` (space- or comma-separated); ``--post`` is the request's own option (``RunRequest.post``)."""
+    return tuple(m for m in ",".join(args.methods).split(",") if m)

@@ -169,13 +169,16 @@ def scheme_loss(
     x: torch.Tensor,
     y: torch.Tensor,
     generator: torch.Generator,
+    reference_bn: str = "",
 ) -> torch.Tensor:
     """One batch's training loss of the scheme: CE (SLF), CE on PGD examples (ALF), TRADES (AFF).
 
     The attacks run with the classifier in eval mode; the loss is computed in the scheme's mode.
     With ``settings.dual_bn`` (RobustSSL ``trades_loss_dual``) the clean logits, in the attack's
     KL target and in the loss, go through BN 'normal' and the adversarial ones through the
-    classifier's own branch (the one evaluated afterwards)."""
+    classifier's own branch (the one evaluated afterwards). ``reference_bn`` routes the attack's
+    clean KL target alone through that branch (AIR's ``finetuning_utils.trades_loss_dual``, which the
+    post stage reproduces under ``quirks='official'``); '' = as the loss."""
     scheme = settings.scheme
     if scheme == "SLF":
         return F.cross_entropy(classifier(x), y)
@@ -193,6 +196,7 @@ def scheme_loss(
         _set_mode(classifier, scheme)
         return F.cross_entropy(classifier(x_adv), y)
     clean_route = branch_route(classifier, "normal") if settings.dual_bn else None
+    reference = branch_route(classifier, reference_bn) if reference_bn else clean_route
     x_adv = trades_kl_attack(
         classifier,
         x,
@@ -200,14 +204,18 @@ def scheme_loss(
         step_size=settings.step_size,
         steps=settings.train_attack_steps,
         generator=generator,
-        clean_classifier=clean_route,
+        clean_classifier=reference,
         start=settings.trades_start,
     )
     _set_mode(classifier, scheme)
     logits_clean = classifier(x) if clean_route is None else clean_route(x)
-    logits_adv = classifier(x_adv)
+    return trades_loss(logits_clean, classifier(x_adv), y, settings.trades_beta)
+
+
+def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+    """TRADES (Zhang et al. 2019): CE(f(x), y) + β·KL(p(x_adv) ‖ p(x)) / B, gradient through both terms."""
     robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
-    return F.cross_entropy(logits_clean, y) + settings.trades_beta * robust
+    return F.cross_entropy(logits_clean, y) + beta * robust
 
 
 def branch_route(classifier: Classifier, bn: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -242,47 +250,82 @@ def finetune(
     epoch_eval: Callable[[Classifier], dict[str, float]] | None = None,
 ) -> FinetuneResult:
     """Train a classifier on ``data``'s uint8 training split with one scheme; labels only here."""
-    scheme = settings.scheme
     check_dual_bn(settings, model, bn)
-    classifier = build_classifier(model, data.num_classes, bn, scheme, settings.head_init).to(device)
+    classifier = build_classifier(model, data.num_classes, bn, settings.scheme, settings.head_init).to(device)
+    result = FinetuneResult(classifier)
+    train_classifier(
+        classifier,
+        settings,
+        data.x_train,
+        data.y_train,
+        generator=torch.Generator(device=device).manual_seed(seed),
+        order=torch.Generator().manual_seed(seed),
+        device=device,
+        epoch_end=None if epoch_eval is None else lambda: result.epoch_metrics.append(epoch_eval(classifier)),
+    )
+    classifier.eval()
+    return result
+
+
+def train_classifier(
+    classifier: Classifier,
+    settings: SchemeSettings,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    generator: torch.Generator,
+    order: torch.Generator,
+    device: torch.device,
+    name: str = "",
+    drop_last: bool = False,
+    reference_bn: str = "",
+    epoch_end: Callable[[], None] | None = None,
+) -> list[float]:
+    """The scheme's training loop on uint8 ``images`` and ``labels``: SGD over the classifier's trainable
+    parameters (momentum, weight decay), step decay at the milestones, shuffled batches drawn from
+    ``order`` (the last partial one dropped with ``drop_last``), crop+flip and the attacks drawing from
+    ``generator``. The finetuning schemes and the post stage's LP and AFT (``bench.evaluation.post``) both
+    run it. ``name`` labels the progress bar and the tracked metrics (default: the scheme);
+    ``epoch_end`` runs after each epoch. Returns each epoch's mean loss. A non-finite loss or weight
+    stops it with an error: a diverged classifier must never be used."""
+    name = name or settings.scheme
     trainable = [p for p in classifier.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         trainable, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(settings.milestones), gamma=0.1)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    order_generator = torch.Generator().manual_seed(seed)
     augment = WeakAugment()
-    result = FinetuneResult(classifier)
-    x_train, y_train = data.x_train, data.y_train
-    batches = -(-x_train.shape[0] // settings.batch_size)
+    history = []
+    batches = images.shape[0] // settings.batch_size if drop_last else -(-images.shape[0] // settings.batch_size)
     step = 0  # the tracker's x axis (progress.metrics): batches so far, over epochs
-    with progress.task(f"  {scheme}", settings.epochs * batches) as bar:
+    with progress.task(f"  {name}", settings.epochs * batches) as bar:
         for epoch in range(settings.epochs):
-            for indices in batch_indices(x_train.shape[0], settings.batch_size, order_generator, drop_last=False):
-                indices = indices.to(x_train.device)
-                x = to_float(x_train[indices]).to(device)
-                y = y_train[indices].to(device)
+            losses = []
+            for indices in batch_indices(images.shape[0], settings.batch_size, order, drop_last=drop_last):
+                indices = indices.to(images.device)
+                x = to_float(images[indices]).to(device)
+                y = labels[indices].to(device)
                 if settings.augment:
                     x = augment(x, generator)
-                _set_mode(classifier, scheme)
-                loss = scheme_loss(classifier, settings, x, y, generator)
+                _set_mode(classifier, settings.scheme)
+                loss = scheme_loss(classifier, settings, x, y, generator, reference_bn)
                 value = loss.item()
                 if not math.isfinite(value):
                     raise FloatingPointError(
-                        f"{scheme} finetuning: loss became {value} at epoch {epoch} "
+                        f"{name} finetuning: loss became {value} at epoch {epoch} "
                         f"(lr {optimizer.param_groups[0]['lr']:.4g})"
                     )
                 lr = optimizer.param_groups[0]["lr"]
-                progress.metrics(step, {f"finetune/{scheme}/loss": value, f"finetune/{scheme}/lr": lr})
+                progress.metrics(step, {f"finetune/{name}/loss": value, f"finetune/{name}/lr": lr})
                 step += 1
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                losses.append(value)
                 bar.advance(1, info=f"loss {value:.3f}")
-            check_finite(trainable, f"{scheme} finetuning", epoch)
+            check_finite(trainable, f"{name} finetuning", epoch)
             scheduler.step()
-            if epoch_eval is not None:
-                result.epoch_metrics.append(epoch_eval(classifier))
-    classifier.eval()
-    return result
+            history.append(sum(losses) / len(losses) if losses else float("nan"))
+            if epoch_end is not None:
+                epoch_end()
+    return history

@@ -40,8 +40,7 @@ IP_PARAMS = ("alpha", "adv_weight", "adaptive_epochs", "d_min")  # read by the -
 HN_PARAMS = ("beta", "tau_plus")  # read by the -hn/-iphn variants only
 
 if TYPE_CHECKING:
-    from bench.config import RunConfig
-    from bench.methodkit.post import PostSettings
+    from bench.methodkit.post import PostForm
 
 
 @dataclass
@@ -174,14 +173,11 @@ class Method:
     # calls the method's ``set_teacher(model, info)`` before ``setup`` (methods/deacl.py).
     requires_teacher: ClassVar[bool] = False
     teacher_method: ClassVar[str] = ""
-    # The label of its stage between pretraining and finetuning (bench.methodkit.post.POST_STAGES): '' none, 'pp'
-    # DynACL++'s LP-AFT on K-means pseudo-labels. bench.runs.stages.post_stage runs
-    # ``bench.methodkit.post.post_process`` when ``post_settings`` returns settings, and records this label.
-    post: ClassVar[str] = ""
-    # The method whose pretraining this one's is ('' = its own): DynACL++ pretrains as DynACL, any
-    # ``<name>++`` as ``<name>`` (bench.methodkit.variants.make_post_method). Runs of both share the encoder: the
-    # pretraining key (bench.runs.plan) uses that name and leaves out the post stage's parameters.
-    pretrains_as: ClassVar[str] = ""
+    # The post stage (LP-AFT between pretraining and finetuning) is a run option, not a method: any method runs
+    # with it as ``<name>++`` or ``--post pp`` (bench.runs.plan). A method whose paper publishes it under its
+    # own name lists it here (post label -> bench.methodkit.post.PostForm): ``<name>++`` is then listed and
+    # its settings are the rows of ``paper``/``smoke`` under that name (DynACL++, methods/dynacl.py).
+    post_forms: ClassVar[Mapping[str, PostForm]] = {}
     # Fields of ``Params`` the method's own code never reads (besides the variant knobs, which
     # ``unread_params`` adds): a user value for one would change nothing, so it is refused.
     ignored_params: ClassVar[tuple[str, ...]] = ()
@@ -290,11 +286,6 @@ class Method:
         ``encoder_for_finetuning(build_model(...))``, so it must not depend on the weights' values.
         """
         return model
-
-    def post_settings(self, config: RunConfig) -> PostSettings | None:
-        """Settings of this method's post stage (``bench.methodkit.post``; run by
-        ``bench.runs.stages.post_stage`` on the stored encoder before finetuning), or None when it has none."""
-        return None
 
     # ------------------------------------------------------------------ A-InfoNCE
     def contrastive_loss(

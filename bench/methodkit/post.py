@@ -14,7 +14,9 @@ encoder to a classification task without any label:
 Batches of 512 with random crop (padding 1/8 of the size) and flip, last partial batch dropped.
 The head is thrown away; the returned encoder goes on to the usual finetuning protocol.
 
-``post_process`` works on any ``ContrastiveModel``, so any method can ask for the stage.
+This module holds what the stage is (its settings, the parameters a run sets, their checks), low
+enough for methods and the plan to name; ``bench.evaluation.post.post_process`` runs it on the
+finetuning and clustering code, and works on any ``ContrastiveModel``, so any method can ask for it.
 Only the BN branch ``bn`` (and the shared convolutions) is trained: DYNACL's dual-BN script
 routes both TRADES terms through ``'pgd'``, and its single-BN script trains the ``'pgd'``
 route alone; both are this computation.
@@ -32,22 +34,17 @@ released head has as many as the dataset's classes, 100 on CIFAR-100 with K = 10
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from bench.choices import POST_STAGES  # noqa: F401  (re-exported; the names live in bench.choices)
-from bench.engine.attacks import TRADES_STARTS, trades_kl_attack
-from bench.engine.data import batch_indices, to_float
-from bench.engine.models import Classifier, ContrastiveModel
-from bench.engine.views import WeakAugment
+from bench.coercion import coerce, field_types
+from bench.engine.attacks import TRADES_STARTS
 from bench.errors import ConfigError
+from bench.methodkit.method import Method, MethodParams, Published
+from bench.methodkit.registry import Spelling
 
 if TYPE_CHECKING:
     from bench.config import RunConfig
@@ -139,16 +136,53 @@ def check_post_params(params: PostParams) -> None:
         raise ConfigError(f"post_milestones={milestones!r} is invalid: allowed a tuple of integers >= 0")
 
 
-class PostStage:
-    """Mixin, first among the bases, of a method with this stage (``post = 'pp'``): its ``post_*``
-    parameters (``PostParams``) are checked with the method's own. ``post_settings`` is the method's."""
+@dataclass(frozen=True)
+class PostForm:
+    """A post stage a method's paper publishes under its own name (DynACL++, DynACL-AIR++): the method
+    lists it in ``Method.post_forms`` (post label -> ``PostForm``), so ``<name>++`` and its A-InfoNCE
+    variants' ``<name>++-ip``... are listed by ``bench list`` and picked by patterns, and their settings
+    are the rows the method's ``paper``/``smoke`` tables hold under that name (the stage's included).
 
-    post = "pp"
+    description: the line ``bench list`` prints for ``<name>++``.
+    official: ``PostSettings`` fields under ``quirks='official'`` (the released script's differences);
+        a published form with some accepts ``quirks='official'`` even where the method alone does not.
+    """
 
-    @classmethod
-    def check_params(cls, params: Any) -> None:
-        super().check_params(params)  # type: ignore[misc]  # the method's own checks first
-        check_post_params(params)
+    description: str
+    official: Mapping[str, Any] = field(default_factory=dict)
+
+
+def post_published(method: type[Method], label: str, form: str, preset: str, dataset: str) -> Published:
+    """The published settings of ``label`` (``method`` with the post stage). ``form``: the published post
+    form it spells (``dynacl++`` for ``dynacl++`` and ``dynacl++-ip``): its rows, under ``label`` or
+    ``form``, from the method's tables. '' (any other method's ``<name>++``): the method's own row, and in
+    the smoke preset the smoke stage ``SMOKE_POST_PARAMS``; the stage's other settings are its defaults."""
+    if form:
+        names = list(dict.fromkeys((label, form)))
+        if preset == "smoke":
+            return next((method.smoke[name] for name in names if name in method.smoke), Published())
+        for name in names:
+            if name in method.paper:
+                row = method.paper[name]
+                if dataset in row or "*" in row:
+                    return row[dataset] if dataset in row else row["*"]
+                raise ConfigError(
+                    f"dataset={dataset!r} is invalid for the paper settings of {label!r}: allowed {sorted(row)}"
+                )
+        return Published()
+    row = method.published(preset, dataset)
+    stage = SMOKE_POST_PARAMS if preset == "smoke" else {}
+    note = "post stage: LP 1 + AFT 2 epochs, batch 64, PGD-2" if stage else "post stage: PKU-ML/DYNACL LPAFT.py"
+    source = "; ".join(filter(None, (row.source, note)))
+    return Published(source=source, pretrain=row.pretrain, params={**row.params, **stage})
+
+
+def make_post_params(values: Mapping[str, Any], label: str) -> PostParams:
+    """``PostParams`` from raw values (strings are coerced, as ``Method.make_params`` does), checked."""
+    types = field_types(PostParams)
+    params = PostParams(**{key: coerce(types[key], raw, f"{label}.{key}") for key, raw in values.items()})
+    check_post_params(params)
+    return params
 
 
 def settings_for(params: PostParams, config: RunConfig, **released: Any) -> PostSettings:
@@ -169,179 +203,47 @@ def settings_for(params: PostParams, config: RunConfig, **released: Any) -> Post
     )
 
 
-# --------------------------------------------------------------------------- pseudo-labels
+# --------------------------------------------------------------------------- a run's stage (bench.runs.plan)
 
 
-@torch.no_grad()
-def encoder_features(model: ContrastiveModel, images: torch.Tensor, bn: str, batch_size: int = 512) -> np.ndarray:
-    """Pooled features of uint8 ``images`` through branch ``bn``, model in eval mode (mode restored)."""
-    was_training = model.training
-    model.eval()
-    try:
-        chunks = [
-            model.features(to_float(images[start : start + batch_size]), bn).float().cpu()
-            for start in range(0, images.shape[0], batch_size)
-        ]
-    finally:
-        model.train(was_training)
-    return torch.cat(chunks).numpy().astype(np.float64)
+def published(method: type[Method], spelled: Spelling, preset: str, dataset: str):
+    """The published settings of the run ``spelled`` asks for: the method's, or with the post stage
+    ``post_published`` (a published form's rows, or the method's plus the smoke stage)."""
+    if spelled.post:
+        return post_published(method, spelled.name, spelled.form, preset, dataset)
+    return method.published(preset, dataset)
 
 
-def kmeans_labels(features: np.ndarray, clusters: int, seed: int, restarts: int = 3) -> np.ndarray:
-    """K-means (Euclidean) cluster index of every row; clusters > rows is an error."""
-    from sklearn.cluster import KMeans
+def run_params(
+    method: type[Method], spelled: Spelling, values: dict[str, Any]
+) -> tuple[MethodParams, PostParams | None]:
+    """The method's ``Params`` and, for a run with the post stage, its ``PostParams``, from raw values.
 
-    if clusters > features.shape[0]:
-        raise ValueError(
-            f"post clusters={clusters} is invalid: allowed at most the {features.shape[0]} training images"
+    A published post form with released differences (``PostForm.official``) accepts ``quirks='official'``
+    for its stage even where the method alone does not (DynACL's pretraining has no released quirk)."""
+    if not spelled.post:
+        return method.make_params(values), None
+    known = set(field_types(method.Params))
+    unknown = sorted(key for key in values if key not in known and key not in POST_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"method parameter {unknown[0]!r} of {spelled.name!r} is unknown: allowed {sorted(known | POST_FIELDS)}"
         )
-    kmeans = KMeans(n_clusters=clusters, n_init=restarts, random_state=seed)
-    return kmeans.fit_predict(features).astype(np.int64)
+    own = {key: value for key, value in values.items() if key not in POST_FIELDS}
+    post = make_post_params({key: value for key, value in values.items() if key in POST_FIELDS}, spelled.name)
+    form = method.post_forms.get(spelled.post) if spelled.form else None
+    if form is not None and form.official and not method.official_quirks and own.get("quirks") == "official":
+        return dataclasses.replace(method.make_params({**own, "quirks": "none"}), quirks="official"), post
+    return method.make_params(own), post
 
 
-# --------------------------------------------------------------------------- LP-AFT
-
-
-def _logits(classifier: Classifier, x: torch.Tensor, bn: str) -> torch.Tensor:
-    return classifier.head(classifier.backbone.features(x, bn))
-
-
-def trades_adversary(
-    classifier: Classifier, x: torch.Tensor, settings: PostSettings, generator: torch.Generator
-) -> torch.Tensor:
-    """The TRADES KL attack of the stage, classifier in eval mode (mode restored afterwards).
-
-    Default: ``bench.engine.attacks.trades_kl_attack`` (start x + 0.001·N(0, 1), reference p(x) through
-    the trained branch). ``attack_start='clean'`` / ``reference_bn`` give the released variants.
-    """
-    was_training = classifier.training
-    classifier.eval()
-    try:
-        reference_bn = settings.reference_bn or settings.bn
-        return trades_kl_attack(
-            classifier,
-            x,
-            epsilon=settings.epsilon,
-            step_size=settings.step_size,
-            steps=settings.attack_steps,
-            generator=generator,
-            clean_classifier=None if reference_bn == settings.bn else lambda x: _logits(classifier, x, reference_bn),
-            start=settings.attack_start,
-        )
-    finally:
-        classifier.train(was_training)
-
-
-def trades_loss(
-    classifier: Classifier, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, beta: float
-) -> torch.Tensor:
-    """CE(f(x), y) + β·KL(p(x_adv) ‖ p(x)) / B, gradient through both terms (Zhang et al. 2019)."""
-    logits_clean, logits_adv = classifier(x), classifier(x_adv)
-    robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
-    return F.cross_entropy(logits_clean, y) + beta * robust
-
-
-def _batches(
-    images: torch.Tensor, labels: torch.Tensor, settings: PostSettings, order: torch.Generator, views: torch.Generator
-):
-    """Shuffled batches (last partial one dropped, as released) with crop+flip when ``augment``."""
-    batch = min(settings.batch_size, images.shape[0])
-    augment = WeakAugment()
-    for indices in batch_indices(images.shape[0], batch, order, drop_last=True):
-        indices = indices.to(images.device)
-        x = to_float(images[indices])
-        yield (augment(x, views) if settings.augment else x), labels[indices]
-
-
-def linear_probe(
-    classifier: Classifier,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    settings: PostSettings,
-    order: torch.Generator,
-    views: torch.Generator,
-) -> list[float]:
-    """LP: the head alone on the frozen encoder in eval mode, constant lr. Returns epoch mean losses."""
-    for parameter in classifier.backbone.parameters():
-        parameter.requires_grad_(False)
-    optimizer = torch.optim.SGD(
-        classifier.head.parameters(),
-        lr=settings.head_lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-    )
-    history = []
-    try:
-        for _ in range(settings.head_epochs):
-            losses = []
-            for x, y in _batches(images, labels, settings, order, views):
-                classifier.eval()
-                loss = F.cross_entropy(_logits(classifier, x, settings.bn), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-            history.append(float(np.mean(losses)) if losses else float("nan"))
-    finally:
-        for parameter in classifier.backbone.parameters():
-            parameter.requires_grad_(True)
-    return history
-
-
-def adversarial_finetune(
-    classifier: Classifier,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    settings: PostSettings,
-    order: torch.Generator,
-    views: torch.Generator,
-) -> list[float]:
-    """AFT: TRADES on the whole network (attack in eval mode, loss in train mode), step decay."""
-    parameters = [p for p in classifier.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(settings.milestones), gamma=0.1)
-    history = []
-    for _ in range(settings.epochs):
-        losses = []
-        for x, y in _batches(images, labels, settings, order, views):
-            x_adv = trades_adversary(classifier, x, settings, views)
-            classifier.train()
-            loss = trades_loss(classifier, x, x_adv, y, settings.beta)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        scheduler.step()
-        history.append(float(np.mean(losses)) if losses else float("nan"))
-    return history
-
-
-def post_process(
-    model: ContrastiveModel,
-    train_images: torch.Tensor,
-    settings: PostSettings,
-    device: torch.device,
-    generator: torch.Generator,
-) -> ContrastiveModel:
-    """DynACL++'s LP-AFT on K-means pseudo-labels; returns a new encoder (``model`` is not changed).
-
-    ``train_images``: the uint8 pretraining set (labels are never seen). ``generator`` (on
-    ``device``) seeds the views and attack noise; the K-means seed and the batch order derive
-    from one draw of it, so a run is reproducible from the generator's state.
-    """
-    check_settings(settings, tuple(model.bn_names()) or ("normal",))
-    encoder = copy.deepcopy(model).to(device)
-    images = train_images.to(device)
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device).item())
-    features = encoder_features(encoder, images, settings.feature_bn, settings.batch_size)
-    labels = torch.as_tensor(kmeans_labels(features, settings.clusters, seed, settings.kmeans_restarts), device=device)
-    classifier = Classifier(encoder, settings.clusters, settings.bn).to(device)
-    nn.init.zeros_(classifier.head.weight)
-    nn.init.zeros_(classifier.head.bias)
-    order = torch.Generator().manual_seed(seed)
-    linear_probe(classifier, images, labels, settings, order, generator)
-    adversarial_finetune(classifier, images, labels, settings, order, generator)
-    encoder.eval()
-    return encoder
+def stage_settings(
+    method: type[Method], spelled: Spelling, config: RunConfig, params: MethodParams, post: PostParams | None
+) -> PostSettings | None:
+    """The post stage's settings: its parameters, the run's attack budget and augmentation switch, the branch the
+    schemes finetune, and under ``quirks='official'`` a published form's released differences."""
+    if post is None:
+        return None
+    form = method.post_forms.get(spelled.post) if spelled.form else None
+    official = dict(form.official) if form is not None and params.quirks == "official" else {}
+    return settings_for(post, config, bn=method.finetune_bn, **official)

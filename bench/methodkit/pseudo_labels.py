@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from bench.engine import progress
 from bench.engine.checkpoints import load_encoder
 from bench.engine.data import to_float
+from bench.engine.models import ContrastiveModel, model_mode
 from bench.store.atomic import write_atomic
 from bench.store.results import RunDir
 
@@ -147,32 +148,48 @@ def pixel_features(train_images: torch.Tensor, seed: int, dims: int = PIXEL_PCA_
 
 
 @torch.no_grad()
+def model_features(
+    model: ContrastiveModel, images: torch.Tensor, bn: str, batch_size: int = 256, normalize: bool = False
+) -> torch.Tensor:
+    """Pooled features (float32, on the CPU) of uint8 ``images`` through BN branch ``bn``, the model in
+    eval mode for the pass and its mode restored: what AdvCL's computed labels and the post stage's
+    K-means (``bench.evaluation.post``) both cluster. Each chunk goes to the model's device and, with
+    ``normalize``, is L2-normalised there."""
+    device = next(model.parameters()).device
+    chunks = []
+    with model_mode(model, False):
+        for start in range(0, images.shape[0], batch_size):
+            features = model.features(to_float(images[start : start + batch_size].to(device)), bn)
+            chunks.append((F.normalize(features, dim=1) if normalize else features).float().cpu())
+    return torch.cat(chunks)
+
+
 def encoder_features(path: str, train_images: torch.Tensor, device: torch.device, batch_size: int = 256) -> np.ndarray:
     """L2-normalised pooled features of a 'bench' encoder checkpoint (eval mode)."""
     model, info = load_encoder(path, format="bench", branch=None)
-    branch = info["branch"]  # the checkpoint's finetuning branch, as the returned model routes it
-    model.to(device).eval()
-    chunks = [
-        F.normalize(model.features(to_float(train_images[start : start + batch_size].to(device)), branch), dim=1).cpu()
-        for start in range(0, train_images.shape[0], batch_size)
-    ]
-    return torch.cat(chunks).numpy().astype(np.float32)
+    # the checkpoint's finetuning branch, as the returned model routes it
+    features = model_features(model.to(device), train_images, info["branch"], batch_size, normalize=True)
+    return features.numpy().astype(np.float32)
+
+
+def kmeans_labels(
+    features: np.ndarray, clusters: int, seed: int, restarts: int = 3, minibatch: bool = False
+) -> np.ndarray:
+    """K-means (Euclidean, k-means++ init, ``restarts`` runs, seeded) cluster index of every row;
+    ``minibatch``: scikit-learn's mini-batch K-means (batches of 4096), for large sets."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    if minibatch:
+        kmeans = MiniBatchKMeans(n_clusters=clusters, n_init=restarts, batch_size=4096, random_state=seed)
+    else:
+        kmeans = KMeans(n_clusters=clusters, n_init=restarts, random_state=seed)
+    return kmeans.fit_predict(features).astype(np.int64)
 
 
 def cluster_pseudo_labels(features: np.ndarray, ks: Sequence[int], seed: int) -> dict[int, np.ndarray]:
     """k-means per K (capped at the number of images), seeded; mini-batch k-means for large sets."""
-    from sklearn.cluster import KMeans, MiniBatchKMeans
-
     n = features.shape[0]
-    labels = {}
-    for k in ks:
-        clusters = min(k, n)
-        if n > MINIBATCH_KMEANS_ABOVE:
-            kmeans = MiniBatchKMeans(n_clusters=clusters, n_init=3, batch_size=4096, random_state=seed)
-        else:
-            kmeans = KMeans(n_clusters=clusters, n_init=3, random_state=seed)
-        labels[k] = kmeans.fit_predict(features).astype(np.int64)
-    return labels
+    return {k: kmeans_labels(features, min(k, n), seed, minibatch=n > MINIBATCH_KMEANS_ABOVE) for k in ks}
 
 
 def read_cache(path: Path, source: str, n: int, ks: Sequence[int]) -> dict[int, np.ndarray] | None:

@@ -5,11 +5,15 @@ names a module (or object) whose import runs its ``@register`` decorators. A plu
 import is named in one line on stderr and by ``broken_plugins`` (``bench list`` repeats it, an unknown
 name's error adds it); the other methods, built-in or plugged in, still work. After discovery,
 every registered method that has adversarial views gets its A-InfoNCE variants
-(``-ip``, ``-hn``, ``-iphn``, built by ``bench.methodkit.variants``) unless it registered them itself;
-``<method>++`` (the method, then the post stage) is derived the first time its name is asked for.
+(``-ip``, ``-hn``, ``-iphn``, built by ``bench.methodkit.variants``) unless it registered them itself.
+
+``<method>++`` is no class: it spells the method with the post stage (a run option, ``bench.runs.plan``),
+which ``spelling`` reads; any registered method has it. Those a method publishes (``Method.post_forms``:
+``dynacl++``, and its variants' old spellings ``dynacl++-ip``...) are listed beside the methods, so
+``bench list``, ``all`` and patterns see them; the others are accepted by name and never listed.
 Nothing outside this module touches the name -> class map: ``register``, ``unregister``,
-``is_registered``, ``available``, ``get``, ``with_post`` and ``resolve`` (names, ``all`` or shell-style
-wildcards such as ``advcl*``) are the whole interface. ``all`` is every method whose class says
+``is_registered``, ``available``, ``get``, ``spelling``, ``with_post`` and ``resolve`` (names, ``all`` or
+shell-style wildcards such as ``advcl*``) are the whole interface. ``all`` is every method whose class says
 ``selected_by_all`` (the newer, costlier families opt out: select them by name or pattern).
 """
 
@@ -20,18 +24,19 @@ import importlib
 import pkgutil
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any
 
 from bench.engine.progress import error_line
 from bench.errors import ConfigError, did_you_mean
 from bench.methodkit.method import Method
-from bench.methodkit.variants import POST_SUFFIX, make_post_method, make_variant, post_name, variant_names
+from bench.methodkit.variants import POST_SUFFIX, VARIANTS, make_variant, post_name, variant_names
 
 ENTRY_POINT_GROUP = "acl_bench.methods"
+# Members of the post stage when it was a method (a '<name>++' class): a class declaring one is refused.
+REMOVED_POST_MEMBERS = ("post", "pretrains_as", "post_settings")
 
 _REGISTRY: dict[str, type[Method]] = {}
-_ON_DEMAND: set[str] = set()  # ``++`` forms registered because their name was asked for (``derive_post``)
 _BROKEN: dict[str, str] = {}  # entry-point name -> why its plugin failed to import (``broken_plugins``)
 _discovered = False
 
@@ -40,6 +45,13 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
     """Class decorator: make a Method available as ``name`` (unique)."""
 
     def decorate(cls: type[Method]) -> type[Method]:
+        removed = [member for member in REMOVED_POST_MEMBERS if hasattr(cls, member)]
+        if removed:  # they would now change nothing: say so instead of running without the stage
+            raise ValueError(
+                f"method {name!r} declares {removed}, which no longer exist: the post stage is a run option "
+                f"('{name.removesuffix(POST_SUFFIX)}{POST_SUFFIX}' or --post pp, bench.runs.plan); allowed instead: "
+                "Method.post_forms for a stage the method's paper publishes (methods/dynacl.py)"
+            )
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"method name {name!r} is already registered by {_REGISTRY[name].__module__}")
         cls.name = name
@@ -52,7 +64,6 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
 def unregister(name: str) -> None:
     """Remove a method (tests register throw-away methods)."""
     _REGISTRY.pop(name, None)
-    _ON_DEMAND.discard(name)
 
 
 def discover() -> None:
@@ -104,72 +115,122 @@ def derive_variants() -> None:
     """Register ``<base>-ip``, ``-hn`` and ``-iphn`` for every base method with adversarial views whose
     loss goes through ``contrastive_loss`` (``uses_contrastive_loss``), unless a name is already
     registered (a method may register its own variant)."""
-    for base, cls in list(_REGISTRY.items()):
+    for cls in list(_REGISTRY.values()):
         variants = cls.has_adversarial_views and cls.uses_contrastive_loss
-        if variants and not cls.base_name and base not in _ON_DEMAND:  # acl-ip++, not acl++-ip
+        if variants and not cls.base_name:
             for name, suffix in variant_names(cls).items():
                 if not is_registered(name):
                     register(name)(make_variant(cls, suffix))
 
 
-def is_registered(name: str) -> bool:
-    """Whether ``name`` is registered, after discovering the built-in methods and the plugins (a
-    ``<method>++`` name is derived and registered here when asked for: ``derive_post``)."""
+@dataclass(frozen=True)
+class Spelling:
+    """What a method name asks for. ``name``: as spelled, the run's label (its id, rows and reports);
+    ``method``: the registered method that runs; ``post``: its post stage ('' none, 'pp');
+    ``form``: the published post form (``Method.post_forms``) whose rows apply ('' = the generic stage);
+    ``listed``: whether listings and patterns show it; ``base``: the listed name it is a variant of
+    ('' = none; ``dynacl++`` for ``dynacl++-ip``); ``description``: its line in ``bench list``."""
+
+    name: str
+    method: str
+    post: str = ""
+    form: str = ""
+    listed: bool = True
+    base: str = ""
+    description: str = ""
+
+
+def spelling(name: str) -> Spelling:
+    """``name`` read: a registered method (``acl``), a method with the post stage (``acl++``, ``acl-ip++``,
+    ``dynacl++``) or a published form's A-InfoNCE variant (``dynacl++-ip``: DynACL-IP with DynACL++'s stage).
+    Unknown names fail in one line with the allowed ones."""
     discover()
-    derive_post(name)
-    return name in _REGISTRY
+    if name in _REGISTRY:
+        cls = _REGISTRY[name]
+        return Spelling(name, name, base=cls.base_name, description=cls.description)
+    listed = _post_spellings()
+    if name in listed:
+        return listed[name]
+    method = name.removesuffix(POST_SUFFIX)
+    if method != name and method in _REGISTRY:
+        cls = _REGISTRY[method]
+        description = f"{cls.description}, then LP-AFT on K-means pseudo-labels (--post pp)"
+        return Spelling(name, method, "pp", listed=False, description=description)
+    listing = sorted(_listed())
+    raise _unregistered(f"method {name!r} is not registered{did_you_mean(name, listing)}: allowed {listing}")
 
 
-def derive_post(name: str) -> None:
-    """Register ``<method>++`` (``bench.methodkit.variants.make_post_method``) the first time the name is asked for,
-    when ``<method>`` is registered without a post stage of its own. Derived on demand, not at discovery:
-    ``bench list`` and wildcards keep to the methods as written, and every method has one."""
-    base = name.removesuffix(POST_SUFFIX)
-    if name in _REGISTRY or base == name or base not in _REGISTRY or _REGISTRY[base].post:
-        return
-    register(name)(make_post_method(_REGISTRY[base], rebuild_post_params))
-    _ON_DEMAND.add(name)
+def _post_spellings() -> dict[str, Spelling]:
+    """The published post forms (``<name>++``) and their variants' spellings (``<name>++-ip``...), in
+    listing order: a form right after its method, a form's variants right after the method's last variant."""
+    spellings: dict[str, Spelling] = {}
+    for name, cls in _REGISTRY.items():
+        if cls.base_name:
+            continue
+        for post, form in cls.post_forms.items():
+            label = post_name(name, post)
+            spellings[label] = Spelling(label, name, post, label, description=form.description)
+            note = f" [{cls.variant_note}]" if cls.variant_note else ""
+            for variant, suffix in variant_names(cls).items():
+                if _REGISTRY.get(variant) is not None and _REGISTRY[variant].base_name == name:
+                    summary = VARIANTS[suffix][2]
+                    description = f"{label.upper()} + A-InfoNCE: {summary}{note}"
+                    spellings[f"{label}-{suffix}"] = Spelling(
+                        f"{label}-{suffix}", variant, post, label, base=label, description=description
+                    )
+    return spellings
 
 
-def rebuild_post_params(name: str, values: dict[str, Any]) -> Any:
-    """Unpickle the parameters of ``<name>++`` (spawned GPU workers receive their run by pickle):
-    the derived class has no importable name, so it is found again through the registry."""
-    return get(post_name(name)).Params(**values)
+def is_registered(name: str) -> bool:
+    """Whether ``name`` is a registered method or one with the post stage (``spelling`` reads it), after
+    discovering the built-in methods and the plugins."""
+    try:
+        spelling(name)
+    except ConfigError:
+        return False
+    return True
 
 
 def with_post(name: str, post: str) -> str:
-    """``--post pp``: the registered name of ``name`` followed by the post stage (derived when needed)."""
-    cls = get(name)
-    if cls.post:
+    """``--post pp``: the spelling of ``name`` with the post stage ``post`` (``acl`` → ``acl++``)."""
+    if spelling(name).post:
         raise ConfigError(
-            f"--post {post} is invalid for {name!r}: it has its own post stage {cls.post!r}; "
+            f"--post {post} is invalid for {name!r}: it has its own post stage {spelling(name).post!r}; "
             "allowed methods without one"
         )
-    derived = post_name(name, post)
-    derive_post(derived)
-    return derived
+    return post_name(name, post)
 
 
 def available() -> dict[str, type[Method]]:
-    """All registered methods, discovered on first use, in registration order."""
+    """Every listed name and the registered class that runs it, discovered on first use, in listing order:
+    the registered methods, with the published post forms (``dynacl++`` runs DynACL) placed among them."""
     discover()
-    return dict(_REGISTRY)
+    posts = _post_spellings()
+    after: dict[str, list[str]] = {}
+    for label, entry in posts.items():
+        anchor = entry.method if not entry.base else _last_variant(posts[entry.base].method)
+        after.setdefault(anchor, []).append(label)
+    listing: dict[str, type[Method]] = {}
+    for name, cls in _REGISTRY.items():
+        listing[name] = cls
+        for label in after.get(name, []):
+            listing[label] = _REGISTRY[posts[label].method]
+    return listing
+
+
+def _last_variant(base: str) -> str:
+    return [name for name, cls in _REGISTRY.items() if name == base or cls.base_name == base][-1]
 
 
 def get(name: str) -> type[Method]:
-    discover()
-    derive_post(name)
-    methods_by_name = available()
-    if name not in methods_by_name:
-        listed = sorted(_listed(methods_by_name))
-        raise _unregistered(f"method {name!r} is not registered{did_you_mean(name, listed)}: allowed {listed}")
-    return methods_by_name[name]
+    """The registered class that runs ``name`` (``acl`` and ``acl++`` alike: ACL)."""
+    return _REGISTRY[spelling(name).method]
 
 
-def _listed(names) -> list[str]:
-    """The names a listing, a pattern or an error message offers: all but the ``++`` forms derived on demand
-    (every method has one; ``<method>++`` is always allowed)."""
-    return [name for name in names if name not in _ON_DEMAND]
+def _listed(names=None) -> list[str]:
+    """The names a listing, a pattern or an error message offers: the methods and the published post forms
+    (every method also has its ``<method>++``, never listed)."""
+    return list(available() if names is None else names)
 
 
 def resolve(names: tuple[str, ...] | list[str]) -> list[str]:
@@ -188,7 +249,7 @@ def resolve(names: tuple[str, ...] | list[str]) -> list[str]:
                     f"methods={name!r} matches no registered method: allowed {sorted(_listed(registered))}"
                 )
         else:
-            chosen = [get(name).name]
+            chosen = [spelling(name).name]
         selected.extend(n for n in chosen if n not in selected)
     if not selected:
         raise ConfigError(f"methods={list(names)!r} selects nothing: allowed 'all' or {sorted(_listed(registered))}")

@@ -23,6 +23,7 @@ import yaml
 from bench.coercion import field_types
 from bench.errors import ConfigError
 from bench.methodkit import registry
+from bench.methodkit.post import POST_FIELDS
 from bench.runs.plan import VOLATILE_FIELDS, MethodRun
 from bench.store.atomic import write_atomic
 from bench.store.results import RunDir
@@ -100,14 +101,21 @@ def run_experiment(run: MethodRun) -> dict[str, Any]:
     request = run.request
     if request is None:
         raise ValueError(f"run {run.run_id} carries no request to write an experiment from")
-    method = registry.get(run.method)
+    method = run.method_class
     teacher = registry.get(method.teacher_method) if run.teacher else None
     readers = [method] + ([teacher] if teacher is not None else [])
-    scoped = {cls.name: dict(request.method_params.get(cls.name, {})) for cls in readers}
+    # scoped by the run's label (acl++), whose post stage reads the post_* parameters too
+    scopes = [run.method] + ([teacher.name] if teacher is not None else [])
+    scoped = {scope: dict(request.method_params.get(scope, {})) for scope in scopes}
     # an unscoped parameter no method of the file reads changed nothing, and would be refused as a typo
-    shared = {key: value for key, value in request.method_params.get("*", {}).items() if _read_by(key, readers)}
+    shared = {
+        key: value
+        for key, value in request.method_params.get("*", {}).items()
+        if _read_by(key, readers) or (run.post and key in POST_FIELDS)
+    }
     methods = [run.method]
-    if teacher is not None and (scoped[teacher.name] or any(not _read_by(key, [method]) for key in shared)):
+    own = [key for key in shared if not (_read_by(key, [method]) or (run.post and key in POST_FIELDS))]
+    if teacher is not None and (scoped[teacher.name] or own):
         methods = [teacher.name, run.method]  # the teacher's parameters need it selected
     overrides = {key: value for key, value in request.overrides.items() if key not in VOLATILE_FIELDS}
     experiment: dict[str, Any] = {

@@ -13,7 +13,12 @@ preset and dataset (``Method.published``), then the user's overrides. Method par
 published < the protocol's (``bench.evaluation.protocols``: ``ainfonce`` sets the released losses) <
 ``--param``; AdvCL's pseudo-labels are resolved (and, with ``--download``, fetched and
 verified) here, by ``bench.methodkit.downloads.resolve_pseudo_labels``. Under a protocol other than
-``unified`` the finetuning settings are the protocol's, and overriding one is an error. The run id is
+``unified`` the finetuning settings are the protocol's, and overriding one is an error.
+
+The post stage (DynACL++'s LP-AFT, ``bench.methodkit.post``) is a run option: ``--post pp`` or a name
+spelled ``<name>++`` (``registry.spelling``) gives the run ``post='pp'``, its ``post_*`` parameters and
+settings, and the label ``<name>++`` (id, rows, reports); its pretraining key is the method's own, so
+``acl`` and ``acl++`` share one encoder. The run id is
 ``<method>-<preset>-<dataset>-s<seed>-<hash>``; the hash covers the whole resolved config
 and the method's parameters, but not the seed (so the seeds of one configuration share it,
 and the report averages exactly those) and not where or how the run executes (device,
@@ -36,7 +41,7 @@ from bench.evaluation.scheme_run import scheme_evaluation
 from bench.methodkit import registry
 from bench.methodkit.downloads import PseudoLabelSource, resolve_pseudo_labels
 from bench.methodkit.method import Method, MethodParams
-from bench.methodkit.post import POST_FIELDS
+from bench.methodkit.post import POST_FIELDS, PostParams, PostSettings, published, run_params, stage_settings
 from bench.runs.imported import ImportedEncoder
 
 # Fields that say where and how a run executes, not what it computes: outside the identity.
@@ -59,6 +64,7 @@ class RunRequest:
     seeds: tuple[str, ...] = ()  # several seeds (raw values): the plan is seeds × datasets × methods
     datasets: tuple[str, ...] = ()  # several pretraining datasets
     track: tuple[str, ...] = ("local",)  # live trackers (bench.runs.tracking; not part of any run's identity)
+    post: str = ""  # the post stage of every selected method ('' none, 'pp': ``--post pp``); '<name>++' asks per method
 
 
 @dataclass(frozen=True)
@@ -76,18 +82,29 @@ class MethodRun:
     pseudo_labels: PseudoLabelSource | None = None  # the AdvCL family's labels (bench.methodkit.downloads)
     teacher: str = ""  # run id of the run whose encoder this one distils from (DeACL), '' for none
     imported: ImportedEncoder | None = None  # bench evaluate --checkpoint: no training (bench.runs.imported)
+    # The post stage ('' none, 'pp': LP-AFT, bench.evaluation.post), its parameters (identity, not pretraining key)
+    # and resolved settings; ``registered``: the method that pretrains (``acl`` for ``acl++``; '' = ``method``).
+    post: str = ""
+    post_params: PostParams | None = None
+    post_settings: PostSettings | None = None
+    registered: str = ""
     # the single-seed, single-dataset request it was resolved from (its config.yaml: bench.runs.experiment_file)
     request: RunRequest | None = field(default=None, compare=False, repr=False)
 
     @property
     def method_class(self) -> type[Method]:
-        return registry.get(self.method)
+        return registry.get(self.registered or self.method)
+
+    def all_params(self) -> dict[str, Any]:
+        """The method's parameters, after the post stage's when it has one (the identity's ``method_params``)."""
+        post = dataclasses.asdict(self.post_params) if self.post_params is not None else {}
+        return {**post, **dataclasses.asdict(self.params)}
 
     def settings_note(self) -> str:
         """'' when its method has a published row for the preset, else the line ``--dry-run`` prints: it runs
         under the harness defaults and the user's flags, which may be far from its paper's (a plugin without PAPER)."""
         config, pretrain = self.config, self.config.pretrain
-        if self.method_class.published(config.preset, config.data.name).source:
+        if published(self.method_class, registry.spelling(self.method), config.preset, config.data.name).source:
             return ""
         return (
             f"{self.run_id}  {self.method} has no published {config.preset} settings: it runs under the harness "
@@ -108,7 +125,7 @@ class MethodRun:
             "config_hash": self.config_hash,
             "pretrain_key": self.pretrain_key,
             "config": to_dict(self.config),
-            "params": dataclasses.asdict(self.params),
+            "params": self.all_params(),
             "flags": list(self.flags),
             "pseudo_labels": self.pseudo_labels.to_dict() if self.pseudo_labels else None,
         }
@@ -170,18 +187,24 @@ def assemble(request: RunRequest, pretrain_settings: dict[str, Any] | None = Non
     return validate(config)
 
 
-def method_values(method: type[Method], config: RunConfig, request: RunRequest) -> dict[str, Any]:
-    """Raw parameter values: published settings < the protocol's (ainfonce: the released losses) < ``--param``."""
-    values = dict(method.published(config.preset, config.data.name).params)
-    values.update(protocol_resolution.method_params(config.finetune.protocol, method.name))
+def method_values(
+    method: type[Method], config: RunConfig, request: RunRequest, spelled: registry.Spelling | None = None
+) -> dict[str, Any]:
+    """Raw parameter values: published settings < the protocol's (ainfonce: the released losses) < ``--param``
+    (scoped by the run's label, ``acl++`` for the method with the post stage, whose ``post_*`` it reads too)."""
+    spelled = spelled or registry.spelling(method.name)
+    label = spelled.name
+    values = dict(published(method, spelled, config.preset, config.data.name).params)
+    values.update(protocol_resolution.method_params(config.finetune.protocol, label))
     unread = method.unread_params()
     # An unscoped --param reaches the methods that read it (acl's id is the same with or without alpha=).
     values.update({key: value for key, value in request.method_params.get("*", {}).items() if key not in unread})
-    for key, value in request.method_params.get(method.name, {}).items():
+    for key, value in request.method_params.get(label, {}).items():
         if key in unread:
+            known = set(field_types(method.Params)) | (POST_FIELDS if spelled.post else set())
             raise ConfigError(
-                f"--param {method.name}:{key}={value} is invalid: {method.name} never reads {key!r}; "
-                f"allowed {sorted(set(field_types(method.Params)) - unread)}"
+                f"--param {label}:{key}={value} is invalid: {label} never reads {key!r}; "
+                f"allowed {sorted(known - unread)}"
             )
         values[key] = value
     return values
@@ -192,15 +215,16 @@ def resolve_params(method: type[Method], config: RunConfig, request: RunRequest)
     return method.make_params(method_values(method, config, request))
 
 
-def check_protocol(method: type[Method], config: RunConfig) -> None:
+def check_protocol(method: type[Method], config: RunConfig, label: str = "") -> None:
     """Every scheme's settings resolve under the run's protocol (the method is covered; dual-BN AFF has its
     branches), so a plan that would fail in finetuning fails here."""
 
+    label = label or method.name
     for scheme in config.finetune.schemes:
-        settings = scheme_settings(config, scheme, method.name)
+        settings = scheme_settings(config, scheme, label)
         if settings.dual_bn and (method.finetune_bn == "normal" or "normal" not in method.bn_branches):
             raise ConfigError(
-                f"protocol {settings.protocol!r} is invalid for {method.name}: its {scheme} needs BN "
+                f"protocol {settings.protocol!r} is invalid for {label}: its {scheme} needs BN "
                 f"branches 'normal' and a finetuning branch, the method has {list(method.bn_branches)}"
             )
 
@@ -219,8 +243,11 @@ def check_unscoped_params(request: RunRequest, names: list[str]) -> None:
             )
 
 
-def identity(method: type[Method], config: RunConfig, params: MethodParams) -> dict[str, Any]:
-    """Everything that decides a run's numbers (the hashed payload)."""
+def identity(
+    method: type[Method], config: RunConfig, params: MethodParams, label: str = "", post: PostParams | None = None
+) -> dict[str, Any]:
+    """Everything that decides a run's numbers (the hashed payload): under the run's label (``acl++``), with
+    the post stage's parameters before the method's (the order of the earlier ``<name>++`` classes' fields)."""
     payload = to_dict(config)
     for volatile in VOLATILE_FIELDS:
         payload.pop(volatile)
@@ -228,8 +255,8 @@ def identity(method: type[Method], config: RunConfig, params: MethodParams) -> d
     payload["pretrain"].pop("host_sync")  # when the loop reads its logged numbers: how, not what (same numbers)
     if not payload["pretrain"]["compile_attack"]:  # off: the ids of every run before the switch existed
         payload["pretrain"].pop("compile_attack")
-    payload["method"] = method.name
-    payload["method_params"] = dataclasses.asdict(params)
+    payload["method"] = label or method.name
+    payload["method_params"] = {**(dataclasses.asdict(post) if post is not None else {}), **dataclasses.asdict(params)}
     return payload
 
 
@@ -245,47 +272,57 @@ def pretraining_key(payload: dict[str, Any]) -> str:
     )
 
 
-def pretraining_payload(method: type[Method], payload: dict[str, Any]) -> dict[str, Any]:
-    """The identity as pretraining sees it: a method that pretrains as another (``Method.pretrains_as``:
-    ``dynacl++`` as ``dynacl``, any ``<name>++`` as ``<name>``) under that name and without its post
-    stage's parameters, so that runs of both share one encoder."""
-    if not method.pretrains_as:
+def pretraining_payload(spelled: registry.Spelling, params: MethodParams, payload: dict[str, Any]) -> dict[str, Any]:
+    """The identity as pretraining sees it: a run with the post stage under the method that pretrains
+    (``acl`` for ``acl++``, ``dynacl-ip`` for ``dynacl++-ip``) and without the stage's parameters, so that
+    runs with and without the stage share one encoder."""
+    if not spelled.post:
         return payload
-    params = {name: value for name, value in payload["method_params"].items() if name not in POST_FIELDS}
-    return {**payload, "method": method.pretrains_as, "method_params": params}
+    return {**payload, "method": spelled.method, "method_params": dataclasses.asdict(params)}
 
 
 def resolve_run(
-    method: type[Method], request: RunRequest, base: RunConfig, teacher: MethodRun | None = None
+    method: type[Method],
+    request: RunRequest,
+    base: RunConfig,
+    teacher: MethodRun | None = None,
+    spelled: registry.Spelling | None = None,
 ) -> MethodRun:
     """One method's config (its published pretraining settings in place), params, id and hashes.
+    ``spelled``: the name it was asked for (``acl++``: with the post stage; default: the method's own).
 
     A distilling method's identity includes what it distils from (the teacher run's pretraining
     key, or the digest of a ``teacher=`` file), so another teacher gives another run id."""
-    config = assemble(request, dict(method.published(base.preset, base.data.name).pretrain))
-    check_protocol(method, config)
+    spelled = spelled or registry.spelling(method.name)
+    label = spelled.name
+    config = assemble(request, dict(published(method, spelled, base.preset, base.data.name).pretrain))
+    check_protocol(method, config, label)
     values, labels = resolve_pseudo_labels(
-        method.name, method.Params, config, method_values(method, config, request), fetch=not request.dry_run
+        label, method.Params, config, method_values(method, config, request, spelled), fetch=not request.dry_run
     )
-    params = method.make_params(values)
-    payload = identity(method, config, params)
+    params, post = run_params(method, spelled, values)
+    payload = identity(method, config, params, label, post)
     if teacher is not None:
         payload["teacher"] = {"method": teacher.method, "pretrain_key": teacher.pretrain_key}
     elif method.requires_teacher and getattr(params, "teacher", ""):
         payload["teacher"] = {"file_sha256": file_digest(Path(params.teacher).expanduser())}
     digest = config_hash({key: value for key, value in payload.items() if key != "seed"})
-    run_id = f"{method.name}-{config.preset}-{config.data.name}-s{config.seed}-{digest}"
+    run_id = f"{label}-{config.preset}-{config.data.name}-s{config.seed}-{digest}"
     return MethodRun(
-        method.name,
+        label,
         config,
         params,
         run_id,
         digest,
-        pretraining_key(pretraining_payload(method, payload)),
+        pretraining_key(pretraining_payload(spelled, params, payload)),
         payload,
         flags=(labels.flag,) if labels else (),
         pseudo_labels=labels,
         teacher=teacher.run_id if teacher is not None else "",
+        post=spelled.post,
+        post_params=post,
+        post_settings=stage_settings(method, spelled, config, params, post),
+        registered=spelled.method if spelled.method != label else "",
         request=request,
     )
 
@@ -302,13 +339,15 @@ def teacher_run(student: type[Method], request: RunRequest, base: RunConfig) -> 
     return resolve_run(teacher, dataclasses.replace(request, method_params=params), base)
 
 
-def resolve_method(method: type[Method], request: RunRequest, base: RunConfig) -> list[MethodRun]:
+def resolve_method(
+    method: type[Method], request: RunRequest, base: RunConfig, spelled: registry.Spelling | None = None
+) -> list[MethodRun]:
     """The method's run, preceded by its teacher's run when it distils from one and no teacher file is given."""
-    run = resolve_run(method, request, base)
+    run = resolve_run(method, request, base, spelled=spelled)
     if not method.requires_teacher or getattr(run.params, "teacher", ""):
         return [run]
     teacher = teacher_run(method, request, base)
-    return [teacher, resolve_run(method, request, base, teacher)]
+    return [teacher, resolve_run(method, request, base, teacher, spelled)]
 
 
 def file_digest(path: Path) -> str:
@@ -347,6 +386,9 @@ def expand(request: RunRequest) -> list[RunRequest]:
 def build_plan(request: RunRequest) -> RunPlan:
     """Resolve and check every method run of ``request`` (seeds × datasets × methods, in that order);
     any bad value fails here, before any work."""
+    if request.post:  # --post pp: every selected method with the stage, spelled so (acl -> acl++)
+        methods = tuple(registry.with_post(name, request.post) for name in registry.resolve(request.methods))
+        request = dataclasses.replace(request, methods=methods, post="")
     singles = expand(request)
     base = assemble(singles[0])
     protocol_resolution.check_overrides(base.finetune.protocol, list(request.overrides))
@@ -361,7 +403,7 @@ def build_plan(request: RunRequest) -> RunPlan:
     for single in singles:
         single_base = assemble(single)
         for name in names:
-            *needed, run = resolve_method(registry.get(name), single, single_base)
+            *needed, run = resolve_method(registry.get(name), single, single_base, registry.spelling(name))
             runs.append(run)
             teachers += needed
     repeated = sorted({run.run_id for run in runs if sum(other.run_id == run.run_id for other in runs) > 1})

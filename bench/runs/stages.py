@@ -12,8 +12,8 @@ writes only there, so a stage can run on any node, and twice:
   run (``bench evaluate --checkpoint``) records the import instead (``bench.runs.imported``).
   The stored encoder is ``Method.encoder_for_finetuning`` of the trained model (DynACL's
   momentum key encoder; the model itself for every other method).
-- post (methods whose ``post_settings`` are not None: DynACL++, DynACL-AIR++): LP-AFT on
-  K-means pseudo-labels of the pretraining set (``bench.methodkit.post``) from ``encoder.pt`` to
+- post (runs with the post stage, ``MethodRun.post``: ``dynacl++``, any ``<name>++``, ``--post pp``): LP-AFT on
+  K-means pseudo-labels of the pretraining set (``bench.evaluation.post``) from ``encoder.pt`` to
   ``encoder_post.pt``, then ``post.json``. A sweep runs it in the pretrain job (``run_stage``).
 - finetune (per scheme): loads the stored encoder (the post stage's when there is one),
   finetunes and evaluates with one scheme (``bench.evaluation.scheme_run``), writes that scheme's rows to
@@ -40,9 +40,9 @@ from bench.config import RunConfig
 from bench.engine import progress
 from bench.engine.checkpoints import CheckpointError, EncoderCheckpoint, load_encoder
 from bench.engine.data import ImageData, load_dataset
+from bench.evaluation.post import post_process
 from bench.evaluation.scheme_run import finetune_and_evaluate_scheme
 from bench.methodkit.method import Method
-from bench.methodkit.post import post_process
 from bench.runs.donors import find_encoder, load_donor
 from bench.runs.experiment_file import write_run_experiment
 from bench.runs.plan import MethodRun
@@ -197,8 +197,8 @@ def pretrain_stage(run: MethodRun, ctx: StageContext) -> bool:
 
 
 def post_stage(run: MethodRun, ctx: StageContext) -> bool:
-    """The method's post stage (``Method.post_settings``; DynACL++'s LP-AFT, ``bench.methodkit.post``) on the
-    stored encoder: ``encoder_post.pt``, then ``post.json``. False when the method has none, the run
+    """The run's post stage (``MethodRun.post_settings``; DynACL++'s LP-AFT, ``bench.evaluation.post``) on the
+    stored encoder: ``encoder_post.pt``, then ``post.json``. False when the run has none, the run
     is complete or the stage finished in an earlier attempt.
 
     Seeded with the run's seed (global RNG and the stage's generator), so the encoder it gives
@@ -207,7 +207,7 @@ def post_stage(run: MethodRun, ctx: StageContext) -> bool:
     if run.imported is not None:  # an imported encoder is evaluated as it is
         return False
     method = run.method_class(run.params)
-    settings = method.post_settings(config)
+    settings = run.post_settings
     if settings is None or run_dir.is_complete() or run_dir.post_summary.exists():
         return False
     if not isinstance(run_dir.read_json_or_none(run_dir.pretrain_summary), dict):
@@ -219,8 +219,8 @@ def post_stage(run: MethodRun, ctx: StageContext) -> bool:
         restore_threads(run_dir.read_json(run_dir.pretrain_summary).get("threads"), f"{run.method} post")
     _, model = load_run_encoder(run, run_dir, run_dir.encoder)
     data = ctx.cache.get(config.data.name, config)
-    run_dir.set_progress("post", post=method.post)
-    progress.log(f"{run.method}: post stage {method.post!r} (LP-AFT on {settings.clusters} K-means pseudo-labels)")
+    run_dir.set_progress("post", post=run.post)
+    progress.log(f"{run.method}: post stage {run.post!r} (LP-AFT on {settings.clusters} K-means pseudo-labels)")
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=ctx.device).manual_seed(config.seed)
     began = time.perf_counter()
@@ -231,7 +231,7 @@ def post_stage(run: MethodRun, ctx: StageContext) -> bool:
         run_dir.post_summary,
         {
             "finished": now(),
-            "post": method.post,
+            "post": run.post,
             "post_wall_s": wall_s,
             "settings": dataclasses.asdict(settings),
             "environment": environment(ctx.device),
@@ -245,9 +245,9 @@ def post_stage(run: MethodRun, ctx: StageContext) -> bool:
 
 
 def finetuning_encoder(run: MethodRun, run_dir: RunDir) -> Path:
-    """The stored encoder the schemes finetune: the post stage's when the method has one (which must
+    """The stored encoder the schemes finetune: the post stage's when the run has one (which must
     have finished), else the pretraining stage's."""
-    if run.method_class(run.params).post_settings(run.config) is None:
+    if run.post_settings is None:
         return run_dir.encoder
     if not isinstance(run_dir.read_json_or_none(run_dir.post_summary), dict):
         raise StageError(

@@ -40,11 +40,11 @@ def cmd_list(args: argparse.Namespace) -> int:
                     {
                         "name": name,
                         "description": cls.description,
-                        "base": cls.base_name or name,
-                        "bn_branches": list(cls.bn_branches),
-                        "finetune_bn": cls.finetune_bn,
-                        "inferior_positives": cls.inferior_positives,
-                        "hard_negatives": cls.hard_negatives,
+                        "base": cls.variant.base or name,
+                        "bn_branches": list(cls.model.branches),
+                        "finetune_bn": cls.model.finetune_bn,
+                        "inferior_positives": cls.variant.inferior_positives,
+                        "hard_negatives": cls.variant.hard_negatives,
                         "in_all": cls.selected_by_all,
                     }
                 )
@@ -187,10 +187,10 @@ def _report(dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: li
 
     methods = registry.available()
     bases = sorted(
-        (name for name, cls in methods.items() if not cls.base_name),
-        key=lambda name: methods[name].has_adversarial_views,
+        (name for name, cls in methods.items() if not cls.variant.base),
+        key=lambda name: methods[name].variant.adversarial_views,
     )
-    order = [name for base in bases for name in (base, *(n for n, c in methods.items() if c.base_name == base))]
+    order = [name for base in bases for name in (base, *(n for n, c in methods.items() if c.variant.base == base))]
     results_dir, reports_dir = dirs
     check_directory("reports_dir", reports_dir)
     written = write_reports(

@@ -102,11 +102,11 @@ def _order_builtin_first(builtin: list[str]) -> None:
 
 def derive_variants() -> None:
     """Register ``<base>-ip``, ``-hn`` and ``-iphn`` for every base method with adversarial views whose
-    loss goes through ``contrastive_loss`` (``uses_contrastive_loss``), unless a name is already
+    loss goes through ``contrastive_loss`` (``VariantSpec.uses_contrastive_loss``), unless a name is already
     registered (a method may register its own variant)."""
     for base, cls in list(_REGISTRY.items()):
-        variants = cls.has_adversarial_views and cls.uses_contrastive_loss
-        if variants and not cls.base_name and base not in _ON_DEMAND:  # acl-ip++, not acl++-ip
+        variants = cls.variant.adversarial_views and cls.variant.uses_contrastive_loss
+        if variants and not cls.variant.base and base not in _ON_DEMAND:  # acl-ip++, not acl++-ip
             for name, suffix in variant_names(cls).items():
                 if not is_registered(name):
                     register(name)(make_variant(cls, suffix))

@@ -39,9 +39,9 @@ def make_variant(base: type[Method], suffix: str) -> type[Method]:
     The flags act only through ``Method.asymmetry`` (which ``contrastive_loss`` and the official losses
     call). A base whose step never asks for it would give a variant that trains exactly like the base,
     a silent copy in every table; so the variant's first step checks that it did and otherwise fails in
-    one line naming the fix (``uses_contrastive_loss = False`` on the base: no variants)."""
+    one line naming the fix (``VariantSpec(uses_contrastive_loss=False)`` on the base: no variants)."""
     inferior, hard, summary = VARIANTS[suffix]
-    note = f" [{base.variant_note}]" if getattr(base, "variant_note", "") else ""
+    note = f" [{base.variant.note}]" if base.variant.note else ""
 
     def asymmetry(self) -> dict[str, Any]:
         self.asymmetry_calls = getattr(self, "asymmetry_calls", 0) + 1
@@ -55,8 +55,8 @@ def make_variant(base: type[Method], suffix: str) -> type[Method]:
                 raise ConfigError(
                     f"method {self.name!r} would train exactly like {base.name!r}: {base.name}.training_step "
                     "never calls self.contrastive_loss (nor self.asymmetry), through which the -ip/-hn/-iphn "
-                    f"variants act; allowed: a loss through self.contrastive_loss, or uses_contrastive_loss = False "
-                    f"on {base.__name__} (no variants)"
+                    f"variants act; allowed: a loss through self.contrastive_loss, or "
+                    f"variant = VariantSpec(uses_contrastive_loss=False) on {base.__name__} (no variants)"
                 )
             self.variant_checked = True
         return result
@@ -68,9 +68,9 @@ def make_variant(base: type[Method], suffix: str) -> type[Method]:
             "__doc__": f"{base.name} with {summary} (A-InfoNCE).",
             "__module__": base.__module__,
             "description": f"{base.name.upper()} + A-InfoNCE: {summary}{note}",
-            "inferior_positives": inferior,
-            "hard_negatives": hard,
-            "base_name": base.name,
+            "variant": dataclasses.replace(
+                base.variant, inferior_positives=inferior, hard_negatives=hard, base=base.name
+            ),
             "asymmetry": asymmetry,
             "training_step": training_step,
         },
@@ -92,7 +92,7 @@ def post_name(name: str, post: str = "pp") -> str:
 def make_post_method(base: type[Method], rebuild: Callable[[str, dict[str, Any]], Any]) -> type[Method]:
     """``<base>++``: ``base`` unchanged, then the LP-AFT stage on the encoder it finetunes.
 
-    The stage trains ``base.finetune_bn`` (the branch the schemes load) on K-means labels of features
+    The stage trains ``base.model.finetune_bn`` (the branch the schemes load) on K-means labels of features
     through ``'normal'``; its settings are ``bench.methodkit.post.PostParams`` (DYNACL's ``LPAFT.py`` defaults,
     K = 10 as ``assign_label.py``), the smoke preset's are ``SMOKE_POST_PARAMS``. ``rebuild(name, values)``
     unpickles its parameters (the registry's ``rebuild_post_params``: this module sits below the registry)."""
@@ -124,7 +124,7 @@ def make_post_method(base: type[Method], rebuild: Callable[[str, dict[str, Any]]
             return Published(source=source, pretrain=row.pretrain, params={**row.params, **stage})
 
         def post_settings(self, config: Any):
-            return settings_for(self.params, config, bn=self.finetune_bn)
+            return settings_for(self.params, config, bn=self.model.finetune_bn)
 
     PostMethod.__name__ = PostMethod.__qualname__ = f"{base.__name__}PlusPlus"
     PostMethod.__module__ = base.__module__

@@ -215,7 +215,7 @@ def run_in_workers(
     # per step): the cheap ones fill the tail.
     teachers = {run.teacher for run in plan.runs}
     pending = sorted(
-        plan.runs, key=lambda run: (run.run_id not in teachers, not run.method_class.has_adversarial_views)
+        plan.runs, key=lambda run: (run.run_id not in teachers, not run.method_class.variant.adversarial_views)
     )
     active: list[_Worker] = []
     outcomes: dict[str, RunOutcome] = {}

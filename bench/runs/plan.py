@@ -196,10 +196,10 @@ def check_protocol(method: type[Method], config: RunConfig) -> None:
 
     for scheme in config.finetune.schemes:
         settings = scheme_settings(config, scheme, method.name)
-        if settings.dual_bn and (method.finetune_bn == "normal" or "normal" not in method.bn_branches):
+        if settings.dual_bn and (method.model.finetune_bn == "normal" or "normal" not in method.model.branches):
             raise ConfigError(
                 f"protocol {settings.protocol!r} is invalid for {method.name}: its {scheme} needs BN "
-                f"branches 'normal' and a finetuning branch, the method has {list(method.bn_branches)}"
+                f"branches 'normal' and a finetuning branch, the method has {list(method.model.branches)}"
             )
 
 
@@ -269,7 +269,7 @@ def resolve_run(
     payload = identity(method, config, params)
     if teacher is not None:
         payload["teacher"] = {"method": teacher.method, "pretrain_key": teacher.pretrain_key}
-    elif method.requires_teacher and getattr(params, "teacher", ""):
+    elif method.teacher is not None and getattr(params, "teacher", ""):
         payload["teacher"] = {"file_sha256": file_digest(Path(params.teacher).expanduser())}
     digest = config_hash({key: value for key, value in payload.items() if key != "seed"})
     run_id = f"{method.name}-{config.preset}-{config.data.name}-s{config.seed}-{digest}"
@@ -289,9 +289,9 @@ def resolve_run(
 
 
 def teacher_run(student: type[Method], request: RunRequest, base: RunConfig) -> MethodRun:
-    """The run a distilling method's teacher comes from: its ``teacher_method`` under the same
+    """The run a distilling method's teacher comes from: its ``teacher.method`` under the same
     preset, data, overrides and seed (the user's ``--param`` for that method, and the '*' ones it has)."""
-    teacher = registry.get(student.teacher_method)
+    teacher = registry.get(student.teacher.method)
     known = field_types(teacher.Params)
     params = {
         "*": {key: value for key, value in request.method_params.get("*", {}).items() if key in known},
@@ -303,7 +303,7 @@ def teacher_run(student: type[Method], request: RunRequest, base: RunConfig) -> 
 def resolve_method(method: type[Method], request: RunRequest, base: RunConfig) -> list[MethodRun]:
     """The method's run, preceded by its teacher's run when it distils from one and no teacher file is given."""
     run = resolve_run(method, request, base)
-    if not method.requires_teacher or getattr(run.params, "teacher", ""):
+    if method.teacher is None or getattr(run.params, "teacher", ""):
         return [run]
     teacher = teacher_run(method, request, base)
     return [teacher, resolve_run(method, request, base, teacher)]

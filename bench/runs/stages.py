@@ -124,10 +124,10 @@ def encoder_checkpoint(method: Method, model, run: MethodRun, in_channels: int) 
     return EncoderCheckpoint(
         model=model.state_dict(),
         arch=config.model.arch,
-        bn_branches=tuple(method.bn_branches),
-        projector=method.projector,
-        normalization=method.normalization,
-        finetune_bn=method.finetune_bn,
+        bn_branches=tuple(method.model.branches),
+        projector=method.model.projector,
+        normalization=method.model.normalization,
+        finetune_bn=method.model.finetune_bn,
         in_channels=in_channels,
         method=run.method,
         run_id=run.run_id,
@@ -319,7 +319,15 @@ def finetune_stage(run: MethodRun, scheme: str, ctx: StageContext) -> bool:
     method, model = load_run_encoder(run, run_dir)
     eval_data = ctx.cache.get(config.data.eval_name or config.data.name, config)
     measurements = finetune_and_evaluate_scheme(
-        model, method.finetune_bn, eval_data, config, ctx.device, run_dir, scheme, label=run.method, method=run.method
+        model,
+        method.model.finetune_bn,
+        eval_data,
+        config,
+        ctx.device,
+        run_dir,
+        scheme,
+        label=run.method,
+        method=run.method,
     )
     context = RowContext.of(
         run.run_id,

@@ -19,7 +19,7 @@ Two stages (docs/deacl.md):
 No A-InfoNCE variants: DeACL's loss is a cosine distillation, not an InfoNCE. It has no
 negatives for ``-hn`` to re-weight, and its clean/adversarial pull ``cos(s(x̃), s(x))`` is not a
 positive pair inside a contrastive softmax for ``-ip`` to make asymmetric, so
-``has_adversarial_views`` (which means "adversarial views inside ``contrastive_loss``") is False.
+``VariantSpec.adversarial_views`` (which means "adversarial views inside ``contrastive_loss``") is False.
 
 Architecture (``bench.engine.models``): the released ResNet-18 pads its stem by 2 (``model.arch
 resnet18_deacl``; the suite's common ``resnet18`` pads by 1) and normalises inside the model with

@@ -31,7 +31,7 @@ def test_every_method_has_a_plus_plus_form_that_adds_the_stage():
         fields = {field.name for field in dataclasses.fields(derived.Params)}
         assert fields == {field.name for field in dataclasses.fields(base.Params)} | POST_FIELDS
         settings = derived(derived.make_params({})).post_settings(smoke_preset())
-        assert settings.bn == branch == base.finetune_bn and settings.feature_bn == "normal"
+        assert settings.bn == branch == base.model.finetune_bn and settings.feature_bn == "normal"
         assert derived.published("smoke", "digits").params == {
             **base.published("smoke", "digits").params,
             **SMOKE_POST_PARAMS,

@@ -60,7 +60,7 @@ class MethodParams:
     d_min: feature distance under which α becomes 0.5 (symmetric).
     beta, tau_plus: hard-negative concentration and positive-class prior (HN).
     quirks: 'none' (the A-InfoNCE formulas, ``bench.engine.losses.a_infonce``) or 'official' (the
-        released code's arithmetic, for methods with ``official_quirks``: RoCL and AdvCL).
+        released code's arithmetic, for methods whose ``VariantSpec`` has ``official_quirks``: RoCL and AdvCL).
     """
 
     temperature: float = 0.5

@@ -317,17 +317,10 @@ def finetune_stage(run: MethodRun, scheme: str, ctx: StageContext) -> bool:
         restore_threads(summary.get("threads"), f"{run.method} {scheme}")
     env = environment(ctx.device)
     method, model = load_run_encoder(run, run_dir)
+    branch = method.model.finetune_bn  # the BN branch the scheme loads
     eval_data = ctx.cache.get(config.data.eval_name or config.data.name, config)
     measurements = finetune_and_evaluate_scheme(
-        model,
-        method.model.finetune_bn,
-        eval_data,
-        config,
-        ctx.device,
-        run_dir,
-        scheme,
-        label=run.method,
-        method=run.method,
+        model, branch, eval_data, config, ctx.device, run_dir, scheme, label=run.method, method=run.method
     )
     context = RowContext.of(
         run.run_id,

@@ -118,7 +118,7 @@ def print_plan(plan, as_json: bool) -> int:
     for run in plan.runs:
         if run.settings_note():
             (progress.log if as_json else print)(run.settings_note())
-        if (labels := run.pseudo_labels) is not None and not as_json:
+        if (labels := run.inputs.get("pseudo_labels")) is not None and not as_json:
             need = "" if run.config.data.download else "; a run needs --download"
             fetch = "" if labels.present else f" (would download {labels.url}, sha256 {labels.sha256}{need})"
             print(f"{run.run_id}  pseudo-labels {labels.source}{': ' + labels.path if labels.path else ''}{fetch}")

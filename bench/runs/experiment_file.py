@@ -101,7 +101,7 @@ def run_experiment(run: MethodRun) -> dict[str, Any]:
     if request is None:
         raise ValueError(f"run {run.run_id} carries no request to write an experiment from")
     method = registry.get(run.method)
-    teacher = registry.get(method.teacher.method) if run.teacher and method.teacher else None
+    teacher = registry.get(method.teacher.method) if "teacher" in run.inputs and method.teacher else None
     readers = [method] + ([teacher] if teacher is not None else [])
     scoped = {cls.name: dict(request.method_params.get(cls.name, {})) for cls in readers}
     # an unscoped parameter no method of the file reads changed nothing, and would be refused as a typo

@@ -34,7 +34,7 @@ from bench.evaluation import protocol_resolution
 from bench.evaluation.finetune import scheme_settings
 from bench.evaluation.scheme_run import scheme_evaluation
 from bench.methodkit import registry
-from bench.methodkit.downloads import PseudoLabelSource, resolve_pseudo_labels
+from bench.methodkit.downloads import resolve_pseudo_labels
 from bench.methodkit.method import Method, MethodParams
 from bench.methodkit.post import POST_FIELDS
 
@@ -42,6 +42,10 @@ from bench.methodkit.post import POST_FIELDS
 VOLATILE_FIELDS = ("methods", "device", "jobs", "results_dir", "reports_dir")
 # Config sections that decide the pretrained encoder; finetuning and evaluation settings do not.
 PRETRAINING_FIELDS = ("preset", "seed", "model", "attack", "pretrain", "method", "method_params")
+
+
+# The names of ``MethodRun.inputs`` whose values are run ids: runs that must finish first (``MethodRun.upstream``).
+RUN_INPUTS = ("teacher",)
 
 
 @dataclass
@@ -72,14 +76,22 @@ class MethodRun:
     pretrain_key: str  # of the identity's pretraining part: runs sharing it share an encoder
     identity: dict[str, Any]  # what the hashes cover (JSON-serialisable)
     flags: tuple[str, ...] = ()  # carried by every row of the run (e.g. pseudo_labels:released-b28763e)
-    pseudo_labels: PseudoLabelSource | None = None  # the AdvCL family's labels (bench.methodkit.downloads)
-    teacher: str = ""  # run id of the run whose encoder this one distils from (DeACL), '' for none
+    # What the method's stages are handed besides its config, by name (``bench.runs.stages.give_inputs``), as
+    # the method asks for them: 'teacher' (its ``TeacherSpec``): the id of the run whose encoder it distils
+    # (DeACL); 'pseudo_labels' (its ``pseudo_labels`` parameters): the AdvCL family's label source
+    # (bench.methodkit.downloads.PseudoLabelSource). The names in ``RUN_INPUTS`` hold run ids: ``upstream``.
+    inputs: dict[str, Any] = field(default_factory=dict)
     # the single-seed, single-dataset request it was resolved from (its config.yaml: bench.runs.experiment_file)
     request: RunRequest | None = field(default=None, compare=False, repr=False)
 
     @property
     def method_class(self) -> type[Method]:
         return registry.get(self.method)
+
+    @property
+    def upstream(self) -> dict[str, str]:
+        """The runs that must finish before this one starts, by input name (their encoders are its inputs)."""
+        return {name: self.inputs[name] for name in RUN_INPUTS if name in self.inputs}
 
     def settings_note(self) -> str:
         """'' when its method has a published row for the preset, else the line ``--dry-run`` prints: it runs
@@ -108,7 +120,7 @@ class MethodRun:
             "config": to_dict(self.config),
             "params": dataclasses.asdict(self.params),
             "flags": list(self.flags),
-            "pseudo_labels": self.pseudo_labels.to_dict() if self.pseudo_labels else None,
+            "pseudo_labels": labels.to_dict() if (labels := self.inputs.get("pseudo_labels")) else None,
         }
 
     def scheme_dicts(self) -> list[dict[str, Any]]:
@@ -282,8 +294,10 @@ def resolve_run(
         pretraining_key(pretraining_payload(method, payload)),
         payload,
         flags=(labels.flag,) if labels else (),
-        pseudo_labels=labels,
-        teacher=teacher.run_id if teacher is not None else "",
+        inputs={
+            **({"pseudo_labels": labels} if labels else {}),
+            **({"teacher": teacher.run_id} if teacher is not None else {}),
+        },
         request=request,
     )
 

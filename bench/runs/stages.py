@@ -154,12 +154,14 @@ def prepare_run_dir(run_dir: RunDir, ctx: StageContext, name: str) -> None:
         run_dir.failed.unlink(missing_ok=True)
 
 
-def give_teacher(method: Method, teacher: RunDir) -> None:
-    """Hand a distilling method its teacher: the finished encoder of the teacher run (weights only)."""
-    if not teacher.encoder.exists():
-        raise StageError(f"teacher run {teacher.run_id} has no encoder yet: it must finish its pretraining first")
-    model, info = load_encoder(teacher.encoder, "bench")
-    method.set_teacher(model, {**info, "run_id": teacher.run_id})
+def give_inputs(method: Method, run: MethodRun, store: ResultsStore) -> None:
+    """Hand the method, before its model is built, its inputs from other runs (``MethodRun.upstream``)."""
+    for name, upstream in run.upstream.items():  # 'teacher' so far: the run's finished encoder, weights only
+        teacher = store.run(upstream)
+        if not teacher.encoder.exists():
+            raise StageError(f"{name} run {upstream} has no encoder yet: it must finish its pretraining first")
+        model, info = load_encoder(teacher.encoder, "bench")
+        method.set_teacher(model, {**info, "run_id": upstream})
 
 
 def pretrain_stage(run: MethodRun, ctx: StageContext) -> bool:
@@ -190,8 +192,7 @@ def pretrain_stage(run: MethodRun, ctx: StageContext) -> bool:
     torch.manual_seed(config.seed)
     data = ctx.cache.get(config.data.name, config)
     method = run.method_class(run.params)
-    if run.teacher:
-        give_teacher(method, ctx.store.run(run.teacher))
+    give_inputs(method, run, ctx.store)
     model = method.build_model(config.model.arch, data.channels)
     donor = None if ctx.force else find_encoder(ctx.store, run.pretrain_key, exclude=run.run_id)
     encoder = method.encoder_for_finetuning(model)  # a donor's encoder.pt has this structure

@@ -236,7 +236,7 @@ def fold_legacy(cls: type) -> None:
     warnings.warn(
         f"{cls.__qualname__} sets deprecated method attributes: {spellings} (bench.methodkit.spec)",
         DeprecationWarning,
-        stacklevel=4,
+        stacklevel=3,  # the class statement of the method
     )
 
 

@@ -26,6 +26,7 @@ from bench.engine.shards import of as shards_of
 from bench.engine.views import StrongAugment
 from bench.methodkit.method import Method, Published, StepContext, pretraining_pgd
 from bench.methodkit.registry import register
+from bench.methodkit.spec import ACL_MODEL, PublishedSettings, VariantSpec
 
 RELEASED = (
     "VITA-Group/Adversarial-Contrastive-Learning train_simCLR.py --ACL_DS (LARS schedule: bench.engine.optim.ACL_LARS)"
@@ -60,16 +61,10 @@ def joint_nt_xent(
 @register("acl")
 class ACL(Method):
     description = "ACL-DS (Jiang et al. 2020): NT-Xent on the clean pair (BN normal) + the PGD pair (BN pgd)"
-    bn_branches = ("normal", "pgd")
-    projector = "acl"
-    normalization = "imagenet"
-    finetune_bn = "pgd"
-    conv_init = "kaiming_normal"  # torchvision-style ResNet of the released code
-    has_adversarial_views = True
-    variant_note = "suite extension: [x1, x2, a1, a2] contrasted jointly"
+    model = ACL_MODEL
+    variant = VariantSpec(adversarial_views=True, note="suite extension: [x1, x2, a1, a2] contrasted jointly")
     augment = StrongAugment(crop_scale=(0.1, 1.0))
-    paper = PAPER
-    smoke = SMOKE
+    published_settings = PublishedSettings(PAPER, SMOKE)
 
     def adversarial_pair(self, model: ContrastiveModel, pair: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """PGD on both views jointly, model in eval mode (mode restored afterwards).
@@ -91,7 +86,7 @@ class ACL(Method):
         clean = torch.cat([shards.map(self.augment, images), shards.map(self.augment, images)])
         adversarial = self.adversarial_pair(model, clean, ctx)
         alpha = self.update_alpha(model, clean, adversarial, ctx)
-        if not (self.inferior_positives or self.hard_negatives):
+        if not (self.variant.inferior_positives or self.variant.hard_negatives):
             loss_clean = joint_nt_xent(model, clean, "normal", self.params.temperature, shards)
             loss_adv = joint_nt_xent(model, adversarial, "pgd", self.params.temperature, shards)
             return 0.5 * (loss_clean + loss_adv), {"loss_clean": loss_clean.detach(), "loss_adv": loss_adv.detach()}

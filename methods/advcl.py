@@ -55,6 +55,7 @@ from bench.engine.views import StrongAugment, WeakAugment, high_frequency_compon
 from bench.methodkit.method import Method, MethodParams, Published, StepContext
 from bench.methodkit.pseudo_labels import pseudo_labels
 from bench.methodkit.registry import register
+from bench.methodkit.spec import ModelSpec, PublishedSettings, VariantSpec
 
 # Views of the contrastive matrix, in order: x_adv, x1, x2, HFC.
 ADVERSARIAL = (True, False, False, False)
@@ -172,17 +173,18 @@ def head_name(k: int) -> str:
 @register("advcl")
 class AdvCL(Method):
     description = "AdvCL (Fan et al. 2021): [x_adv, x1, x2, HFC] contrast + pseudo-label CE adversary, 3 BN branches"
-    bn_branches = ("normal", "pgd", "pgd_ce")
-    projector = "advcl"
-    conv_init = "kaiming_normal"  # torchvision-style ResNet of the released code
-    finetune_bn = "pgd"
-    has_adversarial_views = True
+    model = ModelSpec(
+        branches=("normal", "pgd", "pgd_ce"),
+        projector="advcl",
+        conv_init="kaiming_normal",  # torchvision-style ResNet of the released code
+        finetune_bn="pgd",
+    )
+    # quirks='official': bench.engine.released_losses.official_advcl_loss
+    variant = VariantSpec(adversarial_views=True, official_quirks=True)
     Params = AdvCLParams
     augment = StrongAugment(crop_scale=(0.2, 1.0))
     weak_augment = WeakAugment()
-    paper = PAPER
-    smoke = SMOKE
-    official_quirks = True  # quirks='official': bench.engine.released_losses.official_advcl_loss
+    published_settings = PublishedSettings(PAPER, SMOKE)
 
     def __init__(self, params: MethodParams | None = None):
         super().__init__(params)
@@ -290,7 +292,7 @@ class AdvCL(Method):
         With quirks='official' the released ``ori_SupConLoss`` is reproduced, including the
         w² weight of the clean-anchor block when w ≠ 1 (IP/IPHN scripts).
         """
-        weight = self.params.adv_weight if self.inferior_positives else 1.0
+        weight = self.params.adv_weight if self.variant.inferior_positives else 1.0
         return self.supcon_loss(features, {"alpha": None, "adv_weight": weight, "hard_negatives": None})
 
     def adversaries(
@@ -389,6 +391,6 @@ class AdvCL(Method):
         else:
             loss_ce = self.pseudo_label_loss(model, x_ce, indices, shards)
         logs = {"loss_contrast": loss_contrast.detach(), "loss_ce": loss_ce.detach()}
-        if self.inferior_positives:
+        if self.variant.inferior_positives:
             logs["alpha"] = alpha
         return loss_contrast + self.params.ce_weight * loss_ce, logs

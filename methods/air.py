@@ -48,6 +48,7 @@ from bench.engine.regularizers import invariant_regularizers
 from bench.methodkit.method import Method, MethodParams, Published, StepContext, pretraining_pgd
 from bench.methodkit.post import SMOKE_POST_PARAMS, PostForm
 from bench.methodkit.registry import register
+from bench.methodkit.spec import ACL_MODEL, PublishedSettings, VariantSpec
 
 AIR_SOURCE = "GodXuxilie/Enhancing_ACL_via_AIR pretraining.py (argparse defaults: --ACL_DS, lambda1 = lambda2 = 0.5)"
 # AIR's optimiser is ACL's: LARS lr 5.0, wd 1e-6, per-iteration cosine, 10 warm-up epochs from 0,
@@ -110,18 +111,15 @@ class DynamicAIRParams(AIRParams):
 @register("acl-air")
 class ACLAIR(Method):
     description = "ACL-AIR (Xu et al. 2023): ACL-DS + λ1·SIR + λ2·AIR invariant regularisers"
-    bn_branches = ("normal", "pgd")
-    projector = "acl"
-    normalization = "imagenet"
-    finetune_bn = "pgd"
-    conv_init = "kaiming_normal"  # torchvision-style ResNet of the released code
-    has_adversarial_views = True
-    official_quirks = True  # quirks='official': the released kl_div arithmetic (bench.engine.regularizers)
-    variant_note = "suite extension: 2·A-InfoNCE over [x1, x2, a1, a2] in place of the two NT-Xent terms"
+    model = ACL_MODEL
+    variant = VariantSpec(
+        adversarial_views=True,
+        official_quirks=True,  # quirks='official': the released kl_div arithmetic (bench.engine.regularizers)
+        note="suite extension: 2·A-InfoNCE over [x1, x2, a1, a2] in place of the two NT-Xent terms",
+    )
     Params = AIRParams
     selected_by_all = False  # outside the A-InfoNCE table: --methods 'acl-air*' 'dynacl-air*'
-    paper = PAPER
-    smoke = SMOKE
+    published_settings = PublishedSettings(PAPER, SMOKE)
     annealed: ClassVar[bool] = False  # DynACL's augmentation schedule and ω (--DynAug)
 
     # ------------------------------------------------------------------ configuration
@@ -167,7 +165,7 @@ class ACLAIR(Method):
         sir, air = invariant_regularizers(z_1, z_2, z_orig, adv_1, adv_2, self.params.temperature, self.params.quirks)
         regularizer = self.params.lambda_sir * sir + self.params.lambda_air * air
         logs: dict[str, Any] = {"sir": sir.detach(), "air": air.detach(), "strength": strength, "omega": omega}
-        if not (self.inferior_positives or self.hard_negatives):
+        if not (self.variant.inferior_positives or self.variant.hard_negatives):
             temperature = self.params.temperature
             loss_clean, loss_adv = nt_xent(z_1, z_2, temperature), nt_xent(adv_1, adv_2, temperature)
             logs.update(loss_clean=loss_clean.detach(), loss_adv=loss_adv.detach())

@@ -19,7 +19,7 @@ Two stages (docs/deacl.md):
 No A-InfoNCE variants: DeACL's loss is a cosine distillation, not an InfoNCE. It has no
 negatives for ``-hn`` to re-weight, and its clean/adversarial pull ``cos(s(x̃), s(x))`` is not a
 positive pair inside a contrastive softmax for ``-ip`` to make asymmetric, so
-``has_adversarial_views`` (which means "adversarial views inside ``contrastive_loss``") is False.
+``VariantSpec.adversarial_views`` (which means "adversarial views inside ``contrastive_loss``") is False.
 
 Architecture (``bench.engine.models``): the released ResNet-18 pads its stem by 2 (``model.arch
 resnet18_deacl``; the suite's common ``resnet18`` pads by 1) and normalises inside the model with
@@ -47,6 +47,7 @@ from bench.engine.shards import of as shards_of
 from bench.engine.views import WeakAugment
 from bench.methodkit.method import Method, MethodParams, Published, StepContext, pretraining_pgd
 from bench.methodkit.registry import register
+from bench.methodkit.spec import ModelSpec, PublishedSettings, TeacherSpec
 
 # Released schedule: LinearWarmupCosineAnnealingLR stepped per epoch, 0.003 at epoch 0 rising
 # linearly to lr at epoch 9, cosine from epoch 10 to 0 at epoch 100. Our per-iteration warm-up over
@@ -149,24 +150,19 @@ def _normalization(model: ContrastiveModel) -> str:
 @register("deacl")
 class DeACL(Method):
     description = "DeACL (Zhang et al. 2022): PGD student distilled from a frozen SimCLR teacher (cosine)"
-    bn_branches = ("normal",)
-    projector = "none"
-    normalization = "cifar10"
-    finetune_bn = "normal"
-    conv_init = "kaiming_normal"  # torchvision ResNet (the student starts from the teacher by default)
-    has_adversarial_views = False  # no InfoNCE: see the module docstring
-    requires_teacher = True
+    # torchvision ResNet (the student starts from the teacher by default); no adversarial InfoNCE views
+    # (variant: the default VariantSpec), see the module docstring
+    model = ModelSpec(projector="none", normalization="cifar10", conv_init="kaiming_normal")
+    teacher = TeacherSpec("simclr")
     selected_by_all = False  # outside the A-InfoNCE table: --methods deacl (bench.methodkit.method)
-    teacher_method = "simclr"
     ignored_params = ("temperature",)  # a cosine distillation loss: no InfoNCE temperature
     Params = DeACLParams
-    paper = PAPER
-    smoke = SMOKE
+    published_settings = PublishedSettings(PAPER, SMOKE)
     augment = WeakAugment()
 
     def __init__(self, params: MethodParams | None = None):
         super().__init__(params)
-        self.teacher: ContrastiveModel | None = None
+        self.teacher_model: ContrastiveModel | None = None  # ``teacher`` is the class's TeacherSpec
         self.teacher_branch = "normal"
         self.teacher_source = ""
 
@@ -185,25 +181,25 @@ class DeACL(Method):
     # ------------------------------------------------------------------ teacher
     def needs_teacher(self) -> bool:
         """Whether the harness (or a test) must call ``set_teacher`` before ``setup``: no teacher yet, no file."""
-        return self.teacher is None and not self.params.teacher
+        return self.teacher_model is None and not self.params.teacher
 
     def set_teacher(self, teacher: ContrastiveModel, info: dict[str, Any] | None = None) -> None:
         info = info or {}
-        self.teacher = teacher
+        self.teacher_model = teacher
         self.teacher_branch = info.get("branch", "normal")
         self.teacher_source = str(info.get("run_id") or info.get("source") or "set_teacher")
 
     def _resolve_teacher(self) -> ContrastiveModel:
-        if self.teacher is None and self.params.teacher:
+        if self.teacher_model is None and self.params.teacher:
             teacher, info = load_encoder(self.params.teacher, self.params.teacher_format)
             self.set_teacher(teacher, info)
-        if self.teacher is None:
+        if self.teacher_model is None:
             raise ConfigError(
                 "deacl has no teacher: pass --param teacher=PATH (teacher_format= one of "
                 f"{list(FORMATS)}), or leave teacher empty for the harness to supply the simclr encoder "
                 "of the same preset, data, model and seed"
             )
-        return self.teacher
+        return self.teacher_model
 
     def setup(self, model: ContrastiveModel, train_images: torch.Tensor, ctx: StepContext) -> None:
         """Freeze the teacher on the run's device; start the student from it (released default)."""

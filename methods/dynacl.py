@@ -59,6 +59,7 @@ from bench.methodkit.method import MethodParams, Published, StepContext, pretrai
 from bench.methodkit.momentum import MomentumMethod, MomentumModel
 from bench.methodkit.post import SMOKE_POST_PARAMS, PostForm
 from bench.methodkit.registry import register
+from bench.methodkit.spec import ACL_MODEL, PublishedSettings, VariantSpec
 
 FORMS = ("dynacl", "air-rcs")
 
@@ -154,17 +155,14 @@ class DynACL(MomentumMethod):
         "DynACL (Luo et al. 2023): annealed augmentation, reweighted clean/adversarial NT-Xent, "
         "EMA key encoder (evaluated)"
     )
-    bn_branches = ("normal", "pgd")
-    projector = "acl"
-    normalization = "imagenet"
-    finetune_bn = "pgd"
-    conv_init = "kaiming_normal"  # torchvision-style ResNet of the released code
-    has_adversarial_views = True
-    variant_note = "suite extension: [x1, x2, a1, a2] contrasted jointly, without the w_e reweighting"
+    model = ACL_MODEL
+    variant = VariantSpec(
+        adversarial_views=True,
+        note="suite extension: [x1, x2, a1, a2] contrasted jointly, without the w_e reweighting",
+    )
     Params = DynACLParams
     selected_by_all = False  # outside the A-InfoNCE table: --methods 'dynacl*' (bench.methodkit.method)
-    paper = PAPER
-    smoke = SMOKE
+    published_settings = PublishedSettings(PAPER, SMOKE)
     # The released order (train_DynACL.py): the key moves after the forwards and before the optimiser
     # step, inside ``training_step``, by the constant ``key_momentum``; the key is what is finetuned.
     update_timing = "in_step"
@@ -241,7 +239,7 @@ class DynACL(MomentumMethod):
         z_clean = self.embed_pair(model, clean, "normal")
         self.update_target(model, ctx)  # the key, before the optimiser step (released order)
         logs: dict[str, Any] = {"strength": strength, "adv_weight": weight}
-        if not (self.inferior_positives or self.hard_negatives):
+        if not (self.variant.inferior_positives or self.variant.hard_negatives):
             loss_clean = nt_xent(*z_clean, self.params.temperature)
             loss_adv = nt_xent(*z_adv, self.params.temperature)
             logs.update(loss_clean=loss_clean.detach(), loss_adv=loss_adv.detach())

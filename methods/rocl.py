@@ -42,6 +42,7 @@ from bench.engine.shards import of as shards_of
 from bench.engine.views import StrongAugment
 from bench.methodkit.method import Method, MethodParams, Published, StepContext
 from bench.methodkit.registry import register
+from bench.methodkit.spec import ModelSpec, PublishedSettings, VariantSpec
 
 # Views of the contrastive matrix, in order: x1, x2, a (the adversarial one).
 ADVERSARIAL = (False, False, True)
@@ -160,16 +161,13 @@ def pair_nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> to
 @register("rocl")
 class RoCL(Method):
     description = "RoCL (Kim et al. 2020): PGD on x1 towards x2 (eval mode), column-detached NT-Xent over [x1, x2, a]"
-    bn_branches = ("normal",)
-    projector = "rocl"
-    finetune_bn = "normal"
-    has_adversarial_views = True
+    # released: DDP + SyncBatchNorm, one BN over every GPU's rows (bench.engine.shards)
+    model = ModelSpec(projector="rocl", synced_bn=True)
+    # quirks='official': bench.engine.released_losses.official_rocl_loss
+    variant = VariantSpec(adversarial_views=True, official_quirks=True)
     Params = RoCLParams
     augment = StrongAugment(crop_scale=(0.08, 1.0))
-    synced_batch_norm = True  # released: DDP + SyncBatchNorm, one BN over every GPU's rows (bench.engine.shards)
-    paper = PAPER
-    smoke = SMOKE
-    official_quirks = True  # quirks='official': bench.engine.released_losses.official_rocl_loss
+    published_settings = PublishedSettings(PAPER, SMOKE)
 
     @classmethod
     def check_params(cls, params: MethodParams) -> None:
@@ -190,7 +188,7 @@ class RoCL(Method):
         'official' path implements the released sum itself and gets w unchanged.
         """
         arguments = super().asymmetry()
-        if self.inferior_positives and self.params.quirks != "official":
+        if self.variant.inferior_positives and self.params.quirks != "official":
             arguments["adv_weight"] = self.params.adv_weight / 2
         return arguments
 
@@ -270,6 +268,6 @@ class RoCL(Method):
         features = torch.stack([shards.gather(z) for z in views], dim=1)  # [B, 3, D], negatives over every shard
         loss_contrast = self.contrastive_term(features)
         logs = {"loss_contrast": loss_contrast.detach(), "loss_regularizer": loss_regularizer.detach()}
-        if self.inferior_positives:
+        if self.variant.inferior_positives:
             logs["alpha"] = alpha
         return loss_contrast + loss_regularizer, logs

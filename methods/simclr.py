@@ -21,6 +21,7 @@ from bench.engine.shards import of as shards_of
 from bench.engine.views import StrongAugment
 from bench.methodkit.method import Method, Published, StepContext
 from bench.methodkit.registry import register
+from bench.methodkit.spec import ModelSpec, PublishedSettings
 
 PAPER = {  # registered name -> dataset -> settings
     "simclr": {
@@ -37,10 +38,9 @@ SMOKE = {"simclr": Published(source="smoke: the harness defaults (bench.config.s
 @register("simclr")
 class SimCLR(Method):
     description = "SimCLR (Chen et al. 2020): non-adversarial anchor, NT-Xent on two strong views"
-    projector = "simclr"
+    model = ModelSpec(projector="simclr")
     augment = StrongAugment(crop_scale=(0.08, 1.0))
-    paper = PAPER
-    smoke = SMOKE
+    published_settings = PublishedSettings(PAPER, SMOKE)
 
     def training_step(self, model: ContrastiveModel, images: torch.Tensor, ctx: StepContext):
         shards = shards_of(ctx)  # views from each shard's generator, negatives over every shard

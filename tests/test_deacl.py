@@ -24,6 +24,7 @@ from bench.engine.attacks import pgd
 from bench.engine.models import ContrastiveModel, ResNet18, build_contrastive_model
 from bench.methodkit import registry
 from bench.methodkit.method import StepContext
+from bench.methodkit.spec import TeacherSpec
 from methods.deacl import DeACL, distillation_loss
 
 DEACL_MEAN, DEACL_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)  # resnet_add_normalize.py
@@ -232,8 +233,8 @@ def test_bad_parameters_are_one_line_errors(params, message):
 def test_no_variants_and_the_declared_model():
     names = registry.available()
     assert "deacl" in names and not any(name.startswith("deacl-") for name in names)
-    assert DeACL.projector == "none" and DeACL.normalization == "cifar10" and DeACL.bn_branches == ("normal",)
-    assert DeACL.requires_teacher and DeACL.teacher_method == "simclr"
+    assert DeACL.model.projector == "none" and DeACL.model.normalization == "cifar10"
+    assert DeACL.model.branches == ("normal",) and DeACL.teacher == TeacherSpec("simclr")
 
 
 # --------------------------------------------------------------------------- the released step

@@ -208,7 +208,9 @@ def test_under_w_processes_unset_shards_become_w_and_published_or_given_ones_sta
         )
     )
     assert {run.run_id for run in widened.runs} <= {run.run_id for run in plan.runs}
-    assert all(run.teacher in {other.run_id for other in plan.runs} for run in plan.runs if run.teacher)
+    ids = {other.run_id for other in plan.runs}
+    assert all(set(run.upstream.values()) <= ids for run in plan.runs)
+    assert any(run.upstream for run in plan.runs)
     assert plan.base.jobs == 1
     given = RunRequest(methods=("simclr",), overrides={"pretrain.shards": "1"})
     assert distributed.plan_for_world(build_plan(given), given, 2).runs[0].config.pretrain.shards == 1

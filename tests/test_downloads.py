@@ -91,7 +91,7 @@ def test_download_fetches_verifies_and_the_plan_uses_the_file(tmp_path, served):
     for run in plan.runs:
         assert run.params.pseudo_labels == str(destination)
         assert run.flags == ("pseudo_labels:released-b28763e",)
-        assert run.pseudo_labels.url == pinned.url and run.pseudo_labels.present
+        assert run.inputs["pseudo_labels"].url == pinned.url and run.inputs["pseudo_labels"].present
     assert [path.name for path in destination.parent.iterdir()] == [pinned.name]  # no temp file left
     again = build_plan(paper_request(tmp_path))  # present and verified: no --download needed any more
     assert again.runs[0].params.pseudo_labels == str(destination)

@@ -111,7 +111,7 @@ def build(name: str, params: dict[str, Any]):
     """Our method and a fresh copy of its model with the fixture weights, in train mode."""
     cls = registry.get(name)
     method = cls(cls.make_params(params))
-    model = copy.deepcopy(filled_model(cls.base_name or cls.name))
+    model = copy.deepcopy(filled_model(cls.variant.base or cls.name))
     return method, model.train()
 
 

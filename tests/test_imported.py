@@ -17,10 +17,10 @@ from bench.engine.checkpoints import EncoderCheckpoint
 from bench.engine.models import build_contrastive_model
 from bench.products.report.compute import pretrain_seconds
 from bench.runs.external import imported_plan
-from bench.runs.imported import file_digest
 from bench.runs.pipeline import run_plan
 from bench.runs.plan import RunRequest, assemble
 from bench.store.atomic import save_torch_atomic
+from bench.store.provenance import file_digest
 from bench.store.results import ResultsStore
 
 TINY = {

@@ -19,6 +19,7 @@ from bench.engine.models import Classifier, ContrastiveModel
 from bench.methodkit import registry
 from bench.methodkit.method import Method
 from bench.methodkit.momentum import MomentumMethod, MomentumModel, cosine_momentum
+from bench.methodkit.spec import VariantSpec
 from bench.methodkit.variants import make_variant
 from bench.products.export import export_run, load_exported
 from bench.runs.train import pretrain
@@ -26,6 +27,9 @@ from bench.store.atomic import save_torch_atomic
 from bench.store.results import ResultRow, ResultsStore, RunDir
 
 CONTRACT_AT_CFDBA13 = 40  # members of Method at cfdba13 by this count (architecture-2 §4 says 41)
+# With the typed specs (bench.methodkit.spec): 12 loose class attributes became model, variant, teacher
+# and published_settings (39 members before, 27 after).
+CONTRACT_WITH_SPECS = 27
 
 
 def contract_members(cls: type) -> list[str]:
@@ -35,7 +39,9 @@ def contract_members(cls: type) -> list[str]:
 
 def test_the_method_contract_is_smaller_than_at_cfdba13():
     members = contract_members(Method)
-    assert len(members) < CONTRACT_AT_CFDBA13, members
+    assert len(members) <= CONTRACT_WITH_SPECS < CONTRACT_AT_CFDBA13, members
+    assert {"model", "variant", "teacher", "published_settings"} <= set(members)
+    assert "bn_branches" not in members and "requires_teacher" not in members  # old spellings: LegacySpellings
     assert "after_step" in members and "needs_teacher" not in members and "set_teacher" not in members
 
 
@@ -143,7 +149,7 @@ def test_finetuning_gets_the_online_or_target_network_without_extras():
 
 class NotInfoNCE(Method):
     name = "not-infonce"
-    has_adversarial_views = True
+    variant = VariantSpec(adversarial_views=True)
 
     def training_step(self, model, images, ctx):
         z1, z2 = model(images).chunk(2)
@@ -161,13 +167,13 @@ def test_a_variant_whose_base_never_reaches_contrastive_loss_fails_in_one_line(d
         method.training_step(model, digits.x_train[:4].float() / 255, context())
     message = str(error.value)
     assert "\n" not in message and "'not-infonce-ip' would train exactly like 'not-infonce'" in message
-    assert "uses_contrastive_loss = False" in message
+    assert "variant = VariantSpec(uses_contrastive_loss=False)" in message
 
 
 def test_no_variants_for_a_method_that_says_its_loss_is_not_contrastive():
     registry.available()
     for uses, expected in ((False, set()), (True, {"kit-plain-ip", "kit-plain-hn", "kit-plain-iphn"})):
-        cls = type("Plain", (NotInfoNCE,), {"uses_contrastive_loss": uses})
+        cls = type("Plain", (NotInfoNCE,), {"variant": VariantSpec(adversarial_views=True, uses_contrastive_loss=uses)})
         registry.register("kit-plain")(cls)
         try:
             registry.derive_variants()

@@ -29,6 +29,7 @@ from bench.engine.views import high_frequency_component
 from bench.methodkit import registry
 from bench.methodkit.method import Method, Published, StepContext
 from bench.methodkit.pseudo_labels import PseudoLabelUnpickler, load_pseudo_label_file
+from bench.methodkit.spec import PublishedSettings, VariantSpec
 from bench.methodkit.variants import make_variant
 from bench.store.results import RunDir
 from methods.advcl import AdvCL
@@ -58,14 +59,14 @@ def make_context(
 def build(name: str, **overrides):
     """A method with its smoke-preset parameters (plus ``overrides``) and its small CNN.
 
-    A distillation method (``requires_teacher``) gets a randomly initialised small-CNN teacher of
-    its ``teacher_method``, built here: a real run's teacher comes from the harness or a file.
+    A distillation method (a ``teacher`` spec) gets a randomly initialised small-CNN teacher of
+    its ``teacher.method``, built here: a real run's teacher comes from the harness or a file.
     """
     cls = registry.get(name)
     method = cls(cls.make_params({**cls.published("smoke", "digits").params, **overrides}))
-    if cls.requires_teacher and method.needs_teacher():
+    if cls.teacher is not None and method.needs_teacher():
         torch.manual_seed(1)
-        teacher_class = registry.get(cls.teacher_method)
+        teacher_class = registry.get(cls.teacher.method)
         method.set_teacher(teacher_class().build_model("small_cnn"))
     torch.manual_seed(0)
     return method, method.build_model("small_cnn")
@@ -125,7 +126,7 @@ def test_smoke_steps_lower_the_loss_and_keep_adversaries_in_the_ball(name, batch
         losses.append(loss.item())
     first, last = np.mean(losses[:3]), np.mean(losses[-3:])
     assert last < first, f"{name}: loss did not fall: {np.round(losses, 4).tolist()}"
-    if type(method).has_adversarial_views:
+    if type(method).variant.adversarial_views:
         assert recorder.calls, f"{name} made no adversarial views"
     for call in recorder.calls:
         assert call["epsilon"] == pytest.approx(EPSILON)
@@ -254,10 +255,10 @@ def test_advcl_clusters_the_features_of_a_named_encoder(digits, tmp_path):
             "format": "acl-bench",
             "model": trained_model.state_dict(),
             "arch": "small_cnn",
-            "bn_branches": list(trained.bn_branches),
-            "projector": trained.projector,
-            "normalization": trained.normalization,
-            "finetune_bn": trained.finetune_bn,
+            "bn_branches": list(trained.model.branches),
+            "projector": trained.model.projector,
+            "normalization": trained.model.normalization,
+            "finetune_bn": trained.model.finetune_bn,
         },
         path,
     )
@@ -523,9 +524,11 @@ def test_variants_without_a_row_use_their_base_row_and_methods_without_tables_no
 
     class PluginBase(Method):
         name = "plugin-base"
-        has_adversarial_views = True
-        paper = {"plugin-base": {"cifar10": row}}
-        smoke = {"plugin-base": Published(source="smoke", params={"beta": 2.0})}
+        variant = VariantSpec(adversarial_views=True)
+        published_settings = PublishedSettings(
+            paper={"plugin-base": {"cifar10": row}},
+            smoke={"plugin-base": Published(source="smoke", params={"beta": 2.0})},
+        )
 
     variant = make_variant(PluginBase, "ip")
     variant.name = "plugin-base-ip"

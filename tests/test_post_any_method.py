@@ -35,7 +35,7 @@ def test_every_method_has_a_plus_plus_form_that_adds_the_stage():
         assert (
             set(run.all_params()) == fields | POST_FIELDS and set(run.identity["method_params"]) == fields | POST_FIELDS
         )
-        assert run.post_settings.bn == branch == base.finetune_bn and run.post_settings.feature_bn == "normal"
+        assert run.post_settings.bn == branch == base.model.finetune_bn and run.post_settings.feature_bn == "normal"
         assert published(base, spelled, "smoke", "digits").params == {
             **base.published("smoke", "digits").params,
             **SMOKE_POST_PARAMS,

@@ -41,9 +41,9 @@ def test_builtin_methods_and_variants_are_registered():
     for base in ("acl", "rocl", "advcl"):
         for suffix in ("ip", "hn", "iphn"):
             variant = registry.get(f"{base}-{suffix}")
-            assert variant.base_name == base
-            assert variant.inferior_positives == ("ip" in suffix)
-            assert variant.hard_negatives == suffix.endswith("hn")
+            assert variant.variant.base == base
+            assert variant.variant.inferior_positives == ("ip" in suffix)
+            assert variant.variant.hard_negatives == suffix.endswith("hn")
     assert "simclr-ip" not in names  # no adversarial views, no variants
 
 

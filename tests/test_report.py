@@ -363,11 +363,12 @@ def test_bench_report_orders_methods_as_the_registry_plugins_included(tmp_path):
     from bench.cli.app import main
     from bench.methodkit import registry
     from bench.methodkit.method import Method
+    from bench.methodkit.spec import VariantSpec
 
     methods = ["aaa-plugin", "rocl-hn", "advcl", "acl-ip", "acl", "simclr"]
     _write_store(tmp_path, [_row(f"{m}-s0", m, "SLF", "clean", 50.0 + i) for i, m in enumerate(methods)])
     registry.available()  # built-in methods first, as discovery loads them before entry-point plugins
-    registry.register("aaa-plugin")(type("Plugin", (Method,), {"has_adversarial_views": True}))
+    registry.register("aaa-plugin")(type("Plugin", (Method,), {"variant": VariantSpec(adversarial_views=True)}))
     try:
         assert (
             main(

@@ -205,7 +205,7 @@ def run_scheme(tmp_path, monkeypatch, protocol: str, method: str, scheme: str) -
     run_dir = RunDir(tmp_path / f"{protocol}-{method}-{scheme}")
     run_dir.path.mkdir(parents=True)
     rows = finetune_and_evaluate_scheme(
-        model, spec.finetune_bn, tiny_data(), config, torch.device("cpu"), run_dir, scheme, method=method
+        model, spec.model.finetune_bn, tiny_data(), config, torch.device("cpu"), run_dir, scheme, method=method
     )
     return seen, rows
 

@@ -144,5 +144,5 @@ def test_paper_presets_shard_as_the_released_scripts_ran(name, shards):
 
 
 def test_rocl_synchronises_batch_norm_and_advcl_does_not():
-    assert registry.get("rocl-ip").synced_batch_norm is True  # released: DDP + SyncBatchNorm
-    assert not getattr(registry.get("advcl"), "synced_batch_norm", False)  # released: DataParallel, per-GPU BN
+    assert registry.get("rocl-ip").model.synced_bn is True  # released: DDP + SyncBatchNorm
+    assert registry.get("advcl").model.synced_bn is False  # released: DataParallel, per-GPU BN

@@ -42,7 +42,7 @@ def _step(method, model, images: torch.Tensor, reference_style: bool, count: int
         shards=shards,
         reference_style=reference_style,
     )
-    batch_norm = "whole" if count == 1 or getattr(method, "synced_batch_norm", False) else "per-shard"
+    batch_norm = "whole" if count == 1 or type(method).model.synced_bn else "per-shard"
     model.zero_grad(set_to_none=True)
     loss, _ = train_step(method, model, images, context, PretrainConfig(), batch_norm)
     model.zero_grad(set_to_none=True)  # the reference-style ACL attack leaves weight gradients behind

@@ -42,10 +42,10 @@ def cmd_list(args: argparse.Namespace) -> int:
                         "name": name,
                         "description": spelled[name].description,
                         "base": spelled[name].base or name,
-                        "bn_branches": list(cls.bn_branches),
-                        "finetune_bn": cls.finetune_bn,
-                        "inferior_positives": cls.inferior_positives,
-                        "hard_negatives": cls.hard_negatives,
+                        "bn_branches": list(cls.model.branches),
+                        "finetune_bn": cls.model.finetune_bn,
+                        "inferior_positives": cls.variant.inferior_positives,
+                        "hard_negatives": cls.variant.hard_negatives,
                         "in_all": cls.selected_by_all,
                     }
                 )
@@ -119,7 +119,7 @@ def print_plan(plan, as_json: bool) -> int:
     for run in plan.runs:
         if run.settings_note():
             (progress.log if as_json else print)(run.settings_note())
-        if (labels := run.pseudo_labels) is not None and not as_json:
+        if (labels := run.inputs.get("pseudo_labels")) is not None and not as_json:
             need = "" if run.config.data.download else "; a run needs --download"
             fetch = "" if labels.present else f" (would download {labels.url}, sha256 {labels.sha256}{need})"
             print(f"{run.run_id}  pseudo-labels {labels.source}{': ' + labels.path if labels.path else ''}{fetch}")
@@ -190,7 +190,7 @@ def write_report(
 
     methods = registry.available()
     of = {name: registry.spelling(name).base for name in methods}  # the listed name each is a variant of
-    bases = sorted((name for name in methods if not of[name]), key=lambda name: methods[name].has_adversarial_views)
+    bases = sorted((name for name in methods if not of[name]), key=lambda name: methods[name].variant.adversarial_views)
     order = [name for base in bases for name in (base, *(n for n in methods if of[n] == base))]
     results_dir, reports_dir = dirs
     check_directory("reports_dir", reports_dir)

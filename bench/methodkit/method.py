@@ -1,15 +1,17 @@
 """The method contract: what a pretraining method declares and implements.
 
-A method is a small class registered under a name. It declares its BatchNorm branches,
-its projector and which BN branch finetuning loads, and implements ``training_step``:
+A method is a small class registered under a name. It declares its model (BatchNorm branches,
+projector, the branch finetuning loads) and its other traits as typed specs
+(``bench.methodkit.spec``), and implements ``training_step``:
 build its views, make its adversarial views with ``bench.engine.attacks.pgd`` on its own
 objective, and return the loss. Everything else (loop, optimiser, schedule, AMP, devices,
 checkpoints, evaluation) belongs to the harness.
 
 Its published settings are data: ``paper`` (registered name -> dataset -> ``Published``) and
 ``smoke`` (registered name -> ``Published``) tables at the top of its file, each row citing the
-released script it comes from; ``Method.published`` looks a row up and ``Method.make_params``
-turns a row's parameters plus the user's into the method's ``Params``.
+released script it comes from, declared as ``published_settings = PublishedSettings(paper, smoke)``;
+``Method.published`` looks a row up and ``Method.make_params`` turns a row's parameters plus the
+user's into the method's ``Params``.
 
 The A-InfoNCE knobs (Yu et al., ECCV 2022) live here, in ``MethodParams``, because every
 adversarial method gets the ``-ip``/``-hn``/``-iphn`` variants from the same code: a
@@ -21,7 +23,7 @@ negatives (``bench.methodkit.variants``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -33,6 +35,7 @@ from bench.engine.attacks import pgd
 from bench.engine.losses import AdaptiveAlpha, a_infonce
 from bench.engine.models import ContrastiveModel, build_contrastive_model, model_mode
 from bench.engine.shards import of as shards_of
+from bench.methodkit.spec import LegacySpellings, ModelSpec, Published, PublishedSettings, TeacherSpec, VariantSpec
 from bench.store.results import RunDir
 
 QUIRKS = ("none", "official")
@@ -56,7 +59,7 @@ class MethodParams:
     d_min: feature distance under which α becomes 0.5 (symmetric).
     beta, tau_plus: hard-negative concentration and positive-class prior (HN).
     quirks: 'none' (the A-InfoNCE formulas, ``bench.engine.losses.a_infonce``) or 'official' (the
-        released code's arithmetic, for methods with ``official_quirks``: RoCL and AdvCL).
+        released code's arithmetic, for methods whose ``VariantSpec`` has ``official_quirks``: RoCL and AdvCL).
     """
 
     temperature: float = 0.5
@@ -67,26 +70,6 @@ class MethodParams:
     beta: float = 1.0
     tau_plus: float = 0.1
     quirks: str = "none"
-
-
-@dataclass(frozen=True)
-class Published:
-    """One row of a method's published settings.
-
-    source: where the values come from: the released script by repository and path (paper
-        preset) or why the smoke preset sets them.
-    pretrain: overrides of ``bench.config.PretrainConfig`` fields.
-    params: overrides of the method's ``Params`` fields.
-    The mappings are copied, so rows built from one shared dict stay independent.
-    """
-
-    source: str = ""
-    pretrain: Mapping[str, Any] = field(default_factory=dict)
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "pretrain", dict(self.pretrain))
-        object.__setattr__(self, "params", dict(self.params))
 
 
 @dataclass
@@ -132,51 +115,35 @@ def pretraining_pgd(
         return pgd(objective, inputs, **settings)
 
 
-class Method:
-    """Base class of every pretraining method; subclasses override the class attributes."""
+class Method(LegacySpellings):
+    """Base class of every pretraining method; subclasses override the class attributes.
+
+    What a method declares is grouped into typed specs (``bench.methodkit.spec``), one per reader of the
+    harness, so a new concern extends a spec rather than this contract: ``model`` (network and BN routing),
+    ``variant`` (A-InfoNCE variants), ``teacher`` (distillation) and ``published_settings`` (its tables).
+    The old loose attributes (``bn_branches``, ``requires_teacher``...) still work, with a warning
+    (``LegacySpellings``)."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    bn_branches: ClassVar[tuple[str, ...]] = ("normal",)
-    projector: ClassVar[str] = "simclr"
-    normalization: ClassVar[str] = "none"
-    conv_init: ClassVar[str] = "default"  # or 'kaiming_normal' (bench.engine.models.build_contrastive_model)
-    finetune_bn: ClassVar[str] = "normal"
+    model: ClassVar[ModelSpec] = ModelSpec()
+    variant: ClassVar[VariantSpec] = VariantSpec()
+    # None, or the method whose pretrained encoder this one distils (DeACL; bench.methodkit.spec.TeacherSpec).
+    teacher: ClassVar[TeacherSpec | None] = None
+    published_settings: ClassVar[PublishedSettings] = PublishedSettings()
     Params: ClassVar[type[MethodParams]] = MethodParams
     # The view augmentation its training_step applies (e.g. bench.engine.views.StrongAugment(crop_scale=...)):
     # a callable (images in [0, 1], generator) -> images. The harness never calls it; declared here
-    # so every method states its views in one place.
+    # so every method states its views in one place. Not a spec: tests and ``bench speed`` replace it.
     augment: ClassVar[Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None] = None
-    # Published settings: registered name -> dataset (or "*") -> Published, and name -> Published.
-    paper: ClassVar[Mapping[str, Mapping[str, Published]]] = {}
-    smoke: ClassVar[Mapping[str, Published]] = {}
-    # True when quirks='official' reproduces the released code's arithmetic (bench.engine.losses.official_*).
-    official_quirks: ClassVar[bool] = False
-    # Which views of ``contrastive_loss`` are adversarial decides what -ip/-hn change; a method with
-    # adversarial views (``has_adversarial_views``) whose loss goes through ``contrastive_loss``
-    # (``uses_contrastive_loss``; False for e.g. BYOL's regression loss) gets the three variants. A variant
-    # whose first step never reached ``contrastive_loss``/``asymmetry`` fails in one line (variants.py).
-    # ``has_adversarial_views`` also puts the method after the non-adversarial anchors in reports.
-    has_adversarial_views: ClassVar[bool] = False
-    uses_contrastive_loss: ClassVar[bool] = True
-    inferior_positives: ClassVar[bool] = False
-    hard_negatives: ClassVar[bool] = False
-    base_name: ClassVar[str] = ""
-    variant_note: ClassVar[str] = ""  # shown in `bench list` for the derived variants
     # Whether ``--methods all`` selects it. The smoke run of ``all`` must stay within ~10 minutes on two
     # cores, so ``all`` is the A-InfoNCE paper's table (SimCLR, ACL, RoCL, AdvCL and their variants)
     # plus plugins; the newer methods (DeACL, DynACL, AIR families) are selected by name or pattern.
     selected_by_all: ClassVar[bool] = True
-    # Distillation (DeACL): this method learns from a frozen, pretrained encoder of the method
-    # named ``teacher_method``. When it is true and the parameters name no ``teacher`` file, the harness
-    # pretrains or reuses that method's run (same preset, data, model and seed), loads its encoder and
-    # calls the method's ``set_teacher(model, info)`` before ``setup`` (methods/deacl.py).
-    requires_teacher: ClassVar[bool] = False
-    teacher_method: ClassVar[str] = ""
     # The post stage (LP-AFT between pretraining and finetuning) is a run option, not a method: any method runs
     # with it as ``<name>++`` or ``--post pp`` (bench.runs.plan). A method whose paper publishes it under its
     # own name lists it here (post label -> bench.methodkit.post.PostForm): ``<name>++`` is then listed and
-    # its settings are the rows of ``paper``/``smoke`` under that name (DynACL++, methods/dynacl.py).
+    # its settings are the rows of ``published_settings`` under that name (DynACL++, methods/dynacl.py).
     post_forms: ClassVar[Mapping[str, PostForm]] = {}
     # Fields of ``Params`` the method's own code never reads (besides the variant knobs, which
     # ``unread_params`` adds): a user value for one would change nothing, so it is refused.
@@ -185,7 +152,7 @@ class Method:
     def __init__(self, params: MethodParams | None = None):
         self.params = params if params is not None else self.Params()
         self.adaptive: AdaptiveAlpha | None = None
-        if self.inferior_positives and self.params.adaptive_epochs > 0:
+        if self.variant.inferior_positives and self.params.adaptive_epochs > 0:
             self.adaptive = AdaptiveAlpha(self.params.alpha, self.params.adaptive_epochs, self.params.d_min)
         self._alpha = float(self.params.alpha)
 
@@ -201,12 +168,13 @@ class Method:
         """
         if preset not in PRESETS:
             raise ConfigError(f"preset={preset!r} is invalid: allowed {list(PRESETS)}")
-        names = [name for name in (cls.name, cls.base_name) if name]
+        names = [name for name in (cls.name, cls.variant.base) if name]
+        smoke, paper = cls.published_settings.smoke, cls.published_settings.paper
         if preset == "smoke":
-            return next((cls.smoke[name] for name in names if name in cls.smoke), Published())
+            return next((smoke[name] for name in names if name in smoke), Published())
         for name in names:
-            if name in cls.paper:
-                row = cls.paper[name]
+            if name in paper:
+                row = paper[name]
                 if dataset in row or "*" in row:
                     return row[dataset] if dataset in row else row["*"]
                 raise ConfigError(
@@ -232,9 +200,9 @@ class Method:
         """The ``Params`` fields this method never reads: the inferior-positive knobs unless it is an
         ``-ip`` variant, the hard-negative ones unless it is an ``-hn`` variant, and ``ignored_params``."""
         unread = set(cls.ignored_params)
-        if not cls.inferior_positives:
+        if not cls.variant.inferior_positives:
             unread |= set(IP_PARAMS)
-        if not cls.hard_negatives:
+        if not cls.variant.hard_negatives:
             unread |= set(HN_PARAMS)
         return frozenset(unread)
 
@@ -250,18 +218,19 @@ class Method:
         for name in ("adv_weight", "beta", "d_min", "adaptive_epochs"):
             if getattr(params, name) < 0:
                 raise ConfigError(f"{name}={getattr(params, name)!r} is invalid: allowed numbers >= 0")
-        allowed = list(QUIRKS) if cls.official_quirks else ["none"]
+        allowed = list(QUIRKS) if cls.variant.official_quirks else ["none"]
         if params.quirks not in allowed:
             raise ConfigError(f"quirks={params.quirks!r} is invalid for {cls.name!r}: allowed {allowed}")
 
     def build_model(self, arch: str, in_channels: int = 3) -> ContrastiveModel:
+        spec = self.model
         return build_contrastive_model(
             arch,
-            self.bn_branches,
-            self.projector,
+            spec.branches,
+            spec.projector,
             in_channels=in_channels,
-            normalization=self.normalization,
-            conv_init=self.conv_init,
+            normalization=spec.normalization,
+            conv_init=spec.conv_init,
         )
 
     def setup(self, model: ContrastiveModel, train_images: torch.Tensor, ctx: StepContext) -> None:
@@ -307,9 +276,9 @@ class Method:
         ``contrastive_loss`` passes them to ``a_infonce``; a method's official reproduction
         (``bench.engine.losses.official_*``) takes the same."""
         return {
-            "alpha": self._alpha if self.inferior_positives else None,
-            "adv_weight": self.params.adv_weight if self.inferior_positives else 1.0,
-            "hard_negatives": (self.params.beta, self.params.tau_plus) if self.hard_negatives else None,
+            "alpha": self._alpha if self.variant.inferior_positives else None,
+            "adv_weight": self.params.adv_weight if self.variant.inferior_positives else 1.0,
+            "hard_negatives": (self.params.beta, self.params.tau_plus) if self.variant.hard_negatives else None,
         }
 
     @torch.no_grad()

@@ -232,7 +232,7 @@ def run_params(
     own = {key: value for key, value in values.items() if key not in POST_FIELDS}
     post = make_post_params({key: value for key, value in values.items() if key in POST_FIELDS}, spelled.name)
     form = method.post_forms.get(spelled.post) if spelled.form else None
-    if form is not None and form.official and not method.official_quirks and own.get("quirks") == "official":
+    if form is not None and form.official and not method.variant.official_quirks and own.get("quirks") == "official":
         return dataclasses.replace(method.make_params({**own, "quirks": "none"}), quirks="official"), post
     return method.make_params(own), post
 
@@ -246,4 +246,4 @@ def stage_settings(
         return None
     form = method.post_forms.get(spelled.post) if spelled.form else None
     official = dict(form.official) if form is not None and params.quirks == "official" else {}
-    return settings_for(post, config, bn=method.finetune_bn, **official)
+    return settings_for(post, config, bn=method.model.finetune_bn, **official)

@@ -113,11 +113,11 @@ def _order_builtin_first(builtin: list[str]) -> None:
 
 def derive_variants() -> None:
     """Register ``<base>-ip``, ``-hn`` and ``-iphn`` for every base method with adversarial views whose
-    loss goes through ``contrastive_loss`` (``uses_contrastive_loss``), unless a name is already
+    loss goes through ``contrastive_loss`` (``VariantSpec.uses_contrastive_loss``), unless a name is already
     registered (a method may register its own variant)."""
     for cls in list(_REGISTRY.values()):
-        variants = cls.has_adversarial_views and cls.uses_contrastive_loss
-        if variants and not cls.base_name:
+        variants = cls.variant.adversarial_views and cls.variant.uses_contrastive_loss
+        if variants and not cls.variant.base:
             for name, suffix in variant_names(cls).items():
                 if not is_registered(name):
                     register(name)(make_variant(cls, suffix))
@@ -147,7 +147,7 @@ def spelling(name: str) -> Spelling:
     discover()
     if name in _REGISTRY:
         cls = _REGISTRY[name]
-        return Spelling(name, name, base=cls.base_name, description=cls.description)
+        return Spelling(name, name, base=cls.variant.base, description=cls.description)
     listed = _post_spellings()
     if name in listed:
         return listed[name]
@@ -165,14 +165,14 @@ def _post_spellings() -> dict[str, Spelling]:
     listing order: a form right after its method, a form's variants right after the method's last variant."""
     spellings: dict[str, Spelling] = {}
     for name, cls in _REGISTRY.items():
-        if cls.base_name:
+        if cls.variant.base:
             continue
         for post, form in cls.post_forms.items():
             label = post_name(name, post)
             spellings[label] = Spelling(label, name, post, label, description=form.description)
-            note = f" [{cls.variant_note}]" if cls.variant_note else ""
+            note = f" [{cls.variant.note}]" if cls.variant.note else ""
             for variant, suffix in variant_names(cls).items():
-                if _REGISTRY.get(variant) is not None and _REGISTRY[variant].base_name == name:
+                if _REGISTRY.get(variant) is not None and _REGISTRY[variant].variant.base == name:
                     summary = VARIANTS[suffix][2]
                     description = f"{label.upper()} + A-InfoNCE: {summary}{note}"
                     spellings[f"{label}-{suffix}"] = Spelling(
@@ -219,7 +219,7 @@ def available() -> dict[str, type[Method]]:
 
 
 def _last_variant(base: str) -> str:
-    return [name for name, cls in _REGISTRY.items() if name == base or cls.base_name == base][-1]
+    return [name for name, cls in _REGISTRY.items() if name == base or cls.variant.base == base][-1]
 
 
 def get(name: str) -> type[Method]:

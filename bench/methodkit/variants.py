@@ -16,6 +16,7 @@ This module only builds the classes; ``bench.methodkit.registry`` registers them
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from bench.choices import POST_STAGES
@@ -37,9 +38,9 @@ def make_variant(base: type[Method], suffix: str) -> type[Method]:
     The flags act only through ``Method.asymmetry`` (which ``contrastive_loss`` and the official losses
     call). A base whose step never asks for it would give a variant that trains exactly like the base,
     a silent copy in every table; so the variant's first step checks that it did and otherwise fails in
-    one line naming the fix (``uses_contrastive_loss = False`` on the base: no variants)."""
+    one line naming the fix (``VariantSpec(uses_contrastive_loss=False)`` on the base: no variants)."""
     inferior, hard, summary = VARIANTS[suffix]
-    note = f" [{base.variant_note}]" if getattr(base, "variant_note", "") else ""
+    note = f" [{base.variant.note}]" if base.variant.note else ""
 
     def asymmetry(self) -> dict[str, Any]:
         self.asymmetry_calls = getattr(self, "asymmetry_calls", 0) + 1
@@ -53,8 +54,8 @@ def make_variant(base: type[Method], suffix: str) -> type[Method]:
                 raise ConfigError(
                     f"method {self.name!r} would train exactly like {base.name!r}: {base.name}.training_step "
                     "never calls self.contrastive_loss (nor self.asymmetry), through which the -ip/-hn/-iphn "
-                    f"variants act; allowed: a loss through self.contrastive_loss, or uses_contrastive_loss = False "
-                    f"on {base.__name__} (no variants)"
+                    f"variants act; allowed: a loss through self.contrastive_loss, or "
+                    f"variant = VariantSpec(uses_contrastive_loss=False) on {base.__name__} (no variants)"
                 )
             self.variant_checked = True
         return result
@@ -66,9 +67,9 @@ def make_variant(base: type[Method], suffix: str) -> type[Method]:
             "__doc__": f"{base.name} with {summary} (A-InfoNCE).",
             "__module__": base.__module__,
             "description": f"{base.name.upper()} + A-InfoNCE: {summary}{note}",
-            "inferior_positives": inferior,
-            "hard_negatives": hard,
-            "base_name": base.name,
+            "variant": dataclasses.replace(
+                base.variant, inferior_positives=inferior, hard_negatives=hard, base=base.name
+            ),
             "asymmetry": asymmetry,
             "training_step": training_step,
         },

@@ -73,7 +73,7 @@ class PathRun:
         self.shards = Shards(count, shard_generators(config.seed, range(count), device))
         self.batch = min(settings.batch_size, images.shape[0])
         self.step, self.order = 0, None
-        self.batch_norm = "whole" if count == 1 or getattr(method, "synced_batch_norm", False) else "per-shard"
+        self.batch_norm = "whole" if count == 1 or type(method).model.synced_bn else "per-shard"
         if batches is not None:
             method.augment = ReplayAugment(self.shards.generators)
             if getattr(type(method), "weak_augment", None) is not None:
@@ -188,7 +188,7 @@ def untrained_teacher(method: Method, arch: str, in_channels: int) -> torch.nn.M
     """A distilling method's teacher (DeACL's SimCLR encoder) at its initial weights: the step
     forwards it frozen, so its cost does not depend on its weights, and pretraining it first
     would only lengthen the benchmark."""
-    teacher = registry.get(method.teacher_method)
+    teacher = registry.get(type(method).teacher.method)
     return teacher(teacher.make_params({})).build_model(arch, in_channels)
 
 
@@ -197,7 +197,7 @@ def build_method(run: MethodRun, in_channels: int, folder: Path, train_images: t
     config = run.config
     method = run.method_class(random_pseudo_labels(run.params, train_images.shape[0], folder, config.seed))
     torch.manual_seed(config.seed)
-    if method.requires_teacher and not getattr(run.params, "teacher", ""):
+    if run.method_class.teacher is not None and not getattr(run.params, "teacher", ""):
         method.set_teacher(untrained_teacher(method, config.model.arch, in_channels), {"source": "bench speed"})
     model = method.build_model(config.model.arch, in_channels).to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)

@@ -189,7 +189,7 @@ def paper_schedule(name: str) -> tuple[int, int]:
 
 def family(name: str) -> str:
     cls = registry.get(name)
-    return cls.base_name or cls.name
+    return cls.variant.base or cls.name
 
 
 def measured_rate(rows: list, name: str, arch: str, path: str = "fast") -> tuple[float | None, str]:

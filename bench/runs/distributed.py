@@ -19,7 +19,7 @@ from bench.engine.device import resolve_device
 from bench.errors import ConfigError
 from bench.runs.pipeline import DataCache, run_plan
 from bench.runs.plan import build_plan
-from bench.runs.stages import give_teacher
+from bench.runs.stages import give_inputs
 from bench.runs.train import pretrain
 from bench.store.results import ResultsStore
 
@@ -46,11 +46,12 @@ def plan_for_world(plan: Any, request: Any, world: int) -> Any:
     )
     ids = {run.run_id for run in runs}
     for run in runs:
-        if run.teacher and run.teacher not in ids:
-            raise ConfigError(
-                f"pretrain.shards is unset under torchrun ({world} processes) but run {run.run_id} "
-                "publishes its own and its teacher does not: allowed --set pretrain.shards=N"
-            )
+        for name, upstream in run.upstream.items():
+            if upstream not in ids:
+                raise ConfigError(
+                    f"pretrain.shards is unset under torchrun ({world} processes) but run {run.run_id} "
+                    f"publishes its own and its {name} does not: allowed --set pretrain.shards=N"
+                )
     return dataclasses.replace(plan, base=dataclasses.replace(plan.base, jobs=1), runs=runs)
 
 
@@ -72,7 +73,6 @@ def follow(plan: Any) -> None:
         torch.manual_seed(run.config.seed)
         data = cache.get(run.config.data.name, run.config)
         method = run.method_class(run.params)
-        if run.teacher:  # rank 0 wrote the teacher's encoder before its student's pretraining started
-            give_teacher(method, store.run(run.teacher))
+        give_inputs(method, run, store)  # rank 0 wrote a teacher's encoder before its student's pretraining started
         model = method.build_model(run.config.model.arch, data.channels)
         pretrain(method, model, data.x_train, run.config, store.run(run.run_id), device, resume=message["resume"])

@@ -102,7 +102,7 @@ def run_experiment(run: MethodRun) -> dict[str, Any]:
     if request is None:
         raise ValueError(f"run {run.run_id} carries no request to write an experiment from")
     method = run.method_class
-    teacher = registry.get(method.teacher_method) if run.teacher else None
+    teacher = registry.get(method.teacher.method) if "teacher" in run.inputs and method.teacher else None
     readers = [method] + ([teacher] if teacher is not None else [])
     # scoped by the run's label (acl++), whose post stage reads the post_* parameters too
     scopes = [run.method] + ([teacher.name] if teacher is not None else [])

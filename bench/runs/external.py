@@ -32,9 +32,10 @@ from bench.evaluation import protocol_resolution
 from bench.evaluation.finetune import check_dual_bn, scheme_settings
 from bench.methodkit import registry
 from bench.methodkit.method import MethodParams
-from bench.runs.imported import ImportedEncoder, file_digest
+from bench.runs.imported import ImportedEncoder
 from bench.runs.plan import MethodRun, RunPlan, RunRequest, assemble
 from bench.store.atomic import atomic_write
+from bench.store.provenance import file_digest
 
 ROBUSTBENCH_DATASETS = ("cifar10", "cifar100")
 

@@ -19,7 +19,6 @@ stage and the index. Two stages differ, each by one call into this module:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,18 +30,9 @@ from bench.config import RunConfig
 from bench.engine.checkpoints import CheckpointError, load_encoder
 from bench.engine.data import ImageData
 from bench.evaluation.scheme_run import evaluate_ready_classifier, finetune_and_evaluate_scheme
-from bench.store.provenance import environment, now
+from bench.store.provenance import environment, file_digest, now
 from bench.store.results import RunDir
 from bench.store.rows import Measurement
-
-
-def file_digest(path: Path) -> str:
-    """Short sha256 of the file's bytes: the ``file`` of an external run's identity."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
 
 
 @dataclass(frozen=True)

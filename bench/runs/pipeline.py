@@ -213,9 +213,9 @@ def run_in_workers(
     free = worker_devices(device, jobs)
     # Teachers first (their students wait for them), then adversarial methods (several attack passes
     # per step): the cheap ones fill the tail.
-    teachers = {run.teacher for run in plan.runs}
+    teachers = {upstream for run in plan.runs for upstream in run.upstream.values()}
     pending = sorted(
-        plan.runs, key=lambda run: (run.run_id not in teachers, not run.method_class.has_adversarial_views)
+        plan.runs, key=lambda run: (run.run_id not in teachers, not run.method_class.variant.adversarial_views)
     )
     active: list[_Worker] = []
     outcomes: dict[str, RunOutcome] = {}
@@ -252,18 +252,18 @@ def run_in_workers(
 
 
 def next_ready(pending: list[MethodRun], outcomes: dict[str, RunOutcome], store: ResultsStore) -> MethodRun | None:
-    """The first pending run whose teacher (if any) has finished; a run whose teacher failed is
-    recorded as failed (and returned, so the caller drops it)."""
+    """The first pending run whose upstream runs (``MethodRun.upstream``: a teacher) have all finished; a
+    run one of whose upstream runs failed is recorded as failed (and returned, so the caller drops it)."""
     for run in pending:
-        if not run.teacher:
-            return run
-        teacher = outcomes.get(run.teacher)
-        if teacher is None:
+        finished = {name: outcomes.get(upstream) for name, upstream in run.upstream.items()}
+        if None in finished.values():
             continue
-        if teacher.status == "failed":
-            reason = f"TeacherFailed: its teacher run {run.teacher} failed ({teacher.reason})"
-            store.run(run.run_id).mark_failed(reason)
-            outcomes[run.run_id] = RunOutcome(run.run_id, run.method, "failed", reason)
+        for name, outcome in finished.items():
+            if outcome.status == "failed":
+                reason = f"{name.capitalize()}Failed: its {name} run {outcome.run_id} failed ({outcome.reason})"
+                store.run(run.run_id).mark_failed(reason)
+                outcomes[run.run_id] = RunOutcome(run.run_id, run.method, "failed", reason)
+                break
         return run
     return None
 

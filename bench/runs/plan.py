@@ -28,7 +28,6 @@ jobs, directories).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,15 +38,21 @@ from bench.evaluation import protocol_resolution
 from bench.evaluation.finetune import scheme_settings
 from bench.evaluation.scheme_run import scheme_evaluation
 from bench.methodkit import registry
-from bench.methodkit.downloads import PseudoLabelSource, resolve_pseudo_labels
+from bench.methodkit.downloads import resolve_pseudo_labels
 from bench.methodkit.method import Method, MethodParams
 from bench.methodkit.post import POST_FIELDS, PostParams, PostSettings, published, run_params, stage_settings
 from bench.runs.imported import ImportedEncoder
+from bench.runs.plan_checks import check_protocol, check_unscoped_params
+from bench.store.provenance import file_digest
 
 # Fields that say where and how a run executes, not what it computes: outside the identity.
 VOLATILE_FIELDS = ("methods", "device", "jobs", "results_dir", "reports_dir")
 # Config sections that decide the pretrained encoder; finetuning and evaluation settings do not.
 PRETRAINING_FIELDS = ("preset", "seed", "model", "attack", "pretrain", "method", "method_params")
+
+
+# The names of ``MethodRun.inputs`` whose values are run ids: runs that must finish first (``MethodRun.upstream``).
+RUN_INPUTS = ("teacher",)
 
 
 @dataclass
@@ -79,8 +84,11 @@ class MethodRun:
     pretrain_key: str  # of the identity's pretraining part: runs sharing it share an encoder
     identity: dict[str, Any]  # what the hashes cover (JSON-serialisable)
     flags: tuple[str, ...] = ()  # carried by every row of the run (e.g. pseudo_labels:released-b28763e)
-    pseudo_labels: PseudoLabelSource | None = None  # the AdvCL family's labels (bench.methodkit.downloads)
-    teacher: str = ""  # run id of the run whose encoder this one distils from (DeACL), '' for none
+    # What the method's stages are handed besides its config, by name (``bench.runs.stages.give_inputs``), as
+    # the method asks for them: 'teacher' (its ``TeacherSpec``): the id of the run whose encoder it distils
+    # (DeACL); 'pseudo_labels' (its ``pseudo_labels`` parameters): the AdvCL family's label source
+    # (bench.methodkit.downloads.PseudoLabelSource). The names in ``RUN_INPUTS`` hold run ids: ``upstream``.
+    inputs: dict[str, Any] = field(default_factory=dict)
     imported: ImportedEncoder | None = None  # bench evaluate --checkpoint: no training (bench.runs.imported)
     # The post stage ('' none, 'pp': LP-AFT, bench.evaluation.post), its parameters (identity, not pretraining key)
     # and resolved settings; ``registered``: the method that pretrains (``acl`` for ``acl++``; '' = ``method``).
@@ -99,6 +107,11 @@ class MethodRun:
         """The method's parameters, after the post stage's when it has one (the identity's ``method_params``)."""
         post = dataclasses.asdict(self.post_params) if self.post_params is not None else {}
         return {**post, **dataclasses.asdict(self.params)}
+
+    @property
+    def upstream(self) -> dict[str, str]:
+        """The runs that must finish before this one starts, by input name (their encoders are its inputs)."""
+        return {name: self.inputs[name] for name in RUN_INPUTS if name in self.inputs}
 
     def settings_note(self) -> str:
         """'' when its method has a published row for the preset, else the line ``--dry-run`` prints: it runs
@@ -127,7 +140,7 @@ class MethodRun:
             "config": to_dict(self.config),
             "params": self.all_params(),
             "flags": list(self.flags),
-            "pseudo_labels": self.pseudo_labels.to_dict() if self.pseudo_labels else None,
+            "pseudo_labels": labels.to_dict() if (labels := self.inputs.get("pseudo_labels")) else None,
         }
 
     def scheme_dicts(self) -> list[dict[str, Any]]:
@@ -215,34 +228,6 @@ def resolve_params(method: type[Method], config: RunConfig, request: RunRequest)
     return method.make_params(method_values(method, config, request))
 
 
-def check_protocol(method: type[Method], config: RunConfig, label: str = "") -> None:
-    """Every scheme's settings resolve under the run's protocol (the method is covered; dual-BN AFF has its
-    branches), so a plan that would fail in finetuning fails here."""
-
-    label = label or method.name
-    for scheme in config.finetune.schemes:
-        settings = scheme_settings(config, scheme, label)
-        if settings.dual_bn and (method.finetune_bn == "normal" or "normal" not in method.bn_branches):
-            raise ConfigError(
-                f"protocol {settings.protocol!r} is invalid for {label}: its {scheme} needs BN "
-                f"branches 'normal' and a finetuning branch, the method has {list(method.bn_branches)}"
-            )
-
-
-def check_unscoped_params(request: RunRequest, names: list[str]) -> None:
-    """An unscoped ``--param KEY=V`` must be read by at least one selected method (else it is a typo
-    or a knob of a variant that was not selected, and would silently change nothing)."""
-    methods = [registry.get(name) for name in names]
-    for key, value in request.method_params.get("*", {}).items():
-        readers = [cls for cls in methods if key in field_types(cls.Params) and key not in cls.unread_params()]
-        if not readers and any(key in field_types(cls.Params) for cls in methods):
-            read = sorted({name for cls in methods for name in set(field_types(cls.Params)) - cls.unread_params()})
-            raise ConfigError(
-                f"--param {key}={value} is invalid: no selected method reads {key!r} "
-                f"(e.g. alpha is read by the -ip variants only); allowed {read}"
-            )
-
-
 def identity(
     method: type[Method], config: RunConfig, params: MethodParams, label: str = "", post: PostParams | None = None
 ) -> dict[str, Any]:
@@ -304,8 +289,11 @@ def resolve_run(
     payload = identity(method, config, params, label, post)
     if teacher is not None:
         payload["teacher"] = {"method": teacher.method, "pretrain_key": teacher.pretrain_key}
-    elif method.requires_teacher and getattr(params, "teacher", ""):
-        payload["teacher"] = {"file_sha256": file_digest(Path(params.teacher).expanduser())}
+    elif method.teacher is not None and getattr(params, "teacher", ""):
+        path = Path(params.teacher).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"teacher={str(path)!r} is invalid: allowed an existing encoder file")
+        payload["teacher"] = {"file_sha256": file_digest(path)}
     digest = config_hash({key: value for key, value in payload.items() if key != "seed"})
     run_id = f"{label}-{config.preset}-{config.data.name}-s{config.seed}-{digest}"
     return MethodRun(
@@ -317,8 +305,10 @@ def resolve_run(
         pretraining_key(pretraining_payload(spelled, params, payload)),
         payload,
         flags=(labels.flag,) if labels else (),
-        pseudo_labels=labels,
-        teacher=teacher.run_id if teacher is not None else "",
+        inputs={
+            **({"pseudo_labels": labels} if labels else {}),
+            **({"teacher": teacher.run_id} if teacher is not None else {}),
+        },
         post=spelled.post,
         post_params=post,
         post_settings=stage_settings(method, spelled, config, params, post),
@@ -328,9 +318,9 @@ def resolve_run(
 
 
 def teacher_run(student: type[Method], request: RunRequest, base: RunConfig) -> MethodRun:
-    """The run a distilling method's teacher comes from: its ``teacher_method`` under the same
+    """The run a distilling method's teacher comes from: its ``teacher.method`` under the same
     preset, data, overrides and seed (the user's ``--param`` for that method, and the '*' ones it has)."""
-    teacher = registry.get(student.teacher_method)
+    teacher = registry.get(student.teacher.method)
     known = field_types(teacher.Params)
     params = {
         "*": {key: value for key, value in request.method_params.get("*", {}).items() if key in known},
@@ -344,21 +334,10 @@ def resolve_method(
 ) -> list[MethodRun]:
     """The method's run, preceded by its teacher's run when it distils from one and no teacher file is given."""
     run = resolve_run(method, request, base, spelled=spelled)
-    if not method.requires_teacher or getattr(run.params, "teacher", ""):
+    if method.teacher is None or getattr(run.params, "teacher", ""):
         return [run]
     teacher = teacher_run(method, request, base)
     return [teacher, resolve_run(method, request, base, teacher, spelled)]
-
-
-def file_digest(path: Path) -> str:
-    """Short sha256 of a file's bytes (a missing file is a one-line error naming it)."""
-    if not path.is_file():
-        raise ConfigError(f"teacher={str(path)!r} is invalid: allowed an existing encoder file")
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
 
 
 def expand(request: RunRequest) -> list[RunRequest]:

@@ -93,10 +93,10 @@ def encoder_checkpoint(method: Method, model, run: MethodRun, in_channels: int) 
     return EncoderCheckpoint(
         model=model.state_dict(),
         arch=config.model.arch,
-        bn_branches=tuple(method.bn_branches),
-        projector=method.projector,
-        normalization=method.normalization,
-        finetune_bn=method.finetune_bn,
+        bn_branches=tuple(method.model.branches),
+        projector=method.model.projector,
+        normalization=method.model.normalization,
+        finetune_bn=method.model.finetune_bn,
         in_channels=in_channels,
         method=run.method,
         run_id=run.run_id,
@@ -123,12 +123,14 @@ def prepare_run_dir(run_dir: RunDir, ctx: StageContext, name: str) -> None:
         run_dir.failed.unlink(missing_ok=True)
 
 
-def give_teacher(method: Method, teacher: RunDir) -> None:
-    """Hand a distilling method its teacher: the finished encoder of the teacher run (weights only)."""
-    if not teacher.encoder.exists():
-        raise StageError(f"teacher run {teacher.run_id} has no encoder yet: it must finish its pretraining first")
-    model, info = load_encoder(teacher.encoder, "bench")
-    method.set_teacher(model, {**info, "run_id": teacher.run_id})
+def give_inputs(method: Method, run: MethodRun, store: ResultsStore) -> None:
+    """Hand the method, before its model is built, its inputs from other runs (``MethodRun.upstream``)."""
+    for name, upstream in run.upstream.items():  # 'teacher' so far: the run's finished encoder, weights only
+        teacher = store.run(upstream)
+        if not teacher.encoder.exists():
+            raise StageError(f"{name} run {upstream} has no encoder yet: it must finish its pretraining first")
+        model, info = load_encoder(teacher.encoder, "bench")
+        method.set_teacher(model, {**info, "run_id": upstream})
 
 
 def pretrain_stage(run: MethodRun, ctx: StageContext) -> bool:
@@ -161,8 +163,7 @@ def pretrain_stage(run: MethodRun, ctx: StageContext) -> bool:
     torch.manual_seed(config.seed)
     data = ctx.cache.get(config.data.name, config)
     method = run.method_class(run.params)
-    if run.teacher:
-        give_teacher(method, ctx.store.run(run.teacher))
+    give_inputs(method, run, ctx.store)
     model = method.build_model(config.model.arch, data.channels)
     donor = None if ctx.force else find_encoder(ctx.store, run.pretrain_key, exclude=run.run_id)
     encoder = method.encoder_for_finetuning(model)  # a donor's encoder.pt has this structure
@@ -294,16 +295,9 @@ def finetune_stage(run: MethodRun, scheme: str, ctx: StageContext) -> bool:
         measurements = run.imported.measure(scheme, eval_data, config, ctx.device, run_dir, run.method)
     else:
         method, model = load_run_encoder(run, run_dir)
+        branch = method.model.finetune_bn  # the BN branch the scheme loads
         measurements = finetune_and_evaluate_scheme(
-            model,
-            method.finetune_bn,
-            eval_data,
-            config,
-            ctx.device,
-            run_dir,
-            scheme,
-            label=run.method,
-            method=run.method,
+            model, branch, eval_data, config, ctx.device, run_dir, scheme, label=run.method, method=run.method
         )
     context = RowContext.of(
         run.run_id,

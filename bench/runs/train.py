@@ -258,9 +258,7 @@ def pretrain(
     collective = distributed_step.active()
     if collective is not None and collective.rank == 0:
         collective.broadcast_object({"run_id": run_dir.run_id, "resume": resume})  # the others join (follow)
-    batch_norm = distributed_step.check_shards(
-        config.pretrain.shards, collective, device, bool(getattr(method, "synced_batch_norm", False))
-    )
+    batch_norm = distributed_step.check_shards(config.pretrain.shards, collective, device, type(method).model.synced_bn)
     check_switches(config.pretrain, device)
     compiled = "compile_attack" if config.pretrain.compile_attack else "compile"
     if batch_norm == "per-shard" and collective is None and (config.pretrain.compile or config.pretrain.compile_attack):

@@ -5,6 +5,7 @@ Kept apart from the store (``bench.store.results``) so that reading results neve
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import socket
@@ -85,3 +86,12 @@ def environment(device=None) -> dict[str, str]:
 def now() -> str:
     """UTC time stamp, to the second, as every stored file writes it."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def file_digest(path: Path) -> str:
+    """Short sha256 of a file's bytes: what identifies a file a run reads (a teacher, an imported checkpoint)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]

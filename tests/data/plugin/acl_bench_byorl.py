@@ -21,6 +21,7 @@ from bench.engine.views import StrongAugment
 from bench.methodkit.method import Published, StepContext, pretraining_pgd
 from bench.methodkit.momentum import MomentumMethod, MomentumParams
 from bench.methodkit.registry import register
+from bench.methodkit.spec import ModelSpec, PublishedSettings, VariantSpec
 
 PROJECTION = 128  # every built-in projector but 'none' ends in 128 features
 SMOKE = {"byorl": Published(source="smoke: the harness defaults, BYOL's cosine τ from 0.99")}
@@ -41,13 +42,14 @@ def regression(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 @register("byorl")
 class BYORL(MomentumMethod):
     description = "BYORL (Gowal et al. 2020): BYOL with PGD on the BYOL loss (example plugin)"
-    projector = "advcl"  # Linear-BN-ReLU-Linear, the closest to BYOL's
-    has_adversarial_views = True  # reports list it after the non-adversarial anchors
-    uses_contrastive_loss = False  # a regression loss: no -ip/-hn/-iphn variants
+    model = ModelSpec(projector="advcl")  # Linear-BN-ReLU-Linear, the closest to BYOL's
+    # adversarial views (reports list it after the non-adversarial anchors), but a regression loss,
+    # not self.contrastive_loss: no -ip/-hn/-iphn variants
+    variant = VariantSpec(adversarial_views=True, uses_contrastive_loss=False)
     selected_by_all = False  # --methods all stays the A-InfoNCE table; select it by name
     ignored_params = ("temperature",)  # no InfoNCE: a user value would change nothing
     Params = BYORLParams
-    smoke = SMOKE
+    published_settings = PublishedSettings(smoke=SMOKE)
     augment = StrongAugment(crop_scale=(0.08, 1.0))
 
     @classmethod

@@ -384,6 +384,7 @@ def test_a_failed_collective_is_a_lost_peer_and_the_run_is_recorded_resumable(tm
     import torch
 
     from bench.engine import collective
+    from bench.methodkit.method import Method
     from bench.runs import train
     from bench.store.results import RunDir
 
@@ -408,7 +409,7 @@ def test_a_failed_collective_is_a_lost_peer_and_the_run_is_recorded_resumable(tm
     for error, resumable in ((collective.PeerLost("a collective failed"), True), (ValueError("own bug"), False)):
         monkeypatch.setattr(train, "_pretrain", failing(error))
         with pytest.raises(collective.DistributedRunFailed):
-            train.pretrain(None, None, None, _Config(), run_dir, torch.device("cpu"))
+            train.pretrain(Method(), None, None, _Config(), run_dir, torch.device("cpu"))
         assert run_dir.failure_is_resumable() is resumable
 
 

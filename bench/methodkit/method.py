@@ -169,18 +169,7 @@ class Method(LegacySpellings):
         if preset not in PRESETS:
             raise ConfigError(f"preset={preset!r} is invalid: allowed {list(PRESETS)}")
         names = [name for name in (cls.name, cls.variant.base) if name]
-        smoke, paper = cls.published_settings.smoke, cls.published_settings.paper
-        if preset == "smoke":
-            return next((smoke[name] for name in names if name in smoke), Published())
-        for name in names:
-            if name in paper:
-                row = paper[name]
-                if dataset in row or "*" in row:
-                    return row[dataset] if dataset in row else row["*"]
-                raise ConfigError(
-                    f"dataset={dataset!r} is invalid for the paper settings of {cls.name!r}: allowed {sorted(row)}"
-                )
-        return Published()
+        return cls.published_settings.row(names, preset, dataset, cls.name)
 
     @classmethod
     def make_params(cls, overrides: Mapping[str, Any]) -> MethodParams:

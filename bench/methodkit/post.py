@@ -158,18 +158,7 @@ def post_published(method: type[Method], label: str, form: str, preset: str, dat
     ``form``, from the method's tables. '' (any other method's ``<name>++``): the method's own row, and in
     the smoke preset the smoke stage ``SMOKE_POST_PARAMS``; the stage's other settings are its defaults."""
     if form:
-        names = list(dict.fromkeys((label, form)))
-        if preset == "smoke":
-            return next((method.smoke[name] for name in names if name in method.smoke), Published())
-        for name in names:
-            if name in method.paper:
-                row = method.paper[name]
-                if dataset in row or "*" in row:
-                    return row[dataset] if dataset in row else row["*"]
-                raise ConfigError(
-                    f"dataset={dataset!r} is invalid for the paper settings of {label!r}: allowed {sorted(row)}"
-                )
-        return Published()
+        return method.published_settings.row(list(dict.fromkeys((label, form))), preset, dataset, label)
     row = method.published(preset, dataset)
     stage = SMOKE_POST_PARAMS if preset == "smoke" else {}
     note = "post stage: LP 1 + AFT 2 epochs, batch 64, PGD-2" if stage else "post stage: PKU-ML/DYNACL LPAFT.py"

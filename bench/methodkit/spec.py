@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,6 +174,21 @@ class PublishedSettings:
         for row in rows:
             if not isinstance(row, Published):
                 raise ConfigError(f"PublishedSettings row {row!r} is invalid: allowed Published(...) rows")
+
+    def row(self, names: Sequence[str], preset: str, dataset: str, label: str) -> Published:
+        """The row of the first of ``names`` that has one for ``preset`` (else an empty ``Published``). A paper
+        row lists its datasets: one it lacks is a ``ConfigError`` naming ``label`` unless the row has '*'."""
+        if preset == "smoke":
+            return next((self.smoke[name] for name in names if name in self.smoke), Published())
+        for name in names:
+            if name in self.paper:
+                row = self.paper[name]
+                if dataset in row or "*" in row:
+                    return row[dataset] if dataset in row else row["*"]
+                raise ConfigError(
+                    f"dataset={dataset!r} is invalid for the paper settings of {label!r}: allowed {sorted(row)}"
+                )
+        return Published()
 
 
 SPECS = {"model": ModelSpec, "variant": VariantSpec, "published_settings": PublishedSettings}

@@ -159,9 +159,9 @@ def install_spies(monkeypatch, seen: Seen) -> None:
     monkeypatch.setattr(F, "kl_div", unit_kl)
     real_loss = module.scheme_loss
 
-    def scheme_loss(classifier, settings, x, y, generator):
+    def scheme_loss(classifier, settings, x, y, generator, *rest):  # rest: the post stage's reference_bn
         seen.batches += 1
-        loss = real_loss(classifier, settings, x, y, generator)
+        loss = real_loss(classifier, settings, x, y, generator, *rest)
         if settings.scheme == "AFF":
             seen.betas.append(float(loss.detach()) - seen.last_ce[-1])
         return loss

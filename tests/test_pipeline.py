@@ -86,7 +86,6 @@ def test_run_stores_every_scheme_and_attack_then_skips_reruns(tmp_path):
     assert len(_rows(tmp_path)) == len(rows) + len(simclr)
 
 
-@pytest.mark.slow
 @pytest.mark.e2e
 def test_stored_encoder_can_be_finetuned_again_and_exported(tmp_path, shared_run):
     copy_store(shared_run("--methods", "acl", *TINY), tmp_path)  # made once per session
@@ -206,7 +205,6 @@ def _tiny(tmp_path, *extra):
     return main(["run", "--methods", "acl", *_dirs(tmp_path), *TINY, "--no-report", *extra])  # none reads a report
 
 
-@pytest.mark.slow
 @pytest.mark.e2e
 def test_changing_only_evaluation_settings_reuses_the_encoder(tmp_path, shared_run):
     import torch

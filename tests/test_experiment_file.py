@@ -171,8 +171,10 @@ def test_write_config_gives_the_resolved_experiment_back(tmp_path, capsys):
         RunRequest(methods=("acl++",), overrides={"evaluate.epsilon_curve": "", "data.download": "true"}),
         RunRequest(methods=("simclr", "deacl"), method_params={"simclr": {"temperature": "0.2"}}),
         RunRequest(methods=("simclr", "deacl"), method_params={"*": {"temperature": "0.2"}}),
+        # a published post form's quirk, read for the stage though the method alone refuses it
+        RunRequest(methods=("dynacl++",), method_params={"dynacl++": {"quirks": "official", "post_epochs": "3"}}),
     ],
-    ids=["unscoped-param", "set-and-scoped", "protocol", "post", "teacher-param", "teacher-shared-param"],
+    ids=["unscoped-param", "set-and-scoped", "protocol", "post", "teacher-param", "teacher-shared-param", "post-form"],
 )
 def test_a_runs_config_yaml_resolves_to_its_run_id(request_, tmp_path, capsys):
     plan = build_plan(dataclasses.replace(request_, dry_run=True))  # nothing fetched

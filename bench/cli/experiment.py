@@ -23,7 +23,7 @@ from bench.cli.commands import SHORT_FLAGS
 from bench.config import ConfigError, preset
 from bench.engine import progress
 from bench.methodkit import registry
-from bench.methodkit.post import POST_FIELDS, make_post_params
+from bench.methodkit.post import run_params
 from bench.runs.experiment_file import plain, read_experiment, write_experiment
 from bench.runs.plan import RunRequest, assemble
 
@@ -198,11 +198,8 @@ def check_values(path: Path, defaults: dict[str, Any], keys: dict[str, argparse.
         scope, _, parameter = scoped.rpartition(":")
         if scope:
             spelled = _blame(path, f"params.{scope}", registry.spelling, scope)
-            method = registry.get(scope)
-            if spelled.post and parameter in POST_FIELDS:  # acl++: the post stage's own parameters
-                _blame(path, f"params.{scope}.{parameter}", make_post_params, {parameter: raw}, scope)
-            else:
-                _blame(path, f"params.{scope}.{parameter}", method.make_params, {parameter: raw})
+            # the plan's own reading: the post stage's parameters (acl++) and a published form's quirks (dynacl++)
+            _blame(path, f"params.{scope}.{parameter}", run_params, registry.get(scope), spelled, {parameter: raw})
 
 
 def _blame(path: Path, key: str, check: Callable[..., Any], *arguments: Any) -> Any:

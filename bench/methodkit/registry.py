@@ -156,7 +156,7 @@ def spelling(name: str) -> Spelling:
         cls = _REGISTRY[method]
         description = f"{cls.description}, then LP-AFT on K-means pseudo-labels (--post pp)"
         return Spelling(name, method, "pp", listed=False, description=description)
-    listing = sorted(_listed())
+    listing = sorted(available())
     raise _unregistered(f"method {name!r} is not registered{did_you_mean(name, listing)}: allowed {listing}")
 
 
@@ -227,12 +227,6 @@ def get(name: str) -> type[Method]:
     return _REGISTRY[spelling(name).method]
 
 
-def _listed(names=None) -> list[str]:
-    """The names a listing, a pattern or an error message offers: the methods and the published post forms
-    (every method also has its ``<method>++``, never listed)."""
-    return list(available() if names is None else names)
-
-
 def resolve(names: tuple[str, ...] | list[str]) -> list[str]:
     """Expand 'all' and shell-style wildcards (``advcl*``, ``*-hn``) and check every name, before any
     work starts. Methods come once each, in the order asked (a wildcard's in registration order)."""
@@ -242,15 +236,13 @@ def resolve(names: tuple[str, ...] | list[str]) -> list[str]:
         if name == "all":  # the methods that declare ``selected_by_all`` (bench.methodkit.method.Method)
             chosen = [candidate for candidate, cls in registered.items() if cls.selected_by_all]
         elif any(character in name for character in "*?["):
-            # never the ++ forms asked for earlier in this process: a pattern means the same each time
-            chosen = [candidate for candidate in _listed(registered) if fnmatch.fnmatchcase(candidate, name)]
+            # the listed names (methods, published post forms), never another ``<method>++``
+            chosen = [candidate for candidate in registered if fnmatch.fnmatchcase(candidate, name)]
             if not chosen:
-                raise _unregistered(
-                    f"methods={name!r} matches no registered method: allowed {sorted(_listed(registered))}"
-                )
+                raise _unregistered(f"methods={name!r} matches no registered method: allowed {sorted(registered)}")
         else:
             chosen = [spelling(name).name]
         selected.extend(n for n in chosen if n not in selected)
     if not selected:
-        raise ConfigError(f"methods={list(names)!r} selects nothing: allowed 'all' or {sorted(_listed(registered))}")
+        raise ConfigError(f"methods={list(names)!r} selects nothing: allowed 'all' or {sorted(registered)}")
     return selected

@@ -73,8 +73,11 @@ class ModelSpec:
         if isinstance(self.branches, str) or not self.branches or not all(isinstance(b, str) for b in self.branches):
             raise ConfigError(f"ModelSpec.branches={self.branches!r} is invalid: allowed a non-empty tuple of names")
         object.__setattr__(self, "branches", tuple(self.branches))  # a list from a plugin: hashable, frozen
+        if self.branches[0] != "normal":  # the clean branch: forward(), adaptive α and the post stage read it
+            raise ConfigError(f"ModelSpec.branches={self.branches!r} is invalid: allowed names starting with 'normal'")
         _check_choice("ModelSpec.projector", self.projector, sorted(PROJECTORS))
-        _check_choice("ModelSpec.normalization", self.normalization, sorted(NORMALIZATIONS))
+        # 'custom' is a loaded checkpoint's own statistics (bench.engine.checkpoints), not one a method declares
+        _check_choice("ModelSpec.normalization", self.normalization, sorted(set(NORMALIZATIONS) - {"custom"}))
         _check_choice("ModelSpec.conv_init", self.conv_init, list(CONV_INITS))
         _check_choice("ModelSpec.finetune_bn", self.finetune_bn, list(self.branches))
         _check_flags(self)
@@ -170,10 +173,14 @@ class PublishedSettings:
     smoke: Mapping[str, Published] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        shape = "paper: {name: {dataset or '*': Published(...)}}, smoke: {name: Published(...)}"
+        tables = [self.paper, self.smoke, *(self.paper.values() if isinstance(self.paper, Mapping) else ())]
+        if not all(isinstance(table, Mapping) for table in tables):
+            raise ConfigError(f"PublishedSettings {self!r} is invalid: allowed {shape}")
         rows = [row for table in self.paper.values() for row in table.values()] + list(self.smoke.values())
         for row in rows:
             if not isinstance(row, Published):
-                raise ConfigError(f"PublishedSettings row {row!r} is invalid: allowed Published(...) rows")
+                raise ConfigError(f"PublishedSettings row {row!r} is invalid: allowed Published(...) rows ({shape})")
 
     def row(self, names: Sequence[str], preset: str, dataset: str, label: str) -> Published:
         """The row of the first of ``names`` that has one for ``preset`` (else an empty ``Published``). A paper

@@ -2,7 +2,7 @@
 
 ``run_plan`` takes a resolved ``RunPlan`` (``bench.runs.plan``) and runs each method run, in this
 process or in forked worker processes (CPU). A run is its stages (``bench.runs.stages``: pretrain,
-post when the method has one, finetune per scheme, finish) in sequence and writes only inside its
+post when the run has one, finetune per scheme, finish) in sequence and writes only inside its
 own run directory (``bench.store.results.RunDir``); after each run this process rebuilds the ``results.csv`` index.
 A completed run (same id) is skipped unless ``force``; an interrupted one continues from its
 checkpoint with ``resume``. ``bench sweep`` runs the same stages as scheduler jobs (``bench.runs.sweep``).
@@ -97,8 +97,10 @@ def run_plan(plan: RunPlan) -> list[RunOutcome]:
     jobs = resolve_jobs(plan.base.jobs, device, len(plan.runs))
     store = ResultsStore(plan.results_dir)
     cache = DataCache(device)
-    for run in plan.runs:  # a missing dataset fails here, before any training (an imported encoder's: no pretraining)
-        for name in filter(None, (None if run.imported else run.config.data.name, run.config.data.eval_name)):
+    for run in plan.runs:  # a missing dataset fails here, before anything is written or trained
+        data = run.config.data  # an imported encoder is not pretrained: only what it is evaluated on
+        names = (data.eval_name or data.name,) if run.imported else (data.name, data.eval_name)
+        for name in filter(None, names):
             cache.get(name, run.config)
     if jobs == 1:
         outcomes = []

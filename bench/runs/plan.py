@@ -84,10 +84,11 @@ class MethodRun:
     pretrain_key: str  # of the identity's pretraining part: runs sharing it share an encoder
     identity: dict[str, Any]  # what the hashes cover (JSON-serialisable)
     flags: tuple[str, ...] = ()  # carried by every row of the run (e.g. pseudo_labels:released-b28763e)
-    # What the method's stages are handed besides its config, by name (``bench.runs.stages.give_inputs``), as
-    # the method asks for them: 'teacher' (its ``TeacherSpec``): the id of the run whose encoder it distils
-    # (DeACL); 'pseudo_labels' (its ``pseudo_labels`` parameters): the AdvCL family's label source
-    # (bench.methodkit.downloads.PseudoLabelSource). The names in ``RUN_INPUTS`` hold run ids: ``upstream``.
+    # What the method's run needs besides its config, by name, as the method asks for it: 'teacher' (its
+    # ``TeacherSpec``): the id of the run whose encoder it distils (DeACL), handed over by
+    # ``bench.runs.stages.give_inputs``; 'pseudo_labels' (its ``pseudo_labels`` parameters): where the AdvCL
+    # family's labels come from (bench.methodkit.downloads.PseudoLabelSource), recorded in the identity and the
+    # rows' flags. The names in ``RUN_INPUTS`` hold run ids: ``upstream``.
     inputs: dict[str, Any] = field(default_factory=dict)
     imported: ImportedEncoder | None = None  # bench evaluate --checkpoint: no training (bench.runs.imported)
     # The post stage ('' none, 'pp': LP-AFT, bench.evaluation.post), its parameters (identity, not pretraining key)
@@ -221,11 +222,6 @@ def method_values(
             )
         values[key] = value
     return values
-
-
-def resolve_params(method: type[Method], config: RunConfig, request: RunRequest) -> MethodParams:
-    """The method's hyperparameters: Params defaults < published settings < protocol < the user's ``--param``."""
-    return method.make_params(method_values(method, config, request))
 
 
 def identity(

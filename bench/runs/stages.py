@@ -1,4 +1,4 @@
-"""The stages of one method run: pretrain, post (when the method has one), finetune-and-evaluate
+"""The stages of one method run: pretrain, post (when the run has one), finetune-and-evaluate
 (one per scheme), finish.
 
 ``bench run`` calls them in sequence in one process (``bench.runs.pipeline.run_method``); a sweep

@@ -1,7 +1,7 @@
 """Sweeps: a plan's stages as scheduler jobs, through submitit (SLURM or its local executor).
 
 A plan (seeds × datasets × methods, ``bench.runs.plan``) becomes jobs, one per stage of each
-incomplete run (``bench.runs.stages``): ``pretrain`` (with the post stage of a method that has one),
+incomplete run (``bench.runs.stages``): ``pretrain`` (with the post stage of a run that has one),
 then one ``finetune`` job per scheme that needs only that run's encoder, then one ``collect`` job
 (finish ready runs, rebuild ``results.csv``, write the report). Every job is a ``bench stage ...`` command
 line that rebuilds its run from the same request (the same run id, checked): what ``--dry-run --json`` prints.

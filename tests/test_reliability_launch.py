@@ -23,6 +23,16 @@ REPO = Path(__file__).resolve().parent.parent
 LINUX = sys.platform.startswith("linux") and Path("/proc").exists()
 
 
+def _as_from_a_terminal() -> None:
+    """In the child before ``exec``: SIGINT and SIGQUIT at their defaults, as a shell starts a command. The
+    test process may hold them ignored at that moment (C ``system()``, called by a library's thread, ignores
+    both in its caller while its own child runs) and a child inherits an ignored signal: ``bench`` would then
+    never see the Ctrl-C these tests send, and its workers would train on (seen in CI: 60 s timeouts and
+    orphans that slowed every later test)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def _bench(*args: str, **popen) -> subprocess.Popen:
     """``bench ARGS`` in a session of its own (its process group is its pid), stdout and stderr piped."""
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -32,6 +42,7 @@ def _bench(*args: str, **popen) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        preexec_fn=_as_from_a_terminal,
         **popen,
     )
 
@@ -86,13 +97,18 @@ def test_interrupting_two_jobs_prints_one_line_and_leaves_no_worker(tmp_path, st
         "run", "--methods", "acl", "simclr", "--jobs", "2", "--epochs", "200", "--device", "cpu", "--quiet",
         "--no-report", "--results-dir", str(tmp_path / "r"), "--reports-dir", str(tmp_path / "rep"),
     )  # fmt: skip
-    workers = _wait_until(lambda: len(_descendants(process.pid)) >= 2 and _descendants(process.pid), 120, "workers")
-    time.sleep(1.0)  # inside training, not at start-up
-    if stop == "ctrl-c":
-        os.killpg(process.pid, signal.SIGINT)
-    else:
-        process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
+    try:
+        workers = _wait_until(lambda: len(_descendants(process.pid)) >= 2 and _descendants(process.pid), 120, "workers")
+        time.sleep(1.0)  # inside training, not at start-up
+        if stop == "ctrl-c":
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:  # a failure here must not leave 200 epochs training beside the rest of the suite
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
     lines = err.decode(errors="replace").strip().splitlines()
     assert process.returncode == 130 and len(lines) <= 2, lines
     assert "interrupted" in lines[-1] and not any("Traceback" in line for line in lines)

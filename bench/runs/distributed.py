@@ -41,7 +41,7 @@ def plan_for_world(plan: Any, request: Any, world: int) -> Any:
             dataclasses.replace(request, overrides={**request.overrides, "pretrain.shards": str(world)})
         )
     runs = tuple(
-        wide if "shards" not in run.method_class.published(run.config.preset, run.config.data.name).pretrain else run
+        wide if "shards" not in run.published_row().pretrain else run
         for run, wide in zip(plan.runs, widened.runs, strict=True)
     )
     ids = {run.run_id for run in runs}

@@ -39,7 +39,7 @@ from bench.evaluation.finetune import scheme_settings
 from bench.evaluation.scheme_run import scheme_evaluation
 from bench.methodkit import registry
 from bench.methodkit.downloads import resolve_pseudo_labels
-from bench.methodkit.method import Method, MethodParams
+from bench.methodkit.method import Method, MethodParams, Published
 from bench.methodkit.post import POST_FIELDS, PostParams, PostSettings, published, run_params, stage_settings
 from bench.runs.imported import ImportedEncoder
 from bench.runs.plan_checks import check_protocol, check_unscoped_params
@@ -114,11 +114,16 @@ class MethodRun:
         """The runs that must finish before this one starts, by input name (their encoders are its inputs)."""
         return {name: self.inputs[name] for name in RUN_INPUTS if name in self.inputs}
 
+    def published_row(self) -> Published:
+        """The published row the plan resolved the run under: its label's (``dynacl++``: the form's rows)."""
+        config = self.config
+        return published(self.method_class, registry.spelling(self.method), config.preset, config.data.name)
+
     def settings_note(self) -> str:
         """'' when its method has a published row for the preset, else the line ``--dry-run`` prints: it runs
         under the harness defaults and the user's flags, which may be far from its paper's (a plugin without PAPER)."""
         config, pretrain = self.config, self.config.pretrain
-        if published(self.method_class, registry.spelling(self.method), config.preset, config.data.name).source:
+        if self.published_row().source:
             return ""
         return (
             f"{self.run_id}  {self.method} has no published {config.preset} settings: it runs under the harness "

@@ -73,3 +73,30 @@ def shared_run(tmp_path_factory):
         return target
 
     return make
+
+
+# The longest tests (seconds on 2 cores, ``--durations``), longest first. pytest-xdist's work stealing gives each
+# worker a contiguous share of the collection and steals from the end of a share: each share starts with its
+# part of these, so no worker is left to run a minute-long test alone at the end of the suite.
+LONGEST = (
+    "test_a_local_sweep_killed_preempted_stopped_and_rerun_gives_the_rows_of_bench_run",
+    "test_torchrun_ranks_killed_and_resumed_end_with_the_run_of_one_process_with_world_size_shards",
+    "test_a_tiny_real_study_through_the_local_pool_and_the_sweep_s_stage_jobs",
+    "test_run_stores_every_scheme_and_attack_then_skips_reruns",
+    "test_precision_check_runs_both_arms_on_cpu",
+    "test_spawned_workers_run_each_method_and_store_its_rows",
+    "test_the_page_loads_sorts_and_filters_in_chromium",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: index for index, name in enumerate(LONGEST)}
+    longest = sorted((item for item in items if item.originalname in rank), key=lambda item: rank[item.originalname])
+    others = [item for item in items if item.originalname not in rank]
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    share = -(-len(others) // workers)
+    items[:] = [
+        item
+        for worker in range(workers)
+        for item in (*longest[worker::workers], *others[worker * share : (worker + 1) * share])
+    ]

@@ -1,5 +1,7 @@
 """DDP on CPU with gloo and 2 processes (tests/ddp_ranks.py): the gathered gradient, DDP ≡ one process
-with ``pretrain.shards=2``, kill and resume; the shard rules under DDP; SyncBatchNorm swapping."""
+with ``pretrain.shards=2``, kill and resume; the shard rules under DDP; SyncBatchNorm swapping. ``torchrun
+bench pretrain`` itself (the run id, rank 0's writes, killed ranks and launcher):
+tests/test_reliability_launch.py."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ from bench.engine import collective
 from bench.engine.losses import nt_xent
 from bench.engine.models import build_contrastive_model
 from bench.runs import distributed
-from bench.runs.tracking import read_local
 
 METHODS = ["acl", "advcl-ip"]  # eval-mode attack with gathered negatives; train-mode attack, per-shard BN, CE, α
 
@@ -111,74 +112,6 @@ def test_sync_batch_norm_swaps_every_batch_norm_and_restores_the_originals():
     collective.restore_batch_norm(model, swapped)
     assert [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)] == originals
     assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())
-
-
-@pytest.mark.e2e
-def test_torchrun_pretrains_the_run_of_one_process_with_world_size_shards(tmp_path):
-    """`torchrun --nproc_per_node=2 bench pretrain` on CPU (gloo): one run, its id that of `--set
-    pretrain.shards=2` in one process, its encoder and history written once, by rank 0."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from bench.runs.plan import RunRequest, build_plan
-
-    flags = [
-        "--methods",
-        "simclr",
-        "--device",
-        "cpu",
-        "--results-dir",
-        str(tmp_path / "r"),
-        "--epochs",
-        "1",
-        "--set",
-        "pretrain.batch_size=256",
-        "--quiet",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "bench.cli",
-            "pretrain",
-            *flags,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    expected = (
-        build_plan(
-            RunRequest(
-                methods=("simclr",),
-                overrides={
-                    "device": "cpu",
-                    "pretrain.epochs": "1",
-                    "pretrain.batch_size": "256",
-                    "pretrain.shards": "2",
-                    "finetune.schemes": "",
-                },
-            )
-        )
-        .runs[0]
-        .run_id
-    )
-    runs = sorted(path.name for path in (tmp_path / "r" / "runs").iterdir())
-    assert runs == [expected]
-    run_dir = tmp_path / "r" / "runs" / expected
-    assert (run_dir / "encoder.pt").exists() and (run_dir / "done.json").exists()
-    assert len((run_dir / "pretrain_history.csv").read_text().splitlines()) == 1 + 1437 // 256
-    # the local tracker: rank 0 alone logs each step, once (bench.runs.tracking)
-    assert [line["step"] for line in read_local(run_dir / "metrics.jsonl")] == list(range(1437 // 256))
 
 
 def test_under_w_processes_unset_shards_become_w_and_published_or_given_ones_stay():

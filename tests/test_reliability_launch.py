@@ -7,6 +7,7 @@ shows the defect; the ones that start ``bench`` processes are marked e2e.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,72 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from bench.engine import lifetime
-
-REPO = Path(__file__).resolve().parent.parent
-LINUX = sys.platform.startswith("linux") and Path("/proc").exists()
-
-
-def _as_from_a_terminal() -> None:
-    """In the child before ``exec``: SIGINT and SIGQUIT at their defaults, as a shell starts a command. The
-    test process may hold them ignored at that moment (C ``system()``, called by a library's thread, ignores
-    both in its caller while its own child runs) and a child inherits an ignored signal: ``bench`` would then
-    never see the Ctrl-C these tests send, and its workers would train on (seen in CI: 60 s timeouts and
-    orphans that slowed every later test)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
-
-
-def _bench(*args: str, **popen) -> subprocess.Popen:
-    """``bench ARGS`` in a session of its own (its process group is its pid), stdout and stderr piped."""
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "bench.cli", *args],
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        preexec_fn=_as_from_a_terminal,
-        **popen,
-    )
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (children, grandchildren, …)."""
-    found, queue = [], [pid]
-    while queue:
-        children = subprocess.run(["pgrep", "-P", str(queue.pop())], capture_output=True, text=True).stdout.split()
-        found += [int(child) for child in children]
-        queue += [int(child) for child in children]
-    return [child for child in found if lifetime.process_alive(child)]
-
-
-def _wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-def _all_gone(pids: list[int], timeout_s: float = 20) -> bool:
-    try:
-        _wait_until(lambda: not any(lifetime.process_alive(pid) for pid in pids), timeout_s, "the processes to end")
-    except AssertionError:
-        return False
-    return True
-
-
-def _kill_left(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
+from processes import LINUX, REPO, all_gone, descendants, kill_left, wait_until
+from processes import bench as _bench
 
 # --------------------------------------------------------------------------- D10
 
@@ -98,7 +35,7 @@ def test_interrupting_two_jobs_prints_one_line_and_leaves_no_worker(tmp_path, st
         "--no-report", "--results-dir", str(tmp_path / "r"), "--reports-dir", str(tmp_path / "rep"),
     )  # fmt: skip
     try:
-        workers = _wait_until(lambda: len(_descendants(process.pid)) >= 2 and _descendants(process.pid), 120, "workers")
+        workers = wait_until(lambda: len(descendants(process.pid)) >= 2 and descendants(process.pid), 120, "workers")
         time.sleep(1.0)  # inside training, not at start-up
         if stop == "ctrl-c":
             os.killpg(process.pid, signal.SIGINT)
@@ -112,17 +49,11 @@ def test_interrupting_two_jobs_prints_one_line_and_leaves_no_worker(tmp_path, st
     lines = err.decode(errors="replace").strip().splitlines()
     assert process.returncode == 130 and len(lines) <= 2, lines
     assert "interrupted" in lines[-1] and not any("Traceback" in line for line in lines)
-    assert _all_gone(workers)
+    assert all_gone(workers)
 
 
-# --------------------------------------------------------------------------- D7: submitit-local sweeps
-
-SWEEP_TINY = [
-    "--launcher", "submitit-local", "--methods", "acl", "--epochs", "3", "--finetune-epochs", "1",
-    "--n-eval", "16", "--schemes", "SLF", "--attacks", "clean,pgd20", "--set", "evaluate.epsilon_curve=",
-    "--set", "pretrain.batch_size=256", "--set", "pretrain.checkpoint_every=1", "--device", "cpu",
-    "--quiet", "--no-report", "--array-parallelism", "1",
-]  # fmt: skip
+# --------------------------------------------------------------------------- D7: submitit-local sweeps (the killed
+# launchers themselves: tests/test_sweep.py, test_a_local_sweep_killed_preempted_stopped_and_rerun_...)
 
 
 def _run_dir(results: Path) -> Path | None:
@@ -134,43 +65,6 @@ def _training(results: Path) -> bool:
     """The sweep's pretraining job has written its first checkpoint (it is mid-training)."""
     run = _run_dir(results)
     return run is not None and (run / "pretrain.ckpt").exists()
-
-
-@pytest.mark.slow
-@pytest.mark.e2e
-@pytest.mark.skipif(not LINUX, reason="needs /proc and pgrep to follow the jobs")
-@pytest.mark.parametrize("kill", [signal.SIGTERM, signal.SIGKILL], ids=["kill", "kill-9"])
-def test_a_killed_local_sweep_leaves_no_job_training_and_a_rerun_resumes_it(tmp_path, kill):
-    """D7: after ``kill`` (exit 130) or ``kill -9`` of a submitit-local sweep its jobs trained on (PID 1),
-    and a rerun started the same jobs beside them. Now the launcher stops its jobs on SIGTERM, and a
-    job ends itself once its launcher is gone; the rerun resumes the run from its checkpoint, so the
-    pretraining curve has every step exactly once. The rerun is checked after ``kill -9``, the abrupt
-    end (no handler runs; SIGTERM's path kills the same jobs with SIGKILL): the same rerun after both
-    cost 40 s of the suite for no other check."""
-    results = tmp_path / "r"
-    argv = ["sweep", *SWEEP_TINY, "--results-dir", str(results), "--reports-dir", str(tmp_path / "rep")]
-    launcher = _bench(*argv)
-    _wait_until(lambda: _training(results), 180, "the pretraining job's first checkpoint")
-    jobs = _descendants(launcher.pid)  # submitit's controller and its task
-    assert len(jobs) >= 2, jobs
-    os.kill(launcher.pid, kill)
-    launcher.wait(timeout=60)  # not communicate(): orphaned jobs would hold its pipes open
-    try:
-        assert _all_gone(jobs, 20), f"jobs still running after {kill!r} of their sweep"
-    finally:
-        _kill_left(jobs)
-    err = launcher.stderr.read()
-    if kill == signal.SIGTERM:
-        assert launcher.returncode == 130 and "interrupted" in err.decode(), err.decode()[-2000:]
-        return
-    rerun = _bench(*argv)
-    _, err = rerun.communicate(timeout=600)
-    assert rerun.returncode == 0, err.decode()[-2000:]
-    run = _run_dir(results)
-    steps = [line.split(",")[1] for line in (run / "pretrain_history.csv").read_text().splitlines()[1:]]
-    assert steps == [str(step) for step in range(3 * (1438 // 256))]  # every step once: resumed, never doubled
-    log = "".join(path.read_text() for path in (results / "_jobs").glob("*_log.err"))
-    assert "resumed acl from step" in log
 
 
 @pytest.mark.e2e  # spawns processes
@@ -305,7 +199,7 @@ def _torchrun(results: Path, *extra: str) -> subprocess.Popen:
 def _ranks(torchrun: int) -> dict[int, int]:
     """rank → pid of the bench processes torchrun started (read from their environment)."""
     ranks = {}
-    for pid in _descendants(torchrun):
+    for pid in descendants(torchrun):
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
@@ -316,49 +210,70 @@ def _ranks(torchrun: int) -> dict[int, int]:
     return ranks
 
 
-@pytest.mark.slow
-@pytest.mark.e2e
-@pytest.mark.skipif(not LINUX, reason="needs /proc to find the ranks")
-def test_kill_9_of_torchrun_leaves_no_rank_running(tmp_path):
-    """D7: torchrun starts its ranks in sessions of their own, so ``kill -9`` of torchrun orphaned both
-    (they trained on). Each rank now asks for a parent-death signal when it joins the job."""
-    results = tmp_path / "r"
-    torchrun = _torchrun(results, "--epochs", "30", "--quiet")
-    _wait_until(lambda: _training(results), 240, "the first checkpoint")
-    ranks = _wait_until(lambda: len(_ranks(torchrun.pid)) == 2 and _ranks(torchrun.pid), 30, "both ranks")
-    torchrun.kill()
-    torchrun.wait(timeout=60)  # not communicate(): orphaned ranks would hold its pipes open
-    try:
-        assert _all_gone(list(ranks.values()), 20), "ranks still running after kill -9 of torchrun"
-    finally:
-        _kill_left(list(ranks.values()))
+def _progress_pid(results: Path) -> int | None:
+    """The pid that last wrote the run's progress (rank 0, at each checkpoint)."""
+    run = _run_dir(results)
+    record = json.loads((run / "progress.json").read_text()) if run and (run / "progress.json").exists() else None
+    return record["pid"] if isinstance(record, dict) and record.get("stage") == "pretraining" else None
 
 
-@pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.skipif(not LINUX, reason="needs /proc to find the ranks")
-def test_a_killed_peer_rank_is_resumable_and_resume_continues_from_the_checkpoint(tmp_path):
-    """D7: rank 1 killed mid-pretraining; rank 0's collective fails (gloo: ``Connection closed by peer``)
-    and recorded ``resumable: false``, so ``--resume`` started again from step 0. A failed collective is
-    ``PeerLost`` now, recorded resumable, and ``--resume`` continues from the last checkpoint."""
+def test_torchrun_ranks_killed_and_resumed_end_with_the_run_of_one_process_with_world_size_shards(tmp_path):
+    """One run under ``torchrun --nproc-per-node 2 bench pretrain`` (CPU, gloo), three launches, since each
+    costs seconds of start-up (torch in the launcher and both ranks):
+
+    1. D7, a peer lost: rank 1 killed mid-pretraining. Rank 0's collective failed (gloo: ``Connection closed by
+       peer``) and recorded ``resumable: false``, so ``--resume`` started again from step 0. A failed
+       collective is ``PeerLost`` now, recorded resumable.
+    2. D7, the launcher lost: torchrun starts its ranks in sessions of their own, so ``kill -9`` of torchrun
+       orphaned both (they trained on). Each rank asks for a parent-death signal when it joins the job.
+    3. ``--resume`` continues from the last checkpoint to the end: its id is that of ``--set pretrain.shards=2``
+       in one process; the encoder, history and tracker are written by rank 0 alone, every step once."""
+    from bench.runs.plan import RunRequest, build_plan
+    from bench.runs.tracking import read_local
+
     results = tmp_path / "r"
-    torchrun = _torchrun(results, "--epochs", "3")
-    _wait_until(lambda: _training(results), 240, "the first checkpoint")
-    ranks = _wait_until(lambda: len(_ranks(torchrun.pid)) == 2 and _ranks(torchrun.pid), 30, "both ranks")
+    first = _torchrun(results, "--epochs", "3")
+    wait_until(lambda: _training(results), 240, "the first checkpoint")
+    ranks = wait_until(lambda: len(_ranks(first.pid)) == 2 and _ranks(first.pid), 30, "both ranks")
     os.kill(ranks[1], signal.SIGKILL)
-    torchrun.communicate(timeout=120)
-    assert torchrun.returncode != 0
+    first.communicate(timeout=120)
+    assert first.returncode != 0
     run = _run_dir(results)
     failed = run / "failed.json"
     assert not failed.exists() or '"resumable": true' in failed.read_text(), failed.read_text()
+
+    before = _progress_pid(results)
+    second = _torchrun(results, "--epochs", "3", "--resume")
+    try:
+        wait_until(lambda: _progress_pid(results) not in (None, before), 240, "the resumed run's checkpoint")
+        ranks = _ranks(second.pid)
+        assert len(ranks) == 2, ranks
+        second.kill()
+        second.wait(timeout=60)  # not communicate(): orphaned ranks would hold its pipes open
+        assert all_gone(list(ranks.values()), 20), "ranks still running after kill -9 of torchrun"
+    finally:
+        kill_left([*descendants(second.pid), second.pid])
+
     resumed = _torchrun(results, "--epochs", "3", "--resume")
     out, err = resumed.communicate(timeout=600)
     text = out.decode(errors="replace") + err.decode(errors="replace")
     assert resumed.returncode == 0, text[-3000:]
     (step,) = [int(line.split("from step ")[1].split("/")[0]) for line in text.splitlines() if "resumed acl" in line]
-    assert step > 0 and (run / "done.json").exists()
+    total = 3 * (1438 // 256)
+    assert 0 < step < total and (run / "done.json").exists() and (run / "encoder.pt").exists()
     steps = [line.split(",")[1] for line in (run / "pretrain_history.csv").read_text().splitlines()[1:]]
-    assert steps == [str(index) for index in range(3 * (1438 // 256))]
+    assert steps == [str(index) for index in range(total)]
+    one_process = {"device": "cpu", "pretrain.epochs": "3", "pretrain.batch_size": "256", "pretrain.shards": "2"}
+    one_process |= {"pretrain.checkpoint_every": "1", "finetune.schemes": ""}
+    (expected,) = build_plan(RunRequest(methods=("acl",), overrides=one_process)).runs
+    assert sorted(path.name for path in (results / "runs").iterdir()) == [expected.run_id]
+    # the local tracker: rank 0 alone logs each step, once (both ranks would log each twice). It is append-only
+    # and a killed launch may have logged a step after its last checkpoint, so only the last launch's lines, from
+    # its checkpoint on, are each step once; every step is there
+    logged = [line["step"] for line in read_local(run / "metrics.jsonl")]
+    assert logged[len(logged) - (total - step) :] == list(range(step, total)) and set(logged) == set(range(total))
 
 
 def test_the_process_group_lives_once_barrier_on_success_destroyed_exactly_once(monkeypatch):

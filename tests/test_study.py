@@ -193,31 +193,16 @@ def test_each_look_tests_at_its_own_level(tmp_path):
     assert asked == [(k, a, pytest.approx(1 - a)) for k, a in zip(study.design.looks, study.design.alphas)]
 
 
-@pytest.mark.slow
 @pytest.mark.e2e
-def test_tiny_real_study_end_to_end(tmp_path, capsys):
-    """The real pipeline (the local pool): two seeds of two methods, one look; rerun trains nothing."""
-    from tiny_run import TINY
+def test_a_tiny_real_study_through_the_local_pool_and_the_sweep_s_stage_jobs(tmp_path, monkeypatch):
+    """The real pipeline on TINY, one look each, two studies in one store:
 
-    argv = ["study", "acl", "acl-ip", "--first-seeds", "2", "--max-seeds", "2", "--jobs", "2", *TINY]
-    argv += ["--results-dir", str(tmp_path / "results"), "--reports-dir", str(tmp_path / "reports")]
-    assert main(argv) == 0
-    runs = sorted(path.name for path in (tmp_path / "results" / "runs").iterdir())
-    assert len(runs) == 4
-    rows = list(csv.DictReader((tmp_path / "reports" / "study.csv").open()))
-    assert {(row["scheme"], row["attack"]) for row in rows} == {("SLF", "clean"), ("SLF", "pgd20")}
-    assert all(row["decision"] for row in rows)  # one look: each comparison ends there
-    stamps = {run: (tmp_path / "results" / "runs" / run / "done.json").stat().st_mtime_ns for run in runs}
-    assert main(argv) == 0
-    assert stamps == {run: (tmp_path / "results" / "runs" / run / "done.json").stat().st_mtime_ns for run in runs}
-
-
-@pytest.mark.slow
-@pytest.mark.e2e
-def test_submitit_local_launcher_runs_each_look_as_the_sweeps_stage_jobs(tmp_path, monkeypatch):
-    """``--launcher submitit-local``: each look's pending runs become ``bench sweep``'s stage jobs, run through the
-    CLI's stage entry (here in this process, in submission order; submitit's own executor is tested in
-    tests/test_sweep.py), then the look is tested on what they stored."""
+    1. acl against acl-ip through the local pool (``--jobs 2``, spawned workers): two seeds of each, 4 runs;
+    2. acl against acl-hn with ``--launcher submitit-local``: each look's pending runs become ``bench sweep``'s
+       stage jobs, run through the CLI's stage entry (here in this process, in submission order; submitit's own
+       executor is tested in tests/test_sweep.py): acl-hn's two runs only, acl's are reused; the look is
+       tested on what they stored;
+    3. either study again trains nothing (no job, no done.json rewritten)."""
     from tiny_run import TINY
 
     from bench.runs import sweep
@@ -233,10 +218,24 @@ def test_submitit_local_launcher_runs_each_look_as_the_sweeps_stage_jobs(tmp_pat
         return failures
 
     monkeypatch.setattr(sweep, "run_submitit_local", in_process)
-    argv = ["study", "acl", "acl-ip", "--first-seeds", "2", "--max-seeds", "2", "--launcher", "submitit-local", *TINY]
-    argv += ["--results-dir", str(tmp_path / "results"), "--reports-dir", str(tmp_path / "reports")]
-    assert main(argv) == 0
-    assert stages == ["pretrain", "finetune"] * 4 + ["collect"]  # 2 seeds × 2 methods, SLF, then the index
+    common = [*TINY, "--first-seeds", "2", "--max-seeds", "2", "--results-dir", str(tmp_path / "results")]
+    common += ["--reports-dir", str(tmp_path / "reports")]
+    pool = ["study", "acl", "acl-ip", *common, "--jobs", "2"]
+    assert main(pool) == 0
+    assert len(list((tmp_path / "results" / "runs").iterdir())) == 4
     rows = list(csv.DictReader((tmp_path / "reports" / "study.csv").open()))
-    assert rows and all(row["decision"] for row in rows)
-    assert main(argv) == 0 and len(stages) == 9  # rerun: every run stored, no job
+    assert {(row["scheme"], row["attack"]) for row in rows} == {("SLF", "clean"), ("SLF", "pgd20")}
+    assert all(row["decision"] for row in rows)  # one look: each comparison ends there
+
+    jobs = ["study", "acl", "acl-hn", *common, "--launcher", "submitit-local"]
+    assert main(jobs) == 0
+    assert stages == ["pretrain", "finetune"] * 2 + ["collect"]  # acl-hn's two seeds, SLF, then the index
+    rows = list(csv.DictReader((tmp_path / "reports" / "study.csv").open()))
+    assert rows and all(row["decision"] for row in rows) and {row["variant"] for row in rows} == {"acl-hn"}
+
+    runs = sorted(path.name for path in (tmp_path / "results" / "runs").iterdir())
+    assert len(runs) == 6
+    stamps = {run: (tmp_path / "results" / "runs" / run / "done.json").stat().st_mtime_ns for run in runs}
+    assert main(jobs) == 0 and len(stages) == 5  # rerun: every run stored, no job
+    assert main(pool) == 0
+    assert stamps == {run: (tmp_path / "results" / "runs" / run / "done.json").stat().st_mtime_ns for run in runs}

@@ -20,11 +20,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from processes import LINUX, all_gone, descendants, kill_left, wait_until
+from processes import bench as bench_process
 from tiny_run import TINY
 
 from bench.cli.app import build_parser, main
 from bench.cli.commands import build_request, selected_methods
 from bench.config import ConfigError
+from bench.engine.device import available_cores
 from bench.runs.collect import MEASURED
 from bench.runs.plan import RunRequest, build_plan
 from bench.store.results import ResultsStore
@@ -172,55 +175,59 @@ def _signal_when_pretraining(store: ResultsStore, signals: dict[str, int], step:
     return thread
 
 
-@pytest.mark.slow
-@pytest.mark.e2e
-def test_submitit_local_sweep_gives_the_rows_of_bench_run_and_a_second_submits_nothing(tmp_path, capsys, shared_run):
-    product = ["--methods", "simclr", "acl"]
-    reference = shared_run(*TINY, "--no-report", *product)  # the same runs by `bench run`, made once per session
-    sweep = [
-        "sweep",
-        "--launcher",
-        "submitit-local",
-        *_dirs(tmp_path / "sweep"),
-        *TINY,
-        *product,
-        "--array-parallelism",
-        "2",
-    ]
-    assert main([*sweep, "--no-report"]) == 0
-    swept = ResultsStore(tmp_path / "sweep" / "r")
-    assert _measured(swept) == _measured(ResultsStore(reference / "r")) and len(_measured(swept)) == 2
-    environment = json.loads(swept.run_dirs()[0].config.read_text())["environment"]
-    assert environment["scheduler"] == "submitit-local" and environment["job_id"] and environment["hostname"]
-    jobs = sorted((tmp_path / "sweep" / "r" / "_jobs").iterdir())
-    assert main([*sweep, "--no-report"]) == 0  # the same sweep again
-    assert sorted((tmp_path / "sweep" / "r" / "_jobs").iterdir()) == jobs  # nothing was submitted
+SETTINGS = [*TINY, "--methods", "simclr", "acl", "--epochs", "3", "--set", "pretrain.checkpoint_every=1", "--no-report"]
+LOCAL_SWEEP = ["--launcher", "submitit-local", "--array-parallelism", "2", *SETTINGS]
 
 
-@pytest.mark.slow
+def _jobs_log(results: Path) -> str:
+    return "".join(path.read_text() for path in (results / "_jobs").glob("*_log.err"))
+
+
+def _pretraining_anew(store: ResultsStore, prefix: str, before: int) -> bool:
+    """The run ``prefix``'s pretraining is under way in a process other than ``before``."""
+    (run,) = [run for run in store.run_dirs() if run.run_id.startswith(prefix)]
+    record = run.read_json_or_none(run.progress)
+    return isinstance(record, dict) and record.get("stage") == "pretraining" and record["pid"] != before
+
+
+def _stop_a_launcher(argv: list[str], store: ResultsStore, stop: signal.Signals, before: int) -> int:
+    """``bench ARGV`` (a sweep) as its own process, stopped by ``stop`` once simclr's pretraining job runs again;
+    every job of it must end. Returns the pid of the job it stopped."""
+    launcher = bench_process(*argv)
+    try:
+        wait_until(lambda: _pretraining_anew(store, "simclr", before), 180, "simclr's pretraining job")
+        jobs = descendants(launcher.pid)  # submitit's controller and its task
+        assert len(jobs) >= 2, jobs
+        os.kill(launcher.pid, stop)
+        launcher.wait(timeout=60)  # not communicate(): orphaned jobs would hold its pipes open
+        assert all_gone(jobs, 20), f"jobs still running after {stop!r} of their sweep"
+    finally:
+        kill_left([launcher.pid, *descendants(launcher.pid)])
+    err = launcher.stderr.read().decode()
+    if stop == signal.SIGTERM:
+        assert launcher.returncode == 130 and "interrupted" in err, err[-2000:]
+    (simclr,) = [run for run in store.run_dirs() if run.run_id.startswith("simclr")]
+    return simclr.read_json_or_none(simclr.progress)["pid"]
+
+
 @pytest.mark.e2e
-def test_a_killed_job_is_reported_and_resumed_and_a_preempted_one_requeues(tmp_path, capsys):
-    """simclr's pretraining job is killed (SIGKILL) mid-way: the sweep reports it; acl's is preempted
-    (SIGUSR2, submitit's signal): it requeues itself and continues from its checkpoint in the same sweep.
-    The rerun resumes simclr; after collect every row is there exactly once."""
-    store = ResultsStore(tmp_path / "r")
-    sweep = [
-        "sweep",
-        "--launcher",
-        "submitit-local",
-        *_dirs(tmp_path),
-        *TINY,
-        "--methods",
-        "simclr",
-        "acl",
-        "--epochs",
-        "3",
-        "--set",
-        "pretrain.checkpoint_every=1",
-        "--array-parallelism",
-        "2",
-        "--no-report",
-    ]
+@pytest.mark.skipif(not LINUX, reason="needs /proc and pgrep to follow the jobs")
+def test_a_local_sweep_killed_preempted_stopped_and_rerun_gives_the_rows_of_bench_run(tmp_path, capsys):
+    """One submitit-local sweep through every way it can end, in one store, since each of its job processes
+    costs seconds of start-up (torch):
+
+    1. simclr's pretraining job is killed (SIGKILL) mid-way: the sweep reports it and exits 1; acl's is
+       preempted (SIGUSR2, submitit's signal): it requeues itself and finishes from its checkpoint in the
+       same sweep.
+    2. Reliability review D7: a rerun's launcher stopped by ``kill`` (exit 130, one line) and then one stopped by
+       ``kill -9`` (no handler runs): their jobs end too (they trained on as orphans, and a rerun started the
+       same jobs beside them); a job ends itself once its launcher is gone.
+    3. The next rerun resumes simclr from its checkpoint: each pretraining curve has every step exactly once,
+       every row is there once, and the rows equal those of ``bench run`` with the same settings.
+    4. The same sweep again submits nothing."""
+    root = tmp_path / "sweep"
+    store = ResultsStore(root / "r")
+    sweep = ["sweep", *_dirs(root), *LOCAL_SWEEP]
     watcher = _signal_when_pretraining(store, {"simclr": signal.SIGKILL, "acl": signal.SIGUSR2})
     assert main(sweep) == 1
     watcher.join(timeout=5)
@@ -229,15 +236,17 @@ def test_a_killed_job_is_reported_and_resumed_and_a_preempted_one_requeues(tmp_p
     (preempted,) = [run for run in store.run_dirs() if run.run_id.startswith("acl")]
     assert f"run {killed.run_id} (simclr) failed: JobDied" in err and killed.failure_is_resumable()
     assert preempted.is_complete() and {row.method for row in store.read_rows()} == {"acl"}
-    log = "".join(path.read_text() for path in (tmp_path / "r" / "_jobs").glob("*_log.err"))
-    assert "resumed acl from step" in log and "this job is preempted" in log
+    assert "resumed acl from step" in _jobs_log(root / "r") and "this job is preempted" in _jobs_log(root / "r")
+
+    stopped = killed.read_json_or_none(killed.progress)["pid"]
+    for stop in (signal.SIGTERM, signal.SIGKILL):
+        stopped = _stop_a_launcher(sweep, store, stop, stopped)
 
     assert main(sweep) == 0
-    log = "".join(path.read_text() for path in (tmp_path / "r" / "_jobs").glob("*_log.err"))
-    assert "resumed simclr from step" in log
+    assert "resumed simclr from step" in _jobs_log(root / "r")
     for run in (killed, preempted):
         steps = [int(row["step"]) for row in csv.DictReader(run.history.open())]
-        assert steps == list(range(len(steps))) and len(steps) == 3 * (1438 // 256)  # every step once
+        assert steps == list(range(3 * (1438 // 256))), run.run_id  # every step once: resumed, never doubled
     rows = store.read_rows()
     keys = [(row.run_id, row.scheme, row.attack, row.metric, row.epsilon) for row in rows]
     assert len(keys) == len(set(keys)) and {row.method for row in rows} == {"simclr", "acl"}
@@ -246,6 +255,17 @@ def test_a_killed_job_is_reported_and_resumed_and_a_preempted_one_requeues(tmp_p
         for run in (killed, preempted)
         for row in run.read_rows()
     )
+    environment = json.loads(killed.config.read_text())["environment"]
+    assert environment["scheduler"] == "submitit-local" and environment["job_id"] and environment["hostname"]
+
+    jobs = sorted((root / "r" / "_jobs").iterdir())
+    assert main(sweep) == 0  # the same sweep again
+    assert sorted((root / "r" / "_jobs").iterdir()) == jobs  # nothing was submitted
+
+    # bench run with the same settings, at the jobs' thread count (the launcher's cores // --array-parallelism)
+    torch.set_num_threads(max(1, available_cores() // 2))  # the autouse fixture restores the test thread count
+    assert main(["run", *_dirs(tmp_path / "run"), *SETTINGS]) == 0
+    assert _measured(store) == _measured(ResultsStore(tmp_path / "run" / "r")) and len(_measured(store)) == 2
 
 
 # --------------------------------------------------------------------------- SLURM, without a cluster

@@ -19,6 +19,8 @@ TINY = [
     "--set",
     "evaluate.epsilon_curve=",
     "--set",
+    "evaluate.corruptions=none",  # the corrupted copies cost 15 % of a tiny run; tests/test_corruption*.py test them
+    "--set",
     "pretrain.batch_size=256",
     "--device",
     "cpu",

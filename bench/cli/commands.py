@@ -18,12 +18,8 @@ from bench.engine import collective as step_collective
 from bench.engine import progress
 from bench.engine.device import resolve_device
 from bench.methodkit import registry
-from bench.products.compare import compare_command
-from bench.products.export import export_run, sidecar_path
-from bench.products.report import write_reports
-from bench.products.reproduce import get_table, reproduce_plan, write_reproduction
 from bench.runs import distributed, sweep
-from bench.runs.collect import describe, existing_store, merge_stores, refresh_index, run_status
+from bench.runs.collect import describe, existing_store, merge_stores, run_status
 from bench.runs.external import imported_plan
 from bench.runs.pipeline import run_plan
 from bench.runs.plan import build_plan
@@ -86,6 +82,8 @@ def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
         return 1
     reports = []
     if not pretrain_only and not args.no_report:
+        from bench.cli.products import write_report  # deferred: pandas, scipy, matplotlib (only a report needs them)
+
         reports = write_report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet or as_json)
         log_report(
             plan.track,
@@ -143,6 +141,8 @@ def print_plan(plan, as_json: bool) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """A published table's rows under its protocol, then the comparison with Δ (``bench.products.reproduce``)."""
+    from bench.products.reproduce import get_table, reproduce_plan, write_reproduction  # deferred: pandas, scipy
+
     table = get_table(args.table)
     request = build_request(args, table.registered_methods())
     request.dry_run = dry_run_requested(args)
@@ -182,50 +182,6 @@ def _summarise(outcomes, resume: str = "rerun with --resume") -> int:
     return 1 if failed else 0
 
 
-def write_report(
-    dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: list[str] | None = None
-) -> list[Path]:
-    """Write the report in the registry's method order (plugins included): methods without adversarial
-    views (the non-adversarial anchor) first, then each base method followed by its A-InfoNCE variants."""
-
-    methods = registry.available()
-    of = {name: registry.spelling(name).base for name in methods}  # the listed name each is a variant of
-    bases = sorted((name for name in methods if not of[name]), key=lambda name: methods[name].variant.adversarial_views)
-    order = [name for base in bases for name in (base, *(n for n in methods if of[n] == base))]
-    results_dir, reports_dir = dirs
-    check_directory("reports_dir", reports_dir)
-    written = write_reports(
-        results_dir / "results.csv",
-        reports_dir,
-        results_dir / "runs",
-        results_dir / "reference",
-        paper=paper,
-        curve_methods=curve_methods,
-        method_order=order + [name for name in methods if name not in order],
-    )
-    index = next((path for path in written if Path(path).name == "index.md"), reports_dir / "index.md")
-    if not quiet:
-        table = reports_dir / "results.md"
-        if table.exists():
-            print(table.read_text())
-    progress.log(f"report: {index}")
-    return [Path(path) for path in written]
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    methods = [name for name in ",".join(args.curve_methods or []).split(",") if name]
-    refresh_index(Path(args.results_dir))  # a row-cut or header-only index is rebuilt, not reported
-    written = write_report(
-        (Path(args.results_dir), Path(args.reports_dir)),
-        paper=args.paper,
-        quiet=args.quiet or args.json,
-        curve_methods=methods or None,
-    )
-    if args.json:
-        print(json.dumps({"reports": [str(path) for path in written]}))
-    return 0
-
-
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pretraining alone: the runs of ``bench run`` with no finetuning scheme (their encoders are stored)."""
     return cmd_run(args, pretrain_only=True)
@@ -244,6 +200,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     outcomes = run_plan(plan)
     if not args.no_report:
+        from bench.cli.products import write_report  # deferred: pandas, scipy, matplotlib (only a report needs them)
+
         write_report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet)
     return _summarise(outcomes)
 
@@ -293,6 +251,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.launcher == "local":
         outcomes = run_plan(plan)
         if not args.no_report:
+            from bench.cli.products import write_report  # deferred: pandas, scipy, matplotlib (a report's)
+
             write_report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet)
         return _summarise(outcomes, SWEEP_RESUMES)
     if not jobs:
@@ -315,21 +275,3 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 SWEEP_RESUMES = "rerun the same bench sweep: it continues them"
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    """Two runs at the classifier level, or two methods over seeds at the method level (bench.products.compare)."""
-    schemes, attacks = _listed(args.scheme), _listed(args.attack)
-    print(compare_command(args.base, args.variant, args.results_dir, schemes, attacks), end="")
-    return 0
-
-
-def _listed(values: list[str] | None) -> list[str]:
-    return [item for item in ",".join(values or []).split(",") if item]
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    path = export_run(Path(args.results_dir), args.run_id, args.scheme, Path(args.out), args.format)
-    print(path)
-    progress.log(f"sidecar: {sidecar_path(path)}")
-    return 0

@@ -45,7 +45,11 @@ def _implementation(name: str) -> Callable[[argparse.Namespace], int]:
         from bench.cli.stage import cmd_stage  # deferred: torch and the run machinery (a sweep's job)
 
         return cmd_stage
-    import bench.cli.commands as commands  # deferred: torch, pandas, scipy and the method zoo
+    if name in ("cmd_report", "cmd_compare", "cmd_export"):
+        import bench.cli.products as products  # deferred: torch, pandas, scipy, matplotlib (the report stack)
+
+        return getattr(products, name)
+    import bench.cli.commands as commands  # deferred: torch and the method zoo
 
     return getattr(commands, name)
 

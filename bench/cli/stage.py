@@ -21,7 +21,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         config = assemble(build_request(args, ("all",)))
         stage_command.collect_stage(Path(config.results_dir))
         if not args.no_report:
-            from bench.cli.commands import write_report  # deferred: the report stack, for the collect job only
+            from bench.cli.products import write_report  # deferred: the report stack, for the collect job only
 
             write_report((Path(config.results_dir), Path(config.reports_dir)), paper=False, quiet=True)
         return 0

@@ -193,6 +193,7 @@ def test_each_look_tests_at_its_own_level(tmp_path):
     assert asked == [(k, a, pytest.approx(1 - a)) for k, a in zip(study.design.looks, study.design.alphas)]
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_a_tiny_real_study_through_the_local_pool_and_the_sweep_s_stage_jobs(tmp_path, monkeypatch):
     """The real pipeline on TINY, one look each, two studies in one store:

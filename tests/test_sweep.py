@@ -210,6 +210,7 @@ def _stop_a_launcher(argv: list[str], store: ResultsStore, stop: signal.Signals,
     return simclr.read_json_or_none(simclr.progress)["pid"]
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.skipif(not LINUX, reason="needs /proc and pgrep to follow the jobs")
 def test_a_local_sweep_killed_preempted_stopped_and_rerun_gives_the_rows_of_bench_run(tmp_path, capsys):

@@ -80,6 +80,12 @@ def test_post_flag_selects_the_plus_plus_forms_and_refuses_a_method_with_its_own
     assert methods == {"acl++", "rocl++"}
     assert main(["run", "--methods", "dynacl++", "--post", "pp", "--dry-run"]) == 2
     assert "own post stage" in capsys.readouterr().err
+    # a wildcard also matches the listed post forms (dynacl++, dynacl-air++...): each method gets the stage once
+    assert registry.resolve(["dynacl*"], post="pp") == [n for n in registry.resolve(["dynacl*"]) if "++" not in n]
+    assert main(["run", "--methods", "dynacl*", "--post", "pp", "--dry-run", "--json"]) == 0
+    methods = [json.loads(line)["method"] for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert set(methods) == {registry.with_post(name, "pp") for name in registry.resolve(["dynacl*"], post="pp")}
+    assert {"dynacl++", "dynacl-air++", "dynacl-ip++"} <= set(methods)  # as when each is named with --post
 
 
 @pytest.mark.e2e

@@ -227,10 +227,16 @@ def get(name: str) -> type[Method]:
     return _REGISTRY[spelling(name).method]
 
 
-def resolve(names: tuple[str, ...] | list[str]) -> list[str]:
+def resolve(names: tuple[str, ...] | list[str], *, post: str = "") -> list[str]:
     """Expand 'all' and shell-style wildcards (``advcl*``, ``*-hn``) and check every name, before any
-    work starts. Methods come once each, in the order asked (a wildcard's in registration order)."""
+    work starts. Methods come once each, in the order asked (a wildcard's in registration order).
+
+    ``post`` (``--post pp``): every selected method is to get that stage, so a wildcard leaves out the listed
+    post forms, which have it already (``dynacl*`` also matches ``dynacl++``: ``dynacl`` gets the stage, once);
+    a post form named outright stays ``with_post``'s one-line error."""
     registered = available()
+    if post:
+        registered = {name: cls for name, cls in registered.items() if not spelling(name).post}
     selected: list[str] = []
     for name in names:
         if name == "all":  # the methods that declare ``selected_by_all`` (bench.methodkit.method.Method)

@@ -367,7 +367,9 @@ def build_plan(request: RunRequest) -> RunPlan:
     """Resolve and check every method run of ``request`` (seeds × datasets × methods, in that order);
     any bad value fails here, before any work."""
     if request.post:  # --post pp: every selected method with the stage, spelled so (acl -> acl++)
-        methods = tuple(registry.with_post(name, request.post) for name in registry.resolve(request.methods))
+        methods = tuple(
+            registry.with_post(name, request.post) for name in registry.resolve(request.methods, post=request.post)
+        )
         request = dataclasses.replace(request, methods=methods, post="")
     singles = expand(request)
     base = assemble(singles[0])

@@ -42,6 +42,19 @@ def bench(*args: str, **popen) -> subprocess.Popen:
     )
 
 
+def two_jobs_run(results: Path) -> subprocess.Popen:
+    """``bench run --jobs 2`` of acl and simclr for 200 epochs (never ends by itself), stores under ``results``."""
+    return bench(
+        "run", "--methods", "acl", "simclr", "--jobs", "2", "--epochs", "200", "--device", "cpu", "--quiet",
+        "--no-report", "--results-dir", str(results / "r"), "--reports-dir", str(results / "rep"),
+    )  # fmt: skip
+
+
+def workers(process: subprocess.Popen) -> list[int]:
+    """The pids below ``process`` once its two workers have started (two minutes at most)."""
+    return wait_until(lambda: len(descendants(process.pid)) >= 2 and descendants(process.pid), 120, "workers")
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below ``pid`` (children, grandchildren, …)."""
     found, queue = [], [pid]

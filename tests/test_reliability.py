@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from processes import LINUX, all_gone, descendants, kill_left, wait_until
-from processes import bench as bench_process
+from processes import LINUX, all_gone, descendants, kill_left, two_jobs_run, workers
 from tiny_run import TINY, copy_store
 
 from bench.cli.app import main
@@ -98,15 +97,12 @@ def test_a_failed_run_is_started_afresh_and_then_completes(tmp_path):
 def test_workers_die_with_their_killed_parent(tmp_path):
     """``kill -9`` of ``bench run --jobs 2``: no handler runs, and each worker ends by its parent-death signal.
     (SIGTERM and Ctrl-C of the same run: tests/test_reliability_launch.py, D10.)"""
-    process = bench_process(
-        "run", "--methods", "acl", "simclr", "--jobs", "2", "--epochs", "200", "--device", "cpu", "--quiet",
-        "--no-report", "--results-dir", str(tmp_path / "r"), "--reports-dir", str(tmp_path / "rep"),
-    )  # fmt: skip
+    process = two_jobs_run(tmp_path)
     try:
-        workers = wait_until(lambda: len(descendants(process.pid)) >= 2 and descendants(process.pid), 120, "workers")
+        started = workers(process)
         process.kill()
         process.wait()
-        assert all_gone(workers), "orphaned workers kept running"
+        assert all_gone(started), "orphaned workers kept running"
     finally:
         kill_left([process.pid, *descendants(process.pid)])
 

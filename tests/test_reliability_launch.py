@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from processes import LINUX, REPO, all_gone, descendants, kill_left, wait_until
-from processes import bench as _bench
+from processes import LINUX, REPO, all_gone, descendants, kill_left, two_jobs_run, wait_until, workers
 
 # --------------------------------------------------------------------------- D10
 
@@ -30,12 +29,9 @@ def test_interrupting_two_jobs_prints_one_line_and_leaves_no_worker(tmp_path, st
     """D10: Ctrl-C (SIGINT to the whole foreground group, as a terminal sends it) or ``kill <main pid>``
     of ``bench run --jobs 2`` printed ~100 lines of worker tracebacks. Workers ignore SIGINT and die
     quietly on their parent's SIGTERM now: one line, exit 130, every worker gone."""
-    process = _bench(
-        "run", "--methods", "acl", "simclr", "--jobs", "2", "--epochs", "200", "--device", "cpu", "--quiet",
-        "--no-report", "--results-dir", str(tmp_path / "r"), "--reports-dir", str(tmp_path / "rep"),
-    )  # fmt: skip
+    process = two_jobs_run(tmp_path)
     try:
-        workers = wait_until(lambda: len(descendants(process.pid)) >= 2 and descendants(process.pid), 120, "workers")
+        started = workers(process)
         time.sleep(1.0)  # inside training, not at start-up
         if stop == "ctrl-c":
             os.killpg(process.pid, signal.SIGINT)
@@ -49,7 +45,7 @@ def test_interrupting_two_jobs_prints_one_line_and_leaves_no_worker(tmp_path, st
     lines = err.decode(errors="replace").strip().splitlines()
     assert process.returncode == 130 and len(lines) <= 2, lines
     assert "interrupted" in lines[-1] and not any("Traceback" in line for line in lines)
-    assert all_gone(workers)
+    assert all_gone(started)
 
 
 # --------------------------------------------------------------------------- D7: submitit-local sweeps (the killed

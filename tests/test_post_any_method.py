@@ -61,6 +61,18 @@ def test_plus_plus_pretrains_as_its_method_and_shares_the_encoder():
     assert runs["dynacl"].pretrain_key == runs["dynacl++"].pretrain_key
     other = build_plan(RunRequest(methods=("acl++",), method_params={"*": {"post_epochs": "3"}})).runs[0]
     assert other.pretrain_key == runs["acl"].pretrain_key and other.run_id != runs["acl++"].run_id
+    # quirks='official' that only the published form accepts changes its post stage alone (DynACL++'s TRADES
+    # attack start): its run is another, its encoder DynACL's; DynACL-AIR's own official quirks change pretraining
+    official = {"*": {"quirks": "official"}}
+    quirky = build_plan(RunRequest(methods=("dynacl++",), method_params=official)).runs[0]
+    assert quirky.params.quirks == "official" and quirky.post_settings.attack_start == "clean"
+    assert quirky.pretrain_key == runs["dynacl"].pretrain_key and quirky.run_id != runs["dynacl++"].run_id
+    (air_plus, air) = build_plan(RunRequest(methods=("dynacl-air++", "dynacl-air"), method_params=official)).runs
+    assert (
+        air_plus.pretrain_key
+        == air.pretrain_key
+        != build_plan(RunRequest(methods=("dynacl-air",))).runs[0].pretrain_key
+    )
 
 
 def test_a_plus_plus_run_pickles_for_spawned_workers():

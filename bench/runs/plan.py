@@ -261,10 +261,17 @@ def pretraining_key(payload: dict[str, Any]) -> str:
 def pretraining_payload(spelled: registry.Spelling, params: MethodParams, payload: dict[str, Any]) -> dict[str, Any]:
     """The identity as pretraining sees it: a run with the post stage under the method that pretrains
     (``acl`` for ``acl++``, ``dynacl-ip`` for ``dynacl++-ip``) and without the stage's parameters, so that
-    runs with and without the stage share one encoder."""
+    runs with and without the stage share one encoder.
+
+    ``quirks='official'`` that only the published form accepts (DynACL++'s TRADES attack start, not DynACL's
+    pretraining: ``bench.methodkit.post.run_params``) changes the stage alone: the method pretrains as with
+    ``quirks='none'``, and shares that encoder."""
     if not spelled.post:
         return payload
-    return {**payload, "method": spelled.method, "method_params": dataclasses.asdict(params)}
+    pretrains = dataclasses.asdict(params)
+    if pretrains.get("quirks") == "official" and not registry.get(spelled.method).variant.official_quirks:
+        pretrains["quirks"] = "none"
+    return {**payload, "method": spelled.method, "method_params": pretrains}
 
 
 def resolve_run(

@@ -16,7 +16,7 @@ PROTOCOLS = ("unified", "robustssl", "ainfonce", "dynacl")  # their settings: be
 
 # The datasets bench.engine.data loads, by name, with what each is.
 DATASETS: dict[str, str] = {
-    "digits": "scikit-learn's handwritten digits (embedded, no download), 10 classes",
+    "digits": "the UCI handwritten digits (embedded in the package, no download), 10 classes",
     "cifar10": "CIFAR-10 via torchvision (--download to fetch)",
     "cifar100": "CIFAR-100 via torchvision (--download to fetch)",
     "cifar10c": "evaluation only: CIFAR-10, plus the official CIFAR-10-C files (DATA_DIR/CIFAR-10-C/*.npy)",

@@ -91,8 +91,12 @@ LONGEST = (
 
 def pytest_collection_modifyitems(config, items):
     rank = {name: index for index, name in enumerate(LONGEST)}
-    longest = sorted((item for item in items if item.originalname in rank), key=lambda item: rank[item.originalname])
-    others = [item for item in items if item.originalname not in rank]
+
+    def name(item) -> str:
+        return getattr(item, "originalname", item.name)  # a doctest item has no originalname
+
+    longest = sorted((item for item in items if name(item) in rank), key=lambda item: rank[name(item)])
+    others = [item for item in items if name(item) not in rank]
     workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     share = -(-len(others) // workers)
     items[:] = [

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from processes import LINUX, all_gone, descendants, kill_left, two_jobs_run, workers
+from processes import LINUX, all_gone, kill_left, two_jobs_run, workers
 from tiny_run import TINY, copy_store
 
 from bench.cli.app import main
@@ -97,14 +97,14 @@ def test_a_failed_run_is_started_afresh_and_then_completes(tmp_path):
 def test_workers_die_with_their_killed_parent(tmp_path):
     """``kill -9`` of ``bench run --jobs 2``: no handler runs, and each worker ends by its parent-death signal.
     (SIGTERM and Ctrl-C of the same run: tests/test_reliability_launch.py, D10.)"""
-    process = two_jobs_run(tmp_path)
+    process, started = two_jobs_run(tmp_path), []
     try:
-        started = workers(process)
+        started = workers(process)  # kept: once their parent is gone, orphans have no parent to find them by
         process.kill()
         process.wait()
         assert all_gone(started), "orphaned workers kept running"
     finally:
-        kill_left([process.pid, *descendants(process.pid)])
+        kill_left([*([process.pid] if process.poll() is None else []), *started])
 
 
 class _Pwned:

@@ -229,39 +229,42 @@ def test_torchrun_ranks_killed_and_resumed_end_with_the_run_of_one_process_with_
     from bench.runs.plan import RunRequest, build_plan
     from bench.runs.tracking import read_local
 
-    results = tmp_path / "r"
-    first = _torchrun(results, "--epochs", "3")
-    wait_until(lambda: _training(results), 240, "the first checkpoint")
-    ranks = wait_until(lambda: len(_ranks(first.pid)) == 2 and _ranks(first.pid), 30, "both ranks")
-    os.kill(ranks[1], signal.SIGKILL)
-    first.communicate(timeout=120)
+    results, epochs = tmp_path / "r", "5"  # 25 steps: the second launch is killed with ~20 still to go
+    first = _torchrun(results, "--epochs", epochs)
+    ranks: dict[int, int] = {}
+    try:
+        wait_until(lambda: _training(results), 240, "the first checkpoint")
+        ranks = wait_until(lambda: len(_ranks(first.pid)) == 2 and _ranks(first.pid), 30, "both ranks")
+        os.kill(ranks[1], signal.SIGKILL)
+        first.communicate(timeout=120)
+    finally:
+        kill_left([*([first.pid] if first.poll() is None else []), *ranks.values()])
     assert first.returncode != 0
     run = _run_dir(results)
     failed = run / "failed.json"
     assert not failed.exists() or '"resumable": true' in failed.read_text(), failed.read_text()
 
-    before = _progress_pid(results)
-    second = _torchrun(results, "--epochs", "3", "--resume")
-    try:
+    before, ranks = _progress_pid(results), {}
+    second = _torchrun(results, "--epochs", epochs, "--resume")
+    try:  # its ranks, found before the kill: once torchrun is gone, orphans have no parent to find them by
+        ranks = wait_until(lambda: len(_ranks(second.pid)) == 2 and _ranks(second.pid), 240, "both ranks")
         wait_until(lambda: _progress_pid(results) not in (None, before), 240, "the resumed run's checkpoint")
-        ranks = _ranks(second.pid)
-        assert len(ranks) == 2, ranks
         second.kill()
         second.wait(timeout=60)  # not communicate(): orphaned ranks would hold its pipes open
         assert all_gone(list(ranks.values()), 20), "ranks still running after kill -9 of torchrun"
     finally:
-        kill_left([*descendants(second.pid), second.pid])
+        kill_left([*([second.pid] if second.poll() is None else []), *ranks.values()])
 
-    resumed = _torchrun(results, "--epochs", "3", "--resume")
+    resumed = _torchrun(results, "--epochs", epochs, "--resume")
     out, err = resumed.communicate(timeout=600)
     text = out.decode(errors="replace") + err.decode(errors="replace")
     assert resumed.returncode == 0, text[-3000:]
     (step,) = [int(line.split("from step ")[1].split("/")[0]) for line in text.splitlines() if "resumed acl" in line]
-    total = 3 * (1438 // 256)
+    total = int(epochs) * (1438 // 256)
     assert 0 < step < total and (run / "done.json").exists() and (run / "encoder.pt").exists()
     steps = [line.split(",")[1] for line in (run / "pretrain_history.csv").read_text().splitlines()[1:]]
     assert steps == [str(index) for index in range(total)]
-    one_process = {"device": "cpu", "pretrain.epochs": "3", "pretrain.batch_size": "256", "pretrain.shards": "2"}
+    one_process = {"device": "cpu", "pretrain.epochs": epochs, "pretrain.batch_size": "256", "pretrain.shards": "2"}
     one_process |= {"pretrain.checkpoint_every": "1", "finetune.schemes": ""}
     (expected,) = build_plan(RunRequest(methods=("acl",), overrides=one_process)).runs
     assert sorted(path.name for path in (results / "runs").iterdir()) == [expected.run_id]

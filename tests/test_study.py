@@ -198,7 +198,7 @@ def test_each_look_tests_at_its_own_level(tmp_path):
 def test_a_tiny_real_study_through_the_local_pool_and_the_sweep_s_stage_jobs(tmp_path, monkeypatch):
     """The real pipeline on TINY, one look each, two studies in one store:
 
-    1. acl against acl-ip through the local pool (``--jobs 2``, spawned workers): two seeds of each, 4 runs;
+    1. acl against acl-ip through the local pool (``--jobs 2``, worker processes): two seeds of each, 4 runs;
     2. acl against acl-hn with ``--launcher submitit-local``: each look's pending runs become ``bench sweep``'s
        stage jobs, run through the CLI's stage entry (here in this process, in submission order; submitit's own
        executor is tested in tests/test_sweep.py): acl-hn's two runs only, acl's are reused; the look is

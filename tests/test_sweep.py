@@ -193,16 +193,16 @@ def _pretraining_anew(store: ResultsStore, prefix: str, before: int) -> bool:
 def _stop_a_launcher(argv: list[str], store: ResultsStore, stop: signal.Signals, before: int) -> int:
     """``bench ARGV`` (a sweep) as its own process, stopped by ``stop`` once simclr's pretraining job runs again;
     every job of it must end. Returns the pid of the job it stopped."""
-    launcher = bench_process(*argv)
+    launcher, jobs = bench_process(*argv), []
     try:
         wait_until(lambda: _pretraining_anew(store, "simclr", before), 180, "simclr's pretraining job")
-        jobs = descendants(launcher.pid)  # submitit's controller and its task
+        jobs = descendants(launcher.pid)  # submitit's controller and its task, kept: orphans have no parent to find
         assert len(jobs) >= 2, jobs
         os.kill(launcher.pid, stop)
         launcher.wait(timeout=60)  # not communicate(): orphaned jobs would hold its pipes open
         assert all_gone(jobs, 20), f"jobs still running after {stop!r} of their sweep"
     finally:
-        kill_left([launcher.pid, *descendants(launcher.pid)])
+        kill_left([*([launcher.pid] if launcher.poll() is None else []), *jobs])
     err = launcher.stderr.read().decode()
     if stop == signal.SIGTERM:
         assert launcher.returncode == 130 and "interrupted" in err, err[-2000:]
@@ -243,8 +243,9 @@ def test_a_local_sweep_killed_preempted_stopped_and_rerun_gives_the_rows_of_benc
     for stop in (signal.SIGTERM, signal.SIGKILL):
         stopped = _stop_a_launcher(sweep, store, stop, stopped)
 
+    resumed = _jobs_log(root / "r").count("resumed simclr from step")
     assert main(sweep) == 0
-    assert "resumed simclr from step" in _jobs_log(root / "r")
+    assert _jobs_log(root / "r").count("resumed simclr from step") == resumed + 1  # this rerun resumed too
     for run in (killed, preempted):
         steps = [int(row["step"]) for row in csv.DictReader(run.history.open())]
         assert steps == list(range(3 * (1438 // 256))), run.run_id  # every step once: resumed, never doubled
@@ -263,9 +264,13 @@ def test_a_local_sweep_killed_preempted_stopped_and_rerun_gives_the_rows_of_benc
     assert main(sweep) == 0  # the same sweep again
     assert sorted((root / "r" / "_jobs").iterdir()) == jobs  # nothing was submitted
 
-    # bench run with the same settings, at the jobs' thread count (the launcher's cores // --array-parallelism)
-    torch.set_num_threads(max(1, available_cores() // 2))  # the autouse fixture restores the test thread count
-    assert main(["run", *_dirs(tmp_path / "run"), *SETTINGS]) == 0
+    # bench run with the same settings, in this process at the jobs' thread count (cores // --array-parallelism)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(max(1, available_cores() // 2))
+        assert main(["run", *_dirs(tmp_path / "run"), *SETTINGS, "--jobs", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     assert _measured(store) == _measured(ResultsStore(tmp_path / "run" / "r")) and len(_measured(store)) == 2
 
 

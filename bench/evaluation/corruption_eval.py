@@ -40,7 +40,7 @@ PREFIX = "corruption:"
 MEAN = "corruption-mean"
 MEAN_EXACT = "corruption-mean-exact"
 REGENERATED, OFFICIAL, APPROXIMATE = "regenerated", "official", "approximate"
-EMBEDDED = "digits"  # the default dataset, shipped with scikit-learn: regenerating its corruptions takes seconds
+EMBEDDED = "digits"  # the default dataset, shipped in the package: regenerating its corruptions takes seconds
 
 
 @dataclass(frozen=True)

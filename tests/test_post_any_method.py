@@ -149,3 +149,16 @@ def test_a_method_declaring_the_old_post_members_is_refused():
     with pytest.raises(ValueError, match=r"declares \['post_settings'\], which no longer exist.*'old\+\+' or --post"):
         registry.register("old++")(OldPlusPlus)
     assert not registry.is_registered("old++")
+
+
+def test_a_post_form_without_its_rows_is_refused():
+    """A listed post form takes its settings from its own rows; without them its runs had an empty published row
+    (not even the method's pretraining): registering such a method is a one-line error naming the form."""
+    from bench.methodkit.post import PostForm
+
+    class Unpublished(registry.get("simclr")):
+        post_forms = {"pp": PostForm("SimCLR with a stage nobody published")}
+
+    with pytest.raises(ValueError, match=r"'lonely' lists the post form\(s\) \['lonely\+\+'\] .*without their rows"):
+        registry.register("lonely")(Unpublished)
+    assert not registry.is_registered("lonely")

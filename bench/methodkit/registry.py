@@ -54,6 +54,18 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
             )
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"method name {name!r} is already registered by {_REGISTRY[name].__module__}")
+        tables = cls.published_settings
+        unpublished = [
+            post_name(name, post)
+            for post in ([] if cls.variant.base else cls.post_forms)
+            if post_name(name, post) not in tables.paper and post_name(name, post) not in tables.smoke
+        ]
+        if unpublished:  # its runs would take no published row at all: not even the method's own pretraining
+            raise ValueError(
+                f"method {name!r} lists the post form(s) {unpublished} in post_forms without their rows: allowed "
+                "a form with its own rows in published_settings (paper and/or smoke, methods/dynacl.py), or no form "
+                f"(then '{name}{POST_SUFFIX}' runs the method's row and the stage's defaults)"
+            )
         cls.name = name
         _REGISTRY[name] = cls
         return cls

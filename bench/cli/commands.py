@@ -82,9 +82,7 @@ def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
         return 1
     reports = []
     if not pretrain_only and not args.no_report:
-        from bench.cli.products import write_report  # deferred: pandas, scipy, matplotlib (only a report needs them)
-
-        reports = write_report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet or as_json)
+        reports = _plan_report(plan, quiet=args.quiet or as_json)
         log_report(
             plan.track,
             plan.reports_dir,
@@ -182,6 +180,13 @@ def _summarise(outcomes, resume: str = "rerun with --resume") -> int:
     return 1 if failed else 0
 
 
+def _plan_report(plan, quiet: bool) -> list[Path]:
+    """The report of the plan's stores, written after its runs (``bench.cli.products.write_report``)."""
+    from bench.cli.products import write_report  # deferred: pandas, scipy, matplotlib (only a report needs them)
+
+    return write_report((plan.results_dir, plan.reports_dir), paper=False, quiet=quiet)
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pretraining alone: the runs of ``bench run`` with no finetuning scheme (their encoders are stored)."""
     return cmd_run(args, pretrain_only=True)
@@ -200,9 +205,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     outcomes = run_plan(plan)
     if not args.no_report:
-        from bench.cli.products import write_report  # deferred: pandas, scipy, matplotlib (only a report needs them)
-
-        write_report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet)
+        _plan_report(plan, quiet=args.quiet)
     return _summarise(outcomes)
 
 
@@ -251,9 +254,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.launcher == "local":
         outcomes = run_plan(plan)
         if not args.no_report:
-            from bench.cli.products import write_report  # deferred: pandas, scipy, matplotlib (a report's)
-
-            write_report((plan.results_dir, plan.reports_dir), paper=False, quiet=args.quiet)
+            _plan_report(plan, quiet=args.quiet)
         return _summarise(outcomes, SWEEP_RESUMES)
     if not jobs:
         progress.log(f"nothing to submit: the {len(plan.runs)} run(s) of the sweep are complete (--force reruns them)")

@@ -5,7 +5,7 @@ Every dataset is held in memory as uint8 tensors [N, C, H, W] and converted to f
 digits as scikit-learn bundles them (1,797 real 8×8 images; Alpaydin & Kaynak 1998, CC BY 4.0), kept
 beside this module as ``digits.npz`` (45 KB, written by ``scripts/make_digits.py``, equal to
 ``sklearn.datasets.load_digits`` by a test), so the default run needs no network and no scikit-learn:
-importing scikit-learn cost every run, stage job, DDP rank and worker process about 2 s of CPU.
+importing scikit-learn cost every run, stage job and DDP rank about 2 s of CPU.
 The torchvision datasets keep their real download path (``--download``) for users; tests
 never call it.
 """

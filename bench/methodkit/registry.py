@@ -55,11 +55,8 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"method name {name!r} is already registered by {_REGISTRY[name].__module__}")
         tables = cls.published_settings
-        unpublished = [
-            post_name(name, post)
-            for post in ([] if cls.variant.base else cls.post_forms)
-            if post_name(name, post) not in tables.paper and post_name(name, post) not in tables.smoke
-        ]
+        forms = [] if cls.variant.base else [post_name(name, post) for post in cls.post_forms]
+        unpublished = [form for form in forms if form not in tables.paper and form not in tables.smoke]
         if unpublished:  # its runs would take no published row at all: not even the method's own pretraining
             raise ValueError(
                 f"method {name!r} lists the post form(s) {unpublished} in post_forms without their rows: allowed "

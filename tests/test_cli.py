@@ -68,13 +68,19 @@ def test_run_and_report_print_json_for_scripts(tmp_path, capsys):
     results, reports = tmp_path / "r", tmp_path / "rep"
     flags = ["--results-dir", str(results), "--reports-dir", str(reports), "--device", "cpu", "--jobs", "1"]
     tiny = ["--epochs", "1", "--finetune-epochs", "1", "--n-eval", "16", "--attacks", "clean", "--schemes", "SLF"]
-    assert main(["run", "--methods", "simclr", *tiny, *flags, "--json"]) == 0
+    assert main(["run", "--methods", "simclr", *tiny, *flags, "--json", "--no-figures"]) == 0
     summary = json.loads(capsys.readouterr().out)
     (run,) = summary["runs"]
     assert (run["method"], run["status"], run["flags"]) == ("simclr", "completed", [])
     assert (results / "runs" / run["run_id"] / "done.json").exists()
     assert summary["results"] == str(results / "results.csv")
     assert str(reports / "index.md") in summary["reports"] and all(Path(p).exists() for p in summary["reports"])
-    assert main(["report", "--results-dir", str(results), "--reports-dir", str(tmp_path / "again"), "--json"]) == 0
+    again = ["report", "--results-dir", str(results), "--reports-dir", str(tmp_path / "again"), "--json"]
+    assert main([*again, "--no-figures"]) == 0
     written = json.loads(capsys.readouterr().out)["reports"]
     assert sorted(Path(p).name for p in written) == sorted(Path(p).name for p in summary["reports"])
+    # --no-figures: the tables, pages and index, not a figure (the figures are most of a report's time)
+    assert not (reports / "figures").exists() and not (tmp_path / "again" / "figures").exists()
+    assert {"results.md", "sanity.md", "index.html", "index.md"} <= {Path(p).name for p in written}
+    assert "- Figures: not drawn (--no-figures)" in (tmp_path / "again" / "index.md").read_text()
+    assert "<p>Figures not drawn (--no-figures).</p>" in (tmp_path / "again" / "index.html").read_text()

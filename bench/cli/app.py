@@ -20,6 +20,7 @@ from bench.cli.flags import (
     add_experiment_flags,
     add_method_flags,
     add_product_flags,
+    add_report_flags,
     add_track_flag,
 )
 from bench.cli.parsing import OneLineParser, VersionAction, command_handler
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_method_flags(run, "method names or 'all' (see `bench list`)")
     run.add_argument("--force", action="store_true", help="rerun runs that are already complete")
     run.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
-    run.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
+    add_report_flags(run)
     add_dry_run_flags(run)
     add_experiment_flags(run)
     add_config_flags(run)
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         ev.add_argument("--force", action="store_true", help="re-evaluate even if stored")
         ev.add_argument("--resume", action="store_true", help="keep the schemes an interrupted run finished")
-        ev.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
+        add_report_flags(ev)
         add_config_flags(ev)
         ev.set_defaults(handler=command_handler("cmd_evaluate"))
 
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METHOD",
         help="methods drawn in the accuracy-vs-ε plot (default: every method with ε-curve rows)",
     )
+    rep.add_argument("--no-figures", action="store_true", help="write the tables and pages but not the figures")
     rep.add_argument("--quiet", action="store_true", help="do not print the table")
     rep.add_argument("--json", action="store_true", help="print the written files as one JSON object (no table)")
     rep.set_defaults(handler=command_handler("cmd_report"))
@@ -260,7 +262,7 @@ def _add_sweep_parser(sub) -> None:
     sweep.add_argument("--dry-run", action="store_true", help="print the jobs and their command lines; submit nothing")
     sweep.add_argument("--json", action="store_true", help="with --dry-run: one JSON object per job")
     sweep.add_argument("--force", action="store_true", help="rerun runs that are already complete")
-    sweep.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    add_report_flags(sweep)
     add_experiment_flags(sweep)
     add_config_flags(sweep)
     add_product_flags(sweep)
@@ -307,7 +309,7 @@ def _add_stage_parser(sub) -> None:
     stage.add_argument("--run-id", help="the run these settings must give (refused if they give another)")
     add_method_flags(stage)
     stage.add_argument("--force", action="store_true", help="pretrain: start the run afresh even if it is complete")
-    stage.add_argument("--no-report", action="store_true", help="collect: do not write the report")
+    add_report_flags(stage)  # collect's report
     add_config_flags(stage)
     stage.set_defaults(handler=command_handler("cmd_stage"))
 

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from bench.cli.flags import given_report_flags
 from bench.cli.request import SHORT_FLAGS, build_request, selected_methods  # noqa: F401  (also the sweep's, study's)
 from bench.config import ConfigError, check_directory
 from bench.engine import collective as step_collective
@@ -82,7 +83,7 @@ def cmd_run(args: argparse.Namespace, *, pretrain_only: bool = False) -> int:
         return 1
     reports = []
     if not pretrain_only and not args.no_report:
-        reports = _plan_report(plan, quiet=args.quiet or as_json)
+        reports = _plan_report(plan, quiet=args.quiet or as_json, figures=not args.no_figures)
         log_report(
             plan.track,
             plan.reports_dir,
@@ -180,11 +181,11 @@ def _summarise(outcomes, resume: str = "rerun with --resume") -> int:
     return 1 if failed else 0
 
 
-def _plan_report(plan, quiet: bool) -> list[Path]:
+def _plan_report(plan, quiet: bool, figures: bool = True) -> list[Path]:
     """The report of the plan's stores, written after its runs (``bench.cli.products.write_report``)."""
     from bench.cli.products import write_report  # deferred: pandas, scipy, matplotlib (only a report needs them)
 
-    return write_report((plan.results_dir, plan.reports_dir), paper=False, quiet=quiet)
+    return write_report((plan.results_dir, plan.reports_dir), paper=False, quiet=quiet, figures=figures)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -205,7 +206,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     outcomes = run_plan(plan)
     if not args.no_report:
-        _plan_report(plan, quiet=args.quiet)
+        _plan_report(plan, quiet=args.quiet, figures=not args.no_figures)
     return _summarise(outcomes)
 
 
@@ -246,7 +247,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         folder=Path(args.jobs_dir or plan.results_dir / "_jobs").resolve(),
         **{name: getattr(args, name) for name in sweep.CLUSTER_FLAGS},
     )
-    jobs = sweep.plan_jobs(plan, request, no_report=args.no_report)
+    jobs = sweep.plan_jobs(plan, request, report_flags=given_report_flags(args))
     if args.dry_run:
         for job in jobs:
             print(json.dumps(job.to_json()) if args.json else f"{job.key}  {job.command}")
@@ -254,7 +255,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.launcher == "local":
         outcomes = run_plan(plan)
         if not args.no_report:
-            _plan_report(plan, quiet=args.quiet)
+            _plan_report(plan, quiet=args.quiet, figures=not args.no_figures)
         return _summarise(outcomes, SWEEP_RESUMES)
     if not jobs:
         progress.log(f"nothing to submit: the {len(plan.runs)} run(s) of the sweep are complete (--force reruns them)")

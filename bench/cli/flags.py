@@ -88,6 +88,21 @@ def add_dry_run_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_report_flags(parser: argparse.ArgumentParser) -> None:
+    """The report a run command writes at its end: none, or its tables without the figures (matplotlib draws
+    each figure twice, PNG and PDF, about 0.6 s each; the tables take a fraction of a second)."""
+    parser.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
+    parser.add_argument(
+        "--no-figures", action="store_true", help="write the report's tables and pages but not its figures"
+    )
+
+
+def given_report_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    """``add_report_flags``' flags as given, for a command line that writes the report elsewhere (a sweep's
+    collect job)."""
+    return tuple(flag for flag, on in (("--no-report", args.no_report), ("--no-figures", args.no_figures)) if on)
+
+
 def add_product_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("several runs (the plan is seeds × datasets × methods)")
     group.add_argument("--seeds", nargs="+", metavar="SEED", help="several seeds, e.g. --seeds 0 1 2 (not with --seed)")

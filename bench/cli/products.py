@@ -22,7 +22,7 @@ from bench.runs.collect import refresh_index
 
 
 def write_report(
-    dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: list[str] | None = None
+    dirs: tuple[Path, Path], paper: bool, quiet: bool, curve_methods: list[str] | None = None, figures: bool = True
 ) -> list[Path]:
     """Write the report in the registry's method order (plugins included): methods without adversarial
     views (the non-adversarial anchor) first, then each base method followed by its A-InfoNCE variants."""
@@ -41,6 +41,7 @@ def write_report(
         paper=paper,
         curve_methods=curve_methods,
         method_order=order + [name for name in methods if name not in order],
+        figures=figures,
     )
     index = next((path for path in written if Path(path).name == "index.md"), reports_dir / "index.md")
     if not quiet:
@@ -59,6 +60,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         paper=args.paper,
         quiet=args.quiet or args.json,
         curve_methods=methods or None,
+        figures=not args.no_figures,
     )
     if args.json:
         print(json.dumps({"reports": [str(path) for path in written]}))

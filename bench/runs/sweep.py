@@ -154,9 +154,10 @@ def stage_argv(request: RunRequest, run: MethodRun, plan: RunPlan) -> list[str]:
     return argv
 
 
-def plan_jobs(plan: RunPlan, request: RunRequest, *, no_report: bool = False) -> list[SweepJob]:
+def plan_jobs(plan: RunPlan, request: RunRequest, *, report_flags: Sequence[str] = ()) -> list[SweepJob]:
     """Every job of the sweep, in submission order; complete runs have none (unless ``plan.force``),
-    and a plan with nothing to do has no job at all."""
+    and a plan with nothing to do has no job at all. ``report_flags`` (``--no-report``, ``--no-figures``)
+    go to the collect job, which writes the report."""
     store = ResultsStore(plan.results_dir)
     pending = [run for run in plan.runs if plan.force or not store.run(run.run_id).is_complete()]
     jobs: list[SweepJob] = []
@@ -188,7 +189,7 @@ def plan_jobs(plan: RunPlan, request: RunRequest, *, no_report: bool = False) ->
             SweepJob(
                 "collect",
                 "collect",
-                ("stage", "collect", *dirs, *(["--no-report"] if no_report else [])),
+                ("stage", "collect", *dirs, *report_flags),
                 after=tuple(job.key for job in jobs),
             )
         )
@@ -409,7 +410,7 @@ def submitit_local_runner(
     (``bench study``'s looks): the pending runs' stage jobs, waited for; the collect job writes no report."""
 
     def run(plan: RunPlan) -> list[Any]:
-        jobs = plan_jobs(plan, request, no_report=True)
+        jobs = plan_jobs(plan, request, report_flags=("--no-report",))
         return outcomes(plan, jobs, run_submitit_local(jobs, options, entry, executor) if jobs else {})
 
     return run

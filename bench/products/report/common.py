@@ -31,6 +31,9 @@ class Artifact:
     skipped: str | None = None
 
 
+FIGURES_NOT_DRAWN = "not drawn (--no-figures)"  # the index's and the page's note for a report without figures
+
+
 @dataclass(frozen=True)
 class MethodOrder:
     """The order of methods in every table, legend and list: the caller's (the registry's), then any

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from bench.engine import progress
-from bench.products.report.common import MISSING, Artifact, MethodOrder
+from bench.products.report.common import FIGURES_NOT_DRAWN, MISSING, Artifact, MethodOrder
 from bench.store.results import RunDir
 
 # (column of results.csv, header) of a run's provenance row, then from its config.json's environment
@@ -65,7 +65,11 @@ def figures_section(artifacts: Sequence[Artifact]) -> str:
             f'<figure><img alt="{html.escape(artifact.title)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(artifact.title)}{' · ' + others if others else ''}</figcaption></figure>"
         )
-    return "".join(parts) or "<p>No figures (no data for any).</p>"
+    if parts:
+        return "".join(parts)
+    if any(artifact.skipped == FIGURES_NOT_DRAWN for artifact in artifacts):
+        return f"<p>Figures {FIGURES_NOT_DRAWN}.</p>"
+    return "<p>No figures (no data for any).</p>"
 
 
 def sanity_section(rows: pd.DataFrame, order: MethodOrder) -> str:

@@ -209,6 +209,10 @@ def run_in_workers(
     (``start_method`` forces one, e.g. tests of the spawn path on CPU), each on its own GPU."""
     threads = max(1, available_cores() // jobs)
     start_method = start_method or ("spawn" if device.type == "cuda" else "fork")
+    if start_method == "fork":
+        # once here, before the forks: torch.optim imports torch._dynamo at a run's first optimiser step (2 to 3 s
+        # of CPU), which every forked run would otherwise repeat
+        import torch._dynamo  # noqa: F401
     where = f"{jobs} GPUs" if device.type == "cuda" else f"{jobs} parallel processes"
     progress.log(f"running {len(plan.runs)} methods in {where} ({threads} thread(s) each, {start_method})")
     context = multiprocessing.get_context(start_method)

@@ -51,7 +51,7 @@ from bench.store.results import ResultsStore
 
 ARMS = (("fp32", False), ("bf16", True))
 REAL = {"arch": "resnet18", "image_size": 32, "epochs": 15, "batch": 256, "finetune_epochs": 10, "steps": 5}
-TINY = {"arch": "small_cnn", "image_size": 16, "epochs": 1, "batch": 256, "finetune_epochs": 1, "steps": 1}
+TINY = {"arch": "small_cnn", "image_size": 8, "epochs": 1, "batch": 256, "finetune_epochs": 1, "steps": 1}
 
 
 def run_arguments(args: argparse.Namespace, size: dict, amp: bool, folder: Path) -> list[str]:
@@ -228,7 +228,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-eval", type=int, default=0, help="test images (0 = all 359 digits test images)")
-    parser.add_argument("--tiny", action="store_true", help="small_cnn at 16 px, 1 epoch, PGD-1: the CPU test")
+    parser.add_argument("--tiny", action="store_true", help="small_cnn at 8 px, 1 epoch, PGD-1: the CPU test")
     return parser.parse_args(argv)
 
 

@@ -1,4 +1,4 @@
-"""What each of the 2 gloo ranks of tests/test_distributed.py runs (a module, so spawned ranks import it).
+"""What each of the 2 gloo ranks of tests/test_distributed.py runs (forked from the test's process).
 
 Every rank: the gathered NT-Xent gradient check, then per method a DDP pretraining run (A), a run
 killed at step 3 and resumed (B), and on rank 0 alone the one-process ``shards=2`` run (C).

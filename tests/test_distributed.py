@@ -22,8 +22,14 @@ METHODS = ["acl", "advcl-ip"]  # eval-mode attack with gathered negatives; train
 @pytest.fixture(scope="module")
 def ranks_output(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    torch.multiprocessing.spawn(
-        ddp_ranks.main, args=(str(out / "rendezvous"), str(out), METHODS), nprocs=ddp_ranks.WORLD, join=True
+    # forked, as `bench run --jobs N` forks its CPU workers: a spawned rank would import torch and the suite
+    # again (about 7 s of CPU each before any work); what is tested is gloo across processes, not the start
+    torch.multiprocessing.start_processes(
+        ddp_ranks.main,
+        args=(str(out / "rendezvous"), str(out), METHODS),
+        nprocs=ddp_ranks.WORLD,
+        join=True,
+        start_method="fork",
     )
     return out
 
@@ -41,7 +47,7 @@ def test_gathered_contrastive_gradient_equals_the_single_process_gradient(ranks_
     assert torch.allclose(ranks["grad"], weight.grad, atol=1e-6)  # not W× it: each rank's loss is the whole batch's
 
 
-@pytest.mark.e2e  # the 2-rank DDP spawn is a module fixture (~20 s)
+@pytest.mark.e2e  # the 2 forked DDP ranks are a module fixture (~10 s)
 @pytest.mark.parametrize("name", METHODS)
 def test_two_ranks_train_the_weights_of_one_process_with_two_shards(name, ranks_output):
     ddp = torch.load(ranks_output / f"{name}-ddp.pt", weights_only=True)
@@ -70,7 +76,7 @@ def test_two_ranks_train_the_weights_of_one_process_with_two_shards(name, ranks_
         assert ddp["A_method"]["adaptive"]["total"] == pytest.approx(adaptive["total"], rel=1e-5)
 
 
-@pytest.mark.e2e  # the 2-rank DDP spawn is a module fixture (~20 s)
+@pytest.mark.e2e  # the 2 forked DDP ranks are a module fixture (~10 s)
 @pytest.mark.parametrize("name", METHODS)
 def test_two_ranks_killed_and_resumed_end_where_an_uninterrupted_run_does(name, ranks_output):
     ddp = torch.load(ranks_output / f"{name}-ddp.pt", weights_only=True)

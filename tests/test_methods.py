@@ -24,7 +24,7 @@ import methods.advcl as advcl_module
 import methods.rocl as rocl_module
 from bench.config import AttackConfig, ConfigError
 from bench.engine.attacks import pgd
-from bench.engine.data import to_float
+from bench.engine.data import load_digits, to_float
 from bench.engine.views import high_frequency_component
 from bench.methodkit import registry
 from bench.methodkit.method import Method, Published, StepContext
@@ -108,10 +108,16 @@ def batch(digits):
     return digits.x_train[:BATCH], indices
 
 
+@pytest.fixture(scope="module")
+def batch_at_8_px():
+    """The same images at the digits' own 8 px: 26 methods × 10 steps cost a third less than at 16 px."""
+    return load_digits(8).x_train[:BATCH], torch.arange(BATCH)
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("name", METHOD_NAMES)
-def test_smoke_steps_lower_the_loss_and_keep_adversaries_in_the_ball(name, batch, monkeypatch):
-    images_uint8, indices = batch
+def test_smoke_steps_lower_the_loss_and_keep_adversaries_in_the_ball(name, batch_at_8_px, monkeypatch):
+    images_uint8, indices = batch_at_8_px
     method, model = build(name)
     method.setup(model, images_uint8, make_context(indices=None))
     recorder = record_pgd(monkeypatch, method, model)

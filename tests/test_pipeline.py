@@ -40,6 +40,10 @@ def _run(tmp_path, *extra):
             "finetune.alf_steps=1",  # ALF's and TRADES' inner PGD: what is stored is checked, not how robust
             "--set",
             "finetune.trades_steps=1",
+            "--set",
+            "attack.steps=1",  # pretraining's PGD too
+            "--set",
+            "data.image_size=8",
             "--attacks",
             "clean,pgd20",
             *extra,
@@ -59,7 +63,7 @@ def _rows(tmp_path):
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_run_stores_every_scheme_and_attack_then_skips_reruns(tmp_path):
-    assert _run(tmp_path) == 0  # one forked worker a method: ALF and AFF there too
+    assert _run(tmp_path, "--no-figures") == 0  # one forked worker a method: ALF and AFF there too
     rows = _rows(tmp_path)
     assert tuple(rows[0]) == COLUMNS
     measured = {(r["method"], r["scheme"], r["attack"]) for r in rows if r["metric"] == "accuracy"}
@@ -174,6 +178,10 @@ def test_parallel_and_sequential_runs_store_the_same_runs(tmp_path):
                     "clean,pgd20",
                     "--set",
                     "pretrain.batch_size=256",
+                    "--set",
+                    "attack.steps=1",  # which runs and rows each stores is compared, not how robust they are
+                    "--set",
+                    "data.image_size=8",
                     "--no-report",  # the rows are compared, not the report
                 ]
             )

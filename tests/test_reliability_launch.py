@@ -181,10 +181,12 @@ def test_a_run_killed_in_finetuning_resumes_bit_exactly_at_its_thread_count(tmp_
 
 def _torchrun(results: Path, *extra: str) -> subprocess.Popen:
     """``torchrun --standalone --nproc-per-node 2 -m bench.cli pretrain`` (acl, CPU, gloo) in its own session."""
+    # one PGD step at 8 px: the launches, kills and resumes are tested, not the attack
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "bench.cli",
         "pretrain", "--methods", "acl", "--device", "cpu", "--set", "pretrain.batch_size=256",
-        "--set", "pretrain.checkpoint_every=1", "--results-dir", str(results), *extra,
+        "--set", "pretrain.checkpoint_every=1", "--set", "attack.steps=1", "--set", "data.image_size=8",
+        "--results-dir", str(results), *extra,
     ]  # fmt: skip
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
@@ -265,7 +267,12 @@ def test_torchrun_ranks_killed_and_resumed_end_with_the_run_of_one_process_with_
     steps = [line.split(",")[1] for line in (run / "pretrain_history.csv").read_text().splitlines()[1:]]
     assert steps == [str(index) for index in range(total)]
     one_process = {"device": "cpu", "pretrain.epochs": epochs, "pretrain.batch_size": "256", "pretrain.shards": "2"}
-    one_process |= {"pretrain.checkpoint_every": "1", "finetune.schemes": ""}
+    one_process |= {
+        "pretrain.checkpoint_every": "1",
+        "attack.steps": "1",
+        "data.image_size": "8",
+        "finetune.schemes": "",
+    }
     (expected,) = build_plan(RunRequest(methods=("acl",), overrides=one_process)).runs
     assert sorted(path.name for path in (results / "runs").iterdir()) == [expected.run_id]
     # the local tracker: rank 0 alone logs each step, once (both ranks would log each twice). It is append-only

@@ -158,7 +158,7 @@ def test_a_corrupt_sanity_file_is_a_failed_check_not_a_silent_gap(tmp_path, caps
     runs = tmp_path / "results" / "runs"
     write_sanity(runs, "acl-s0", {"order": {"passed": True, "detail": "ok"}}, scheme="SLF")
     write_sanity(runs, "acl-s0", {}, scheme="ALF").write_bytes(damage)
-    write_reports(results_csv, tmp_path / "rep", runs, None)
+    write_reports(results_csv, tmp_path / "rep", runs, None, figures=False)
     text = (tmp_path / "rep" / "sanity.md").read_text()
     assert "2 checks over 2 evaluations; 1 failed" in text
     assert f"| acl | ALF | file | **NO** | sanity file {runs / 'acl-s0' / 'sanity_ALF.json'} is unreadable" in text

@@ -251,7 +251,7 @@ def test_configurations_are_never_averaged_together(tmp_path):
         _row("a2", "acl", "SLF", "clean", 64.0, config_hash="h2", seed=1),
         _row("r0", "rocl", "SLF", "clean", 70.0, config_hash="h3"),
     ]
-    write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
+    write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None, figures=False)
     section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
     assert _table_line(section, "acl [h1]")[1].startswith("**80.0 ±")
     assert _table_line(section, "acl [h2]")[1] == "62.0 ±25.4"  # t(0.975, 1) 12.706 × 2.83 / √2
@@ -265,7 +265,7 @@ def test_single_run_cells_carry_the_wilson_interval_of_their_test_images(tmp_pat
         {**_row("a0", "acl", "SLF", "clean", 50.0), "n_eval": 100},
         {**_row("r0", "rocl", "SLF", "clean", 70.0), "n_eval": ""},
     ]
-    write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
+    write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None, figures=False)
     section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
     assert _table_line(section, "acl")[1] == "50.0 ±9.6" and _table_line(section, "rocl")[1] == "**70.0**"
     cell = next(r for r in _read_csv(tmp_path / "rep" / "results.csv") if r["method"] == "acl" and r["mean"])
@@ -280,7 +280,7 @@ def test_supervised_at_rows_get_their_own_columns(tmp_path):
         _row("rb", "robustbench:Carmon2019", "AT", "clean", 89.7),
         _row("rb", "robustbench:Carmon2019", "AT", "pgd20", 62.0),
     ]
-    write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None)
+    write_reports(_write_store(tmp_path, rows), tmp_path / "rep", tmp_path / "results" / "runs", None, figures=False)
     text = (tmp_path / "rep" / "results.md").read_text()
     assert "| AT SA | AT PGD-20 | AT AA |" in text
     assert _table_line(_markdown_section(text, "digits"), "robustbench:Carmon2019")[10:12] == [
@@ -301,7 +301,7 @@ def test_sanity_report_lists_passed_and_failed_checks(tmp_path):
             }
         )
     )
-    written = write_reports(results_csv, tmp_path / "rep", tmp_path / "results" / "runs", None)
+    written = write_reports(results_csv, tmp_path / "rep", tmp_path / "results" / "runs", None, figures=False)
     text = (tmp_path / "rep" / "sanity.md").read_text()
     assert "2 checks over 1 evaluations; 1 failed" in text
     assert "| acl | SLF | eps0 | **NO** | ε=0 88.00 %, clean 90.00 % |" in text
@@ -349,10 +349,12 @@ def test_sanity_report_lists_methods_in_the_given_order(tmp_path):
     results_csv = _write_store(tmp_path, _rows())
     for run_id in ("acl-s0", "simclr-s0"):
         write_sanity(tmp_path / "results" / "runs", run_id, {"order": {"passed": True, "detail": "ok"}})
-    write_reports(results_csv, tmp_path / "rep", tmp_path / "results" / "runs", None, method_order=GOLDEN_ORDER)
+    write_reports(
+        results_csv, tmp_path / "rep", tmp_path / "results" / "runs", None, method_order=GOLDEN_ORDER, figures=False
+    )
     text = (tmp_path / "rep" / "sanity.md").read_text()
     assert text.index("| simclr |") < text.index("| acl |")  # the caller's order, not alphabetical
-    write_reports(results_csv, tmp_path / "rep", tmp_path / "results" / "runs", None)
+    write_reports(results_csv, tmp_path / "rep", tmp_path / "results" / "runs", None, figures=False)
     text = (tmp_path / "rep" / "sanity.md").read_text()
     assert text.index("| acl |") < text.index("| simclr |")  # no order given: alphabetical
 
@@ -451,7 +453,7 @@ def test_only_method_level_tests_mark_variants_and_single_runs_get_no_method_ver
     for run_id, correct in (("rocl-s0", base), ("rocl-ip-s0", variant)):  # records hold clean only
         (runs / run_id).mkdir(parents=True, exist_ok=True)
         write_record(runs / run_id / "correct_SLF.npz", np.arange(200), {"clean": correct})
-    write_reports(results_csv, tmp_path / "rep", runs, None, method_order=GOLDEN_ORDER)
+    write_reports(results_csv, tmp_path / "rep", runs, None, method_order=GOLDEN_ORDER, figures=False)
     section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
     assert _table_line(section, "acl-ip")[1] == "62.0 ±6.6▲"  # t(0.975, 2) 4.303 × 2.646 / √3 = 6.57
     assert _table_line(section, "acl-hn")[1] == "52.0 ±2.5" and _table_line(section, "acl")[1] == "52.0 ±5.0"
@@ -502,7 +504,7 @@ def test_a_single_seed_report_has_no_method_verdict(tmp_path):
     for run_id, share in (("acl-s0", 0.30), ("acl-ip-s0", 0.45)):  # 15 points apart: McNemar rejects
         (runs / run_id).mkdir(parents=True, exist_ok=True)
         write_record(runs / run_id / "correct_SLF.npz", np.arange(200), {"pgd20": np.arange(200) < 200 * share})
-    write_reports(results_csv, tmp_path / "rep", runs, None, method_order=GOLDEN_ORDER)
+    write_reports(results_csv, tmp_path / "rep", runs, None, method_order=GOLDEN_ORDER, figures=False)
     section = _markdown_section((tmp_path / "rep" / "results.md").read_text(), "digits")
     assert "▲" not in section and "▼" not in section  # neither in a cell nor in a note
     tex = (tmp_path / "rep" / "results.tex").read_text()
@@ -535,7 +537,7 @@ def test_multi_seed_verdicts_come_from_the_method_level_test_on_the_records(tmp_
             rows.append(_row(f"{method}-s{seed}", method, "SLF", "pgd20", 100 * correct.mean(), seed=seed))
             (runs / f"{method}-s{seed}").mkdir(parents=True, exist_ok=True)
             write_record(runs / f"{method}-s{seed}" / "correct_SLF.npz", np.arange(300), {"pgd20": correct})
-    write_reports(_write_store(tmp_path, rows), tmp_path / "rep", runs, None, method_order=GOLDEN_ORDER)
+    write_reports(_write_store(tmp_path, rows), tmp_path / "rep", runs, None, method_order=GOLDEN_ORDER, figures=False)
     expected = compare_methods([arrays["acl", s] for s in range(3)], [arrays["acl-ip", s] for s in range(3)])
     (help_row,) = _read_csv(tmp_path / "rep" / "variant_help.csv")
     assert help_row["level"] == "method (3 seeds)" and help_row["test"] == "hksj-random-effects"

@@ -1,4 +1,4 @@
-"""Where the fast path's speed comes from is exact: on ResNet-18 (4 images at 32 px, PGD-2), with one
+"""Where the fast path's speed comes from is exact: on ResNet-18 (4 images at 16 px, PGD-2), with one
 shard and with two, the fast step and the reference-style step (which recomputes what the released
 attacks recompute) give bit-identical losses and parameter gradients in CPU fp32, and the same
 BatchNorm running statistics, except AdvCL's expected difference.
@@ -56,7 +56,7 @@ def _both_paths(name: str, count: int):
     method = cls(cls.make_params(dict(cls.published("smoke", "digits").params)))
     torch.manual_seed(0)
     model = method.build_model("resnet18")
-    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     method.setup(model, images, StepContext(0, 0, 1, CPU, torch.Generator(), ATTACK))
     reference_method, reference_model = copy.deepcopy(method), copy.deepcopy(model)
     fast = _step(method, model, to_float(images), False, count)

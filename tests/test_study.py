@@ -204,7 +204,7 @@ def test_a_tiny_real_study_through_the_local_pool_and_the_sweep_s_stage_jobs(tmp
        executor is tested in tests/test_sweep.py): acl-hn's two runs only, acl's are reused; the look is
        tested on what they stored;
     3. either study again trains nothing (no job, no done.json rewritten)."""
-    from tiny_run import TINY
+    from tiny_run import TINY_WITH_FIGURES
 
     from bench.runs import sweep
 
@@ -219,7 +219,7 @@ def test_a_tiny_real_study_through_the_local_pool_and_the_sweep_s_stage_jobs(tmp
         return failures
 
     monkeypatch.setattr(sweep, "run_submitit_local", in_process)
-    common = [*TINY, "--first-seeds", "2", "--max-seeds", "2", "--results-dir", str(tmp_path / "results")]
+    common = [*TINY_WITH_FIGURES, "--first-seeds", "2", "--max-seeds", "2", "--results-dir", str(tmp_path / "results")]
     common += ["--reports-dir", str(tmp_path / "reports")]
     pool = ["study", "acl", "acl-ip", *common, "--jobs", "2"]
     assert main(pool) == 0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_run import TINY
+from tiny_run import TINY, TINY_WITH_FIGURES
 
 from bench.cli.app import build_parser, main
 from bench.cli.commands import build_request, selected_methods
@@ -172,7 +172,7 @@ def _items(items) -> dict[str, object]:
     return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}
 
 
-def _tracked_run(root: Path, argv: list[str]) -> tuple[int, str]:
+def _tracked_run(root: Path, argv: list[str], tiny: list[str] = TINY) -> tuple[int, str]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"file:{root / 'mlruns'}")
         patch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -181,7 +181,7 @@ def _tracked_run(root: Path, argv: list[str]) -> tuple[int, str]:
         patch.setenv("WANDB_MODE", "offline")
         patch.setenv("WANDB_SILENT", "true")
         patch.setattr(tracking, "_MISSING", set())
-        code = main(["run", "--methods", "simclr", *TINY, "--results-dir", str(root / "r"), *argv])
+        code = main(["run", "--methods", "simclr", *tiny, "--results-dir", str(root / "r"), *argv])
     return code, str(root)
 
 
@@ -192,7 +192,7 @@ def tracked_run(tmp_path_factory):
         pytest.importorskip(package)
     root = tmp_path_factory.mktemp("tracked")
     argv = ["--reports-dir", str(root / "rep"), *[flag for name in BACKENDS for flag in ("--track", name)]]
-    code, _ = _tracked_run(root, argv)
+    code, _ = _tracked_run(root, argv, TINY_WITH_FIGURES)  # the report's figures are logged too
     assert code == 0
     run_dir = next((root / "r" / "runs").iterdir())
     history = list(csv.DictReader((run_dir / "pretrain_history.csv").open()))

@@ -40,6 +40,9 @@ def test_spawned_workers_run_each_method_and_store_its_rows(tmp_path):
         "evaluate.attacks": "clean",
         "evaluate.sanity": "false",
         "evaluate.epsilon_curve": "",
+        "evaluate.corruptions": "none",
+        "attack.steps": "1",  # what is tested is the spawned workers and the store, not the runs' numbers
+        "data.image_size": "8",
     }
     plan = build_plan(RunRequest(methods=("simclr", "acl"), overrides=overrides))
     store = ResultsStore(plan.results_dir)

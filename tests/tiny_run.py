@@ -1,4 +1,4 @@
-"""The smallest `bench run` that still exercises every stage: one epoch, SLF, 16 test images, CPU.
+"""The smallest `bench run` that still exercises every stage: one epoch, SLF, 16 test images at 8 px, CPU.
 
 Shared by the tests that run the CLI end to end, so a change to what "tiny" means is made once.
 """
@@ -19,13 +19,22 @@ TINY = [
     "--set",
     "evaluate.epsilon_curve=",
     "--set",
+    "evaluate.sanity=false",  # its stronger PGD is 3/4 of a tiny evaluation; tests/test_evaluate.py tests the checks
+    "--set",
     "evaluate.corruptions=none",  # the corrupted copies cost 15 % of a tiny run; tests/test_corruption*.py test them
     "--set",
     "pretrain.batch_size=256",
+    "--set",
+    "attack.steps=1",  # one PGD step in pretraining: most of a tiny run's time is PGD; the attack has its own tests
+    "--set",
+    "data.image_size=8",  # the digits' own resolution: a quarter of the pixels of the smoke preset's 16
     "--device",
     "cpu",
     "--quiet",
+    "--no-figures",  # most of a report's time; the report's own tests (tests/test_report*.py) draw them
 ]
+TINY_WITH_FIGURES = [flag for flag in TINY if flag != "--no-figures"]  # a test that reads the figures, or a
+# command with no bench report (bench study)
 
 
 def copy_store(shared, destination):

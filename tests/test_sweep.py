@@ -97,6 +97,7 @@ def test_dry_run_json_lists_every_job_and_skips_complete_runs(tmp_path, capsys):
         (run,) = build_plan(build_request(args, selected_methods(args))).runs
         assert run.run_id == args.run_id == line["run_id"]
     assert lines[-1]["after"] == [line["job"] for line in lines[:-1]]
+    assert shlex.split(lines[-1]["command"])[-1] == "--no-figures"  # TINY's report flag, for the collect job's report
     done = ResultsStore(tmp_path / "r").run(lines[0]["run_id"])
     done.write_json(done.done, {"finished": "now"})  # a complete run has no job, unless --force
     again = _dry_run(tmp_path, "--methods", "simclr", "acl", "--seeds", "0", "1", "--schemes", "SLF,ALF", capsys=capsys)

@@ -84,3 +84,21 @@ def test_run_and_report_print_json_for_scripts(tmp_path, capsys):
     assert {"results.md", "sanity.md", "index.html", "index.md"} <= {Path(p).name for p in written}
     assert "- Figures: not drawn (--no-figures)" in (tmp_path / "again" / "index.md").read_text()
     assert "<p>Figures not drawn (--no-figures).</p>" in (tmp_path / "again" / "index.html").read_text()
+
+
+def test_no_figures_reaches_the_report_of_a_sweep_s_collect_job_and_refuses_curve_methods(
+    tmp_path, monkeypatch, capsys
+):
+    """`bench stage collect --no-figures` (a sweep's collect job) writes its report without figures;
+    `bench report --curve-methods` selects what a figure draws, so it is refused with `--no-figures`."""
+    import bench.cli.products
+
+    calls = []
+    monkeypatch.setattr(bench.cli.products, "write_report", lambda dirs, **kwargs: calls.append(kwargs) or [])
+    (tmp_path / "r").mkdir()
+    dirs = ["--set", f"results_dir={tmp_path / 'r'}", "--set", f"reports_dir={tmp_path / 'rep'}"]
+    assert main(["stage", "collect", *dirs, "--no-figures"]) == 0
+    assert main(["stage", "collect", *dirs]) == 0
+    assert [call["figures"] for call in calls] == [False, True]
+    code = main(["report", "--results-dir", str(tmp_path / "r"), "--curve-methods", "acl", "--no-figures"])
+    assert code == 2 and "--curve-methods is invalid with --no-figures" in capsys.readouterr().err

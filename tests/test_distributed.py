@@ -23,7 +23,8 @@ METHODS = ["acl", "advcl-ip"]  # eval-mode attack with gathered negatives; train
 def ranks_output(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     # forked, as `bench run --jobs N` forks its CPU workers: a spawned rank would import torch and the suite
-    # again (about 7 s of CPU each before any work); what is tested is gloo across processes, not the start
+    # again (about 7 s of CPU each before any work); what is tested is gloo across processes, not the start.
+    # The ranks inherit this worker's modules (no process group is open here) and set their own thread count.
     torch.multiprocessing.start_processes(
         ddp_ranks.main,
         args=(str(out / "rendezvous"), str(out), METHODS),

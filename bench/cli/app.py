@@ -309,7 +309,7 @@ def _add_stage_parser(sub) -> None:
     stage.add_argument("--run-id", help="the run these settings must give (refused if they give another)")
     add_method_flags(stage)
     stage.add_argument("--force", action="store_true", help="pretrain: start the run afresh even if it is complete")
-    add_report_flags(stage)  # collect's report
+    add_report_flags(stage, when="collect: ")
     add_config_flags(stage)
     stage.set_defaults(handler=command_handler("cmd_stage"))
 

@@ -88,12 +88,13 @@ def add_dry_run_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_report_flags(parser: argparse.ArgumentParser) -> None:
+def add_report_flags(parser: argparse.ArgumentParser, when: str = "") -> None:
     """The report a run command writes at its end: none, or its tables without the figures (matplotlib draws
-    each figure twice, PNG and PDF, about 0.6 s each; the tables take a fraction of a second)."""
-    parser.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
+    each figure twice, PNG and PDF, about 0.6 s each; the tables take a fraction of a second). ``when``: the
+    help's prefix where only some forms of the command write one (``bench stage``: collect)."""
+    parser.add_argument("--no-report", action="store_true", help=f"{when}do not write the report afterwards")
     parser.add_argument(
-        "--no-figures", action="store_true", help="write the report's tables and pages but not its figures"
+        "--no-figures", action="store_true", help=f"{when}write the report's tables and pages but not its figures"
     )
 
 

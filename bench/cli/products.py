@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.config import check_directory
+from bench.config import ConfigError, check_directory
 from bench.engine import progress
 from bench.methodkit import registry
 from bench.products.compare import compare_command
@@ -54,6 +54,8 @@ def write_report(
 
 def cmd_report(args: argparse.Namespace) -> int:
     methods = [name for name in ",".join(args.curve_methods or []).split(",") if name]
+    if methods and args.no_figures:  # it selects what a figure draws
+        raise ConfigError("--curve-methods is invalid with --no-figures: allowed one of the two")
     refresh_index(Path(args.results_dir))  # a row-cut or header-only index is rebuilt, not reported
     written = write_report(
         (Path(args.results_dir), Path(args.reports_dir)),

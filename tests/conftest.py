@@ -7,19 +7,22 @@ import os
 import shutil
 
 import pytest
-import torch
 
-from bench.config import RunConfig, smoke_preset
-from bench.engine.data import load_digits
+# torch and the package are imported by the fixtures that use them, not here: pytest-xdist's controller loads
+# this file too and runs no test (importing torch there cost each suite run 3 to 4 s of CPU at its start)
 
 
 @pytest.fixture(scope="session")
 def digits():
+    from bench.engine.data import load_digits
+
     return load_digits(16)
 
 
 @pytest.fixture
-def tiny_config(tmp_path) -> RunConfig:
+def tiny_config(tmp_path):
+    from bench.config import smoke_preset
+
     config = smoke_preset()
     config.pretrain.epochs = 1
     config.pretrain.batch_size = 32
@@ -41,6 +44,8 @@ THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
 
 @pytest.fixture(autouse=True)
 def _few_threads():
+    import torch
+
     torch.set_num_threads(THREADS)
     yield
 

@@ -6,7 +6,7 @@ import csv
 import json
 
 import pytest
-from tiny_run import TINY, copy_store
+from tiny_run import TINY, TINY_EVALUATION, copy_store
 
 from bench.cli.app import main
 from bench.store.rows import COLUMNS
@@ -126,6 +126,7 @@ def test_stored_encoder_can_be_finetuned_again_and_exported(tmp_path, shared_run
             "--schemes",
             "SLF",
             "--no-report",
+            *TINY_EVALUATION,
         ]
     )
     assert code == 0
@@ -260,6 +261,7 @@ def test_evaluate_labels_from_the_checkpoint_and_writes_nothing_on_bad_input(tmp
         "SLF",
         "--attacks",
         "clean,pgd20",
+        *TINY_EVALUATION,  # the labels and the refusals are checked, not the evaluation's extras
     ]
     assert main(["evaluate", "--checkpoint", str(encoder), "--format", "nope", *common]) == 2
     assert main(["evaluate", "--robustbench-model", "Standard", *common]) == 2

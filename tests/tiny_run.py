@@ -5,6 +5,17 @@ Shared by the tests that run the CLI end to end, so a change to what "tiny" mean
 
 import shutil
 
+# What a tiny run leaves out of its evaluation and report (each has tests of its own); also for the tests of
+# `bench evaluate`/`finetune`
+TINY_EVALUATION = [
+    "--set",
+    "evaluate.epsilon_curve=",
+    "--set",
+    "evaluate.sanity=false",  # its stronger PGD is 3/4 of a tiny evaluation; tests/test_evaluate.py tests the checks
+    "--set",
+    "evaluate.corruptions=none",  # the corrupted copies cost 15 % of a tiny run; tests/test_corruption*.py test them
+    "--no-figures",  # most of a report's time; the report's own tests (tests/test_report*.py) draw them
+]
 TINY = [
     "--epochs",
     "1",
@@ -16,12 +27,7 @@ TINY = [
     "SLF",
     "--attacks",
     "clean,pgd20",
-    "--set",
-    "evaluate.epsilon_curve=",
-    "--set",
-    "evaluate.sanity=false",  # its stronger PGD is 3/4 of a tiny evaluation; tests/test_evaluate.py tests the checks
-    "--set",
-    "evaluate.corruptions=none",  # the corrupted copies cost 15 % of a tiny run; tests/test_corruption*.py test them
+    *TINY_EVALUATION,
     "--set",
     "pretrain.batch_size=256",
     "--set",
@@ -31,7 +37,6 @@ TINY = [
     "--device",
     "cpu",
     "--quiet",
-    "--no-figures",  # most of a report's time; the report's own tests (tests/test_report*.py) draw them
 ]
 TINY_WITH_FIGURES = [flag for flag in TINY if flag != "--no-figures"]  # a test that reads the figures, or a
 # command with no bench report (bench study)

@@ -6,7 +6,7 @@ import csv
 import json
 
 import pytest
-from tiny_run import TINY, TINY_EVALUATION, copy_store
+from tiny_run import TINY, TINY_EVALUATION, TINY_PRETRAINING, copy_store
 
 from bench.cli.app import main
 from bench.store.rows import COLUMNS
@@ -40,10 +40,7 @@ def _run(tmp_path, *extra):
             "finetune.alf_steps=1",  # ALF's and TRADES' inner PGD: what is stored is checked, not how robust
             "--set",
             "finetune.trades_steps=1",
-            "--set",
-            "attack.steps=1",  # pretraining's PGD too
-            "--set",
-            "data.image_size=8",
+            *TINY_PRETRAINING,  # pretraining's PGD too, at 8 px
             "--attacks",
             "clean,pgd20",
             *extra,
@@ -179,10 +176,7 @@ def test_parallel_and_sequential_runs_store_the_same_runs(tmp_path):
                     "clean,pgd20",
                     "--set",
                     "pretrain.batch_size=256",
-                    "--set",
-                    "attack.steps=1",  # which runs and rows each stores is compared, not how robust they are
-                    "--set",
-                    "data.image_size=8",
+                    *TINY_PRETRAINING,  # which runs and rows each stores is compared, not how robust they are
                     "--no-report",  # the rows are compared, not the report
                 ]
             )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from processes import LINUX, REPO, all_gone, descendants, kill_left, two_jobs_run, wait_until, workers
+from tiny_run import TINY_PRETRAINING
 
 # --------------------------------------------------------------------------- D10
 
@@ -181,12 +182,11 @@ def test_a_run_killed_in_finetuning_resumes_bit_exactly_at_its_thread_count(tmp_
 
 def _torchrun(results: Path, *extra: str) -> subprocess.Popen:
     """``torchrun --standalone --nproc-per-node 2 -m bench.cli pretrain`` (acl, CPU, gloo) in its own session."""
-    # one PGD step at 8 px: the launches, kills and resumes are tested, not the attack
+    # TINY_PRETRAINING (one PGD step at 8 px): the launches, kills and resumes are tested, not the attack
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "bench.cli",
         "pretrain", "--methods", "acl", "--device", "cpu", "--set", "pretrain.batch_size=256",
-        "--set", "pretrain.checkpoint_every=1", "--set", "attack.steps=1", "--set", "data.image_size=8",
-        "--results-dir", str(results), *extra,
+        "--set", "pretrain.checkpoint_every=1", *TINY_PRETRAINING, "--results-dir", str(results), *extra,
     ]  # fmt: skip
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(

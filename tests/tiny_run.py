@@ -16,6 +16,9 @@ TINY_EVALUATION = [
     "evaluate.corruptions=none",  # the corrupted copies cost 15 % of a tiny run; tests/test_corruption*.py test them
     "--no-figures",  # most of a report's time; the report's own tests (tests/test_report*.py) draw them
 ]
+# A tiny run's model and attack: the digits' own 8 px (a quarter of the smoke preset's 16 px pixels) and one
+# pretraining PGD step (most of a tiny run's time is PGD; the attacks have their own tests)
+TINY_PRETRAINING = ["--set", "attack.steps=1", "--set", "data.image_size=8"]
 TINY = [
     "--epochs",
     "1",
@@ -30,10 +33,7 @@ TINY = [
     *TINY_EVALUATION,
     "--set",
     "pretrain.batch_size=256",
-    "--set",
-    "attack.steps=1",  # one PGD step in pretraining: most of a tiny run's time is PGD; the attack has its own tests
-    "--set",
-    "data.image_size=8",  # the digits' own resolution: a quarter of the pixels of the smoke preset's 16
+    *TINY_PRETRAINING,
     "--device",
     "cpu",
     "--quiet",

@@ -53,7 +53,7 @@ def write_report(
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    methods = [name for name in ",".join(args.curve_methods or []).split(",") if name]
+    methods = _listed(args.curve_methods)
     if methods and args.no_figures:  # it selects what a figure draws
         raise ConfigError("--curve-methods is invalid with --no-figures: allowed one of the two")
     refresh_index(Path(args.results_dir))  # a row-cut or header-only index is rebuilt, not reported

@@ -23,8 +23,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
         if not args.no_report:
             from bench.cli.products import write_report  # deferred: the report stack, for the collect job only
 
-            reports = (Path(config.results_dir), Path(config.reports_dir))
-            write_report(reports, paper=False, quiet=True, figures=not args.no_figures)
+            dirs = (Path(config.results_dir), Path(config.reports_dir))
+            write_report(dirs, paper=False, quiet=True, figures=not args.no_figures)
         return 0
     request = build_request(args, selected_methods(args))
     request.resume = True

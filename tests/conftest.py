@@ -89,7 +89,7 @@ LONGEST = (
     "test_run_stores_every_scheme_and_attack_then_skips_reruns",
     "test_the_page_loads_sorts_and_filters_in_chromium",
     "test_a_tiny_real_study_through_the_local_pool_and_the_sweep_s_stage_jobs",
-    "test_spawned_workers_run_each_method_and_store_its_rows",
+    "test_a_spawned_worker_runs_its_method_and_stores_its_rows",
     "test_precision_check_runs_both_arms_on_cpu",
 )
 

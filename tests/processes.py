@@ -1,15 +1,19 @@
-"""Start ``bench`` as a terminal would and follow the processes it starts (workers, jobs, ranks).
+"""Start ``bench`` as a terminal would (forked from the test's process) and follow the processes it starts
+(workers, jobs, ranks).
 
 Shared by the tests that kill launchers, sweeps and runs mid-way (``test_reliability*.py``, ``test_sweep.py``).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from bench.engine import lifetime
@@ -18,39 +22,110 @@ REPO = Path(__file__).resolve().parent.parent
 LINUX = sys.platform.startswith("linux") and Path("/proc").exists()
 
 
-def _as_from_a_terminal() -> None:
-    """In the child before ``exec``: SIGINT and SIGQUIT at their defaults, as a shell starts a command. The
-    test process may hold them ignored at that moment (C ``system()``, called by a library's thread, ignores
-    both in its caller while its own child runs) and a child inherits an ignored signal: ``bench`` would then
-    never see the Ctrl-C these tests send, and its workers would train on (seen in CI: 60 s timeouts and
-    orphans that slowed every later test)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+class ForkedBench:
+    """``bench ARGV`` in a child forked from the test's process, in a session of its own (its process group is
+    its pid), stdout and stderr kept in files; a handle with ``subprocess.Popen``'s ``pid``, ``poll``, ``wait``,
+    ``send_signal``, ``kill``, ``communicate``, ``returncode`` and ``stderr``.
+
+    Forked, not a new interpreter: the test's process has torch and the package imported, and a new interpreter
+    spends about 4 s of CPU importing them before ``bench`` does anything. What these tests check comes after:
+    how ``bench`` and the processes it starts (workers, jobs) end. The child starts as a shell starts a command,
+    whatever the test's process holds at that moment: SIGINT raising KeyboardInterrupt (a library's thread
+    calling C ``system()`` ignores SIGINT in its caller meanwhile, and ``bench`` would then never see the Ctrl-C
+    these tests send: seen in CI, 60 s timeouts and orphans that slowed every later test), SIGTERM, SIGQUIT,
+    SIGUSR1/2 and SIGCHLD at their defaults, stdin empty, ``sys.argv`` its own, ``environment`` added to its
+    environment."""
+
+    def __init__(self, *argv: str, environment: dict[str, str] | None = None):
+        self.args = ("bench", *argv)
+        self._environment = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(environment or {})}
+        self.returncode: int | None = None
+        self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        # imported here, once, for every child to inherit: the CLI, and torch._dynamo, which torch.optim imports at
+        # a run's first optimiser step (2 to 3 s of CPU; `bench run` imports it before its forks for the same reason)
+        import torch._dynamo  # noqa: F401
+
+        import bench.cli.app  # noqa: F401
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.pid = os.fork()
+        if self.pid == 0:
+            self._child()
+
+    def _child(self) -> None:
+        code = 1
+        try:
+            os.setsid()
+            for number in (signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
+                signal.signal(number, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for fd, target in ((0, os.open(os.devnull, os.O_RDONLY)), (1, self._out.fileno()), (2, self._err.fileno())):
+                os.dup2(target, fd)
+            sys.stdin = open(0, closefd=False)  # noqa: SIM115 (the child's whole life)
+            sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+            sys.argv = list(self.args)
+            os.environ.update(self._environment)  # ``environment``, and for the jobs it starts in turn
+            from bench.cli.app import main
+
+            code = main(list(self.args[1:]))
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code if isinstance(code, int) else 1)  # never the test process's own exit handlers
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.time() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.time() > deadline:
+                raise subprocess.TimeoutExpired(list(self.args), timeout)
+            time.sleep(0.05)
+        return self.returncode
+
+    def send_signal(self, number: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, number)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, timeout: float | None = None) -> tuple[bytes, bytes]:
+        self.wait(timeout)
+        return self._read(self._out), self._read(self._err)
+
+    @property
+    def stderr(self) -> io.BytesIO:
+        return io.BytesIO(self._read(self._err))
+
+    @staticmethod
+    def _read(stream) -> bytes:
+        stream.seek(0)
+        return stream.read()
 
 
-def bench(*args: str, **popen) -> subprocess.Popen:
-    """``bench ARGS`` in a session of its own (its process group is its pid), stdout and stderr piped."""
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "bench.cli", *args],
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        preexec_fn=_as_from_a_terminal,
-        **popen,
-    )
-
-
-def two_jobs_run(results: Path) -> subprocess.Popen:
+def two_jobs_run(results: Path) -> ForkedBench:
     """``bench run --jobs 2`` of acl and simclr for 200 epochs (never ends by itself), stores under ``results``."""
-    return bench(
+    return ForkedBench(
         "run", "--methods", "acl", "simclr", "--jobs", "2", "--epochs", "200", "--device", "cpu", "--quiet",
         "--no-report", "--results-dir", str(results / "r"), "--reports-dir", str(results / "rep"),
     )  # fmt: skip
 
 
-def workers(process: subprocess.Popen) -> list[int]:
+def workers(process: ForkedBench) -> list[int]:
     """The pids below ``process`` once its two workers have started (two minutes at most)."""
     return wait_until(lambda: len(descendants(process.pid)) >= 2 and descendants(process.pid), 120, "workers")
 

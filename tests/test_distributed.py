@@ -25,6 +25,10 @@ def ranks_output(tmp_path_factory):
     # forked, as `bench run --jobs N` forks its CPU workers: a spawned rank would import torch and the suite
     # again (about 7 s of CPU each before any work); what is tested is gloo across processes, not the start.
     # The ranks inherit this worker's modules (no process group is open here) and set their own thread count.
+    # torch._dynamo too, imported here as `bench run` does before its forks: torch.optim imports it at a rank's
+    # first step (2 to 3 s of CPU each), and this worker imports it at its own first step anyway
+    import torch._dynamo  # noqa: F401
+
     torch.multiprocessing.start_processes(
         ddp_ranks.main,
         args=(str(out / "rendezvous"), str(out), METHODS),

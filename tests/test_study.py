@@ -204,8 +204,9 @@ def test_a_tiny_real_study_through_the_local_pool_and_the_sweep_s_stage_jobs(tmp
        executor is tested in tests/test_sweep.py): acl-hn's two runs only, acl's are reused; the look is
        tested on what they stored;
     3. either study again trains nothing (no job, no done.json rewritten)."""
-    from tiny_run import TINY_WITH_FIGURES
+    from tiny_run import TINY
 
+    from bench.products.report.common import FIGURES_NOT_DRAWN
     from bench.runs import sweep
 
     stages = []
@@ -219,7 +220,7 @@ def test_a_tiny_real_study_through_the_local_pool_and_the_sweep_s_stage_jobs(tmp
         return failures
 
     monkeypatch.setattr(sweep, "run_submitit_local", in_process)
-    common = [*TINY_WITH_FIGURES, "--first-seeds", "2", "--max-seeds", "2", "--results-dir", str(tmp_path / "results")]
+    common = [*TINY, "--first-seeds", "2", "--max-seeds", "2", "--results-dir", str(tmp_path / "results")]
     common += ["--reports-dir", str(tmp_path / "reports")]
     pool = ["study", "acl", "acl-ip", *common, "--jobs", "2"]
     assert main(pool) == 0
@@ -227,6 +228,8 @@ def test_a_tiny_real_study_through_the_local_pool_and_the_sweep_s_stage_jobs(tmp
     rows = list(csv.DictReader((tmp_path / "reports" / "study.csv").open()))
     assert {(row["scheme"], row["attack"]) for row in rows} == {("SLF", "clean"), ("SLF", "pgd20")}
     assert all(row["decision"] for row in rows)  # one look: each comparison ends there
+    assert f"Figure: {FIGURES_NOT_DRAWN}." in (tmp_path / "reports" / "study.md").read_text()  # TINY's --no-figures
+    assert not list((tmp_path / "reports").glob("study.p*"))
 
     jobs = ["study", "acl", "acl-hn", *common, "--launcher", "submitit-local"]
     assert main(jobs) == 0

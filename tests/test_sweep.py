@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from processes import LINUX, all_gone, descendants, kill_left, wait_until
-from processes import bench as bench_process
+from processes import LINUX, ForkedBench, all_gone, descendants, kill_left, wait_until
 from tiny_run import TINY
 
 from bench.cli.app import build_parser, main
@@ -194,7 +193,7 @@ def _pretraining_anew(store: ResultsStore, prefix: str, before: int) -> bool:
 def _stop_a_launcher(argv: list[str], store: ResultsStore, stop: signal.Signals, before: int) -> int:
     """``bench ARGV`` (a sweep) as its own process, stopped by ``stop`` once simclr's pretraining job runs again;
     every job of it must end. Returns the pid of the job it stopped."""
-    launcher, jobs = bench_process(*argv), []
+    launcher, jobs = ForkedBench(*argv), []
     try:
         wait_until(lambda: _pretraining_anew(store, "simclr", before), 180, "simclr's pretraining job")
         jobs = descendants(launcher.pid)  # submitit's controller and its task, kept: orphans have no parent to find

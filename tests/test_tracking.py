@@ -30,7 +30,7 @@ from bench.runs import tracking
 from bench.runs.tracking import FanOut, LocalTracker, Tracker, read_local, resolve_track
 from bench.runs.tracking_backends import row_key
 from bench.runs.train import pretrain
-from bench.store.results import RunDir
+from bench.store.results import ResultsStore, RunDir
 
 BACKENDS = ("mlflow", "tensorboard", "wandb")
 
@@ -285,8 +285,11 @@ def test_the_local_log_holds_every_step(tracked_run):
 
 
 @pytest.mark.e2e
-def test_missing_packages_are_one_line_each_and_the_run_is_unchanged(tracked_run, tmp_path, capsys):
-    _, _, _, rows = tracked_run
+def test_missing_packages_are_one_line_each_and_the_run_is_unchanged(tmp_path, capsys, shared_run):
+    # the reference is the same run untracked, made once per session (tests/test_reliability.py reads it too);
+    # not tracked_run, a module fixture that a pytest-xdist worker stealing this test alone would make again
+    (untracked,) = ResultsStore(shared_run("--methods", "simclr", *TINY) / "r").run_dirs()
+    rows = untracked.read_rows()
     with pytest.MonkeyPatch.context() as patch:
         for module in ("mlflow", "wandb", "torch.utils.tensorboard"):
             patch.setitem(sys.modules, module, None)  # `import mlflow` raises ImportError

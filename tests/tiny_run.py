@@ -38,8 +38,7 @@ TINY = [
     "cpu",
     "--quiet",
 ]
-TINY_WITH_FIGURES = [flag for flag in TINY if flag != "--no-figures"]  # a test that reads the figures, or a
-# command with no bench report (bench study)
+TINY_WITH_FIGURES = [flag for flag in TINY if flag != "--no-figures"]  # for a test that reads the figures
 
 
 def copy_store(shared, destination):

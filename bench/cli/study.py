@@ -50,6 +50,9 @@ def add_study_parser(sub, stage_entry: Callable[[list[str]], int]) -> None:
         "as bench sweep --launcher submitit-local (logs in <results>/_jobs). A look needs its results before the "
         "next, so SLURM is not offered: run the study on a node, or sweep the seeds and study the stored ones",
     )
+    study.add_argument(
+        "--no-figures", action="store_true", help="write study.md and study.csv but not the figure (study.png/pdf)"
+    )
     add_experiment_flags(study)
     add_config_flags(study)
     study.set_defaults(handler=cmd_study, stage_entry=stage_entry)
@@ -113,8 +116,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     if args.launcher == "submitit-local":
         options = sweep.ClusterOptions(folder=(Path(assemble(request).results_dir) / "_jobs").resolve())
         runner = sweep.submitit_local_runner(request, options, args.stage_entry)
-    run_study(study, request, runner=runner, after_look=lambda current: write_study(current, reports_dir))
-    written = write_study(study, reports_dir)
+    figures = not args.no_figures
+    run_study(study, request, runner=runner, after_look=lambda current: write_study(current, reports_dir, figures))
+    written = write_study(study, reports_dir, figures)
     for track in study.tracks:
         progress.log(
             f"{track.variant} {track.scheme} {track.attack}: {track.decision} "

@@ -14,6 +14,7 @@ import io
 import math
 from pathlib import Path
 
+from bench.products.report.common import FIGURES_NOT_DRAWN
 from bench.products.report.figures import new_figure, save_figure
 from bench.products.study import Study, Track
 from bench.store.atomic import write_atomic
@@ -72,7 +73,8 @@ def _interval(low: float, high: float) -> str:
     return "[—]" if not (math.isfinite(low) and math.isfinite(high)) else f"[{low:+.1f}, {high:+.1f}]"
 
 
-def study_markdown(study: Study, figure: str = "study.png") -> str:
+def study_markdown(study: Study, figure: str | None = "study.png") -> str:
+    """``figure``: the figure's file name beside study.md, or None where it was not drawn (``--no-figures``)."""
     design = study.design
     state = "finished" if study.finished else "in progress (rerun the same command to continue)"
     lines = [
@@ -104,7 +106,7 @@ def study_markdown(study: Study, figure: str = "study.png") -> str:
         lines.append(f"- {track.variant} {track.scheme} {track.attack}: " + _history(track))
     lines += [
         "",
-        f"![interval narrowing as seeds were added]({figure})",
+        f"![interval narrowing as seeds were added]({figure})" if figure else f"Figure: {FIGURES_NOT_DRAWN}.",
         "",
         "Δ = variant − base; the interval at each look has confidence 1 − (that look's α). A comparison "
         "stops when its interval excludes 0 (better/worse), lies inside ±difference (no difference "
@@ -148,12 +150,13 @@ def study_figure(study: Study, stem: Path) -> list[Path]:
     return save_figure(figure, stem)
 
 
-def write_study(study: Study, reports_dir: Path) -> list[Path]:
-    """study.md, study.csv and the figure, each written atomically."""
+def write_study(study: Study, reports_dir: Path, figures: bool = True) -> list[Path]:
+    """study.md, study.csv and, unless ``figures`` is off (``--no-figures``: drawing it is most of the write's
+    time, and a study writes after every look), the figure; each written atomically."""
     reports_dir.mkdir(parents=True, exist_ok=True)
-    figures = study_figure(study, reports_dir / "study")
+    drawn = study_figure(study, reports_dir / "study") if figures else []
     return [
-        write_atomic(reports_dir / "study.md", study_markdown(study, figures[0].name)),
+        write_atomic(reports_dir / "study.md", study_markdown(study, drawn[0].name if drawn else None)),
         write_atomic(reports_dir / "study.csv", study_csv(study)),
-        *figures,
+        *drawn,
     ]

@@ -363,8 +363,19 @@ def stop_jobs(handles: list[Any], timeout_s: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+LOCAL_POLL_S = 0.2  # how often a local job is checked; submitit's own wait checks every second
+
+
 def _job_error(handle: Any) -> str:
-    """Wait for a submitit job; '' when it succeeded, else one line saying how it ended."""
+    """Wait for a local submitit job; '' when it succeeded, else one line saying how it ended.
+
+    A local job is done when its controller process has ended, after its task wrote its result; one that
+    ended without a result (killed, the OOM killer) is reported at once. Submitit's ``result()`` would first
+    wait 15 s for the result file to appear, a grace for the shared filesystems of a cluster."""
+    while not handle.done():
+        time.sleep(LOCAL_POLL_S)
+    if not handle.paths.result_pickle.exists():
+        return f"JobDied: job {handle.job_id} ended without a result (killed?) (log: {handle.paths.stderr})"
     try:
         handle.result()
     except FailedJobError:

@@ -46,18 +46,8 @@ from bench.store.results import ResultsStore
 
 JOB_STAGES = ("pretrain", "finetune", "collect")
 # ClusterOptions fields that `bench sweep` sets from flags of the same name (--timeout-min, ...)
-CLUSTER_FLAGS = (
-    "timeout_min",
-    "max_timeouts",
-    "partition",
-    "account",
-    "constraint",
-    "qos",
-    "gpus_per_node",
-    "cpus_per_task",
-    "mem_gb",
-    "array_parallelism",
-)
+CLUSTER_FLAGS = ("timeout_min", "max_timeouts", "partition", "account", "constraint", "qos", "gpus_per_node")
+CLUSTER_FLAGS += ("cpus_per_task", "mem_gb", "array_parallelism")
 
 
 @dataclass(frozen=True)
@@ -367,11 +357,9 @@ LOCAL_POLL_S = 0.2  # how often a local job is checked; submitit's own wait chec
 
 
 def _job_error(handle: Any) -> str:
-    """Wait for a local submitit job; '' when it succeeded, else one line saying how it ended.
-
-    A local job is done when its controller process has ended, after its task wrote its result; one that
-    ended without a result (killed, the OOM killer) is reported at once. Submitit's ``result()`` would first
-    wait 15 s for the result file to appear, a grace for the shared filesystems of a cluster."""
+    """Wait for a local job; '' when it succeeded, else one line saying how it ended. A job whose process ended
+    without a result (killed, the OOM killer) is reported at once: submitit's ``result()`` would first wait 15 s
+    for the result file, a grace for a cluster's shared filesystem."""
     while not handle.done():
         time.sleep(LOCAL_POLL_S)
     if not handle.paths.result_pickle.exists():

@@ -86,7 +86,7 @@ def shared_run(tmp_path_factory):
 LONGEST = (
     "test_a_local_sweep_killed_preempted_stopped_and_rerun_gives_the_rows_of_bench_run",
     "test_torchrun_ranks_killed_and_resumed_end_with_the_run_of_one_process_with_world_size_shards",
-    "test_run_stores_every_scheme_and_attack_then_skips_reruns",
+    "test_run_stores_every_scheme_and_attack",
     "test_the_page_loads_sorts_and_filters_in_chromium",
     "test_a_tiny_real_study_through_the_local_pool_and_the_sweep_s_stage_jobs",
     "test_a_spawned_worker_runs_its_method_and_stores_its_rows",

@@ -85,7 +85,7 @@ def shared_run(tmp_path_factory):
 # part of these, so no worker is left to run a minute-long test alone at the end of the suite.
 LONGEST = (
     "test_a_local_sweep_killed_preempted_stopped_and_rerun_gives_the_rows_of_bench_run",
-    "test_torchrun_ranks_killed_and_resumed_end_with_the_run_of_one_process_with_world_size_shards",
+    "test_torchrun_ranks_end_with_a_killed_torchrun",
     "test_run_stores_every_scheme_and_attack",
     "test_the_page_loads_sorts_and_filters_in_chromium",
     "test_a_tiny_real_study_through_the_local_pool_and_the_sweep_s_stage_jobs",

@@ -16,6 +16,8 @@ import time
 import traceback
 from pathlib import Path
 
+import torch
+
 from bench.engine import lifetime
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,6 +69,9 @@ class ForkedBench:
             sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
             sys.argv = list(self.args)
             os.environ.update(self._environment)  # ``environment``, and for the jobs it starts in turn
+            # one thread, as OMP_NUM_THREADS=1 gives a new interpreter: the test process's OpenMP threads do not
+            # survive the fork, and a parallel region over them would hang the child
+            torch.set_num_threads(1)
             from bench.cli.app import main
 
             code = main(list(self.args[1:]))

@@ -216,29 +216,45 @@ def _ranks(torchrun: int) -> dict[int, int]:
     return ranks
 
 
-@pytest.mark.e2e
-@pytest.mark.skipif(not LINUX, reason="needs /proc to follow the ranks")
-def test_a_rank_killed_mid_pretraining_leaves_rank_0_a_resumable_failure(tmp_path):
-    """D7, a peer lost: rank 1 killed mid-pretraining. Rank 0's collective failed (gloo: ``Connection closed by
-    peer``) and recorded ``resumable: false``, so ``--resume`` started again from step 0. A failed collective is
-    ``PeerLost`` now, recorded resumable.
+EPOCHS = "5"  # 25 steps: a launch stopped at its first checkpoint leaves ~20 to go
+ONE_PROCESS = {  # the settings of _pretrain's run in one process with a shard per rank: its run id is the ranks'
+    "device": "cpu", "pretrain.epochs": EPOCHS, "pretrain.batch_size": "256", "pretrain.shards": "2",
+    "pretrain.checkpoint_every": "1", "attack.steps": "1", "data.image_size": "8", "finetune.schemes": "",
+}  # fmt: skip
 
-    The two ranks are forked with the environment torchrun gives its ranks, without torchrun itself: its agent
-    stops rank 0 as soon as rank 1 dies, often before rank 0's collective fails, so under torchrun this failure
-    showed only now and then; and each launch costs three new interpreters (torch in the launcher and both
-    ranks, about 5 s of CPU each). Under torchrun: the test below."""
-    results = tmp_path / "r"
-    with socket.socket() as probe:  # a free port for the rendezvous, as torchrun --standalone picks one
+
+def _forked_ranks(results: Path, *extra: str) -> list[ForkedBench]:
+    """Ranks 0 and 1 of ``bench pretrain`` forked with the environment torchrun gives its ranks, without torchrun
+    (its rendezvous: rank 0's store on a free port). Each torchrun launch costs three new interpreters (torch in
+    the launcher and both ranks, about 5 s of CPU each); what runs under torchrun itself: the next test."""
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    ranks = [
+    world = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+    return [
         ForkedBench(
-            *_pretrain(results, "--epochs", "5"),
-            environment={"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank)}
-            | {"LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"},
+            *_pretrain(results, "--epochs", EPOCHS, *extra), environment={**world, "RANK": rank, "LOCAL_RANK": rank}
         )
-        for rank in (0, 1)
+        for rank in ("0", "1")
     ]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not LINUX, reason="needs /proc to follow the ranks")
+def test_a_rank_killed_mid_pretraining_resumes_to_the_run_of_one_process_with_world_size_shards(tmp_path):
+    """D7, a peer lost: rank 1 killed mid-pretraining. Rank 0's collective failed (gloo: ``Connection closed by
+    peer``) and recorded ``resumable: false``, so ``--resume`` started again from step 0. A failed collective is
+    ``PeerLost`` now, recorded resumable, and ``--resume`` continues from the last checkpoint to the end: the run
+    id is that of ``--set pretrain.shards=2`` in one process; the encoder, history and tracker are written by
+    rank 0 alone, every step once.
+
+    Forked ranks (``_forked_ranks``): under torchrun its agent stops rank 0 as soon as rank 1 dies, often before
+    rank 0's collective fails, so there this failure showed only now and then."""
+    from bench.runs.plan import RunRequest, build_plan
+    from bench.runs.tracking import read_local
+
+    results = tmp_path / "r"
+    ranks = _forked_ranks(results)
     try:
         wait_until(lambda: _training(results), 240, "the first checkpoint")
         ranks[1].kill()
@@ -248,60 +264,52 @@ def test_a_rank_killed_mid_pretraining_leaves_rank_0_a_resumable_failure(tmp_pat
         for rank in ranks:
             rank.wait()
     assert ranks[0].returncode == 1, err.decode(errors="replace")[-3000:]
-    failed = json.loads((_run_dir(results) / "failed.json").read_text())
+    run = _run_dir(results)
+    failed = json.loads((run / "failed.json").read_text())
     assert failed["resumable"] is True and "another rank is gone" in failed["reason"], failed
+
+    resumed = _forked_ranks(results, "--resume")
+    try:
+        outputs = [rank.communicate(timeout=600) for rank in resumed]
+    finally:
+        kill_left([rank.pid for rank in resumed if rank.poll() is None])
+    text = "".join(stream.decode(errors="replace") for stream in outputs[0])
+    assert [rank.returncode for rank in resumed] == [0, 0], text[-3000:]
+    (step,) = [int(line.split("from step ")[1].split("/")[0]) for line in text.splitlines() if "resumed acl" in line]
+    total = int(EPOCHS) * (1438 // 256)
+    assert 0 < step < total and (run / "done.json").exists() and (run / "encoder.pt").exists()
+    steps = [line.split(",")[1] for line in (run / "pretrain_history.csv").read_text().splitlines()[1:]]
+    assert steps == [str(index) for index in range(total)]
+    (expected,) = build_plan(RunRequest(methods=("acl",), overrides=ONE_PROCESS)).runs
+    assert sorted(path.name for path in (results / "runs").iterdir()) == [expected.run_id]
+    # the local tracker: rank 0 alone logs each step, once (both ranks would log each twice). It is append-only
+    # and the killed launch may have logged a step after its last checkpoint, so only the last launch's lines,
+    # from its checkpoint on, are each step once; every step is there
+    logged = [line["step"] for line in read_local(run / "metrics.jsonl")]
+    assert logged[len(logged) - (total - step) :] == list(range(step, total)) and set(logged) == set(range(total))
 
 
 @pytest.mark.e2e
 @pytest.mark.skipif(not LINUX, reason="needs /proc to find the ranks")
-def test_torchrun_ranks_killed_and_resumed_end_with_the_run_of_one_process_with_world_size_shards(tmp_path):
-    """One run under ``torchrun --nproc-per-node 2 bench pretrain`` (CPU, gloo), two launches, since each costs
-    seconds of start-up (torch in the launcher and both ranks):
-
-    1. D7, the launcher lost: torchrun starts its ranks in sessions of their own, so ``kill -9`` of torchrun
-       orphaned both (they trained on). Each rank asks for a parent-death signal when it joins the job.
-    2. ``--resume`` continues from the last checkpoint to the end: its id is that of ``--set pretrain.shards=2``
-       in one process; the encoder, history and tracker are written by rank 0 alone, every step once.
-
-    (A rank lost mid-way: the test above.)"""
+def test_torchrun_ranks_end_with_a_killed_torchrun(tmp_path):
+    """``torchrun --nproc-per-node 2 bench pretrain`` (CPU, gloo) to its first checkpoint: the ranks join, train
+    and write the run of one process with world-size shards. D7, the launcher lost: torchrun starts its ranks in
+    sessions of their own, so ``kill -9`` of torchrun orphaned both (they trained on). Each rank asks for a
+    parent-death signal when it joins the job. (Killed ranks and the resume: the test above.)"""
     from bench.runs.plan import RunRequest, build_plan
-    from bench.runs.tracking import read_local
 
-    results, epochs = tmp_path / "r", "5"  # 25 steps: the first launch is killed with ~20 still to go
-    first, ranks = _torchrun(results, "--epochs", epochs), {}
+    results = tmp_path / "r"
+    launcher, ranks = _torchrun(results, "--epochs", EPOCHS), {}
     try:  # its ranks, found before the kill: once torchrun is gone, orphans have no parent to find them by
-        ranks = wait_until(lambda: len(_ranks(first.pid)) == 2 and _ranks(first.pid), 240, "both ranks")
+        ranks = wait_until(lambda: len(_ranks(launcher.pid)) == 2 and _ranks(launcher.pid), 240, "both ranks")
         wait_until(lambda: _training(results), 240, "the first checkpoint")
-        first.kill()
-        first.wait(timeout=60)  # not communicate(): orphaned ranks would hold its pipes open
+        launcher.kill()
+        launcher.wait(timeout=60)  # not communicate(): orphaned ranks would hold its pipes open
         assert all_gone(list(ranks.values()), 20), "ranks still running after kill -9 of torchrun"
     finally:
-        kill_left([*([first.pid] if first.poll() is None else []), *ranks.values()])
-    run = _run_dir(results)
-
-    resumed = _torchrun(results, "--epochs", epochs, "--resume")
-    out, err = resumed.communicate(timeout=600)
-    text = out.decode(errors="replace") + err.decode(errors="replace")
-    assert resumed.returncode == 0, text[-3000:]
-    (step,) = [int(line.split("from step ")[1].split("/")[0]) for line in text.splitlines() if "resumed acl" in line]
-    total = int(epochs) * (1438 // 256)
-    assert 0 < step < total and (run / "done.json").exists() and (run / "encoder.pt").exists()
-    steps = [line.split(",")[1] for line in (run / "pretrain_history.csv").read_text().splitlines()[1:]]
-    assert steps == [str(index) for index in range(total)]
-    one_process = {"device": "cpu", "pretrain.epochs": epochs, "pretrain.batch_size": "256", "pretrain.shards": "2"}
-    one_process |= {
-        "pretrain.checkpoint_every": "1",
-        "attack.steps": "1",
-        "data.image_size": "8",
-        "finetune.schemes": "",
-    }
-    (expected,) = build_plan(RunRequest(methods=("acl",), overrides=one_process)).runs
+        kill_left([*([launcher.pid] if launcher.poll() is None else []), *ranks.values()])
+    (expected,) = build_plan(RunRequest(methods=("acl",), overrides=ONE_PROCESS)).runs
     assert sorted(path.name for path in (results / "runs").iterdir()) == [expected.run_id]
-    # the local tracker: rank 0 alone logs each step, once (both ranks would log each twice). It is append-only
-    # and a killed launch may have logged a step after its last checkpoint, so only the last launch's lines, from
-    # its checkpoint on, are each step once; every step is there
-    logged = [line["step"] for line in read_local(run / "metrics.jsonl")]
-    assert logged[len(logged) - (total - step) :] == list(range(step, total)) and set(logged) == set(range(total))
 
 
 def test_the_process_group_lives_once_barrier_on_success_destroyed_exactly_once(monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -51,31 +52,46 @@ def _few_threads():
 
 
 @pytest.fixture(scope="session")
-def shared_run(tmp_path_factory):
-    """``shared_run(*argv)``: the store of ``bench run *argv`` made once per test session and shared by every
-    test and pytest-xdist worker that asks for the same argv (a file lock in the session's common temp folder).
+def shared_folder(tmp_path_factory):
+    """``shared_folder(key, make)``: a folder that ``make(folder)`` fills once per test session, shared by every
+    test and pytest-xdist worker that asks for the same key (a file lock in the session's common temp folder).
 
-    Many end-to-end tests start from the same tiny run; making it once is most of what keeps the suite
-    within its time. The returned folder (``r/`` results, ``rep/`` reports) is read-only by contract:
-    a test that writes copies it first (``tiny_run.copy_store``)."""
+    A module fixture runs once per worker that runs a test of its module, and pytest-xdist's work stealing
+    often splits a module between both: an expensive one belongs here instead. The folder is read-only by
+    contract: a test that writes copies it first (``tiny_run.copy_store``)."""
     from filelock import FileLock
-
-    from bench.cli.app import main
 
     base = tmp_path_factory.getbasetemp()
     root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-runs"
     root.mkdir(exist_ok=True)
 
-    def make(*argv: str):
-        key = hashlib.sha256("\0".join(argv).encode()).hexdigest()[:16]
+    def folder(key: str, make) -> Path:
         target = root / key
         with FileLock(str(root / f"{key}.lock")):
             if not (target / "made").exists():
                 shutil.rmtree(target, ignore_errors=True)
-                dirs = ["--results-dir", str(target / "r"), "--reports-dir", str(target / "rep")]
-                assert main(["run", *argv, *dirs]) == 0, argv
+                target.mkdir()
+                make(target)
                 (target / "made").touch()
         return target
+
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shared_run(shared_folder):
+    """``shared_run(*argv)``: the store of ``bench run *argv`` (``r/`` results, ``rep/`` reports), made once per
+    test session (``shared_folder``). Many end-to-end tests start from the same tiny run; making it once is most
+    of what keeps the suite within its time."""
+    from bench.cli.app import main
+
+    def run(folder: Path, argv: tuple[str, ...]) -> None:
+        dirs = ["--results-dir", str(folder / "r"), "--reports-dir", str(folder / "rep")]
+        assert main(["run", *argv, *dirs]) == 0, argv
+
+    def make(*argv: str) -> Path:
+        key = hashlib.sha256("\0".join(argv).encode()).hexdigest()[:16]
+        return shared_folder(key, lambda folder: run(folder, argv))
 
     return make
 

@@ -5,6 +5,8 @@ tests/test_reliability_launch.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import ddp_ranks
 import pytest
 import torch
@@ -19,9 +21,7 @@ from bench.runs import distributed
 METHODS = ["acl", "advcl-ip"]  # eval-mode attack with gathered negatives; train-mode attack, per-shard BN, CE, α
 
 
-@pytest.fixture(scope="module")
-def ranks_output(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
+def _run_ranks(out: Path) -> None:
     # forked, as `bench run --jobs N` forks its CPU workers: a spawned rank would import torch and the suite
     # again (about 7 s of CPU each before any work); what is tested is gloo across processes, not the start.
     # The ranks inherit this worker's modules (no process group is open here) and set their own thread count.
@@ -36,7 +36,13 @@ def ranks_output(tmp_path_factory):
         join=True,
         start_method="fork",
     )
-    return out
+
+
+@pytest.fixture(scope="module")
+def ranks_output(shared_folder):
+    """What the 2 ranks wrote (about 10 s of CPU), once per session: this module's tests may be split between
+    pytest-xdist's workers."""
+    return shared_folder("ddp-ranks", _run_ranks)
 
 
 @pytest.mark.e2e

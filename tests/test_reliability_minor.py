@@ -35,11 +35,13 @@ def _run(root, *args):
     return main(["run", "--results-dir", str(root / "r"), "--reports-dir", str(root / "rep"), *TINY, *args])
 
 
+STORED = ("--methods", "simclr", "--jobs", "1", "--no-report", "--set", "pretrain.checkpoint_every=2")
+
+
 @pytest.fixture(scope="module")
-def stored_run(tmp_path_factory):
-    """One tiny complete simclr run (its store is read by several tests, never changed)."""
-    root = tmp_path_factory.mktemp("stored")
-    assert _run(root, "--methods", "simclr", "--jobs", "1", "--no-report", "--set", "pretrain.checkpoint_every=2") == 0
+def stored_run(shared_run):
+    """One tiny complete simclr run, made once per session (``shared_run``): read by several tests, never changed."""
+    root = shared_run(*TINY, *STORED)
     (run,) = ResultsStore(root / "r").run_dirs()
     return root, run
 
@@ -205,27 +207,14 @@ def test_a_full_disk_mid_run_is_one_line_and_resume_gives_the_clean_rows(stored_
         return real_fsync(handle)
 
     monkeypatch.setattr(atomic.os, "fsync", full_once)
-    code = _run(tmp_path, "--methods", "simclr", "--jobs", "1", "--no-report", "--set", "pretrain.checkpoint_every=2")
+    code = _run(tmp_path, *STORED)
     err = capsys.readouterr().err
     assert code == 1 and "No space left" not in err and "no space left on the device while writing" in err
     (run,) = ResultsStore(tmp_path / "r").run_dirs()
     assert run.failure() and run.failure_is_resumable() and not run.is_complete()
     assert not [path for path in run.path.iterdir() if path.name.endswith(".tmp")]
     monkeypatch.setattr(atomic.os, "fsync", real_fsync)
-    assert (
-        _run(
-            tmp_path,
-            "--methods",
-            "simclr",
-            "--jobs",
-            "1",
-            "--no-report",
-            "--resume",
-            "--set",
-            "pretrain.checkpoint_every=2",
-        )
-        == 0
-    )
+    assert _run(tmp_path, *STORED, "--resume") == 0
     reference_root, _ = stored_run
     measured = [(r.scheme, r.attack, r.metric, r.value) for r in ResultsStore(tmp_path / "r").read_rows()]
     clean = [(r.scheme, r.attack, r.metric, r.value) for r in ResultsStore(reference_root / "r").read_rows()]

@@ -33,15 +33,20 @@ from bench.store.rows import load
 CONVERTER = REPO / "results" / "reference" / "convert_leaderboard.py"
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    root = tmp_path_factory.mktemp("store")
+def _report(root: Path) -> None:
     results_csv = _write_store(root, _rows())
     reference = _write_reference(root / "reference")
     written = write_reports(
         results_csv, root / "reports", root / "results" / "runs", reference, paper=False, method_order=GOLDEN_ORDER
     )
-    return root / "reports", written
+    (root / "written.json").write_text(json.dumps([str(path) for path in written]))
+
+
+@pytest.fixture(scope="module")
+def report(shared_folder):
+    """The reports of one store with figures (about 3 s), once per session (``shared_folder``)."""
+    root = shared_folder("report-module-store", _report)
+    return root / "reports", [Path(path) for path in json.loads((root / "written.json").read_text())]
 
 
 def _read_csv(path: Path) -> list[dict]:

@@ -185,15 +185,19 @@ def _tracked_run(root: Path, argv: list[str], tiny: list[str] = TINY) -> tuple[i
     return code, str(root)
 
 
-@pytest.fixture(scope="module")
-def tracked_run(tmp_path_factory):
-    """One tiny `bench run` with all three trackers (offline W&B, MLflow file store under tmp)."""
-    for package in ("mlflow", "wandb", "tensorboard"):  # the `track` extra (in `dev`)
-        pytest.importorskip(package)
-    root = tmp_path_factory.mktemp("tracked")
+def _all_tracked(root: Path) -> None:
     argv = ["--reports-dir", str(root / "rep"), *[flag for name in BACKENDS for flag in ("--track", name)]]
     code, _ = _tracked_run(root, argv, TINY_WITH_FIGURES)  # the report's figures are logged too
     assert code == 0
+
+
+@pytest.fixture(scope="module")
+def tracked_run(shared_folder):
+    """One tiny `bench run` with all three trackers (offline W&B, MLflow file store under tmp), made once per
+    session (``shared_folder``: this module's tests are often split between pytest-xdist's workers)."""
+    for package in ("mlflow", "wandb", "tensorboard"):  # the `track` extra (in `dev`)
+        pytest.importorskip(package)
+    root = shared_folder("tracked", _all_tracked)
     run_dir = next((root / "r" / "runs").iterdir())
     history = list(csv.DictReader((run_dir / "pretrain_history.csv").open()))
     return root, run_dir, history, RunDir(run_dir).read_rows()

@@ -25,8 +25,11 @@ def _run_ranks(out: Path) -> None:
     # forked, as `bench run --jobs N` forks its CPU workers: a spawned rank would import torch and the suite
     # again (about 7 s of CPU each before any work); what is tested is gloo across processes, not the start.
     # The ranks inherit this worker's modules (no process group is open here) and set their own thread count.
-    # torch._dynamo too, imported here as `bench run` does before its forks: torch.optim imports it at a rank's
-    # first step (2 to 3 s of CPU each), and this worker imports it at its own first step anyway
+    # torch._dynamo and scikit-learn too, as `bench run` imports torch._dynamo before its forks: torch.optim
+    # imports it at a rank's first step, and advcl-ip's pixel pseudo-labels import scikit-learn (2 to 3 s of CPU
+    # each, per rank); this worker imports both at its own first optimiser step and advcl run anyway
+    import sklearn.cluster  # noqa: F401
+    import sklearn.decomposition  # noqa: F401
     import torch._dynamo  # noqa: F401
 
     torch.multiprocessing.start_processes(

@@ -232,9 +232,9 @@ def test_mlflow_store_holds_config_steps_rows_and_the_report_figures(tracked_run
     from mlflow import MlflowClient  # deferred: optional
 
     root, run_dir, history, rows = tracked_run
-    client = MlflowClient(f"file:{root / 'mlruns'}")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+        patch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # before the client: the run may be another worker's
+        client = MlflowClient(f"file:{root / 'mlruns'}")
         experiment = client.get_experiment_by_name("acl-bench").experiment_id
         (run,) = client.search_runs([experiment], f"tags.`bench.run_id` = '{run_dir.name}'")
         assert run.info.status == "FINISHED" and run.data.tags["bench.kind"] == "run"

@@ -67,7 +67,8 @@ def shared_folder(tmp_path_factory):
 
     def folder(key: str, make) -> Path:
         target = root / key
-        with FileLock(str(root / f"{key}.lock")):
+        lock = FileLock(str(root / f"{key}.lock"), timeout=600)  # a maker that hangs fails its waiters, not the suite
+        with lock:
             if not (target / "made").exists():
                 shutil.rmtree(target, ignore_errors=True)
                 target.mkdir()
@@ -101,12 +102,15 @@ def shared_run(shared_folder):
 # part of these, so no worker is left to run a minute-long test alone at the end of the suite.
 LONGEST = (
     "test_a_local_sweep_killed_preempted_stopped_and_rerun_gives_the_rows_of_bench_run",
-    "test_torchrun_ranks_end_with_a_killed_torchrun",
-    "test_run_stores_every_scheme_and_attack",
     "test_the_page_loads_sorts_and_filters_in_chromium",
+    "test_torchrun_ranks_end_with_a_killed_torchrun",
+    "test_autoattack_standard_on_a_few_samples",
+    "test_a_rank_killed_mid_pretraining_resumes_to_the_run_of_one_process_with_world_size_shards",
     "test_a_tiny_real_study_through_the_local_pool_and_the_sweep_s_stage_jobs",
     "test_a_spawned_worker_runs_its_method_and_stores_its_rows",
     "test_precision_check_runs_both_arms_on_cpu",
+    "test_parallel_and_sequential_runs_store_the_same_runs",
+    "test_run_stores_every_scheme_and_attack",
 )
 
 

@@ -6,12 +6,16 @@ Shared by the tests that kill launchers, sweeps and runs mid-way (``test_reliabi
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import gc
 import io
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -24,6 +28,62 @@ REPO = Path(__file__).resolve().parent.parent
 LINUX = sys.platform.startswith("linux") and Path("/proc").exists()
 
 
+def _as_from_a_terminal() -> None:
+    """Signals as a shell starts a command, whatever the test's process holds at that moment: SIGINT raising
+    KeyboardInterrupt (a library's thread calling C ``system()`` ignores SIGINT in its caller meanwhile, and
+    ``bench`` would then never see the Ctrl-C these tests send: seen in CI, 60 s timeouts and orphans that slowed
+    every later test); SIGTERM, SIGQUIT, SIGHUP, SIGALRM, SIGUSR1/2 and SIGCHLD at their defaults."""
+    for number in (signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(number, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def bench(*args: str) -> subprocess.Popen:
+    """``bench ARGS`` in a new interpreter and a session of its own (its process group is its pid), stdout and
+    stderr piped: for a test of what the interpreter does too (its exit after an interrupt)."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", *args], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True, preexec_fn=_as_from_a_terminal,
+    )  # fmt: skip
+
+
+def run_forked(body) -> int:
+    """Fork; the child runs ``body()`` and exits with its return value (an int; a traceback and 1 if it raised),
+    never through the test process's own exit. Returns the child's pid (``os.waitpid`` it)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    gc.freeze()  # the parent's garbage stays the parent's: no finalizer of the test process runs in the child
+    pid = os.fork()
+    gc.unfreeze()
+    if pid:
+        return pid
+    code = 1
+    try:
+        atexit._clear()  # the test process's exit handlers are not the child's
+        # one thread, as OMP_NUM_THREADS=1 gives a new interpreter: the test process's OpenMP threads do not
+        # survive the fork, and a parallel region over them would hang the child
+        torch.set_num_threads(1)
+        code = body()
+    except SystemExit as stop:  # as the interpreter exits: None is 0, a message is printed and is 1
+        code = 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
+        if not isinstance(stop.code, int | None):
+            print(stop.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            for thread in threading.enumerate():  # the interpreter's shutdown: its non-daemon threads, then
+                if thread is not threading.current_thread() and not thread.daemon:  # its exit handlers
+                    thread.join()
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code if isinstance(code, int) else 1)
+
+
 class ForkedBench:
     """``bench ARGV`` in a child forked from the test's process, in a session of its own (its process group is
     its pid), stdout and stderr kept in files; a handle with ``subprocess.Popen``'s ``pid``, ``poll``, ``wait``,
@@ -31,12 +91,9 @@ class ForkedBench:
 
     Forked, not a new interpreter: the test's process has torch and the package imported, and a new interpreter
     spends about 4 s of CPU importing them before ``bench`` does anything. What these tests check comes after:
-    how ``bench`` and the processes it starts (workers, jobs) end. The child starts as a shell starts a command,
-    whatever the test's process holds at that moment: SIGINT raising KeyboardInterrupt (a library's thread
-    calling C ``system()`` ignores SIGINT in its caller meanwhile, and ``bench`` would then never see the Ctrl-C
-    these tests send: seen in CI, 60 s timeouts and orphans that slowed every later test), SIGTERM, SIGQUIT,
-    SIGUSR1/2 and SIGCHLD at their defaults, stdin empty, ``sys.argv`` its own, ``environment`` added to its
-    environment."""
+    how ``bench`` and the processes it starts (workers, jobs) end. The child starts as a shell starts a command
+    (``_as_from_a_terminal``), stdin empty, ``sys.argv`` its own, ``environment`` added to its environment, and
+    ends as the interpreter does (``run_forked``); the handle returns once the child has done so."""
 
     def __init__(self, *argv: str, environment: dict[str, str] | None = None):
         self.args = ("bench", *argv)
@@ -49,42 +106,26 @@ class ForkedBench:
 
         import bench.cli.app  # noqa: F401
 
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self.pid = os.fork()
-        if self.pid == 0:
-            self._child()
+        ready, started = os.pipe()
+        self.pid = run_forked(lambda: self._child(started))
+        os.close(started)
+        os.read(ready, 1)  # its session exists: os.killpg(pid, ...) reaches it from here on
+        os.close(ready)
 
-    def _child(self) -> None:
-        code = 1
-        try:
-            os.setsid()
-            for number in (signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
-                signal.signal(number, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            for fd, target in ((0, os.open(os.devnull, os.O_RDONLY)), (1, self._out.fileno()), (2, self._err.fileno())):
-                os.dup2(target, fd)
-            sys.stdin = open(0, closefd=False)  # noqa: SIM115 (the child's whole life)
-            sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-            sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-            sys.argv = list(self.args)
-            os.environ.update(self._environment)  # ``environment``, and for the jobs it starts in turn
-            # one thread, as OMP_NUM_THREADS=1 gives a new interpreter: the test process's OpenMP threads do not
-            # survive the fork, and a parallel region over them would hang the child
-            torch.set_num_threads(1)
-            from bench.cli.app import main
+    def _child(self, started: int) -> int:
+        os.setsid()
+        _as_from_a_terminal()
+        os.write(started, b"1")
+        for fd, target in ((0, os.open(os.devnull, os.O_RDONLY)), (1, self._out.fileno()), (2, self._err.fileno())):
+            os.dup2(target, fd)
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115 (the child's whole life)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.argv = list(self.args)
+        os.environ.update(self._environment)  # ``environment``, and for the jobs it starts in turn
+        from bench.cli.app import main
 
-            code = main(list(self.args[1:]))
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code if isinstance(code, int) else 1)  # never the test process's own exit handlers
+        return main(list(self.args[1:]))
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -118,13 +159,40 @@ class ForkedBench:
 
     @staticmethod
     def _read(stream) -> bytes:
-        stream.seek(0)
-        return stream.read()
+        """The whole file, read at offset 0 without moving the offset the child writes at."""
+        return os.pread(stream.fileno(), os.fstat(stream.fileno()).st_size, 0)
 
 
-def two_jobs_run(results: Path) -> ForkedBench:
-    """``bench run --jobs 2`` of acl and simclr for 200 epochs (never ends by itself), stores under ``results``."""
-    return ForkedBench(
+@contextlib.contextmanager
+def torch_threads(count: int | None):
+    """torch's thread count set to ``count`` (None: left) inside the block, restored after it."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def jobs_in_this_process(submitted: list, threads: int | None = None):
+    """A stand-in for ``bench.runs.sweep.run_submitit_local``: each job, in submission order, through the CLI's
+    stage entry in this process (at ``threads`` torch threads), appended to ``submitted``; returns the failed
+    jobs' keys as submitit-local does. For a test whose check is not submitit's executor (tests/test_sweep.py
+    tests that) but what a sweep's or study's jobs do; each job process would cost about 5 s of CPU first."""
+
+    def run(jobs, options, entry, executor=None) -> dict[str, str]:
+        submitted.extend(jobs)
+        with torch_threads(threads):
+            return {job.key: "failed" for job in jobs if entry(list(job.argv)) != 0}
+
+    return run
+
+
+def two_jobs_run(results: Path, start=ForkedBench) -> ForkedBench | subprocess.Popen:
+    """``bench run --jobs 2`` of acl and simclr for 200 epochs (never ends by itself), stores under ``results``;
+    ``start``: ``ForkedBench`` or ``bench`` (a new interpreter)."""
+    return start(
         "run", "--methods", "acl", "simclr", "--jobs", "2", "--epochs", "200", "--device", "cpu", "--quiet",
         "--no-report", "--results-dir", str(results / "r"), "--reports-dir", str(results / "rep"),
     )  # fmt: skip

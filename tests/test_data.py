@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import run_forked
 
 from bench.engine.data import digits_arrays, load_digits
 
@@ -39,9 +39,6 @@ def _loads_scikit_learn() -> bool:
     """In a forked child: forget every module but the standard library's, torch's and numpy's, import the data
     module anew, load the digits, and say whether scikit-learn came in (a new interpreter would spend 3 s of
     CPU importing torch first; any other package the loading imports, and what it imports, runs anew here)."""
-    import torch
-
-    torch.set_num_threads(1)  # the parent's OpenMP threads do not survive the fork: a parallel region would hang
     kept = set(sys.stdlib_module_names) | {"torch", "torchgen", "functorch", "numpy"}
     for name in [name for name in sys.modules if name.partition(".")[0] not in kept]:
         del sys.modules[name]
@@ -54,14 +51,5 @@ def _loads_scikit_learn() -> bool:
 @pytest.mark.e2e  # forks a process
 def test_loading_the_digits_imports_no_scikit_learn():
     """Every run, stage job, DDP rank and worker loads the digits: scikit-learn's import cost each about 2 s."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            code = 2 if _loads_scikit_learn() else 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    _, status = os.waitpid(run_forked(lambda: 2 if _loads_scikit_learn() else 0), 0)
     assert os.waitstatus_to_exitcode(status) == 0, "loading the digits imported scikit-learn (2) or failed (1)"

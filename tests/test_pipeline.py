@@ -87,19 +87,22 @@ def test_run_stores_every_scheme_and_attack(tmp_path):
 
 @pytest.mark.e2e
 def test_reruns_skip_a_complete_run_force_replaces_it_and_another_seed_adds_one(tmp_path, shared_run):
-    # on the shared tiny store (one scheme): what is tested is the store's bookkeeping, the same for any scheme
-    copy_store(shared_run("--methods", "simclr", *TINY), tmp_path)  # made once per session
+    # on a shared tiny store of two methods (one scheme): what is tested is the store's bookkeeping, the same for
+    # any scheme
+    copy_store(shared_run("--methods", "simclr", "acl", *TINY), tmp_path)  # made once per session
     rows = _rows(tmp_path)
+    simclr = [row for row in rows if row["method"] == "simclr"]
 
     def rerun(*extra: str) -> int:
-        return main(["run", "--methods", "simclr", *TINY, *_dirs(tmp_path), "--no-report", *extra])
+        return main(["run", *TINY, *_dirs(tmp_path), "--no-report", *extra])
 
-    assert rerun() == 0 and _rows(tmp_path) == rows  # same config and seed: skipped, nothing added
-    assert rerun("--force") == 0  # a rerun replaces, never duplicates
-    assert [row["run_id"] for row in _rows(tmp_path)] == [row["run_id"] for row in rows]
-    assert rerun("--seed", "1") == 0  # another seed: another run
-    added = [row for row in _rows(tmp_path) if row["run_id"] != rows[0]["run_id"]]
-    assert len(_rows(tmp_path)) == 2 * len(rows) and len(added) == len(rows) and added[0]["seed"] == "1"
+    assert rerun("--methods", "simclr", "acl") == 0 and _rows(tmp_path) == rows  # the same runs: skipped
+    assert rerun("--methods", "simclr", "--force") == 0  # a rerun replaces, never duplicates
+    assert sorted(row["run_id"] for row in _rows(tmp_path)) == sorted(row["run_id"] for row in rows)
+    assert [row for row in _rows(tmp_path) if row["method"] == "acl"] == [r for r in rows if r["method"] == "acl"]
+    assert rerun("--methods", "simclr", "--seed", "1") == 0  # another seed: another run
+    added = [row for row in _rows(tmp_path) if row["run_id"] not in {row["run_id"] for row in rows}]
+    assert len(_rows(tmp_path)) == len(rows) + len(simclr) and {row["seed"] for row in added} == {"1"}
 
 
 @pytest.mark.e2e

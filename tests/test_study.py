@@ -204,22 +204,14 @@ def test_a_tiny_real_study_through_the_local_pool_and_the_sweep_s_stage_jobs(tmp
        executor is tested in tests/test_sweep.py): acl-hn's two runs only, acl's are reused; the look is
        tested on what they stored;
     3. either study again trains nothing (no job, no done.json rewritten)."""
+    from processes import jobs_in_this_process
     from tiny_run import TINY
 
     from bench.products.report.common import FIGURES_NOT_DRAWN
     from bench.runs import sweep
 
-    stages = []
-
-    def in_process(jobs, options, entry, executor=None):
-        failures = {}
-        for job in jobs:
-            stages.append(job.stage)
-            if entry(list(job.argv)) != 0:
-                failures[job.key] = "failed"
-        return failures
-
-    monkeypatch.setattr(sweep, "run_submitit_local", in_process)
+    submitted = []
+    monkeypatch.setattr(sweep, "run_submitit_local", jobs_in_this_process(submitted))
     common = [*TINY, "--first-seeds", "2", "--max-seeds", "2", "--results-dir", str(tmp_path / "results")]
     common += ["--reports-dir", str(tmp_path / "reports")]
     pool = ["study", "acl", "acl-ip", *common, "--jobs", "2"]
@@ -233,13 +225,15 @@ def test_a_tiny_real_study_through_the_local_pool_and_the_sweep_s_stage_jobs(tmp
 
     jobs = ["study", "acl", "acl-hn", *common, "--launcher", "submitit-local"]
     assert main(jobs) == 0
-    assert stages == ["pretrain", "finetune"] * 2 + ["collect"]  # acl-hn's two seeds, SLF, then the index
+    assert [job.stage for job in submitted] == ["pretrain", "finetune"] * 2 + [
+        "collect"
+    ]  # acl-hn's two seeds, SLF, then the index
     rows = list(csv.DictReader((tmp_path / "reports" / "study.csv").open()))
     assert rows and all(row["decision"] for row in rows) and {row["variant"] for row in rows} == {"acl-hn"}
 
     runs = sorted(path.name for path in (tmp_path / "results" / "runs").iterdir())
     assert len(runs) == 6
     stamps = {run: (tmp_path / "results" / "runs" / run / "done.json").stat().st_mtime_ns for run in runs}
-    assert main(jobs) == 0 and len(stages) == 5  # rerun: every run stored, no job
+    assert main(jobs) == 0 and len(submitted) == 5  # rerun: every run stored, no job
     assert main(pool) == 0
     assert stamps == {run: (tmp_path / "results" / "runs" / run / "done.json").stat().st_mtime_ns for run in runs}

@@ -20,7 +20,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from processes import LINUX, ForkedBench, all_gone, descendants, kill_left, wait_until
+from processes import (
+    LINUX,
+    ForkedBench,
+    all_gone,
+    descendants,
+    jobs_in_this_process,
+    kill_left,
+    torch_threads,
+    wait_until,
+)
 from tiny_run import TINY
 
 from bench.cli.app import build_parser, main
@@ -177,7 +186,9 @@ def _signal_when_pretraining(store: ResultsStore, signals: dict[str, int], step:
 
 
 SETTINGS = [*TINY, "--methods", "simclr", "acl", "--epochs", "3", "--set", "pretrain.checkpoint_every=1", "--no-report"]
-LOCAL_SWEEP = ["--launcher", "submitit-local", "--array-parallelism", "2", *SETTINGS]
+PARALLEL_JOBS = 2
+LOCAL_SWEEP = ["--launcher", "submitit-local", "--array-parallelism", str(PARALLEL_JOBS), *SETTINGS]
+JOB_THREADS = max(1, available_cores() // PARALLEL_JOBS)  # a local job's torch threads (bench.runs.sweep)
 
 
 def _jobs_log(results: Path) -> str:
@@ -247,22 +258,12 @@ def test_a_local_sweep_killed_preempted_stopped_and_rerun_gives_the_rows_of_benc
     for stop in (signal.SIGTERM, signal.SIGKILL):
         stopped = _stop_a_launcher(sweep, store, stop, stopped)
 
-    submitted: list[tuple[str, str]] = []
-
-    def in_process(jobs, options, entry, executor=None) -> dict[str, str]:
-        """The jobs in submission order, at a job's thread count (cores // --array-parallelism)."""
-        submitted.extend((job.run_id or "", job.stage) for job in jobs)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, available_cores() // 2))
-        try:
-            return {job.key: "failed" for job in jobs if entry(list(job.argv)) != 0}
-        finally:
-            torch.set_num_threads(threads)
-
-    monkeypatch.setattr(sweep_module, "run_submitit_local", in_process)
+    submitted = []  # at a job's thread count
+    monkeypatch.setattr(sweep_module, "run_submitit_local", jobs_in_this_process(submitted, JOB_THREADS))
     capsys.readouterr()
     assert main(sweep) == 0
-    assert submitted == [(killed.run_id, "pretrain"), (killed.run_id, "finetune"), ("", "collect")], submitted
+    stages = [(job.run_id, job.stage) for job in submitted]
+    assert stages == [(killed.run_id, "pretrain"), (killed.run_id, "finetune"), ("", "collect")], stages
     assert "resumed simclr from step" in capsys.readouterr().err  # this rerun resumed too
     for run in (killed, preempted):
         steps = [int(row["step"]) for row in csv.DictReader(run.history.open())]
@@ -280,14 +281,43 @@ def test_a_local_sweep_killed_preempted_stopped_and_rerun_gives_the_rows_of_benc
 
     assert main(sweep) == 0 and len(submitted) == 3  # the same sweep again submits nothing
 
-    # bench run with the same settings, in this process at the jobs' thread count (cores // --array-parallelism)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(max(1, available_cores() // 2))
+    with torch_threads(JOB_THREADS):  # bench run with the same settings, in this process at the jobs' thread count
         assert main(["run", *_dirs(tmp_path / "run"), *SETTINGS, "--jobs", "1"]) == 0
-    finally:
-        torch.set_num_threads(threads)
     assert _measured(store) == _measured(ResultsStore(tmp_path / "run" / "r")) and len(_measured(store)) == 2
+
+
+class _LocalJob:
+    """What ``sweep._job_error`` reads of a submitit local job: done after ``polls`` checks, maybe a result file,
+    a result that may raise."""
+
+    def __init__(self, tmp_path: Path, polls: int, result_file: bool, raises: Exception | None = None):
+        self.job_id, self.checks, self.polls, self.raises = "77", 0, polls, raises
+        self.paths = type("Paths", (), {"result_pickle": tmp_path / "77_result.pkl", "stderr": tmp_path / "77.err"})
+        tmp_path.mkdir(exist_ok=True)
+        if result_file:
+            self.paths.result_pickle.write_bytes(b"")
+
+    def done(self) -> bool:
+        self.checks += 1
+        return self.checks > self.polls
+
+    def result(self) -> None:
+        if self.raises:
+            raise self.raises
+
+
+def test_a_local_job_s_end_is_read_once_it_is_done_and_one_without_a_result_died(tmp_path, monkeypatch):
+    from submitit.core.utils import FailedJobError
+
+    monkeypatch.setattr(sweep_module, "LOCAL_POLL_S", 0.0)
+    succeeded = _LocalJob(tmp_path / "ok", polls=3, result_file=True)
+    assert sweep_module._job_error(succeeded) == "" and succeeded.checks == 4  # waited until done
+    killed = _LocalJob(
+        tmp_path / "killed", polls=0, result_file=False, raises=AssertionError("result() waits 15 s first")
+    )
+    assert sweep_module._job_error(killed).startswith("JobDied: job 77 ended without a result")
+    failed = _LocalJob(tmp_path / "failed", polls=0, result_file=True, raises=FailedJobError("boom"))
+    assert sweep_module._job_error(failed) == f"job 77 failed (log: {tmp_path / 'failed' / '77.err'})"
 
 
 # --------------------------------------------------------------------------- SLURM, without a cluster

@@ -289,9 +289,9 @@ def test_the_local_log_holds_every_step(tracked_run):
 
 
 @pytest.mark.e2e
-def test_missing_packages_are_one_line_each_and_the_run_is_unchanged(tmp_path, capsys, shared_run):
-    # the reference is the same run untracked, made once per session (tests/test_reliability.py reads it too);
-    # not tracked_run, a module fixture that a pytest-xdist worker stealing this test alone would make again
+def test_missing_packages_are_one_line_each_and_the_run_is_unchanged(tracked_run, tmp_path, capsys, shared_run):
+    # the same run untracked (made once per session; tests/test_reliability.py reads it too) has the numbers of
+    # the run with every backend and of the run whose backends are all missing
     (untracked,) = ResultsStore(shared_run("--methods", "simclr", *TINY) / "r").run_dirs()
     rows = untracked.read_rows()
     with pytest.MonkeyPatch.context() as patch:
@@ -311,4 +311,5 @@ def test_missing_packages_are_one_line_each_and_the_run_is_unchanged(tmp_path, c
     columns = ("scheme", "attack", "metric", "value", "epsilon", "n_eval", "flags")
     numbers = [[getattr(row, column) for column in columns] for row in RunDir(run_dir).read_rows()]
     assert numbers == [[getattr(row, column) for column in columns] for row in rows]
+    assert numbers == [[getattr(row, column) for column in columns] for row in tracked_run[3]]
     assert not (run_dir / "tensorboard").exists() and read_local(run_dir / "metrics.jsonl")

@@ -155,6 +155,8 @@ def write_study(study: Study, reports_dir: Path, figures: bool = True) -> list[P
     time, and a study writes after every look), the figure; each written atomically."""
     reports_dir.mkdir(parents=True, exist_ok=True)
     drawn = study_figure(study, reports_dir / "study") if figures else []
+    for stale in () if figures else (reports_dir / "study.png", reports_dir / "study.pdf"):
+        stale.unlink(missing_ok=True)  # an earlier look's figure, which study.md no longer shows
     return [
         write_atomic(reports_dir / "study.md", study_markdown(study, drawn[0].name if drawn else None)),
         write_atomic(reports_dir / "study.csv", study_csv(study)),

@@ -45,6 +45,7 @@ from bench.runs.plan import MethodRun, RunPlan, RunRequest
 from bench.store.results import ResultsStore
 
 JOB_STAGES = ("pretrain", "finetune", "collect")
+LOCAL_POLL_S = 0.2  # how often a local job is checked; submitit's own wait checks every second
 # ClusterOptions fields that `bench sweep` sets from flags of the same name (--timeout-min, ...)
 CLUSTER_FLAGS = ("timeout_min", "max_timeouts", "partition", "account", "constraint", "qos", "gpus_per_node")
 CLUSTER_FLAGS += ("cpus_per_task", "mem_gb", "array_parallelism")
@@ -353,23 +354,22 @@ def stop_jobs(handles: list[Any], timeout_s: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-LOCAL_POLL_S = 0.2  # how often a local job is checked; submitit's own wait checks every second
-
-
 def _job_error(handle: Any) -> str:
-    """Wait for a local job; '' when it succeeded, else one line saying how it ended. A job whose process ended
-    without a result (killed, the OOM killer) is reported at once: submitit's ``result()`` would first wait 15 s
-    for the result file, a grace for a cluster's shared filesystem."""
+    """Wait for a local job; '' when it succeeded, else one line saying how it ended. A job whose controller ended
+    without a result (its task killed, the OOM killer, or the controller itself killed) is reported at once, as
+    a resumable failure: submitit's ``result()`` would first wait 15 s for the result file, a grace for a
+    cluster's shared filesystem."""
     while not handle.done():
         time.sleep(LOCAL_POLL_S)
+    died = f"JobDied: job {handle.job_id} ended without a result (killed?) (log: {handle.paths.stderr})"
     if not handle.paths.result_pickle.exists():
-        return f"JobDied: job {handle.job_id} ended without a result (killed?) (log: {handle.paths.stderr})"
+        return died
     try:
         handle.result()
     except FailedJobError:
         return f"job {handle.job_id} failed (log: {handle.paths.stderr})"
-    except UncompletedJobError:
-        return f"JobDied: job {handle.job_id} ended without a result (killed?) (log: {handle.paths.stderr})"
+    except UncompletedJobError:  # its result file gone meanwhile
+        return died
     return ""
 
 

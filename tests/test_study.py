@@ -136,6 +136,10 @@ def test_report_files(tmp_path):
     assert [row["variant"] for row in rows] == ["acl-ip", "rocl", "rocl"]
     assert rows[0]["decision"] == BETTER and rows[1]["decision"] == "" and rows[2]["reason"] == "seed budget spent"
     assert sum(float(row["alpha"]) for row in rows[1:]) == pytest.approx(0.025, rel=1e-4)
+    # --no-figures: study.md says so, and an earlier look's figure, which it no longer shows, is gone
+    assert [path.name for path in write_study(study, tmp_path / "reports", figures=False)] == ["study.md", "study.csv"]
+    assert "Figure: not drawn (--no-figures)." in written[0].read_text()
+    assert not list((tmp_path / "reports").glob("study.p*"))
 
 
 def test_dry_run_json_prints_the_design_and_the_first_look(tmp_path, capsys):

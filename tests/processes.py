@@ -26,6 +26,8 @@ from bench.engine import lifetime
 
 REPO = Path(__file__).resolve().parent.parent
 LINUX = sys.platform.startswith("linux") and Path("/proc").exists()
+# what the bench processes these tests start find in their environment (the package, one thread each)
+CHILD_ENVIRONMENT = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 def _as_from_a_terminal() -> None:
@@ -33,19 +35,18 @@ def _as_from_a_terminal() -> None:
     KeyboardInterrupt (a library's thread calling C ``system()`` ignores SIGINT in its caller meanwhile, and
     ``bench`` would then never see the Ctrl-C these tests send: seen in CI, 60 s timeouts and orphans that slowed
     every later test); SIGTERM, SIGQUIT, SIGHUP, SIGALRM, SIGUSR1/2 and SIGCHLD at their defaults."""
-    for number in (signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2):
+    for number in (signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2,
+                   signal.SIGCHLD):  # fmt: skip
         signal.signal(number, signal.SIG_DFL)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def bench(*args: str) -> subprocess.Popen:
     """``bench ARGS`` in a new interpreter and a session of its own (its process group is its pid), stdout and
     stderr piped: for a test of what the interpreter does too (its exit after an interrupt)."""
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "bench.cli", *args], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        start_new_session=True, preexec_fn=_as_from_a_terminal,
+        [sys.executable, "-m", "bench.cli", *args], env={**os.environ, **CHILD_ENVIRONMENT},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_as_from_a_terminal,
     )  # fmt: skip
 
 
@@ -97,7 +98,7 @@ class ForkedBench:
 
     def __init__(self, *argv: str, environment: dict[str, str] | None = None):
         self.args = ("bench", *argv)
-        self._environment = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(environment or {})}
+        self._environment = {**CHILD_ENVIRONMENT, **(environment or {})}
         self.returncode: int | None = None
         self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         # imported here, once, for every child to inherit: the CLI, and torch._dynamo, which torch.optim imports at

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from processes import run_forked
 
 from bench.engine.data import digits_arrays, load_digits
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_embedded_digits_are_scikit_learns():

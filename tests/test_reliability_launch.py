@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from processes import (
+    CHILD_ENVIRONMENT,
     LINUX,
     REPO,
     ForkedBench,
@@ -208,7 +209,7 @@ def _torchrun(results: Path, *extra: str) -> subprocess.Popen:
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "bench.cli",
         *_pretrain(results, *extra),
     ]  # fmt: skip
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    environment = {**os.environ, **CHILD_ENVIRONMENT}
     return subprocess.Popen(
         command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )

@@ -47,8 +47,10 @@ from bench.store.results import ResultsStore
 JOB_STAGES = ("pretrain", "finetune", "collect")
 LOCAL_POLL_S = 0.2  # how often a local job is checked; submitit's own wait checks every second
 # ClusterOptions fields that `bench sweep` sets from flags of the same name (--timeout-min, ...)
-CLUSTER_FLAGS = ("timeout_min", "max_timeouts", "partition", "account", "constraint", "qos", "gpus_per_node")
-CLUSTER_FLAGS += ("cpus_per_task", "mem_gb", "array_parallelism")
+CLUSTER_FLAGS = (
+    "timeout_min", "max_timeouts", "partition", "account", "constraint", "qos", "gpus_per_node", "cpus_per_task",
+    "mem_gb", "array_parallelism",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
